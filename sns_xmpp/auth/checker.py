@@ -1,0 +1,53 @@
+"""What the XMPP side asks when a client authenticates, independent of SASL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from sns_xmpp.auth.scram import ScramCredential
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """Who a successful authentication opens the session as, and how."""
+
+    jid: str  # bare JID of the XMPP user
+    method: str  # SASL mechanism
+    site: str | None = None  # social site id, None for a local account
+
+
+class AuthenticationFailed(Exception):
+    """A login attempt is refused with an RFC 6120 section 6.5 SASL condition."""
+
+    def __init__(self, condition: str = "not-authorized", text: str | None = None) -> None:
+        super().__init__(condition, text)
+        self.condition = condition
+        self.text = text
+
+
+@dataclass(frozen=True)
+class ScramLookup:
+    """The credential SCRAM checks the proof against, and what to do once it holds.
+
+    ``credential`` is None for an unknown user: the exchange still runs with a
+    fake salt, so that a failure does not reveal whether the user exists.
+    """
+
+    credential: ScramCredential | None
+    complete: Callable[[str | None], Deferred[LoginResult]]
+
+
+class ILoginChecker(Interface):
+    """Checks SASL credentials for one server; errbacks with AuthenticationFailed."""
+
+    mechanisms = Attribute("Names of the SASL mechanisms this checker supports, best first")
+
+    def check_plain(authcid: str, password: str, authzid: str | None, domain: str) -> Deferred:
+        """Fire with a LoginResult for valid PLAIN credentials."""
+
+    def scram_lookup(authcid: str, mechanism: str, domain: str) -> Deferred:
+        """Fire with a ScramLookup for the user named by *authcid*."""

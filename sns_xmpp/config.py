@@ -1,0 +1,240 @@
+"""The configuration file: TOML in, one validated, typed, frozen object out.
+
+Every key is declared once, on a dataclass field, with its default and its
+check. An unknown key or a bad value becomes a `ConfigError` naming the dotted
+key, which the daemon and the admin command print as one line before exiting
+with status 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, unknown or invalid."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(key, problem)
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"sns-xmpp: config error at '{self.key}': {self.problem}"
+
+
+Check = Callable[[Any], Any]
+
+
+def _setting(default: Any, check: Check, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc, "secret": secret})
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer {low}-{high}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError("must be one of " + ", ".join(repr(o) for o in options))
+        return str(value)
+
+    return check
+
+
+def _interface(value: Any) -> str:
+    try:
+        ipaddress.ip_address(_text(value))
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1 or ::") from None
+    return str(value)
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of domain names")
+    domains: list[str] = []
+    for item in value:
+        try:
+            parsed = JID(_text(item))
+        except (InvalidFormat, ValueError):
+            raise ValueError(f"{item!r} is not a valid domain name") from None
+        if parsed.user is not None or parsed.resource is not None:
+            raise ValueError(f"{item!r} is not a bare domain name")
+        if parsed.host in domains:
+            raise ValueError(f"{item!r} is listed twice")
+        domains.append(parsed.host)
+    return tuple(domains)
+
+
+def _url(value: Any) -> str:
+    text = _text(value)
+    if not (text.startswith("http://") or text.startswith("https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    domains: tuple[str, ...] = _setting(("localhost",), _domains, "virtual hosts served")
+    data_dir: str = _setting("data", _text, "where the database, keys and certificates live")
+
+
+@dataclass(frozen=True)
+class C2SConfig:
+    interface: str = _setting("127.0.0.1", _interface, "address for client connections")
+    port: int = _setting(5222, _integer(0, 65535), "STARTTLS port; 0 picks a free one")
+    direct_tls_port: int = _setting(
+        5223, _integer(-1, 65535), "XEP-0368 direct TLS port; 0 picks a free one, -1 disables"
+    )
+    require_tls: bool = _setting(True, _boolean, "refuse SASL before STARTTLS")
+    allow_plain_without_tls: bool = _setting(
+        False, _boolean, "offer SASL PLAIN on unencrypted streams (benchmarks only)"
+    )
+    max_stanza_bytes: int = _setting(262144, _integer(1024, 16 * 1024 * 1024), "largest stanza")
+    max_auth_failures: int = _setting(3, _integer(1, 100), "SASL failures before the stream is closed")
+    scram_iterations: int = _setting(4096, _integer(4096, 1_000_000), "PBKDF2 rounds for new passwords")
+
+
+@dataclass(frozen=True)
+class XMPPConfig:
+    c2s: C2SConfig = field(default_factory=C2SConfig)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: str = _setting("", _text, "PEM certificate chain; empty: self-signed on first start")
+    private_key: str = _setting("", _text, "PEM private key for the certificate")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = _setting("sqlite", _choice("sqlite"), "storage engine")
+    path: str = _setting("sns-xmpp.sqlite3", _text, "SQLite file, relative to server.data_dir")
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    interface: str = _setting("127.0.0.1", _interface, "address for the HTTP side")
+    port: int = _setting(5280, _integer(0, 65535), "HTTP port; 0 picks a free one")
+    public_url: str = _setting("http://localhost:5280", _url, "URL clients use to reach the HTTP side")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    xmpp: XMPPConfig = field(default_factory=XMPPConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    # Each site's table is checked by the site's own plugin, which knows its keys.
+    sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / self.server.data_dir
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / self.store.path
+
+
+def _read_secret_file(key: str, path: Any, base_dir: Path) -> str:
+    target = base_dir / _text(path)
+    try:
+        return target.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(key, f"cannot read {target}: {error.strerror}") from None
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, base_dir: Path) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key.endswith("_file") and key[: -len("_file")] in fields:
+            name = key[: -len("_file")]
+            if not fields[name].metadata.get("secret"):
+                raise ConfigError(dotted, "unknown key")
+            if name in raw:
+                raise ConfigError(dotted, f"give either '{name}' or '{key}', not both")
+            value, key, dotted = _read_secret_file(dotted, value, base_dir), name, f"{prefix}{name}"
+        if key not in fields:
+            raise ConfigError(dotted, "unknown key")
+        declared = fields[key]
+        section = declared.default_factory
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            if not isinstance(value, dict):
+                raise ConfigError(dotted, "must be a table")
+            values[key] = _build(section, value, dotted + ".", base_dir)
+        elif key == "sites":
+            values[key] = _sites(value, dotted)
+        else:
+            try:
+                values[key] = declared.metadata["check"](value)
+            except ValueError as problem:
+                raise ConfigError(dotted, str(problem)) from None
+    return cls(**values)
+
+
+def _sites(value: Any, dotted: str) -> Mapping[str, Mapping[str, Any]]:
+    if not isinstance(value, dict):
+        raise ConfigError(dotted, "must be a table")
+    for site_id, table in value.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{dotted}.{site_id}", "must be a table")
+    return dict(value)
+
+
+def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("(file)", f"not valid TOML: {error}") from None
+    config: Config = _build(Config, raw, "", base_dir)
+    config = dataclasses.replace(config, base_dir=base_dir)
+    c2s = config.xmpp.c2s
+    if c2s.allow_plain_without_tls and c2s.require_tls:
+        raise ConfigError(
+            "xmpp.c2s.allow_plain_without_tls", "needs xmpp.c2s.require_tls = false"
+        )
+    if bool(config.tls.certificate) != bool(config.tls.private_key):
+        raise ConfigError("tls.private_key", "give both tls.certificate and tls.private_key, or neither")
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file; relative paths in it are taken from the working directory."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError("(file)", f"cannot read {path}: {error.strerror}") from None
+    return parse_config(text, Path("."))

@@ -1,0 +1,150 @@
+"""The twistd plugin's options and the one MultiService it runs.
+
+This is the only module that touches the global reactor and the wall clock;
+everything it builds receives them.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+
+from sns_xmpp.auth.local import LocalAccountChecker
+from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore
+from sns_xmpp.xmpp import server_iq
+from sns_xmpp.xmpp.c2s import ClientStreamFactory
+from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
+from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
+
+log = Logger()
+
+
+class Options(usage.Options):
+    optParameters = [["config", "c", "conf/sns-xmpp.toml", "configuration file (TOML)"]]
+
+    def postOptions(self) -> None:
+        try:
+            self["loaded"] = load_config(self["config"])
+        except ConfigError as error:
+            # SystemExit prints exactly this line and exits 1; a UsageError
+            # would print the whole usage text first.
+            raise SystemExit(str(error)) from None
+
+
+class ListenerService(service.Service):
+    """Listens on an endpoint while running and remembers the port it got."""
+
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        self.setName(name)
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.listening = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self.endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            address = port.getHost()
+            log.info("listener.up name={name} host={host} port={port}", name=self.name,
+                     host=address.host, port=address.port)
+            return port
+
+        self.listening.addCallback(listening)
+        self.listening.addErrback(lambda reason: log.failure("listener.failed name={name}", reason,
+                                                             name=self.name))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+    @property
+    def port_number(self) -> int:
+        assert self.port is not None
+        return self.port.getHost().port  # type: ignore[attr-defined, no-any-return]
+
+
+@dataclass
+class Server:
+    """Handles on the running parts, for tests and the operators' console."""
+
+    config: Config
+    store: ThreadedStore
+    router: StanzaRouter
+    sessions: SessionManager
+    top: service.MultiService
+
+    def listener(self, name: str) -> ListenerService:
+        return self.top.getServiceNamed(name)  # type: ignore[no-any-return]
+
+
+def build_server(config: Config, reactor: Any) -> Server:
+    top = service.MultiService()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+
+    store = ThreadedStore(lambda: SQLiteDatabase(config.store_path), reactor)
+    store.setName("store")
+    store.setServiceParent(top)
+
+    router = StanzaRouter()
+    sessions = SessionManager(config.server.domains, store, reactor, router.route)
+    server_iq.install(sessions)
+    for domain in config.server.domains:
+        router.addRoute(domain, LocalRoute(sessions.deliver))
+
+    if config.tls.certificate:
+        certificate, key = config.base_dir / config.tls.certificate, config.base_dir / config.tls.private_key
+    else:
+        now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+        certificate, key = ensure_self_signed(config.data_dir / "tls", config.server.domains, now)
+    tls_context = server_context(certificate, key)
+
+    c2s = config.xmpp.c2s
+    settings = C2SSettings(
+        domains=config.server.domains,
+        checker=LocalAccountChecker(store),
+        sessions=sessions,
+        tls_context=tls_context,
+        require_tls=c2s.require_tls,
+        allow_plain_without_tls=c2s.allow_plain_without_tls,
+        max_auth_failures=c2s.max_auth_failures,
+    )
+
+    def factory(secure: bool) -> ClientStreamFactory:
+        return ClientStreamFactory(lambda: ClientNegotiator(settings), c2s.max_stanza_bytes, reactor, secure)
+
+    ListenerService("c2s", endpoints.TCP4ServerEndpoint(reactor, c2s.port, interface=c2s.interface)
+                    if ":" not in c2s.interface else
+                    endpoints.TCP6ServerEndpoint(reactor, c2s.port, interface=c2s.interface),
+                    factory(False)).setServiceParent(top)
+    if c2s.direct_tls_port >= 0:
+        ListenerService("c2s-direct-tls",
+                        endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
+                                                     interface=c2s.interface),
+                        factory(True)).setServiceParent(top)
+    return Server(config, store, router, sessions, top)
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return build_server(options["loaded"], reactor).top
+
+
+__all__ = ["Options", "makeService", "build_server"]

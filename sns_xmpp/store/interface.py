@@ -1,0 +1,177 @@
+"""The contract between the server and its persistent storage.
+
+Every method returns a Deferred so the reactor never waits on disk; the
+synchronous twin used by the admin tool is
+:class:`sns_xmpp.store.sqlite.SQLiteDatabase`, which has the same methods
+returning plain values.  JIDs are bare (``user@domain``) and already
+normalised: the store compares them as exact text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from sns_xmpp.store.records import (
+    Account,
+    OfflineMessage,
+    RosterItem,
+    ScramCredential,
+    SocialLink,
+)
+
+__all__ = [
+    "IStore",
+    "JidTakenError",
+    "SchemaTooNewError",
+    "StoreClosedError",
+    "StoreError",
+]
+
+
+class StoreError(Exception):
+    """Base class for errors the store raises on purpose."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed, or has not opened, so it cannot run the call."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer release; refusing to touch it."""
+
+
+class JidTakenError(StoreError):
+    """``link_account`` was asked to create an account whose JID exists.
+
+    Linking a social identity to an existing account would hand that
+    account to whoever controls the social identity, so the caller must
+    pick another JID instead.
+    """
+
+
+class IStore(Interface):
+    """Accounts, rosters, offline messages and social-site links."""
+
+    # -- accounts --------------------------------------------------------
+
+    def get_account(jid: str) -> Deferred[Account | None]:
+        """The account, with its credentials sorted by mechanism, or None."""
+
+    def account_exists(jid: str) -> Deferred[bool]:
+        """Whether an account (password or social) exists for ``jid``."""
+
+    def create_account(
+        jid: str,
+        credentials: Sequence[ScramCredential],
+        now: float,
+        social: bool = False,
+    ) -> Deferred[bool]:
+        """Create an account; False if ``jid`` exists (never overwrites).
+
+        A social account must have no credentials (ValueError otherwise);
+        at most one credential per mechanism.
+        """
+
+    def set_credentials(jid: str, credentials: Sequence[ScramCredential]) -> Deferred[bool]:
+        """Replace all credentials of a password account.
+
+        False if there is no such account or it is a social one (a social
+        account gaining a password would open a second way in).
+        """
+
+    def delete_account(jid: str) -> Deferred[bool]:
+        """Delete the account and everything it owns, in one transaction.
+
+        Removes its credentials, roster, pending subscription requests,
+        offline messages and social links.  Other users' roster items and
+        requests that mention ``jid`` stay: unsubscribing them is protocol
+        work for the caller.  False if there was no such account.
+        """
+
+    def list_accounts(domain: str | None = None) -> Deferred[list[str]]:
+        """Sorted bare JIDs, optionally only those at ``domain``."""
+
+    # -- roster (RFC 6121 2) ----------------------------------------------
+
+    def get_roster(owner: str) -> Deferred[list[RosterItem]]:
+        """The owner's roster items, sorted by contact."""
+
+    def put_roster_item(owner: str, item: RosterItem) -> Deferred[None]:
+        """Insert the item, or replace the one for the same contact.
+
+        The owner must be an existing account (IntegrityError otherwise).
+        """
+
+    def remove_roster_item(owner: str, contact: str) -> Deferred[None]:
+        """Remove the item if present."""
+
+    # -- inbound subscription requests (RFC 6121 3.1.3) -------------------
+
+    def add_subscription_request(owner: str, contact: str) -> Deferred[None]:
+        """Remember that ``contact`` asked to see ``owner``'s presence."""
+
+    def remove_subscription_request(owner: str, contact: str) -> Deferred[None]:
+        """Forget the request if present."""
+
+    def subscription_requests(owner: str) -> Deferred[list[str]]:
+        """Contacts waiting for the owner's answer, sorted."""
+
+    # -- offline messages (XEP-0160) --------------------------------------
+
+    def store_offline(owner: str, stanza: str, now: float) -> Deferred[int]:
+        """Store a serialized stanza; fires with its id once on disk.
+
+        The commit is synced (not just written to the WAL) before the
+        Deferred fires, so an accepted message survives a power cut.
+        """
+
+    def offline_messages(owner: str) -> Deferred[list[OfflineMessage]]:
+        """The owner's messages in arrival order."""
+
+    def delete_offline(owner: str, ids: Sequence[int]) -> Deferred[None]:
+        """Delete the owner's messages with these ids; others' ids are ignored."""
+
+    def count_offline(owner: str) -> Deferred[int]:
+        """How many messages wait for the owner."""
+
+    # -- social links -----------------------------------------------------
+
+    def get_link(site: str, account: str) -> Deferred[SocialLink | None]:
+        """The link for the site's account, or None."""
+
+    def link_account(site: str, account: str, jid: str, now: float) -> Deferred[SocialLink]:
+        """The link for (site, account), creating it and its account if new.
+
+        An existing link is returned unchanged, whatever ``jid`` says, so
+        racing first logins agree on one JID.  Otherwise a social account
+        ``jid`` and the link are created in one transaction; if ``jid`` is
+        already an account the call fails with :class:`JidTakenError`.
+        """
+
+    def touch_link(site: str, account: str, now: float) -> Deferred[None]:
+        """Record a login through the link (no-op if there is none)."""
+
+    def list_links(site: str | None = None, jid: str | None = None) -> Deferred[list[SocialLink]]:
+        """Links filtered by site and/or JID, sorted by (site, account)."""
+
+    def remove_link(site: str, account: str) -> Deferred[bool]:
+        """Remove the link only; its account stays until deleted.
+
+        False if there was no such link.
+        """
+
+    # -- replay protection ------------------------------------------------
+
+    def remember_token(site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
+        """True if the digest is new for the site (or its use expired).
+
+        False means a replay: the digest was used and ``expires_at`` of
+        that use is still after ``now``.  Expired rows are swept a bounded
+        number at a time on each call.
+        """
+
+    def close() -> Deferred[None]:
+        """Finish pending calls and release the database."""

@@ -1,0 +1,63 @@
+"""Plain values the store hands out and accepts.
+
+They are frozen so a value read from the store can be shared between
+callers without anyone changing it behind the others' backs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sns_xmpp.auth.scram import ScramCredential
+
+__all__ = [
+    "SUBSCRIPTION_STATES",
+    "Account",
+    "OfflineMessage",
+    "RosterItem",
+    "ScramCredential",
+    "SocialLink",
+]
+
+# RFC 6121 2.1.2.5; the database has the same CHECK constraint.
+SUBSCRIPTION_STATES = frozenset({"none", "to", "from", "both"})
+
+
+@dataclass(frozen=True)
+class Account:
+    jid: str  # bare JID, already normalised by the caller
+    created_at: float
+    credentials: tuple[ScramCredential, ...]  # sorted by mechanism
+    social: bool  # logs in through a social site; never has credentials
+
+
+@dataclass(frozen=True)
+class RosterItem:
+    contact: str
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+    subscription: str = "none"
+    ask: bool = False  # our outbound subscription request is pending
+    approved: bool = False  # inbound subscription pre-approved (RFC 6121 3.4)
+
+    def __post_init__(self) -> None:
+        # Fail where the bad value is made rather than at the database,
+        # whose IntegrityError would not say which field was wrong.
+        if self.subscription not in SUBSCRIPTION_STATES:
+            raise ValueError(f"invalid subscription state {self.subscription!r}")
+
+
+@dataclass(frozen=True)
+class OfflineMessage:
+    id: int  # grows with arrival; never reused, so deleting by id is safe
+    stanza: str  # serialized XML
+    stored_at: float
+
+
+@dataclass(frozen=True)
+class SocialLink:
+    site: str
+    account: str  # the user's identifier on the site
+    jid: str
+    created_at: float
+    last_login: float | None

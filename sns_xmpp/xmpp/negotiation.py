@@ -1,0 +1,290 @@
+"""Stream negotiation for client streams: header checks, STARTTLS, SASL, binding.
+
+Neither Twisted nor wokkel has the receiving side of these for clients, so it
+lives here, on Twisted's ``ListenAuthenticator``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
+from sns_xmpp.xmpp.addressing import InvalidFormat, JID, parse_jid
+from sns_xmpp.xmpp.sasl import NS_SASL, Challenge, Success, decode_payload, encode_payload, start_attempt
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply
+
+if TYPE_CHECKING:
+    from sns_xmpp.xmpp.c2s import ClientStream
+    from sns_xmpp.xmpp.sessions import SessionManager
+
+log = Logger()
+
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
+
+
+@dataclass
+class C2SSettings:
+    """What every client stream of one listener shares."""
+
+    domains: Sequence[str]
+    checker: ILoginChecker
+    sessions: SessionManager
+    tls_context: IOpenSSLServerConnectionCreator | None
+    require_tls: bool = True
+    allow_plain_without_tls: bool = False
+    max_auth_failures: int = 3
+    # Extra children of <stream:features> before authentication (the social
+    # sites' login entries are added here).
+    pre_auth_features: list[Callable[[str], domish.Element | None]] = field(default_factory=list)
+
+
+class ClientNegotiator(xmlstream.ListenAuthenticator):
+    """Drives one client stream from its first header to a bound resource."""
+
+    xmlstream: ClientStream
+
+    def __init__(self, settings: C2SSettings) -> None:
+        self.settings = settings
+        self.domain: str | None = None
+        self.login: LoginResult | None = None
+        self.attempt = None
+        self.failures = 0
+        self.binding = False
+
+    def connectionMade(self) -> None:
+        self.xmlstream.element_handler = self.element_received
+
+    # -- stream header -------------------------------------------------
+
+    def streamStarted(self, rootElement: domish.Element) -> None:
+        stream = self.xmlstream
+        stream.sid = secrets.token_hex(8)
+        if rootElement.uri != xmlstream.NS_STREAMS or rootElement.name != "stream":
+            stream.fail(StreamError("invalid-namespace"))
+            return
+        if rootElement.defaultUri != NS_CLIENT:
+            stream.fail(StreamError("invalid-namespace"))
+            return
+        stream.prefixes = {xmlstream.NS_STREAMS: "stream"}
+        to = rootElement.getAttribute("to")
+        host = self._hosted(to) if to else self.settings.domains[0]
+        if host is None or (self.domain is not None and host != self.domain):
+            stream.fail(StreamError("host-unknown"))
+            return
+        self.domain = host
+        stream.thisEntity = JID(host)
+        if not _version_at_least_1(rootElement.getAttribute("version")):
+            stream.fail(StreamError("unsupported-version"))
+            return
+        stream.version = (1, 0)
+        stream.sendHeader()
+        stream.send(self._features())
+
+    def _hosted(self, to: str) -> str | None:
+        try:
+            parsed = parse_jid(to)
+        except InvalidFormat:
+            return None
+        if parsed.user is None and parsed.resource is None and parsed.host in self.settings.domains:
+            return parsed.host
+        return None
+
+    def _features(self) -> domish.Element:
+        features = domish.Element((xmlstream.NS_STREAMS, "features"))
+        stream = self.xmlstream
+        if self.login is not None:
+            features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SESSION, "session")).addElement("optional")
+            features.addElement((NS_PREAPPROVAL, "sub"))
+            return features
+        if not stream.secure and self.settings.tls_context is not None:
+            starttls = features.addElement((NS_TLS, "starttls"))
+            if self.settings.require_tls:
+                starttls.addElement("required")
+        mechanisms = self._mechanisms()
+        if mechanisms:
+            element = features.addElement((NS_SASL, "mechanisms"))
+            for name in mechanisms:
+                element.addElement("mechanism", content=name)
+        assert self.domain is not None
+        for make in self.settings.pre_auth_features:
+            extra = make(self.domain)
+            if extra is not None:
+                features.addChild(extra)
+        return features
+
+    def _mechanisms(self) -> list[str]:
+        secure = self.xmlstream.secure
+        if not secure and self.settings.require_tls:
+            return []
+        return [
+            name for name in self.settings.checker.mechanisms
+            if name != "PLAIN" or secure or self.settings.allow_plain_without_tls
+        ]
+
+    # -- elements before the session -----------------------------------
+
+    def element_received(self, element: domish.Element) -> None:
+        if element.uri == NS_TLS and element.name == "starttls":
+            self._starttls()
+        elif element.uri == NS_SASL and self.login is None:
+            self._sasl(element)
+        elif element.name == "iq" and element.uri == NS_CLIENT and self.login is not None:
+            self._iq_before_session(element)
+        else:
+            self.xmlstream.fail(StreamError("not-authorized"))
+
+    def _starttls(self) -> None:
+        stream = self.xmlstream
+        if stream.secure or self.login is not None or self.settings.tls_context is None:
+            stream.send(domish.Element((NS_TLS, "failure")))
+            stream.close()
+            return
+        stream.send(domish.Element((NS_TLS, "proceed")))
+        stream.transport.startTLS(self.settings.tls_context)
+        stream.secure = True
+        stream.reset()
+
+    def _sasl(self, element: domish.Element) -> None:
+        if element.name == "auth":
+            self._auth(element)
+        elif element.name == "response" and self.attempt is not None:
+            self._step(self.attempt.respond, _payload(element))
+        elif element.name == "abort":
+            self.attempt = None
+            self._failure("aborted", None)
+        else:
+            self.attempt = None
+            self._failure("malformed-request", "unexpected SASL element")
+
+    def _auth(self, element: domish.Element) -> None:
+        if not self.xmlstream.secure and self.settings.require_tls:
+            self._failure("encryption-required", "STARTTLS first")
+            return
+        mechanism = element.getAttribute("mechanism")
+        if mechanism not in self._mechanisms():
+            self._failure("invalid-mechanism", None)
+            return
+        assert self.domain is not None
+        self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
+        self._step(self.attempt.start, _payload(element))
+
+    def _step(self, method: Callable, payload: Callable[[], bytes | None]) -> None:  # type: ignore[type-arg]
+        attempt = self.attempt
+        try:
+            d = method(payload())
+        except AuthenticationFailed as failure:
+            self.attempt = None
+            self._failure(failure.condition, failure.text)
+            return
+
+        def answered(step: Challenge | Success) -> None:
+            if self.attempt is not attempt or self.xmlstream.closed:
+                return
+            if isinstance(step, Challenge):
+                challenge = domish.Element((NS_SASL, "challenge"))
+                challenge.addContent(encode_payload(step.data))
+                self.xmlstream.send(challenge)
+                return
+            self.attempt = None
+            self._succeeded(step)
+
+        def refused(reason: Failure) -> None:
+            if self.attempt is not attempt or self.xmlstream.closed:
+                return
+            self.attempt = None
+            if reason.check(AuthenticationFailed):
+                self._failure(reason.value.condition, reason.value.text)
+            else:
+                log.failure("sasl.checker_failed", reason)
+                self._failure("temporary-auth-failure", "try again later")
+
+        d.addCallbacks(answered, refused)
+
+    def _succeeded(self, step: Success) -> None:
+        stream = self.xmlstream
+        self.login = step.result
+        log.info("c2s.authenticated jid={jid} method={method} site={site} peer={peer}",
+                 jid=step.result.jid, method=step.result.method, site=step.result.site, peer=stream.peer)
+        success = domish.Element((NS_SASL, "success"))
+        if step.additional_data is not None:
+            success.addContent(encode_payload(step.additional_data))
+        stream.send(success)
+        stream.otherEntity = parse_jid(step.result.jid)
+        stream.reset()
+
+    def _failure(self, condition: str, text: str | None) -> None:
+        stream = self.xmlstream
+        self.failures += 1
+        log.info("c2s.auth_failed condition={condition} reason={reason} peer={peer}",
+                 condition=condition, reason=text, peer=stream.peer)
+        failure = domish.Element((NS_SASL, "failure"))
+        failure.addElement(condition)
+        if text:
+            failure.addElement("text", content=text)
+        stream.send(failure)
+        if self.failures >= self.settings.max_auth_failures:
+            stream.close()
+
+    # -- resource binding -----------------------------------------------
+
+    def _iq_before_session(self, iq: domish.Element) -> None:
+        stream = self.xmlstream
+        bind = next(iq.elements(NS_BIND, "bind"), None)
+        if iq.getAttribute("type") != "set" or bind is None or self.binding:
+            stream.send(_reply_from_server(iq, "not-authorized"))
+            return
+        requested = str(next(bind.elements(NS_BIND, "resource"), "") or "").strip()
+        self.binding = True
+        assert self.login is not None
+        d = self.settings.sessions.bind(stream, self.login, requested)
+
+        def bound(full_jid: str) -> None:
+            result = domish.Element((None, "iq"))
+            result["type"] = "result"
+            if iq.getAttribute("id") is not None:
+                result["id"] = iq["id"]
+            result.addElement((NS_BIND, "bind")).addElement("jid", content=full_jid)
+            stream.send(result)
+
+        def refused(reason: Failure) -> None:
+            self.binding = False
+            condition = getattr(reason.value, "condition", None)
+            if condition is None:
+                log.failure("c2s.bind_failed", reason)
+                condition = "internal-server-error"
+            stream.send(_reply_from_server(iq, condition))
+
+        d.addCallbacks(bound, refused)
+
+
+def _payload(element: domish.Element) -> Callable[[], bytes | None]:
+    return lambda: decode_payload(str(element) if element.children else None)
+
+
+def _reply_from_server(iq: domish.Element, condition: str) -> domish.Element:
+    reply = error_reply(iq, condition)
+    reply.attributes.pop("to", None)
+    reply.attributes.pop("from", None)
+    return reply
+
+
+def _version_at_least_1(version: str | None) -> bool:
+    try:
+        major = int((version or "0.0").split(".")[0])
+    except ValueError:
+        return False
+    return major >= 1

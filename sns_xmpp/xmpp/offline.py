@@ -1,0 +1,54 @@
+"""Offline messages (XEP-0160), stamped with XEP-0203 delay on the way in."""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
+
+if TYPE_CHECKING:
+    from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
+
+log = Logger()
+
+
+def _stamp(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> None:
+    """Keep a message for a user with no available resource; bounce it if there is no such user."""
+    now = sessions.clock.seconds()
+
+    def exists(found: bool):  # type: ignore[no-untyped-def]
+        if not found:
+            if message.getAttribute("from"):
+                sessions.route(error_reply(message, "service-unavailable"))
+            return None
+        delay = message.addElement((NS_DELAY, "delay"))
+        delay["from"] = owner.split("@", 1)[1]
+        delay["stamp"] = _stamp(now)
+        return sessions.store.store_offline(owner, message.toXml(), now)
+
+    d = sessions.store.account_exists(owner).addCallback(exists)
+    d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
+
+
+def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
+    """Send the stored messages, oldest first, then forget them."""
+
+    def send(messages):  # type: ignore[no-untyped-def]
+        if not messages or session.stream.closed:
+            return None
+        for message in messages:
+            session.stream.send(message.stanza)
+        log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(messages))
+        return sessions.store.delete_offline(session.bare, [m.id for m in messages])
+
+    d = sessions.store.offline_messages(session.bare).addCallback(send)
+    d.addErrback(lambda reason: log.failure("offline.delivery_failed", reason))

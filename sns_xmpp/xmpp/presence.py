@@ -1,0 +1,316 @@
+"""Presence and the subscription state machine (RFC 6121 sections 3 and 4), and roster IQs.
+
+Both ends of a subscription are handled here: ``outbound`` for what a local
+user sends (sections 3.x.2), ``inbound`` for what a local user receives
+(sections 3.x.3). Between two local users a stanza passes through both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from sns_xmpp.store.records import RosterItem
+from sns_xmpp.xmpp import offline
+from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
+from sns_xmpp.xmpp.roster import Roster, parse_item_set, push_to, roster_result, updated_item
+
+if TYPE_CHECKING:
+    from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
+
+log = Logger()
+
+SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+HAS_TO = ("to", "both")
+HAS_FROM = ("from", "both")
+
+
+def _with(subscription: str, *, to: bool | None = None, from_: bool | None = None) -> str:
+    has_to = subscription in HAS_TO if to is None else to
+    has_from = subscription in HAS_FROM if from_ is None else from_
+    return {(False, False): "none", (True, False): "to", (False, True): "from", (True, True): "both"}[
+        (has_to, has_from)]
+
+
+def readdressed(stanza: domish.Element, to: str, sender: str | None = None) -> domish.Element:
+    """A copy for another recipient; children are shared, they are not changed after sending."""
+    copy = domish.Element((stanza.uri, stanza.name), stanza.defaultUri, dict(stanza.attributes))
+    copy.children = stanza.children
+    copy["to"] = to
+    if sender is not None:
+        copy["from"] = sender
+    return copy
+
+
+def _presence(kind: str | None, sender: str, to: str) -> domish.Element:
+    presence = domish.Element((None, "presence"))
+    if kind:
+        presence["type"] = kind
+    presence["from"] = sender
+    presence["to"] = to
+    return presence
+
+
+def _priority(presence: domish.Element) -> int:
+    for child in presence.elements(None, "priority"):
+        try:
+            return max(-128, min(127, int(str(child))))
+        except ValueError:
+            return 0
+    return 0
+
+
+class PresenceHandler:
+    def __init__(self, sessions: SessionManager) -> None:
+        self.sessions = sessions
+        self.rosters = sessions.rosters
+
+    # -- what a local user's session sends ----------------------------------
+
+    def outbound(self, session: ClientSession, presence: domish.Element) -> None:
+        kind = presence.getAttribute("type")
+        to = presence.getAttribute("to")
+        if kind in SUBSCRIPTION_TYPES:
+            if to is None:
+                return
+            contact = parse_jid(to).userhost()
+            roster = self.rosters.cached(session.bare)
+            assert roster is not None, "a bound user's roster is always loaded"
+            presence["from"] = session.bare
+            presence["to"] = contact
+            if getattr(self, "_out_" + kind)(session, roster, contact, presence):
+                self.sessions.route(presence)
+        elif kind == "probe":
+            return
+        elif to is not None:
+            self._directed(session, presence, kind, to)
+        elif kind in (None, "unavailable"):
+            self.broadcast(session, presence)
+
+    def _directed(self, session: ClientSession, presence: domish.Element, kind: str | None, to: str) -> None:
+        if kind is None:
+            session.directed.add(to)
+        elif kind == "unavailable":
+            session.directed.discard(to)
+        self.sessions.route(presence)
+
+    def _out_subscribe(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
+        item = roster.item(contact)
+        if item.subscription not in HAS_TO and not item.ask:
+            self._store(roster, dataclasses.replace(item, ask=True))
+        return True
+
+    def _out_subscribed(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
+        item = roster.item(contact)
+        if self.rosters.drop_request(roster, contact):
+            self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=True),
+                                                    approved=False))
+            for resource in self.sessions.available(session.bare):
+                assert resource.presence is not None
+                self.sessions.route(readdressed(resource.presence, contact, resource.full))
+            return True
+        if item.subscription in HAS_FROM or item.approved:
+            return False
+        # RFC 6121 3.4: approving before being asked is a pre-approval, kept, not sent.
+        self._store(roster, dataclasses.replace(item, approved=True))
+        return False
+
+    def _out_unsubscribe(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
+        item = roster.items.get(contact)
+        if item is not None and (item.subscription in HAS_TO or item.ask):
+            self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, to=False),
+                                                    ask=False))
+        return True
+
+    def _out_unsubscribed(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
+        if self.rosters.drop_request(roster, contact):
+            return True
+        item = roster.items.get(contact)
+        if item is None or not (item.subscription in HAS_FROM or item.approved):
+            return False
+        self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=False),
+                                                approved=False))
+        for resource in self.sessions.available(session.bare):
+            self.sessions.route(_presence("unavailable", resource.full, contact))
+        return True
+
+    # -- broadcast of the user's own presence (RFC 6121 4.2, 4.4, 4.5) ------
+
+    def broadcast(self, session: ClientSession, presence: domish.Element) -> None:
+        unavailable = presence.getAttribute("type") == "unavailable"
+        initial = not unavailable and not session.available
+        session.available = not unavailable
+        session.presence = None if unavailable else presence
+        session.priority = _priority(presence)
+        presence["from"] = session.full
+        roster = self.rosters.cached(session.bare)
+        if roster is not None:
+            for item in roster.items.values():
+                if item.subscription in HAS_FROM:
+                    self.sessions.route(readdressed(presence, item.contact))
+        for resource in self.sessions.available(session.bare) + ([session] if unavailable else []):
+            if resource is not session or not unavailable:
+                resource.send(readdressed(presence, resource.full))
+        if unavailable:
+            for target in session.directed:
+                self.sessions.route(_presence("unavailable", session.full, target))
+            session.directed.clear()
+        if initial and roster is not None:
+            self._initial(session, roster)
+
+    def _initial(self, session: ClientSession, roster: Roster) -> None:
+        for item in roster.items.values():
+            if item.subscription in HAS_TO:
+                self.sessions.route(_presence("probe", session.bare, item.contact))
+        for contact in sorted(roster.requests):
+            session.send(_presence("subscribe", contact, session.bare))
+        if session.priority >= 0:
+            offline.deliver_stored(self.sessions, session)
+
+    # -- what arrives for a local user ---------------------------------------
+
+    def inbound(self, presence: domish.Element, to: JID) -> None:
+        kind = presence.getAttribute("type")
+        owner = to.userhost()
+        try:
+            sender = parse_jid(presence.getAttribute("from", ""))
+        except InvalidFormat:
+            return
+        if kind in SUBSCRIPTION_TYPES or kind == "probe":
+            d = self._with_roster(owner)
+            d.addCallback(lambda roster: roster and getattr(self, "_in_" + kind)(roster, sender, presence))
+            d.addErrback(lambda reason: log.failure("presence.inbound_failed", reason))
+            return
+        if to.resource is not None:
+            target = self.sessions.session(to)
+            if target is not None:
+                target.send(presence)
+            return
+        for resource in self.sessions.available(owner):
+            resource.send(presence)
+
+    def _with_roster(self, owner: str) -> Deferred:
+        """The roster of an existing account, or None for an unknown user."""
+        if self.sessions.resources(owner):
+            return self.rosters.get(owner)
+
+        def exists(found: bool) -> Deferred | None:
+            return self.rosters.get(owner) if found else None
+
+        return self.sessions.store.account_exists(owner).addCallback(exists)
+
+    def _deliver(self, owner: str, presence: domish.Element) -> None:
+        for resource in self.sessions.available(owner):
+            if resource.priority >= 0:
+                resource.send(presence)
+
+    def _in_subscribe(self, roster: Roster, sender: JID, presence: domish.Element) -> None:
+        contact = sender.userhost()
+        item = roster.item(contact)
+        if item.subscription in HAS_FROM:
+            self.sessions.route(_presence("subscribed", roster.owner, contact))
+            return
+        if item.approved:
+            self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=True),
+                                                    approved=False))
+            self.sessions.route(_presence("subscribed", roster.owner, contact))
+            for resource in self.sessions.available(roster.owner):
+                assert resource.presence is not None
+                self.sessions.route(readdressed(resource.presence, contact, resource.full))
+            return
+        self.rosters.add_request(roster, contact)
+        presence["from"] = contact
+        self._deliver(roster.owner, presence)
+
+    def _in_subscribed(self, roster: Roster, sender: JID, presence: domish.Element) -> None:
+        item = roster.items.get(sender.userhost())
+        if item is None or not item.ask:
+            return
+        self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, to=True), ask=False))
+        self._deliver(roster.owner, presence)
+
+    def _in_unsubscribe(self, roster: Roster, sender: JID, presence: domish.Element) -> None:
+        contact = sender.userhost()
+        dropped = self.rosters.drop_request(roster, contact)
+        item = roster.items.get(contact)
+        if item is not None and item.subscription in HAS_FROM:
+            self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=False)))
+        elif not dropped:
+            return
+        self._deliver(roster.owner, presence)
+
+    def _in_unsubscribed(self, roster: Roster, sender: JID, presence: domish.Element) -> None:
+        item = roster.items.get(sender.userhost())
+        if item is None or not (item.subscription in HAS_TO or item.ask):
+            return
+        self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, to=False), ask=False))
+        self._deliver(roster.owner, presence)
+
+    def _in_probe(self, roster: Roster, sender: JID, presence: domish.Element) -> None:
+        item = roster.items.get(sender.userhost())
+        if item is None or item.subscription not in HAS_FROM:
+            return
+        reply_to = presence["from"]
+        available = self.sessions.available(roster.owner)
+        for resource in available:
+            assert resource.presence is not None
+            self.sessions.route(readdressed(resource.presence, reply_to, resource.full))
+        if not available:
+            self.sessions.route(_presence("unavailable", roster.owner, reply_to))
+
+    # -- roster IQs (RFC 6121 section 2) -------------------------------------
+
+    def roster_iq(self, session: ClientSession, iq: domish.Element, query: domish.Element) -> Deferred:
+        to = iq.getAttribute("to")
+        if to is not None and to != session.bare:
+            return defer.fail(StanzaError("forbidden"))
+        roster = self.rosters.cached(session.bare)
+        assert roster is not None
+        if iq["type"] == "get":
+            session.roster_requested = True
+            return defer.succeed(roster_result(roster))
+        try:
+            contact, element = parse_item_set(query)
+        except StanzaError as error:
+            return defer.fail(error)
+        if contact == session.bare:
+            return defer.fail(StanzaError("not-allowed", text="you cannot be on your own roster"))
+        if element.getAttribute("subscription") == "remove":
+            return self._remove(session, roster, contact)
+        try:
+            item = updated_item(roster.item(contact), element)
+        except StanzaError as error:
+            return defer.fail(error)
+        self._store(roster, item)
+        return defer.succeed(None)
+
+    def _remove(self, session: ClientSession, roster: Roster, contact: str) -> Deferred:
+        item = roster.items.get(contact)
+        requested = self.rosters.drop_request(roster, contact)
+        if item is None:
+            if not requested:
+                return defer.fail(StanzaError("item-not-found"))
+            self.sessions.route(_presence("unsubscribed", session.bare, contact))
+            return defer.succeed(None)
+        if item.subscription in HAS_TO or item.ask:
+            self.sessions.route(_presence("unsubscribe", session.bare, contact))
+        if item.subscription in HAS_FROM or requested:
+            self.sessions.route(_presence("unsubscribed", session.bare, contact))
+        self.rosters.remove(roster, contact)
+        self._push(roster.owner, item, removed=True)
+        return defer.succeed(None)
+
+    def _store(self, roster: Roster, item: RosterItem) -> None:
+        self.rosters.put(roster, item)
+        self._push(roster.owner, item, removed=False)
+
+    def _push(self, owner: str, item: RosterItem, removed: bool) -> None:
+        targets = [r.send for r in self.sessions.resources(owner) if r.roster_requested]
+        if targets:
+            push_to(targets, owner, item, removed, self.sessions.next_push_id())

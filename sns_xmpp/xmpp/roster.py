@@ -1,0 +1,174 @@
+"""Rosters (RFC 6121 section 2): an in-memory copy per active user, written through.
+
+The roster is loaded once, when a user binds a resource or when a stanza for an
+offline user needs it, and then read from memory: no database round trip on
+the presence path. Writes go to the store's single writer thread in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from sns_xmpp.store.interface import IStore
+from sns_xmpp.store.records import RosterItem
+from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+
+log = Logger()
+
+NS_ROSTER = "jabber:iq:roster"
+MAX_GROUP_BYTES = 1023
+MAX_NAME_BYTES = 1023
+
+
+@dataclass
+class Roster:
+    owner: str
+    items: dict[str, RosterItem] = field(default_factory=dict)
+    # Inbound subscription requests still waiting for the owner's answer.
+    requests: set[str] = field(default_factory=set)
+
+    def item(self, contact: str) -> RosterItem:
+        return self.items.get(contact) or RosterItem(contact, None, (), "none", False, False)
+
+
+class RosterBook:
+    """The cache of loaded rosters, and the only writer of roster state."""
+
+    def __init__(self, store: IStore) -> None:
+        self.store = store
+        self._rosters: dict[str, Roster] = {}
+        self._loading: dict[str, list[Deferred]] = {}
+
+    def cached(self, owner: str) -> Roster | None:
+        return self._rosters.get(owner)
+
+    def get(self, owner: str) -> Deferred:
+        """Fire with the owner's Roster; concurrent callers share one load, in order."""
+        roster = self._rosters.get(owner)
+        if roster is not None:
+            return defer.succeed(roster)
+        waiter: Deferred = Deferred()
+        if owner in self._loading:
+            self._loading[owner].append(waiter)
+            return waiter
+        self._loading[owner] = [waiter]
+        d = defer.gatherResults([self.store.get_roster(owner), self.store.subscription_requests(owner)],
+                                consumeErrors=True)
+
+        def loaded(results: list) -> None:  # type: ignore[type-arg]
+            items, requests = results
+            roster = Roster(owner, {item.contact: item for item in items}, set(requests))
+            self._rosters[owner] = roster
+            for waiting in self._loading.pop(owner):
+                waiting.callback(roster)
+
+        def failed(reason: Failure) -> None:
+            for waiting in self._loading.pop(owner):
+                waiting.errback(reason)
+
+        d.addCallbacks(loaded, failed)
+        return waiter
+
+    def forget(self, owner: str) -> None:
+        self._rosters.pop(owner, None)
+
+    def put(self, roster: Roster, item: RosterItem) -> None:
+        roster.items[item.contact] = item
+        self._written(self.store.put_roster_item(roster.owner, item))
+
+    def remove(self, roster: Roster, contact: str) -> None:
+        roster.items.pop(contact, None)
+        self._written(self.store.remove_roster_item(roster.owner, contact))
+
+    def add_request(self, roster: Roster, contact: str) -> None:
+        if contact not in roster.requests:
+            roster.requests.add(contact)
+            self._written(self.store.add_subscription_request(roster.owner, contact))
+
+    def drop_request(self, roster: Roster, contact: str) -> bool:
+        if contact not in roster.requests:
+            return False
+        roster.requests.discard(contact)
+        self._written(self.store.remove_subscription_request(roster.owner, contact))
+        return True
+
+    def _written(self, d: Deferred) -> None:
+        d.addErrback(lambda reason: log.failure("roster.write_failed", reason))
+
+
+def item_element(item: RosterItem, removed: bool = False) -> domish.Element:
+    element = domish.Element((NS_ROSTER, "item"))
+    element["jid"] = item.contact
+    if removed:
+        element["subscription"] = "remove"
+        return element
+    element["subscription"] = item.subscription
+    if item.name:
+        element["name"] = item.name
+    if item.ask:
+        element["ask"] = "subscribe"
+    if item.approved:
+        element["approved"] = "true"
+    for group in item.groups:
+        element.addElement("group", content=group)
+    return element
+
+
+def roster_result(roster: Roster) -> domish.Element:
+    query = domish.Element((NS_ROSTER, "query"))
+    for item in roster.items.values():
+        query.addChild(item_element(item))
+    return query
+
+
+def parse_item_set(query: domish.Element) -> tuple[str, domish.Element]:
+    """The one <item/> of a roster set and its prepared bare JID (RFC 6121 2.3.3)."""
+    items = list(query.elements(NS_ROSTER, "item"))
+    if len(items) != 1:
+        raise StanzaError("bad-request", text="a roster set carries exactly one item")
+    element = items[0]
+    try:
+        contact = parse_jid(element.getAttribute("jid", ""))
+    except InvalidFormat:
+        raise StanzaError("bad-request", text="invalid JID") from None
+    if contact.resource is not None:
+        raise StanzaError("bad-request", text="roster items are bare JIDs")
+    subscription = element.getAttribute("subscription")
+    if subscription not in (None, "remove", "none", "to", "from", "both"):
+        raise StanzaError("bad-request", text="unknown subscription value")
+    return contact.userhost(), element
+
+
+def updated_item(existing: RosterItem, element: domish.Element) -> RosterItem:
+    """A client may change the name and the groups; the subscription is the server's."""
+    name = element.getAttribute("name") or None
+    if name is not None and len(name.encode()) > MAX_NAME_BYTES:
+        raise StanzaError("not-acceptable", text="name too long")
+    groups: list[str] = []
+    for group in element.elements(NS_ROSTER, "group"):
+        text = str(group)
+        if not text or len(text.encode()) > MAX_GROUP_BYTES:
+            raise StanzaError("not-acceptable", text="empty or oversized group name")
+        if text not in groups:
+            groups.append(text)
+    return dataclasses.replace(existing, name=name, groups=tuple(groups))
+
+
+def push_to(targets: Iterable[Callable[[domish.Element], None]], owner: str, item: RosterItem,
+            removed: bool, push_id: str) -> None:
+    for send in targets:
+        iq = domish.Element((None, "iq"))
+        iq["type"] = "set"
+        iq["id"] = push_id
+        query = iq.addElement((NS_ROSTER, "query"))
+        query.addChild(item_element(item, removed))
+        send(iq)

@@ -1,0 +1,124 @@
+"""SASL mechanisms on the server side (RFC 6120 section 6), free of stream I/O.
+
+Each attempt is one object: ``start`` with the optional initial response,
+then ``respond`` for each client response. Both fire with a `Challenge` to
+send, or a `Success`, or fail with `AuthenticationFailed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.scram import ScramError, ScramServerExchange
+
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+MAX_SASL_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Success:
+    result: LoginResult
+    additional_data: bytes | None = None
+
+
+def decode_payload(text: str | None) -> bytes | None:
+    """RFC 6120 6.4.2: no text means no initial response, '=' means an empty one."""
+    if text is None or text == "":
+        return None
+    if text == "=":
+        return b""
+    if len(text) > MAX_SASL_BYTES * 4 // 3 + 4:
+        raise AuthenticationFailed("malformed-request", "SASL payload too large")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthenticationFailed("incorrect-encoding", "payload is not base64") from None
+
+
+def encode_payload(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii") if data else "="
+
+
+class PlainAttempt:
+    """RFC 4616: ``authzid NUL authcid NUL password`` in one message."""
+
+    def __init__(self, checker: ILoginChecker, domain: str) -> None:
+        self.checker = checker
+        self.domain = domain
+
+    def start(self, initial: bytes | None) -> Deferred:
+        if initial is None:
+            return defer.succeed(Challenge(b""))
+        return self.respond(initial)
+
+    def respond(self, data: bytes) -> Deferred:
+        parts = data.split(b"\x00")
+        if len(parts) != 3 or not parts[1]:
+            return defer.fail(AuthenticationFailed("malformed-request", "PLAIN needs authzid, authcid and password"))
+        try:
+            authzid, authcid, password = (part.decode("utf-8") for part in parts)
+        except UnicodeDecodeError:
+            return defer.fail(AuthenticationFailed("malformed-request", "PLAIN payload is not UTF-8"))
+        d = defer.maybeDeferred(self.checker.check_plain, authcid, password, authzid or None, self.domain)
+        return d.addCallback(Success)
+
+
+class ScramAttempt:
+    """RFC 5802 / 7677 over the sans-IO exchange in `sns_xmpp.auth.scram`."""
+
+    def __init__(self, mechanism: str, checker: ILoginChecker, domain: str) -> None:
+        self.checker = checker
+        self.domain = domain
+        self.exchange = ScramServerExchange(mechanism)
+        self.mechanism = mechanism
+        self.lookup: ScramLookup | None = None
+
+    def start(self, initial: bytes | None) -> Deferred:
+        if initial is None:
+            return defer.succeed(Challenge(b""))
+        return self.respond(initial)
+
+    def respond(self, data: bytes) -> Deferred:
+        if self.lookup is None:
+            return self._client_first(data)
+        return self._client_final(data)
+
+    def _client_first(self, data: bytes) -> Deferred:
+        try:
+            self.exchange.client_first(data)
+        except ScramError as error:
+            return defer.fail(AuthenticationFailed(error.sasl_condition, str(error)))
+
+        def looked_up(lookup: ScramLookup) -> Challenge:
+            self.lookup = lookup
+            return Challenge(self.exchange.server_first(lookup.credential))
+
+        d = defer.maybeDeferred(self.checker.scram_lookup, self.exchange.username, self.mechanism, self.domain)
+        return d.addCallback(looked_up)
+
+    def _client_final(self, data: bytes) -> Deferred:
+        assert self.lookup is not None
+        try:
+            verifier = self.exchange.client_final(data)
+        except ScramError as error:
+            return defer.fail(AuthenticationFailed(error.sasl_condition, "wrong credentials"
+                                                   if error.sasl_condition == "not-authorized" else str(error)))
+        d = defer.maybeDeferred(self.lookup.complete, self.exchange.authzid)
+        return d.addCallback(lambda result: Success(result, verifier))
+
+
+def start_attempt(mechanism: str, checker: ILoginChecker, domain: str) -> PlainAttempt | ScramAttempt:
+    if mechanism == "PLAIN":
+        return PlainAttempt(checker, domain)
+    return ScramAttempt(mechanism, checker, domain)

@@ -1,0 +1,64 @@
+"""IQs the server answers for its own domain: XEP-0030 disco, XEP-0199 ping, XEP-0092 version,
+and the legacy RFC 3921 session establishment that old clients still send."""
+
+from __future__ import annotations
+
+import platform
+
+from twisted.words.xish import domish
+
+import sns_xmpp
+from sns_xmpp.xmpp.sessions import NS_SESSION_LEGACY, SessionManager
+
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_PING = "urn:xmpp:ping"
+NS_VERSION = "jabber:iq:version"
+NS_ROSTER = "jabber:iq:roster"
+
+FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION, NS_ROSTER, "msgoffline",
+            "urn:xmpp:features:pre-approval")
+
+
+def disco_info(iq: domish.Element) -> domish.Element:
+    query = domish.Element((NS_DISCO_INFO, "query"))
+    node = next(iq.elements(NS_DISCO_INFO, "query")).getAttribute("node")
+    if node:
+        query["node"] = node
+    identity = query.addElement("identity")
+    identity["category"] = "server"
+    identity["type"] = "im"
+    identity["name"] = "sns-xmpp"
+    for feature in FEATURES:
+        query.addElement("feature")["var"] = feature
+    return query
+
+
+def disco_items(iq: domish.Element) -> domish.Element:
+    return domish.Element((NS_DISCO_ITEMS, "query"))
+
+
+def ping(iq: domish.Element) -> None:
+    return None
+
+
+def version(iq: domish.Element) -> domish.Element:
+    query = domish.Element((NS_VERSION, "query"))
+    query.addElement("name", content="sns-xmpp")
+    query.addElement("version", content=sns_xmpp.__version__)
+    query.addElement("os", content=platform.system())
+    return query
+
+
+def session(iq: domish.Element) -> None:
+    return None
+
+
+def install(sessions: SessionManager) -> None:
+    sessions.iq_handlers.update({
+        NS_DISCO_INFO: disco_info,
+        NS_DISCO_ITEMS: disco_items,
+        NS_PING: ping,
+        NS_VERSION: version,
+        NS_SESSION_LEGACY: session,
+    })

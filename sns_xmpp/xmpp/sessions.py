@@ -1,0 +1,275 @@
+"""Bound client sessions of the hosted domains, and delivery to them (RFC 6121 section 8).
+
+`SessionManager` is the Router's route for every hosted domain: stanzas for a
+local user arrive at `deliver`, stanzas from a client at `from_client`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.error import StanzaError, StreamError
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.store.interface import IStore
+from sns_xmpp.xmpp import offline
+from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
+from sns_xmpp.xmpp.c2s import ClientStream
+from sns_xmpp.xmpp.presence import PresenceHandler
+from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, first_child, iq_result, may_bounce
+
+log = Logger()
+
+IQHandler = Callable[[domish.Element], "domish.Element | Deferred | None"]
+
+
+class BindRefused(Exception):
+    def __init__(self, condition: str) -> None:
+        super().__init__(condition)
+        self.condition = condition
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One bound resource."""
+
+    jid: JID
+    stream: ClientStream
+    login: LoginResult
+    connected_at: float
+    available: bool = False
+    priority: int = 0
+    presence: domish.Element | None = None
+    roster_requested: bool = False
+    directed: set[str] = field(default_factory=set)
+
+    @property
+    def bare(self) -> str:
+        return self.jid.userhost()
+
+    @property
+    def full(self) -> str:
+        return self.jid.full()
+
+    def send(self, element: domish.Element) -> None:
+        self.stream.send(element)
+
+
+class SessionManager:
+    def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
+                 route: Callable[[domish.Element], None]) -> None:
+        self.domains = frozenset(domains)
+        self.store = store
+        self.clock = clock
+        self.route = route
+        self.rosters = RosterBook(store)
+        self.presence = PresenceHandler(self)
+        self.users: dict[str, dict[str, ClientSession]] = {}
+        # Server IQ handlers by the namespace of the IQ's child; see server_iq.
+        self.iq_handlers: dict[str, IQHandler] = {}
+        self._push_counter = 0
+
+    # -- the registry ------------------------------------------------------
+
+    def resources(self, bare: str) -> list[ClientSession]:
+        return list(self.users.get(bare, {}).values())
+
+    def available(self, bare: str) -> list[ClientSession]:
+        return [s for s in self.users.get(bare, {}).values() if s.available]
+
+    def session(self, full: JID) -> ClientSession | None:
+        return self.users.get(full.userhost(), {}).get(full.resource or "")
+
+    def all_sessions(self) -> list[ClientSession]:
+        return [s for resources in self.users.values() for s in resources.values()]
+
+    def bind(self, stream: ClientStream, login: LoginResult, requested: str) -> Deferred:
+        resource = requested or secrets.token_hex(6)
+        try:
+            full = parse_jid(f"{login.jid}/{resource}")
+        except InvalidFormat:
+            return defer.fail(BindRefused("bad-request"))
+
+        def loaded(roster: object) -> str:
+            if stream.closed:
+                raise BindRefused("not-allowed")
+            resources = self.users.setdefault(login.jid, {})
+            replaced = resources.get(full.resource)
+            if replaced is not None:
+                self._unbind(replaced)
+                replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
+            session = ClientSession(full, stream, login, self.clock.seconds())
+            resources[full.resource] = session
+            stream.element_handler = lambda element: self.from_client(session, element)
+            stream.on_close.append(lambda: self._unbind(session))
+            log.info("c2s.bound jid={jid} peer={peer}", jid=full.full(), peer=stream.peer)
+            return full.full()
+
+        return self.rosters.get(login.jid).addCallback(loaded)
+
+    def _unbind(self, session: ClientSession) -> None:
+        resources = self.users.get(session.bare)
+        if resources is None or resources.get(session.jid.resource) is not session:
+            return
+        if session.available:
+            unavailable = domish.Element((None, "presence"))
+            unavailable["type"] = "unavailable"
+            unavailable["from"] = session.full
+            self.presence.broadcast(session, unavailable)
+        del resources[session.jid.resource]
+        if not resources:
+            del self.users[session.bare]
+            self.rosters.forget(session.bare)
+
+    # -- stanzas from a bound client ---------------------------------------
+
+    def from_client(self, session: ClientSession, stanza: domish.Element) -> None:
+        if stanza.uri != NS_CLIENT or stanza.name not in ("message", "presence", "iq"):
+            session.stream.fail(StreamError("unsupported-stanza-type"))
+            return
+        stanza["from"] = session.full  # RFC 6120 8.1.2.1: the server stamps the sender
+        to = stanza.getAttribute("to")
+        if to is not None:
+            try:
+                target = parse_jid(to)
+            except InvalidFormat:
+                if may_bounce(stanza):
+                    reply = error_reply(stanza, "jid-malformed")
+                    reply.attributes.pop("from", None)
+                    session.send(reply)
+                return
+        if stanza.name == "presence":
+            self.presence.outbound(session, stanza)
+        elif stanza.name == "iq":
+            if to is None or target.full() in (session.bare, session.jid.host):
+                self.answer_iq(stanza, session)
+            else:
+                self.route(stanza)
+        else:
+            if to is None:
+                stanza["to"] = session.bare
+            self.route(stanza)
+
+    # -- stanzas for local addresses (the Router's route) -------------------
+
+    def deliver(self, stanza: domish.Element) -> None:
+        try:
+            to = parse_jid(stanza.getAttribute("to", ""))
+        except InvalidFormat:
+            return
+        if to.host not in self.domains:
+            return
+        if to.user is None:
+            if stanza.name == "iq" and to.resource is None:
+                self.answer_iq(stanza, None)
+            elif stanza.name != "presence" and may_bounce(stanza):
+                self.route(error_reply(stanza, "service-unavailable"))
+            return
+        if stanza.name == "message":
+            self._deliver_message(stanza, to)
+        elif stanza.name == "presence":
+            self.presence.inbound(stanza, to)
+        elif stanza.name == "iq":
+            self._deliver_iq(stanza, to)
+
+    def _deliver_message(self, stanza: domish.Element, to: JID) -> None:
+        kind = stanza.getAttribute("type", "normal")
+        bare = to.userhost()
+        if to.resource is not None:
+            session = self.session(to)
+            if session is not None:
+                session.send(stanza)
+                return
+            if kind == "groupchat":
+                self._bounce(stanza, "service-unavailable")
+            if kind in ("groupchat", "error"):
+                return
+        if kind == "error":
+            return
+        targets = [s for s in self.available(bare) if s.priority >= 0]
+        if targets and kind != "groupchat":
+            for session in targets:
+                session.send(stanza)
+            return
+        if kind == "headline":
+            return
+        if kind == "groupchat":
+            self._bounce(stanza, "service-unavailable")
+            return
+        offline.store_for_later(self, bare, stanza)
+
+    def _deliver_iq(self, stanza: domish.Element, to: JID) -> None:
+        if to.resource is not None:
+            session = self.session(to)
+            if session is not None:
+                session.send(stanza)
+            else:
+                self._bounce(stanza, "service-unavailable")
+            return
+        self._bounce(stanza, "service-unavailable")
+
+    def _bounce(self, stanza: domish.Element, condition: str) -> None:
+        if may_bounce(stanza) and stanza.getAttribute("from"):
+            self.route(error_reply(stanza, condition))
+
+    # -- IQs the server answers ---------------------------------------------
+
+    def answer_iq(self, iq: domish.Element, session: ClientSession | None) -> None:
+        kind = iq.getAttribute("type")
+        if kind in ("result", "error"):
+            return
+        child = first_child(iq)
+        if kind not in ("get", "set") or child is None or iq.getAttribute("id") is None:
+            self._reply(iq, session, StanzaError("bad-request").toResponse(iq))
+            return
+        if child.uri == NS_ROSTER:
+            if session is None:
+                self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
+                return
+            self._reply_later(iq, session, self.presence.roster_iq(session, iq, child))
+            return
+        handler = self.iq_handlers.get(child.uri or "")
+        if handler is None or (session is not None and iq.getAttribute("to") == session.bare
+                               and child.uri != NS_SESSION_LEGACY):
+            self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
+            return
+        self._reply_later(iq, session, defer.maybeDeferred(handler, iq))
+
+    def _reply_later(self, iq: domish.Element, session: ClientSession | None, d: Deferred) -> None:
+        def answered(payload: domish.Element | None) -> None:
+            result = iq_result(iq)
+            if payload is not None:
+                result.addChild(payload)
+            self._reply(iq, session, result)
+
+        def refused(reason):  # type: ignore[no-untyped-def]
+            if reason.check(StanzaError):
+                self._reply(iq, session, reason.value.toResponse(iq))
+            else:
+                log.failure("iq.handler_failed", reason)
+                self._reply(iq, session, StanzaError("internal-server-error").toResponse(iq))
+
+        d.addCallbacks(answered, refused)
+
+    def _reply(self, iq: domish.Element, session: ClientSession | None, reply: domish.Element) -> None:
+        if session is not None:
+            if iq.getAttribute("to") is None:
+                reply.attributes.pop("from", None)
+            session.send(reply)
+        elif reply.getAttribute("to"):
+            self.route(reply)
+
+    def next_push_id(self) -> str:
+        self._push_counter += 1
+        return f"push{self._push_counter}"
+
+
+NS_SESSION_LEGACY = "urn:ietf:params:xml:ns:xmpp-session"
