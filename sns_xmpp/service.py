@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -49,21 +50,20 @@ class ListenerService(service.Service):
         self.endpoint = endpoint
         self.factory = factory
         self.port: IListeningPort | None = None
-        self.listening = None
+        self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.listening = self.endpoint.listen(self.factory)
+        self.listening = listening_port = self.endpoint.listen(self.factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             address = port.getHost()
-            log.info("listener.up name={name} host={host} port={port}", name=self.name,
-                     host=address.host, port=address.port)
+            log.info("listener.up name={name} address={address}", name=self.name, address=address)
             return port
 
-        self.listening.addCallback(listening)
-        self.listening.addErrback(lambda reason: log.failure("listener.failed name={name}", reason,
+        listening_port.addCallback(listening)
+        listening_port.addErrback(lambda reason: log.failure("listener.failed name={name}", reason,
                                                              name=self.name))
 
     def stopService(self) -> Any:
@@ -75,7 +75,7 @@ class ListenerService(service.Service):
     @property
     def port_number(self) -> int:
         assert self.port is not None
-        return self.port.getHost().port  # type: ignore[attr-defined, no-any-return]
+        return int(self.port.getHost().port)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -89,7 +89,8 @@ class Server:
     top: service.MultiService
 
     def listener(self, name: str) -> ListenerService:
-        return self.top.getServiceNamed(name)  # type: ignore[no-any-return]
+        named: ListenerService = self.top.getServiceNamed(name)
+        return named
 
 
 def build_server(config: Config, reactor: Any) -> Server:
@@ -109,7 +110,7 @@ def build_server(config: Config, reactor: Any) -> Server:
     if config.tls.certificate:
         certificate, key = config.base_dir / config.tls.certificate, config.base_dir / config.tls.private_key
     else:
-        now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+        now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.UTC)
         certificate, key = ensure_self_signed(config.data_dir / "tls", config.server.domains, now)
     tls_context = server_context(certificate, key)
 

@@ -6,7 +6,6 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer
 

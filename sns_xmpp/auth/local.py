@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Generator
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -12,6 +14,7 @@ from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResu
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import MECHANISMS, derive_credential
 from sns_xmpp.store.interface import IStore
+from sns_xmpp.store.records import Account
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 
@@ -51,7 +54,9 @@ class LocalAccountChecker:
         self.store = store
 
     @defer.inlineCallbacks
-    def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str):  # type: ignore[no-untyped-def]
+    def check_plain(
+        self, authcid: str, password: str, authzid: str | None, domain: str
+    ) -> Generator[Deferred[Any], Any, LoginResult]:
         jid = local_jid(authcid, domain)
         account = yield self.store.get_account(jid)
         stored = None
@@ -75,7 +80,7 @@ class LocalAccountChecker:
         except AuthenticationFailed:
             return defer.succeed(ScramLookup(None, _refuse))
 
-        def found(account):  # type: ignore[no-untyped-def]
+        def found(account: Account | None) -> ScramLookup:
             credential = None
             if account is not None:
                 credential = next((c for c in account.credentials if c.mechanism == mechanism), None)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from sns_xmpp.auth.saslprep import SASLprepError
-from sns_xmpp.auth.scram import derive_all
+from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.store.sqlite import SQLiteDatabase
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
@@ -48,7 +48,7 @@ def _read_password(stdin: TextIO) -> str:
     return first
 
 
-def _credentials(password: str, config: Config):  # type: ignore[no-untyped-def]
+def _credentials(password: str, config: Config) -> tuple[ScramCredential, ...]:
     try:
         return derive_all(password, iterations=config.xmpp.c2s.scram_iterations)
     except SASLprepError as error:

@@ -8,13 +8,15 @@ parse error into ``not-well-formed`` for this stream alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
@@ -26,6 +28,12 @@ ElementHandler = Callable[[domish.Element], None]
 
 class ClientStream(xmlstream.XmlStream):
     """A c2s stream whose elements go straight to one handler, not xpath observers."""
+
+    # Twisted declares these as None only.
+    sid: str | None  # type: ignore[assignment]
+    thisEntity: JID | None  # type: ignore[assignment]
+    otherEntity: JID | None  # type: ignore[assignment]
+    stream: Any
 
     def __init__(self, authenticator: xmlstream.Authenticator, max_stanza_bytes: int,
                  clock: IReactorTime, secure: bool) -> None:
@@ -39,7 +47,7 @@ class ClientStream(xmlstream.XmlStream):
         self.element_handler: ElementHandler = self._refuse
         self._unparsed = 0
 
-    def _callLater(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _callLater(self, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(*args, **kwargs)
 
     @property
@@ -94,9 +102,10 @@ class ClientStream(xmlstream.XmlStream):
         self.closed = True
         if self._headerSent:
             self.sendFooter()
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
-    def send(self, obj) -> None:  # type: ignore[no-untyped-def]
+    def send(self, obj: domish.Element | str | bytes) -> None:
         if self.transport is not None:
             super().send(obj)
 
@@ -124,7 +133,7 @@ class ClientStreamFactory(protocol.Factory):
         self.clock = clock
         self.secure = secure
 
-    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+    def buildProtocol(self, addr: IAddress | None) -> ClientStream:
         stream = ClientStream(self.make_authenticator(), self.max_stanza_bytes, self.clock, self.secure)
         stream.factory = self
         return stream

@@ -9,9 +9,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
@@ -19,8 +20,17 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
-from sns_xmpp.xmpp.addressing import InvalidFormat, JID, parse_jid
-from sns_xmpp.xmpp.sasl import NS_SASL, Challenge, Success, decode_payload, encode_payload, start_attempt
+from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
+from sns_xmpp.xmpp.sasl import (
+    NS_SASL,
+    Challenge,
+    PlainAttempt,
+    ScramAttempt,
+    Success,
+    decode_payload,
+    encode_payload,
+    start_attempt,
+)
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply
 
 if TYPE_CHECKING:
@@ -60,7 +70,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.settings = settings
         self.domain: str | None = None
         self.login: LoginResult | None = None
-        self.attempt = None
+        self.attempt: PlainAttempt | ScramAttempt | None = None
         self.failures = 0
         self.binding = False
 
@@ -154,7 +164,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.close()
             return
         stream.send(domish.Element((NS_TLS, "proceed")))
-        stream.transport.startTLS(self.settings.tls_context)
+        ITLSTransport(stream.transport).startTLS(self.settings.tls_context)
         stream.secure = True
         stream.reset()
 
@@ -179,13 +189,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._failure("invalid-mechanism", None)
             return
         assert self.domain is not None
-        self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
-        self._step(self.attempt.start, _payload(element))
+        attempt = self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
+        self._step(attempt.start, _payload(element))
 
-    def _step(self, method: Callable, payload: Callable[[], bytes | None]) -> None:  # type: ignore[type-arg]
+    def _step(self, method: Callable[[bytes], Deferred[Any]] | Callable[[bytes | None], Deferred[Any]],
+              payload: Callable[[], bytes | None]) -> None:
         attempt = self.attempt
         try:
-            d = method(payload())
+            d = method(payload())  # type: ignore[arg-type]
         except AuthenticationFailed as failure:
             self.attempt = None
             self._failure(failure.condition, failure.text)
@@ -206,7 +217,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             if self.attempt is not attempt or self.xmlstream.closed:
                 return
             self.attempt = None
-            if reason.check(AuthenticationFailed):
+            if isinstance(reason.value, AuthenticationFailed):
                 self._failure(reason.value.condition, reason.value.text)
             else:
                 log.failure("sasl.checker_failed", reason)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
 
 if TYPE_CHECKING:
@@ -17,7 +19,7 @@ log = Logger()
 
 
 def _stamp(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -25,7 +27,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     """Keep a message for a user with no available resource; bounce it if there is no such user."""
     now = sessions.clock.seconds()
 
-    def exists(found: bool):  # type: ignore[no-untyped-def]
+    def exists(found: bool) -> Deferred[int] | None:
         if not found:
             if message.getAttribute("from"):
                 sessions.route(error_reply(message, "service-unavailable"))
@@ -42,7 +44,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
 def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
     """Send the stored messages, oldest first, then forget them."""
 
-    def send(messages):  # type: ignore[no-untyped-def]
+    def send(messages: list[OfflineMessage]) -> Deferred[None] | None:
         if not messages or session.stream.closed:
             return None
         for message in messages:

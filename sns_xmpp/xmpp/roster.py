@@ -61,10 +61,11 @@ class RosterBook:
             self._loading[owner].append(waiter)
             return waiter
         self._loading[owner] = [waiter]
-        d = defer.gatherResults([self.store.get_roster(owner), self.store.subscription_requests(owner)],
-                                consumeErrors=True)
+        d = self.store.get_roster(owner)
+        d.addCallback(lambda items: self.store.subscription_requests(owner).addCallback(
+            lambda requests: (items, requests)))
 
-        def loaded(results: list) -> None:  # type: ignore[type-arg]
+        def loaded(results: tuple[list[RosterItem], list[str]]) -> None:
             items, requests = results
             roster = Roster(owner, {item.contact: item for item in items}, set(requests))
             self._rosters[owner] = roster

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.logger import Logger
 from twisted.words.xish import domish, utility
 from wokkel.component import Router
@@ -44,7 +46,7 @@ class StanzaRouter(Router):
 class LocalRoute(utility.EventDispatcher):
     """The Router's view of a hosted domain: stanzas for it go to ``deliver``."""
 
-    def __init__(self, deliver) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, deliver: Callable[[domish.Element], None]) -> None:
         super().__init__()
         self.deliver = deliver
 

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.xish import domish
 
@@ -54,6 +55,10 @@ class ClientSession:
     @property
     def bare(self) -> str:
         return self.jid.userhost()
+
+    @property
+    def resource(self) -> str:
+        return self.jid.resource or ""
 
     @property
     def full(self) -> str:
@@ -97,17 +102,18 @@ class SessionManager:
             full = parse_jid(f"{login.jid}/{resource}")
         except InvalidFormat:
             return defer.fail(BindRefused("bad-request"))
+        resource = full.resource or ""
 
         def loaded(roster: object) -> str:
             if stream.closed:
                 raise BindRefused("not-allowed")
             resources = self.users.setdefault(login.jid, {})
-            replaced = resources.get(full.resource)
+            replaced = resources.get(resource)
             if replaced is not None:
                 self._unbind(replaced)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
             session = ClientSession(full, stream, login, self.clock.seconds())
-            resources[full.resource] = session
+            resources[resource] = session
             stream.element_handler = lambda element: self.from_client(session, element)
             stream.on_close.append(lambda: self._unbind(session))
             log.info("c2s.bound jid={jid} peer={peer}", jid=full.full(), peer=stream.peer)
@@ -117,14 +123,14 @@ class SessionManager:
 
     def _unbind(self, session: ClientSession) -> None:
         resources = self.users.get(session.bare)
-        if resources is None or resources.get(session.jid.resource) is not session:
+        if resources is None or resources.get(session.resource) is not session:
             return
         if session.available:
             unavailable = domish.Element((None, "presence"))
             unavailable["type"] = "unavailable"
             unavailable["from"] = session.full
             self.presence.broadcast(session, unavailable)
-        del resources[session.jid.resource]
+        del resources[session.resource]
         if not resources:
             del self.users[session.bare]
             self.rosters.forget(session.bare)
@@ -250,8 +256,8 @@ class SessionManager:
                 result.addChild(payload)
             self._reply(iq, session, result)
 
-        def refused(reason):  # type: ignore[no-untyped-def]
-            if reason.check(StanzaError):
+        def refused(reason: Failure) -> None:
+            if isinstance(reason.value, StanzaError):
                 self._reply(iq, session, reason.value.toResponse(iq))
             else:
                 log.failure("iq.handler_failed", reason)
