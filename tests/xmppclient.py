@@ -45,6 +45,7 @@ class Client(slixmpp.ClientXMPP):
         self.roster.auto_subscribe = False
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
+        self.register_plugin("xep_0203")
 
     async def log_in(self, port: int, *, presence: bool = True, direct_tls: bool = False) -> None:
         session = asyncio.ensure_future(self.wait_until("session_start", TIMEOUT))

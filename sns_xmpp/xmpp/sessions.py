@@ -107,11 +107,11 @@ class SessionManager:
         def loaded(roster: object) -> str:
             if stream.closed:
                 raise BindRefused("not-allowed")
-            resources = self.users.setdefault(login.jid, {})
-            replaced = resources.get(resource)
+            replaced = self.users.get(login.jid, {}).get(resource)
             if replaced is not None:
-                self._unbind(replaced)
+                self._unbind(replaced, keep_roster=True)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
+            resources = self.users.setdefault(login.jid, {})
             session = ClientSession(full, stream, login, self.clock.seconds())
             resources[resource] = session
             stream.element_handler = lambda element: self.from_client(session, element)
@@ -121,7 +121,7 @@ class SessionManager:
 
         return self.rosters.get(login.jid).addCallback(loaded)
 
-    def _unbind(self, session: ClientSession) -> None:
+    def _unbind(self, session: ClientSession, keep_roster: bool = False) -> None:
         resources = self.users.get(session.bare)
         if resources is None or resources.get(session.resource) is not session:
             return
@@ -133,7 +133,8 @@ class SessionManager:
         del resources[session.resource]
         if not resources:
             del self.users[session.bare]
-            self.rosters.forget(session.bare)
+            if not keep_roster:
+                self.rosters.forget(session.bare)
 
     # -- stanzas from a bound client ---------------------------------------
 

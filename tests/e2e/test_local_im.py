@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest_twisted
 
 from tests.xmppclient import Client, wait
@@ -50,3 +52,112 @@ async def test_two_users_subscribe_see_presence_and_chat_both_ways(server) -> No
 
     await wait(bob.log_out())
     await wait(alice.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_not_authorized_and_every_mechanism_works(server) -> None:
+    """SCRAM-SHA-1, SCRAM-SHA-256 and PLAIN (after TLS), STARTTLS and direct TLS; a bad password fails."""
+    await server.add_user("carol@localhost", "right")
+    wrong = Client("carol@localhost", "wrong", mechanism="SCRAM-SHA-256")
+    wrong.connect(host="127.0.0.1", port=server.c2s_port)
+    failure = await wait(wrong.auth_failures.get())
+    assert failure.get_condition() == "not-authorized"
+    wrong.abort()
+
+    for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256", "PLAIN"):
+        client = await logged_in(server, "carol@localhost", "right", mechanism=mechanism)
+        assert client.boundjid.bare == "carol@localhost"
+        await wait(client.log_out())
+    client = Client("carol@localhost", "right")
+    await wait(client.log_in(server.direct_tls_port, direct_tls=True))
+    assert client.boundjid.bare == "carol@localhost"
+    await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_on_one_stream_leaves_other_clients_chatting(server) -> None:
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    alice = await logged_in(server, "alice@localhost")
+    bob = await logged_in(server, "bob@localhost")
+
+    async def garbage() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.c2s_port)
+        writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                     b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>"
+                     b"<message><<<\x00\xff")
+        data = await reader.read()  # until the server closes
+        writer.close()
+        return data
+
+    answer = await wait(garbage())
+    assert b"<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
+    assert answer.endswith(b"</stream:stream>")
+
+    alice.send_message(mto="bob@localhost", mbody="still here?", mtype="chat")
+    assert (await wait(bob.next_message()))["body"] == "still here?"
+    await wait(alice.log_out())
+    await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_message_survives_a_restart_and_unknown_users_bounce(start_server, tmp_path) -> None:
+    """A message to an offline user is kept through a restart and delivered once, in order, with a delay stamp."""
+    server = await start_server()
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    alice = await logged_in(server, "alice@localhost")
+    for text in ("first", "second"):
+        alice.send_message(mto="bob@localhost", mbody=text, mtype="chat")
+    alice.send_message(mto="nobody@localhost", mbody="anyone?", mtype="chat")
+    bounced = await wait(alice.next_message())
+    assert (bounced["type"], bounced["error"]["condition"]) == ("error", "service-unavailable")
+    await wait(alice.log_out())
+    await start_server.stop(server)
+
+    server = await start_server()
+    bob = await logged_in(server, "bob@localhost")
+    first, second = await wait(bob.next_message()), await wait(bob.next_message())
+    assert [first["body"], second["body"]] == ["first", "second"]
+    assert first["delay"]["stamp"] is not None and first["from"].bare == "alice@localhost"
+    assert await server.store.count_offline("bob@localhost") == 0
+    await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_resource_replaces_the_old_session_with_conflict(server) -> None:
+    await server.add_user("dave@localhost", "secret")
+    first = Client("dave@localhost/desk", "secret")
+    await wait(first.log_in(server.c2s_port))
+    second = Client("dave@localhost/desk", "secret")
+    await wait(second.log_in(server.c2s_port))
+    error = await wait(first.stream_errors.get())
+    assert error["condition"] == "conflict"
+    assert second.boundjid.full == "dave@localhost/desk"
+    assert [s.full for s in server.sessions.resources("dave@localhost")] == ["dave@localhost/desk"]
+    await wait(second.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_roster_set_and_remove_push_to_every_interested_resource(server) -> None:
+    await server.add_user("erin@localhost", "secret")
+    phone = Client("erin@localhost/phone", "secret")
+    laptop = Client("erin@localhost/laptop", "secret")
+    await wait(phone.log_in(server.c2s_port))
+    await wait(laptop.log_in(server.c2s_port))
+    pushed: asyncio.Queue = asyncio.Queue()
+    laptop.add_event_handler("roster_update", pushed.put_nowait)
+
+    await wait(phone.update_roster("frank@example.org", name="Frank", groups=["Friends"]))
+    await wait(pushed.get())
+    assert laptop.client_roster["frank@example.org"]["name"] == "Frank"
+    assert laptop.client_roster["frank@example.org"]["groups"] == ["Friends"]
+    roster = await server.store.get_roster("erin@localhost")
+    assert [(i.contact, i.name, i.groups) for i in roster] == [("frank@example.org", "Frank", ("Friends",))]
+
+    await wait(phone.del_roster_item("frank@example.org"))
+    await wait(pushed.get())
+    assert "frank@example.org" not in laptop.client_roster
+    assert await server.store.get_roster("erin@localhost") == []
+    await wait(phone.log_out())
+    await wait(laptop.log_out())

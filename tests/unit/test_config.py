@@ -1,0 +1,56 @@
+"""Configuration: the shipped file loads, and every mistake names its dotted key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sns_xmpp.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_valid_and_uses_the_embedded_default() -> None:
+    config = load_config(ROOT / "conf" / "sns-xmpp.toml")
+    assert config.server.domains == ("localhost",)
+    assert config.store.backend == "sqlite"
+    assert config.xmpp.c2s.require_tls is True
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[xmpp.c2s]\nport = 70000", "xmpp.c2s.port", "must be an integer 0-65535"),
+        ("[xmpp.c2s]\nport = '5222'", "xmpp.c2s.port", "must be an integer 0-65535"),
+        ("[xmpp.c2s]\nprot = 1", "xmpp.c2s.prot", "unknown key"),
+        ("[nonsense]\na = 1", "nonsense", "unknown key"),
+        ("[server]\ndomains = []", "server.domains", "must be a non-empty list of domain names"),
+        ("[server]\ndomains = ['bob@localhost']", "server.domains", "'bob@localhost' is not a bare domain name"),
+        ("[xmpp.c2s]\ninterface = 'localhost'", "xmpp.c2s.interface", "must be an IP address"),
+        ("[xmpp.c2s]\nallow_plain_without_tls = true", "xmpp.c2s.allow_plain_without_tls",
+         "needs xmpp.c2s.require_tls = false"),
+        ("[tls]\ncertificate = 'a.pem'", "tls.private_key", "give both"),
+        ("[xmpp]\nc2s = 3", "xmpp.c2s", "must be a table"),
+    ],
+)
+def test_bad_values_name_the_key(text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith(f"sns-xmpp: config error at '{key}': ")
+
+
+def test_daemon_prints_one_line_and_exits_1_on_a_config_error(tmp_path: Path) -> None:
+    """The twistd plugin refuses a bad file with the one-line message, no usage text, no traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[xmpp.c2s]\nport = 99999\n")
+    twistd = Path(sys.executable).with_name("twistd")
+    done = subprocess.run([str(twistd), "--nodaemon", "--pidfile=", "sns-xmpp", f"--config={bad}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "sns-xmpp: config error at 'xmpp.c2s.port': must be an integer 0-65535"]

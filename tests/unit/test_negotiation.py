@@ -1,0 +1,136 @@
+"""Stream negotiation fed raw XML through Twisted's StringTransport: the exact RFC 6120 answers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
+
+from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
+from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+
+HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+          "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+
+
+@implementer(ILoginChecker)
+class OnePasswordChecker:
+    mechanisms = ("SCRAM-SHA-256", "PLAIN")
+
+    def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str) -> defer.Deferred:
+        if (authcid, password) == ("alice", "right"):
+            return defer.succeed(LoginResult(f"alice@{domain}", "PLAIN"))
+        return defer.fail(AuthenticationFailed("not-authorized", "wrong"))
+
+    def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> defer.Deferred:
+        raise NotImplementedError
+
+
+@implementer(ITLSTransport)
+class TLSlessTransport(StringTransport):
+    tls_started: object = None
+
+    def startTLS(self, context: object) -> None:
+        self.tls_started = context
+
+
+def connect(secure: bool = False, max_stanza_bytes: int = 4096, tls: bool = True) -> tuple[ClientStream, StringTransport]:
+    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
+                           tls_context=object() if tls else None, require_tls=True)
+    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), max_stanza_bytes, MemoryReactorClock(), secure)
+    stream = factory.buildProtocol(None)
+    transport = TLSlessTransport()
+    stream.makeConnection(transport)
+    return stream, transport
+
+
+def output(transport: StringTransport) -> str:
+    data = transport.value().decode()
+    transport.clear()
+    return data
+
+
+def stream_error(data: str) -> str:
+    match = re.search(r"<stream:error><([a-z-]+) xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", data)
+    assert match, data
+    assert data.endswith("</stream:stream>")
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("data", "condition"),
+    [
+        (HEADER.format(to="elsewhere.example"), "host-unknown"),
+        (HEADER.format(to="localhost").replace("jabber:client", "jabber:server"), "invalid-namespace"),
+        (HEADER.format(to="localhost").replace("http://etherx.jabber.org/streams", "urn:wrong"),
+         "invalid-namespace"),
+        (HEADER.format(to="localhost").replace("version='1.0'", "version='0.9'"), "unsupported-version"),
+        ("\x00\xff garbage <<", "not-well-formed"),
+        (HEADER.format(to="localhost") + "<message><body>x</message>", "not-well-formed"),
+        (HEADER.format(to="localhost") + "<message to='bob@localhost'><body>hi</body></message>", "not-authorized"),
+    ],
+)
+def test_bad_streams_get_their_stream_error_and_are_closed(data: str, condition: str) -> None:
+    stream, transport = connect()
+    stream.dataReceived(data.encode("utf-8", "surrogateescape") if "\xff" not in data else b"\x00\xff garbage <<")
+    sent = output(transport)
+    assert stream_error(sent) == condition
+    assert sent.startswith("<stream:stream")  # the header comes first, even for a broken opening
+    assert transport.disconnecting
+
+
+def test_plain_is_not_offered_and_auth_refused_before_tls() -> None:
+    stream, transport = connect()
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    features = output(transport)
+    assert "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>" in features
+    assert "mechanism" not in features
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        b"AGFsaWNlAHJpZ2h0</auth>")
+    assert "<encryption-required/>" in output(transport)
+
+
+def test_starttls_then_plain_then_bind_features() -> None:
+    stream, transport = connect()
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert output(transport) == "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    assert transport.tls_started is not None
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    features = output(transport)
+    assert "<mechanism>PLAIN</mechanism>" in features and "starttls" not in features
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        b"AGFsaWNlAHdyb25n</auth>")  # \0alice\0wrong
+    assert output(transport) == ("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/>"
+                                 "<text>wrong</text></failure>")
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>not base64!</auth>")
+    assert "<incorrect-encoding/>" in output(transport)
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-UNKNOWN'/>")
+    assert "<invalid-mechanism/>" in output(transport)
+    assert transport.disconnecting, "three failures end the stream"
+
+    stream, transport = connect(secure=True)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        b"AGFsaWNlAHJpZ2h0</auth>")
+    assert output(transport) == "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    features = output(transport)
+    assert "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>" in features and "mechanism" not in features
+
+
+def test_oversized_stanza_is_a_policy_violation_before_it_completes() -> None:
+    stream, transport = connect(secure=True, max_stanza_bytes=2048)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    stream.dataReceived(b"<message><body>" + b"x" * 1500)
+    assert not transport.disconnecting
+    stream.dataReceived(b"x" * 1500)
+    assert stream_error(output(transport)) == "policy-violation"
