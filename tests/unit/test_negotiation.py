@@ -39,7 +39,9 @@ class TLSlessTransport(StringTransport):
         self.tls_started = context
 
 
-def connect(secure: bool = False, max_stanza_bytes: int = 4096, tls: bool = True) -> tuple[ClientStream, StringTransport]:
+def connect(
+    secure: bool = False, max_stanza_bytes: int = 4096, tls: bool = True
+) -> tuple[ClientStream, StringTransport]:
     settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
                            tls_context=object() if tls else None, require_tls=True)
     factory = ClientStreamFactory(lambda: ClientNegotiator(settings), max_stanza_bytes, MemoryReactorClock(), secure)
