@@ -16,15 +16,23 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site as WebSite
 
 from sns_xmpp.auth.local import LocalAccountChecker
+from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.http.login import Root, SocialWeb
+from sns_xmpp.http.pending import PendingLogins
+from sns_xmpp.keyfiles import ensure_secret
+from sns_xmpp.sites.interface import SiteContext
+from sns_xmpp.sites.registry import SiteRegistry, load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore
 from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.c2s import ClientStreamFactory
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 
 log = Logger()
@@ -86,6 +94,7 @@ class Server:
     store: ThreadedStore
     router: StanzaRouter
     sessions: SessionManager
+    sites: SiteRegistry
     top: service.MultiService
 
     def listener(self, name: str) -> ListenerService:
@@ -114,30 +123,43 @@ def build_server(config: Config, reactor: Any) -> Server:
         certificate, key = ensure_self_signed(config.data_dir / "tls", config.server.domains, now)
     tls_context = server_context(certificate, key)
 
+    public_url = config.http.public_url
+    sites = load_sites(config.sites, SiteContext(reactor, public_url, config.data_dir, config.server.domains))
+    sites.setServiceParent(top)
+    checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), reactor, public_url,
+                                 ensure_secret(config.data_dir / "scram-salt.key").encode())
+    web = SocialWeb(sites, PendingLogins(reactor), public_url, config.server.domains[0], reactor)
+    ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
+                    WebSite(Root(web))).setServiceParent(top)
+
     c2s = config.xmpp.c2s
     settings = C2SSettings(
         domains=config.server.domains,
-        checker=LocalAccountChecker(store),
+        checker=checker,
         sessions=sessions,
         tls_context=tls_context,
         require_tls=c2s.require_tls,
         allow_plain_without_tls=c2s.allow_plain_without_tls,
         max_auth_failures=c2s.max_auth_failures,
+        pre_auth_features=[sites_feature(web)],
     )
 
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), c2s.max_stanza_bytes, reactor, secure)
 
-    ListenerService("c2s", endpoints.TCP4ServerEndpoint(reactor, c2s.port, interface=c2s.interface)
-                    if ":" not in c2s.interface else
-                    endpoints.TCP6ServerEndpoint(reactor, c2s.port, interface=c2s.interface),
-                    factory(False)).setServiceParent(top)
+    ListenerService("c2s", _tcp_endpoint(reactor, c2s.interface, c2s.port), factory(False)).setServiceParent(top)
     if c2s.direct_tls_port >= 0:
         ListenerService("c2s-direct-tls",
                         endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
                                                      interface=c2s.interface),
                         factory(True)).setServiceParent(top)
-    return Server(config, store, router, sessions, top)
+    return Server(config, store, router, sessions, sites, top)
+
+
+def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
+    if ":" in interface:
+        return endpoints.TCP6ServerEndpoint(reactor, port, interface=interface)
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,28 @@ data_dir = "{data}"
 [xmpp.c2s]
 port = 0
 direct_tls_port = 0
+
+[http]
+port = {http_port}
+public_url = "http://127.0.0.1:{http_port}"
+"""
+
+DEMO_SITE = """
+[sites.demo]
+plugin = "demo"
 """
 
 
-def make_config(tmp_path: Path, extra: str = "") -> Config:
-    return parse_config(textwrap.dedent(BASE_CONFIG).format(data=tmp_path / "data") + textwrap.dedent(extra))
+def free_port() -> int:
+    """A loopback port free now; for the HTTP side, whose public URL must be known before it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def make_config(tmp_path: Path, extra: str = DEMO_SITE, http_port: int | None = None) -> Config:
+    text = textwrap.dedent(BASE_CONFIG).format(data=tmp_path / "data", http_port=http_port or free_port())
+    return parse_config(text + textwrap.dedent(extra))
 
 
 class RunningServer:
@@ -41,6 +59,10 @@ class RunningServer:
     @property
     def c2s_port(self) -> int:
         return self.server.listener("c2s").port_number
+
+    @property
+    def http_url(self) -> str:
+        return self.server.config.http.public_url
 
     @property
     def direct_tls_port(self) -> int:

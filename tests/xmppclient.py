@@ -22,8 +22,11 @@ def wait(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> Deferred[T]:
 class Client(slixmpp.ClientXMPP):
     """slixmpp with the test server's self-signed certificate accepted and queues of what arrives."""
 
-    def __init__(self, jid: str, password: str, mechanism: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, jid: str, password: str, mechanism: str | None = None, username: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(jid, password, sasl_mech=mechanism, **kwargs)
+        if username is not None:  # a SASL user name other than the JID's localpart
+            self.credentials["username"] = username
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -53,12 +56,14 @@ class Client(slixmpp.ClientXMPP):
             self.enable_direct_tls = True
             self.enable_starttls = False
         self.connect(host="127.0.0.1", port=port)
-        failure = asyncio.ensure_future(self.auth_failures.get())
+        # slixmpp tries the next mechanism after a failure; only running out of them is final.
+        failure = asyncio.ensure_future(self.wait_until("failed_all_auth", TIMEOUT))
         done, _ = await asyncio.wait([session, failure], timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         failure.cancel()
         if session not in done:
             session.cancel()
-            raise AssertionError("login did not complete")
+            failures = [str(self.auth_failures.get_nowait()) for _ in range(self.auth_failures.qsize())]
+            raise AssertionError(f"login did not complete: {failures}")
         await self.get_roster()
         if presence:
             self.send_presence()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -45,6 +45,9 @@ class ILoginChecker(Interface):
     """Checks SASL credentials for one server; errbacks with AuthenticationFailed."""
 
     mechanisms = Attribute("Names of the SASL mechanisms this checker supports, best first")
+
+    def mechanisms_for(claimed_jid: str | None, domain: str) -> Sequence[str]:
+        """The mechanisms to offer a client that says (in its stream header) it is *claimed_jid*."""
 
     def check_plain(authcid: str, password: str, authzid: str | None, domain: str) -> Deferred:
         """Fire with a LoginResult for valid PLAIN credentials."""

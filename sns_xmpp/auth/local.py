@@ -53,6 +53,9 @@ class LocalAccountChecker:
     def __init__(self, store: IStore) -> None:
         self.store = store
 
+    def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
+        return self.mechanisms
+
     @defer.inlineCallbacks
     def check_plain(
         self, authcid: str, password: str, authzid: str | None, domain: str

@@ -24,6 +24,7 @@ from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Challenge,
+    OAuthBearerAttempt,
     PlainAttempt,
     ScramAttempt,
     Success,
@@ -43,6 +44,8 @@ NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
+# Mechanisms that send the secret itself: never offered on an unencrypted stream by default.
+CLEARTEXT_MECHANISMS = ("PLAIN", "OAUTHBEARER")
 
 
 @dataclass
@@ -69,8 +72,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
     def __init__(self, settings: C2SSettings) -> None:
         self.settings = settings
         self.domain: str | None = None
+        self.claimed: str | None = None  # the stream header's 'from': who the client says it is
         self.login: LoginResult | None = None
-        self.attempt: PlainAttempt | ScramAttempt | None = None
+        self.attempt: PlainAttempt | ScramAttempt | OAuthBearerAttempt | None = None
         self.failures = 0
         self.binding = False
 
@@ -95,6 +99,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.fail(StreamError("host-unknown"))
             return
         self.domain = host
+        self.claimed = rootElement.getAttribute("from")
         stream.thisEntity = JID(host)
         if not _version_at_least_1(rootElement.getAttribute("version")):
             stream.fail(StreamError("unsupported-version"))
@@ -140,9 +145,10 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         secure = self.xmlstream.secure
         if not secure and self.settings.require_tls:
             return []
+        assert self.domain is not None
         return [
-            name for name in self.settings.checker.mechanisms
-            if name != "PLAIN" or secure or self.settings.allow_plain_without_tls
+            name for name in self.settings.checker.mechanisms_for(self.claimed, self.domain)
+            if name not in CLEARTEXT_MECHANISMS or secure or self.settings.allow_plain_without_tls
         ]
 
     # -- elements before the session -----------------------------------

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.scram import ScramError, ScramServerExchange
+from sns_xmpp.auth.social import BearerFailed
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 MAX_SASL_BYTES = 16384
@@ -118,7 +120,66 @@ class ScramAttempt:
         return d.addCallback(lambda result: Success(result, verifier))
 
 
-def start_attempt(mechanism: str, checker: ILoginChecker, domain: str) -> PlainAttempt | ScramAttempt:
+class OAuthBearerAttempt:
+    """RFC 7628: ``gs2-header ^A auth=Bearer <token> ^A ^A``; a refusal first sends the error document."""
+
+    def __init__(self, checker: ILoginChecker, domain: str) -> None:
+        self.checker = checker
+        self.domain = domain
+        self.refusal: AuthenticationFailed | None = None
+
+    def start(self, initial: bytes | None) -> Deferred:
+        if initial is None:
+            return defer.succeed(Challenge(b""))
+        return self.respond(initial)
+
+    def respond(self, data: bytes) -> Deferred:
+        if self.refusal is not None:
+            # The client has read the error document (it answers with ^A); now the failure.
+            return defer.fail(self.refusal)
+        try:
+            token, authzid = _parse_oauthbearer(data)
+        except ValueError as problem:
+            return defer.fail(AuthenticationFailed("malformed-request", str(problem)))
+
+        def refused(reason: Failure) -> Challenge:
+            error = reason.value
+            if isinstance(error, BearerFailed):
+                self.refusal = error
+                return Challenge(error.error_document)
+            return reason  # type: ignore[return-value]
+
+        d = defer.maybeDeferred(self.checker.check_bearer, token, authzid, self.domain)  # type: ignore[attr-defined]
+        return d.addCallbacks(Success, refused)
+
+
+def _parse_oauthbearer(data: bytes) -> tuple[str, str | None]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("OAUTHBEARER payload is not UTF-8") from None
+    header, separator, rest = text.partition("\x01")
+    if not separator or not rest.endswith("\x01\x01"):
+        raise ValueError("OAUTHBEARER payload is not gs2-header ^A key=value ^A ^A")
+    flags = header.split(",")
+    if len(flags) != 3 or flags[0] not in ("n", "y") or flags[2] != "":
+        raise ValueError("bad gs2 header")
+    authzid = flags[1][2:] if flags[1].startswith("a=") else None
+    if flags[1] and authzid is None:
+        raise ValueError("bad gs2 header")
+    pairs = dict(pair.partition("=")[::2] for pair in rest[:-2].split("\x01") if pair)
+    scheme, _, token = pairs.get("auth", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ValueError("no bearer token")
+    return token.strip(), authzid or None
+
+
+Attempt = PlainAttempt | ScramAttempt | OAuthBearerAttempt
+
+
+def start_attempt(mechanism: str, checker: ILoginChecker, domain: str) -> Attempt:
     if mechanism == "PLAIN":
         return PlainAttempt(checker, domain)
+    if mechanism == "OAUTHBEARER":
+        return OAuthBearerAttempt(checker, domain)
     return ScramAttempt(mechanism, checker, domain)

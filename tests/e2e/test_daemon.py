@@ -5,22 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest_twisted
 
+from tests.conftest import free_port
 from tests.xmppclient import Client, wait
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Daemon:
@@ -61,11 +55,12 @@ def admin(config: Path, cwd: Path, *args: str, password: str = "") -> subprocess
 
 @pytest_twisted.ensureDeferred
 async def test_run_script_admin_command_and_restart_keep_offline_messages(tmp_path: Path) -> None:
-    port, direct = free_port(), free_port()
+    port, direct, http = free_port(), free_port(), free_port()
     config = tmp_path / "sns-xmpp.toml"
     config.write_text((ROOT / "conf" / "sns-xmpp.toml").read_text()
                       .replace("port = 5222", f"port = {port}")
-                      .replace("direct_tls_port = 5223", f"direct_tls_port = {direct}"))
+                      .replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
+                      .replace("port = 5280", f"port = {http}"))
     for user in ("alice", "bob"):
         created = admin(config, tmp_path, "user", "add", f"{user}@localhost", password="pw-" + user)
         assert (created.returncode, created.stdout) == (0, f"created {user}@localhost\n"), created.stderr

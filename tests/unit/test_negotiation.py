@@ -22,6 +22,9 @@ HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
 class OnePasswordChecker:
     mechanisms = ("SCRAM-SHA-256", "PLAIN")
 
+    def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
+        return self.mechanisms
+
     def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str) -> defer.Deferred:
         if (authcid, password) == ("alice", "right"):
             return defer.succeed(LoginResult(f"alice@{domain}", "PLAIN"))

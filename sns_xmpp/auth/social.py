@@ -1,0 +1,234 @@
+"""Social logins: ``<identifier>@<site>`` user names checked by the site, then linked to an XMPP user.
+
+The user name is never cut at '@' to find a local user: the text after the
+last '@' names a site, a hosted domain (the bare-JID form of a local name), or
+nothing we know, which is refused. Linking is by the site's stable account id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.local import LocalAccountChecker
+from sns_xmpp.auth.scram import derive_credential
+from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
+from sns_xmpp.sites.registry import SiteRegistry
+from sns_xmpp.store.interface import IStore, JidTakenError
+from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unescape_node
+
+log = Logger()
+
+SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+class BearerFailed(AuthenticationFailed):
+    """An OAUTHBEARER refusal, carrying the RFC 7628 error document for the client."""
+
+    def __init__(self, text: str, openid_configuration: str | None) -> None:
+        super().__init__("not-authorized", text)
+        document: dict[str, str] = {"status": "invalid_token", "scope": "openid"}
+        if openid_configuration:
+            document["openid-configuration"] = openid_configuration
+        self.error_document = json.dumps(document).encode()
+
+
+def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
+    """(identifier, site id) for a social user name, in plain or XEP-0106 JID form; None for a local name."""
+    name = authcid
+    if name.endswith("@" + domain) and "\\" in name:
+        name = name[: -len(domain) - 1]  # "<identifier>\40<site>@<domain>": the whole JID was sent
+    name = unescape_node(name)
+    if "@" not in name:
+        return None
+    identifier, _, site_id = name.rpartition("@")
+    if site_id == domain:
+        return None
+    return identifier, site_id
+
+
+def social_localpart(site_id: str, account: str) -> str:
+    """The XMPP localpart made for a social account: ``<account>\\40<site>``.
+
+    Local account names may not contain a backslash (the admin command refuses
+    them), so these can never collide with a local account; accounts whose id
+    is not simple lower-case text get a hash instead, as XMPP folds case.
+    """
+    if not SIMPLE_ACCOUNT.fullmatch(account):
+        digest = base64.b32encode(hashlib.sha256(account.encode()).digest()).decode().lower().rstrip("=")
+        account = "h-" + digest[:26]
+    return escape_node(f"{account}@{site_id}")
+
+
+@implementer(ILoginChecker)
+class SocialLoginChecker:
+    """Social logins by site, everything else to the local accounts."""
+
+    def __init__(self, store: IStore, sites: SiteRegistry, local: LocalAccountChecker, clock: IReactorTime,
+                 public_url: str, salt_key: bytes) -> None:
+        self.store = store
+        self.sites = sites
+        self.local = local
+        self.clock = clock
+        self.public_url = public_url
+        self._salt_key = salt_key
+        self.mechanisms = local.mechanisms + (("OAUTHBEARER",) if sites.bearer_sites() else ())
+
+    def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
+        """Only PLAIN (and OAUTHBEARER) for a claimed social identity whose site cannot do SCRAM.
+
+        Clients such as Profanity (libstrophe) pick SCRAM whenever it is offered
+        and never fall back; a client that names itself in the stream header
+        can thus be offered what will work.
+        """
+        social = None
+        if claimed_jid:
+            try:
+                claimed = parse_jid(claimed_jid)
+            except InvalidFormat:
+                claimed = None
+            if claimed is not None and claimed.user and claimed.host == domain:
+                social = split_social(claimed.user, domain)
+        if social is None:
+            return self.mechanisms
+        site = self.sites.get(social[1])
+        if site is not None and site.scram_password(social[0], self.clock.seconds()) is not None:
+            return self.mechanisms
+        return tuple(name for name in self.mechanisms if not name.startswith("SCRAM-"))
+
+    def _site(self, site_id: str) -> ISite:
+        site = self.sites.get(site_id)
+        if site is None:
+            known = ", ".join(sorted(s.site_id for s in self.sites)) or "none"
+            raise AuthenticationFailed("not-authorized", f"unknown-site: no site '{site_id}' (sites: {known})")
+        return site
+
+    def _refused(self, site_id: str, rejection: SiteRejection) -> AuthenticationFailed:
+        log.info("auth.social_refused site={site} kind={kind}", site=site_id, kind=rejection.kind.value)
+        return AuthenticationFailed(
+            "not-authorized",
+            f"{rejection}; fresh credentials: {self.public_url}/login-using-{site_id}")
+
+    # -- PLAIN ------------------------------------------------------------------
+
+    def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str) -> Deferred[LoginResult]:
+        social = split_social(authcid, domain)
+        if social is None:
+            return self.local.check_plain(authcid, password, authzid, domain)
+        return defer.ensureDeferred(self._social(social, password, authzid, domain, "PLAIN"))
+
+    async def _social(self, social: tuple[str, str], token: str, authzid: str | None, domain: str,
+                      method: str) -> LoginResult:
+        identifier, site_id = social
+        site = self._site(site_id)
+        now = self.clock.seconds()
+        try:
+            site.parse_identifier(identifier)
+            account: VerifiedAccount = await site.verify(identifier, token, now)
+        except SiteRejection as rejection:
+            raise self._refused(site_id, rejection) from None
+        return await self._open(site, account, authzid, domain, method, f"{identifier}@{site_id}")
+
+    async def _open(self, site: ISite, account: VerifiedAccount, authzid: str | None, domain: str, method: str,
+                    identity: str | None) -> LoginResult:
+        now = self.clock.seconds()
+        if site.single_use and not await self.store.remember_token(site.site_id, account.token_digest,
+                                                                   account.expires, now):
+            raise self._refused(site.site_id, SiteRejection(Rejection.REPLAYED, "these credentials were used"))
+        jid = await self._linked_jid(site.site_id, account.account, domain, now)
+        allowed = {jid}
+        if identity is not None:
+            allowed |= {identity, f"{escape_node(identity)}@{domain}"}
+        if authzid and authzid not in allowed:
+            raise AuthenticationFailed("invalid-authzid", "you may only act as yourself")
+        log.info("auth.social_login site={site} jid={jid} method={method}", site=site.site_id, jid=jid,
+                 method=method)
+        return LoginResult(jid=jid, method=method, site=site.site_id)
+
+    async def _linked_jid(self, site_id: str, account: str, domain: str, now: float) -> str:
+        link = await self.store.get_link(site_id, account)
+        if link is None:
+            base = social_localpart(site_id, account)
+            for attempt in range(1, 10):
+                candidate = f"{base}@{domain}" if attempt == 1 else f"{base}-{attempt}@{domain}"
+                try:
+                    link = await self.store.link_account(site_id, account, candidate, now)
+                    break
+                except JidTakenError:
+                    continue
+            else:
+                raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
+            log.info("auth.social_linked site={site} jid={jid}", site=site_id, jid=link.jid)
+        await self.store.touch_link(site_id, account, now)
+        return link.jid
+
+    # -- SCRAM ------------------------------------------------------------------
+
+    def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred[ScramLookup]:
+        social = split_social(authcid, domain)
+        if social is None:
+            return self.local.scram_lookup(authcid, mechanism, domain)
+        identifier, site_id = social
+        site = self.sites.get(site_id)
+        password = site.scram_password(identifier, self.clock.seconds()) if site is not None else None
+        if site is None or password is None:
+            return defer.succeed(ScramLookup(None, _refuse_unknown))
+        # The salt only has to be stable for one identifier; keying it keeps it unguessable.
+        salt = hmac.new(self._salt_key, authcid.encode(), hashlib.sha256).digest()[:16]
+        credential = derive_credential(mechanism, password, salt=salt, iterations=4096)
+
+        def complete(authzid: str | None) -> Deferred[LoginResult]:
+            return defer.ensureDeferred(self._social(social, password, authzid, domain, mechanism))
+
+        return defer.succeed(ScramLookup(credential, complete))
+
+    # -- OAUTHBEARER (RFC 7628) -------------------------------------------------------
+
+    def check_bearer(self, token: str, authzid: str | None, domain: str) -> Deferred[LoginResult]:
+        return defer.ensureDeferred(self._bearer(token, authzid, domain))
+
+    async def _bearer(self, token: str, authzid: str | None, domain: str) -> LoginResult:
+        candidates = self.sites.bearer_sites()
+        discovery = candidates[0].openid_configuration if candidates else None
+        issuer = _unverified_issuer(token)
+        for site in candidates:
+            if getattr(site, "issuer", None) == issuer:
+                discovery = site.openid_configuration
+                try:
+                    account: VerifiedAccount = await site.verify_bearer(token, self.clock.seconds())
+                except SiteRejection as rejection:
+                    log.info("auth.social_refused site={site} kind={kind}", site=site.site_id,
+                             kind=rejection.kind.value)
+                    raise BearerFailed(str(rejection), discovery) from None
+                return await self._open(site, account, authzid, domain, "OAUTHBEARER", None)
+        raise BearerFailed("no configured provider issued this token", discovery)
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """The ``iss`` claim, only to pick the provider that will then verify everything."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 16384:
+        return None
+    try:
+        claims: Any = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def _refuse_unknown(authzid: str | None) -> Deferred[LoginResult]:
+    return defer.fail(AuthenticationFailed("not-authorized", "unknown site or malformed identifier"))
+
+

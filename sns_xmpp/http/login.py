@@ -1,0 +1,243 @@
+"""The HTTP side of social login: per-site entries, callbacks, the site list and the front page.
+
+``GET /login-using-<site>`` answers 302 to the site's login page, with a
+single-use state bound to the browser by a cookie; ``GET /callback/<site>``
+checks both, lets the site finish its flow and hands over the XMPP user name
+and password, as HTML for people or JSON for clients that ask for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+from twisted.web.server import Request
+
+from sns_xmpp.http.pending import PendingLogins
+from sns_xmpp.sites.interface import IBearerSite, ISite, SiteRejection, SocialCredentials
+from sns_xmpp.sites.registry import SiteRegistry
+from sns_xmpp.xmpp.addressing import escape_node
+
+log = Logger()
+
+STATE_COOKIE = b"sns_xmpp_login"
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
+<body>
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _page(request: Request, title: str, body: str, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    return PAGE.format(title=html.escape(title), body=body).encode()
+
+
+def _json(request: Request, document: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def _wants_json(request: Request) -> bool:
+    return b"application/json" in (request.getHeader(b"accept") or b"")
+
+
+class SocialWeb:
+    """What the pages share: the sites, the pending logins and the public addresses."""
+
+    def __init__(self, sites: SiteRegistry, pending: PendingLogins, public_url: str, xmpp_domain: str,
+                 clock: IReactorTime) -> None:
+        self.sites = sites
+        self.pending = pending
+        self.public_url = public_url
+        self.xmpp_domain = xmpp_domain
+        self.clock = clock
+
+    def entry_url(self, site: ISite) -> str:
+        return f"{self.public_url}/login-using-{site.site_id}"
+
+    def callback_url(self, site: ISite) -> str:
+        return f"{self.public_url}/callback/{site.site_id}"
+
+    def site_list(self) -> dict[str, Any]:
+        return {
+            "xmpp_domain": self.xmpp_domain,
+            "sites": [{"id": site.site_id, "name": site.display_name, "login": self.entry_url(site),
+                       "oauthbearer": IBearerSite.providedBy(site)} for site in self.sites],
+        }
+
+
+class Root(resource.Resource):
+    def __init__(self, web: SocialWeb) -> None:
+        super().__init__()
+        self.web = web
+        self.putChild(b"sites", SiteList(web))
+        self.putChild(b"callback", CallbackRoot(web))
+        for site in web.sites:
+            for name, page in getattr(site, "pages", dict)().items():
+                self.putChild(name, page)
+
+    def getChild(self, path: bytes, request: Request) -> resource.IResource:
+        if path == b"":
+            return FrontPage(self.web)
+        prefix = b"login-using-"
+        if path.startswith(prefix):
+            site = self.web.sites.get(path[len(prefix):].decode("utf-8", "replace"))
+            if site is not None:
+                return LoginEntry(self.web, site)
+            return UnknownSite(self.web)
+        return resource.NoResource()
+
+
+class FrontPage(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, web: SocialWeb) -> None:
+        super().__init__()
+        self.web = web
+
+    def render_GET(self, request: Request) -> bytes:
+        buttons = "\n".join(
+            f'<p><a href="{html.escape(self.web.entry_url(site))}"><button>Log in with '
+            f"{html.escape(site.display_name)}</button></a></p>" for site in self.web.sites)
+        body = (f"<p>Log in to XMPP at <b>{html.escape(self.web.xmpp_domain)}</b> with an account you already "
+                f"have.</p>\n{buttons or '<p>No social sites are enabled.</p>'}")
+        return _page(request, "sns-xmpp", body)
+
+
+class SiteList(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, web: SocialWeb) -> None:
+        super().__init__()
+        self.web = web
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, self.web.site_list())
+
+
+class UnknownSite(SiteList):
+    def render_GET(self, request: Request) -> bytes:
+        if _wants_json(request):
+            return _json(request, {"error": "unknown site", **self.web.site_list()}, 404)
+        items = "".join(f'<li><a href="{html.escape(self.web.entry_url(site))}">{html.escape(site.display_name)}'
+                        f"</a> ({html.escape(site.site_id)})</li>" for site in self.web.sites)
+        return _page(request, "Unknown site", f"<p>There is no such site here. Sites:</p><ul>{items}</ul>", 404)
+
+
+class LoginEntry(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, web: SocialWeb, site: ISite) -> None:
+        super().__init__()
+        self.web = web
+        self.site = site
+
+    def render_GET(self, request: Request) -> int:
+        state = self.web.pending.new_state()
+        d: Deferred[Any] = self.site.start_login(self.web.callback_url(self.site), state)
+
+        def redirect(start: Any) -> None:
+            self.web.pending.remember(state, self.site.site_id, start.pending)
+            secure = "; Secure" if self.web.public_url.startswith("https://") else ""
+            cookie = (f"{STATE_COOKIE.decode()}={state}; Path=/callback/{self.site.site_id}; Max-Age=600; "
+                      f"HttpOnly; SameSite=Lax{secure}")
+            request.setHeader(b"set-cookie", cookie.encode())
+            request.setHeader(b"cache-control", b"no-store")
+            request.redirect(start.url.encode())
+            request.finish()
+
+        def unavailable(reason: Failure) -> None:
+            if not isinstance(reason.value, SiteRejection):
+                log.failure("http.login_start_failed site={site}", reason, site=self.site.site_id)
+            request.write(_page(request, "Try again later", "<p>The site cannot be reached right now.</p>", 503))
+            request.finish()
+
+        d.addCallbacks(redirect, unavailable)
+        return server.NOT_DONE_YET
+
+
+class CallbackRoot(resource.Resource):
+    def __init__(self, web: SocialWeb) -> None:
+        super().__init__()
+        self.web = web
+
+    def getChild(self, path: bytes, request: Request) -> resource.IResource:
+        site = self.web.sites.get(path.decode("utf-8", "replace"))
+        return Callback(self.web, site) if site is not None else UnknownSite(self.web)
+
+
+class Callback(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, web: SocialWeb, site: ISite) -> None:
+        super().__init__()
+        self.web = web
+        self.site = site
+
+    def _refuse(self, request: Request, problem: str, code: int = 400) -> bytes:
+        again = self.web.entry_url(self.site)
+        if _wants_json(request):
+            return _json(request, {"error": problem, "login": again}, code)
+        return _page(request, "Login failed", f"<p>{html.escape(problem)}</p>"
+                     f'<p><a href="{html.escape(again)}">Start again</a></p>', code)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        params: Mapping[str, str] = {
+            key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items() if values}
+        state = params.get("state", "")
+        cookie = (request.getCookie(STATE_COOKIE) or b"").decode("ascii", "replace")
+        # The state must be one this server issued, to this browser: no login CSRF.
+        if not state or not hmac.compare_digest(state.encode(), cookie.encode()):
+            return self._refuse(request, "the login state is missing or was issued to another browser")
+        entry = self.web.pending.take(state, self.site.site_id)
+        if entry is None:
+            return self._refuse(request, "the login state is unknown, used or expired")
+        request.addCookie(STATE_COOKIE, b"", path=f"/callback/{self.site.site_id}".encode(), max_age=b"0")
+        data = {key: value for key, value in params.items() if key != "state"}
+        d: Deferred[Any] = self.site.finish_login(data, entry.data, self.web.clock.seconds())
+        d.addCallbacks(lambda credentials: self._hand_over(request, credentials),
+                       lambda reason: self._failed(request, reason))
+        return server.NOT_DONE_YET
+
+    def _failed(self, request: Request, reason: Failure) -> None:
+        if isinstance(reason.value, SiteRejection):
+            log.info("http.callback_refused site={site} kind={kind}", site=self.site.site_id,
+                     kind=reason.value.kind.value)
+            request.write(self._refuse(request, str(reason.value)))
+        else:
+            log.failure("http.callback_failed site={site}", reason, site=self.site.site_id)
+            request.write(self._refuse(request, "the site could not be reached", 503))
+        request.finish()
+
+    def _hand_over(self, request: Request, credentials: SocialCredentials) -> None:
+        jid = f"{escape_node(credentials.username)}@{self.web.xmpp_domain}"
+        log.info("http.callback_ok site={site}", site=self.site.site_id)
+        if _wants_json(request):
+            request.write(_json(request, {"username": credentials.username, "password": credentials.password,
+                                          "jid": jid, "expires": credentials.expires}))
+        else:
+            body = (
+                "<p>Log in with any XMPP client using:</p><dl>"
+                f"<dt>JID</dt><dd><code>{html.escape(jid)}</code></dd>"
+                f"<dt>or user name</dt><dd><code>{html.escape(credentials.username)}</code> "
+                f"on server <code>{html.escape(self.web.xmpp_domain)}</code></dd>"
+                f"<dt>Password</dt><dd><code>{html.escape(credentials.password)}</code></dd></dl>"
+                "<p>These credentials expire; come back here for fresh ones.</p>")
+            request.write(_page(request, f"Logged in with {self.site.display_name}", body))
+        request.finish()

@@ -1,0 +1,161 @@
+"""The contract between sns-xmpp and a social-site plugin.
+
+A plugin is an entry point in the group ``sns_xmpp.sites`` naming a factory:
+
+    factory(site_id: str, settings: Mapping[str, Any], context: SiteContext) -> ISite
+
+``settings`` is the site's ``[sites.<site_id>]`` table without the keys the
+registry itself reads (``plugin``, ``enabled``, ``display_name``). A factory
+refuses bad settings by raising ``SiteConfigError(key, problem)`` with the key
+inside the table; the registry reports it as ``sites.<site_id>.<key>``.
+
+A social login's SASL user name is ``<identifier>@<site_id>`` and its
+password is the site's token. The site parses the identifier and verifies the
+token; the XMPP side does the rest (replay records, linking, the session).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+
+class Rejection(enum.Enum):
+    """Why a site refused a token; the value is what clients see in the SASL <text/>."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad-signature"
+    EXPIRED = "expired"
+    LIFETIME_EXCEEDED = "lifetime-exceeded"
+    REPLAYED = "replayed"
+    UNKNOWN_KEY = "unknown-key"
+    UNKNOWN_SITE = "unknown-site"
+    PROVIDER_UNAVAILABLE = "provider-unavailable"
+
+
+class SiteRejection(Exception):
+    """A token or login callback the site will not accept.
+
+    ``reason`` goes to the client: it names the problem, never a secret.
+    """
+
+    def __init__(self, kind: Rejection, reason: str) -> None:
+        super().__init__(kind, reason)
+        self.kind = kind
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.reason}"
+
+
+class SiteConfigError(Exception):
+    """A site's settings are wrong; ``key`` is relative to its ``[sites.<id>]`` table."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(key, problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class VerifiedAccount:
+    """The social account a valid token proves, as the site vouches for it."""
+
+    site: str
+    account: str  # the site's stable account id: the link table's key
+    expires: float  # when the token stops being valid (seconds since the epoch)
+    token_digest: bytes  # a hash of the token, for single-use records; never the token
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    """Where the HTTP side sends the browser, and what it keeps until the callback."""
+
+    url: str
+    pending: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SocialCredentials:
+    """What the callback hands to the person or client: the XMPP user name and password."""
+
+    username: str  # "<identifier>@<site_id>"
+    password: str
+    expires: float
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What a site may use; nothing else of the server."""
+
+    reactor: Any  # IReactorTime and IReactorTCP/SSL, for treq and timeouts
+    public_url: str  # the HTTP side's base URL, no trailing slash
+    data_dir: Path  # for keys the site makes on first start
+    domains: tuple[str, ...]  # hosted XMPP domains
+    http_client: Any = None  # a treq.client.HTTPClient, or None for one built on reactor
+
+
+class ISite(Interface):
+    site_id = Attribute("Stable id: the text after '@' in a social user name")
+    display_name = Attribute("Name shown on 'log in with ...' buttons")
+    single_use = Attribute("True when each token may open one session only")
+
+    def parse_identifier(identifier: str) -> str:
+        """Return the account id *identifier* names; raise SiteRejection(MALFORMED) if it names none.
+
+        Called on user names a client sent, before any token is checked.
+        """
+
+    def verify(identifier: str, token: str, now: float) -> Deferred:
+        """Fire with a VerifiedAccount, or fail with SiteRejection.
+
+        The account must be the one *identifier* names. Signature compares are
+        constant-time. Must not block the reactor.
+        """
+
+    def scram_password(identifier: str, now: float) -> str | None:
+        """The password a valid token for *identifier* would be, or None.
+
+        A site whose token can be recomputed from the identifier (a keyed
+        signature of it) returns it, so that clients that only do SCRAM can log
+        in; the server then derives SCRAM keys from it and calls ``verify`` with
+        it after the proof holds. Sites that cannot return None.
+        """
+
+    def start_login(callback_url: str, state: str) -> Deferred:
+        """Fire with a LoginStart: the site's login page for this attempt."""
+
+    def finish_login(params: Mapping[str, str], pending: Mapping[str, str], now: float) -> Deferred:
+        """Handle the browser's return to *callback_url*; fire with SocialCredentials or fail with SiteRejection."""
+
+    def start() -> None:
+        """Begin background work (fetching provider metadata); must not raise for an unreachable provider."""
+
+    def stop() -> Deferred | None:
+        """Stop background work."""
+
+    def status() -> str:
+        """A short, secret-free health line for operators (e.g. 'ok', 'provider unreachable: ...')."""
+
+
+class IBearerSite(ISite):
+    """A site whose tokens are also accepted through SASL OAUTHBEARER (RFC 7628)."""
+
+    openid_configuration = Attribute("URL of the provider's discovery document, for the RFC 7628 error")
+
+    def verify_bearer(token: str, now: float) -> Deferred:
+        """Fire with the VerifiedAccount a bearer token proves, or fail with SiteRejection."""
+
+
+class ISiteWithPages(ISite):
+    """A site that serves pages of its own on the HTTP side (the built-in demo site does)."""
+
+    def pages() -> Mapping[bytes, Any]:
+        """Top-level path segment -> twisted.web IResource, mounted at the HTTP root."""

@@ -1,0 +1,124 @@
+"""Loading the social sites named in the configuration from their entry points.
+
+Every problem stops start-up with one line: a plugin that is missing, fails to
+load or does not provide ISite names ``sns_xmpp.sites:<name>``; a bad setting
+names ``sites.<id>.<key>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from sns_xmpp.config import ConfigError
+from sns_xmpp.sites.interface import IBearerSite, ISite, SiteConfigError, SiteContext
+
+log = Logger()
+
+GROUP = "sns_xmpp.sites"
+SITE_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+REGISTRY_KEYS = ("plugin", "enabled")
+
+
+class SitePluginError(ConfigError):
+    """A site plugin cannot be used; printed like a config error, naming the entry point."""
+
+    def __str__(self) -> str:
+        return f"sns-xmpp: site plugin error at '{self.key}': {self.problem}"
+
+
+def _entry_point(name: str, available: Mapping[str, EntryPoint]) -> Callable[..., Any]:
+    where = f"{GROUP}:{name}"
+    found = available.get(name)
+    if found is None:
+        known = ", ".join(sorted(available)) or "none"
+        raise SitePluginError(where, f"no such plugin is installed (installed: {known})")
+    try:
+        factory = found.load()
+    except Exception as error:  # any import-time failure of third-party code
+        raise SitePluginError(where, f"failed to load: {type(error).__name__}: {error}") from None
+    if not callable(factory):
+        raise SitePluginError(where, "does not name a callable site factory")
+    return factory
+
+
+class SiteRegistry(service.Service):
+    """The enabled sites by id; starts and stops their background work."""
+
+    def __init__(self, sites: Mapping[str, ISite]) -> None:
+        self.sites = dict(sites)
+        self.setName("sites")
+
+    def get(self, site_id: str) -> ISite | None:
+        return self.sites.get(site_id)
+
+    def __iter__(self) -> Iterator[ISite]:
+        return iter(self.sites.values())
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def bearer_sites(self) -> list[IBearerSite]:
+        return [site for site in self.sites.values() if IBearerSite.providedBy(site)]
+
+    def startService(self) -> None:
+        super().startService()
+        for site in self.sites.values():
+            try:
+                site.start()
+            except Exception:
+                # A site's trouble (a provider that is down) never stops the server.
+                log.failure("sites.start_failed site={site}", site=site.site_id)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        stops = [defer.maybeDeferred(site.stop) for site in self.sites.values()]
+        return defer.DeferredList(stops, consumeErrors=True)
+
+
+def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
+               available: Mapping[str, EntryPoint] | None = None) -> SiteRegistry:
+    if available is None:
+        available = {ep.name: ep for ep in entry_points(group=GROUP)}
+    sites: dict[str, ISite] = {}
+    for site_id, table in tables.items():
+        prefix = f"sites.{site_id}"
+        if not SITE_ID.fullmatch(site_id):
+            raise ConfigError(prefix, "a site id is 1-63 of a-z 0-9 . - (it is the text after '@')")
+        if site_id in context.domains:
+            raise ConfigError(prefix, "a site id cannot be a hosted domain")
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{prefix}.enabled", "must be true or false")
+        plugin = table.get("plugin", site_id)
+        if not isinstance(plugin, str):
+            raise ConfigError(f"{prefix}.plugin", "must be the name of an entry point in sns_xmpp.sites")
+        if not enabled:
+            continue
+        factory = _entry_point(plugin, available)
+        settings = {key: value for key, value in table.items() if key not in REGISTRY_KEYS}
+        try:
+            site = factory(site_id, settings, context)
+        except SiteConfigError as error:
+            raise ConfigError(f"{prefix}.{error.key}", error.problem) from None
+        except Exception as error:
+            raise SitePluginError(f"{GROUP}:{plugin}", f"failed for [{prefix}]: {type(error).__name__}: {error}"
+                                  ) from None
+        try:
+            verifyObject(ISite, site)
+        except Invalid as error:
+            raise SitePluginError(f"{GROUP}:{plugin}", f"does not provide ISite: {error}") from None
+        if site.site_id != site_id:
+            raise SitePluginError(f"{GROUP}:{plugin}", f"made a site with id {site.site_id!r} for [{prefix}]")
+        if site_id in sites:
+            raise ConfigError(prefix, "duplicate site id")
+        sites[site_id] = site
+    return SiteRegistry(sites)

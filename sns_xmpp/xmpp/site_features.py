@@ -1,0 +1,33 @@
+"""The patent's "notify the client over the XML stream": the sites, in the stream features.
+
+Before authentication the features carry, in the project namespace, every
+enabled site with its login entry, so a client offering "log in with X" knows
+where to send the person with no extra round trip (see docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.words.xish import domish
+
+from sns_xmpp.http.login import SocialWeb
+
+NS_SITES = "urn:x-sns-xmpp:sites:0"
+
+
+def sites_feature(web: SocialWeb) -> Callable[[str], domish.Element | None]:
+    def feature(domain: str) -> domish.Element | None:
+        listing = web.site_list()
+        if not listing["sites"]:
+            return None
+        element = domish.Element((NS_SITES, "sites"))
+        element["list"] = f"{web.public_url}/sites"
+        for site in listing["sites"]:
+            entry = element.addElement("site")
+            entry["id"] = site["id"]
+            entry["name"] = site["name"]
+            entry["login"] = site["login"]
+        return element
+
+    return feature

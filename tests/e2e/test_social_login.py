@@ -1,0 +1,269 @@
+"""Social login end to end: the HTTP entry, the demo site, the callback, and slixmpp over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+
+import pytest
+import pytest_twisted
+import treq
+
+from sns_xmpp.sites.facebook import sign_request
+from sns_xmpp.sites.hmac import sign
+from tests.conftest import DEMO_SITE, make_config
+from tests.xmppclient import Client, wait
+
+HMAC_SITE = """
+[sites.sns-example]
+plugin = "hmac"
+display_name = "SNS Example"
+login_url = "https://sns-example.com/login?apikey=demo-key&return_to={callback}&state={state}"
+keys = { old = "old-secret-0123456789", new = "new-secret-0123456789" }
+signing_key = "new"
+max_lifetime = 3600
+leeway = 0
+"""
+
+FACEBOOK_SITE = """
+[sites.facebook]
+plugin = "facebook"
+app_id = "1234"
+app_secret = "facebook-app-secret-0123456789"
+"""
+
+
+async def demo_credentials(server, account: str) -> dict:  # type: ignore[no-untyped-def]
+    """Walk the patent's browser flow: entry -> demo login form -> callback, as JSON."""
+    entry = await treq.get(f"{server.http_url}/login-using-demo", allow_redirects=False)
+    assert entry.code == 302
+    form_url = entry.headers.getRawHeaders("location")[0]
+    assert form_url.startswith(f"{server.http_url}/demo-site/login?")
+    cookies = entry.cookies()
+    form = await treq.get(form_url)
+    assert form.code == 200 and b"demonstration site" in await form.content()
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(form_url).query)
+    signed = await treq.post(f"{server.http_url}/demo-site/login", allow_redirects=False, data={
+        "account": account, "return_to": query["return_to"][0], "state": query["state"][0]})
+    assert signed.code == 302
+    callback_url = signed.headers.getRawHeaders("location")[0]
+    assert callback_url.startswith(f"{server.http_url}/callback/demo?")
+    answer = await treq.get(callback_url, cookies=cookies, headers={"accept": "application/json"})
+    assert answer.code == 200, await answer.text()
+    return json.loads(await answer.content())
+
+
+async def failure_text(server, username: str, password: str, mechanism: str = "PLAIN") -> str:  # type: ignore[no-untyped-def]
+    client = Client("someone@localhost", password, mechanism=mechanism, username=username)
+    client.connect(host="127.0.0.1", port=server.c2s_port)
+    failure = await wait(client.auth_failures.get())
+    client.abort()
+    assert failure.get_condition() == "not-authorized"
+    return str(failure["text"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_patent_flow_with_the_demo_site_then_chat_with_a_local_user(server) -> None:
+    """HTTP entry -> demo site -> callback -> XMPP login as <identifier>@demo, linked once, chatting."""
+    credentials = await demo_credentials(server, "alice")
+    assert credentials["username"].startswith("alice.") and credentials["username"].endswith("@demo")
+    assert credentials["jid"] == credentials["username"].replace("@demo", "\\40demo") + "@localhost"
+
+    await server.add_user("bob@localhost", "secret")
+    bob = Client("bob@localhost", "secret")
+    await wait(bob.log_in(server.c2s_port))
+    # The JID form a client is configured with (XEP-0106) ...
+    alice = Client(credentials["jid"], credentials["password"])
+    await wait(alice.log_in(server.c2s_port))
+    assert alice.boundjid.bare == "alice\\40demo@localhost"
+    alice.send_message(mto="bob@localhost", mbody="hi from a social account", mtype="chat")
+    message = await wait(bob.next_message())
+    assert (message["body"], message["from"].bare) == ("hi from a social account", "alice\\40demo@localhost")
+    bob.send_message(mto=message["from"], mbody="welcome", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "welcome"
+    await wait(alice.log_out())
+
+    # ... and the plain user name, with fresh credentials: the same linked user, one link row.
+    again = await demo_credentials(server, "alice")
+    assert again["password"] != credentials["password"]
+    alice = Client("ignored@localhost", again["password"], username=again["username"])
+    await wait(alice.log_in(server.c2s_port))
+    assert alice.boundjid.bare == "alice\\40demo@localhost"
+    links = await server.store.list_links(site="demo")
+    assert [(link.account, link.jid) for link in links] == [("alice", "alice\\40demo@localhost")]
+    assert links[0].last_login is not None
+    await wait(alice.log_out())
+    await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_features_list_the_sites_before_authentication(server) -> None:
+    async def features() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.c2s_port)
+        writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                     b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        data = await reader.readuntil(b"</stream:features>")
+        writer.close()
+        return data
+
+    data = (await wait(features())).decode()
+    assert (f"<sites xmlns='urn:x-sns-xmpp:sites:0' list='{server.http_url}/sites'>"
+            f"<site id='demo' name='Demo social site' login='{server.http_url}/login-using-demo'/></sites>") in data
+    listed = json.loads(await (await treq.get(f"{server.http_url}/sites")).content())
+    assert listed["sites"][0]["login"] == f"{server.http_url}/login-using-demo"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scram_only_client_logs_in_socially(server) -> None:
+    """libstrophe-style clients pick SCRAM-SHA-1 and never fall back: the server recomputes the password."""
+    credentials = await demo_credentials(server, "carol")
+    for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
+        client = Client(credentials["jid"], credentials["password"], mechanism=mechanism)
+        await wait(client.log_in(server.c2s_port))
+        assert client.boundjid.bare == "carol\\40demo@localhost"
+        await wait(client.log_out())
+    text = await failure_text(server, credentials["username"], "not-the-signature", mechanism="SCRAM-SHA-1")
+    assert "wrong credentials" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_forged_expired_and_unknown_tokens_are_refused_with_reasons(start_server, tmp_path) -> None:
+    server = await start_server(make_config(tmp_path, DEMO_SITE + HMAC_SITE))
+    site = server.server.sites.get("sns-example")
+    from twisted.internet import reactor
+
+    now = int(reactor.seconds())
+    identifier, token = site.mint("dora", "s1", now + 600)
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    forged = sign("sns-example", b"a-key-nobody-agreed-on!", identifier)
+    expired_id, expired_token = site.mint("dora", "s2", now - 30)
+    too_long_id, too_long_token = site.mint("dora", "s3", now + 7200)
+    unknown_kid = f"dora.s4.{now + 600}.gone"
+    cases = [
+        (f"{identifier}@sns-example", tampered, "bad-signature"),
+        (f"{identifier}@sns-example", forged, "bad-signature"),
+        (f"{unknown_kid}@sns-example", sign("sns-example", b"old-secret-0123456789", unknown_kid), "unknown-key"),
+        (f"{expired_id}@sns-example", expired_token, "expired"),
+        (f"{too_long_id}@sns-example", too_long_token, "lifetime-exceeded"),
+        (f"{identifier}@no-such-site", token, "unknown-site"),
+        ("dora-no-dots@sns-example", token, "malformed"),
+    ]
+    for username, password, reason in cases:
+        text = await failure_text(server, username, password)
+        assert text.startswith(reason), (username, text)
+        if reason != "unknown-site":
+            assert text.endswith(f"fresh credentials: {server.http_url}/login-using-sns-example"), text
+    assert await server.store.list_links() == []
+    assert await server.store.list_accounts() == []
+
+    client = Client("x@localhost", token, username=f"{identifier}@sns-example")
+    await wait(client.log_in(server.c2s_port))
+    assert client.boundjid.bare == "dora\\40sns-example@localhost"
+    await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_rotation_old_and_new_then_old_removed(start_server, tmp_path) -> None:
+    config = make_config(tmp_path, HMAC_SITE)
+    server = await start_server(config)
+    from twisted.internet import reactor
+
+    expires = int(reactor.seconds()) + 600
+    site = server.server.sites.get("sns-example")
+    old = site.mint("erin", "s1", expires, kid="old")
+    new = site.mint("erin", "s2", expires, kid="new")
+    for identifier, token in (old, new):
+        client = Client("x@localhost", token, username=f"{identifier}@sns-example")
+        await wait(client.log_in(server.c2s_port))
+        await wait(client.log_out())
+    await start_server.stop(server)
+
+    rotated = make_config(tmp_path, HMAC_SITE.replace('old = "old-secret-0123456789", ', ""),
+                          http_port=config.http.port)
+    server = await start_server(rotated)
+    assert (await failure_text(server, f"{old[0]}@sns-example", old[1])).startswith("unknown-key")
+    client = Client("x@localhost", new[1], username=f"{new[0]}@sns-example")
+    await wait(client.log_in(server.c2s_port))
+    assert client.boundjid.bare == "erin\\40sns-example@localhost"
+    await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_facebook_signed_request(start_server, tmp_path) -> None:
+    server = await start_server(make_config(tmp_path, FACEBOOK_SITE))
+    from twisted.internet import reactor
+
+    now = int(reactor.seconds())
+    good = sign_request("facebook-app-secret-0123456789",
+                        {"algorithm": "HMAC-SHA256", "user_id": "100200", "issued_at": now, "expires": now + 600})
+    client = Client("x@localhost", good, username="100200@facebook")
+    await wait(client.log_in(server.c2s_port))
+    assert client.boundjid.bare == "100200\\40facebook@localhost"
+    await wait(client.log_out())
+
+    wrong_secret = sign_request("another-secret-0123456789",
+                                {"algorithm": "HMAC-SHA256", "user_id": "100200", "issued_at": now})
+    stale = sign_request("facebook-app-secret-0123456789",
+                         {"algorithm": "HMAC-SHA256", "user_id": "100200", "issued_at": now - 7200})
+    assert (await failure_text(server, "100200@facebook", wrong_secret)).startswith("bad-signature")
+    assert (await failure_text(server, "100200@facebook", stale)).startswith("expired")
+    assert (await failure_text(server, "999@facebook", good)).startswith("malformed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_social_users_exist_while_offline(server) -> None:
+    """Messages wait for a social user, and a subscription with a local user survives both going offline."""
+    await server.add_user("bob@localhost", "secret")
+    first = await demo_credentials(server, "frank")
+    frank = Client(first["jid"], first["password"])
+    await wait(frank.log_in(server.c2s_port))
+    frank_jid = frank.boundjid.bare
+    bob = Client("bob@localhost", "secret")
+    await wait(bob.log_in(server.c2s_port))
+    bob.send_presence(pto=frank_jid, ptype="subscribe")
+    await wait(frank.subscription_requests.get())
+    frank.send_presence(pto="bob@localhost", ptype="subscribed")
+    await wait(frank.log_out())
+    await wait(bob.log_out())
+
+    bob = Client("bob@localhost", "secret")
+    await wait(bob.log_in(server.c2s_port))
+    assert bob.client_roster[frank_jid]["subscription"] == "to"
+    bob.send_message(mto=frank_jid, mbody="while you were away", mtype="chat")
+    await wait(bob.plugin["xep_0199"].ping(jid="localhost"))
+    await wait(bob.log_out())
+    assert await server.store.count_offline(frank_jid) == 1
+
+    later = await demo_credentials(server, "frank")
+    frank = Client(later["jid"], later["password"])
+    await wait(frank.log_in(server.c2s_port))
+    assert (await wait(frank.next_message()))["body"] == "while you were away"
+    assert frank.client_roster["bob@localhost"]["subscription"] == "from"
+    await wait(frank.log_out())
+
+
+@pytest.mark.parametrize("path", ["/login-using-nowhere", "/callback/nowhere"])
+@pytest_twisted.ensureDeferred
+async def test_unknown_site_entries_answer_404_with_the_site_list(server, path: str) -> None:
+    answer = await treq.get(server.http_url + path, headers={"accept": "application/json"})
+    assert answer.code == 404
+    assert [site["id"] for site in json.loads(await answer.content())["sites"]] == ["demo"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_callback_refuses_missing_or_foreign_state(server) -> None:
+    """No login CSRF: a callback with a state this browser was not given is refused, and nothing is issued."""
+    entry = await treq.get(f"{server.http_url}/login-using-demo", allow_redirects=False)
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(entry.headers.getRawHeaders("location")[0]).query)["state"]
+    site = server.server.sites.get("demo")
+    from twisted.internet import reactor
+
+    identifier, token = site.mint("mallory", "s1", int(reactor.seconds()) + 60)
+    query = urllib.parse.urlencode({"identifier": identifier, "signature": token, "state": state[0]})
+    no_cookie = await treq.get(f"{server.http_url}/callback/demo?{query}", headers={"accept": "application/json"})
+    assert no_cookie.code == 400
+    assert "password" not in json.loads(await no_cookie.content())
+    redirect = await treq.post(f"{server.http_url}/demo-site/login", allow_redirects=False, data={
+        "account": "x", "return_to": "https://evil.example/steal", "state": "s"})
+    assert redirect.code == 400 and not redirect.headers.hasHeader("location")
