@@ -43,6 +43,10 @@ class SchemaTooNewError(StoreError):
     """The database was written by a newer release; refusing to touch it."""
 
 
+class NoSuchAccountError(StoreError):
+    """The account a write is for does not exist (e.g. an offline message to nobody)."""
+
+
 class JidTakenError(StoreError):
     """``link_account`` was asked to create an account whose JID exists.
 
@@ -125,7 +129,9 @@ class IStore(Interface):
         """Store a serialized stanza; fires with its id once on disk.
 
         The commit is synced (not just written to the WAL) before the
-        Deferred fires, so an accepted message survives a power cut.
+        Deferred fires, so an accepted message survives a power cut. Fails
+        with NoSuchAccountError when *owner* has no account: one round trip
+        checks and stores.
         """
 
     def offline_messages(owner: str) -> Deferred[list[OfflineMessage]]:

@@ -33,6 +33,7 @@ from zope.interface import implementer
 from sns_xmpp.store.interface import (
     IStore,
     JidTakenError,
+    NoSuchAccountError,
     SchemaTooNewError,
     StoreClosedError,
 )
@@ -427,6 +428,9 @@ class SQLiteDatabase:
         try:
             with self._write() as cursor:
                 (row,) = cursor.execute(SQL_STORE_OFFLINE, (owner, stanza, now)).fetchall()
+        except sqlite3.IntegrityError:
+            # The owner foreign key: one round trip both checks the user and stores.
+            raise NoSuchAccountError(owner) from None
         finally:
             self._conn.execute("PRAGMA synchronous = NORMAL")
         return int(row[0])

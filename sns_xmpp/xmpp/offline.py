@@ -6,9 +6,11 @@ import datetime
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
 
@@ -26,18 +28,18 @@ def _stamp(seconds: float) -> str:
 def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> None:
     """Keep a message for a user with no available resource; bounce it if there is no such user."""
     now = sessions.clock.seconds()
+    delay = message.addElement((NS_DELAY, "delay"))
+    delay["from"] = owner.split("@", 1)[1]
+    delay["stamp"] = _stamp(now)
+    stored = message.toXml()
+    message.children.remove(delay)
 
-    def exists(found: bool) -> Deferred[int] | None:
-        if not found:
-            if message.getAttribute("from"):
-                sessions.route(error_reply(message, "service-unavailable"))
-            return None
-        delay = message.addElement((NS_DELAY, "delay"))
-        delay["from"] = owner.split("@", 1)[1]
-        delay["stamp"] = _stamp(now)
-        return sessions.store.store_offline(owner, message.toXml(), now)
+    def no_such_user(reason: Failure) -> None:
+        reason.trap(NoSuchAccountError)
+        if message.getAttribute("from"):
+            sessions.route(error_reply(message, "service-unavailable"))
 
-    d = sessions.store.account_exists(owner).addCallback(exists)
+    d = sessions.store.store_offline(owner, stored, now).addErrback(no_such_user)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 
 

@@ -16,6 +16,7 @@ from sns_xmpp.auth.scram import ScramCredential
 from sns_xmpp.store.interface import (
     IStore,
     JidTakenError,
+    NoSuchAccountError,
     SchemaTooNewError,
     StoreClosedError,
 )
@@ -145,6 +146,8 @@ def test_delete_account_removes_that_user_only(path: Path) -> None:
     # Bob's roster still names them: unsubscribing is the caller's protocol work.
     assert [i.contact for i in db.get_roster(bob)] == [alice, carl]
     assert db.get_link("site", "bob-ext") is not None
+    with pytest.raises(NoSuchAccountError):
+        db.store_offline(alice, "<message/>", NOW)
     db.close()
 
 
