@@ -6,8 +6,8 @@ import datetime
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from sns_xmpp.store.interface import NoSuchAccountError
