@@ -28,6 +28,9 @@ class AuthenticationFailed(Exception):
         self.condition = condition
         self.text = text
 
+    def __str__(self) -> str:
+        return self.text or self.condition
+
 
 @dataclass(frozen=True)
 class ScramLookup:

@@ -209,8 +209,7 @@ class Callback(resource.Resource):
         if entry is None:
             return self._refuse(request, "the login state is unknown, used or expired")
         request.addCookie(STATE_COOKIE, b"", path=f"/callback/{self.site.site_id}".encode(), max_age=b"0")
-        data = {key: value for key, value in params.items() if key != "state"}
-        d: Deferred[Any] = self.site.finish_login(data, entry.data, self.web.clock.seconds())
+        d: Deferred[Any] = self.site.finish_login(params, entry.data, self.web.clock.seconds())
         d.addCallbacks(lambda credentials: self._hand_over(request, credentials),
                        lambda reason: self._failed(request, reason))
         return server.NOT_DONE_YET

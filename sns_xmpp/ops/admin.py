@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -16,8 +18,11 @@ from typing import TextIO
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.sites.hmac import HmacSite
+from sns_xmpp.sites.interface import SiteContext
+from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid
 
 
 class AdminError(Exception):
@@ -34,6 +39,14 @@ def _bare_jid(text: str, config: Config) -> str:
     if jid.host not in config.server.domains:
         raise AdminError(f"'{jid.host}' is not a hosted domain ({', '.join(config.server.domains)})")
     return jid.userhost()
+
+
+def _local_jid(text: str, config: Config) -> str:
+    """A JID for a new local account: never one of the names social accounts get (they hold a backslash)."""
+    jid = _bare_jid(text, config)
+    if "\\" in jid:
+        raise AdminError("local account names cannot contain a backslash (those are social accounts' names)")
+    return jid
 
 
 def _read_password(stdin: TextIO) -> str:
@@ -65,17 +78,37 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
                          ("passwd", "set a new password; from a prompt or stdin")):
         user.add_parser(action, help=text).add_argument("jid")
     user.add_parser("list", help="list accounts").add_argument("--domain")
+    links = topics.add_parser("links", help="social account links").add_subparsers(dest="action", required=True)
+    listing = links.add_parser("list", help="list links, optionally of one site or one XMPP user")
+    listing.add_argument("--site")
+    listing.add_argument("--jid")
+    lookup = links.add_parser("lookup", help="the XMPP user a social account is linked to")
+    removal = links.add_parser("remove", help="unlink a social account (its XMPP user stays)")
+    for sub_parser in (lookup, removal):
+        sub_parser.add_argument("site")
+        sub_parser.add_argument("account")
+    mint = topics.add_parser("mint", help="sign test credentials for a demo or hmac site")
+    mint.add_argument("site")
+    mint.add_argument("account", help="the social account id (a-z 0-9 _ -)")
+    mint.add_argument("--lifetime", type=int, default=600, help="seconds until they expire")
+    mint.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.topic == "mint":
+        _mint(config, args, stdout)
+        return
     database = SQLiteDatabase(config.store_path)
     try:
+        if args.topic == "links":
+            _links(database, args, stdout)
+            return
         if args.action == "list":
             for jid in database.list_accounts(args.domain):
                 print(jid, file=stdout)
             return
-        jid = _bare_jid(args.jid, config)
+        jid = _local_jid(args.jid, config) if args.action == "add" else _bare_jid(args.jid, config)
         if args.action == "add":
             if database.account_exists(jid):
                 raise AdminError(f"{jid} exists already")
@@ -91,6 +124,41 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
             print(f"removed {jid}", file=stdout)
     finally:
         database.close()
+
+
+def _links(database: SQLiteDatabase, args: argparse.Namespace, stdout: TextIO) -> None:
+    if args.action == "list":
+        for link in database.list_links(site=args.site, jid=args.jid):
+            print(f"{link.site}\t{link.account}\t{link.jid}", file=stdout)
+    elif args.action == "lookup":
+        found = database.get_link(args.site, args.account)
+        if found is None:
+            raise AdminError(f"no link for {args.account} on {args.site}")
+        print(found.jid, file=stdout)
+    elif args.action == "remove":
+        if not database.remove_link(args.site, args.account):
+            raise AdminError(f"no link for {args.account} on {args.site}")
+        print(f"unlinked {args.account} on {args.site}", file=stdout)
+
+
+def _mint(config: Config, args: argparse.Namespace, stdout: TextIO) -> None:
+    context = SiteContext(None, config.http.public_url, config.data_dir, config.server.domains)
+    table = config.sites.get(args.site)
+    if table is None:
+        raise AdminError(f"no site '{args.site}' in the configuration")
+    site = load_sites({args.site: table}, context).get(args.site)
+    if not isinstance(site, HmacSite):
+        raise AdminError(f"site '{args.site}' is not a demo or hmac site (or is disabled)")
+    try:
+        identifier, token = site.mint(args.account, secrets.token_hex(8), int(time.time()) + args.lifetime)
+    except ValueError as error:
+        raise AdminError(str(error)) from None
+    username = f"{identifier}@{args.site}"
+    jid = f"{escape_node(username)}@{config.server.domains[0]}"
+    if args.json:
+        print(json.dumps({"username": username, "password": token, "jid": jid}), file=stdout)
+    else:
+        print(f"username: {username}\npassword: {token}\njid:      {jid}", file=stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -574,8 +574,16 @@ class ThreadedStore(Service):
             raise RuntimeError("a stopped ThreadedStore cannot be started again")
         super().startService()
         self._pool.start()
+        # The worker is not a daemon thread: if the service is never stopped (a
+        # crash between start and stop), the reactor's shutdown must end it, or
+        # the interpreter waits for it forever.
+        IReactorCore(self._reactor).addSystemEventTrigger("during", "shutdown", self._stop_abandoned_pool)
         opening = deferToThreadPool(self._reactor, self._pool, self._database)
         opening.addErrback(lambda failure: self._log.failure("Could not open the store database", failure))
+
+    def _stop_abandoned_pool(self) -> None:
+        if self._pool.started and not self._closing:
+            self._pool.stop()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -38,6 +38,11 @@ class Daemon:
             if "listener.up name=c2s-direct-tls" in line:
                 return
 
+    def kill(self) -> None:
+        """Never leave a daemon behind a failed test."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
     async def stop(self) -> None:
         """SIGTERM, and a clean shutdown; twistd re-raises the signal, so that is its exit status."""
         assert self.process is not None and self.process.stdout is not None
@@ -69,6 +74,13 @@ async def test_run_script_admin_command_and_restart_keep_offline_messages(tmp_pa
     assert admin(config, tmp_path, "user", "list").stdout.split() == ["alice@localhost", "bob@localhost"]
 
     daemon = Daemon(config, tmp_path)
+    try:
+        await run_and_restart(daemon, tmp_path, port, direct)
+    finally:
+        daemon.kill()
+
+
+async def run_and_restart(daemon: Daemon, tmp_path: Path, port: int, direct: int) -> None:
     await wait(daemon.start(), timeout=120)
     assert (tmp_path / "data" / "tls" / "self-signed.crt").exists(), "first start makes the certificate"
     alice = Client("alice@localhost", "pw-alice")

@@ -267,3 +267,22 @@ async def test_callback_refuses_missing_or_foreign_state(server) -> None:
     redirect = await treq.post(f"{server.http_url}/demo-site/login", allow_redirects=False, data={
         "account": "x", "return_to": "https://evil.example/steal", "state": "s"})
     assert redirect.code == 400 and not redirect.headers.hasHeader("location")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_third_party_plugin_package_logs_users_in(start_server, tmp_path) -> None:
+    """tests/plugin_package, installed like any plugin, adds a site with no change to sns_xmpp."""
+    from sns_xmpp_tiny_site import token_for
+    from twisted.internet import reactor
+
+    server = await start_server(make_config(tmp_path, """
+[sites.tiny]
+plugin = "tiny-example"
+secret = "tiny-secret-0123456789"
+"""))
+    token = token_for("tiny-secret-0123456789", "gina", int(reactor.seconds()) + 60)
+    client = Client("gina\\40tiny@localhost", token, mechanism="PLAIN")
+    await wait(client.log_in(server.c2s_port))
+    assert client.boundjid.bare == "gina\\40tiny@localhost"
+    await wait(client.log_out())
+    assert (await failure_text(server, "gina@tiny", token[:-1] + "0")).startswith("bad-signature")

@@ -1,0 +1,737 @@
+"""OpenID Connect site: log in with an ID token from an OpenID provider.
+
+The password of a social login ``<sub>@<site_id>`` is an ID token the provider
+issued to this server's client (the browser flow in ``start_login`` and
+``finish_login`` hands it out). A token is accepted when a key from the
+provider's JWKS signs it and its ``iss``, ``aud``, ``exp``, ``iat``, ``nonce`` and
+``sub`` hold. The nonce is self-verifying, ``<random>.<HMAC-SHA256(random)>``
+under a per-install secret kept in the data folder, so any token this server's
+logins produced verifies without the server keeping per-login state, and tokens
+the provider issued to the same client through some other path do not.
+
+Provider metadata and keys are fetched with treq and cached; an unreachable
+provider is logged and retried with backoff, never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import unicodedata
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus, urlencode, urlsplit
+
+import treq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from zope.interface import implementer
+
+from sns_xmpp.sites import jose
+from sns_xmpp.sites.interface import (
+    IBearerSite,
+    LoginStart,
+    Rejection,
+    SiteConfigError,
+    SiteContext,
+    SiteRejection,
+    SocialCredentials,
+    VerifiedAccount,
+)
+
+log = Logger()
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+MAX_DOCUMENT_BYTES = 1 << 20
+MAX_IDENTIFIER_CHARS = 255
+MAX_DISPLAY_NAME_CHARS = 256
+_NONCE_CONTEXT = b"sns-xmpp oidc nonce\0"
+_JOSE_KINDS = {
+    jose.MALFORMED: Rejection.MALFORMED,
+    jose.BAD_SIGNATURE: Rejection.BAD_SIGNATURE,
+    jose.UNKNOWN_KEY: Rejection.UNKNOWN_KEY,
+}
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ("openid",)
+    leeway: float = 60
+    max_token_bytes: int = jose.DEFAULT_MAX_TOKEN_BYTES
+    single_use: bool = False
+    refresh_interval: float = 3600
+    request_timeout: float = 10
+    retry_initial: float = 1
+    retry_max: float = 60
+    key_refetch_interval: float = 30
+
+
+# key -> (minimum, maximum) for the numeric settings
+_NUMBERS: Mapping[str, tuple[float, float]] = {
+    "leeway": (0, 3600),
+    "refresh_interval": (1, 7 * 86400),
+    "request_timeout": (0.01, 300),
+    "retry_initial": (0.01, 3600),
+    "retry_max": (0.01, 86400),
+    "key_refetch_interval": (0, 86400),
+}
+_KNOWN_KEYS = frozenset(_NUMBERS) | {
+    "issuer", "client_id", "client_secret", "client_secret_file", "scopes", "max_token_bytes", "single_use",
+}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(url: object) -> str | None:
+    """Why *url* is no place to talk to a provider: https, or http on a loopback host only."""
+    if not isinstance(url, str) or not url:
+        return "must be a URL"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "is not a valid URL"
+    if not host or parts.scheme not in ("https", "http"):
+        return "must be an https URL"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return "must be an https URL (http only for a loopback host)"
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return "must not hold credentials or a fragment"
+    return None
+
+
+def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
+    """Check a site's settings table; raise SiteConfigError naming the first bad key."""
+    for key in sorted(settings):
+        if key not in _KNOWN_KEYS:
+            raise SiteConfigError(key, "unknown setting")
+    issuer = settings.get("issuer")
+    if issuer is None:
+        raise SiteConfigError("issuer", "required")
+    problem = url_problem(issuer) or ("must not have a query" if urlsplit(str(issuer)).query else None)
+    if problem:
+        raise SiteConfigError("issuer", problem)
+    client_id = settings.get("client_id")
+    if client_id is None:
+        raise SiteConfigError("client_id", "required")
+    if not isinstance(client_id, str) or not client_id.strip():
+        raise SiteConfigError("client_id", "must be a non-empty string")
+    numbers: dict[str, float] = {}
+    for key, (low, high) in _NUMBERS.items():
+        value = settings.get(key, getattr(OIDCSettings, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise SiteConfigError(key, f"must be a number from {low} to {high}")
+        numbers[key] = float(value)
+    max_token_bytes = settings.get("max_token_bytes", jose.DEFAULT_MAX_TOKEN_BYTES)
+    if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or not (
+        1024 <= max_token_bytes <= 65536
+    ):
+        raise SiteConfigError("max_token_bytes", "must be a whole number from 1024 to 65536")
+    single_use = settings.get("single_use", False)
+    if not isinstance(single_use, bool):
+        raise SiteConfigError("single_use", "must be true or false")
+    scopes = settings.get("scopes", ["openid"])
+    if not isinstance(scopes, list | tuple) or not all(
+        isinstance(s, str) and s and s.isascii() and s.isprintable() and " " not in s and '"' not in s
+        and "\\" not in s for s in scopes
+    ):
+        raise SiteConfigError("scopes", "must be a list of scope names")
+    if "openid" not in scopes:
+        raise SiteConfigError("scopes", "must include 'openid'")
+    return OIDCSettings(
+        issuer=str(issuer), client_id=client_id, client_secret=_client_secret(settings),
+        scopes=tuple(scopes), max_token_bytes=max_token_bytes, single_use=single_use,
+        leeway=numbers["leeway"], refresh_interval=numbers["refresh_interval"],
+        request_timeout=numbers["request_timeout"], retry_initial=numbers["retry_initial"],
+        retry_max=max(numbers["retry_max"], numbers["retry_initial"]),
+        key_refetch_interval=numbers["key_refetch_interval"],
+    )
+
+
+def _client_secret(settings: Mapping[str, Any]) -> str:
+    if "client_secret" in settings and "client_secret_file" in settings:
+        raise SiteConfigError("client_secret_file", "give client_secret or client_secret_file, not both")
+    if "client_secret_file" in settings:
+        name = settings["client_secret_file"]
+        if not isinstance(name, str) or not name:
+            raise SiteConfigError("client_secret_file", "must be a file name")
+        try:
+            secret = Path(name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            problem = getattr(e, "strerror", None) or "not UTF-8 text"
+            raise SiteConfigError("client_secret_file", f"cannot read: {problem}") from None
+        if not secret:
+            raise SiteConfigError("client_secret_file", "file is empty")
+        return secret
+    value = settings.get("client_secret")
+    if value is None:
+        raise SiteConfigError("client_secret", "required")
+    if not isinstance(value, str) or not value:
+        raise SiteConfigError("client_secret", "must be a non-empty string")
+    return value
+
+
+# -- nonces ---------------------------------------------------------------------------------------
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The install's 32-byte nonce secret, made (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        try:
+            secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except (ValueError, UnicodeDecodeError):
+            secret = b""
+        if len(secret) != 32:
+            raise ValueError(f"{path} does not hold a nonce secret; remove it to make a new one") from None
+        return secret
+    secret = secrets.token_bytes(32)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret.hex() + "\n")
+    return secret
+
+
+class NonceKey:
+    """Issues nonces that prove, by themselves, that this server issued them."""
+
+    def __init__(self, secret: bytes, site_id: str) -> None:
+        self._secret = secret
+        self._context = _NONCE_CONTEXT + site_id.encode("utf-8") + b"\0"
+
+    def _mac(self, random: bytes) -> bytes:
+        return hmac.new(self._secret, self._context + random, hashlib.sha256).digest()
+
+    def issue(self) -> str:
+        random = secrets.token_bytes(16)
+        return f"{jose.b64url_encode(random)}.{jose.b64url_encode(self._mac(random))}"
+
+    def check(self, nonce: object) -> bool:
+        if not isinstance(nonce, str) or len(nonce) > 100 or nonce.count(".") != 1:
+            return False
+        random_text, mac_text = nonce.split(".")
+        try:
+            random, mac = jose.b64url_decode(random_text), jose.b64url_decode(mac_text)
+        except jose.JOSEError:
+            return False
+        return len(random) == 16 and hmac.compare_digest(mac, self._mac(random))
+
+
+# -- claims ---------------------------------------------------------------------------------------
+
+
+def identifier_problem(identifier: object) -> str | None:
+    if not isinstance(identifier, str) or not identifier:
+        return "empty account id"
+    if len(identifier) > MAX_IDENTIFIER_CHARS:
+        return "account id too long"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in identifier):
+        return "account id has control characters"
+    return None
+
+
+def _display_name(claims: Mapping[str, Any]) -> str | None:
+    for name in ("name", "preferred_username"):
+        value = claims.get(name)
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_DISPLAY_NAME_CHARS and not any(
+            unicodedata.category(c) in ("Cc", "Cs") for c in value
+        ):
+            return value.strip()
+    return None
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def check_claims(
+    claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float, leeway: float,
+    nonce_ok: Callable[[object], bool],
+) -> tuple[str, float]:
+    """The ``(sub, exp)`` of valid ID token claims; raise SiteRejection otherwise (OIDC Core 3.1.3.7)."""
+
+    def refuse(reason: str, kind: Rejection = Rejection.MALFORMED) -> SiteRejection:
+        return SiteRejection(kind, reason)
+
+    if claims.get("iss") != issuer:
+        raise refuse("token is from another issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+        raise refuse("token has no audience")
+    if client_id not in audiences:
+        raise refuse("token is for another client")
+    azp = claims.get("azp")
+    if (len(audiences) > 1 or azp is not None) and azp != client_id:
+        raise refuse("token is for another authorized party")
+    exp, iat, nbf = _number(claims, "exp"), _number(claims, "iat"), _number(claims, "nbf")
+    if exp is None or iat is None:
+        raise refuse("token lacks exp or iat")
+    if exp <= now - leeway:
+        raise refuse("token expired", Rejection.EXPIRED)
+    if iat > now + leeway:
+        raise refuse("token issued in the future")
+    if "nbf" in claims and (nbf is None or nbf > now + leeway):
+        raise refuse("token not valid yet")
+    if "nonce" not in claims:
+        raise refuse("token has no nonce")
+    if not nonce_ok(claims["nonce"]):
+        raise refuse("token nonce was not issued here")
+    sub = claims.get("sub")
+    problem = identifier_problem(sub)
+    if problem or not isinstance(sub, str):
+        raise refuse(f"token subject: {problem}")
+    return sub, exp
+
+
+# -- provider metadata ----------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """The provider could not be used; the message is safe to log and show."""
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    jwks_uri: str
+    authorization_endpoint: str | None
+    token_endpoint: str | None
+
+
+def parse_metadata(document: Mapping[str, Any], issuer: str) -> ProviderMetadata:
+    if document.get("issuer") != issuer:
+        raise ProviderError("discovery document names another issuer")
+    endpoints: dict[str, str | None] = {}
+    for name in ("jwks_uri", "authorization_endpoint", "token_endpoint"):
+        value = document.get(name)
+        if value is not None and url_problem(value):
+            raise ProviderError(f"discovery document: {name} {url_problem(value)}")
+        endpoints[name] = value
+    jwks_uri = endpoints["jwks_uri"]
+    if jwks_uri is None:
+        raise ProviderError("discovery document has no jwks_uri")
+    return ProviderMetadata(issuer, jwks_uri, endpoints["authorization_endpoint"], endpoints["token_endpoint"])
+
+
+def describe_failure(failure: Failure) -> str:
+    """A short, secret-free reason for a failed provider request."""
+    if failure.check(ProviderError):
+        return str(failure.value)
+    if failure.check(CancelledError):
+        return "request cancelled"
+    if failure.check(ConnectError):
+        return f"cannot connect ({type(failure.value).__name__})"
+    return f"request failed ({type(failure.value).__name__})"
+
+
+class _SingleFlight:
+    """Runs one coroutine at a time; every caller gets its own Deferred for the shared outcome."""
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._work = work
+        self._running: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def __call__(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        if self._running is None:
+            self._running = Deferred.fromCoroutine(self._work())
+            self._running.addBoth(self._done)
+        return waiter
+
+    def _done(self, result: None | Failure) -> None:
+        self._running = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+
+    def cancel(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+
+
+# -- the site -------------------------------------------------------------------------------------
+
+
+@implementer(IBearerSite)
+class OIDCSite:
+    """An OpenID provider as a social site; also an OAUTHBEARER (RFC 7628) site."""
+
+    def __init__(self, site_id: str, settings: OIDCSettings, context: SiteContext, nonces: NonceKey) -> None:
+        self.site_id = site_id
+        self.display_name = site_id
+        self.settings = settings
+        self.single_use = settings.single_use
+        self.openid_configuration = settings.issuer.rstrip("/") + DISCOVERY_PATH
+        self._reactor = context.reactor
+        self._http = context.http_client
+        self._nonces = nonces
+        self._metadata: ProviderMetadata | None = None
+        self._keys: tuple[jose.PublicJWK, ...] | None = None
+        self._status = "starting"
+        self._running = False
+        self._timer: Any = None
+        self._backoff = settings.retry_initial
+        self._last_key_refetch: float | None = None
+        self._ready: list[Deferred[None]] = []
+        self._load = _SingleFlight(self._load_provider)
+        self._refetch = _SingleFlight(self._refetch_keys)
+
+    @property
+    def issuer(self) -> str:
+        return self.settings.issuer
+
+    # lifecycle
+
+    def start(self) -> None:
+        self._running = True
+        self._backoff = self.settings.retry_initial
+        self._load().addErrback(lambda _: None)
+
+    def stop(self) -> None:
+        self._running = False
+        self._cancel_timer()
+        self._load.cancel()
+        self._refetch.cancel()
+
+    def status(self) -> str:
+        return self._status
+
+    def when_ready(self) -> Deferred[None]:
+        """Fire once the provider's metadata and keys are loaded."""
+        ready: Deferred[None] = Deferred()
+        if self._keys is not None:
+            ready.callback(None)
+        else:
+            self._ready.append(ready)
+        return ready
+
+    def issue_nonce(self) -> str:
+        return self._nonces.issue()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self, delay: float) -> None:
+        self._cancel_timer()
+        if self._running:
+            self._timer = self._reactor.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._load().addErrback(lambda _: None)
+
+    async def _load_provider(self) -> None:
+        self._cancel_timer()
+        try:
+            metadata = parse_metadata(await self._get_json(self.openid_configuration, "discovery document"),
+                                      self.settings.issuer)
+            keys = await self._get_keys(metadata.jwks_uri)
+        except Exception:
+            reason = describe_failure(Failure())
+            stale = " (using cached keys)" if self._keys is not None else ""
+            self._status = f"provider unreachable: {reason}{stale}"
+            if self._running:
+                log.warn("oidc.provider_unreachable site={site} reason={reason} retry_in={retry_in}",
+                         site=self.site_id, reason=reason, retry_in=self._backoff)
+                self._schedule(self._backoff)
+                self._backoff = min(self._backoff * 2, self.settings.retry_max)
+            raise ProviderError(reason) from None
+        self._metadata, self._keys = metadata, keys
+        self._status = "ok"
+        self._backoff = self.settings.retry_initial
+        log.info("oidc.provider_ready site={site} keys={keys}", site=self.site_id, keys=len(keys))
+        self._schedule(self.settings.refresh_interval)
+        ready, self._ready = self._ready, []
+        for waiter in ready:
+            if not waiter.called:
+                waiter.callback(None)
+
+    async def _refetch_keys(self) -> None:
+        if self._metadata is None:
+            raise ProviderError("no provider metadata")
+        try:
+            self._keys = await self._get_keys(self._metadata.jwks_uri)
+        except Exception:
+            reason = describe_failure(Failure())
+            log.warn("oidc.keys_refetch_failed site={site} reason={reason}", site=self.site_id, reason=reason)
+            raise ProviderError(reason) from None
+        log.info("oidc.keys_refetched site={site} keys={keys}", site=self.site_id, keys=len(self._keys))
+
+    # HTTP
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], data: bytes | None) -> tuple[int, bytes]:
+        if self._http is None:
+            self._http = treq.client.HTTPClient(Agent(self._reactor))
+        response = await self._http.request(method, url, headers=headers, data=data, allow_redirects=False)
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > MAX_DOCUMENT_BYTES:
+                raise ProviderError("response too large")
+            chunks.append(chunk)
+
+        await treq.collect(response, collect)
+        return response.code, b"".join(chunks)
+
+    async def _fetch(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
+                     ) -> tuple[int, bytes]:
+        def timed_out(result: object, timeout: float) -> None:
+            raise ProviderError(f"request timed out after {timeout:g}s")
+
+        request = Deferred.fromCoroutine(self._request(method, url, headers, data))
+        request.addTimeout(self.settings.request_timeout, self._reactor, onTimeoutCancel=timed_out)
+        return await request
+
+    async def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        code, body = await self._fetch("GET", url, {"Accept": "application/json"})
+        if code != 200:
+            raise ProviderError(f"{what}: HTTP {code}")
+        try:
+            return jose.parse_json_object(body, what)
+        except jose.JOSEError as e:
+            raise ProviderError(e.reason) from None
+
+    async def _get_keys(self, jwks_uri: str) -> tuple[jose.PublicJWK, ...]:
+        document = await self._get_json(jwks_uri, "key set")
+        try:
+            keys, skipped = jose.load_jwks(document)
+        except jose.JOSEError as e:
+            raise ProviderError(e.reason) from None
+        for reason in skipped:
+            log.debug("oidc.key_skipped site={site} reason={reason}", site=self.site_id, reason=reason)
+        if not keys:
+            raise ProviderError("key set has no usable signing keys")
+        return tuple(keys)
+
+    # tokens
+
+    async def _current_keys(self) -> tuple[jose.PublicJWK, ...]:
+        if self._keys is None and self._load.busy:
+            try:
+                await self._load()
+            except ProviderError:
+                pass
+        if self._keys is None:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "the provider's keys are not available")
+        return self._keys
+
+    async def _current_metadata(self) -> ProviderMetadata:
+        if self._metadata is None:
+            try:
+                await self._load()
+            except ProviderError as e:
+                raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"provider unreachable: {e}") from None
+        if self._metadata is None:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider metadata not available")
+        return self._metadata
+
+    async def _refetch_once(self) -> bool:
+        """Fetch the key set again for an unknown kid, at most once per key_refetch_interval."""
+        if not self._refetch.busy:
+            now = self._reactor.seconds()
+            last = self._last_key_refetch
+            if last is not None and now - last < self.settings.key_refetch_interval:
+                return False
+            self._last_key_refetch = now
+        try:
+            await self._refetch()
+        except ProviderError as e:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"provider unreachable: {e}") from None
+        return True
+
+    async def _verify_token(self, token: str, now: float) -> tuple[VerifiedAccount, dict[str, Any]]:
+        try:
+            jws = jose.parse_compact(token, self.settings.max_token_bytes)
+            typ = jws.header.get("typ")
+            if isinstance(typ, str) and typ.lower().removeprefix("application/") == "at+jwt":
+                raise jose.JOSEError(jose.MALFORMED, "an access token is not an ID token")
+            try:
+                claims = jose.verify_jws(jws, await self._current_keys())
+            except jose.JOSEError as e:
+                if e.kind != jose.UNKNOWN_KEY or not await self._refetch_once():
+                    raise
+                claims = jose.verify_jws(jws, await self._current_keys())
+        except jose.JOSEError as e:
+            raise SiteRejection(_JOSE_KINDS[e.kind], e.reason) from None
+        sub, exp = check_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id, now=now,
+                                leeway=self.settings.leeway, nonce_ok=self._nonces.check)
+        account = VerifiedAccount(
+            site=self.site_id, account=sub, expires=exp,
+            token_digest=hashlib.sha256(token.encode("ascii")).digest(), display_name=_display_name(claims),
+        )
+        return account, claims
+
+    async def _verify_logged(self, token: str, now: float, identifier: str | None) -> VerifiedAccount:
+        try:
+            if identifier is not None:
+                self.parse_identifier(identifier)
+            account, _ = await self._verify_token(token, now)
+            if identifier is not None and identifier.casefold() != account.account.casefold():
+                raise SiteRejection(Rejection.MALFORMED, "the token is for another account")
+        except SiteRejection as e:
+            log.info("oidc.token_rejected site={site} kind={kind} reason={reason}",
+                     site=self.site_id, kind=e.kind.value, reason=e.reason)
+            raise
+        return account
+
+    def parse_identifier(self, identifier: str) -> str:
+        problem = identifier_problem(identifier)
+        if problem:
+            raise SiteRejection(Rejection.MALFORMED, problem)
+        return identifier
+
+    def verify(self, identifier: str, token: str, now: float) -> Deferred[VerifiedAccount]:
+        return Deferred.fromCoroutine(self._verify_logged(token, now, identifier))
+
+    def verify_bearer(self, token: str, now: float) -> Deferred[VerifiedAccount]:
+        return Deferred.fromCoroutine(self._verify_logged(token, now, None))
+
+    def scram_password(self, identifier: str, now: float) -> str | None:
+        return None
+
+    # browser login
+
+    def start_login(self, callback_url: str, state: str) -> Deferred[LoginStart]:
+        return Deferred.fromCoroutine(self._start_login(callback_url, state))
+
+    async def _start_login(self, callback_url: str, state: str) -> LoginStart:
+        metadata = await self._current_metadata()
+        endpoint = metadata.authorization_endpoint
+        if endpoint is None:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider has no authorization endpoint")
+        verifier = secrets.token_urlsafe(48)
+        nonce = self.issue_nonce()
+        query = urlencode({
+            "response_type": "code",
+            "client_id": self.settings.client_id,
+            "redirect_uri": callback_url,
+            "scope": " ".join(self.settings.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": jose.b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest()),
+            "code_challenge_method": "S256",
+        })
+        separator = "&" if urlsplit(endpoint).query else ("" if endpoint.endswith("?") else "?")
+        pending = {"state": state, "nonce": nonce, "code_verifier": verifier, "redirect_uri": callback_url}
+        return LoginStart(url=endpoint + separator + query, pending=pending)
+
+    def finish_login(self, params: Mapping[str, str], pending: Mapping[str, str], now: float,
+                     ) -> Deferred[SocialCredentials]:
+        return Deferred.fromCoroutine(self._finish_login(params, pending, now))
+
+    async def _finish_login(self, params: Mapping[str, str], pending: Mapping[str, str], now: float,
+                            ) -> SocialCredentials:
+        refuse = Rejection.MALFORMED
+        if "error" in params:
+            raise SiteRejection(refuse, f"the provider refused the login: {_safe_code(params['error'])}")
+        state, expected_state = params.get("state", ""), pending.get("state", "")
+        if not expected_state or not hmac.compare_digest(state.encode("utf-8"), expected_state.encode("utf-8")):
+            raise SiteRejection(refuse, "login state does not match")
+        if "iss" in params and params["iss"] != self.settings.issuer:  # RFC 9207
+            raise SiteRejection(refuse, "login answered by another issuer")
+        code = params.get("code")
+        nonce, verifier, redirect_uri = pending.get("nonce"), pending.get("code_verifier"), pending.get("redirect_uri")
+        if not code:
+            raise SiteRejection(refuse, "no authorization code")
+        if not nonce or not verifier or not redirect_uri:
+            raise SiteRejection(refuse, "login state incomplete")
+        id_token = await self._redeem_code(code, verifier, redirect_uri)
+        account, claims = await self._verify_token(id_token, now)
+        if not hmac.compare_digest(str(claims["nonce"]).encode("utf-8"), nonce.encode("utf-8")):
+            raise SiteRejection(refuse, "token nonce is not this login's")
+        log.info("oidc.login_finished site={site}", site=self.site_id)
+        return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
+                                 expires=account.expires)
+
+    async def _redeem_code(self, code: str, verifier: str, redirect_uri: str) -> str:
+        metadata = await self._current_metadata()
+        if metadata.token_endpoint is None:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider has no token endpoint")
+        credentials = f"{quote_plus(self.settings.client_id)}:{quote_plus(self.settings.client_secret)}"
+        headers = {
+            "Authorization": "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii"),
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+        body = urlencode({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                          "code_verifier": verifier}).encode("ascii")
+        try:
+            status, content = await self._fetch("POST", metadata.token_endpoint, headers, body)
+        except Exception:
+            reason = describe_failure(Failure())
+            log.warn("oidc.token_endpoint_failed site={site} reason={reason}", site=self.site_id, reason=reason)
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"token endpoint: {reason}") from None
+        try:
+            document = jose.parse_json_object(content, "token response")
+        except jose.JOSEError:
+            document = {}
+        if status >= 500:
+            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"token endpoint: HTTP {status}")
+        if status != 200:
+            error = _safe_code(document.get("error"))
+            log.warn("oidc.code_refused site={site} status={status} error={error}",
+                     site=self.site_id, status=status, error=error)
+            raise SiteRejection(Rejection.MALFORMED, f"the provider refused the code: {error}")
+        id_token = document.get("id_token")
+        if not isinstance(id_token, str):
+            raise SiteRejection(Rejection.MALFORMED, "token response has no id_token")
+        return id_token
+
+
+def _safe_code(value: object) -> str:
+    """An OAuth error code as a client may see it: RFC 6749 allows only printable ASCII."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and all(c.isalnum() or c in "_-." for c in value):
+        return value
+    return "unspecified error"
+
+
+def make_oidc_site(site_id: str, settings: Mapping[str, Any], context: SiteContext) -> OIDCSite:
+    """The ``oidc`` entry point: check the settings and build the site (nothing is fetched yet)."""
+    display_name = settings.get("display_name", site_id)
+    if not isinstance(display_name, str) or not display_name:
+        raise SiteConfigError("display_name", "must be a non-empty string")
+    parsed = parse_settings({key: value for key, value in settings.items() if key != "display_name"})
+    secret = load_or_create_secret(context.data_dir / f"oidc-{site_id}.secret")
+    site = OIDCSite(site_id, parsed, context, NonceKey(secret, site_id))
+    site.display_name = display_name
+    return site

@@ -1,0 +1,101 @@
+"""An OpenID Connect provider as the social site, end to end: browser flow, PLAIN, OAUTHBEARER, forgeries."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest_twisted
+import treq
+
+from tests.conftest import make_config
+from tests.oidc_provider import OIDCProvider
+from tests.rawxmpp import RawStream
+from tests.xmppclient import Client, wait
+
+SITE = """
+[sites.idp]
+plugin = "oidc"
+display_name = "Test Identity Provider"
+issuer = "{issuer}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+retry_initial = 0.1
+"""
+
+
+async def oidc_server(start_server, tmp_path):  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    provider = OIDCProvider()
+    provider.listen(reactor)
+    server = await start_server(make_config(tmp_path, SITE.format(
+        issuer=provider.issuer, client_id=provider.client_id, client_secret=provider.client_secret)))
+    site = server.server.sites.get("idp")
+    await site.when_ready()
+    return provider, server, site
+
+
+@pytest_twisted.ensureDeferred
+async def test_authorization_code_flow_then_xmpp_login_and_bearer(start_server, tmp_path) -> None:
+    provider, server, site = await oidc_server(start_server, tmp_path)
+    try:
+        entry = await treq.get(f"{server.http_url}/login-using-idp", allow_redirects=False)
+        authorize = entry.headers.getRawHeaders("location")[0]
+        assert authorize.startswith(f"{provider.issuer}/authorize?")
+        back = await treq.get(authorize, allow_redirects=False)
+        callback = back.headers.getRawHeaders("location")[0]
+        answer = await treq.get(callback, cookies=entry.cookies(), headers={"accept": "application/json"})
+        credentials = json.loads(await answer.content())
+        assert answer.code == 200, credentials
+        assert credentials["username"] == "User-42@idp"
+
+        client = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
+        await wait(client.log_in(server.c2s_port))
+        linked = client.boundjid.bare
+        assert linked.endswith("\\40idp@localhost")
+        await wait(client.log_out())
+        [link] = await server.store.list_links(site="idp")
+        assert (link.account, link.jid) == ("User-42", linked)
+
+        async def bearer(token: str) -> list[str]:
+            stream = await RawStream.open_tls(server.c2s_port)
+            assert "<mechanism>OAUTHBEARER</mechanism>" in stream.features
+            answers = [await stream.auth("OAUTHBEARER", f"n,,\x01auth=Bearer {token}\x01\x01".encode())]
+            if answers[0].startswith("<challenge"):
+                answers.append(await stream.respond(b"\x01"))
+            stream.close()
+            return answers
+
+        from twisted.internet import reactor
+
+        good = provider.id_token(reactor.seconds(), site.issue_nonce())
+        assert (await wait(bearer(good)))[0].startswith("<success")
+        challenge, failure = await wait(bearer(good[:-4] + "AAAA"))
+        document = json.loads(base64.b64decode(challenge.split(">", 1)[1].split("<", 1)[0]))
+        assert document == {"status": "invalid_token", "scope": "openid",
+                            "openid-configuration": f"{provider.issuer}/.well-known/openid-configuration"}
+        assert "<not-authorized/>" in failure
+        assert len(await server.store.list_links(site="idp")) == 1
+    finally:
+        await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forged_id_tokens_are_refused(start_server, tmp_path) -> None:
+    """alg=none and HS256 keyed with the provider's public key: the two classic JWT forgeries."""
+    provider, server, site = await oidc_server(start_server, tmp_path)
+    try:
+        from twisted.internet import reactor
+
+        claims = provider.claims(reactor.seconds(), site.issue_nonce())
+        for forged in (provider.forge_none(claims), provider.forge_hs256_with_public_key(claims)):
+            client = Client("x@localhost", forged, mechanism="PLAIN", username="User-42@idp")
+            client.connect(host="127.0.0.1", port=server.c2s_port)
+            failure = await wait(client.auth_failures.get())
+            client.abort()
+            assert failure.get_condition() == "not-authorized"
+            assert "fresh credentials" in str(failure["text"])
+        assert await server.store.list_links() == []
+    finally:
+        await provider.stop()
