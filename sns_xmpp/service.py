@@ -16,11 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site as WebSite
 
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.keyfiles import ensure_secret
@@ -130,7 +130,7 @@ def build_server(config: Config, reactor: Any) -> Server:
                                  ensure_secret(config.data_dir / "scram-salt.key").encode())
     web = SocialWeb(sites, PendingLogins(reactor), public_url, config.server.domains[0], reactor)
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
-                    WebSite(Root(web))).setServiceParent(top)
+                    web_site(Root(web))).setServiceParent(top)
 
     c2s = config.xmpp.c2s
     settings = C2SSettings(

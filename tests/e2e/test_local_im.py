@@ -73,6 +73,12 @@ async def test_wrong_password_is_not_authorized_and_every_mechanism_works(server
     assert client.boundjid.bare == "carol@localhost"
     await wait(client.log_out())
 
+    await server.add_user("carol@example.org", "other")  # a second virtual host, its own user
+    client = Client("carol@example.org", "other")
+    await wait(client.log_in(server.c2s_port))
+    assert client.boundjid.bare == "carol@example.org"
+    await wait(client.log_out())
+
 
 @pytest_twisted.ensureDeferred
 async def test_garbage_on_one_stream_leaves_other_clients_chatting(server) -> None:

@@ -286,3 +286,30 @@ secret = "tiny-secret-0123456789"
     assert client.boundjid.bare == "gina\\40tiny@localhost"
     await wait(client.log_out())
     assert (await failure_text(server, "gina@tiny", token[:-1] + "0")).startswith("bad-signature")
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_token_or_password_reaches_the_log(server) -> None:
+    """Every log event of a good and a refused social login and a local login, searched for the secrets."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        credentials = await demo_credentials(server, "hank")
+        client = Client(credentials["jid"], credentials["password"])
+        await wait(client.log_in(server.c2s_port))
+        await wait(client.log_out())
+        bad_password = credentials["password"][::-1]
+        await failure_text(server, credentials["username"], bad_password)
+        await server.add_user("ivy@localhost", "ivy-password-123")
+        await failure_text(server, "ivy", "ivy-wrong-password-456")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    text = "\n".join(formatEvent(event) + repr(event) for event in events)
+    assert "auth.social_login" in text
+    demo_key = (server.server.config.data_dir / "demo-site.key").read_text().strip()
+    for secret in (credentials["password"], bad_password, "ivy-password-123", "ivy-wrong-password-456", demo_key):
+        assert secret not in text
