@@ -129,6 +129,8 @@ def test_starttls_then_plain_then_bind_features() -> None:
     stream.dataReceived(HEADER.format(to="localhost").encode())
     features = output(transport)
     assert "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>" in features and "mechanism" not in features
+    stream.dataReceived(b" \n \t ")  # whitespace keepalives (RFC 6120 4.6.1) are ignored
+    assert output(transport) == "" and not transport.disconnecting
 
 
 def test_oversized_stanza_is_a_policy_violation_before_it_completes() -> None:
