@@ -148,12 +148,19 @@ class HTTPConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    level: str = _setting("info", _choice("debug", "info", "warn", "error", "critical"), "lowest level logged")
+    format: str = _setting("text", _choice("text", "json"), "text lines, or one JSON object per event")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     xmpp: XMPPConfig = field(default_factory=XMPPConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # Each site's table is checked by the site's own plugin, which knows its keys.
     sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

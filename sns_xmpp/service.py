@@ -7,15 +7,18 @@ everything it builds receives them.
 from __future__ import annotations
 
 import datetime
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
@@ -24,6 +27,8 @@ from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.keyfiles import ensure_secret
+from sns_xmpp.ops.logs import wanted_observer
+from sns_xmpp.ops.reload import SiteReloader
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore
@@ -36,6 +41,19 @@ from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 
 log = Logger()
+
+
+class ServerService(service.MultiService):
+    """The top service; hands twistd the log observer the configuration asks for."""
+
+    def __init__(self, log_observer: ILogObserver | None) -> None:
+        super().__init__()
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
 
 class Options(usage.Options):
@@ -76,9 +94,11 @@ class ListenerService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        stopped = self.port.stopListening() if self.port is not None else None
+        shut_down = getattr(self.factory, "shut_down", None)
+        if shut_down is not None:
+            shut_down()
+        return stopped
 
     @property
     def port_number(self) -> int:
@@ -96,14 +116,15 @@ class Server:
     sessions: SessionManager
     sites: SiteRegistry
     top: service.MultiService
+    reloader: SiteReloader | None
 
     def listener(self, name: str) -> ListenerService:
         named: ListenerService = self.top.getServiceNamed(name)
         return named
 
 
-def build_server(config: Config, reactor: Any) -> Server:
-    top = service.MultiService()
+def build_server(config: Config, reactor: Any, config_path: Path | None = None) -> Server:
+    top = ServerService(wanted_observer(config.log))
     config.data_dir.mkdir(parents=True, exist_ok=True)
 
     store = ThreadedStore(lambda: SQLiteDatabase(config.store_path), reactor)
@@ -124,7 +145,8 @@ def build_server(config: Config, reactor: Any) -> Server:
     tls_context = server_context(certificate, key)
 
     public_url = config.http.public_url
-    sites = load_sites(config.sites, SiteContext(reactor, public_url, config.data_dir, config.server.domains))
+    site_context = SiteContext(reactor, public_url, config.data_dir, config.server.domains)
+    sites = load_sites(config.sites, site_context)
     sites.setServiceParent(top)
     checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), reactor, public_url,
                                  ensure_secret(config.data_dir / "scram-salt.key").encode())
@@ -153,7 +175,8 @@ def build_server(config: Config, reactor: Any) -> Server:
                         endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
                                                      interface=c2s.interface),
                         factory(True)).setServiceParent(top)
-    return Server(config, store, router, sessions, sites, top)
+    reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
+    return Server(config, store, router, sessions, sites, top, reloader)
 
 
 def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
@@ -167,7 +190,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return build_server(options["loaded"], reactor).top
+    server = build_server(options["loaded"], reactor, Path(options["config"]))
+    reloader = server.reloader
+    assert reloader is not None
+    # SIGHUP reloads the sites; the handler only schedules, the reactor thread does the work.
+    signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(reloader.reload))
+    return server.top
 
 
 __all__ = ["Options", "makeService", "build_server"]

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
@@ -66,17 +67,40 @@ class SiteRegistry(service.Service):
     def __len__(self) -> int:
         return len(self.sites)
 
+    def replace(self, sites: Mapping[str, ISite]) -> None:
+        """Swap in a new set of sites (a reload): the new ones start, the old ones stop.
+
+        Sessions already open are not touched: they were authenticated once and
+        stay; only new logins see the new keys and sites.
+        """
+        old, self.sites = self.sites, dict(sites)
+        if self.running:
+            for site in self.sites.values():
+                self._start(site)
+            for site in old.values():
+                self._stop(site)
+        log.info("sites.reloaded sites={sites}", sites=",".join(sorted(self.sites)))
+
+    def _stop(self, site: ISite) -> None:
+        def failed(reason: Failure) -> None:
+            log.failure("sites.stop_failed site={site}", reason, site=site.site_id)
+
+        defer.maybeDeferred(site.stop).addErrback(failed)
+
+    def _start(self, site: ISite) -> None:
+        try:
+            site.start()
+        except Exception:
+            # A site's trouble (a provider that is down) never stops the server.
+            log.failure("sites.start_failed site={site}", site=site.site_id)
+
     def bearer_sites(self) -> list[IBearerSite]:
         return [site for site in self.sites.values() if IBearerSite.providedBy(site)]
 
     def startService(self) -> None:
         super().startService()
         for site in self.sites.values():
-            try:
-                site.start()
-            except Exception:
-                # A site's trouble (a provider that is down) never stops the server.
-                log.failure("sites.start_failed site={site}", site=site.site_id)
+            self._start(site)
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()

@@ -132,8 +132,16 @@ class ClientStreamFactory(protocol.Factory):
         self.max_stanza_bytes = max_stanza_bytes
         self.clock = clock
         self.secure = secure
+        self.streams: set[ClientStream] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> ClientStream:
         stream = ClientStream(self.make_authenticator(), self.max_stanza_bytes, self.clock, self.secure)
         stream.factory = self
+        self.streams.add(stream)
+        stream.on_close.append(lambda: self.streams.discard(stream))
         return stream
+
+    def shut_down(self) -> None:
+        """End every stream with <system-shutdown/> (RFC 6120 4.9.3.17), as the server stops."""
+        for stream in list(self.streams):
+            stream.fail(StreamError("system-shutdown"))

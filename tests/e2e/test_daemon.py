@@ -18,25 +18,39 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Daemon:
-    """`scripts/run --config=...` as a child process, with its output read until it is listening."""
+    """`scripts/run --config=...` as a child process; its output is read as it comes."""
 
     def __init__(self, config: Path, cwd: Path) -> None:
         self.config = config
         self.cwd = cwd
         self.process: asyncio.subprocess.Process | None = None
         self.output: list[str] = []
+        self._new_line = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             str(ROOT / "scripts" / "run"), f"--config={self.config}", cwd=self.cwd,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        assert self.process.stdout is not None
+        self._reader = asyncio.ensure_future(self._read())
+        await self.wait_for("listener.up name=c2s-direct-tls")
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            self.output.append(line.decode())
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_for(self, text: str, after: int = 0) -> int:
+        """Wait until a line after line *after* contains *text*; return the line count then."""
         while True:
-            line = (await self.process.stdout.readline()).decode()
-            assert line, "the daemon exited before listening:\n" + "".join(self.output)
-            self.output.append(line)
-            if "listener.up name=c2s-direct-tls" in line:
-                return
+            if any(text in line for line in self.output[after:]):
+                return len(self.output)
+            assert self._reader is not None and not self._reader.done(), (
+                f"the daemon ended before logging {text!r}:\n" + "".join(self.output))
+            self._new_line.clear()
+            await self._new_line.wait()
 
     def kill(self) -> None:
         """Never leave a daemon behind a failed test."""
@@ -45,10 +59,9 @@ class Daemon:
 
     async def stop(self) -> None:
         """SIGTERM, and a clean shutdown; twistd re-raises the signal, so that is its exit status."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None and self._reader is not None
         self.process.send_signal(signal.SIGTERM)
-        rest = await self.process.stdout.read()
-        self.output.append(rest.decode())
+        await self._reader
         assert await self.process.wait() == -signal.SIGTERM
         assert self.output[-1].rstrip().endswith("Server Shut Down."), self.output[-1]
 
@@ -88,6 +101,7 @@ async def run_and_restart(daemon: Daemon, tmp_path: Path, port: int, direct: int
     alice.send_message(mto="bob@localhost", mbody="see you after the restart", mtype="chat")
     await wait(alice.plugin["xep_0199"].ping(jid="localhost"))  # the server has handled the message
     await wait(daemon.stop(), timeout=60)
+    assert (await wait(alice.stream_errors.get()))["condition"] == "system-shutdown"
     output = "".join(daemon.output)
     assert "pw-alice" not in output and "see you after" not in output, "no secrets or bodies in the log"
 
@@ -109,3 +123,62 @@ def test_run_script_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1] == (
         "sns-xmpp: config error at 'server.domains': must be a non-empty list of domain names")
     assert "Traceback" not in done.stderr and "Usage" not in done.stderr
+
+
+SITE = """
+[sites.sns-example]
+plugin = "hmac"
+login_url = "https://sns-example.com/login?return_to={callback}&state={state}"
+keys = { KEYS }
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_rotates_keys_without_dropping_sessions(tmp_path: Path) -> None:
+    """SIGHUP: the connected client stays, the new key logs in, the removed key is refused; a broken file is refused."""
+    from sns_xmpp.sites.hmac import sign
+
+    port, direct, http = free_port(), free_port(), free_port()
+    base = ((ROOT / "conf" / "sns-xmpp.toml").read_text()
+            .replace("port = 5222", f"port = {port}").replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
+            .replace("port = 5280", f"port = {http}"))
+    config = tmp_path / "sns-xmpp.toml"
+    config.write_text(base + SITE.replace("KEYS", 'old = "old-secret-0123456789"'))
+    daemon = Daemon(config, tmp_path)
+    try:
+        await wait(daemon.start(), timeout=120)
+        from twisted.internet import reactor
+
+        def token(user: str, kid: str, key: bytes) -> tuple[str, str]:
+            identifier = f"{user}.s1.{int(reactor.seconds()) + 600}.{kid}"
+            return f"{identifier}@sns-example", sign("sns-example", key, identifier)
+
+        old_name, old_token = token("stays", "old", b"old-secret-0123456789")
+        stays = Client("x@localhost", old_token, mechanism="PLAIN", username=old_name)
+        await wait(stays.log_in(port))
+
+        config.write_text(base + SITE.replace("KEYS", 'new = "new-secret-0123456789"'))
+        seen = len(daemon.output)
+        daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        seen = await wait(daemon.wait_for("sites.reloaded", after=seen))
+
+        await wait(stays.plugin["xep_0199"].ping(jid="localhost"))  # still connected
+        new_name, new_token = token("fresh", "new", b"new-secret-0123456789")
+        fresh = Client("x@localhost", new_token, mechanism="PLAIN", username=new_name)
+        await wait(fresh.log_in(port))
+        old_name, old_token = token("late", "old", b"old-secret-0123456789")
+        late = Client("x@localhost", old_token, mechanism="PLAIN", username=old_name)
+        late.connect(host="127.0.0.1", port=port)
+        assert str((await wait(late.auth_failures.get()))["text"]).startswith("unknown-key")
+        late.abort()
+
+        config.write_text(base + SITE.replace("KEYS", 'new = "short"'))
+        daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        await wait(daemon.wait_for("sites.reload_refused", after=seen))
+        again = Client("x@localhost", new_token, mechanism="PLAIN", username=new_name)
+        await wait(again.log_in(port))  # the old sites still stand
+        for client in (stays, fresh, again):
+            await wait(client.log_out())
+        await wait(daemon.stop(), timeout=60)
+    finally:
+        daemon.kill()
