@@ -54,3 +54,23 @@ def test_daemon_prints_one_line_and_exits_1_on_a_config_error(tmp_path: Path) ->
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "sns-xmpp: config error at 'xmpp.c2s.port': must be an integer 0-65535"]
+
+
+def test_log_section_chooses_the_observer() -> None:
+    """JSON output with a level filter when asked; twistd's own observer for the default."""
+    import io
+    import json
+
+    from twisted.logger import Logger
+
+    from sns_xmpp.ops.logs import wanted_observer
+
+    assert wanted_observer(parse_config("").log) is None
+    out = io.StringIO()
+    observer = wanted_observer(parse_config("[log]\nformat = 'json'\nlevel = 'warn'").log, out)
+    assert observer is not None
+    logger = Logger(namespace="test", observer=observer)
+    logger.info("quiet {n}", n=1)
+    logger.warn("loud {n}", n=2)
+    events = [json.loads(line) for line in out.getvalue().strip("\x1e\n").split("\x1e")]
+    assert [(event["log_format"], event["n"]) for event in events] == [("loud {n}", 2)]
