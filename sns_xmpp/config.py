@@ -147,6 +147,24 @@ class HTTPConfig:
     public_url: str = _setting("http://localhost:5280", _url, "URL clients use to reach the HTTP side")
 
 
+def _loopback(value: Any) -> str:
+    address = _interface(value)
+    if not ipaddress.ip_address(address).is_loopback:
+        raise ValueError("must be a loopback address: the console is for this machine only")
+    return address
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    enabled: bool = _setting(False, _boolean, "run the operators' SSH console")
+    interface: str = _setting("127.0.0.1", _loopback, "loopback address for the console")
+    port: int = _setting(2222, _integer(0, 65535), "console port")
+    user: str = _setting("admin", _text, "the SSH user name")
+    authorized_keys: str = _setting("", _text, "OpenSSH authorized_keys file of the operators' keys")
+    password_hash: str = _setting("", _text, "pbkdf2-sha256 hash from `sns-xmpp-admin manhole-hash`",
+                                  secret=True)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _setting("info", _choice("debug", "info", "warn", "error", "critical"), "lowest level logged")
@@ -161,6 +179,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    manhole: ManholeConfig = field(default_factory=ManholeConfig)
     # Each site's table is checked by the site's own plugin, which knows its keys.
     sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -233,6 +252,9 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(
             "xmpp.c2s.allow_plain_without_tls", "needs xmpp.c2s.require_tls = false"
         )
+    manhole = config.manhole
+    if manhole.enabled and not (manhole.authorized_keys or manhole.password_hash):
+        raise ConfigError("manhole.authorized_keys", "the console needs authorized_keys or a password_hash")
     if bool(config.tls.certificate) != bool(config.tls.private_key):
         raise ConfigError("tls.private_key", "give both tls.certificate and tls.private_key, or neither")
     return config

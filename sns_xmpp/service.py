@@ -27,7 +27,9 @@ from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.keyfiles import ensure_secret
+from sns_xmpp.ops.console import namespace
 from sns_xmpp.ops.logs import wanted_observer
+from sns_xmpp.ops.manhole import console_factory
 from sns_xmpp.ops.reload import SiteReloader
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
@@ -176,7 +178,15 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
                                                      interface=c2s.interface),
                         factory(True)).setServiceParent(top)
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
-    return Server(config, store, router, sessions, sites, top, reloader)
+    server = Server(config, store, router, sessions, sites, top, reloader)
+    if config.manhole.enabled:
+        console = config.manhole
+        ssh = console_factory(namespace(server), config.data_dir, console.user,
+                              config.base_dir / console.authorized_keys if console.authorized_keys else None,
+                              console.password_hash or None)
+        ListenerService("manhole", _tcp_endpoint(reactor, console.interface, console.port),
+                        ssh).setServiceParent(top)
+    return server
 
 
 def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
@@ -190,7 +200,10 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    server = build_server(options["loaded"], reactor, Path(options["config"]))
+    try:
+        server = build_server(options["loaded"], reactor, Path(options["config"]))
+    except ConfigError as error:  # a site's or the console's settings, found while building
+        raise SystemExit(str(error)) from None
     reloader = server.reloader
     assert reloader is not None
     # SIGHUP reloads the sites; the handler only schedules, the reactor thread does the work.

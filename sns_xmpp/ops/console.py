@@ -1,0 +1,139 @@
+"""The names the operators' console offers (documented in docs/operations.md).
+
+Everything here runs in the reactor thread, like the server itself, so it is
+safe while the server serves; what needs the store returns a Deferred, which
+the console prints when it fires.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish
+
+from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+
+if TYPE_CHECKING:
+    from sns_xmpp.service import Server
+
+
+def _when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class SitesView:
+    """``sites``: each site with its status; ``sites.reload()`` reads the config file again."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def __repr__(self) -> str:
+        rows = [f"{site.site_id:<20} {site.display_name:<30} {site.status()}" for site in self._server.sites]
+        return "\n".join(rows) or "(no sites)"
+
+    def __getitem__(self, site_id: str) -> Any:
+        return self._server.sites.sites[site_id]
+
+    def reload(self) -> bool:
+        if self._server.reloader is None:
+            raise RuntimeError("this server was not started from a configuration file")
+        return self._server.reloader.reload()
+
+
+def namespace(server: Server) -> dict[str, Any]:
+    sessions = server.sessions
+    started = sessions.clock.seconds()
+
+    def list_sessions() -> list[dict[str, Any]]:
+        """Every bound resource: JID, peer, since when, TLS, and how it authenticated."""
+        return [{
+            "jid": session.full,
+            "peer": session.stream.peer,
+            "since": _when(session.connected_at),
+            "tls": session.stream.secure,
+            "auth": session.login.site or session.login.method,
+        } for session in sessions.all_sessions()]
+
+    def kick(jid: str, reason: str = "disconnected by an operator") -> int:
+        """End the sessions of a full or bare JID with a <policy-violation/> stream error; returns how many."""
+        try:
+            target = parse_jid(jid)
+        except InvalidFormat:
+            raise ValueError(f"not a JID: {jid!r}") from None
+        victims = sessions.resources(target.userhost())
+        if target.resource is not None:
+            victims = [s for s in victims if s.resource == target.resource]
+        for session in victims:
+            session.stream.fail(StreamError("policy-violation", text=reason))
+        return len(victims)
+
+    def broadcast(text: str) -> int:
+        """A headline message from each domain to every session; returns how many were sent."""
+        count = 0
+        for session in sessions.all_sessions():
+            message = domish.Element((None, "message"))
+            message["type"] = "headline"
+            message["from"] = session.jid.host
+            message["to"] = session.full
+            message.addElement("body", content=text)
+            session.send(message)
+            count += 1
+        return count
+
+    def links(site: str | None = None, account: str | None = None) -> Deferred[Any]:
+        """Social links, all or of one site; with an account, that one link."""
+        if site is not None and account is not None:
+            return server.store.get_link(site, account)
+        return server.store.list_links(site=site)
+
+    def user(jid: str) -> Deferred[dict[str, Any]]:
+        """An account: whether it is social, its links and its live sessions."""
+        bare = parse_jid(jid).userhost()
+
+        def describe(results: list[Any]) -> dict[str, Any]:
+            account, found_links = results
+            return {
+                "jid": bare,
+                "exists": account is not None,
+                "social": bool(account and account.social),
+                "created": _when(account.created_at) if account else None,
+                "links": [(link.site, link.account) for link in found_links],
+                "sessions": [s.full for s in sessions.resources(bare)],
+            }
+
+        account: Deferred[Any] = server.store.get_account(bare)
+        found: Deferred[Any] = server.store.list_links(jid=bare)
+        return gatherResults([account, found]).addCallback(describe)
+
+    def stats() -> dict[str, Any]:
+        """Counts of what is live now."""
+        every = sessions.all_sessions()
+        return {
+            "uptime_seconds": round(sessions.clock.seconds() - started),
+            "sessions": len(every),
+            "users_online": len(sessions.users),
+            "sessions_by_auth": _count(s.login.site or s.login.method for s in every),
+            "sites": len(server.sites),
+            "rosters_cached": len(sessions.rosters._rosters),
+        }
+
+    return {
+        "server": server,
+        "sessions": list_sessions,
+        "kick": kick,
+        "broadcast": broadcast,
+        "sites": SitesView(server),
+        "links": links,
+        "user": user,
+        "stats": stats,
+    }
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
