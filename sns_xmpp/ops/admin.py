@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +16,12 @@ from typing import TextIO
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
-from sns_xmpp.sites.hmac import HmacSite
+from sns_xmpp.ops import site_tools
+from sns_xmpp.ops.manhole import hash_password
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase
-from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid
+from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 
 class AdminError(Exception):
@@ -92,12 +91,35 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     mint.add_argument("account", help="the social account id (a-z 0-9 _ -)")
     mint.add_argument("--lifetime", type=int, default=600, help="seconds until they expire")
     mint.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sites = topics.add_parser("sites", help="social sites").add_subparsers(dest="action", required=True)
+    sites.add_parser("list", help="the configured sites and their login entries")
+    sites.add_parser("check", help="start each site, reach its provider, print its status")
+    rotate = sites.add_parser("rotate-key", help="make a new key for an hmac site and print the roll-out steps")
+    rotate.add_argument("site")
+    topics.add_parser("check-config", help="validate the file; print the effective configuration, secrets masked")
+    topics.add_parser("manhole-hash", help="hash a console password (from a prompt or stdin)")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if args.topic == "mint":
-        _mint(config, args, stdout)
+        site_tools.mint(config, args.site, args.account, args.lifetime, args.json, stdout)
+        return
+    if args.topic == "sites":
+        if args.action == "list":
+            site_tools.list_sites(config, stdout)
+        elif args.action == "check":
+            if not site_tools.check_sites(config, stdout):
+                raise AdminError("some sites are not ok")
+        else:
+            site_tools.rotate_key(config, args.site, stdout, time.strftime("%Y%m%d"))
+        return
+    if args.topic == "check-config":
+        load_sites(config.sites, SiteContext(None, config.http.public_url, config.data_dir, config.server.domains))
+        site_tools.effective_config(config, stdout)
+        return
+    if args.topic == "manhole-hash":
+        print(hash_password(_read_password(stdin)), file=stdout)
         return
     database = SQLiteDatabase(config.store_path)
     try:
@@ -141,29 +163,9 @@ def _links(database: SQLiteDatabase, args: argparse.Namespace, stdout: TextIO) -
         print(f"unlinked {args.account} on {args.site}", file=stdout)
 
 
-def _mint(config: Config, args: argparse.Namespace, stdout: TextIO) -> None:
-    context = SiteContext(None, config.http.public_url, config.data_dir, config.server.domains)
-    table = config.sites.get(args.site)
-    if table is None:
-        raise AdminError(f"no site '{args.site}' in the configuration")
-    site = load_sites({args.site: table}, context).get(args.site)
-    if not isinstance(site, HmacSite):
-        raise AdminError(f"site '{args.site}' is not a demo or hmac site (or is disabled)")
-    try:
-        identifier, token = site.mint(args.account, secrets.token_hex(8), int(time.time()) + args.lifetime)
-    except ValueError as error:
-        raise AdminError(str(error)) from None
-    username = f"{identifier}@{args.site}"
-    jid = f"{escape_node(username)}@{config.server.domains[0]}"
-    if args.json:
-        print(json.dumps({"username": username, "password": token, "jid": jid}), file=stdout)
-    else:
-        print(f"username: {username}\npassword: {token}\njid:      {jid}", file=stdout)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         run(sys.argv[1:] if argv is None else argv, sys.stdin, sys.stdout)
-    except (ConfigError, AdminError) as error:
+    except (ConfigError, AdminError, site_tools.ToolError) as error:
         message = str(error)
         raise SystemExit(message if message.startswith("sns-xmpp") else f"sns-xmpp-admin: {message}") from None
