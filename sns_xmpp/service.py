@@ -30,6 +30,7 @@ from sns_xmpp.keyfiles import ensure_secret
 from sns_xmpp.ops.console import namespace
 from sns_xmpp.ops.logs import wanted_observer
 from sns_xmpp.ops.manhole import console_factory
+from sns_xmpp.ops.metrics import Health, Metrics, metrics_resource
 from sns_xmpp.ops.reload import SiteReloader
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
@@ -133,8 +134,10 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     store.setName("store")
     store.setServiceParent(top)
 
-    router = StanzaRouter()
-    sessions = SessionManager(config.server.domains, store, reactor, router.route)
+    metrics = Metrics()
+    router = StanzaRouter(metrics)
+    sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics)
+    metrics.watch_sessions(sessions)
     server_iq.install(sessions)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
@@ -151,10 +154,14 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     sites = load_sites(config.sites, site_context)
     sites.setServiceParent(top)
     checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), reactor, public_url,
-                                 ensure_secret(config.data_dir / "scram-salt.key").encode())
+                                 ensure_secret(config.data_dir / "scram-salt.key").encode(), metrics)
     web = SocialWeb(sites, PendingLogins(reactor), public_url, config.server.domains[0], reactor)
+    root = Root(web)
+    root.putChild(b"metrics", metrics_resource(metrics))
+    root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
+                                    lambda: store.account_exists("health-check@invalid"), reactor))
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
-                    web_site(Root(web))).setServiceParent(top)
+                    web_site(root)).setServiceParent(top)
 
     c2s = config.xmpp.c2s
     settings = C2SSettings(
@@ -166,6 +173,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
         allow_plain_without_tls=c2s.allow_plain_without_tls,
         max_auth_failures=c2s.max_auth_failures,
         pre_auth_features=[sites_feature(web)],
+        metrics=metrics,
     )
 
     def factory(secure: bool) -> ClientStreamFactory:
@@ -187,6 +195,10 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
         ListenerService("manhole", _tcp_endpoint(reactor, console.interface, console.port),
                         ssh).setServiceParent(top)
     return server
+
+
+def _listeners(top: service.MultiService) -> list[ListenerService]:
+    return [child for child in top if isinstance(child, ListenerService)]
 
 
 def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:

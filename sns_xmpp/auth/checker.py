@@ -23,10 +23,13 @@ class LoginResult:
 class AuthenticationFailed(Exception):
     """A login attempt is refused with an RFC 6120 section 6.5 SASL condition."""
 
-    def __init__(self, condition: str = "not-authorized", text: str | None = None) -> None:
+    def __init__(self, condition: str = "not-authorized", text: str | None = None, *, site: str | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(condition, text)
         self.condition = condition
         self.text = text
+        self.site = site  # the social site refusing, for metrics; None for local accounts
+        self.reason = reason or condition  # a short, stable label: the rejection kind or the condition
 
     def __str__(self) -> str:
         return self.text or self.condition

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential
+from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.store.interface import IStore, JidTakenError
@@ -36,8 +37,9 @@ SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
 class BearerFailed(AuthenticationFailed):
     """An OAUTHBEARER refusal, carrying the RFC 7628 error document for the client."""
 
-    def __init__(self, text: str, openid_configuration: str | None) -> None:
-        super().__init__("not-authorized", text)
+    def __init__(self, text: str, openid_configuration: str | None, site: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__("not-authorized", text, site=site, reason=reason)
         document: dict[str, str] = {"status": "invalid_token", "scope": "openid"}
         if openid_configuration:
             document["openid-configuration"] = openid_configuration
@@ -76,7 +78,8 @@ class SocialLoginChecker:
     """Social logins by site, everything else to the local accounts."""
 
     def __init__(self, store: IStore, sites: SiteRegistry, local: LocalAccountChecker, clock: IReactorTime,
-                 public_url: str, salt_key: bytes) -> None:
+                 public_url: str, salt_key: bytes, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.sites = sites
         self.local = local
@@ -111,14 +114,18 @@ class SocialLoginChecker:
         site = self.sites.get(site_id)
         if site is None:
             known = ", ".join(sorted(s.site_id for s in self.sites)) or "none"
-            raise AuthenticationFailed("not-authorized", f"unknown-site: no site '{site_id}' (sites: {known})")
+            raise AuthenticationFailed("not-authorized", f"unknown-site: no site '{site_id}' (sites: {known})",
+                                       site="unknown", reason="unknown-site")
         return site
 
     def _refused(self, site_id: str, rejection: SiteRejection) -> AuthenticationFailed:
         log.info("auth.social_refused site={site} kind={kind}", site=site_id, kind=rejection.kind.value)
+        if rejection.kind is Rejection.PROVIDER_UNAVAILABLE:
+            self.metrics.provider_errors.labels(site_id).inc()
         return AuthenticationFailed(
             "not-authorized",
-            f"{rejection}; fresh credentials: {self.public_url}/login-using-{site_id}")
+            f"{rejection}; fresh credentials: {self.public_url}/login-using-{site_id}",
+            site=site_id, reason=rejection.kind.value)
 
     # -- PLAIN ------------------------------------------------------------------
 
@@ -208,9 +215,9 @@ class SocialLoginChecker:
                 try:
                     account: VerifiedAccount = await site.verify_bearer(token, self.clock.seconds())
                 except SiteRejection as rejection:
-                    log.info("auth.social_refused site={site} kind={kind}", site=site.site_id,
-                             kind=rejection.kind.value)
-                    raise BearerFailed(str(rejection), discovery) from None
+                    refusal = self._refused(site.site_id, rejection)
+                    raise BearerFailed(str(rejection), discovery, site=site.site_id,
+                                       reason=refusal.reason) from None
                 return await self._open(site, account, authzid, domain, "OAUTHBEARER", None)
         raise BearerFailed("no configured provider issued this token", discovery)
 

@@ -20,6 +20,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
+from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
@@ -62,6 +63,7 @@ class C2SSettings:
     # Extra children of <stream:features> before authentication (the social
     # sites' login entries are added here).
     pre_auth_features: list[Callable[[str], domish.Element | None]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 class ClientNegotiator(xmlstream.ListenAuthenticator):
@@ -76,6 +78,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.login: LoginResult | None = None
         self.attempt: PlainAttempt | ScramAttempt | OAuthBearerAttempt | None = None
         self.failures = 0
+        self.auth_started = 0.0
         self.binding = False
 
     def connectionMade(self) -> None:
@@ -195,6 +198,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._failure("invalid-mechanism", None)
             return
         assert self.domain is not None
+        self.auth_started = self.xmlstream.clock.seconds()
         attempt = self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
         self._step(attempt.start, _payload(element))
 
@@ -224,9 +228,11 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 return
             self.attempt = None
             if isinstance(reason.value, AuthenticationFailed):
+                self._count(reason.value.site, reason.value.reason)
                 self._failure(reason.value.condition, reason.value.text)
             else:
                 log.failure("sasl.checker_failed", reason)
+                self._count(None, "temporary-auth-failure")
                 self._failure("temporary-auth-failure", "try again later")
 
         d.addCallbacks(answered, refused)
@@ -234,6 +240,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
     def _succeeded(self, step: Success) -> None:
         stream = self.xmlstream
         self.login = step.result
+        self._count(step.result.site, "ok")
         log.info("c2s.authenticated jid={jid} method={method} site={site} peer={peer}",
                  jid=step.result.jid, method=step.result.method, site=step.result.site, peer=stream.peer)
         success = domish.Element((NS_SASL, "success"))
@@ -242,6 +249,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         stream.send(success)
         stream.otherEntity = parse_jid(step.result.jid)
         stream.reset()
+
+    def _count(self, site: str | None, result: str) -> None:
+        self.settings.metrics.login(site, result, self.xmlstream.clock.seconds() - self.auth_started)
 
     def _failure(self, condition: str, text: str | None) -> None:
         stream = self.xmlstream

@@ -39,7 +39,8 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "service-unavailable"))
 
-    d = sessions.store.store_offline(owner, stored, now).addErrback(no_such_user)
+    d = sessions.store.store_offline(owner, stored, now)
+    d.addCallbacks(lambda _: sessions.metrics.offline_stored.inc(), no_such_user)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 
 
@@ -52,6 +53,7 @@ def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
         for message in messages:
             session.stream.send(message.stanza)
         log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(messages))
+        sessions.metrics.offline_delivered.inc(len(messages))
         return sessions.store.delete_offline(session.bare, [m.id for m in messages])
 
     d = sessions.store.offline_messages(session.bare).addCallback(send)

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish, utility
 from wokkel.component import Router
 
+from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.stanzas import error_reply, may_bounce
 
@@ -21,7 +22,12 @@ class StanzaRouter(Router):
     and writes message bodies to the log, which this project never does.
     """
 
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics or Metrics()
+
     def route(self, stanza: domish.Element) -> None:
+        self.metrics.stanza(stanza.name)
         try:
             host = parse_jid(stanza.getAttribute("to", "")).host
         except InvalidFormat:

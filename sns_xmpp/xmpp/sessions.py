@@ -19,6 +19,7 @@ from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp import offline
 from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
@@ -70,7 +71,8 @@ class ClientSession:
 
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
-                 route: Callable[[domish.Element], None]) -> None:
+                 route: Callable[[domish.Element], None], metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.domains = frozenset(domains)
         self.store = store
         self.clock = clock

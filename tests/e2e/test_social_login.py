@@ -313,3 +313,24 @@ async def test_no_token_or_password_reaches_the_log(server) -> None:
     demo_key = (server.server.config.data_dir / "demo-site.key").read_text().strip()
     for secret in (credentials["password"], bad_password, "ivy-password-123", "ivy-wrong-password-456", demo_key):
         assert secret not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_social_logins_by_site_and_result_and_health_is_ok(server) -> None:
+    credentials = await demo_credentials(server, "kim")
+    client = Client(credentials["jid"], credentials["password"])
+    await wait(client.log_in(server.c2s_port))
+    client.send_message(mto=client.boundjid.bare, mbody="note to self", mtype="chat")
+    await wait(client.next_message())
+    await wait(client.log_out())
+    await failure_text(server, credentials["username"], credentials["password"][::-1])
+
+    page = (await (await treq.get(f"{server.http_url}/metrics")).content()).decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in page.splitlines() if line and not line.startswith("#")}
+    assert samples['sns_xmpp_logins_total{result="ok",site="demo"}'] == 1
+    assert samples['sns_xmpp_logins_total{result="bad-signature",site="demo"}'] == 1
+    assert samples["sns_xmpp_auth_duration_seconds_count"] == 2
+    assert samples['sns_xmpp_stanzas_routed_total{kind="message"}'] == 1
+    health = await treq.get(f"{server.http_url}/health")
+    assert (health.code, await health.text()) == (200, "ok\n")

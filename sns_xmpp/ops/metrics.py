@@ -1,0 +1,115 @@
+"""Prometheus metrics (served at /metrics) and the /health check.
+
+Each server has its own registry, so several servers in one process (the
+tests) do not share counters. Counters on the stanza path are bound to their
+labels once, which keeps an increment to a lock and an add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import resource, server
+from twisted.web.server import Request
+
+if TYPE_CHECKING:
+    from sns_xmpp.xmpp.sessions import SessionManager
+
+STANZA_KINDS = ("message", "presence", "iq")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.logins = Counter("sns_xmpp_logins", "Authentication attempts by site ('local' for local "
+                              "accounts) and result ('ok' or the refusal)", ["site", "result"],
+                              registry=self.registry)
+        self.auth_seconds = Histogram("sns_xmpp_auth_duration_seconds", "Time from <auth/> to success or failure",
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                                      registry=self.registry)
+        stanzas = Counter("sns_xmpp_stanzas_routed", "Stanzas routed, by kind", ["kind"], registry=self.registry)
+        self.stanzas_routed = {kind: stanzas.labels(kind) for kind in STANZA_KINDS}
+        self.offline_stored = Counter("sns_xmpp_offline_stored", "Messages stored for offline users",
+                                      registry=self.registry)
+        self.offline_delivered = Counter("sns_xmpp_offline_delivered", "Stored messages delivered at login",
+                                         registry=self.registry)
+        self.provider_errors = Counter("sns_xmpp_site_provider_errors", "Logins failed because a site's "
+                                       "provider could not be reached", ["site"], registry=self.registry)
+
+    def login(self, site: str | None, result: str, seconds: float) -> None:
+        self.logins.labels(site or "local", result).inc()
+        self.auth_seconds.observe(seconds)
+
+    def stanza(self, kind: str) -> None:
+        counter = self.stanzas_routed.get(kind)
+        if counter is not None:
+            counter.inc()
+
+    def watch_sessions(self, sessions: SessionManager) -> None:
+        self.registry.register(_SessionCollector(sessions))
+
+
+class _SessionCollector:
+    def __init__(self, sessions: SessionManager) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sns_xmpp_sessions", "Bound sessions by authentication (site or mechanism)",
+                                   labels=["auth"])
+        counts: dict[str, int] = {}
+        for session in self.sessions.all_sessions():
+            label = session.login.site or session.login.method
+            counts[label] = counts.get(label, 0) + 1
+        for label, count in sorted(counts.items()):
+            family.add_metric([label], count)
+        yield family
+        queued = GaugeMetricFamily("sns_xmpp_rosters_cached", "Rosters held in memory")
+        queued.add_metric([], len(self.sessions.rosters._rosters))
+        yield queued
+
+
+def metrics_resource(metrics: Metrics) -> resource.IResource:
+    return MetricsResource(registry=metrics.registry)
+
+
+class Health(resource.Resource):
+    """200 when every listener is up and the store answers within a few seconds, else 503."""
+
+    isLeaf = True
+
+    def __init__(self, listeners_up: Callable[[], bool], store_answers: Callable[[], Deferred[Any]],
+                 clock: IReactorTime, timeout: float = 5) -> None:
+        super().__init__()
+        self.listeners_up = listeners_up
+        self.store_answers = store_answers
+        self.clock = clock
+        self.timeout = timeout
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if not self.listeners_up():
+            request.setResponseCode(503)
+            request.write(b"listeners down\n")
+            request.finish()
+            return server.NOT_DONE_YET
+        check = self.store_answers()
+        check.addTimeout(self.timeout, self.clock)
+
+        def healthy(_: object) -> None:
+            request.write(b"ok\n")
+            request.finish()
+
+        def unhealthy(_: object) -> None:
+            request.setResponseCode(503)
+            request.write(b"store not answering\n")
+            request.finish()
+
+        check.addCallbacks(healthy, unhealthy)
+        return server.NOT_DONE_YET
