@@ -124,8 +124,15 @@ class C2SConfig:
 
 
 @dataclass(frozen=True)
+class ComponentListenerConfig:
+    interface: str = _setting("127.0.0.1", _interface, "address for XEP-0114 components (keep it loopback)")
+    port: int = _setting(5347, _integer(-1, 65535), "component port; 0 picks a free one, -1 turns it off")
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
+    components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,10 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: str = _setting("sqlite", _choice("sqlite"), "storage engine")
+    backend: str = _setting("sqlite", _choice("sqlite", "postgresql"), "storage engine")
     path: str = _setting("sns-xmpp.sqlite3", _text, "SQLite file, relative to server.data_dir")
+    dsn: str = _setting("", _text, "PostgreSQL connection string (libpq), for backend = 'postgresql'",
+                        secret=True)
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,8 @@ class Config:
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
     # Each site's table is checked by the site's own plugin, which knows its keys.
     sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # XEP-0114 components: domain -> its own secret.
+    components: Mapping[str, str] = field(default_factory=dict)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     @property
@@ -223,6 +234,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, base_dir: Path) -> An
             values[key] = _build(section, value, dotted + ".", base_dir)
         elif key == "sites":
             values[key] = _sites(value, dotted)
+        elif key == "components":
+            values[key] = _components(value, dotted, base_dir)
         else:
             try:
                 values[key] = declared.metadata["check"](value)
@@ -240,6 +253,37 @@ def _sites(value: Any, dotted: str) -> Mapping[str, Mapping[str, Any]]:
     return dict(value)
 
 
+def _components(value: Any, dotted: str, base_dir: Path) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(dotted, "must be a table of [components.\"<domain>\"] tables")
+    secrets: dict[str, str] = {}
+    for domain, table in value.items():
+        where = f"{dotted}.{domain}"
+        try:
+            parsed = JID(domain)
+        except (InvalidFormat, ValueError):
+            raise ConfigError(where, "is not a valid domain name") from None
+        if parsed.user is not None or parsed.resource is not None:
+            raise ConfigError(where, "is not a bare domain name")
+        if not isinstance(table, dict):
+            raise ConfigError(where, "must be a table with 'secret' or 'secret_file'")
+        for key in table:
+            if key not in ("secret", "secret_file"):
+                raise ConfigError(f"{where}.{key}", "unknown key")
+        if "secret" in table and "secret_file" in table:
+            raise ConfigError(f"{where}.secret_file", "give either 'secret' or 'secret_file', not both")
+        if "secret_file" in table:
+            secret = _read_secret_file(f"{where}.secret_file", table["secret_file"], base_dir)
+        elif "secret" in table:
+            secret = table["secret"]
+        else:
+            raise ConfigError(f"{where}.secret", "required: every component has its own secret, there is no default")
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise ConfigError(f"{where}.secret", "must be at least 16 characters")
+        secrets[parsed.host] = secret
+    return secrets
+
+
 def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
     try:
         raw = tomllib.loads(text)
@@ -252,6 +296,11 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(
             "xmpp.c2s.allow_plain_without_tls", "needs xmpp.c2s.require_tls = false"
         )
+    for domain in config.components:
+        if domain in config.server.domains:
+            raise ConfigError(f"components.{domain}", "a component cannot take a hosted domain")
+    if config.store.backend == "postgresql" and not config.store.dsn:
+        raise ConfigError("store.dsn", "required for backend = 'postgresql' (or give store.dsn_file)")
     manhole = config.manhole
     if manhole.enabled and not (manhole.authorized_keys or manhole.password_hash):
         raise ConfigError("manhole.authorized_keys", "the console needs authorized_keys or a password_hash")

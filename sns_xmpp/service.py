@@ -34,9 +34,11 @@ from sns_xmpp.ops.metrics import Health, Metrics, metrics_resource
 from sns_xmpp.ops.reload import SiteReloader
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
-from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore
+from sns_xmpp.store.opening import database_opener
+from sns_xmpp.store.sqlite import ThreadedStore
 from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.c2s import ClientStreamFactory
+from sns_xmpp.xmpp.components import ComponentServerFactory
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -130,7 +132,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     top = ServerService(wanted_observer(config.log))
     config.data_dir.mkdir(parents=True, exist_ok=True)
 
-    store = ThreadedStore(lambda: SQLiteDatabase(config.store_path), reactor)
+    store = ThreadedStore(database_opener(config), reactor)
     store.setName("store")
     store.setServiceParent(top)
 
@@ -138,7 +140,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     router = StanzaRouter(metrics)
     sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics)
     metrics.watch_sessions(sessions)
-    server_iq.install(sessions)
+    server_iq.install(sessions, router)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
 
@@ -185,6 +187,12 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
                         endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
                                                      interface=c2s.interface),
                         factory(True)).setServiceParent(top)
+    components = config.xmpp.components
+    if config.components and components.port >= 0:
+        router.component_domains.update(config.components)
+        ListenerService("components", _tcp_endpoint(reactor, components.interface, components.port),
+                        ComponentServerFactory(router, config.components)).setServiceParent(top)
+
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
     server = Server(config, store, router, sessions, sites, top, reloader)
     if config.manhole.enabled:

@@ -11,7 +11,7 @@ import getpass
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import ScramCredential, derive_all
@@ -20,7 +20,7 @@ from sns_xmpp.ops import site_tools
 from sns_xmpp.ops.manhole import hash_password
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
-from sns_xmpp.store.sqlite import SQLiteDatabase
+from sns_xmpp.store.opening import database_opener
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 
@@ -121,7 +121,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     if args.topic == "manhole-hash":
         print(hash_password(_read_password(stdin)), file=stdout)
         return
-    database = SQLiteDatabase(config.store_path)
+    database = database_opener(config)()
     try:
         if args.topic == "links":
             _links(database, args, stdout)
@@ -148,7 +148,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
         database.close()
 
 
-def _links(database: SQLiteDatabase, args: argparse.Namespace, stdout: TextIO) -> None:
+def _links(database: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     if args.action == "list":
         for link in database.list_links(site=args.site, jid=args.jid):
             print(f"{link.site}\t{link.account}\t{link.jid}", file=stdout)

@@ -25,6 +25,9 @@ class StanzaRouter(Router):
     def __init__(self, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.metrics = metrics or Metrics()
+        # Configured component domains: while one is not connected, its
+        # stanzas bounce with service-unavailable, not remote-server-not-found.
+        self.component_domains: set[str] = set()
 
     def route(self, stanza: domish.Element) -> None:
         self.metrics.stanza(stanza.name)
@@ -36,15 +39,16 @@ class StanzaRouter(Router):
         if destination is None:
             destination = self.routes.get(None)
         if destination is None:
-            self._unroutable(stanza)
+            self._unroutable(stanza, host)
             return
         destination.send(stanza)
 
-    def _unroutable(self, stanza: domish.Element) -> None:
+    def _unroutable(self, stanza: domish.Element, host: str | None) -> None:
         # No server-to-server links: a domain that is not ours is unreachable.
         log.debug("route.unroutable to={to}", to=stanza.getAttribute("to"))
         if may_bounce(stanza) and stanza.getAttribute("from"):
-            reply = error_reply(stanza, "remote-server-not-found")
+            absent_component = host in self.component_domains
+            reply = error_reply(stanza, "service-unavailable" if absent_component else "remote-server-not-found")
             if self.routes.get(parse_jid(reply["to"]).host) is not None:
                 self.route(reply)
 

@@ -4,8 +4,10 @@ and the legacy RFC 3921 session establishment that old clients still send."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
 from twisted.words.xish import domish
+from wokkel.component import Router
 
 import sns_xmpp
 from sns_xmpp.xmpp.sessions import NS_SESSION_LEGACY, SessionManager
@@ -34,8 +36,16 @@ def disco_info(iq: domish.Element) -> domish.Element:
     return query
 
 
-def disco_items(iq: domish.Element) -> domish.Element:
-    return domish.Element((NS_DISCO_ITEMS, "query"))
+def disco_items_of(router: Router, hosted: frozenset[str]) -> Callable[[domish.Element], domish.Element]:
+    """disco#items of the server: the connected components."""
+
+    def disco_items(iq: domish.Element) -> domish.Element:
+        query = domish.Element((NS_DISCO_ITEMS, "query"))
+        for domain in sorted(d for d in router.routes if d is not None and d not in hosted):
+            query.addElement("item")["jid"] = domain
+        return query
+
+    return disco_items
 
 
 def ping(iq: domish.Element) -> None:
@@ -54,10 +64,10 @@ def session(iq: domish.Element) -> None:
     return None
 
 
-def install(sessions: SessionManager) -> None:
+def install(sessions: SessionManager, router: Router) -> None:
     sessions.iq_handlers.update({
         NS_DISCO_INFO: disco_info,
-        NS_DISCO_ITEMS: disco_items,
+        NS_DISCO_ITEMS: disco_items_of(router, sessions.domains),
         NS_PING: ping,
         NS_VERSION: version,
         NS_SESSION_LEGACY: session,
