@@ -25,6 +25,49 @@ log = Logger()
 
 ElementHandler = Callable[[domish.Element], None]
 
+MAX_DEPTH = 48  # stanzas nest a handful of levels; data forms and Jingle stay well below this
+MAX_ATTRIBUTES = 64
+
+
+class HostileXML(Exception):
+    """Input RFC 6120 forbids or this server will not parse, with the stream error it earns."""
+
+    def __init__(self, condition: str, text: str) -> None:
+        super().__init__(condition, text)
+        self.condition = condition
+        self.text = text
+
+
+def harden(parser: Any) -> None:
+    """Refuse what RFC 6120 11.1 restricts (DTDs, entity declarations, comments, processing
+    instructions) so billion-laughs and external entities never start, and bound the depth
+    and the attribute count of what remains."""
+
+    def restricted(*args: object) -> None:
+        raise HostileXML("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
+
+    for handler in ("StartDoctypeDeclHandler", "EntityDeclHandler", "UnparsedEntityDeclHandler",
+                    "NotationDeclHandler", "CommentHandler", "ProcessingInstructionHandler",
+                    "ExternalEntityRefHandler", "SkippedEntityHandler"):
+        setattr(parser, handler, restricted)
+    start, end = parser.StartElementHandler, parser.EndElementHandler
+    depth = [0]
+
+    def bounded_start(name: str, attributes: dict[str, str]) -> None:
+        depth[0] += 1
+        if depth[0] > MAX_DEPTH:
+            raise HostileXML("policy-violation", "elements nested too deeply")
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise HostileXML("policy-violation", "too many attributes")
+        start(name, attributes)
+
+    def bounded_end(name: str) -> None:
+        depth[0] -= 1
+        end(name)
+
+    parser.StartElementHandler = bounded_start
+    parser.EndElementHandler = bounded_end
+
 
 class ClientStream(xmlstream.XmlStream):
     """A c2s stream whose elements go straight to one handler, not xpath observers."""
@@ -47,6 +90,10 @@ class ClientStream(xmlstream.XmlStream):
         self.element_handler: ElementHandler = self._refuse
         self._unparsed = 0
 
+    def _initializeStream(self) -> None:
+        super()._initializeStream()
+        harden(self.stream.parser)
+
     def _callLater(self, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(*args, **kwargs)
 
@@ -68,6 +115,8 @@ class ClientStream(xmlstream.XmlStream):
             self.stream.parse(data)
         except domish.ParserError:
             self.fail(StreamError("not-well-formed"))
+        except HostileXML as hostile:
+            self.fail(StreamError(hostile.condition, text=hostile.text))
 
     def onElement(self, element: domish.Element) -> None:
         self._unparsed = 0

@@ -141,3 +141,30 @@ def test_oversized_stanza_is_a_policy_violation_before_it_completes() -> None:
     assert not transport.disconnecting
     stream.dataReceived(b"x" * 1500)
     assert stream_error(output(transport)) == "policy-violation"
+
+
+@pytest.mark.parametrize(
+    ("payload", "condition"),
+    [
+        ("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;'>]>"
+         "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' "
+         "version='1.0'>", "restricted-xml"),
+        (HEADER.format(to="localhost") + "<!-- a comment -->", "restricted-xml"),
+        (HEADER.format(to="localhost") + "<?php evil ?>", "restricted-xml"),
+        (HEADER.format(to="localhost") + "<message>" + "<x>" * 60, "policy-violation"),
+        (HEADER.format(to="localhost") + "<message " + " ".join(f"a{n}='1'" for n in range(80)) + "/>",
+         "policy-violation"),
+        (HEADER.format(to="localhost") + "<message><body>&undefined;</body></message>", "not-well-formed"),
+    ],
+)
+def test_hostile_xml_is_refused_before_it_is_expanded(payload: str, condition: str) -> None:
+    stream, transport = connect(secure=True, max_stanza_bytes=65536)
+    stream.dataReceived(payload.encode())
+    assert stream_error(output(transport)) == condition
+    assert transport.disconnecting
+
+
+def test_invalid_utf8_is_not_well_formed() -> None:
+    stream, transport = connect(secure=True)
+    stream.dataReceived(HEADER.format(to="localhost").encode() + b"<message><body>\xc3\x28</body></message>")
+    assert stream_error(output(transport)) == "not-well-formed"
