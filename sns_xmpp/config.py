@@ -121,6 +121,13 @@ class C2SConfig:
     max_stanza_bytes: int = _setting(262144, _integer(1024, 16 * 1024 * 1024), "largest stanza")
     max_auth_failures: int = _setting(3, _integer(1, 100), "SASL failures before the stream is closed")
     scram_iterations: int = _setting(4096, _integer(4096, 1_000_000), "PBKDF2 rounds for new passwords")
+    auth_timeout: int = _setting(30, _integer(1, 3600), "seconds a stream has to authenticate and bind")
+    idle_timeout: int = _setting(300, _integer(10, 86400), "seconds of silence before the server pings")
+    ping_timeout: int = _setting(60, _integer(1, 3600), "seconds to answer that ping before the stream ends")
+    max_connections_per_ip: int = _setting(50, _integer(1, 1_000_000), "open streams one address may hold")
+    max_resources: int = _setting(10, _integer(1, 1000), "sessions one account may bind at once")
+    auth_block_after: int = _setting(10, _integer(2, 10000), "failures (per address or account) before a block")
+    auth_block_seconds: int = _setting(900, _integer(1, 86400), "how long such a block lasts")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from twisted.python.components import Componentized
 
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
+from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
@@ -37,7 +38,7 @@ from sns_xmpp.sites.registry import SiteRegistry, load_sites
 from sns_xmpp.store.opening import database_opener
 from sns_xmpp.store.sqlite import ThreadedStore
 from sns_xmpp.xmpp import server_iq
-from sns_xmpp.xmpp.c2s import ClientStreamFactory
+from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentServerFactory
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
@@ -138,7 +139,8 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
 
     metrics = Metrics()
     router = StanzaRouter(metrics)
-    sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics)
+    sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics,
+                              config.xmpp.c2s.max_resources)
     metrics.watch_sessions(sessions)
     server_iq.install(sessions, router)
     for domain in config.server.domains:
@@ -176,10 +178,15 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
         max_auth_failures=c2s.max_auth_failures,
         pre_auth_features=[sites_feature(web)],
         metrics=metrics,
+        throttle=AuthThrottle(reactor, ThrottlePolicy(block_after=c2s.auth_block_after,
+                                                      block_seconds=c2s.auth_block_seconds)),
     )
 
+    limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,
+                          c2s.max_connections_per_ip)
+
     def factory(secure: bool) -> ClientStreamFactory:
-        return ClientStreamFactory(lambda: ClientNegotiator(settings), c2s.max_stanza_bytes, reactor, secure)
+        return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)
 
     ListenerService("c2s", _tcp_endpoint(reactor, c2s.interface, c2s.port), factory(False)).setServiceParent(top)
     if c2s.direct_tls_port >= 0:

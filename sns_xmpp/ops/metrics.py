@@ -39,12 +39,18 @@ class Metrics:
                                       registry=self.registry)
         self.offline_delivered = Counter("sns_xmpp_offline_delivered", "Stored messages delivered at login",
                                          registry=self.registry)
+        limits = Counter("sns_xmpp_limits_hit", "Times a limit was enforced, by limit", ["limit"],
+                         registry=self.registry)
+        self.limits_hit = limits
         self.provider_errors = Counter("sns_xmpp_site_provider_errors", "Logins failed because a site's "
                                        "provider could not be reached", ["site"], registry=self.registry)
 
     def login(self, site: str | None, result: str, seconds: float) -> None:
         self.logins.labels(site or "local", result).inc()
         self.auth_seconds.observe(seconds)
+
+    def limit(self, name: str) -> None:
+        self.limits_hit.labels(name).inc()
 
     def stanza(self, kind: str) -> None:
         counter = self.stanzas_routed.get(kind)

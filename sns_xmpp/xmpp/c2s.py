@@ -8,9 +8,10 @@ parse error into ``not-well-formed`` for this stream alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import protocol, task
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -89,6 +90,15 @@ class ClientStream(xmlstream.XmlStream):
         self.on_close: list[Callable[[], None]] = []
         self.element_handler: ElementHandler = self._refuse
         self._unparsed = 0
+        self.opened_at = self.last_active = clock.seconds()
+        self.pinged_at: float | None = None
+        self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
+        self.refusal: StreamError | None = None  # set by the factory when this stream may not start
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.refusal is not None:
+            self.fail(self.refusal)
 
     def _initializeStream(self) -> None:
         super()._initializeStream()
@@ -105,6 +115,7 @@ class ClientStream(xmlstream.XmlStream):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_active = self.clock.seconds()
         # Counting bytes since the last complete top-level element bounds the
         # memory one stanza can take before parsing has finished it.
         self._unparsed += len(data)
@@ -172,23 +183,97 @@ class ClientStream(xmlstream.XmlStream):
         self.fail(StreamError("not-authorized"))
 
 
-class ClientStreamFactory(protocol.Factory):
-    """Makes a `ClientStream` with a fresh negotiator per connection."""
+@dataclass(frozen=True)
+class StreamLimits:
+    max_stanza_bytes: int = 262144
+    auth_timeout: float = 30
+    idle_timeout: float = 300
+    ping_timeout: float = 60
+    max_connections_per_ip: int = 50
 
-    def __init__(self, make_authenticator: Callable[[], xmlstream.Authenticator], max_stanza_bytes: int,
-                 clock: IReactorTime, secure: bool = False) -> None:
+
+class ClientStreamFactory(protocol.Factory):
+    """Makes a `ClientStream` with a fresh negotiator per connection, and keeps watch over them.
+
+    One sweep every few seconds ends streams that did not authenticate in time,
+    pings bound streams that have been silent, and ends those that do not
+    answer: one timer for all streams, and a clock read per read from the network.
+    """
+
+    def __init__(self, make_authenticator: Callable[[], xmlstream.Authenticator], limits: StreamLimits,
+                 clock: IReactorTime, secure: bool = False, on_limit: Callable[[str], None] | None = None) -> None:
         self.make_authenticator = make_authenticator
-        self.max_stanza_bytes = max_stanza_bytes
+        self.limits = limits
         self.clock = clock
         self.secure = secure
+        self.on_limit = on_limit or (lambda name: None)
         self.streams: set[ClientStream] = set()
+        self.per_address: dict[str, int] = {}
+        self._sweeper: task.LoopingCall | None = None
+        self._pings = 0
+
+    def startFactory(self) -> None:
+        interval = max(1.0, min(self.limits.auth_timeout, self.limits.idle_timeout, self.limits.ping_timeout) / 3)
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(interval, now=False)
+
+    def stopFactory(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
 
     def buildProtocol(self, addr: IAddress | None) -> ClientStream:
-        stream = ClientStream(self.make_authenticator(), self.max_stanza_bytes, self.clock, self.secure)
+        stream = ClientStream(self.make_authenticator(), self.limits.max_stanza_bytes, self.clock, self.secure)
         stream.factory = self
         self.streams.add(stream)
-        stream.on_close.append(lambda: self.streams.discard(stream))
+        host = str(getattr(addr, "host", "?"))
+        count = self.per_address[host] = self.per_address.get(host, 0) + 1
+        if count > self.limits.max_connections_per_ip:
+            self.on_limit("connections-per-address")
+            stream.refusal = StreamError("policy-violation", text="too many connections from your address")
+        stream.on_close.append(lambda: self._closed(stream, host))
         return stream
+
+    def _closed(self, stream: ClientStream, host: str) -> None:
+        self.streams.discard(stream)
+        left = self.per_address.get(host, 1) - 1
+        if left > 0:
+            self.per_address[host] = left
+        else:
+            self.per_address.pop(host, None)
+
+    def sweep(self) -> None:
+        now = self.clock.seconds()
+        limits = self.limits
+        for stream in list(self.streams):
+            if stream.closed:
+                continue
+            if not stream.bound:
+                if now - stream.opened_at > limits.auth_timeout:
+                    self.on_limit("authentication-timeout")
+                    stream.fail(StreamError("connection-timeout", text="authenticate sooner"))
+                continue
+            if stream.pinged_at is not None and stream.last_active >= stream.pinged_at:
+                stream.pinged_at = None
+            if stream.pinged_at is not None:
+                if now - stream.pinged_at > limits.ping_timeout:
+                    self.on_limit("idle-timeout")
+                    stream.fail(StreamError("connection-timeout", text="no answer to a ping"))
+            elif now - stream.last_active > limits.idle_timeout:
+                self._ping(stream, now)
+
+    def _ping(self, stream: ClientStream, now: float) -> None:
+        self._pings += 1
+        iq = domish.Element((None, "iq"))
+        iq["type"] = "get"
+        iq["id"] = f"idle-{self._pings}"
+        if stream.thisEntity is not None:
+            iq["from"] = stream.thisEntity.full()
+        if stream.otherEntity is not None:
+            iq["to"] = stream.otherEntity.full()
+        iq.addElement(("urn:xmpp:ping", "ping"))
+        stream.send(iq)
+        stream.pinged_at = now
 
     def shut_down(self) -> None:
         """End every stream with <system-shutdown/> (RFC 6120 4.9.3.17), as the server stops."""

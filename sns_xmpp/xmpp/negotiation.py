@@ -20,10 +20,12 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
+from sns_xmpp.auth.throttle import AuthThrottle
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
+    Attempt,
     Challenge,
     OAuthBearerAttempt,
     PlainAttempt,
@@ -64,6 +66,7 @@ class C2SSettings:
     # sites' login entries are added here).
     pre_auth_features: list[Callable[[str], domish.Element | None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
+    throttle: AuthThrottle | None = None
 
 
 class ClientNegotiator(xmlstream.ListenAuthenticator):
@@ -79,6 +82,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.attempt: PlainAttempt | ScramAttempt | OAuthBearerAttempt | None = None
         self.failures = 0
         self.auth_started = 0.0
+        self.answering = False  # a slowed failure answer is pending
         self.binding = False
 
     def connectionMade(self) -> None:
@@ -198,7 +202,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._failure("invalid-mechanism", None)
             return
         assert self.domain is not None
+        if self.answering:
+            return  # a client that does not wait for the (slowed) answer gets no faster one
         self.auth_started = self.xmlstream.clock.seconds()
+        if self.settings.throttle is not None and self.settings.throttle.blocked(self._address()):
+            self._count(None, "throttled")
+            self._failure(*THROTTLED)
+            return
         attempt = self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
         self._step(attempt.start, _payload(element))
 
@@ -209,7 +219,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             d = method(payload())  # type: ignore[arg-type]
         except AuthenticationFailed as failure:
             self.attempt = None
-            self._failure(failure.condition, failure.text)
+            self._refuse(attempt, failure.condition, failure.text)
             return
 
         def answered(step: Challenge | Success) -> None:
@@ -221,6 +231,15 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 self.xmlstream.send(challenge)
                 return
             self.attempt = None
+            throttle = self.settings.throttle
+            account = _account_key(attempt)
+            if throttle is not None and account is not None and throttle.blocked(account):
+                # Right or wrong, a blocked account gets the same answer as a blocked address.
+                self._count(step.result.site, "throttled")
+                self._failure(*THROTTLED)
+                return
+            if throttle is not None and account is not None:
+                throttle.succeeded(account)
             self._succeeded(step)
 
         def refused(reason: Failure) -> None:
@@ -229,7 +248,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.attempt = None
             if isinstance(reason.value, AuthenticationFailed):
                 self._count(reason.value.site, reason.value.reason)
-                self._failure(reason.value.condition, reason.value.text)
+                self._refuse(attempt, reason.value.condition, reason.value.text)
             else:
                 log.failure("sasl.checker_failed", reason)
                 self._count(None, "temporary-auth-failure")
@@ -252,6 +271,29 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 
     def _count(self, site: str | None, result: str) -> None:
         self.settings.metrics.login(site, result, self.xmlstream.clock.seconds() - self.auth_started)
+
+    def _address(self) -> str:
+        peer = self.xmlstream.transport.getPeer() if self.xmlstream.transport else None
+        return "address:" + str(getattr(peer, "host", "?"))
+
+    def _refuse(self, attempt: Attempt | None, condition: str, text: str | None) -> None:
+        """A failed attempt: counted against the address and the account, answered after the penalty delay."""
+        throttle = self.settings.throttle
+        if throttle is None:
+            self._failure(condition, text)
+            return
+        delay = throttle.failed(self._address(), _account_key(attempt))
+        if delay <= 0:
+            self._failure(condition, text)
+            return
+        self.answering = True
+
+        def answer() -> None:
+            self.answering = False
+            if not self.xmlstream.closed:
+                self._failure(condition, text)
+
+        self.xmlstream.clock.callLater(delay, answer)
 
     def _failure(self, condition: str, text: str | None) -> None:
         stream = self.xmlstream
@@ -296,6 +338,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.send(_reply_from_server(iq, condition))
 
         d.addCallbacks(bound, refused)
+
+
+THROTTLED = ("temporary-auth-failure", "too many failed attempts; try again later")
+
+
+def _account_key(attempt: Attempt | None) -> str | None:
+    authcid = getattr(attempt, "authcid", None)
+    return f"account:{authcid.lower()}" if authcid else None
 
 
 def _payload(element: domish.Element) -> Callable[[], bytes | None]:

@@ -58,6 +58,7 @@ class PlainAttempt:
     def __init__(self, checker: ILoginChecker, domain: str) -> None:
         self.checker = checker
         self.domain = domain
+        self.authcid: str | None = None
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:
@@ -70,6 +71,7 @@ class PlainAttempt:
             return defer.fail(AuthenticationFailed("malformed-request", "PLAIN needs authzid, authcid and password"))
         try:
             authzid, authcid, password = (part.decode("utf-8") for part in parts)
+            self.authcid = authcid
         except UnicodeDecodeError:
             return defer.fail(AuthenticationFailed("malformed-request", "PLAIN payload is not UTF-8"))
         d = defer.maybeDeferred(self.checker.check_plain, authcid, password, authzid or None, self.domain)
@@ -85,6 +87,10 @@ class ScramAttempt:
         self.exchange = ScramServerExchange(mechanism)
         self.mechanism = mechanism
         self.lookup: ScramLookup | None = None
+
+    @property
+    def authcid(self) -> str | None:
+        return self.exchange.username or None
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:

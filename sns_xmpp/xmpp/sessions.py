@@ -71,7 +71,9 @@ class ClientSession:
 
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
-                 route: Callable[[domish.Element], None], metrics: Metrics | None = None) -> None:
+                 route: Callable[[domish.Element], None], metrics: Metrics | None = None,
+                 max_resources: int = 10) -> None:
+        self.max_resources = max_resources
         self.metrics = metrics or Metrics()
         self.domains = frozenset(domains)
         self.store = store
@@ -110,11 +112,15 @@ class SessionManager:
             if stream.closed:
                 raise BindRefused("not-allowed")
             replaced = self.users.get(login.jid, {}).get(resource)
+            if replaced is None and len(self.users.get(login.jid, {})) >= self.max_resources:
+                self.metrics.limit("resources-per-account")
+                raise BindRefused("resource-constraint")
             if replaced is not None:
                 self._unbind(replaced, keep_roster=True)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
             resources = self.users.setdefault(login.jid, {})
             session = ClientSession(full, stream, login, self.clock.seconds())
+            stream.bound = True
             resources[resource] = session
             stream.element_handler = lambda element: self.from_client(session, element)
             stream.on_close.append(lambda: self._unbind(session))

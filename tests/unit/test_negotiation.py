@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
-from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -47,7 +47,8 @@ def connect(
 ) -> tuple[ClientStream, StringTransport]:
     settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
                            tls_context=object() if tls else None, require_tls=True)
-    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), max_stanza_bytes, MemoryReactorClock(), secure)
+    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(max_stanza_bytes),
+                                  MemoryReactorClock(), secure)
     stream = factory.buildProtocol(None)
     transport = TLSlessTransport()
     stream.makeConnection(transport)

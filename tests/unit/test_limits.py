@@ -1,0 +1,139 @@
+"""Limits enforced with Twisted's test doubles: deadlines, pings, per-address caps, throttling, resources."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
+from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.sessions import BindRefused, SessionManager
+from tests.unit.test_negotiation import HEADER, OnePasswordChecker, TLSlessTransport, output, stream_error
+
+LIMITS = StreamLimits(max_stanza_bytes=65536, auth_timeout=30, idle_timeout=300, ping_timeout=60,
+                      max_connections_per_ip=2)
+
+
+def factory_and_clock(throttle: AuthThrottle | None = None, clock: MemoryReactorClock | None = None):  # type: ignore[no-untyped-def]
+    clock = clock or MemoryReactorClock()
+    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
+                           tls_context=None, require_tls=False, allow_plain_without_tls=True, throttle=throttle,
+                           max_auth_failures=100)
+    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), LIMITS, clock)
+    factory.startFactory()
+    return factory, clock
+
+
+def connect(factory: ClientStreamFactory, host: str = "192.0.2.1"):  # type: ignore[no-untyped-def]
+    stream = factory.buildProtocol(IPv4Address("TCP", host, 5000))
+    transport = TLSlessTransport(peerAddress=IPv4Address("TCP", host, 5000))
+    stream.makeConnection(transport)
+    return stream, transport
+
+
+def test_unauthenticated_streams_are_reaped_and_bound_ones_pinged() -> None:
+    factory, clock = factory_and_clock()
+    idle, idle_transport = connect(factory)
+    busy, busy_transport = connect(factory, "192.0.2.2")
+    busy.bound = True
+    clock.advance(31)
+    clock.advance(10)
+    assert stream_error(output(idle_transport)) == "connection-timeout"
+    assert not busy_transport.disconnecting
+
+    clock.advance(300)
+    assert "<ping xmlns='urn:xmpp:ping'/>" in output(busy_transport)
+    busy.dataReceived(b" ")  # any answer counts
+    clock.advance(70)
+    assert not busy_transport.disconnecting
+    clock.advance(300)
+    assert "<ping" in output(busy_transport)
+    clock.advance(80)
+    assert stream_error(output(busy_transport)) == "connection-timeout"
+
+
+def test_connections_per_address_are_capped() -> None:
+    factory, _ = factory_and_clock()
+    first, second = connect(factory), connect(factory)
+    third_stream, third = connect(factory)
+    assert stream_error(output(third)) == "policy-violation"
+    assert not first[1].disconnecting and not second[1].disconnecting
+    other_stream, other = connect(factory, "192.0.2.9")
+    assert not other.disconnecting
+    third_stream.connectionLost(None)  # the refused connection closes, as its transport would report
+    first[0].connectionLost(None)
+    again_stream, again = connect(factory)
+    assert not again.disconnecting
+
+
+def test_throttle_grows_the_delay_then_blocks_and_forgets() -> None:
+    clock = Clock()
+    throttle = AuthThrottle(clock, ThrottlePolicy(free_failures=3, max_delay=8, block_after=6, block_seconds=100,
+                                                  window=50))
+    delays = [throttle.failed("address:a", "account:x") for _ in range(5)]
+    assert delays == [0, 0, 0, 0.25, 0.5]
+    assert not throttle.blocked("address:a")
+    throttle.failed("address:a", "account:x")
+    assert throttle.blocked("address:a") and throttle.blocked("account:x")
+    assert not throttle.blocked("address:b", "account:y")
+    clock.advance(101)
+    assert not throttle.blocked("address:a")
+    clock.advance(60)
+    assert throttle.failed("address:a") == 0  # the quiet window has passed: a fresh count
+
+
+def test_blocked_clients_get_temporary_auth_failure_even_with_the_right_password() -> None:
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, ThrottlePolicy(free_failures=1, max_delay=4, block_after=4, block_seconds=600))
+    factory, _ = factory_and_clock(throttle, clock)
+    stream, transport = connect(factory)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    wrong = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHdyb25n</auth>"
+    right = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHJpZ2h0</auth>"
+    stream.dataReceived(wrong)
+    assert "<not-authorized/>" in output(transport)
+    stream.dataReceived(wrong)
+    assert output(transport) == "", "the second failure is answered late"
+    clock.advance(0.25)
+    assert "<not-authorized/>" in output(transport)
+    for _ in range(2):
+        stream.dataReceived(wrong)
+        clock.advance(4)
+        output(transport)
+    stream.dataReceived(right)
+    assert "<temporary-auth-failure/>" in output(transport)
+    other, other_transport = connect(factory, "198.51.100.7")  # another address, the same account
+    other.dataReceived(HEADER.format(to="localhost").encode() + right)
+    answer = output(other_transport)
+    assert "<temporary-auth-failure/>" in answer and "<success" not in answer
+
+
+@pytest.mark.parametrize("limit", [2])
+def test_an_account_binds_at_most_max_resources(limit: int) -> None:
+    class Store:
+        def get_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed([])
+
+        def subscription_requests(self, owner: str) -> defer.Deferred:
+            return defer.succeed([])
+
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: None,  # type: ignore[arg-type]
+                              max_resources=limit)
+    login = LoginResult("alice@localhost", "PLAIN")
+    for n in range(limit):
+        stream, _ = connect(factory, f"192.0.2.{n + 10}")
+        assert sessions.bind(stream, login, f"r{n}").result == f"alice@localhost/r{n}"
+    extra, _ = connect(factory, "192.0.2.99")
+    refused = sessions.bind(extra, login, "one-too-many")
+    failures: list = []
+    refused.addErrback(failures.append)
+    assert failures[0].check(BindRefused) and failures[0].value.condition == "resource-constraint"
+    replacing, _ = connect(factory, "192.0.2.98")
+    assert sessions.bind(replacing, login, "r0").result == "alice@localhost/r0"  # a replacement is no extra
