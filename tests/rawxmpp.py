@@ -57,5 +57,15 @@ class RawStream:
                 return (await self.reader.readuntil(f"</{name}>".encode())).decode()
         return ""
 
+    async def log_in_plain(self, user: str, password: str, resource: str = "raw") -> str:
+        """PLAIN, stream restart and resource binding; returns the bound JID."""
+        answer = await self.auth("PLAIN", f"\0{user}\0{password}".encode())
+        assert answer.startswith("<success"), answer
+        await self.restart()
+        bound = await self.send_and_read(
+            f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}"
+            "</resource></bind></iq>", b"</iq>")
+        return bound.split("<jid>")[1].split("</jid>")[0]
+
     def close(self) -> None:
         self.writer.close()

@@ -94,6 +94,7 @@ class ClientStream(xmlstream.XmlStream):
         self.pinged_at: float | None = None
         self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
         self.refusal: StreamError | None = None  # set by the factory when this stream may not start
+        self.ended_by: str | None = None  # "client" or "server" once either closes the stream properly
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -146,6 +147,7 @@ class ClientStream(xmlstream.XmlStream):
                 self.send(reply)
 
     def onDocumentEnd(self) -> None:
+        self.ended_by = self.ended_by or "client"
         self.close()
 
     def fail(self, error: StreamError) -> None:
@@ -153,6 +155,7 @@ class ClientStream(xmlstream.XmlStream):
         if self.closed:
             return
         self.closed = True
+        self.ended_by = self.ended_by or "server"
         log.info("c2s.stream_error condition={condition} peer={peer}", condition=error.condition, peer=self.peer)
         self.sendStreamError(error)
 
@@ -160,6 +163,7 @@ class ClientStream(xmlstream.XmlStream):
         if self.closed:
             return
         self.closed = True
+        self.ended_by = self.ended_by or "server"
         if self._headerSent:
             self.sendFooter()
         if self.transport is not None:

@@ -36,6 +36,7 @@ from sns_xmpp.xmpp.sasl import (
     start_attempt,
 )
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply
+from sns_xmpp.xmpp.stream_management import NS_SM
 
 if TYPE_CHECKING:
     from sns_xmpp.xmpp.c2s import ClientStream
@@ -129,6 +130,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         stream = self.xmlstream
         if self.login is not None:
             features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SM, "sm"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_PREAPPROVAL, "sub"))
             return features
@@ -167,6 +169,12 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._sasl(element)
         elif element.name == "iq" and element.uri == NS_CLIENT and self.login is not None:
             self._iq_before_session(element)
+        elif element.uri == NS_SM and element.name == "resume" and self.login is not None and not self.binding:
+            try:
+                h = int(element.getAttribute("h", ""))
+            except ValueError:
+                h = -1
+            self.settings.sessions.resume(self.xmlstream, self.login, element.getAttribute("previd", ""), h)
         else:
             self.xmlstream.fail(StreamError("not-authorized"))
 

@@ -12,6 +12,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
+from sns_xmpp.xmpp import stream_management
 from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
 
 if TYPE_CHECKING:
@@ -34,13 +35,22 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     stored = message.toXml()
     message.children.remove(delay)
 
+    release = stream_management.hold()  # the sender's ack waits for the disk
+
+    def stored_durably(_: object) -> None:
+        sessions.metrics.offline_stored.inc()
+        if release is not None:
+            release()
+
     def no_such_user(reason: Failure) -> None:
         reason.trap(NoSuchAccountError)
+        if release is not None:
+            release()
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "service-unavailable"))
 
     d = sessions.store.store_offline(owner, stored, now)
-    d.addCallbacks(lambda _: sessions.metrics.offline_stored.inc(), no_such_user)
+    d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 
 

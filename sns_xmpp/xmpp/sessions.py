@@ -26,7 +26,8 @@ from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.presence import PresenceHandler
 from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, first_child, iq_result, may_bounce
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_STANZAS, error_reply, first_child, iq_result, may_bounce
+from sns_xmpp.xmpp.stream_management import NS_SM, StreamManagement
 
 log = Logger()
 
@@ -52,6 +53,8 @@ class ClientSession:
     presence: domish.Element | None = None
     roster_requested: bool = False
     directed: set[str] = field(default_factory=set)
+    sm: StreamManagement | None = None  # XEP-0198, once the client enables it
+    detached: bool = False  # the connection dropped; waiting for a <resume/>
 
     @property
     def bare(self) -> str:
@@ -66,13 +69,32 @@ class ClientSession:
         return self.jid.full()
 
     def send(self, element: domish.Element) -> None:
+        sm = self.sm
+        if sm is None:
+            self.stream.send(element)
+            return
+        if not sm.sending(element):
+            self.stream.fail(StreamError("policy-violation", text="too many unacknowledged stanzas"))
+            return
+        if self.detached:
+            return  # kept in sm.unacked for the resumption
         self.stream.send(element)
+        if sm.wants_request():
+            self.stream.send(domish.Element((NS_SM, "r")))
+
+
+def _sm_failed(condition: str) -> domish.Element:
+    failed = domish.Element((NS_SM, "failed"))
+    failed.addElement((NS_STANZAS, condition))
+    return failed
 
 
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
                  route: Callable[[domish.Element], None], metrics: Metrics | None = None,
-                 max_resources: int = 10) -> None:
+                 max_resources: int = 10, resume_timeout: int = 300) -> None:
+        self.resume_timeout = resume_timeout
+        self.resumable: dict[str, ClientSession] = {}
         self.max_resources = max_resources
         self.metrics = metrics or Metrics()
         self.domains = frozenset(domains)
@@ -122,17 +144,65 @@ class SessionManager:
             session = ClientSession(full, stream, login, self.clock.seconds())
             stream.bound = True
             resources[resource] = session
-            stream.element_handler = lambda element: self.from_client(session, element)
-            stream.on_close.append(lambda: self._unbind(session))
+            self._attach(session, stream)
             log.info("c2s.bound jid={jid} peer={peer}", jid=full.full(), peer=stream.peer)
             return full.full()
 
         return self.rosters.get(login.jid).addCallback(loaded)
 
+    def _attach(self, session: ClientSession, stream: ClientStream) -> None:
+        session.stream = stream
+        stream.bound = True
+        stream.element_handler = lambda element: self.from_client(session, element)
+        stream.on_close.append(lambda: self._connection_lost(session, stream))
+
+    def _connection_lost(self, session: ClientSession, stream: ClientStream) -> None:
+        if session.stream is not stream:
+            return  # an old connection of a resumed session
+        sm = session.sm
+        if sm is not None and sm.resume_id is not None and stream.ended_by is None:
+            # Dropped, not closed: keep the session for a <resume/> (XEP-0198).
+            session.detached = True
+            sm.detached_timer = self.clock.callLater(sm.max_seconds, self._unbind, session)
+            log.info("c2s.detached jid={jid}", jid=session.full)
+            return
+        self._unbind(session)
+
+    def resume(self, stream: ClientStream, login: LoginResult, previd: str, h: int) -> domish.Element:
+        """Answer a <resume/>: <resumed/> with the session back on *stream*, or <failed/>."""
+        session = self.resumable.get(previd)
+        if session is None or session.login.jid != login.jid or session.sm is None:
+            return _sm_failed("item-not-found")
+        sm = session.sm
+        if not sm.acknowledged(h):
+            return _sm_failed("undefined-condition")
+        if sm.detached_timer is not None and sm.detached_timer.active():
+            sm.detached_timer.cancel()
+        old = session.stream
+        session.detached = False
+        sm.stream = stream
+        self._attach(session, stream)
+        if not old.closed:
+            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+        resumed = domish.Element((NS_SM, "resumed"))
+        resumed["previd"] = previd
+        resumed["h"] = str(sm.handled % 2**32)
+        stream.send(resumed)
+        for stanza in list(sm.unacked):
+            stream.send(stanza)
+        log.info("c2s.resumed jid={jid}", jid=session.full)
+        return resumed
+
     def _unbind(self, session: ClientSession, keep_roster: bool = False) -> None:
         resources = self.users.get(session.bare)
         if resources is None or resources.get(session.resource) is not session:
             return
+        sm, session.sm = session.sm, None
+        if sm is not None:
+            if sm.detached_timer is not None and sm.detached_timer.active():
+                sm.detached_timer.cancel()
+            if sm.resume_id is not None:
+                self.resumable.pop(sm.resume_id, None)
         if session.available:
             unavailable = domish.Element((None, "presence"))
             unavailable["type"] = "unavailable"
@@ -143,13 +213,47 @@ class SessionManager:
             del self.users[session.bare]
             if not keep_roster:
                 self.rosters.forget(session.bare)
+        if sm is not None:
+            # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
+            for stanza in sm.unacked:
+                if stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
+                    self.deliver(stanza)
 
     # -- stanzas from a bound client ---------------------------------------
 
     def from_client(self, session: ClientSession, stanza: domish.Element) -> None:
+        if stanza.uri == NS_SM:
+            self._stream_management(session, stanza)
+            return
         if stanza.uri != NS_CLIENT or stanza.name not in ("message", "presence", "iq"):
             session.stream.fail(StreamError("unsupported-stanza-type"))
             return
+        if session.sm is not None:
+            session.sm.process(lambda: self._from_client(session, stanza))
+        else:
+            self._from_client(session, stanza)
+
+    def _stream_management(self, session: ClientSession, element: domish.Element) -> None:
+        sm = session.sm
+        if element.name == "enable" and sm is None:
+            resumable = element.getAttribute("resume") in ("true", "1")
+            sm = session.sm = StreamManagement(session.stream, resumable, self.resume_timeout)
+            if sm.resume_id is not None:
+                self.resumable[sm.resume_id] = session
+            session.stream.send(sm.enabled_element())
+        elif element.name == "r" and sm is not None:
+            sm.request()
+        elif element.name == "a" and sm is not None:
+            try:
+                fine = sm.acknowledged(int(element.getAttribute("h", "")))
+            except ValueError:
+                fine = False
+            if not fine:
+                session.stream.fail(StreamError("undefined-condition", text="handled count too high"))
+        else:
+            session.stream.send(_sm_failed("unexpected-request"))
+
+    def _from_client(self, session: ClientSession, stanza: domish.Element) -> None:
         stanza["from"] = session.full  # RFC 6120 8.1.2.1: the server stamps the sender
         to = stanza.getAttribute("to")
         if to is not None:

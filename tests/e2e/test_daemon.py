@@ -52,6 +52,13 @@ class Daemon:
             self._new_line.clear()
             await self._new_line.wait()
 
+    async def crash(self) -> None:
+        """SIGKILL: no shutdown of any kind."""
+        assert self.process is not None and self._reader is not None
+        self.process.kill()
+        await self._reader
+        assert await self.process.wait() == -signal.SIGKILL
+
     def kill(self) -> None:
         """Never leave a daemon behind a failed test."""
         if self.process is not None and self.process.returncode is None:
@@ -66,6 +73,16 @@ class Daemon:
         assert self.output[-1].rstrip().endswith("Server Shut Down."), self.output[-1]
 
 
+def shipped_config_on_free_ports() -> tuple[str, int, int]:
+    """The shipped configuration with free loopback ports: (text, c2s port, direct TLS port)."""
+    port, direct, http = free_port(), free_port(), free_port()
+    text = ((ROOT / "conf" / "sns-xmpp.toml").read_text()
+            .replace("port = 5222", f"port = {port}")
+            .replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
+            .replace("port = 5280", f"port = {http}"))
+    return text, port, direct
+
+
 def admin(config: Path, cwd: Path, *args: str, password: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(Path(sys.executable).with_name("sns-xmpp-admin")), f"--config={config}", *args],
                           input=password + "\n", cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -73,12 +90,9 @@ def admin(config: Path, cwd: Path, *args: str, password: str = "") -> subprocess
 
 @pytest_twisted.ensureDeferred
 async def test_run_script_admin_command_and_restart_keep_offline_messages(tmp_path: Path) -> None:
-    port, direct, http = free_port(), free_port(), free_port()
+    text, port, direct = shipped_config_on_free_ports()
     config = tmp_path / "sns-xmpp.toml"
-    config.write_text((ROOT / "conf" / "sns-xmpp.toml").read_text()
-                      .replace("port = 5222", f"port = {port}")
-                      .replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
-                      .replace("port = 5280", f"port = {http}"))
+    config.write_text(text)
     for user in ("alice", "bob"):
         created = admin(config, tmp_path, "user", "add", f"{user}@localhost", password="pw-" + user)
         assert (created.returncode, created.stdout) == (0, f"created {user}@localhost\n"), created.stderr
@@ -138,10 +152,7 @@ async def test_sighup_rotates_keys_without_dropping_sessions(tmp_path: Path) -> 
     """SIGHUP: the connected client stays, the new key logs in, the removed key is refused; a broken file is refused."""
     from sns_xmpp.sites.hmac import sign
 
-    port, direct, http = free_port(), free_port(), free_port()
-    base = ((ROOT / "conf" / "sns-xmpp.toml").read_text()
-            .replace("port = 5222", f"port = {port}").replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
-            .replace("port = 5280", f"port = {http}"))
+    base, port, _ = shipped_config_on_free_ports()
     config = tmp_path / "sns-xmpp.toml"
     config.write_text(base + SITE.replace("KEYS", 'old = "old-secret-0123456789"'))
     daemon = Daemon(config, tmp_path)
@@ -178,6 +189,62 @@ async def test_sighup_rotates_keys_without_dropping_sessions(tmp_path: Path) -> 
         again = Client("x@localhost", new_token, mechanism="PLAIN", username=new_name)
         await wait(again.log_in(port))  # the old sites still stand
         for client in (stays, fresh, again):
+            await wait(client.log_out())
+        await wait(daemon.stop(), timeout=60)
+    finally:
+        daemon.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_acknowledged_message_survives_sigkill_once(tmp_path: Path) -> None:
+    """XEP-0198 acks for messages to an offline user come after the disk: a SIGKILL loses none of them."""
+    from tests.rawxmpp import RawStream
+
+    text, port, _ = shipped_config_on_free_ports()
+    config = tmp_path / "sns-xmpp.toml"
+    config.write_text(text)
+    for user in ("alice", "bob"):
+        assert admin(config, tmp_path, "user", "add", f"{user}@localhost", password="pw-" + user).returncode == 0
+    daemon = Daemon(config, tmp_path)
+    try:
+        await wait(daemon.start(), timeout=120)
+
+        async def send_then_crash() -> int:
+            bob = await RawStream.open_tls(port)
+            await bob.log_in_plain("bob", "pw-bob")
+            assert "<enabled" in await bob.send_and_read("<enable xmlns='urn:xmpp:sm:3'/>", b"/>")
+            acked, sent = 0, 0
+            for _ in range(8):
+                for _ in range(25):
+                    bob.writer.write(f"<message to='alice@localhost' type='chat'><body>m{sent}</body></message>"
+                                     .encode())
+                    sent += 1
+                answer = await bob.send_and_read("<r xmlns='urn:xmpp:sm:3'/>", b"/>")
+                acked = int(answer.split("h='")[1].split("'")[0])
+            for _ in range(50):  # in flight when the server dies
+                bob.writer.write(f"<message to='alice@localhost' type='chat'><body>m{sent}</body></message>".encode())
+                sent += 1
+            await bob.writer.drain()
+            await daemon.crash()
+            bob.close()
+            return acked
+
+        acked = await wait(send_then_crash(), timeout=60)
+        assert acked == 200, "every message of a round is acknowledged once stored"
+
+        await wait(daemon.start(), timeout=120)
+        alice = Client("alice@localhost", "pw-alice")
+        await wait(alice.log_in(port))
+        sentinel = Client("bob@localhost", "pw-bob")
+        await wait(sentinel.log_in(port))
+        sentinel.send_message(mto="alice@localhost", mbody="sentinel", mtype="chat")
+        bodies: list[str] = []
+        while (body := str((await wait(alice.next_message()))["body"])) != "sentinel":
+            bodies.append(body)
+        assert len(bodies) == len(set(bodies)), "nothing is delivered twice"
+        assert {f"m{n}" for n in range(acked)} <= set(bodies), "every acknowledged message is delivered"
+        assert [int(b[1:]) for b in bodies] == sorted(int(b[1:]) for b in bodies), "in the order sent"
+        for client in (alice, sentinel):
             await wait(client.log_out())
         await wait(daemon.stop(), timeout=60)
     finally:

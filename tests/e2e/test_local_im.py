@@ -167,3 +167,33 @@ async def test_roster_set_and_remove_push_to_every_interested_resource(server) -
     assert await server.store.get_roster("erin@localhost") == []
     await wait(phone.log_out())
     await wait(laptop.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_management_resumes_a_dropped_session_without_losing_a_message(server) -> None:
+    """XEP-0198: acks, then a dropped connection resumes the same session and gets what was sent meanwhile."""
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    alice = Client("alice@localhost/laptop", "secret")
+    alice.register_plugin("xep_0198")
+    enabled = asyncio.ensure_future(alice.wait_until("sm_enabled", 15))
+    await wait(alice.log_in(server.c2s_port))
+    await wait(enabled)
+    sm = alice.plugin["xep_0198"]
+    assert sm.sm_id
+    bob = await logged_in(server, "bob@localhost")
+
+    bob.send_message(mto="alice@localhost/laptop", mbody="one", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "one"
+    alice.transport.abort()  # the network goes away: no </stream:stream>
+    bob.send_message(mto="alice@localhost/laptop", mbody="two", mtype="chat")
+    await wait(bob.plugin["xep_0199"].ping(jid="localhost"))
+
+    resumed = asyncio.ensure_future(alice.wait_until("session_resumed", 15))
+    alice.connect(host="127.0.0.1", port=server.c2s_port)
+    await wait(resumed)
+    assert (await wait(alice.next_message()))["body"] == "two"
+    [session] = server.sessions.resources("alice@localhost")
+    assert session.full == "alice@localhost/laptop" and not session.detached
+    await wait(alice.log_out())
+    await wait(bob.log_out())

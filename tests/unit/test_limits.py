@@ -137,3 +137,33 @@ def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     assert failures[0].check(BindRefused) and failures[0].value.condition == "resource-constraint"
     replacing, _ = connect(factory, "192.0.2.98")
     assert sessions.bind(replacing, login, "r0").result == "alice@localhost/r0"  # a replacement is no extra
+
+
+def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
+    """XEP-0198: <a h/> counts a stored message only once the store says it is on disk."""
+    writes: list[defer.Deferred] = []
+
+    class Store:
+        def get_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed([])
+
+        def subscription_requests(self, owner: str) -> defer.Deferred:
+            return defer.succeed([])
+
+        def store_offline(self, owner: str, stanza: str, now: float) -> defer.Deferred:
+            writes.append(defer.Deferred())
+            return writes[-1]
+
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    stream, transport = connect(factory)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")
+    output(transport)
+    stream.dataReceived(b"<enable xmlns='urn:xmpp:sm:3'/>")
+    assert "<enabled xmlns='urn:xmpp:sm:3'/>" in output(transport)
+    stream.dataReceived(b"<message to='alice@localhost' type='chat'><body>hi</body></message>"
+                        b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq><r xmlns='urn:xmpp:sm:3'/>")
+    assert "<a " not in output(transport), "not acknowledged while the write is pending"
+    writes[0].callback(1)
+    assert "<a xmlns='urn:xmpp:sm:3' h='2'/>" in output(transport)

@@ -1,0 +1,127 @@
+"""XEP-0198 stream management: acknowledgements and resumption.
+
+Inbound, a stanza counts as handled only when the server is done with it; a
+message for an offline user is done when its offline copy is on disk, so an
+<a h/> never acknowledges a message a crash could lose. Handlers that finish
+later take a hold on the stanza being processed (see `hold`).
+
+Outbound, stanzas are kept until the client acknowledges them; if the
+connection drops, the session waits (detached) for a <resume/>, and when that
+does not come, the unacknowledged messages go to offline storage.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.words.xish import domish
+
+if TYPE_CHECKING:
+    from sns_xmpp.xmpp.c2s import ClientStream
+
+NS_SM = "urn:xmpp:sm:3"
+REQUEST_EVERY = 5  # outbound stanzas between our <r/> requests
+MAX_UNACKED = 1000  # a client that never acknowledges is cut off rather than grow memory
+
+_current: StreamManagement | None = None
+_current_seq = 0
+
+
+def hold() -> Callable[[], None] | None:
+    """Called by a handler that finishes the stanza being processed later (a durable write).
+
+    Returns the function to call when done, or None when the stanza's stream
+    does not manage acknowledgements.
+    """
+    if _current is None:
+        return None
+    sm, seq = _current, _current_seq
+    sm.pending.add(seq)
+    return lambda: sm.completed(seq)
+
+
+def _u32(value: int) -> int:
+    return value % 2**32
+
+
+class StreamManagement:
+    def __init__(self, stream: ClientStream, resumable: bool, max_seconds: int) -> None:
+        self.stream = stream
+        self.resume_id = secrets.token_urlsafe(18) if resumable else None
+        self.max_seconds = max_seconds
+        self.received = 0  # inbound stanzas counted so far
+        self.pending: set[int] = set()  # inbound stanza numbers not yet done
+        self.answer_at: int | None = None  # an <r/> waits until everything up to here is done
+        self.sent = 0
+        self.acked = 0
+        self.unacked: deque[domish.Element] = deque()
+        self.detached_timer: IDelayedCall | None = None
+
+    @property
+    def handled(self) -> int:
+        return min(self.pending) - 1 if self.pending else self.received
+
+    def enabled_element(self) -> domish.Element:
+        enabled = domish.Element((NS_SM, "enabled"))
+        if self.resume_id is not None:
+            enabled["id"] = self.resume_id
+            enabled["resume"] = "true"
+            enabled["max"] = str(self.max_seconds)
+        return enabled
+
+    # -- inbound --------------------------------------------------------------
+
+    def process(self, handle: Callable[[], None]) -> None:
+        """Count one inbound stanza and handle it, letting its handlers take a hold."""
+        global _current, _current_seq
+        self.received += 1
+        _current, _current_seq = self, self.received
+        try:
+            handle()
+        finally:
+            _current = None
+
+    def completed(self, seq: int) -> None:
+        self.pending.discard(seq)
+        if self.answer_at is not None and self.handled >= self.answer_at:
+            self.answer_at = None
+            self._answer()
+
+    def request(self) -> None:
+        """The client's <r/>: answered when every stanza it had sent is done."""
+        if self.handled >= self.received:
+            self._answer()
+        else:
+            self.answer_at = self.received
+
+    def _answer(self) -> None:
+        answer = domish.Element((NS_SM, "a"))
+        answer["h"] = str(_u32(self.handled))
+        self.stream.send(answer)
+
+    # -- outbound -------------------------------------------------------------
+
+    def sending(self, stanza: domish.Element) -> bool:
+        """Keep *stanza* until acknowledged; False if the client has let too many pile up."""
+        self.sent += 1
+        self.unacked.append(stanza)
+        if len(self.unacked) > MAX_UNACKED:
+            return False
+        return True
+
+    def wants_request(self) -> bool:
+        return self.sent % REQUEST_EVERY == 0
+
+    def acknowledged(self, h: int) -> bool:
+        """The client's <a h/> (or the h of a <resume/>); False if it acknowledges what was never sent."""
+        newly = _u32(h - self.acked)
+        if newly > len(self.unacked):
+            return False
+        for _ in range(newly):
+            self.unacked.popleft()
+        self.acked = _u32(h)
+        return True
