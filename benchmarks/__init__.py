@@ -1,0 +1,1 @@
+"""The sns-xmpp benchmark: ``scripts/bench`` runs `benchmarks.run`, which drives `benchmarks.loadgen`."""

@@ -1,0 +1,695 @@
+"""The load generator: a small asyncio XMPP client, run by `benchmarks.run` in a process of its own.
+
+It speaks just enough of RFC 6120/6121 for the benchmark: the stream, STARTTLS, SASL PLAIN and
+SCRAM-SHA-256/SCRAM-SHA-1, resource binding, the legacy session, presence and chat messages.
+Incoming XML goes through expat (``XMLPullParser``) and outgoing stanzas are preformatted
+strings, so the generator spends much less CPU per stanza than the server it measures.
+
+The runner and the generator talk in JSON lines. The runner writes the job as the first line
+of stdin. The generator prepares what the job needs and prints ``{"event": "ready"}``; the
+runner samples CPU times and memory and answers ``go``; the generator runs the timed part and
+prints ``{"event": "measured", ...}`` with its figures; the runner samples again and answers
+``stop``; the generator tears down and prints ``{"event": "done"}``. A fatal problem is
+printed as ``{"event": "error", "message": ...}`` and ends the process with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import math
+import resource
+import secrets
+import ssl
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_CLIENT = "jabber:client"
+
+FEATURES = f"{{{NS_STREAMS}}}features"
+STREAM_ERROR = f"{{{NS_STREAMS}}}error"
+STARTTLS = f"{{{NS_TLS}}}starttls"
+PROCEED = f"{{{NS_TLS}}}proceed"
+MECHANISMS = f"{{{NS_SASL}}}mechanisms"
+MECHANISM = f"{{{NS_SASL}}}mechanism"
+CHALLENGE = f"{{{NS_SASL}}}challenge"
+SUCCESS = f"{{{NS_SASL}}}success"
+BIND = f"{{{NS_BIND}}}bind"
+BOUND_JID = f"{{{NS_BIND}}}jid"
+SESSION = f"{{{NS_SESSION}}}session"
+IQ = f"{{{NS_CLIENT}}}iq"
+MESSAGE = f"{{{NS_CLIENT}}}message"
+PRESENCE = f"{{{NS_CLIENT}}}presence"
+BODY = f"{{{NS_CLIENT}}}body"
+
+# Most errors worth reporting are of a few kinds; beyond this many distinct
+# messages the rest are counted under one key.
+MAX_ERROR_KINDS = 20
+
+
+class XMPPError(Exception):
+    """The server answered something a well-behaved login or session does not expect."""
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What one login attempt authenticates with: the SASL user name, its password and mechanism."""
+
+    username: str
+    password: str
+    mechanism: str
+
+
+CredentialsProvider = Callable[[int], Credentials]
+"""Gives the credentials for the n-th login attempt of a phase (n counts from 0)."""
+
+
+def local_accounts(spec: Mapping[str, Any]) -> CredentialsProvider:
+    """Pre-created local accounts ``<prefix><i>``, i cycling through ``count``, all with one password."""
+    prefix, count = str(spec["prefix"]), int(spec["count"])
+    password, mechanism = str(spec["password"]), str(spec["mechanism"])
+
+    def credentials(attempt: int) -> Credentials:
+        return Credentials(f"{prefix}{attempt % count}", password, mechanism)
+
+    return credentials
+
+
+# Credentials providers by the name a job gives in ``credentials.provider``;
+# each takes the job's ``credentials`` table.
+PROVIDERS: dict[str, Callable[[Mapping[str, Any]], CredentialsProvider]] = {
+    "local": local_accounts,
+}
+
+
+def credentials_provider(spec: Mapping[str, Any]) -> CredentialsProvider:
+    name = spec.get("provider")
+    if name not in PROVIDERS:
+        raise ValueError(f"unknown credentials provider {name!r}; known: {', '.join(PROVIDERS)}")
+    return PROVIDERS[name](spec)
+
+
+# -- SASL --------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
+
+# PBKDF2 results by (hash, password, salt, iterations). Real clients keep the
+# salted password too; here it keeps thousands of logins of accounts that share
+# one password and salt from costing the generator a PBKDF2 each.
+_salted_passwords: dict[tuple[str, str, bytes, int], bytes] = {}
+
+
+def _salted_password(hash_name: str, password: str, salt: bytes, iterations: int) -> bytes:
+    key = (hash_name, password, salt, iterations)
+    salted = _salted_passwords.get(key)
+    if salted is None:
+        salted = _salted_passwords[key] = hashlib.pbkdf2_hmac(hash_name, password.encode(), salt, iterations)
+    return salted
+
+
+class ScramClient:
+    """The client side of SCRAM-SHA-1/-256 (RFC 5802, RFC 7677) without channel binding.
+
+    The password is used as UTF-8 without SASLprep, which is right for the ASCII
+    passwords the benchmark uses.
+    """
+
+    def __init__(self, mechanism: str, username: str, password: str) -> None:
+        self.hash_name = _SCRAM_HASHES[mechanism]
+        self.password = password
+        self.nonce = secrets.token_urlsafe(18)
+        name = username.replace("=", "=3D").replace(",", "=2C")
+        self.client_first_bare = f"n={name},r={self.nonce}"
+        self.expected_verifier = b""
+
+    def first(self) -> bytes:
+        return f"n,,{self.client_first_bare}".encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        text = server_first.decode()
+        attributes = dict(part.split("=", 1) for part in text.split(","))
+        nonce = attributes.get("r", "")
+        if not nonce.startswith(self.nonce) or nonce == self.nonce:
+            raise XMPPError("SCRAM: the server's nonce does not extend ours")
+        salted = _salted_password(self.hash_name, self.password, base64.b64decode(attributes["s"]),
+                                  int(attributes["i"]))
+        client_key = hmac.digest(salted, b"Client Key", self.hash_name)
+        stored_key = hashlib.new(self.hash_name, client_key).digest()
+        without_proof = f"c={_b64(b'n,,')},r={nonce}"
+        auth_message = f"{self.client_first_bare},{text},{without_proof}".encode()
+        signature = hmac.digest(stored_key, auth_message, self.hash_name)
+        proof = bytes(k ^ s for k, s in zip(client_key, signature, strict=True))
+        server_key = hmac.digest(salted, b"Server Key", self.hash_name)
+        self.expected_verifier = b"v=" + _b64(hmac.digest(server_key, auth_message, self.hash_name)).encode()
+        return f"{without_proof},p={_b64(proof)}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        if not hmac.compare_digest(server_final, self.expected_verifier):
+            raise XMPPError("SCRAM: the server's signature is wrong")
+
+
+# -- the XML stream ----------------------------------------------------------------------
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _describe(element: ET.Element) -> str:
+    """``failure/not-authorized`` and the like, for error messages."""
+    children = [_local_name(child.tag) for child in element if _local_name(child.tag) != "text"]
+    return _local_name(element.tag) + (f"/{children[0]}" if children else "")
+
+
+def _stream_parser() -> ET.XMLPullParser[ET.Element]:
+    return ET.XMLPullParser(("start", "end"))
+
+
+def _events(parser: ET.XMLPullParser[ET.Element]) -> Iterator[tuple[str, ET.Element]]:
+    # Only "start" and "end" were asked for, and both come with an element.
+    return cast(Iterator[tuple[str, ET.Element]], parser.read_events())
+
+
+class Connection(asyncio.Protocol):
+    """One client stream: bytes in through an incremental parser, top-level elements out.
+
+    Elements arrive either in an inbox that coroutines read with `next_element`, or,
+    once `on_stanza` is set, straight at that callback (the cheap path for traffic).
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.on_stanza: Callable[[ET.Element], None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox: deque[ET.Element] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._problem: Exception | None = None
+        self._parser = _stream_parser()
+        self._root: ET.Element | None = None
+        self._depth = 0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except ET.ParseError as error:
+            self._stop(XMPPError(f"not well-formed XML from the server: {error}"))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        for event, element in _events(self._parser):
+            if event == "start":
+                self._depth += 1
+                if self._depth == 1:
+                    self._root = element
+            else:
+                self._depth -= 1
+                if self._depth == 1:
+                    assert self._root is not None
+                    self._root.remove(element)  # the stream document must not grow
+                    self._received(element)
+                elif self._depth == 0:
+                    self._stop(XMPPError("the server closed the stream"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop(XMPPError(f"connection lost: {exc}" if exc else "connection closed"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # elements
+
+    def _received(self, element: ET.Element) -> None:
+        if self.on_stanza is not None:
+            self.on_stanza(element)
+            return
+        self._inbox.append(element)
+        self._wake()
+
+    def _stop(self, problem: Exception) -> None:
+        if self._problem is None:
+            self._problem = problem
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_element(self) -> ET.Element:
+        while not self._inbox:
+            if self._problem is not None:
+                raise self._problem
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._inbox.popleft()
+
+    async def expect(self, tag: str) -> ET.Element:
+        element = await self.next_element()
+        if element.tag != tag:
+            raise XMPPError(f"expected {_local_name(tag)}, got {_describe(element)}")
+        return element
+
+    # output and stream restarts
+
+    def send(self, data: str) -> None:
+        assert self.transport is not None
+        self.transport.write(data.encode())
+
+    async def open_stream(self, domain: str) -> ET.Element:
+        """Send a stream header on a fresh parser; return the server's features."""
+        self._parser = _stream_parser()
+        self._root, self._depth = None, 0
+        self.send(f"<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'"
+                  f" to='{domain}' version='1.0'>")
+        return await self.expect(FEATURES)
+
+    async def start_tls(self, context: ssl.SSLContext, domain: str) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(self.transport, self, context, server_hostname=domain)
+        assert transport is not None
+        self.transport = transport
+
+    async def close(self) -> None:
+        """End the stream and wait until the server has closed the connection."""
+        if self.transport is not None and not self.lost.done():
+            self.send("</stream:stream>")
+            await self.lost
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    # The benchmark server's certificate is self-signed and made on its first start.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# -- logging in --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    domain: str
+    tls: bool
+
+
+@dataclass
+class Session:
+    """A logged-in client: bound, session established, initial presence sent and echoed."""
+
+    connection: Connection
+    jid: str  # full JID
+
+    @property
+    def bare(self) -> str:
+        return self.jid.split("/", 1)[0]
+
+
+async def authenticate(connection: Connection, features: ET.Element, credentials: Credentials) -> None:
+    offered = [element.text for element in features.iterfind(f"{MECHANISMS}/{MECHANISM}")]
+    mechanism = credentials.mechanism
+    if mechanism not in offered:
+        raise XMPPError(f"{mechanism} not offered (offered: {', '.join(str(m) for m in offered)})")
+    if mechanism == "PLAIN":
+        initial = f"\x00{credentials.username}\x00{credentials.password}".encode()
+        connection.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{_b64(initial)}</auth>")
+        reply = await connection.next_element()
+        if reply.tag != SUCCESS:
+            raise XMPPError(f"PLAIN refused: {_describe(reply)}")
+        return
+    scram = ScramClient(mechanism, credentials.username, credentials.password)
+    connection.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{_b64(scram.first())}</auth>")
+    challenge = await connection.next_element()
+    if challenge.tag != CHALLENGE:
+        raise XMPPError(f"{mechanism} refused: {_describe(challenge)}")
+    response = scram.final(base64.b64decode(challenge.text or ""))
+    connection.send(f"<response xmlns='{NS_SASL}'>{_b64(response)}</response>")
+    success = await connection.next_element()
+    if success.tag != SUCCESS:
+        raise XMPPError(f"{mechanism} refused: {_describe(success)}")
+    scram.verify(base64.b64decode(success.text or ""))
+
+
+async def _iq(connection: Connection, stanza_id: str, payload: str) -> ET.Element:
+    connection.send(f"<iq type='set' id='{stanza_id}'>{payload}</iq>")
+    reply = await connection.expect(IQ)
+    if reply.get("type") != "result" or reply.get("id") != stanza_id:
+        raise XMPPError(f"{stanza_id} refused: {_describe(reply)} {reply.attrib}")
+    return reply
+
+
+async def log_in(target: Target, credentials: Credentials, context: ssl.SSLContext) -> Session:
+    """The whole login of a client: stream, [STARTTLS,] SASL, bind, session, initial presence."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(Connection, target.host, target.port)
+    try:
+        features = await connection.open_stream(target.domain)
+        if target.tls:
+            if features.find(STARTTLS) is None:
+                raise XMPPError("STARTTLS not offered")
+            connection.send(f"<starttls xmlns='{NS_TLS}'/>")
+            await connection.expect(PROCEED)
+            await connection.start_tls(context, target.domain)
+            features = await connection.open_stream(target.domain)
+        await authenticate(connection, features, credentials)
+        features = await connection.open_stream(target.domain)
+        bound = await _iq(connection, "bind", f"<bind xmlns='{NS_BIND}'/>")
+        jid = bound.findtext(f"{BIND}/{BOUND_JID}")
+        if not jid:
+            raise XMPPError("bind result without a JID")
+        if features.find(SESSION) is not None:
+            await _iq(connection, "session", f"<session xmlns='{NS_SESSION}'/>")
+        connection.send("<presence/>")
+        # The server sends the initial presence back to the client's own resource.
+        while True:
+            element = await connection.next_element()
+            if element.tag == PRESENCE and element.get("from") == jid:
+                break
+    except BaseException:
+        connection.abort()
+        raise
+    return Session(connection, jid)
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def percentiles_ms(samples_ns: Sequence[int]) -> dict[str, float | None]:
+    """p50, p90, p99 and max of *samples_ns*, in milliseconds (nearest rank)."""
+    if not samples_ns:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(samples_ns)
+
+    def rank(fraction: float) -> float:
+        index = max(0, math.ceil(fraction * len(ordered)) - 1)
+        return round(ordered[index] / 1e6, 3)
+
+    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": round(ordered[-1] / 1e6, 3)}
+
+
+@dataclass
+class Errors:
+    """Failed attempts counted by message."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"[:200]
+        if message not in self.counts and len(self.counts) >= MAX_ERROR_KINDS:
+            message = "(other errors)"
+        self.counts[message] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+async def run_concurrently(count: int, concurrency: int, attempt: Callable[[int], Awaitable[None]]) -> None:
+    """Run attempt(0) ... attempt(count - 1), at most *concurrency* at a time."""
+    indexes = iter(range(count))
+
+    async def worker() -> None:
+        for index in indexes:
+            await attempt(index)
+
+    await asyncio.gather(*(worker() for _ in range(min(count, concurrency))))
+
+
+async def open_sessions(target: Target, provider: CredentialsProvider, count: int, concurrency: int,
+                        timeout: float, errors: Errors) -> list[Session]:
+    """Log in *count* clients; failures are counted in *errors* and leave out their session."""
+    context = client_ssl_context()
+    sessions: list[Session | None] = [None] * count
+
+    async def attempt(index: int) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                sessions[index] = await log_in(target, provider(index), context)
+        except (OSError, XMPPError, TimeoutError, ValueError) as error:
+            errors.add(error)
+
+    await run_concurrently(count, concurrency, attempt)
+    return [session for session in sessions if session is not None]
+
+
+async def close_sessions(sessions: Sequence[Session], timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(session.connection.close() for session in sessions))
+    except TimeoutError:
+        for session in sessions:
+            session.connection.abort()
+
+
+# -- the control channel -----------------------------------------------------------------
+
+
+class Control:
+    """The JSON-lines conversation with the runner on stdin and stdout."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
+
+    async def expect(self, command: str) -> None:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if line.strip() != command:
+            raise RuntimeError(f"expected {command!r} from the runner, got {line.strip()!r}")
+
+
+# -- phases ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    phase: str
+    target: Target
+    credentials: Mapping[str, Any]
+    count: int = 0  # logins, or idle connections
+    concurrency: int = 1
+    pairs: int = 0
+    window: int = 1
+    duration: float = 0.0
+    timeout: float = 30.0  # for one login, or one teardown
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        raw = json.loads(text)
+        target = Target(**raw.pop("target"))
+        return cls(target=target, **raw)
+
+
+async def login_phase(job: Job, control: Control) -> None:
+    """``count`` complete logins, each closed again, ``concurrency`` at a time."""
+    provider = credentials_provider(job.credentials)
+    context = client_ssl_context()
+    # One untimed login first, so neither side's one-time costs land in the figures.
+    await close_sessions([await log_in(job.target, provider(0), context)], job.timeout)
+    errors = Errors()
+    login_ns: list[int] = []
+
+    async def attempt(index: int) -> None:
+        start = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(job.timeout):
+                session = await log_in(job.target, provider(index), context)
+                logged_in = time.perf_counter_ns()
+                await session.connection.close()
+        except (OSError, XMPPError, TimeoutError, ValueError) as error:
+            errors.add(error)
+            return
+        login_ns.append(logged_in - start)
+
+    control.emit("ready")
+    await control.expect("go")
+    start = time.perf_counter()
+    await run_concurrently(job.count, job.concurrency, attempt)
+    elapsed = time.perf_counter() - start
+    control.emit("measured", elapsed=elapsed, ok=len(login_ns), failed=errors.total, errors=dict(errors.counts),
+                 latency_ms=percentiles_ms(login_ns))
+    await control.expect("stop")
+
+
+@dataclass
+class Traffic:
+    """The message phase's counters, shared by every chatter."""
+
+    running: bool = True
+    lost: int = 0  # connections closed under a chatter
+    sent: int = 0
+    received: int = 0
+    errors: int = 0
+    delivered: int = 0  # in the timed window
+    latencies_ns: list[int] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.delivered = 0
+        self.latencies_ns = []
+
+
+class Chatter:
+    """One side of a pair: answers every message from its partner with a new one, while running.
+
+    Each body is the send time in nanoseconds, so the receiver measures the latency;
+    both ends live in this process and read the same monotonic clock.
+    """
+
+    def __init__(self, session: Session, partner: str, traffic: Traffic) -> None:
+        assert session.connection.transport is not None
+        self.transport = session.connection.transport
+        self.traffic = traffic
+        self.head = f"<message to='{partner}' type='chat'><body>".encode()
+        session.connection.on_stanza = self.received
+        session.connection.lost.add_done_callback(self.lost)
+
+    def send(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
+        self.traffic.sent += 1
+
+    def lost(self, _: asyncio.Future[None]) -> None:
+        if self.traffic.running:
+            self.traffic.lost += 1
+
+    def received(self, element: ET.Element) -> None:
+        if element.tag != MESSAGE:
+            return
+        traffic = self.traffic
+        traffic.received += 1
+        if element.get("type") == "error":
+            traffic.errors += 1
+            return
+        latency = time.monotonic_ns() - int(element.findtext(BODY) or 0)
+        traffic.delivered += 1
+        traffic.latencies_ns.append(latency)
+        if traffic.running:
+            self.send()
+
+
+async def msgs_phase(job: Job, control: Control) -> None:
+    """``pairs`` pairs of clients chatting, each side keeping ``window`` messages in flight."""
+    provider = credentials_provider(job.credentials)
+    errors = Errors()
+    sessions = await open_sessions(job.target, provider, 2 * job.pairs, job.concurrency, job.timeout, errors)
+    if errors.total:
+        raise RuntimeError(f"{errors.total} of {2 * job.pairs} logins failed: {dict(errors.counts)}")
+    traffic = Traffic()
+    chatters = []
+    for a, b in zip(sessions[0::2], sessions[1::2], strict=True):
+        chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
+    for chatter in chatters:
+        for _ in range(job.window):
+            chatter.send()
+    await asyncio.sleep(min(1.0, job.duration / 5))  # warm up: queues and caches at their steady state
+
+    control.emit("ready")
+    await control.expect("go")
+    traffic.reset()
+    start = time.perf_counter()
+    await asyncio.sleep(job.duration)
+    delivered, latencies, elapsed = traffic.delivered, traffic.latencies_ns, time.perf_counter() - start
+    if traffic.lost:
+        raise RuntimeError(f"{traffic.lost} of {len(chatters)} connections were lost during the message phase")
+    control.emit("measured", elapsed=elapsed, delivered=delivered, clients=len(sessions),
+                 in_flight=len(chatters) * job.window, errors=traffic.errors, latency_ms=percentiles_ms(latencies))
+    await control.expect("stop")
+
+    traffic.running = False
+    async with asyncio.timeout(job.timeout):
+        while traffic.received < traffic.sent:
+            await asyncio.sleep(0.05)
+    await close_sessions(sessions, job.timeout)
+
+
+async def idle_phase(job: Job, control: Control) -> None:
+    """``count`` logged-in clients that then hold their connections without a word."""
+    provider = credentials_provider(job.credentials)
+    warmup = Errors()
+    await close_sessions(await open_sessions(job.target, provider, 10, 10, job.timeout, warmup), job.timeout)
+
+    control.emit("ready")
+    await control.expect("go")
+    errors = Errors()
+    start = time.perf_counter()
+    sessions = await open_sessions(job.target, provider, job.count, job.concurrency, job.timeout, errors)
+    elapsed = time.perf_counter() - start
+    control.emit("measured", elapsed=elapsed, held=len(sessions), failed=errors.total, errors=dict(errors.counts))
+    await control.expect("stop")
+    await close_sessions(sessions, job.timeout)
+
+
+PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
+    "login": login_phase,
+    "msgs": msgs_phase,
+    "idle": idle_phase,
+}
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def run(job: Job) -> None:
+    control = Control()
+    await PHASES[job.phase](job, control)
+    control.emit("done")
+
+
+def main() -> int:
+    control = Control()
+    try:
+        job = Job.from_json(sys.stdin.readline())
+        open_files = raise_open_files_limit()
+        if job.count + 2 * job.pairs + 64 > open_files:
+            raise RuntimeError(f"the open files limit ({open_files}) is too low for this job")
+        asyncio.run(run(job))
+    except Exception as error:
+        control.emit("error", message=f"{type(error).__name__}: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,800 @@
+"""Benchmark of the sns-xmpp daemon: logins, message throughput and idle connections.
+
+``scripts/bench`` runs this module. It writes a configuration for a throwaway daemon into a
+temporary folder (SQLite, domain localhost, loopback, free ports, TLS optional, PLAIN allowed
+without TLS), creates the accounts, starts ``twistd sns-xmpp`` and drives it from
+`benchmarks.loadgen`, started afresh in a process of its own for every scenario. Around each
+timed part it reads the CPU time of the daemon and of the generator (``/proc/<pid>/stat``),
+of the whole machine (``/proc/stat``) and the daemon's resident memory (``/proc/<pid>/status``).
+
+Every phase gets a daemon of its own, and so does each transport of the idle phase, so that
+no figure depends on what an earlier phase left behind (memory figures least of all).
+
+All figures go to stdout as one JSON object, and to stderr as a table. Problems in the
+daemons' logs (warnings, errors, tracebacks) are reported in both; such a log is then kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sns_xmpp.auth.scram import DEFAULT_ITERATIONS, derive_all
+from sns_xmpp.store.sqlite import SQLiteDatabase
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_TEMPLATE = Path(__file__).with_name("bench.toml.in")
+HOST = "127.0.0.1"
+DOMAIN = "localhost"
+ACCOUNT_PREFIX = "bench"
+PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account has it
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+PHASES = ("login", "msgs", "idle")
+TRANSPORTS = ("tls", "tcp")
+
+# A generator process whose CPU time is at least this share of one core is the bottleneck.
+SATURATED_PERCENT = 90.0
+# CPU used by neither the daemon nor the generator, in % of one core, above which another
+# load on the machine is likely to have disturbed the figures. Loopback networking in
+# the kernel's softirq alone stays well below it.
+DISTURBED_PERCENT = 30.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; printed as one line."""
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    phases: tuple[str, ...]
+    logins: int
+    concurrency: int
+    duration: float
+    idle: int
+    pairs: int
+    window: int
+    transports: tuple[str, ...]
+    keep: bool
+    quick: bool
+
+
+DEFAULTS = {"logins": 1000, "concurrency": 20, "duration": 10.0, "idle": 2000}
+QUICK = {"logins": 100, "concurrency": 10, "duration": 2.0, "idle": 200}
+
+
+def _names(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated subset of *known*, returned in the order of *known*."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = {name.strip() for name in text.split(",") if name.strip()}
+        if not names or not names <= set(known):
+            raise argparse.ArgumentTypeError(f"give a comma-separated list of {', '.join(known)}")
+        return tuple(name for name in known if name in names)
+
+    return parse
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark the sns-xmpp daemon: login rate, message throughput and latency, memory per "
+                    "idle connection. JSON on stdout, a table on stderr.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small numbers for a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--phases", type=_names(PHASES), default=PHASES, metavar="LIST",
+                        help="which phases to run, comma-separated (default: login,msgs,idle)")
+    parser.add_argument("--logins", type=_positive(int), metavar="N",
+                        help=f"logins per login scenario (default {DEFAULTS['logins']})")
+    parser.add_argument("--concurrency", type=_positive(int), metavar="C",
+                        help=f"logins in progress at once (default {DEFAULTS['concurrency']})")
+    parser.add_argument("--duration", type=_positive(float), metavar="S",
+                        help=f"seconds of message traffic measured (default {DEFAULTS['duration']:g})")
+    parser.add_argument("--idle", type=_positive(int), metavar="N",
+                        help=f"idle connections held (default {DEFAULTS['idle']})")
+    parser.add_argument("--pairs", type=_positive(int), default=50, metavar="P",
+                        help="pairs of chatting clients in the message phase (default 50)")
+    parser.add_argument("--window", type=_positive(int), default=4, metavar="K",
+                        help="messages each client keeps in flight to its partner (default 4)")
+    parser.add_argument("--transports", type=_names(TRANSPORTS), default=TRANSPORTS, metavar="LIST",
+                        help="STARTTLS (tls) and/or plain TCP (tcp) for the message and idle phases "
+                             "(default tls,tcp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else DEFAULTS
+
+    def pick(name: str) -> Any:
+        given = getattr(args, name)
+        return sizes[name] if given is None else given
+
+    return Settings(phases=args.phases, logins=pick("logins"), concurrency=pick("concurrency"),
+                    duration=pick("duration"), idle=pick("idle"), pairs=args.pairs, window=args.window,
+                    transports=args.transports, keep=args.keep, quick=args.quick)
+
+
+# -- /proc ---------------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of every thread of *pid* so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The command name in parentheses may hold spaces; fields 14 and 15 follow it.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot; idle and iowait count as not busy."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    total = sum(values[:8])
+    return total - values[3] - values[4], total
+
+
+def listen_overflows() -> int:
+    """How often since boot a listening socket's accept queue was full (a SYN was dropped); 0 if unknown.
+
+    A dropped SYN costs the client a retransmission, one second later at first, which
+    shows as long login latencies while the daemon still has CPU to spare.
+    """
+    try:
+        with open("/proc/net/netstat", encoding="ascii") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[0::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(fields.get("ListenOverflows", 0))
+    return 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    server_cpu: float
+    generator_cpu: float
+    machine_busy: int
+    machine_total: int
+    server_rss_kib: int
+    listen_overflows: int
+
+    @classmethod
+    def take(cls, server_pid: int, generator_pid: int) -> Sample:
+        busy, total = machine_cpu_ticks()
+        return cls(time.monotonic(), process_cpu_seconds(server_pid), process_cpu_seconds(generator_pid),
+                   busy, total, process_rss_kib(server_pid), listen_overflows())
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU used between two samples.
+
+    ``server_pct``, ``generator_pct`` and ``other_pct`` are in % of one core; ``other`` is
+    everything else that kept a CPU busy (the kernel's network processing, other programs).
+    ``machine_pct`` is the busy share of all cores together.
+    """
+
+    wall_s: float
+    server_cpu_s: float
+    generator_cpu_s: float
+    server_pct: float
+    generator_pct: float
+    other_pct: float
+    machine_pct: float
+
+    @classmethod
+    def between(cls, start: Sample, end: Sample) -> Usage:
+        wall = max(end.at - start.at, 1e-9)
+        server = end.server_cpu - start.server_cpu
+        generator = end.generator_cpu - start.generator_cpu
+        busy = (end.machine_busy - start.machine_busy) / CLOCK_TICKS
+        ticks = max(end.machine_total - start.machine_total, 1)
+        return cls(wall_s=round(wall, 3), server_cpu_s=round(server, 3), generator_cpu_s=round(generator, 3),
+                   server_pct=round(100 * server / wall, 1), generator_pct=round(100 * generator / wall, 1),
+                   other_pct=round(max(0.0, 100 * (busy - server - generator) / wall), 1),
+                   machine_pct=round(100 * (end.machine_busy - start.machine_busy) / ticks, 1))
+
+    def warnings(self) -> list[str]:
+        found = []
+        if self.generator_pct >= SATURATED_PERCENT:
+            found.append(f"load generator saturated ({self.generator_pct:.0f}% of a core): figures are a lower bound")
+        if self.machine_pct >= SATURATED_PERCENT:
+            found.append(f"machine saturated ({self.machine_pct:.0f}% of all cores)")
+        if self.other_pct >= DISTURBED_PERCENT:
+            found.append(f"other work used {self.other_pct:.0f}% of a core: figures may be disturbed")
+        return found
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one (children inherit it); return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else target
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def create_accounts(database_path: Path, count: int) -> None:
+    """``bench0@localhost`` ... with one password, and one salt: each PBKDF2 costs milliseconds."""
+    credentials = derive_all(PASSWORD, iterations=DEFAULT_ITERATIONS)
+    database = SQLiteDatabase(database_path)
+    try:
+        now = time.time()
+        for index in range(count):
+            database.create_account(f"{ACCOUNT_PREFIX}{index}@{DOMAIN}", credentials, now)
+    finally:
+        database.close()
+
+
+@dataclass
+class LogReport:
+    """The daemon's log: how long, and its warnings, errors and tracebacks."""
+
+    lines: int = 0
+    problems: int = 0
+    excerpts: list[str] = field(default_factory=list)
+    kept_at: str | None = None
+
+
+_LOG_EVENT_START = re.compile(r"^\d{4}-\d\d-\d\dT\S+ \[")
+_LOG_PROBLEM = re.compile(r"#(?:warn|error|critical)\]|Traceback|Unhandled")
+_LOG_FAILURE = re.compile(r"#(?:error|critical)\]")
+MAX_EXCERPTS = 10
+
+
+def read_log(path: Path, problem: re.Pattern[str] = _LOG_PROBLEM) -> LogReport:
+    """Count the log's lines, and its events (a line and its traceback) that match *problem*."""
+    report = LogReport()
+    if not path.exists():
+        return report
+    events: list[list[str]] = []
+    with path.open(encoding="utf-8", errors="replace") as log:
+        for line in log:
+            report.lines += 1
+            if _LOG_EVENT_START.match(line) or not events:
+                events.append([line])
+            else:
+                events[-1].append(line)
+    for event in events:
+        if any(problem.search(line) for line in event):
+            report.problems += 1
+            if len(report.excerpts) < MAX_EXCERPTS:
+                report.excerpts.append("".join(event).rstrip())
+    return report
+
+
+class Daemon:
+    """``twistd sns-xmpp`` on a fresh benchmark configuration in *workdir*."""
+
+    def __init__(self, workdir: Path, accounts: int) -> None:
+        self.workdir = workdir
+        self.accounts = accounts
+        self.port = free_port()
+        self.config_path = workdir / "bench.toml"
+        self.log_path = workdir / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exit_status: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        http_port = free_port()
+        data_dir = self.workdir / "data"
+        self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
+            domain=json.dumps(DOMAIN), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
+            scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
+            http_url=json.dumps(f"http://{HOST}:{http_port}")), encoding="utf-8")
+        data_dir.mkdir()
+        create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts)
+        twistd = Path(sys.executable).with_name("twistd")
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own venv's twistd, our own arguments
+                [str(twistd), "--nodaemon", "--pidfile=", "sns-xmpp", f"--config={self.config_path}"],
+                cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)  # Ctrl-C reaches the runner only; it stops the daemon itself
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise BenchError(f"the daemon exited with status {self.process.returncode} before listening:\n"
+                                 + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                return
+            except OSError:
+                pass
+            # A listener that failed to start is logged, not fatal: waiting longer would not help.
+            startup = read_log(self.log_path, _LOG_FAILURE)
+            if startup.problems:
+                raise BenchError("the daemon logged a problem while starting:\n" + startup.excerpts[0])
+            if time.monotonic() > deadline:
+                raise BenchError(f"the daemon did not listen on port {self.port} within {timeout:g}s")
+            time.sleep(0.1)
+
+    def ensure_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BenchError(f"the daemon exited with status {self.process.returncode} during the run")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM and wait; SIGKILL only when it does not end in time."""
+        if self.process is None or self.process.poll() is not None:
+            self.exit_status = None if self.process is None else self.process.returncode
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.exit_status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.exit_status = self.process.wait()
+            raise BenchError(f"the daemon did not stop within {timeout:g}s of SIGTERM; killed") from None
+
+
+# -- the load generator --------------------------------------------------------------------
+
+
+class LoadGenerator:
+    """One `benchmarks.loadgen` process and its JSON-lines conversation."""
+
+    def __init__(self, job: Mapping[str, Any]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.loadgen"], cwd=ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._write(json.dumps(job))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _write(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def command(self, word: str) -> None:
+        self._write(word)
+
+    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise BenchError(f"the load generator sent no {event!r} within {timeout:g}s") from None
+        if line is None:
+            raise BenchError(f"the load generator exited (status {self.process.wait()}) before {event!r}")
+        message: dict[str, Any] = json.loads(line)
+        if message.get("event") == "error":
+            raise BenchError(f"load generator: {message.get('message')}")
+        if message.get("event") != event:
+            raise BenchError(f"the load generator sent {message.get('event')!r}, expected {event!r}")
+        return message
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if error is not None and self.process.poll() is None:
+            self.process.kill()
+        self.close()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one scenario gives: the generator's own figures, the CPU over the timed part, memory."""
+
+    figures: dict[str, Any]
+    usage: Usage
+    start: Sample
+    end: Sample
+    rss_after_release_kib: int
+
+    @property
+    def listen_overflows(self) -> int:
+        return self.end.listen_overflows - self.start.listen_overflows
+
+    def warnings(self) -> list[str]:
+        found = self.usage.warnings()
+        if self.listen_overflows:
+            found.append(f"{self.listen_overflows} connection attempts overflowed the listen backlog"
+                         " (each waits for a SYN retransmission, 1 s or more)")
+        return found
+
+
+def measure(daemon: Daemon, job: Mapping[str, Any], limit: float) -> Measurement:
+    """Run one generator job; *limit* bounds each wait in seconds."""
+    with LoadGenerator(job) as generator:
+        generator.wait_for("ready", limit)
+        daemon.ensure_running()
+        start = Sample.take(daemon.pid, generator.pid)
+        generator.command("go")
+        figures = generator.wait_for("measured", limit)
+        daemon.ensure_running()
+        end = Sample.take(daemon.pid, generator.pid)
+        generator.command("stop")
+        generator.wait_for("done", limit)
+    time.sleep(0.5)  # the daemon finishes tearing down sessions the generator has closed
+    daemon.ensure_running()
+    figures.pop("event")
+    return Measurement(figures, Usage.between(start, end), start, end, process_rss_kib(daemon.pid))
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginScenario:
+    """One login measurement: how clients authenticate, over TLS or not.
+
+    ``credentials`` is the generator's credentials provider and its parameters
+    (see ``benchmarks.loadgen.PROVIDERS``), which gives (username, password,
+    mechanism) for each attempt.
+    """
+
+    name: str
+    tls: bool
+    credentials: Mapping[str, Any]
+
+
+def local_credentials(mechanism: str, accounts: int) -> dict[str, Any]:
+    return {"provider": "local", "prefix": ACCOUNT_PREFIX, "count": accounts, "password": PASSWORD,
+            "mechanism": mechanism}
+
+
+def login_scenarios(accounts: int) -> list[LoginScenario]:
+    return [
+        LoginScenario(f"{label}+{'tls' if tls else 'tcp'}", tls, local_credentials(mechanism, accounts))
+        for label, mechanism in (("scram-sha-256", "SCRAM-SHA-256"), ("plain", "PLAIN"))
+        for tls in (True, False)
+    ]
+
+
+def target(daemon: Daemon, tls: bool) -> dict[str, Any]:
+    return {"host": HOST, "port": daemon.port, "domain": DOMAIN, "tls": tls}
+
+
+def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> dict[str, Any]:
+    job = {"phase": "login", "target": target(daemon, scenario.tls), "credentials": scenario.credentials,
+           "count": settings.logins, "concurrency": settings.concurrency}
+    result = measure(daemon, job, limit=60 + settings.logins / 5)
+    figures, usage = result.figures, result.usage
+    ok = figures["ok"]
+    return {
+        "mechanism": scenario.credentials["mechanism"],
+        "tls": scenario.tls,
+        "concurrency": settings.concurrency,
+        "logins": ok,
+        "failed": figures["failed"],
+        "errors": figures["errors"],
+        "elapsed_s": round(figures["elapsed"], 3),
+        "logins_per_s": round(ok / figures["elapsed"], 1),
+        "server_cpu_ms_per_login": round(1000 * usage.server_cpu_s / ok, 2) if ok else None,
+        "latency_ms": figures["latency_ms"],
+        "listen_overflows": result.listen_overflows,
+        "cpu": asdict(usage),
+        "warnings": result.warnings(),
+    }
+
+
+def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+    tls = transport == "tls"
+    job = {"phase": "msgs", "target": target(daemon, tls),
+           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "pairs": settings.pairs,
+           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
+    result = measure(daemon, job, limit=120 + settings.duration)
+    figures, usage = result.figures, result.usage
+    delivered = figures["delivered"]
+    return {
+        "tls": tls,
+        "pairs": settings.pairs,
+        "window": settings.window,
+        "in_flight": figures["in_flight"],
+        "delivered": delivered,
+        "bounced": figures["errors"],
+        "elapsed_s": round(figures["elapsed"], 3),
+        "messages_per_s": round(delivered / figures["elapsed"], 1),
+        "server_cpu_s_per_1000": round(1000 * usage.server_cpu_s / delivered, 3) if delivered else None,
+        "latency_ms": figures["latency_ms"],
+        "listen_overflows": result.listen_overflows,
+        "cpu": asdict(usage),
+        "warnings": result.warnings(),
+    }
+
+
+def run_idle(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+    tls = transport == "tls"
+    job = {"phase": "idle", "target": target(daemon, tls),
+           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "count": settings.idle,
+           "concurrency": settings.concurrency}
+    result = measure(daemon, job, limit=60 + settings.idle / 5)
+    figures, usage = result.figures, result.usage
+    held = figures["held"]
+    grown = result.end.server_rss_kib - result.start.server_rss_kib
+    return {
+        "tls": tls,
+        "connections": held,
+        "failed": figures["failed"],
+        "errors": figures["errors"],
+        "rss_before_kib": result.start.server_rss_kib,
+        "rss_held_kib": result.end.server_rss_kib,
+        "rss_after_release_kib": result.rss_after_release_kib,
+        "kib_per_connection": round(grown / held, 1) if held else None,
+        "setup_s": round(figures["elapsed"], 3),
+        "server_cpu_ms_per_connection": round(1000 * usage.server_cpu_s / held, 2) if held else None,
+        "listen_overflows": result.listen_overflows,
+        "cpu": asdict(usage),
+        "warnings": result.warnings(),
+    }
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine_description() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        memory_kib = int(meminfo.readline().split()[1])
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_mib": memory_kib // 1024,
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages before the run: was the machine busy already?"""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def git_revision() -> str | None:
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,  # noqa: S607
+                              text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _kib(value: int | None) -> str:
+    return "-" if value is None else f"{value} KiB"
+
+
+def _cpu(cpu: Mapping[str, Any]) -> str:
+    return (f"{cpu['server_pct']:>6.0f}% {cpu['generator_pct']:>4.0f}% {cpu['other_pct']:>4.0f}%"
+            f" {cpu['machine_pct']:>6.0f}%")
+
+
+_CPU_HEADS = f"{'server':>7} {'gen':>5} {'other':>5} {'machine':>7}"
+
+
+def table(report: Mapping[str, Any]) -> str:
+    """The report as text for people; every figure is also in the JSON."""
+    meta, phases = report["meta"], report["phases"]
+    machine = meta["machine"]
+    lines = [f"sns-xmpp benchmark {meta['date']}, {machine['cpus']} CPUs ({machine['cpu_model']}), "
+             f"revision {meta['revision']}"]
+    if "login" in phases:
+        lines += ["", f"{'login':<18} {'ok':>6} {'fail':>5} {'logins/s':>9} {'cpu ms/login':>13} {'p50 ms':>8} "
+                      f"{'p99 ms':>8} {_CPU_HEADS}"]
+        for name, row in phases["login"].items():
+            lines.append(f"{name:<18} {row['logins']:>6} {row['failed']:>5} {row['logins_per_s']:>9.1f} "
+                         f"{_ms(row['server_cpu_ms_per_login']):>13} {_ms(row['latency_ms']['p50']):>8} "
+                         f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
+    if "msgs" in phases:
+        lines += ["", f"{'msgs':<18} {'delivered':>9} {'msgs/s':>9} {'cpu s/1000':>11} {'p50 ms':>8} "
+                      f"{'p99 ms':>8} {_CPU_HEADS}"]
+        for name, row in phases["msgs"].items():
+            label = f"{name} {row['pairs']}x2 K={row['window']}"
+            lines.append(f"{label:<18} {row['delivered']:>9} {row['messages_per_s']:>9.1f} "
+                         f"{row['server_cpu_s_per_1000'] or 0:>11.3f} {_ms(row['latency_ms']['p50']):>8} "
+                         f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
+    if "idle" in phases:
+        lines += ["", f"{'idle':<18} {'held':>6} {'fail':>5} {'RSS before':>12} {'RSS held':>12} {'KiB/conn':>9} "
+                      f"{'RSS released':>13}"]
+        for name, row in phases["idle"].items():
+            lines.append(f"{name:<18} {row['connections']:>6} {row['failed']:>5} {_kib(row['rss_before_kib']):>12} "
+                         f"{_kib(row['rss_held_kib']):>12} {row['kib_per_connection'] or 0:>9.1f} "
+                         f"{_kib(row['rss_after_release_kib']):>13}")
+    lines += ["", "cpu over the timed part: daemon (server), load generator (gen), everything else (other) in %"
+                  " of one core; machine in % of all cores"]
+    for phase, rows in phases.items():
+        for name, row in rows.items():
+            lines += [f"WARNING {phase} {name}: {warning}" for warning in row["warnings"]]
+            lines += [f"ERROR {phase} {name}: {count} x {error}" for error, count in row.get("errors", {}).items()]
+    for label, daemon in report["daemons"].items():
+        log = daemon["log"]
+        status = daemon["exit_status"]
+        shown = "SIGTERM" if status == -signal.SIGTERM else status
+        lines.append(f"daemon {label}: exit status {shown}, {log['lines']} log lines, {log['problems']} problems"
+                     + (f", log kept at {log['kept_at']}" if log["kept_at"] else ""))
+        lines += ["  | " + excerpt.replace("\n", "\n  | ") for excerpt in log["excerpts"]]
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+class Bench:
+    """One run: its settings, its temporary folder, and the report it fills in as it goes."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.settings = settings
+        self.folder = folder
+        self.report: dict[str, Any] = {
+            "meta": {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": machine_description(),
+                "revision": git_revision(),
+                "settings": asdict(settings),
+                "open_files_limit": raise_open_files_limit(),
+                "load_average": load_average(),
+            },
+            "phases": {},
+            "daemons": {},
+        }
+
+    @contextmanager
+    def daemon(self, label: str, accounts: int) -> Iterator[Daemon]:
+        """A fresh daemon with *accounts* accounts, stopped afterwards; its log is checked and reported."""
+        folder = self.folder / label
+        folder.mkdir()
+        daemon = Daemon(folder, accounts)
+        try:
+            daemon.start()
+            yield daemon
+        finally:
+            try:
+                daemon.stop()
+            finally:
+                self.report["daemons"][label] = {"exit_status": daemon.exit_status,
+                                                 "log": asdict(self._checked_log(daemon))}
+
+    def _checked_log(self, daemon: Daemon) -> LogReport:
+        log = read_log(daemon.log_path)
+        if self.settings.keep:
+            log.kept_at = str(daemon.log_path)
+        elif log.problems:
+            descriptor, name = tempfile.mkstemp(prefix="sns-xmpp-bench-", suffix=".log")
+            os.close(descriptor)
+            shutil.copyfile(daemon.log_path, name)
+            log.kept_at = name
+        return log
+
+    def login(self) -> dict[str, Any]:
+        settings = self.settings
+        with self.daemon("login", max(settings.logins, settings.concurrency)) as daemon:
+            return {scenario.name: run_login(daemon, settings, scenario)
+                    for scenario in login_scenarios(daemon.accounts)}
+
+    def msgs(self) -> dict[str, Any]:
+        with self.daemon("msgs", 2 * self.settings.pairs) as daemon:
+            return {transport: run_msgs(daemon, self.settings, transport) for transport in self.settings.transports}
+
+    def idle(self) -> dict[str, Any]:
+        results: dict[str, Any] = self.report["phases"].setdefault("idle", {})
+        for transport in self.settings.transports:
+            with self.daemon(f"idle-{transport}", self.settings.idle) as daemon:
+                results[transport] = run_idle(daemon, self.settings, transport)
+        return results
+
+    def run(self) -> None:
+        settings = self.settings
+        needed = max(settings.idle if "idle" in settings.phases else 0, settings.concurrency, 2 * settings.pairs)
+        if self.report["meta"]["open_files_limit"] < needed + 64:
+            raise BenchError(f"the open files limit is {self.report['meta']['open_files_limit']}; "
+                             f"this run needs about {needed + 64}")
+        runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "msgs": self.msgs, "idle": self.idle}
+        for phase in settings.phases:
+            print(f"bench: {phase} ...", file=sys.stderr, flush=True)
+            self.report["phases"][phase] = runners[phase]()
+
+
+@contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sns-xmpp-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"bench: kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    with workdir(settings.keep) as folder:
+        bench = Bench(settings, folder)
+        try:
+            bench.run()
+        except (BenchError, KeyboardInterrupt) as error:
+            print(table(bench.report), file=sys.stderr)
+            print(f"bench: {str(error) or 'interrupted'}", file=sys.stderr)
+            return 1
+    print(table(bench.report), file=sys.stderr)
+    print(json.dumps(bench.report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
