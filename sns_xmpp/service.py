@@ -7,18 +7,21 @@ everything it builds receives them.
 from __future__ import annotations
 
 import datetime
+import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import endpoints, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
@@ -77,6 +80,9 @@ class Options(usage.Options):
 class ListenerService(service.Service):
     """Listens on an endpoint while running and remembers the port it got."""
 
+    # What to do when listening fails; the daemon sets this to stop the process.
+    on_failure: Callable[[], None] | None = None
+
     def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
         self.setName(name)
         self.endpoint = endpoint
@@ -94,9 +100,12 @@ class ListenerService(service.Service):
             log.info("listener.up name={name} address={address}", name=self.name, address=address)
             return port
 
-        listening_port.addCallback(listening)
-        listening_port.addErrback(lambda reason: log.failure("listener.failed name={name}", reason,
-                                                             name=self.name))
+        def failed(reason: Failure) -> None:
+            log.failure("listener.failed name={name}", reason, name=self.name)
+            if ListenerService.on_failure is not None:
+                ListenerService.on_failure()
+
+        listening_port.addCallbacks(listening, failed)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -157,7 +166,9 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     site_context = SiteContext(reactor, public_url, config.data_dir, config.server.domains)
     sites = load_sites(config.sites, site_context)
     sites.setServiceParent(top)
-    checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), reactor, public_url,
+    local = LocalAccountChecker(store, lambda *args, **kwargs: threads.deferToThreadPool(
+        reactor, reactor.getThreadPool(), *args, **kwargs))
+    checker = SocialLoginChecker(store, sites, local, reactor, public_url,
                                  ensure_secret(config.data_dir / "scram-salt.key").encode(), metrics)
     web = SocialWeb(sites, PendingLogins(reactor), public_url, config.server.domains[0], reactor)
     root = Root(web)
@@ -192,7 +203,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     if c2s.direct_tls_port >= 0:
         ListenerService("c2s-direct-tls",
                         endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
-                                                     interface=c2s.interface),
+                                                     backlog=LISTEN_BACKLOG, interface=c2s.interface),
                         factory(True)).setServiceParent(top)
     components = config.xmpp.components
     if config.components and components.port >= 0:
@@ -216,10 +227,15 @@ def _listeners(top: service.MultiService) -> list[ListenerService]:
     return [child for child in top if isinstance(child, ListenerService)]
 
 
+# Twisted's default backlog of 50 drops connection attempts in a reconnect storm
+# after a restart (the benchmark saw it); the kernel caps this at somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
     if ":" in interface:
-        return endpoints.TCP6ServerEndpoint(reactor, port, interface=interface)
-    return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface)
+        return endpoints.TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
+    return endpoints.TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -233,6 +249,13 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise SystemExit(str(error)) from None
     reloader = server.reloader
     assert reloader is not None
+    def stop_with_failure() -> None:
+        # A server missing a listener must not look healthy to its supervisor: stop
+        # cleanly, then exit non-zero (twistd itself has no exit status to set).
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.callWhenRunning(reactor.stop)
+
+    ListenerService.on_failure = stop_with_failure
     # SIGHUP reloads the sites; the handler only schedules, the reactor thread does the work.
     signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(reloader.reload))
     return server.top

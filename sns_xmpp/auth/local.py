@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet import defer
@@ -16,6 +16,8 @@ from sns_xmpp.auth.scram import MECHANISMS, derive_credential
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import Account
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+
+Hashing = Callable[..., Deferred]
 
 
 def local_jid(authcid: str, domain: str) -> str:
@@ -50,8 +52,10 @@ def check_authzid(authzid: str | None, jid: str) -> None:
 class LocalAccountChecker:
     mechanisms = MECHANISMS + ("PLAIN",)
 
-    def __init__(self, store: IStore) -> None:
+    def __init__(self, store: IStore, hashing: Hashing = defer.maybeDeferred) -> None:
         self.store = store
+        # Where key derivation runs: the daemon passes a thread pool; inline by default.
+        self.hashing = hashing
 
     def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
         return self.mechanisms
@@ -68,8 +72,10 @@ class LocalAccountChecker:
         if stored is None:
             raise AuthenticationFailed("not-authorized", "no such account or wrong password")
         try:
-            offered = derive_credential(stored.mechanism, password, salt=stored.salt,
-                                        iterations=stored.iterations)
+            # PBKDF2 would stall every stream for a millisecond or more; hashlib
+            # releases the GIL, so a thread runs it beside the reactor.
+            offered = yield self.hashing(derive_credential, stored.mechanism, password,
+                                         salt=stored.salt, iterations=stored.iterations)
         except SASLprepError:
             raise AuthenticationFailed("not-authorized", "no such account or wrong password") from None
         if not hmac.compare_digest(offered.stored_key, stored.stored_key):

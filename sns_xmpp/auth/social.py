@@ -193,12 +193,12 @@ class SocialLoginChecker:
             return defer.succeed(ScramLookup(None, _refuse_unknown))
         # The salt only has to be stable for one identifier; keying it keeps it unguessable.
         salt = hmac.new(self._salt_key, authcid.encode(), hashlib.sha256).digest()[:16]
-        credential = derive_credential(mechanism, password, salt=salt, iterations=4096)
 
         def complete(authzid: str | None) -> Deferred[LoginResult]:
             return defer.ensureDeferred(self._social(social, password, authzid, domain, mechanism))
 
-        return defer.succeed(ScramLookup(credential, complete))
+        derived = self.local.hashing(derive_credential, mechanism, password, salt=salt, iterations=4096)
+        return derived.addCallback(lambda credential: ScramLookup(credential, complete))
 
     # -- OAUTHBEARER (RFC 7628) -------------------------------------------------------
 

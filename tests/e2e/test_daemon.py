@@ -249,3 +249,19 @@ async def test_every_acknowledged_message_survives_sigkill_once(tmp_path: Path) 
         await wait(daemon.stop(), timeout=60)
     finally:
         daemon.kill()
+
+
+def test_a_port_in_use_stops_the_daemon_with_a_failure_status(tmp_path: Path) -> None:
+    """A daemon that cannot listen must not sit there looking healthy to its supervisor."""
+    import socket
+
+    text, port, _ = shipped_config_on_free_ports()
+    config = tmp_path / "sns-xmpp.toml"
+    config.write_text(text)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run([str(ROOT / "scripts" / "run"), f"--config={config}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "listener.failed name=c2s" in done.stdout
