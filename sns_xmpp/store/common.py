@@ -1,0 +1,376 @@
+"""What the SQLite and PostgreSQL databases share: SQL, schema files, row conversion.
+
+The SQL lives in module constants with ``?`` placeholders and sticks to
+syntax both engines accept (upserts, RETURNING, row values); the PostgreSQL
+database swaps the placeholder style with :func:`postgres_placeholders`.
+Only the connection set-up, the transaction statements, the schema_version
+probe and a few PostgreSQL-only locking phrases live in the backends.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sns_xmpp.store.interface import SchemaTooNewError
+from sns_xmpp.store.records import (
+    Account,
+    OfflineMessage,
+    RosterItem,
+    ScramCredential,
+    SocialLink,
+)
+
+__all__ = [
+    "AbandonTransaction",
+    "Database",
+    "SchemaScript",
+    "account_from_rows",
+    "credential_rows",
+    "link_from_row",
+    "list_links_sql",
+    "load_schema_scripts",
+    "migrate",
+    "offline_from_row",
+    "postgres_placeholders",
+    "roster_item_from_row",
+    "roster_item_params",
+    "schema_too_new",
+    "split_statements",
+]
+
+# How many expired replay tokens one remember_token call may delete: bounded
+# so no single login pays for a large backlog, yet well above one insert per
+# call so the table cannot grow without limit.
+TOKEN_SWEEP_LIMIT = 100
+
+# -- schema ---------------------------------------------------------------
+
+SQL_SCHEMA_VERSION = "SELECT MAX(version) FROM schema_version"
+SQL_RECORD_VERSION = "INSERT INTO schema_version (version, name) VALUES (?, ?)"
+
+# -- accounts -------------------------------------------------------------
+
+SQL_GET_ACCOUNT = (
+    "SELECT a.created_at, a.social, c.mechanism, c.salt, c.iterations,"
+    " c.stored_key, c.server_key"
+    " FROM accounts a LEFT JOIN scram_credentials c ON c.jid = a.jid"
+    " WHERE a.jid = ? ORDER BY c.mechanism"
+)
+SQL_ACCOUNT_EXISTS = "SELECT 1 FROM accounts WHERE jid = ?"
+SQL_ACCOUNT_SOCIAL = "SELECT social FROM accounts WHERE jid = ?"
+SQL_INSERT_ACCOUNT = "INSERT INTO accounts (jid, created_at, social) VALUES (?, ?, ?) ON CONFLICT (jid) DO NOTHING"
+SQL_INSERT_CREDENTIAL = (
+    "INSERT INTO scram_credentials (jid, mechanism, salt, iterations, stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?)"
+)
+SQL_DELETE_CREDENTIALS = "DELETE FROM scram_credentials WHERE jid = ?"
+# Children first, so the foreign keys never see an orphan mid-transaction.
+SQL_DELETE_ACCOUNT_DATA = (
+    SQL_DELETE_CREDENTIALS,
+    "DELETE FROM roster_items WHERE owner = ?",
+    "DELETE FROM subscription_requests WHERE owner = ?",
+    "DELETE FROM offline_messages WHERE owner = ?",
+    "DELETE FROM social_links WHERE jid = ?",
+)
+SQL_DELETE_ACCOUNT = "DELETE FROM accounts WHERE jid = ?"
+SQL_LIST_ACCOUNTS = "SELECT jid FROM accounts ORDER BY jid"
+# Suffix match done with substr rather than LIKE: LIKE would treat '_' in a
+# domain as a wildcard and is case-insensitive in SQLite only.  Parameters:
+# len("@" + domain) - 1, "@" + domain.  The CAST keeps PostgreSQL's
+# substr(text, integer) even if the driver sends the number as a bigint.
+SQL_LIST_ACCOUNTS_AT = "SELECT jid FROM accounts WHERE substr(jid, length(jid) - CAST(? AS INTEGER)) = ? ORDER BY jid"
+
+# -- roster and subscription requests -------------------------------------
+
+SQL_GET_ROSTER = (
+    "SELECT contact, name, groups_json, subscription, ask, approved FROM roster_items WHERE owner = ? ORDER BY contact"
+)
+SQL_PUT_ROSTER_ITEM = (
+    "INSERT INTO roster_items"
+    " (owner, contact, name, groups_json, subscription, ask, approved)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (owner, contact) DO UPDATE SET"
+    " name = excluded.name, groups_json = excluded.groups_json,"
+    " subscription = excluded.subscription, ask = excluded.ask,"
+    " approved = excluded.approved"
+)
+SQL_REMOVE_ROSTER_ITEM = "DELETE FROM roster_items WHERE owner = ? AND contact = ?"
+SQL_ADD_REQUEST = (
+    "INSERT INTO subscription_requests (owner, contact) VALUES (?, ?) ON CONFLICT (owner, contact) DO NOTHING"
+)
+SQL_REMOVE_REQUEST = "DELETE FROM subscription_requests WHERE owner = ? AND contact = ?"
+SQL_LIST_REQUESTS = "SELECT contact FROM subscription_requests WHERE owner = ? ORDER BY contact"
+
+# -- offline messages -----------------------------------------------------
+
+SQL_STORE_OFFLINE = "INSERT INTO offline_messages (owner, stanza, stored_at) VALUES (?, ?, ?) RETURNING id"
+SQL_OFFLINE_MESSAGES = "SELECT id, stanza, stored_at FROM offline_messages WHERE owner = ? ORDER BY id"
+SQL_DELETE_OFFLINE = "DELETE FROM offline_messages WHERE owner = ? AND id = ?"
+SQL_COUNT_OFFLINE = "SELECT COUNT(*) FROM offline_messages WHERE owner = ?"
+
+# -- social links ---------------------------------------------------------
+
+SQL_GET_LINK = "SELECT site, account, jid, created_at, last_login FROM social_links WHERE site = ? AND account = ?"
+SQL_INSERT_LINK = (
+    "INSERT INTO social_links (site, account, jid, created_at, last_login)"
+    " VALUES (?, ?, ?, ?, NULL) ON CONFLICT (site, account) DO NOTHING"
+)
+SQL_TOUCH_LINK = "UPDATE social_links SET last_login = ? WHERE site = ? AND account = ?"
+SQL_REMOVE_LINK = "DELETE FROM social_links WHERE site = ? AND account = ?"
+SQL_LIST_LINKS = "SELECT site, account, jid, created_at, last_login FROM social_links"
+SQL_LIST_LINKS_ORDER = " ORDER BY site, account"
+
+# -- replay protection ----------------------------------------------------
+
+# One statement decides "first use" atomically in both engines: a new row is
+# inserted, an expired one is taken over, a live one is left alone (rowcount 0).
+SQL_CLAIM_DIGEST = (
+    "INSERT INTO used_tokens (site, digest, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (site, digest) DO UPDATE SET expires_at = excluded.expires_at"
+    " WHERE used_tokens.expires_at <= ?"
+)
+# DELETE ... LIMIT needs a compile-time option in SQLite and does not exist in
+# PostgreSQL; a keyed subquery is portable and uses the expires_at index.
+SQL_SWEEP_DIGESTS = (
+    "DELETE FROM used_tokens WHERE (site, digest) IN"
+    " (SELECT site, digest FROM used_tokens WHERE expires_at <= ? LIMIT ?)"
+)
+
+
+def postgres_placeholders(sql: str) -> str:
+    """``sql`` with psycopg's ``%s`` placeholders instead of ``?``.
+
+    The shared statements contain neither ``%`` nor a ``?`` that is not a
+    placeholder; refusing such text keeps a future statement from being
+    mistranslated silently.
+    """
+    if "%" in sql:
+        raise ValueError(f"statement contains '%', which psycopg would read as a placeholder: {sql!r}")
+    return sql.replace("?", "%s")
+
+
+def list_links_sql(site: str | None, jid: str | None) -> tuple[str, list[str]]:
+    """The list_links statement (``?`` placeholders) and its parameters."""
+    clauses: list[str] = []
+    params: list[str] = []
+    if site is not None:
+        clauses.append("site = ?")
+        params.append(site)
+    if jid is not None:
+        clauses.append("jid = ?")
+        params.append(jid)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return SQL_LIST_LINKS + where + SQL_LIST_LINKS_ORDER, params
+
+
+# -- schema files ---------------------------------------------------------
+
+_SCHEMA_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class SchemaScript:
+    version: int
+    name: str
+    sql: str
+
+
+def load_schema_scripts() -> list[SchemaScript]:
+    """The packaged ``schema/NNN_*.sql`` files, in version order.
+
+    Versions must run 1, 2, 3... without gaps or duplicates: a packaging
+    mistake should stop the server, not leave a database half-migrated.
+    """
+    folder = importlib.resources.files("sns_xmpp.store").joinpath("schema")
+    scripts = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _SCHEMA_FILE.match(entry.name)
+        if match is None:
+            raise RuntimeError(f"schema file {entry.name!r} is not named NNN_name.sql")
+        scripts.append(SchemaScript(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
+    scripts.sort(key=lambda script: script.version)
+    versions = [script.version for script in scripts]
+    if versions != list(range(1, len(scripts) + 1)):
+        raise RuntimeError(f"schema versions must be 1..n without gaps, got {versions}")
+    return scripts
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into statements, one per ``execute``.
+
+    ``executescript`` would commit the migration transaction before running,
+    so each statement is executed on its own; ``complete_statement`` (SQLite's
+    tokenizer, which knows the quoting and comment syntax both engines share)
+    keeps semicolons inside strings and comments from splitting a statement.
+    """
+    statements = []
+    start = 0
+    for end in (m.end() for m in re.finditer(";", script)):
+        candidate = script[start:end]
+        if sqlite3.complete_statement(candidate):
+            statements.append(candidate.strip())
+            start = end
+    rest = "\n".join(line for line in script[start:].splitlines() if not line.strip().startswith("--"))
+    if rest.strip():
+        raise ValueError(f"schema script ends without ';': {rest.strip()[:60]!r}")
+    return statements
+
+
+def schema_too_new(where: str, current: int, known: int) -> SchemaTooNewError:
+    return SchemaTooNewError(
+        f"{where}: database schema version {current} is newer than"
+        f" this sns-xmpp supports (version {known}); run the release"
+        " that wrote it or restore a backup"
+    )
+
+
+# -- rows and records -----------------------------------------------------
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _unb64(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)
+
+
+def credential_rows(jid: str, credentials: Sequence[ScramCredential]) -> list[tuple[Any, ...]]:
+    """Parameters for SQL_INSERT_CREDENTIAL; ValueError on a repeated mechanism."""
+    mechanisms = [c.mechanism for c in credentials]
+    if len(set(mechanisms)) != len(mechanisms):
+        raise ValueError(f"more than one credential per mechanism: {sorted(mechanisms)}")
+    return [(jid, c.mechanism, _b64(c.salt), c.iterations, _b64(c.stored_key), _b64(c.server_key)) for c in credentials]
+
+
+def account_from_rows(jid: str, rows: Sequence[Sequence[Any]]) -> Account | None:
+    """The account from SQL_GET_ACCOUNT's rows (None when there are none)."""
+    if not rows:
+        return None
+    credentials = tuple(
+        ScramCredential(
+            mechanism=row[2],
+            salt=_unb64(row[3]),
+            iterations=row[4],
+            stored_key=_unb64(row[5]),
+            server_key=_unb64(row[6]),
+        )
+        for row in rows
+        if row[2] is not None  # the LEFT JOIN row of an account without any
+    )
+    return Account(jid=jid, created_at=rows[0][0], credentials=credentials, social=bool(rows[0][1]))
+
+
+def roster_item_from_row(row: Sequence[Any]) -> RosterItem:
+    return RosterItem(
+        contact=row[0],
+        name=row[1],
+        groups=tuple(json.loads(row[2])),
+        subscription=row[3],
+        ask=bool(row[4]),
+        approved=bool(row[5]),
+    )
+
+
+def roster_item_params(owner: str, item: RosterItem) -> tuple[Any, ...]:
+    """Parameters for SQL_PUT_ROSTER_ITEM."""
+    groups = json.dumps(list(item.groups), ensure_ascii=False)
+    return (owner, item.contact, item.name, groups, item.subscription, int(item.ask), int(item.approved))
+
+
+def offline_from_row(row: Sequence[Any]) -> OfflineMessage:
+    return OfflineMessage(id=row[0], stanza=row[1], stored_at=row[2])
+
+
+def link_from_row(row: Sequence[Any]) -> SocialLink:
+    return SocialLink(site=row[0], account=row[1], jid=row[2], created_at=row[3], last_login=row[4])
+
+
+class AbandonTransaction(Exception):
+    """Roll the current transaction back without it being an error."""
+
+
+# -- the synchronous database, whichever engine ---------------------------
+
+
+class Database(Protocol):
+    """What :class:`SQLiteDatabase` and :class:`PostgresDatabase` both offer.
+
+    The blocking twin of :class:`IStore` (same methods, plain return values),
+    plus the schema version and ``close``.  One instance is used from one
+    thread at a time.
+    """
+
+    @property
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def get_account(self, jid: str) -> Account | None: ...
+
+    def account_exists(self, jid: str) -> bool: ...
+
+    def create_account(
+        self, jid: str, credentials: Sequence[ScramCredential], now: float, social: bool = False
+    ) -> bool: ...
+
+    def set_credentials(self, jid: str, credentials: Sequence[ScramCredential]) -> bool: ...
+
+    def delete_account(self, jid: str) -> bool: ...
+
+    def list_accounts(self, domain: str | None = None) -> list[str]: ...
+
+    def get_roster(self, owner: str) -> list[RosterItem]: ...
+
+    def put_roster_item(self, owner: str, item: RosterItem) -> None: ...
+
+    def remove_roster_item(self, owner: str, contact: str) -> None: ...
+
+    def add_subscription_request(self, owner: str, contact: str) -> None: ...
+
+    def remove_subscription_request(self, owner: str, contact: str) -> None: ...
+
+    def subscription_requests(self, owner: str) -> list[str]: ...
+
+    def store_offline(self, owner: str, stanza: str, now: float) -> int: ...
+
+    def offline_messages(self, owner: str) -> list[OfflineMessage]: ...
+
+    def delete_offline(self, owner: str, ids: Sequence[int]) -> None: ...
+
+    def count_offline(self, owner: str) -> int: ...
+
+    def get_link(self, site: str, account: str) -> SocialLink | None: ...
+
+    def link_account(self, site: str, account: str, jid: str, now: float) -> SocialLink: ...
+
+    def touch_link(self, site: str, account: str, now: float) -> None: ...
+
+    def list_links(self, site: str | None = None, jid: str | None = None) -> list[SocialLink]: ...
+
+    def remove_link(self, site: str, account: str) -> bool: ...
+
+    def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> bool: ...
+
+
+def migrate(database_factory: Callable[[], Database]) -> int:
+    """Bring the database's schema up to date; the schema version it now has.
+
+    Opening a database applies the pending schema files (in one transaction,
+    serialised against other processes doing the same), so this opens and
+    closes it.  Raises :class:`SchemaTooNewError` for a database written by a
+    newer release.
+    """
+    database = database_factory()
+    try:
+        return database.schema_version
+    finally:
+        database.close()

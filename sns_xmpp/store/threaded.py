@@ -1,0 +1,250 @@
+"""The :class:`IStore` the server uses: a synchronous database run in a worker thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from sns_xmpp.store.common import Database
+from sns_xmpp.store.interface import IStore, StoreClosedError
+from sns_xmpp.store.records import (
+    Account,
+    OfflineMessage,
+    RosterItem,
+    ScramCredential,
+    SocialLink,
+)
+
+__all__ = ["ThreadedStore"]
+
+_R = TypeVar("_R")
+
+
+class _Once:
+    """The outcome of a one-time event that any number of callers await.
+
+    A Deferred has a single callback chain, so it cannot be handed to
+    several callers; each waiter gets its own.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred[None]] | None = []
+        self._failure: Failure | None = None
+
+    def wait(self) -> Deferred[None]:
+        if self._waiters is None:
+            return succeed(None) if self._failure is None else fail(self._failure)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def fire(self, result: object) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        if isinstance(result, Failure):
+            self._failure = result
+        for waiter in waiters:
+            if self._failure is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(self._failure)
+
+
+@implementer(IStore)
+class ThreadedStore(Service):
+    """:class:`IStore` running a synchronous :class:`Database` in one worker thread.
+
+    ``open_database`` opens (and migrates) either engine's database, e.g.
+    ``lambda: SQLiteDatabase(path)`` or ``lambda: PostgresDatabase(dsn)``.
+    The database is opened in the worker when the service starts; calls
+    made before that queue up and run after it.  Calls run one at a time
+    in order.  Once ``stopService`` or ``close`` is called new calls fail
+    with :class:`StoreClosedError`, and the returned Deferred fires after
+    the calls already queued have finished and the database is closed.  A
+    stopped store cannot be started again.
+
+    One thread with one connection serialises every call, which suits
+    SQLite (one writer at a time anyway) and a small PostgreSQL
+    deployment.  Scaling out on PostgreSQL means a pool of connections,
+    one per worker thread, each call taking a free one: the databases'
+    methods are already safe to run side by side on separate connections,
+    but calls would no longer run in the order they were made.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        open_database: Callable[[], Database],
+        reactor: IReactorFromThreads,
+    ) -> None:
+        self._open_database = open_database
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name="sns-xmpp-store")
+        # Read and written only in the worker thread.
+        self._db: Database | None = None
+        self._open_error: Exception | None = None
+        self._shut = False
+        # Read and written only in the reactor thread.
+        self._closing = False
+        self._closed = _Once()
+
+    # -- service ----------------------------------------------------------
+
+    def startService(self) -> None:
+        if self._closing:
+            raise RuntimeError("a stopped ThreadedStore cannot be started again")
+        super().startService()
+        self._pool.start()
+        # The worker is not a daemon thread: if the service is never stopped (a
+        # crash between start and stop), the reactor's shutdown must end it, or
+        # the interpreter waits for it forever.
+        IReactorCore(self._reactor).addSystemEventTrigger("during", "shutdown", self._stop_abandoned_pool)
+        opening = deferToThreadPool(self._reactor, self._pool, self._database)
+        opening.addErrback(lambda failure: self._log.failure("Could not open the store database", failure))
+
+    def _stop_abandoned_pool(self) -> None:
+        if self._pool.started and not self._closing:
+            self._pool.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close()
+
+    def when_open(self) -> Deferred[None]:
+        """Fires once the database is open; fails if opening it failed."""
+        return self._call(lambda db: None)
+
+    def _database(self) -> Database:
+        # Opened by whichever job runs first, so that calls queued before
+        # startService (they run once the pool starts) find it open too.
+        if self._db is not None:
+            return self._db
+        if self._shut:
+            raise StoreClosedError("the store is closed")
+        if self._open_error is None:
+            try:
+                self._db = self._open_database()
+                return self._db
+            except Exception as error:
+                self._open_error = error
+        # Every call fails the same way, naming the cause, rather than each
+        # one retrying an open that cannot work (e.g. a schema too new).
+        raise StoreClosedError(f"could not open the store database: {self._open_error}") from self._open_error
+
+    def _close_in_worker(self) -> None:
+        self._shut = True
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _stop_pool(self, result: object) -> object:
+        self._pool.stop()  # joins a worker that has just gone idle
+        return result
+
+    def _call(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+        if self._closing:
+            return fail(StoreClosedError("the store is closed"))
+        return deferToThreadPool(self._reactor, self._pool, self._in_worker, work)
+
+    def _in_worker(self, work: Callable[[Database], _R]) -> _R:
+        return work(self._database())
+
+    # -- IStore -----------------------------------------------------------
+    # Sequences are copied before they cross to the worker thread, so a
+    # caller reusing its list cannot change what the call does.
+
+    def close(self) -> Deferred[None]:
+        if not self._closing:
+            self._closing = True
+            if not self._pool.started:
+                # Calls queued before a start that never came would otherwise
+                # wait forever; run them, then the close.
+                self._pool.start()
+            closing = deferToThreadPool(self._reactor, self._pool, self._close_in_worker)
+            closing.addBoth(self._stop_pool)
+            closing.addBoth(self._closed.fire)
+        return self._closed.wait()
+
+    def get_account(self, jid: str) -> Deferred[Account | None]:
+        return self._call(lambda db: db.get_account(jid))
+
+    def account_exists(self, jid: str) -> Deferred[bool]:
+        return self._call(lambda db: db.account_exists(jid))
+
+    def create_account(
+        self,
+        jid: str,
+        credentials: Sequence[ScramCredential],
+        now: float,
+        social: bool = False,
+    ) -> Deferred[bool]:
+        frozen = tuple(credentials)
+        return self._call(lambda db: db.create_account(jid, frozen, now, social))
+
+    def set_credentials(self, jid: str, credentials: Sequence[ScramCredential]) -> Deferred[bool]:
+        frozen = tuple(credentials)
+        return self._call(lambda db: db.set_credentials(jid, frozen))
+
+    def delete_account(self, jid: str) -> Deferred[bool]:
+        return self._call(lambda db: db.delete_account(jid))
+
+    def list_accounts(self, domain: str | None = None) -> Deferred[list[str]]:
+        return self._call(lambda db: db.list_accounts(domain))
+
+    def get_roster(self, owner: str) -> Deferred[list[RosterItem]]:
+        return self._call(lambda db: db.get_roster(owner))
+
+    def put_roster_item(self, owner: str, item: RosterItem) -> Deferred[None]:
+        return self._call(lambda db: db.put_roster_item(owner, item))
+
+    def remove_roster_item(self, owner: str, contact: str) -> Deferred[None]:
+        return self._call(lambda db: db.remove_roster_item(owner, contact))
+
+    def add_subscription_request(self, owner: str, contact: str) -> Deferred[None]:
+        return self._call(lambda db: db.add_subscription_request(owner, contact))
+
+    def remove_subscription_request(self, owner: str, contact: str) -> Deferred[None]:
+        return self._call(lambda db: db.remove_subscription_request(owner, contact))
+
+    def subscription_requests(self, owner: str) -> Deferred[list[str]]:
+        return self._call(lambda db: db.subscription_requests(owner))
+
+    def store_offline(self, owner: str, stanza: str, now: float) -> Deferred[int]:
+        return self._call(lambda db: db.store_offline(owner, stanza, now))
+
+    def offline_messages(self, owner: str) -> Deferred[list[OfflineMessage]]:
+        return self._call(lambda db: db.offline_messages(owner))
+
+    def delete_offline(self, owner: str, ids: Sequence[int]) -> Deferred[None]:
+        frozen = tuple(ids)
+        return self._call(lambda db: db.delete_offline(owner, frozen))
+
+    def count_offline(self, owner: str) -> Deferred[int]:
+        return self._call(lambda db: db.count_offline(owner))
+
+    def get_link(self, site: str, account: str) -> Deferred[SocialLink | None]:
+        return self._call(lambda db: db.get_link(site, account))
+
+    def link_account(self, site: str, account: str, jid: str, now: float) -> Deferred[SocialLink]:
+        return self._call(lambda db: db.link_account(site, account, jid, now))
+
+    def touch_link(self, site: str, account: str, now: float) -> Deferred[None]:
+        return self._call(lambda db: db.touch_link(site, account, now))
+
+    def list_links(self, site: str | None = None, jid: str | None = None) -> Deferred[list[SocialLink]]:
+        return self._call(lambda db: db.list_links(site, jid))
+
+    def remove_link(self, site: str, account: str) -> Deferred[bool]:
+        return self._call(lambda db: db.remove_link(site, account))
+
+    def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
+        return self._call(lambda db: db.remember_token(site, token_digest, expires_at, now))
