@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -15,6 +16,8 @@ from sns_xmpp.config import Config, parse_config
 
 # Nothing here may import a module that imports twisted.internet.reactor: this
 # file loads before pytest-twisted installs the asyncio reactor.
+
+pytest_plugins = ["tests.pgfixtures"]
 
 BASE_CONFIG = """
 [server]
@@ -106,3 +109,18 @@ async def start_server(tmp_path: Path):
 @pytest_twisted.async_yield_fixture
 async def server(start_server: Callable) -> RunningServer:
     yield await start_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_config(request: pytest.FixtureRequest) -> str:
+    """The [store] table for each backend; PostgreSQL gets a fresh database in the session's cluster."""
+    if request.param == "sqlite":
+        return ""
+    dsn = request.getfixturevalue("new_postgres_database")()
+    return f'\n[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+
+
+@pytest_twisted.async_yield_fixture
+async def server_on_each_store(start_server: Callable, store_config: str, tmp_path: Path) -> RunningServer:
+    """The server with the demo site, once on SQLite and once on PostgreSQL."""
+    yield await start_server(make_config(tmp_path, DEMO_SITE + store_config))

@@ -64,8 +64,11 @@ async def failure_text(server, username: str, password: str, mechanism: str = "P
 
 
 @pytest_twisted.ensureDeferred
-async def test_patent_flow_with_the_demo_site_then_chat_with_a_local_user(server) -> None:
-    """HTTP entry -> demo site -> callback -> XMPP login as <identifier>@demo, linked once, chatting."""
+async def test_patent_flow_with_the_demo_site_then_chat_with_a_local_user(server_on_each_store) -> None:
+    """HTTP entry -> demo site -> callback -> XMPP login as <identifier>@demo, linked once, chatting.
+
+    On SQLite and on PostgreSQL."""
+    server = server_on_each_store
     credentials = await demo_credentials(server, "alice")
     assert credentials["username"].startswith("alice.") and credentials["username"].endswith("@demo")
     assert credentials["jid"] == credentials["username"].replace("@demo", "\\40demo") + "@localhost"

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from sns_xmpp.store.interface import (
 from sns_xmpp.store.postgres import PostgresDatabase, postgres_ddl
 from sns_xmpp.store.records import Account, RosterItem, SocialLink
 from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore, load_schema_scripts
-from tests.pgcluster import Cluster, PostgresUnavailable, running_cluster
 
 NOW = 1_700_000_000.25
 
@@ -99,43 +97,6 @@ class PostgresBackend(Backend):
         with psycopg.connect(self.target, autocommit=True) as conn:
             cursor = conn.execute(postgres_placeholders(sql), params)
             return cursor.fetchall() if cursor.description else []
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """One throwaway PostgreSQL cluster for the whole session."""
-    stack = ExitStack()
-    try:
-        cluster = stack.enter_context(running_cluster())
-    except PostgresUnavailable as reason:
-        if os.environ.get("SNS_XMPP_REQUIRE_POSTGRES"):  # set by .ci/run, which installs PostgreSQL
-            pytest.fail(f"SNS_XMPP_REQUIRE_POSTGRES is set, but: {reason}")
-        pytest.skip(f"PostgreSQL tests need a server: {reason}")
-    with stack:
-        yield cluster
-
-
-_database_numbers = itertools.count()
-
-
-@pytest.fixture
-def new_postgres_database(postgres_cluster: Cluster) -> Iterator[Callable[[], str]]:
-    """Makes fresh, empty databases in the session's cluster; dropped after the test."""
-    names: list[str] = []
-
-    def create() -> str:
-        names.append(f"test_{next(_database_numbers)}")
-        return postgres_cluster.create_database(names[-1])
-
-    yield create
-    for name in names:
-        postgres_cluster.drop_database(name)  # FORCE: also ends connections a failed test left open
-
-
-@pytest.fixture
-def postgres_dsn(new_postgres_database: Callable[[], str]) -> str:
-    """A fresh, empty database for this test."""
-    return new_postgres_database()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
