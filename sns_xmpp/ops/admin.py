@@ -20,6 +20,7 @@ from sns_xmpp.ops import site_tools
 from sns_xmpp.ops.manhole import hash_password
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
+from sns_xmpp.store.common import migrate
 from sns_xmpp.store.opening import database_opener
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
@@ -98,6 +99,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     rotate.add_argument("site")
     topics.add_parser("check-config", help="validate the file; print the effective configuration, secrets masked")
     topics.add_parser("manhole-hash", help="hash a console password (from a prompt or stdin)")
+    topics.add_parser("migrate", help="apply pending schema versions to the configured database")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
@@ -117,6 +119,9 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     if args.topic == "check-config":
         load_sites(config.sites, SiteContext(None, config.http.public_url, config.data_dir, config.server.domains))
         site_tools.effective_config(config, stdout)
+        return
+    if args.topic == "migrate":
+        print(f"schema version {migrate(database_opener(config))}", file=stdout)
         return
     if args.topic == "manhole-hash":
         print(hash_password(_read_password(stdin)), file=stdout)

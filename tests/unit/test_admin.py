@@ -43,6 +43,12 @@ def admin(config: Path, *args: str, stdin: str = "") -> str:
     return out.getvalue()
 
 
+def test_migrate_reports_the_schema_version(config: Path) -> None:
+    from sns_xmpp.store.common import load_schema_scripts
+
+    assert admin(config, "migrate") == f"schema version {len(load_schema_scripts())}\n"
+
+
 def test_users_and_links(config: Path, tmp_path: Path) -> None:
     assert admin(config, "user", "add", "Alice@localhost", stdin="pw\n") == "created alice@localhost\n"
     with pytest.raises(AdminError, match="backslash"):
