@@ -399,17 +399,8 @@ def test_migrate_applies_the_schema_once(backend: Backend) -> None:
     ]
 
 
-def test_first_opens_at_once_agree(backend: Backend, request: pytest.FixtureRequest) -> None:
+def test_first_opens_at_once_agree(backend: Backend) -> None:
     """Two processes opening an empty database at once both get the schema, applied once."""
-    if backend.name == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="SQLiteDatabase: PRAGMA journal_mode = WAL on a new file fails at once with"
-                " 'database is locked' (no busy wait) while another connection migrates it",
-                raises=sqlite3.OperationalError,
-                strict=False,
-            )
-        )
     known = len(load_schema_scripts())
     for _round in range(10):
         empty = backend.fresh()
