@@ -126,6 +126,7 @@ class C2SConfig:
     ping_timeout: int = _setting(60, _integer(1, 3600), "seconds to answer that ping before the stream ends")
     max_connections_per_ip: int = _setting(50, _integer(1, 1_000_000), "open streams one address may hold")
     max_resources: int = _setting(10, _integer(1, 1000), "sessions one account may bind at once")
+    max_offline_messages: int = _setting(1000, _integer(1, 1_000_000), "messages kept for one offline user")
     resume_timeout: int = _setting(300, _integer(1, 86400), "seconds a dropped XEP-0198 session waits to resume")
     auth_block_after: int = _setting(10, _integer(2, 10000), "failures (per address or account) before a block")
     auth_block_seconds: int = _setting(900, _integer(1, 86400), "how long such a block lasts")

@@ -149,7 +149,8 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     metrics = Metrics()
     router = StanzaRouter(metrics)
     sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics,
-                              config.xmpp.c2s.max_resources, config.xmpp.c2s.resume_timeout)
+                              config.xmpp.c2s.max_resources, config.xmpp.c2s.resume_timeout,
+                              config.xmpp.c2s.max_offline_messages)
     metrics.watch_sessions(sessions)
     server_iq.install(sessions, router)
     for domain in config.server.domains:

@@ -37,20 +37,33 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
 
     release = stream_management.hold()  # the sender's ack waits for the disk
 
-    def stored_durably(_: object) -> None:
-        sessions.metrics.offline_stored.inc()
+    def done() -> None:
         if release is not None:
             release()
+
+    def bounce(text: str) -> None:
+        done()
+        if message.getAttribute("from"):
+            sessions.route(error_reply(message, "service-unavailable", text))
+
+    def store_unless_full(queued: int) -> Deferred[None] | None:
+        if queued >= sessions.max_offline:
+            # Full: the sender hears so; nothing is dropped silently.
+            sessions.metrics.limit("offline-queue")
+            bounce("the recipient's offline storage is full")
+            return None
+        writing: Deferred[int] = sessions.store.store_offline(owner, stored, now)
+        return writing.addCallbacks(stored_durably, no_such_user)
+
+    def stored_durably(_: object) -> None:
+        sessions.metrics.offline_stored.inc()
+        done()
 
     def no_such_user(reason: Failure) -> None:
         reason.trap(NoSuchAccountError)
-        if release is not None:
-            release()
-        if message.getAttribute("from"):
-            sessions.route(error_reply(message, "service-unavailable"))
+        bounce("no such user")
 
-    d = sessions.store.store_offline(owner, stored, now)
-    d.addCallbacks(stored_durably, no_such_user)
+    d = sessions.store.count_offline(owner).addCallback(store_unless_full)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 
 

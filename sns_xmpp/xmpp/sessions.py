@@ -92,7 +92,8 @@ def _sm_failed(condition: str) -> domish.Element:
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
                  route: Callable[[domish.Element], None], metrics: Metrics | None = None,
-                 max_resources: int = 10, resume_timeout: int = 300) -> None:
+                 max_resources: int = 10, resume_timeout: int = 300, max_offline: int = 1000) -> None:
+        self.max_offline = max_offline
         self.resume_timeout = resume_timeout
         self.resumable: dict[str, ClientSession] = {}
         self.max_resources = max_resources

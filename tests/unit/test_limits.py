@@ -154,6 +154,9 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
             writes.append(defer.Deferred())
             return writes[-1]
 
+        def count_offline(self, owner: str) -> defer.Deferred:
+            return defer.succeed(len(writes))
+
     factory, clock = factory_and_clock()
     sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
     stream, transport = connect(factory)
@@ -167,3 +170,29 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
     assert "<a " not in output(transport), "not acknowledged while the write is pending"
     writes[0].callback(1)
     assert "<a xmlns='urn:xmpp:sm:3' h='2'/>" in output(transport)
+
+
+def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
+    stored: list[str] = []
+
+    class Store:
+        def count_offline(self, owner: str) -> defer.Deferred:
+            return defer.succeed(len(stored))
+
+        def store_offline(self, owner: str, stanza: str, now: float) -> defer.Deferred:
+            stored.append(stanza)
+            return defer.succeed(len(stored))
+
+    routed: list = []
+    sessions = SessionManager(["localhost"], Store(), Clock(), routed.append, max_offline=2)  # type: ignore[arg-type]
+    from twisted.words.xish import domish
+
+    for n in range(3):
+        message = domish.Element((None, "message"))
+        message["to"], message["from"], message["type"] = "alice@localhost", "bob@localhost/r", "chat"
+        message.addElement("body", content=f"m{n}")
+        sessions.deliver(message)
+    assert len(stored) == 2
+    [bounce] = routed
+    assert (bounce["type"], bounce["to"]) == ("error", "bob@localhost/r")
+    assert bounce.error.firstChildElement().name == "service-unavailable"
