@@ -9,7 +9,6 @@ signature covers the payload, and the user id in the name must be the payload's.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -33,6 +32,7 @@ from sns_xmpp.sites.interface import (
     SocialCredentials,
     VerifiedAccount,
 )
+from sns_xmpp.sites.jose import JOSEError, b64url_decode
 
 USER_ID = re.compile(r"[0-9]{1,32}")
 MAX_SIGNED_REQUEST = 4096
@@ -41,10 +41,10 @@ DEFAULT_LOGIN_URL = ("https://www.facebook.com/dialog/oauth?client_id={app_id}"
 
 
 def _unb64(text: str) -> bytes:
-    padded = text + "=" * (-len(text) % 4)
+    """Strict base64url: one spelling per value, so a token cannot be re-spelt past single_use."""
     try:
-        return base64.urlsafe_b64decode(padded.encode("ascii"))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return b64url_decode(text)
+    except JOSEError:
         raise SiteRejection(Rejection.MALFORMED, "the signed request is not base64url") from None
 
 

@@ -5,7 +5,7 @@ A plugin is an entry point in the group ``sns_xmpp.sites`` naming a factory:
     factory(site_id: str, settings: Mapping[str, Any], context: SiteContext) -> ISite
 
 ``settings`` is the site's ``[sites.<site_id>]`` table without the keys the
-registry itself reads (``plugin``, ``enabled``, ``display_name``). A factory
+registry itself reads (``plugin``, ``enabled``). A factory
 refuses bad settings by raising ``SiteConfigError(key, problem)`` with the key
 inside the table; the registry reports it as ``sites.<site_id>.<key>``.
 

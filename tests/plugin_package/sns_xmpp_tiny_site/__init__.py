@@ -44,12 +44,15 @@ class TinySite:
     def verify(self, identifier: str, token: str, now: float) -> defer.Deferred:
         try:
             user = self.parse_identifier(identifier)
-            expires = int(token.split("-", 1)[0])
+            stamp = token.split("-", 1)[0]
+            if not (stamp.isascii() and stamp.isdigit()):
+                raise ValueError(stamp)
+            expires = int(stamp)
         except ValueError:
             return defer.fail(SiteRejection(Rejection.MALFORMED, "not a tiny token"))
         except SiteRejection as rejection:
             return defer.fail(rejection)
-        if not hmac.compare_digest(token_for(self._secret, user, expires), token):
+        if not hmac.compare_digest(token_for(self._secret, user, expires).encode(), token.encode("utf-8", "replace")):
             return defer.fail(SiteRejection(Rejection.BAD_SIGNATURE, "wrong token"))
         if now > expires:
             return defer.fail(SiteRejection(Rejection.EXPIRED, "token expired"))
