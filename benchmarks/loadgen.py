@@ -2,6 +2,8 @@
 
 It speaks just enough of RFC 6120/6121 for the benchmark: the stream, STARTTLS, SASL PLAIN and
 SCRAM-SHA-256/SCRAM-SHA-1, resource binding, the legacy session, presence and chat messages.
+Credentials come from a provider named in the job: pre-created local accounts, or social
+logins with tokens made here (``hmac`` signatures, ``oidc`` RS256 ID tokens).
 Incoming XML goes through expat (``XMLPullParser``) and outgoing stanzas are preformatted
 strings, so the generator spends much less CPU per stanza than the server it measures.
 
@@ -91,10 +93,81 @@ def local_accounts(spec: Mapping[str, Any]) -> CredentialsProvider:
     return credentials
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_json(value: Any) -> str:
+    return _b64url(json.dumps(value, separators=(",", ":")).encode())
+
+
+def hmac_tokens(spec: Mapping[str, Any]) -> CredentialsProvider:
+    """Social logins at an ``hmac`` site (docs/sites.md), signed here afresh for every attempt.
+
+    The identifier is ``<prefix><i>.<session>.<expires>.<kid>`` with i cycling through
+    ``users``, a new random session id each time and ``expires`` ``lifetime`` seconds ahead;
+    the password is the unpadded base64url HMAC-SHA256, under ``key``, of
+    ``"sns-xmpp-hmac-v1:" + site + ":" + identifier``. The user name is ``<identifier>@<site>``.
+    """
+    site, kid, key = str(spec["site"]), str(spec["kid"]), str(spec["key"]).encode()
+    prefix, users, lifetime = str(spec["prefix"]), int(spec["users"]), int(spec["lifetime"])
+    mechanism = str(spec["mechanism"])
+
+    def credentials(attempt: int) -> Credentials:
+        identifier = f"{prefix}{attempt % users}.{secrets.token_hex(8)}.{int(time.time()) + lifetime}.{kid}"
+        mac = hmac.digest(key, f"sns-xmpp-hmac-v1:{site}:{identifier}".encode(), "sha256")
+        return Credentials(f"{identifier}@{site}", _b64url(mac), mechanism)
+
+    return credentials
+
+
+def oidc_tokens(spec: Mapping[str, Any]) -> CredentialsProvider:
+    """Social logins at an ``oidc`` site with RS256 ID tokens, all minted here before the timed part.
+
+    ``tokens`` tokens, the n-th for subject ``<prefix><n % users>``, signed with the RSA key in
+    ``key_file`` (published by the benchmark's provider under ``kid``), with ``iss``, ``aud``,
+    ``sub``, ``iat``, ``exp`` (``lifetime`` seconds ahead), ``name`` and a fresh ``nonce``
+    each. The daemon accepts only nonces it issued: ``<random>.<HMAC-SHA256>`` of the random
+    bytes under the install's secret (``nonce_secret``, hex, which the runner wrote into the
+    daemon's data folder), as `sns_xmpp.sites.oidc.NonceKey` makes them. Attempts cycle through
+    the tokens; the user name is ``<sub>@<site>``.
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    site, kid, mechanism = str(spec["site"]), str(spec["kid"]), str(spec["mechanism"])
+    prefix, users, count, lifetime = str(spec["prefix"]), int(spec["users"]), int(spec["tokens"]), int(spec["lifetime"])
+    with open(str(spec["key_file"]), "rb") as pem:
+        key = serialization.load_pem_private_key(pem.read(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{spec['key_file']} does not hold an RSA private key")
+    secret = bytes.fromhex(str(spec["nonce_secret"]))
+    nonce_context = b"sns-xmpp oidc nonce\0" + site.encode() + b"\0"
+    header = _b64url_json({"alg": "RS256", "typ": "JWT", "kid": kid})
+    now = int(time.time())
+    minted = []
+    for index in range(max(1, count)):
+        random = secrets.token_bytes(16)
+        nonce = f"{_b64url(random)}.{_b64url(hmac.digest(secret, nonce_context + random, 'sha256'))}"
+        sub = f"{prefix}{index % users}"
+        claims = {"iss": spec["issuer"], "aud": spec["client_id"], "sub": sub, "iat": now, "exp": now + lifetime,
+                  "nonce": nonce, "name": f"Bench User {index % users}"}
+        signing_input = f"{header}.{_b64url_json(claims)}"
+        signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        minted.append(Credentials(f"{sub}@{site}", f"{signing_input}.{_b64url(signature)}", mechanism))
+
+    def credentials(attempt: int) -> Credentials:
+        return minted[attempt % len(minted)]
+
+    return credentials
+
+
 # Credentials providers by the name a job gives in ``credentials.provider``;
 # each takes the job's ``credentials`` table.
 PROVIDERS: dict[str, Callable[[Mapping[str, Any]], CredentialsProvider]] = {
     "local": local_accounts,
+    "hmac": hmac_tokens,
+    "oidc": oidc_tokens,
 }
 
 

@@ -24,6 +24,8 @@ import platform
 import queue
 import re
 import resource
+import secrets
+import select
 import shutil
 import signal
 import socket
@@ -53,6 +55,24 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 PHASES = ("login", "msgs", "idle")
 TRANSPORTS = ("tls", "tcp")
+# The login phase's scenarios, in the order they run (see login_scenarios).
+LOGIN_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp", "plain+tls", "plain+tcp",
+                   "hmac+tls", "hmac+tcp", "hmac-scram+tcp", "oidc+tls", "oidc+tcp")
+
+# Social sites (bench.toml.in). The hmac site's key is known to the generator, which signs a
+# fresh token per attempt; the oidc site's provider is benchmarks.idp, whose RSA key the runner
+# makes and the generator mints ID tokens with.
+HMAC_SITE = "bench"
+HMAC_KID = "bench1"
+HMAC_KEY = "bench-hmac-key-0-not-a-secret"
+OIDC_SITE = "benchidp"
+OIDC_CLIENT_ID = "sns-xmpp-bench"
+OIDC_KID = "bench-rs256"
+# Social account ids cycle through this many per scenario: the first login of each creates the
+# XMPP user and the link, later ones only find (and touch) the link.
+SOCIAL_USERS = 200
+# Social tokens expire this many seconds after they are made.
+TOKEN_LIFETIME = 300
 
 # A generator process whose CPU time is at least this share of one core is the bottleneck.
 SATURATED_PERCENT = 90.0
@@ -79,6 +99,7 @@ class Settings:
     pairs: int
     window: int
     transports: tuple[str, ...]
+    scenarios: tuple[str, ...]
     keep: bool
     quick: bool
 
@@ -133,6 +154,9 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--transports", type=_names(TRANSPORTS), default=TRANSPORTS, metavar="LIST",
                         help="STARTTLS (tls) and/or plain TCP (tcp) for the message and idle phases "
                              "(default tls,tcp)")
+    parser.add_argument("--scenarios", type=_names(LOGIN_SCENARIOS), default=LOGIN_SCENARIOS, metavar="LIST",
+                        help="which login scenarios to run, comma-separated (default: all of "
+                             + ", ".join(LOGIN_SCENARIOS) + ")")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else DEFAULTS
@@ -143,7 +167,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
 
     return Settings(phases=args.phases, logins=pick("logins"), concurrency=pick("concurrency"),
                     duration=pick("duration"), idle=pick("idle"), pairs=args.pairs, window=args.window,
-                    transports=args.transports, keep=args.keep, quick=args.quick)
+                    transports=args.transports, scenarios=args.scenarios, keep=args.keep, quick=args.quick)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -321,11 +345,17 @@ def read_log(path: Path, problem: re.Pattern[str] = _LOG_PROBLEM) -> LogReport:
 
 
 class Daemon:
-    """``twistd sns-xmpp`` on a fresh benchmark configuration in *workdir*."""
+    """``twistd sns-xmpp`` on a fresh benchmark configuration in *workdir*.
 
-    def __init__(self, workdir: Path, accounts: int) -> None:
+    With *idp*, the configuration has the oidc site ``OIDC_SITE`` on that provider, whose nonce
+    secret the runner writes into the data folder beforehand, and `start` also waits until the
+    daemon has loaded the provider's metadata and keys.
+    """
+
+    def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None) -> None:
         self.workdir = workdir
         self.accounts = accounts
+        self.idp = idp
         self.port = free_port()
         self.config_path = workdir / "bench.toml"
         self.log_path = workdir / "server.log"
@@ -343,9 +373,13 @@ class Daemon:
         self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
             domain=json.dumps(DOMAIN), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
             scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
-            http_url=json.dumps(f"http://{HOST}:{http_port}")), encoding="utf-8")
+            http_url=json.dumps(f"http://{HOST}:{http_port}"), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
+            hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)"),
+            encoding="utf-8")
         data_dir.mkdir()
         create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts)
+        if self.idp is not None:
+            self.idp.write_nonce_secret(data_dir)
         twistd = Path(sys.executable).with_name("twistd")
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own venv's twistd, our own arguments
@@ -359,7 +393,7 @@ class Daemon:
                                  + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
             try:
                 socket.create_connection((HOST, self.port), timeout=1).close()
-                return
+                break
             except OSError:
                 pass
             # A listener that failed to start is logged, not fatal: waiting longer would not help.
@@ -369,6 +403,16 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise BenchError(f"the daemon did not listen on port {self.port} within {timeout:g}s")
             time.sleep(0.1)
+        if self.idp is not None:
+            # The oidc site fetches the discovery document and the JWKS once it starts;
+            # until then its logins fail with provider-unavailable.
+            ready = re.compile(rf"oidc\.provider_ready site={re.escape(OIDC_SITE)}\b")
+            while not read_log(self.log_path, ready).problems:
+                self.ensure_running()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the daemon did not load the OpenID provider's keys within {timeout:g}s:\n"
+                                     + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
+                time.sleep(0.1)
 
     def ensure_running(self) -> None:
         assert self.process is not None
@@ -387,6 +431,71 @@ class Daemon:
             self.process.kill()
             self.exit_status = self.process.wait()
             raise BenchError(f"the daemon did not stop within {timeout:g}s of SIGTERM; killed") from None
+
+
+# -- the OpenID provider -------------------------------------------------------------------
+
+
+class IdentityProvider:
+    """`benchmarks.idp` in a process of its own, publishing an RSA key made here.
+
+    The load generator mints ID tokens with the same key (``key_file``) and makes nonces with
+    the nonce secret the runner writes into the daemon's data folder (``write_nonce_secret``).
+    """
+
+    def __init__(self, folder: Path, timeout: float = 30.0) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_file = folder / "idp-key.pem"
+        self.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+        self.nonce_secret = secrets.token_bytes(32)
+        self.log_path = folder / "idp.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "benchmarks.idp", "--key", str(self.key_file), "--kid", OIDC_KID,
+                 "--client-id", OIDC_CLIENT_ID], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=log, text=True, start_new_session=True)
+        try:
+            self.issuer = self._read_issuer(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_issuer(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if readable else ""
+        if not line:
+            status = self.process.poll()
+            raise BenchError(f"the OpenID provider did not start ({'still running' if status is None else status}):\n"
+                             + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
+        return str(json.loads(line)["issuer"])
+
+    def site_table(self) -> str:
+        return "\n".join([f"[sites.{OIDC_SITE}]", 'plugin = "oidc"', f"issuer = {json.dumps(self.issuer)}",
+                          f"client_id = {json.dumps(OIDC_CLIENT_ID)}",
+                          'client_secret = "bench-client-secret"  # the token endpoint is never used'])
+
+    def write_nonce_secret(self, data_dir: Path) -> None:
+        """The install's nonce secret, in the file and format `sns_xmpp.sites.oidc` reads."""
+        path = data_dir / f"oidc-{OIDC_SITE}.secret"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as secret:
+            secret.write(self.nonce_secret.hex() + "\n")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 # -- the load generator --------------------------------------------------------------------
@@ -515,12 +624,42 @@ def local_credentials(mechanism: str, accounts: int) -> dict[str, Any]:
             "mechanism": mechanism}
 
 
-def login_scenarios(accounts: int) -> list[LoginScenario]:
-    return [
-        LoginScenario(f"{label}+{'tls' if tls else 'tcp'}", tls, local_credentials(mechanism, accounts))
-        for label, mechanism in (("scram-sha-256", "SCRAM-SHA-256"), ("plain", "PLAIN"))
-        for tls in (True, False)
-    ]
+def hmac_credentials(mechanism: str, prefix: str) -> dict[str, Any]:
+    return {"provider": "hmac", "site": HMAC_SITE, "kid": HMAC_KID, "key": HMAC_KEY, "prefix": prefix,
+            "users": SOCIAL_USERS, "lifetime": TOKEN_LIFETIME, "mechanism": mechanism}
+
+
+def oidc_credentials(idp: IdentityProvider, prefix: str, tokens: int) -> dict[str, Any]:
+    return {"provider": "oidc", "site": OIDC_SITE, "issuer": idp.issuer, "client_id": OIDC_CLIENT_ID,
+            "kid": OIDC_KID, "key_file": str(idp.key_file), "nonce_secret": idp.nonce_secret.hex(),
+            "prefix": prefix, "users": SOCIAL_USERS, "tokens": tokens, "lifetime": TOKEN_LIFETIME,
+            "mechanism": "PLAIN"}
+
+
+def login_scenarios(names: Sequence[str], accounts: int, logins: int,
+                    idp: IdentityProvider | None) -> list[LoginScenario]:
+    """The scenarios called *names*, in the order of LOGIN_SCENARIOS; the oidc ones need *idp*.
+
+    Each social scenario has account ids of its own (``<scenario>-u<i>``), so that each
+    makes its own first logins.
+    """
+    scenarios = []
+    for name in names:
+        kind, transport = name.split("+")
+        tls = transport == "tls"
+        prefix = f"{kind}-{transport}-u"
+        if kind == "hmac":
+            credentials = hmac_credentials("PLAIN", prefix)
+        elif kind == "hmac-scram":
+            credentials = hmac_credentials("SCRAM-SHA-256", prefix)
+        elif kind == "oidc":
+            if idp is None:
+                raise BenchError(f"login scenario {name} needs the OpenID provider")
+            credentials = oidc_credentials(idp, prefix, logins)
+        else:
+            credentials = local_credentials(kind.upper(), accounts)
+        scenarios.append(LoginScenario(name, tls, credentials))
+    return scenarios
 
 
 def target(daemon: Daemon, tls: bool) -> dict[str, Any]:
@@ -533,8 +672,18 @@ def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> di
     result = measure(daemon, job, limit=60 + settings.logins / 5)
     figures, usage = result.figures, result.usage
     ok = figures["ok"]
+    credentials = scenario.credentials
+    social: dict[str, Any] = {}
+    if credentials["provider"] != "local":
+        # Attempt n logs in account n % users; the untimed first login has linked account 0.
+        # Each other account's first timed login creates its XMPP user and link (if it succeeds).
+        first = min(settings.logins, credentials["users"]) - 1
+        social = {"site": credentials["site"], "users": credentials["users"], "first_logins": first,
+                  "repeat_logins": settings.logins - first}
     return {
-        "mechanism": scenario.credentials["mechanism"],
+        "mechanism": credentials["mechanism"],
+        "credentials": credentials["provider"],
+        **social,
         "tls": scenario.tls,
         "concurrency": settings.concurrency,
         "logins": ok,
@@ -660,6 +809,10 @@ def table(report: Mapping[str, Any]) -> str:
             lines.append(f"{name:<18} {row['logins']:>6} {row['failed']:>5} {row['logins_per_s']:>9.1f} "
                          f"{_ms(row['server_cpu_ms_per_login']):>13} {_ms(row['latency_ms']['p50']):>8} "
                          f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
+        social = [f"{name} {row['first_logins']}/{row['repeat_logins']}"
+                  for name, row in phases["login"].items() if "first_logins" in row]
+        if social:
+            lines.append("social logins, first (user and link created) / repeat: " + ", ".join(social))
     if "msgs" in phases:
         lines += ["", f"{'msgs':<18} {'delivered':>9} {'msgs/s':>9} {'cpu s/1000':>11} {'p50 ms':>8} "
                       f"{'p99 ms':>8} {_CPU_HEADS}"]
@@ -714,11 +867,11 @@ class Bench:
         }
 
     @contextmanager
-    def daemon(self, label: str, accounts: int) -> Iterator[Daemon]:
+    def daemon(self, label: str, accounts: int, idp: IdentityProvider | None = None) -> Iterator[Daemon]:
         """A fresh daemon with *accounts* accounts, stopped afterwards; its log is checked and reported."""
         folder = self.folder / label
         folder.mkdir()
-        daemon = Daemon(folder, accounts)
+        daemon = Daemon(folder, accounts, idp)
         try:
             daemon.start()
             yield daemon
@@ -740,11 +893,26 @@ class Bench:
             log.kept_at = name
         return log
 
+    @contextmanager
+    def identity_provider(self) -> Iterator[IdentityProvider | None]:
+        """The OpenID provider, when an oidc scenario is to run; stopped afterwards."""
+        if not any(name.startswith("oidc+") for name in self.settings.scenarios):
+            yield None
+            return
+        idp = IdentityProvider(self.folder)
+        try:
+            yield idp
+        finally:
+            idp.stop()
+
     def login(self) -> dict[str, Any]:
         settings = self.settings
-        with self.daemon("login", max(settings.logins, settings.concurrency)) as daemon:
-            return {scenario.name: run_login(daemon, settings, scenario)
-                    for scenario in login_scenarios(daemon.accounts)}
+        results: dict[str, Any] = self.report["phases"].setdefault("login", {})
+        with self.identity_provider() as idp, \
+                self.daemon("login", max(settings.logins, settings.concurrency), idp) as daemon:
+            for scenario in login_scenarios(settings.scenarios, daemon.accounts, settings.logins, idp):
+                results[scenario.name] = run_login(daemon, settings, scenario)
+        return results
 
     def msgs(self) -> dict[str, Any]:
         with self.daemon("msgs", 2 * self.settings.pairs) as daemon:
