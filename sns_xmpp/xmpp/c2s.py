@@ -101,6 +101,14 @@ class ClientStream(xmlstream.XmlStream):
         if self.refusal is not None:
             self.fail(self.refusal)
 
+    def restart(self) -> None:
+        """A stream restart (after <proceed/> or <success/>): nothing left in the read that
+        carried the command may count, or plaintext could ride into the TLS stream
+        (the STARTTLS command-injection class of bug)."""
+        old = self.stream
+        old.ElementEvent = old.DocumentStartEvent = old.DocumentEndEvent = lambda *args: None
+        self.reset()
+
     def _initializeStream(self) -> None:
         super()._initializeStream()
         harden(self.stream.parser)

@@ -187,7 +187,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         stream.send(domish.Element((NS_TLS, "proceed")))
         ITLSTransport(stream.transport).startTLS(self.settings.tls_context)
         stream.secure = True
-        stream.reset()
+        stream.restart()
 
     def _sasl(self, element: domish.Element) -> None:
         if element.name == "auth":
@@ -275,7 +275,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             success.addContent(encode_payload(step.additional_data))
         stream.send(success)
         stream.otherEntity = parse_jid(step.result.jid)
-        stream.reset()
+        stream.restart()
 
     def _count(self, site: str | None, result: str) -> None:
         self.settings.metrics.login(site, result, self.xmlstream.clock.seconds() - self.auth_started)
