@@ -10,6 +10,10 @@ of the whole machine (``/proc/stat``) and the daemon's resident memory (``/proc/
 Every phase gets a daemon of its own, and so does each transport of the idle phase, so that
 no figure depends on what an earlier phase left behind (memory figures least of all).
 
+The login phase measures local accounts and social logins: an ``hmac`` site whose tokens the
+generator signs, and an ``oidc`` site whose provider (`benchmarks.idp`) the runner starts on
+loopback, with an RSA key it makes and the generator mints ID tokens with.
+
 All figures go to stdout as one JSON object, and to stderr as a table. Problems in the
 daemons' logs (warnings, errors, tracebacks) are reported in both; such a log is then kept.
 """
