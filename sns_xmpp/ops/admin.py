@@ -18,7 +18,6 @@ from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.ops import site_tools
 from sns_xmpp.ops.manhole import hash_password
-from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.common import migrate
 from sns_xmpp.store.opening import database_opener
@@ -117,7 +116,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
             site_tools.rotate_key(config, args.site, stdout, time.strftime("%Y%m%d"))
         return
     if args.topic == "check-config":
-        load_sites(config.sites, SiteContext(None, config.http.public_url, config.data_dir, config.server.domains))
+        load_sites(config.sites, site_tools.site_context(config))
         site_tools.effective_config(config, stdout)
         return
     if args.topic == "migrate":

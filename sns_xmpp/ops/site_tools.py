@@ -21,12 +21,12 @@ class ToolError(Exception):
     """A refusal the admin command prints as one line."""
 
 
-def _context(config: Config, reactor: Any = None) -> SiteContext:
+def site_context(config: Config, reactor: Any = None) -> SiteContext:
     return SiteContext(reactor, config.http.public_url, config.data_dir, config.server.domains)
 
 
 def list_sites(config: Config, stdout: TextIO) -> None:
-    enabled = load_sites(config.sites, _context(config))
+    enabled = load_sites(config.sites, site_context(config))
     for site_id, table in config.sites.items():
         site = enabled.get(site_id)
         state = "enabled" if site is not None else "disabled"
@@ -40,7 +40,7 @@ def check_sites(config: Config, stdout: TextIO, timeout: float = 15) -> bool:
     results: list[bool] = []
 
     async def check(reactor: Any) -> None:
-        registry = load_sites(config.sites, _context(config, reactor))
+        registry = load_sites(config.sites, site_context(config, reactor))
         registry.startService()
         for site in registry:
             ready = getattr(site, "when_ready", None)
@@ -65,7 +65,7 @@ def _hmac_site(config: Config, site_id: str) -> HmacSite:
     table = config.sites.get(site_id)
     if table is None:
         raise ToolError(f"no site '{site_id}' in the configuration")
-    site = load_sites({site_id: table}, _context(config)).get(site_id)
+    site = load_sites({site_id: table}, site_context(config)).get(site_id)
     if not isinstance(site, HmacSite):
         raise ToolError(f"site '{site_id}' is not a demo or hmac site (or is disabled)")
     return site

@@ -37,6 +37,7 @@ from twisted.web.client import Agent
 from zope.interface import implementer
 
 from sns_xmpp.sites import jose
+from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     IBearerSite,
     LoginStart,
@@ -171,26 +172,7 @@ def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
 
 
 def _client_secret(settings: Mapping[str, Any]) -> str:
-    if "client_secret" in settings and "client_secret_file" in settings:
-        raise SiteConfigError("client_secret_file", "give client_secret or client_secret_file, not both")
-    if "client_secret_file" in settings:
-        name = settings["client_secret_file"]
-        if not isinstance(name, str) or not name:
-            raise SiteConfigError("client_secret_file", "must be a file name")
-        try:
-            secret = Path(name).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            problem = getattr(e, "strerror", None) or "not UTF-8 text"
-            raise SiteConfigError("client_secret_file", f"cannot read: {problem}") from None
-        if not secret:
-            raise SiteConfigError("client_secret_file", "file is empty")
-        return secret
-    value = settings.get("client_secret")
-    if value is None:
-        raise SiteConfigError("client_secret", "required")
-    if not isinstance(value, str) or not value:
-        raise SiteConfigError("client_secret", "must be a non-empty string")
-    return value
+    return check.secret(settings, "client_secret", minimum=1)
 
 
 # -- nonces ---------------------------------------------------------------------------------------
