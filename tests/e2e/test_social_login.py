@@ -231,10 +231,19 @@ async def test_social_users_exist_while_offline(server) -> None:
     await wait(bob.log_out())
 
     bob = Client("bob@localhost", "secret")
+    bob.register_plugin("xep_0198")
+    enabled = asyncio.ensure_future(bob.wait_until("sm_enabled", 15))
     await wait(bob.log_in(server.c2s_port))
+    await wait(enabled)
     assert bob.client_roster[frank_jid]["subscription"] == "to"
+    acked: asyncio.Queue = asyncio.Queue()
+    bob.add_event_handler("stanza_acked", acked.put_nowait)
     bob.send_message(mto=frank_jid, mbody="while you were away", mtype="chat")
+    # slixmpp writes <r/> ahead of queued stanzas, so ask only once a ping shows the message is in.
     await wait(bob.plugin["xep_0199"].ping(jid="localhost"))
+    bob.plugin["xep_0198"].request_ack()
+    while (await wait(acked.get())).name != "message":
+        pass  # XEP-0198: the message is acknowledged only once its offline copy is on disk
     await wait(bob.log_out())
     assert await server.store.count_offline(frank_jid) == 1
 
