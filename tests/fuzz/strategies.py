@@ -31,10 +31,10 @@ NS_DELAY = "urn:xmpp:delay"
 KNOWN_NAMESPACES = (NS_CLIENT, NS_SASL, NS_TLS, NS_BIND, NS_SESSION, NS_SM, NS_PING, NS_ROSTER, NS_DISCO_INFO,
                     NS_DISCO_ITEMS, NS_VERSION, NS_STANZAS, NS_DELAY, NS_STREAMS, "jabber:server",
                     "jabber:x:data", "vcard-temp", "urn:xmpp:carbons:2", "urn:x-sns-xmpp:sites:0")
-# Namespace URIs holding ' < & or a tab, newline or carriage return are left out: the server relays
-# them unescaped, a known bug with its own test (test_known_bug_namespace_uris_are_relayed_unescaped).
+# With ' < & and blanks, which must reach a recipient escaped (test_namespace_uris_are_relayed_escaped).
 UNKNOWN_NAMESPACES = ("urn:example:unknown", "", "http://example.com/ns?x=y>z", 'urn:"quoted"', "jabber:client ",
-                      "urn:xmpp:sm:2", "JABBER:CLIENT", "urn:\u00e9\u2028")
+                      "urn:xmpp:sm:2", "JABBER:CLIENT", "urn:\u00e9\u2028", "urn:a'/><x", "urn:a&b<c",
+                      "urn:tab\tnl\ncr\r")
 
 # -- text -----------------------------------------------------------------------------------------
 

@@ -1391,8 +1391,7 @@ def alice(world: World, resource: str = "laptop") -> Conn:
     return conn
 
 
-@known_bug("domish writes namespace URIs unescaped: a sender can inject stanzas into the recipient's stream")
-def test_known_bug_namespace_uris_are_relayed_unescaped(fresh_world: World) -> None:
+def test_namespace_uris_are_relayed_escaped(fresh_world: World) -> None:
     """A namespace URI is text like any other: relayed to bob, it must stay inside its element. Here it
     closes alice's message and opens one 'from' admin@localhost on bob's stream (with &#9; for blanks)."""
     bob = log_in(fresh_world, Login("bob", PASSWORDS["bob"], "local"), "phone")
