@@ -27,7 +27,7 @@ def escape_uri(uri: str) -> str:
     return uri.translate(_ESCAPES)
 
 
-class EscapingSerializer(domish._ListSerializer):  # type: ignore[misc]
+class EscapingSerializer(domish._ListSerializer):
     """Twisted's serialiser with namespace URIs escaped (see the module's docstring)."""
 
     def serialize(self, elem: Any, closeElement: int = 1, defaultUri: str = "") -> None:
