@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 
 class ConfigError(Exception):
@@ -83,7 +83,7 @@ def _domains(value: Any) -> tuple[str, ...]:
     domains: list[str] = []
     for item in value:
         try:
-            parsed = JID(_text(item))
+            parsed = parse_jid(_text(item))
         except (InvalidFormat, ValueError):
             raise ValueError(f"{item!r} is not a valid domain name") from None
         if parsed.user is not None or parsed.resource is not None:
@@ -269,7 +269,7 @@ def _components(value: Any, dotted: str, base_dir: Path) -> dict[str, str]:
     for domain, table in value.items():
         where = f"{dotted}.{domain}"
         try:
-            parsed = JID(domain)
+            parsed = parse_jid(domain)
         except (InvalidFormat, ValueError):
             raise ConfigError(where, "is not a valid domain name") from None
         if parsed.user is not None or parsed.resource is not None:

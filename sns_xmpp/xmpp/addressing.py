@@ -1,8 +1,12 @@
-"""JID parsing for the stanza path: prepared once, remembered in a bounded cache.
+"""JID parsing for the stanza path: checked, prepared once, remembered in a bounded cache.
 
 Twisted's ``internJID`` caches every JID ever seen without bound, which a
 client can turn into a memory leak; stringprep is also the costliest step of
-routing, so a bounded LRU keeps both in check.
+routing, so a bounded LRU keeps both in check. Parts longer than RFC 7622
+allows are refused before stringprep, whose cost grows with the input
+(about a second per 250 kB, on the reactor thread), and before the cache.
+Every malformed JID raises `InvalidFormat`: Twisted's parser also raises
+RuntimeError, IndexError or UnicodeError for some (``''``, ``a..b``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,41 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 __all__ = ["InvalidFormat", "JID", "parse_jid", "bare", "escape_node", "unescape_node"]
 
 
-@lru_cache(maxsize=65536)
+MAX_PART_BYTES = 1023  # RFC 7622 3.2, 3.3.1, 3.4: each of localpart, domainpart and resourcepart
+
+
+def _part_too_long(part: str) -> bool:
+    # Four bytes per character at most, so short parts need no encoding.
+    return len(part) > MAX_PART_BYTES // 4 and len(part.encode("utf-8", "surrogatepass")) > MAX_PART_BYTES
+
+
 def parse_jid(text: str) -> JID:
-    """Return the prepared JID for *text*; raises InvalidFormat."""
-    return JID(text)
+    """Return the prepared JID for *text*; raises InvalidFormat for anything RFC 7622 refuses."""
+    if not text or len(text) > 3 * MAX_PART_BYTES + 2:
+        raise InvalidFormat("empty or too long")
+    address, slash, resource = text.partition("/")
+    local, at, domain = address.partition("@")
+    if not at:
+        local, domain = "", address
+    if (at and not local) or (slash and not resource):
+        raise InvalidFormat("an empty localpart or resourcepart")  # Twisted would drop the separator
+    if _part_too_long(local) or _part_too_long(domain) or _part_too_long(resource):
+        raise InvalidFormat("a part is longer than 1023 bytes")
+    return _prepared(text)
+
+
+@lru_cache(maxsize=65536)
+def _prepared(text: str) -> JID:
+    try:
+        jid = JID(text)
+    except InvalidFormat:
+        raise
+    except (RuntimeError, IndexError, UnicodeError, ValueError) as error:
+        raise InvalidFormat(str(error)) from None
+    # Preparation can lengthen a part (case folding, NFKC).
+    if any(_part_too_long(part) for part in (jid.user or "", jid.host, jid.resource or "")):
+        raise InvalidFormat("a prepared part is longer than 1023 bytes")
+    return jid
 
 
 def bare(text: str) -> str:

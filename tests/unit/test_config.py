@@ -29,6 +29,8 @@ def test_shipped_config_is_valid_and_uses_the_embedded_default() -> None:
         ("[nonsense]\na = 1", "nonsense", "unknown key"),
         ("[server]\ndomains = []", "server.domains", "must be a non-empty list of domain names"),
         ("[server]\ndomains = ['bob@localhost']", "server.domains", "'bob@localhost' is not a bare domain name"),
+        ("[server]\ndomains = ['a..b']", "server.domains", "'a..b' is not a valid domain name"),
+        ("[server]\ndomains = ['']", "server.domains", "'' is not a valid domain name"),
         ("[xmpp.c2s]\ninterface = 'localhost'", "xmpp.c2s.interface", "must be an IP address"),
         ("[xmpp.c2s]\nallow_plain_without_tls = true", "xmpp.c2s.allow_plain_without_tls",
          "needs xmpp.c2s.require_tls = false"),
