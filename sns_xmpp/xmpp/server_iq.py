@@ -24,7 +24,7 @@ FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION, NS_ROSTER, "msgo
 
 def disco_info(iq: domish.Element) -> domish.Element:
     query = domish.Element((NS_DISCO_INFO, "query"))
-    node = next(iq.elements(NS_DISCO_INFO, "query")).getAttribute("node")
+    node = next(iq.elements(NS_DISCO_INFO, "query")).getAttribute("node")  # dispatched here for <query/> only
     if node:
         query["node"] = node
     identity = query.addElement("identity")
@@ -66,9 +66,9 @@ def session(iq: domish.Element) -> None:
 
 def install(sessions: SessionManager, router: Router) -> None:
     sessions.iq_handlers.update({
-        NS_DISCO_INFO: disco_info,
-        NS_DISCO_ITEMS: disco_items_of(router, sessions.domains),
-        NS_PING: ping,
-        NS_VERSION: version,
-        NS_SESSION_LEGACY: session,
+        (NS_DISCO_INFO, "query"): disco_info,
+        (NS_DISCO_ITEMS, "query"): disco_items_of(router, sessions.domains),
+        (NS_PING, "ping"): ping,
+        (NS_VERSION, "query"): version,
+        (NS_SESSION_LEGACY, "session"): session,
     })

@@ -106,7 +106,9 @@ class SessionManager:
         self.presence = PresenceHandler(self)
         self.users: dict[str, dict[str, ClientSession]] = {}
         # Server IQ handlers by the namespace of the IQ's child; see server_iq.
-        self.iq_handlers: dict[str, IQHandler] = {}
+        # By (namespace, element name) of the IQ's payload: a known namespace on another element
+        # is no request this server understands.
+        self.iq_handlers: dict[tuple[str, str], IQHandler] = {}
         self._push_counter = 0
 
     # -- the registry ------------------------------------------------------
@@ -169,14 +171,17 @@ class SessionManager:
             return
         self._unbind(session)
 
-    def resume(self, stream: ClientStream, login: LoginResult, previd: str, h: int) -> domish.Element:
-        """Answer a <resume/>: <resumed/> with the session back on *stream*, or <failed/>."""
+    def resume(self, stream: ClientStream, login: LoginResult, previd: str, h: int) -> None:
+        """Answer a <resume/> on *stream*: <resumed/> with the session back on it, or <failed/>
+        (after which the client may bind a new session)."""
         session = self.resumable.get(previd)
         if session is None or session.login.jid != login.jid or session.sm is None:
-            return _sm_failed("item-not-found")
+            stream.send(_sm_failed("item-not-found"))
+            return
         sm = session.sm
         if not sm.acknowledged(h):
-            return _sm_failed("undefined-condition")
+            stream.send(_sm_failed("undefined-condition"))
+            return
         if sm.detached_timer is not None and sm.detached_timer.active():
             sm.detached_timer.cancel()
         old = session.stream
@@ -192,7 +197,6 @@ class SessionManager:
         for stanza in list(sm.unacked):
             stream.send(stanza)
         log.info("c2s.resumed jid={jid}", jid=session.full)
-        return resumed
 
     def _unbind(self, session: ClientSession, keep_roster: bool = False) -> None:
         resources = self.users.get(session.bare)
@@ -356,7 +360,7 @@ class SessionManager:
                 return
             self._reply_later(iq, session, self.presence.roster_iq(session, iq, child))
             return
-        handler = self.iq_handlers.get(child.uri or "")
+        handler = self.iq_handlers.get((child.uri or "", child.name))
         if handler is None or (session is not None and iq.getAttribute("to") == session.bare
                                and child.uri != NS_SESSION_LEGACY):
             self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))

@@ -1524,24 +1524,24 @@ def test_oversized_jids_are_refused_before_preparation() -> None:
     assert parse_jid(longest).full() == longest
 
 
-@known_bug("server_iq.disco_info assumes the first disco#info child is <query/>: StopIteration")
-def test_known_bug_disco_info_without_query(fresh_world: World) -> None:
-    """An IQ whose first child is in the disco#info namespace but is not <query/> gets an error reply
-    without a logged failure (the handler raises StopIteration, which becomes internal-server-error)."""
+def test_disco_info_without_query(fresh_world: World) -> None:
+    """An IQ whose first child is in the disco#info namespace but is not <query/> is no request the
+    server knows: service-unavailable (RFC 6120 8.4), without a logged failure."""
     conn = alice(fresh_world)
     with Failures() as failures:
         conn.feed(b"<iq type='get' id='d1' to='localhost'><feature xmlns='http://jabber.org/protocol/disco#info'/>"
                   b"</iq>")
     try:
         assert not failures, _describe(failures[0])
+        [reply] = [e for e in conn.output.elements if e.getAttribute("id") == "d1"]
+        assert reply.getAttribute("type") == "error" and "service-unavailable" in reply.toXml()
     finally:
         conn.lose()
 
 
-@known_bug("negotiation.ClientNegotiator drops the <failed/> that SessionManager.resume returns")
-def test_known_bug_failed_resumption_is_not_answered(fresh_world: World) -> None:
-    """XEP-0198 5: a <resume/> the server cannot honour is answered with <failed/>; here nothing comes
-    back and the client waits until the authentication deadline ends the stream."""
+def test_failed_resumption_is_answered(fresh_world: World) -> None:
+    """XEP-0198 5: a <resume/> the server cannot honour is answered with <failed/> (it went unanswered,
+    and the client waited until the authentication deadline ended the stream); binding still works."""
     conn = fresh_world.connect(fresh_world.factory(fresh_world.settings(), True))
     conn.feed(good_header())
     conn.feed(plain_auth(Login("alice", PASSWORDS["alice"], "local")))
@@ -1549,6 +1549,8 @@ def test_known_bug_failed_resumption_is_not_answered(fresh_world: World) -> None
     conn.feed(b"<resume xmlns='urn:xmpp:sm:3' previd='no-such-session' h='0'/>")
     try:
         assert conn.output.find(NS_SM, "failed"), "no answer to <resume/>"
+        conn.feed(bind_iq("after-resume"))
+        assert conn.answered("bind")
     finally:
         conn.lose()
 
