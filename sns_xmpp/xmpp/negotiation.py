@@ -193,7 +193,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if element.name == "auth":
             self._auth(element)
         elif element.name == "response" and self.attempt is not None:
-            self._step(self.attempt.respond, _payload(element))
+            self._step(self.attempt.respond, _response(element))
         elif element.name == "abort":
             self.attempt = None
             self._failure("aborted", None)
@@ -357,7 +357,14 @@ def _account_key(attempt: Attempt | None) -> str | None:
 
 
 def _payload(element: domish.Element) -> Callable[[], bytes | None]:
+    """The SASL data of an <auth/>: None when there is no initial response."""
     return lambda: decode_payload(str(element) if element.children else None)
+
+
+def _response(element: domish.Element) -> Callable[[], bytes]:
+    """The SASL data of a <response/>: an empty element is empty data (RFC 6120 6.4.2 asks for '=',
+    but a <response/> always carries a response, so there is nothing else it can mean)."""
+    return lambda: decode_payload(str(element) if element.children else None) or b""
 
 
 def _reply_from_server(iq: domish.Element, condition: str) -> domish.Element:
