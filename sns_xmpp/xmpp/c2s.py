@@ -39,35 +39,63 @@ class HostileXML(Exception):
         self.text = text
 
 
-def harden(parser: Any) -> None:
-    """Refuse what RFC 6120 11.1 restricts (DTDs, entity declarations, comments, processing
-    instructions) so billion-laughs and external entities never start, and bound the depth
-    and the attribute count of what remains."""
+class ParseGuard:
+    """Hardens one expat parser and measures the stanza it is in.
 
+    Refuses what RFC 6120 11.1 restricts (DTDs, entity declarations, comments, processing
+    instructions), so billion-laughs and external entities never start, and bounds depth and
+    attribute count. `mark` is the stream offset from which bytes count against the stanza size
+    limit: the start of the open stanza, or the end of what came last between stanzas, so that
+    many stanzas in one read are each measured alone and whitespace keepalives count for nothing.
+    """
+
+    def __init__(self, parser: Any, max_stanza_bytes: int) -> None:
+        self.parser = parser
+        self.max_stanza_bytes = max_stanza_bytes
+        self.depth = 0  # 1 inside the stream's root element, 2 inside a stanza
+        self.mark = 0
+        for handler in ("StartDoctypeDeclHandler", "EntityDeclHandler", "UnparsedEntityDeclHandler",
+                        "NotationDeclHandler", "CommentHandler", "ProcessingInstructionHandler",
+                        "ExternalEntityRefHandler", "SkippedEntityHandler"):
+            setattr(parser, handler, self.restricted)
+        self.start = parser.StartElementHandler
+        self.end = parser.EndElementHandler
+        self.text = parser.CharacterDataHandler
+        parser.StartElementHandler = self.bounded_start
+        parser.EndElementHandler = self.bounded_end
+        parser.CharacterDataHandler = self.measured_text
+
+    @staticmethod
     def restricted(*args: object) -> None:
         raise HostileXML("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
 
-    for handler in ("StartDoctypeDeclHandler", "EntityDeclHandler", "UnparsedEntityDeclHandler",
-                    "NotationDeclHandler", "CommentHandler", "ProcessingInstructionHandler",
-                    "ExternalEntityRefHandler", "SkippedEntityHandler"):
-        setattr(parser, handler, restricted)
-    start, end = parser.StartElementHandler, parser.EndElementHandler
-    depth = [0]
-
-    def bounded_start(name: str, attributes: dict[str, str]) -> None:
-        depth[0] += 1
-        if depth[0] > MAX_DEPTH:
+    def bounded_start(self, name: str, attributes: dict[str, str]) -> None:
+        self.depth += 1
+        if self.depth == 2:
+            self.mark = self.parser.CurrentByteIndex
+        elif self.depth > MAX_DEPTH:
             raise HostileXML("policy-violation", "elements nested too deeply")
         if len(attributes) > MAX_ATTRIBUTES:
             raise HostileXML("policy-violation", "too many attributes")
-        start(name, attributes)
+        self.start(name, attributes)
 
-    def bounded_end(name: str) -> None:
-        depth[0] -= 1
-        end(name)
+    def bounded_end(self, name: str) -> None:
+        self.depth -= 1
+        if self.depth == 1:
+            end = self.parser.CurrentByteIndex
+            if end - self.mark > self.max_stanza_bytes:
+                raise HostileXML("policy-violation", "stanza too large")
+            self.mark = end
+        self.end(name)
 
-    parser.StartElementHandler = bounded_start
-    parser.EndElementHandler = bounded_end
+    def measured_text(self, data: str) -> None:
+        if self.depth == 1:  # between stanzas: keepalives
+            self.mark = self.parser.CurrentByteIndex + len(data.encode())
+        self.text(data)
+
+    def unfinished(self, fed: int) -> int:
+        """Bytes of the open stanza (or of the tag between stanzas) after *fed* bytes of the stream."""
+        return fed - self.mark
 
 
 class ClientStream(xmlstream.XmlStream):
@@ -89,7 +117,8 @@ class ClientStream(xmlstream.XmlStream):
         self.closed = False
         self.on_close: list[Callable[[], None]] = []
         self.element_handler: ElementHandler = self._refuse
-        self._unparsed = 0
+        self._fed = 0  # bytes given to the current parser
+        self.guard: ParseGuard | None = None
         self.opened_at = self.last_active = clock.seconds()
         self.pinged_at: float | None = None
         self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
@@ -111,7 +140,8 @@ class ClientStream(xmlstream.XmlStream):
 
     def _initializeStream(self) -> None:
         super()._initializeStream()
-        harden(self.stream.parser)
+        self._fed = 0
+        self.guard = ParseGuard(self.stream.parser, self.max_stanza_bytes)
 
     def _callLater(self, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(*args, **kwargs)
@@ -125,21 +155,22 @@ class ClientStream(xmlstream.XmlStream):
         if self.closed:
             return
         self.last_active = self.clock.seconds()
-        # Counting bytes since the last complete top-level element bounds the
-        # memory one stanza can take before parsing has finished it.
-        self._unparsed += len(data)
-        if self._unparsed > self.max_stanza_bytes:
-            self.fail(StreamError("policy-violation", text="stanza too large"))
-            return
+        self._fed += len(data)
         try:
             self.stream.parse(data)
         except domish.ParserError:
             self.fail(StreamError("not-well-formed"))
+            return
         except HostileXML as hostile:
             self.fail(StreamError(hostile.condition, text=hostile.text))
+            return
+        # A stanza still open after this read is bounded here, one read (at most 64 KiB) at a time,
+        # long before parsing could finish it.
+        guard = self.guard
+        if guard is not None and guard.unfinished(self._fed) > self.max_stanza_bytes and not self.closed:
+            self.fail(StreamError("policy-violation", text="stanza too large"))
 
     def onElement(self, element: domish.Element) -> None:
-        self._unparsed = 0
         if self.closed:
             return
         if element.uri == xmlstream.NS_STREAMS and element.name == "error":

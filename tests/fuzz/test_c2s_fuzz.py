@@ -798,9 +798,7 @@ def test_fuzz_answers_do_not_depend_on_how_input_is_read(world: World, watch: Lo
         script, cuts, secure = data.draw(negotiation_script(logins), label="script")
         outcomes = []
         for reads in (st.just(_pieces(script, cuts)), fs.split(script, cuts)):
-            # The size limit counts whole reads (a known bug, see test_known_bug_stanza_size_counts_reads);
-            # here it is out of the way.
-            conn = world.connect(world.factory(world.settings(), secure, max_stanza_bytes=1 << 20))
+            conn = world.connect(world.factory(world.settings(), secure))
             conn.feed_all(data.draw(reads, label="reads"))
             for _ in range(10):
                 world.clock.advance(1)
@@ -1555,8 +1553,7 @@ def test_failed_resumption_is_answered(fresh_world: World) -> None:
         conn.lose()
 
 
-@known_bug("ClientStream counts the bytes of whole reads, not of one stanza, against max_stanza_bytes")
-def test_known_bug_stanza_size_counts_reads(fresh_world: World) -> None:
+def test_stanza_size_is_counted_per_stanza(fresh_world: World) -> None:
     """The limit is per stanza: many small stanzas in one read are fine, and a stanza whose start
     shares a read with a complete one is still counted from its first byte."""
     conn = alice(fresh_world)

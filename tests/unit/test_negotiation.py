@@ -144,6 +144,19 @@ def test_oversized_stanza_is_a_policy_violation_before_it_completes() -> None:
     assert stream_error(output(transport)) == "policy-violation"
 
 
+def test_size_limit_counts_stanzas_not_keepalives() -> None:
+    """(Many small stanzas in one read: tests/fuzz, test_stanza_size_is_counted_per_stanza.)"""
+    stream, transport = connect(secure=True, max_stanza_bytes=2048)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    for _ in range(3):
+        stream.dataReceived(b" " * 1500)  # keepalives between stanzas count for nothing
+    assert not transport.disconnecting
+    stream.dataReceived(b"<message to='" + b"x" * 1500)  # an unfinished start tag counts too
+    stream.dataReceived(b"x" * 1500)
+    assert stream_error(output(transport)) == "policy-violation"
+
+
 @pytest.mark.parametrize(
     ("payload", "condition"),
     [
