@@ -115,6 +115,7 @@ class ClientStream(xmlstream.XmlStream):
         self.clock = clock
         self.secure = secure
         self.closed = False
+        self.footer_sent = False
         self.on_close: list[Callable[[], None]] = []
         self.element_handler: ElementHandler = self._refuse
         self._fed = 0  # bytes given to the current parser
@@ -209,8 +210,14 @@ class ClientStream(xmlstream.XmlStream):
             self.transport.loseConnection()
 
     def send(self, obj: domish.Element | str | bytes) -> None:
-        if self.transport is not None:
+        # Between the footer and connectionLost the session is still bound and stanzas are still
+        # routed here; RFC 6120 4.4: nothing follows </stream:stream>.
+        if self.transport is not None and not self.footer_sent:
             super().send(obj)
+
+    def sendFooter(self) -> None:
+        super().sendFooter()
+        self.footer_sent = True
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.closed = True
