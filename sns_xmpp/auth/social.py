@@ -51,9 +51,12 @@ def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
     name = authcid
     if name.endswith("@" + domain) and "\\" in name:
         name = name[: -len(domain) - 1]  # "<identifier>\40<site>@<domain>": the whole JID was sent
-    name = unescape_node(name)
     if "@" not in name:
-        return None
+        # The JID form, "<identifier>\40<site>". A plain "<identifier>@<site>" is taken as it is:
+        # an identifier may hold text like "\40" (OIDC subjects are any string).
+        name = unescape_node(name)
+        if "@" not in name:
+            return None
     identifier, _, site_id = name.rpartition("@")
     if site_id == domain:
         return None

@@ -22,9 +22,8 @@ Properties, checked after every example:
 - a successful authentication only follows the right credentials, and one changed byte in the
   user name or password of a valid social login is refused, for every built-in site.
 
-Known server bugs are stepped around precisely (matched on the exception and where it was raised,
-or left out of the generators) and counted; each has a strict xfail ``test_known_bug_*`` at the end,
-and docs/security.md lists them.
+The bugs this suite found are fixed; each has a regression test at the end (docs/security.md
+lists them). Nothing is stepped around: any logged failure fails the example.
 
 ``SNS_XMPP_FUZZ_PROFILE=long`` (``scripts/fuzz``) runs each fuzz test for
 ``SNS_XMPP_FUZZ_SECONDS`` instead of a fixed number of examples, and ``SNS_XMPP_FUZZ_REPORT``
@@ -80,6 +79,7 @@ from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase
 from sns_xmpp.xmpp import server_iq
+from sns_xmpp.xmpp.addressing import escape_node
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
@@ -117,9 +117,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                            HealthCheck.large_base_example])
 
-# Known server bugs the generic properties step around (each has its own xfail test below, which
-# fails loudly once the bug is fixed); hits are counted and reported, never silently ignored.
-KNOWN_BUG_HITS: Counter[str] = Counter()
 # What the examples did (how streams ended, SASL results), per test, for the report.
 OUTCOMES: Counter[str] = Counter()
 
@@ -143,7 +140,6 @@ class FuzzRun:
         runner = settings(settings.get_profile("sns-xmpp-fuzz"), max_examples=examples)(test)
         started = time.monotonic()
         OUTCOMES.clear()
-        KNOWN_BUG_HITS.clear()
         batches = 0
         passed = False
         try:
@@ -158,12 +154,11 @@ class FuzzRun:
                 with open(REPORT, "a", encoding="utf-8") as report:
                     report.write(json.dumps({
                         "test": self.name, "examples": self.examples, "batches": batches, "passed": passed,
-                        "seconds": round(time.monotonic() - started, 1), "known_bug_hits": dict(KNOWN_BUG_HITS),
+                        "seconds": round(time.monotonic() - started, 1),
                         "outcomes": dict(OUTCOMES.most_common()),
                     }) + "\n")
             if os.environ.get("SNS_XMPP_FUZZ_VERBOSE"):
-                print(f"\n{self.name}: {self.examples} examples, {dict(OUTCOMES.most_common())}, known bugs: "
-                      f"{dict(KNOWN_BUG_HITS)}")
+                print(f"\n{self.name}: {self.examples} examples, {dict(OUTCOMES.most_common())}")
 
 
 # -- the log: no failures, no errors --------------------------------------------------------------
@@ -176,26 +171,6 @@ def _is_bad(logged: dict[str, Any]) -> bool:
         return True
     level = logged.get("log_level")
     return level in (LogLevel.error, LogLevel.critical) and str(logged.get("log_namespace", "")).startswith("sns_xmpp")
-
-
-def _known_bug(logged: dict[str, Any]) -> str | None:
-    """The known bug a bad event comes from, matched on its event name and exception, or None."""
-    failure = logged.get("log_failure")
-    text = str(logged.get("log_format", ""))
-    if failure is None:
-        return None
-    innermost = failure.frames[-1] if failure.frames else ("", "", 0, [], [])
-    if text.startswith("iq.handler_failed") and failure.check(StopIteration):
-        return "disco-info-without-query"
-    if failure.check(RuntimeError) and "You must provide a value for either 'str' or 'tuple'" in str(failure.value):
-        return "empty-jid-raises-runtime-error"
-    if failure.check(IndexError) and innermost[0] == "nameprep" and innermost[1].endswith("xmpp_stringprep.py"):
-        return "empty-domain-label-raises-index-error"
-    if (failure.check(AttributeError, TypeError) and "NoneType" in str(failure.value)
-            and any(frame[0] == "_step" and frame[1].endswith("negotiation.py") for frame in failure.frames)
-            and innermost[1].endswith(("sasl.py", "scram.py"))):
-        return "empty-sasl-response-crashes-the-attempt"
-    return None
 
 
 def _describe(logged: dict[str, Any]) -> str:
@@ -214,14 +189,7 @@ class LogWatch:
 
     def check(self) -> None:
         bad, self.bad = self.bad, []
-        unexplained = []
-        for logged in bad:
-            known = _known_bug(logged)
-            if known is None:
-                unexplained.append(logged)
-            else:
-                KNOWN_BUG_HITS[known] += 1
-        assert not unexplained, "logged failures or errors:\n" + "\n".join(_describe(e) for e in unexplained)
+        assert not bad, "logged failures or errors:\n" + "\n".join(_describe(e) for e in bad)
 
 
 @pytest.fixture
@@ -1346,11 +1314,7 @@ async def test_fuzz_real_server_keeps_an_honest_session(start_server: Callable, 
         await wait(b.log_out())
 
 
-# -- known bugs: found by the fuzzing, reported, not fixed here ----------------------------------------
-#
-# Each test states the behaviour RFC 6120 (or the project's own rules) asks for and is expected to fail
-# until the bug is fixed; strict, so a fix makes it pass and fail the run as a reminder to remove the
-# marker (and the matching exemption in the fuzz tests above).
+# -- regressions: bugs the fuzzing found, one test each (docs/security.md) -------------------------------
 
 
 @pytest.fixture
@@ -1359,10 +1323,6 @@ def fresh_world(tmp_path: Path) -> Iterator[World]:
     made = World(tmp_path)
     yield made
     made.database.close()
-
-
-def known_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
 
 
 class Failures:
@@ -1574,12 +1534,14 @@ def test_stanza_size_is_counted_per_stanza(fresh_world: World) -> None:
         conn.lose()
 
 
-@known_bug("split_social unescapes XEP-0106 sequences in plain user names, so such OIDC subjects cannot log in")
-def test_known_bug_oidc_subject_with_an_escape_sequence(fresh_world: World) -> None:
-    """The callback hands out '<sub>@<site>' as the user name; for sub 'a\\40b' that name must work."""
-    login = fresh_world.social("idp", "a\\40b")
-    answer = plain_result(fresh_world, login.username.encode(), login.password.encode())
-    assert not isinstance(answer, AuthenticationFailed), f"{login.username}: {answer}"
+@pytest.mark.parametrize("subject", ["a\\40b", "a\\5cb", "\\40", "a@b\\40c"])
+def test_oidc_subject_with_an_escape_sequence(fresh_world: World, subject: str) -> None:
+    """The callback hands out '<sub>@<site>' as the user name: it must work whatever the subject holds,
+    and so must the JID form of the same name ('<escaped sub>\\40<site>')."""
+    login = fresh_world.social("idp", subject)
+    for username in (login.username, escape_node(login.username)):
+        answer = plain_result(fresh_world, username.encode(), login.password.encode())
+        assert not isinstance(answer, AuthenticationFailed), f"{username}: {answer}"
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-1", "OAUTHBEARER"])
