@@ -26,7 +26,7 @@ from sns_xmpp.auth.scram import derive_credential
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
-from sns_xmpp.store.interface import IStore, JidTakenError
+from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unescape_node
 
 log = Logger()
@@ -167,20 +167,13 @@ class SocialLoginChecker:
         return LoginResult(jid=jid, method=method, site=site.site_id)
 
     async def _linked_jid(self, site_id: str, account: str, domain: str, now: float) -> str:
-        link = await self.store.get_link(site_id, account)
+        base = social_localpart(site_id, account)
+        candidates = [f"{base}@{domain}"] + [f"{base}-{attempt}@{domain}" for attempt in range(2, 10)]
+        link = await self.store.social_login(site_id, account, candidates, now)
         if link is None:
-            base = social_localpart(site_id, account)
-            for attempt in range(1, 10):
-                candidate = f"{base}@{domain}" if attempt == 1 else f"{base}-{attempt}@{domain}"
-                try:
-                    link = await self.store.link_account(site_id, account, candidate, now)
-                    break
-                except JidTakenError:
-                    continue
-            else:
-                raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
+            raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
+        if link.last_login is None:
             log.info("auth.social_linked site={site} jid={jid}", site=site_id, jid=link.jid)
-        await self.store.touch_link(site_id, account, now)
         return link.jid
 
     # -- SCRAM ------------------------------------------------------------------

@@ -314,6 +314,9 @@ class Database(Protocol):
 
     def close(self) -> None: ...
 
+    def open_reader(self) -> Database | None:
+        """Another connection, read-only, cheap enough to read on the reactor thread; or None."""
+
     def get_account(self, jid: str) -> Account | None: ...
 
     def account_exists(self, jid: str) -> bool: ...

@@ -123,6 +123,9 @@ class IStore(Interface):
     def subscription_requests(owner: str) -> Deferred[list[str]]:
         """Contacts waiting for the owner's answer, sorted."""
 
+    def load_roster(owner: str) -> Deferred[tuple[list[RosterItem], list[str]]]:
+        """``(get_roster(owner), subscription_requests(owner))`` in one call."""
+
     # -- offline messages (XEP-0160) --------------------------------------
 
     def store_offline(owner: str, stanza: str, now: float) -> Deferred[int]:
@@ -143,6 +146,9 @@ class IStore(Interface):
     def count_offline(owner: str) -> Deferred[int]:
         """How many messages wait for the owner."""
 
+    def store_offline_capped(owner: str, stanza: str, now: float, cap: int) -> Deferred[int | None]:
+        """`store_offline` unless *cap* messages already wait for the owner (then None), in one call."""
+
     # -- social links -----------------------------------------------------
 
     def get_link(site: str, account: str) -> Deferred[SocialLink | None]:
@@ -159,6 +165,15 @@ class IStore(Interface):
 
     def touch_link(site: str, account: str, now: float) -> Deferred[None]:
         """Record a login through the link (no-op if there is none)."""
+
+    def social_login(site: str, account: str, candidates: Sequence[str], now: float) -> Deferred[SocialLink | None]:
+        """The link for a login through (site, account), in one call.
+
+        Without a link, one is made (with its account) for the first of *candidates* that is
+        not taken; None if all are. ``last_login`` is recorded, at most once a minute
+        (`sns_xmpp.store.composite.TOUCH_INTERVAL`), so that a repeat login usually writes
+        nothing.
+        """
 
     def list_links(site: str | None = None, jid: str | None = None) -> Deferred[list[SocialLink]]:
         """Links filtered by site and/or JID, sorted by (site, account)."""

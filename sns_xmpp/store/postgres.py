@@ -165,6 +165,10 @@ class PostgresDatabase:
     def close(self) -> None:
         self._conn.close()
 
+    def open_reader(self) -> None:
+        """None: every query is a network round trip, which the reactor thread must not wait for."""
+        return None
+
     @property
     def _where(self) -> str:
         # Names the database in errors without the DSN, which may hold a password.

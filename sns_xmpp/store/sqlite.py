@@ -127,6 +127,19 @@ class SQLiteDatabase:
     def close(self) -> None:
         self._conn.close()
 
+    def open_reader(self) -> SQLiteDatabase | None:
+        """A read-only connection to the same file for the calling thread (None for an in-memory
+        database, which a second connection would not see). It never waits for a lock: a busy
+        read fails at once, and the caller asks this connection instead."""
+        if self.path == ":memory:" or self.path.startswith("file::memory:") or "mode=memory" in self.path:
+            return None
+        reader = SQLiteDatabase.__new__(SQLiteDatabase)
+        reader.path = self.path
+        reader._conn = sqlite3.connect(self.path, isolation_level=None)
+        reader._conn.execute("PRAGMA query_only = ON")
+        reader._conn.execute("PRAGMA busy_timeout = 0")
+        return reader
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
         cursor = self._conn.cursor()

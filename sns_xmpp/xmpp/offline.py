@@ -46,16 +46,12 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "service-unavailable", text))
 
-    def store_unless_full(queued: int) -> Deferred[None] | None:
-        if queued >= sessions.max_offline:
+    def stored_durably(stored_id: int | None) -> None:
+        if stored_id is None:
             # Full: the sender hears so; nothing is dropped silently.
             sessions.metrics.limit("offline-queue")
             bounce("the recipient's offline storage is full")
-            return None
-        writing: Deferred[int] = sessions.store.store_offline(owner, stored, now)
-        return writing.addCallbacks(stored_durably, no_such_user)
-
-    def stored_durably(_: object) -> None:
+            return
         sessions.metrics.offline_stored.inc()
         done()
 
@@ -63,7 +59,8 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         reason.trap(NoSuchAccountError)
         bounce("no such user")
 
-    d = sessions.store.count_offline(owner).addCallback(store_unless_full)
+    d = sessions.store.store_offline_capped(owner, stored, now, sessions.max_offline)
+    d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 
 

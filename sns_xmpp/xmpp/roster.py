@@ -61,9 +61,7 @@ class RosterBook:
             self._loading[owner].append(waiter)
             return waiter
         self._loading[owner] = [waiter]
-        d = self.store.get_roster(owner)
-        d.addCallback(lambda items: self.store.subscription_requests(owner).addCallback(
-            lambda requests: (items, requests)))
+        d = self.store.load_roster(owner)
 
         def loaded(results: tuple[list[RosterItem], list[str]]) -> None:
             items, requests = results

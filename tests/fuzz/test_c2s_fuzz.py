@@ -77,6 +77,7 @@ from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.facebook import sign_request
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
+from sns_xmpp.store import composite
 from sns_xmpp.store.sqlite import SQLiteDatabase
 from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.addressing import escape_node
@@ -391,6 +392,9 @@ class InlineStore:
         self._database = database
 
     def __getattr__(self, name: str) -> Callable[..., defer.Deferred]:
+        if hasattr(composite, name):  # the store's one-call combinations of database calls
+            combined = getattr(composite, name)
+            return lambda *args, **kwargs: defer.maybeDeferred(combined, self._database, *args, **kwargs)
         method = getattr(self._database, name)
         return lambda *args, **kwargs: defer.maybeDeferred(method, *args, **kwargs)
 

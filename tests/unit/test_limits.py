@@ -117,11 +117,8 @@ def test_blocked_clients_get_temporary_auth_failure_even_with_the_right_password
 @pytest.mark.parametrize("limit", [2])
 def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     class Store:
-        def get_roster(self, owner: str) -> defer.Deferred:
-            return defer.succeed([])
-
-        def subscription_requests(self, owner: str) -> defer.Deferred:
-            return defer.succeed([])
+        def load_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed(([], []))
 
     factory, clock = factory_and_clock()
     sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: None,  # type: ignore[arg-type]
@@ -144,18 +141,12 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
     writes: list[defer.Deferred] = []
 
     class Store:
-        def get_roster(self, owner: str) -> defer.Deferred:
-            return defer.succeed([])
+        def load_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed(([], []))
 
-        def subscription_requests(self, owner: str) -> defer.Deferred:
-            return defer.succeed([])
-
-        def store_offline(self, owner: str, stanza: str, now: float) -> defer.Deferred:
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int) -> defer.Deferred:
             writes.append(defer.Deferred())
             return writes[-1]
-
-        def count_offline(self, owner: str) -> defer.Deferred:
-            return defer.succeed(len(writes))
 
     factory, clock = factory_and_clock()
     sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
@@ -176,10 +167,9 @@ def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
     stored: list[str] = []
 
     class Store:
-        def count_offline(self, owner: str) -> defer.Deferred:
-            return defer.succeed(len(stored))
-
-        def store_offline(self, owner: str, stanza: str, now: float) -> defer.Deferred:
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int) -> defer.Deferred:
+            if len(stored) >= cap:
+                return defer.succeed(None)
             stored.append(stanza)
             return defer.succeed(len(stored))
 

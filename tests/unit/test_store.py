@@ -20,9 +20,11 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.application.service import IService
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from sns_xmpp.auth.scram import ScramCredential
+from sns_xmpp.store import composite
 from sns_xmpp.store.common import Database, migrate, postgres_placeholders
 from sns_xmpp.store.interface import (
     IStore,
@@ -160,9 +162,14 @@ def test_contracts(database_class: type) -> None:
     assert verifyObject(IStore, store)
     assert verifyObject(IService, store)
     # The admin tool and the threaded store rely on both synchronous twins
-    # mirroring IStore exactly.
+    # mirroring IStore exactly, but for the combinations in store.composite,
+    # which take a database and then IStore's parameters.
     for name in IStore.names():
         info = IStore[name].getSignatureInfo()
+        if hasattr(composite, name):
+            params = list(inspect.signature(getattr(composite, name)).parameters.values())[1:]
+            assert tuple(p.name for p in params) == info["positional"], name
+            continue
         params = list(inspect.signature(getattr(database_class, name)).parameters.values())[1:]
         assert tuple(p.name for p in params) == info["positional"], name
         defaults = {p.name: p.default for p in params if p.default is not p.empty}
@@ -469,6 +476,68 @@ def test_threaded_store_runs_calls_in_its_worker(backend: Backend):  # type: ign
         yield broken.when_open()
     assert isinstance(caught.value.__cause__, SchemaTooNewError)
     yield broken.stopService()
+
+
+def test_one_call_combinations(backend: Backend) -> None:
+    """store.composite: a social login links once and writes last_login at most once a minute; a
+    taken JID moves on to the next candidate; the offline queue has a cap."""
+    db = backend.open()
+    try:
+        link = composite.social_login(db, "site", "acct", ["acct@x.org", "acct-2@x.org"], NOW)
+        assert link is not None and link.jid == "acct@x.org" and link.last_login is None  # new
+        assert [k.last_login for k in db.list_links(site="site")] == [NOW]
+        again = composite.social_login(db, "site", "acct", ["acct@x.org"], NOW + 30)
+        assert again == SocialLink("site", "acct", "acct@x.org", NOW, NOW)  # fresh: nothing written
+        composite.social_login(db, "site", "acct", ["acct@x.org"], NOW + 61)
+        assert [k.last_login for k in db.list_links(site="site")] == [NOW + 61]
+        assert db.create_account("b@x.org", CREDENTIALS, NOW)
+        other = composite.social_login(db, "site", "b", ["b@x.org", "b-2@x.org"], NOW)
+        assert other is not None and other.jid == "b-2@x.org"
+        assert composite.social_login(db, "site", "c", ["b@x.org", "b-2@x.org"], NOW) is None
+        assert rows_mentioning(backend, "b@x.org")["social_links"] == 0
+
+        assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 1) is not None
+        assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 1) is None
+        assert db.count_offline("b@x.org") == 1
+        assert composite.load_roster(db, "b@x.org") == ([], [])
+    finally:
+        db.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reads_see_every_write_made_before_them(backend: Backend):  # type: ignore[no-untyped-def]
+    """Reads may run on the reactor thread (SQLite), but never overtake a queued write; a read that
+    fails there is asked again in the worker."""
+    from twisted.internet import reactor
+
+    store = ThreadedStore(backend.open, reactor)
+    store.startService()
+    try:
+        yield store.when_open()
+        yield store.create_account("alice@example.org", CREDENTIALS, NOW)
+        writes = [store.put_roster_item("alice@example.org", RosterItem(f"c{n}@example.net", None, (), "none",
+                                                                          False, False)) for n in range(50)]
+        reading = store.load_roster("alice@example.org")  # while the writes wait in the worker
+        items, requests = yield reading
+        assert len(items) == 50 and requests == []
+        yield defer.gatherResults(writes)
+        at_once = store.get_roster("alice@example.org")
+        assert at_once.called == (backend.name == "sqlite"), "inline reads only where the engine offers them"
+        assert len((yield at_once)) == 50
+
+        class BrokenReader:
+            def get_roster(self, owner: str) -> list[RosterItem]:
+                raise sqlite3.OperationalError("database is locked")
+
+            def close(self) -> None:
+                pass
+
+        if backend.name == "sqlite":
+            store._reader.close()
+            store._reader = BrokenReader()  # type: ignore[assignment]
+        assert len((yield store.get_roster("alice@example.org"))) == 50
+    finally:
+        yield store.stopService()
 
 
 # -- PostgreSQL only ------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Store operations made of several database calls, run as one store call.
+
+Each is one trip to the store's worker thread (or one inline read) instead of several: a
+social login, loading a roster and storing an offline message each cost the reactor one
+hand-off, whichever engine holds the data. They take any `Database` (SQLite or PostgreSQL)
+and use only its own methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sns_xmpp.store.common import Database
+from sns_xmpp.store.interface import JidTakenError
+from sns_xmpp.store.records import RosterItem, SocialLink
+
+# A link's last_login is brought up to date at most this often (seconds): writing it on every
+# login was one write transaction per login, for a figure shown to operators to the minute.
+TOUCH_INTERVAL = 60.0
+
+
+def load_roster(db: Database, owner: str) -> tuple[list[RosterItem], list[str]]:
+    """The owner's roster items and the contacts waiting for an answer."""
+    return db.get_roster(owner), db.subscription_requests(owner)
+
+
+def store_offline_capped(db: Database, owner: str, stanza: str, now: float, cap: int) -> int | None:
+    """Store the stanza unless *cap* messages already wait for the owner: its id, or None when full."""
+    if db.count_offline(owner) >= cap:
+        return None
+    return db.store_offline(owner, stanza, now)
+
+
+def link_is_fresh(link: SocialLink, now: float) -> bool:
+    return link.last_login is not None and 0 <= now - link.last_login < TOUCH_INTERVAL
+
+
+def social_login(db: Database, site: str, account: str, candidates: Sequence[str], now: float) -> SocialLink | None:
+    """The link of the site's account, created with the first free JID of *candidates* if there is
+    none (None if all are taken), its last_login brought up to date."""
+    link = db.get_link(site, account)
+    if link is None:
+        for jid in candidates:
+            try:
+                link = db.link_account(site, account, jid, now)
+                break
+            except JidTakenError:
+                continue
+        else:
+            return None
+    if not link_is_fresh(link, now):
+        db.touch_link(site, account, now)
+    return link
