@@ -18,7 +18,7 @@ from twisted.application import service
 from twisted.internet import endpoints, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -31,6 +31,7 @@ from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.keyfiles import ensure_secret
+from sns_xmpp.ops import log_gate
 from sns_xmpp.ops.console import namespace
 from sns_xmpp.ops.logs import wanted_observer
 from sns_xmpp.ops.manhole import console_factory
@@ -139,6 +140,7 @@ class Server:
 
 
 def build_server(config: Config, reactor: Any, config_path: Path | None = None) -> Server:
+    log_gate.set_minimum(LogLevel.levelWithName(config.log.level))
     top = ServerService(wanted_observer(config.log))
     config.data_dir.mkdir(parents=True, exist_ok=True)
 

@@ -17,19 +17,19 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unescape_node
 
-log = Logger()
+log = GatedLogger()
 
 SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
 

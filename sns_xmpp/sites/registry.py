@@ -56,6 +56,7 @@ class SiteRegistry(service.Service):
 
     def __init__(self, sites: Mapping[str, ISite]) -> None:
         self.sites = dict(sites)
+        self.generation = 0  # counts reloads, so that what is derived from the sites can be cached
         self.setName("sites")
 
     def get(self, site_id: str) -> ISite | None:
@@ -74,6 +75,7 @@ class SiteRegistry(service.Service):
         stay; only new logins see the new keys and sites.
         """
         old, self.sites = self.sites, dict(sites)
+        self.generation += 1
         if self.running:
             for site in self.sites.values():
                 self._start(site)

@@ -11,6 +11,7 @@ RuntimeError, IndexError or UnicodeError for some (``''``, ``a..b``).
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
@@ -28,8 +29,43 @@ def _part_too_long(part: str) -> bool:
 
 def parse_jid(text: str) -> JID:
     """Return the prepared JID for *text*; raises InvalidFormat for anything RFC 7622 refuses."""
-    if not text or len(text) > 3 * MAX_PART_BYTES + 2:
-        raise InvalidFormat("empty or too long")
+    if len(text) > 3 * MAX_PART_BYTES + 2:
+        raise InvalidFormat("too long")  # before hashing it for the cache
+    return _prepared(text)
+
+
+# Localpart characters nodeprep leaves alone but for case (printable ASCII without RFC 7622's
+# " & ' / : < > @), domain labels of letters, digits and inner hyphens (STD 3), and printable
+# ASCII resources, which resourceprep leaves as they are. Most JIDs are of this form, and
+# stringprep is otherwise the dearest step of parsing one.
+_NODE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"&'/:<>@")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE_JID = re.compile(
+    rf"(?:([{re.escape(_NODE_CHARS)}]+)@)?({_LABEL}(?:\.{_LABEL})*)(?:/([ -~]+))?")
+
+
+def _simple(text: str) -> JID | None:
+    """The prepared JID for text of the common ASCII form, without stringprep; None otherwise."""
+    match = _SIMPLE_JID.fullmatch(text)
+    if match is None:
+        return None
+    user, host, resource = match.groups()
+    if len(user or "") > MAX_PART_BYTES or len(host) > MAX_PART_BYTES or len(resource or "") > MAX_PART_BYTES:
+        return None  # refused below, with the reason
+    jid = JID.__new__(JID)
+    jid.user = user.lower() if user else None
+    jid.host = host.lower()
+    jid.resource = resource
+    return jid
+
+
+@lru_cache(maxsize=65536)
+def _prepared(text: str) -> JID:
+    simple = _simple(text)
+    if simple is not None:
+        return simple
+    if not text:
+        raise InvalidFormat("empty")
     address, slash, resource = text.partition("/")
     local, at, domain = address.partition("@")
     if not at:
@@ -37,12 +73,7 @@ def parse_jid(text: str) -> JID:
     if (at and not local) or (slash and not resource):
         raise InvalidFormat("an empty localpart or resourcepart")  # Twisted would drop the separator
     if _part_too_long(local) or _part_too_long(domain) or _part_too_long(resource):
-        raise InvalidFormat("a part is longer than 1023 bytes")
-    return _prepared(text)
-
-
-@lru_cache(maxsize=65536)
-def _prepared(text: str) -> JID:
+        raise InvalidFormat("a part is longer than 1023 bytes")  # before stringprep, whose cost grows with it
     try:
         jid = JID(text)
     except InvalidFormat:
@@ -65,8 +96,11 @@ _ESCAPES = {" ": r"\20", '"': r"\22", "&": r"\26", "'": r"\27", "/": r"\2f", ":"
 _UNESCAPES = {code: char for char, code in _ESCAPES.items()}
 
 
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
+
+
 def escape_node(node: str) -> str:
-    return "".join(_ESCAPES.get(char, char) for char in node)
+    return node.translate(_ESCAPE_TABLE)
 
 
 def unescape_node(node: str) -> str:

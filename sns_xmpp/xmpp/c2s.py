@@ -13,16 +13,16 @@ from typing import Any
 
 from twisted.internet import protocol, task
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
 
-log = Logger()
+log = GatedLogger()
 
 ElementHandler = Callable[[domish.Element], None]
 
@@ -126,10 +126,33 @@ class ClientStream(xmlstream.XmlStream):
         self.refusal: StreamError | None = None  # set by the factory when this stream may not start
         self.ended_by: str | None = None  # "client" or "server" once either closes the stream properly
 
+    # Nothing observes a c2s stream's events (elements go to element_handler, stream errors are
+    # handled in onElement), so the connection and the stream header skip Twisted's event
+    # dispatch and the per-header XPath observer it would register.
+
     def connectionMade(self) -> None:
-        super().connectionMade()
+        self._initializeStream()
+        self.authenticator.connectionMade()
         if self.refusal is not None:
             self.fail(self.refusal)
+
+    def onDocumentStart(self, rootElement: domish.Element) -> None:
+        self.authenticator.streamStarted(rootElement)
+
+    def sendHeader(self) -> None:
+        """The stream header, as Twisted writes it for a receiving entity with no extra prefixes,
+        without building and serialising an element for it."""
+        attributes = ""
+        if self.otherEntity is not None:
+            attributes += f" to='{domish.escapeToXml(self.otherEntity.userhost(), 1)}'"
+        if self.thisEntity is not None:
+            attributes += f" from='{domish.escapeToXml(self.thisEntity.userhost(), 1)}'"
+        if self.sid:
+            attributes += f" id='{domish.escapeToXml(self.sid, 1)}'"
+        if self.version >= (1, 0):
+            attributes += f" version='{self.version[0]}.{self.version[1]}'"
+        self.send(f"<stream:stream xmlns:stream='{xmlstream.NS_STREAMS}' xmlns='{NS_CLIENT}'{attributes}>")
+        self._headerSent = True
 
     def restart(self) -> None:
         """A stream restart (after <proceed/> or <success/>): nothing left in the read that

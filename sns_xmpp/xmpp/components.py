@@ -10,16 +10,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, xmlstream
 from twisted.words.xish import domish
 from wokkel.component import NS_COMPONENT_ACCEPT, ListenComponentAuthenticator, XMPPComponentServerFactory
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.routing import StanzaRouter
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
 
-log = Logger()
+log = GatedLogger()
 
 
 class ComponentAuthenticator(ListenComponentAuthenticator):

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StreamError
@@ -21,8 +20,9 @@ from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
 from sns_xmpp.auth.throttle import AuthThrottle
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
-from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
+from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Attempt,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from sns_xmpp.xmpp.c2s import ClientStream
     from sns_xmpp.xmpp.sessions import SessionManager
 
-log = Logger()
+log = GatedLogger()
 
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
@@ -68,6 +68,8 @@ class C2SSettings:
     pre_auth_features: list[Callable[[str], domish.Element | None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     throttle: AuthThrottle | None = None
+    # Serialised <stream:features/>, by what they depend on: every stream asks, most alike.
+    features_cache: dict[tuple[object, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
 
 class ClientNegotiator(xmlstream.ListenAuthenticator):
@@ -108,13 +110,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             return
         self.domain = host
         self.claimed = rootElement.getAttribute("from")
-        stream.thisEntity = JID(host)
+        stream.thisEntity = parse_jid(host)
         if not _version_at_least_1(rootElement.getAttribute("version")):
             stream.fail(StreamError("unsupported-version"))
             return
         stream.version = (1, 0)
         stream.sendHeader()
-        stream.send(self._features())
+        stream.send(self._features_xml())
 
     def _hosted(self, to: str) -> str | None:
         try:
@@ -124,6 +126,23 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if parsed.user is None and parsed.resource is None and parsed.host in self.settings.domains:
             return parsed.host
         return None
+
+    def _features_xml(self) -> str:
+        stream = self.xmlstream
+        if self.login is not None:
+            key: tuple[object, ...] = ("bound",)
+        else:
+            assert self.domain is not None
+            extras = tuple(make(self.domain) for make in self.settings.pre_auth_features)
+            key = (self.domain, stream.secure, tuple(self._mechanisms()), extras)
+        cache = self.settings.features_cache
+        xml = cache.get(key)
+        if xml is None:
+            if len(cache) > 256:  # only reloads of the sites make new keys
+                cache.clear()
+            xml = cache[key] = self._features().toXml(prefixes=stream.prefixes, defaultUri=stream.namespace,
+                                                      prefixesInScope=list(stream.prefixes.values()))
+        return xml
 
     def _features(self) -> domish.Element:
         features = domish.Element((xmlstream.NS_STREAMS, "features"))

@@ -6,10 +6,10 @@ import datetime
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.xmpp import stream_management
@@ -18,7 +18,7 @@ from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
 if TYPE_CHECKING:
     from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
 
-log = Logger()
+log = GatedLogger()
 
 
 def _stamp(seconds: float) -> str:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp import offline
 from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
@@ -24,7 +24,7 @@ from sns_xmpp.xmpp.roster import Roster, parse_item_set, push_to, roster_result,
 if TYPE_CHECKING:
     from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
 
-log = Logger()
+log = GatedLogger()
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 HAS_TO = ("to", "both")

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
-log = Logger()
+log = GatedLogger()
 
 NS_ROSTER = "jabber:iq:roster"
 MAX_GROUP_BYTES = 1023

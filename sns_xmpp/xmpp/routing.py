@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.logger import Logger
 from twisted.words.xish import domish, utility
 from wokkel.component import Router
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.stanzas import error_reply, may_bounce
 
-log = Logger()
+log = GatedLogger()
 
 
 class StanzaRouter(Router):

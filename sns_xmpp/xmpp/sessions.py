@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp import offline
@@ -29,7 +29,7 @@ from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_STANZAS, error_reply, first_child, iq_result, may_bounce
 from sns_xmpp.xmpp.stream_management import NS_SM, StreamManagement
 
-log = Logger()
+log = GatedLogger()
 
 IQHandler = Callable[[domish.Element], "domish.Element | Deferred | None"]
 

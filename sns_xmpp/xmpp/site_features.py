@@ -17,17 +17,31 @@ NS_SITES = "urn:x-sns-xmpp:sites:0"
 
 
 def sites_feature(web: SocialWeb) -> Callable[[str], domish.Element | None]:
+    """The feature for a domain; the same element until the sites are reloaded, so that the
+    stream features built around it can be cached (see ClientNegotiator._features_xml)."""
+    made: dict[str, domish.Element | None] = {}
+    generation = [web.sites.generation]
+
     def feature(domain: str) -> domish.Element | None:
-        listing = web.site_list()
-        if not listing["sites"]:
-            return None
-        element = domish.Element((NS_SITES, "sites"))
-        element["list"] = f"{web.public_url}/sites"
-        for site in listing["sites"]:
-            entry = element.addElement("site")
-            entry["id"] = site["id"]
-            entry["name"] = site["name"]
-            entry["login"] = site["login"]
-        return element
+        if generation[0] != web.sites.generation:
+            made.clear()
+            generation[0] = web.sites.generation
+        if domain not in made:
+            made[domain] = _make(web)
+        return made[domain]
 
     return feature
+
+
+def _make(web: SocialWeb) -> domish.Element | None:
+    listing = web.site_list()
+    if not listing["sites"]:
+        return None
+    element = domish.Element((NS_SITES, "sites"))
+    element["list"] = f"{web.public_url}/sites"
+    for site in listing["sites"]:
+        entry = element.addElement("site")
+        entry["id"] = site["id"]
+        entry["name"] = site["name"]
+        entry["login"] = site["login"]
+    return element
