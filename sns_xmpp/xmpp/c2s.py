@@ -26,6 +26,7 @@ log = GatedLogger()
 
 ElementHandler = Callable[[domish.Element], None]
 
+RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
 MAX_DEPTH = 48  # stanzas nest a handful of levels; data forms and Jingle stay well below this
 MAX_ATTRIBUTES = 64
 
@@ -120,6 +121,9 @@ class ClientStream(xmlstream.XmlStream):
         self.element_handler: ElementHandler = self._refuse
         self._fed = 0  # bytes given to the current parser
         self.guard: ParseGuard | None = None
+        self._root: domish.Element | None = None  # the client's stream header, until compact() needs it
+        self._header: bytes | None = None
+        self._release_after_read = False
         self.opened_at = self.last_active = clock.seconds()
         self.pinged_at: float | None = None
         self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
@@ -137,7 +141,44 @@ class ClientStream(xmlstream.XmlStream):
             self.fail(self.refusal)
 
     def onDocumentStart(self, rootElement: domish.Element) -> None:
+        self._root, self._header = rootElement, None
         self.authenticator.streamStarted(rootElement)
+
+    # -- no parser while a settled stream is silent ----------------------------------
+    #
+    # An expat parser costs about 10 KiB even fresh (its name tables and string pools), more once
+    # it has seen a login; most streams then stay silent for hours. So once the login is over,
+    # and again after a spell of silence, the parser is dropped, and the next read gets a new one
+    # primed with the client's own stream header (some 30 microseconds).
+
+    def release_parser_after_read(self) -> None:
+        """Drop the parser once the current read is parsed (see release_parser)."""
+        self._release_after_read = True
+
+    def release_parser(self) -> bool:
+        """Drop the parser if nothing is lost by it: between stanzas (depth 1), with every byte
+        received consumed (no part of a tag is buffered in the parser)."""
+        guard = self.guard
+        if (guard is None or guard.depth != 1 or self.closed or self._root is None and self._header is None
+                or self.stream.parser.CurrentByteIndex != self._fed):
+            return False
+        if self._header is None:
+            assert self._root is not None
+            self._header = self._root.toXml(closeElement=0).encode("utf-8")
+            self._root = None
+        self.stream = self.guard = None
+        return True
+
+    def _prime_parser(self) -> None:
+        assert self._header is not None
+        self._initializeStream()
+        primed = self.stream
+        primed.DocumentStartEvent = lambda root: None
+        primed.parse(self._header)
+        primed.DocumentStartEvent = self.onDocumentStart
+        self._fed = len(self._header)
+        assert self.guard is not None and self.guard.depth == 1
+        self.guard.mark = self._fed
 
     def sendHeader(self) -> None:
         """The stream header, as Twisted writes it for a receiving entity with no extra prefixes,
@@ -159,6 +200,8 @@ class ClientStream(xmlstream.XmlStream):
         carried the command may count, or plaintext could ride into the TLS stream
         (the STARTTLS command-injection class of bug)."""
         old = self.stream
+        if old is None:
+            return
         old.ElementEvent = old.DocumentStartEvent = old.DocumentEndEvent = lambda *args: None
         self.reset()
 
@@ -179,6 +222,11 @@ class ClientStream(xmlstream.XmlStream):
         if self.closed:
             return
         self.last_active = self.clock.seconds()
+        if self.stream is None:
+            if data.strip() == b"</stream:stream>":  # the usual last read of a silent stream
+                self.onDocumentEnd()
+                return
+            self._prime_parser()
         self._fed += len(data)
         try:
             self.stream.parse(data)
@@ -193,6 +241,9 @@ class ClientStream(xmlstream.XmlStream):
         guard = self.guard
         if guard is not None and guard.unfinished(self._fed) > self.max_stanza_bytes and not self.closed:
             self.fail(StreamError("policy-violation", text="stanza too large"))
+        elif self._release_after_read:
+            self._release_after_read = False
+            self.release_parser()
 
     def onElement(self, element: domish.Element) -> None:
         if self.closed:
@@ -334,6 +385,8 @@ class ClientStreamFactory(protocol.Factory):
                     stream.fail(StreamError("connection-timeout", text="no answer to a ping"))
             elif now - stream.last_active > limits.idle_timeout:
                 self._ping(stream, now)
+            elif stream.stream is not None and now - stream.last_active > RELEASE_PARSER_AFTER:
+                stream.release_parser()
 
     def _ping(self, stream: ClientStream, now: float) -> None:
         self._pings += 1

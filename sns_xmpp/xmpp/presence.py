@@ -145,6 +145,8 @@ class PresenceHandler:
     def broadcast(self, session: ClientSession, presence: domish.Element) -> None:
         unavailable = presence.getAttribute("type") == "unavailable"
         initial = not unavailable and not session.available
+        if initial:
+            session.stream.release_parser_after_read()  # the login's traffic is over
         session.available = not unavailable
         session.presence = None if unavailable else presence
         session.priority = _priority(presence)
