@@ -70,10 +70,15 @@ class ParseGuard:
     def restricted(*args: object) -> None:
         raise HostileXML("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
 
+    # The size of the open stanza is checked at every event as well as after every read, so that
+    # which limit a stanza breaks first does not depend on how its bytes were split into reads.
+
     def bounded_start(self, name: str, attributes: dict[str, str]) -> None:
         self.depth += 1
         if self.depth == 2:
             self.mark = self.parser.CurrentByteIndex
+        elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
+            raise HostileXML("policy-violation", "stanza too large")
         elif self.depth > MAX_DEPTH:
             raise HostileXML("policy-violation", "elements nested too deeply")
         if len(attributes) > MAX_ATTRIBUTES:
@@ -92,6 +97,8 @@ class ParseGuard:
     def measured_text(self, data: str) -> None:
         if self.depth == 1:  # between stanzas: keepalives
             self.mark = self.parser.CurrentByteIndex + len(data.encode())
+        elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
+            raise HostileXML("policy-violation", "stanza too large")
         self.text(data)
 
     def unfinished(self, fed: int) -> int:
