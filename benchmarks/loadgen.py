@@ -8,19 +8,28 @@ Incoming XML goes through expat (``XMLPullParser``) and outgoing stanzas are pre
 strings, so the generator spends much less CPU per stanza than the server it measures.
 
 The runner and the generator talk in JSON lines. The runner writes the job as the first line
-of stdin. The generator prepares what the job needs and prints ``{"event": "ready"}``; the
-runner samples CPU times and memory and answers ``go``; the generator runs the timed part and
-prints ``{"event": "measured", ...}`` with its figures; the runner samples again and answers
-``stop``; the generator tears down and prints ``{"event": "done"}``. A fatal problem is
-printed as ``{"event": "error", "message": ...}`` and ends the process with status 1.
+of stdin. A job has one or more timed stages. For each, the generator prepares what the stage
+needs and prints ``{"event": "ready"}``; the runner samples CPU times and memory and answers
+``go``; the generator runs the timed part and prints ``{"event": "measured", "more": ..., ...}``
+with its figures; the runner samples again and answers ``next`` when ``more`` says another
+stage follows, else ``stop``. After the last stage the generator tears down and prints
+``{"event": "done"}``. A fatal problem is printed as ``{"event": "error", "message": ...}``
+and ends the process with status 1.
+
+Stages let one set-up serve several measurements: the message phase's open-loop run follows
+its closed-loop run on the same logged-in clients (at a rate taken from the closed loop), and
+the idle phase grows its held connections stage by stage (2,000, then 10,000) on one daemon,
+then lets a few pairs chat while all of them are held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import resource
@@ -379,6 +388,18 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+# asyncio's TLS protocol gives every connection a read buffer of this class attribute's size,
+# 256 KiB by default, allocated and zeroed at STARTTLS: with 10,000 connections held, 2.5 GiB
+# and a fifth of the generator's CPU while it logs them in. One TLS record (16 KiB) at a time
+# is all a client reading small stanzas needs.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def use_small_tls_buffers() -> None:
+    """Make this process's asyncio TLS connections use `TLS_READ_BUFFER` (the generator's own tweak)."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def client_ssl_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     # The benchmark server's certificate is self-signed and made on its first start.
@@ -521,15 +542,19 @@ async def run_concurrently(count: int, concurrency: int, attempt: Callable[[int]
 
 
 async def open_sessions(target: Target, provider: CredentialsProvider, count: int, concurrency: int,
-                        timeout: float, errors: Errors) -> list[Session]:
-    """Log in *count* clients; failures are counted in *errors* and leave out their session."""
+                        timeout: float, errors: Errors, first: int = 0) -> list[Session]:
+    """Log in *count* clients with the credentials of attempts *first*, *first* + 1, ...
+
+    Failures are counted in *errors* and leave out their session. *first* lets a phase add
+    clients to those it holds without reusing their accounts.
+    """
     context = client_ssl_context()
     sessions: list[Session | None] = [None] * count
 
     async def attempt(index: int) -> None:
         try:
             async with asyncio.timeout(timeout):
-                sessions[index] = await log_in(target, provider(index), context)
+                sessions[index] = await log_in(target, provider(first + index), context)
         except (OSError, XMPPError, TimeoutError, ValueError) as error:
             errors.add(error)
 
@@ -544,6 +569,11 @@ async def close_sessions(sessions: Sequence[Session], timeout: float) -> None:
     except TimeoutError:
         for session in sessions:
             session.connection.abort()
+
+
+def teardown_timeout(job_timeout: float, sessions: int) -> float:
+    """How long closing *sessions* streams may take: the daemon ends thousands of them one by one."""
+    return max(job_timeout, sessions / 100)
 
 
 # -- the control channel -----------------------------------------------------------------
@@ -561,6 +591,20 @@ class Control:
         if line.strip() != command:
             raise RuntimeError(f"expected {command!r} from the runner, got {line.strip()!r}")
 
+    async def ready(self) -> None:
+        """Say a stage is set up; return once the runner has sampled and answered ``go``."""
+        self.emit("ready")
+        await self.expect("go")
+
+    async def measured(self, more: bool, **figures: Any) -> None:
+        """Give a stage's figures; return once the runner has sampled again.
+
+        The runner answers ``next`` when *more* says another stage follows, else ``stop``;
+        until then the stage's load goes on, so the runner's sample still sees it.
+        """
+        self.emit("measured", more=more, **figures)
+        await self.expect("next" if more else "stop")
+
 
 # -- phases ------------------------------------------------------------------------------
 
@@ -570,26 +614,55 @@ class Job:
     phase: str
     target: Target
     credentials: Mapping[str, Any]
-    count: int = 0  # logins, or idle connections
+    count: int = 0  # logins
+    counts: tuple[int, ...] = ()  # idle connections to hold, stage by stage, ascending
     concurrency: int = 1
-    pairs: int = 0
+    pairs: int = 0  # chatting pairs (msgs; idle: beside the held connections)
     window: int = 1
     duration: float = 0.0
+    open_fraction: float = 0.0  # msgs: the open loop's rate as a share of the closed loop's; 0: none
+    open_duration: float = 0.0
     timeout: float = 30.0  # for one login, or one teardown
 
     @classmethod
     def from_json(cls, text: str) -> Job:
         raw = json.loads(text)
         target = Target(**raw.pop("target"))
-        return cls(target=target, **raw)
+        counts = tuple(int(count) for count in raw.pop("counts", ()))
+        return cls(target=target, counts=counts, **raw)
+
+    @property
+    def connections(self) -> int:
+        """About the most connections the job holds at once."""
+        return max(self.counts, default=0) + 2 * self.pairs + self.concurrency
+
+
+# An oidc site refuses logins (provider unavailable) until it has loaded its provider's keys.
+# The runner waits until the provider has served them, and the daemon takes a moment more to
+# read them: the first, untimed login tries again a few times should it come in that moment.
+FIRST_LOGIN_TRIES = 20
+FIRST_LOGIN_RETRY_S = 0.25
+
+
+async def first_login(job: Job, provider: CredentialsProvider, context: ssl.SSLContext) -> None:
+    """One untimed login, so neither side's one-time costs land in the figures."""
+    for attempt in range(1, FIRST_LOGIN_TRIES + 1):
+        try:
+            session = await log_in(job.target, provider(0), context)
+        except XMPPError:
+            if attempt == FIRST_LOGIN_TRIES:
+                raise
+            await asyncio.sleep(FIRST_LOGIN_RETRY_S)
+        else:
+            await close_sessions([session], job.timeout)
+            return
 
 
 async def login_phase(job: Job, control: Control) -> None:
     """``count`` complete logins, each closed again, ``concurrency`` at a time."""
     provider = credentials_provider(job.credentials)
     context = client_ssl_context()
-    # One untimed login first, so neither side's one-time costs land in the figures.
-    await close_sessions([await log_in(job.target, provider(0), context)], job.timeout)
+    await first_login(job, provider, context)
     errors = Errors()
     login_ns: list[int] = []
 
@@ -605,21 +678,20 @@ async def login_phase(job: Job, control: Control) -> None:
             return
         login_ns.append(logged_in - start)
 
-    control.emit("ready")
-    await control.expect("go")
+    await control.ready()
     start = time.perf_counter()
     await run_concurrently(job.count, job.concurrency, attempt)
     elapsed = time.perf_counter() - start
-    control.emit("measured", elapsed=elapsed, ok=len(login_ns), failed=errors.total, errors=dict(errors.counts),
-                 latency_ms=percentiles_ms(login_ns))
-    await control.expect("stop")
+    await control.measured(False, elapsed=elapsed, ok=len(login_ns), failed=errors.total,
+                           errors=dict(errors.counts), latency_ms=percentiles_ms(login_ns))
 
 
 @dataclass
 class Traffic:
-    """The message phase's counters, shared by every chatter."""
+    """The counters of a set of chatters."""
 
-    running: bool = True
+    running: bool = True  # False once teardown begins: connections closed then are no loss
+    answering: bool = True  # a closed loop: every delivery is answered with a new message
     lost: int = 0  # connections closed under a chatter
     sent: int = 0
     received: int = 0
@@ -627,13 +699,29 @@ class Traffic:
     delivered: int = 0  # in the timed window
     latencies_ns: list[int] = field(default_factory=list)
 
-    def reset(self) -> None:
-        self.delivered = 0
-        self.latencies_ns = []
+    async def window(self, duration: float) -> dict[str, Any]:
+        """*duration* seconds of traffic: messages sent and delivered, and the deliveries' latencies."""
+        self.delivered, self.latencies_ns = 0, []
+        sent = self.sent
+        start = time.perf_counter()
+        await asyncio.sleep(duration)
+        elapsed = time.perf_counter() - start
+        delivered, latencies, sent = self.delivered, self.latencies_ns, self.sent - sent
+        if self.lost:
+            raise RuntimeError(f"{self.lost} chatting connections were lost")
+        return {"elapsed": elapsed, "delivered": delivered, "sent": sent, "errors": self.errors,
+                "latency_ms": percentiles_ms(latencies)}
+
+    async def drain(self, timeout: float) -> None:
+        """Stop answering, and wait until every message sent has arrived (or bounced)."""
+        self.answering = False
+        async with asyncio.timeout(timeout):
+            while self.received < self.sent:
+                await asyncio.sleep(0.05)
 
 
 class Chatter:
-    """One side of a pair: answers every message from its partner with a new one, while running.
+    """One side of a pair: sends its partner messages, and in a closed loop answers each one.
 
     Each body is the send time in nanoseconds, so the receiver measures the latency;
     both ends live in this process and read the same monotonic clock.
@@ -668,60 +756,143 @@ class Chatter:
         latency = time.monotonic_ns() - int(element.findtext(BODY) or 0)
         traffic.delivered += 1
         traffic.latencies_ns.append(latency)
-        if traffic.running:
+        if traffic.answering:
             self.send()
 
 
-async def msgs_phase(job: Job, control: Control) -> None:
-    """``pairs`` pairs of clients chatting, each side keeping ``window`` messages in flight."""
-    provider = credentials_provider(job.credentials)
-    errors = Errors()
-    sessions = await open_sessions(job.target, provider, 2 * job.pairs, job.concurrency, job.timeout, errors)
-    if errors.total:
-        raise RuntimeError(f"{errors.total} of {2 * job.pairs} logins failed: {dict(errors.counts)}")
-    traffic = Traffic()
+def pair_up(sessions: Sequence[Session], traffic: Traffic) -> list[Chatter]:
+    """Chatters for sessions 0 and 1, 2 and 3, ...: the two of a pair write to each other."""
     chatters = []
     for a, b in zip(sessions[0::2], sessions[1::2], strict=True):
         chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
-    for chatter in chatters:
-        for _ in range(job.window):
-            chatter.send()
-    await asyncio.sleep(min(1.0, job.duration / 5))  # warm up: queues and caches at their steady state
+    return chatters
 
-    control.emit("ready")
-    await control.expect("go")
-    traffic.reset()
-    start = time.perf_counter()
-    await asyncio.sleep(job.duration)
-    delivered, latencies, elapsed = traffic.delivered, traffic.latencies_ns, time.perf_counter() - start
-    if traffic.lost:
-        raise RuntimeError(f"{traffic.lost} of {len(chatters)} connections were lost during the message phase")
-    control.emit("measured", elapsed=elapsed, delivered=delivered, clients=len(sessions),
-                 in_flight=len(chatters) * job.window, errors=traffic.errors, latency_ms=percentiles_ms(latencies))
-    await control.expect("stop")
+
+def start_closed_loop(chatters: Sequence[Chatter], window: int) -> None:
+    """*window* messages from each chatter; each delivery is then answered with a new one."""
+    for chatter in chatters:
+        for _ in range(window):
+            chatter.send()
+
+
+def warm_up_s(duration: float) -> float:
+    """Traffic before the timed window: queues and caches at their steady state."""
+    return min(1.0, duration / 5)
+
+
+# How often the open loop sends what is due. Finer ticks cost the generator more CPU;
+# coarser ones send bigger bursts, whose queueing shows as latency.
+OPEN_LOOP_TICK_S = 0.001
+
+
+async def send_at_rate(chatters: Sequence[Chatter], rate: float) -> None:
+    """*rate* messages per second in all, from the chatters in turn, until cancelled.
+
+    An open loop: sending does not wait for deliveries, so a daemon that falls behind shows
+    as growing latency rather than as a lower rate. Each tick sends all that is due since the
+    start, so a late tick catches up instead of lowering the rate.
+    """
+    turns = itertools.cycle(chatters)
+    start, sent = time.monotonic(), 0
+    while True:
+        due = int(rate * (time.monotonic() - start)) - sent
+        for _ in range(due):
+            next(turns).send()
+        sent += due
+        await asyncio.sleep(OPEN_LOOP_TICK_S)
+
+
+async def log_in_all(job: Job, provider: CredentialsProvider, count: int, first: int = 0) -> list[Session]:
+    """*count* sessions for chatting; a failed login fails the phase, as its pairs would be incomplete."""
+    errors = Errors()
+    sessions = await open_sessions(job.target, provider, count, job.concurrency, job.timeout, errors, first)
+    if errors.total:
+        raise RuntimeError(f"{errors.total} of {count} logins failed: {dict(errors.counts)}")
+    return sessions
+
+
+async def start_chatting(job: Job, provider: CredentialsProvider,
+                         first: int = 0) -> tuple[list[Session], Traffic, list[Chatter]]:
+    """``job.pairs`` pairs logged in from account ``first`` on, in a closed loop, past its warm-up."""
+    sessions = await log_in_all(job, provider, 2 * job.pairs, first=first)
+    traffic = Traffic()
+    chatters = pair_up(sessions, traffic)
+    start_closed_loop(chatters, job.window)
+    await asyncio.sleep(warm_up_s(job.duration))
+    return sessions, traffic, chatters
+
+
+async def msgs_phase(job: Job, control: Control) -> None:
+    """``pairs`` pairs of clients chatting: a closed loop, then (with ``open_fraction``) an open one.
+
+    In the closed loop each client keeps ``window`` messages in flight to its partner, so the
+    rate is what the daemon can carry. The open loop then sends, from the same clients,
+    ``open_fraction`` times the rate the closed loop has just reached, for ``open_duration``
+    seconds: the latency of a daemon with headroom, which a closed loop cannot show (its
+    latency is its queue: in-flight messages divided by the rate).
+    """
+    provider = credentials_provider(job.credentials)
+    sessions, traffic, chatters = await start_chatting(job, provider)
+
+    await control.ready()
+    closed = await traffic.window(job.duration)
+    more = job.open_fraction > 0 and job.open_duration > 0
+    await control.measured(more, clients=len(sessions), in_flight=len(chatters) * job.window, **closed)
+    if more:
+        await traffic.drain(job.timeout)
+        rate = job.open_fraction * closed["delivered"] / closed["elapsed"]
+        pacer = asyncio.create_task(send_at_rate(chatters, rate))
+        try:
+            await asyncio.sleep(warm_up_s(job.open_duration))
+            await control.ready()
+            opened = await traffic.window(job.open_duration)
+            await control.measured(False, clients=len(sessions), offered_per_s=rate, **opened)
+        finally:
+            pacer.cancel()
 
     traffic.running = False
-    async with asyncio.timeout(job.timeout):
-        while traffic.received < traffic.sent:
-            await asyncio.sleep(0.05)
+    await traffic.drain(job.timeout)
     await close_sessions(sessions, job.timeout)
+
+
+def count_lost(sessions: Sequence[Session]) -> int:
+    return sum(1 for session in sessions if session.connection.lost.done())
 
 
 async def idle_phase(job: Job, control: Control) -> None:
-    """``count`` logged-in clients that then hold their connections without a word."""
-    provider = credentials_provider(job.credentials)
-    warmup = Errors()
-    await close_sessions(await open_sessions(job.target, provider, 10, 10, job.timeout, warmup), job.timeout)
+    """Logged-in clients that hold their connections without a word, ``counts`` of them in turn.
 
-    control.emit("ready")
-    await control.expect("go")
-    errors = Errors()
-    start = time.perf_counter()
-    sessions = await open_sessions(job.target, provider, job.count, job.concurrency, job.timeout, errors)
-    elapsed = time.perf_counter() - start
-    control.emit("measured", elapsed=elapsed, held=len(sessions), failed=errors.total, errors=dict(errors.counts))
-    await control.expect("stop")
-    await close_sessions(sessions, job.timeout)
+    Each stage logs in clients until ``counts[i]`` have been tried (the timed part; the runner
+    reads the daemon's memory at its end). Then, with ``pairs``, that many pairs of further
+    clients chat in a closed loop for ``duration`` seconds while all the others are held: the
+    daemon must still serve the few that talk.
+    """
+    if not job.counts:
+        raise ValueError("an idle job needs counts")
+    provider = credentials_provider(job.credentials)
+    await close_sessions(await open_sessions(job.target, provider, 10, 10, job.timeout, Errors()), job.timeout)
+    held: list[Session] = []
+    tried = 0
+    for stage, count in enumerate(job.counts):
+        await control.ready()
+        errors = Errors()
+        start = time.perf_counter()
+        held += await open_sessions(job.target, provider, count - tried, job.concurrency, job.timeout, errors, tried)
+        elapsed = time.perf_counter() - start
+        more = stage + 1 < len(job.counts) or job.pairs > 0
+        await control.measured(more, elapsed=elapsed, opened=count - tried - errors.total, held=len(held),
+                               failed=errors.total, errors=dict(errors.counts), lost=count_lost(held))
+        tried = count
+    if job.pairs > 0:
+        sessions, traffic, chatters = await start_chatting(job, provider, first=tried)
+        await control.ready()
+        chat = await traffic.window(job.duration)
+        await control.measured(False, clients=len(sessions), in_flight=len(chatters) * job.window,
+                               held=len(held) - count_lost(held), lost=count_lost(held), **chat)
+        traffic.running = False
+        await traffic.drain(job.timeout)
+        await close_sessions(sessions, job.timeout)
+    await close_sessions(held, teardown_timeout(job.timeout, len(held)))
 
 
 PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
@@ -745,6 +916,7 @@ def raise_open_files_limit() -> int:
 
 
 async def run(job: Job) -> None:
+    use_small_tls_buffers()
     control = Control()
     await PHASES[job.phase](job, control)
     control.emit("done")
@@ -755,7 +927,7 @@ def main() -> int:
     try:
         job = Job.from_json(sys.stdin.readline())
         open_files = raise_open_files_limit()
-        if job.count + 2 * job.pairs + 64 > open_files:
+        if job.connections + 64 > open_files:
             raise RuntimeError(f"the open files limit ({open_files}) is too low for this job")
         asyncio.run(run(job))
     except Exception as error:

@@ -8,14 +8,18 @@ timed part it reads the CPU time of the daemon and of the generator (``/proc/<pi
 of the whole machine (``/proc/stat``) and the daemon's resident memory (``/proc/<pid>/status``).
 
 Every phase gets a daemon of its own, and so does each transport of the idle phase, so that
-no figure depends on what an earlier phase left behind (memory figures least of all).
+no figure depends on what an earlier phase left behind (memory figures least of all). A phase
+may measure in stages on one daemon and one generator (see `benchmarks.loadgen`): the message
+phase's open loop follows its closed loop, at half the rate the closed loop reached; the idle
+phase holds 2,000 connections, then 10,000, then lets a few pairs chat beside them.
 
 The login phase measures local accounts and social logins: an ``hmac`` site whose tokens the
 generator signs, and an ``oidc`` site whose provider (`benchmarks.idp`) the runner starts on
 loopback, with an RSA key it makes and the generator mints ID tokens with.
 
 All figures go to stdout as one JSON object, and to stderr as a table. Problems in the
-daemons' logs (warnings, errors, tracebacks) are reported in both; such a log is then kept.
+daemons' logs (warnings, errors, tracebacks; the daemons log at warn level) are reported in
+both; such a log is then kept.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import queue
 import re
 import resource
 import secrets
-import select
 import shutil
 import signal
 import socket
@@ -40,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,7 +102,11 @@ class Settings:
     logins: int
     concurrency: int
     duration: float
-    idle: int
+    open_fraction: float
+    open_duration: float
+    idle: tuple[int, ...]
+    idle_pairs: int
+    idle_duration: float
     pairs: int
     window: int
     transports: tuple[str, ...]
@@ -108,8 +115,12 @@ class Settings:
     quick: bool
 
 
-DEFAULTS = {"logins": 1000, "concurrency": 20, "duration": 10.0, "idle": 2000}
-QUICK = {"logins": 100, "concurrency": 10, "duration": 2.0, "idle": 200}
+DEFAULTS: dict[str, Any] = {"logins": 1000, "concurrency": 50, "duration": 20.0, "open_duration": 10.0,
+                            "idle": (2000, 10000), "idle_duration": 5.0}
+QUICK: dict[str, Any] = {"logins": 100, "concurrency": 10, "duration": 2.0, "open_duration": 2.0,
+                         "idle": (100, 500), "idle_duration": 1.0}
+# The issue's target for the open loop at half the closed loop's rate (see run_msgs).
+OPEN_LOOP_P99_TARGET_MS = 50.0
 
 
 def _names(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -134,13 +145,34 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """Comma-separated positive numbers, returned ascending and without repeats."""
+    try:
+        counts = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError("give comma-separated whole numbers") from None
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError("give comma-separated positive numbers")
+    return tuple(sorted(counts))
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _sizes(sizes: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sizes.items())
+
+
 def parse_args(argv: Sequence[str]) -> Settings:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark the sns-xmpp daemon: login rate, message throughput and latency, memory per "
                     "idle connection. JSON on stdout, a table on stderr.")
-    parser.add_argument("--quick", action="store_true",
-                        help="small numbers for a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run: " + _sizes(QUICK))
     parser.add_argument("--phases", type=_names(PHASES), default=PHASES, metavar="LIST",
                         help="which phases to run, comma-separated (default: login,msgs,idle)")
     parser.add_argument("--logins", type=_positive(int), metavar="N",
@@ -148,9 +180,20 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--concurrency", type=_positive(int), metavar="C",
                         help=f"logins in progress at once (default {DEFAULTS['concurrency']})")
     parser.add_argument("--duration", type=_positive(float), metavar="S",
-                        help=f"seconds of message traffic measured (default {DEFAULTS['duration']:g})")
-    parser.add_argument("--idle", type=_positive(int), metavar="N",
-                        help=f"idle connections held (default {DEFAULTS['idle']})")
+                        help=f"seconds of closed-loop message traffic measured (default {DEFAULTS['duration']:g})")
+    parser.add_argument("--open-fraction", type=_fraction, default=0.5, metavar="F",
+                        help="rate of the open-loop message run, as a share of the rate the closed loop reached "
+                             "just before (default 0.5; 0 skips the open loop)")
+    parser.add_argument("--open-duration", type=_positive(float), metavar="S",
+                        help=f"seconds of open-loop message traffic measured (default {DEFAULTS['open_duration']:g})")
+    parser.add_argument("--idle", type=_counts, metavar="LIST",
+                        help="idle connections held, comma-separated counts reached in turn on one daemon "
+                             f"(default {','.join(map(str, DEFAULTS['idle']))})")
+    parser.add_argument("--idle-pairs", type=int, default=10, metavar="P",
+                        help="pairs chatting while the most idle connections are held (default 10; 0: none)")
+    parser.add_argument("--idle-duration", type=_positive(float), metavar="S",
+                        help="seconds those pairs chat, measured "
+                             f"(default {DEFAULTS['idle_duration']:g})")
     parser.add_argument("--pairs", type=_positive(int), default=50, metavar="P",
                         help="pairs of chatting clients in the message phase (default 50)")
     parser.add_argument("--window", type=_positive(int), default=4, metavar="K",
@@ -163,6 +206,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                              + ", ".join(LOGIN_SCENARIOS) + ")")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
     args = parser.parse_args(argv)
+    if args.idle_pairs < 0:
+        parser.error("--idle-pairs must not be negative")
     sizes = QUICK if args.quick else DEFAULTS
 
     def pick(name: str) -> Any:
@@ -170,8 +215,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
         return sizes[name] if given is None else given
 
     return Settings(phases=args.phases, logins=pick("logins"), concurrency=pick("concurrency"),
-                    duration=pick("duration"), idle=pick("idle"), pairs=args.pairs, window=args.window,
-                    transports=args.transports, scenarios=args.scenarios, keep=args.keep, quick=args.quick)
+                    duration=pick("duration"), open_fraction=args.open_fraction, open_duration=pick("open_duration"),
+                    idle=pick("idle"), idle_pairs=args.idle_pairs, idle_duration=pick("idle_duration"),
+                    pairs=args.pairs, window=args.window, transports=args.transports, scenarios=args.scenarios,
+                    keep=args.keep, quick=args.quick)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -191,6 +238,22 @@ def process_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise BenchError(f"no VmRSS for process {pid}")
+
+
+def process_open_files_limit(pid: int) -> int | None:
+    """The soft limit on open files *pid* runs with (None if unlimited or unknown).
+
+    The daemon inherits the runner's limit; this checks it holds enough for the idle phase.
+    """
+    try:
+        with open(f"/proc/{pid}/limits", encoding="ascii") as limits:
+            for line in limits:
+                if line.startswith("Max open files"):
+                    soft = line.split()[3]
+                    return int(soft) if soft.isdigit() else None
+    except OSError:
+        pass
+    return None
 
 
 def machine_cpu_ticks() -> tuple[int, int]:
@@ -353,7 +416,10 @@ class Daemon:
 
     With *idp*, the configuration has the oidc site ``OIDC_SITE`` on that provider, whose nonce
     secret the runner writes into the data folder beforehand, and `start` also waits until the
-    daemon has loaded the provider's metadata and keys.
+    provider has served the daemon its keys.
+
+    ``generator_cpu_s`` adds up the CPU time of the load generators run against it (`measure`),
+    set-up and teardown included, for the phase totals.
     """
 
     def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None) -> None:
@@ -365,6 +431,9 @@ class Daemon:
         self.log_path = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_status: int | None = None
+        self.cpu_s: float | None = None  # its CPU time over its whole life, read just before it is stopped
+        self.open_files_limit: int | None = None
+        self.generator_cpu_s = 0.0
 
     @property
     def pid(self) -> int:
@@ -407,16 +476,13 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise BenchError(f"the daemon did not listen on port {self.port} within {timeout:g}s")
             time.sleep(0.1)
+        self.open_files_limit = process_open_files_limit(self.pid)
         if self.idp is not None:
-            # The oidc site fetches the discovery document and the JWKS once it starts;
-            # until then its logins fail with provider-unavailable.
-            ready = re.compile(rf"oidc\.provider_ready site={re.escape(OIDC_SITE)}\b")
-            while not read_log(self.log_path, ready).problems:
-                self.ensure_running()
-                if time.monotonic() > deadline:
-                    raise BenchError(f"the daemon did not load the OpenID provider's keys within {timeout:g}s:\n"
-                                     + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
-                time.sleep(0.1)
+            # The oidc site fetches the discovery document and the JWKS once it starts; a login
+            # before that waits for them or fails. Its provider_ready line is info, not logged here.
+            if not self.idp.wait_served("jwks", max(0.0, deadline - time.monotonic()), self.ensure_running):
+                raise BenchError(f"the daemon did not fetch the OpenID provider's keys within {timeout:g}s:\n"
+                                 + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
 
     def ensure_running(self) -> None:
         assert self.process is not None
@@ -428,6 +494,7 @@ class Daemon:
         if self.process is None or self.process.poll() is not None:
             self.exit_status = None if self.process is None else self.process.returncode
             return
+        self.cpu_s = process_cpu_seconds(self.pid)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.exit_status = self.process.wait(timeout)
@@ -462,21 +529,53 @@ class IdentityProvider:
                 [sys.executable, "-m", "benchmarks.idp", "--key", str(self.key_file), "--kid", OIDC_KID,
                  "--client-id", OIDC_CLIENT_ID], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=log, text=True, start_new_session=True)
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         try:
             self.issuer = self._read_issuer(timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _read_issuer(self, timeout: float) -> str:
+    def _read(self) -> None:
+        """Its stdout, line by line, into the queue; None at its end."""
         assert self.process.stdout is not None
-        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline() if readable else ""
-        if not line:
+        for line in self.process.stdout:
+            try:
+                self._lines.put(json.loads(line))
+            except ValueError:
+                continue  # not one of its JSON lines
+        self._lines.put(None)
+
+    def _read_issuer(self, timeout: float) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+        if line is None or "issuer" not in line:
             status = self.process.poll()
             raise BenchError(f"the OpenID provider did not start ({'still running' if status is None else status}):\n"
                              + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
-        return str(json.loads(line)["issuer"])
+        return str(line["issuer"])
+
+    def wait_served(self, what: str, timeout: float, check: Callable[[], None]) -> bool:
+        """Wait until the provider says it has served *what*; False after *timeout* seconds.
+
+        *check* runs every tenth of a second meanwhile (it raises if the daemon has died).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=0.1)
+            except queue.Empty:
+                check()
+                continue
+            if line is None:
+                raise BenchError(f"the OpenID provider exited (status {self.process.wait()})")
+            if line.get("served") == what:
+                return True
+        return False
 
     def site_table(self) -> str:
         return "\n".join([f"[sites.{OIDC_SITE}]", 'plugin = "oidc"', f"issuer = {json.dumps(self.issuer)}",
@@ -498,7 +597,8 @@ class IdentityProvider:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stdout is not None:
+        self._reader.join(5)  # it has read to the end of stdout, which can then be closed
+        if self.process.stdout is not None and not self._reader.is_alive():
             self.process.stdout.close()
 
 
@@ -568,7 +668,11 @@ class LoadGenerator:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one scenario gives: the generator's own figures, the CPU over the timed part, memory."""
+    """What one timed stage gives: the generator's own figures, the CPU over the timed part, memory.
+
+    ``rss_after_release_kib`` is the daemon's memory once the generator has ended, the same for
+    every stage of a job.
+    """
 
     figures: dict[str, Any]
     usage: Usage
@@ -588,22 +692,34 @@ class Measurement:
         return found
 
 
-def measure(daemon: Daemon, job: Mapping[str, Any], limit: float) -> Measurement:
-    """Run one generator job; *limit* bounds each wait in seconds."""
+def measure(daemon: Daemon, job: Mapping[str, Any], limit: float) -> list[Measurement]:
+    """Run one generator job, one measurement per timed stage; *limit* bounds each wait in seconds.
+
+    The generator's CPU time over its whole life is added to ``daemon.generator_cpu_s``.
+    """
+    stages: list[tuple[dict[str, Any], Sample, Sample]] = []
     with LoadGenerator(job) as generator:
-        generator.wait_for("ready", limit)
-        daemon.ensure_running()
-        start = Sample.take(daemon.pid, generator.pid)
-        generator.command("go")
-        figures = generator.wait_for("measured", limit)
-        daemon.ensure_running()
-        end = Sample.take(daemon.pid, generator.pid)
-        generator.command("stop")
+        more = True
+        while more:
+            generator.wait_for("ready", limit)
+            daemon.ensure_running()
+            start = Sample.take(daemon.pid, generator.pid)
+            generator.command("go")
+            figures = generator.wait_for("measured", limit)
+            daemon.ensure_running()
+            end = Sample.take(daemon.pid, generator.pid)
+            more = bool(figures.pop("more", False))
+            figures.pop("event")
+            stages.append((figures, start, end))
+            generator.command("next" if more else "stop")
         generator.wait_for("done", limit)
+        # It has only to exit now; until the runner waits for it, its /proc entry stays.
+        with suppress(OSError):
+            daemon.generator_cpu_s += process_cpu_seconds(generator.pid)
     time.sleep(0.5)  # the daemon finishes tearing down sessions the generator has closed
     daemon.ensure_running()
-    figures.pop("event")
-    return Measurement(figures, Usage.between(start, end), start, end, process_rss_kib(daemon.pid))
+    released = process_rss_kib(daemon.pid)
+    return [Measurement(figures, Usage.between(start, end), start, end, released) for figures, start, end in stages]
 
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -673,7 +789,7 @@ def target(daemon: Daemon, tls: bool) -> dict[str, Any]:
 def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> dict[str, Any]:
     job = {"phase": "login", "target": target(daemon, scenario.tls), "credentials": scenario.credentials,
            "count": settings.logins, "concurrency": settings.concurrency}
-    result = measure(daemon, job, limit=60 + settings.logins / 5)
+    [result] = measure(daemon, job, limit=60 + settings.logins / 5)
     figures, usage = result.figures, result.usage
     ok = figures["ok"]
     credentials = scenario.credentials
@@ -703,23 +819,16 @@ def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> di
     }
 
 
-def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
-    tls = transport == "tls"
-    job = {"phase": "msgs", "target": target(daemon, tls),
-           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "pairs": settings.pairs,
-           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
-    result = measure(daemon, job, limit=120 + settings.duration)
+def traffic_figures(result: Measurement) -> dict[str, Any]:
+    """One stage of chat traffic: deliveries, their rate and latency, and the daemon's CPU per message."""
     figures, usage = result.figures, result.usage
-    delivered = figures["delivered"]
+    delivered, elapsed = figures["delivered"], figures["elapsed"]
     return {
-        "tls": tls,
-        "pairs": settings.pairs,
-        "window": settings.window,
-        "in_flight": figures["in_flight"],
         "delivered": delivered,
         "bounced": figures["errors"],
-        "elapsed_s": round(figures["elapsed"], 3),
-        "messages_per_s": round(delivered / figures["elapsed"], 1),
+        "elapsed_s": round(elapsed, 3),
+        "messages_per_s": round(delivered / elapsed, 1),
+        "sent_per_s": round(figures["sent"] / elapsed, 1),
         "server_cpu_s_per_1000": round(1000 * usage.server_cpu_s / delivered, 3) if delivered else None,
         "latency_ms": figures["latency_ms"],
         "listen_overflows": result.listen_overflows,
@@ -728,30 +837,92 @@ def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, An
     }
 
 
-def run_idle(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+# An open loop that sent less than this share of what it offered was held back by the
+# generator (or by the daemon's full socket buffers): its rate is not the one asked for.
+OPEN_LOOP_SENT_SHARE = 0.95
+
+
+def open_loop_figures(result: Measurement, fraction: float) -> dict[str, Any]:
+    """The open-loop stage: what it offered, and whether its p99 met the issue's target."""
+    offered = result.figures["offered_per_s"]
+    figures = {"fraction": fraction, "offered_per_s": round(offered, 1), **traffic_figures(result)}
+    p99 = figures["latency_ms"]["p99"]
+    figures["p99_target_ms"] = OPEN_LOOP_P99_TARGET_MS
+    figures["p99_target_met"] = p99 is not None and p99 < OPEN_LOOP_P99_TARGET_MS
+    if figures["sent_per_s"] < OPEN_LOOP_SENT_SHARE * offered:
+        figures["warnings"].append(f"sent {figures['sent_per_s']:.0f}/s of the {offered:.0f}/s offered")
+    return figures
+
+
+def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+    """The closed loop, then the open loop at ``open_fraction`` of the rate the closed loop reached."""
     tls = transport == "tls"
-    job = {"phase": "idle", "target": target(daemon, tls),
-           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "count": settings.idle,
-           "concurrency": settings.concurrency}
-    result = measure(daemon, job, limit=60 + settings.idle / 5)
+    job = {"phase": "msgs", "target": target(daemon, tls),
+           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "pairs": settings.pairs,
+           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency,
+           "open_fraction": settings.open_fraction, "open_duration": settings.open_duration}
+    closed, *opened = measure(daemon, job, limit=120 + settings.duration + settings.open_duration)
+    row = {"tls": tls, "pairs": settings.pairs, "window": settings.window,
+           "in_flight": closed.figures["in_flight"], **traffic_figures(closed)}
+    if opened:
+        row["open_loop"] = open_loop_figures(opened[0], settings.open_fraction)
+        row["warnings"] += [f"open loop: {warning}" for warning in row["open_loop"]["warnings"]]
+    return row
+
+
+def idle_figures(result: Measurement, rss_before_kib: int, tls: bool) -> dict[str, Any]:
+    """One stage of the idle phase: the connections held at its end and the memory they take.
+
+    The memory per connection is counted from the fresh daemon's RSS before the first stage,
+    so that each stage's figure covers all the connections it holds.
+    """
     figures, usage = result.figures, result.usage
-    held = figures["held"]
-    grown = result.end.server_rss_kib - result.start.server_rss_kib
+    held, opened = figures["held"], figures["opened"]
+    grown = result.end.server_rss_kib - rss_before_kib
+    warnings = result.warnings()
+    if figures["lost"]:
+        warnings.append(f"{figures['lost']} held connections were closed by the daemon")
     return {
         "tls": tls,
         "connections": held,
+        "opened": opened,
         "failed": figures["failed"],
+        "lost": figures["lost"],
         "errors": figures["errors"],
-        "rss_before_kib": result.start.server_rss_kib,
+        "rss_before_kib": rss_before_kib,
         "rss_held_kib": result.end.server_rss_kib,
-        "rss_after_release_kib": result.rss_after_release_kib,
         "kib_per_connection": round(grown / held, 1) if held else None,
         "setup_s": round(figures["elapsed"], 3),
-        "server_cpu_ms_per_connection": round(1000 * usage.server_cpu_s / held, 2) if held else None,
+        "server_cpu_ms_per_connection": round(1000 * usage.server_cpu_s / opened, 2) if opened else None,
         "listen_overflows": result.listen_overflows,
         "cpu": asdict(usage),
-        "warnings": result.warnings(),
+        "warnings": warnings,
     }
+
+
+def run_idle(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+    """Rows ``<transport>-<count>`` for each count of held connections; the last also has ``chat``."""
+    tls = transport == "tls"
+    job = {"phase": "idle", "target": target(daemon, tls),
+           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "counts": list(settings.idle),
+           "concurrency": settings.concurrency, "pairs": settings.idle_pairs, "window": settings.window,
+           "duration": settings.idle_duration}
+    stages = measure(daemon, job, limit=60 + max(settings.idle) / 5 + settings.idle_duration)
+    holds, chats = stages[:len(settings.idle)], stages[len(settings.idle):]
+    rss_before = holds[0].start.server_rss_kib
+    rows = {f"{transport}-{count}": idle_figures(result, rss_before, tls)
+            for count, result in zip(settings.idle, holds, strict=True)}
+    last = rows[f"{transport}-{settings.idle[-1]}"]
+    last["rss_after_release_kib"] = holds[-1].rss_after_release_kib
+    if chats:
+        chat = chats[0]
+        last["chat"] = {"pairs": settings.idle_pairs, "window": settings.window,
+                        "in_flight": chat.figures["in_flight"], "held": chat.figures["held"],
+                        "lost": chat.figures["lost"], **traffic_figures(chat)}
+        if chat.figures["lost"]:
+            last["chat"]["warnings"].append(f"{chat.figures['lost']} held connections were closed by the daemon")
+        last["warnings"] += [f"chat: {warning}" for warning in last["chat"]["warnings"]]
+    return rows
 
 
 # -- report --------------------------------------------------------------------------------
@@ -793,11 +964,83 @@ def _kib(value: int | None) -> str:
 
 
 def _cpu(cpu: Mapping[str, Any]) -> str:
-    return (f"{cpu['server_pct']:>6.0f}% {cpu['generator_pct']:>4.0f}% {cpu['other_pct']:>4.0f}%"
-            f" {cpu['machine_pct']:>6.0f}%")
+    return (f"{cpu['server_cpu_s']:>6.1f} {cpu['generator_cpu_s']:>6.1f} {cpu['server_pct']:>6.0f}%"
+            f" {cpu['generator_pct']:>4.0f}% {cpu['other_pct']:>4.0f}% {cpu['machine_pct']:>6.0f}%")
 
 
-_CPU_HEADS = f"{'server':>7} {'gen':>5} {'other':>5} {'machine':>7}"
+_CPU_HEADS = f"{'srv s':>6} {'gen s':>6} {'server':>7} {'gen':>5} {'other':>5} {'machine':>7}"
+_TRAFFIC_HEADS = f"{'delivered':>9} {'msgs/s':>9} {'cpu s/1000':>11} {'p50 ms':>8} {'p99 ms':>8} {_CPU_HEADS}"
+
+
+def _traffic(label: str, row: Mapping[str, Any]) -> str:
+    return (f"{label:<22} {row['delivered']:>9} {row['messages_per_s']:>9.1f}"
+            f" {row['server_cpu_s_per_1000'] or 0:>11.3f} {_ms(row['latency_ms']['p50']):>8}"
+            f" {_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
+
+
+def _login_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'login':<22} {'ok':>6} {'fail':>5} {'logins/s':>9} {'cpu ms/login':>13} {'p50 ms':>8} "
+                 f"{'p99 ms':>8} {_CPU_HEADS}"]
+    for name, row in rows.items():
+        lines.append(f"{name:<22} {row['logins']:>6} {row['failed']:>5} {row['logins_per_s']:>9.1f} "
+                     f"{_ms(row['server_cpu_ms_per_login']):>13} {_ms(row['latency_ms']['p50']):>8} "
+                     f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
+    if rows:
+        concurrency = next(iter(rows.values()))["concurrency"]
+        lines.append(f"{concurrency} logins at once")
+    social = [f"{name} {row['first_logins']}/{row['repeat_logins']}" for name, row in rows.items()
+              if "first_logins" in row]
+    if social:
+        lines.append("social logins, first (user and link created) / repeat: " + ", ".join(social))
+    return lines
+
+
+def _msgs_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'msgs':<22} {_TRAFFIC_HEADS}"]
+    notes = []
+    for name, row in rows.items():
+        lines.append(_traffic(f"{name} {row['pairs']}x2 K={row['window']} closed", row))
+        notes.append(f"{name} closed loop: {row['in_flight']} messages in flight, {row['elapsed_s']:.0f} s")
+        if "open_loop" in row:
+            open_loop = row["open_loop"]
+            lines.append(_traffic(f"{name} open at {open_loop['fraction']:.0%}", open_loop))
+            met = "met" if open_loop["p99_target_met"] else "NOT met"
+            notes.append(f"{name} open loop: {open_loop['offered_per_s']:.0f}/s offered, "
+                         f"{open_loop['sent_per_s']:.0f}/s sent, {open_loop['elapsed_s']:.0f} s; "
+                         f"target p99 < {open_loop['p99_target_ms']:g} ms {met}")
+    return lines + notes
+
+
+def _idle_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'idle':<22} {'held':>6} {'fail':>5} {'lost':>5} {'RSS before':>12} {'RSS held':>12} "
+                 f"{'KiB/conn':>9} {'setup s':>8} {'cpu ms/conn':>12} {_CPU_HEADS}"]
+    for name, row in rows.items():
+        lines.append(f"{name:<22} {row['connections']:>6} {row['failed']:>5} {row['lost']:>5} "
+                     f"{_kib(row['rss_before_kib']):>12} {_kib(row['rss_held_kib']):>12} "
+                     f"{row['kib_per_connection'] or 0:>9.1f} {row['setup_s']:>8.1f} "
+                     f"{_ms(row['server_cpu_ms_per_connection']):>12} {_cpu(row['cpu'])}")
+    released = [f"{name} {_kib(row['rss_after_release_kib'])}" for name, row in rows.items()
+                if "rss_after_release_kib" in row]
+    lines.append("KiB/conn: (RSS held - RSS before) / held, from the fresh daemon's RSS; after release: "
+                 + ", ".join(released))
+    chats = {name: row["chat"] for name, row in rows.items() if "chat" in row}
+    if chats:
+        lines += ["", f"{'chat beside idle':<22} {_TRAFFIC_HEADS}"]
+        lines += [_traffic(f"{name} {chat['pairs']}x2 K={chat['window']}", chat) for name, chat in chats.items()]
+        lines += [f"{name}: {chat['held']} idle connections held while {chat['pairs']} pairs chatted for "
+                  f"{chat['elapsed_s']:.0f} s (closed loop)" for name, chat in chats.items()]
+    return lines
+
+
+def _totals_lines(report: Mapping[str, Any]) -> list[str]:
+    totals = report["totals"]
+    lines = ["", f"{'phase totals':<22} {'wall s':>7} {'daemon cpu s':>13} {'generator cpu s':>16} {'machine':>8}"]
+    for phase, total in totals["phases"].items():
+        lines.append(f"{phase:<22} {total['wall_s']:>7.1f} {total['server_cpu_s']:>13.1f} "
+                     f"{total['generator_cpu_s']:>16.1f} {total['machine_pct']:>7.0f}%")
+    lines.append(f"{'whole run':<22} {totals['wall_s']:>7.1f}   (set-up and teardown included; machine in % of all"
+                 " cores)")
+    return lines
 
 
 def table(report: Mapping[str, Any]) -> str:
@@ -805,35 +1048,19 @@ def table(report: Mapping[str, Any]) -> str:
     meta, phases = report["meta"], report["phases"]
     machine = meta["machine"]
     lines = [f"sns-xmpp benchmark {meta['date']}, {machine['cpus']} CPUs ({machine['cpu_model']}), "
-             f"revision {meta['revision']}"]
-    if "login" in phases:
-        lines += ["", f"{'login':<18} {'ok':>6} {'fail':>5} {'logins/s':>9} {'cpu ms/login':>13} {'p50 ms':>8} "
-                      f"{'p99 ms':>8} {_CPU_HEADS}"]
-        for name, row in phases["login"].items():
-            lines.append(f"{name:<18} {row['logins']:>6} {row['failed']:>5} {row['logins_per_s']:>9.1f} "
-                         f"{_ms(row['server_cpu_ms_per_login']):>13} {_ms(row['latency_ms']['p50']):>8} "
-                         f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
-        social = [f"{name} {row['first_logins']}/{row['repeat_logins']}"
-                  for name, row in phases["login"].items() if "first_logins" in row]
-        if social:
-            lines.append("social logins, first (user and link created) / repeat: " + ", ".join(social))
-    if "msgs" in phases:
-        lines += ["", f"{'msgs':<18} {'delivered':>9} {'msgs/s':>9} {'cpu s/1000':>11} {'p50 ms':>8} "
-                      f"{'p99 ms':>8} {_CPU_HEADS}"]
-        for name, row in phases["msgs"].items():
-            label = f"{name} {row['pairs']}x2 K={row['window']}"
-            lines.append(f"{label:<18} {row['delivered']:>9} {row['messages_per_s']:>9.1f} "
-                         f"{row['server_cpu_s_per_1000'] or 0:>11.3f} {_ms(row['latency_ms']['p50']):>8} "
-                         f"{_ms(row['latency_ms']['p99']):>8} {_cpu(row['cpu'])}")
-    if "idle" in phases:
-        lines += ["", f"{'idle':<18} {'held':>6} {'fail':>5} {'RSS before':>12} {'RSS held':>12} {'KiB/conn':>9} "
-                      f"{'RSS released':>13}"]
-        for name, row in phases["idle"].items():
-            lines.append(f"{name:<18} {row['connections']:>6} {row['failed']:>5} {_kib(row['rss_before_kib']):>12} "
-                         f"{_kib(row['rss_held_kib']):>12} {row['kib_per_connection'] or 0:>9.1f} "
-                         f"{_kib(row['rss_after_release_kib']):>13}")
-    lines += ["", "cpu over the timed part: daemon (server), load generator (gen), everything else (other) in %"
-                  " of one core; machine in % of all cores"]
+             f"revision {meta['revision']}, open files limit {meta['open_files_limit']}"]
+    if phases.get("login"):
+        lines += _login_lines(phases["login"])
+    if phases.get("msgs"):
+        lines += _msgs_lines(phases["msgs"])
+    if phases.get("idle"):
+        lines += _idle_lines(phases["idle"])
+    lines += ["", "cpu over each timed part: CPU-seconds of the daemon (srv s) and the load generator (gen s); "
+                  "daemon (server), generator (gen) and everything else (other) in % of one core; machine in % "
+                  "of all cores"]
+    if report["totals"]["phases"]:
+        lines += _totals_lines(report)
+    lines.append("")
     for phase, rows in phases.items():
         for name, row in rows.items():
             lines += [f"WARNING {phase} {name}: {warning}" for warning in row["warnings"]]
@@ -842,7 +1069,8 @@ def table(report: Mapping[str, Any]) -> str:
         log = daemon["log"]
         status = daemon["exit_status"]
         shown = "SIGTERM" if status == -signal.SIGTERM else status
-        lines.append(f"daemon {label}: exit status {shown}, {log['lines']} log lines, {log['problems']} problems"
+        lines.append(f"daemon {label}: exit status {shown}, open files limit {daemon.get('open_files_limit')}, "
+                     f"{log['lines']} log lines (warn and up), {log['problems']} problems"
                      + (f", log kept at {log['kept_at']}" if log["kept_at"] else ""))
         lines += ["  | " + excerpt.replace("\n", "\n  | ") for excerpt in log["excerpts"]]
     return "\n".join(lines)
@@ -857,6 +1085,8 @@ class Bench:
     def __init__(self, settings: Settings, folder: Path) -> None:
         self.settings = settings
         self.folder = folder
+        self.started = time.monotonic()
+        self._phase_daemons: list[Daemon] = []  # the daemons of the phase running now, for its totals
         self.report: dict[str, Any] = {
             "meta": {
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -867,6 +1097,7 @@ class Bench:
                 "load_average": load_average(),
             },
             "phases": {},
+            "totals": {"wall_s": 0.0, "phases": {}},
             "daemons": {},
         }
 
@@ -876,6 +1107,7 @@ class Bench:
         folder = self.folder / label
         folder.mkdir()
         daemon = Daemon(folder, accounts, idp)
+        self._phase_daemons.append(daemon)
         try:
             daemon.start()
             yield daemon
@@ -884,6 +1116,8 @@ class Bench:
                 daemon.stop()
             finally:
                 self.report["daemons"][label] = {"exit_status": daemon.exit_status,
+                                                 "open_files_limit": daemon.open_files_limit, "cpu_s": daemon.cpu_s,
+                                                 "generator_cpu_s": round(daemon.generator_cpu_s, 3),
                                                  "log": asdict(self._checked_log(daemon))}
 
     def _checked_log(self, daemon: Daemon) -> LogReport:
@@ -919,26 +1153,55 @@ class Bench:
         return results
 
     def msgs(self) -> dict[str, Any]:
+        results: dict[str, Any] = self.report["phases"].setdefault("msgs", {})
         with self.daemon("msgs", 2 * self.settings.pairs) as daemon:
-            return {transport: run_msgs(daemon, self.settings, transport) for transport in self.settings.transports}
+            for transport in self.settings.transports:
+                results[transport] = run_msgs(daemon, self.settings, transport)
+        return results
 
     def idle(self) -> dict[str, Any]:
+        """Per transport, a daemon of its own holding each count of connections in turn."""
+        settings = self.settings
         results: dict[str, Any] = self.report["phases"].setdefault("idle", {})
-        for transport in self.settings.transports:
-            with self.daemon(f"idle-{transport}", self.settings.idle) as daemon:
-                results[transport] = run_idle(daemon, self.settings, transport)
+        for transport in settings.transports:
+            with self.daemon(f"idle-{transport}", max(settings.idle) + 2 * settings.idle_pairs) as daemon:
+                results.update(run_idle(daemon, settings, transport))
         return results
+
+    @contextmanager
+    def totals(self, phase: str) -> Iterator[None]:
+        """Wall time and CPU of the whole phase, set-up and teardown included, into ``totals``."""
+        self._phase_daemons = []
+        start, (busy, total) = time.monotonic(), machine_cpu_ticks()
+        try:
+            yield
+        finally:
+            end_busy, end_total = machine_cpu_ticks()
+            self.report["totals"]["phases"][phase] = {
+                "wall_s": round(time.monotonic() - start, 1),
+                "server_cpu_s": round(sum(daemon.cpu_s or 0.0 for daemon in self._phase_daemons), 2),
+                "generator_cpu_s": round(sum(daemon.generator_cpu_s for daemon in self._phase_daemons), 2),
+                "machine_pct": round(100 * (end_busy - busy) / max(end_total - total, 1), 1),
+            }
+            self.report["totals"]["wall_s"] = round(time.monotonic() - self.started, 1)
+
+    def connections_needed(self) -> int:
+        """About the most connections one process (the daemon or a generator) holds at once."""
+        settings = self.settings
+        idle = max(settings.idle) + 2 * settings.idle_pairs if "idle" in settings.phases else 0
+        return max(idle, settings.concurrency, 2 * settings.pairs)
 
     def run(self) -> None:
         settings = self.settings
-        needed = max(settings.idle if "idle" in settings.phases else 0, settings.concurrency, 2 * settings.pairs)
-        if self.report["meta"]["open_files_limit"] < needed + 64:
+        needed = self.connections_needed() + 64
+        if self.report["meta"]["open_files_limit"] < needed:
             raise BenchError(f"the open files limit is {self.report['meta']['open_files_limit']}; "
-                             f"this run needs about {needed + 64}")
+                             f"this run needs about {needed}")
         runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "msgs": self.msgs, "idle": self.idle}
         for phase in settings.phases:
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
-            self.report["phases"][phase] = runners[phase]()
+            with self.totals(phase):
+                self.report["phases"][phase] = runners[phase]()
 
 
 @contextmanager
