@@ -128,7 +128,7 @@ class ClientStream(xmlstream.XmlStream):
         self.element_handler: ElementHandler = self._refuse
         self._fed = 0  # bytes given to the current parser
         self.guard: ParseGuard | None = None
-        self._root: domish.Element | None = None  # the client's stream header, until compact() needs it
+        self._root: domish.Element | None = None  # the client's stream header, until release_parser() needs it
         self._header: bytes | None = None
         self._release_after_read = False
         self.opened_at = self.last_active = clock.seconds()
