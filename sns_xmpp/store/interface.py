@@ -28,6 +28,7 @@ __all__ = [
     "SchemaTooNewError",
     "StoreClosedError",
     "StoreError",
+    "StoreUnavailableError",
 ]
 
 
@@ -37,6 +38,10 @@ class StoreError(Exception):
 
 class StoreClosedError(StoreError):
     """The store was closed, or has not opened, so it cannot run the call."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached now (a server down or starting); a later call tries again."""
 
 
 class SchemaTooNewError(StoreError):

@@ -69,7 +69,7 @@ from sns_xmpp.store.common import (
     schema_too_new,
     split_statements,
 )
-from sns_xmpp.store.interface import JidTakenError, NoSuchAccountError
+from sns_xmpp.store.interface import JidTakenError, NoSuchAccountError, StoreUnavailableError
 from sns_xmpp.store.records import (
     Account,
     OfflineMessage,
@@ -140,7 +140,9 @@ class PostgresDatabase:
     If the server drops the connection (restart, fail-over), the call that
     notices fails with :class:`psycopg.OperationalError`, except a read,
     which reconnects and runs again; a write is not retried because it may
-    have committed.  The next call reconnects.
+    have committed.  The next call reconnects.  While the server cannot be
+    reached at all (also when opening), calls fail with
+    :class:`StoreUnavailableError`, and ThreadedStore tries the open again later.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -153,7 +155,12 @@ class PostgresDatabase:
             raise
 
     def _connect(self) -> psycopg.Connection[TupleRow]:
-        conn = psycopg.connect(self._dsn, autocommit=True)
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+        except psycopg.OperationalError as error:
+            # Down or starting: the store tries again on a later call. psycopg's message names
+            # the host and port, not the DSN, which may hold a password.
+            raise StoreUnavailableError(f"the PostgreSQL server cannot be reached: {error}") from None
         try:
             setting = _one(conn.execute("SHOW synchronous_commit"))[0]
         except BaseException:

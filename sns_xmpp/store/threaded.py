@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -18,7 +19,7 @@ from zope.interface import implementer
 
 from sns_xmpp.store import composite
 from sns_xmpp.store.common import Database
-from sns_xmpp.store.interface import IStore, StoreClosedError
+from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableError
 from sns_xmpp.store.records import (
     Account,
     OfflineMessage,
@@ -28,6 +29,8 @@ from sns_xmpp.store.records import (
 )
 
 __all__ = ["ThreadedStore"]
+
+OPEN_RETRY_SECONDS = 1.0
 
 _R = TypeVar("_R")
 
@@ -154,13 +157,16 @@ class ThreadedStore(Service):
         self,
         open_database: Callable[[], Database],
         reactor: IReactorFromThreads,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_database = open_database
+        self._monotonic = monotonic
         self._reactor = reactor
         self._pool = StoreWorker(reactor, "sns-xmpp-store")
         # Read and written only in the worker thread.
         self._db: Database | None = None
         self._open_error: Exception | None = None
+        self._retry_open_at = 0.0  # monotonic time before which an unreachable database is not asked again
         self._shut = False
         # Read and written only in the reactor thread.
         self._closing = False
@@ -180,8 +186,14 @@ class ThreadedStore(Service):
         # the interpreter waits for it forever.
         IReactorCore(self._reactor).addSystemEventTrigger("during", "shutdown", self._stop_abandoned_pool)
         opening = self._pool.submit(self._database)
-        opening.addCallbacks(self._open_reader,
-                             lambda failure: self._log.failure("Could not open the store database", failure))
+        opening.addCallbacks(self._open_reader, self._open_failed)
+
+    def _open_failed(self, failure: Failure) -> None:
+        if failure.check(StoreUnavailableError):
+            self._log.warn("store.unavailable reason={reason} (tried again on the next call)",
+                           reason=str(failure.value))
+        else:
+            self._log.failure("Could not open the store database", failure)
 
     def _open_reader(self, db: Database) -> None:
         if self._closing:
@@ -211,9 +223,16 @@ class ThreadedStore(Service):
         if self._shut:
             raise StoreClosedError("the store is closed")
         if self._open_error is None:
+            if self._monotonic() < self._retry_open_at:
+                raise StoreUnavailableError("the store database could not be reached a moment ago")
             try:
                 self._db = self._open_database()
                 return self._db
+            except StoreUnavailableError:
+                # A database server that is down or still starting: a later call tries again,
+                # at most once a second, so that a queue of calls does not hammer it.
+                self._retry_open_at = self._monotonic() + OPEN_RETRY_SECONDS
+                raise
             except Exception as error:
                 self._open_error = error
         # Every call fails the same way, naming the cause, rather than each

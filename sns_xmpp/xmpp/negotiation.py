@@ -22,6 +22,7 @@ from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResu
 from sns_xmpp.auth.throttle import AuthThrottle
 from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
+from sns_xmpp.store.interface import StoreUnavailableError
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
@@ -277,7 +278,10 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 self._count(reason.value.site, reason.value.reason)
                 self._refuse(attempt, reason.value.condition, reason.value.text)
             else:
-                log.failure("sasl.checker_failed", reason)
+                if reason.check(StoreUnavailableError):
+                    log.warn("sasl.store_unavailable reason={reason}", reason=str(reason.value))
+                else:
+                    log.failure("sasl.checker_failed", reason)
                 self._count(None, "temporary-auth-failure")
                 self._failure("temporary-auth-failure", "try again later")
 

@@ -32,10 +32,12 @@ from sns_xmpp.store.interface import (
     NoSuchAccountError,
     SchemaTooNewError,
     StoreClosedError,
+    StoreUnavailableError,
 )
 from sns_xmpp.store.postgres import PostgresDatabase, postgres_ddl
 from sns_xmpp.store.records import Account, RosterItem, SocialLink
 from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore, load_schema_scripts
+from sns_xmpp.store.threaded import OPEN_RETRY_SECONDS
 
 NOW = 1_700_000_000.25
 
@@ -540,6 +542,43 @@ def test_reads_see_every_write_made_before_them(backend: Backend):  # type: igno
         yield store.stopService()
 
 
+@pytest_twisted.inlineCallbacks
+def test_an_unreachable_database_is_tried_again_later(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A database server that is down when the daemon starts (or goes away before the first call)
+    does not fail the store for good: calls fail with StoreUnavailableError, the open is tried
+    again at most once a second, and once it works the calls do."""
+    from twisted.internet import reactor
+
+    now = [100.0]
+    attempts: list[float] = []
+
+    def open_database() -> Database:
+        attempts.append(now[0])
+        if len(attempts) < 2:
+            raise StoreUnavailableError("the PostgreSQL server cannot be reached: connection refused")
+        return SQLiteDatabase(tmp_path / "store.sqlite")
+
+    store = ThreadedStore(open_database, reactor, monotonic=lambda: now[0])
+    store.startService()
+    try:
+        with pytest.raises(StoreUnavailableError):
+            yield store.when_open()
+        with pytest.raises(StoreUnavailableError):
+            yield store.account_exists("alice@example.org")  # within the second: not asked again
+        assert attempts == [100.0]
+        now[0] += OPEN_RETRY_SECONDS
+        assert (yield store.account_exists("alice@example.org")) is False
+        assert attempts == [100.0, 101.0]
+    finally:
+        yield store.stopService()
+
+
+def test_postgres_that_cannot_be_reached_is_unavailable_not_broken() -> None:
+    with pytest.raises(StoreUnavailableError) as caught:
+        PostgresDatabase("host=127.0.0.1 port=1 user=u password=hunter2secret dbname=d connect_timeout=5")
+    assert "hunter2secret" not in str(caught.value)
+
+
 # -- PostgreSQL only ------------------------------------------------------------
 
 
@@ -598,7 +637,7 @@ def test_postgres_reconnects_after_losing_its_connection(postgres_dsn: str) -> N
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
         kill_sessions()
         for _attempt in range(2):
-            with pytest.raises(psycopg.OperationalError):
+            with pytest.raises(StoreUnavailableError):
                 db.account_exists("alice@example.org")
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
         assert db.account_exists("alice@example.org")
