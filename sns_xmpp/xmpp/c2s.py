@@ -293,8 +293,17 @@ class ClientStream(xmlstream.XmlStream):
     def send(self, obj: domish.Element | str | bytes) -> None:
         # Between the footer and connectionLost the session is still bound and stanzas are still
         # routed here; RFC 6120 4.4: nothing follows </stream:stream>.
-        if self.transport is not None and not self.footer_sent:
-            super().send(obj)
+        if self.transport is None or self.footer_sent:
+            return
+        # Twisted's two send layers, without their interface checks: only elements, text and
+        # bytes come here.
+        if isinstance(obj, bytes):
+            data = obj
+        else:
+            text = obj if isinstance(obj, str) else obj.toXml(
+                prefixes=self.prefixes, defaultUri=self.namespace, prefixesInScope=list(self.prefixes.values()))
+            data = text.encode("utf-8")
+        self.transport.write(data)
 
     def sendFooter(self) -> None:
         super().sendFooter()
