@@ -20,8 +20,8 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets
-import unicodedata
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,12 +225,17 @@ class NonceKey:
 # -- claims ---------------------------------------------------------------------------------------
 
 
+# Unicode's Cc (control) and Cs (surrogate) characters: one regular expression rather than a
+# unicodedata lookup per character, which cost an OpenID login about 10 microseconds.
+CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def identifier_problem(identifier: object) -> str | None:
     if not isinstance(identifier, str) or not identifier:
         return "empty account id"
     if len(identifier) > MAX_IDENTIFIER_CHARS:
         return "account id too long"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in identifier):
+    if CONTROL_OR_SURROGATE.search(identifier):
         return "account id has control characters"
     return None
 
@@ -238,9 +243,8 @@ def identifier_problem(identifier: object) -> str | None:
 def _display_name(claims: Mapping[str, Any]) -> str | None:
     for name in ("name", "preferred_username"):
         value = claims.get(name)
-        if isinstance(value, str) and value.strip() and len(value) <= MAX_DISPLAY_NAME_CHARS and not any(
-            unicodedata.category(c) in ("Cc", "Cs") for c in value
-        ):
+        if (isinstance(value, str) and value.strip() and len(value) <= MAX_DISPLAY_NAME_CHARS
+                and not CONTROL_OR_SURROGATE.search(value)):
             return value.strip()
     return None
 

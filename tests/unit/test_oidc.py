@@ -445,3 +445,14 @@ def test_jose_refuses_unsafe_keys_and_encodings() -> None:
         jose.parse_json_object(b'{"alg":"RS256","alg":"none"}', "header")
     with pytest.raises(jose.JOSEError, match="not valid JSON"):
         jose.parse_json_object(b'{"exp":NaN}', "payload")
+
+
+def test_control_or_surrogate_is_unicodes_cc_and_cs() -> None:
+    """The expression that replaced a unicodedata lookup per character matches exactly Cc and Cs."""
+    import unicodedata
+
+    from sns_xmpp.sites.oidc import CONTROL_OR_SURROGATE
+
+    for code in range(0x110000):
+        char = chr(code)
+        assert bool(CONTROL_OR_SURROGATE.match(char)) == (unicodedata.category(char) in ("Cc", "Cs")), hex(code)
