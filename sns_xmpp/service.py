@@ -7,6 +7,7 @@ everything it builds receives them.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -64,6 +65,18 @@ class ServerService(service.MultiService):
         if self.log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
+
+
+def freeze_startup_objects() -> None:
+    """Leave what start-up made (modules, classes, configuration: some 100 000 objects) out of
+    the garbage collector's full collections from now on.
+
+    A full collection scans every tracked object; with the start-up objects in it, one took
+    40-50 ms on the benchmark machine, a pause every stream on the daemon feels. What is
+    frozen is never collected, so this runs once, after start-up's garbage is gone.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Options(usage.Options):
@@ -261,6 +274,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     ListenerService.on_failure = stop_with_failure
     # SIGHUP reloads the sites; the handler only schedules, the reactor thread does the work.
     signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(reloader.reload))
+    reactor.callWhenRunning(freeze_startup_objects)  # in the daemon's process only, not in the tests'
     return server.top
 
 
