@@ -262,12 +262,18 @@ class ThreadedStore(Service):
         return result
 
     def _read(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+        inline = self._read_inline(work)
+        return succeed(inline[0]) if inline else self._call(work)
+
+    def _read_inline(self, work: Callable[[Database], _R]) -> tuple[_R] | tuple[()]:
+        """``(result,)`` of *work* on the reader, or ``()`` when it must go to the worker: no
+        reader, a call still queued (the read could overtake its write), or the read failed (the
+        worker's connection then gives the answer, or the error worth reporting)."""
         reader = self._reader
         if reader is not None and self._queued == 0 and not self._closing:
-            # On failure the worker's connection gives the answer, or the error worth reporting.
             with suppress(Exception):
-                return succeed(work(reader))
-        return self._call(work)
+                return (work(reader),)
+        return ()
 
     def _in_worker(self, work: Callable[[Database], _R]) -> _R:
         return work(self._database())
@@ -365,13 +371,10 @@ class ThreadedStore(Service):
 
     def social_login(self, site: str, account: str, candidates: Sequence[str],
                      now: float) -> Deferred[SocialLink | None]:
-        reader = self._reader
-        if reader is not None and self._queued == 0 and not self._closing:
-            # The usual repeat login: a fresh link, read inline, nothing to write.
-            with suppress(Exception):
-                link = reader.get_link(site, account)
-                if link is not None and composite.link_is_fresh(link, now):
-                    return succeed(link)
+        # The usual repeat login: a fresh link, read inline, nothing to write.
+        inline = self._read_inline(lambda db: db.get_link(site, account))
+        if inline and inline[0] is not None and composite.link_is_fresh(inline[0], now):
+            return succeed(inline[0])
         frozen = tuple(candidates)
         return self._call(lambda db: composite.social_login(db, site, account, frozen, now))
 
