@@ -300,10 +300,13 @@ class ClientStream(xmlstream.XmlStream):
         if isinstance(obj, bytes):
             data = obj
         else:
-            text = obj if isinstance(obj, str) else obj.toXml(
-                prefixes=self.prefixes, defaultUri=self.namespace, prefixesInScope=list(self.prefixes.values()))
-            data = text.encode("utf-8")
+            data = (obj if isinstance(obj, str) else self.serialize(obj)).encode("utf-8")
         self.transport.write(data)
+
+    def serialize(self, element: domish.Element) -> str:
+        """*element* as a child of this stream's root: its default namespace and prefixes in scope."""
+        return element.toXml(prefixes=self.prefixes, defaultUri=self.namespace,
+                             prefixesInScope=list(self.prefixes.values()))
 
     def sendFooter(self) -> None:
         super().sendFooter()

@@ -141,8 +141,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if xml is None:
             if len(cache) > 256:  # only reloads of the sites make new keys
                 cache.clear()
-            xml = cache[key] = self._features().toXml(prefixes=stream.prefixes, defaultUri=stream.namespace,
-                                                      prefixesInScope=list(stream.prefixes.values()))
+            xml = cache[key] = stream.serialize(self._features())
         return xml
 
     def _features(self) -> domish.Element:
