@@ -73,14 +73,20 @@ class ParseGuard:
     # The size of the open stanza is checked at every event as well as after every read, so that
     # which limit a stanza breaks first does not depend on how its bytes were split into reads.
 
+    def measure(self, position: int) -> None:
+        """Refuse the open stanza (or the tag between stanzas) if it reaches past *position*
+        with more than max_stanza_bytes."""
+        if position - self.mark > self.max_stanza_bytes:
+            raise HostileXML("policy-violation", "stanza too large")
+
     def bounded_start(self, name: str, attributes: dict[str, str]) -> None:
         self.depth += 1
         if self.depth == 2:
             self.mark = self.parser.CurrentByteIndex
-        elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
-            raise HostileXML("policy-violation", "stanza too large")
-        elif self.depth > MAX_DEPTH:
-            raise HostileXML("policy-violation", "elements nested too deeply")
+        else:
+            self.measure(self.parser.CurrentByteIndex)
+            if self.depth > MAX_DEPTH:
+                raise HostileXML("policy-violation", "elements nested too deeply")
         if len(attributes) > MAX_ATTRIBUTES:
             raise HostileXML("policy-violation", "too many attributes")
         self.start(name, attributes)
@@ -89,21 +95,16 @@ class ParseGuard:
         self.depth -= 1
         if self.depth == 1:
             end = self.parser.CurrentByteIndex
-            if end - self.mark > self.max_stanza_bytes:
-                raise HostileXML("policy-violation", "stanza too large")
+            self.measure(end)
             self.mark = end
         self.end(name)
 
     def measured_text(self, data: str) -> None:
         if self.depth == 1:  # between stanzas: keepalives
             self.mark = self.parser.CurrentByteIndex + len(data.encode())
-        elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
-            raise HostileXML("policy-violation", "stanza too large")
+        else:
+            self.measure(self.parser.CurrentByteIndex)
         self.text(data)
-
-    def unfinished(self, fed: int) -> int:
-        """Bytes of the open stanza (or of the tag between stanzas) after *fed* bytes of the stream."""
-        return fed - self.mark
 
 
 class ClientStream(xmlstream.XmlStream):
@@ -141,6 +142,18 @@ class ClientStream(xmlstream.XmlStream):
     # handled in onElement), so the connection and the stream header skip Twisted's event
     # dispatch and the per-header XPath observer it would register.
 
+    @property
+    def max_stanza_bytes(self) -> int:
+        return self._max_stanza_bytes
+
+    @max_stanza_bytes.setter
+    def max_stanza_bytes(self, limit: int) -> None:
+        # One limit for the stream and the parser's guard, which checks it at every event.
+        self._max_stanza_bytes = limit
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            guard.max_stanza_bytes = limit
+
     def connectionMade(self) -> None:
         self._initializeStream()
         self.authenticator.connectionMade()
@@ -156,7 +169,7 @@ class ClientStream(xmlstream.XmlStream):
     # An expat parser costs about 10 KiB even fresh (its name tables and string pools), more once
     # it has seen a login; most streams then stay silent for hours. So once the login is over,
     # and again after a spell of silence, the parser is dropped, and the next read gets a new one
-    # primed with the client's own stream header (some 30 microseconds).
+    # primed with the client's own stream header (13 microseconds on the benchmark machine).
 
     def release_parser_after_read(self) -> None:
         """Drop the parser once the current read is parsed (see release_parser)."""
@@ -237,18 +250,17 @@ class ClientStream(xmlstream.XmlStream):
         self._fed += len(data)
         try:
             self.stream.parse(data)
+            # A stanza still open after this read is bounded here, one read (at most 64 KiB) at a
+            # time, long before parsing could finish it.
+            if self.guard is not None:
+                self.guard.measure(self._fed)
         except domish.ParserError:
             self.fail(StreamError("not-well-formed"))
             return
         except HostileXML as hostile:
             self.fail(StreamError(hostile.condition, text=hostile.text))
             return
-        # A stanza still open after this read is bounded here, one read (at most 64 KiB) at a time,
-        # long before parsing could finish it.
-        guard = self.guard
-        if guard is not None and guard.unfinished(self._fed) > self.max_stanza_bytes and not self.closed:
-            self.fail(StreamError("policy-violation", text="stanza too large"))
-        elif self._release_after_read:
+        if self._release_after_read:
             self._release_after_read = False
             self.release_parser()
 
