@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -167,9 +168,7 @@ class SocialLoginChecker:
         return LoginResult(jid=jid, method=method, site=site.site_id)
 
     async def _linked_jid(self, site_id: str, account: str, domain: str, now: float) -> str:
-        base = social_localpart(site_id, account)
-        candidates = [f"{base}@{domain}"] + [f"{base}-{attempt}@{domain}" for attempt in range(2, 10)]
-        link = await self.store.social_login(site_id, account, candidates, now)
+        link = await self.store.social_login(site_id, account, _candidate_jids(site_id, account, domain), now)
         if link is None:
             raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
         if link.last_login is None:
@@ -229,6 +228,15 @@ def _unverified_issuer(token: str) -> str | None:
         return None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
     return issuer if isinstance(issuer, str) else None
+
+
+def _candidate_jids(site_id: str, account: str, domain: str) -> Iterator[str]:
+    """The JIDs a first login may get, in order; made only if the store needs them (a repeat
+    login, the usual case, does not)."""
+    base = social_localpart(site_id, account)
+    yield f"{base}@{domain}"
+    for attempt in range(2, 10):
+        yield f"{base}-{attempt}@{domain}"
 
 
 def _refuse_unknown(authzid: str | None) -> Deferred[LoginResult]:

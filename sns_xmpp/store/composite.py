@@ -8,7 +8,7 @@ and use only its own methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import JidTakenError
@@ -35,7 +35,7 @@ def link_is_fresh(link: SocialLink, now: float) -> bool:
     return link.last_login is not None and 0 <= now - link.last_login < TOUCH_INTERVAL
 
 
-def social_login(db: Database, site: str, account: str, candidates: Sequence[str], now: float) -> SocialLink | None:
+def social_login(db: Database, site: str, account: str, candidates: Iterable[str], now: float) -> SocialLink | None:
     """The link of the site's account, created with the first free JID of *candidates* if there is
     none (None if all are taken), its last_login brought up to date."""
     link = db.get_link(site, account)

@@ -9,7 +9,7 @@ normalised: the store compares them as exact text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -171,7 +171,7 @@ class IStore(Interface):
     def touch_link(site: str, account: str, now: float) -> Deferred[None]:
         """Record a login through the link (no-op if there is none)."""
 
-    def social_login(site: str, account: str, candidates: Sequence[str], now: float) -> Deferred[SocialLink | None]:
+    def social_login(site: str, account: str, candidates: Iterable[str], now: float) -> Deferred[SocialLink | None]:
         """The link for a login through (site, account), in one call.
 
         Without a link, one is made (with its account) for the first of *candidates* that is

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from queue import SimpleQueue
 from typing import Any, TypeVar
@@ -369,7 +369,7 @@ class ThreadedStore(Service):
     def touch_link(self, site: str, account: str, now: float) -> Deferred[None]:
         return self._call(lambda db: db.touch_link(site, account, now))
 
-    def social_login(self, site: str, account: str, candidates: Sequence[str],
+    def social_login(self, site: str, account: str, candidates: Iterable[str],
                      now: float) -> Deferred[SocialLink | None]:
         # The usual repeat login: a fresh link, read inline, nothing to write.
         inline = self._read_inline(lambda db: db.get_link(site, account))
