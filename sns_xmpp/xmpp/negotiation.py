@@ -386,7 +386,8 @@ def _payload(element: domish.Element) -> Callable[[], bytes | None]:
 def _response(element: domish.Element) -> Callable[[], bytes]:
     """The SASL data of a <response/>: an empty element is empty data (RFC 6120 6.4.2 asks for '=',
     but a <response/> always carries a response, so there is nothing else it can mean)."""
-    return lambda: decode_payload(str(element) if element.children else None) or b""
+    payload = _payload(element)
+    return lambda: payload() or b""
 
 
 def _reply_from_server(iq: domish.Element, condition: str) -> domish.Element:
