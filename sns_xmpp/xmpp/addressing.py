@@ -27,6 +27,10 @@ def _part_too_long(part: str) -> bool:
     return len(part) > MAX_PART_BYTES // 4 and len(part.encode("utf-8", "surrogatepass")) > MAX_PART_BYTES
 
 
+def _a_part_too_long(user: str | None, host: str, resource: str | None) -> bool:
+    return _part_too_long(user or "") or _part_too_long(host) or _part_too_long(resource or "")
+
+
 def parse_jid(text: str) -> JID:
     """Return the prepared JID for *text*; raises InvalidFormat for anything RFC 7622 refuses."""
     if len(text) > 3 * MAX_PART_BYTES + 2:
@@ -50,7 +54,7 @@ def _simple(text: str) -> JID | None:
     if match is None:
         return None
     user, host, resource = match.groups()
-    if len(user or "") > MAX_PART_BYTES or len(host) > MAX_PART_BYTES or len(resource or "") > MAX_PART_BYTES:
+    if _a_part_too_long(user, host, resource):
         return None  # refused below, with the reason
     jid = JID.__new__(JID)
     jid.user = user.lower() if user else None
@@ -72,7 +76,7 @@ def _prepared(text: str) -> JID:
         local, domain = "", address
     if (at and not local) or (slash and not resource):
         raise InvalidFormat("an empty localpart or resourcepart")  # Twisted would drop the separator
-    if _part_too_long(local) or _part_too_long(domain) or _part_too_long(resource):
+    if _a_part_too_long(local, domain, resource):
         raise InvalidFormat("a part is longer than 1023 bytes")  # before stringprep, whose cost grows with it
     try:
         jid = JID(text)
@@ -81,7 +85,7 @@ def _prepared(text: str) -> JID:
     except (RuntimeError, IndexError, UnicodeError, ValueError) as error:
         raise InvalidFormat(str(error)) from None
     # Preparation can lengthen a part (case folding, NFKC).
-    if any(_part_too_long(part) for part in (jid.user or "", jid.host, jid.resource or "")):
+    if _a_part_too_long(jid.user, jid.host, jid.resource):
         raise InvalidFormat("a prepared part is longer than 1023 bytes")
     return jid
 
