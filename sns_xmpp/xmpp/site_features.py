@@ -19,16 +19,14 @@ NS_SITES = "urn:x-sns-xmpp:sites:0"
 def sites_feature(web: SocialWeb) -> Callable[[str], domish.Element | None]:
     """The feature for a domain; the same element until the sites are reloaded, so that the
     stream features built around it can be cached (see ClientNegotiator._features_xml)."""
-    made: dict[str, domish.Element | None] = {}
-    generation = [web.sites.generation]
+    made: dict[int, domish.Element | None] = {}  # by the sites' generation: the current one only
 
     def feature(domain: str) -> domish.Element | None:
-        if generation[0] != web.sites.generation:
+        generation = web.sites.generation
+        if generation not in made:
             made.clear()
-            generation[0] = web.sites.generation
-        if domain not in made:
-            made[domain] = _make(web)
-        return made[domain]
+            made[generation] = _make(web)
+        return made[generation]
 
     return feature
 
