@@ -68,7 +68,7 @@ class ServerService(service.MultiService):
 
 
 def freeze_startup_objects() -> None:
-    """Leave what start-up made (modules, classes, configuration: some 100 000 objects) out of
+    """Leave what start-up made (modules, classes, configuration: some 70 000 objects) out of
     the garbage collector's full collections from now on.
 
     A full collection scans every tracked object; with the start-up objects in it, one took

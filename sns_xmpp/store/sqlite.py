@@ -130,7 +130,7 @@ class SQLiteDatabase:
     def open_reader(self) -> SQLiteDatabase | None:
         """A read-only connection to the same file for the calling thread (None for an in-memory
         database, which a second connection would not see). It never waits for a lock: a busy
-        read fails at once, and the caller asks this connection instead."""
+        read fails at once, and the caller asks the writing connection instead."""
         if self.path == ":memory:" or self.path.startswith("file::memory:") or "mode=memory" in self.path:
             return None
         reader = SQLiteDatabase.__new__(SQLiteDatabase)
