@@ -5,6 +5,8 @@ process) whose protocol answers every read with one small write, and connects cl
 make the seven round trips of a login (header, auth, header, bind, session, presence, close)
 with nothing in them, 50 at once. It prints the server's CPU per connection: what accepting,
 reading, writing and closing cost before any XMPP is parsed (docs/performance.md).
+``--flushing`` serves with the daemon's c2s transport (`sns_xmpp.xmpp.transport`) instead of
+Twisted's ``tcp.Server``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ REQUEST = b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind
 ANSWER = b"<iq type='result' id='b1'/>" * 4
 
 
-def serve() -> None:
+def serve(flushing: bool) -> None:
     from typing import Any
 
     from twisted.internet import epollreactor
@@ -39,7 +41,13 @@ def serve() -> None:
 
     factory = protocol.ServerFactory()
     factory.protocol = Answer
-    port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
+    if flushing:
+        from sns_xmpp.xmpp.transport import FlushingPort
+
+        port = FlushingPort(0, factory, 1024, "127.0.0.1", reactor)
+        port.startListening()
+    else:
+        port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     print(port.getHost().port, flush=True)
     reactor.run()
 
@@ -69,13 +77,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--flushing", action="store_true", help="serve with sns_xmpp's FlushingServer")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve()
+        serve(args.flushing)
         return
-    server = subprocess.Popen([sys.executable, "-m", "benchmarks.transport_floor", "--serve"],  # noqa: S603
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "benchmarks.transport_floor", "--serve", *(["--flushing"] if args.flushing else [])],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
@@ -83,7 +93,8 @@ def main() -> None:
         before, started = cpu_seconds(server.pid), time.monotonic()
         asyncio.run(connect_all(port, args.connections, args.concurrency))
         used, elapsed = cpu_seconds(server.pid) - before, time.monotonic() - started
-        print(f"{args.connections} connections of {ROUND_TRIPS} round trips, {args.concurrency} at once: "
+        print(f"{'FlushingServer' if args.flushing else 'tcp.Server'}: "
+              f"{args.connections} connections of {ROUND_TRIPS} round trips, {args.concurrency} at once: "
               f"server CPU {1000 * used / args.connections:.3f} ms per connection, "
               f"{args.connections / elapsed:.0f} connections/s")
     finally:

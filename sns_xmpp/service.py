@@ -50,6 +50,7 @@ from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
+from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint
 
 log = Logger()
 
@@ -215,11 +216,12 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)
 
-    ListenerService("c2s", _tcp_endpoint(reactor, c2s.interface, c2s.port), factory(False)).setServiceParent(top)
+    ListenerService("c2s", FlushingTCPServerEndpoint(reactor, c2s.port, LISTEN_BACKLOG, c2s.interface),
+                    factory(False)).setServiceParent(top)
     if c2s.direct_tls_port >= 0:
         ListenerService("c2s-direct-tls",
-                        endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, tls_context,
-                                                     backlog=LISTEN_BACKLOG, interface=c2s.interface),
+                        FlushingTCPServerEndpoint(reactor, c2s.direct_tls_port, LISTEN_BACKLOG, c2s.interface,
+                                                  tls=tls_context),
                         factory(True)).setServiceParent(top)
     components = config.xmpp.components
     if config.components and components.port >= 0:

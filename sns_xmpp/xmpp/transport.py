@@ -1,0 +1,130 @@
+"""A TCP transport that sends a read's answers when the read is done, without a reactor round.
+
+Twisted's ``tcp.Server`` buffers every write, registers the socket for writability
+(``epoll_ctl``), sends in the reactor's next round and unregisters it again (``epoll_ctl``):
+two system calls and one more round of the event loop for each answer. An XMPP login is
+seven such exchanges, and in the benchmark those calls were about 8% of the daemon's CPU
+(docs/performance.md).
+
+`FlushingServer` sends instead:
+
+- at the end of its own ``doRead``, everything the read made it write (the usual case: the
+  answers to a client's stanza), in one ``send``, as Twisted's buffer would have;
+- at the end of the reactor's current round, what other events wrote to it (a message routed
+  from another client's read, a store result), one ``send`` per connection and round, through
+  a zero-delay call of its `Flusher`.
+
+Only what the socket does not take at once waits for writability in Twisted's usual way, and
+so does everything of a connection that is closing or has a producer, or whose send fails:
+that path, which reports errors and closes connections, is Twisted's own.
+
+`FlushingTCPServerEndpoint` listens with it (IPv4 or IPv6, from the interface), and with TLS
+from the first byte when given a TLS context (as Twisted's ``SSL4ServerEndpoint`` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+
+class Flusher:
+    """Sends, once per reactor round, the buffers of a port's connections written to outside their reads."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._waiting: list[FlushingServer] = []
+        self._call: Any = None
+
+    def add(self, connection: FlushingServer) -> None:
+        self._waiting.append(connection)
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            connection.flush()
+
+
+class FlushingServer(tcp.Server):
+    server: FlushingPort
+    _flush_due = False  # buffered data waits for the end of the read or of the round
+    _writer_registered = False  # the reactor watches the socket for writability (Twisted's path)
+
+    def startWriting(self) -> None:
+        if self._writer_registered or self._flush_due:
+            return
+        self._flush_due = True
+        self.server.flusher.add(self)
+
+    def stopWriting(self) -> None:
+        if self._writer_registered:
+            self._writer_registered = False
+            super().stopWriting()
+
+    def flush(self) -> None:
+        """Send the buffered data now; leave to the reactor only what the socket would not take."""
+        if not self._flush_due:
+            return
+        self._flush_due = False
+        if not self.connected:
+            return
+        if self.disconnecting or self._writeDisconnecting or self.producer is not None or self.dataBuffer:
+            self._register_writer()
+            return
+        data = b"".join(self._tempDataBuffer)
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        sent = self.writeSomeData(data)
+        if isinstance(sent, Exception):
+            sent = 0  # the reactor's doWrite meets the error again and closes the connection its way
+        if sent < len(data):
+            self.dataBuffer = data
+            self.offset = sent
+            self._register_writer()
+
+    def _register_writer(self) -> None:
+        self._writer_registered = True
+        super().startWriting()
+
+
+class FlushingPort(tcp.Port):
+    transport = FlushingServer
+
+    def __init__(self, port: int, factory: IProtocolFactory, backlog: int, interface: str, reactor: Any) -> None:
+        super().__init__(port, factory, backlog, interface, reactor)
+        self.flusher = Flusher(reactor)
+
+
+@implementer(IStreamServerEndpoint)
+class FlushingTCPServerEndpoint:
+    """A TCP server endpoint (IPv4 or IPv6 by the interface) whose connections are `FlushingServer`s."""
+
+    def __init__(self, reactor: Any, port: int, backlog: int = 50, interface: str = "",
+                 tls: IOpenSSLServerConnectionCreator | None = None) -> None:
+        self._reactor = reactor
+        self._port = port
+        self._backlog = backlog
+        self._interface = interface
+        self._tls = tls
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:  # noqa: N803 - Twisted's name
+        factory = protocolFactory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, protocolFactory)
+
+        def start() -> IListeningPort:
+            port = FlushingPort(self._port, factory, self._backlog, self._interface, self._reactor)
+            port.startListening()
+            return port
+
+        return defer.execute(start)

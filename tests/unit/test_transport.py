@@ -1,0 +1,185 @@
+"""FlushingServer over real loopback sockets: answers go out without the reactor watching for
+writability, and what the socket does not take, closing and failures take Twisted's usual path."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectionDone
+
+from sns_xmpp.xmpp.transport import FlushingServer, FlushingTCPServerEndpoint
+
+
+class Recorder(protocol.Protocol):
+    """Server side: answers each read with the writes it is given; remembers how it ended."""
+
+    def __init__(self, answer: list[bytes]) -> None:
+        self.answer = answer
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.reason: Any = None
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for chunk in self.answer:
+            self.transport.write(chunk)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class Server:
+    def __init__(self, answer: list[bytes]) -> None:
+        self.answer = answer
+        self.protocols: list[Recorder] = []
+        self.built: defer.Deferred[Recorder] = defer.Deferred()
+
+    def factory(self) -> protocol.Factory:
+        def build(addr: Any) -> Recorder:
+            made = Recorder(self.answer)
+            self.protocols.append(made)
+            if not self.built.called:
+                self.built.callback(made)
+            return made
+
+        return _Factory(build)
+
+
+class _Factory(protocol.Factory):
+    def __init__(self, build: Any) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: Any) -> Recorder:
+        return self._build(addr)  # type: ignore[no-any-return]
+
+
+async def listen(answer: list[bytes]) -> tuple[Server, Any]:
+    from twisted.internet import reactor
+
+    server = Server(answer)
+    port = await FlushingTCPServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.factory())
+    return server, port
+
+
+def connect(port: Any) -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.setblocking(False)
+    return client
+
+
+async def turn() -> None:
+    """Let the reactor run a round (and the zero-delay flush it schedules)."""
+    from twisted.internet import reactor
+
+    done: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0, reactor.callLater, 0, done.callback, None)
+    await done
+
+
+async def read_until(client: socket.socket, size: int, rounds: int = 10_000) -> bytes:
+    data = b""
+    for _ in range(rounds):
+        try:
+            chunk = client.recv(1 << 20)
+        except BlockingIOError:
+            await turn()
+            continue
+        if not chunk:
+            break
+        data += chunk
+        if len(data) >= size:
+            break
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_go_out_in_one_send_without_watching_for_writability() -> None:
+    from twisted.internet import reactor
+
+    server, port = await listen([b"<a/>", b"<b/>", b"<c/>"])
+    added: list[Any] = []
+    original = reactor.addWriter
+    reactor.addWriter = lambda writer: (added.append(writer), original(writer))[1]  # type: ignore[method-assign]
+    client = connect(port)
+    try:
+        recorder = await server.built
+        for request in (b"one", b"two"):
+            client.send(request)
+            assert await read_until(client, 12) == b"<a/><b/><c/>"
+        assert isinstance(recorder.transport, FlushingServer)
+        assert recorder.received == b"onetwo"
+        assert added == []
+    finally:
+        reactor.addWriter = original  # type: ignore[method-assign]
+        client.close()
+        await recorder.lost
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_socket_does_not_take_is_sent_when_it_can_and_the_connection_closes_after() -> None:
+    from twisted.internet import reactor
+
+    payload = hashlib.sha256(b"seed").digest() * (8 * 1024 * 1024 // 32)  # far more than a socket buffer
+    server, port = await listen([payload])
+    client = connect(port)
+    client.send(b"go")
+    recorder = await server.built
+    await turn()
+    # The socket took part of it; the rest waits in Twisted's buffer, watched for writability.
+    assert recorder.transport in reactor.getWriters()
+    recorder.transport.loseConnection()  # type: ignore[union-attr]
+    received = await read_until(client, len(payload) + 1, rounds=1_000_000)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    await recorder.lost
+    assert recorder.reason.check(ConnectionDone)
+    assert recorder.transport not in reactor.getWriters()
+    client.close()
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_made_outside_a_read_are_sent_in_the_same_round() -> None:
+    from twisted.internet import reactor
+
+    server, port = await listen([])
+    client = connect(port)
+    client.send(b"hello")
+    recorder = await server.built
+    while not recorder.received:
+        await turn()
+    # As a message routed from another client's read, or a store result, would be written.
+    reactor.callLater(0, recorder.transport.write, b"<routed/>")  # type: ignore[union-attr]
+    reactor.callLater(0, recorder.transport.write, b"<second/>")  # type: ignore[union-attr]
+    assert await read_until(client, 18) == b"<routed/><second/>"
+    assert recorder.transport not in reactor.getWriters()
+    client.close()
+    await recorder.lost
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_reset_loses_the_connection_on_the_next_write() -> None:
+    import struct
+
+    server, port = await listen([])
+    client = connect(port)
+    client.send(b"x")
+    recorder = await server.built
+    while not recorder.received:
+        await turn()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    for _ in range(100):
+        if recorder.lost.called:
+            break
+        recorder.transport.write(b"<lost/>")  # type: ignore[union-attr]
+        await turn()
+    await recorder.lost
+    assert not recorder.reason.check(ConnectionDone)  # lost, not closed cleanly
+    await port.stopListening()
