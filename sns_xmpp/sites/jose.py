@@ -57,22 +57,25 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+# The characters that may end an unpadded base64url text of length 2 or 3 (mod 4): those whose
+# bits beyond the data are zero. Any other last character is a second spelling of some value.
+_CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+
+
 def b64url_decode(text: str) -> bytes:
     """Decode unpadded base64url, refusing padding, other alphabets and non-canonical forms."""
-    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise JOSEError(MALFORMED, "bad base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:  # leftover bits set: two spellings of one value
+    tail = len(text) % 4
+    if tail == 1 or (tail and text[-1] not in _CANONICAL_LAST[tail]):
         raise JOSEError(MALFORMED, "bad base64url")
-    return data
+    return base64.urlsafe_b64decode(text + "=" * (-tail % 4))
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("duplicate member")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member")
     return result
 
 
@@ -80,12 +83,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError("not JSON")
 
 
+# One decoder for every call: json.loads with options builds a decoder and its scanner each time.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+
+
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse UTF-8 JSON that must be one object without duplicate members, NaN or Infinity."""
     try:
-        value = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
+        value = _STRICT_JSON.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise JOSEError(MALFORMED, f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
@@ -124,9 +129,22 @@ def parse_compact(token: str, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> Compa
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise JOSEError(MALFORMED, "token is not a compact JWS")
     encoded_header, encoded_payload, encoded_signature = parts
-    header = parse_json_object(b64url_decode(encoded_header), "header")
+    header = _accepted_headers.get(encoded_header)
+    if header is None:
+        header = _accept_header(encoded_header)
     payload = b64url_decode(encoded_payload)
     signature = b64url_decode(encoded_signature)
+    return CompactJWS(dict(header), payload, f"{encoded_header}.{encoded_payload}".encode("ascii"), signature)
+
+
+# A provider signs every token with one of a few headers ({"alg", "kid", "typ"}): each is checked
+# once and then found here. Only accepted headers are kept, at most _MAX_ACCEPTED_HEADERS.
+_MAX_ACCEPTED_HEADERS = 64
+_accepted_headers: dict[str, dict[str, Any]] = {}
+
+
+def _accept_header(encoded_header: str) -> dict[str, Any]:
+    header = parse_json_object(b64url_decode(encoded_header), "header")
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise JOSEError(MALFORMED, "header has no alg")
@@ -136,7 +154,10 @@ def parse_compact(token: str, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> Compa
         raise JOSEError(MALFORMED, "critical header extensions are not supported")
     if "kid" in header and not isinstance(header["kid"], str):
         raise JOSEError(MALFORMED, "kid is not a string")
-    return CompactJWS(header, payload, f"{encoded_header}.{encoded_payload}".encode("ascii"), signature)
+    if len(_accepted_headers) >= _MAX_ACCEPTED_HEADERS:
+        _accepted_headers.clear()
+    _accepted_headers[encoded_header] = header
+    return header
 
 
 @dataclass(frozen=True)

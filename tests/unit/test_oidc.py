@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Callable
@@ -445,6 +447,41 @@ def test_jose_refuses_unsafe_keys_and_encodings() -> None:
         jose.parse_json_object(b'{"alg":"RS256","alg":"none"}', "header")
     with pytest.raises(jose.JOSEError, match="not valid JSON"):
         jose.parse_json_object(b'{"exp":NaN}', "payload")
+
+
+def test_b64url_canonical_rule_is_decode_then_encode_gives_the_same_text() -> None:
+    """The last-character rule of b64url_decode agrees with re-encoding for every character and length."""
+    for prefix in ("", "A", "AB", "ABCD", "ABCDE", "ABCDEF"):
+        for last in B64URL_ALPHABET:
+            text = prefix + last
+            if len(text) % 4 == 1:
+                continue
+            data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            canonical = base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") == text
+            try:
+                assert jose.b64url_decode(text) == data
+                accepted = True
+            except jose.JOSEError:
+                accepted = False
+            assert accepted == canonical, text
+
+
+def test_checked_headers_are_remembered_boundedly_and_never_shared() -> None:
+    """Headers are parsed once per distinct header, only accepted ones are kept, at most 64, and each
+    parsed token gets its own copy."""
+    tokens, keys = _signed_tokens()
+    jose._accepted_headers.clear()
+    first = jose.parse_compact(tokens[0])
+    first.header["alg"] = "none"  # a caller's change must not reach the next token
+    assert jose.verify_compact(tokens[0], keys)["sub"] == "User-42"
+    header, payload, signature = tokens[0].split(".")
+    refused = jose.b64url_encode(b'{"alg":"none"}')
+    with pytest.raises(jose.JOSEError):
+        jose.parse_compact(f"{refused}.{payload}.{signature}")
+    assert refused not in jose._accepted_headers
+    for n in range(200):
+        jose.parse_compact(f"{jose.b64url_encode(json.dumps({'alg': 'RS256', 'kid': str(n)}).encode())}.{payload}.")
+    assert len(jose._accepted_headers) <= 64
 
 
 def test_control_or_surrogate_is_unicodes_cc_and_cs() -> None:
