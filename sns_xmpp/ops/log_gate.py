@@ -18,8 +18,17 @@ def set_minimum(level: LogLevel) -> None:
     _minimum[0] = _PRIORITY[level]
 
 
+_INFO = _PRIORITY[LogLevel.info]
+
+
 class GatedLogger(Logger):
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
         if _PRIORITY.get(level, len(_PRIORITY)) < _minimum[0]:
             return
         super().emit(level, format, **kwargs)
+
+    # The levels a login logs at, checked before the keyword arguments are packed again.
+
+    def info(self, format: str | None = None, **kwargs: object) -> None:
+        if _INFO >= _minimum[0]:
+            super().emit(LogLevel.info, format, **kwargs)

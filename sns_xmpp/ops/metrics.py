@@ -30,6 +30,7 @@ class Metrics:
         self.logins = Counter("sns_xmpp_logins", "Authentication attempts by site ('local' for local "
                               "accounts) and result ('ok' or the refusal)", ["site", "result"],
                               registry=self.registry)
+        self._login_counters: dict[tuple[str, str], Any] = {}
         self.auth_seconds = Histogram("sns_xmpp_auth_duration_seconds", "Time from <auth/> to success or failure",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                       registry=self.registry)
@@ -46,7 +47,12 @@ class Metrics:
                                        "provider could not be reached", ["site"], registry=self.registry)
 
     def login(self, site: str | None, result: str, seconds: float) -> None:
-        self.logins.labels(site or "local", result).inc()
+        # One child per (site, result), bound once: labels() validates and locks on every call.
+        key = (site or "local", result)
+        counter = self._login_counters.get(key)
+        if counter is None:
+            counter = self._login_counters[key] = self.logins.labels(*key)
+        counter.inc()
         self.auth_seconds.observe(seconds)
 
     def limit(self, name: str) -> None:

@@ -137,6 +137,7 @@ class ClientStream(xmlstream.XmlStream):
         self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
         self.refusal: StreamError | None = None  # set by the factory when this stream may not start
         self.ended_by: str | None = None  # "client" or "server" once either closes the stream properly
+        self._peer: str | None = None
 
     # Nothing observes a c2s stream's events (elements go to element_handler, stream errors are
     # handled in onElement), so the connection and the stream header skip Twisted's event
@@ -235,8 +236,13 @@ class ClientStream(xmlstream.XmlStream):
 
     @property
     def peer(self) -> str:
-        address = self.transport.getPeer() if self.transport else None
-        return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        """host:port of the client, for the log (worked out once: every login logs it twice)."""
+        if self._peer is None:
+            if self.transport is None:
+                return "?:?"
+            address = self.transport.getPeer()
+            self._peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        return self._peer
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:

@@ -292,10 +292,12 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self._count(step.result.site, "ok")
         log.info("c2s.authenticated jid={jid} method={method} site={site} peer={peer}",
                  jid=step.result.jid, method=step.result.method, site=step.result.site, peer=stream.peer)
-        success = domish.Element((NS_SASL, "success"))
-        if step.additional_data is not None:
+        if step.additional_data is None:
+            stream.send(_SUCCESS)
+        else:
+            success = domish.Element((NS_SASL, "success"))
             success.addContent(encode_payload(step.additional_data))
-        stream.send(success)
+            stream.send(success)
         stream.otherEntity = parse_jid(step.result.jid)
         stream.restart()
 
@@ -371,6 +373,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 
 
 THROTTLED = ("temporary-auth-failure", "too many failed attempts; try again later")
+# What every PLAIN login answers, serialised once.
+_SUCCESS = f"<success xmlns='{NS_SASL}'/>"
 
 
 def _account_key(attempt: Attempt | None) -> str | None:
