@@ -10,6 +10,7 @@ probe and a few PostgreSQL-only locking phrases live in the backends.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.resources
 import json
 import re
@@ -143,6 +144,7 @@ SQL_SWEEP_DIGESTS = (
 )
 
 
+@functools.cache  # a fixed set of statements, each translated once
 def postgres_placeholders(sql: str) -> str:
     """``sql`` with psycopg's ``%s`` placeholders instead of ``?``.
 

@@ -28,55 +28,19 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from sns_xmpp.store.common import (
-    SQL_ACCOUNT_EXISTS,
     SQL_ACCOUNT_SOCIAL,
-    SQL_ADD_REQUEST,
     SQL_CLAIM_DIGEST,
-    SQL_COUNT_OFFLINE,
-    SQL_DELETE_ACCOUNT,
-    SQL_DELETE_ACCOUNT_DATA,
-    SQL_DELETE_CREDENTIALS,
-    SQL_DELETE_OFFLINE,
-    SQL_GET_ACCOUNT,
-    SQL_GET_LINK,
-    SQL_GET_ROSTER,
-    SQL_INSERT_ACCOUNT,
-    SQL_INSERT_CREDENTIAL,
-    SQL_INSERT_LINK,
-    SQL_LIST_ACCOUNTS,
-    SQL_LIST_ACCOUNTS_AT,
-    SQL_LIST_REQUESTS,
-    SQL_OFFLINE_MESSAGES,
-    SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_VERSION,
-    SQL_REMOVE_LINK,
-    SQL_REMOVE_REQUEST,
-    SQL_REMOVE_ROSTER_ITEM,
     SQL_SCHEMA_VERSION,
     SQL_STORE_OFFLINE,
-    SQL_TOUCH_LINK,
     TOKEN_SWEEP_LIMIT,
-    AbandonTransaction,
-    account_from_rows,
-    credential_rows,
-    link_from_row,
-    list_links_sql,
     load_schema_scripts,
-    offline_from_row,
     postgres_placeholders,
-    roster_item_from_row,
-    roster_item_params,
     schema_too_new,
     split_statements,
 )
-from sns_xmpp.store.interface import JidTakenError, NoSuchAccountError, StoreUnavailableError
-from sns_xmpp.store.records import (
-    Account,
-    OfflineMessage,
-    RosterItem,
-    ScramCredential,
-    SocialLink,
-)
+from sns_xmpp.store.interface import NoSuchAccountError, StoreUnavailableError
+from sns_xmpp.store.sql import SQLDatabase
 
 __all__ = ["PostgresDatabase", "postgres_ddl"]
 
@@ -129,8 +93,9 @@ def _one(cursor: psycopg.Cursor[TupleRow]) -> TupleRow:
     return row
 
 
-class PostgresDatabase:
-    """Blocking PostgreSQL storage with the same methods as :class:`IStore`.
+class PostgresDatabase(SQLDatabase):
+    """Blocking PostgreSQL storage with the same methods as :class:`IStore` (most of them in
+    :class:`~sns_xmpp.store.sql.SQLDatabase`, shared with SQLite).
 
     ``dsn`` is a libpq connection string or URI.  Opening connects and
     applies pending schema files in one transaction.  Not thread-safe: use
@@ -144,6 +109,8 @@ class PostgresDatabase:
     reached at all (also when opening), calls fail with
     :class:`StoreUnavailableError`, and ThreadedStore tries the open again later.
     """
+
+    _SQL_ACCOUNT_SOCIAL_LOCKED = SQL_ACCOUNT_SOCIAL_FOR_UPDATE
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -197,6 +164,9 @@ class PostgresDatabase:
         with conn.transaction(), conn.cursor() as cursor:
             yield cursor
 
+    def _sql(self, statement: str) -> str:
+        return _pg(statement)
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[TupleRow]:
         try:
             return self._connection().execute(sql, params).fetchall()
@@ -230,80 +200,6 @@ class PostgresDatabase:
                     cursor.execute(postgres_ddl(statement))
                 cursor.execute(_pg(SQL_RECORD_VERSION), (script.version, script.name))
 
-    # -- accounts ---------------------------------------------------------
-
-    def get_account(self, jid: str) -> Account | None:
-        return account_from_rows(jid, self._read(_pg(SQL_GET_ACCOUNT), (jid,)))
-
-    def account_exists(self, jid: str) -> bool:
-        return bool(self._read(_pg(SQL_ACCOUNT_EXISTS), (jid,)))
-
-    def create_account(
-        self,
-        jid: str,
-        credentials: Sequence[ScramCredential],
-        now: float,
-        social: bool = False,
-    ) -> bool:
-        if social and credentials:
-            raise ValueError("a social account cannot have credentials")
-        rows = credential_rows(jid, credentials)
-        with self._write() as cursor:
-            if cursor.execute(_pg(SQL_INSERT_ACCOUNT), (jid, now, int(social))).rowcount != 1:
-                return False
-            cursor.executemany(_pg(SQL_INSERT_CREDENTIAL), rows)
-        return True
-
-    def set_credentials(self, jid: str, credentials: Sequence[ScramCredential]) -> bool:
-        rows = credential_rows(jid, credentials)
-        with self._write() as cursor:
-            row = cursor.execute(SQL_ACCOUNT_SOCIAL_FOR_UPDATE, (jid,)).fetchone()
-            if row is None or row[0]:
-                return False
-            cursor.execute(_pg(SQL_DELETE_CREDENTIALS), (jid,))
-            cursor.executemany(_pg(SQL_INSERT_CREDENTIAL), rows)
-        return True
-
-    def delete_account(self, jid: str) -> bool:
-        with self._write() as cursor:
-            for statement in SQL_DELETE_ACCOUNT_DATA:
-                cursor.execute(_pg(statement), (jid,))
-            return cursor.execute(_pg(SQL_DELETE_ACCOUNT), (jid,)).rowcount == 1
-
-    def list_accounts(self, domain: str | None = None) -> list[str]:
-        if domain is None:
-            rows = self._read(SQL_LIST_ACCOUNTS)
-        else:
-            suffix = "@" + domain
-            rows = self._read(_pg(SQL_LIST_ACCOUNTS_AT), (len(suffix) - 1, suffix))
-        return [row[0] for row in rows]
-
-    # -- roster -----------------------------------------------------------
-
-    def get_roster(self, owner: str) -> list[RosterItem]:
-        return [roster_item_from_row(row) for row in self._read(_pg(SQL_GET_ROSTER), (owner,))]
-
-    def put_roster_item(self, owner: str, item: RosterItem) -> None:
-        with self._write() as cursor:
-            cursor.execute(_pg(SQL_PUT_ROSTER_ITEM), roster_item_params(owner, item))
-
-    def remove_roster_item(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(_pg(SQL_REMOVE_ROSTER_ITEM), (owner, contact))
-
-    # -- subscription requests --------------------------------------------
-
-    def add_subscription_request(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(_pg(SQL_ADD_REQUEST), (owner, contact))
-
-    def remove_subscription_request(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(_pg(SQL_REMOVE_REQUEST), (owner, contact))
-
-    def subscription_requests(self, owner: str) -> list[str]:
-        return [row[0] for row in self._read(_pg(SQL_LIST_REQUESTS), (owner,))]
-
     # -- offline messages -------------------------------------------------
 
     def store_offline(self, owner: str, stanza: str, now: float) -> int:
@@ -319,56 +215,6 @@ class PostgresDatabase:
             # The owner foreign key: one round trip both checks the user and stores.
             raise NoSuchAccountError(owner) from None
         return int(row[0])
-
-    def offline_messages(self, owner: str) -> list[OfflineMessage]:
-        return [offline_from_row(row) for row in self._read(_pg(SQL_OFFLINE_MESSAGES), (owner,))]
-
-    def delete_offline(self, owner: str, ids: Sequence[int]) -> None:
-        with self._write() as cursor:
-            cursor.executemany(_pg(SQL_DELETE_OFFLINE), [(owner, id_) for id_ in ids])
-
-    def count_offline(self, owner: str) -> int:
-        return int(self._read(_pg(SQL_COUNT_OFFLINE), (owner,))[0][0])
-
-    # -- social links -----------------------------------------------------
-
-    def get_link(self, site: str, account: str) -> SocialLink | None:
-        rows = self._read(_pg(SQL_GET_LINK), (site, account))
-        return link_from_row(rows[0]) if rows else None
-
-    def link_account(self, site: str, account: str, jid: str, now: float) -> SocialLink:
-        # A racing first login may insert between our SELECT and INSERTs: its
-        # uncommitted link makes our INSERT wait, then do nothing once it
-        # commits; rolling back drops the account row we made, and the SELECT
-        # after the transaction (a fresh snapshot) finds the winner's link.
-        try:
-            with self._write() as cursor:
-                row = cursor.execute(_pg(SQL_GET_LINK), (site, account)).fetchone()
-                if row is not None:
-                    return link_from_row(row)
-                if cursor.execute(_pg(SQL_INSERT_ACCOUNT), (jid, now, 1)).rowcount != 1:
-                    raise AbandonTransaction
-                if cursor.execute(_pg(SQL_INSERT_LINK), (site, account, jid, now)).rowcount != 1:
-                    raise AbandonTransaction  # also drops the account row made above
-                return SocialLink(site, account, jid, now, None)
-        except AbandonTransaction:
-            pass
-        link = self.get_link(site, account)
-        if link is None:
-            raise JidTakenError(f"an account named {jid} already exists")
-        return link
-
-    def touch_link(self, site: str, account: str, now: float) -> None:
-        with self._write() as cursor:
-            cursor.execute(_pg(SQL_TOUCH_LINK), (now, site, account))
-
-    def list_links(self, site: str | None = None, jid: str | None = None) -> list[SocialLink]:
-        sql, params = list_links_sql(site, jid)
-        return [link_from_row(row) for row in self._read(_pg(sql), params)]
-
-    def remove_link(self, site: str, account: str) -> bool:
-        with self._write() as cursor:
-            return cursor.execute(_pg(SQL_REMOVE_LINK), (site, account)).rowcount == 1
 
     # -- replay protection ------------------------------------------------
 

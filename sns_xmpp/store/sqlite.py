@@ -14,58 +14,23 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from sns_xmpp.store.common import (
-    SQL_ACCOUNT_EXISTS,
     SQL_ACCOUNT_SOCIAL,
-    SQL_ADD_REQUEST,
     SQL_CLAIM_DIGEST,
-    SQL_COUNT_OFFLINE,
-    SQL_DELETE_ACCOUNT,
-    SQL_DELETE_ACCOUNT_DATA,
-    SQL_DELETE_CREDENTIALS,
-    SQL_DELETE_OFFLINE,
-    SQL_GET_ACCOUNT,
-    SQL_GET_LINK,
-    SQL_GET_ROSTER,
-    SQL_INSERT_ACCOUNT,
-    SQL_INSERT_CREDENTIAL,
-    SQL_INSERT_LINK,
-    SQL_LIST_ACCOUNTS,
-    SQL_LIST_ACCOUNTS_AT,
-    SQL_LIST_REQUESTS,
-    SQL_OFFLINE_MESSAGES,
-    SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_VERSION,
-    SQL_REMOVE_LINK,
-    SQL_REMOVE_REQUEST,
-    SQL_REMOVE_ROSTER_ITEM,
     SQL_SCHEMA_VERSION,
     SQL_STORE_OFFLINE,
     SQL_SWEEP_DIGESTS,
-    SQL_TOUCH_LINK,
     TOKEN_SWEEP_LIMIT,
-    AbandonTransaction,
     SchemaScript,
-    account_from_rows,
-    credential_rows,
-    link_from_row,
-    list_links_sql,
     load_schema_scripts,
-    offline_from_row,
-    roster_item_from_row,
-    roster_item_params,
     schema_too_new,
     split_statements,
 )
-from sns_xmpp.store.interface import JidTakenError, NoSuchAccountError
-from sns_xmpp.store.records import (
-    Account,
-    OfflineMessage,
-    RosterItem,
-    ScramCredential,
-    SocialLink,
-)
+from sns_xmpp.store.interface import NoSuchAccountError
+from sns_xmpp.store.sql import SQLDatabase
 from sns_xmpp.store.threaded import ThreadedStore
 
 __all__ = [
@@ -82,8 +47,9 @@ SQL_HAS_VERSION_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND na
 # -- the synchronous database ---------------------------------------------
 
 
-class SQLiteDatabase:
-    """Blocking SQLite storage with the same methods as :class:`IStore`.
+class SQLiteDatabase(SQLDatabase):
+    """Blocking SQLite storage with the same methods as :class:`IStore` (most of them in
+    :class:`~sns_xmpp.store.sql.SQLDatabase`, shared with PostgreSQL).
 
     Not thread-safe: use one instance from one thread at a time (the
     connection is opened with ``check_same_thread=False`` only so that it
@@ -96,6 +62,8 @@ class SQLiteDatabase:
     # Taking the write lock up front means a transaction never has to upgrade
     # a read snapshot, which in WAL mode fails at once instead of waiting.
     _BEGIN_WRITE = "BEGIN IMMEDIATE"
+    # BEGIN IMMEDIATE already holds the database's one write lock.
+    _SQL_ACCOUNT_SOCIAL_LOCKED = SQL_ACCOUNT_SOCIAL
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
@@ -140,6 +108,9 @@ class SQLiteDatabase:
         reader._conn.execute("PRAGMA busy_timeout = 0")
         return reader
 
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
         cursor = self._conn.cursor()
@@ -180,80 +151,6 @@ class SQLiteDatabase:
                     cursor.execute(statement)
                 cursor.execute(SQL_RECORD_VERSION, (script.version, script.name))
 
-    # -- accounts ---------------------------------------------------------
-
-    def get_account(self, jid: str) -> Account | None:
-        return account_from_rows(jid, self._conn.execute(SQL_GET_ACCOUNT, (jid,)).fetchall())
-
-    def account_exists(self, jid: str) -> bool:
-        return self._conn.execute(SQL_ACCOUNT_EXISTS, (jid,)).fetchone() is not None
-
-    def create_account(
-        self,
-        jid: str,
-        credentials: Sequence[ScramCredential],
-        now: float,
-        social: bool = False,
-    ) -> bool:
-        if social and credentials:
-            raise ValueError("a social account cannot have credentials")
-        rows = credential_rows(jid, credentials)
-        with self._write() as cursor:
-            if cursor.execute(SQL_INSERT_ACCOUNT, (jid, now, int(social))).rowcount != 1:
-                return False
-            cursor.executemany(SQL_INSERT_CREDENTIAL, rows)
-        return True
-
-    def set_credentials(self, jid: str, credentials: Sequence[ScramCredential]) -> bool:
-        rows = credential_rows(jid, credentials)
-        with self._write() as cursor:
-            row = cursor.execute(SQL_ACCOUNT_SOCIAL, (jid,)).fetchone()
-            if row is None or row[0]:
-                return False
-            cursor.execute(SQL_DELETE_CREDENTIALS, (jid,))
-            cursor.executemany(SQL_INSERT_CREDENTIAL, rows)
-        return True
-
-    def delete_account(self, jid: str) -> bool:
-        with self._write() as cursor:
-            for statement in SQL_DELETE_ACCOUNT_DATA:
-                cursor.execute(statement, (jid,))
-            return cursor.execute(SQL_DELETE_ACCOUNT, (jid,)).rowcount == 1
-
-    def list_accounts(self, domain: str | None = None) -> list[str]:
-        if domain is None:
-            rows = self._conn.execute(SQL_LIST_ACCOUNTS).fetchall()
-        else:
-            suffix = "@" + domain
-            rows = self._conn.execute(SQL_LIST_ACCOUNTS_AT, (len(suffix) - 1, suffix)).fetchall()
-        return [row[0] for row in rows]
-
-    # -- roster -----------------------------------------------------------
-
-    def get_roster(self, owner: str) -> list[RosterItem]:
-        return [roster_item_from_row(row) for row in self._conn.execute(SQL_GET_ROSTER, (owner,))]
-
-    def put_roster_item(self, owner: str, item: RosterItem) -> None:
-        with self._write() as cursor:
-            cursor.execute(SQL_PUT_ROSTER_ITEM, roster_item_params(owner, item))
-
-    def remove_roster_item(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(SQL_REMOVE_ROSTER_ITEM, (owner, contact))
-
-    # -- subscription requests --------------------------------------------
-
-    def add_subscription_request(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(SQL_ADD_REQUEST, (owner, contact))
-
-    def remove_subscription_request(self, owner: str, contact: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(SQL_REMOVE_REQUEST, (owner, contact))
-
-    def subscription_requests(self, owner: str) -> list[str]:
-        return [row[0] for row in self._conn.execute(SQL_LIST_REQUESTS, (owner,))]
-
     # -- offline messages -------------------------------------------------
 
     def store_offline(self, owner: str, stanza: str, now: float) -> int:
@@ -269,55 +166,6 @@ class SQLiteDatabase:
         finally:
             self._conn.execute("PRAGMA synchronous = NORMAL")
         return int(row[0])
-
-    def offline_messages(self, owner: str) -> list[OfflineMessage]:
-        return [offline_from_row(row) for row in self._conn.execute(SQL_OFFLINE_MESSAGES, (owner,))]
-
-    def delete_offline(self, owner: str, ids: Sequence[int]) -> None:
-        with self._write() as cursor:
-            cursor.executemany(SQL_DELETE_OFFLINE, [(owner, id_) for id_ in ids])
-
-    def count_offline(self, owner: str) -> int:
-        return int(self._conn.execute(SQL_COUNT_OFFLINE, (owner,)).fetchone()[0])
-
-    # -- social links -----------------------------------------------------
-
-    def get_link(self, site: str, account: str) -> SocialLink | None:
-        row = self._conn.execute(SQL_GET_LINK, (site, account)).fetchone()
-        return None if row is None else link_from_row(row)
-
-    def link_account(self, site: str, account: str, jid: str, now: float) -> SocialLink:
-        try:
-            with self._write() as cursor:
-                row = cursor.execute(SQL_GET_LINK, (site, account)).fetchone()
-                if row is not None:
-                    return link_from_row(row)
-                # DO NOTHING rather than failing: under PostgreSQL a racing
-                # first login may insert between our SELECT and INSERT, and
-                # then the SELECT below must find its link.
-                if cursor.execute(SQL_INSERT_ACCOUNT, (jid, now, 1)).rowcount != 1:
-                    raise AbandonTransaction
-                if cursor.execute(SQL_INSERT_LINK, (site, account, jid, now)).rowcount != 1:
-                    raise AbandonTransaction  # also drops the account row made above
-                return SocialLink(site, account, jid, now, None)
-        except AbandonTransaction:
-            pass
-        link = self.get_link(site, account)
-        if link is None:
-            raise JidTakenError(f"an account named {jid} already exists")
-        return link
-
-    def touch_link(self, site: str, account: str, now: float) -> None:
-        with self._write() as cursor:
-            cursor.execute(SQL_TOUCH_LINK, (now, site, account))
-
-    def list_links(self, site: str | None = None, jid: str | None = None) -> list[SocialLink]:
-        sql, params = list_links_sql(site, jid)
-        return [link_from_row(row) for row in self._conn.execute(sql, params)]
-
-    def remove_link(self, site: str, account: str) -> bool:
-        with self._write() as cursor:
-            return cursor.execute(SQL_REMOVE_LINK, (site, account)).rowcount == 1
 
     # -- replay protection ------------------------------------------------
 

@@ -1,0 +1,197 @@
+"""The store methods both engines run alike: the same SQL (:mod:`sns_xmpp.store.common`), the
+same transactions, the same answers.
+
+:class:`SQLDatabase` holds them once. An engine supplies how a statement is spelt for it
+(`_sql`: PostgreSQL swaps the placeholders), how it reads (`_read`: the rows of one statement,
+with its own rules for a lost connection), how it writes (`_write`: a cursor in one write
+transaction) and how it reads an account's kind before replacing its credentials (with a row
+lock where the engine has no database-wide write lock). What really differs (opening, the schema,
+storing an offline message durably, claiming a token) stays in the engine's module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sns_xmpp.store.common import (
+    SQL_ACCOUNT_EXISTS,
+    SQL_ADD_REQUEST,
+    SQL_COUNT_OFFLINE,
+    SQL_DELETE_ACCOUNT,
+    SQL_DELETE_ACCOUNT_DATA,
+    SQL_DELETE_CREDENTIALS,
+    SQL_DELETE_OFFLINE,
+    SQL_GET_ACCOUNT,
+    SQL_GET_LINK,
+    SQL_GET_ROSTER,
+    SQL_INSERT_ACCOUNT,
+    SQL_INSERT_CREDENTIAL,
+    SQL_INSERT_LINK,
+    SQL_LIST_ACCOUNTS,
+    SQL_LIST_ACCOUNTS_AT,
+    SQL_LIST_REQUESTS,
+    SQL_OFFLINE_MESSAGES,
+    SQL_PUT_ROSTER_ITEM,
+    SQL_REMOVE_LINK,
+    SQL_REMOVE_REQUEST,
+    SQL_REMOVE_ROSTER_ITEM,
+    SQL_TOUCH_LINK,
+    AbandonTransaction,
+    account_from_rows,
+    credential_rows,
+    link_from_row,
+    list_links_sql,
+    offline_from_row,
+    roster_item_from_row,
+    roster_item_params,
+)
+from sns_xmpp.store.interface import JidTakenError
+from sns_xmpp.store.records import Account, OfflineMessage, RosterItem, ScramCredential, SocialLink
+
+
+class SQLDatabase(ABC):
+    """The shared half of :class:`SQLiteDatabase` and :class:`PostgresDatabase` (see the module)."""
+
+    # Reads (social) of the account row inside the write that replaces its credentials.
+    _SQL_ACCOUNT_SOCIAL_LOCKED: str
+
+    def _sql(self, statement: str) -> str:
+        """*statement* (``?`` placeholders) as this engine runs it."""
+        return statement
+
+    @abstractmethod
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one read statement, already spelt for this engine."""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A cursor in one write transaction: committed on leaving, rolled back on an exception."""
+
+    # -- accounts ---------------------------------------------------------
+
+    def get_account(self, jid: str) -> Account | None:
+        return account_from_rows(jid, self._read(self._sql(SQL_GET_ACCOUNT), (jid,)))
+
+    def account_exists(self, jid: str) -> bool:
+        return bool(self._read(self._sql(SQL_ACCOUNT_EXISTS), (jid,)))
+
+    def create_account(
+        self,
+        jid: str,
+        credentials: Sequence[ScramCredential],
+        now: float,
+        social: bool = False,
+    ) -> bool:
+        if social and credentials:
+            raise ValueError("a social account cannot have credentials")
+        rows = credential_rows(jid, credentials)
+        with self._write() as cursor:
+            if cursor.execute(self._sql(SQL_INSERT_ACCOUNT), (jid, now, int(social))).rowcount != 1:
+                return False
+            cursor.executemany(self._sql(SQL_INSERT_CREDENTIAL), rows)
+        return True
+
+    def set_credentials(self, jid: str, credentials: Sequence[ScramCredential]) -> bool:
+        rows = credential_rows(jid, credentials)
+        with self._write() as cursor:
+            row = cursor.execute(self._SQL_ACCOUNT_SOCIAL_LOCKED, (jid,)).fetchone()
+            if row is None or row[0]:
+                return False
+            cursor.execute(self._sql(SQL_DELETE_CREDENTIALS), (jid,))
+            cursor.executemany(self._sql(SQL_INSERT_CREDENTIAL), rows)
+        return True
+
+    def delete_account(self, jid: str) -> bool:
+        with self._write() as cursor:
+            for statement in SQL_DELETE_ACCOUNT_DATA:
+                cursor.execute(self._sql(statement), (jid,))
+            return bool(cursor.execute(self._sql(SQL_DELETE_ACCOUNT), (jid,)).rowcount == 1)
+
+    def list_accounts(self, domain: str | None = None) -> list[str]:
+        if domain is None:
+            rows = self._read(SQL_LIST_ACCOUNTS)
+        else:
+            suffix = "@" + domain
+            rows = self._read(self._sql(SQL_LIST_ACCOUNTS_AT), (len(suffix) - 1, suffix))
+        return [row[0] for row in rows]
+
+    # -- roster -----------------------------------------------------------
+
+    def get_roster(self, owner: str) -> list[RosterItem]:
+        return [roster_item_from_row(row) for row in self._read(self._sql(SQL_GET_ROSTER), (owner,))]
+
+    def put_roster_item(self, owner: str, item: RosterItem) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_PUT_ROSTER_ITEM), roster_item_params(owner, item))
+
+    def remove_roster_item(self, owner: str, contact: str) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_REMOVE_ROSTER_ITEM), (owner, contact))
+
+    # -- subscription requests --------------------------------------------
+
+    def add_subscription_request(self, owner: str, contact: str) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_ADD_REQUEST), (owner, contact))
+
+    def remove_subscription_request(self, owner: str, contact: str) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_REMOVE_REQUEST), (owner, contact))
+
+    def subscription_requests(self, owner: str) -> list[str]:
+        return [row[0] for row in self._read(self._sql(SQL_LIST_REQUESTS), (owner,))]
+
+    # -- offline messages -------------------------------------------------
+
+    def offline_messages(self, owner: str) -> list[OfflineMessage]:
+        return [offline_from_row(row) for row in self._read(self._sql(SQL_OFFLINE_MESSAGES), (owner,))]
+
+    def delete_offline(self, owner: str, ids: Sequence[int]) -> None:
+        with self._write() as cursor:
+            cursor.executemany(self._sql(SQL_DELETE_OFFLINE), [(owner, id_) for id_ in ids])
+
+    def count_offline(self, owner: str) -> int:
+        return int(self._read(self._sql(SQL_COUNT_OFFLINE), (owner,))[0][0])
+
+    # -- social links -----------------------------------------------------
+
+    def get_link(self, site: str, account: str) -> SocialLink | None:
+        rows = self._read(self._sql(SQL_GET_LINK), (site, account))
+        return link_from_row(rows[0]) if rows else None
+
+    def link_account(self, site: str, account: str, jid: str, now: float) -> SocialLink:
+        # A racing first login (another thread or process) may insert between our SELECT and
+        # INSERTs. The INSERTs then do nothing (ON CONFLICT DO NOTHING; under PostgreSQL after
+        # waiting for the winner's commit), rolling back drops the account row made here, and the
+        # read after the transaction (a fresh snapshot) finds the winner's link.
+        try:
+            with self._write() as cursor:
+                row = cursor.execute(self._sql(SQL_GET_LINK), (site, account)).fetchone()
+                if row is not None:
+                    return link_from_row(row)
+                if cursor.execute(self._sql(SQL_INSERT_ACCOUNT), (jid, now, 1)).rowcount != 1:
+                    raise AbandonTransaction
+                if cursor.execute(self._sql(SQL_INSERT_LINK), (site, account, jid, now)).rowcount != 1:
+                    raise AbandonTransaction  # also drops the account row made above
+                return SocialLink(site, account, jid, now, None)
+        except AbandonTransaction:
+            pass
+        link = self.get_link(site, account)
+        if link is None:
+            raise JidTakenError(f"an account named {jid} already exists")
+        return link
+
+    def touch_link(self, site: str, account: str, now: float) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_TOUCH_LINK), (now, site, account))
+
+    def list_links(self, site: str | None = None, jid: str | None = None) -> list[SocialLink]:
+        sql, params = list_links_sql(site, jid)
+        return [link_from_row(row) for row in self._read(self._sql(sql), params)]
+
+    def remove_link(self, site: str, account: str) -> bool:
+        with self._write() as cursor:
+            return bool(cursor.execute(self._sql(SQL_REMOVE_LINK), (site, account)).rowcount == 1)
