@@ -74,7 +74,10 @@ class PlainAttempt:
             self.authcid = authcid
         except UnicodeDecodeError:
             return defer.fail(AuthenticationFailed("malformed-request", "PLAIN payload is not UTF-8"))
-        d = defer.maybeDeferred(self.checker.check_plain, authcid, password, authzid or None, self.domain)
+        try:
+            d = self.checker.check_plain(authcid, password, authzid or None, self.domain)
+        except Exception:
+            return defer.fail()
         return d.addCallback(Success)
 
 

@@ -365,23 +365,33 @@ class SessionManager:
                                and child.uri != NS_SESSION_LEGACY):
             self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
             return
-        self._reply_later(iq, session, defer.maybeDeferred(handler, iq))
+        # Most handlers answer at once (the legacy session of every login among them): no Deferred then.
+        try:
+            outcome = handler(iq)
+        except Exception:
+            self._refused(iq, session, Failure())
+            return
+        if isinstance(outcome, Deferred):
+            self._reply_later(iq, session, outcome)
+        else:
+            self._answered(iq, session, outcome)
 
     def _reply_later(self, iq: domish.Element, session: ClientSession | None, d: Deferred) -> None:
-        def answered(payload: domish.Element | None) -> None:
-            result = iq_result(iq)
-            if payload is not None:
-                result.addChild(payload)
-            self._reply(iq, session, result)
+        d.addCallbacks(lambda payload: self._answered(iq, session, payload),
+                       lambda reason: self._refused(iq, session, reason))
 
-        def refused(reason: Failure) -> None:
-            if isinstance(reason.value, StanzaError):
-                self._reply(iq, session, reason.value.toResponse(iq))
-            else:
-                log.failure("iq.handler_failed", reason)
-                self._reply(iq, session, StanzaError("internal-server-error").toResponse(iq))
+    def _answered(self, iq: domish.Element, session: ClientSession | None, payload: domish.Element | None) -> None:
+        result = iq_result(iq)
+        if payload is not None:
+            result.addChild(payload)
+        self._reply(iq, session, result)
 
-        d.addCallbacks(answered, refused)
+    def _refused(self, iq: domish.Element, session: ClientSession | None, reason: Failure) -> None:
+        if isinstance(reason.value, StanzaError):
+            self._reply(iq, session, reason.value.toResponse(iq))
+        else:
+            log.failure("iq.handler_failed", reason)
+            self._reply(iq, session, StanzaError("internal-server-error").toResponse(iq))
 
     def _reply(self, iq: domish.Element, session: ClientSession | None, reply: domish.Element) -> None:
         if session is not None:
