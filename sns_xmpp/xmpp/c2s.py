@@ -20,6 +20,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
 
 log = GatedLogger()
@@ -27,86 +28,6 @@ log = GatedLogger()
 ElementHandler = Callable[[domish.Element], None]
 
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
-MAX_DEPTH = 48  # stanzas nest a handful of levels; data forms and Jingle stay well below this
-MAX_ATTRIBUTES = 64
-
-
-class HostileXML(Exception):
-    """Input RFC 6120 forbids or this server will not parse, with the stream error it earns."""
-
-    def __init__(self, condition: str, text: str) -> None:
-        super().__init__(condition, text)
-        self.condition = condition
-        self.text = text
-
-
-class ParseGuard:
-    """Hardens one expat parser and measures the stanza it is in.
-
-    Refuses what RFC 6120 11.1 restricts (DTDs, entity declarations, comments, processing
-    instructions), so billion-laughs and external entities never start, and bounds depth and
-    attribute count. `mark` is the stream offset from which bytes count against the stanza size
-    limit: the start of the open stanza, or the end of what came last between stanzas, so that
-    many stanzas in one read are each measured alone and whitespace keepalives count for nothing.
-    """
-
-    def __init__(self, parser: Any, max_stanza_bytes: int) -> None:
-        self.parser = parser
-        self.max_stanza_bytes = max_stanza_bytes
-        self.depth = 0  # 1 inside the stream's root element, 2 inside a stanza
-        self.mark = 0
-        for handler in ("StartDoctypeDeclHandler", "EntityDeclHandler", "UnparsedEntityDeclHandler",
-                        "NotationDeclHandler", "CommentHandler", "ProcessingInstructionHandler",
-                        "ExternalEntityRefHandler", "SkippedEntityHandler"):
-            setattr(parser, handler, self.restricted)
-        self.start = parser.StartElementHandler
-        self.end = parser.EndElementHandler
-        self.text = parser.CharacterDataHandler
-        parser.StartElementHandler = self.bounded_start
-        parser.EndElementHandler = self.bounded_end
-        parser.CharacterDataHandler = self.measured_text
-
-    @staticmethod
-    def restricted(*args: object) -> None:
-        raise HostileXML("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
-
-    # The size of the open stanza is checked at every event as well as after every read, so that
-    # which limit a stanza breaks first does not depend on how its bytes were split into reads.
-
-    def measure(self, position: int) -> None:
-        """Refuse the open stanza (or the tag between stanzas) if it reaches past *position*
-        with more than max_stanza_bytes."""
-        if position - self.mark > self.max_stanza_bytes:
-            raise HostileXML("policy-violation", "stanza too large")
-
-    def bounded_start(self, name: str, attributes: dict[str, str]) -> None:
-        self.depth += 1
-        if self.depth == 2:
-            self.mark = self.parser.CurrentByteIndex
-        else:
-            self.measure(self.parser.CurrentByteIndex)
-            if self.depth > MAX_DEPTH:
-                raise HostileXML("policy-violation", "elements nested too deeply")
-        if len(attributes) > MAX_ATTRIBUTES:
-            raise HostileXML("policy-violation", "too many attributes")
-        self.start(name, attributes)
-
-    def bounded_end(self, name: str) -> None:
-        self.depth -= 1
-        if self.depth == 1:
-            end = self.parser.CurrentByteIndex
-            self.measure(end)
-            self.mark = end
-        self.end(name)
-
-    def measured_text(self, data: str) -> None:
-        if self.depth == 1:  # between stanzas: keepalives
-            self.mark = self.parser.CurrentByteIndex + len(data.encode())
-        else:
-            self.measure(self.parser.CurrentByteIndex)
-        self.text(data)
-
-
 class ClientStream(xmlstream.XmlStream):
     """A c2s stream whose elements go straight to one handler, not xpath observers."""
 
@@ -128,7 +49,6 @@ class ClientStream(xmlstream.XmlStream):
         self.on_close: list[Callable[[], None]] = []
         self.element_handler: ElementHandler = self._refuse
         self._fed = 0  # bytes given to the current parser
-        self.guard: ParseGuard | None = None
         self._root: domish.Element | None = None  # the client's stream header, until release_parser() needs it
         self._header: bytes | None = None
         self._release_after_read = False
@@ -149,11 +69,11 @@ class ClientStream(xmlstream.XmlStream):
 
     @max_stanza_bytes.setter
     def max_stanza_bytes(self, limit: int) -> None:
-        # One limit for the stream and the parser's guard, which checks it at every event.
+        # One limit for the stream and its parser, which checks it at every event.
         self._max_stanza_bytes = limit
-        guard = getattr(self, "guard", None)
-        if guard is not None:
-            guard.max_stanza_bytes = limit
+        parser = getattr(self, "stream", None)
+        if parser is not None:
+            parser.max_stanza_bytes = limit
 
     def connectionMade(self) -> None:
         self._initializeStream()
@@ -179,15 +99,15 @@ class ClientStream(xmlstream.XmlStream):
     def release_parser(self) -> bool:
         """Drop the parser if nothing is lost by it: between stanzas (depth 1), with every byte
         received consumed (no part of a tag is buffered in the parser)."""
-        guard = self.guard
-        if (guard is None or guard.depth != 1 or self.closed or self._root is None and self._header is None
-                or self.stream.parser.CurrentByteIndex != self._fed):
+        parser = self.stream
+        if (parser is None or parser.depth != 1 or self.closed or self._root is None and self._header is None
+                or parser.parser.CurrentByteIndex != self._fed):
             return False
         if self._header is None:
             assert self._root is not None
             self._header = self._root.toXml(closeElement=0).encode("utf-8")
             self._root = None
-        self.stream = self.guard = None
+        self.stream = None
         return True
 
     def _prime_parser(self) -> None:
@@ -198,8 +118,8 @@ class ClientStream(xmlstream.XmlStream):
         primed.parse(self._header)
         primed.DocumentStartEvent = self.onDocumentStart
         self._fed = len(self._header)
-        assert self.guard is not None and self.guard.depth == 1
-        self.guard.mark = self._fed
+        assert primed.depth == 1
+        primed.mark = self._fed
 
     def sendHeader(self) -> None:
         """The stream header, as Twisted writes it for a receiving entity with no extra prefixes,
@@ -227,9 +147,8 @@ class ClientStream(xmlstream.XmlStream):
         self.reset()
 
     def _initializeStream(self) -> None:
-        super()._initializeStream()
+        self.stream = guarded_stream(self.max_stanza_bytes, self)
         self._fed = 0
-        self.guard = ParseGuard(self.stream.parser, self.max_stanza_bytes)
 
     def _callLater(self, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(*args, **kwargs)
@@ -258,8 +177,8 @@ class ClientStream(xmlstream.XmlStream):
             self.stream.parse(data)
             # A stanza still open after this read is bounded here, one read (at most 64 KiB) at a
             # time, long before parsing could finish it.
-            if self.guard is not None:
-                self.guard.measure(self._fed)
+            if self.stream is not None:
+                self.stream.measure(self._fed)
         except domish.ParserError:
             self.fail(StreamError("not-well-formed"))
             return
