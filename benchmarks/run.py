@@ -456,7 +456,8 @@ class Daemon:
         twistd = Path(sys.executable).with_name("twistd")
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own venv's twistd, our own arguments
-                [str(twistd), "--nodaemon", "--pidfile=", "sns-xmpp", f"--config={self.config_path}"],
+                [str(twistd), "--nodaemon", "--pidfile=", "--reactor=sns-epoll", "sns-xmpp",
+                 f"--config={self.config_path}"],
                 cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches the runner only; it stops the daemon itself
         deadline = time.monotonic() + timeout

@@ -23,12 +23,17 @@ REQUEST = b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind
 ANSWER = b"<iq type='result' id='b1'/>" * 4
 
 
-def serve(flushing: bool) -> None:
+def serve(flushing: bool, lean: bool = False) -> None:
     from typing import Any
 
-    from twisted.internet import epollreactor
+    if lean:
+        from sns_xmpp.xmpp import reactor as lean_reactor
 
-    epollreactor.install()
+        lean_reactor.install()
+    else:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
     from twisted.internet import protocol
     from twisted.internet import reactor as installed
 
@@ -78,13 +83,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--flushing", action="store_true", help="serve with sns_xmpp's FlushingServer")
+    parser.add_argument("--lean-reactor", action="store_true",
+                        help="serve on sns_xmpp's LeanEPollReactor (twistd --reactor=sns-epoll)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.flushing)
+        serve(args.flushing, args.lean_reactor)
         return
     server = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "benchmarks.transport_floor", "--serve", *(["--flushing"] if args.flushing else [])],
+        [sys.executable, "-m", "benchmarks.transport_floor", "--serve", *(["--flushing"] if args.flushing else []),
+         *(["--lean-reactor"] if args.lean_reactor else [])],
         stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
@@ -93,7 +101,8 @@ def main() -> None:
         before, started = cpu_seconds(server.pid), time.monotonic()
         asyncio.run(connect_all(port, args.connections, args.concurrency))
         used, elapsed = cpu_seconds(server.pid) - before, time.monotonic() - started
-        print(f"{'FlushingServer' if args.flushing else 'tcp.Server'}: "
+        print(f"{'FlushingServer' if args.flushing else 'tcp.Server'}"
+              f"{' on LeanEPollReactor' if args.lean_reactor else ''}: "
               f"{args.connections} connections of {ROUND_TRIPS} round trips, {args.concurrency} at once: "
               f"server CPU {1000 * used / args.connections:.3f} ms per connection, "
               f"{args.connections / elapsed:.0f} connections/s")
