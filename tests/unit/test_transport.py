@@ -97,6 +97,17 @@ async def read_until(client: socket.socket, size: int, rounds: int = 10_000) -> 
     return data
 
 
+async def greeted() -> tuple[Any, socket.socket, Recorder]:
+    """A connection to a server that answers nothing, whose first read has been received."""
+    server, port = await listen([])
+    client = connect(port)
+    client.send(b"hello")
+    recorder = await server.built
+    while not recorder.received:
+        await turn()
+    return port, client, recorder
+
+
 @pytest_twisted.ensureDeferred
 async def test_answers_go_out_in_one_send_without_watching_for_writability() -> None:
     from twisted.internet import reactor
@@ -147,12 +158,7 @@ async def test_what_the_socket_does_not_take_is_sent_when_it_can_and_the_connect
 async def test_writes_made_outside_a_read_are_sent_in_the_same_round() -> None:
     from twisted.internet import reactor
 
-    server, port = await listen([])
-    client = connect(port)
-    client.send(b"hello")
-    recorder = await server.built
-    while not recorder.received:
-        await turn()
+    port, client, recorder = await greeted()
     # As a message routed from another client's read, or a store result, would be written.
     reactor.callLater(0, recorder.transport.write, b"<routed/>")  # type: ignore[union-attr]
     reactor.callLater(0, recorder.transport.write, b"<second/>")  # type: ignore[union-attr]
@@ -167,12 +173,7 @@ async def test_writes_made_outside_a_read_are_sent_in_the_same_round() -> None:
 async def test_a_peer_that_reset_loses_the_connection_on_the_next_write() -> None:
     import struct
 
-    server, port = await listen([])
-    client = connect(port)
-    client.send(b"x")
-    recorder = await server.built
-    while not recorder.received:
-        await turn()
+    port, client, recorder = await greeted()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # RST
     for _ in range(100):
