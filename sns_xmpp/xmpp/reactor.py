@@ -9,13 +9,16 @@ fields (peer, jid), so the context has nothing to add.
 
 `LeanEPollReactor` dispatches each event straight to Twisted's ``_doReadOrWrite``, which
 already catches what doRead and doWrite raise, logs it and drops that connection; an error
-escaping that too is logged here, as ``callWithLogger`` would, and the loop goes on. Everything
-else (timers, threads, signals, registration) is Twisted's ``EPollReactor``.
+escaping that too is logged here, as ``callWithLogger`` would, and the loop goes on. It also runs
+calls registered with `after_events` once a round's events are dispatched, which the c2s
+transport uses to send what the round wrote (``sns_xmpp.xmpp.transport``) without a timer.
+Everything else (timers, threads, signals, registration) is Twisted's ``EPollReactor``.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import epollreactor
@@ -24,6 +27,19 @@ from twisted.python import log
 
 
 class LeanEPollReactor(epollreactor.EPollReactor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_events: list[Callable[[], None]] | None = None  # a list while events are dispatched
+
+    def after_events(self, call: Callable[[], None]) -> bool:
+        """Run *call* once the events of this round have been dispatched: True if it will be,
+        False when no events are being dispatched (the caller then uses ``callLater(0, ...)``,
+        which runs before the reactor next waits)."""
+        if self._after_events is None:
+            return False
+        self._after_events.append(call)
+        return True
+
     def doPoll(self, timeout: float | None) -> None:  # noqa: N802 - Twisted's name
         try:
             events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
@@ -33,14 +49,24 @@ class LeanEPollReactor(epollreactor.EPollReactor):
             raise
         selectables = self._selectables
         handle = self._doReadOrWrite
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
+        after: list[Callable[[], None]] = []
+        self._after_events = after
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    handle(selectable, fd, event)
+                except Exception:
+                    log.err(None, "Unhandled error dispatching an event")
+        finally:
+            self._after_events = None
+        for call in after:
             try:
-                handle(selectable, fd, event)
+                call()
             except Exception:
-                log.err(None, "Unhandled error dispatching an event")
+                log.err(None, "Unhandled error after dispatching events")
 
     doIteration = doPoll
 

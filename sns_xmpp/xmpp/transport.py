@@ -1,18 +1,17 @@
-"""A TCP transport that sends a read's answers when the read is done, without a reactor round.
+"""A TCP transport that sends what a reactor round wrote once the round is over, without
+watching for writability.
 
 Twisted's ``tcp.Server`` buffers every write, registers the socket for writability
 (``epoll_ctl``), sends in the reactor's next round and unregisters it again (``epoll_ctl``):
-two system calls and one more round of the event loop for each answer. An XMPP login is
-seven such exchanges, and in the benchmark those calls were about 8% of the daemon's CPU
+two system calls and one more event for each answer. An XMPP login is seven such exchanges
 (docs/performance.md).
 
-`FlushingServer` sends instead:
-
-- at the end of its own ``doRead``, everything the read made it write (the usual case: the
-  answers to a client's stanza), in one ``send``, as Twisted's buffer would have;
-- at the end of the reactor's current round, what other events wrote to it (a message routed
-  from another client's read, a store result), one ``send`` per connection and round, through
-  a zero-delay call of its `Flusher`.
+`FlushingServer` buffers the same way, and its port's `Flusher` sends each written-to
+connection's buffer in one ``send`` when the round's events have all been handled: after them
+where the reactor offers that (``LeanEPollReactor.after_events``), else from a zero-delay call.
+A round's answers to one client (its stanza's replies, messages routed to it from other
+clients' reads, store results) thus still go out together, as Twisted's buffer would send them.
+Sending at the end of each read instead was dearer: it woke the client once per answer.
 
 Only what the socket does not take at once waits for writability in Twisted's usual way, and
 so does everything of a connection that is closing or has a producer, or whose send fails:
@@ -38,20 +37,25 @@ from zope.interface import implementer
 
 
 class Flusher:
-    """Sends, once per reactor round, the buffers of a port's connections written to outside their reads."""
+    """Sends, once per reactor round, the buffers of a port's connections written to in it: after
+    the round's events where the reactor offers that (`LeanEPollReactor.after_events`), else from
+    a zero-delay call, which runs before the reactor next waits."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+        self._after_events = getattr(reactor, "after_events", None)
         self._waiting: list[FlushingServer] = []
-        self._call: Any = None
+        self._scheduled = False
 
     def add(self, connection: FlushingServer) -> None:
         self._waiting.append(connection)
-        if self._call is None:
-            self._call = self._reactor.callLater(0, self.flush)
+        if not self._scheduled:
+            self._scheduled = True
+            if self._after_events is None or not self._after_events(self.flush):
+                self._reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
-        self._call = None
+        self._scheduled = False
         waiting, self._waiting = self._waiting, []
         for connection in waiting:
             connection.flush()

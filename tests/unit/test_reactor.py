@@ -35,21 +35,27 @@ def spin(reactor: LeanEPollReactor, until: Any, rounds: int = 2000) -> None:
     raise AssertionError("the reactor never got there")
 
 
-def exchange(reactor: LeanEPollReactor, port: int, data: bytes) -> bytes:
-    client = socket.create_connection(("127.0.0.1", port))
-    client.setblocking(False)
-    client.send(data)
+def receive(reactor: LeanEPollReactor, client: socket.socket, size: int) -> bytes:
+    """Run the reactor until *size* bytes have reached the (non-blocking) client."""
     received = b""
 
-    def answered() -> bool:
+    def arrived() -> bool:
         nonlocal received
         try:
             received += client.recv(1024)
         except BlockingIOError:
             pass
-        return len(received) >= len(data)
+        return len(received) >= size
 
-    spin(reactor, answered)
+    spin(reactor, arrived)
+    return received
+
+
+def exchange(reactor: LeanEPollReactor, port: int, data: bytes) -> bytes:
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setblocking(False)
+    client.send(data)
+    received = receive(reactor, client, len(data))
     client.close()
     return received
 
@@ -81,3 +87,38 @@ def test_serves_tcp_and_survives_an_error_twisted_does_not_catch() -> None:
         reactor.removeAll()
     errors = [event for event in logged if event.get("isError")]
     assert errors and str(errors[0]["failure"].value) == "a connectionLost that raises"
+
+
+def test_the_c2s_transport_sends_after_the_rounds_events_without_timers() -> None:
+    """Answers written while events are dispatched go out after them, with no zero-delay call and
+    no writability watch; a write from a timer (no events being dispatched) still goes out."""
+    from sns_xmpp.xmpp.transport import FlushingPort
+
+    reactor = LeanEPollReactor()
+    servers: list[Answer] = []
+
+    class Remembered(Answer):
+        def connectionMade(self) -> None:
+            servers.append(self)
+
+    port = FlushingPort(0, protocol.Factory.forProtocol(Remembered), 50, "127.0.0.1", reactor)
+    port.startListening()
+    timers: list[Any] = []
+    writers: list[Any] = []
+    call_later, add_writer = reactor.callLater, reactor.addWriter
+    reactor.callLater = lambda *args, **kwargs: (timers.append(args), call_later(*args, **kwargs))[1]  # type: ignore[method-assign]
+    reactor.addWriter = lambda writer: (writers.append(writer), add_writer(writer))[1]  # type: ignore[method-assign]
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.setblocking(False)
+        for word in (b"one", b"two"):
+            client.send(word)
+            assert receive(reactor, client, len(word)) == word.upper()
+        assert (timers, writers) == ([], [])
+        call_later(0, servers[0].transport.write, b"from a timer")  # type: ignore[union-attr]
+        assert receive(reactor, client, 12) == b"from a timer"
+        assert len(timers) == 1 and writers == []  # the fallback: one zero-delay call
+        client.close()
+    finally:
+        port.stopListening()
+        reactor.removeAll()
