@@ -90,9 +90,12 @@ class FlushingServer(tcp.Server):
         data = b"".join(self._tempDataBuffer)
         self._tempDataBuffer = []
         self._tempDataLen = 0
-        sent = self.writeSomeData(data)
-        if isinstance(sent, Exception):
-            sent = 0  # the reactor's doWrite meets the error again and closes the connection its way
+        try:
+            sent = self.socket.send(data)  # Python retries an interrupted send itself (PEP 475)
+        except OSError:
+            # Full (EAGAIN, ENOBUFS): the rest waits for writability. Failed: the reactor's doWrite
+            # meets the error again and closes the connection its way.
+            sent = 0
         if sent < len(data):
             self.dataBuffer = data
             self.offset = sent
