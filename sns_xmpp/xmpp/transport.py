@@ -63,7 +63,7 @@ class Flusher:
 
 class FlushingServer(tcp.Server):
     server: FlushingPort
-    _flush_due = False  # buffered data waits for the end of the read or of the round
+    _flush_due = False  # buffered data waits for the end of the round
     _writer_registered = False  # the reactor watches the socket for writability (Twisted's path)
 
     def startWriting(self) -> None:
@@ -82,7 +82,7 @@ class FlushingServer(tcp.Server):
         if not self._flush_due:
             return
         self._flush_due = False
-        if not self.connected:
+        if not self.connected or self._aborting:  # abortConnection: nothing more is sent
             return
         if self.disconnecting or self._writeDisconnecting or self.producer is not None or self.dataBuffer:
             self._register_writer()

@@ -184,3 +184,20 @@ async def test_a_peer_that_reset_loses_the_connection_on_the_next_write() -> Non
     await recorder.lost
     assert not recorder.reason.check(ConnectionDone)  # lost, not closed cleanly
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_after_an_abort() -> None:
+    port, client, recorder = await greeted()
+    recorder.transport.write(b"<never/>")  # type: ignore[union-attr]
+    recorder.transport.abortConnection()  # type: ignore[union-attr]
+    await recorder.lost
+    client.setblocking(True)
+    client.settimeout(5)
+    try:
+        received = client.recv(100)
+    except ConnectionResetError:  # an abort closes with a reset
+        received = b""
+    assert received == b""  # <never/> was not sent
+    client.close()
+    await port.stopListening()
