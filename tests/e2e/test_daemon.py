@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,10 +77,13 @@ class Daemon:
 def shipped_config_on_free_ports() -> tuple[str, int, int]:
     """The shipped configuration with free loopback ports: (text, c2s port, direct TLS port)."""
     port, direct, http = free_port(), free_port(), free_port()
-    text = ((ROOT / "conf" / "sns-xmpp.toml").read_text()
-            .replace("port = 5222", f"port = {port}")
-            .replace("direct_tls_port = 5223", f"direct_tls_port = {direct}")
-            .replace("port = 5280", f"port = {http}"))
+    text = (ROOT / "conf" / "sns-xmpp.toml").read_text()
+    # Whole lines: replacing the text "port = 5280" also hit a direct_tls_port that a free port
+    # had made 5280x, and the daemon then refused a port of six digits (a CI flake).
+    for line, value in (("port = 5222", port), ("direct_tls_port = 5223", direct), ("port = 5280", http)):
+        key = line.split(" = ")[0]
+        text, replaced = re.subn(rf"(?m)^{re.escape(line)}$", f"{key} = {value}", text)
+        assert replaced == 1, line
     return text, port, direct
 
 
