@@ -55,18 +55,15 @@ class ClientSession:
     directed: set[str] = field(default_factory=set)
     sm: StreamManagement | None = None  # XEP-0198, once the client enables it
     detached: bool = False  # the connection dropped; waiting for a <resume/>
+    # The JID's forms, made once: every stanza the session sends or receives uses them.
+    bare: str = field(init=False)
+    resource: str = field(init=False)
+    full: str = field(init=False)
 
-    @property
-    def bare(self) -> str:
-        return self.jid.userhost()
-
-    @property
-    def resource(self) -> str:
-        return self.jid.resource or ""
-
-    @property
-    def full(self) -> str:
-        return self.jid.full()
+    def __post_init__(self) -> None:
+        self.bare = self.jid.userhost()
+        self.resource = self.jid.resource or ""
+        self.full = self.jid.full()
 
     def send(self, element: domish.Element) -> None:
         sm = self.sm
