@@ -138,7 +138,7 @@ def oidc_tokens(spec: Mapping[str, Any]) -> CredentialsProvider:
     ``sub``, ``iat``, ``exp`` (``lifetime`` seconds ahead), ``name`` and a fresh ``nonce``
     each. The daemon accepts only nonces it issued: ``<random>.<HMAC-SHA256>`` of the random
     bytes under the install's secret (``nonce_secret``, hex, which the runner wrote into the
-    daemon's data folder), as `sns_xmpp.sites.oidc.NonceKey` makes them. Attempts cycle through
+    daemon's data folder), as `sns_xmpp.sites.oidc_tokens.NonceKey` makes them. Attempts cycle through
     the tokens; the user name is ``<sub>@<site>``.
     """
     from cryptography.hazmat.primitives import hashes, serialization

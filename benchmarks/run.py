@@ -584,7 +584,8 @@ class IdentityProvider:
                           'client_secret = "bench-client-secret"  # the token endpoint is never used'])
 
     def write_nonce_secret(self, data_dir: Path) -> None:
-        """The install's nonce secret, in the file and format `sns_xmpp.sites.oidc` reads."""
+        """The install's nonce secret, in the file and format that
+        `sns_xmpp.sites.oidc_settings.load_or_create_secret` reads."""
         path = data_dir / f"oidc-{OIDC_SITE}.secret"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="ascii") as secret:

@@ -18,13 +18,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
-import os
-import re
 import secrets
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
@@ -37,7 +33,6 @@ from twisted.web.client import Agent
 from zope.interface import implementer
 
 from sns_xmpp.sites import jose
-from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     IBearerSite,
     LoginStart,
@@ -48,250 +43,18 @@ from sns_xmpp.sites.interface import (
     SocialCredentials,
     VerifiedAccount,
 )
+from sns_xmpp.sites.oidc_settings import OIDCSettings, load_or_create_secret, parse_settings, url_problem
+from sns_xmpp.sites.oidc_tokens import NonceKey, check_claims, display_name, identifier_problem
 
 log = Logger()
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_DOCUMENT_BYTES = 1 << 20
-MAX_IDENTIFIER_CHARS = 255
-MAX_DISPLAY_NAME_CHARS = 256
-_NONCE_CONTEXT = b"sns-xmpp oidc nonce\0"
 _JOSE_KINDS = {
     jose.MALFORMED: Rejection.MALFORMED,
     jose.BAD_SIGNATURE: Rejection.BAD_SIGNATURE,
     jose.UNKNOWN_KEY: Rejection.UNKNOWN_KEY,
 }
-
-
-# -- settings -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OIDCSettings:
-    issuer: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    scopes: tuple[str, ...] = ("openid",)
-    leeway: float = 60
-    max_token_bytes: int = jose.DEFAULT_MAX_TOKEN_BYTES
-    single_use: bool = False
-    refresh_interval: float = 3600
-    request_timeout: float = 10
-    retry_initial: float = 1
-    retry_max: float = 60
-    key_refetch_interval: float = 30
-
-
-# key -> (minimum, maximum) for the numeric settings
-_NUMBERS: Mapping[str, tuple[float, float]] = {
-    "leeway": (0, 3600),
-    "refresh_interval": (1, 7 * 86400),
-    "request_timeout": (0.01, 300),
-    "retry_initial": (0.01, 3600),
-    "retry_max": (0.01, 86400),
-    "key_refetch_interval": (0, 86400),
-}
-_KNOWN_KEYS = frozenset(_NUMBERS) | {
-    "issuer", "client_id", "client_secret", "client_secret_file", "scopes", "max_token_bytes", "single_use",
-}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def url_problem(url: object) -> str | None:
-    """Why *url* is no place to talk to a provider: https, or http on a loopback host only."""
-    if not isinstance(url, str) or not url:
-        return "must be a URL"
-    try:
-        parts = urlsplit(url)
-        host, _ = parts.hostname, parts.port
-    except ValueError:
-        return "is not a valid URL"
-    if not host or parts.scheme not in ("https", "http"):
-        return "must be an https URL"
-    if parts.scheme == "http" and not _is_loopback(host):
-        return "must be an https URL (http only for a loopback host)"
-    if parts.username is not None or parts.password is not None or parts.fragment:
-        return "must not hold credentials or a fragment"
-    return None
-
-
-def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
-    """Check a site's settings table; raise SiteConfigError naming the first bad key."""
-    for key in sorted(settings):
-        if key not in _KNOWN_KEYS:
-            raise SiteConfigError(key, "unknown setting")
-    issuer = settings.get("issuer")
-    if issuer is None:
-        raise SiteConfigError("issuer", "required")
-    problem = url_problem(issuer) or ("must not have a query" if urlsplit(str(issuer)).query else None)
-    if problem:
-        raise SiteConfigError("issuer", problem)
-    client_id = settings.get("client_id")
-    if client_id is None:
-        raise SiteConfigError("client_id", "required")
-    if not isinstance(client_id, str) or not client_id.strip():
-        raise SiteConfigError("client_id", "must be a non-empty string")
-    numbers: dict[str, float] = {}
-    for key, (low, high) in _NUMBERS.items():
-        value = settings.get(key, getattr(OIDCSettings, key))
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise SiteConfigError(key, f"must be a number from {low} to {high}")
-        numbers[key] = float(value)
-    max_token_bytes = settings.get("max_token_bytes", jose.DEFAULT_MAX_TOKEN_BYTES)
-    if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or not (
-        1024 <= max_token_bytes <= 65536
-    ):
-        raise SiteConfigError("max_token_bytes", "must be a whole number from 1024 to 65536")
-    single_use = settings.get("single_use", False)
-    if not isinstance(single_use, bool):
-        raise SiteConfigError("single_use", "must be true or false")
-    scopes = settings.get("scopes", ["openid"])
-    if not isinstance(scopes, list | tuple) or not all(
-        isinstance(s, str) and s and s.isascii() and s.isprintable() and " " not in s and '"' not in s
-        and "\\" not in s for s in scopes
-    ):
-        raise SiteConfigError("scopes", "must be a list of scope names")
-    if "openid" not in scopes:
-        raise SiteConfigError("scopes", "must include 'openid'")
-    return OIDCSettings(
-        issuer=str(issuer), client_id=client_id, client_secret=_client_secret(settings),
-        scopes=tuple(scopes), max_token_bytes=max_token_bytes, single_use=single_use,
-        leeway=numbers["leeway"], refresh_interval=numbers["refresh_interval"],
-        request_timeout=numbers["request_timeout"], retry_initial=numbers["retry_initial"],
-        retry_max=max(numbers["retry_max"], numbers["retry_initial"]),
-        key_refetch_interval=numbers["key_refetch_interval"],
-    )
-
-
-def _client_secret(settings: Mapping[str, Any]) -> str:
-    return check.secret(settings, "client_secret", minimum=1)
-
-
-# -- nonces ---------------------------------------------------------------------------------------
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The install's 32-byte nonce secret, made (mode 0600) on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        try:
-            secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
-        except (ValueError, UnicodeDecodeError):
-            secret = b""
-        if len(secret) != 32:
-            raise ValueError(f"{path} does not hold a nonce secret; remove it to make a new one") from None
-        return secret
-    secret = secrets.token_bytes(32)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret.hex() + "\n")
-    return secret
-
-
-class NonceKey:
-    """Issues nonces that prove, by themselves, that this server issued them."""
-
-    def __init__(self, secret: bytes, site_id: str) -> None:
-        self._secret = secret
-        self._context = _NONCE_CONTEXT + site_id.encode("utf-8") + b"\0"
-
-    def _mac(self, random: bytes) -> bytes:
-        return hmac.new(self._secret, self._context + random, hashlib.sha256).digest()
-
-    def issue(self) -> str:
-        random = secrets.token_bytes(16)
-        return f"{jose.b64url_encode(random)}.{jose.b64url_encode(self._mac(random))}"
-
-    def check(self, nonce: object) -> bool:
-        if not isinstance(nonce, str) or len(nonce) > 100 or nonce.count(".") != 1:
-            return False
-        random_text, mac_text = nonce.split(".")
-        try:
-            random, mac = jose.b64url_decode(random_text), jose.b64url_decode(mac_text)
-        except jose.JOSEError:
-            return False
-        return len(random) == 16 and hmac.compare_digest(mac, self._mac(random))
-
-
-# -- claims ---------------------------------------------------------------------------------------
-
-
-# Unicode's Cc (control) and Cs (surrogate) characters: one regular expression rather than a
-# unicodedata lookup per character, which cost an OpenID login about 10 microseconds.
-CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def identifier_problem(identifier: object) -> str | None:
-    if not isinstance(identifier, str) or not identifier:
-        return "empty account id"
-    if len(identifier) > MAX_IDENTIFIER_CHARS:
-        return "account id too long"
-    if CONTROL_OR_SURROGATE.search(identifier):
-        return "account id has control characters"
-    return None
-
-
-def _display_name(claims: Mapping[str, Any]) -> str | None:
-    for name in ("name", "preferred_username"):
-        value = claims.get(name)
-        if (isinstance(value, str) and value.strip() and len(value) <= MAX_DISPLAY_NAME_CHARS
-                and not CONTROL_OR_SURROGATE.search(value)):
-            return value.strip()
-    return None
-
-
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def check_claims(
-    claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float, leeway: float,
-    nonce_ok: Callable[[object], bool],
-) -> tuple[str, float]:
-    """The ``(sub, exp)`` of valid ID token claims; raise SiteRejection otherwise (OIDC Core 3.1.3.7)."""
-
-    def refuse(reason: str, kind: Rejection = Rejection.MALFORMED) -> SiteRejection:
-        return SiteRejection(kind, reason)
-
-    if claims.get("iss") != issuer:
-        raise refuse("token is from another issuer")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
-        raise refuse("token has no audience")
-    if client_id not in audiences:
-        raise refuse("token is for another client")
-    azp = claims.get("azp")
-    if (len(audiences) > 1 or azp is not None) and azp != client_id:
-        raise refuse("token is for another authorized party")
-    exp, iat, nbf = _number(claims, "exp"), _number(claims, "iat"), _number(claims, "nbf")
-    if exp is None or iat is None:
-        raise refuse("token lacks exp or iat")
-    if exp <= now - leeway:
-        raise refuse("token expired", Rejection.EXPIRED)
-    if iat > now + leeway:
-        raise refuse("token issued in the future")
-    if "nbf" in claims and (nbf is None or nbf > now + leeway):
-        raise refuse("token not valid yet")
-    if "nonce" not in claims:
-        raise refuse("token has no nonce")
-    if not nonce_ok(claims["nonce"]):
-        raise refuse("token nonce was not issued here")
-    sub = claims.get("sub")
-    problem = identifier_problem(sub)
-    if problem or not isinstance(sub, str):
-        raise refuse(f"token subject: {problem}")
-    return sub, exp
 
 
 # -- provider metadata ----------------------------------------------------------------------------
@@ -583,7 +346,7 @@ class OIDCSite:
                                 leeway=self.settings.leeway, nonce_ok=self._nonces.check)
         account = VerifiedAccount(
             site=self.site_id, account=sub, expires=exp,
-            token_digest=hashlib.sha256(token.encode("ascii")).digest(), display_name=_display_name(claims),
+            token_digest=hashlib.sha256(token.encode("ascii")).digest(), display_name=display_name(claims),
         )
         return account, claims
 

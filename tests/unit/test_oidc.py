@@ -26,7 +26,8 @@ from zope.interface.verify import verifyObject
 
 from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import IBearerSite, Rejection, SiteConfigError, SiteContext, SiteRejection
-from sns_xmpp.sites.oidc import NonceKey, OIDCSite, make_oidc_site
+from sns_xmpp.sites.oidc import OIDCSite, make_oidc_site
+from sns_xmpp.sites.oidc_tokens import NonceKey
 from tests.oidc_provider import OIDCProvider, b64, b64json, public_jwk
 
 CALLBACK = "http://127.0.0.1:5280/login/idp/callback"
@@ -488,7 +489,7 @@ def test_control_or_surrogate_is_unicodes_cc_and_cs() -> None:
     """The expression that replaced a unicodedata lookup per character matches exactly Cc and Cs."""
     import unicodedata
 
-    from sns_xmpp.sites.oidc import CONTROL_OR_SURROGATE
+    from sns_xmpp.sites.oidc_tokens import CONTROL_OR_SURROGATE
 
     for code in range(0x110000):
         char = chr(code)
