@@ -26,7 +26,15 @@ from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.presence import PresenceHandler
 from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_STANZAS, error_reply, first_child, iq_result, may_bounce
+from sns_xmpp.xmpp.stanzas import (
+    NS_CLIENT,
+    NS_STANZAS,
+    empty_result_text,
+    error_reply,
+    first_child,
+    iq_result,
+    may_bounce,
+)
 from sns_xmpp.xmpp.stream_management import NS_SM, StreamManagement
 
 log = GatedLogger()
@@ -378,6 +386,11 @@ class SessionManager:
                        lambda reason: self._refused(iq, session, reason))
 
     def _answered(self, iq: domish.Element, session: ClientSession | None, payload: domish.Element | None) -> None:
+        if payload is None and session is not None and session.sm is None:
+            # The usual empty result (the legacy session of every login, pings) as text: what
+            # building iq_result and serialising it would write, without either.
+            session.stream.send(empty_result_text(iq))
+            return
         result = iq_result(iq)
         if payload is not None:
             result.addChild(payload)

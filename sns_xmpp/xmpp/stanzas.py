@@ -27,6 +27,22 @@ def iq_result(iq: domish.Element) -> domish.Element:
     return result
 
 
+def empty_result_text(iq: domish.Element) -> str:
+    """The empty result to *iq* as a client stream writes it, when it goes back to the sender's own
+    session: iq_result's attributes, less 'from' when the request had no 'to'."""
+    text = "<iq type='result'"
+    identifier = iq.getAttribute("id")
+    if identifier is not None:
+        text += f" id='{domish.escapeToXml(identifier, 1)}'"
+    sender = iq.getAttribute("from")
+    if sender:
+        text += f" to='{domish.escapeToXml(sender, 1)}'"
+    to = iq.getAttribute("to")
+    if to:
+        text += f" from='{domish.escapeToXml(to, 1)}'"
+    return text + "/>"
+
+
 def may_bounce(stanza: domish.Element) -> bool:
     """Errors and results are never answered with errors (RFC 6120 8.3.1)."""
     kind = stanza.getAttribute("type")

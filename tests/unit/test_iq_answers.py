@@ -7,26 +7,34 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
+from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import StanzaError
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, StanzaError, empty_result_text, iq_result
+from tests.fuzz import strategies as fs
 
 NS = "urn:x-test:answers"
 
 
 class Session:
+    """A bound session's face to answer_iq, and its stream's (replies come as elements or text)."""
+
     bare = "alice@localhost"
+    sm = None
 
     def __init__(self) -> None:
         self.sent: list[domish.Element] = []
+        self.stream = self
 
-    def send(self, element: domish.Element) -> None:
-        self.sent.append(element)
+    def send(self, element: domish.Element | str) -> None:
+        self.sent.append(parseXml(element) if isinstance(element, str) else element)
 
 
 def ask(sessions: SessionManager, name: str) -> Session:
@@ -79,3 +87,18 @@ def test_each_outcome_gets_its_one_reply(sessions: SessionManager) -> None:
     assert answers["later"].sent == []
     later.errback(StanzaError("forbidden"))
     assert reply("later")[:2] == ("error", "q-later") and "forbidden" in reply("later")[2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={name: fs.weird_value(huge=False) for name in ("id", "from", "to")}))
+def test_the_empty_result_as_text_is_the_result_element_as_the_stream_writes_it(attributes: dict[str, str]) -> None:
+    """empty_result_text writes what iq_result and _reply's rules would, serialised by a c2s stream."""
+    iq = domish.Element((NS_CLIENT, "iq"))
+    iq["type"] = "get"
+    for name, value in attributes.items():
+        iq[name] = value
+    expected = iq_result(iq)
+    if iq.getAttribute("to") is None:
+        expected.attributes.pop("from", None)
+    serialized = expected.toXml(prefixes={NS_STREAMS: "stream"}, defaultUri=NS_CLIENT, prefixesInScope=["stream"])
+    assert empty_result_text(iq) == serialized
