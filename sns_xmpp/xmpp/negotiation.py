@@ -354,12 +354,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         d = self.settings.sessions.bind(stream, self.login, requested)
 
         def bound(full_jid: str) -> None:
-            result = domish.Element((None, "iq"))
-            result["type"] = "result"
-            if iq.getAttribute("id") is not None:
-                result["id"] = iq["id"]
-            result.addElement((NS_BIND, "bind")).addElement("jid", content=full_jid)
-            stream.send(result)
+            stream.send(bind_result_text(iq.getAttribute("id"), full_jid))
 
         def refused(reason: Failure) -> None:
             self.binding = False
@@ -370,6 +365,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.send(_reply_from_server(iq, condition))
 
         d.addCallbacks(bound, refused)
+
+
+def bind_result_text(identifier: str | None, full_jid: str) -> str:
+    """The result of a resource binding IQ (RFC 6120 7.6.1) as the stream writes it, written
+    directly: every login gets one."""
+    id_attribute = "" if identifier is None else f" id='{domish.escapeToXml(identifier, 1)}'"
+    jid = f"<jid>{domish.escapeToXml(full_jid)}</jid>" if full_jid else "<jid/>"
+    return f"<iq type='result'{id_attribute}><bind xmlns='{NS_BIND}'>{jid}</bind></iq>"
 
 
 THROTTLED = ("temporary-auth-failure", "too many failed attempts; try again later")

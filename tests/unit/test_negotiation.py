@@ -5,14 +5,20 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
+from twisted.words.xish import domish
 from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
-from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.negotiation import NS_BIND, C2SSettings, ClientNegotiator, bind_result_text
+from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from tests.fuzz import strategies as fs
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
@@ -182,3 +188,17 @@ def test_invalid_utf8_is_not_well_formed() -> None:
     stream, transport = connect(secure=True)
     stream.dataReceived(HEADER.format(to="localhost").encode() + b"<message><body>\xc3\x28</body></message>")
     assert stream_error(output(transport)) == "not-well-formed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), fs.weird_value(huge=False)), fs.weird_value(huge=False))
+def test_the_bind_result_as_text_is_the_element_as_the_stream_writes_it(identifier: str | None, jid: str) -> None:
+    """bind_result_text writes exactly what building the result element and serialising it on a
+    client stream would."""
+    result = domish.Element((None, "iq"))
+    result["type"] = "result"
+    if identifier is not None:
+        result["id"] = identifier
+    result.addElement((NS_BIND, "bind")).addElement("jid", content=jid)
+    serialized = result.toXml(prefixes={NS_STREAMS: "stream"}, defaultUri=NS_CLIENT, prefixesInScope=["stream"])
+    assert bind_result_text(identifier, jid) == serialized
