@@ -36,7 +36,7 @@ from sns_xmpp.xmpp.sasl import (
     encode_payload,
     start_attempt,
 )
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, iq_result_text
 from sns_xmpp.xmpp.stream_management import NS_SM
 
 if TYPE_CHECKING:
@@ -370,9 +370,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 def bind_result_text(identifier: str | None, full_jid: str) -> str:
     """The result of a resource binding IQ (RFC 6120 7.6.1) as the stream writes it, written
     directly: every login gets one."""
-    id_attribute = "" if identifier is None else f" id='{domish.escapeToXml(identifier, 1)}'"
     jid = f"<jid>{domish.escapeToXml(full_jid)}</jid>" if full_jid else "<jid/>"
-    return f"<iq type='result'{id_attribute}><bind xmlns='{NS_BIND}'>{jid}</bind></iq>"
+    return iq_result_text(identifier, f"<bind xmlns='{NS_BIND}'>{jid}</bind>")
 
 
 THROTTLED = ("temporary-auth-failure", "too many failed attempts; try again later")

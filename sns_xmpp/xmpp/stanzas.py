@@ -27,20 +27,24 @@ def iq_result(iq: domish.Element) -> domish.Element:
     return result
 
 
+def iq_result_text(identifier: str | None, payload: str = "", to: str | None = None,
+                   sender: str | None = None) -> str:
+    """An IQ result as a client stream writes it, written directly (every login's session and
+    bind results): iq_result's attributes in its order, *payload* already serialised."""
+    text = "<iq type='result'"
+    if identifier is not None:
+        text += f" id='{domish.escapeToXml(identifier, 1)}'"
+    if to:
+        text += f" to='{domish.escapeToXml(to, 1)}'"
+    if sender:
+        text += f" from='{domish.escapeToXml(sender, 1)}'"
+    return f"{text}>{payload}</iq>" if payload else text + "/>"
+
+
 def empty_result_text(iq: domish.Element) -> str:
     """The empty result to *iq* as a client stream writes it, when it goes back to the sender's own
     session: iq_result's attributes, less 'from' when the request had no 'to'."""
-    text = "<iq type='result'"
-    identifier = iq.getAttribute("id")
-    if identifier is not None:
-        text += f" id='{domish.escapeToXml(identifier, 1)}'"
-    sender = iq.getAttribute("from")
-    if sender:
-        text += f" to='{domish.escapeToXml(sender, 1)}'"
-    to = iq.getAttribute("to")
-    if to:
-        text += f" from='{domish.escapeToXml(to, 1)}'"
-    return text + "/>"
+    return iq_result_text(iq.getAttribute("id"), to=iq.getAttribute("from"), sender=iq.getAttribute("to"))
 
 
 def may_bounce(stanza: domish.Element) -> bool:
