@@ -112,7 +112,7 @@ class SQLDatabase(ABC):
 
     def list_accounts(self, domain: str | None = None) -> list[str]:
         if domain is None:
-            rows = self._read(SQL_LIST_ACCOUNTS)
+            rows = self._read(self._sql(SQL_LIST_ACCOUNTS))
         else:
             suffix = "@" + domain
             rows = self._read(self._sql(SQL_LIST_ACCOUNTS_AT), (len(suffix) - 1, suffix))
