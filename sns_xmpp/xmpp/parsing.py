@@ -61,6 +61,16 @@ class GuardedElementStream(domish.ExpatElementStream):
         for handler in _RESTRICTED_HANDLERS:  # Twisted's __init__ has bound the element handlers below
             setattr(self.parser, handler, _restricted)
 
+    def parse(self, buffer: bytes) -> None:
+        try:
+            super().parse(buffer)
+        except domish.ParserError:
+            # Read in other pieces, a stanza that ran past the limit before expat reached the error
+            # would have been refused as too large at the end of a read; so that the answer does not
+            # depend on how the input was read, an error past the limit is the limit's.
+            self.measure(self.parser.ErrorByteIndex)
+            raise
+
     def measure(self, position: int) -> None:
         """Refuse the open stanza (or the tag between stanzas) if it reaches past *position*
         with more than max_stanza_bytes."""

@@ -186,3 +186,22 @@ def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
     [bounce] = routed
     assert (bounce["type"], bounce["to"]) == ("error", "bob@localhost/r")
     assert bounce.error.firstChildElement().name == "service-unavailable"
+
+
+def test_a_malformed_stanza_past_the_size_limit_gets_the_same_error_however_it_is_read() -> None:
+    """Cut before the limit is reached, the stanza's bytes are refused as too large at the end of a
+    read before expat meets the error; read whole, expat meets the error first. Both get
+    policy-violation (found by the fuzz suite's chunking property)."""
+    data = HEADER.format(to="localhost").encode() + b"<message id='" + b"a" * 70000 + b"'><p:query xmlns:p=''/>"
+    errors = []
+    for pieces in ([data], [data[:5000], data[5000:]], [data[:-40], data[-40:]]):
+        factory, _ = factory_and_clock()
+        stream, transport = connect(factory)
+        for piece in pieces:
+            stream.dataReceived(piece)
+        errors.append(stream_error(output(transport)))
+    assert errors == ["policy-violation"] * 3
+    factory, _ = factory_and_clock()
+    stream, transport = connect(factory)  # within the limit, the same error is what it is
+    stream.dataReceived(HEADER.format(to="localhost").encode() + b"<message><p:query xmlns:p=''/>")
+    assert stream_error(output(transport)) == "not-well-formed"
