@@ -27,6 +27,10 @@ log = GatedLogger()
 
 ElementHandler = Callable[[domish.Element], None]
 
+def _ignore(element: domish.Element) -> None:
+    pass
+
+
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
 class ClientStream(xmlstream.XmlStream):
     """A c2s stream whose elements go straight to one handler, not xpath observers."""
@@ -107,6 +111,7 @@ class ClientStream(xmlstream.XmlStream):
             assert self._root is not None
             self._header = self._root.toXml(closeElement=0).encode("utf-8")
             self._root = None
+        parser.retire()
         self.stream = None
         return True
 
@@ -143,7 +148,7 @@ class ClientStream(xmlstream.XmlStream):
         old = self.stream
         if old is None:
             return
-        old.ElementEvent = old.DocumentStartEvent = old.DocumentEndEvent = lambda *args: None
+        old.retire()
         self.reset()
 
     def _initializeStream(self) -> None:
@@ -257,7 +262,14 @@ class ClientStream(xmlstream.XmlStream):
                 callback()
             except Exception:
                 log.failure("c2s.close_callback_failed")
+        if self.stream is not None:
+            self.stream.retire()
         super().connectionLost(reason)
+        # The stream's cycles (its parser's handlers, its negotiator, its session's handler, its
+        # own _refuse) are cut, so that reference counting frees the connection now rather than
+        # the cycle collector later (see parsing.py). Late answers still find a closed stream.
+        self.element_handler = _ignore
+        self.authenticator = None
 
     def _refuse(self, element: domish.Element) -> None:
         self.fail(StreamError("not-authorized"))

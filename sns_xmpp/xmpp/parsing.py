@@ -13,7 +13,14 @@ bytes were split into reads.
 The checks sit in the element stream's own handlers rather than in a wrapper around Twisted's:
 one Python call per parser event instead of two, 3.6% of the instructions of a login
 (docs/performance.md). What the handlers build is Twisted's: ``domish.Element`` trees with
-Twisted's namespace handling.
+Twisted's namespace handling, but for one thing: a child's ``parent`` stays None.
+
+That, and `retire`, keep the parser out of reference cycles. Twisted links each child to its
+parent, so every stanza with a child (a message with a body) was a cycle, and expat holds the
+stream's bound handlers while the stream holds expat: garbage only the cycle collector could
+free, which cost the daemon about 9% of its CPU in a login run (docs/performance.md). Without
+the cycles, reference counting frees a stanza when its handler is done with it, and a parser
+when its stream restarts or ends.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ def _restricted(*args: object) -> None:
     raise HostileXML("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
 
 
+def _ignore(*args: object) -> None:
+    pass
+
+
 _RESTRICTED_HANDLERS = ("StartDoctypeDeclHandler", "EntityDeclHandler", "UnparsedEntityDeclHandler",
                         "NotationDeclHandler", "CommentHandler", "ProcessingInstructionHandler",
                         "ExternalEntityRefHandler", "SkippedEntityHandler")
@@ -52,24 +63,49 @@ class GuardedElementStream(domish.ExpatElementStream):
     DocumentStartEvent: Callable[[domish.Element], None]
     ElementEvent: Callable[[domish.Element], None]
     DocumentEndEvent: Callable[[], None]
+    parser: Any  # expat's; None once retired
 
     def __init__(self, max_stanza_bytes: int) -> None:
         super().__init__()
         self.max_stanza_bytes = max_stanza_bytes
         self.depth = 0  # 1 inside the stream's root element, 2 inside a stanza
         self.mark = 0
+        self._open: list[domish.Element] = []  # the open elements of the stanza, outermost first
+        self._parsing = False
+        self._retired = False
         for handler in _RESTRICTED_HANDLERS:  # Twisted's __init__ has bound the element handlers below
             setattr(self.parser, handler, _restricted)
 
     def parse(self, buffer: bytes) -> None:
+        self._parsing = True
         try:
-            super().parse(buffer)
-        except domish.ParserError:
+            self.parser.Parse(buffer)
+        except self.error as error:
             # Read in other pieces, a stanza that ran past the limit before expat reached the error
             # would have been refused as too large at the end of a read; so that the answer does not
             # depend on how the input was read, an error past the limit is the limit's.
             self.measure(self.parser.ErrorByteIndex)
-            raise
+            raise domish.ParserError(str(error)) from None
+        finally:
+            self._parsing = False
+            if self._retired:
+                self._drop_parser()
+
+    def retire(self) -> None:
+        """Report nothing more, and let go of expat (whose handlers hold this stream) as soon as it
+        is not parsing: at once, or when the read that retired this stream (a handler restarting
+        the stream, say) has been parsed to its end."""
+        if self._retired:
+            return
+        self.DocumentStartEvent = self.ElementEvent = self.DocumentEndEvent = _ignore
+        self._retired = True
+        if not self._parsing:
+            self._drop_parser()
+
+    def _drop_parser(self) -> None:
+        self.parser = None
+        self.currElem = None
+        self._open = []
 
     def measure(self, position: int) -> None:
         """Refuse the open stanza (or the tag between stanzas) if it reaches past *position*
@@ -102,8 +138,8 @@ class GuardedElementStream(domish.ExpatElementStream):
                 raise domish.ParserError("Maximum element count exceeded")
             current = self.currElem
             if current is not None:
-                current.children.append(element)
-                element.parent = current
+                current.children.append(element)  # no element.parent: see the module's docstring
+            self._open.append(element)
             self.currElem = element
         else:
             self.documentStarted = 1
@@ -119,13 +155,16 @@ class GuardedElementStream(domish.ExpatElementStream):
         current = self.currElem
         if current is None:
             self.DocumentEndEvent()
-        elif current.parent is None:
-            self.ElementEvent(current)
+            return
+        opened = self._open
+        opened.pop()
+        if opened:
+            self.currElem = opened[-1]
+        else:
             self.currElem = None
             self.elementCount = 0
             self.stanzaSize = 0
-        else:
-            self.currElem = current.parent
+            self.ElementEvent(current)
 
     def _onCdata(self, data: str) -> None:  # noqa: N802 - Twisted's name
         if self.depth == 1:  # between stanzas: keepalives

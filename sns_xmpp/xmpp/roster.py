@@ -21,6 +21,7 @@ from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.xmpp.stanzas import append_child
 
 log = GatedLogger()
 
@@ -118,14 +119,16 @@ def item_element(item: RosterItem, removed: bool = False) -> domish.Element:
     if item.approved:
         element["approved"] = "true"
     for group in item.groups:
-        element.addElement("group", content=group)
+        group_element = append_child(element, domish.Element((NS_ROSTER, "group")))
+        if group:
+            group_element.addContent(group)
     return element
 
 
 def roster_result(roster: Roster) -> domish.Element:
     query = domish.Element((NS_ROSTER, "query"))
     for item in roster.items.values():
-        query.addChild(item_element(item))
+        append_child(query, item_element(item))
     return query
 
 
@@ -168,6 +171,6 @@ def push_to(targets: Iterable[Callable[[domish.Element], None]], owner: str, ite
         iq = domish.Element((None, "iq"))
         iq["type"] = "set"
         iq["id"] = push_id
-        query = iq.addElement((NS_ROSTER, "query"))
-        query.addChild(item_element(item, removed))
+        query = append_child(iq, domish.Element((NS_ROSTER, "query")))
+        append_child(query, item_element(item, removed))
         send(iq)

@@ -29,6 +29,7 @@ from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
 from sns_xmpp.xmpp.stanzas import (
     NS_CLIENT,
     NS_STANZAS,
+    append_child,
     empty_result_text,
     error_reply,
     first_child,
@@ -393,7 +394,7 @@ class SessionManager:
             return
         result = iq_result(iq)
         if payload is not None:
-            result.addChild(payload)
+            append_child(result, payload)
         self._reply(iq, session, result)
 
     def _refused(self, iq: domish.Element, session: ClientSession | None, reason: Failure) -> None:

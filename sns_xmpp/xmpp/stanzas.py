@@ -15,6 +15,14 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None)
     return StanzaError(condition, text=text).toResponse(stanza)
 
 
+def append_child(parent: domish.Element, child: domish.Element) -> domish.Element:
+    """Add *child* to *parent* as ``addChild`` does, without the link back (``child.parent``):
+    the two would make a reference cycle, left for the cycle collector (see parsing.py). Nothing
+    here reads ``parent``."""
+    parent.children.append(child)
+    return child
+
+
 def iq_result(iq: domish.Element) -> domish.Element:
     result = domish.Element((None, "iq"))
     result["type"] = "result"

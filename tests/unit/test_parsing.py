@@ -60,3 +60,18 @@ def test_guarded_stream_builds_what_twisted_builds(chunks: list[bytes]) -> None:
     except HostileXML:
         return  # refused on purpose (restricted XML, too deep, too many attributes)
     assert (built, ended) == events(domish.ExpatElementStream(), chunks)
+
+
+def test_a_stream_retired_while_it_parses_reports_nothing_more_and_lets_expat_go() -> None:
+    stream = GuardedElementStream(max_stanza_bytes=1 << 16)
+    seen: list[str] = []
+
+    def element(e: domish.Element) -> None:
+        seen.append(e.name)
+        stream.retire()  # as a stream restart does from a handler, with the read half parsed
+
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = element
+    stream.parse(HEADER + b"<auth>x</auth><message><body>b</body></message><iq/>")
+    assert seen == ["auth"]
+    assert stream.parser is None, "expat (holding the stream's handlers) outlived the read"
