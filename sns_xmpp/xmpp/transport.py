@@ -14,8 +14,10 @@ clients' reads, store results) thus still go out together, as Twisted's buffer w
 Sending at the end of each read instead was dearer: it woke the client once per answer.
 
 Only what the socket does not take at once waits for writability in Twisted's usual way, and
-so does everything of a connection that is closing or has a producer, or whose send fails:
-that path, which reports errors and closes connections, is Twisted's own.
+so does everything of a connection that has a producer or a half-closed write side, or whose
+send fails: that path, which reports errors, is Twisted's own. A connection told to close whose
+last words the socket takes at once is closed at once, as Twisted's doWrite would have closed it
+one round later.
 
 `FlushingTCPServerEndpoint` listens with it (IPv4 or IPv6, from the interface), and with TLS
 from the first byte when given a TLS context (as Twisted's ``SSL4ServerEndpoint`` does).
@@ -32,7 +34,9 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.internet.main import CONNECTION_DONE
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
@@ -84,14 +88,14 @@ class FlushingServer(tcp.Server):
         self._flush_due = False
         if not self.connected or self._aborting:  # abortConnection: nothing more is sent
             return
-        if self.disconnecting or self._writeDisconnecting or self.producer is not None or self.dataBuffer:
+        if self._writeDisconnecting or self.producer is not None or self.dataBuffer:
             self._register_writer()
             return
         data = b"".join(self._tempDataBuffer)
         self._tempDataBuffer = []
         self._tempDataLen = 0
         try:
-            sent = self.socket.send(data)  # Python retries an interrupted send itself (PEP 475)
+            sent = self.socket.send(data) if data else 0  # Python retries an interrupted send (PEP 475)
         except OSError:
             # Full (EAGAIN, ENOBUFS): the rest waits for writability. Failed: the reactor's doWrite
             # meets the error again and closes the connection its way.
@@ -100,6 +104,12 @@ class FlushingServer(tcp.Server):
             self.dataBuffer = data
             self.offset = sent
             self._register_writer()
+        elif self.disconnecting:
+            # loseConnection, and its last words are sent: closed now, as the reactor's doWrite
+            # would close it next round after watching for writability (Twisted's
+            # _disconnectSelectable for a connection done). Every login ends this way.
+            self.stopReading()
+            self.connectionLost(Failure(CONNECTION_DONE))
 
     def _register_writer(self) -> None:
         self._writer_registered = True

@@ -201,3 +201,25 @@ async def test_nothing_is_sent_after_an_abort() -> None:
     assert received == b""  # <never/> was not sent
     client.close()
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closing_connection_sends_its_last_words_and_closes_without_watching_for_writability() -> None:
+    from twisted.internet import reactor
+
+    port, client, recorder = await greeted()
+    added: list[Any] = []
+    original = reactor.addWriter
+    reactor.addWriter = lambda writer: (added.append(writer), original(writer))[1]  # type: ignore[method-assign]
+    try:
+        recorder.transport.write(b"</stream:stream>")  # type: ignore[union-attr]
+        recorder.transport.loseConnection()  # type: ignore[union-attr]
+        await recorder.lost
+        assert recorder.reason.check(ConnectionDone)
+        assert added == []
+        assert await read_until(client, 17) == b"</stream:stream>"  # then the end of the stream
+        assert client.recv(10) == b""
+    finally:
+        reactor.addWriter = original  # type: ignore[method-assign]
+        client.close()
+        await port.stopListening()
