@@ -107,6 +107,13 @@ SQL_ADD_REQUEST = (
 )
 SQL_REMOVE_REQUEST = "DELETE FROM subscription_requests WHERE owner = ? AND contact = ?"
 SQL_LIST_REQUESTS = "SELECT contact FROM subscription_requests WHERE owner = ? ORDER BY contact"
+# Both, as a session starts: one statement, so one snapshot and one trip (SQLite takes and
+# drops a lock with two system calls for each statement).
+SQL_LOAD_ROSTER = (
+    "SELECT 0, contact, name, groups_json, subscription, ask, approved FROM roster_items WHERE owner = ?"
+    " UNION ALL SELECT 1, contact, NULL, NULL, NULL, NULL, NULL FROM subscription_requests WHERE owner = ?"
+    " ORDER BY 1, 2"
+)
 
 # -- offline messages -----------------------------------------------------
 
@@ -344,6 +351,8 @@ class Database(Protocol):
     def remove_subscription_request(self, owner: str, contact: str) -> None: ...
 
     def subscription_requests(self, owner: str) -> list[str]: ...
+
+    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str]]: ...
 
     def store_offline(self, owner: str, stanza: str, now: float) -> int: ...
 

@@ -1,7 +1,7 @@
 """Store operations made of several database calls, run as one store call.
 
 Each is one trip to the store's worker thread (or one inline read) instead of several: a
-social login, loading a roster and storing an offline message each cost the reactor one
+social login and storing an offline message each cost the reactor one
 hand-off, whichever engine holds the data. They take any `Database` (SQLite or PostgreSQL)
 and use only its own methods.
 """
@@ -12,16 +12,11 @@ from collections.abc import Iterable
 
 from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import JidTakenError
-from sns_xmpp.store.records import RosterItem, SocialLink
+from sns_xmpp.store.records import SocialLink
 
 # A link's last_login is brought up to date at most this often (seconds): writing it on every
 # login was one write transaction per login, for a figure shown to operators to the minute.
 TOUCH_INTERVAL = 60.0
-
-
-def load_roster(db: Database, owner: str) -> tuple[list[RosterItem], list[str]]:
-    """The owner's roster items and the contacts waiting for an answer."""
-    return db.get_roster(owner), db.subscription_requests(owner)
 
 
 def store_offline_capped(db: Database, owner: str, stanza: str, now: float, cap: int) -> int | None:

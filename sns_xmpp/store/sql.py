@@ -33,6 +33,7 @@ from sns_xmpp.store.common import (
     SQL_LIST_ACCOUNTS,
     SQL_LIST_ACCOUNTS_AT,
     SQL_LIST_REQUESTS,
+    SQL_LOAD_ROSTER,
     SQL_OFFLINE_MESSAGES,
     SQL_PUT_ROSTER_ITEM,
     SQL_REMOVE_LINK,
@@ -143,6 +144,17 @@ class SQLDatabase(ABC):
 
     def subscription_requests(self, owner: str) -> list[str]:
         return [row[0] for row in self._read(self._sql(SQL_LIST_REQUESTS), (owner,))]
+
+    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str]]:
+        """``(get_roster(owner), subscription_requests(owner))``, read in one statement."""
+        items: list[RosterItem] = []
+        requests: list[str] = []
+        for row in self._read(self._sql(SQL_LOAD_ROSTER), (owner, owner)):
+            if row[0] == 0:
+                items.append(roster_item_from_row(row[1:]))
+            else:
+                requests.append(row[1])
+        return items, requests
 
     # -- offline messages -------------------------------------------------
 

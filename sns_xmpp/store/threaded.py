@@ -327,7 +327,7 @@ class ThreadedStore(Service):
         return self._read(lambda db: db.get_roster(owner))
 
     def load_roster(self, owner: str) -> Deferred[tuple[list[RosterItem], list[str]]]:
-        return self._read(lambda db: composite.load_roster(db, owner))
+        return self._read(lambda db: db.load_roster(owner))
 
     def put_roster_item(self, owner: str, item: RosterItem) -> Deferred[None]:
         return self._call(lambda db: db.put_roster_item(owner, item))
