@@ -21,6 +21,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
+from sns_xmpp.xmpp.serialization import escape_uri
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
 
 log = GatedLogger()
@@ -29,6 +30,22 @@ ElementHandler = Callable[[domish.Element], None]
 
 def _ignore(element: domish.Element) -> None:
     pass
+
+
+def priming_header(root: domish.Element) -> bytes:
+    """A start tag that leaves a new parser where the client's stream header left the old one: the
+    root's prefixes bound to the same namespaces, jabber:client the default namespace (the
+    negotiator refuses any other), the stream element under the prefix Twisted's serialiser
+    would give it (the last one bound to the streams namespace). The header's attributes are left
+    out: a primed parser's root element is dropped unread. Four times cheaper than serialising
+    the root (docs/performance.md)."""
+    prefix = "stream"
+    declarations = ""
+    for name, uri in root.localPrefixes.items():
+        if uri == xmlstream.NS_STREAMS:
+            prefix = name
+        declarations += f" xmlns:{name}='{escape_uri(uri)}'"
+    return f"<{prefix}:stream xmlns='{NS_CLIENT}'{declarations}>".encode()
 
 
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
@@ -109,7 +126,7 @@ class ClientStream(xmlstream.XmlStream):
             return False
         if self._header is None:
             assert self._root is not None
-            self._header = self._root.toXml(closeElement=0).encode("utf-8")
+            self._header = priming_header(self._root)
             self._root = None
         parser.retire()
         self.stream = None
