@@ -72,17 +72,12 @@ def run(site: str, logins: int) -> float:
     from twisted.python.failure import Failure
 
     from sns_xmpp.ops import log_gate
-    from sns_xmpp.xmpp.negotiation import C2SSettings
     from tests.fuzz.test_c2s_fuzz import World
 
     log_gate.set_minimum(LogLevel.warn)
     with tempfile.TemporaryDirectory(prefix="sns-xmpp-login-instructions-") as path:
         world = World(Path(path))
-        base = world.settings(throttle=None)
-        settings = C2SSettings(domains=base.domains, checker=base.checker, sessions=base.sessions,
-                               tls_context=None, require_tls=False, allow_plain_without_tls=True,
-                               pre_auth_features=base.pre_auth_features, metrics=base.metrics)
-        factory = world.factory(settings, secure=False)
+        factory = world.plaintext_factory()
         peer = IPv4Address("TCP", "10.0.0.1", 40000)
         scripts = _scripts(world, site, WARM_UP + logins + 1)
 

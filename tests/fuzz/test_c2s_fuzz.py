@@ -543,6 +543,14 @@ class World:
                               max_connections_per_ip=1000)
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, self.clock, secure, self.metrics.limit)
 
+    def plaintext_factory(self) -> ClientStreamFactory:
+        """Streams as the benchmark daemon makes them: PLAIN allowed without TLS, no throttle."""
+        base = self.settings(throttle=None)
+        settings = C2SSettings(domains=base.domains, checker=base.checker, sessions=base.sessions,
+                               tls_context=None, require_tls=False, allow_plain_without_tls=True,
+                               pre_auth_features=base.pre_auth_features, metrics=base.metrics)
+        return self.factory(settings, secure=False)
+
     def connect(self, factory: ClientStreamFactory) -> Conn:
         self._hosts += 1
         return Conn(self, factory, f"10.{self._hosts >> 16 & 255}.{self._hosts >> 8 & 255}.{self._hosts & 255}")

@@ -12,39 +12,20 @@ from __future__ import annotations
 import base64
 import collections
 import gc
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
-from sns_xmpp.xmpp.negotiation import C2SSettings
 from tests.fuzz.test_c2s_fuzz import DOMAINS, World
+from tests.fuzz.test_c2s_fuzz import world as world  # the fixture: one World for the module
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>" % DOMAINS[0].encode())
 PEER = IPv4Address("TCP", "10.0.0.1", 40000)
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    with tempfile.TemporaryDirectory(prefix="sns-xmpp-cycles-") as path:
-        world = World(Path(path))
-        yield world
-        world.database.close()
-
-
-def _factory(world: World) -> ClientStreamFactory:
-    base = world.settings(throttle=None)
-    settings = C2SSettings(domains=base.domains, checker=base.checker, sessions=base.sessions,
-                           tls_context=None, require_tls=False, allow_plain_without_tls=True,
-                           pre_auth_features=base.pre_auth_features, metrics=base.metrics)
-    return world.factory(settings, secure=False)
 
 
 def _auth(world: World, site: str, account: str) -> bytes:
@@ -96,7 +77,7 @@ def test_logins_chats_and_the_ends_of_streams_leave_no_cycles(world: World) -> N
     """Stream errors and stanza errors, which Twisted builds as element trees linked both ways, are
     left to the cycle collector: at most one of the first per stream, and both off the paths
     every client takes."""
-    factory = _factory(world)
+    factory = world.plaintext_factory()
     for site in ("sns", "idp"):  # the first logins make the accounts and fill the caches
         _lose(_log_in(world, factory, site, "carol", "warm")[0])
 
