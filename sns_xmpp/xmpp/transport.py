@@ -39,6 +39,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sns_xmpp.ops.log_gate import GatedLogger
+
+log = GatedLogger()
+
 
 class Flusher:
     """Sends, once per reactor round, the buffers of a port's connections written to in it: after
@@ -62,7 +66,12 @@ class Flusher:
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
         for connection in waiting:
-            connection.flush()
+            try:
+                connection.flush()  # may close it, which runs its protocol's connectionLost
+            except Exception:
+                # As the reactor does for an event: that connection's error, logged; the other
+                # connections of the round are still sent, or their buffers would wait forever.
+                log.failure("transport.flush_failed")
 
 
 class FlushingServer(tcp.Server):

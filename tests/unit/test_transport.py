@@ -223,3 +223,31 @@ async def test_a_closing_connection_sends_its_last_words_and_closes_without_watc
         reactor.addWriter = original  # type: ignore[method-assign]
         client.close()
         await port.stopListening()
+
+
+class BrokenOnClose(Recorder):
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        raise RuntimeError("a protocol whose connectionLost fails")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_fails_as_it_closes_does_not_hold_back_the_others() -> None:
+    server, port = await listen([])
+    broken_client, other_client = connect(port), connect(port)
+    broken_client.send(b"a")
+    other_client.send(b"b")
+    while len(server.protocols) < 2 or not all(p.received for p in server.protocols):
+        await turn()
+    server.protocols[0].__class__ = BrokenOnClose  # the first connection's close will raise
+    first, second = server.protocols
+    # Both written in one round: the first is closed (and fails) as the round's sends go out.
+    first.transport.write(b"</stream:stream>")  # type: ignore[union-attr]
+    first.transport.loseConnection()  # type: ignore[union-attr]
+    second.transport.write(b"<still-here/>")  # type: ignore[union-attr]
+    await first.lost
+    assert await read_until(other_client if second.received == b"b" else broken_client, 13) == b"<still-here/>"
+    broken_client.close()
+    other_client.close()
+    await second.lost
+    await port.stopListening()
