@@ -28,6 +28,9 @@ log = GatedLogger()
 
 ElementHandler = Callable[[domish.Element], None]
 
+RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
+
+
 def _ignore(element: domish.Element) -> None:
     pass
 
@@ -37,8 +40,8 @@ def priming_header(root: domish.Element) -> bytes:
     root's prefixes bound to the same namespaces, jabber:client the default namespace (the
     negotiator refuses any other), the stream element under the prefix Twisted's serialiser
     would give it (the last one bound to the streams namespace). The header's attributes are left
-    out: a primed parser's root element is dropped unread. Four times cheaper than serialising
-    the root (docs/performance.md)."""
+    out: a primed parser's root element is dropped unread. About a quarter of the cost of
+    serialising the root (docs/performance.md)."""
     prefix = "stream"
     declarations = ""
     for name, uri in root.localPrefixes.items():
@@ -48,7 +51,6 @@ def priming_header(root: domish.Element) -> bytes:
     return f"<{prefix}:stream xmlns='{NS_CLIENT}'{declarations}>".encode()
 
 
-RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
 class ClientStream(xmlstream.XmlStream):
     """A c2s stream whose elements go straight to one handler, not xpath observers."""
 
@@ -111,7 +113,8 @@ class ClientStream(xmlstream.XmlStream):
     # An expat parser costs about 10 KiB even fresh (its name tables and string pools), more once
     # it has seen a login; most streams then stay silent for hours. So once the login is over,
     # and again after a spell of silence, the parser is dropped, and the next read gets a new one
-    # primed with the client's own stream header (13 microseconds on the benchmark machine).
+    # primed with a header binding the client's prefixes (priming_header; 13 microseconds on the
+    # benchmark machine).
 
     def release_parser_after_read(self) -> None:
         """Drop the parser once the current read is parsed (see release_parser)."""
