@@ -21,7 +21,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
-from sns_xmpp.xmpp.serialization import escape_uri
+from sns_xmpp.xmpp.serialization import escape_uri, plain_xml
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
 
 log = GatedLogger()
@@ -267,6 +267,9 @@ class ClientStream(xmlstream.XmlStream):
 
     def serialize(self, element: domish.Element) -> str:
         """*element* as a child of this stream's root: its default namespace and prefixes in scope."""
+        plain = plain_xml(element, self.namespace, self.prefixes)
+        if plain is not None:
+            return plain
         return element.toXml(prefixes=self.prefixes, defaultUri=self.namespace,
                              prefixesInScope=list(self.prefixes.values()))
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.words.xish import domish
 
-from sns_xmpp.xmpp.serialization import EscapingSerializer
+from sns_xmpp.store.records import RosterItem
+from sns_xmpp.xmpp.parsing import GuardedElementStream, HostileXML
+from sns_xmpp.xmpp.presence import readdressed
+from sns_xmpp.xmpp.roster import Roster, roster_result
+from sns_xmpp.xmpp.serialization import EscapingSerializer, plain_xml
+from sns_xmpp.xmpp.stanzas import append_child, error_reply
+from tests.fuzz import strategies as fs
 
 # XML 1.0 Char, without the C0 controls a parser refuses.
 XML_TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="\ufffe\uffff")
@@ -64,3 +70,57 @@ def test_ordinary_stanzas_serialise_as_twisted_does() -> None:
     ours.serialize(message, defaultUri="jabber:client")
     theirs.serialize(message, defaultUri="jabber:client")
     assert ours.getValue() == theirs.getValue()
+
+
+STREAM_PREFIXES = {"http://etherx.jabber.org/streams": "stream"}
+
+
+def full_xml(element: domish.Element) -> str:
+    """What a c2s stream writes through the full serialiser."""
+    return element.toXml(prefixes=STREAM_PREFIXES, defaultUri="jabber:client",
+                         prefixesInScope=list(STREAM_PREFIXES.values()))
+
+
+def parsed_stanzas(data: bytes) -> list[domish.Element]:
+    elements: list[domish.Element] = []
+    stream = GuardedElementStream(max_stanza_bytes=1 << 20)
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = elements.append
+    stream.DocumentEndEvent = lambda: None
+    try:
+        stream.parse(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+                     + data)
+    except (domish.ParserError, HostileXML):
+        pass
+    return elements
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(fs.stanza(), min_size=1, max_size=3))
+def test_the_plain_writer_writes_what_the_full_serialiser_writes(stanzas: list[fs.Node]) -> None:
+    for element in parsed_stanzas("".join(node.xml() for node in stanzas).encode("utf-8")):
+        plain = plain_xml(element, "jabber:client", STREAM_PREFIXES)
+        if plain is not None:
+            assert plain == full_xml(element)
+
+
+def test_the_stanzas_clients_send_and_the_server_builds_are_plain() -> None:
+    [message, presence] = parsed_stanzas(
+        b"<message to='bob@localhost' type='chat' id='m&amp;1'><body>a &lt;b&gt; &amp; 'c'</body>"
+        b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        b"<presence><show>away</show><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
+        b"</presence>")
+    iq = domish.Element((None, "iq"))
+    iq["type"] = "result"
+    append_child(iq, roster_result(Roster("a@localhost", {"b@localhost": RosterItem(
+        "b@localhost", "B \"quoted\"", ("friends", "<work>"), "both", False, False)}, set())))
+    built = [readdressed(message, "carol@localhost/r", "alice@localhost/x"), iq,
+             error_reply(message, "service-unavailable")]
+    for element in [message, presence, *built]:
+        plain = plain_xml(element, "jabber:client", STREAM_PREFIXES)
+        assert plain is not None and plain == full_xml(element)
+    # What the full serialiser is for: a prefix, a namespaced attribute, the stream's own namespace.
+    [prefixed, lang, streams] = parsed_stanzas(
+        b"<message><p:x xmlns:p='urn:p'/></message><message xml:lang='en'/>"
+        b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'/>")
+    assert [plain_xml(e, "jabber:client", STREAM_PREFIXES) for e in (prefixed, lang, streams)] == [None] * 3
