@@ -127,7 +127,7 @@ class GuardedElementStream(domish.ExpatElementStream):
         # Twisted's _onStartElement from here, with its attribute rewriting done only when an
         # attribute is namespaced (names with a space), which stanzas rarely have.
         uri, _, local = name.rpartition(" ")
-        if any(" " in key for key in attrs):
+        if attrs and " " in "".join(attrs):  # one pass over the names, not a generator per element
             for key in [key for key in attrs if " " in key]:  # to the end, in order, as Twisted does
                 attrs[tuple(key.rsplit(" ", 1))] = attrs.pop(key)  # type: ignore[index]
         element = domish.Element((uri, local), self.defaultNsStack[-1], attrs, self.localPrefixes)
