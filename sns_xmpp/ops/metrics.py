@@ -7,11 +7,12 @@ labels once, which keeps an increment to a lock and an add.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,8 +35,10 @@ class Metrics:
         self.auth_seconds = Histogram("sns_xmpp_auth_duration_seconds", "Time from <auth/> to success or failure",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                       registry=self.registry)
-        stanzas = Counter("sns_xmpp_stanzas_routed", "Stanzas routed, by kind", ["kind"], registry=self.registry)
-        self.stanzas_routed = {kind: stanzas.labels(kind) for kind in STANZA_KINDS}
+        # Counted in a plain dict and reported by a collector: every routed stanza counts, and a
+        # prometheus Counter takes a lock and two checks per increment (4% of routing a message).
+        self.stanzas_routed = dict.fromkeys(STANZA_KINDS, 0)
+        self.registry.register(_StanzaCollector(self.stanzas_routed, time.time()))
         self.offline_stored = Counter("sns_xmpp_offline_stored", "Messages stored for offline users",
                                       registry=self.registry)
         self.offline_delivered = Counter("sns_xmpp_offline_delivered", "Stored messages delivered at login",
@@ -59,12 +62,26 @@ class Metrics:
         self.limits_hit.labels(name).inc()
 
     def stanza(self, kind: str) -> None:
-        counter = self.stanzas_routed.get(kind)
-        if counter is not None:
-            counter.inc()
+        counts = self.stanzas_routed
+        if kind in counts:
+            counts[kind] += 1
 
     def watch_sessions(self, sessions: SessionManager) -> None:
         self.registry.register(_SessionCollector(sessions))
+
+
+class _StanzaCollector:
+    """``sns_xmpp_stanzas_routed_total`` by kind, as a prometheus Counter would report it."""
+
+    def __init__(self, counts: dict[str, int], created: float) -> None:
+        self.counts = counts
+        self.created = created
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("sns_xmpp_stanzas_routed", "Stanzas routed, by kind", labels=["kind"])
+        for kind, count in list(self.counts.items()):  # a scrape runs in a thread: a copy to iterate
+            family.add_metric([kind], count, created=self.created)
+        yield family
 
 
 class _SessionCollector:
