@@ -1,0 +1,108 @@
+"""The server's work for one routed chat message, in process, counted in CPU instructions.
+
+``python -m benchmarks.message_instructions`` logs two users in on the fuzz suite's ``World``
+(as ``benchmarks.login_instructions`` does) and has one send the other chat messages with a
+body, each parsed, routed, serialised and written to the recipient's ``StringTransport``: no
+sockets, no reactor. It prints the CPU time per message; with ``--callgrind``, instructions per
+message, which repeat to within a fraction of a percent where the machine's speed does not.
+
+    python -m benchmarks.message_instructions --messages 20000
+    python -m benchmarks.message_instructions --messages 20000 --callgrind
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.login_instructions import _toggle_callgrind
+
+WARM_UP = 2000
+
+
+def run(messages: int) -> float:
+    """CPU seconds per message over *messages* routed messages."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import LogLevel
+
+    from sns_xmpp.ops import log_gate
+    from tests.fuzz.test_c2s_fuzz import DOMAINS, World
+
+    log_gate.set_minimum(LogLevel.warn)
+    header = (b"<stream:stream to='%s' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+              b"version='1.0'>" % DOMAINS[0].encode())
+    with tempfile.TemporaryDirectory(prefix="sns-xmpp-message-instructions-") as path:
+        world = World(Path(path))
+        factory = world.plaintext_factory()
+        peer = IPv4Address("TCP", "10.0.0.1", 40000)
+
+        def log_in(account: str, resource: bytes) -> tuple[object, StringTransport]:
+            stream = factory.buildProtocol(peer)
+            transport = StringTransport(peerAddress=peer)
+            stream.makeConnection(transport)
+            login = world.social("sns", account)
+            auth = base64.b64encode(b"\0" + login.username.encode() + b"\0" + login.password.encode())
+            for chunk in (header, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + auth
+                          + b"</auth>", header, b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:"
+                          b"xmpp-bind'><resource>" + resource + b"</resource></bind></iq>", b"<presence/>"):
+                stream.dataReceived(chunk)
+            return stream, transport
+
+        sender, _ = log_in("alice", b"phone")
+        recipient, received = log_in("bob", b"laptop")
+        to = recipient.otherEntity.full().encode()  # type: ignore[attr-defined]
+        message = (b"<message to='%s' type='chat' id='m%%d'><body>hello there, how are you doing today?</body>"
+                   b"</message>" % to)
+        for n in range(WARM_UP):
+            sender.dataReceived(message % n)  # type: ignore[attr-defined]
+        received.clear()
+        gc.collect()
+        gc.freeze()
+        _toggle_callgrind("on")
+        started = time.process_time()
+        for n in range(messages):
+            sender.dataReceived(message % n)  # type: ignore[attr-defined]
+            if n % 100 == 99:
+                received.clear()
+        used = time.process_time() - started
+        _toggle_callgrind("off")
+        sender.dataReceived(message % messages)  # type: ignore[attr-defined]
+        if b"id='m%d'" % messages not in received.value():
+            raise SystemExit(f"the last message was not delivered: {received.value()[-400:]!r}")
+        world.database.close()
+    return used / messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
+    args = parser.parse_args()
+    if not args.callgrind:
+        seconds = run(args.messages)
+        print(f"{1e6 * seconds:.2f} us CPU per message over {args.messages} messages (in process)")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run(  # noqa: S603
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/out",  # noqa: S607
+             sys.executable, "-m", "benchmarks.message_instructions", "--messages", str(args.messages)],
+            env={**os.environ, "SNS_XMPP_UNDER_CALLGRIND": "1", "PYTHONHASHSEED": "0"},
+            capture_output=True, text=True, check=True)
+    collected = re.search(r"Collected : (\d+)", out.stderr)
+    if collected is None:
+        raise SystemExit(f"callgrind printed no count:\n{out.stderr[-2000:]}")
+    print(f"{int(collected.group(1)) // args.messages} instructions per message "
+          f"over {args.messages} messages (in process, callgrind)")
+
+
+if __name__ == "__main__":
+    main()
