@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
-import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.callgrind import collect, instructions
 
 WARM_UP = 200  # first logins: the accounts and links are made, caches filled
 ACCOUNTS = 200  # as in scripts/bench: the accounts cycle, most logins find their link
@@ -53,14 +51,6 @@ def _scripts(world: Any, site: str, count: int) -> list[list[bytes]]:
             b"</stream:stream>",
         ])
     return scripts
-
-
-def _toggle_callgrind(state: str) -> None:
-    """Switch callgrind's collection on or off for this process (a no-op outside valgrind)."""
-    if not os.environ.get("SNS_XMPP_UNDER_CALLGRIND"):
-        return
-    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())],  # noqa: S603, S607
-                   stdout=subprocess.DEVNULL, check=True, timeout=60)
 
 
 def run(site: str, logins: int) -> float:
@@ -96,12 +86,12 @@ def run(site: str, logins: int) -> float:
         # then scans only what the logins make, not the set-up.
         gc.collect()
         gc.freeze()
-        _toggle_callgrind("on")
+        collect("on")
         started = time.process_time()
         for chunks in scripts[WARM_UP:-1]:
             log_in(chunks)
         used = time.process_time() - started
-        _toggle_callgrind("off")
+        collect("off")
         answer = log_in(scripts[-1])
         if b"<success" not in answer or b"type='result' id='b1'" not in answer:
             raise SystemExit(f"the last login did not succeed: {answer[-400:]!r}")
@@ -120,16 +110,8 @@ def main() -> None:
         seconds = run(args.site, args.logins)
         print(f"{args.site}: {1000 * seconds:.3f} ms CPU per login over {args.logins} logins (in process)")
         return
-    with tempfile.TemporaryDirectory() as folder:
-        out = subprocess.run(  # noqa: S603
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/out",  # noqa: S607
-             sys.executable, "-m", "benchmarks.login_instructions", "--site", args.site, "--logins", str(args.logins)],
-            env={**os.environ, "SNS_XMPP_UNDER_CALLGRIND": "1", "PYTHONHASHSEED": "0"},
-            capture_output=True, text=True, check=True)
-    collected = re.search(r"Collected : (\d+)", out.stderr)
-    if collected is None:
-        raise SystemExit(f"callgrind printed no count:\n{out.stderr[-2000:]}")
-    print(f"{args.site}: {int(collected.group(1)) // args.logins} instructions per login "
+    total = instructions("benchmarks.login_instructions", ["--site", args.site, "--logins", str(args.logins)])
+    print(f"{args.site}: {total // args.logins} instructions per login "
           f"over {args.logins} logins (in process, callgrind)")
 
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
-import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.login_instructions import _toggle_callgrind
+from benchmarks.callgrind import collect, instructions
 
 WARM_UP = 2000
 
@@ -67,14 +63,14 @@ def run(messages: int) -> float:
         received.clear()
         gc.collect()
         gc.freeze()
-        _toggle_callgrind("on")
+        collect("on")
         started = time.process_time()
         for n in range(messages):
             sender.dataReceived(message % n)  # type: ignore[attr-defined]
             if n % 100 == 99:
                 received.clear()
         used = time.process_time() - started
-        _toggle_callgrind("off")
+        collect("off")
         sender.dataReceived(message % messages)  # type: ignore[attr-defined]
         if b"id='m%d'" % messages not in received.value():
             raise SystemExit(f"the last message was not delivered: {received.value()[-400:]!r}")
@@ -91,17 +87,8 @@ def main() -> None:
         seconds = run(args.messages)
         print(f"{1e6 * seconds:.2f} us CPU per message over {args.messages} messages (in process)")
         return
-    with tempfile.TemporaryDirectory() as folder:
-        out = subprocess.run(  # noqa: S603
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/out",  # noqa: S607
-             sys.executable, "-m", "benchmarks.message_instructions", "--messages", str(args.messages)],
-            env={**os.environ, "SNS_XMPP_UNDER_CALLGRIND": "1", "PYTHONHASHSEED": "0"},
-            capture_output=True, text=True, check=True)
-    collected = re.search(r"Collected : (\d+)", out.stderr)
-    if collected is None:
-        raise SystemExit(f"callgrind printed no count:\n{out.stderr[-2000:]}")
-    print(f"{int(collected.group(1)) // args.messages} instructions per message "
-          f"over {args.messages} messages (in process, callgrind)")
+    total = instructions("benchmarks.message_instructions", ["--messages", str(args.messages)])
+    print(f"{total // args.messages} instructions per message over {args.messages} messages (in process, callgrind)")
 
 
 if __name__ == "__main__":
