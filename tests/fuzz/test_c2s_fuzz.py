@@ -469,8 +469,11 @@ class Conn:
             self.transport.lost = True
             self.stream.connectionLost(Failure(ConnectionDone()))
 
-    def last_challenge(self) -> bytes | None:
-        for element in reversed(self.output.elements):
+    def last_challenge(self, since: int = 0) -> bytes | None:
+        """The payload of the last SASL answer if it is a challenge, among the elements received
+        from index *since* on (an attempt's own answers: an <auth/> sent while a slowed failure is
+        pending gets none, and an earlier attempt's challenge is not its own)."""
+        for element in reversed(self.output.elements[since:]):
             if element.uri == NS_SASL and element.name in ("challenge", "success", "failure"):
                 if element.name != "challenge":
                     return None
@@ -911,14 +914,16 @@ def test_fuzz_sasl(world: World, watch: LogWatch) -> None:
                 login = data.draw(st.sampled_from(logins), label="login")
                 mechanism = data.draw(st.sampled_from(["SCRAM-SHA-1", "SCRAM-SHA-256"]), label="mechanism")
                 first = data.draw(fs.scram_first([login.username]), label="client-first")
+                mark = len(conn.output.elements)
                 if data.draw(st.booleans(), label="initial response"):
                     conn.feed(sasl_element("auth", b64(first.message()), mechanism))
                 else:
                     conn.feed(sasl_element("auth", None, mechanism))
-                    if conn.last_challenge() != b"" or conn.closed:
+                    if conn.last_challenge(mark) != b"" or conn.closed:
                         continue
+                    mark = len(conn.output.elements)
                     conn.feed(sasl_element("response", b64(first.message())))
-                challenge = conn.last_challenge()
+                challenge = conn.last_challenge(mark)
                 if not challenge or conn.closed:
                     failures = conn.output.find(NS_SASL, "failure")
                     note("SCRAM: no server-first" + (f" ({_condition(failures[-1], NS_SASL)})" if failures else ""))
@@ -944,8 +949,9 @@ def test_fuzz_sasl(world: World, watch: LogWatch) -> None:
                 message = (f"n,,\x01auth=Bearer {oidc.password}\x01\x01".encode() if valid
                            else data.draw(fs.oauthbearer_message([oidc.password]), label="message"))
                 text = b64(message) if valid else data.draw(fs.payload_text(st.just(message)), label="text")
+                mark = len(conn.output.elements)
                 conn.feed(sasl_element("auth", text, "OAUTHBEARER"))
-                if conn.last_challenge() is not None and not conn.closed:
+                if conn.last_challenge(mark) is not None and not conn.closed:
                     conn.feed(data.draw(st.sampled_from([sasl_element("response", b64(b"\x01")),
                                                          sasl_element("response", "="), sasl_element("abort", None),
                                                          sasl_element("response", b64(message))]), label="answer"))
