@@ -124,3 +124,20 @@ def test_the_stanzas_clients_send_and_the_server_builds_are_plain() -> None:
         b"<message><p:x xmlns:p='urn:p'/></message><message xml:lang='en'/>"
         b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'/>")
     assert [plain_xml(e, "jabber:client", STREAM_PREFIXES) for e in (prefixed, lang, streams)] == [None] * 3
+
+
+@given(default=URI, value=XML_TEXT, text=XML_TEXT)
+def test_the_plain_writer_escapes_as_the_full_serialiser_does(default: str, value: str, text: str) -> None:
+    """Namespaces, attribute values and text a client chose: the same bytes, so the same parse."""
+    message = domish.Element(("jabber:client", "message"))
+    message["to"] = value
+    child = append_child(message, domish.Element((default, "x")))
+    child["a"] = value
+    child.addContent(text)
+    plain = plain_xml(message, "jabber:client", STREAM_PREFIXES)
+    assert plain is not None and plain == full_xml(message)
+    [parsed] = parsed_stanzas(plain.encode("utf-8"))
+    [parsed_child] = parsed.elements()
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")  # XML 1.0 2.11: line ends as read
+    attribute = value.replace("\r\n", "\n").translate(str.maketrans("\t\n\r", "   "))  # 3.3.3
+    assert (parsed_child.uri, parsed_child.getAttribute("a"), str(parsed_child)) == (default, attribute, lines)
