@@ -70,7 +70,8 @@ class GuardedElementStream(domish.ExpatElementStream):
         self.max_stanza_bytes = max_stanza_bytes
         self.depth = 0  # 1 inside the stream's root element, 2 inside a stanza
         self.mark = 0
-        self._open: list[domish.Element] = []  # the open elements of the stanza, outermost first
+        # The open elements of the stanza, outermost first (Twisted's currElem is the last).
+        self._open: list[domish.Element] = []
         self._parsing = False
         self._retired = False
         for handler in _RESTRICTED_HANDLERS:  # Twisted's __init__ has bound the element handlers below
@@ -104,7 +105,6 @@ class GuardedElementStream(domish.ExpatElementStream):
 
     def _drop_parser(self) -> None:
         self.parser = None
-        self.currElem = None
         self._open = []
 
     def measure(self, position: int) -> None:
@@ -136,11 +136,10 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.elementCount += 1
             if self.elementCount > self.maxElementCount:
                 raise domish.ParserError("Maximum element count exceeded")
-            current = self.currElem
-            if current is not None:
-                current.children.append(element)  # no element.parent: see the module's docstring
-            self._open.append(element)
-            self.currElem = element
+            opened = self._open
+            if opened:
+                opened[-1].children.append(element)  # no element.parent: see the module's docstring
+            opened.append(element)
         else:
             self.documentStarted = 1
             self.DocumentStartEvent(element)
@@ -152,16 +151,12 @@ class GuardedElementStream(domish.ExpatElementStream):
             if end - self.mark > self.max_stanza_bytes:
                 raise HostileXML("policy-violation", "stanza too large")
             self.mark = end
-        current = self.currElem
-        if current is None:
+        opened = self._open
+        if not opened:
             self.DocumentEndEvent()
             return
-        opened = self._open
-        opened.pop()
-        if opened:
-            self.currElem = opened[-1]
-        else:
-            self.currElem = None
+        current = opened.pop()
+        if not opened:
             self.elementCount = 0
             self.stanzaSize = 0
             self.ElementEvent(current)
@@ -171,9 +166,9 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.mark = self.parser.CurrentByteIndex + len(data.encode())
         elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
             raise HostileXML("policy-violation", "stanza too large")
-        current = self.currElem
-        if current is not None:
-            current.addContent(data)
+        opened = self._open
+        if opened:
+            opened[-1].addContent(data)
 
 
 def guarded_stream(max_stanza_bytes: int, handlers: Any) -> GuardedElementStream:
