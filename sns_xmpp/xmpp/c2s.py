@@ -21,7 +21,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
-from sns_xmpp.xmpp.serialization import escape_uri, plain_xml
+from sns_xmpp.xmpp.serialization import escape_attribute, escape_uri, plain_xml
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
 
 log = GatedLogger()
@@ -151,11 +151,11 @@ class ClientStream(xmlstream.XmlStream):
         without building and serialising an element for it."""
         attributes = ""
         if self.otherEntity is not None:
-            attributes += f" to='{domish.escapeToXml(self.otherEntity.userhost(), 1)}'"
+            attributes += f" to='{escape_attribute(self.otherEntity.userhost())}'"
         if self.thisEntity is not None:
-            attributes += f" from='{domish.escapeToXml(self.thisEntity.userhost(), 1)}'"
+            attributes += f" from='{escape_attribute(self.thisEntity.userhost())}'"
         if self.sid:
-            attributes += f" id='{domish.escapeToXml(self.sid, 1)}'"
+            attributes += f" id='{escape_attribute(self.sid)}'"
         if self.version >= (1, 0):
             attributes += f" version='{self.version[0]}.{self.version[1]}'"
         self.send(f"<stream:stream xmlns:stream='{xmlstream.NS_STREAMS}' xmlns='{NS_CLIENT}'{attributes}>")

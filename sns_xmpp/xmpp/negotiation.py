@@ -36,6 +36,7 @@ from sns_xmpp.xmpp.sasl import (
     encode_payload,
     start_attempt,
 )
+from sns_xmpp.xmpp.serialization import escape_text
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, iq_result_text
 from sns_xmpp.xmpp.stream_management import NS_SM
 
@@ -370,7 +371,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 def bind_result_text(identifier: str | None, full_jid: str) -> str:
     """The result of a resource binding IQ (RFC 6120 7.6.1) as the stream writes it, written
     directly: every login gets one."""
-    jid = f"<jid>{domish.escapeToXml(full_jid)}</jid>" if full_jid else "<jid/>"
+    jid = f"<jid>{escape_text(full_jid)}</jid>" if full_jid else "<jid/>"
     return iq_result_text(identifier, f"<bind xmlns='{NS_BIND}'>{jid}</bind>")
 
 

@@ -27,6 +27,21 @@ def escape_uri(uri: str) -> str:
     return uri.translate(_ESCAPES)
 
 
+def escape_text(text: str) -> str:
+    """Character data as Twisted's escapeToXml writes it, which makes three passes over the text;
+    most text needs none of them."""
+    if "&" in text or "<" in text or ">" in text:
+        return domish.escapeToXml(text)
+    return text
+
+
+def escape_attribute(value: str) -> str:
+    """An attribute value as Twisted's escapeToXml writes it (five passes; most values need none)."""
+    if "&" in value or "<" in value or ">" in value or "'" in value or '"' in value:
+        return domish.escapeToXml(value, 1)
+    return value
+
+
 class EscapingSerializer(domish._ListSerializer):
     """Twisted's serialiser with namespace URIs escaped (see the module's docstring)."""
 
@@ -36,7 +51,7 @@ class EscapingSerializer(domish._ListSerializer):
             write(elem)
             return
         if isinstance(elem, str):
-            write(domish.escapeToXml(elem))
+            write(escape_text(elem))
             return
 
         name = elem.name
@@ -80,9 +95,9 @@ class EscapingSerializer(domish._ListSerializer):
                 if not self.prefixInScope(attribute_prefix):
                     write(f" xmlns:{attribute_prefix}='{escape_uri(attribute_uri)}'")
                     self.prefixStack[-1].append(attribute_prefix)
-                write(f" {attribute_prefix}:{attribute_name}='{domish.escapeToXml(value, 1)}'")
+                write(f" {attribute_prefix}:{attribute_name}='{escape_attribute(value)}'")
             else:
-                write(f" {key}='{domish.escapeToXml(value, 1)}'")
+                write(f" {key}='{escape_attribute(value)}'")
 
         if closeElement == 0:
             write(">")
@@ -96,19 +111,6 @@ class EscapingSerializer(domish._ListSerializer):
         else:
             write("/>")
         self.prefixStack.pop()
-
-
-def _escape_text(text: str) -> str:
-    # Twisted's escapeToXml makes three passes over the text; most text needs none of them.
-    if "&" in text or "<" in text or ">" in text:
-        return domish.escapeToXml(text)
-    return text
-
-
-def _escape_attribute(value: str) -> str:
-    if "&" in value or "<" in value or ">" in value or "'" in value or '"' in value:
-        return domish.escapeToXml(value, 1)
-    return value
 
 
 class _NotPlain(Exception):
@@ -151,7 +153,7 @@ def _write_plain(element: domish.Element, current_default: str, prefixed_uris: A
     for key, value in element.attributes.items():
         if type(key) is not str:
             raise _NotPlain
-        parts.append(f" {key}='{_escape_attribute(value)}'")
+        parts.append(f" {key}='{escape_attribute(value)}'")
     children = element.children
     if not children:
         parts.append("/>")
@@ -159,7 +161,7 @@ def _write_plain(element: domish.Element, current_default: str, prefixed_uris: A
     parts.append(">")
     for child in children:
         if type(child) is str:
-            parts.append(_escape_text(child))
+            parts.append(escape_text(child))
         elif isinstance(child, domish.SerializedXML):
             parts.append(child)
         elif isinstance(child, domish.Element):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from sns_xmpp.xmpp.serialization import escape_attribute
+
 NS_CLIENT = "jabber:client"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
@@ -41,11 +43,11 @@ def iq_result_text(identifier: str | None, payload: str = "", to: str | None = N
     bind results): iq_result's attributes in its order, *payload* already serialised."""
     text = "<iq type='result'"
     if identifier is not None:
-        text += f" id='{domish.escapeToXml(identifier, 1)}'"
+        text += f" id='{escape_attribute(identifier)}'"
     if to:
-        text += f" to='{domish.escapeToXml(to, 1)}'"
+        text += f" to='{escape_attribute(to)}'"
     if sender:
-        text += f" from='{domish.escapeToXml(sender, 1)}'"
+        text += f" from='{escape_attribute(sender)}'"
     return f"{text}>{payload}</iq>" if payload else text + "/>"
 
 
