@@ -31,7 +31,7 @@ ElementHandler = Callable[[domish.Element], None]
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
 
 
-def _ignore(element: domish.Element) -> None:
+def _ignore(element: domish.Element | str) -> None:
     pass
 
 
@@ -71,6 +71,9 @@ class ClientStream(xmlstream.XmlStream):
         self.footer_sent = False
         self.on_close: list[Callable[[], None]] = []
         self.element_handler: ElementHandler = self._refuse
+        # How the stream writes a stanza of its own (idle ping, error answer): the bound session's
+        # send once there is one, so that stream management counts and keeps it (XEP-0198).
+        self.send_stanza: Callable[[domish.Element | str], None] = self.send
         self._fed = 0  # bytes given to the current parser
         self._root: domish.Element | None = None  # the client's stream header, until release_parser() needs it
         self._header: bytes | None = None
@@ -227,7 +230,7 @@ class ClientStream(xmlstream.XmlStream):
             if element.name in ("message", "presence", "iq") and may_bounce(element):
                 reply = error_reply(element, "internal-server-error")
                 reply.attributes.pop("from", None)
-                self.send(reply)
+                self.send_stanza(reply)
 
     def onDocumentEnd(self) -> None:
         self.ended_by = self.ended_by or "client"
@@ -292,6 +295,7 @@ class ClientStream(xmlstream.XmlStream):
         # own _refuse) are cut, so that reference counting frees the connection now rather than
         # the cycle collector later (see parsing.py). Late answers still find a closed stream.
         self.element_handler = _ignore
+        self.send_stanza = _ignore
         self.authenticator = None
 
     def _refuse(self, element: domish.Element) -> None:
@@ -389,7 +393,7 @@ class ClientStreamFactory(protocol.Factory):
         if stream.otherEntity is not None:
             iq["to"] = stream.otherEntity.full()
         iq.addElement(("urn:xmpp:ping", "ping"))
-        stream.send(iq)
+        stream.send_stanza(iq)
         stream.pinged_at = now
 
     def shut_down(self) -> None:

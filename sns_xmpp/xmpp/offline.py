@@ -65,16 +65,43 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
 
 
 def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
-    """Send the stored messages, oldest first, then forget them."""
+    """Send the stored messages, oldest first, through the session (so that stream management
+    counts and keeps them), then forget them. With stream management on, no more than its `room`
+    at once: the rest follows as the client acknowledges."""
 
     def send(messages: list[OfflineMessage]) -> Deferred[None] | None:
         if not messages or session.stream.closed:
             return None
-        for message in messages:
-            session.stream.send(message.stanza)
-        log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(messages))
-        sessions.metrics.offline_delivered.inc(len(messages))
-        return sessions.store.delete_offline(session.bare, [m.id for m in messages])
+        sm = session.sm
+        if sm is not None and sm.room() < len(messages):
+            batch, rest = messages[:max(0, sm.room())], messages[max(0, sm.room()):]
+            sm.when_room(lambda: _chained(send(rest)))
+        else:
+            batch = messages
+        if not batch:
+            return None
+        for message in batch:
+            session.send(message.stanza)
+        log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(batch))
+        sessions.metrics.offline_delivered.inc(len(batch))
+        return sessions.store.delete_offline(session.bare, [m.id for m in batch])
+
+    def _chained(d: Deferred[None] | None) -> None:
+        if d is not None:
+            d.addErrback(lambda reason: log.failure("offline.delivery_failed", reason))
 
     d = sessions.store.offline_messages(session.bare).addCallback(send)
     d.addErrback(lambda reason: log.failure("offline.delivery_failed", reason))
+
+
+def put_back(sessions: SessionManager, owner: str, stanza: str) -> None:
+    """An offline message delivered to a session that ended before acknowledging it: to the
+    owner's other available resources, else into storage again (not counted against the cap: it
+    was accepted once already)."""
+    targets = [s for s in sessions.available(owner) if s.priority >= 0]
+    for session in targets:
+        session.send(stanza)
+    if targets:
+        return
+    d = sessions.store.store_offline(owner, stanza, sessions.clock.seconds())
+    d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))

@@ -74,7 +74,9 @@ class ClientSession:
         self.resource = self.jid.resource or ""
         self.full = self.jid.full()
 
-    def send(self, element: domish.Element) -> None:
+    def send(self, element: domish.Element | str) -> None:
+        """The one way a stanza reaches this session's client: with stream management on, it is
+        counted and kept until acknowledged (text: a stored offline message, written as stored)."""
         sm = self.sm
         if sm is None:
             self.stream.send(element)
@@ -163,6 +165,7 @@ class SessionManager:
         session.stream = stream
         stream.bound = True
         stream.element_handler = lambda element: self.from_client(session, element)
+        stream.send_stanza = session.send  # the stream's own stanzas (idle ping, error answers) count too
         stream.on_close.append(lambda: self._connection_lost(session, stream))
 
     def _connection_lost(self, session: ClientSession, stream: ClientStream) -> None:
@@ -227,7 +230,9 @@ class SessionManager:
         if sm is not None:
             # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
             for stanza in sm.unacked:
-                if stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
+                if isinstance(stanza, str):
+                    offline.put_back(self, session.bare, stanza)  # an offline message, stored again
+                elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
                     self.deliver(stanza)
 
     # -- stanzas from a bound client ---------------------------------------

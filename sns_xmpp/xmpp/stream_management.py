@@ -5,9 +5,14 @@ message for an offline user is done when its offline copy is on disk, so an
 <a h/> never acknowledges a message a crash could lose. Handlers that finish
 later take a hold on the stanza being processed (see `hold`).
 
-Outbound, stanzas are kept until the client acknowledges them; if the
-connection drops, the session waits (detached) for a <resume/>, and when that
-does not come, the unacknowledged messages go to offline storage.
+Outbound, every stanza the server writes after <enabled/> (whichever feature
+writes it: routing, presence, roster pushes, offline delivery, IQ answers, the
+idle ping) goes through `ClientSession.send` and is counted and kept here until
+the client acknowledges it; a stanza written past this count would make the
+client's honest <a h/> look too high. If the connection drops, the session
+waits (detached) for a <resume/>, and when that does not come, the
+unacknowledged messages go to offline storage. Offline messages are kept as
+the text they were stored as.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ class StreamManagement:
         self.answer_at: int | None = None  # an <r/> waits until everything up to here is done
         self.sent = 0
         self.acked = 0
-        self.unacked: deque[domish.Element] = deque()
+        self.unacked: deque[domish.Element | str] = deque()
         self.detached_timer: IDelayedCall | None = None
+        self._room_waiters: list[Callable[[], None]] = []
 
     @property
     def handled(self) -> int:
@@ -105,7 +111,7 @@ class StreamManagement:
 
     # -- outbound -------------------------------------------------------------
 
-    def sending(self, stanza: domish.Element) -> bool:
+    def sending(self, stanza: domish.Element | str) -> bool:
         """Keep *stanza* until acknowledged; False if the client has let too many pile up."""
         self.sent += 1
         self.unacked.append(stanza)
@@ -124,4 +130,17 @@ class StreamManagement:
         for _ in range(newly):
             self.unacked.popleft()
         self.acked = _u32(h)
+        if newly and self._room_waiters and self.room() > 0:
+            waiters, self._room_waiters = self._room_waiters, []
+            for waiter in waiters:
+                waiter()
         return True
+
+    def room(self) -> int:
+        """How many more stanzas a bulk sender (offline delivery) may send now: half the cap, less
+        what waits for acknowledgement, so live traffic keeps the other half."""
+        return MAX_UNACKED // 2 - len(self.unacked)
+
+    def when_room(self, resume: Callable[[], None]) -> None:
+        """Call *resume* once an acknowledgement leaves `room` for more (never, if the session ends)."""
+        self._room_waiters.append(resume)

@@ -197,3 +197,35 @@ async def test_stream_management_resumes_a_dropped_session_without_losing_a_mess
     assert session.full == "alice@localhost/laptop" and not session.detached
     await wait(alice.log_out())
     await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_management_client_gets_its_offline_messages_acks_them_and_stays(server) -> None:
+    """XEP-0198 as every mainstream client uses it: three messages wait offline; the client logs in
+    with stream management, gets them, acknowledges what it really received, and stays connected
+    (the server counted the offline messages it sent, so the ack is not "too high")."""
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    alice = await logged_in(server, "alice@localhost")
+    for text in ("one", "two", "three"):
+        alice.send_message(mto="bob@localhost", mbody=text, mtype="chat")
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
+    assert await server.store.count_offline("bob@localhost") == 3
+
+    bob = Client("bob@localhost/phone", "secret")
+    bob.register_plugin("xep_0198")
+    enabled = asyncio.ensure_future(bob.wait_until("sm_enabled", 15))
+    await wait(bob.log_in(server.c2s_port))
+    await wait(enabled)
+    bodies = [(await wait(bob.next_message()))["body"] for _ in range(3)]
+    assert bodies == ["one", "two", "three"]
+    sm = bob.plugin["xep_0198"]
+    handled = sm.handled  # the roster, its own presence and the three messages
+    assert handled >= 5
+    sm.send_ack()  # what the client really handled, offline messages included
+    await wait(bob.plugin["xep_0199"].ping(jid="localhost"))  # answered: the stream is still up
+    [session] = server.sessions.resources("bob@localhost")
+    assert session.sm is not None and session.sm.acked >= handled
+    assert bob.stream_errors.empty() and not session.stream.closed
+    await wait(bob.log_out())
+    await wait(alice.log_out())

@@ -1,0 +1,220 @@
+"""XEP-0198 with Twisted's test doubles: every stanza the server sends after <enabled/> is counted
+and kept for a resumption, whichever feature sends it, so the client's honest <a h/> is accepted."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.store.records import OfflineMessage, RosterItem
+from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
+from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from tests.unit.test_limits import connect, factory_and_clock
+from tests.unit.test_negotiation import HEADER, output
+
+STANZAS = {f"{{{NS_CLIENT}}}{name}" for name in ("message", "presence", "iq")}
+
+
+class MemoryStore:
+    """The store calls the session core makes, in memory, answering at once."""
+
+    def __init__(self) -> None:
+        self.rosters: dict[str, dict[str, RosterItem]] = {}
+        self.requests: dict[str, list[str]] = {}
+        self.offline: dict[str, list[OfflineMessage]] = {}
+        self._ids = 0
+
+    def load_roster(self, owner: str) -> defer.Deferred:
+        return defer.succeed((list(self.rosters.get(owner, {}).values()), list(self.requests.get(owner, []))))
+
+    def account_exists(self, owner: str) -> defer.Deferred:
+        return defer.succeed(True)
+
+    def put_roster_item(self, owner: str, item: RosterItem) -> defer.Deferred:
+        self.rosters.setdefault(owner, {})[item.contact] = item
+        return defer.succeed(None)
+
+    def remove_roster_item(self, owner: str, contact: str) -> defer.Deferred:
+        self.rosters.get(owner, {}).pop(contact, None)
+        return defer.succeed(None)
+
+    def add_subscription_request(self, owner: str, contact: str) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def remove_subscription_request(self, owner: str, contact: str) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def store_offline(self, owner: str, stanza: str, now: float) -> defer.Deferred:
+        self._ids += 1
+        self.offline.setdefault(owner, []).append(OfflineMessage(self._ids, stanza, now))
+        return defer.succeed(self._ids)
+
+    def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                             max_bytes: int | None = None) -> defer.Deferred:
+        waiting = self.offline.get(owner, [])
+        size = sum(len(m.stanza) for m in waiting) + len(stanza)
+        if len(waiting) >= cap or max_bytes is not None and size > max_bytes:
+            return defer.succeed(None)
+        return self.store_offline(owner, stanza, now)
+
+    def offline_messages(self, owner: str) -> defer.Deferred:
+        return defer.succeed(list(self.offline.get(owner, [])))
+
+    def delete_offline(self, owner: str, ids: Sequence[int]) -> defer.Deferred:
+        self.offline[owner] = [m for m in self.offline.get(owner, []) if m.id not in ids]
+        return defer.succeed(None)
+
+
+def stanzas(data: str) -> list[ET.Element]:
+    """The stanzas (not the nonzas) among what the server wrote, in order."""
+    if "</stream:stream>" in data:
+        raise AssertionError(f"the stream ended: {data}")
+    root = ET.fromstring(f"<r xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'>{data}</r>")
+    return [element for element in root if element.tag in STANZAS]
+
+
+def queued(session: ClientSession) -> list[ET.Element]:
+    """The session's resend queue, parsed as the stream would write it."""
+    assert session.sm is not None
+    written = "".join(entry if isinstance(entry, str) else session.stream.serialize(entry)
+                      for entry in session.sm.unacked)
+    return stanzas(written)
+
+
+def same(a: list[ET.Element], b: list[ET.Element]) -> bool:
+    return [ET.tostring(e) for e in a] == [ET.tostring(e) for e in b]
+
+
+def world(store: MemoryStore | None = None) -> tuple[SessionManager, ClientStreamFactory, MemoryReactorClock]:
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], store or MemoryStore(), clock,  # type: ignore[arg-type]
+                              lambda stanza: sessions.deliver(stanza))
+    return sessions, factory, clock
+
+
+def log_in(sessions: SessionManager, factory: ClientStreamFactory, jid: str, host: str,
+           sm: bool = True) -> tuple[ClientStream, StringTransport, ClientSession]:
+    stream, transport = connect(factory, host)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    sessions.bind(stream, LoginResult(jid, "PLAIN"), "r")
+    output(transport)
+    if sm:
+        stream.dataReceived(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        assert "<enabled xmlns='urn:xmpp:sm:3'" in output(transport)
+    [session] = sessions.resources(jid)
+    return stream, transport, session
+
+
+def ack(stream: ClientStream, transport: StringTransport, h: int) -> str:
+    """Acknowledge *h* stanzas; what the server wrote in answer."""
+    stream.dataReceived(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
+    answer = output(transport)
+    assert "<stream:error>" not in answer, "an honest ack ends the stream"
+    return answer
+
+
+def test_everything_a_login_delivers_is_counted_and_queued_for_resumption() -> None:
+    """A client that enabled stream management and then logs in gets its roster, the presences of
+    its contacts (answers to its probes), a pending subscription request, its offline messages and
+    a roster push: each counts once, each is in the resend queue, and acking them all is fine."""
+    store = MemoryStore()
+    store.rosters["bob@localhost"] = {
+        "alice@localhost": RosterItem("alice@localhost", subscription="both"),
+        "carol@localhost": RosterItem("carol@localhost", subscription="to"),
+    }
+    store.rosters["alice@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="both")}
+    store.rosters["carol@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="from")}
+    store.requests["bob@localhost"] = ["dave@localhost"]
+    for n in range(3):
+        store.offline.setdefault("bob@localhost", []).append(OfflineMessage(
+            n + 1, f"<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+                   f"<body>stored {n}</body></message>", 0.0))
+    store._ids = 3
+    sessions, factory, clock = world(store)
+    alice, alice_transport, _ = log_in(sessions, factory, "alice@localhost", "192.0.2.1", sm=False)
+    alice.dataReceived(b"<presence/>")
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+
+    bob.dataReceived(b"<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq><presence/>"
+                     b"<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='erin@localhost'/></query></iq>")
+    sent = stanzas(output(transport))
+    bodies = [e.findtext(f"{{{NS_CLIENT}}}body") for e in sent if e.tag.endswith("message")]
+    assert bodies == ["stored 0", "stored 1", "stored 2"]
+    froms = {e.get("from") for e in sent if e.tag.endswith("presence")}
+    assert {"alice@localhost/r", "carol@localhost", "dave@localhost", "bob@localhost/r"} <= froms
+    assert [e.get("type") for e in sent if e.tag.endswith("iq")] == ["result", "set", "result"]
+    assert session.sm is not None and session.sm.sent == len(sent)
+    assert same(queued(session), sent), "every stanza is kept until acknowledged"
+    assert store.offline["bob@localhost"] == []
+
+    ack(bob, transport, len(sent))
+    assert not session.sm.unacked and not bob.closed
+
+
+def test_server_pings_and_error_answers_are_counted_too() -> None:
+    """The idle ping the stream's factory sends and the internal-server-error answer to a stanza
+    whose handler failed are stanzas: counted and queued like the rest."""
+    sessions, factory, clock = world()
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+
+    def broken(session: ClientSession, presence: domish.Element) -> None:
+        raise KeyError("a bug")
+
+    sessions.presence.outbound = broken  # type: ignore[assignment,method-assign]
+    bob.dataReceived(b"<presence id='p'/>")
+    clock.advance(factory.limits.idle_timeout + 20)
+    sent = stanzas(output(transport))
+    assert [(e.tag.split("}")[1], e.get("type")) for e in sent] == [("presence", "error"), ("iq", "get")]
+    assert same(queued(session), sent)
+    ack(bob, transport, 2)
+    assert session.sm is not None and not session.sm.unacked
+
+
+def test_offline_messages_unacknowledged_at_a_drop_go_back_to_storage() -> None:
+    """Offline messages delivered but never acknowledged are not lost when the session ends."""
+    store = MemoryStore()
+    store.offline["bob@localhost"] = [OfflineMessage(
+        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+           "<body>kept</body></message>", 0.0)]
+    store._ids = 1
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<presence/>")
+    assert "kept" in output(transport) and store.offline["bob@localhost"] == []
+    bob.dataReceived(b"</stream:stream>")  # closed, not resumable: unacked messages are redelivered
+    bob.connectionLost(None)  # type: ignore[arg-type]
+    assert ["kept" in m.stanza for m in store.offline["bob@localhost"]] == [True]
+
+
+def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None:
+    """More stored messages than the unacknowledged-stanza cap: sent as room frees, not all at once
+    (which would end the client's stream with policy-violation)."""
+    from sns_xmpp.xmpp import stream_management
+
+    store = MemoryStore()
+    total = stream_management.MAX_UNACKED + 200
+    store.offline["bob@localhost"] = [OfflineMessage(
+        n, f"<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>{n}</body></message>", 0.0)
+        for n in range(1, total + 1)]
+    store._ids = total
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<presence/>")
+    received: list[str] = []
+    written = output(transport)
+    for _ in range(10):
+        sent = stanzas(written)
+        received += [e.findtext(f"{{{NS_CLIENT}}}body") or "" for e in sent if e.tag.endswith("message")]
+        assert session.sm is not None and len(session.sm.unacked) <= stream_management.MAX_UNACKED // 2
+        if not sent:
+            break
+        written = ack(bob, transport, session.sm.sent)
+    assert received == [str(n) for n in range(1, total + 1)]
+    assert store.offline["bob@localhost"] == []
