@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints, threads
+from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger, LogLevel
@@ -50,7 +50,7 @@ from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
-from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint
+from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint, NoDelayTCPServerEndpoint
 
 log = Logger()
 
@@ -251,9 +251,9 @@ LISTEN_BACKLOG = 1024
 
 
 def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
-    if ":" in interface:
-        return endpoints.TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
-    return endpoints.TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
+    """A listener (IPv4 or IPv6 by the interface) whose connections have TCP_NODELAY, as the c2s
+    ones do (sns_xmpp.xmpp.transport): an answer is not held back waiting for an ACK."""
+    return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:

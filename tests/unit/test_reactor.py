@@ -122,3 +122,28 @@ def test_the_c2s_transport_sends_after_the_rounds_events_without_timers() -> Non
     finally:
         port.stopListening()
         reactor.removeAll()
+
+
+def test_the_c2s_transport_accepts_with_tcp_nodelay_under_the_lean_reactor() -> None:
+    """What scripts/run uses (--reactor=sns-epoll and the flushing c2s port) sets TCP_NODELAY on
+    each accepted socket: Nagle's algorithm would hold a small answer until the peer's ACK."""
+    from sns_xmpp.xmpp.transport import FlushingPort
+
+    reactor = LeanEPollReactor()
+    servers: list[Answer] = []
+
+    class Remembered(Answer):
+        def connectionMade(self) -> None:
+            servers.append(self)
+
+    port = FlushingPort(0, protocol.Factory.forProtocol(Remembered), 50, "127.0.0.1", reactor)
+    port.startListening()
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        spin(reactor, lambda: bool(servers))
+        accepted = servers[0].transport.socket  # type: ignore[union-attr]
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.close()
+    finally:
+        port.stopListening()
+        reactor.removeAll()

@@ -251,3 +251,75 @@ async def test_a_connection_that_fails_as_it_closes_does_not_hold_back_the_other
     other_client.close()
     await second.lost
     await port.stopListening()
+
+
+def accepted_socket(reactor: Any, client: socket.socket) -> socket.socket | None:
+    """The server's end of *client*'s connection, once the reactor has accepted it."""
+    from twisted.internet import tcp
+
+    local = client.getsockname()[1]
+    for reader in reactor.getReaders():
+        if isinstance(reader, tcp.Server) and reader.getPeer().port == local:
+            return reader.socket  # type: ignore[no-any-return]
+    return None
+
+
+def nodelay(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+COMPONENT = """
+[xmpp.components]
+port = {port}
+
+[components."echo.localhost"]
+secret = "echo-secret-0123456789"
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_listener_of_the_server_accepts_with_tcp_nodelay(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Client (STARTTLS and direct TLS), component and HTTP connections have TCP_NODELAY on the
+    server's side, so that a small answer is not held back by Nagle's algorithm until the
+    peer's delayed ACK (about 40 ms per TLS login before)."""
+    from twisted.internet import reactor
+
+    from tests.conftest import DEMO_SITE, free_port, make_config
+
+    server = await start_server(make_config(tmp_path, DEMO_SITE + COMPONENT.format(port=free_port())))
+    listeners = {name: server.server.listener(name).port_number
+                 for name in ("c2s", "c2s-direct-tls", "components", "http")}
+    clients = {name: socket.create_connection(("127.0.0.1", port)) for name, port in listeners.items()}
+    try:
+        found: dict[str, socket.socket] = {}
+        for _ in range(10_000):
+            found = {name: accepted for name, client in clients.items()
+                     if (accepted := accepted_socket(reactor, client)) is not None}
+            if len(found) == len(clients):
+                break
+            await turn()
+        assert sorted(found) == sorted(listeners)
+        assert {name: nodelay(accepted) for name, accepted in found.items()} == dict.fromkeys(listeners, True)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_plain_listener_accepts_with_tcp_nodelay_and_twisteds_own_transport() -> None:
+    """NoDelayTCPServerEndpoint (HTTP, components, console) is Twisted's transport with NODELAY."""
+    from twisted.internet import reactor, tcp
+
+    from sns_xmpp.xmpp.transport import NoDelayTCPServerEndpoint
+
+    server = Server([b"<a/>"])
+    port = await NoDelayTCPServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.factory())
+    client = connect(port)
+    client.send(b"hi")
+    recorder = await server.built
+    assert await read_until(client, 4) == b"<a/>"
+    assert type(recorder.transport).__mro__[1] is tcp.Server  # nothing of FlushingServer's
+    assert nodelay(recorder.transport.socket)  # type: ignore[union-attr]
+    client.close()
+    await recorder.lost
+    await port.stopListening()
