@@ -163,6 +163,9 @@ class HTTPConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for the HTTP side")
     port: int = _setting(5280, _integer(0, 65535), "HTTP port; 0 picks a free one")
     public_url: str = _setting("http://localhost:5280", _url, "URL clients use to reach the HTTP side")
+    header_timeout: int = _setting(20, _integer(1, 3600), "seconds a request has to send all its headers")
+    body_timeout: int = _setting(30, _integer(1, 3600), "seconds a request has to send its body after the headers")
+    max_connections_per_ip: int = _setting(512, _integer(1, 1_000_000), "open HTTP connections one address may hold")
 
 
 def _loopback(value: Any) -> str:

@@ -28,9 +28,9 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
-from sns_xmpp.http.access_log import web_site
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
+from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret
 from sns_xmpp.ops import log_gate
 from sns_xmpp.ops.console import namespace
@@ -193,7 +193,9 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
-                    web_site(root)).setServiceParent(top)
+                    web_site(root, reactor, HTTPLimits(
+                        header_timeout=config.http.header_timeout, body_timeout=config.http.body_timeout,
+                        max_connections_per_ip=config.http.max_connections_per_ip))).setServiceParent(top)
 
     c2s = config.xmpp.c2s
     settings = C2SSettings(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from twisted.web import http
-from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 
 def query_free_log_line(timestamp: str, request: http.Request) -> str:
@@ -13,6 +11,3 @@ def query_free_log_line(timestamp: str, request: http.Request) -> str:
     path = (request.path or b"").decode("ascii", "replace")
     return f'"{getattr(peer, "host", "-")}" - - {timestamp} "{method} {path}" {request.code} {request.sentLength}'
 
-
-def web_site(root: IResource) -> Site:
-    return Site(root, logFormatter=query_free_log_line)

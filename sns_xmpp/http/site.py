@@ -1,0 +1,145 @@
+"""The HTTP side's twisted.web Site: deadlines for a request's headers and body, a per-address
+connection cap, no Referer leaks, and the query-free access log.
+
+Twisted's own idle timeout restarts with every byte, so a client that trickles its
+headers (slowloris) holds a socket for ever. Here a request's headers must be complete
+within ``header_timeout`` seconds of its first byte (or of the connection's opening),
+and its body within ``body_timeout`` seconds of its headers; a connection that misses
+a deadline is closed. One address may hold ``max_connections_per_ip`` connections at
+once; more are answered 503 and closed. The channel is Twisted's HTTP/1.1
+``HTTPChannel`` (this listener is plain HTTP: no ALPN, so no HTTP/2 to negotiate).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.resource import IResource
+
+from sns_xmpp.http.access_log import query_free_log_line
+
+log = Logger()
+
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
+        b"Referrer-Policy: no-referrer\r\nConnection: close\r\nContent-Length: 42\r\n\r\n"
+        b"too many connections from your address now")
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    header_timeout: float = 20
+    body_timeout: float = 30
+    idle_timeout: float = 60  # between requests on a kept-alive connection (Twisted's default)
+    max_connections_per_ip: int = 512
+
+
+class PrivateRequest(server.Request):
+    """Every answer says ``Referrer-Policy: no-referrer``: callback URLs can carry credentials,
+    and no page of this side should leak its own address to where it links or redirects."""
+
+    def process(self) -> None:
+        self.setHeader(b"referrer-policy", b"no-referrer")
+        super().process()
+
+
+def _host(address: IAddress | None) -> str:
+    return str(getattr(address, "host", "-"))
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTPChannel with a deadline for each request's headers and for its body."""
+
+    site: GuardedSite
+    counted_host: str | None = None  # the address this connection counts against, until it closes
+    _deadline: IDelayedCall | None = None
+    _phase = "headers"  # "headers", "body", "answering" (the request is out of our hands), "idle"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm("headers", self.site.limits.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase == "idle" and data:
+            self._arm("headers", self.site.limits.header_timeout)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._arm("body", self.site.limits.body_timeout)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._disarm("answering")
+        super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        # Before Twisted replays pipelined bytes, which start the next request's deadline.
+        self._phase = "idle"
+        super().requestDone(request)
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        self._disarm(phase)
+        self._deadline = self.site.clock.callLater(seconds, self._missed, phase)
+
+    def _disarm(self, phase: str) -> None:
+        self._phase = phase
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _missed(self, phase: str) -> None:
+        self._deadline = None
+        log.info("http.request_timeout peer={peer} phase={phase}", peer=self.counted_host, phase=phase)
+        self.timeoutConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._disarm("closed")
+        self.site.connection_closed(self)
+        super().connectionLost(reason)
+
+
+class _Busy(Protocol):
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(BUSY)
+        self.transport.loseConnection()
+
+
+class GuardedSite(server.Site):
+    protocol = GuardedChannel  # type: ignore[assignment]
+    requestFactory = PrivateRequest
+
+    def __init__(self, root: IResource, clock: IReactorTime, limits: HTTPLimits) -> None:
+        super().__init__(root, logFormatter=query_free_log_line, timeout=limits.idle_timeout, reactor=clock)
+        self.clock = clock
+        self.limits = limits
+        self.connections: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        host = _host(addr)
+        if self.connections[host] >= self.limits.max_connections_per_ip:
+            log.warn("http.connection_refused peer={peer} open={open}", peer=host, open=self.connections[host])
+            return _Busy()
+        channel = super().buildProtocol(addr)
+        self.connections[host] += 1
+        channel.counted_host = host
+        return channel
+
+    def connection_closed(self, channel: GuardedChannel) -> None:
+        host = channel.counted_host
+        if host is None:
+            return
+        channel.counted_host = None
+        self.connections[host] -= 1
+        if self.connections[host] <= 0:
+            del self.connections[host]
+
+
+def web_site(root: IResource, clock: IReactorTime, limits: HTTPLimits | None = None) -> server.Site:
+    return GuardedSite(root, clock, limits or HTTPLimits())
