@@ -3,9 +3,11 @@
 It publishes a discovery document and a JWKS (an RSA and an EC P-256 key to
 start with; keys can be added and removed to rotate them), and runs the
 authorization-code flow: ``/authorize`` immediately redirects back with a code,
-``/token`` checks client authentication, the code, the redirect URI and the
-PKCE verifier, and answers with an ID token. Tokens are signed here with
-``cryptography`` directly, not with the code under test.
+``/token`` checks client authentication (``client_secret_basic``, or what
+``token_auth_methods`` advertises), the code, the redirect URI and the PKCE
+verifier, and answers with an ID token and an access token that ``/userinfo``
+takes. Tokens are signed here with ``cryptography`` directly, not with the code
+under test. ``outage`` makes chosen paths answer an error status or never answer.
 
 Nothing here imports the global reactor; ``listen`` takes one.
 """
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -78,9 +80,17 @@ def public_jwk(key: PrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
     return jwk
 
 
-def sign(key: PrivateKey, signing_input: bytes) -> bytes:
+_RSA_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+
+
+def sign(key: PrivateKey, signing_input: bytes, alg: str = "RS256") -> bytes:
+    """Sign as JWS algorithm *alg* (RFC 7518 §3): RS*, PS* (PSS, salt as long as the hash), ES256, EdDSA."""
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        hash_algorithm = _RSA_HASHES[alg[2:]]()
+        if alg.startswith("PS"):
+            pss = padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
+            return key.sign(signing_input, pss, hash_algorithm)
+        return key.sign(signing_input, padding.PKCS1v15(), hash_algorithm)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -104,10 +114,19 @@ class OIDCProvider:
         self.authorizations: list[dict[str, str]] = []  # what /authorize saw
         self.issued: list[dict[str, str]] = []  # what /token handed out (code, id_token, ...)
         self.hits: dict[str, int] = {}
+        self.token_auth_methods: list[str] | None = None  # advertised; None: not advertised, basic only
+        self.token_auth_seen: list[str] = []  # how each /token request authenticated
+        self.userinfo: dict[str, Any] | None = None  # what /userinfo answers (sub added if absent); None: 404
+        self.userinfo_seen: list[str | None] = []  # the Authorization header of each /userinfo request
+        self.outage: dict[str, int | None] = {}  # path -> HTTP status to answer, or None: never answer
+        self.discovery_overrides: dict[str, Any] = {}
+        self.access_tokens: set[str] = set()
+        self._stalled: list[Request] = []
         self._codes: dict[str, dict[str, str]] = {}
         self._port: Any = None
         self.port_number: int | None = None
         self.clock: Any = None
+        self.id_token_overrides: dict[str, Any] = {}  # claims the flow's ID tokens get (None removes one)
 
     # serving
 
@@ -123,20 +142,29 @@ class OIDCProvider:
         return self.port_number
 
     def stop(self) -> Deferred:
+        stalled, self._stalled = self._stalled, []
+        for request in stalled:
+            if request.channel is not None and request.channel.transport is not None:
+                request.channel.transport.abortConnection()
         port, self._port = self._port, None
         return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
 
     def discovery(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "issuer": self.issuer,
             "authorization_endpoint": self.issuer + "/authorize",
             "token_endpoint": self.issuer + "/token",
             "jwks_uri": self.issuer + "/jwks",
+            "userinfo_endpoint": self.issuer + "/userinfo",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+            "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
             "code_challenge_methods_supported": ["S256"],
         }
+        if self.token_auth_methods is not None:
+            document["token_endpoint_auth_methods_supported"] = self.token_auth_methods
+        document.update(self.discovery_overrides)
+        return {k: v for k, v in document.items() if v is not None}
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": list(self.published.values())}
@@ -180,7 +208,9 @@ class OIDCProvider:
         head.update(header or {})
         head = {k: v for k, v in head.items() if v is not None}
         signing_input = f"{b64json(head)}.{b64json(claims)}"
-        return f"{signing_input}.{b64(sign(key, signing_input.encode('ascii')))}"
+        alg = str(head.get("alg", ALG_FOR[kty]))
+        signed_as = alg if kty == "RSA" and alg[:2] in ("RS", "PS") and alg[2:] in _RSA_HASHES else ALG_FOR[kty]
+        return f"{signing_input}.{b64(sign(key, signing_input.encode('ascii'), signed_as))}"
 
     def id_token(self, now: float, nonce: str | None, kid: str | None = None, **overrides: Any) -> str:
         return self.mint(self.claims(now, nonce, **overrides), kid=kid)
@@ -212,16 +242,30 @@ class OIDCProvider:
         self._codes[code] = args
         return 302, {"Location": f"{redirect_uri}?{urlencode({'code': code, 'state': state})}"}, b""
 
-    def token(self, authorization: str | None, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _client_authentication(self, authorization: str | None, form: dict[str, str]) -> str | None:
+        """The method the client authenticated with (one this provider accepts), or None."""
         expected = f"{self.client_id}:{self.client_secret}"
-        try:
-            scheme, _, encoded = (authorization or "").partition(" ")
-            user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-            given = f"{unquote_plus(user)}:{unquote_plus(password)}"
-        except ValueError:
-            scheme, given = "", ""
-        if scheme.lower() != "basic" or not hmac.compare_digest(given.encode(), expected.encode()):
+        accepted = self.token_auth_methods or ["client_secret_basic"]
+        if authorization is not None:
+            try:
+                scheme, _, encoded = authorization.partition(" ")
+                user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+                given = f"{unquote_plus(user)}:{unquote_plus(password)}"
+            except ValueError:
+                return None
+            ok = scheme.lower() == "basic" and hmac.compare_digest(given.encode(), expected.encode())
+            return "client_secret_basic" if ok and "client_secret_basic" in accepted else None
+        if "client_secret" in form:
+            given = f"{form.get('client_id', '')}:{form['client_secret']}"
+            ok = hmac.compare_digest(given.encode(), expected.encode())
+            return "client_secret_post" if ok and "client_secret_post" in accepted else None
+        return None
+
+    def token(self, authorization: str | None, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        method = self._client_authentication(authorization, form)
+        if method is None:
             return 401, {"error": "invalid_client"}
+        self.token_auth_seen.append(method)
         if form.get("grant_type") != "authorization_code":
             return 400, {"error": "unsupported_grant_type"}
         request = self._codes.pop(form.get("code", ""), None)
@@ -232,10 +276,22 @@ class OIDCProvider:
             or b64(hashlib.sha256(verifier.encode("ascii")).digest()) != request.get("code_challenge")
         ):
             return 400, {"error": "invalid_grant"}
-        id_token = self.id_token(self.clock.seconds(), request.get("nonce"))
-        self.issued.append({"code": form["code"], "id_token": id_token, "code_verifier": verifier})
-        return 200, {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 600,
+        id_token = self.id_token(self.clock.seconds(), request.get("nonce"), **self.id_token_overrides)
+        access_token = secrets.token_urlsafe(16)
+        self.access_tokens.add(access_token)
+        self.issued.append({"code": form["code"], "id_token": id_token, "code_verifier": verifier,
+                            "access_token": access_token})
+        return 200, {"access_token": access_token, "token_type": "Bearer", "expires_in": 600,
                      "id_token": id_token}
+
+    def userinfo_answer(self, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        self.userinfo_seen.append(authorization)
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or token not in self.access_tokens:
+            return 401, {"error": "invalid_token"}
+        if self.userinfo is None:
+            return 404, {"error": "not_found"}
+        return 200, {"sub": self.sub, **self.userinfo}
 
 
 class _QuietSite(Site):
@@ -256,6 +312,13 @@ class _ProviderResource(Resource):
         path = (request.path or b"").decode("ascii", "replace")
         method = (request.method or b"").decode("ascii", "replace")
         self.provider.hits[path] = self.provider.hits.get(path, 0) + 1
+        if path in self.provider.outage:
+            status = self.provider.outage[path]
+            if status is None:
+                self.provider._stalled.append(request)
+                return NOT_DONE_YET  # type: ignore[return-value]
+            request.setResponseCode(status)
+            return b"<html>provider down</html>"
         args = {k.decode(): v[-1].decode() for k, v in (request.args or {}).items()}
         if method == "GET" and path == "/.well-known/openid-configuration":
             return self._json(request, 200, self.provider.discovery())
@@ -270,6 +333,8 @@ class _ProviderResource(Resource):
         if method == "POST" and path == "/token":
             authorization = request.getHeader("authorization")
             return self._json(request, *self.provider.token(authorization, args))
+        if method == "GET" and path == "/userinfo":
+            return self._json(request, *self.provider.userinfo_answer(request.getHeader("authorization")))
         return self._json(request, 404, {"error": "not_found"})
 
     def _json(self, request: Request, code: int, value: Any) -> bytes:

@@ -31,6 +31,7 @@ class Rejection(enum.Enum):
 
     MALFORMED = "malformed"
     BAD_SIGNATURE = "bad-signature"
+    UNSUPPORTED_ALGORITHM = "unsupported-algorithm"
     EXPIRED = "expired"
     LIFETIME_EXCEEDED = "lifetime-exceeded"
     REPLAYED = "replayed"
@@ -52,6 +53,18 @@ class SiteRejection(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.reason}"
+
+
+class ProviderUnavailable(SiteRejection):
+    """The site's provider could not be used (unreachable, timed out, answered 5xx).
+
+    Not the person's fault: the HTTP side answers it with 502 (503 when ``known_down``, the
+    site already knew before this request that its provider is down), never with 400.
+    """
+
+    def __init__(self, reason: str, known_down: bool = False) -> None:
+        super().__init__(Rejection.PROVIDER_UNAVAILABLE, reason)
+        self.known_down = known_down
 
 
 class SiteConfigError(Exception):

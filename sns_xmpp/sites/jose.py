@@ -1,13 +1,16 @@
 """Minimal, strict JWS (RFC 7515) and JWT (RFC 7519) verification on ``cryptography``.
 
 Only what an OpenID Connect relying party needs: the compact serialization,
-public JWKs (RSA, EC P-256, Ed25519) and the algorithms RS256, ES256 and EdDSA.
+public JWKs (RSA, EC P-256, Ed25519) and the algorithms RS256, PS256, PS384, PS512,
+ES256 and EdDSA.
 Everything else is refused: ``none``, every HMAC algorithm (an HMAC "keyed" with
 a provider's public key is the classic forgery), and any algorithm a key's type
 or ``alg`` member does not allow. Header members that say where to find a key
 (``jku``, ``x5u``, ``jwk``) are never followed: keys come only from the caller.
 
-Every failure is a :class:`JOSEError` whose ``reason`` is safe to show a client.
+Every failure is a :class:`JOSEError` whose ``reason`` is safe to show a client, and whose
+``kind`` says what failed: an algorithm off the allowlist is ``unsupported-algorithm``, and
+``bad-signature`` means only that a signature did not verify.
 """
 
 from __future__ import annotations
@@ -27,13 +30,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 MALFORMED = "malformed"
 BAD_SIGNATURE = "bad-signature"
+UNSUPPORTED_ALGORITHM = "unsupported-algorithm"
 UNKNOWN_KEY = "unknown-key"
 
 DEFAULT_MAX_TOKEN_BYTES = 8192
 MIN_RSA_BITS = 2048
 
 # The allowlist: algorithm -> the only key type that may verify it.
-ALGORITHMS: Mapping[str, str] = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
+ALGORITHMS: Mapping[str, str] = {
+    "RS256": "RSA", "PS256": "RSA", "PS384": "RSA", "PS512": "RSA", "ES256": "EC", "EdDSA": "OKP",
+}
+_PSS_HASHES: Mapping[str, type[hashes.HashAlgorithm]] = {
+    "PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512,
+}
+# What a refusal may repeat of a token's alg: a plausible algorithm name, nothing else.
+_ALG_NAME = re.compile(r"[A-Za-z0-9+_-]{1,16}")
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -149,7 +160,8 @@ def _accept_header(encoded_header: str) -> dict[str, Any]:
     if not isinstance(alg, str):
         raise JOSEError(MALFORMED, "header has no alg")
     if alg not in ALGORITHMS:
-        raise JOSEError(BAD_SIGNATURE, "algorithm not allowed")
+        named = alg if _ALG_NAME.fullmatch(alg) else "the token's algorithm"
+        raise JOSEError(UNSUPPORTED_ALGORITHM, f"{named} is not accepted")
     if "crit" in header:
         raise JOSEError(MALFORMED, "critical header extensions are not supported")
     if "kid" in header and not isinstance(header["kid"], str):
@@ -258,7 +270,7 @@ def select_keys(jws: CompactJWS, keys: Sequence[PublicJWK]) -> list[PublicJWK]:
         raise JOSEError(UNKNOWN_KEY, "no key with the token's kid")
     usable = [key for key in named if key.allows(jws.alg)]
     if not usable:
-        raise JOSEError(BAD_SIGNATURE, "the key does not allow the token's algorithm")
+        raise JOSEError(UNSUPPORTED_ALGORITHM, f"the token's key is not for {jws.alg}")
     return usable
 
 
@@ -266,12 +278,19 @@ def verify_signature(jws: CompactJWS, jwk: PublicJWK) -> None:
     """Check *jws*'s signature with *jwk*, or raise JOSEError(BAD_SIGNATURE)."""
     alg, key, signature = jws.alg, jwk.key, jws.signature
     if not jwk.allows(alg):
-        raise JOSEError(BAD_SIGNATURE, "the key does not allow the token's algorithm")
+        raise JOSEError(UNSUPPORTED_ALGORITHM, f"the token's key is not for {alg}")
     try:
         if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
             if len(signature) != (key.key_size + 7) // 8:
                 raise InvalidSignature
             key.verify(signature, jws.signing_input, padding.PKCS1v15(), hashes.SHA256())
+        elif alg in _PSS_HASHES and isinstance(key, rsa.RSAPublicKey):
+            if len(signature) != (key.key_size + 7) // 8:
+                raise InvalidSignature
+            # RFC 7518 §3.5: MGF1 with the same hash, and a salt as long as the hash's output.
+            digest = _PSS_HASHES[alg]()
+            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.DIGEST_LENGTH)
+            key.verify(signature, jws.signing_input, pss, digest)
         elif alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
             if len(signature) != 64:
                 raise InvalidSignature

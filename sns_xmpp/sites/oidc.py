@@ -10,7 +10,10 @@ logins produced verifies without the server keeping per-login state, and tokens
 the provider issued to the same client through some other path do not.
 
 Provider metadata and keys are fetched with treq and cached; an unreachable
-provider is logged and retried with backoff, never fatal.
+provider is logged and retried with backoff, never fatal. The discovery document's
+endpoints must be on the issuer's origin or on one the operator listed in
+``endpoint_origins``. When the ID token names no one, the userinfo endpoint is asked
+for a display name (a failure there costs only the name).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Coroutine, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
@@ -36,6 +40,7 @@ from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import (
     IBearerSite,
     LoginStart,
+    ProviderUnavailable,
     Rejection,
     SiteConfigError,
     SiteContext,
@@ -43,16 +48,19 @@ from sns_xmpp.sites.interface import (
     SocialCredentials,
     VerifiedAccount,
 )
-from sns_xmpp.sites.oidc_settings import OIDCSettings, load_or_create_secret, parse_settings, url_problem
-from sns_xmpp.sites.oidc_tokens import NonceKey, check_claims, display_name, identifier_problem
+from sns_xmpp.sites.oidc_settings import OIDCSettings, load_or_create_secret, origin, parse_settings, url_problem
+from sns_xmpp.sites.oidc_tokens import NonceKey, check_claims, display_name, identifier_problem, replay_key
 
 log = Logger()
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_DOCUMENT_BYTES = 1 << 20
+MAX_REMEMBERED_NAMES = 4096
+ENDPOINTS = ("jwks_uri", "authorization_endpoint", "token_endpoint", "userinfo_endpoint")
 _JOSE_KINDS = {
     jose.MALFORMED: Rejection.MALFORMED,
     jose.BAD_SIGNATURE: Rejection.BAD_SIGNATURE,
+    jose.UNSUPPORTED_ALGORITHM: Rejection.UNSUPPORTED_ALGORITHM,
     jose.UNKNOWN_KEY: Rejection.UNKNOWN_KEY,
 }
 
@@ -70,21 +78,36 @@ class ProviderMetadata:
     jwks_uri: str
     authorization_endpoint: str | None
     token_endpoint: str | None
+    userinfo_endpoint: str | None = None
+    token_auth_methods: tuple[str, ...] | None = None  # token_endpoint_auth_methods_supported, if given
 
 
-def parse_metadata(document: Mapping[str, Any], issuer: str) -> ProviderMetadata:
+def parse_metadata(document: Mapping[str, Any], issuer: str, site_id: str = "<id>",
+                   endpoint_origins: Sequence[str] = ()) -> ProviderMetadata:
+    """Check a discovery document (OIDC Discovery 3 and 4.3): its issuer, and endpoints that are
+    URLs on the issuer's origin or on one of *endpoint_origins*."""
     if document.get("issuer") != issuer:
         raise ProviderError("discovery document names another issuer")
+    allowed = {origin(issuer), *endpoint_origins}
     endpoints: dict[str, str | None] = {}
-    for name in ("jwks_uri", "authorization_endpoint", "token_endpoint"):
+    for name in ENDPOINTS:
         value = document.get(name)
-        if value is not None and url_problem(value):
-            raise ProviderError(f"discovery document: {name} {url_problem(value)}")
+        if value is not None:
+            problem = url_problem(value)
+            if problem:
+                raise ProviderError(f"discovery document: {name} {problem}")
+            if origin(value) not in allowed:
+                raise ProviderError(f"discovery document: {name} is on {origin(value)}, not the issuer's origin "
+                                    f"(list it in sites.{site_id}.endpoint_origins if that is intended)")
         endpoints[name] = value
     jwks_uri = endpoints["jwks_uri"]
     if jwks_uri is None:
         raise ProviderError("discovery document has no jwks_uri")
-    return ProviderMetadata(issuer, jwks_uri, endpoints["authorization_endpoint"], endpoints["token_endpoint"])
+    methods = document.get("token_endpoint_auth_methods_supported")
+    token_auth_methods = (tuple(methods) if isinstance(methods, list) and all(isinstance(m, str) for m in methods)
+                          else None)
+    return ProviderMetadata(issuer, jwks_uri, endpoints["authorization_endpoint"], endpoints["token_endpoint"],
+                            endpoints["userinfo_endpoint"], token_auth_methods)
 
 
 def describe_failure(failure: Failure) -> str:
@@ -157,6 +180,7 @@ class OIDCSite:
         self._backoff = settings.retry_initial
         self._last_key_refetch: float | None = None
         self._ready: list[Deferred[None]] = []
+        self._names: OrderedDict[str, str] = OrderedDict()  # sub -> display name from userinfo
         self._load = _SingleFlight(self._load_provider)
         self._refetch = _SingleFlight(self._refetch_keys)
 
@@ -210,7 +234,7 @@ class OIDCSite:
         self._cancel_timer()
         try:
             metadata = parse_metadata(await self._get_json(self.openid_configuration, "discovery document"),
-                                      self.settings.issuer)
+                                      self.settings.issuer, self.site_id, self.settings.endpoint_origins)
             keys = await self._get_keys(metadata.jwks_uri)
         except Exception:
             reason = describe_failure(Failure())
@@ -271,8 +295,8 @@ class OIDCSite:
         request.addTimeout(self.settings.request_timeout, self._reactor, onTimeoutCancel=timed_out)
         return await request
 
-    async def _get_json(self, url: str, what: str) -> dict[str, Any]:
-        code, body = await self._fetch("GET", url, {"Accept": "application/json"})
+    async def _get_json(self, url: str, what: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        code, body = await self._fetch("GET", url, {"Accept": "application/json", **(headers or {})})
         if code != 200:
             raise ProviderError(f"{what}: HTTP {code}")
         try:
@@ -301,7 +325,7 @@ class OIDCSite:
             except ProviderError:
                 pass
         if self._keys is None:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "the provider's keys are not available")
+            raise ProviderUnavailable("the provider's keys are not available", known_down=True)
         return self._keys
 
     async def _current_metadata(self) -> ProviderMetadata:
@@ -309,9 +333,9 @@ class OIDCSite:
             try:
                 await self._load()
             except ProviderError as e:
-                raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"provider unreachable: {e}") from None
+                raise ProviderUnavailable(f"provider unreachable: {e}", known_down=True) from None
         if self._metadata is None:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider metadata not available")
+            raise ProviderUnavailable("provider metadata not available", known_down=True)
         return self._metadata
 
     async def _refetch_once(self) -> bool:
@@ -325,7 +349,7 @@ class OIDCSite:
         try:
             await self._refetch()
         except ProviderError as e:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"provider unreachable: {e}") from None
+            raise ProviderUnavailable(f"provider unreachable: {e}") from None
         return True
 
     async def _verify_token(self, token: str, now: float) -> tuple[VerifiedAccount, dict[str, Any]]:
@@ -345,8 +369,8 @@ class OIDCSite:
         sub, exp = check_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id, now=now,
                                 leeway=self.settings.leeway, nonce_ok=self._nonces.check)
         account = VerifiedAccount(
-            site=self.site_id, account=sub, expires=exp,
-            token_digest=hashlib.sha256(token.encode("ascii")).digest(), display_name=display_name(claims),
+            site=self.site_id, account=sub, expires=exp, token_digest=replay_key(claims),
+            display_name=display_name(claims) or self._names.get(sub),
         )
         return account, claims
 
@@ -387,7 +411,7 @@ class OIDCSite:
         metadata = await self._current_metadata()
         endpoint = metadata.authorization_endpoint
         if endpoint is None:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider has no authorization endpoint")
+            raise ProviderUnavailable("provider has no authorization endpoint", known_down=True)
         verifier = secrets.token_urlsafe(48)
         nonce = self.issue_nonce()
         query = urlencode({
@@ -424,47 +448,91 @@ class OIDCSite:
             raise SiteRejection(refuse, "no authorization code")
         if not nonce or not verifier or not redirect_uri:
             raise SiteRejection(refuse, "login state incomplete")
-        id_token = await self._redeem_code(code, verifier, redirect_uri)
+        id_token, access_token = await self._redeem_code(code, verifier, redirect_uri)
         account, claims = await self._verify_token(id_token, now)
         if not hmac.compare_digest(str(claims["nonce"]).encode("utf-8"), nonce.encode("utf-8")):
             raise SiteRejection(refuse, "token nonce is not this login's")
+        if display_name(claims) is None and access_token is not None:
+            await self._learn_name(account.account, access_token)
         log.info("oidc.login_finished site={site}", site=self.site_id)
         return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
                                  expires=account.expires)
 
-    async def _redeem_code(self, code: str, verifier: str, redirect_uri: str) -> str:
+    def _token_auth_method(self, metadata: ProviderMetadata) -> str:
+        """The configured method, or (``auto``) client_secret_basic, the default of OpenID Connect Discovery
+        when the provider lists none, unless the provider lists client_secret_post and not basic."""
+        chosen = self.settings.token_endpoint_auth_method
+        if chosen != "auto":
+            return chosen
+        supported = metadata.token_auth_methods
+        if supported is not None and "client_secret_basic" not in supported and "client_secret_post" in supported:
+            return "client_secret_post"
+        return "client_secret_basic"
+
+    async def _redeem_code(self, code: str, verifier: str, redirect_uri: str) -> tuple[str, str | None]:
+        """Exchange the code at the token endpoint: the ID token, and the access token if any."""
         metadata = await self._current_metadata()
         if metadata.token_endpoint is None:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, "provider has no token endpoint")
-        credentials = f"{quote_plus(self.settings.client_id)}:{quote_plus(self.settings.client_secret)}"
-        headers = {
-            "Authorization": "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii"),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-        }
-        body = urlencode({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                          "code_verifier": verifier}).encode("ascii")
+            raise ProviderUnavailable("provider has no token endpoint", known_down=True)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": verifier}
+        if self._token_auth_method(metadata) == "client_secret_post":
+            form.update(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
+        else:
+            # RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined and base64-encoded.
+            credentials = f"{quote_plus(self.settings.client_id)}:{quote_plus(self.settings.client_secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+        body = urlencode(form).encode("ascii")
         try:
             status, content = await self._fetch("POST", metadata.token_endpoint, headers, body)
         except Exception:
             reason = describe_failure(Failure())
             log.warn("oidc.token_endpoint_failed site={site} reason={reason}", site=self.site_id, reason=reason)
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"token endpoint: {reason}") from None
+            raise ProviderUnavailable(f"token endpoint: {reason}") from None
         try:
             document = jose.parse_json_object(content, "token response")
         except jose.JOSEError:
             document = {}
         if status >= 500:
-            raise SiteRejection(Rejection.PROVIDER_UNAVAILABLE, f"token endpoint: HTTP {status}")
+            log.warn("oidc.token_endpoint_failed site={site} reason={reason}", site=self.site_id,
+                     reason=f"HTTP {status}")
+            raise ProviderUnavailable(f"token endpoint: HTTP {status}")
         if status != 200:
             error = _safe_code(document.get("error"))
             log.warn("oidc.code_refused site={site} status={status} error={error}",
                      site=self.site_id, status=status, error=error)
             raise SiteRejection(Rejection.MALFORMED, f"the provider refused the code: {error}")
-        id_token = document.get("id_token")
+        id_token, access_token = document.get("id_token"), document.get("access_token")
         if not isinstance(id_token, str):
             raise SiteRejection(Rejection.MALFORMED, "token response has no id_token")
-        return id_token
+        return id_token, access_token if isinstance(access_token, str) and access_token else None
+
+    async def _learn_name(self, sub: str, access_token: str) -> None:
+        """Ask the userinfo endpoint for the display name the ID token lacks, and remember it for *sub*.
+
+        A userinfo for another subject refuses the login (OIDC Core 5.3.2: its values must not be
+        used, and a provider that mixes up people is not to be trusted with this one). Any other
+        failure is logged and the login goes on without a name.
+        """
+        endpoint = self._metadata.userinfo_endpoint if self._metadata is not None else None
+        if endpoint is None:
+            return
+        try:
+            claims = await self._get_json(endpoint, "userinfo", {"Authorization": f"Bearer {access_token}"})
+        except Exception:
+            reason = describe_failure(Failure())
+            log.warn("oidc.userinfo_failed site={site} reason={reason}", site=self.site_id, reason=reason)
+            return
+        if claims.get("sub") != sub:
+            log.warn("oidc.userinfo_other_subject site={site}", site=self.site_id)
+            raise SiteRejection(Rejection.MALFORMED, "the userinfo is for another account")
+        name = display_name(claims)
+        if name is not None:
+            self._names[sub] = name
+            self._names.move_to_end(sub)
+            while len(self._names) > MAX_REMEMBERED_NAMES:
+                self._names.popitem(last=False)
 
 
 def _safe_code(value: object) -> str:

@@ -31,6 +31,10 @@ class OIDCSettings:
     retry_initial: float = 1
     retry_max: float = 60
     key_refetch_interval: float = 30
+    # "auto": client_secret_basic unless discovery lists only client_secret_post (OIDC Discovery 3)
+    token_endpoint_auth_method: str = "auto"  # noqa: S105 (a method name, not a secret)
+    # origins ("https://host[:port]") besides the issuer's where the provider's endpoints may live
+    endpoint_origins: tuple[str, ...] = ()
 
 
 # key -> (minimum, maximum) for the numeric settings
@@ -44,7 +48,9 @@ _NUMBERS: Mapping[str, tuple[float, float]] = {
 }
 _KNOWN_KEYS = frozenset(_NUMBERS) | {
     "issuer", "client_id", "client_secret", "client_secret_file", "scopes", "max_token_bytes", "single_use",
+    "token_endpoint_auth_method", "endpoint_origins",
 }
+TOKEN_ENDPOINT_AUTH_METHODS = ("auto", "client_secret_basic", "client_secret_post")
 
 
 def _is_loopback(host: str) -> bool:
@@ -72,6 +78,32 @@ def url_problem(url: object) -> str | None:
     if parts.username is not None or parts.password is not None or parts.fragment:
         return "must not hold credentials or a fragment"
     return None
+
+
+def origin(url: str) -> str:
+    """The origin (RFC 6454) of a URL *url_problem* accepts: ``scheme://host[:port]``, default port left out."""
+    parts = urlsplit(url)
+    scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == {"https": 443, "http": 80}.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _endpoint_origins(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    value = settings.get("endpoint_origins", [])
+    if not isinstance(value, list | tuple):
+        raise SiteConfigError("endpoint_origins", "must be a list of origins such as \"https://www.googleapis.com\"")
+    origins = []
+    for entry in value:
+        problem = url_problem(entry)
+        if problem:
+            raise SiteConfigError("endpoint_origins", f"{entry!r} {problem}")
+        if urlsplit(entry).path not in ("", "/") or urlsplit(entry).query:
+            raise SiteConfigError("endpoint_origins", f"{entry!r} must be an origin, with no path")
+        origins.append(origin(entry))
+    return tuple(origins)
 
 
 def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
@@ -112,8 +144,12 @@ def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
         raise SiteConfigError("scopes", "must be a list of scope names")
     if "openid" not in scopes:
         raise SiteConfigError("scopes", "must include 'openid'")
+    auth_method = settings.get("token_endpoint_auth_method", "auto")
+    if auth_method not in TOKEN_ENDPOINT_AUTH_METHODS:
+        raise SiteConfigError("token_endpoint_auth_method", "must be one of " + ", ".join(TOKEN_ENDPOINT_AUTH_METHODS))
     return OIDCSettings(
         issuer=str(issuer), client_id=client_id, client_secret=_client_secret(settings),
+        token_endpoint_auth_method=auth_method, endpoint_origins=_endpoint_origins(settings),
         scopes=tuple(scopes), max_token_bytes=max_token_bytes, single_use=single_use,
         leeway=numbers["leeway"], refresh_interval=numbers["refresh_interval"],
         request_timeout=numbers["request_timeout"], retry_initial=numbers["retry_initial"],

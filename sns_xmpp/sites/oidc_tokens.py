@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -110,3 +111,19 @@ def check_claims(
     if problem or not isinstance(sub, str):
         raise refuse(f"token subject: {problem}")
     return sub, exp
+
+
+def replay_key(claims: Mapping[str, Any]) -> bytes:
+    """What a single-use record of a verified ID token is keyed on: its claims, never its bytes.
+
+    A signature is not unique (an ECDSA ``(r, s)`` has the twin ``(r, n - s)``; PSS and ECDSA signers
+    may sign the same claims twice), so a hash of the token would let one token be used again under
+    another spelling. ``jti`` names a token when the provider sets one; otherwise the issuer, subject,
+    issue time and this server's per-login nonce do.
+    """
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        fields: list[Any] = ["jti", claims.get("iss"), jti]
+    else:
+        fields = ["claims", claims.get("iss"), claims.get("sub"), claims.get("iat"), claims.get("nonce")]
+    return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode("utf-8")).digest()

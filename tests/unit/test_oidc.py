@@ -25,9 +25,16 @@ from zope.interface import provider as provides
 from zope.interface.verify import verifyObject
 
 from sns_xmpp.sites import jose
-from sns_xmpp.sites.interface import IBearerSite, Rejection, SiteConfigError, SiteContext, SiteRejection
-from sns_xmpp.sites.oidc import OIDCSite, make_oidc_site
-from sns_xmpp.sites.oidc_tokens import NonceKey
+from sns_xmpp.sites.interface import (
+    IBearerSite,
+    ProviderUnavailable,
+    Rejection,
+    SiteConfigError,
+    SiteContext,
+    SiteRejection,
+)
+from sns_xmpp.sites.oidc import OIDCSite, ProviderError, make_oidc_site, parse_metadata
+from sns_xmpp.sites.oidc_tokens import NonceKey, replay_key
 from tests.oidc_provider import OIDCProvider, b64, b64json, public_jwk
 
 CALLBACK = "http://127.0.0.1:5280/login/idp/callback"
@@ -153,7 +160,8 @@ async def test_authorization_code_flow(provider: OIDCProvider, sites: Callable, 
     # The client lowercases the localpart; the ID token still logs in, as the exact sub.
     account = await site.verify("user-42", credentials.password, now)
     assert (account.site, account.account, account.display_name) == ("idp", "User-42", "Test User")
-    assert account.token_digest == hashlib.sha256(credentials.password.encode()).digest()
+    assert account.token_digest == replay_key(jose.verify_compact(credentials.password, jose.load_jwks(
+        provider.jwks())[0]))
     assert account.expires == credentials.expires
 
     # A code works once; the state must match; the provider's refusal is a rejection.
@@ -195,7 +203,7 @@ async def test_verify_accepts_good_tokens_and_refuses_forgeries(provider: OIDCPr
     """RS256, ES256 and EdDSA tokens log in; forged, misdirected, stale and unsolicited tokens do not."""
     okp_kid = provider.add_key("OKP")
     enc_kid = provider.add_key("EC", use="enc")  # published, but not for signatures
-    ps_kid = provider.add_key("RSA", key=provider.private_keys[provider.rsa_kid], alg="PS256")  # alg off the list
+    ps_kid = provider.add_key("RSA", key=provider.private_keys[provider.rsa_kid], alg="PS256")
     site = sites(provider)
     await ready(site)
     now = _reactor().seconds()
@@ -225,11 +233,11 @@ async def test_verify_accepts_good_tokens_and_refuses_forgeries(provider: OIDCPr
     header, payload, signature = good.split(".")
     claims = provider.claims(now, nonce)
     cases = [
-        ("alg none", "user-42", provider.forge_none(claims), Rejection.BAD_SIGNATURE),
+        ("alg none", "user-42", provider.forge_none(claims), Rejection.UNSUPPORTED_ALGORITHM),
         ("HS256 keyed with the RSA public key", "user-42", provider.forge_hs256_with_public_key(claims),
-         Rejection.BAD_SIGNATURE),
+         Rejection.UNSUPPORTED_ALGORITHM),
         ("RS256 header naming the EC key", "user-42",
-         provider.mint(claims, kid=provider.ec_kid, header={"alg": "RS256"}), Rejection.BAD_SIGNATURE),
+         provider.mint(claims, kid=provider.ec_kid, header={"alg": "RS256"}), Rejection.UNSUPPORTED_ALGORITHM),
         ("tampered payload", "user-42", f"{header}.{b64json({**claims, 'sub': 'Admin'})}.{signature}",
          Rejection.BAD_SIGNATURE),
         ("signature of another token", "user-42", f"{header}.{payload}.{token(name='x').split('.')[2]}",
@@ -249,7 +257,7 @@ async def test_verify_accepts_good_tokens_and_refuses_forgeries(provider: OIDCPr
         ("padded base64", "user-42", f"{header}.{payload}=.{signature}", Rejection.MALFORMED),
         ("not a JWS", "user-42", "not-a-token", Rejection.MALFORMED),
         ("key with use=enc", "user-42", token(kid=enc_kid), Rejection.UNKNOWN_KEY),
-        ("key whose alg is not the header's", "user-42", token(kid=ps_kid), Rejection.UNKNOWN_KEY),
+        ("key whose alg is not the header's", "user-42", token(kid=ps_kid), Rejection.UNSUPPORTED_ALGORITHM),
     ]
     wrong = []
     for name, identifier, bad, kind in cases:
@@ -366,6 +374,10 @@ BASE_SETTINGS = {"issuer": "https://id.example.com", "client_id": "xmpp", "clien
         ({"client_secrets": "typo"}, "client_secrets"),
         ({"client_secret_file": "no-such-file"}, "client_secret_file"),
         ({"client_secret": None, "client_secret_file": "no-such-file"}, "client_secret_file"),
+        ({"token_endpoint_auth_method": "private_key_jwt"}, "token_endpoint_auth_method"),
+        ({"endpoint_origins": "https://www.googleapis.com"}, "endpoint_origins"),
+        ({"endpoint_origins": ["https://www.googleapis.com/oauth2"]}, "endpoint_origins"),
+        ({"endpoint_origins": ["http://www.googleapis.com"]}, "endpoint_origins"),
     ],
 )
 def test_config_errors_name_the_key(changes: dict, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,10 +406,12 @@ def test_settings_accept_files_loopback_http_and_defaults(tmp_path: Path, monkey
 def _signed_tokens() -> tuple[list[str], list[jose.PublicJWK]]:
     provider = OIDCProvider()
     okp = provider.add_key("OKP")
+    pss = provider.add_key("RSA", key=provider.private_keys[provider.rsa_kid], alg="PS256")
     claims = provider.claims(1_700_000_000, "n.n")
     tokens = [provider.mint(claims, kid=kid) for kid in (provider.rsa_kid, provider.ec_kid, okp)]
+    tokens.append(provider.mint(claims, kid=pss, header={"alg": "PS256"}))
     keys, skipped = jose.load_jwks(provider.jwks())
-    assert len(keys) == 3 and skipped == []
+    assert len(keys) == 4 and skipped == []
     return tokens, keys
 
 
@@ -494,3 +508,185 @@ def test_control_or_surrogate_is_unicodes_cc_and_cs() -> None:
     for code in range(0x110000):
         char = chr(code)
         assert bool(CONTROL_OR_SURROGATE.match(char)) == (unicodedata.category(char) in ("Cc", "Cs")), hex(code)
+
+
+async def browser_login(site: OIDCSite, state: str = "state-1") -> Any:
+    """Run the whole code flow against the test provider; return finish_login's Deferred's result."""
+    start = await site.start_login(CALLBACK, state)
+    params = await follow_authorization(start.url)
+    return await site.finish_login(params, start.pending, _reactor().seconds())
+
+
+@pytest_twisted.ensureDeferred
+async def test_pss_tokens_log_in_and_refusals_name_what_failed(provider: OIDCProvider, sites: Callable) -> None:
+    """PS256/PS384/PS512 (RSASSA-PSS, RFC 7518 §3.5) verify; an algorithm off the list is refused as
+    unsupported-algorithm, naming it, and bad-signature is kept for signatures that do not verify.
+    none and HS256-keyed-with-the-public-key stay refused."""
+    rsa_key = provider.private_keys[provider.rsa_kid]
+    pss = {alg: provider.add_key("RSA", kid=f"pss-{alg}", key=rsa_key, alg=alg) for alg in ("PS256", "PS384", "PS512")}
+    site = sites(provider)
+    await ready(site)
+    now = _reactor().seconds()
+    claims = provider.claims(now, site.issue_nonce())
+    for alg, kid in pss.items():
+        account = await site.verify("user-42", provider.mint(claims, kid=kid, header={"alg": alg}), now)
+        assert account.account == "User-42", alg
+
+    ps256 = provider.mint(claims, kid=pss["PS256"], header={"alg": "PS256"})
+    header, payload, _ = ps256.split(".")
+    other_signature = provider.mint({**claims, "name": "x"}, kid=pss["PS256"], header={"alg": "PS256"}).split(".")[2]
+    cases = [
+        ("ES512", provider.mint(claims, kid=provider.ec_kid, header={"alg": "ES512"}),
+         "unsupported-algorithm: ES512 is not accepted"),
+        ("none", provider.forge_none(claims), "unsupported-algorithm: none is not accepted"),
+        ("HS256 with the public key", provider.forge_hs256_with_public_key(claims),
+         "unsupported-algorithm: HS256 is not accepted"),
+        ("a name that is no algorithm", provider.mint(claims, header={"alg": "<script>" * 3}),
+         "unsupported-algorithm: the token's algorithm is not accepted"),
+        ("RS256 under a PS256 key", provider.mint(claims, kid=pss["PS256"], header={"alg": "RS256"}),
+         "unsupported-algorithm: the token's key is not for RS256"),
+        ("PS256 signature of other claims", f"{header}.{payload}.{other_signature}",
+         "bad-signature: signature does not verify"),
+    ]
+    refused = {name: str(await rejection(site.verify("user-42", token, now))) for name, token, _ in cases}
+    assert refused == {name: expected for name, _, expected in cases}
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_key_is_the_claims_not_the_signature(provider: OIDCProvider, sites: Callable) -> None:
+    """The single-use record of an ID token is keyed on what it says (jti, else iss+sub+iat+nonce),
+    so a second signature over the same claims (ECDSA's s -> n-s) is the same token."""
+    site = sites(provider, single_use=True)
+    await ready(site)
+    now = _reactor().seconds()
+    nonce = site.issue_nonce()
+    token = provider.id_token(now, nonce, kid=provider.ec_kid)
+    mirrored = mirror_ecdsa_signature(token)
+    assert mirrored != token
+    first, second = await site.verify("user-42", token, now), await site.verify("user-42", mirrored, now)
+    assert first.token_digest == second.token_digest
+    # The same claims under another key are the same token too; other claims are another.
+    assert (await site.verify("user-42", provider.id_token(now, nonce), now)).token_digest == first.token_digest
+    later = await site.verify("user-42", provider.id_token(now + 1, nonce), now)
+    assert later.token_digest != first.token_digest
+    # With a jti, the jti (and issuer) is the key, whatever else the claims say.
+    with_jti = [await site.verify("user-42", provider.id_token(now + n, site.issue_nonce(), jti="j-1"), now)
+                for n in (0, 1)]
+    assert with_jti[0].token_digest == with_jti[1].token_digest != first.token_digest
+
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def mirror_ecdsa_signature(token: str) -> str:
+    """The other valid ES256 signature of the same token: (r, s) -> (r, n - s)."""
+    header, payload, signature = token.split(".")
+    raw = jose.b64url_decode(signature)
+    s = int.from_bytes(raw[32:], "big")
+    return f"{header}.{payload}.{b64(raw[:32] + (P256_ORDER - s).to_bytes(32, 'big'))}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_provider_outage_at_the_token_endpoint_is_provider_unavailable(
+        provider: OIDCProvider, sites: Callable) -> None:
+    """A token endpoint that answers 5xx or never answers fails the login as ProviderUnavailable (the
+    HTTP side's 502), not as the person's mistake."""
+    site = sites(provider, request_timeout=0.2)
+    await ready(site)
+    for outage in (503, 500, None):
+        provider.outage["/token"] = outage
+        try:
+            await browser_login(site)
+        except ProviderUnavailable as e:
+            assert e.kind is Rejection.PROVIDER_UNAVAILABLE and not e.known_down
+            assert e.reason.startswith("token endpoint: "), e.reason
+        else:
+            raise AssertionError(f"accepted during outage {outage}")
+    # A new key while the JWKS is down: the provider, not the token, is at fault.
+    del provider.outage["/token"]
+    provider.outage["/jwks"] = 502
+    new_kid = provider.add_key("EC")
+    now = _reactor().seconds()
+    refused = await rejection(site.verify("user-42", provider.id_token(now, site.issue_nonce(), kid=new_kid), now))
+    assert isinstance(refused, ProviderUnavailable), refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_userinfo_supplies_the_name_the_id_token_lacks(provider: OIDCProvider, sites: Callable,
+                                                            log_events: list[dict]) -> None:
+    """When the ID token has no name, the userinfo endpoint is asked (with the access token) and its name
+    is the account's display name; a userinfo for another sub refuses the login (OIDC Core 5.3.2); a
+    failing userinfo endpoint only costs the name."""
+    provider.id_token_overrides = {"name": None}
+    provider.userinfo = {"name": "Ada Lovelace", "email": "ada@example.org"}
+    site = sites(provider)
+    await ready(site)
+    now = _reactor().seconds()
+    credentials = await browser_login(site)
+    assert provider.userinfo_seen == [f"Bearer {provider.issued[-1]['access_token']}"]
+    assert (await site.verify("user-42", credentials.password, now)).display_name == "Ada Lovelace"
+
+    provider.userinfo = {"sub": "Someone-Else", "name": "Mallory"}
+    refused = await rejection(browser_login(site, "state-2"))
+    assert str(refused) == "malformed: the userinfo is for another account"
+
+    fresh = sites(provider, request_timeout=0.2)  # one that has not learnt the name yet
+    await ready(fresh)
+    for outage in (500, None):
+        provider.outage["/userinfo"] = outage
+        credentials = await browser_login(fresh, "state-3")
+        assert (await fresh.verify("user-42", credentials.password, now)).display_name is None
+    assert [e["reason"] for e in log_events if e.get("log_format", "").startswith("oidc.userinfo_failed")] == [
+        "userinfo: HTTP 500", "request timed out after 0.2s"]
+
+    # An ID token that names the person is enough: userinfo is not asked.
+    del provider.outage["/userinfo"]
+    provider.id_token_overrides = {}
+    asked = len(provider.userinfo_seen)
+    await browser_login(site, "state-4")
+    assert len(provider.userinfo_seen) == asked
+    assert_not_logged(log_events, [entry["access_token"] for entry in provider.issued])
+
+
+@pytest.mark.parametrize(
+    ("advertised", "setting", "used"),
+    [
+        (None, None, "client_secret_basic"),
+        (["client_secret_basic", "client_secret_post"], None, "client_secret_basic"),
+        (["client_secret_post"], None, "client_secret_post"),
+        (["client_secret_basic", "client_secret_post"], "client_secret_post", "client_secret_post"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_token_endpoint_authentication_follows_discovery(provider: OIDCProvider, sites: Callable,
+                                                               advertised: list[str] | None, setting: str | None,
+                                                               used: str) -> None:
+    """The client authenticates as the provider advertises (token_endpoint_auth_methods_supported):
+    client_secret_basic when listed or not advertised, else client_secret_post; or as configured."""
+    provider.token_auth_methods = advertised
+    provider.client_secret = "s3cret: with spaces+plus%"  # RFC 6749 §2.3.1: form-encoded before base64
+    site = sites(provider, **({"token_endpoint_auth_method": setting} if setting else {}))
+    await ready(site)
+    credentials = await browser_login(site)
+    assert credentials.username == "User-42@idp"
+    assert provider.token_auth_seen == [used]
+
+
+@pytest_twisted.ensureDeferred
+async def test_endpoints_on_another_origin_need_the_operators_word(provider: OIDCProvider, sites: Callable,
+                                                                   log_events: list[dict]) -> None:
+    """A discovery document whose endpoints are off the issuer's origin is refused, naming
+    endpoint_origins; listing that origin there (as Google's layout needs) accepts it."""
+    foreign = f"http://localhost:{provider.port_number}"
+    provider.discovery_overrides = {"jwks_uri": f"{foreign}/jwks"}
+    site = await started_unreachable(sites, provider, retry_initial=30)
+    assert site.status() == (f"provider unreachable: discovery document: jwks_uri is on {foreign}, not the "
+                             f"issuer's origin (list it in sites.idp.endpoint_origins if that is intended)")
+    for endpoint in ("token_endpoint", "userinfo_endpoint", "authorization_endpoint"):
+        provider.discovery_overrides = {endpoint: f"{foreign}/{endpoint}"}
+        with pytest.raises(ProviderError, match=f"^discovery document: {endpoint} is on "):
+            parse_metadata(provider.discovery(), provider.issuer, site_id="idp", endpoint_origins=())
+    provider.discovery_overrides = {"jwks_uri": f"{foreign}/jwks"}
+    allowed = sites(provider, endpoint_origins=[foreign + "/"])
+    await ready(allowed)
+    assert allowed.status() == "ok"
