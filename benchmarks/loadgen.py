@@ -34,6 +34,7 @@ import json
 import math
 import resource
 import secrets
+import socket
 import ssl
 import sys
 import time
@@ -296,6 +297,11 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # As real clients do (and asyncio already does for TCP): a small request is not held
+        # back by Nagle's algorithm, so a login's latency is the daemon's, not our stack's.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,7 +60,7 @@ ACCOUNT_PREFIX = "bench"
 PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account has it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-PHASES = ("login", "msgs", "idle")
+PHASES = ("login", "serial", "msgs", "idle")
 TRANSPORTS = ("tls", "tcp")
 # The login phase's scenarios, in the order they run (see login_scenarios).
 LOGIN_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp", "plain+tls", "plain+tcp",
@@ -111,16 +111,22 @@ class Settings:
     window: int
     transports: tuple[str, ...]
     scenarios: tuple[str, ...]
+    serial_logins: int
     keep: bool
     quick: bool
 
 
 DEFAULTS: dict[str, Any] = {"logins": 1000, "concurrency": 50, "duration": 20.0, "open_duration": 10.0,
-                            "idle": (2000, 10000), "idle_duration": 5.0}
+                            "idle": (2000, 10000), "idle_duration": 5.0, "serial_logins": 200}
 QUICK: dict[str, Any] = {"logins": 100, "concurrency": 10, "duration": 2.0, "open_duration": 2.0,
-                         "idle": (100, 500), "idle_duration": 1.0}
+                         "idle": (100, 500), "idle_duration": 1.0, "serial_logins": 50}
 # The issue's target for the open loop at half the closed loop's rate (see run_msgs).
 OPEN_LOOP_P99_TARGET_MS = 50.0
+# The serial phase: one login at a time, each on a fresh connection, STARTTLS and (for
+# comparison) plain TCP. The p50 target is issue 13's: a lone TLS login was about 40 ms, all of
+# it Nagle's algorithm waiting for delayed ACKs.
+SERIAL_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp")
+SERIAL_P50_TARGET_MS = 5.0
 
 
 def _names(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -174,7 +180,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
                     "idle connection. JSON on stdout, a table on stderr.")
     parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run: " + _sizes(QUICK))
     parser.add_argument("--phases", type=_names(PHASES), default=PHASES, metavar="LIST",
-                        help="which phases to run, comma-separated (default: login,msgs,idle)")
+                        help="which phases to run, comma-separated (default: login,serial,msgs,idle)")
     parser.add_argument("--logins", type=_positive(int), metavar="N",
                         help=f"logins per login scenario (default {DEFAULTS['logins']})")
     parser.add_argument("--concurrency", type=_positive(int), metavar="C",
@@ -204,6 +210,9 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--scenarios", type=_names(LOGIN_SCENARIOS), default=LOGIN_SCENARIOS, metavar="LIST",
                         help="which login scenarios to run, comma-separated (default: all of "
                              + ", ".join(LOGIN_SCENARIOS) + ")")
+    parser.add_argument("--serial-logins", type=_positive(int), metavar="N",
+                        help="logins one at a time, each on a fresh connection, per serial scenario "
+                             f"(default {DEFAULTS['serial_logins']})")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
     args = parser.parse_args(argv)
     if args.idle_pairs < 0:
@@ -218,7 +227,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
                     duration=pick("duration"), open_fraction=args.open_fraction, open_duration=pick("open_duration"),
                     idle=pick("idle"), idle_pairs=args.idle_pairs, idle_duration=pick("idle_duration"),
                     pairs=args.pairs, window=args.window, transports=args.transports, scenarios=args.scenarios,
-                    keep=args.keep, quick=args.quick)
+                    serial_logins=pick("serial_logins"), keep=args.keep, quick=args.quick)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -821,6 +830,17 @@ def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> di
     }
 
 
+def run_serial(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> dict[str, Any]:
+    """`serial_logins` logins of *scenario* one after another, each on a fresh connection: the
+    latency of a lone login, which waits on nothing but the daemon and the network stack."""
+    row = run_login(daemon, replace(settings, logins=settings.serial_logins, concurrency=1), scenario)
+    if scenario.tls:
+        p50 = row["latency_ms"]["p50"]
+        row["p50_target_ms"] = SERIAL_P50_TARGET_MS
+        row["p50_target_met"] = p50 is not None and p50 < SERIAL_P50_TARGET_MS
+    return row
+
+
 def traffic_figures(result: Measurement) -> dict[str, Any]:
     """One stage of chat traffic: deliveries, their rate and latency, and the daemon's CPU per message."""
     figures, usage = result.figures, result.usage
@@ -997,6 +1017,14 @@ def _login_lines(rows: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _serial_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = _login_lines(rows)
+    lines[1] = "one at a time" + lines[1][len("one at a time"):]
+    lines += [f"{name}: target p50 < {row['p50_target_ms']:g} ms {'met' if row['p50_target_met'] else 'NOT met'}"
+              for name, row in rows.items() if "p50_target_ms" in row]
+    return lines
+
+
 def _msgs_lines(rows: Mapping[str, Any]) -> list[str]:
     lines = ["", f"{'msgs':<22} {_TRAFFIC_HEADS}"]
     notes = []
@@ -1053,6 +1081,8 @@ def table(report: Mapping[str, Any]) -> str:
              f"revision {meta['revision']}, open files limit {meta['open_files_limit']}"]
     if phases.get("login"):
         lines += _login_lines(phases["login"])
+    if phases.get("serial"):
+        lines += _serial_lines(phases["serial"])
     if phases.get("msgs"):
         lines += _msgs_lines(phases["msgs"])
     if phases.get("idle"):
@@ -1154,6 +1184,14 @@ class Bench:
                 results[scenario.name] = run_login(daemon, settings, scenario)
         return results
 
+    def serial(self) -> dict[str, Any]:
+        settings = self.settings
+        results: dict[str, Any] = self.report["phases"].setdefault("serial", {})
+        with self.daemon("serial", min(settings.serial_logins, SOCIAL_USERS)) as daemon:
+            for scenario in login_scenarios(SERIAL_SCENARIOS, daemon.accounts, settings.serial_logins, None):
+                results[scenario.name] = run_serial(daemon, settings, scenario)
+        return results
+
     def msgs(self) -> dict[str, Any]:
         results: dict[str, Any] = self.report["phases"].setdefault("msgs", {})
         with self.daemon("msgs", 2 * self.settings.pairs) as daemon:
@@ -1199,7 +1237,8 @@ class Bench:
         if self.report["meta"]["open_files_limit"] < needed:
             raise BenchError(f"the open files limit is {self.report['meta']['open_files_limit']}; "
                              f"this run needs about {needed}")
-        runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "msgs": self.msgs, "idle": self.idle}
+        runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "serial": self.serial,
+                                                            "msgs": self.msgs, "idle": self.idle}
         for phase in settings.phases:
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
             with self.totals(phase):
