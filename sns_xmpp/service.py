@@ -187,7 +187,9 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
         reactor, reactor.getThreadPool(), *args, **kwargs))
     checker = SocialLoginChecker(store, sites, local, reactor, public_url,
                                  ensure_secret(config.data_dir / "scram-salt.key").encode(), metrics)
-    web = SocialWeb(sites, PendingLogins(reactor), public_url, config.server.domains[0], reactor)
+    # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
+    pending = PendingLogins(reactor, secret=ensure_secret(config.data_dir / "login-state.key").encode())
+    web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor)
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),

@@ -8,7 +8,6 @@ and password, as HTML for people or JSON for clients that ask for it.
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from sns_xmpp.http.pending import PendingLogins
+from sns_xmpp.http.pending import PendingLogins, StateProblem
 from sns_xmpp.sites.interface import IBearerSite, ISite, SiteRejection, SocialCredentials
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.xmpp.addressing import escape_node
@@ -52,6 +51,24 @@ def _json(request: Request, document: Any, code: int = 200) -> bytes:
 
 def _wants_json(request: Request) -> bool:
     return b"application/json" in (request.getHeader(b"accept") or b"")
+
+
+def _params(request: Request) -> dict[str, str]:
+    """The first value of each query (and, for POST, form) field."""
+    return {key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items() if values}
+
+
+# Marks a POST hand-over this server has relayed from its own origin (see Callback.render_POST).
+RELAYED = "sns_xmpp_relayed"
+MAX_RELAYED_FIELDS = 16
+RELAY_BODY = """<p>Finishing the login&hellip;</p>
+<form method="post" action="{action}">
+{fields}
+<input type="hidden" name="{relayed}" value="1">
+<noscript><button type="submit">Continue</button></noscript>
+</form>
+<script>document.forms[0].submit()</script>"""
 
 
 class SocialWeb:
@@ -150,10 +167,11 @@ class LoginEntry(resource.Resource):
         d: Deferred[Any] = self.site.start_login(self.web.callback_url(self.site), state)
 
         def redirect(start: Any) -> None:
-            self.web.pending.remember(state, self.site.site_id, start.pending)
+            # The browser carries the attempt (sealed, expiring); the server keeps nothing per start.
+            sealed = self.web.pending.seal(state, self.site.site_id, start.pending)
             secure = "; Secure" if self.web.public_url.startswith("https://") else ""
-            cookie = (f"{STATE_COOKIE.decode()}={state}; Path=/callback/{self.site.site_id}; Max-Age=600; "
-                      f"HttpOnly; SameSite=Lax{secure}")
+            cookie = (f"{STATE_COOKIE.decode()}={sealed}; Path=/callback/{self.site.site_id}; "
+                      f"Max-Age={int(self.web.pending.ttl)}; HttpOnly; SameSite=Lax{secure}")
             request.setHeader(b"set-cookie", cookie.encode())
             request.setHeader(b"cache-control", b"no-store")
             request.redirect(start.url.encode())
@@ -196,23 +214,44 @@ class Callback(resource.Resource):
 
     def render_GET(self, request: Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"referrer-policy", b"no-referrer")
-        params: Mapping[str, str] = {
-            key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
-            for key, values in (request.args or {}).items() if values}
-        state = params.get("state", "")
+        params = _params(request)
         cookie = (request.getCookie(STATE_COOKIE) or b"").decode("ascii", "replace")
-        # The state must be one this server issued, to this browser: no login CSRF.
-        if not state or not hmac.compare_digest(state.encode(), cookie.encode()):
-            return self._refuse(request, "the login state is missing or was issued to another browser")
-        entry = self.web.pending.take(state, self.site.site_id)
-        if entry is None:
-            return self._refuse(request, "the login state is unknown, used or expired")
+        # The state must be one this server sealed into this browser's cookie, for this site,
+        # unexpired: no login CSRF, and no server-side list for a flood to fill.
+        try:
+            entry = self.web.pending.open(cookie, params.get("state", ""), self.site.site_id)
+        except StateProblem as problem:
+            log.info("http.callback_state_refused site={site} problem={problem}", site=self.site.site_id,
+                     problem=str(problem))
+            return self._refuse(request, str(problem))
         request.addCookie(STATE_COOKIE, b"", path=f"/callback/{self.site.site_id}".encode(), max_age=b"0")
         d: Deferred[Any] = self.site.finish_login(params, entry.data, self.web.clock.seconds())
         d.addCallbacks(lambda credentials: self._hand_over(request, credentials),
                        lambda reason: self._failed(request, reason))
         return server.NOT_DONE_YET
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """The same hand-over as GET, with the fields in the body, out of URLs, history and logs.
+
+        Browsers do not send a SameSite=Lax cookie with a POST that another site's page makes, so
+        a POST without our cookie is answered once with a form that posts the same fields again
+        from this origin, where the cookie comes along. The state check then runs as for GET: a
+        relayed POST that still has no cookie, or another browser's state, is refused.
+        """
+        params = _params(request)
+        if request.getCookie(STATE_COOKIE) is None and RELAYED not in params:
+            return self._relay(request, params)
+        return self.render_GET(request)
+
+    def _relay(self, request: Request, params: Mapping[str, str]) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        if len(params) > MAX_RELAYED_FIELDS:
+            return self._refuse(request, "too many fields in the hand-over")
+        fields = "\n".join(f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+                           for name, value in params.items())
+        body = RELAY_BODY.format(action=html.escape(self.web.callback_url(self.site)), fields=fields,
+                                 relayed=RELAYED)
+        return _page(request, f"Logging in with {self.site.display_name}", body)
 
     def _failed(self, request: Request, reason: Failure) -> None:
         if isinstance(reason.value, SiteRejection):

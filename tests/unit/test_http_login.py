@@ -1,0 +1,185 @@
+"""The login entry and callback over raw HTTP: state bound to the browser, refusals, headers, POST hand-over."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from twisted.internet import task
+from twisted.web.server import Site
+
+from sns_xmpp.http.login import Root, SocialWeb
+from sns_xmpp.http.pending import PendingLogins
+from sns_xmpp.http.site import web_site
+from sns_xmpp.sites.hmac import HmacSite
+from sns_xmpp.sites.interface import SiteContext
+from sns_xmpp.sites.registry import load_sites
+from tests.unit.http_exchange import Response, request
+
+START = 1_800_000_000.0
+KEY = "sns-key-0123456789abcdef"
+PUBLIC_URL = "https://xmpp.example"
+HONEST = "198.51.100.7"
+ATTACKER = "203.0.113.66"
+
+
+class World:
+    def __init__(self, tmp_path: Path, public_url: str = PUBLIC_URL) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        context = SiteContext(self.clock, public_url, tmp_path / "data", ("localhost",))
+        self.sites = load_sites({
+            "sns": {"plugin": "hmac", "keys": {"k1": KEY},
+                    "login_url": "https://sns.example/login?r={callback}&state={state}"},
+            "other": {"plugin": "hmac", "keys": {"k1": KEY},
+                      "login_url": "https://other.example/login?r={callback}&state={state}"},
+        }, context)
+        self.web = SocialWeb(self.sites, PendingLogins(self.clock, secret=b"s" * 32), public_url, "localhost",
+                             self.clock)
+        self.site: Site = web_site(Root(self.web), self.clock)
+
+    def start(self, site_id: str = "sns", host: str = HONEST) -> tuple[str, str, Response]:
+        """A login entry: (state, cookie header value, the answer)."""
+        answer = request(self.site, "GET", f"/login-using-{site_id}", host=host)
+        assert answer.code == 302, answer.body
+        location = answer.header("location") or ""
+        state = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["state"][0]
+        cookies = answer.cookies()
+        return state, "; ".join(f"{name}={value}" for name, value in cookies.items()), answer
+
+    def signed(self, user: str = "alice", site_id: str = "sns") -> dict[str, str]:
+        site = self.sites.get(site_id)
+        assert isinstance(site, HmacSite)
+        identifier, token = site.mint(user, "s1", int(self.clock.seconds()) + 600)
+        return {"identifier": identifier, "signature": token}
+
+    def callback(self, params: dict[str, str], cookie: str | None, site_id: str = "sns", method: str = "GET",
+                 host: str = HONEST) -> Response:
+        headers = {"Accept": "application/json"}
+        if cookie:
+            headers["Cookie"] = cookie
+        query = urllib.parse.urlencode(params)
+        if method == "GET":
+            return request(self.site, "GET", f"/callback/{site_id}?{query}", headers, host=host)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return request(self.site, "POST", f"/callback/{site_id}", headers, query.encode(), host=host)
+
+
+def test_a_flood_of_login_starts_does_not_cancel_an_honest_browsers_login(tmp_path: Path) -> None:
+    """20,000 login starts from one address (more than any server-side list would keep) leave an
+    honest browser's login, started before them, able to finish: its state travels in its own cookie."""
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    began = time.perf_counter()
+    for _ in range(20_000):
+        request(world.site, "GET", "/login-using-sns", host=ATTACKER)
+    flood_seconds = time.perf_counter() - began
+    world.clock.advance(60)
+    answer = world.callback({**world.signed(), "state": state}, cookie)
+    assert answer.code == 200, answer.body
+    assert b'"password"' in answer.body
+    print(f"20000 login starts in {flood_seconds:.1f} s")
+
+
+@pytest.mark.parametrize("case", ["no cookie", "other browser", "forged", "expired", "other site", "no state"])
+def test_the_callback_refuses_a_state_this_browser_was_not_given(tmp_path: Path, case: str) -> None:
+    """No login CSRF and no stale logins: a callback is refused with 400 and its reason, and issues
+    nothing, unless it carries this server's unexpired, untampered cookie for this state and site."""
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    other_state, other_cookie, _ = world.start(host=ATTACKER)
+    params = {**world.signed(), "state": state}
+    reason = "missing"
+    if case == "no cookie":
+        cookie = ""
+    elif case == "other browser":  # the attacker's own, valid cookie, with the victim's state
+        cookie = other_cookie
+        reason = "another browser"
+    elif case == "forged":
+        name, _, value = cookie.partition("=")
+        cookie = f"{name}={value[:-2]}{'A' if value[-2] != 'A' else 'B'}{value[-1]}"
+        reason = "not one this server issued"
+    elif case == "expired":
+        world.clock.advance(601)
+        reason = "expired"
+    elif case == "other site":
+        params = {**world.signed(site_id="other"), "state": state}
+        answer = world.callback(params, cookie, site_id="other")
+        assert answer.code == 400 and b"password" not in answer.body
+        assert "another site" in answer.body.decode()
+        return
+    elif case == "no state":
+        del params["state"]
+    answer = world.callback(params, cookie)
+    assert answer.code == 400, answer.body
+    assert b"password" not in answer.body
+    assert reason in answer.body.decode(), answer.body
+    assert answer.header("cache-control") == "no-store"
+
+
+@pytest.mark.parametrize("public_url, secure", [("https://xmpp.example", True), ("http://127.0.0.1:5280", False)])
+def test_the_state_cookie_is_httponly_lax_path_scoped_and_secure_on_https(tmp_path: Path, public_url: str,
+                                                                           secure: bool) -> None:
+    """The cookie reaches only the site's callback, never scripts, and only over TLS when the site is https."""
+    world = World(tmp_path, public_url)
+    _, _, answer = world.start()
+    (line,) = answer.headers["set-cookie"]
+    attributes = {part.strip().split("=")[0].lower(): part.strip() for part in line.split(";")[1:]}
+    assert attributes["path"] == "Path=/callback/sns"
+    assert "httponly" in attributes and attributes["samesite"] == "SameSite=Lax"
+    assert ("secure" in attributes) is secure
+    assert attributes["max-age"] == "Max-Age=600"
+
+
+def test_every_answer_of_the_http_side_sends_no_referrer_and_credentials_are_not_stored(tmp_path: Path) -> None:
+    """Callback URLs carry credentials: no page of the HTTP side leaks its URL in a Referer header,
+    and pages that show credentials are not cached."""
+    world = World(tmp_path)
+    state, cookie, entry = world.start()
+    answers = [entry, request(world.site, "GET", "/"), request(world.site, "GET", "/sites"),
+               request(world.site, "GET", "/login-using-nowhere"), request(world.site, "GET", "/nothing-here"),
+               world.callback({"state": "x"}, None)]
+    done = world.callback({**world.signed(), "state": state}, cookie)
+    assert done.code == 200
+    for answer in [*answers, done]:
+        assert answer.header("referrer-policy") == "no-referrer", answer.raw[:200]
+    assert done.header("cache-control") == "no-store"
+
+
+def test_a_site_may_hand_credentials_over_by_post(tmp_path: Path) -> None:
+    """POST hand-over keeps credentials out of URLs: the callback takes the same form fields by
+    POST, with the same checks; GET keeps working."""
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    answer = world.callback({**world.signed(), "state": state}, cookie, method="POST")
+    assert answer.code == 200, answer.body
+    assert b'"password"' in answer.body
+    assert answer.header("cache-control") == "no-store"
+    # Used: the cookie is cleared on success.
+    assert any("Max-Age=0" in line for line in answer.headers["set-cookie"])
+
+
+def test_a_cross_site_post_without_the_cookie_is_relayed_once_from_this_origin(tmp_path: Path) -> None:
+    """A browser does not send a SameSite=Lax cookie with another site's POST: the callback answers
+    a same-origin form that posts the fields again (then the cookie comes along); a relayed POST
+    that still has no cookie is refused, so login CSRF stays refused."""
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    fields = {**world.signed(), "state": state}
+    query = urllib.parse.urlencode(fields).encode()
+    relay = request(world.site, "POST", "/callback/sns",
+                    {"Content-Type": "application/x-www-form-urlencoded"}, query)
+    assert relay.code == 200
+    assert relay.header("cache-control") == "no-store"
+    page = relay.body.decode()
+    assert 'method="post" action="https://xmpp.example/callback/sns"' in page
+    posted = dict(re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page))
+    posted = {name: html.unescape(value) for name, value in posted.items()}
+    assert {name: posted[name] for name in fields} == fields
+    assert world.callback(posted, cookie, method="POST").code == 200
+    again = world.callback(posted, None, method="POST")
+    assert again.code == 400 and b"password" not in again.body
