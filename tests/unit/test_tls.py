@@ -47,7 +47,10 @@ def handshake(tmp_path: Path, offered: Sequence[bytes] | None) -> tuple[TLSMemor
     sides = Side(), Side()
     server_factory = TLSMemoryBIOFactory(server_context(certificate, key), False,
                                          protocol.Factory.forProtocol(lambda: sides[0]))
-    client_options = ssl.CertificateOptions(acceptableProtocols=offered, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    # The client verifies the certificate (pinned as its own trust root) and the name, as a
+    # client that has accepted the self-made certificate does.
+    client_options = ssl.optionsForClientTLS("example.org", ssl.Certificate.loadPEM(certificate.read_bytes()),
+                                             acceptableProtocols=offered)
     client_factory = TLSMemoryBIOFactory(client_options, True, protocol.Factory.forProtocol(lambda: sides[1]))
     client, server, pump = connectedServerAndClient(lambda: server_factory.buildProtocol(None),
                                                     lambda: client_factory.buildProtocol(None))
