@@ -205,3 +205,32 @@ def test_a_malformed_stanza_past_the_size_limit_gets_the_same_error_however_it_i
     stream, transport = connect(factory)  # within the limit, the same error is what it is
     stream.dataReceived(HEADER.format(to="localhost").encode() + b"<message><p:query xmlns:p=''/>")
     assert stream_error(output(transport)) == "not-well-formed"
+
+
+def test_roster_groups_are_checked_in_linear_time_with_the_rfc_errors() -> None:
+    """RFC 6121 2.3.3: duplicate groups are bad-request, an empty group not-acceptable; more than
+    MAX_GROUPS_PER_ITEM groups are refused before any is read (de-duplicating ten thousand of them
+    in a list took 1.4 s of the reactor's time)."""
+    from twisted.words.protocols.jabber.error import StanzaError
+    from wokkel.generic import parseXml
+
+    from sns_xmpp.store.records import RosterItem
+    from sns_xmpp.xmpp.roster import MAX_GROUPS_PER_ITEM, updated_item
+
+    def refusal(groups: list[str]) -> str | None:
+        xml = "".join(f"<group>{g}</group>" for g in groups)
+        item = parseXml(f"<item xmlns='jabber:iq:roster' jid='x@localhost'>{xml}</item>")
+        try:
+            updated_item(RosterItem("x@localhost"), item)
+        except StanzaError as error:
+            return error.condition
+        return None
+
+    assert refusal(["Friends", "Work"]) is None
+    assert refusal(["Friends", "Work", "Friends"]) == "bad-request"
+    assert refusal(["Friends", ""]) == "not-acceptable"
+    assert refusal([f"g{n}" for n in range(MAX_GROUPS_PER_ITEM)]) is None
+    assert refusal([f"g{n}" for n in range(MAX_GROUPS_PER_ITEM + 1)]) == "not-acceptable"
+    kept = updated_item(RosterItem("x@localhost"), parseXml(
+        "<item xmlns='jabber:iq:roster' jid='x@localhost'><group>b</group><group>a</group></item>"))
+    assert kept.groups == ("b", "a"), "the client's order is kept"
