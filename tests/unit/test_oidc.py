@@ -674,7 +674,7 @@ async def test_token_endpoint_authentication_follows_discovery(provider: OIDCPro
 
 @pytest_twisted.ensureDeferred
 async def test_endpoints_on_another_origin_need_the_operators_word(provider: OIDCProvider, sites: Callable,
-                                                                   log_events: list[dict]) -> None:
+                                                                   tmp_path: Path) -> None:
     """A discovery document whose endpoints are off the issuer's origin is refused, naming
     endpoint_origins; listing that origin there (as Google's layout needs) accepts it."""
     foreign = f"http://localhost:{provider.port_number}"
@@ -690,3 +690,18 @@ async def test_endpoints_on_another_origin_need_the_operators_word(provider: OID
     allowed = sites(provider, endpoint_origins=[foreign + "/"])
     await ready(allowed)
     assert allowed.status() == "ok"
+
+    # Google's layout, with the allow-list docs/sites.md gives for it.
+    google = {"issuer": "https://accounts.google.com",
+              "authorization_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
+              "token_endpoint": "https://oauth2.googleapis.com/token",
+              "userinfo_endpoint": "https://openidconnect.googleapis.com/v1/userinfo",
+              "jwks_uri": "https://www.googleapis.com/oauth2/v3/certs",
+              "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"]}
+    listed = make_oidc_site("google", {**BASE_SETTINGS, "issuer": google["issuer"], "endpoint_origins": [
+        "https://oauth2.googleapis.com", "https://openidconnect.googleapis.com", "https://www.googleapis.com"]},
+        _context(tmp_path / "data")).settings.endpoint_origins
+    metadata = parse_metadata(google, google["issuer"], "google", listed)
+    assert metadata.jwks_uri == google["jwks_uri"]
+    with pytest.raises(ProviderError, match="sites.google.endpoint_origins"):
+        parse_metadata(google, google["issuer"], "google", ())
