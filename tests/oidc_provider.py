@@ -97,6 +97,17 @@ def sign(key: PrivateKey, signing_input: bytes, alg: str = "RS256") -> bytes:
     return key.sign(signing_input)
 
 
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def mirror_ecdsa_signature(token: str) -> str:
+    """The other valid ES256 signature of the same token: (r, s) -> (r, n - s)."""
+    header, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s = int.from_bytes(raw[32:], "big")
+    return f"{header}.{payload}.{b64(raw[:32] + (P256_ORDER - s).to_bytes(32, 'big'))}"
+
+
 class OIDCProvider:
     """The provider's state and its token minting helpers."""
 

@@ -35,7 +35,7 @@ from sns_xmpp.sites.interface import (
 )
 from sns_xmpp.sites.oidc import OIDCSite, ProviderError, make_oidc_site, parse_metadata
 from sns_xmpp.sites.oidc_tokens import NonceKey, replay_key
-from tests.oidc_provider import OIDCProvider, b64, b64json, public_jwk
+from tests.oidc_provider import OIDCProvider, b64, b64json, mirror_ecdsa_signature, public_jwk
 
 CALLBACK = "http://127.0.0.1:5280/login/idp/callback"
 
@@ -575,17 +575,6 @@ async def test_replay_key_is_the_claims_not_the_signature(provider: OIDCProvider
     with_jti = [await site.verify("user-42", provider.id_token(now + n, site.issue_nonce(), jti="j-1"), now)
                 for n in (0, 1)]
     assert with_jti[0].token_digest == with_jti[1].token_digest != first.token_digest
-
-
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def mirror_ecdsa_signature(token: str) -> str:
-    """The other valid ES256 signature of the same token: (r, s) -> (r, n - s)."""
-    header, payload, signature = token.split(".")
-    raw = jose.b64url_decode(signature)
-    s = int.from_bytes(raw[32:], "big")
-    return f"{header}.{payload}.{b64(raw[:32] + (P256_ORDER - s).to_bytes(32, 'big'))}"
 
 
 @pytest_twisted.ensureDeferred
