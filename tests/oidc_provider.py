@@ -80,13 +80,13 @@ def public_jwk(key: PrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
     return jwk
 
 
-_RSA_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_RSA_HASHES: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
 
 
 def sign(key: PrivateKey, signing_input: bytes, alg: str = "RS256") -> bytes:
     """Sign as JWS algorithm *alg* (RFC 7518 §3): RS*, PS* (PSS, salt as long as the hash), ES256, EdDSA."""
     if isinstance(key, rsa.RSAPrivateKey):
-        hash_algorithm = _RSA_HASHES[alg[2:]]()
+        hash_algorithm = _RSA_HASHES[alg[2:]]
         if alg.startswith("PS"):
             pss = padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
             return key.sign(signing_input, pss, hash_algorithm)
@@ -156,7 +156,7 @@ class OIDCProvider:
         stalled, self._stalled = self._stalled, []
         for request in stalled:
             if request.channel is not None and request.channel.transport is not None:
-                request.channel.transport.abortConnection()
+                request.channel.transport.loseConnection()
         port, self._port = self._port, None
         return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
 

@@ -618,7 +618,7 @@ async def test_userinfo_supplies_the_name_the_id_token_lacks(provider: OIDCProvi
     assert (await site.verify("user-42", credentials.password, now)).display_name == "Ada Lovelace"
 
     provider.userinfo = {"sub": "Someone-Else", "name": "Mallory"}
-    refused = await rejection(browser_login(site, "state-2"))
+    refused = await rejection(Deferred.fromCoroutine(browser_login(site, "state-2")))
     assert str(refused) == "malformed: the userinfo is for another account"
 
     fresh = sites(provider, request_timeout=0.2)  # one that has not learnt the name yet
@@ -683,16 +683,17 @@ async def test_endpoints_on_another_origin_need_the_operators_word(provider: OID
     assert allowed.status() == "ok"
 
     # Google's layout, with the allow-list docs/sites.md gives for it.
-    google = {"issuer": "https://accounts.google.com",
+    issuer = "https://accounts.google.com"
+    google: dict[str, Any] = {"issuer": issuer,
               "authorization_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
               "token_endpoint": "https://oauth2.googleapis.com/token",
               "userinfo_endpoint": "https://openidconnect.googleapis.com/v1/userinfo",
               "jwks_uri": "https://www.googleapis.com/oauth2/v3/certs",
               "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"]}
-    listed = make_oidc_site("google", {**BASE_SETTINGS, "issuer": google["issuer"], "endpoint_origins": [
+    listed = make_oidc_site("google", {**BASE_SETTINGS, "issuer": issuer, "endpoint_origins": [
         "https://oauth2.googleapis.com", "https://openidconnect.googleapis.com", "https://www.googleapis.com"]},
         _context(tmp_path / "data")).settings.endpoint_origins
-    metadata = parse_metadata(google, google["issuer"], "google", listed)
+    metadata = parse_metadata(google, issuer, "google", listed)
     assert metadata.jwks_uri == google["jwks_uri"]
     with pytest.raises(ProviderError, match="sites.google.endpoint_origins"):
-        parse_metadata(google, google["issuer"], "google", ())
+        parse_metadata(google, issuer, "google", ())
