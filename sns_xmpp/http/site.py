@@ -6,7 +6,8 @@ headers (slowloris) holds a socket for ever. Here a request's headers must be co
 within ``header_timeout`` seconds of its first byte (or of the connection's opening),
 and its body within ``body_timeout`` seconds of its headers; a connection that misses
 a deadline is closed. One address may hold ``max_connections_per_ip`` connections at
-once; more are answered 503 and closed. The channel is Twisted's HTTP/1.1
+once; more are closed as soon as they are accepted, so that a flood of them costs no
+descriptor (an answer would hold each one until it was written). The channel is Twisted's HTTP/1.1
 ``HTTPChannel`` (this listener is plain HTTP: no ALPN, so no HTTP/2 to negotiate).
 """
 
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -26,11 +26,6 @@ from twisted.web.resource import IResource
 from sns_xmpp.http.access_log import query_free_log_line
 
 log = Logger()
-
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
-        b"Referrer-Policy: no-referrer\r\nConnection: close\r\nContent-Length: 42\r\n\r\n"
-        b"too many connections from your address now")
-
 
 @dataclass(frozen=True)
 class HTTPLimits:
@@ -104,13 +99,6 @@ class GuardedChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
-class _Busy(Protocol):
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(BUSY)
-        self.transport.loseConnection()
-
-
 class GuardedSite(server.Site):
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = PrivateRequest
@@ -120,12 +108,15 @@ class GuardedSite(server.Site):
         self.clock = clock
         self.limits = limits
         self.connections: Counter[str] = Counter()
+        self._refusing: set[str] = set()  # addresses at their cap: logged once per episode
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         host = _host(addr)
         if self.connections[host] >= self.limits.max_connections_per_ip:
-            log.warn("http.connection_refused peer={peer} open={open}", peer=host, open=self.connections[host])
-            return _Busy()
+            if host not in self._refusing:
+                self._refusing.add(host)
+                log.warn("http.connections_capped peer={peer} open={open}", peer=host, open=self.connections[host])
+            return None  # the listening port closes the socket at once
         channel = super().buildProtocol(addr)
         self.connections[host] += 1
         channel.counted_host = host
@@ -137,6 +128,8 @@ class GuardedSite(server.Site):
             return
         channel.counted_host = None
         self.connections[host] -= 1
+        if self.connections[host] < self.limits.max_connections_per_ip:
+            self._refusing.discard(host)
         if self.connections[host] <= 0:
             del self.connections[host]
 
