@@ -136,6 +136,11 @@ class C2SConfig:
 class ComponentListenerConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for XEP-0114 components (keep it loopback)")
     port: int = _setting(5347, _integer(-1, 65535), "component port; 0 picks a free one, -1 turns it off")
+    max_stanza_bytes: int = _setting(262144, _integer(1024, 16 * 1024 * 1024), "largest stanza from a component")
+    handshake_timeout: int = _setting(10, _integer(1, 3600), "seconds a component has to complete its handshake")
+    max_unauthenticated_per_ip: int = _setting(
+        16, _integer(1, 100_000), "streams one address may hold open before their handshake"
+    )
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from sns_xmpp.store.opening import database_opener
 from sns_xmpp.store.sqlite import ThreadedStore
 from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
-from sns_xmpp.xmpp.components import ComponentServerFactory
+from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -231,7 +231,9 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     if config.components and components.port >= 0:
         router.component_domains.update(config.components)
         ListenerService("components", _tcp_endpoint(reactor, components.interface, components.port),
-                        ComponentServerFactory(router, config.components)).setServiceParent(top)
+                        ComponentServerFactory(router, config.components, reactor, ComponentLimits(
+                            components.max_stanza_bytes, components.handshake_timeout,
+                            components.max_unauthenticated_per_ip))).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
     server = Server(config, store, router, sessions, sites, top, reloader)

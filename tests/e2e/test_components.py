@@ -86,3 +86,54 @@ async def test_echo_component_answers_a_local_user_and_a_wrong_secret_is_refused
     assert (await wait(alice.next_message()))["body"] == "echo: back"
     await wait(alice.log_out())
     echo.disconnect()
+
+
+def billion_laughs() -> bytes:
+    """520 bytes: a DTD whose entities expand to 4 MB of handshake text (minutes of CPU for
+    Twisted's plain parser, which accumulates text one concatenation per entity)."""
+    entities = ['<!ENTITY l0 "' + "x" * 40 + '">'] + [f'<!ENTITY l{n} "' + f"&l{n - 1};" * 10 + '">'
+                                                      for n in range(1, 6)]
+    return (f"<?xml version='1.0'?><!DOCTYPE stream:stream [{''.join(entities)}]>"
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'"
+            " to='echo.localhost'><handshake>&l5;</handshake>").encode()
+
+
+async def attack(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(billion_laughs())
+    await writer.drain()
+    return reader, writer  # the writer too: a collected writer closes its connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dtd_on_the_component_port_does_not_stall_the_server(start_server, tmp_path) -> None:
+    """Eight billion-laughs headers on the component port: each is refused with restricted-xml and
+    closed, and meanwhile /health answers and the real component connects and echoes promptly."""
+    import time
+
+    import treq
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = await start_server(make_config(tmp_path, DEMO_SITE + COMPONENTS.format(port=port)))
+    await server.add_user("alice@localhost", "secret")
+    alice = Client("alice@localhost", "secret")
+    await wait(alice.log_in(server.c2s_port))
+
+    attackers = await wait(asyncio.gather(*(attack(port) for _ in range(8))))
+    started = time.monotonic()
+    health = await treq.get(f"{server.http_url}/health")
+    assert (health.code, await health.text()) == (200, "ok\n")
+    echo = Echo("echo-secret-0123456789", port)
+    echo.connect()
+    await wait(echo.connected_event.wait())
+    alice.send_message(mto="echo.localhost", mbody="there?", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "echo: there?"
+    honest = time.monotonic() - started
+    assert honest < 2.0, f"health, a component handshake and an echo took {honest:.2f} s during the attack"
+    answers = await wait(asyncio.gather(*(reader.read() for reader, _ in attackers)))  # to the end: closed
+    for answer in answers:
+        assert b"<restricted-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
+    echo.disconnect()
+    await wait(alice.log_out())
