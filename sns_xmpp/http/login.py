@@ -168,7 +168,13 @@ class LoginEntry(resource.Resource):
 
         def redirect(start: Any) -> None:
             # The browser carries the attempt (sealed, expiring); the server keeps nothing per start.
-            sealed = self.web.pending.seal(state, self.site.site_id, start.pending)
+            try:
+                sealed = self.web.pending.seal(state, self.site.site_id, start.pending)
+            except ValueError:  # the plugin's pending data does not fit in a cookie: its bug
+                log.failure("http.login_state_too_large site={site}", site=self.site.site_id)
+                request.write(_page(request, "Login unavailable", "<p>This site's login cannot start.</p>", 500))
+                request.finish()
+                return
             secure = "; Secure" if self.web.public_url.startswith("https://") else ""
             cookie = (f"{STATE_COOKIE.decode()}={sealed}; Path=/callback/{self.site.site_id}; "
                       f"Max-Age={int(self.web.pending.ttl)}; HttpOnly; SameSite=Lax{secure}")

@@ -21,6 +21,7 @@ class Hello(resource.Resource):
         return b"hello"
 
     def render_POST(self, request: server.Request) -> bytes:
+        assert request.content is not None
         return b"got " + request.content.read()
 
 

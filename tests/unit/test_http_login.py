@@ -10,14 +10,14 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.web.server import Site
 
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import web_site
 from sns_xmpp.sites.hmac import HmacSite
-from sns_xmpp.sites.interface import SiteContext
+from sns_xmpp.sites.interface import LoginStart, SiteContext
 from sns_xmpp.sites.registry import load_sites
 from tests.unit.http_exchange import Response, request
 
@@ -191,3 +191,16 @@ def test_a_cross_site_post_without_the_cookie_is_relayed_once_from_this_origin(t
     assert world.callback(posted, cookie, method="POST").code == 200
     again = world.callback(posted, None, method="POST")
     assert again.code == 400 and b"password" not in again.body
+
+
+def test_pending_data_too_large_for_a_cookie_is_a_clear_500_not_a_hung_request(tmp_path: Path) -> None:
+    """A plugin whose pending data would not fit in a browser's cookie gets a finished 500 page
+    (and a logged failure), not a request left open and a cookie the browser would drop."""
+    world = World(tmp_path)
+    site = world.sites.get("sns")
+    assert site is not None
+    site.start_login = lambda callback_url, state: defer.succeed(  # type: ignore[method-assign]
+        LoginStart("https://sns.example/login", {"blob": "a" * 5000}))
+    answer = request(world.site, "GET", "/login-using-sns")
+    assert answer.code == 500
+    assert "set-cookie" not in answer.headers
