@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import protocol, task
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet import abstract, protocol, task
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StreamError
@@ -29,9 +30,30 @@ log = GatedLogger()
 ElementHandler = Callable[[domish.Element], None]
 
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
+BACKLOG_CHECK_EVERY = 65536  # bytes written between two looks at what the client has not read yet
+OVERFLOW_GRACE = 5.0  # seconds a stream ended for not reading has to take its error before it is cut
+
+
+def buffered_bytes(transport: object) -> int:
+    """Bytes written to *transport* that the kernel has not taken yet, i.e. the server's memory held
+    for a client that does not read. Twisted's `FileDescriptor` keeps them (`tcp.Server` and the
+    project's `FlushingServer`, whose round's writes wait in the same two buffers; with STARTTLS the
+    ciphertext lands there too); under a `TLSMemoryBIOProtocol` (direct TLS) it is the wrapped
+    transport's, the ciphertext being handed on as soon as it is made. Transports that keep no
+    such buffer (test doubles) count 0. Twisted has no public accessor: these are the names
+    `FileDescriptor.write` and `doWrite` use, and a tripwire test watches them."""
+    while isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    if isinstance(transport, abstract.FileDescriptor):
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return 0
 
 
 def _ignore(element: domish.Element | str) -> None:
+    pass
+
+
+def _count_nothing(limit: str) -> None:
     pass
 
 
@@ -61,8 +83,14 @@ class ClientStream(xmlstream.XmlStream):
     stream: Any
 
     def __init__(self, authenticator: xmlstream.Authenticator, max_stanza_bytes: int,
-                 clock: IReactorTime, secure: bool) -> None:
+                 clock: IReactorTime, secure: bool, max_outbound_bytes: int = 8 * 1024 * 1024) -> None:
         super().__init__(authenticator)
+        # What may wait, unread by the client, in the transport's buffer before the stream ends
+        # with policy-violation (a client that never reads would otherwise grow it without end).
+        self.max_outbound_bytes = max_outbound_bytes
+        self._unchecked = 0  # bytes written since the last look at the backlog
+        self.lost = False  # connectionLost has run
+        self.on_limit: Callable[[str], None] = _count_nothing  # the factory's metrics hook
         self.namespace = NS_CLIENT
         self.max_stanza_bytes = max_stanza_bytes
         self.clock = clock
@@ -267,6 +295,29 @@ class ClientStream(xmlstream.XmlStream):
         else:
             data = (obj if isinstance(obj, str) else self.serialize(obj)).encode("utf-8")
         self.transport.write(data)
+        self._unchecked += len(data)
+        if self._unchecked >= BACKLOG_CHECK_EVERY:
+            self._unchecked = 0
+            self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """End the stream of a client that lets more than max_outbound_bytes pile up unread. Its
+        session ends with it: stanzas kept for XEP-0198 go to the user's other resources or offline
+        storage. After OVERFLOW_GRACE the connection is cut, dropping what it still holds."""
+        if self.closed or buffered_bytes(self.transport) <= self.max_outbound_bytes:
+            return
+        self.on_limit("outbound-backlog")
+        self.fail(StreamError("policy-violation", text="too much unread data"))
+        self.clock.callLater(OVERFLOW_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        if ITCPTransport.providedBy(transport):  # TCP, and TLS over it
+            cast(ITCPTransport, transport).abortConnection()
+        else:
+            transport.loseConnection()
 
     def serialize(self, element: domish.Element) -> str:
         """*element* as a child of this stream's root: its default namespace and prefixes in scope."""
@@ -282,6 +333,7 @@ class ClientStream(xmlstream.XmlStream):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.closed = True
+        self.lost = True
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             try:
@@ -309,6 +361,7 @@ class StreamLimits:
     idle_timeout: float = 300
     ping_timeout: float = 60
     max_connections_per_ip: int = 50
+    max_outbound_bytes: int = 8 * 1024 * 1024
 
 
 class ClientStreamFactory(protocol.Factory):
@@ -342,8 +395,10 @@ class ClientStreamFactory(protocol.Factory):
             self._sweeper.stop()
 
     def buildProtocol(self, addr: IAddress | None) -> ClientStream:
-        stream = ClientStream(self.make_authenticator(), self.limits.max_stanza_bytes, self.clock, self.secure)
+        stream = ClientStream(self.make_authenticator(), self.limits.max_stanza_bytes, self.clock, self.secure,
+                              self.limits.max_outbound_bytes)
         stream.factory = self
+        stream.on_limit = self.on_limit
         self.streams.add(stream)
         host = str(getattr(addr, "host", "?"))
         count = self.per_address[host] = self.per_address.get(host, 0) + 1

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable
 
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.rawxmpp import RawStream
 from tests.xmppclient import Client, wait
@@ -71,4 +72,79 @@ async def test_a_roster_set_with_thousands_of_groups_stalls_nobody(server) -> No
     assert worst < ROUND_TRIP_BOUND, f"an honest ping took {worst:.3f} s"
     assert "type='error'" in str(answer) and "<not-acceptable" in str(answer)
     mallory.close()
+    await wait(alice.log_out())
+
+
+async def non_reading_stream(port: int) -> RawStream:
+    """A raw client whose socket takes little and whose reader stops reading once logged in."""
+    import socket
+    import ssl
+
+    from tests.rawxmpp import HEADER
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+    stream = RawStream(reader, writer, "localhost")
+    await stream.restart()
+    await stream.send_and_read("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", b"/>")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    await writer.start_tls(context, server_hostname="localhost")
+    writer.write(HEADER.format(domain="localhost").encode())
+    await reader.readuntil(b"</stream:features>")
+    return stream
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server) -> None:
+    """Bob enables stream management and then never reads; Alice sends him 3 MiB. What the server
+    holds for Bob's stream stays near the bound, his stream ends with policy-violation, every
+    message (none was acknowledged) is in offline storage afterwards, and Alice's session carries on."""
+    from sns_xmpp.xmpp.c2s import buffered_bytes
+
+    bound = 1024 * 1024
+    alice = await honest_client(server)
+    await server.add_user("bob@localhost", "secret")
+    bob = await wait(non_reading_stream(server.c2s_port))
+    await wait(bob.log_in_plain("bob", "secret"))
+    await wait(bob.send_and_read("<enable xmlns='urn:xmpp:sm:3'/>", b"/>"))
+    [session] = server.sessions.resources("bob@localhost")
+    stream = session.stream
+    stream.max_outbound_bytes = bound  # as [xmpp.c2s] max_outbound_bytes would set it
+    # Loopback lets the kernel buffer megabytes; a small send buffer makes the flood pile up in
+    # the server's own memory at once, as it would behind a slow or stalled network.
+    import socket
+
+    stream.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    backlog: list[int] = []
+    send = stream.send
+
+    def measured_send(obj):  # type: ignore[no-untyped-def]
+        send(obj)
+        backlog.append(buffered_bytes(stream.transport))
+
+    stream.send = measured_send  # type: ignore[method-assign]
+    ended: defer.Deferred[None] = defer.Deferred()
+    stream.on_close.append(lambda: ended.callback(None))
+    await wait(bob.send_and_read("<presence/>", b"<presence"))  # available: the flood goes to this stream
+
+    count, body = 48, "x" * 65536
+    for n in range(count):
+        alice.send_message(mto="bob@localhost", mbody=f"{n} {body}", mtype="chat")
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))  # all of them routed by now
+    assert max(backlog) < bound + 2 * 65536 + 300_000, f"held {max(backlog)} bytes for a client that does not read"
+    from twisted.internet import reactor
+
+    await ended.addTimeout(30, reactor)
+    assert stream.closed
+    assert server.sessions.resources("bob@localhost") == []
+    await server.store.delete_offline("nobody@localhost", [])  # after the writer thread's earlier writes
+    assert await server.store.count_offline("bob@localhost") == count
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
+    assert alice.stream_errors.empty()
+    bob.close()
     await wait(alice.log_out())

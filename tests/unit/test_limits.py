@@ -234,3 +234,34 @@ def test_roster_groups_are_checked_in_linear_time_with_the_rfc_errors() -> None:
     kept = updated_item(RosterItem("x@localhost"), parseXml(
         "<item xmlns='jabber:iq:roster' jid='x@localhost'><group>b</group><group>a</group></item>"))
     assert kept.groups == ("b", "a"), "the client's order is kept"
+
+
+def test_buffered_bytes_reads_twisteds_write_buffers_tripwire() -> None:
+    """Tripwire for the private names buffered_bytes reads (FileDescriptor's dataBuffer, offset,
+    _tempDataLen): bytes written and not yet taken by the socket, through Twisted's own doWrite,
+    and through a TLSMemoryBIOProtocol in front (direct TLS)."""
+    from twisted.internet import abstract
+    from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+    from sns_xmpp.xmpp.c2s import buffered_bytes
+
+    class HalfTaking(abstract.FileDescriptor):
+        """A socket that takes half of what it is offered."""
+
+        connected = 1
+
+        def writeSomeData(self, data: bytes) -> int:
+            return len(data) // 2
+
+    connection = HalfTaking(reactor=MemoryReactorClock())
+    connection.write(b"x" * 1000)
+    connection.write(b"y" * 200)
+    assert buffered_bytes(connection) == 1200
+    connection.doWrite()
+    assert buffered_bytes(connection) == 600
+    from twisted.internet.ssl import CertificateOptions
+
+    tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(CertificateOptions(), False, None), None)  # type: ignore[arg-type]
+    tls.transport = connection
+    assert buffered_bytes(tls) == 600
+    assert buffered_bytes(object()) == 0, "a transport without such buffers counts nothing"
