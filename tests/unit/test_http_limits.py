@@ -107,3 +107,26 @@ def test_an_honest_request_is_answered_during_a_slowloris_of_many_sockets() -> N
             assert request(site, "GET", "/", host=HONEST).body == b"hello"
     open_attackers = sum(not connection.closed for connection in attackers)
     assert open_attackers == 0
+
+
+def test_answers_equal_stock_twisted_and_the_hooks_it_overrides_are_still_called() -> None:
+    """Tripwire for the HTTPChannel hooks GuardedChannel overrides (allHeadersReceived,
+    allContentReceived, requestDone): requests answered on a kept-alive connection leave no
+    deadline behind (if Twisted stopped calling a hook, the header deadline would close it);
+    and an answer is byte for byte stock twisted.web's, but for Referrer-Policy."""
+    clock = task.Clock()
+    site = make_site(clock)
+    kept = Connection(site, HONEST)
+    for _ in range(3):
+        kept.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        clock.advance(LIMITS.header_timeout + 1)
+    assert not kept.closed
+    assert kept.transport.value().count(b"HTTP/1.1 200 OK") == 3
+    clock.advance(LIMITS.idle_timeout)  # Twisted's own idle timeout still ends it
+    assert kept.closed
+
+    ours = request(site, "GET", "/")
+    stock = request(server.Site(Hello(), reactor=clock), "GET", "/")
+    assert ours.headers.pop("referrer-policy") == ["no-referrer"]
+    ours.headers.pop("date"), stock.headers.pop("date")  # the wall clock's second may differ
+    assert (ours.code, ours.headers, ours.body) == (stock.code, stock.headers, stock.body)
