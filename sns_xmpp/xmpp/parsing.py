@@ -72,6 +72,8 @@ class GuardedElementStream(domish.ExpatElementStream):
         self.mark = 0
         # The open elements of the stanza, outermost first (Twisted's currElem is the last).
         self._open: list[domish.Element] = []
+        # The innermost open element's text since its last child, in the pieces expat reported.
+        self._text: list[str] = []
         self._parsing = False
         self._retired = False
         for handler in _RESTRICTED_HANDLERS:  # Twisted's __init__ has bound the element handlers below
@@ -106,6 +108,7 @@ class GuardedElementStream(domish.ExpatElementStream):
     def _drop_parser(self) -> None:
         self.parser = None
         self._open = []
+        self._text = []
 
     def measure(self, position: int) -> None:
         """Refuse the open stanza (or the tag between stanzas) if it reaches past *position*
@@ -138,7 +141,10 @@ class GuardedElementStream(domish.ExpatElementStream):
                 raise domish.ParserError("Maximum element count exceeded")
             opened = self._open
             if opened:
-                opened[-1].children.append(element)  # no element.parent: see the module's docstring
+                parent = opened[-1]
+                if self._text:
+                    self._add_text(parent)
+                parent.children.append(element)  # no element.parent: see the module's docstring
             opened.append(element)
         else:
             self.documentStarted = 1
@@ -156,6 +162,8 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.DocumentEndEvent()
             return
         current = opened.pop()
+        if self._text:
+            self._add_text(current)
         if not opened:
             self.elementCount = 0
             self.stanzaSize = 0
@@ -166,9 +174,16 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.mark = self.parser.CurrentByteIndex + len(data.encode())
         elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
             raise HostileXML("policy-violation", "stanza too large")
-        opened = self._open
-        if opened:
-            opened[-1].addContent(data)
+        if self._open:
+            self._text.append(data)
+
+    def _add_text(self, element: domish.Element) -> None:
+        """Give *element* the text gathered since its last child, joined once. Twisted appends each
+        piece to the text so far (``+=`` on a string the element's list also holds: a copy), which
+        is quadratic in a text read in many pieces, or broken by many entity references."""
+        text = self._text
+        element.addContent(text[0] if len(text) == 1 else "".join(text))
+        text.clear()
 
 
 def guarded_stream(max_stanza_bytes: int, handlers: Any) -> GuardedElementStream:

@@ -75,3 +75,28 @@ def test_a_stream_retired_while_it_parses_reports_nothing_more_and_lets_expat_go
     stream.parse(HEADER + b"<auth>x</auth><message><body>b</body></message><iq/>")
     assert seen == ["auth"]
     assert stream.parser is None, "expat (holding the stream's handlers) outlived the read"
+
+
+def test_text_read_in_many_small_pieces_is_gathered_in_linear_time() -> None:
+    """A body read 16 bytes at a time: twice the text takes about twice as long, not four times
+    (Twisted appends each piece to the text so far, copying it: quadratic in the text's size)."""
+    import time
+
+    def parse(size: int) -> float:
+        stream = GuardedElementStream(max_stanza_bytes=1 << 30)
+        got: list[domish.Element] = []
+        stream.DocumentStartEvent = lambda root: None
+        stream.ElementEvent = got.append
+        data = b"<message><body>" + b"0123456789abcdef" * (size // 16) + b"</body></message>"
+        pieces = [data[n:n + 16] for n in range(0, len(data), 16)]
+        stream.parse(HEADER)
+        started = time.perf_counter()
+        for piece in pieces:
+            stream.parse(piece)
+        elapsed = time.perf_counter() - started
+        assert len(str(got[0].body)) == size // 16 * 16
+        return elapsed
+
+    once = min(parse(256 * 1024) for _ in range(3))
+    twice = min(parse(512 * 1024) for _ in range(3))
+    assert twice < 3 * once, f"{once * 1000:.0f} ms for 256 KiB, {twice * 1000:.0f} ms for 512 KiB"
