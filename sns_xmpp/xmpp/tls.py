@@ -9,9 +9,11 @@ certificate is replaced on start.
 Connections (STARTTLS on 5222, direct TLS on 5223) come from `ServerTLS`: it selects the
 ALPN protocol ``xmpp-client`` when the client offers it (XEP-0368 asks for it on direct TLS;
 Go's crypto/tls, Conversations and Monal offer it) and otherwise completes the handshake
-without one. Twisted's ``CertificateOptions`` alone aborts the handshake of every client that
-offers ALPN (an ``internal_error`` alert: its select callback answers an empty protocol name
-when it has no protocols to choose from), which locked out every Go client.
+without one. After STARTTLS the same: XEP-0368 asks nothing there, but a client that offers
+``xmpp-client`` (Go's does) is speaking it, so confirming it is true and costs nothing.
+Twisted's ``CertificateOptions`` alone aborts the handshake of every client that offers ALPN
+(an ``internal_error`` alert: its select callback answers an empty protocol name when it has
+no protocols to choose from), which locked out every Go client.
 """
 
 from __future__ import annotations

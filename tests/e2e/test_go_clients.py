@@ -68,3 +68,25 @@ async def test_go_sendxmpp_logs_in_and_its_message_arrives(server, tmp_path: Pat
     received = await wait(bob.next_message())
     assert (received["body"], received["from"].bare) == (text, "alice@localhost")
     await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listening_ports_select_alpn_xmpp_client(server) -> None:
+    """On the running server's direct TLS port, a client offering ALPN xmpp-client (XEP-0368)
+    gets it; one offering only another protocol still completes its handshake, without ALPN."""
+    import ssl
+
+    async def selected(offered: list[str]) -> str | None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(offered)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.direct_tls_port, ssl=context,
+                                                  server_hostname="localhost")
+        protocol: str | None = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+        return protocol
+
+    assert await wait(selected(["xmpp-client"])) == "xmpp-client"
+    assert await wait(selected(["h2", "xmpp-client"])) == "xmpp-client"
+    assert await wait(selected(["http/1.1"])) is None
