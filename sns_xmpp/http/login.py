@@ -21,7 +21,7 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.http.pending import PendingLogins, StateProblem
-from sns_xmpp.sites.interface import IBearerSite, ISite, SiteRejection, SocialCredentials
+from sns_xmpp.sites.interface import IBearerSite, ISite, ProviderUnavailable, SiteRejection, SocialCredentials
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.xmpp.addressing import escape_node
 
@@ -263,7 +263,10 @@ class Callback(resource.Resource):
         if isinstance(reason.value, SiteRejection):
             log.info("http.callback_refused site={site} kind={kind}", site=self.site.site_id,
                      kind=reason.value.kind.value)
-            request.write(self._refuse(request, str(reason.value)))
+            code = 400
+            if isinstance(reason.value, ProviderUnavailable):  # the provider failed, not the person's login
+                code = 503 if reason.value.known_down else 502
+            request.write(self._refuse(request, str(reason.value), code))
         else:
             log.failure("http.callback_failed site={site}", reason, site=self.site.site_id)
             request.write(self._refuse(request, "the site could not be reached", 503))

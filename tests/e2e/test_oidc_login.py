@@ -9,7 +9,7 @@ import pytest_twisted
 import treq
 
 from tests.conftest import make_config
-from tests.oidc_provider import OIDCProvider
+from tests.oidc_provider import OIDCProvider, mirror_ecdsa_signature
 from tests.rawxmpp import RawStream
 from tests.xmppclient import Client, wait
 
@@ -24,13 +24,13 @@ retry_initial = 0.1
 """
 
 
-async def oidc_server(start_server, tmp_path):  # type: ignore[no-untyped-def]
+async def oidc_server(start_server, tmp_path, extra: str = ""):  # type: ignore[no-untyped-def]
     from twisted.internet import reactor
 
     provider = OIDCProvider()
     provider.listen(reactor)
     server = await start_server(make_config(tmp_path, SITE.format(
-        issuer=provider.issuer, client_id=provider.client_id, client_secret=provider.client_secret)))
+        issuer=provider.issuer, client_id=provider.client_id, client_secret=provider.client_secret) + extra))
     site = server.server.sites.get("idp")
     await site.when_ready()
     return provider, server, site
@@ -97,5 +97,52 @@ async def test_forged_id_tokens_are_refused(start_server, tmp_path) -> None:
             assert failure.get_condition() == "not-authorized"
             assert "fresh credentials" in str(failure["text"])
         assert await server.store.list_links() == []
+    finally:
+        await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_provider_outage_at_the_callback_is_a_bad_gateway(start_server, tmp_path) -> None:
+    """A token endpoint that answers 5xx or does not answer in time is the provider's failure: the
+    callback answers 502 with the reason, not 400 as if the person's login were bad."""
+    provider, server, _ = await oidc_server(start_server, tmp_path, "request_timeout = 0.3\n")
+    try:
+        for outage, reason in ((503, "token endpoint: HTTP 503"), (None, "token endpoint: request timed out")):
+            provider.outage["/token"] = outage
+            entry = await treq.get(f"{server.http_url}/login-using-idp", allow_redirects=False)
+            back = await treq.get(entry.headers.getRawHeaders("location")[0], allow_redirects=False)
+            callback = back.headers.getRawHeaders("location")[0]
+            answer = await treq.get(callback, cookies=entry.cookies(), headers={"accept": "application/json"})
+            document = json.loads(await answer.content())
+            assert answer.code == 502, (outage, answer.code, document)
+            assert document["error"].startswith(f"provider-unavailable: {reason}"), document
+            page = await treq.get(f"{server.http_url}/login-using-idp", allow_redirects=False)
+            assert page.code == 302  # the site itself is still up: only this exchange failed
+            await page.content()
+    finally:
+        await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_single_use_token_is_not_reborn_by_a_mirrored_ecdsa_signature(start_server, tmp_path) -> None:
+    """With single_use, an ES256 ID token opens one session; the same token with s replaced by n-s (a
+    second valid signature over the same claims) is refused as a replay, not logged in again."""
+    from twisted.internet import reactor
+
+    provider, server, site = await oidc_server(start_server, tmp_path, "single_use = true\n")
+    try:
+        token = provider.id_token(reactor.seconds(), site.issue_nonce(), kid=provider.ec_kid)
+        mirrored = mirror_ecdsa_signature(token)
+        assert (await site.verify("User-42", mirrored, reactor.seconds())).account == "User-42"  # it verifies
+
+        async def plain(password: str) -> str:
+            stream = await RawStream.open_tls(server.c2s_port)
+            answer = await stream.auth("PLAIN", f"\0User-42@idp\0{password}".encode())
+            stream.close()
+            return answer
+
+        assert (await wait(plain(token))).startswith("<success")
+        replay = await wait(plain(mirrored))
+        assert "<not-authorized/>" in replay and "replayed: these credentials were used" in replay, replay
     finally:
         await provider.stop()
