@@ -121,6 +121,7 @@ SQL_STORE_OFFLINE = "INSERT INTO offline_messages (owner, stanza, stored_at) VAL
 SQL_OFFLINE_MESSAGES = "SELECT id, stanza, stored_at FROM offline_messages WHERE owner = ? ORDER BY id"
 SQL_DELETE_OFFLINE = "DELETE FROM offline_messages WHERE owner = ? AND id = ?"
 SQL_COUNT_OFFLINE = "SELECT COUNT(*) FROM offline_messages WHERE owner = ?"
+SQL_OFFLINE_USAGE = "SELECT COUNT(*), COALESCE(SUM(LENGTH(stanza)), 0) FROM offline_messages WHERE owner = ?"
 
 # -- social links ---------------------------------------------------------
 
@@ -361,6 +362,8 @@ class Database(Protocol):
     def delete_offline(self, owner: str, ids: Sequence[int]) -> None: ...
 
     def count_offline(self, owner: str) -> int: ...
+
+    def offline_usage(self, owner: str) -> tuple[int, int]: ...
 
     def get_link(self, site: str, account: str) -> SocialLink | None: ...
 

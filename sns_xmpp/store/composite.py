@@ -19,10 +19,18 @@ from sns_xmpp.store.records import SocialLink
 TOUCH_INTERVAL = 60.0
 
 
-def store_offline_capped(db: Database, owner: str, stanza: str, now: float, cap: int) -> int | None:
-    """Store the stanza unless *cap* messages already wait for the owner: its id, or None when full."""
-    if db.count_offline(owner) >= cap:
-        return None
+def store_offline_capped(db: Database, owner: str, stanza: str, now: float, cap: int,
+                         max_size: int | None = None) -> int | None:
+    """Store the stanza unless *cap* messages already wait for the owner, or (with *max_size*)
+    the waiting ones and this one would be more than *max_size* characters of XML: its id, or
+    None when full."""
+    if max_size is None:
+        if db.count_offline(owner) >= cap:
+            return None
+    else:
+        count, size = db.offline_usage(owner)
+        if count >= cap or size + len(stanza) > max_size:
+            return None
     return db.store_offline(owner, stanza, now)
 
 

@@ -151,8 +151,10 @@ class IStore(Interface):
     def count_offline(owner: str) -> Deferred[int]:
         """How many messages wait for the owner."""
 
-    def store_offline_capped(owner: str, stanza: str, now: float, cap: int) -> Deferred[int | None]:
-        """`store_offline` unless *cap* messages already wait for the owner (then None), in one call."""
+    def store_offline_capped(owner: str, stanza: str, now: float, cap: int,
+                             max_size: int | None = None) -> Deferred[int | None]:
+        """`store_offline` unless *cap* messages already wait for the owner, or (with *max_size*)
+        they and *stanza* would exceed *max_size* characters of XML (then None), in one call."""
 
     # -- social links -----------------------------------------------------
 

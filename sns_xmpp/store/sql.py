@@ -35,6 +35,7 @@ from sns_xmpp.store.common import (
     SQL_LIST_REQUESTS,
     SQL_LOAD_ROSTER,
     SQL_OFFLINE_MESSAGES,
+    SQL_OFFLINE_USAGE,
     SQL_PUT_ROSTER_ITEM,
     SQL_REMOVE_LINK,
     SQL_REMOVE_REQUEST,
@@ -167,6 +168,10 @@ class SQLDatabase(ABC):
 
     def count_offline(self, owner: str) -> int:
         return int(self._read(self._sql(SQL_COUNT_OFFLINE), (owner,))[0][0])
+
+    def offline_usage(self, owner: str) -> tuple[int, int]:
+        count, size = self._read(self._sql(SQL_OFFLINE_USAGE), (owner,))[0]
+        return int(count), int(size)
 
     # -- social links -----------------------------------------------------
 

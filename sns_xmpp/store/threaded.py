@@ -357,8 +357,9 @@ class ThreadedStore(Service):
     def count_offline(self, owner: str) -> Deferred[int]:
         return self._read(lambda db: db.count_offline(owner))
 
-    def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int) -> Deferred[int | None]:
-        return self._call(lambda db: composite.store_offline_capped(db, owner, stanza, now, cap))
+    def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                             max_size: int | None = None) -> Deferred[int | None]:
+        return self._call(lambda db: composite.store_offline_capped(db, owner, stanza, now, cap, max_size))
 
     def get_link(self, site: str, account: str) -> Deferred[SocialLink | None]:
         return self._read(lambda db: db.get_link(site, account))

@@ -59,7 +59,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         reason.trap(NoSuchAccountError)
         bounce("no such user")
 
-    d = sessions.store.store_offline_capped(owner, stored, now, sessions.max_offline)
+    d = sessions.store.store_offline_capped(owner, stored, now, sessions.max_offline, sessions.max_offline_bytes)
     d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
 

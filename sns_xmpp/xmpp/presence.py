@@ -20,6 +20,7 @@ from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp import offline
 from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.roster import Roster, parse_item_set, push_to, roster_result, updated_item
+from sns_xmpp.xmpp.stanzas import error_reply
 
 if TYPE_CHECKING:
     from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 log = GatedLogger()
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+# Directed presences one session may have outstanding (RFC 6121 4.6: each gets an unavailable
+# when the session goes offline, all in one go). A person's chat rooms and the like are well
+# under this; 20,000 of them made one unavailable presence stall the server for 0.6 s.
+MAX_DIRECTED = 300
+MAX_DIRECTED_CHARS = 65536  # and their addresses' total length (a JID may be 3071 bytes)
 HAS_TO = ("to", "both")
 HAS_FROM = ("from", "both")
 
@@ -94,10 +100,17 @@ class PresenceHandler:
             self.broadcast(session, presence)
 
     def _directed(self, session: ClientSession, presence: domish.Element, kind: str | None, to: str) -> None:
-        if kind is None:
-            session.directed.add(to)
-        elif kind == "unavailable":
-            session.directed.discard(to)
+        directed = session.directed
+        if kind is None and to not in directed:
+            if len(directed) >= MAX_DIRECTED or session.directed_chars + len(to) > MAX_DIRECTED_CHARS:
+                self.sessions.metrics.limit("directed-presences")
+                session.send(error_reply(presence, "resource-constraint", "too many directed presences"))
+                return
+            directed.add(to)
+            session.directed_chars += len(to)
+        elif kind == "unavailable" and to in directed:
+            directed.discard(to)
+            session.directed_chars -= len(to)
         self.sessions.route(presence)
 
     def _out_subscribe(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
@@ -163,6 +176,7 @@ class PresenceHandler:
             for target in session.directed:
                 self.sessions.route(_presence("unavailable", session.full, target))
             session.directed.clear()
+            session.directed_chars = 0
         if initial and roster is not None:
             self._initial(session, roster)
 

@@ -61,7 +61,8 @@ class ClientSession:
     priority: int = 0
     presence: domish.Element | None = None
     roster_requested: bool = False
-    directed: set[str] = field(default_factory=set)
+    directed: set[str] = field(default_factory=set)  # bounded: presence.MAX_DIRECTED
+    directed_chars: int = 0  # the total length of the addresses in directed
     sm: StreamManagement | None = None  # XEP-0198, once the client enables it
     detached: bool = False  # the connection dropped; waiting for a <resume/>
     # The JID's forms, made once: every stanza the session sends or receives uses them.
@@ -100,8 +101,12 @@ def _sm_failed(condition: str) -> domish.Element:
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
                  route: Callable[[domish.Element], None], metrics: Metrics | None = None,
-                 max_resources: int = 10, resume_timeout: int = 300, max_offline: int = 1000) -> None:
+                 max_resources: int = 10, resume_timeout: int = 300, max_offline: int = 1000,
+                 max_offline_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_offline = max_offline
+        # Offline storage is also bounded in size: delivered at once at login, it must fit well
+        # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
+        self.max_offline_bytes = max_offline_bytes
         self.resume_timeout = resume_timeout
         self.resumable: dict[str, ClientSession] = {}
         self.max_resources = max_resources

@@ -148,3 +148,29 @@ async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server
     assert alice.stream_errors.empty()
     bob.close()
     await wait(alice.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_going_unavailable_after_many_directed_presences_stalls_nobody(server) -> None:
+    """Mallory sends directed presence to 40,000 remote addresses, then goes unavailable, which the
+    server announces to every one of them (RFC 6121 4.6.3; here each comes back as an error, there
+    being no server-to-server links). Directed presences per session are capped,
+    so that fan-out stays small and an honest client's ping round trip meanwhile stays short (an
+    unbounded set made one unavailable presence 20,000 stanzas and a 0.6 s stall)."""
+    alice = await honest_client(server)
+    await server.add_user("mallory@localhost", "secret")
+    mallory = await wait(RawStream.open_tls(server.c2s_port))
+    await wait(mallory.log_in_plain("mallory", "secret"))
+    for start in range(0, 40_000, 2_000):
+        batch = "".join(f"<presence to='u{n}@example.net'/>" for n in range(start, start + 2_000))
+        await wait(answer_to(mallory, batch + f"<iq type='get' id='b{start}'><ping xmlns='urn:xmpp:ping'/></iq>",
+                             f"b{start}"), timeout=60)
+    [session] = server.sessions.resources("mallory@localhost")
+    tracked = len(session.directed)
+
+    unavailable = "<presence type='unavailable'/><iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>"
+    worst, _ = await wait(worst_round_trip(alice, answer_to(mallory, unavailable, "after")), timeout=60)
+    assert worst < ROUND_TRIP_BOUND, f"an honest ping took {worst:.3f} s ({tracked} directed presences)"
+    assert tracked <= 1000
+    mallory.close()
+    await wait(alice.log_out())

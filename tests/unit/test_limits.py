@@ -144,7 +144,8 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
         def load_roster(self, owner: str) -> defer.Deferred:
             return defer.succeed(([], []))
 
-        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int) -> defer.Deferred:
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                                 max_size: int | None = None) -> defer.Deferred:
             writes.append(defer.Deferred())
             return writes[-1]
 
@@ -167,7 +168,8 @@ def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
     stored: list[str] = []
 
     class Store:
-        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int) -> defer.Deferred:
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                                 max_size: int | None = None) -> defer.Deferred:
             if len(stored) >= cap:
                 return defer.succeed(None)
             stored.append(stanza)
@@ -265,3 +267,52 @@ def test_buffered_bytes_reads_twisteds_write_buffers_tripwire() -> None:
     tls.transport = connection
     assert buffered_bytes(tls) == 600
     assert buffered_bytes(object()) == 0, "a transport without such buffers counts nothing"
+
+
+def test_directed_presences_are_capped_per_session_in_count_and_length() -> None:
+    """Past MAX_DIRECTED outstanding directed presences (or MAX_DIRECTED_CHARS of addresses) a new
+    one is refused with resource-constraint and not sent; a directed unavailable frees its place,
+    and going unavailable announces only the tracked ones."""
+    from sns_xmpp.xmpp.presence import MAX_DIRECTED, MAX_DIRECTED_CHARS
+    from tests.unit.test_stream_management import log_in, world
+
+    routed: list = []
+    sessions, factory, clock = world()
+    sessions.route = routed.append
+    stream, transport, session = log_in(sessions, factory, "mallory@localhost", "192.0.2.9", sm=False)
+    stream.dataReceived("".join(f"<presence to='u{n}@example.net'/>" for n in range(MAX_DIRECTED + 5)).encode())
+    assert len(session.directed) == MAX_DIRECTED and len(routed) == MAX_DIRECTED
+    answer = output(transport)
+    assert answer.count("<resource-constraint ") == 5 and "from='u304@example.net'" in answer
+    stream.dataReceived(b"<presence to='u0@example.net' type='unavailable'/><presence to='new@example.net'/>")
+    assert "new@example.net" in session.directed and "u0@example.net" not in session.directed
+    assert "<resource-constraint " not in output(transport)
+    routed.clear()
+    stream.dataReceived(b"<presence type='unavailable'/>")
+    assert len(routed) == MAX_DIRECTED and not session.directed and session.directed_chars == 0
+
+    long_jid = "a" * 1000 + "@example.net"
+    stream.dataReceived("".join(f"<presence to='{n}{long_jid}'/>" for n in range(80)).encode())
+    assert session.directed_chars <= MAX_DIRECTED_CHARS < 80 * len(long_jid)
+    assert "<resource-constraint " in output(transport)
+
+
+def test_offline_storage_is_bounded_in_size_as_well_as_count() -> None:
+    """A few large messages fill a user's offline storage long before the message count does; the
+    next one bounces to its sender with service-unavailable, nothing is dropped silently."""
+    from twisted.words.xish import domish
+
+    from tests.unit.test_stream_management import MemoryStore
+
+    store = MemoryStore()
+    routed: list = []
+    sessions = SessionManager(["localhost"], store, Clock(), routed.append,  # type: ignore[arg-type]
+                              max_offline=1000, max_offline_bytes=1024 * 1024)
+    for n in range(12):
+        message = domish.Element((None, "message"))
+        message["to"], message["from"], message["type"] = "alice@localhost", "bob@localhost/r", "chat"
+        message.addElement("body", content=f"{n} " + "x" * 100_000)
+        sessions.deliver(message)
+    kept = store.offline["alice@localhost"]
+    assert len(kept) == 10 and sum(len(m.stanza) for m in kept) <= 1024 * 1024
+    assert [(b["type"], b.error.firstChildElement().name) for b in routed] == [("error", "service-unavailable")] * 2

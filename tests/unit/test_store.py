@@ -504,6 +504,11 @@ def test_one_call_combinations(backend: Backend) -> None:
         assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 1) is not None
         assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 1) is None
         assert db.count_offline("b@x.org") == 1
+        # The size cap counts the XML's characters, waiting ones and the new one together.
+        assert db.offline_usage("b@x.org") == (1, 10)
+        assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 5, max_size=20) is not None
+        assert composite.store_offline_capped(db, "b@x.org", "<message/>", NOW, 5, max_size=29) is None
+        assert db.offline_usage("b@x.org") == (2, 20)
     finally:
         db.close()
 

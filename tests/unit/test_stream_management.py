@@ -57,10 +57,10 @@ class MemoryStore:
         return defer.succeed(self._ids)
 
     def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
-                             max_bytes: int | None = None) -> defer.Deferred:
+                             max_size: int | None = None) -> defer.Deferred:
         waiting = self.offline.get(owner, [])
         size = sum(len(m.stanza) for m in waiting) + len(stanza)
-        if len(waiting) >= cap or max_bytes is not None and size > max_bytes:
+        if len(waiting) >= cap or max_size is not None and size > max_size:
             return defer.succeed(None)
         return self.store_offline(owner, stanza, now)
 
@@ -68,7 +68,8 @@ class MemoryStore:
         return defer.succeed(list(self.offline.get(owner, [])))
 
     def delete_offline(self, owner: str, ids: Sequence[int]) -> defer.Deferred:
-        self.offline[owner] = [m for m in self.offline.get(owner, []) if m.id not in ids]
+        gone = set(ids)
+        self.offline[owner] = [m for m in self.offline.get(owner, []) if m.id not in gone]
         return defer.succeed(None)
 
 
