@@ -17,6 +17,7 @@ the text they were stored as.
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def hold() -> Callable[[], None] | None:
     if _current is None:
         return None
     sm, seq = _current, _current_seq
-    sm.pending.add(seq)
+    sm.hold(seq)
     return lambda: sm.completed(seq)
 
 
@@ -60,6 +61,9 @@ class StreamManagement:
         self.max_seconds = max_seconds
         self.received = 0  # inbound stanzas counted so far
         self.pending: set[int] = set()  # inbound stanza numbers not yet done
+        # The same numbers as a heap (completed ones dropped lazily): the oldest pending one is
+        # found in logarithmic time, where min(pending) cost one scan per completed write.
+        self._pending_order: list[int] = []
         self.answer_at: int | None = None  # an <r/> waits until everything up to here is done
         self.sent = 0
         self.acked = 0
@@ -69,7 +73,15 @@ class StreamManagement:
 
     @property
     def handled(self) -> int:
-        return min(self.pending) - 1 if self.pending else self.received
+        order, pending = self._pending_order, self.pending
+        while order and order[0] not in pending:
+            heapq.heappop(order)
+        return order[0] - 1 if order else self.received
+
+    def hold(self, seq: int) -> None:
+        """Inbound stanza *seq* is not done until `completed(seq)`."""
+        self.pending.add(seq)
+        heapq.heappush(self._pending_order, seq)
 
     def enabled_element(self) -> domish.Element:
         enabled = domish.Element((NS_SM, "enabled"))

@@ -219,3 +219,39 @@ def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None
         written = ack(bob, transport, session.sm.sent)
     assert received == [str(n) for n in range(1, total + 1)]
     assert store.offline["bob@localhost"] == []
+
+
+def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
+    """A client that sends thousands of messages to offline users (each acknowledged only once on
+    disk) and then <r/> makes every completed write ask "what is handled now?": answered from a
+    heap, not by scanning every pending write (quadratic: seconds of the reactor's time)."""
+    import time
+
+    from sns_xmpp.xmpp import stream_management
+    from sns_xmpp.xmpp.stream_management import StreamManagement
+
+    class Writer:
+        def __init__(self) -> None:
+            self.written = b""
+
+        def send(self, element: domish.Element) -> None:
+            self.written += element.toXml().encode()
+
+        def value(self) -> bytes:
+            return self.written
+
+    stream = Writer()
+    sm = StreamManagement(stream, False, 300)  # type: ignore[arg-type]
+    releases = []
+    for _ in range(20_000):
+        sm.process(lambda: releases.append(stream_management.hold()))
+    sm.request()
+    assert b"<a " not in stream.value()
+    started = time.perf_counter()
+    for release in releases[:-1]:
+        release()
+    assert b"<a " not in stream.value(), "the last write is still pending"
+    releases[-1]()
+    elapsed = time.perf_counter() - started
+    assert b"h='20000'" in stream.value()
+    assert elapsed < 0.5, f"20,000 completions took {elapsed:.3f} s"
