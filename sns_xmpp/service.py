@@ -241,7 +241,8 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
         console = config.manhole
         ssh = console_factory(namespace(server), config.data_dir, console.user,
                               config.base_dir / console.authorized_keys if console.authorized_keys else None,
-                              console.password_hash or None)
+                              console.password_hash or None, reactor,
+                              lambda *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), *args))
         ListenerService("manhole", _tcp_endpoint(reactor, console.interface, console.port),
                         ssh).setServiceParent(top)
     return server

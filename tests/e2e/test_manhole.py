@@ -87,3 +87,66 @@ authorized_keys = "{tmp_path / 'authorized_keys'}"
     output, _ = await wait(refused.communicate())
     assert refused.returncode == 255 and b"Permission denied" in output
     assert (tmp_path / "data" / "manhole_host_key").stat().st_mode & 0o777 == 0o600
+
+
+def script_command(key: Path, port: int) -> list[str]:
+    """ssh without a terminal (-T): a command, or piped input, as an operator's script runs it."""
+    return ["ssh", "-T", *ssh_command(key, port)[2:]]
+
+
+async def run_ssh(command: list[str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate(stdin)
+    assert process.returncode is not None
+    return process.returncode, out, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_console_runs_commands_and_piped_scripts_with_an_exit_status(start_server, tmp_path: Path) -> None:
+    """`ssh admin@host 'stats()'` prints the value and exits 0; an exception exits 1 with its last
+    line on stderr; a Deferred's value is printed once it fires; piped lines run in order until
+    EOF. None of it leaves a traceback in the server's log."""
+    from twisted.logger import globalLogPublisher
+
+    operator = key_pair(tmp_path, "operator")
+    (tmp_path / "authorized_keys").write_bytes(operator.with_suffix(".pub").read_bytes())
+    port = free_port()
+    server = await start_server(make_config(tmp_path, f"""
+[manhole]
+enabled = true
+port = {port}
+authorized_keys = "{tmp_path / 'authorized_keys'}"
+"""))
+    await server.add_user("alice@localhost", "secret")
+    failures: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if "log_failure" in event or event.get("isError"):
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        status, out, err = await wait(run_ssh([*script_command(operator, port), "stats()['sessions']"]))
+        assert (status, out, err) == (0, b"0\n", b"")
+        status, out, err = await wait(run_ssh([*script_command(operator, port), "kick('not a jid')"]))
+        assert (status, out, err) == (1, b"", b"ValueError: not a JID: 'not a jid'\n")
+        status, out, err = await wait(run_ssh([*script_command(operator, port), "user('alice@localhost')"]))
+        assert (status, err) == (0, b"") and out.startswith(b"{'jid': 'alice@localhost', 'exists': True, ")
+
+        script = (b"total = 40\n"
+                  b"for n in range(2):\n"
+                  b"    total += 1\n"
+                  b"\n"
+                  b"total\n"
+                  b"print('sessions', stats()['sessions'])\n"
+                  b"links('demo')\n"
+                  b"1 / 0\n"
+                  b"'after the error'")  # the last line without a newline runs too
+        status, out, err = await wait(run_ssh(script_command(operator, port), stdin=script))
+        assert out == b"42\nsessions 0\n[]\n'after the error'\n"
+        assert (status, err) == (1, b"ZeroDivisionError: division by zero\n")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == []

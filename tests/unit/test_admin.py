@@ -93,9 +93,10 @@ def test_rotate_key_appends_to_the_keys_file_and_check_config_masks_secrets(conf
 
 def test_manhole_hash_is_checked_in_constant_time(config: Path) -> None:
     from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.defer import maybeDeferred
 
     hashed = admin(config, "manhole-hash", stdin="console-pass\n").strip()
-    checker = PasswordHashChecker(b"admin", hashed)
+    checker = PasswordHashChecker(b"admin", hashed, maybeDeferred)  # hashed at once; in a thread when served
     good = checker.requestAvatarId(UsernamePassword(b"admin", b"console-pass"))
     bad = checker.requestAvatarId(UsernamePassword(b"admin", b"console-pasS"))
     assert good.result == b"admin"
