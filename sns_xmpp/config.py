@@ -127,6 +127,12 @@ class C2SConfig:
     max_connections_per_ip: int = _setting(50, _integer(1, 1_000_000), "open streams one address may hold")
     max_resources: int = _setting(10, _integer(1, 1000), "sessions one account may bind at once")
     max_offline_messages: int = _setting(1000, _integer(1, 1_000_000), "messages kept for one offline user")
+    max_offline_bytes: int = _setting(
+        4 * 1024 * 1024, _integer(1024, 1024**3), "size of the messages kept for one offline user (XML characters)"
+    )
+    max_outbound_bytes: int = _setting(
+        8 * 1024 * 1024, _integer(65536, 1024**3), "unread data a stream may hold before it ends (policy-violation)"
+    )
     resume_timeout: int = _setting(300, _integer(1, 86400), "seconds a dropped XEP-0198 session waits to resume")
     auth_block_after: int = _setting(10, _integer(2, 10000), "failures (per address or account) before a block")
     auth_block_seconds: int = _setting(900, _integer(1, 86400), "how long such a block lasts")
@@ -313,6 +319,9 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(
             "xmpp.c2s.allow_plain_without_tls", "needs xmpp.c2s.require_tls = false"
         )
+    if c2s.max_offline_bytes >= c2s.max_outbound_bytes:
+        # Offline messages go out at once at login: they must fit in what a stream may hold.
+        raise ConfigError("xmpp.c2s.max_offline_bytes", "must be less than xmpp.c2s.max_outbound_bytes")
     for domain in config.components:
         if domain in config.server.domains:
             raise ConfigError(f"components.{domain}", "a component cannot take a hosted domain")

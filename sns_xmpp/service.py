@@ -166,7 +166,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     router = StanzaRouter(metrics)
     sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics,
                               config.xmpp.c2s.max_resources, config.xmpp.c2s.resume_timeout,
-                              config.xmpp.c2s.max_offline_messages)
+                              config.xmpp.c2s.max_offline_messages, config.xmpp.c2s.max_offline_bytes)
     metrics.watch_sessions(sessions)
     server_iq.install(sessions, router)
     for domain in config.server.domains:
@@ -215,7 +215,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     )
 
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,
-                          c2s.max_connections_per_ip)
+                          c2s.max_connections_per_ip, c2s.max_outbound_bytes)
 
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)

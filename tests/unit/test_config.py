@@ -36,6 +36,8 @@ def test_shipped_config_is_valid_and_uses_the_embedded_default() -> None:
          "needs xmpp.c2s.require_tls = false"),
         ("[tls]\ncertificate = 'a.pem'", "tls.private_key", "give both"),
         ("[xmpp]\nc2s = 3", "xmpp.c2s", "must be a table"),
+        ("[xmpp.c2s]\nmax_offline_bytes = 9000000", "xmpp.c2s.max_offline_bytes",
+         "must be less than xmpp.c2s.max_outbound_bytes"),
     ],
 )
 def test_bad_values_name_the_key(text: str, key: str, problem: str) -> None:
