@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.saslprep import SASLprepError, saslprep
 from sns_xmpp.auth.scram import ScramError, ScramServerExchange
 from sns_xmpp.auth.social import BearerFailed
 
@@ -52,6 +53,27 @@ def encode_payload(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii") if data else "="
 
 
+def effective_authzid(authzid: str | None, authcid: str, domain: str) -> str | None:
+    """The authzid to check, None when it names no identity beyond the user name itself.
+
+    Net::XMPP (sendxmpp) always sends ``<user name>@<domain>``, whatever the user name
+    holds; for a social name (``<identifier>@<site>``) that is no JID, yet it asks for nothing
+    more than the user name does. Anything else goes to the checker as it was sent.
+    """
+    if not authzid:
+        return None
+    name, at, host = authzid.rpartition("@")
+    if at and host.lower() == domain.lower():
+        if name == authcid:
+            return None
+        try:
+            if saslprep(name, allow_unassigned=True) == authcid:
+                return None
+        except SASLprepError:
+            pass
+    return authzid
+
+
 class PlainAttempt:
     """RFC 4616: ``authzid NUL authcid NUL password`` in one message."""
 
@@ -75,7 +97,8 @@ class PlainAttempt:
         except UnicodeDecodeError:
             return defer.fail(AuthenticationFailed("malformed-request", "PLAIN payload is not UTF-8"))
         try:
-            d = self.checker.check_plain(authcid, password, authzid or None, self.domain)
+            d = self.checker.check_plain(authcid, password, effective_authzid(authzid, authcid, self.domain),
+                                         self.domain)
         except Exception:
             return defer.fail()
         return d.addCallback(Success)
@@ -125,7 +148,8 @@ class ScramAttempt:
         except ScramError as error:
             return defer.fail(AuthenticationFailed(error.sasl_condition, "wrong credentials"
                                                    if error.sasl_condition == "not-authorized" else str(error)))
-        d = defer.maybeDeferred(self.lookup.complete, self.exchange.authzid)
+        authzid = effective_authzid(self.exchange.authzid, self.exchange.username, self.domain)
+        d = defer.maybeDeferred(self.lookup.complete, authzid)
         return d.addCallback(lambda result: Success(result, verifier))
 
 

@@ -8,13 +8,17 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed
 from sns_xmpp.auth.local import LocalAccountChecker
+from sns_xmpp.auth.scram import derive_all
 from sns_xmpp.auth.social import SocialLoginChecker, social_localpart, split_social
-from sns_xmpp.sites.interface import SiteContext
+from sns_xmpp.sites.interface import ISite, Rejection, SiteContext, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.sqlite import SQLiteDatabase, ThreadedStore
+from sns_xmpp.xmpp.sasl import PlainAttempt, ScramAttempt, Success
+from tests.unit.test_scram import client_final
 
 
 @pytest.mark.parametrize(
@@ -93,3 +97,120 @@ def test_a_client_naming_itself_gets_only_mechanisms_that_can_work(tmp_path: Pat
     assert checker.mechanisms_for("a.b.99.k\\40sns@localhost", "localhost") == everything
     assert checker.mechanisms_for("alice@localhost", "localhost") == everything
     assert checker.mechanisms_for(None, "localhost") == everything
+
+
+@implementer(ISite)
+class OpenSite:
+    """A site whose every identifier is its own account id, vouched for by the token "ok".
+
+    Some real providers let a person choose the stable id (a user name taken at sign-up): the
+    squatting tests need an attacker who picks any id."""
+
+    single_use = False
+    display_name = "Open"
+
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+
+    def parse_identifier(self, identifier: str) -> str:
+        return identifier
+
+    def verify(self, identifier: str, token: str, now: float) -> defer.Deferred:
+        if token != "ok":
+            return defer.fail(SiteRejection(Rejection.BAD_SIGNATURE, "wrong token"))
+        return defer.succeed(VerifiedAccount(self.site_id, identifier, now + 60, identifier.encode()))
+
+    def scram_password(self, identifier: str, now: float) -> str | None:
+        return None
+
+
+async def _with_checker(tmp_path: Path, work) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    clock = Clock()
+    clock.advance(1000)
+    sites = load_sites({"sns": {"plugin": "hmac", "keys": {"k": "0123456789abcdef"}, "login_url": "https://x/"}},
+                       SiteContext(clock, "http://h", tmp_path, ("localhost",)))
+    sites.sites["open"] = OpenSite("open")
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "db.sqlite3"), reactor)
+    store.startService()
+    try:
+        await work(SocialLoginChecker(store, sites, LocalAccountChecker(store), clock, "http://h", b"salt-key"),
+                   sites, store)
+    finally:
+        await store.stopService()
+
+
+def _scram_first(mechanism: str, authzid: str, username: str) -> tuple[bytes, str]:
+    bare = f"n={username},r=cnonce"
+    return f"n,a={authzid},{bare}".encode(), bare
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_authzid_that_is_the_user_name_at_the_domain_means_none(tmp_path: Path) -> None:
+    """Net::XMPP (sendxmpp) sends the authzid ``<authcid>@<domain>`` whatever the user name holds.
+
+    For a social user name (``<identifier>@<site>``) that is no other identity: the login goes
+    on as if no authzid had been sent, with raw PLAIN bytes and with SCRAM's ``a=``. Any other
+    authzid is still ``invalid-authzid``."""
+
+    async def work(checker, sites, store) -> None:  # type: ignore[no-untyped-def]
+        site = sites.get("sns")
+        identifier, token = site.mint("zoe", "s1", 1500)
+        user = f"{identifier}@sns"
+        plain = PlainAttempt(checker, "localhost")
+        step = await plain.respond(f"{user}@localhost\x00{user}\x00{token}".encode())
+        assert isinstance(step, Success) and step.result.jid == "zoe\\40sns@localhost"
+
+        scram = ScramAttempt("SCRAM-SHA-256", checker, "localhost")
+        first, bare = _scram_first("SCRAM-SHA-256", f"{user}@localhost", user)
+        challenge = await scram.respond(first)
+        final = client_final("SCRAM-SHA-256", token, bare, challenge.data,
+                             gs2_header=f"n,a={user}@localhost,".encode())
+        step = await scram.respond(final)
+        assert isinstance(step, Success) and step.result.jid == "zoe\\40sns@localhost"
+
+        await store.create_account("alice@localhost", derive_all("pw"), 1.0)
+        step = await PlainAttempt(checker, "localhost").respond(b"alice@localhost@localhost\x00alice@localhost\x00pw")
+        assert isinstance(step, Success) and step.result.jid == "alice@localhost"
+
+        for authzid in (f"{user}@elsewhere", "bob@localhost", f"{user}@localhost/res"):
+            with pytest.raises(AuthenticationFailed) as caught:
+                await PlainAttempt(checker, "localhost").respond(f"{authzid}\x00{user}\x00{token}".encode())
+            assert caught.value.condition == "invalid-authzid", authzid
+
+    await _with_checker(tmp_path, work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chosen_literal_id_cannot_take_a_hashed_accounts_jid(tmp_path: Path) -> None:
+    """JID squatting: an id that is not simple text gets ``h-<hash>\\40<site>``; an attacker who
+    may choose a literal id picks exactly that text and logs in first. The victim must still get
+    the JID documented for its id, and the attacker another one."""
+
+    async def work(checker, sites, store) -> None:  # type: ignore[no-untyped-def]
+        victim = "Victim-Subject"
+        documented = social_localpart("open", victim) + "@localhost"
+        squat = documented.split("\\40")[0]
+        assert squat.startswith("h-")
+        attacker = await checker.check_plain(f"{squat}@open", "ok", None, "localhost")
+        assert attacker.jid != documented
+        result = await checker.check_plain(f"{victim}@open", "ok", None, "localhost")
+        assert result.jid == documented
+        links = {link.account: link.jid for link in await store.list_links()}
+        assert links == {squat: attacker.jid, victim: documented}
+
+    await _with_checker(tmp_path, work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_existing_links_keep_their_jids(tmp_path: Path) -> None:
+    """A link made under an older naming scheme keeps its JID: the link table, not the scheme,
+    says who a (site, account) is."""
+
+    async def work(checker, sites, store) -> None:  # type: ignore[no-untyped-def]
+        await store.social_login("open", "h-oldstyle", iter(["h-oldstyle\\40open@localhost"]), 1.0)
+        result = await checker.check_plain("h-oldstyle@open", "ok", None, "localhost")
+        assert result.jid == "h-oldstyle\\40open@localhost"
+
+    await _with_checker(tmp_path, work)
