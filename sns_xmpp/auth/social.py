@@ -33,6 +33,7 @@ from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unes
 log = GatedLogger()
 
 SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
+HASHED_PREFIX = "h-"  # a literal id never keeps it: see social_localpart
 
 
 class BearerFailed(AuthenticationFailed):
@@ -65,15 +66,19 @@ def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
 
 
 def social_localpart(site_id: str, account: str) -> str:
-    """The XMPP localpart made for a social account: ``<account>\\40<site>``.
+    """The XMPP localpart made for a new social account: ``<account>\\40<site>``.
 
     Local account names may not contain a backslash (the admin command refuses
     them), so these can never collide with a local account; accounts whose id
-    is not simple lower-case text get a hash instead, as XMPP folds case.
+    is not simple lower-case text get ``h-<hash>`` instead, as XMPP folds case.
+    The two forms are disjoint: an id that itself begins with ``h-`` is hashed
+    too, so nobody who may choose their id can take the JID documented for a
+    hashed one (the owner would have been pushed to ``-2``). Links made before
+    keep their JIDs: the link table, not this function, says who an account is.
     """
-    if not SIMPLE_ACCOUNT.fullmatch(account):
+    if not SIMPLE_ACCOUNT.fullmatch(account) or account.startswith(HASHED_PREFIX):
         digest = base64.b32encode(hashlib.sha256(account.encode()).digest()).decode().lower().rstrip("=")
-        account = "h-" + digest[:26]
+        account = HASHED_PREFIX + digest[:26]
     return escape_node(f"{account}@{site_id}")
 
 

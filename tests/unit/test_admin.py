@@ -103,3 +103,12 @@ def test_manhole_hash_is_checked_in_constant_time(config: Path) -> None:
     refusals: list = []
     bad.addErrback(refusals.append)
     assert refusals[0].check(UnauthorizedLogin)
+
+
+@pytest.mark.parametrize("jid", ["a\\40demo@localhost", "A\\40Demo@localhost", "a\uff3c40demo@localhost",
+                                 "zoe\u00ad\\40demo@localhost", "h-rx6zoplmvfgr5xuqljdwofneei\\40open@localhost"])
+def test_user_add_cannot_take_a_social_jid(config: Path, jid: str) -> None:
+    """Social accounts' JIDs (``<account>\\40<site>``) are out of reach of local registration,
+    however the name is spelled before preparation (case, full-width backslash, soft hyphen)."""
+    with pytest.raises(AdminError, match="backslash"):
+        admin(config, "user", "add", jid, stdin="pw\n")
