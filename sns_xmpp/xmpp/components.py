@@ -17,11 +17,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 from wokkel.component import NS_COMPONENT_ACCEPT, ListenComponentAuthenticator, XMPPComponentServerFactory
 
@@ -57,6 +58,7 @@ class ComponentStream(xmlstream.XmlStream):
         self.max_stanza_bytes = max_stanza_bytes
         self.clock = clock
         self.closed = False
+        self.footer_sent = False
         self.refusal: error.StreamError | None = None  # set by the factory when this stream may not start
         self.on_settled: list[Callable[[], None]] = []  # run once: at the handshake or at the end
         self.deadline: IDelayedCall | None = None
@@ -92,6 +94,24 @@ class ComponentStream(xmlstream.XmlStream):
         except HostileXML as hostile:
             self.fail(error.StreamError(hostile.condition, text=hostile.text))
 
+    # The error boundary: a handler that raises ends this stream with internal-server-error.
+
+    def onDocumentStart(self, rootElement: domish.Element) -> None:  # noqa: N802, N803 - Twisted's names
+        try:
+            super().onDocumentStart(rootElement)
+        except Exception:
+            log.failure("component.handler_failed peer={peer}", peer=self.peer)
+            self.fail(error.StreamError("internal-server-error"))
+
+    def onElement(self, element: domish.Element) -> None:  # noqa: N802 - Twisted's name
+        if self.closed:
+            return
+        try:
+            super().onElement(element)
+        except Exception:
+            log.failure("component.handler_failed peer={peer}", peer=self.peer)
+            self.fail(error.StreamError("internal-server-error"))
+
     def fail(self, problem: error.StreamError) -> None:
         """Send a stream error and close this stream only."""
         if self.closed:
@@ -99,6 +119,26 @@ class ComponentStream(xmlstream.XmlStream):
         log.info("component.stream_error condition={condition} peer={peer}", condition=problem.condition,
                  peer=self.peer)
         self.sendStreamError(problem)
+
+    def send(self, obj: domish.Element | str | bytes) -> None:
+        # Between our footer and connectionLost the route is still there; nothing follows the footer.
+        if not self.footer_sent:
+            super().send(obj)
+
+    def sendFooter(self) -> None:  # noqa: N802 - Twisted's name
+        super().sendFooter()
+        self.footer_sent = True
+
+    def onDocumentEnd(self) -> None:  # noqa: N802 - Twisted's name
+        """The component ended its stream: end ours too (RFC 6120 4.4; Twisted only drops the
+        connection)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._headerSent:
+            self.sendFooter()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def sendStreamError(self, streamError: error.StreamError) -> None:  # noqa: N803 - Twisted's name
         # wokkel's authenticator calls this directly: whatever else the read holds is not parsed.
@@ -134,17 +174,29 @@ class ComponentAuthenticator(ListenComponentAuthenticator):
         self.connected = connected
 
     def streamStarted(self, rootElement: domish.Element) -> None:
+        # As Twisted's and wokkel's, but the domain is looked up before it is parsed as a JID (which
+        # raises on some names, "a..b" say), and the header we answer with keeps our own prefixes
+        # and namespace whatever the component's header declared.
+        xs = self.xmlstream
+        xmlstream.Authenticator.streamStarted(self, rootElement)
+        xs.sid = token_hex(8)
         domain = rootElement.getAttribute("to")
-        # The header we answer with (before any error) needs the stream's namespace and id.
-        xmlstream.ListenAuthenticator.streamStarted(self, rootElement)
-        if domain not in self.secrets:
-            self.xmlstream.sendStreamError(error.StreamError("host-unknown"))
+        if rootElement.defaultUri != self.namespace:
+            xs.sendStreamError(error.StreamError("invalid-namespace"))
             return
+        if domain is None:
+            xs.sendStreamError(error.StreamError("improper-addressing"))
+            return
+        if domain not in self.secrets:
+            xs.sendStreamError(error.StreamError("host-unknown"))
+            return
+        xs.thisEntity = jid.internJID(domain)  # a configured domain: checked when the config was read
         if domain in self.connected:
             self._conflict(domain)
             return
         self.secret = self.secrets[domain]
-        super().streamStarted(rootElement)
+        xs.sendHeader()
+        xs.addOnetimeObserver("/*", self.onElement)
 
     def onHandshake(self, handshake: str) -> None:
         domain = self.xmlstream.thisEntity.host

@@ -520,3 +520,59 @@ def stanza(draw: st.DrawFn) -> Node:
     children = draw(st.lists(st.one_of(*[known_payload()] * 6, *[node_tree(2)] * 3, *[weird_value(huge=False)] * 2,
                                        deep_chain()), max_size=3))
     return Node(name, namespace, pairs, children, draw(st.sampled_from([False] * 15 + [True])))
+
+
+# -- hostile XML: DTDs, entities, and text in many pieces ------------------------------------------
+
+NS_COMPONENT = "jabber:component:accept"
+
+
+@st.composite
+def doctype(draw: st.DrawFn) -> str:
+    """A document type declaration: billion laughs, one large entity used many times, external and
+    parameter entities, an empty one. RFC 6120 11.1 forbids them all."""
+    kind = draw(st.sampled_from(["laughs", "quadratic", "external", "parameter", "empty", "notation"]))
+    root = draw(st.sampled_from(["stream:stream", "stream", "x", "handshake"]))
+    if kind == "laughs":
+        levels, width = draw(st.integers(2, 9)), draw(st.integers(2, 10))
+        entities = "<!ENTITY l0 'lol'>" + "".join(f"<!ENTITY l{n} '{f'&l{n - 1};' * width}'>"
+                                                    for n in range(1, levels))
+        return f"<!DOCTYPE {root} [{entities}]>"
+    if kind == "quadratic":
+        return f"<!DOCTYPE {root} [<!ENTITY a '{'a' * draw(st.integers(1, 50_000))}'>]>"
+    if kind == "external":
+        target = draw(st.sampled_from(["file:///etc/passwd", "http://127.0.0.1:1/x", "/dev/zero", "x"]))
+        return f"<!DOCTYPE {root} [<!ENTITY a SYSTEM '{target}'>]>"
+    if kind == "parameter":
+        return f"<!DOCTYPE {root} [<!ENTITY % p '<!ENTITY a \"x\">'> %p;]>"
+    if kind == "notation":
+        return f"<!DOCTYPE {root} [<!NOTATION n SYSTEM 'x'><!ENTITY u SYSTEM 'y' NDATA n>]>"
+    return f"<!DOCTYPE {root}>"
+
+
+ENTITY_USES = ("&a;", "&l1;", "&l8;", "&u;", "&p;", "&amp;", "&lt;", "&#65;", "&#x10FFFF;", "&#0;", "&undeclared;")
+
+
+@st.composite
+def hostile_xml(draw: st.DrawFn) -> bytes:
+    """What a hostile peer sends inside a stream: a DTD, comments, processing instructions, entity
+    references (declared, predefined, undeclared), long text made of many references, deep nesting."""
+    kind = draw(st.sampled_from(["doctype", "comment", "pi", "entities", "many-references", "cdata", "deep", "huge"]))
+    if kind == "doctype":
+        return draw(doctype()).encode()
+    if kind == "comment":
+        return b"<!--" + draw(xml_text()).replace("--", "-").encode() + b"-->"
+    if kind == "pi":
+        return b"<?" + draw(st.sampled_from([b"php", b"xml-stylesheet", b"x"])) + b" data?>"
+    if kind == "entities":
+        return ("<handshake>" + "".join(draw(st.lists(st.sampled_from(ENTITY_USES), min_size=1, max_size=5)))
+                + "</handshake>").encode()
+    if kind == "many-references":
+        return b"<message from='echo.localhost' to='echo.localhost'><body>" + b"&amp;" * draw(
+            st.integers(1, 20_000)) + b"</body></message>"
+    if kind == "cdata":
+        return b"<handshake><![CDATA[" + draw(xml_text()).replace("]]>", "").encode() + b"]]></handshake>"
+    if kind == "deep":
+        depth = draw(st.integers(40, 60))
+        return b"<x>" * depth + b"</x>" * depth
+    return b"<handshake>" + draw(huge_text()).encode() + b"</handshake>"

@@ -158,3 +158,22 @@ def test_two_handshakes_for_one_domain_the_second_is_refused_with_conflict() -> 
     message["to"], message["from"] = "echo.localhost", "alice@localhost"
     router.route(message)
     assert first_transport.value().endswith(b"<message to='echo.localhost' from='alice@localhost'/>")
+
+
+@pytest.mark.parametrize(("header", "condition"), [
+    (HEADER.replace("echo.localhost", "a..b"), "host-unknown"),  # Twisted's JID parser raised IndexError on it
+    (HEADER.replace("echo.localhost", "other.localhost"), "host-unknown"),
+    (HEADER.replace(" to='echo.localhost'", ""), "improper-addressing"),
+    (HEADER.replace("jabber:component:accept", "jabber:client"), "invalid-namespace"),
+    (HEADER.replace("xmlns:stream=", "xmlns:s='urn:other' xmlns:stream="), None),
+])
+def test_stream_headers_get_a_stream_error_not_an_exception(header: str, condition: str | None) -> None:
+    """A header naming an unparseable, unknown or no domain, or the wrong namespace, is answered
+    with a stream error (found by tests/fuzz/test_component_fuzz.py); the answer's header is in
+    the component namespace with the usual stream prefix, whatever the component declared."""
+    factory, _, _ = make_factory()
+    xs, transport = connect(factory)
+    xs.dataReceived(header.encode())
+    assert stream_error(transport) == condition
+    assert transport.value().startswith(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' "
+                                        b"xmlns='jabber:component:accept'")
