@@ -60,3 +60,7 @@ class ILoginChecker(Interface):
 
     def scram_lookup(authcid: str, mechanism: str, domain: str) -> Deferred:
         """Fire with a ScramLookup for the user named by *authcid*."""
+
+    def throttle_key(authcid: str, domain: str) -> str:
+        """The key failed logins under *authcid* count against: one per account, however the
+        client spells its name (case, width, ignorable characters, the bare-JID form)."""

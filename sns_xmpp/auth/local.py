@@ -27,9 +27,9 @@ def local_jid(authcid: str, domain: str) -> str:
     stream's domain; any other shape is not a local account name.
     """
     node = authcid
-    suffix = "@" + domain
-    if authcid.endswith(suffix):
-        node = authcid[: -len(suffix)]
+    before, at, host = authcid.rpartition("@")
+    if at and host.lower() == domain:  # a domainpart is case-insensitive (RFC 7622 3.2)
+        node = before
     if not node or "@" in node or "/" in node:
         raise AuthenticationFailed("not-authorized", "no such account or wrong password")
     try:
@@ -82,6 +82,12 @@ class LocalAccountChecker:
             raise AuthenticationFailed("not-authorized", "no such account or wrong password")
         check_authzid(authzid, jid)
         return LoginResult(jid=jid, method="PLAIN")
+
+    def throttle_key(self, authcid: str, domain: str) -> str:
+        try:
+            return "account:" + local_jid(authcid, domain)
+        except AuthenticationFailed:
+            return "account:" + authcid.lower()  # no account has this name; counted all the same
 
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred:
         try:

@@ -51,8 +51,9 @@ class BearerFailed(AuthenticationFailed):
 def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
     """(identifier, site id) for a social user name, in plain or XEP-0106 JID form; None for a local name."""
     name = authcid
-    if name.endswith("@" + domain) and "\\" in name:
-        name = name[: -len(domain) - 1]  # "<identifier>\40<site>@<domain>": the whole JID was sent
+    before, at, host = name.rpartition("@")
+    if at and "\\" in before and host.lower() == domain:
+        name = before  # "<identifier>\40<site>@<domain>": the whole JID was sent
     if "@" not in name:
         # The JID form, "<identifier>\40<site>". A plain "<identifier>@<site>" is taken as it is:
         # an identifier may hold text like "\40" (OIDC subjects are any string).
@@ -60,7 +61,7 @@ def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
         if "@" not in name:
             return None
     identifier, _, site_id = name.rpartition("@")
-    if site_id == domain:
+    if site_id.lower() == domain:  # a local name in bare-JID form; a domainpart is case-insensitive
         return None
     return identifier, site_id
 
@@ -135,6 +136,22 @@ class SocialLoginChecker:
             "not-authorized",
             f"{rejection}; fresh credentials: {self.public_url}/login-using-{site_id}",
             site=site_id, reason=rejection.kind.value)
+
+    def throttle_key(self, authcid: str, domain: str) -> str:
+        """(site, account id) for a social name, whatever the session or form of the identifier."""
+        social = split_social(authcid, domain)
+        if social is None:
+            return self.local.throttle_key(authcid, domain)
+        identifier, site_id = social
+        site = self.sites.get(site_id)
+        if site is not None:
+            try:
+                return f"social:{site_id}\x00{site.parse_identifier(identifier)}"
+            except SiteRejection:
+                pass
+            except Exception:
+                log.failure("auth.parse_identifier_failed site={site}", site=site_id)
+        return f"social:{site_id}\x00?{identifier}"  # no account: such a name never logs in
 
     # -- PLAIN ------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ After a few free failures each further failure is answered more slowly
 for a while and every attempt gets <temporary-auth-failure/>, right or wrong,
 without saying whether the address or the account is blocked. Failures are
 forgotten after a quiet window. State is in memory, bounded by pruning.
+
+An account's key is the checker's ``throttle_key``: the prepared bare JID of a
+local name, (site, account id) of a social one, so that failures under every
+spelling of one account (case, full-width forms, soft hyphens, the bare-JID
+form, another session's identifier) count against one record.
 """
 
 from __future__ import annotations

@@ -381,8 +381,7 @@ _SUCCESS = f"<success xmlns='{NS_SASL}'/>"
 
 
 def _account_key(attempt: Attempt | None) -> str | None:
-    authcid = getattr(attempt, "authcid", None)
-    return f"account:{authcid.lower()}" if authcid else None
+    return attempt.account_key if attempt is not None else None
 
 
 def _payload(element: domish.Element) -> Callable[[], bytes | None]:

@@ -82,6 +82,11 @@ class PlainAttempt:
         self.domain = domain
         self.authcid: str | None = None
 
+    @property
+    def account_key(self) -> str | None:
+        """What a failure counts against in the per-account throttle (the account, not the spelling)."""
+        return self.checker.throttle_key(self.authcid, self.domain) if self.authcid else None
+
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:
             return defer.succeed(Challenge(b""))
@@ -117,6 +122,11 @@ class ScramAttempt:
     @property
     def authcid(self) -> str | None:
         return self.exchange.username or None
+
+    @property
+    def account_key(self) -> str | None:
+        """What a failure counts against in the per-account throttle (the account, not the spelling)."""
+        return self.checker.throttle_key(self.exchange.username, self.domain) if self.exchange.username else None
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:
@@ -160,6 +170,8 @@ class OAuthBearerAttempt:
         self.checker = checker
         self.domain = domain
         self.refusal: AuthenticationFailed | None = None
+
+    account_key = None  # a bearer token names no account before it is verified
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:

@@ -39,6 +39,9 @@ class OnePasswordChecker:
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> defer.Deferred:
         raise NotImplementedError
 
+    def throttle_key(self, authcid: str, domain: str) -> str:
+        return "account:" + authcid.lower()
+
 
 @implementer(ITLSTransport)
 class TLSlessTransport(StringTransport):

@@ -26,6 +26,7 @@ from tests.unit.test_scram import client_final
     [
         ("alice", None),
         ("alice@localhost", None),
+        ("alice@LOCALHOST", None),
         ("12345@site", ("12345", "site")),
         ("a.b.1.k@demo", ("a.b.1.k", "demo")),
         ("a.b.1.k\\40demo", ("a.b.1.k", "demo")),
