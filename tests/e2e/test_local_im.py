@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import pytest_twisted
 
+from sns_xmpp.xmpp.stream_management import REQUEST_EVERY
 from tests.xmppclient import Client, wait
 
 
@@ -228,4 +236,85 @@ async def test_stream_management_client_gets_its_offline_messages_acks_them_and_
     assert session.sm is not None and session.sm.acked >= handled
     assert bob.stream_errors.empty() and not session.stream.closed
     await wait(bob.log_out())
+    await wait(alice.log_out())
+
+
+PROFANITY = shutil.which("profanity")
+
+
+def _need_profanity() -> str:
+    if PROFANITY is None:
+        if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
+            pytest.fail("SNS_XMPP_REQUIRE_CLIENTS is set, but profanity is not installed")
+        pytest.skip("needs profanity (Debian package profanity) and tmux")
+    if shutil.which("tmux") is None:
+        pytest.fail("profanity is installed but tmux, which drives it, is not")
+    return PROFANITY
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll server-side state that an external client changes (no event to wait on from here)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(int(timeout / 0.1)):
+        if condition():
+            return
+        await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("timed out")
+
+
+@pytest_twisted.ensureDeferred
+async def test_profanity_with_stream_management_gets_offline_messages_and_stays(server, tmp_path: Path) -> None:
+    """Profanity (C, libstrophe, XEP-0198 on by default) logs in while three messages wait offline:
+    it gets them, acknowledges them and stays connected (it was thrown out with undefined-condition,
+    "handled count too high", when offline messages went around stream management's count)."""
+    command = _need_profanity()
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    alice = await logged_in(server, "alice@localhost")
+    for text in ("one", "two", "three"):
+        alice.send_message(mto="bob@localhost", mbody=text, mtype="chat")
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
+    assert await server.store.count_offline("bob@localhost") == 3
+
+    data, config = tmp_path / "data", tmp_path / "config"
+    (data / "profanity").mkdir(parents=True)
+    (config / "profanity").mkdir(parents=True)
+    (data / "profanity" / "accounts").write_text(textwrap.dedent(f"""\
+        [bob@localhost]
+        enabled=true
+        jid=bob@localhost
+        server=127.0.0.1
+        port={server.c2s_port}
+        resource=profanity
+        password=secret
+        tls.policy=trust
+        """))
+    socket_name = f"sns-xmpp-{os.getpid()}-{server.c2s_port}"
+    env = f"HOME={tmp_path} XDG_DATA_HOME={data} XDG_CONFIG_HOME={config} TERM=xterm"
+    started = subprocess.run(
+        ["tmux", "-L", socket_name, "new-session", "-d", "-x", "160", "-y", "40",
+         f"env {env} {command} -a bob@localhost -l DEBUG -f {tmp_path / 'profanity.log'}"],
+        capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    try:
+        def acknowledged() -> bool:
+            sessions = server.sessions.resources("bob@localhost")
+            return bool(sessions) and sessions[0].sm is not None and sessions[0].sm.acked >= 5
+
+        await until(acknowledged)
+        [session] = server.sessions.resources("bob@localhost")
+        assert session.sm is not None and not session.stream.closed
+        assert await server.store.count_offline("bob@localhost") == 0
+        # Enough live messages that the server's next <r/> follows the last of them, with nothing
+        # else in flight: the answer then counts exactly what the client received, offline
+        # messages included, and must be accepted.
+        asked_at = (session.sm.sent // REQUEST_EVERY + 1) * REQUEST_EVERY
+        for n in range(asked_at - session.sm.sent):
+            alice.send_message(mto="bob@localhost", mbody=f"live {n}", mtype="chat")
+        await until(lambda: session.stream.closed or session.sm is not None and session.sm.acked >= asked_at)
+        assert not session.stream.closed and server.sessions.resources("bob@localhost") == [session]
+    finally:
+        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
     await wait(alice.log_out())
