@@ -183,10 +183,12 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     site_context = SiteContext(reactor, public_url, config.data_dir, config.server.domains)
     sites = load_sites(config.sites, site_context)
     sites.setServiceParent(top)
+    # Per install, made on first start: keys the salts that unknown users seem to have.
+    salt_key = ensure_secret(config.data_dir / "scram-salt.key").encode()
     local = LocalAccountChecker(store, lambda *args, **kwargs: threads.deferToThreadPool(
-        reactor, reactor.getThreadPool(), *args, **kwargs))
-    checker = SocialLoginChecker(store, sites, local, reactor, public_url,
-                                 ensure_secret(config.data_dir / "scram-salt.key").encode(), metrics)
+        reactor, reactor.getThreadPool(), *args, **kwargs), iterations=config.xmpp.c2s.scram_iterations,
+        salt_key=salt_key)
+    checker = SocialLoginChecker(store, sites, local, reactor, public_url, salt_key, metrics)
     # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
     pending = PendingLogins(reactor, secret=ensure_secret(config.data_dir / "login-state.key").encode())
     web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor)

@@ -39,8 +39,10 @@ class AuthenticationFailed(Exception):
 class ScramLookup:
     """The credential SCRAM checks the proof against, and what to do once it holds.
 
-    ``credential`` is None for an unknown user: the exchange still runs with a
-    fake salt, so that a failure does not reveal whether the user exists.
+    For an unknown user ``credential`` is a stand-in (the checker's salt and
+    iteration count, keys no password matches) and ``complete`` refuses, so that
+    the exchange does not reveal whether the user exists. None also works: the
+    exchange then makes up a salt itself, with the default count.
     """
 
     credential: ScramCredential | None

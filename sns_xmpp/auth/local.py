@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -12,7 +13,14 @@ from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.saslprep import SASLprepError
-from sns_xmpp.auth.scram import MECHANISMS, derive_credential
+from sns_xmpp.auth.scram import (
+    DEFAULT_ITERATIONS,
+    MECHANISMS,
+    SALT_BYTES,
+    ScramCredential,
+    derive_credential,
+    stand_in_credential,
+)
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import Account
 from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
@@ -38,6 +46,13 @@ def local_jid(authcid: str, domain: str) -> str:
         raise AuthenticationFailed("not-authorized", "no such account or wrong password") from None
 
 
+def _local_jid_or_none(authcid: str, domain: str) -> str | None:
+    try:
+        return local_jid(authcid, domain)
+    except AuthenticationFailed:
+        return None
+
+
 def check_authzid(authzid: str | None, jid: str) -> None:
     if authzid and authzid != jid:
         try:
@@ -52,10 +67,22 @@ def check_authzid(authzid: str | None, jid: str) -> None:
 class LocalAccountChecker:
     mechanisms = MECHANISMS + ("PLAIN",)
 
-    def __init__(self, store: IStore, hashing: Hashing = defer.maybeDeferred) -> None:
+    def __init__(self, store: IStore, hashing: Hashing = defer.maybeDeferred, *,
+                 iterations: int = DEFAULT_ITERATIONS, salt_key: bytes | None = None) -> None:
         self.store = store
         # Where key derivation runs: the daemon passes a thread pool; inline by default.
         self.hashing = hashing
+        # An unknown user gets what a real one would: the configured count (what real users'
+        # keys were made with), a salt keyed by the per-install secret (stable across restarts,
+        # unguessable), and the same key derivation for PLAIN. Without a secret (tests), a
+        # random one for this checker's lifetime.
+        self.iterations = iterations
+        self._salt_key = salt_key if salt_key is not None else secrets.token_bytes(32)
+
+    def stand_in(self, mechanism: str, name: str) -> ScramCredential:
+        """The credential an unknown user *name* (prepared, if it can be) seems to have."""
+        salt = hmac.digest(self._salt_key, f"scram-salt{mechanism}\x00{name}".encode(), "sha256")[:SALT_BYTES]
+        return stand_in_credential(mechanism, salt, self.iterations)
 
     def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
         return self.mechanisms
@@ -64,13 +91,16 @@ class LocalAccountChecker:
     def check_plain(
         self, authcid: str, password: str, authzid: str | None, domain: str
     ) -> Generator[Deferred[Any], Any, LoginResult]:
-        jid = local_jid(authcid, domain)
-        account = yield self.store.get_account(jid)
+        jid = _local_jid_or_none(authcid, domain)
+        account = (yield self.store.get_account(jid)) if jid is not None else None
         stored = None
         if account is not None:
             stored = next((c for c in account.credentials if c.mechanism == "SCRAM-SHA-256"), None)
+        known = stored is not None
         if stored is None:
-            raise AuthenticationFailed("not-authorized", "no such account or wrong password")
+            # The same derivation against keys no password matches, so that an unknown
+            # user's refusal takes as long as a wrong password's.
+            stored = self.stand_in("SCRAM-SHA-256", jid or authcid)
         try:
             # PBKDF2 would stall every stream for a millisecond or more; hashlib
             # releases the GIL, so a thread runs it beside the reactor.
@@ -78,7 +108,7 @@ class LocalAccountChecker:
                                          salt=stored.salt, iterations=stored.iterations)
         except SASLprepError:
             raise AuthenticationFailed("not-authorized", "no such account or wrong password") from None
-        if not hmac.compare_digest(offered.stored_key, stored.stored_key):
+        if not (hmac.compare_digest(offered.stored_key, stored.stored_key) and known and jid is not None):
             raise AuthenticationFailed("not-authorized", "no such account or wrong password")
         check_authzid(authzid, jid)
         return LoginResult(jid=jid, method="PLAIN")
@@ -90,21 +120,22 @@ class LocalAccountChecker:
             return "account:" + authcid.lower()  # no account has this name; counted all the same
 
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred:
-        try:
-            jid = local_jid(authcid, domain)
-        except AuthenticationFailed:
-            return defer.succeed(ScramLookup(None, _refuse))
+        jid = _local_jid_or_none(authcid, domain)
+        if jid is None:
+            return defer.succeed(ScramLookup(self.stand_in(mechanism, authcid), _refuse))
 
         def found(account: Account | None) -> ScramLookup:
             credential = None
             if account is not None:
                 credential = next((c for c in account.credentials if c.mechanism == mechanism), None)
+            if credential is None:
+                return ScramLookup(self.stand_in(mechanism, jid), _refuse)
 
             def complete(authzid: str | None) -> Deferred:
                 check_authzid(authzid, jid)
                 return defer.succeed(LoginResult(jid=jid, method=mechanism))
 
-            return ScramLookup(credential, complete if credential else _refuse)
+            return ScramLookup(credential, complete)
 
         return self.store.get_account(jid).addCallback(found)
 

@@ -25,6 +25,7 @@ __all__ = [
     "ScramServerExchange",
     "derive_all",
     "derive_credential",
+    "stand_in_credential",
 ]
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
@@ -33,6 +34,7 @@ MAX_MESSAGE_BYTES = 4096
 
 _HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 _SALT_BYTES = 16
+SALT_BYTES = _SALT_BYTES
 
 # Keys the fake salts of unknown users. Random per process so that nobody can
 # precompute them, yet stable for the process lifetime so that asking twice for
@@ -80,6 +82,13 @@ def derive_credential(
         stored_key=hashlib.new(name, client_key).digest(),
         server_key=hmac.digest(salted, b"Server Key", name),
     )
+
+
+def stand_in_credential(mechanism: str, salt: bytes, iterations: int) -> ScramCredential:
+    """A credential for a user that does not exist: the given salt and count, keys no password matches."""
+    size = hashlib.new(_hash_name(mechanism)).digest_size
+    return ScramCredential(mechanism=mechanism, salt=salt, iterations=iterations,
+                           stored_key=secrets.token_bytes(size), server_key=secrets.token_bytes(size))
 
 
 def derive_all(password: str, iterations: int = DEFAULT_ITERATIONS) -> tuple[ScramCredential, ...]:

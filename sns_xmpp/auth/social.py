@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
-from sns_xmpp.auth.scram import derive_credential
+from sns_xmpp.auth.scram import derive_credential, stand_in_credential
 from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
@@ -33,6 +33,8 @@ from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unes
 log = GatedLogger()
 
 SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
+# A site's SCRAM password is a keyed signature, not a person's choice: more rounds would add cost, not safety.
+SOCIAL_SCRAM_ITERATIONS = 4096
 HASHED_PREFIX = "h-"  # a literal id never keeps it: see social_localpart
 
 
@@ -206,15 +208,18 @@ class SocialLoginChecker:
         identifier, site_id = social
         site = self.sites.get(site_id)
         password = site.scram_password(identifier, self.clock.seconds()) if site is not None else None
-        if site is None or password is None:
-            return defer.succeed(ScramLookup(None, _refuse_unknown))
         # The salt only has to be stable for one identifier; keying it keeps it unguessable.
         salt = hmac.new(self._salt_key, authcid.encode(), hashlib.sha256).digest()[:16]
+        if site is None or password is None:
+            # Shaped like a site's answer: one cannot tell which identifiers a site would take.
+            return defer.succeed(ScramLookup(stand_in_credential(mechanism, salt, SOCIAL_SCRAM_ITERATIONS),
+                                             _refuse_unknown))
 
         def complete(authzid: str | None) -> Deferred[LoginResult]:
             return defer.ensureDeferred(self._social(social, password, authzid, domain, mechanism))
 
-        derived = self.local.hashing(derive_credential, mechanism, password, salt=salt, iterations=4096)
+        derived = self.local.hashing(derive_credential, mechanism, password, salt=salt,
+                                     iterations=SOCIAL_SCRAM_ITERATIONS)
         return derived.addCallback(lambda credential: ScramLookup(credential, complete))
 
     # -- OAUTHBEARER (RFC 7628) -------------------------------------------------------
