@@ -31,7 +31,7 @@ from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
-from sns_xmpp.keyfiles import ensure_secret
+from sns_xmpp.keyfiles import ensure_secret, private_directory
 from sns_xmpp.ops import log_gate
 from sns_xmpp.ops.console import namespace
 from sns_xmpp.ops.logs import wanted_observer
@@ -156,7 +156,7 @@ class Server:
 def build_server(config: Config, reactor: Any, config_path: Path | None = None) -> Server:
     log_gate.set_minimum(LogLevel.levelWithName(config.log.level))
     top = ServerService(wanted_observer(config.log))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(config.data_dir)  # the database and the keys: 0700
 
     store = ThreadedStore(database_opener(config), reactor)
     store.setName("store")

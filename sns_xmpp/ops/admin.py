@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.keyfiles import private_directory
 from sns_xmpp.ops import site_tools
 from sns_xmpp.ops.manhole import hash_password
 from sns_xmpp.sites.registry import load_sites
@@ -102,7 +103,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(config.data_dir)
     if args.topic == "mint":
         site_tools.mint(config, args.site, args.account, args.lifetime, args.json, stdout)
         return

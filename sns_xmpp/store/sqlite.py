@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from sns_xmpp.keyfiles import create_private, warn_if_open
 from sns_xmpp.store.common import (
     SQL_ACCOUNT_SOCIAL,
     SQL_CLAIM_DIGEST,
@@ -67,6 +68,11 @@ class SQLiteDatabase(SQLDatabase):
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
+        on_disk = not (self.path == ":memory:" or self.path.startswith("file:"))
+        if on_disk:
+            # SQLite makes a new file 0644; it holds SCRAM keys and messages. It makes the
+            # -wal and -shm files with the database file's mode, so they follow.
+            create_private(self.path)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -77,6 +83,9 @@ class SQLiteDatabase(SQLDatabase):
         except BaseException:
             self._conn.close()
             raise
+        if on_disk:
+            for suffix in ("", "-wal", "-shm"):
+                warn_if_open(self.path + suffix)
 
     def _wal(self, busy_timeout: float) -> None:
         # Switching a new file to WAL does not honour busy_timeout: while another
