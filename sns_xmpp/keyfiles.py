@@ -7,9 +7,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from twisted.logger import Logger
+from sns_xmpp.ops.log_gate import GatedLogger
 
-log = Logger()
+log = GatedLogger()
 
 
 def private_directory(path: Path) -> Path:

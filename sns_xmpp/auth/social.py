@@ -23,7 +23,7 @@ from zope.interface import implementer
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential, stand_in_credential
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.ops.log_gate import GatedLogger, escape_controls
 from sns_xmpp.ops.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
@@ -126,7 +126,9 @@ class SocialLoginChecker:
         site = self.sites.get(site_id)
         if site is None:
             known = ", ".join(sorted(s.site_id for s in self.sites)) or "none"
-            raise AuthenticationFailed("not-authorized", f"unknown-site: no site '{site_id}' (sites: {known})",
+            # The name is the client's: control characters would make the answer ill-formed XML.
+            raise AuthenticationFailed("not-authorized",
+                                       f"unknown-site: no site '{escape_controls(site_id)}' (sites: {known})",
                                        site="unknown", reason="unknown-site")
         return site
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
@@ -32,3 +34,34 @@ def test_levels_below_the_minimum_never_reach_an_observer(events: list[dict]) ->
     log.debug("gate.dropped_again")
     mine = [e["log_format"] for e in events if e.get("log_namespace") == "sns_xmpp.test"]
     assert mine == ["gate.kept", "gate.kept_too", "gate.open_again"]
+
+
+@pytest.mark.parametrize("json_format", [False, True], ids=["twistd-text", "configured-json"])
+def test_a_user_name_cannot_forge_a_log_line(events: list[dict], json_format: bool) -> None:
+    """A SASL user name naming the "site" ``\\r\\nfake line`` reaches the log in the refusal's
+    reason; in twistd's text format (the default) and in our configured observers its CR, LF and
+    other control characters are escaped: the event is one line, and nothing can start a new one
+    or rewrite the line on a terminal."""
+    from twisted.logger import formatEventAsClassicLogText
+
+    from sns_xmpp.config import LogConfig
+    from sns_xmpp.ops.logs import wanted_observer
+    from tests.unit.test_auth_throttle import Server
+
+    log_gate.set_minimum(LogLevel.info)
+    server = Server(Path("/nonexistent"))
+    answer = server.login("x@\r\nfake line 2026-01-01T00:00:00 [-] c2s.authenticated jid=admin\x1b[2K", "p")
+    assert "<not-authorized/>" in answer
+    assert "\x1b" not in answer and "\r" not in answer, "the refusal's text is well-formed XML too"
+    refused = [e for e in events if e.get("log_format", "").startswith("c2s.auth_failed")]
+    assert len(refused) == 1
+    text = formatEventAsClassicLogText(refused[0])
+    assert text is not None and text.count("\n") == 1 and text.endswith("\n") and "\r" not in text
+    assert "\\r\\nfake line" in text and "\x1b" not in text and "\\x1b[2K" in text
+
+    out = io.StringIO()
+    observer = wanted_observer(LogConfig(format="json" if json_format else "text", level="debug"), out)
+    assert observer is not None
+    observer({**refused[0], "reason": "raw\r\nforged\x1b"})  # an event from a logger without the gate
+    written = out.getvalue()
+    assert written.count("\n") == 1 and "\r" not in written and "\x1b" not in written
