@@ -141,10 +141,12 @@ class GuardedElementStream(domish.ExpatElementStream):
                 raise domish.ParserError("Maximum element count exceeded")
             opened = self._open
             if opened:
-                parent = opened[-1]
-                if self._text:
-                    self._add_text(parent)
-                parent.children.append(element)  # no element.parent: see the module's docstring
+                children = opened[-1].children
+                text = self._text
+                if text:  # the parent's text before this child, joined once (see _onCdata)
+                    children.append(text[0] if len(text) == 1 else "".join(text))
+                    text.clear()
+                children.append(element)  # no element.parent: see the module's docstring
             opened.append(element)
         else:
             self.documentStarted = 1
@@ -162,8 +164,10 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.DocumentEndEvent()
             return
         current = opened.pop()
-        if self._text:
-            self._add_text(current)
+        text = self._text
+        if text:
+            current.children.append(text[0] if len(text) == 1 else "".join(text))
+            text.clear()
         if not opened:
             self.elementCount = 0
             self.stanzaSize = 0
@@ -174,16 +178,12 @@ class GuardedElementStream(domish.ExpatElementStream):
             self.mark = self.parser.CurrentByteIndex + len(data.encode())
         elif self.parser.CurrentByteIndex - self.mark > self.max_stanza_bytes:
             raise HostileXML("policy-violation", "stanza too large")
+        # Gathered, and joined once when a child starts or the element ends: Twisted appends each
+        # piece to the text so far (``+=`` on a string the element's list also holds: a copy),
+        # quadratic in a text read in many pieces or broken by many entity references. Joined
+        # there, the text follows the element's last child, as Twisted's addContent would put it.
         if self._open:
             self._text.append(data)
-
-    def _add_text(self, element: domish.Element) -> None:
-        """Give *element* the text gathered since its last child, joined once. Twisted appends each
-        piece to the text so far (``+=`` on a string the element's list also holds: a copy), which
-        is quadratic in a text read in many pieces, or broken by many entity references."""
-        text = self._text
-        element.addContent(text[0] if len(text) == 1 else "".join(text))
-        text.clear()
 
 
 def guarded_stream(max_stanza_bytes: int, handlers: Any) -> GuardedElementStream:
