@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet import abstract, protocol, task
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
@@ -31,7 +31,7 @@ ElementHandler = Callable[[domish.Element], None]
 
 RELEASE_PARSER_AFTER = 60.0  # seconds of silence after which a bound stream drops its parser
 BACKLOG_CHECK_EVERY = 65536  # bytes written between two looks at what the client has not read yet
-OVERFLOW_GRACE = 5.0  # seconds a stream ended for not reading has to take its error before it is cut
+CLOSE_GRACE = 5.0  # seconds a stream ended with an error has to take it before the connection is cut
 
 
 def buffered_bytes(transport: object) -> int:
@@ -90,6 +90,7 @@ class ClientStream(xmlstream.XmlStream):
         self.max_outbound_bytes = max_outbound_bytes
         self._unchecked = 0  # bytes written since the last look at the backlog
         self.lost = False  # connectionLost has run
+        self._cut_call: IDelayedCall | None = None
         self.on_limit: Callable[[str], None] = _count_nothing  # the factory's metrics hook
         self.namespace = NS_CLIENT
         self.max_stanza_bytes = max_stanza_bytes
@@ -101,7 +102,7 @@ class ClientStream(xmlstream.XmlStream):
         self.element_handler: ElementHandler = self._refuse
         # How the stream writes a stanza of its own (idle ping, error answer): the bound session's
         # send once there is one, so that stream management counts and keeps it (XEP-0198).
-        self.send_stanza: Callable[[domish.Element | str], None] = self.send
+        self.send_stanza: Callable[[domish.Element | str], object] = self.send
         self._fed = 0  # bytes given to the current parser
         self._root: domish.Element | None = None  # the client's stream header, until release_parser() needs it
         self._header: bytes | None = None
@@ -272,6 +273,10 @@ class ClientStream(xmlstream.XmlStream):
         self.ended_by = self.ended_by or "server"
         log.info("c2s.stream_error condition={condition} peer={peer}", condition=error.condition, peer=self.peer)
         self.sendStreamError(error)
+        # A client that does not read never lets the error and the data before it drain, and the
+        # connection would stay (with its buffer) until TCP gives up: cut it after a grace period.
+        if not self.lost:
+            self._cut_call = self.clock.callLater(CLOSE_GRACE, self._cut)
 
     def close(self) -> None:
         if self.closed:
@@ -283,11 +288,12 @@ class ClientStream(xmlstream.XmlStream):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    def send(self, obj: domish.Element | str | bytes) -> None:
+    def send(self, obj: domish.Element | str | bytes) -> int:
+        """Write *obj*; the number of bytes written (0 once the stream is over)."""
         # Between the footer and connectionLost the session is still bound and stanzas are still
         # routed here; RFC 6120 4.4: nothing follows </stream:stream>.
         if self.transport is None or self.footer_sent:
-            return
+            return 0
         # Twisted's two send layers, without their interface checks: only elements, text and
         # bytes come here.
         if isinstance(obj, bytes):
@@ -299,18 +305,19 @@ class ClientStream(xmlstream.XmlStream):
         if self._unchecked >= BACKLOG_CHECK_EVERY:
             self._unchecked = 0
             self._check_backlog()
+        return len(data)
 
     def _check_backlog(self) -> None:
         """End the stream of a client that lets more than max_outbound_bytes pile up unread. Its
         session ends with it: stanzas kept for XEP-0198 go to the user's other resources or offline
-        storage. After OVERFLOW_GRACE the connection is cut, dropping what it still holds."""
+        storage. After CLOSE_GRACE the connection is cut (see fail), dropping what it still holds."""
         if self.closed or buffered_bytes(self.transport) <= self.max_outbound_bytes:
             return
         self.on_limit("outbound-backlog")
         self.fail(StreamError("policy-violation", text="too much unread data"))
-        self.clock.callLater(OVERFLOW_GRACE, self._cut)
 
     def _cut(self) -> None:
+        self._cut_call = None
         transport = self.transport
         if self.lost or transport is None:
             return
@@ -334,6 +341,9 @@ class ClientStream(xmlstream.XmlStream):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.closed = True
         self.lost = True
+        if self._cut_call is not None and self._cut_call.active():
+            self._cut_call.cancel()
+        self._cut_call = None
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             try:

@@ -82,13 +82,14 @@ class ClientSession:
         if sm is None:
             self.stream.send(element)
             return
-        if not sm.sending(element):
+        if self.detached:  # kept in sm.unacked for the resumption, its size counted all the same
+            size = len(element) if isinstance(element, str) else len(self.stream.serialize(element))
+        else:
+            size = self.stream.send(element)
+        if not sm.sending(element, size):
             self.stream.fail(StreamError("policy-violation", text="too many unacknowledged stanzas"))
             return
-        if self.detached:
-            return  # kept in sm.unacked for the resumption
-        self.stream.send(element)
-        if sm.wants_request():
+        if not self.detached and sm.wants_request():
             self.stream.send(domish.Element((NS_SM, "r")))
 
 

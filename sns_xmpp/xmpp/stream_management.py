@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 NS_SM = "urn:xmpp:sm:3"
 REQUEST_EVERY = 5  # outbound stanzas between our <r/> requests
 MAX_UNACKED = 1000  # a client that never acknowledges is cut off rather than grow memory
+# ... and so is one whose unacknowledged stanzas come to more bytes than its stream may hold
+# unread (ClientStream.max_outbound_bytes): it may read them and still never acknowledge.
 
 _current: StreamManagement | None = None
 _current_seq = 0
@@ -68,6 +70,8 @@ class StreamManagement:
         self.sent = 0
         self.acked = 0
         self.unacked: deque[domish.Element | str] = deque()
+        self._sizes: deque[int] = deque()  # the serialised size of each, as written
+        self.unacked_bytes = 0
         self.detached_timer: IDelayedCall | None = None
         self._room_waiters: list[Callable[[], None]] = []
 
@@ -123,13 +127,14 @@ class StreamManagement:
 
     # -- outbound -------------------------------------------------------------
 
-    def sending(self, stanza: domish.Element | str) -> bool:
-        """Keep *stanza* until acknowledged; False if the client has let too many pile up."""
+    def sending(self, stanza: domish.Element | str, size: int) -> bool:
+        """Keep *stanza* (*size* bytes written) until acknowledged; False if the client has let
+        too many, or too many bytes, pile up."""
         self.sent += 1
         self.unacked.append(stanza)
-        if len(self.unacked) > MAX_UNACKED:
-            return False
-        return True
+        self._sizes.append(size)
+        self.unacked_bytes += size
+        return len(self.unacked) <= MAX_UNACKED and self.unacked_bytes <= self.stream.max_outbound_bytes
 
     def wants_request(self) -> bool:
         return self.sent % REQUEST_EVERY == 0
@@ -141,6 +146,7 @@ class StreamManagement:
             return False
         for _ in range(newly):
             self.unacked.popleft()
+            self.unacked_bytes -= self._sizes.popleft()
         self.acked = _u32(h)
         if newly and self._room_waiters and self.room() > 0:
             waiters, self._room_waiters = self._room_waiters, []

@@ -124,8 +124,9 @@ async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server
     send = stream.send
 
     def measured_send(obj):  # type: ignore[no-untyped-def]
-        send(obj)
+        written = send(obj)
         backlog.append(buffered_bytes(stream.transport))
+        return written
 
     stream.send = measured_send  # type: ignore[method-assign]
     ended: defer.Deferred[None] = defer.Deferred()

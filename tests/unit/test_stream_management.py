@@ -255,3 +255,83 @@ def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     elapsed = time.perf_counter() - started
     assert b"h='20000'" in stream.value()
     assert elapsed < 0.5, f"20,000 completions took {elapsed:.3f} s"
+
+
+def test_a_client_that_reads_but_never_acks_is_bounded_in_bytes_too() -> None:
+    """The resend queue holds what the client has not acknowledged: bounded by the stream's
+    max_outbound_bytes as well as by count, or a client that reads and never acks could make the
+    server keep a thousand 256 KiB stanzas. Past it the stream ends with policy-violation and the
+    queued messages go to offline storage, none lost."""
+    store = MemoryStore()
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.max_outbound_bytes = 1024 * 1024
+    bob.dataReceived(b"<presence/>")
+    output(transport)
+    body = "x" * 65536
+    for n in range(40):
+        message = domish.Element((None, "message"))
+        message["to"], message["from"], message["type"] = "bob@localhost", "alice@localhost/r", "chat"
+        message.addElement("body", content=f"{n} {body}")
+        sessions.deliver(message)
+    written = output(transport)
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written
+    assert len(written) < 1024 * 1024 + 2 * 70_000
+    bob.connectionLost(None)  # type: ignore[arg-type]
+    kept = sorted(int(m.stanza.split("<body>")[1].split()[0]) for m in store.offline["bob@localhost"])
+    assert kept == list(range(40))
+
+
+def test_a_stream_whose_client_does_not_read_ends_at_the_outbound_bound() -> None:
+    """Without stream management too: once more than max_outbound_bytes wait unread in the
+    transport's buffer (a socket that takes nothing), the stream ends with policy-violation, the
+    buffer stops growing, and after CLOSE_GRACE the connection is let go of."""
+    from twisted.internet import abstract
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.interfaces import ITCPTransport
+    from zope.interface import implementer
+
+    from sns_xmpp.xmpp.c2s import CLOSE_GRACE, buffered_bytes
+
+    @implementer(ITCPTransport)
+    class StalledSocket(abstract.FileDescriptor):
+        """A connected socket whose peer reads nothing: every write stays in the buffer."""
+
+        connected = 1
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+        def writeSomeData(self, data: bytes) -> int:
+            return 0
+
+        def getPeer(self) -> IPv4Address:
+            return IPv4Address("TCP", "192.0.2.3", 5000)
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("TCP", "127.0.0.1", 5222)
+
+    sessions, factory, clock = world()
+    stream = factory.buildProtocol(IPv4Address("TCP", "192.0.2.3", 5000))
+    transport = StalledSocket(reactor=clock)
+    stream.makeConnection(transport)
+    stream.max_outbound_bytes = 1024 * 1024
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")
+    stream.dataReceived(b"<presence/>")
+    backlog = []
+    for n in range(40):
+        message = domish.Element((None, "message"))
+        message["to"], message["from"], message["type"] = "bob@localhost", "alice@localhost/r", "chat"
+        message.addElement("body", content=f"{n} " + "x" * 65536)
+        sessions.deliver(message)
+        backlog.append(buffered_bytes(transport))
+    assert stream.closed and max(backlog) < 1024 * 1024 + 2 * 70_000
+    transport.doWrite()  # the socket still takes nothing
+    written = b"".join(transport._tempDataBuffer) + transport.dataBuffer
+    assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written
+    clock.advance(CLOSE_GRACE - 0.1)
+    assert not transport.aborted, "the client gets a moment to read its error"
+    clock.advance(0.1)
+    assert transport.aborted
