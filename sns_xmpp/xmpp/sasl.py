@@ -81,11 +81,14 @@ class PlainAttempt:
         self.checker = checker
         self.domain = domain
         self.authcid: str | None = None
+        self._account_key: str | None = None
 
     @property
     def account_key(self) -> str | None:
         """What a failure counts against in the per-account throttle (the account, not the spelling)."""
-        return self.checker.throttle_key(self.authcid, self.domain) if self.authcid else None
+        if self._account_key is None and self.authcid:
+            self._account_key = self.checker.throttle_key(self.authcid, self.domain)
+        return self._account_key
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:
@@ -118,6 +121,7 @@ class ScramAttempt:
         self.exchange = ScramServerExchange(mechanism)
         self.mechanism = mechanism
         self.lookup: ScramLookup | None = None
+        self._account_key: str | None = None
 
     @property
     def authcid(self) -> str | None:
@@ -126,7 +130,9 @@ class ScramAttempt:
     @property
     def account_key(self) -> str | None:
         """What a failure counts against in the per-account throttle (the account, not the spelling)."""
-        return self.checker.throttle_key(self.exchange.username, self.domain) if self.exchange.username else None
+        if self._account_key is None and self.exchange.username:
+            self._account_key = self.checker.throttle_key(self.exchange.username, self.domain)
+        return self._account_key
 
     def start(self, initial: bytes | None) -> Deferred:
         if initial is None:
