@@ -68,30 +68,39 @@ def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
     """Send the stored messages, oldest first, through the session (so that stream management
     counts and keeps them), then forget them. With stream management on, no more than its `room`
     at once: the rest follows as the client acknowledges."""
+    d = sessions.store.offline_messages(session.bare)
+    d.addCallback(lambda messages: _send_stored(sessions, session, messages))
+    d.addErrback(_delivery_failed)
 
-    def send(messages: list[OfflineMessage]) -> Deferred[None] | None:
-        if not messages or session.stream.closed:
-            return None
-        sm = session.sm
-        if sm is not None and sm.room() < len(messages):
-            batch, rest = messages[:max(0, sm.room())], messages[max(0, sm.room()):]
-            sm.when_room(lambda: _chained(send(rest)))
-        else:
-            batch = messages
-        if not batch:
-            return None
-        for message in batch:
-            session.send(message.stanza)
-        log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(batch))
-        sessions.metrics.offline_delivered.inc(len(batch))
-        return sessions.store.delete_offline(session.bare, [m.id for m in batch])
 
-    def _chained(d: Deferred[None] | None) -> None:
-        if d is not None:
-            d.addErrback(lambda reason: log.failure("offline.delivery_failed", reason))
+def _send_stored(sessions: SessionManager, session: ClientSession,
+                 messages: list[OfflineMessage]) -> Deferred[None] | None:
+    # A module function, not a closure that calls itself: that would be a reference cycle
+    # holding the session until the cycle collector came (tests/unit/test_no_cycles.py).
+    if not messages or session.stream.closed:
+        return None
+    sm = session.sm
+    batch = messages
+    if sm is not None and sm.room() < len(messages):
+        room = max(0, sm.room())
+        batch, rest = messages[:room], messages[room:]
+        sm.when_room(lambda: _chained(_send_stored(sessions, session, rest)))
+    if not batch:
+        return None
+    for message in batch:
+        session.send(message.stanza)
+    log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(batch))
+    sessions.metrics.offline_delivered.inc(len(batch))
+    return sessions.store.delete_offline(session.bare, [m.id for m in batch])
 
-    d = sessions.store.offline_messages(session.bare).addCallback(send)
-    d.addErrback(lambda reason: log.failure("offline.delivery_failed", reason))
+
+def _chained(d: Deferred[None] | None) -> None:
+    if d is not None:
+        d.addErrback(_delivery_failed)
+
+
+def _delivery_failed(reason: Failure) -> None:
+    log.failure("offline.delivery_failed", reason)
 
 
 def put_back(sessions: SessionManager, owner: str, stanza: str) -> None:
