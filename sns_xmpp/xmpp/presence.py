@@ -116,14 +116,20 @@ class PresenceHandler:
     def _out_subscribe(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
         item = roster.item(contact)
         if item.subscription not in HAS_TO and not item.ask:
-            self._store(roster, dataclasses.replace(item, ask=True))
+            asked = dataclasses.replace(item, ask=True)
+            if not self._fits(session, roster, asked, p):
+                return False
+            self._store(roster, asked)
         return True
 
     def _out_subscribed(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
         item = roster.item(contact)
-        if self.rosters.drop_request(roster, contact):
-            self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=True),
-                                                    approved=False))
+        if contact in roster.requests:
+            approved = dataclasses.replace(item, subscription=_with(item.subscription, from_=True), approved=False)
+            if not self._fits(session, roster, approved, p):
+                return False
+            self.rosters.drop_request(roster, contact)
+            self._store(roster, approved)
             for resource in self.sessions.available(session.bare):
                 assert resource.presence is not None
                 self.sessions.route(readdressed(resource.presence, contact, resource.full))
@@ -131,7 +137,17 @@ class PresenceHandler:
         if item.subscription in HAS_FROM or item.approved:
             return False
         # RFC 6121 3.4: approving before being asked is a pre-approval, kept, not sent.
-        self._store(roster, dataclasses.replace(item, approved=True))
+        pre_approved = dataclasses.replace(item, approved=True)
+        if self._fits(session, roster, pre_approved, p):
+            self._store(roster, pre_approved)
+        return False
+
+    def _fits(self, session: ClientSession, roster: Roster, item: RosterItem, presence: domish.Element) -> bool:
+        """Whether *item* fits in the roster; if not, the session hears so (resource-constraint)."""
+        if self.rosters.fits(roster, item):
+            return True
+        self.sessions.metrics.limit("roster-size")
+        session.send(error_reply(presence, "resource-constraint", "your roster is full"))
         return False
 
     def _out_unsubscribe(self, session: ClientSession, roster: Roster, contact: str, p: domish.Element) -> bool:
@@ -303,6 +319,9 @@ class PresenceHandler:
             item = updated_item(roster.item(contact), element)
         except StanzaError as error:
             return defer.fail(error)
+        if not self.rosters.fits(roster, item):
+            self.sessions.metrics.limit("roster-size")
+            return defer.fail(StanzaError("resource-constraint", text="your roster is full"))
         self._store(roster, item)
         return defer.succeed(None)
 

@@ -31,6 +31,16 @@ MAX_NAME_BYTES = 1023
 # RFC 6121 leaves the number of groups of an item to the server; a person's contact in more
 # than this many groups is no use case, and each one is kept, stored and pushed.
 MAX_GROUPS_PER_ITEM = 100
+# A roster is sent whole at every login (within the stream's outbound bound) and every presence
+# change fans out over it, so it is bounded: in items (a social network's friend lists stop at
+# about this many) and in the characters of its addresses, names and groups (a typical item has
+# a few dozen; the bound only stops items made as large as the limits above allow).
+MAX_ROSTER_ITEMS = 5000
+MAX_ROSTER_CHARS = 2 * 1024 * 1024
+
+
+def item_chars(item: RosterItem) -> int:
+    return len(item.contact) + len(item.name or "") + sum(len(group) for group in item.groups)
 
 
 @dataclass
@@ -39,6 +49,10 @@ class Roster:
     items: dict[str, RosterItem] = field(default_factory=dict)
     # Inbound subscription requests still waiting for the owner's answer.
     requests: set[str] = field(default_factory=set)
+    chars: int = 0  # item_chars over the items, kept up to date by RosterBook
+
+    def __post_init__(self) -> None:
+        self.chars = sum(item_chars(item) for item in self.items.values())
 
     def item(self, contact: str) -> RosterItem:
         return self.items.get(contact) or RosterItem(contact, None, (), "none", False, False)
@@ -84,12 +98,23 @@ class RosterBook:
     def forget(self, owner: str) -> None:
         self._rosters.pop(owner, None)
 
+    def fits(self, roster: Roster, item: RosterItem) -> bool:
+        """Whether *item* (new, or replacing the contact's) keeps the roster within its bounds."""
+        old = roster.items.get(item.contact)
+        if old is None and len(roster.items) >= MAX_ROSTER_ITEMS:
+            return False
+        return roster.chars - (item_chars(old) if old is not None else 0) + item_chars(item) <= MAX_ROSTER_CHARS
+
     def put(self, roster: Roster, item: RosterItem) -> None:
+        old = roster.items.get(item.contact)
+        roster.chars += item_chars(item) - (item_chars(old) if old is not None else 0)
         roster.items[item.contact] = item
         self._written(self.store.put_roster_item(roster.owner, item))
 
     def remove(self, roster: Roster, contact: str) -> None:
-        roster.items.pop(contact, None)
+        old = roster.items.pop(contact, None)
+        if old is not None:
+            roster.chars -= item_chars(old)
         self._written(self.store.remove_roster_item(roster.owner, contact))
 
     def add_request(self, roster: Roster, contact: str) -> None:

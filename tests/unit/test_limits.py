@@ -316,3 +316,44 @@ def test_offline_storage_is_bounded_in_size_as_well_as_count() -> None:
     kept = store.offline["alice@localhost"]
     assert len(kept) == 10 and sum(len(m.stanza) for m in kept) <= 1024 * 1024
     assert [(b["type"], b.error.firstChildElement().name) for b in routed] == [("error", "service-unavailable")] * 2
+
+
+def test_a_roster_is_bounded_in_items_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every presence change fans out over the roster and every login sends it whole (it must fit
+    in the stream's outbound bound), so a roster is capped in items (MAX_ROSTER_ITEMS) and in the
+    length of its addresses, names and groups (MAX_ROSTER_CHARS). A new item past either, from a
+    roster set, a subscription request or a pre-approval, is refused with resource-constraint and
+    not stored; changing or removing existing items still works."""
+    from sns_xmpp.xmpp import roster
+    from tests.unit.test_stream_management import log_in, world
+
+    monkeypatch.setattr(roster, "MAX_ROSTER_ITEMS", 3)
+    routed: list = []
+    sessions, factory, clock = world()
+    sessions.route = routed.append
+    stream, transport, session = log_in(sessions, factory, "mallory@localhost", "192.0.2.9", sm=False)
+
+    def roster_set(contact: str, name: str = "") -> str:
+        stream.dataReceived(f"<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='{contact}' "
+                            f"name='{name}'/></query></iq>".encode())
+        return output(transport)
+
+    for n in range(3):
+        assert "type='result'" in roster_set(f"c{n}@example.net")
+    assert "<resource-constraint " in roster_set("c3@example.net")
+    stream.dataReceived(b"<presence type='subscribe' to='c4@example.net'/>"
+                        b"<presence type='subscribed' to='c5@example.net'/>")
+    assert output(transport).count("<resource-constraint ") == 2 and routed == []
+    assert "type='result'" in roster_set("c0@example.net", "renamed")
+    stream.dataReceived(b"<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='c1@example.net' "
+                        b"subscription='remove'/></query></iq>")
+    assert "type='result'" in output(transport)
+    assert "type='result'" in roster_set("c6@example.net")
+    assert sorted(sessions.rosters.cached("mallory@localhost").items) == [  # type: ignore[union-attr]
+        "c0@example.net", "c2@example.net", "c6@example.net"]
+
+    monkeypatch.setattr(roster, "MAX_ROSTER_ITEMS", 1000)
+    monkeypatch.setattr(roster, "MAX_ROSTER_CHARS", 1000)  # 49 in use
+    assert "<resource-constraint " in roster_set("c7@example.net", "n" * 1000)
+    assert "<resource-constraint " in roster_set("c0@example.net", "n" * 990)
+    assert "type='result'" in roster_set("c8@example.net", "n" * 800)
