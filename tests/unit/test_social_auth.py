@@ -215,3 +215,15 @@ async def test_existing_links_keep_their_jids(tmp_path: Path) -> None:
         assert result.jid == "h-oldstyle\\40open@localhost"
 
     await _with_checker(tmp_path, work)
+
+
+def test_both_checkers_provide_the_checker_interface(tmp_path: Path) -> None:
+    """Negotiation calls every ILoginChecker method (throttle_key too) on whichever it is given."""
+    from zope.interface.verify import verifyObject
+
+    from sns_xmpp.auth.checker import ILoginChecker
+
+    sites = load_sites({}, SiteContext(Clock(), "http://h", tmp_path, ("localhost",)))
+    local = LocalAccountChecker(None)  # type: ignore[arg-type]
+    assert verifyObject(ILoginChecker, local)
+    assert verifyObject(ILoginChecker, SocialLoginChecker(None, sites, local, Clock(), "http://h", b"k"))  # type: ignore[arg-type]
