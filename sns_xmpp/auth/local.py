@@ -36,7 +36,7 @@ def local_jid(authcid: str, domain: str) -> str:
     """
     node = authcid
     before, at, host = authcid.rpartition("@")
-    if at and host.lower() == domain:  # a domainpart is case-insensitive (RFC 7622 3.2)
+    if at and host.lower() == domain.lower():  # a domainpart is case-insensitive (RFC 7622 3.2)
         node = before
     if not node or "@" in node or "/" in node:
         raise AuthenticationFailed("not-authorized", "no such account or wrong password")

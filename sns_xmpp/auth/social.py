@@ -54,7 +54,7 @@ def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
     """(identifier, site id) for a social user name, in plain or XEP-0106 JID form; None for a local name."""
     name = authcid
     before, at, host = name.rpartition("@")
-    if at and "\\" in before and host.lower() == domain:
+    if at and "\\" in before and host.lower() == domain.lower():
         name = before  # "<identifier>\40<site>@<domain>": the whole JID was sent
     if "@" not in name:
         # The JID form, "<identifier>\40<site>". A plain "<identifier>@<site>" is taken as it is:
@@ -63,7 +63,7 @@ def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
         if "@" not in name:
             return None
     identifier, _, site_id = name.rpartition("@")
-    if site_id.lower() == domain:  # a local name in bare-JID form; a domainpart is case-insensitive
+    if site_id.lower() == domain.lower():  # a local name in bare-JID form; a domainpart is case-insensitive
         return None
     return identifier, site_id
 
