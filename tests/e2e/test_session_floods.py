@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -75,32 +76,38 @@ async def test_a_roster_set_with_thousands_of_groups_stalls_nobody(server) -> No
     await wait(alice.log_out())
 
 
-async def non_reading_stream(port: int) -> RawStream:
+async def non_reading_stream(port: int, direct_tls: bool) -> RawStream:
     """A raw client whose socket takes little and whose reader stops reading once logged in."""
     import socket
     import ssl
 
     from tests.rawxmpp import HEADER
 
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
-    stream = RawStream(reader, writer, "localhost")
-    await stream.restart()
-    await stream.send_and_read("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", b"/>")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    await writer.start_tls(context, server_hostname="localhost")
+    if direct_tls:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=8192, ssl=context,
+                                                       server_hostname="localhost")
+        stream = RawStream(reader, writer, "localhost")
+    else:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+        stream = RawStream(reader, writer, "localhost")
+        await stream.restart()
+        await stream.send_and_read("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", b"/>")
+        await writer.start_tls(context, server_hostname="localhost")
     writer.write(HEADER.format(domain="localhost").encode())
     await reader.readuntil(b"</stream:features>")
     return stream
 
 
+@pytest.mark.parametrize("direct_tls", [False, True], ids=["starttls", "direct-tls"])
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server) -> None:
+async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server, direct_tls: bool) -> None:
     """Bob enables stream management and then never reads; Alice sends him 3 MiB. What the server
     holds for Bob's stream stays near the bound, his stream ends with policy-violation, every
     message (none was acknowledged) is in offline storage afterwards, and Alice's session carries on."""
@@ -109,7 +116,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server
     bound = 1024 * 1024
     alice = await honest_client(server)
     await server.add_user("bob@localhost", "secret")
-    bob = await wait(non_reading_stream(server.c2s_port))
+    bob = await wait(non_reading_stream(server.direct_tls_port if direct_tls else server.c2s_port, direct_tls))
     await wait(bob.log_in_plain("bob", "secret"))
     await wait(bob.send_and_read("<enable xmlns='urn:xmpp:sm:3'/>", b"/>"))
     [session] = server.sessions.resources("bob@localhost")
@@ -119,7 +126,12 @@ async def test_a_client_that_never_reads_is_cut_off_and_its_messages_kept(server
     # the server's own memory at once, as it would behind a slow or stalled network.
     import socket
 
-    stream.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    connection = stream.transport
+    while isinstance(connection, TLSMemoryBIOProtocol):  # direct TLS: the TCP connection under it
+        connection = connection.transport
+    connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     backlog: list[int] = []
     send = stream.send
 
