@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 log = GatedLogger()
 
+# Offline messages one sender may have waiting for the store at once. Each is a synced write on
+# the store's one writer thread, which every user shares: without this, a client sending them
+# faster than the disk syncs would queue minutes of writes ahead of everyone else's.
+MAX_WRITES_IN_FLIGHT = 100
+
 
 def _stamp(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -28,6 +33,15 @@ def _stamp(seconds: float) -> str:
 
 def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> None:
     """Keep a message for a user with no available resource; bounce it if there is no such user."""
+    sender = message.getAttribute("from") or owner
+    sender = sender.split("/", 1)[0]
+    in_flight = sessions.offline_writes
+    if in_flight.get(sender, 0) >= MAX_WRITES_IN_FLIGHT:
+        sessions.metrics.limit("offline-writes")
+        if message.getAttribute("from"):
+            sessions.route(error_reply(message, "resource-constraint", "too many messages waiting to be stored"))
+        return
+    in_flight[sender] = in_flight.get(sender, 0) + 1
     now = sessions.clock.seconds()
     delay = message.addElement((NS_DELAY, "delay"))
     delay["from"] = owner.split("@", 1)[1]
@@ -38,13 +52,18 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     release = stream_management.hold()  # the sender's ack waits for the disk
 
     def done() -> None:
+        left = in_flight.get(sender, 1) - 1
+        if left > 0:
+            in_flight[sender] = left
+        else:
+            in_flight.pop(sender, None)
         if release is not None:
             release()
 
-    def bounce(text: str) -> None:
+    def bounce(text: str, condition: str = "service-unavailable") -> None:
         done()
         if message.getAttribute("from"):
-            sessions.route(error_reply(message, "service-unavailable", text))
+            sessions.route(error_reply(message, condition, text))
 
     def stored_durably(stored_id: int | None) -> None:
         if stored_id is None:
@@ -60,8 +79,14 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         bounce("no such user")
 
     d = sessions.store.store_offline_capped(owner, stored, now, sessions.max_offline, sessions.max_offline_bytes)
+    def failed(reason: Failure) -> None:
+        # Not on disk, so not acknowledged as stored: the sender hears so, and the writes in
+        # flight and the stream management hold are given back.
+        log.failure("offline.store_failed owner={owner}", reason, owner=owner)
+        bounce("the message could not be stored", "internal-server-error")
+
     d.addCallbacks(stored_durably, no_such_user)
-    d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
+    d.addErrback(failed)
 
 
 def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:

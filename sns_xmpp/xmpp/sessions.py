@@ -108,6 +108,7 @@ class SessionManager:
         # Offline storage is also bounded in size: delivered at once at login, it must fit well
         # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
         self.max_offline_bytes = max_offline_bytes
+        self.offline_writes: dict[str, int] = {}  # offline writes in flight, by sender (see offline)
         self.resume_timeout = resume_timeout
         self.resumable: dict[str, ClientSession] = {}
         self.max_resources = max_resources

@@ -357,3 +357,47 @@ def test_a_roster_is_bounded_in_items_and_size(monkeypatch: pytest.MonkeyPatch) 
     assert "<resource-constraint " in roster_set("c7@example.net", "n" * 1000)
     assert "<resource-constraint " in roster_set("c0@example.net", "n" * 990)
     assert "type='result'" in roster_set("c8@example.net", "n" * 800)
+
+
+def test_offline_writes_in_flight_are_capped_per_sender() -> None:
+    """Each offline message is a synced write on the store's one writer thread, which every user
+    shares: a client that sends thousands of them faster than the disk syncs would queue minutes of
+    writes ahead of everyone else's. Past MAX_WRITES_IN_FLIGHT per sender, more bounce with
+    resource-constraint (type wait) until the disk catches up; other senders are not held back."""
+    from twisted.words.xish import domish
+
+    from sns_xmpp.xmpp.offline import MAX_WRITES_IN_FLIGHT
+
+    writes: list[defer.Deferred] = []
+
+    class SlowDisk:
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                                 max_size: int | None = None) -> defer.Deferred:
+            writes.append(defer.Deferred())
+            return writes[-1]
+
+    routed: list = []
+    sessions = SessionManager(["localhost"], SlowDisk(), Clock(), routed.append)  # type: ignore[arg-type]
+
+    def send(sender: str, n: int) -> None:
+        message = domish.Element((None, "message"))
+        message["to"], message["from"], message["type"] = "alice@localhost", sender, "chat"
+        message.addElement("body", content=f"m{n}")
+        sessions.deliver(message)
+
+    for n in range(MAX_WRITES_IN_FLIGHT + 20):
+        send("mallory@localhost/flood", n)
+    assert len(writes) == MAX_WRITES_IN_FLIGHT
+    assert len(routed) == 20 and {(b["type"], b.error.firstChildElement().name, b.error["type"])
+                                  for b in routed} == {("error", "resource-constraint", "wait")}
+    send("bob@localhost/r", 0)
+    assert len(writes) == MAX_WRITES_IN_FLIGHT + 1, "another sender is not held back"
+    for write in writes[:10]:
+        write.callback(1)
+    routed.clear()
+    send("mallory@localhost/flood", 999)
+    assert len(writes) == MAX_WRITES_IN_FLIGHT + 2 and routed == []
+    before = sessions.offline_writes["mallory@localhost"]
+    writes[10].errback(RuntimeError("the disk failed"))  # not stored: the sender hears so
+    assert [b.error.firstChildElement().name for b in routed] == ["internal-server-error"]
+    assert sessions.offline_writes["mallory@localhost"] == before - 1
