@@ -150,3 +150,69 @@ authorized_keys = "{tmp_path / 'authorized_keys'}"
     finally:
         globalLogPublisher.removeObserver(observe)
     assert failures == []
+
+
+POLLER = """
+import sys, time, urllib.request
+url, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
+waits = []
+while time.monotonic() < until:
+    sent = time.monotonic()
+    urllib.request.urlopen(url).read()
+    waits.append(time.monotonic() - sent)
+print(len(waits), max(waits))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_passwords_are_checked_off_the_reactor(start_server, tmp_path: Path) -> None:
+    """OpenSSH tries three wrong console passwords (a hash of about a second each) while another
+    process polls /health: no poll waits half as long as one hash takes, all three are refused,
+    and the right password then runs a command."""
+    import os
+    import sys
+    import time
+
+    from sns_xmpp.ops.manhole import hash_password
+
+    started = time.monotonic()
+    hashed = hash_password("console-pass-0123", iterations=3_000_000)
+    one_hash = time.monotonic() - started
+    port = free_port()
+    server = await start_server(make_config(tmp_path, f"""
+[manhole]
+enabled = true
+port = {port}
+password_hash = "{hashed}"
+"""))
+
+    def with_password(password: str, *command: str) -> tuple[list[str], dict[str, str]]:
+        askpass = tmp_path / f"askpass-{len(password)}"
+        askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
+        askpass.chmod(0o700)
+        environment = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+                       "DISPLAY": "none"}
+        return ["ssh", "-T", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
+                "-o", "NumberOfPasswordPrompts=3", "-o", "LogLevel=ERROR", "admin@127.0.0.1", *command], environment
+
+    poller = await wait(asyncio.create_subprocess_exec(
+        sys.executable, "-c", POLLER, f"{server.http_url}/health", str(3 * one_hash),
+        stdout=asyncio.subprocess.PIPE))
+    command, environment = with_password("wrong-password", "stats()")
+    guessing = await wait(asyncio.create_subprocess_exec(
+        *command, env=environment, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE))
+    _, refused = await wait(guessing.communicate())
+    polled, _ = await wait(poller.communicate())
+    assert guessing.returncode == 255 and b"Permission denied" in refused
+    count, longest = polled.split()
+    assert int(count) >= 10 and float(longest) < one_hash / 2, (
+        f"/health waited up to {float(longest) * 1000:.0f} ms (one hash: {one_hash * 1000:.0f} ms)")
+
+    command, environment = with_password("console-pass-0123", "stats()['sessions']")
+    accepted = await wait(asyncio.create_subprocess_exec(
+        *command, env=environment, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE))
+    out, err = await wait(accepted.communicate())
+    assert (accepted.returncode, out, err) == (0, b"0\n", b"")
