@@ -129,6 +129,14 @@ class ComponentStream(xmlstream.XmlStream):
         super().sendFooter()
         self.footer_sent = True
 
+    def onStreamError(self, errelem: domish.Element) -> None:  # noqa: N802 - Twisted's name
+        """The component sent a stream error: end our stream too (RFC 6120 4.9.1.1), after
+        Twisted's event for the factory's log."""
+        if self.closed:
+            return
+        self.dispatch(Failure(error.exceptionFromStreamError(errelem)), xmlstream.STREAM_ERROR_EVENT)
+        self.onDocumentEnd()
+
     def onDocumentEnd(self) -> None:  # noqa: N802 - Twisted's name
         """The component ended its stream: end ours too (RFC 6120 4.4; Twisted only drops the
         connection)."""

@@ -173,7 +173,8 @@ def after_header(draw: st.DrawFn) -> tuple[str, list[bytes], list[bytes]]:
         st.sampled_from([f"<message from='bot@{DOMAIN}' to='{DOMAIN}'><body>hi</body></message>".encode(),
                          b"<message from='alice@localhost' to='bob@localhost'/>",
                          f"<iq type='get' id='1' from='{DOMAIN}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
-                         .encode(), END]),
+                         .encode(), END,
+                         f"<stream:error><conflict xmlns='{STREAM_NS}'/></stream:error>".encode()]),
         fs.hostile_xml())
     after = draw(st.lists(stanzas, max_size=3))
     if draw(st.booleans()):
@@ -204,7 +205,7 @@ def run_script(factory: ComponentServerFactory, header: bytes, header_reads: lis
     shake, right = handshake_bytes(kind, peer.sid)
     for read in split(shake + b"".join(after)):
         peer.feed(read)
-    peer.ended_by_peer = END in b"".join(after)
+    peer.ended_by_peer = END in b"".join(after) or b"<stream:error>" in b"".join(after)
     return peer, right and peer.sid is not None
 
 

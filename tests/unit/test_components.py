@@ -177,3 +177,21 @@ def test_stream_headers_get_a_stream_error_not_an_exception(header: str, conditi
     assert stream_error(transport) == condition
     assert transport.value().startswith(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' "
                                         b"xmlns='jabber:component:accept'")
+
+
+@pytest.mark.parametrize("ending", [b"</stream:stream>",
+                                    b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                                    b"</stream:error>"])
+def test_a_component_that_ends_its_stream_gets_our_end_too(ending: bytes) -> None:
+    """RFC 6120 4.4 and 4.9.1.1: the component's </stream:stream> or stream error is answered
+    with ours, not by dropping the connection; its route goes with the connection."""
+    factory, router, _ = make_factory()
+    xs, transport = connect(factory)
+    xs.dataReceived(HEADER.encode())
+    handshake(xs)
+    assert "echo.localhost" in router.routes
+    xs.dataReceived(ending)
+    assert transport.value().endswith(b"<handshake/></stream:stream>")
+    assert transport.disconnecting
+    xs.connectionLost(None)  # type: ignore[arg-type]
+    assert "echo.localhost" not in router.routes
