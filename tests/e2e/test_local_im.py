@@ -291,10 +291,10 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
         password=secret
         tls.policy=trust
         """))
-    socket_name = f"sns-xmpp-{os.getpid()}-{server.c2s_port}"
+    tmux_socket = str(tmp_path / "tmux.sock")  # a tmux server of this test's own
     env = f"HOME={tmp_path} XDG_DATA_HOME={data} XDG_CONFIG_HOME={config} TERM=xterm"
     started = subprocess.run(
-        ["tmux", "-L", socket_name, "new-session", "-d", "-x", "160", "-y", "40",
+        ["tmux", "-S", tmux_socket, "new-session", "-d", "-x", "160", "-y", "40",
          f"env {env} {command} -a bob@localhost -l DEBUG -f {tmp_path / 'profanity.log'}"],
         capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
@@ -316,5 +316,5 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
         await until(lambda: session.stream.closed or session.sm is not None and session.sm.acked >= asked_at)
         assert not session.stream.closed and server.sessions.resources("bob@localhost") == [session]
     finally:
-        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", tmux_socket, "kill-server"], capture_output=True)
     await wait(alice.log_out())
