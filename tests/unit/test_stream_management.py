@@ -335,3 +335,31 @@ def test_a_stream_whose_client_does_not_read_ends_at_the_outbound_bound() -> Non
     assert not transport.aborted, "the client gets a moment to read its error"
     clock.advance(0.1)
     assert transport.aborted
+
+
+def test_a_resumed_session_gets_its_unacknowledged_offline_messages_again() -> None:
+    """The connection drops after offline messages went out unacknowledged; the <resume/> on a new
+    connection (h=0) gets them again, as they were stored, before anything new."""
+    store = MemoryStore()
+    store.offline["bob@localhost"] = [OfflineMessage(
+        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+           "<body>kept</body></message>", 0.0)]
+    store._ids = 1
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<presence/>")
+    assert "kept" in output(transport)
+    assert session.sm is not None and session.sm.resume_id is not None
+    previd = session.sm.resume_id
+    bob.connectionLost(None)  # type: ignore[arg-type]  # dropped: no </stream:stream>
+    assert session.detached and store.offline["bob@localhost"] == []
+
+    again, again_transport = connect(factory, "192.0.2.2")
+    again.dataReceived(HEADER.format(to="localhost").encode())
+    output(again_transport)
+    sessions.resume(again, LoginResult("bob@localhost", "PLAIN"), previd, 0)
+    answer = output(again_transport)
+    assert answer.startswith("<resumed ") and [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(answer)
+                                               if e.tag.endswith("message")] == ["kept"]
+    ack(again, again_transport, len(stanzas(answer)))
+    assert not session.sm.unacked and not session.detached
