@@ -15,6 +15,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory, ComponentStream
+from sns_xmpp.xmpp.parsing import GuardedElementStream
 from sns_xmpp.xmpp.routing import StanzaRouter
 
 SECRET = "echo-secret-0123456789"
@@ -59,6 +60,8 @@ def test_a_dtd_is_refused_at_once_with_restricted_xml() -> None:
     entity is declared, and the stream is closed."""
     factory, _, _ = make_factory()
     xs, transport = connect(factory)
+    # Tripwire: Twisted's XmlStream makes its parser in the private _initializeStream, overridden.
+    assert isinstance(xs.stream, GuardedElementStream)
     started = time.perf_counter()
     xs.dataReceived(billion_laughs())
     assert time.perf_counter() - started < 1.0
