@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.http.pending import PendingLogins, StateProblem
@@ -115,7 +115,7 @@ class Root(resource.Resource):
             if site is not None:
                 return LoginEntry(self.web, site)
             return UnknownSite(self.web)
-        return resource.NoResource()
+        return pages.notFound()
 
 
 class FrontPage(resource.Resource):
