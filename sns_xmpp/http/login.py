@@ -277,10 +277,13 @@ class Callback(resource.Resource):
         log.info("http.callback_ok site={site}", site=self.site.site_id)
         if _wants_json(request):
             request.write(_json(request, {"username": credentials.username, "password": credentials.password,
-                                          "jid": jid, "expires": credentials.expires}))
+                                          "jid": jid, "expires": credentials.expires,
+                                          "display_name": credentials.display_name}))
         else:
+            greeting = (f"<p>Welcome, {html.escape(credentials.display_name)}.</p>"
+                        if credentials.display_name else "")
             body = (
-                "<p>Log in with any XMPP client using:</p><dl>"
+                greeting + "<p>Log in with any XMPP client using:</p><dl>"
                 f"<dt>JID</dt><dd><code>{html.escape(jid)}</code></dd>"
                 f"<dt>or user name</dt><dd><code>{html.escape(credentials.username)}</code> "
                 f"on server <code>{html.escape(self.web.xmpp_domain)}</code></dd>"

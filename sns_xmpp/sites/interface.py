@@ -102,6 +102,7 @@ class SocialCredentials:
     username: str  # "<identifier>@<site_id>"
     password: str
     expires: float
+    display_name: str | None = None  # the person's name at the site, when it told us one
 
 
 @dataclass(frozen=True)

@@ -452,11 +452,13 @@ class OIDCSite:
         account, claims = await self._verify_token(id_token, now)
         if not hmac.compare_digest(str(claims["nonce"]).encode("utf-8"), nonce.encode("utf-8")):
             raise SiteRejection(refuse, "token nonce is not this login's")
-        if display_name(claims) is None and access_token is not None:
+        name = display_name(claims)
+        if name is None and access_token is not None:
             await self._learn_name(account.account, access_token)
+            name = self._names.get(account.account)
         log.info("oidc.login_finished site={site}", site=self.site_id)
         return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
-                                 expires=account.expires)
+                                 expires=account.expires, display_name=name)
 
     def _token_auth_method(self, metadata: ProviderMetadata) -> str:
         """The configured method, or (``auto``) client_secret_basic, the default of OpenID Connect Discovery

@@ -49,6 +49,7 @@ async def test_authorization_code_flow_then_xmpp_login_and_bearer(start_server, 
         credentials = json.loads(await answer.content())
         assert answer.code == 200, credentials
         assert credentials["username"] == "User-42@idp"
+        assert credentials["display_name"] == provider.name  # the ID token's name reaches the person
 
         client = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
         await wait(client.log_in(server.c2s_port))

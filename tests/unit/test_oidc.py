@@ -615,6 +615,7 @@ async def test_userinfo_supplies_the_name_the_id_token_lacks(provider: OIDCProvi
     now = _reactor().seconds()
     credentials = await browser_login(site)
     assert provider.userinfo_seen == [f"Bearer {provider.issued[-1]['access_token']}"]
+    assert credentials.display_name == "Ada Lovelace"  # what the callback page greets the person with
     assert (await site.verify("user-42", credentials.password, now)).display_name == "Ada Lovelace"
 
     provider.userinfo = {"sub": "Someone-Else", "name": "Mallory"}
@@ -634,8 +635,9 @@ async def test_userinfo_supplies_the_name_the_id_token_lacks(provider: OIDCProvi
     del provider.outage["/userinfo"]
     provider.id_token_overrides = {}
     asked = len(provider.userinfo_seen)
-    await browser_login(site, "state-4")
+    named = await browser_login(site, "state-4")
     assert len(provider.userinfo_seen) == asked
+    assert named.display_name is not None and named.display_name != "Ada Lovelace"
     assert_not_logged(log_events, [entry["access_token"] for entry in provider.issued])
 
 
