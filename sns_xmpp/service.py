@@ -19,7 +19,7 @@ from twisted.application import service
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.logger import ILogObserver, LogLevel
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -34,6 +34,7 @@ from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret, private_directory
 from sns_xmpp.ops import log_gate
 from sns_xmpp.ops.console import namespace
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.logs import wanted_observer
 from sns_xmpp.ops.manhole import console_factory
 from sns_xmpp.ops.metrics import Health, Metrics, metrics_resource
@@ -52,7 +53,7 @@ from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint, NoDelayTCPServerEndpoint
 
-log = Logger()
+log = GatedLogger()
 
 
 class ServerService(service.MultiService):

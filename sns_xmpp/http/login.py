@@ -15,17 +15,17 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.http.pending import PendingLogins, StateProblem
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.sites.interface import IBearerSite, ISite, ProviderUnavailable, SiteRejection, SocialCredentials
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.xmpp.addressing import escape_node
 
-log = Logger()
+log = GatedLogger()
 
 STATE_COOKIE = b"sns_xmpp_login"
 PAGE = """<!doctype html>

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from sns_xmpp.http.access_log import query_free_log_line
+from sns_xmpp.ops.log_gate import GatedLogger
 
-log = Logger()
+log = GatedLogger()
 
 @dataclass(frozen=True)
 class HTTPLimits:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.logger import Logger
-
 from sns_xmpp.config import ConfigError, load_config
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
 
-log = Logger()
+log = GatedLogger()
 
 
 class SiteReloader:

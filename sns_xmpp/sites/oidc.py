@@ -31,11 +31,11 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from zope.interface import implementer
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import (
     IBearerSite,
@@ -51,7 +51,7 @@ from sns_xmpp.sites.interface import (
 from sns_xmpp.sites.oidc_settings import OIDCSettings, load_or_create_secret, origin, parse_settings, url_problem
 from sns_xmpp.sites.oidc_tokens import NonceKey, check_claims, display_name, identifier_problem, replay_key
 
-log = Logger()
+log = GatedLogger()
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_DOCUMENT_BYTES = 1 << 20

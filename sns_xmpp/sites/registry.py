@@ -14,15 +14,15 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from sns_xmpp.config import ConfigError
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.sites.interface import IBearerSite, ISite, SiteConfigError, SiteContext
 
-log = Logger()
+log = GatedLogger()
 
 GROUP = "sns_xmpp.sites"
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")

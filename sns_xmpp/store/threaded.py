@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.store import composite
 from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableError
@@ -151,7 +151,7 @@ class ThreadedStore(Service):
     but calls would no longer run in the order they were made.
     """
 
-    _log = Logger()
+    _log = GatedLogger()
 
     def __init__(
         self,

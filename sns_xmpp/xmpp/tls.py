@@ -32,14 +32,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+from sns_xmpp.ops.log_gate import GatedLogger
 
 if TYPE_CHECKING:
     from OpenSSL.SSL import _NoOverlappingProtocols
 
-log = Logger()
+log = GatedLogger()
 
 # XEP-0368 / IANA's ALPN registry: the protocol id of a client-to-server XMPP stream.
 ALPN_XMPP_CLIENT = b"xmpp-client"

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 
 from sns_xmpp.ops import log_gate
+from sns_xmpp.ops.log_gate import GatedLogger
 
 
 @pytest.fixture
@@ -65,3 +66,23 @@ def test_a_user_name_cannot_forge_a_log_line(events: list[dict], json_format: bo
     observer({**refused[0], "reason": "raw\r\nforged\x1b"})  # an event from a logger without the gate
     written = out.getvalue()
     assert written.count("\n") == 1 and "\r" not in written and "\x1b" not in written
+
+
+def test_every_module_logs_through_the_gated_logger() -> None:
+    """twistd's own text observer writes fields as they are, so a module with a plain Logger would let
+    a client's carriage return forge a log line; every logger the package makes escapes its fields."""
+    import importlib
+    import pkgutil
+
+    import sns_xmpp
+
+    plain = []
+    for module_info in pkgutil.walk_packages(sns_xmpp.__path__, "sns_xmpp."):
+        if module_info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_info.name)
+        loggers = [value for value in vars(module).values() if isinstance(value, Logger)]
+        classes = [cls for cls in vars(module).values() if isinstance(cls, type) and cls.__module__ == module.__name__]
+        loggers += [value for cls in classes for value in vars(cls).values() if isinstance(value, Logger)]
+        plain += [module_info.name for logger in loggers if not isinstance(logger, GatedLogger)]
+    assert plain == []
