@@ -24,9 +24,10 @@ scenario runs against it unchanged: the same load generator job, the same figure
     python -m benchmarks.peer_servers compare --runs 3 --logins 200        # all three, alternated
 
 ``compare`` starts sns-xmpp (`benchmarks.run.Daemon`), Prosody and ejabberd once each, then runs
-the serial ``scram-sha-256+tls`` scenario against each in turn, ``--runs`` times, and with
-``--client serial_login`` also `benchmarks.serial_login` (the lean blocking client). It prints
-one JSON object on stdout and a table on stderr.
+the serial ``scram-sha-256+tls`` scenario against each in turn, ``--runs`` times, with
+`benchmarks.run.run_serial` as the bench does: timed by the load generator, then by
+`benchmarks.serial_login` (the lean blocking client). It prints one JSON object on stdout and
+a line per measurement on stderr.
 """
 
 from __future__ import annotations
@@ -374,29 +375,19 @@ def peer_server(kind: str, workdir: Path, port: int | None = None, accounts: int
 SCENARIO = "scram-sha-256+tls"
 
 
-def serial_loadgen(server: run.Daemon | PeerServer, logins: int) -> dict[str, Any]:
-    """The serial phase's STARTTLS SCRAM-SHA-256 scenario, exactly as `benchmarks.run` runs it."""
+def serial_rows(server: run.Daemon | PeerServer, logins: int) -> dict[str, dict[str, Any]]:
+    """The serial phase's STARTTLS SCRAM-SHA-256 scenario, exactly as `benchmarks.run` runs it:
+    timed by the load generator, then by `benchmarks.serial_login`. One summary per client."""
     settings = run.parse_args(["--phases", "serial", "--serial-logins", str(logins)])
     [scenario] = run.login_scenarios([SCENARIO], server.accounts, logins, None)
-    return run.run_serial(server, settings, scenario)  # type: ignore[arg-type]
-
-
-def serial_lean(server: run.Daemon | PeerServer, logins: int) -> dict[str, Any]:
-    """The same logins timed by `benchmarks.serial_login` (blocking sockets, pyOpenSSL)."""
-    done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "benchmarks.serial_login", "--host", HOST, "--port", str(server.port),
-         "--domain", DOMAIN, "--accounts", str(server.accounts), "--password", run.PASSWORD,
-         "--mechanism", "SCRAM-SHA-256", "--logins", str(logins), "--server-pid", str(server.pid)],
-        cwd=run.ROOT, capture_output=True, text=True, timeout=60 + logins, check=False)
-    if done.returncode != 0:
-        raise PeerError(f"serial_login failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    row = run.run_serial(server, settings, scenario)  # type: ignore[arg-type]
+    return {"loadgen": _summary("loadgen", row), "serial_login": _summary("serial_login", row["lean_client"])}
 
 
 @contextmanager
 def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) -> Iterator[dict[str, Any]]:
-    """Each server named in *names* (``sns-xmpp`` and the peers), started in a folder of its own."""
+    """Each server named in *names* (``sns-xmpp``, ``prosody``, ``ejabberd``; ``prosody-nodelay`` is
+    Prosody with Nagle's algorithm off), started in a folder of its own."""
     started: dict[str, Any] = {}
     with ExitStack() as stack:
         for name in names:
@@ -408,7 +399,10 @@ def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) ->
                 daemon.start()
                 started[name] = daemon
             else:
-                peer = peer_server(name, workdir, None, accounts, nodelay)
+                kind, _, variant = name.partition("-")
+                if variant not in ("", "nodelay"):
+                    raise PeerError(f"unknown server {name!r}")
+                peer = peer_server(kind, workdir, None, accounts, nodelay or variant == "nodelay")
                 stack.enter_context(peer)
                 started[name] = peer
         yield started
@@ -429,8 +423,8 @@ def _summary(client: str, row: dict[str, Any]) -> dict[str, Any]:
             "client_cpu_ms": row.get("client_cpu_ms_per_login"), "other_pct": None, "errors": row.get("errors", {})}
 
 
-def compare(names: Sequence[str], runs: int, logins: int, clients: Sequence[str], accounts: int,
-            nodelay: bool, keep: bool) -> dict[str, Any]:
+def compare(names: Sequence[str], runs: int, logins: int, accounts: int, nodelay: bool,
+            keep: bool) -> dict[str, Any]:
     report: dict[str, Any] = {"versions": {}, "runs": [], "load_before": run.load_average(),
                               "machine": run.machine_description(), "revision": run.git_revision()}
     folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
@@ -439,10 +433,8 @@ def compare(names: Sequence[str], runs: int, logins: int, clients: Sequence[str]
             for name, server in started.items():
                 report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
             for number in range(1, runs + 1):
-                for client in clients:
-                    for name, server in started.items():
-                        measure = serial_loadgen if client == "loadgen" else serial_lean
-                        row = _summary(client, measure(server, logins))
+                for name, server in started.items():
+                    for client, row in serial_rows(server, logins).items():
                         row.update(run=number, client=client, server=name, load=run.load_average())
                         print(_line(row), file=sys.stderr, flush=True)
                         report["runs"].append(row)
@@ -500,19 +492,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=run.DEFAULTS["serial_logins"],
                         help="bench0 ... bench<N-1> (default %(default)s, as the serial phase's)")
     parser.add_argument("--nodelay", action="store_true", help="Prosody: turn Nagle's algorithm off (not its default)")
-    parser.add_argument("--servers", default="sns-xmpp,prosody,ejabberd", help="compare: which, in this order")
+    parser.add_argument("--servers", default="sns-xmpp,prosody,ejabberd",
+                        help="compare: which, in this order (also prosody-nodelay)")
     parser.add_argument("--runs", type=int, default=3, help="compare: rounds over all servers")
     parser.add_argument("--logins", type=int, default=run.DEFAULTS["serial_logins"],
                         help="compare: logins per measurement")
-    parser.add_argument("--client", default="loadgen", help="compare: loadgen, serial_login or both, comma-separated")
     parser.add_argument("--keep", action="store_true", help="compare: keep the servers' folders")
     args = parser.parse_args(argv)
     try:
         if args.what != "compare":
             return serve(args.what, args.port, args.data, args.accounts, args.nodelay)
         names = [name for name in args.servers.split(",") if name]
-        clients = [client for client in args.client.split(",") if client]
-        report = compare(names, args.runs, args.logins, clients, args.accounts, args.nodelay, args.keep)
+        report = compare(names, args.runs, args.logins, args.accounts, args.nodelay, args.keep)
         print(json.dumps(report, indent=1))
         return 0
     except run.BenchError as error:
