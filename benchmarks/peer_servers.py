@@ -270,6 +270,9 @@ class Ejabberd(PeerServer):
     ``accounts.ready``."""
 
     name = "ejabberd"
+    # The BEAM's schedulers spin a while before they sleep (``+sbwt`` and friends, default
+    # medium): CPU time that is no work, counted as the server's. False turns it off.
+    busy_wait = True
 
     def config(self, certificate: Path, key: Path) -> str:
         modules = "\n".join(f"  {module}: {{}}" for module in EJABBERD_MODULES)
@@ -346,7 +349,8 @@ modules:
                "ERL_CRASH_DUMP": str(self.workdir / "erl_crash.dump"),
                "ERL_MAX_PORTS": "32000", "ERL_MAX_ETS_TABLES": "1400"}
         # As ejabberdctl foreground does, less the node name: +K true +P 250000, mnesia in the spool.
-        self._spawn(["erl", "+K", "true", "+P", "250000", "-noinput", "-mnesia", "dir", json.dumps(str(spool)),
+        spin = [] if self.busy_wait else ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
+        self._spawn(["erl", "+K", "true", "+P", "250000", *spin, "-noinput", "-mnesia", "dir", json.dumps(str(spool)),
                      "-s", "ejabberd", "-eval", self.accounts_eval(ready)], env=env)
         self._wait_listening(deadline, ready)
 
@@ -373,6 +377,8 @@ def peer_server(kind: str, workdir: Path, port: int | None = None, accounts: int
 # -- measuring -------------------------------------------------------------------------------
 
 SCENARIO = "scram-sha-256+tls"
+# compare's server variants, ``<server>-<variant>``, beside each server as it comes.
+VARIANTS = {"prosody": ("", "nodelay"), "ejabberd": ("", "nospin")}
 
 
 def serial_rows(server: run.Daemon | PeerServer, logins: int) -> dict[str, dict[str, Any]]:
@@ -387,7 +393,8 @@ def serial_rows(server: run.Daemon | PeerServer, logins: int) -> dict[str, dict[
 @contextmanager
 def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) -> Iterator[dict[str, Any]]:
     """Each server named in *names* (``sns-xmpp``, ``prosody``, ``ejabberd``; ``prosody-nodelay`` is
-    Prosody with Nagle's algorithm off), started in a folder of its own."""
+    Prosody with Nagle's algorithm off, ``ejabberd-nospin`` ejabberd whose schedulers do not spin
+    before they sleep), started in a folder of its own."""
     started: dict[str, Any] = {}
     with ExitStack() as stack:
         for name in names:
@@ -400,9 +407,11 @@ def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) ->
                 started[name] = daemon
             else:
                 kind, _, variant = name.partition("-")
-                if variant not in ("", "nodelay"):
+                if variant not in VARIANTS.get(kind, ()):
                     raise PeerError(f"unknown server {name!r}")
                 peer = peer_server(kind, workdir, None, accounts, nodelay or variant == "nodelay")
+                if isinstance(peer, Ejabberd):
+                    peer.busy_wait = variant != "nospin"
                 stack.enter_context(peer)
                 started[name] = peer
         yield started
@@ -493,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="bench0 ... bench<N-1> (default %(default)s, as the serial phase's)")
     parser.add_argument("--nodelay", action="store_true", help="Prosody: turn Nagle's algorithm off (not its default)")
     parser.add_argument("--servers", default="sns-xmpp,prosody,ejabberd",
-                        help="compare: which, in this order (also prosody-nodelay)")
+                        help="compare: which, in this order (also prosody-nodelay, ejabberd-nospin)")
     parser.add_argument("--runs", type=int, default=3, help="compare: rounds over all servers")
     parser.add_argument("--logins", type=int, default=run.DEFAULTS["serial_logins"],
                         help="compare: logins per measurement")
