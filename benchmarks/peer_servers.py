@@ -414,7 +414,24 @@ def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) ->
                     peer.busy_wait = variant != "nospin"
                 stack.enter_context(peer)
                 started[name] = peer
+        waited = time.monotonic()
+        settle([server.pid for server in started.values()])
+        print(f"peers: servers started; idle after {time.monotonic() - waited:.1f} s more", file=sys.stderr)
         yield started
+
+
+def settle(pids: Sequence[int], quiet_s: float = 1.0, limit_s: float = 20.0) -> None:
+    """Wait until none of *pids* used CPU for *quiet_s* (at most *limit_s*): a server that has
+    just started may still be busy (ejabberd's Mnesia and module start-up) and would otherwise
+    disturb the first measurement of another."""
+    deadline = time.monotonic() + limit_s
+    before = [run.process_cpu_seconds(pid) for pid in pids]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = [run.process_cpu_seconds(pid) for pid in pids]
+        if now == before:
+            return
+        before = now
 
 
 def _summary(client: str, row: dict[str, Any]) -> dict[str, Any]:
