@@ -487,6 +487,8 @@ def _line(row: dict[str, Any]) -> str:
 
 def serve(kind: str, port: int, data: Path | None, accounts: int, nodelay: bool) -> int:
     """Start one peer server, print where it listens, serve until SIGINT/SIGTERM, stop it."""
+    if data is not None and data.exists() and any(data.iterdir()):
+        raise PeerError(f"--data {data} is not empty: each instance starts afresh")
     folder = data or Path(tempfile.mkdtemp(prefix=f"sns-xmpp-{kind}-"))
     folder.mkdir(parents=True, exist_ok=True)
     stopping: list[int] = []
