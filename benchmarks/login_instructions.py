@@ -61,9 +61,11 @@ def run(site: str, logins: int) -> float:
     from twisted.logger import LogLevel
     from twisted.python.failure import Failure
 
+    from sns_xmpp import startup
     from sns_xmpp.ops import log_gate
     from tests.fuzz.test_c2s_fuzz import World
 
+    startup.install()
     log_gate.set_minimum(LogLevel.warn)
     with tempfile.TemporaryDirectory(prefix="sns-xmpp-login-instructions-") as path:
         world = World(Path(path))

@@ -30,9 +30,11 @@ def run(messages: int) -> float:
     from twisted.internet.testing import StringTransport
     from twisted.logger import LogLevel
 
+    from sns_xmpp import startup
     from sns_xmpp.ops import log_gate
     from tests.fuzz.test_c2s_fuzz import DOMAINS, World
 
+    startup.install()
     log_gate.set_minimum(LogLevel.warn)
     header = (b"<stream:stream to='%s' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
               b"version='1.0'>" % DOMAINS[0].encode())

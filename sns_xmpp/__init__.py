@@ -1,5 +1,6 @@
-"""sns-xmpp: log in to XMPP with an account you already have on a social site."""
+"""sns-xmpp: log in to XMPP with an account you already have on a social site.
 
-from sns_xmpp import compat as _compat  # noqa: F401  (must run before any wokkel import)
+Importing the package changes nothing in the process: `sns_xmpp.startup.install` does that, once.
+"""
 
 __version__ = "0.1.0"

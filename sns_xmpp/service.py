@@ -24,6 +24,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
+from sns_xmpp import startup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
@@ -155,6 +156,7 @@ class Server:
 
 
 def build_server(config: Config, reactor: Any, config_path: Path | None = None) -> Server:
+    startup.install()  # the wokkel names and the escaping serialiser, before any stream exists
     log_gate.set_minimum(LogLevel.levelWithName(config.log.level))
     top = ServerService(wanted_observer(config.log))
     private_directory(config.data_dir)  # the database and the keys: 0700

@@ -11,11 +11,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from sns_xmpp import startup
 from sns_xmpp.auth.scram import derive_all
 from sns_xmpp.config import Config, parse_config
 
 # Nothing here may import a module that imports twisted.internet.reactor: this
 # file loads before pytest-twisted installs the asyncio reactor.
+
+# The test set-up's half of the start-up call (the service makes the other): the wokkel names and
+# the escaping serialiser, which importing sns_xmpp no longer installs.
+startup.install()
 
 pytest_plugins = ["tests.pgfixtures"]
 

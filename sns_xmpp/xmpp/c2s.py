@@ -21,6 +21,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.xmpp import serialization
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.serialization import escape_attribute, escape_uri, plain_xml
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
@@ -384,6 +385,9 @@ class ClientStreamFactory(protocol.Factory):
 
     def __init__(self, make_authenticator: Callable[[], xmlstream.Authenticator], limits: StreamLimits,
                  clock: IReactorTime, secure: bool = False, on_limit: Callable[[str], None] | None = None) -> None:
+        if not serialization.installed():
+            # Twisted's own serialiser would relay a client's namespace URI unescaped (stanza injection).
+            raise RuntimeError("sns_xmpp.startup.install() must run before a client stream factory is made")
         self.make_authenticator = make_authenticator
         self.limits = limits
         self.clock = clock

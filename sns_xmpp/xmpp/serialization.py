@@ -172,8 +172,10 @@ def _write_plain(element: domish.Element, current_default: str, prefixed_uris: A
 
 
 def install() -> None:
-    """Make `EscapingSerializer` the serialiser of ``domish.Element.toXml``; idempotent."""
+    """Make `EscapingSerializer` the serialiser of ``domish.Element.toXml``; idempotent. Called by
+    `sns_xmpp.startup.install`, never at import."""
     domish.SerializerClass = EscapingSerializer
 
 
-install()
+def installed() -> bool:
+    return domish.SerializerClass is EscapingSerializer

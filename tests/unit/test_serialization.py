@@ -36,8 +36,7 @@ def parse_stanza(xml: str) -> domish.Element:
 
 
 def test_installed_for_every_element() -> None:
-    import sns_xmpp.xmpp  # noqa: F401  (installs it)
-
+    """tests/conftest.py makes the start-up call, as the service does."""
     assert domish.SerializerClass is EscapingSerializer
 
 
