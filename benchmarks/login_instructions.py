@@ -62,7 +62,7 @@ def run(site: str, logins: int) -> float:
     from twisted.python.failure import Failure
 
     from sns_xmpp import startup
-    from sns_xmpp.ops import log_gate
+    from sns_xmpp.observe import log_gate
     from tests.fuzz.test_c2s_fuzz import World
 
     startup.install()

@@ -31,7 +31,7 @@ def run(messages: int) -> float:
     from twisted.logger import LogLevel
 
     from sns_xmpp import startup
-    from sns_xmpp.ops import log_gate
+    from sns_xmpp.observe import log_gate
     from tests.fuzz.test_c2s_fuzz import DOMAINS, World
 
     startup.install()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.jid import InvalidFormat, parse_jid
 
 
 class ConfigError(Exception):

@@ -7,7 +7,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
 

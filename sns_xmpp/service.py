@@ -33,12 +33,12 @@ from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret, private_directory
-from sns_xmpp.ops import log_gate
+from sns_xmpp.observe import log_gate
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.observe.metrics import Health, Metrics, metrics_resource
 from sns_xmpp.ops.console import namespace
-from sns_xmpp.ops.log_gate import GatedLogger
 from sns_xmpp.ops.logs import wanted_observer
 from sns_xmpp.ops.manhole import console_factory
-from sns_xmpp.ops.metrics import Health, Metrics, metrics_resource
 from sns_xmpp.ops.reload import SiteReloader
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
@@ -170,7 +170,8 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
     sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics,
                               config.xmpp.c2s.max_resources, config.xmpp.c2s.resume_timeout,
                               config.xmpp.c2s.max_offline_messages, config.xmpp.c2s.max_offline_bytes)
-    metrics.watch_sessions(sessions)
+    metrics.watch_sessions(lambda: [s.login.site or s.login.method for s in sessions.all_sessions()],
+                           lambda: len(sessions.rosters))
     server_iq.install(sessions, router)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))

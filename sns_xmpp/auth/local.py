@@ -21,9 +21,9 @@ from sns_xmpp.auth.scram import (
     derive_credential,
     stand_in_credential,
 )
+from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import Account
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 Hashing = Callable[..., Deferred]
 

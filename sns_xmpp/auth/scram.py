@@ -13,9 +13,9 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sns_xmpp.auth.saslprep import SASLprepError, saslprep
+from sns_xmpp.store.records import ScramCredential  # what the store keeps; made here
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -46,17 +46,6 @@ _NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 # saslname = 1*(value-safe-char / "=2C" / "=3D"); "," and NUL are gone already.
 _SASLNAME = re.compile(r"(?:[^=]|=2C|=3D)+", re.IGNORECASE)
 _SASLNAME_ESCAPE = re.compile(r"=(2C|3D)", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ScramCredential:
-    """What the server stores for one mechanism: enough to verify, not to log in."""
-
-    mechanism: str  # "SCRAM-SHA-1" or "SCRAM-SHA-256"
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
 
 
 def _hash_name(mechanism: str) -> str:

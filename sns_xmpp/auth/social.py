@@ -23,12 +23,12 @@ from zope.interface import implementer
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential, stand_in_credential
-from sns_xmpp.ops.log_gate import GatedLogger, escape_controls
-from sns_xmpp.ops.metrics import Metrics
+from sns_xmpp.jid import InvalidFormat, escape_node, parse_jid, unescape_node
+from sns_xmpp.observe.log_gate import GatedLogger, escape_controls
+from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.store.interface import IStore
-from sns_xmpp.xmpp.addressing import InvalidFormat, escape_node, parse_jid, unescape_node
 
 log = GatedLogger()
 

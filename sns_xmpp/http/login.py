@@ -20,10 +20,10 @@ from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.http.pending import PendingLogins, StateProblem
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.jid import escape_node
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import IBearerSite, ISite, ProviderUnavailable, SiteRejection, SocialCredentials
 from sns_xmpp.sites.registry import SiteRegistry
-from sns_xmpp.xmpp.addressing import escape_node
 
 log = GatedLogger()
 

@@ -23,7 +23,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from sns_xmpp.http.access_log import query_free_log_line
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
 

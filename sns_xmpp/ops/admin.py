@@ -16,13 +16,13 @@ from typing import Any, TextIO
 from sns_xmpp.auth.saslprep import SASLprepError
 from sns_xmpp.auth.scram import ScramCredential, derive_all
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.keyfiles import private_directory
 from sns_xmpp.ops import site_tools
 from sns_xmpp.ops.manhole import hash_password
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.common import migrate
 from sns_xmpp.store.opening import database_opener
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 
 
 class AdminError(Exception):

@@ -8,16 +8,36 @@ the console prints when it fires.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.jid import InvalidFormat, parse_jid
 
 if TYPE_CHECKING:
-    from sns_xmpp.service import Server
+    from sns_xmpp.ops.reload import SiteReloader
+    from sns_xmpp.sites.registry import SiteRegistry
+    from sns_xmpp.store.threaded import ThreadedStore
+    from sns_xmpp.xmpp.sessions import SessionManager
+
+
+class Server(Protocol):
+    """What the console uses of the running server (`service.Server` provides it); the console
+    takes these parts rather than importing the service, which builds the console."""
+
+    @property
+    def store(self) -> ThreadedStore: ...
+
+    @property
+    def sessions(self) -> SessionManager: ...
+
+    @property
+    def sites(self) -> SiteRegistry: ...
+
+    @property
+    def reloader(self) -> SiteReloader | None: ...
 
 
 def _when(seconds: float) -> str:
@@ -117,7 +137,7 @@ def namespace(server: Server) -> dict[str, Any]:
             "users_online": len(sessions.users),
             "sessions_by_auth": _count(s.login.site or s.login.method for s in every),
             "sites": len(server.sites),
-            "rosters_cached": len(sessions.rosters._rosters),
+            "rosters_cached": len(sessions.rosters),
         }
 
     return {

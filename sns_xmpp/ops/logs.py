@@ -25,7 +25,7 @@ from twisted.logger import (
 )
 
 from sns_xmpp.config import LogConfig
-from sns_xmpp.ops.log_gate import escape_fields
+from sns_xmpp.observe.log_gate import escape_fields
 
 
 def one_line_text(event: dict[str, Any]) -> str | None:

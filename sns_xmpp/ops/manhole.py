@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from sns_xmpp.config import ConfigError
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sns_xmpp.config import ConfigError, load_config
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
 

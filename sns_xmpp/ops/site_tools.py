@@ -11,10 +11,10 @@ from typing import Any, TextIO
 from twisted.internet import defer, task
 
 from sns_xmpp.config import Config
+from sns_xmpp.jid import escape_node
 from sns_xmpp.sites.hmac import HmacSite
 from sns_xmpp.sites.interface import IBearerSite, SiteContext
 from sns_xmpp.sites.registry import load_sites
-from sns_xmpp.xmpp.addressing import escape_node
 
 
 class ToolError(Exception):

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from zope.interface import implementer
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import (
     IBearerSite,

@@ -19,7 +19,7 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from sns_xmpp.config import ConfigError
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import IBearerSite, ISite, SiteConfigError, SiteContext
 
 log = GatedLogger()

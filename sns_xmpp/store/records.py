@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sns_xmpp.auth.scram import ScramCredential
-
 __all__ = [
     "SUBSCRIPTION_STATES",
     "Account",
@@ -21,6 +19,18 @@ __all__ = [
 
 # RFC 6121 2.1.2.5; the database has the same CHECK constraint.
 SUBSCRIPTION_STATES = frozenset({"none", "to", "from", "both"})
+
+
+@dataclass(frozen=True)
+class ScramCredential:
+    """What the server stores for one SCRAM mechanism: enough to verify, not to log in
+    (made by `auth.scram.derive`)."""
+
+    mechanism: str  # "SCRAM-SHA-1" or "SCRAM-SHA-256"
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
 
 
 @dataclass(frozen=True)

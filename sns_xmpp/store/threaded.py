@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import composite
 from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableError

@@ -20,7 +20,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp import serialization
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.serialization import escape_attribute, escape_uri, plain_xml

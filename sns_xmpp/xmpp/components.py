@@ -26,8 +26,8 @@ from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 from wokkel.component import NS_COMPONENT_ACCEPT, ListenComponentAuthenticator, XMPPComponentServerFactory
 
-from sns_xmpp.ops.log_gate import GatedLogger
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.routing import StanzaRouter
 from sns_xmpp.xmpp.stanzas import NS_CLIENT

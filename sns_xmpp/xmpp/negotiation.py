@@ -20,10 +20,10 @@ from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
 from sns_xmpp.auth.throttle import AuthThrottle
-from sns_xmpp.ops.log_gate import GatedLogger
-from sns_xmpp.ops.metrics import Metrics
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import StoreUnavailableError
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Attempt,

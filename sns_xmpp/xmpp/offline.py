@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.xmpp import stream_management

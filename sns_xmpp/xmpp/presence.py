@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp import offline
-from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.roster import Roster, parse_item_set, push_to, roster_result, updated_item
 from sns_xmpp.xmpp.stanzas import error_reply
 

@@ -17,10 +17,10 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import RosterItem
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.stanzas import append_child
 
 log = GatedLogger()
@@ -65,6 +65,10 @@ class RosterBook:
         self.store = store
         self._rosters: dict[str, Roster] = {}
         self._loading: dict[str, list[Deferred]] = {}
+
+    def __len__(self) -> int:
+        """Rosters held in memory."""
+        return len(self._rosters)
 
     def cached(self, owner: str) -> Roster | None:
         return self._rosters.get(owner)

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from twisted.words.xish import domish, utility
 from wokkel.component import Router
 
-from sns_xmpp.ops.log_gate import GatedLogger
-from sns_xmpp.ops.metrics import Metrics
-from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.xmpp.stanzas import error_reply, may_bounce
 
 log = GatedLogger()

@@ -18,11 +18,11 @@ from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import LoginResult
-from sns_xmpp.ops.log_gate import GatedLogger
-from sns_xmpp.ops.metrics import Metrics
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp import offline
-from sns_xmpp.xmpp.addressing import JID, InvalidFormat, parse_jid
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.presence import PresenceHandler
 from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook

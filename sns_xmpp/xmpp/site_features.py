@@ -8,15 +8,26 @@ where to send the person with no extra round trip (see docs/protocol.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.words.xish import domish
-
-from sns_xmpp.http.login import SocialWeb
 
 NS_SITES = "urn:x-sns-xmpp:sites:0"
 
 
-def sites_feature(web: SocialWeb) -> Callable[[str], domish.Element | None]:
+class SiteListing(Protocol):
+    """What the feature reads of the HTTP side's site list (`http.login.SocialWeb` provides it):
+    the XMPP side takes it as a parameter instead of importing the HTTP side."""
+
+    public_url: str
+
+    @property
+    def sites(self) -> Any: ...  # the registry, for its `generation`
+
+    def site_list(self) -> dict[str, Any]: ...
+
+
+def sites_feature(web: SiteListing) -> Callable[[str], domish.Element | None]:
     """The feature for a domain; the same element until the sites are reloaded, so that the
     stream features built around it can be cached (see ClientNegotiator._features_xml)."""
     made: dict[int, domish.Element | None] = {}  # by the sites' generation: the current one only
@@ -31,7 +42,7 @@ def sites_feature(web: SocialWeb) -> Callable[[str], domish.Element | None]:
     return feature
 
 
-def _make(web: SocialWeb) -> domish.Element | None:
+def _make(web: SiteListing) -> domish.Element | None:
     listing = web.site_list()
     if not listing["sites"]:
         return None

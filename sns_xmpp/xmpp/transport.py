@@ -48,7 +48,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
 

@@ -75,14 +75,14 @@ from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import parse_config
 from sns_xmpp.http.login import SocialWeb
 from sns_xmpp.http.pending import PendingLogins
-from sns_xmpp.ops.metrics import Metrics
+from sns_xmpp.jid import escape_node
+from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.sites.facebook import sign_request
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store import composite
 from sns_xmpp.store.sqlite import SQLiteDatabase
 from sns_xmpp.xmpp import server_iq
-from sns_xmpp.xmpp.addressing import escape_node
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
@@ -1497,7 +1497,7 @@ def test_oversized_jids_are_refused_before_preparation() -> None:
     """RFC 7622 3.3.1/3.2/3.4: each part is at most 1023 bytes. Longer JIDs must be refused before
     stringprep, which costs about a second per 250 kB on the reactor thread, and before parse_jid's
     cache, which keeps up to 65536 of them (of any size)."""
-    from sns_xmpp.xmpp.addressing import InvalidFormat, parse_jid
+    from sns_xmpp.jid import InvalidFormat, parse_jid
 
     for text in ("a" * 1024 + "@localhost", "l" * 1024, "alice@localhost/" + "r" * 1024,
                  "\u00e9" * 512 + "@localhost", "alice@localhost/" + "r" * 10**6, "@localhost", "alice@localhost/"):

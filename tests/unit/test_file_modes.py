@@ -53,7 +53,7 @@ def test_a_new_sqlite_database_and_its_wal_and_shm_are_0600(tmp_path: Path) -> N
 
 def test_the_data_folder_is_made_0700_by_the_server_and_the_admin_tool(tmp_path: Path) -> None:
     """Both makers of the data folder make it private (it holds the database and the keys)."""
-    from sns_xmpp.ops import log_gate
+    from sns_xmpp.observe import log_gate
     from sns_xmpp.service import build_server
 
     gate = log_gate._minimum[0]  # build_server sets the process's log level; put it back after

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 
-from sns_xmpp.ops import log_gate
-from sns_xmpp.ops.log_gate import GatedLogger
+from sns_xmpp.observe import log_gate
+from sns_xmpp.observe.log_gate import GatedLogger
 
 
 @pytest.fixture

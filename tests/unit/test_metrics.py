@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from sns_xmpp.ops.metrics import STANZA_KINDS, Metrics
+from sns_xmpp.observe.metrics import STANZA_KINDS, Metrics
 
 
 def _stanza_lines(registry: CollectorRegistry) -> list[str]:

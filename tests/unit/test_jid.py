@@ -6,7 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.words.protocols.jabber.jid import JID
 
-from sns_xmpp.xmpp.addressing import _simple, parse_jid
+from sns_xmpp.jid import _simple, parse_jid
 
 ASCII_JIDS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40) | st.builds(
     lambda node, host, resource: f"{node}@{host}/{resource}",

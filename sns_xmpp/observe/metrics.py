@@ -8,8 +8,8 @@ labels once, which keeps an increment to a lock and an add.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,9 +18,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import resource, server
 from twisted.web.server import Request
-
-if TYPE_CHECKING:
-    from sns_xmpp.xmpp.sessions import SessionManager
 
 STANZA_KINDS = ("message", "presence", "iq")
 
@@ -66,8 +63,10 @@ class Metrics:
         if kind in counts:
             counts[kind] += 1
 
-    def watch_sessions(self, sessions: SessionManager) -> None:
-        self.registry.register(_SessionCollector(sessions))
+    def watch_sessions(self, session_labels: Callable[[], Iterable[str]], rosters_cached: Callable[[], int]) -> None:
+        """Report bound sessions by the label each gives (its site or mechanism) and the rosters
+        held in memory, read at each scrape from the two callables (the session manager's)."""
+        self.registry.register(_SessionCollector(session_labels, rosters_cached))
 
 
 class _StanzaCollector:
@@ -85,21 +84,21 @@ class _StanzaCollector:
 
 
 class _SessionCollector:
-    def __init__(self, sessions: SessionManager) -> None:
-        self.sessions = sessions
+    def __init__(self, session_labels: Callable[[], Iterable[str]], rosters_cached: Callable[[], int]) -> None:
+        self.session_labels = session_labels
+        self.rosters_cached = rosters_cached
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("sns_xmpp_sessions", "Bound sessions by authentication (site or mechanism)",
                                    labels=["auth"])
         counts: dict[str, int] = {}
-        for session in self.sessions.all_sessions():
-            label = session.login.site or session.login.method
+        for label in self.session_labels():
             counts[label] = counts.get(label, 0) + 1
         for label, count in sorted(counts.items()):
             family.add_metric([label], count)
         yield family
         queued = GaugeMetricFamily("sns_xmpp_rosters_cached", "Rosters held in memory")
-        queued.add_metric([], len(self.sessions.rosters._rosters))
+        queued.add_metric([], self.rosters_cached())
         yield queued
 
 

@@ -1,0 +1,1 @@
+"""Observability, the bottom layer: the log gate and the metrics, which every layer may use."""
