@@ -12,7 +12,6 @@ from twisted.words.xish import domish
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
-from sns_xmpp.xmpp import stream_management
 from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
 
 if TYPE_CHECKING:
@@ -31,8 +30,11 @@ def _stamp(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> None:
-    """Keep a message for a user with no available resource; bounce it if there is no such user."""
+def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> Deferred[None] | None:
+    """Keep a message for a user with no available resource; bounce it if there is no such user.
+
+    The Deferred fires once the message is on disk or bounced (never with a failure): the
+    sender's stream management counts the message as handled then, not before."""
     sender = message.getAttribute("from") or owner
     sender = sender.split("/", 1)[0]
     in_flight = sessions.offline_writes
@@ -40,7 +42,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         sessions.metrics.limit("offline-writes")
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "resource-constraint", "too many messages waiting to be stored"))
-        return
+        return None
     in_flight[sender] = in_flight.get(sender, 0) + 1
     now = sessions.clock.seconds()
     delay = message.addElement((NS_DELAY, "delay"))
@@ -49,7 +51,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     stored = message.toXml()
     message.children.remove(delay)
 
-    release = stream_management.hold()  # the sender's ack waits for the disk
+    finished: Deferred[None] = Deferred()  # the sender's ack waits for it (stream_management)
 
     def done() -> None:
         left = in_flight.get(sender, 1) - 1
@@ -57,8 +59,8 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
             in_flight[sender] = left
         else:
             in_flight.pop(sender, None)
-        if release is not None:
-            release()
+        if not finished.called:
+            finished.callback(None)
 
     def bounce(text: str, condition: str = "service-unavailable") -> None:
         done()
@@ -87,6 +89,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
 
     d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(failed)
+    return finished
 
 
 def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.words.xish import domish, utility
 from wokkel.component import Router
 
@@ -29,7 +30,8 @@ class StanzaRouter(Router):
         # stanzas bounce with service-unavailable, not remote-server-not-found.
         self.component_domains: set[str] = set()
 
-    def route(self, stanza: domish.Element) -> None:
+    def route(self, stanza: domish.Element) -> Deferred[None] | None:
+        """Send *stanza* towards its domain; a Deferred when a local delivery finishes later."""
         self.metrics.stanza(stanza.name)
         try:
             host = parse_jid(stanza.getAttribute("to", "")).host
@@ -40,8 +42,9 @@ class StanzaRouter(Router):
             destination = self.routes.get(None)
         if destination is None:
             self._unroutable(stanza, host)
-            return
-        destination.send(stanza)
+            return None
+        sent: Deferred[None] | None = destination.send(stanza)
+        return sent if isinstance(sent, Deferred) else None
 
     def _unroutable(self, stanza: domish.Element, host: str | None) -> None:
         # No server-to-server links: a domain that is not ours is unreachable.
@@ -56,9 +59,10 @@ class StanzaRouter(Router):
 class LocalRoute(utility.EventDispatcher):
     """The Router's view of a hosted domain: stanzas for it go to ``deliver``."""
 
-    def __init__(self, deliver: Callable[[domish.Element], None]) -> None:
+    def __init__(self, deliver: Callable[[domish.Element], Deferred[None] | None]) -> None:
         super().__init__()
         self.deliver = deliver
 
-    def send(self, stanza: domish.Element) -> None:
-        self.deliver(stanza)
+    def send(self, stanza: domish.Element) -> Deferred[None] | None:
+        """Deliver; a Deferred when the delivery finishes later (see stream_management)."""
+        return self.deliver(stanza)

@@ -101,7 +101,7 @@ def _sm_failed(condition: str) -> domish.Element:
 
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
-                 route: Callable[[domish.Element], None], metrics: Metrics | None = None,
+                 route: Callable[[domish.Element], Deferred[None] | None], metrics: Metrics | None = None,
                  max_resources: int = 10, resume_timeout: int = 300, max_offline: int = 1000,
                  max_offline_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_offline = max_offline
@@ -276,7 +276,9 @@ class SessionManager:
         else:
             session.stream.send(_sm_failed("unexpected-request"))
 
-    def _from_client(self, session: ClientSession, stanza: domish.Element) -> None:
+    def _from_client(self, session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
+        """Handle a client's stanza; a Deferred when its handling finishes later (an offline
+        message's write), which stream management waits for before counting it handled."""
         stanza["from"] = session.full  # RFC 6120 8.1.2.1: the server stamps the sender
         to = stanza.getAttribute("to")
         if to is not None:
@@ -287,66 +289,68 @@ class SessionManager:
                     reply = error_reply(stanza, "jid-malformed")
                     reply.attributes.pop("from", None)
                     session.send(reply)
-                return
+                return None
         if stanza.name == "presence":
             self.presence.outbound(session, stanza)
-        elif stanza.name == "iq":
+            return None
+        if stanza.name == "iq":
             if to is None or target.full() in (session.bare, session.jid.host):
                 self.answer_iq(stanza, session)
-            else:
-                self.route(stanza)
-        else:
-            if to is None:
-                stanza["to"] = session.bare
-            self.route(stanza)
+                return None
+            return self.route(stanza)
+        if to is None:
+            stanza["to"] = session.bare
+        return self.route(stanza)
 
     # -- stanzas for local addresses (the Router's route) -------------------
 
-    def deliver(self, stanza: domish.Element) -> None:
+    def deliver(self, stanza: domish.Element) -> Deferred[None] | None:
+        """Deliver to a local address; a Deferred when that finishes later (see _from_client)."""
         try:
             to = parse_jid(stanza.getAttribute("to", ""))
         except InvalidFormat:
-            return
+            return None
         if to.host not in self.domains:
-            return
+            return None
         if to.user is None:
             if stanza.name == "iq" and to.resource is None:
                 self.answer_iq(stanza, None)
             elif stanza.name != "presence" and may_bounce(stanza):
                 self.route(error_reply(stanza, "service-unavailable"))
-            return
+            return None
         if stanza.name == "message":
-            self._deliver_message(stanza, to)
-        elif stanza.name == "presence":
+            return self._deliver_message(stanza, to)
+        if stanza.name == "presence":
             self.presence.inbound(stanza, to)
         elif stanza.name == "iq":
             self._deliver_iq(stanza, to)
+        return None
 
-    def _deliver_message(self, stanza: domish.Element, to: JID) -> None:
+    def _deliver_message(self, stanza: domish.Element, to: JID) -> Deferred[None] | None:
         kind = stanza.getAttribute("type", "normal")
         bare = to.userhost()
         if to.resource is not None:
             session = self.session(to)
             if session is not None:
                 session.send(stanza)
-                return
+                return None
             if kind == "groupchat":
                 self._bounce(stanza, "service-unavailable")
             if kind in ("groupchat", "error"):
-                return
+                return None
         if kind == "error":
-            return
+            return None
         targets = [s for s in self.available(bare) if s.priority >= 0]
         if targets and kind != "groupchat":
             for session in targets:
                 session.send(stanza)
-            return
+            return None
         if kind == "headline":
-            return
+            return None
         if kind == "groupchat":
             self._bounce(stanza, "service-unavailable")
-            return
-        offline.store_for_later(self, bare, stanza)
+            return None
+        return offline.store_for_later(self, bare, stanza)
 
     def _deliver_iq(self, stanza: domish.Element, to: JID) -> None:
         if to.resource is not None:

@@ -2,8 +2,13 @@
 
 Inbound, a stanza counts as handled only when the server is done with it; a
 message for an offline user is done when its offline copy is on disk, so an
-<a h/> never acknowledges a message a crash could lose. Handlers that finish
-later take a hold on the stanza being processed (see `hold`).
+<a h/> never acknowledges a message a crash could lose. The promise travels
+with the stanza's handling, not through a global: a handler that finishes
+later returns a Deferred up the path the stanza took (`SessionManager._from_client`
+→ `route` → `LocalRoute.send` → `deliver` → `offline.store_for_later`), and
+`process` counts the stanza as handled when it fires. A step added anywhere on
+that path that waits for something returns its Deferred too, and the ack waits
+with it (`tests/unit/test_stream_management.py`).
 
 Outbound, every stanza the server writes after <enabled/> (whichever feature
 writes it: routing, presence, roster pushes, offline delivery, IQ answers, the
@@ -23,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.words.xish import domish
 
@@ -34,23 +40,6 @@ REQUEST_EVERY = 5  # outbound stanzas between our <r/> requests
 MAX_UNACKED = 1000  # a client that never acknowledges is cut off rather than grow memory
 # ... and so is one whose unacknowledged stanzas come to more bytes than its stream may hold
 # unread (ClientStream.max_outbound_bytes): it may read them and still never acknowledge.
-
-_current: StreamManagement | None = None
-_current_seq = 0
-
-
-def hold() -> Callable[[], None] | None:
-    """Called by a handler that finishes the stanza being processed later (a durable write).
-
-    Returns the function to call when done, or None when the stanza's stream
-    does not manage acknowledgements.
-    """
-    if _current is None:
-        return None
-    sm, seq = _current, _current_seq
-    sm.hold(seq)
-    return lambda: sm.completed(seq)
-
 
 def _u32(value: int) -> int:
     return value % 2**32
@@ -97,15 +86,20 @@ class StreamManagement:
 
     # -- inbound --------------------------------------------------------------
 
-    def process(self, handle: Callable[[], None]) -> None:
-        """Count one inbound stanza and handle it, letting its handlers take a hold."""
-        global _current, _current_seq
+    def process(self, handle: Callable[[], Deferred[None] | None]) -> None:
+        """Count one inbound stanza and handle it. When the handling returns a Deferred (a
+        durable write, or any step that waits), the stanza is handled only once that fires,
+        whether it succeeds or fails."""
         self.received += 1
-        _current, _current_seq = self, self.received
-        try:
-            handle()
-        finally:
-            _current = None
+        seq = self.received
+        done = handle()
+        if done is not None and not done.called:
+            self.hold(seq)
+            done.addBoth(self._completed_by, seq)
+
+    def _completed_by(self, result: object, seq: int) -> None:
+        self.completed(seq)
+        return None  # a failure was the handler's to report; the count only needs the end
 
     def completed(self, seq: int) -> None:
         self.pending.discard(seq)

@@ -227,7 +227,6 @@ def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     heap, not by scanning every pending write (quadratic: seconds of the reactor's time)."""
     import time
 
-    from sns_xmpp.xmpp import stream_management
     from sns_xmpp.xmpp.stream_management import StreamManagement
 
     class Writer:
@@ -242,16 +241,21 @@ def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
 
     stream = Writer()
     sm = StreamManagement(stream, False, 300)  # type: ignore[arg-type]
-    releases = []
+    writes: list[defer.Deferred[None]] = []
+
+    def pending_write() -> defer.Deferred[None]:
+        writes.append(defer.Deferred())
+        return writes[-1]
+
     for _ in range(20_000):
-        sm.process(lambda: releases.append(stream_management.hold()))
+        sm.process(pending_write)
     sm.request()
     assert b"<a " not in stream.value()
     started = time.perf_counter()
-    for release in releases[:-1]:
-        release()
+    for write in writes[:-1]:
+        write.callback(None)
     assert b"<a " not in stream.value(), "the last write is still pending"
-    releases[-1]()
+    writes[-1].callback(None)
     elapsed = time.perf_counter() - started
     assert b"h='20000'" in stream.value()
     assert elapsed < 0.5, f"20,000 completions took {elapsed:.3f} s"
@@ -363,3 +367,42 @@ def test_a_resumed_session_gets_its_unacknowledged_offline_messages_again() -> N
                                                if e.tag.endswith("message")] == ["kept"]
     ack(again, again_transport, len(stanzas(answer)))
     assert not session.sm.unacked and not session.detached
+
+
+def test_an_asynchronous_step_before_storage_still_holds_the_ack() -> None:
+    """The ack-after-disk promise travels with the stanza's handling (a returned Deferred), not
+    through a module global: with a step that waits (here a second) between routing and the
+    offline write, <a/> still counts the message only once it is on disk."""
+    from twisted.internet import task
+
+    writes: list[defer.Deferred] = []
+
+    class Store:
+        def load_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed(([], []))
+
+        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                                 max_size: int | None = None) -> defer.Deferred:
+            writes.append(defer.Deferred())
+            return writes[-1]
+
+    factory, clock = factory_and_clock()
+
+    def route_after_a_second(stanza: domish.Element) -> defer.Deferred:
+        return task.deferLater(clock, 1.0, sessions.deliver, stanza)
+
+    sessions = SessionManager(["localhost"], Store(), clock, route_after_a_second)  # type: ignore[arg-type]
+    stream, transport = connect(factory)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")
+    output(transport)
+    stream.dataReceived(b"<enable xmlns='urn:xmpp:sm:3'/>")
+    assert "<enabled xmlns='urn:xmpp:sm:3'/>" in output(transport)
+    stream.dataReceived(b"<message to='alice@localhost' type='chat'><body>hi</body></message>"
+                        b"<r xmlns='urn:xmpp:sm:3'/>")
+    assert "<a " not in output(transport), "not acknowledged while the message is on its way"
+    clock.advance(1.0)
+    assert len(writes) == 1
+    assert "<a " not in output(transport), "not acknowledged while the write is pending"
+    writes[0].callback(1)
+    assert "<a xmlns='urn:xmpp:sm:3' h='1'/>" in output(transport)
