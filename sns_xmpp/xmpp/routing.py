@@ -43,8 +43,8 @@ class StanzaRouter(Router):
         if destination is None:
             self._unroutable(stanza, host)
             return None
-        sent: Deferred[None] | None = destination.send(stanza)
-        return sent if isinstance(sent, Deferred) else None
+        sent: Deferred[None] | None = destination.send(stanza)  # a component's route: None
+        return sent
 
     def _unroutable(self, stanza: domish.Element, host: str | None) -> None:
         # No server-to-server links: a domain that is not ours is unreachable.
