@@ -66,3 +66,11 @@ class ILoginChecker(Interface):
     def throttle_key(authcid: str, domain: str) -> str:
         """The key failed logins under *authcid* count against: one per account, however the
         client spells its name (case, width, ignorable characters, the bare-JID form)."""
+
+
+class IBearerChecker(ILoginChecker):
+    """A checker that also takes OAUTHBEARER (RFC 7628) tokens of OpenID Connect sites."""
+
+    def check_bearer(token: str, authzid: str | None, domain: str) -> Deferred:
+        """Fire with a LoginResult for a valid token; errback with BearerFailed (its error
+        document is the RFC 7628 challenge) or AuthenticationFailed."""

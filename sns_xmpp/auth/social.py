@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential, stand_in_credential
 from sns_xmpp.jid import InvalidFormat, escape_node, parse_jid, unescape_node
@@ -85,7 +85,7 @@ def social_localpart(site_id: str, account: str) -> str:
     return escape_node(f"{account}@{site_id}")
 
 
-@implementer(ILoginChecker)
+@implementer(IBearerChecker)
 class SocialLoginChecker:
     """Social logins by site, everything else to the local accounts."""
 
@@ -234,7 +234,7 @@ class SocialLoginChecker:
         discovery = candidates[0].openid_configuration if candidates else None
         issuer = _unverified_issuer(token)
         for site in candidates:
-            if getattr(site, "issuer", None) == issuer:
+            if site.issuer == issuer:
                 discovery = site.openid_configuration
                 try:
                     account: VerifiedAccount = await site.verify_bearer(token, self.clock.seconds())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +22,14 @@ from twisted.web.server import Request
 from sns_xmpp.http.pending import PendingLogins, StateProblem
 from sns_xmpp.jid import escape_node
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.sites.interface import IBearerSite, ISite, ProviderUnavailable, SiteRejection, SocialCredentials
+from sns_xmpp.sites.interface import (
+    IBearerSite,
+    ISite,
+    ISiteWithPages,
+    ProviderUnavailable,
+    SiteRejection,
+    SocialCredentials,
+)
 from sns_xmpp.sites.registry import SiteRegistry
 
 log = GatedLogger()
@@ -103,7 +110,9 @@ class Root(resource.Resource):
         self.putChild(b"sites", SiteList(web))
         self.putChild(b"callback", CallbackRoot(web))
         for site in web.sites:
-            for name, page in getattr(site, "pages", dict)().items():
+            if not ISiteWithPages.providedBy(site):
+                continue
+            for name, page in cast(ISiteWithPages, site).pages().items():
                 self.putChild(name, page)
 
     def getChild(self, path: bytes, request: Request) -> resource.IResource:

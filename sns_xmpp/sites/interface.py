@@ -163,6 +163,7 @@ class IBearerSite(ISite):
     """A site whose tokens are also accepted through SASL OAUTHBEARER (RFC 7628)."""
 
     openid_configuration = Attribute("URL of the provider's discovery document, for the RFC 7628 error")
+    issuer = Attribute("The provider's issuer identifier: a bearer token's `iss` picks its site by it")
 
     def verify_bearer(token: str, now: float) -> Deferred:
         """Fire with the VerifiedAccount a bearer token proves, or fail with SiteRejection."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, ILoginChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.saslprep import SASLprepError, saslprep
 from sns_xmpp.auth.scram import ScramError, ScramServerExchange
 from sns_xmpp.auth.social import BearerFailed
@@ -200,7 +201,10 @@ class OAuthBearerAttempt:
                 return Challenge(error.error_document)
             return reason  # type: ignore[return-value]
 
-        d = defer.maybeDeferred(self.checker.check_bearer, token, authzid, self.domain)  # type: ignore[attr-defined]
+        if not IBearerChecker.providedBy(self.checker):  # offered only where the checker takes tokens
+            return defer.fail(AuthenticationFailed("invalid-mechanism", "no site takes bearer tokens"))
+        checker = cast(IBearerChecker, self.checker)
+        d = defer.maybeDeferred(checker.check_bearer, token, authzid, self.domain)
         return d.addCallbacks(Success, refused)
 
 

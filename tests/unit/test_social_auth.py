@@ -221,9 +221,11 @@ def test_both_checkers_provide_the_checker_interface(tmp_path: Path) -> None:
     """Negotiation calls every ILoginChecker method (throttle_key too) on whichever it is given."""
     from zope.interface.verify import verifyObject
 
-    from sns_xmpp.auth.checker import ILoginChecker
+    from sns_xmpp.auth.checker import IBearerChecker, ILoginChecker
 
     sites = load_sites({}, SiteContext(Clock(), "http://h", tmp_path, ("localhost",)))
     local = LocalAccountChecker(None)  # type: ignore[arg-type]
     assert verifyObject(ILoginChecker, local)
-    assert verifyObject(ILoginChecker, SocialLoginChecker(None, sites, local, Clock(), "http://h", b"k"))  # type: ignore[arg-type]
+    social = SocialLoginChecker(None, sites, local, Clock(), "http://h", b"k")  # type: ignore[arg-type]
+    assert verifyObject(ILoginChecker, social)
+    assert verifyObject(IBearerChecker, social)  # what OAUTHBEARER asks of it (xmpp/sasl.py)
