@@ -33,7 +33,7 @@ ACCOUNTS = 200  # as in scripts/bench: the accounts cycle, most logins find thei
 
 
 def _scripts(world: Any, site: str, count: int) -> list[list[bytes]]:
-    from tests.fuzz.test_c2s_fuzz import DOMAINS
+    from tests.fuzz.harness import DOMAINS
 
     header = (b"<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
               b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>" % DOMAINS[0].encode())
@@ -63,7 +63,7 @@ def run(site: str, logins: int) -> float:
 
     from sns_xmpp import startup
     from sns_xmpp.observe import log_gate
-    from tests.fuzz.test_c2s_fuzz import World
+    from tests.fuzz.harness import World
 
     startup.install()
     log_gate.set_minimum(LogLevel.warn)

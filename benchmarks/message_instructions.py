@@ -32,7 +32,7 @@ def run(messages: int) -> float:
 
     from sns_xmpp import startup
     from sns_xmpp.observe import log_gate
-    from tests.fuzz.test_c2s_fuzz import DOMAINS, World
+    from tests.fuzz.harness import DOMAINS, World
 
     startup.install()
     log_gate.set_minimum(LogLevel.warn)

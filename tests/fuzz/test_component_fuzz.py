@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentRoute, ComponentServerFactory, ComponentStream
 from sns_xmpp.xmpp.routing import StanzaRouter
 from tests.fuzz import strategies as fs
-from tests.fuzz.test_c2s_fuzz import (
+from tests.fuzz.harness import (
     END,
     NS_STREAMS,
     UNWIND,
@@ -44,7 +44,7 @@ from tests.fuzz.test_c2s_fuzz import (
     element_problems,
     note,
 )
-from tests.fuzz.test_c2s_fuzz import watch as watch  # the fixture: no failures in the log
+from tests.fuzz.harness import watch as watch  # the fixture: no failures in the log
 
 DOMAIN = "echo.localhost"
 SECRET = "echo-secret-0123456789"

@@ -20,8 +20,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
-from tests.fuzz.test_c2s_fuzz import DOMAINS, World
-from tests.fuzz.test_c2s_fuzz import world as world  # the fixture: one World for the module
+from tests.fuzz.harness import DOMAINS, World
+from tests.fuzz.harness import world as world  # the fixture: one World for the module
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>" % DOMAINS[0].encode())
