@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
+from tests.clients import require_client
 from tests.xmppclient import Client, wait
-
-GO_SENDXMPP = shutil.which("go-sendxmpp")
 
 
 def _need_go_sendxmpp() -> str:
-    if GO_SENDXMPP is None:
-        if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
-            pytest.fail("SNS_XMPP_REQUIRE_CLIENTS is set, but go-sendxmpp is not installed")
-        pytest.skip("needs go-sendxmpp (Debian package go-sendxmpp)")
-    return GO_SENDXMPP
+    return require_client("go-sendxmpp")
 
 
 async def go_sendxmpp(home: Path, port: int, *arguments: str) -> tuple[int, str]:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 
 from sns_xmpp.xmpp.stream_management import REQUEST_EVERY
+from tests.clients import require_client
 from tests.xmppclient import Client, wait
 
 
@@ -239,17 +237,9 @@ async def test_stream_management_client_gets_its_offline_messages_acks_them_and_
     await wait(alice.log_out())
 
 
-PROFANITY = shutil.which("profanity")
-
 
 def _need_profanity() -> str:
-    if PROFANITY is None:
-        if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
-            pytest.fail("SNS_XMPP_REQUIRE_CLIENTS is set, but profanity is not installed")
-        pytest.skip("needs profanity (Debian package profanity) and tmux")
-    if shutil.which("tmux") is None:
-        pytest.fail("profanity is installed but tmux, which drives it, is not")
-    return PROFANITY
+    return require_client("profanity", also=("tmux",))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 30) -> None:

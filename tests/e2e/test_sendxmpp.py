@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 
+from tests.clients import require_client
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
-SENDXMPP = shutil.which("sendxmpp")
-
 
 def _need_sendxmpp() -> str:
-    if SENDXMPP is None:
-        if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
-            pytest.fail("SNS_XMPP_REQUIRE_CLIENTS is set, but sendxmpp is not installed")
-        pytest.skip("needs sendxmpp (Debian package sendxmpp)")
-    return SENDXMPP
+    return require_client("sendxmpp")
 
 
 async def sendxmpp(home: Path, port: int, username: str, password: str, message: Path,

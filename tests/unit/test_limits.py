@@ -136,21 +136,27 @@ def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     assert sessions.bind(replacing, login, "r0").result == "alice@localhost/r0"  # a replacement is no extra
 
 
+class PendingWritesStore:
+    """A store whose offline writes finish when the test fires them (`writes`)."""
+
+    def __init__(self) -> None:
+        self.writes: list[defer.Deferred] = []
+
+    def load_roster(self, owner: str) -> defer.Deferred:
+        return defer.succeed(([], []))
+
+    def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
+                             max_size: int | None = None) -> defer.Deferred:
+        self.writes.append(defer.Deferred())
+        return self.writes[-1]
+
+
 def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
     """XEP-0198: <a h/> counts a stored message only once the store says it is on disk."""
-    writes: list[defer.Deferred] = []
-
-    class Store:
-        def load_roster(self, owner: str) -> defer.Deferred:
-            return defer.succeed(([], []))
-
-        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
-                                 max_size: int | None = None) -> defer.Deferred:
-            writes.append(defer.Deferred())
-            return writes[-1]
-
+    store = PendingWritesStore()
+    writes = store.writes
     factory, clock = factory_and_clock()
-    sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    sessions = SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
     stream, transport = connect(factory)
     stream.dataReceived(HEADER.format(to="localhost").encode())
     sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")

@@ -375,23 +375,16 @@ def test_an_asynchronous_step_before_storage_still_holds_the_ack() -> None:
     offline write, <a/> still counts the message only once it is on disk."""
     from twisted.internet import task
 
-    writes: list[defer.Deferred] = []
+    from tests.unit.test_limits import PendingWritesStore
 
-    class Store:
-        def load_roster(self, owner: str) -> defer.Deferred:
-            return defer.succeed(([], []))
-
-        def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
-                                 max_size: int | None = None) -> defer.Deferred:
-            writes.append(defer.Deferred())
-            return writes[-1]
-
+    store = PendingWritesStore()
+    writes = store.writes
     factory, clock = factory_and_clock()
 
     def route_after_a_second(stanza: domish.Element) -> defer.Deferred:
         return task.deferLater(clock, 1.0, sessions.deliver, stanza)
 
-    sessions = SessionManager(["localhost"], Store(), clock, route_after_a_second)  # type: ignore[arg-type]
+    sessions = SessionManager(["localhost"], store, clock, route_after_a_second)  # type: ignore[arg-type]
     stream, transport = connect(factory)
     stream.dataReceived(HEADER.format(to="localhost").encode())
     sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")
