@@ -44,9 +44,9 @@ from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
 from sns_xmpp.store.opening import database_opener
 from sns_xmpp.store.sqlite import ThreadedStore
-from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
+from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -172,7 +172,7 @@ def build_server(config: Config, reactor: Any, config_path: Path | None = None) 
                               config.xmpp.c2s.max_offline_messages, config.xmpp.c2s.max_offline_bytes)
     metrics.watch_sessions(lambda: [s.login.site or s.login.method for s in sessions.all_sessions()],
                            lambda: len(sessions.rosters))
-    server_iq.install(sessions, router)
+    install_features(sessions, router, reactor)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
 

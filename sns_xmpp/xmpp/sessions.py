@@ -120,7 +120,8 @@ class SessionManager:
         self.rosters = RosterBook(store)
         self.presence = PresenceHandler(self)
         self.users: dict[str, dict[str, ClientSession]] = {}
-        # Server IQ handlers by the namespace of the IQ's child; see server_iq.
+        # Server IQ handlers by the namespace of the IQ's child, filled by the feature modules
+        # (xmpp/features).
         # By (namespace, element name) of the IQ's payload: a known namespace on another element
         # is no request this server understands.
         self.iq_handlers: dict[tuple[str, str], IQHandler] = {}

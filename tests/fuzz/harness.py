@@ -48,8 +48,8 @@ from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store import composite
 from sns_xmpp.store.sqlite import SQLiteDatabase
-from sns_xmpp.xmpp import server_iq
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
+from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -473,7 +473,7 @@ class World:
         self.router = StanzaRouter(self.metrics)
         self.sessions = SessionManager(DOMAINS, self.store, self.clock, self.router.route, self.metrics,  # type: ignore[arg-type]
                                        max_resources=10, resume_timeout=300)
-        server_iq.install(self.sessions, self.router)
+        install_features(self.sessions, self.router, self.clock)
         for domain in DOMAINS:
             self.router.addRoute(domain, LocalRoute(self.sessions.deliver))
         self.web = SocialWeb(self.sites, PendingLogins(self.clock), PUBLIC_URL, DOMAINS[0], self.clock)
