@@ -12,18 +12,7 @@ from zope.interface.verify import verifyObject
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry, IFeature
 from sns_xmpp.xmpp.features.built_in import BUILT_IN, install_features
 from sns_xmpp.xmpp.sessions import SessionManager
-
-
-class Session:
-    bare = "alice@localhost"
-    sm = None
-
-    def __init__(self) -> None:
-        self.sent: list[domish.Element] = []
-        self.stream = self
-
-    def send(self, element: domish.Element | str) -> None:
-        self.sent.append(parseXml(element) if isinstance(element, str) else element)
+from tests.unit.test_iq_answers import Session
 
 
 class Router:
