@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import threads
@@ -40,6 +40,7 @@ from sns_xmpp.ops.console import namespace
 from sns_xmpp.ops.logs import wanted_observer
 from sns_xmpp.ops.manhole import console_factory
 from sns_xmpp.ops.reload import SiteReloader
+from sns_xmpp.reactors import IServerReactor
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import SiteRegistry, load_sites
 from sns_xmpp.store.opening import database_opener
@@ -155,7 +156,7 @@ class Server:
         return named
 
 
-def build_server(config: Config, reactor: Any, config_path: Path | None = None) -> Server:
+def build_server(config: Config, reactor: IServerReactor, config_path: Path | None = None) -> Server:
     startup.install()  # the wokkel names and the escaping serialiser, before any stream exists
     log_gate.set_minimum(LogLevel.levelWithName(config.log.level))
     top = ServerService(wanted_observer(config.log))
@@ -263,17 +264,17 @@ def _listeners(top: service.MultiService) -> list[ListenerService]:
 LISTEN_BACKLOG = 1024
 
 
-def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
+def _tcp_endpoint(reactor: IServerReactor, interface: str, port: int) -> IStreamServerEndpoint:
     """A listener (IPv4 or IPv6 by the interface) whose connections have TCP_NODELAY, as the c2s
     ones do (sns_xmpp.xmpp.transport): an answer is not held back waiting for an ACK."""
     return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface)
 
 
-def makeService(options: Options, reactor: Any = None) -> service.IService:
+def makeService(options: Options, reactor: IServerReactor | None = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        reactor = cast(IServerReactor, global_reactor)  # every Twisted reactor provides all of it
     try:
         server = build_server(options["loaded"], reactor, Path(options["config"]))
     except ConfigError as error:  # a site's or the console's settings, found while building

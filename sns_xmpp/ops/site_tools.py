@@ -12,6 +12,7 @@ from twisted.internet import defer, task
 
 from sns_xmpp.config import Config
 from sns_xmpp.jid import escape_node
+from sns_xmpp.reactors import IServerReactor
 from sns_xmpp.sites.hmac import HmacSite
 from sns_xmpp.sites.interface import IBearerSite, SiteContext
 from sns_xmpp.sites.registry import load_sites
@@ -21,7 +22,8 @@ class ToolError(Exception):
     """A refusal the admin command prints as one line."""
 
 
-def site_context(config: Config, reactor: Any = None) -> SiteContext:
+def site_context(config: Config, reactor: IServerReactor | None = None) -> SiteContext:
+    """The sites' context for the admin tool: no reactor where nothing runs (listing sites)."""
     return SiteContext(reactor, config.http.public_url, config.data_dir, config.server.domains)
 
 
@@ -39,7 +41,7 @@ def check_sites(config: Config, stdout: TextIO, timeout: float = 15) -> bool:
     """Start every enabled site (providers are fetched) and print each one's status; True if all are ok."""
     results: list[bool] = []
 
-    async def check(reactor: Any) -> None:
+    async def check(reactor: IServerReactor) -> None:
         registry = load_sites(config.sites, site_context(config, reactor))
         registry.startService()
         for site in registry:

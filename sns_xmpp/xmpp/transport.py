@@ -41,6 +41,8 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
+    IReactorFDSet,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.main import CONNECTION_DONE
@@ -49,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.reactors import IServerReactor
 
 log = GatedLogger()
 
@@ -58,7 +61,7 @@ class Flusher:
     the round's events where the reactor offers that (`LeanEPollReactor.after_events`), else from
     a zero-delay call, which runs before the reactor next waits."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
         self._after_events = getattr(reactor, "after_events", None)
         self._waiting: list[FlushingServer] = []
@@ -87,7 +90,7 @@ class NoDelayServer(tcp.Server):
     """Twisted's TCP server connection, with ``TCP_NODELAY`` set as it is accepted."""
 
     def __init__(self, sock: socket.socket, protocol: Any, client: Any, server: tcp.Port, sessionno: int,
-                 reactor: Any) -> None:
+                 reactor: IReactorFDSet) -> None:
         super().__init__(sock, protocol, client, server, sessionno, reactor)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -157,7 +160,8 @@ class FlushingServer(NoDelayServer):
 class FlushingPort(NoDelayPort):
     transport = FlushingServer
 
-    def __init__(self, port: int, factory: IProtocolFactory, backlog: int, interface: str, reactor: Any) -> None:
+    def __init__(self, port: int, factory: IProtocolFactory, backlog: int, interface: str,
+                 reactor: IServerReactor) -> None:
         super().__init__(port, factory, backlog, interface, reactor)
         self.flusher = Flusher(reactor)
 
@@ -168,7 +172,7 @@ class NoDelayTCPServerEndpoint:
     `NoDelayServer`s (Twisted's, with ``TCP_NODELAY``), with TLS from the first byte when given
     a TLS context."""
 
-    def __init__(self, reactor: Any, port: int, backlog: int = 50, interface: str = "",
+    def __init__(self, reactor: IServerReactor, port: int, backlog: int = 50, interface: str = "",
                  tls: IOpenSSLServerConnectionCreator | None = None) -> None:
         self._reactor = reactor
         self._port_number = port
