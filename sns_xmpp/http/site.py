@@ -13,7 +13,6 @@ descriptor (an answer would hold each one until it was written). The channel is 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from twisted.web.resource import IResource
 
 from sns_xmpp.http.access_log import query_free_log_line
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.tally import Tally
 
 log = GatedLogger()
 
@@ -107,7 +107,7 @@ class GuardedSite(server.Site):
         super().__init__(root, logFormatter=query_free_log_line, timeout=limits.idle_timeout, reactor=clock)
         self.clock = clock
         self.limits = limits
-        self.connections: Counter[str] = Counter()
+        self.connections = Tally()
         self._refusing: set[str] = set()  # addresses at their cap: logged once per episode
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
@@ -118,7 +118,7 @@ class GuardedSite(server.Site):
                 log.warn("http.connections_capped peer={peer} open={open}", peer=host, open=self.connections[host])
             return None  # the listening port closes the socket at once
         channel = super().buildProtocol(addr)
-        self.connections[host] += 1
+        self.connections.add(host)
         channel.counted_host = host
         return channel
 
@@ -127,11 +127,8 @@ class GuardedSite(server.Site):
         if host is None:
             return
         channel.counted_host = None
-        self.connections[host] -= 1
-        if self.connections[host] < self.limits.max_connections_per_ip:
+        if self.connections.remove(host) < self.limits.max_connections_per_ip:
             self._refusing.discard(host)
-        if self.connections[host] <= 0:
-            del self.connections[host]
 
 
 def web_site(root: IResource, clock: IReactorTime, limits: HTTPLimits | None = None) -> server.Site:

@@ -21,6 +21,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.tally import Tally
 from sns_xmpp.xmpp import serialization
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.serialization import escape_attribute, escape_uri, plain_xml
@@ -394,7 +395,7 @@ class ClientStreamFactory(protocol.Factory):
         self.secure = secure
         self.on_limit = on_limit or (lambda name: None)
         self.streams: set[ClientStream] = set()
-        self.per_address: dict[str, int] = {}
+        self.per_address = Tally()
         self._sweeper: task.LoopingCall | None = None
         self._pings = 0
 
@@ -415,7 +416,7 @@ class ClientStreamFactory(protocol.Factory):
         stream.on_limit = self.on_limit
         self.streams.add(stream)
         host = str(getattr(addr, "host", "?"))
-        count = self.per_address[host] = self.per_address.get(host, 0) + 1
+        count = self.per_address.add(host)
         if count > self.limits.max_connections_per_ip:
             self.on_limit("connections-per-address")
             stream.refusal = StreamError("policy-violation", text="too many connections from your address")
@@ -424,11 +425,7 @@ class ClientStreamFactory(protocol.Factory):
 
     def _closed(self, stream: ClientStream, host: str) -> None:
         self.streams.discard(stream)
-        left = self.per_address.get(host, 1) - 1
-        if left > 0:
-            self.per_address[host] = left
-        else:
-            self.per_address.pop(host, None)
+        self.per_address.remove(host)
 
     def sweep(self) -> None:
         now = self.clock.seconds()

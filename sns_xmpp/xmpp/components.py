@@ -28,6 +28,7 @@ from wokkel.component import NS_COMPONENT_ACCEPT, ListenComponentAuthenticator, 
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.tally import Tally
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.routing import StanzaRouter
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
@@ -60,7 +61,7 @@ class ComponentStream(xmlstream.XmlStream):
         self.closed = False
         self.footer_sent = False
         self.refusal: error.StreamError | None = None  # set by the factory when this stream may not start
-        self.on_settled: list[Callable[[], None]] = []  # run once: at the handshake or at the end
+        self.on_settled: list[Callable[[], object]] = []  # run once: at the handshake or at the end
         self.deadline: IDelayedCall | None = None
         self._fed = 0  # bytes given to the current parser
 
@@ -262,26 +263,19 @@ class ComponentServerFactory(XMPPComponentServerFactory):
         self.limits = limits or ComponentLimits()
         self.authenticatorFactory = lambda: ComponentAuthenticator(self.secrets, router.routes)
         self.streams: set[xmlstream.XmlStream] = set()
-        self.unauthenticated: dict[str, int] = {}  # address -> streams that have not shaken hands
+        self.unauthenticated = Tally()  # streams that have not shaken hands, by address
 
     def buildProtocol(self, addr: IAddress | None) -> ComponentStream:
         xs = ComponentStream(self.authenticatorFactory(), self.limits.max_stanza_bytes, self.clock)
         xs.factory = self
         self.installBootstraps(xs)
         host = str(getattr(addr, "host", "?"))
-        count = self.unauthenticated[host] = self.unauthenticated.get(host, 0) + 1
-        xs.on_settled.append(lambda: self._settled(host))
+        count = self.unauthenticated.add(host)
+        xs.on_settled.append(lambda: self.unauthenticated.remove(host))
         if count > self.limits.max_unauthenticated_per_ip:
             log.warn("component.too_many_unauthenticated peer={peer}", peer=host)
             xs.refusal = error.StreamError("policy-violation", text="too many unauthenticated connections")
         return xs
-
-    def _settled(self, host: str) -> None:
-        left = self.unauthenticated.get(host, 1) - 1
-        if left > 0:
-            self.unauthenticated[host] = left
-        else:
-            self.unauthenticated.pop(host, None)
 
     def makeConnection(self, xs: ComponentStream) -> None:
         # wokkel's makeConnection only numbers the stream and logs its traffic when asked.

@@ -38,12 +38,12 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     sender = message.getAttribute("from") or owner
     sender = sender.split("/", 1)[0]
     in_flight = sessions.offline_writes
-    if in_flight.get(sender, 0) >= MAX_WRITES_IN_FLIGHT:
+    if in_flight[sender] >= MAX_WRITES_IN_FLIGHT:
         sessions.metrics.limit("offline-writes")
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "resource-constraint", "too many messages waiting to be stored"))
         return None
-    in_flight[sender] = in_flight.get(sender, 0) + 1
+    in_flight.add(sender)
     now = sessions.clock.seconds()
     delay = message.addElement((NS_DELAY, "delay"))
     delay["from"] = owner.split("@", 1)[1]
@@ -54,11 +54,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
     finished: Deferred[None] = Deferred()  # the sender's ack waits for it (stream_management)
 
     def done() -> None:
-        left = in_flight.get(sender, 1) - 1
-        if left > 0:
-            in_flight[sender] = left
-        else:
-            in_flight.pop(sender, None)
+        in_flight.remove(sender)
         if not finished.called:
             finished.callback(None)
 

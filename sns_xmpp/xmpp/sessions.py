@@ -22,6 +22,7 @@ from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import IStore
+from sns_xmpp.tally import Tally
 from sns_xmpp.xmpp import offline
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.presence import PresenceHandler
@@ -108,7 +109,7 @@ class SessionManager:
         # Offline storage is also bounded in size: delivered at once at login, it must fit well
         # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
         self.max_offline_bytes = max_offline_bytes
-        self.offline_writes: dict[str, int] = {}  # offline writes in flight, by sender (see offline)
+        self.offline_writes = Tally()  # offline writes in flight, by sender (see offline)
         self.resume_timeout = resume_timeout
         self.resumable: dict[str, ClientSession] = {}
         self.max_resources = max_resources
