@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
-__all__ = ["InvalidFormat", "JID", "parse_jid", "bare", "escape_node", "unescape_node"]
+__all__ = ["InvalidFormat", "JID", "parse_jid", "bare", "escape_node", "unescape_node", "before_domain"]
 
 
 MAX_PART_BYTES = 1023  # RFC 7622 3.2, 3.3.1, 3.4: each of localpart, domainpart and resourcepart
@@ -101,6 +101,13 @@ _UNESCAPES = {code: char for char, code in _ESCAPES.items()}
 
 
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
+
+
+def before_domain(name: str, domain: str) -> str | None:
+    """What *name* holds before ``@<domain>``, the domain compared without regard to case (a
+    domainpart is case-insensitive, RFC 7622 3.2); None when *name* does not end so."""
+    before, at, host = name.rpartition("@")
+    return before if at and host.lower() == domain.lower() else None
 
 
 def escape_node(node: str) -> str:

@@ -21,7 +21,7 @@ from sns_xmpp.auth.scram import (
     derive_credential,
     stand_in_credential,
 )
-from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.jid import InvalidFormat, before_domain, parse_jid
 from sns_xmpp.store.interface import IStore
 from sns_xmpp.store.records import Account
 
@@ -34,10 +34,9 @@ def local_jid(authcid: str, domain: str) -> str:
     Clients send either the localpart (RFC 6120) or the whole bare JID of the
     stream's domain; any other shape is not a local account name.
     """
-    node = authcid
-    before, at, host = authcid.rpartition("@")
-    if at and host.lower() == domain.lower():  # a domainpart is case-insensitive (RFC 7622 3.2)
-        node = before
+    node = before_domain(authcid, domain)
+    if node is None:
+        node = authcid
     if not node or "@" in node or "/" in node:
         raise AuthenticationFailed("not-authorized", "no such account or wrong password")
     try:

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, LoginResult, ScramLookup
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential, stand_in_credential
-from sns_xmpp.jid import InvalidFormat, escape_node, parse_jid, unescape_node
+from sns_xmpp.jid import InvalidFormat, before_domain, escape_node, parse_jid, unescape_node
 from sns_xmpp.observe.log_gate import GatedLogger, escape_controls
 from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
@@ -53,9 +53,9 @@ class BearerFailed(AuthenticationFailed):
 def split_social(authcid: str, domain: str) -> tuple[str, str] | None:
     """(identifier, site id) for a social user name, in plain or XEP-0106 JID form; None for a local name."""
     name = authcid
-    before, at, host = name.rpartition("@")
-    if at and "\\" in before and host.lower() == domain.lower():
-        name = before  # "<identifier>\40<site>@<domain>": the whole JID was sent
+    node = before_domain(name, domain)
+    if node is not None and "\\" in node:
+        name = node  # "<identifier>\40<site>@<domain>": the whole JID was sent
     if "@" not in name:
         # The JID form, "<identifier>\40<site>". A plain "<identifier>@<site>" is taken as it is:
         # an identifier may hold text like "\40" (OIDC subjects are any string).

@@ -20,6 +20,7 @@ from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, ILoginCh
 from sns_xmpp.auth.saslprep import SASLprepError, saslprep
 from sns_xmpp.auth.scram import ScramError, ScramServerExchange
 from sns_xmpp.auth.social import BearerFailed
+from sns_xmpp.jid import before_domain
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 MAX_SASL_BYTES = 16384
@@ -63,8 +64,8 @@ def effective_authzid(authzid: str | None, authcid: str, domain: str) -> str | N
     """
     if not authzid:
         return None
-    name, at, host = authzid.rpartition("@")
-    if at and host.lower() == domain.lower():
+    name = before_domain(authzid, domain)
+    if name is not None:
         if name == authcid:
             return None
         try:
