@@ -11,8 +11,6 @@ its holder, the person logging in, can read it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -21,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
+
+from sns_xmpp.sites.jose import JOSEError, b64url_decode, b64url_encode
 
 SEAL_CONTEXT = b"sns-xmpp-login-state-v1:"
 MAX_COOKIE_CHARS = 3800  # browsers keep cookies up to 4096 bytes, name and attributes included
@@ -35,14 +35,6 @@ class PendingLogin:
 
 class StateProblem(Exception):
     """Why a callback's state is refused, in words for the person at the browser."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class PendingLogins:
@@ -61,13 +53,14 @@ class PendingLogins:
         return secrets.token_urlsafe(24)
 
     def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, SEAL_CONTEXT + payload.encode("ascii", "replace"), hashlib.sha256).digest())
+        mac = hmac.new(self._key, SEAL_CONTEXT + payload.encode("ascii", "replace"), hashlib.sha256)
+        return b64url_encode(mac.digest())
 
     def seal(self, state: str, site_id: str, data: Mapping[str, str]) -> str:
         """The cookie value for a login to *site_id* started now with *state*."""
         now = self.clock.seconds()
         document = {"state": state, "site": site_id, "created": now, "expires": now + self.ttl, "data": dict(data)}
-        payload = _b64(json.dumps(document, separators=(",", ":")).encode())
+        payload = b64url_encode(json.dumps(document, separators=(",", ":")).encode())
         value = f"{payload}.{self._mac(payload)}"
         if len(value) > MAX_COOKIE_CHARS:
             raise ValueError(f"the site's pending data makes a {len(value)}-character cookie")
@@ -83,11 +76,11 @@ class PendingLogins:
         if not hmac.compare_digest(self._mac(payload).encode(), mac.encode("ascii", "replace")):
             raise StateProblem("the login state cookie is not one this server issued")
         try:
-            document = json.loads(_unb64(payload))
+            document = json.loads(b64url_decode(payload))
             sealed_state, sealed_site = str(document["state"]), str(document["site"])
             created, expires = float(document["created"]), float(document["expires"])
             data = {str(key): str(value) for key, value in dict(document["data"]).items()}
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, JOSEError):
             raise StateProblem("the login state cookie is not one this server issued") from None
         if sealed_site != site_id:
             raise StateProblem("the login state cookie belongs to a login at another site")
