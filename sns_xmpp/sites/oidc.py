@@ -454,8 +454,7 @@ class OIDCSite:
             raise SiteRejection(refuse, "token nonce is not this login's")
         name = display_name(claims)
         if name is None and access_token is not None:
-            await self._learn_name(account.account, access_token)
-            name = self._names.get(account.account)
+            name = await self._learn_name(account.account, access_token)
         log.info("oidc.login_finished site={site}", site=self.site_id)
         return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
                                  expires=account.expires, display_name=name)
@@ -510,8 +509,9 @@ class OIDCSite:
             raise SiteRejection(Rejection.MALFORMED, "token response has no id_token")
         return id_token, access_token if isinstance(access_token, str) and access_token else None
 
-    async def _learn_name(self, sub: str, access_token: str) -> None:
-        """Ask the userinfo endpoint for the display name the ID token lacks, and remember it for *sub*.
+    async def _learn_name(self, sub: str, access_token: str) -> str | None:
+        """Ask the userinfo endpoint for the display name the ID token lacks, remember it for *sub*
+        and return it (None if there is none).
 
         A userinfo for another subject refuses the login (OIDC Core 5.3.2: its values must not be
         used, and a provider that mixes up people is not to be trusted with this one). Any other
@@ -519,13 +519,13 @@ class OIDCSite:
         """
         endpoint = self._metadata.userinfo_endpoint if self._metadata is not None else None
         if endpoint is None:
-            return
+            return None
         try:
             claims = await self._get_json(endpoint, "userinfo", {"Authorization": f"Bearer {access_token}"})
         except Exception:
             reason = describe_failure(Failure())
             log.warn("oidc.userinfo_failed site={site} reason={reason}", site=self.site_id, reason=reason)
-            return
+            return None
         if claims.get("sub") != sub:
             log.warn("oidc.userinfo_other_subject site={site}", site=self.site_id)
             raise SiteRejection(Rejection.MALFORMED, "the userinfo is for another account")
@@ -535,6 +535,7 @@ class OIDCSite:
             self._names.move_to_end(sub)
             while len(self._names) > MAX_REMEMBERED_NAMES:
                 self._names.popitem(last=False)
+        return name
 
 
 def _safe_code(value: object) -> str:
