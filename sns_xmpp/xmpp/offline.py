@@ -131,7 +131,7 @@ def put_back(sessions: SessionManager, owner: str, stanza: str) -> None:
     """An offline message delivered to a session that ended before acknowledging it: to the
     owner's other available resources, else into storage again (not counted against the cap: it
     was accepted once already)."""
-    targets = [s for s in sessions.available(owner) if s.priority >= 0]
+    targets = sessions.message_targets(owner)
     for session in targets:
         session.send(stanza)
     if targets:

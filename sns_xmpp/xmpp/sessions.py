@@ -136,6 +136,10 @@ class SessionManager:
     def available(self, bare: str) -> list[ClientSession]:
         return [s for s in self.users.get(bare, {}).values() if s.available]
 
+    def message_targets(self, bare: str) -> list[ClientSession]:
+        """The resources a message to the bare JID goes to (RFC 6121 8.5.2.1.1: non-negative priority)."""
+        return [s for s in self.users.get(bare, {}).values() if s.available and s.priority >= 0]
+
     def session(self, full: JID) -> ClientSession | None:
         return self.users.get(full.userhost(), {}).get(full.resource or "")
 
@@ -342,7 +346,7 @@ class SessionManager:
                 return None
         if kind == "error":
             return None
-        targets = [s for s in self.available(bare) if s.priority >= 0]
+        targets = self.message_targets(bare)
         if targets and kind != "groupchat":
             for session in targets:
                 session.send(stanza)
