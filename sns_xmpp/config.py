@@ -94,6 +94,12 @@ def _domains(value: Any) -> tuple[str, ...]:
     return tuple(domains)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError("must be a list of feature names (non-empty strings)")
+    return tuple(value)
+
+
 def _url(value: Any) -> str:
     text = _text(value)
     if not (text.startswith("http://") or text.startswith("https://")):
@@ -150,9 +156,18 @@ class ComponentListenerConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    # Names are checked against the feature list at start-up (xmpp/ sits above config).
+    disabled: tuple[str, ...] = _setting(
+        (), _names, 'feature modules to leave out, by name (e.g. "entity-time"); each built-in feature is on by default'
+    )
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 @dataclass(frozen=True)

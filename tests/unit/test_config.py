@@ -78,3 +78,18 @@ def test_log_section_chooses_the_observer() -> None:
     logger.warn("loud {n}", n=2)
     events = [json.loads(line) for line in out.getvalue().strip("\x1e\n").split("\x1e")]
     assert [(event["log_format"], event["n"]) for event in events] == [("loud {n}", 2)]
+
+
+def test_features_section_lists_modules_to_leave_out() -> None:
+    """[xmpp.features] disabled names feature modules to leave out: none by default, names are not checked here."""
+    assert parse_config("").xmpp.features.disabled == ()
+    config = parse_config("[xmpp.features]\ndisabled = ['entity-time', 'no-such-feature']")
+    assert config.xmpp.features.disabled == ("entity-time", "no-such-feature")
+    assert load_config(ROOT / "conf" / "sns-xmpp.toml").xmpp.features.disabled == ()
+    for bad in ("'entity-time'", "['']", "[1]", "[['ping']]"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"[xmpp.features]\ndisabled = {bad}")
+        assert str(caught.value) == ("sns-xmpp: config error at 'xmpp.features.disabled': "
+                                     "must be a list of feature names (non-empty strings)")
+    with pytest.raises(ConfigError, match="'xmpp.features.enabled': unknown key"):
+        parse_config("[xmpp.features]\nenabled = ['ping']")
