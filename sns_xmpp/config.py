@@ -3,7 +3,8 @@
 Every key is declared once, on a dataclass field, with its default and its
 check. An unknown key or a bad value becomes a `ConfigError` naming the dotted
 key, which the daemon and the admin command print as one line before exiting
-with status 1.
+with status 1. The checks, the `<key>_file` secrets and the error are those of
+`sns_xmpp.settings`, the framework the site plugins' tables use too.
 """
 
 from __future__ import annotations
@@ -12,66 +13,26 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sns_xmpp import settings
 from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.settings import ConfigError, boolean, choice, integer, names
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
 
-class ConfigError(Exception):
-    """A configuration value is missing, unknown or invalid."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(key, problem)
-        self.key = key
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"sns-xmpp: config error at '{self.key}': {self.problem}"
-
-
-Check = Callable[[Any], Any]
-
-
-def _setting(default: Any, check: Check, doc: str, *, secret: bool = False) -> Any:
+def _setting(default: Any, check: settings.Check, doc: str, *, secret: bool = False) -> Any:
+    """A key: its default, its check (`sns_xmpp.settings`), a line of doc; a secret may also be `<key>_file`."""
     return field(default=default, metadata={"check": check, "doc": doc, "secret": secret})
-
-
-def _integer(low: int, high: int) -> Check:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"must be an integer {low}-{high}")
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _choice(*options: str) -> Check:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise ValueError("must be one of " + ", ".join(repr(o) for o in options))
-        return str(value)
-
-    return check
 
 
 def _interface(value: Any) -> str:
     try:
-        ipaddress.ip_address(_text(value))
+        ipaddress.ip_address(settings.text(value))
     except ValueError:
         raise ValueError("must be an IP address such as 127.0.0.1 or ::") from None
     return str(value)
@@ -83,7 +44,7 @@ def _domains(value: Any) -> tuple[str, ...]:
     domains: list[str] = []
     for item in value:
         try:
-            parsed = parse_jid(_text(item))
+            parsed = parse_jid(settings.text(item))
         except (InvalidFormat, ValueError):
             raise ValueError(f"{item!r} is not a valid domain name") from None
         if parsed.user is not None or parsed.resource is not None:
@@ -94,14 +55,8 @@ def _domains(value: Any) -> tuple[str, ...]:
     return tuple(domains)
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise ValueError("must be a list of feature names (non-empty strings)")
-    return tuple(value)
-
-
 def _url(value: Any) -> str:
-    text = _text(value)
+    text = settings.text(value)
     if not (text.startswith("http://") or text.startswith("https://")):
         raise ValueError("must be an http:// or https:// URL")
     return text.rstrip("/")
@@ -110,48 +65,48 @@ def _url(value: Any) -> str:
 @dataclass(frozen=True)
 class ServerConfig:
     domains: tuple[str, ...] = _setting(("localhost",), _domains, "virtual hosts served")
-    data_dir: str = _setting("data", _text, "where the database, keys and certificates live")
+    data_dir: str = _setting("data", settings.text, "where the database, keys and certificates live")
 
 
 @dataclass(frozen=True)
 class C2SConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for client connections")
-    port: int = _setting(5222, _integer(0, 65535), "STARTTLS port; 0 picks a free one")
+    port: int = _setting(5222, integer(0, 65535), "STARTTLS port; 0 picks a free one")
     direct_tls_port: int = _setting(
-        5223, _integer(-1, 65535), "XEP-0368 direct TLS port; 0 picks a free one, -1 disables"
+        5223, integer(-1, 65535), "XEP-0368 direct TLS port; 0 picks a free one, -1 disables"
     )
-    require_tls: bool = _setting(True, _boolean, "refuse SASL before STARTTLS")
+    require_tls: bool = _setting(True, boolean, "refuse SASL before STARTTLS")
     allow_plain_without_tls: bool = _setting(
-        False, _boolean, "offer SASL PLAIN on unencrypted streams (benchmarks only)"
+        False, boolean, "offer SASL PLAIN on unencrypted streams (benchmarks only)"
     )
-    max_stanza_bytes: int = _setting(262144, _integer(1024, 16 * 1024 * 1024), "largest stanza")
-    max_auth_failures: int = _setting(3, _integer(1, 100), "SASL failures before the stream is closed")
-    scram_iterations: int = _setting(4096, _integer(4096, 1_000_000), "PBKDF2 rounds for new passwords")
-    auth_timeout: int = _setting(30, _integer(1, 3600), "seconds a stream has to authenticate and bind")
-    idle_timeout: int = _setting(300, _integer(10, 86400), "seconds of silence before the server pings")
-    ping_timeout: int = _setting(60, _integer(1, 3600), "seconds to answer that ping before the stream ends")
-    max_connections_per_ip: int = _setting(50, _integer(1, 1_000_000), "open streams one address may hold")
-    max_resources: int = _setting(10, _integer(1, 1000), "sessions one account may bind at once")
-    max_offline_messages: int = _setting(1000, _integer(1, 1_000_000), "messages kept for one offline user")
+    max_stanza_bytes: int = _setting(262144, integer(1024, 16 * 1024 * 1024), "largest stanza")
+    max_auth_failures: int = _setting(3, integer(1, 100), "SASL failures before the stream is closed")
+    scram_iterations: int = _setting(4096, integer(4096, 1_000_000), "PBKDF2 rounds for new passwords")
+    auth_timeout: int = _setting(30, integer(1, 3600), "seconds a stream has to authenticate and bind")
+    idle_timeout: int = _setting(300, integer(10, 86400), "seconds of silence before the server pings")
+    ping_timeout: int = _setting(60, integer(1, 3600), "seconds to answer that ping before the stream ends")
+    max_connections_per_ip: int = _setting(50, integer(1, 1_000_000), "open streams one address may hold")
+    max_resources: int = _setting(10, integer(1, 1000), "sessions one account may bind at once")
+    max_offline_messages: int = _setting(1000, integer(1, 1_000_000), "messages kept for one offline user")
     max_offline_bytes: int = _setting(
-        4 * 1024 * 1024, _integer(1024, 1024**3), "size of the messages kept for one offline user (XML characters)"
+        4 * 1024 * 1024, integer(1024, 1024**3), "size of the messages kept for one offline user (XML characters)"
     )
     max_outbound_bytes: int = _setting(
-        8 * 1024 * 1024, _integer(65536, 1024**3), "unread data a stream may hold before it ends (policy-violation)"
+        8 * 1024 * 1024, integer(65536, 1024**3), "unread data a stream may hold before it ends (policy-violation)"
     )
-    resume_timeout: int = _setting(300, _integer(1, 86400), "seconds a dropped XEP-0198 session waits to resume")
-    auth_block_after: int = _setting(10, _integer(2, 10000), "failures (per address or account) before a block")
-    auth_block_seconds: int = _setting(900, _integer(1, 86400), "how long such a block lasts")
+    resume_timeout: int = _setting(300, integer(1, 86400), "seconds a dropped XEP-0198 session waits to resume")
+    auth_block_after: int = _setting(10, integer(2, 10000), "failures (per address or account) before a block")
+    auth_block_seconds: int = _setting(900, integer(1, 86400), "how long such a block lasts")
 
 
 @dataclass(frozen=True)
 class ComponentListenerConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for XEP-0114 components (keep it loopback)")
-    port: int = _setting(5347, _integer(-1, 65535), "component port; 0 picks a free one, -1 turns it off")
-    max_stanza_bytes: int = _setting(262144, _integer(1024, 16 * 1024 * 1024), "largest stanza from a component")
-    handshake_timeout: int = _setting(10, _integer(1, 3600), "seconds a component has to complete its handshake")
+    port: int = _setting(5347, integer(-1, 65535), "component port; 0 picks a free one, -1 turns it off")
+    max_stanza_bytes: int = _setting(262144, integer(1024, 16 * 1024 * 1024), "largest stanza from a component")
+    handshake_timeout: int = _setting(10, integer(1, 3600), "seconds a component has to complete its handshake")
     max_unauthenticated_per_ip: int = _setting(
-        16, _integer(1, 100_000), "streams one address may hold open before their handshake"
+        16, integer(1, 100_000), "streams one address may hold open before their handshake"
     )
 
 
@@ -159,7 +114,8 @@ class ComponentListenerConfig:
 class FeaturesConfig:
     # Names are checked against the feature list at start-up (xmpp/ sits above config).
     disabled: tuple[str, ...] = _setting(
-        (), _names, 'feature modules to leave out, by name (e.g. "entity-time"); each built-in feature is on by default'
+        (), names("feature names"),
+        'feature modules to leave out, by name (e.g. "entity-time"); each built-in feature is on by default',
     )
 
 
@@ -172,26 +128,26 @@ class XMPPConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    certificate: str = _setting("", _text, "PEM certificate chain; empty: self-signed on first start")
-    private_key: str = _setting("", _text, "PEM private key for the certificate")
+    certificate: str = _setting("", settings.text, "PEM certificate chain; empty: self-signed on first start")
+    private_key: str = _setting("", settings.text, "PEM private key for the certificate")
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: str = _setting("sqlite", _choice("sqlite", "postgresql"), "storage engine")
-    path: str = _setting("sns-xmpp.sqlite3", _text, "SQLite file, relative to server.data_dir")
-    dsn: str = _setting("", _text, "PostgreSQL connection string (libpq), for backend = 'postgresql'",
+    backend: str = _setting("sqlite", choice("sqlite", "postgresql"), "storage engine")
+    path: str = _setting("sns-xmpp.sqlite3", settings.text, "SQLite file, relative to server.data_dir")
+    dsn: str = _setting("", settings.text, "PostgreSQL connection string (libpq), for backend = 'postgresql'",
                         secret=True)
 
 
 @dataclass(frozen=True)
 class HTTPConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for the HTTP side")
-    port: int = _setting(5280, _integer(0, 65535), "HTTP port; 0 picks a free one")
+    port: int = _setting(5280, integer(0, 65535), "HTTP port; 0 picks a free one")
     public_url: str = _setting("http://localhost:5280", _url, "URL clients use to reach the HTTP side")
-    header_timeout: int = _setting(20, _integer(1, 3600), "seconds a request has to send all its headers")
-    body_timeout: int = _setting(30, _integer(1, 3600), "seconds a request has to send its body after the headers")
-    max_connections_per_ip: int = _setting(512, _integer(1, 1_000_000), "open HTTP connections one address may hold")
+    header_timeout: int = _setting(20, integer(1, 3600), "seconds a request has to send all its headers")
+    body_timeout: int = _setting(30, integer(1, 3600), "seconds a request has to send its body after the headers")
+    max_connections_per_ip: int = _setting(512, integer(1, 1_000_000), "open HTTP connections one address may hold")
 
 
 def _loopback(value: Any) -> str:
@@ -203,19 +159,19 @@ def _loopback(value: Any) -> str:
 
 @dataclass(frozen=True)
 class ManholeConfig:
-    enabled: bool = _setting(False, _boolean, "run the operators' SSH console")
+    enabled: bool = _setting(False, boolean, "run the operators' SSH console")
     interface: str = _setting("127.0.0.1", _loopback, "loopback address for the console")
-    port: int = _setting(2222, _integer(0, 65535), "console port")
-    user: str = _setting("admin", _text, "the SSH user name")
-    authorized_keys: str = _setting("", _text, "OpenSSH authorized_keys file of the operators' keys")
-    password_hash: str = _setting("", _text, "pbkdf2-sha256 hash from `sns-xmpp-admin manhole-hash`",
+    port: int = _setting(2222, integer(0, 65535), "console port")
+    user: str = _setting("admin", settings.text, "the SSH user name")
+    authorized_keys: str = _setting("", settings.text, "OpenSSH authorized_keys file of the operators' keys")
+    password_hash: str = _setting("", settings.text, "pbkdf2-sha256 hash from `sns-xmpp-admin manhole-hash`",
                                   secret=True)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = _setting("info", _choice("debug", "info", "warn", "error", "critical"), "lowest level logged")
-    format: str = _setting("text", _choice("text", "json"), "text lines, or one JSON object per event")
+    level: str = _setting("info", choice("debug", "info", "warn", "error", "critical"), "lowest level logged")
+    format: str = _setting("text", choice("text", "json"), "text lines, or one JSON object per event")
 
 
 @dataclass(frozen=True)
@@ -242,43 +198,32 @@ class Config:
         return self.data_dir / self.store.path
 
 
-def _read_secret_file(key: str, path: Any, base_dir: Path) -> str:
-    target = base_dir / _text(path)
-    try:
-        return target.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigError(key, f"cannot read {target}: {error.strerror}") from None
-
-
-def _build(cls: type, raw: Mapping[str, Any], prefix: str, base_dir: Path) -> Any:
+def _build(cls: type, raw: Mapping[str, Any], where: str, base_dir: Path) -> Any:
+    """The dataclass *cls* from its table *raw*, whose dotted name is *where*."""
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    secrets = [name for name, declared in fields.items() if declared.metadata.get("secret")]
+    settings.refuse_unknown(raw, [*fields, *(f"{name}_file" for name in secrets)], where=where)
     values: dict[str, Any] = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        if key.endswith("_file") and key[: -len("_file")] in fields:
-            name = key[: -len("_file")]
-            if not fields[name].metadata.get("secret"):
-                raise ConfigError(dotted, "unknown key")
-            if name in raw:
-                raise ConfigError(dotted, f"give either '{name}' or '{key}', not both")
-            value, key, dotted = _read_secret_file(dotted, value, base_dir), name, f"{prefix}{name}"
-        if key not in fields:
-            raise ConfigError(dotted, "unknown key")
-        declared = fields[key]
+    for key, declared in fields.items():
+        if key in secrets:
+            given = settings.secret(raw, key, where=where, base_dir=base_dir)
+            if given is not None:
+                values[key] = settings.checked(*given, declared.metadata["check"])
+            continue
+        if key not in raw:
+            continue
+        value, dotted = raw[key], settings.dotted(where, key)
         section = declared.default_factory
         if isinstance(section, type) and dataclasses.is_dataclass(section):
             if not isinstance(value, dict):
                 raise ConfigError(dotted, "must be a table")
-            values[key] = _build(section, value, dotted + ".", base_dir)
+            values[key] = _build(section, value, dotted, base_dir)
         elif key == "sites":
             values[key] = _sites(value, dotted)
         elif key == "components":
             values[key] = _components(value, dotted, base_dir)
         else:
-            try:
-                values[key] = declared.metadata["check"](value)
-            except ValueError as problem:
-                raise ConfigError(dotted, str(problem)) from None
+            values[key] = settings.checked(dotted, value, declared.metadata["check"])
     return cls(**values)
 
 
@@ -305,17 +250,11 @@ def _components(value: Any, dotted: str, base_dir: Path) -> dict[str, str]:
             raise ConfigError(where, "is not a bare domain name")
         if not isinstance(table, dict):
             raise ConfigError(where, "must be a table with 'secret' or 'secret_file'")
-        for key in table:
-            if key not in ("secret", "secret_file"):
-                raise ConfigError(f"{where}.{key}", "unknown key")
-        if "secret" in table and "secret_file" in table:
-            raise ConfigError(f"{where}.secret_file", "give either 'secret' or 'secret_file', not both")
-        if "secret_file" in table:
-            secret = _read_secret_file(f"{where}.secret_file", table["secret_file"], base_dir)
-        elif "secret" in table:
-            secret = table["secret"]
-        else:
+        settings.refuse_unknown(table, ("secret", "secret_file"), where=where)
+        given = settings.secret(table, "secret", where=where, base_dir=base_dir)
+        if given is None:
             raise ConfigError(f"{where}.secret", "required: every component has its own secret, there is no default")
+        secret = given[1]
         if not isinstance(secret, str) or len(secret) < 16:
             raise ConfigError(f"{where}.secret", "must be at least 16 characters")
         secrets[parsed.host] = secret

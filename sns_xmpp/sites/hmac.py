@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import re
+import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from sns_xmpp import settings as framework
 from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     ISite,
@@ -54,7 +56,7 @@ def read_policy(settings: Mapping[str, Any], extra_keys: tuple[str, ...] = ()) -
                                     *extra_keys))
     keys = _keys(settings)
     signing_key = settings.get("signing_key", list(keys)[-1])
-    if signing_key not in keys:
+    if not isinstance(signing_key, str) or signing_key not in keys:
         raise SiteConfigError("signing_key", "must name one of the keys")
     return HmacPolicy(
         keys=keys,
@@ -66,21 +68,14 @@ def read_policy(settings: Mapping[str, Any], extra_keys: tuple[str, ...] = ()) -
 
 
 def _keys(settings: Mapping[str, Any]) -> dict[str, bytes]:
-    if "keys" in settings and "keys_file" in settings:
-        raise SiteConfigError("keys_file", "give either 'keys' or 'keys_file', not both")
-    if "keys_file" in settings:
-        import tomllib
-
-        path = check.text(settings, "keys_file")
+    """The keys, inline as ``keys = { kid = "secret" }`` or as ``keys_file``, a TOML file of that table."""
+    given: tuple[str, Any] = framework.secret(settings, "keys") or ("keys", None)
+    where, table = given
+    if where == "keys_file":
         try:
-            with open(path, "rb") as handle:
-                table = tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise SiteConfigError("keys_file", f"cannot read {path}: {error}") from None
-        where = "keys_file"
-    else:
-        table = settings.get("keys") or {}
-        where = "keys"
+            table = tomllib.loads(table)
+        except tomllib.TOMLDecodeError as error:
+            raise SiteConfigError(where, f"cannot read {settings[where]}: {error}") from None
     if not isinstance(table, dict) or not table:
         raise SiteConfigError(where, "required: a table of key id = secret")
     keys: dict[str, bytes] = {}

@@ -25,6 +25,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from sns_xmpp.settings import ConfigError
+
 
 class Rejection(enum.Enum):
     """Why a site refused a token; the value is what clients see in the SASL <text/>."""
@@ -67,13 +69,10 @@ class ProviderUnavailable(SiteRejection):
         self.known_down = known_down
 
 
-class SiteConfigError(Exception):
-    """A site's settings are wrong; ``key`` is relative to its ``[sites.<id>]`` table."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(key, problem)
-        self.key = key
-        self.problem = problem
+#: A site's settings are wrong: ``SiteConfigError(key, problem)``, ``key`` relative to its
+#: ``[sites.<id>]`` table. It is the settings framework's one error type (`sns_xmpp.settings`);
+#: the registry reports it with the table's name in front (`ConfigError.within`).
+SiteConfigError = ConfigError
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from zope.interface import implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites import jose
+from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     IBearerSite,
     LoginStart,
     ProviderUnavailable,
     Rejection,
-    SiteConfigError,
     SiteContext,
     SiteRejection,
     SocialCredentials,
@@ -547,9 +547,7 @@ def _safe_code(value: object) -> str:
 
 def make_oidc_site(site_id: str, settings: Mapping[str, Any], context: SiteContext) -> OIDCSite:
     """The ``oidc`` entry point: check the settings and build the site (nothing is fetched yet)."""
-    display_name = settings.get("display_name", site_id)
-    if not isinstance(display_name, str) or not display_name:
-        raise SiteConfigError("display_name", "must be a non-empty string")
+    display_name = check.text(settings, "display_name", site_id)
     parsed = parse_settings({key: value for key, value in settings.items() if key != "display_name"})
     secret = load_or_create_secret(context.data_dir / f"oidc-{site_id}.secret")
     site = OIDCSite(site_id, parsed, context, NonceKey(secret, site_id))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sns_xmpp import settings as framework
 from sns_xmpp.sites import jose
 from sns_xmpp.sites import settings as check
-from sns_xmpp.sites.interface import SiteConfigError
 
 
 @dataclass(frozen=True)
@@ -91,75 +91,65 @@ def origin(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _endpoint_origins(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    value = settings.get("endpoint_origins", [])
+def _issuer(value: Any) -> str:
+    problem = url_problem(value) or ("must not have a query" if urlsplit(str(value)).query else None)
+    if problem:
+        raise ValueError(problem)
+    return str(value)
+
+
+def _client_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _scopes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(s, str) and s and s.isascii() and s.isprintable() and " " not in s and '"' not in s
+        and "\\" not in s for s in value
+    ):
+        raise ValueError("must be a list of scope names")
+    if "openid" not in value:
+        raise ValueError("must include 'openid'")
+    return tuple(value)
+
+
+def _endpoint_origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise SiteConfigError("endpoint_origins", "must be a list of origins such as \"https://www.googleapis.com\"")
+        raise ValueError("must be a list of origins such as \"https://www.googleapis.com\"")
     origins = []
     for entry in value:
         problem = url_problem(entry)
         if problem:
-            raise SiteConfigError("endpoint_origins", f"{entry!r} {problem}")
+            raise ValueError(f"{entry!r} {problem}")
         if urlsplit(entry).path not in ("", "/") or urlsplit(entry).query:
-            raise SiteConfigError("endpoint_origins", f"{entry!r} must be an origin, with no path")
+            raise ValueError(f"{entry!r} must be an origin, with no path")
         origins.append(origin(entry))
     return tuple(origins)
 
 
 def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
     """Check a site's settings table; raise SiteConfigError naming the first bad key."""
-    for key in sorted(settings):
-        if key not in _KNOWN_KEYS:
-            raise SiteConfigError(key, "unknown setting")
-    issuer = settings.get("issuer")
-    if issuer is None:
-        raise SiteConfigError("issuer", "required")
-    problem = url_problem(issuer) or ("must not have a query" if urlsplit(str(issuer)).query else None)
-    if problem:
-        raise SiteConfigError("issuer", problem)
-    client_id = settings.get("client_id")
-    if client_id is None:
-        raise SiteConfigError("client_id", "required")
-    if not isinstance(client_id, str) or not client_id.strip():
-        raise SiteConfigError("client_id", "must be a non-empty string")
-    numbers: dict[str, float] = {}
-    for key, (low, high) in _NUMBERS.items():
-        value = settings.get(key, getattr(OIDCSettings, key))
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise SiteConfigError(key, f"must be a number from {low} to {high}")
-        numbers[key] = float(value)
-    max_token_bytes = settings.get("max_token_bytes", jose.DEFAULT_MAX_TOKEN_BYTES)
-    if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or not (
-        1024 <= max_token_bytes <= 65536
-    ):
-        raise SiteConfigError("max_token_bytes", "must be a whole number from 1024 to 65536")
-    single_use = settings.get("single_use", False)
-    if not isinstance(single_use, bool):
-        raise SiteConfigError("single_use", "must be true or false")
-    scopes = settings.get("scopes", ["openid"])
-    if not isinstance(scopes, list | tuple) or not all(
-        isinstance(s, str) and s and s.isascii() and s.isprintable() and " " not in s and '"' not in s
-        and "\\" not in s for s in scopes
-    ):
-        raise SiteConfigError("scopes", "must be a list of scope names")
-    if "openid" not in scopes:
-        raise SiteConfigError("scopes", "must include 'openid'")
-    auth_method = settings.get("token_endpoint_auth_method", "auto")
-    if auth_method not in TOKEN_ENDPOINT_AUTH_METHODS:
-        raise SiteConfigError("token_endpoint_auth_method", "must be one of " + ", ".join(TOKEN_ENDPOINT_AUTH_METHODS))
+    check.refuse_unknown(dict(sorted(settings.items())), _KNOWN_KEYS)
+    issuer = framework.value(settings, "issuer", _issuer)
+    client_id = framework.value(settings, "client_id", _client_id)
+    numbers = {key: check.number(settings, key, getattr(OIDCSettings, key), low, high)
+               for key, (low, high) in _NUMBERS.items()}
     return OIDCSettings(
-        issuer=str(issuer), client_id=client_id, client_secret=_client_secret(settings),
-        token_endpoint_auth_method=auth_method, endpoint_origins=_endpoint_origins(settings),
-        scopes=tuple(scopes), max_token_bytes=max_token_bytes, single_use=single_use,
+        issuer=issuer, client_id=client_id, client_secret=check.secret(settings, "client_secret", minimum=1),
+        token_endpoint_auth_method=framework.value(settings, "token_endpoint_auth_method",
+                                                   framework.choice(*TOKEN_ENDPOINT_AUTH_METHODS), "auto"),
+        endpoint_origins=framework.value(settings, "endpoint_origins", _endpoint_origins, []),
+        scopes=framework.value(settings, "scopes", _scopes, ["openid"]),
+        max_token_bytes=framework.value(settings, "max_token_bytes", framework.integer(1024, 65536),
+                                        jose.DEFAULT_MAX_TOKEN_BYTES),
+        single_use=check.flag(settings, "single_use", False),
         leeway=numbers["leeway"], refresh_interval=numbers["refresh_interval"],
         request_timeout=numbers["request_timeout"], retry_initial=numbers["retry_initial"],
         retry_max=max(numbers["retry_max"], numbers["retry_initial"]),
         key_refetch_interval=numbers["key_refetch_interval"],
     )
-
-
-def _client_secret(settings: Mapping[str, Any]) -> str:
-    return check.secret(settings, "client_secret", minimum=1)
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -134,7 +134,7 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         try:
             site = factory(site_id, settings, context)
         except SiteConfigError as error:
-            raise ConfigError(f"{prefix}.{error.key}", error.problem) from None
+            raise error.within(prefix) from None
         except Exception as error:
             raise SitePluginError(f"{GROUP}:{plugin}", f"failed for [{prefix}]: {type(error).__name__}: {error}"
                                   ) from None

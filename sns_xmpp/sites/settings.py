@@ -1,59 +1,48 @@
-"""Checks shared by the built-in sites for their ``[sites.<id>]`` tables."""
+"""Checks for a site's ``[sites.<id>]`` table, for the built-in sites and third-party plugins alike.
+
+These are the server's own settings framework (`sns_xmpp.settings`) with the key taken relative to
+the site's table: each raises ``SiteConfigError(key, problem)`` (the framework's one error type),
+which the registry reports as ``sites.<id>.<key>``. A ``<key>_file`` secret is read by the same
+reader as the server's own secrets, relative paths taken from the working directory as there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+from sns_xmpp import settings as framework
 from sns_xmpp.sites.interface import SiteConfigError
+
+__all__ = ["SiteConfigError", "flag", "number", "refuse_unknown", "secret", "text"]
 
 
 def refuse_unknown(settings: Mapping[str, Any], known: Iterable[str]) -> None:
-    allowed = set(known)
-    for key in settings:
-        if key not in allowed:
-            raise SiteConfigError(key, "unknown key")
+    """Refuse the first key not in *known* ("unknown key"), so that a typo never silently becomes a default."""
+    framework.refuse_unknown(settings, known)
 
 
 def number(settings: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise SiteConfigError(key, f"must be a number {low:g}-{high:g}")
-    return float(value)
+    return float(framework.value(settings, key, framework.number(low, high), default))
 
 
 def flag(settings: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = settings.get(key, default)
-    if not isinstance(value, bool):
-        raise SiteConfigError(key, "must be true or false")
-    return value
+    return bool(framework.value(settings, key, framework.boolean, default))
 
 
 def text(settings: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = settings.get(key, default)
-    if value is None:
-        raise SiteConfigError(key, "required")
-    if not isinstance(value, str) or not value:
-        raise SiteConfigError(key, "must be a non-empty string")
-    return value
+    """A non-empty string; required when there is no *default*."""
+    return str(framework.value(settings, key, framework.non_empty_text,
+                               framework.REQUIRED if default is None else default))
 
 
 def secret(settings: Mapping[str, Any], key: str, minimum: int = 16) -> str:
-    """A secret given inline or as ``<key>_file``; never echoed in the error."""
-    file_key = f"{key}_file"
-    if key in settings and file_key in settings:
-        raise SiteConfigError(file_key, f"give either '{key}' or '{file_key}', not both")
-    if file_key in settings:
-        path = Path(text(settings, file_key))
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise SiteConfigError(file_key, f"cannot read {path}: {error.strerror}") from None
-        key_named = file_key
-    else:
-        value = text(settings, key)
-        key_named = key
+    """A secret given inline or as ``<key>_file``, at least *minimum* characters; never echoed in the error."""
+    given = framework.secret(settings, key)
+    if given is None:
+        raise SiteConfigError(key, "required")
+    source, value = given
+    value = framework.checked(source, value, framework.non_empty_text)
     if len(value) < minimum:
-        raise SiteConfigError(key_named, f"must be at least {minimum} characters")
-    return value
+        raise SiteConfigError(source, f"must be at least {minimum} characters")
+    return str(value)
