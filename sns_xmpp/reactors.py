@@ -4,7 +4,9 @@ A reactor provides many interfaces, and a function that uses several of them (li
 the thread pool) cannot name it by one. `IServerReactor` extends the ones the server uses; every
 Twisted reactor provides them all, and `service.makeService` casts the global reactor to it once
 (Synapse's ``ISynapseReactor`` does the same). Functions that need less take the one interface
-they use (`IReactorTime` for a clock).
+they use (`IReactorTime` for a clock). `ISiteReactor` is the part a social-site plugin is given
+(`sites.interface.SiteContext.reactor`): timers, and what an HTTP client (treq over Twisted's
+`Agent`) connects with.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from twisted.internet.interfaces import (
 )
 
 
-class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorSSL, IReactorFDSet, IReactorThreads,
-                     IReactorFromThreads, IReactorPluggableNameResolver):
+class ISiteReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
+    """What a site plugin may use of the reactor: timeouts and timers, and TCP connections with name
+    resolution, which `twisted.web.client.Agent` (and so treq) needs for http and https alike."""
+
+
+class IServerReactor(ISiteReactor, IReactorCore, IReactorSSL, IReactorFDSet, IReactorThreads, IReactorFromThreads):
     """The reactor the server runs on (see the module's doc)."""

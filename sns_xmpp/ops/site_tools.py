@@ -9,10 +9,12 @@ import time
 from typing import Any, TextIO
 
 from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
 
 from sns_xmpp.config import Config
 from sns_xmpp.jid import escape_node
-from sns_xmpp.reactors import IServerReactor
+from sns_xmpp.reactors import IServerReactor, ISiteReactor
 from sns_xmpp.sites.hmac import HmacSite
 from sns_xmpp.sites.interface import IBearerSite, SiteContext
 from sns_xmpp.sites.registry import load_sites
@@ -22,9 +24,19 @@ class ToolError(Exception):
     """A refusal the admin command prints as one line."""
 
 
-def site_context(config: Config, reactor: IServerReactor | None = None) -> SiteContext:
-    """The sites' context for the admin tool: no reactor where nothing runs (listing sites)."""
-    return SiteContext(reactor, config.http.public_url, config.data_dir, config.server.domains)
+@implementer(ISiteReactor)
+class IdleReactor(MemoryReactorClock):
+    """A reactor that never runs, for building sites the tool does not start (listing them, minting).
+
+    A site's factory does no I/O; what it might schedule or connect here is recorded and never
+    happens, and no socket is opened.
+    """
+
+
+def site_context(config: Config, reactor: ISiteReactor | None = None) -> SiteContext:
+    """The sites' context for the admin tool: *reactor* where sites start, an `IdleReactor` where none does."""
+    return SiteContext(IdleReactor() if reactor is None else reactor, config.http.public_url, config.data_dir,
+                       config.server.domains)
 
 
 def list_sites(config: Config, stdout: TextIO) -> None:

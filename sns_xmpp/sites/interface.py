@@ -25,7 +25,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from sns_xmpp.reactors import ISiteReactor
 from sns_xmpp.settings import ConfigError
+
+__all__ = [
+    "IBearerSite", "ISite", "ISiteReactor", "ISiteWithPages", "LoginStart", "ProviderUnavailable", "Rejection",
+    "SiteConfigError", "SiteContext", "SiteRejection", "SocialCredentials", "VerifiedAccount",
+]
 
 
 class Rejection(enum.Enum):
@@ -108,7 +114,7 @@ class SocialCredentials:
 class SiteContext:
     """What a site may use; nothing else of the server."""
 
-    reactor: Any  # IReactorTime and IReactorTCP/SSL, for treq and timeouts
+    reactor: ISiteReactor  # timeouts and timers, and the connections of an HTTP client (treq)
     public_url: str  # the HTTP side's base URL, no trailing slash
     data_dir: Path  # for keys the site makes on first start
     domains: tuple[str, ...]  # hosted XMPP domains

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 
+from sns_xmpp.sites.interface import ISiteReactor
 from sns_xmpp.testing.checks import CHECKS, run_check
 from sns_xmpp.testing.contract import (
     BadSettings,
@@ -69,9 +70,11 @@ class ContractReport:
         return [message for found in self.violations.values() for message in found]
 
 
-async def _run(contract: SiteContract, reactor: Any, checks: Iterable[str] | None) -> ContractReport:
+async def _run(contract: SiteContract, reactor: ISiteReactor | None, checks: Iterable[str] | None) -> ContractReport:
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as installed
+
+        reactor = cast(ISiteReactor, installed)  # every Twisted reactor provides it (sns_xmpp.reactors)
     names = list(CHECKS) if checks is None else list(checks)
     unknown = [name for name in names if name not in CHECKS]
     if unknown:
@@ -91,19 +94,19 @@ async def _run(contract: SiteContract, reactor: Any, checks: Iterable[str] | Non
     return report
 
 
-def run_site_contract(contract: SiteContract, *, reactor: Any = None,
+def run_site_contract(contract: SiteContract, *, reactor: ISiteReactor | None = None,
                       checks: Iterable[str] | None = None) -> Deferred[ContractReport]:
     """Run the checks (all, or those named) against the plugin *contract* describes."""
     return Deferred.fromCoroutine(_run(contract, reactor, checks))
 
 
-def check_site_contract(contract: SiteContract, *, reactor: Any = None,
+def check_site_contract(contract: SiteContract, *, reactor: ISiteReactor | None = None,
                         checks: Iterable[str] | None = None) -> Deferred[list[str]]:
     """Fire with every violation, one ``contract violated: <what> [<check>]`` line each; [] if none."""
     return run_site_contract(contract, reactor=reactor, checks=checks).addCallback(lambda report: report.messages)
 
 
-def assert_site_contract(contract: SiteContract, *, reactor: Any = None,
+def assert_site_contract(contract: SiteContract, *, reactor: ISiteReactor | None = None,
                          checks: Iterable[str] | None = None) -> Deferred[None]:
     """Fire with None, or fail with ContractViolation listing every violation."""
 

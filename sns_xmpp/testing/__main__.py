@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 from twisted.internet import defer, task
 
+from sns_xmpp.sites.interface import ISiteReactor
 from sns_xmpp.testing import CHECKS, ContractReport, SiteContract, run_site_contract
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     checks = argv[1:] or None
     reports: list[ContractReport] = []
 
-    async def run(reactor: Any) -> None:
+    async def run(reactor: ISiteReactor) -> None:
         reports.append(await run_site_contract(contract, reactor=reactor, checks=checks))
 
     try:

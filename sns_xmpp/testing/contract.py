@@ -16,7 +16,7 @@ from typing import Any
 
 from zope.interface.interface import InterfaceClass
 
-from sns_xmpp.sites.interface import ISite, SiteContext
+from sns_xmpp.sites.interface import ISite, ISiteReactor, SiteContext
 
 SiteFactory = Callable[[str, Mapping[str, Any], SiteContext], ISite]
 GROUP = "sns_xmpp.sites"
@@ -114,7 +114,7 @@ class SiteContract:
     public_url: str = "http://127.0.0.1:5280"
     domains: tuple[str, ...] = ("localhost",)
 
-    reactor: Any
+    reactor: ISiteReactor
     workdir: Path
 
     # -- the test environment -----------------------------------------------------------------

@@ -13,11 +13,12 @@ the violation is there and fails once it is gone, so the entry gets removed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 import pytest_twisted
 
+from sns_xmpp.sites.interface import ISiteReactor
 from sns_xmpp.testing.checks import run_check
 from sns_xmpp.testing.contract import SiteContract
 from sns_xmpp.testing.run import ContractRun, ContractSkipped
@@ -31,7 +32,9 @@ class SiteContractTests:
 
     async def check_contract(self, name: str) -> None:
         """Run check *name* against a fresh contract environment; fail with its messages."""
-        from twisted.internet import reactor
+        from twisted.internet import reactor as installed
+
+        reactor = cast(ISiteReactor, installed)  # every Twisted reactor provides it (sns_xmpp.reactors)
 
         contract_class: Any = getattr(type(self), "contract", None)
         if contract_class is None:

@@ -27,7 +27,15 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from sns_xmpp.sites.interface import ISite, Rejection, SiteConfigError, SiteContext, SiteRejection, VerifiedAccount
+from sns_xmpp.sites.interface import (
+    ISite,
+    ISiteReactor,
+    Rejection,
+    SiteConfigError,
+    SiteContext,
+    SiteRejection,
+    VerifiedAccount,
+)
 from sns_xmpp.sites.registry import SITE_ID
 from sns_xmpp.testing.contract import ContractError, Credentials, SiteContract, SiteFactory
 from sns_xmpp.testing.silent import SilentServer
@@ -133,7 +141,7 @@ def capture_logs() -> Iterator[_Texts]:
 class ContractRun:
     """The environment of one contract run: ``async with ContractRun(contract, reactor) as run``."""
 
-    def __init__(self, contract: SiteContract, reactor: Any) -> None:
+    def __init__(self, contract: SiteContract, reactor: ISiteReactor) -> None:
         self.contract = contract
         self.reactor = reactor
         self._factory: SiteFactory | None = None

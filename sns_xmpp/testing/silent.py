@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IReactorTCP
+from twisted.internet.protocol import Protocol, ServerFactory
 
 
 class _Silent(Protocol):
@@ -23,16 +24,24 @@ class _Silent(Protocol):
             self.server.connections.remove(self)
 
 
+class _SilentFactory(ServerFactory):
+    def __init__(self, server: SilentServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: IAddress | None) -> _Silent:
+        return _Silent(self.server)
+
+
 class SilentServer:
     """Listen on a free loopback port; every connection is accepted and left hanging."""
 
     def __init__(self) -> None:
         self.connections: list[_Silent] = []
-        self._port: Any = None
+        self._port: Any = None  # the IListeningPort while listening
 
-    def listen(self, reactor: Any) -> str:
+    def listen(self, reactor: IReactorTCP) -> str:
         """Start listening; return the base URL, ``http://127.0.0.1:<port>``."""
-        self._port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Silent(self)), interface="127.0.0.1")
+        self._port = reactor.listenTCP(0, _SilentFactory(self), interface="127.0.0.1")
         return self.url
 
     @property

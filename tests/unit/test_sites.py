@@ -93,3 +93,26 @@ def test_hmac_tokens_reject_every_single_character_change(tmp_path: Path) -> Non
         with pytest.raises(SiteRejection) as caught:
             site.check(identifier, changed, 1000)
         assert caught.value.kind is Rejection.BAD_SIGNATURE
+
+
+def test_sites_get_a_reactor_typed_by_what_they_use_and_the_admin_tool_gives_them_one() -> None:
+    """SiteContext.reactor is an ISiteReactor (timers, TCP, name resolution for treq): the server's reactor is
+    one, Twisted's in-memory reactor is one for plugin tests, and the admin tool passes one, never None."""
+    import typing
+
+    from twisted.internet import reactor
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sns_xmpp.config import parse_config
+    from sns_xmpp.ops.site_tools import site_context
+    from sns_xmpp.reactors import IServerReactor
+    from sns_xmpp.sites.interface import ISiteReactor
+
+    assert typing.get_type_hints(SiteContext)["reactor"] is ISiteReactor
+    assert IServerReactor.extends(ISiteReactor)
+    for provider in (reactor, MemoryReactorClock()):
+        assert all(interface.providedBy(provider) for interface in ISiteReactor.__bases__)
+    given = site_context(parse_config("")).reactor
+    assert given is not None
+    assert verifyObject(ISiteReactor, given)
+    assert given.getDelayedCalls() == []
