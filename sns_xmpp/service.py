@@ -47,11 +47,10 @@ from sns_xmpp.store.opening import database_opener
 from sns_xmpp.store.sqlite import ThreadedStore
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
-from sns_xmpp.xmpp.features.built_in import install_features
+from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.site_features import sites_feature
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint, NoDelayTCPServerEndpoint
 
@@ -169,11 +168,9 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     metrics = Metrics()
     router = StanzaRouter(metrics)
     sessions = SessionManager(config.server.domains, store, reactor, router.route, metrics,
-                              config.xmpp.c2s.max_resources, config.xmpp.c2s.resume_timeout,
-                              config.xmpp.c2s.max_offline_messages, config.xmpp.c2s.max_offline_bytes)
+                              config.xmpp.c2s.max_resources)
     metrics.watch_sessions(lambda: [s.login.site or s.login.method for s in sessions.all_sessions()],
                            lambda: len(sessions.rosters))
-    install_features(sessions, router, reactor)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
 
@@ -197,6 +194,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
     pending = PendingLogins(reactor, secret=ensure_secret(config.data_dir / "login-state.key").encode())
     web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor)
+    try:
+        install_features(sessions, router, reactor, config=config.xmpp, sites=web,
+                         disabled=config.xmpp.features.disabled)
+    except UnknownFeature as error:
+        raise ConfigError("xmpp.features.disabled", str(error)) from None
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
@@ -215,7 +217,6 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         require_tls=c2s.require_tls,
         allow_plain_without_tls=c2s.allow_plain_without_tls,
         max_auth_failures=c2s.max_auth_failures,
-        pre_auth_features=[sites_feature(web)],
         metrics=metrics,
         throttle=AuthThrottle(reactor, ThrottlePolicy(block_after=c2s.auth_block_after,
                                                       block_seconds=c2s.auth_block_seconds)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
@@ -24,6 +24,7 @@ from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import StoreUnavailableError
+from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Attempt,
@@ -37,19 +38,13 @@ from sns_xmpp.xmpp.sasl import (
     start_attempt,
 )
 from sns_xmpp.xmpp.serialization import escape_text
+from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, iq_result_text
-from sns_xmpp.xmpp.stream_management import NS_SM
-
-if TYPE_CHECKING:
-    from sns_xmpp.xmpp.c2s import ClientStream
-    from sns_xmpp.xmpp.sessions import SessionManager
 
 log = GatedLogger()
 
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
-NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
-NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
 # Mechanisms that send the secret itself: never offered on an unencrypted stream by default.
 CLEARTEXT_MECHANISMS = ("PLAIN", "OAUTHBEARER")
 
@@ -65,9 +60,6 @@ class C2SSettings:
     require_tls: bool = True
     allow_plain_without_tls: bool = False
     max_auth_failures: int = 3
-    # Extra children of <stream:features> before authentication (the social
-    # sites' login entries are added here).
-    pre_auth_features: list[Callable[[str], domish.Element | None]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     throttle: AuthThrottle | None = None
     # Serialised <stream:features/>, by what they depend on: every stream asks, most alike.
@@ -131,11 +123,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 
     def _features_xml(self) -> str:
         stream = self.xmlstream
+        assert self.domain is not None
+        hooks = self.settings.sessions.hooks
         if self.login is not None:
-            key: tuple[object, ...] = ("bound",)
+            extras = tuple(make(self.domain) for make in hooks.features_after_auth)
+            key: tuple[object, ...] = ("bound", extras)
         else:
-            assert self.domain is not None
-            extras = tuple(make(self.domain) for make in self.settings.pre_auth_features)
+            extras = tuple(make(self.domain) for make in hooks.features_before_auth)
             key = (self.domain, stream.secure, tuple(self._mechanisms()), extras)
         cache = self.settings.features_cache
         xml = cache.get(key)
@@ -148,11 +142,11 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
     def _features(self) -> domish.Element:
         features = domish.Element((xmlstream.NS_STREAMS, "features"))
         stream = self.xmlstream
+        hooks = self.settings.sessions.hooks
+        assert self.domain is not None
         if self.login is not None:
             features.addElement((NS_BIND, "bind"))
-            features.addElement((NS_SM, "sm"))
-            features.addElement((NS_SESSION, "session")).addElement("optional")
-            features.addElement((NS_PREAPPROVAL, "sub"))
+            _add_features(features, hooks.features_after_auth, self.domain)
             return features
         if not stream.secure and self.settings.tls_context is not None:
             starttls = features.addElement((NS_TLS, "starttls"))
@@ -163,11 +157,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             element = features.addElement((NS_SASL, "mechanisms"))
             for name in mechanisms:
                 element.addElement("mechanism", content=name)
-        assert self.domain is not None
-        for make in self.settings.pre_auth_features:
-            extra = make(self.domain)
-            if extra is not None:
-                features.addChild(extra)
+        _add_features(features, hooks.features_before_auth, self.domain)
         return features
 
     def _mechanisms(self) -> list[str]:
@@ -189,12 +179,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._sasl(element)
         elif element.name == "iq" and element.uri == NS_CLIENT and self.login is not None:
             self._iq_before_session(element)
-        elif element.uri == NS_SM and element.name == "resume" and self.login is not None and not self.binding:
-            try:
-                h = int(element.getAttribute("h", ""))
-            except ValueError:
-                h = -1
-            self.settings.sessions.resume(self.xmlstream, self.login, element.getAttribute("previd", ""), h)
+        elif self.login is not None and not self.binding and (
+                before_bind := self.settings.sessions.hooks.before_bind.get((element.uri or "", element.name))):
+            before_bind(self.xmlstream, self.login, element)  # XEP-0198's <resume/>
         else:
             self.xmlstream.fail(StreamError("not-authorized"))
 
@@ -366,6 +353,15 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.send(_reply_from_server(iq, condition))
 
         d.addCallbacks(bound, refused)
+
+
+def _add_features(features: domish.Element, makers: Sequence[Callable[[str], domish.Element | None]],
+                  domain: str) -> None:
+    """The feature modules' children of <stream:features/> (xmpp/hooks.py)."""
+    for make in makers:
+        extra = make(domain)
+        if extra is not None:
+            features.addChild(extra)
 
 
 def bind_result_text(identifier: str | None, full_jid: str) -> str:

@@ -26,6 +26,8 @@ from sns_xmpp.xmpp.stanzas import append_child
 log = GatedLogger()
 
 NS_ROSTER = "jabber:iq:roster"
+HAS_TO = ("to", "both")  # subscriptions under which the owner receives the contact's presence
+HAS_FROM = ("from", "both")  # ... and under which the contact receives the owner's
 MAX_GROUP_BYTES = 1023
 MAX_NAME_BYTES = 1023
 # RFC 6121 leaves the number of groups of an item to the server; a person's contact in more
@@ -65,6 +67,12 @@ class RosterBook:
         self.store = store
         self._rosters: dict[str, Roster] = {}
         self._loading: dict[str, list[Deferred]] = {}
+        self._pushes = 0
+
+    def next_push_id(self) -> str:
+        """The id of the next roster push (RFC 6121 2.1.6), unique on this server."""
+        self._pushes += 1
+        return f"push{self._pushes}"
 
     def __len__(self) -> int:
         """Rosters held in memory."""

@@ -1,14 +1,17 @@
-"""Bound client sessions of the hosted domains, and delivery to them (RFC 6121 section 8).
+"""The session core: bound client sessions of the hosted domains, and delivery to them.
 
-`SessionManager` is the Router's route for every hosted domain: stanzas for a
-local user arrive at `deliver`, stanzas from a client at `from_client`.
+`SessionManager` is the Router's route for every hosted domain: stanzas for a local address
+arrive at `deliver`, stanzas from a bound client at `from_client`. It keeps the registry of
+sessions, binds and unbinds them, applies RFC 6121 section 8's delivery rules and answers the
+IQs the feature modules registered. Everything else (presence, offline storage, stream
+management, roster IQs, disco...) is a feature module in `xmpp/features/`, which the core reaches
+only through its `hooks` (xmpp/hooks.py); the core knows none of them by name.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -22,14 +25,23 @@ from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import IStore
-from sns_xmpp.tally import Tally
-from sns_xmpp.xmpp import offline
 from sns_xmpp.xmpp.c2s import ClientStream
-from sns_xmpp.xmpp.presence import PresenceHandler
-from sns_xmpp.xmpp.roster import NS_ROSTER, RosterBook
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.hooks import (
+    MESSAGE_FROM_CLIENT,
+    MESSAGE_OFFLINE,
+    MESSAGE_TO_LOCAL,
+    PRESENCE_FROM_CLIENT,
+    PRESENCE_TO_LOCAL,
+    SESSION_CONNECTION_LOST,
+    SESSION_UNBOUND,
+    Hooks,
+    ServerIQHandler,
+    run,
+)
+from sns_xmpp.xmpp.roster import RosterBook
 from sns_xmpp.xmpp.stanzas import (
     NS_CLIENT,
-    NS_STANZAS,
     append_child,
     empty_result_text,
     error_reply,
@@ -37,11 +49,12 @@ from sns_xmpp.xmpp.stanzas import (
     iq_result,
     may_bounce,
 )
-from sns_xmpp.xmpp.stream_management import NS_SM, StreamManagement
 
 log = GatedLogger()
 
-IQHandler = Callable[[domish.Element], "domish.Element | Deferred | None"]
+IQHandler = ServerIQHandler
+
+__all__ = ["BindRefused", "ClientSession", "IQHandler", "SessionManager"]
 
 
 class BindRefused(Exception):
@@ -50,83 +63,27 @@ class BindRefused(Exception):
         self.condition = condition
 
 
-@dataclass(eq=False)
-class ClientSession:
-    """One bound resource."""
-
-    jid: JID
-    stream: ClientStream
-    login: LoginResult
-    connected_at: float
-    available: bool = False
-    priority: int = 0
-    presence: domish.Element | None = None
-    roster_requested: bool = False
-    directed: set[str] = field(default_factory=set)  # bounded: presence.MAX_DIRECTED
-    directed_chars: int = 0  # the total length of the addresses in directed
-    sm: StreamManagement | None = None  # XEP-0198, once the client enables it
-    detached: bool = False  # the connection dropped; waiting for a <resume/>
-    # The JID's forms, made once: every stanza the session sends or receives uses them.
-    bare: str = field(init=False)
-    resource: str = field(init=False)
-    full: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.bare = self.jid.userhost()
-        self.resource = self.jid.resource or ""
-        self.full = self.jid.full()
-
-    def send(self, element: domish.Element | str) -> None:
-        """The one way a stanza reaches this session's client: with stream management on, it is
-        counted and kept until acknowledged (text: a stored offline message, written as stored)."""
-        sm = self.sm
-        if sm is None:
-            self.stream.send(element)
-            return
-        if self.detached:  # kept in sm.unacked for the resumption, its size counted all the same
-            size = len(element) if isinstance(element, str) else len(self.stream.serialize(element))
-        else:
-            size = self.stream.send(element)
-        if not sm.sending(element, size):
-            self.stream.fail(StreamError("policy-violation", text="too many unacknowledged stanzas"))
-            return
-        if not self.detached and sm.wants_request():
-            self.stream.send(domish.Element((NS_SM, "r")))
-
-
-def _sm_failed(condition: str) -> domish.Element:
-    failed = domish.Element((NS_SM, "failed"))
-    failed.addElement((NS_STANZAS, condition))
-    return failed
-
-
 class SessionManager:
     def __init__(self, domains: Sequence[str], store: IStore, clock: IReactorTime,
                  route: Callable[[domish.Element], Deferred[None] | None], metrics: Metrics | None = None,
-                 max_resources: int = 10, resume_timeout: int = 300, max_offline: int = 1000,
-                 max_offline_bytes: int = 4 * 1024 * 1024) -> None:
-        self.max_offline = max_offline
-        # Offline storage is also bounded in size: delivered at once at login, it must fit well
-        # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
-        self.max_offline_bytes = max_offline_bytes
-        self.offline_writes = Tally()  # offline writes in flight, by sender (see offline)
-        self.resume_timeout = resume_timeout
-        self.resumable: dict[str, ClientSession] = {}
+                 max_resources: int = 10) -> None:
         self.max_resources = max_resources
         self.metrics = metrics or Metrics()
         self.domains = frozenset(domains)
         self.store = store
         self.clock = clock
         self.route = route
+        # The rosters are the core's, as in Prosody's rostermanager: loaded at bind, read by
+        # presence, roster IQs and delivery alike.
         self.rosters = RosterBook(store)
-        self.presence = PresenceHandler(self)
         self.users: dict[str, dict[str, ClientSession]] = {}
-        # Server IQ handlers by the namespace of the IQ's child, filled by the feature modules
-        # (xmpp/features).
-        # By (namespace, element name) of the IQ's payload: a known namespace on another element
-        # is no request this server understands.
-        self.iq_handlers: dict[tuple[str, str], IQHandler] = {}
-        self._push_counter = 0
+        self.hooks = Hooks()
+        # The chains read for every stanza, held directly: the lists are filled in place.
+        self._message_from_client = self.hooks.chain(MESSAGE_FROM_CLIENT)
+        self._message_to_local = self.hooks.chain(MESSAGE_TO_LOCAL)
+        self._message_offline = self.hooks.chain(MESSAGE_OFFLINE)
+        self._presence_from_client = self.hooks.chain(PRESENCE_FROM_CLIENT)
+        self._presence_to_local = self.hooks.chain(PRESENCE_TO_LOCAL)
 
     # -- the registry ------------------------------------------------------
 
@@ -146,6 +103,14 @@ class SessionManager:
     def all_sessions(self) -> list[ClientSession]:
         return [s for resources in self.users.values() for s in resources.values()]
 
+    def roster_of_account(self, owner: str) -> Deferred:
+        """Fire with the roster of an existing account, or None for an unknown one."""
+        if owner in self.users:  # bound, so it exists
+            return self.rosters.get(owner)
+        return self.store.account_exists(owner).addCallback(lambda found: self.rosters.get(owner) if found else None)
+
+    # -- binding -----------------------------------------------------------
+
     def bind(self, stream: ClientStream, login: LoginResult, requested: str) -> Deferred:
         resource = requested or secrets.token_hex(6)
         try:
@@ -162,19 +127,19 @@ class SessionManager:
                 self.metrics.limit("resources-per-account")
                 raise BindRefused("resource-constraint")
             if replaced is not None:
-                self._unbind(replaced, keep_roster=True)
+                self.unbind(replaced, replaced=True)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
             resources = self.users.setdefault(login.jid, {})
             session = ClientSession(full, stream, login, self.clock.seconds())
-            stream.bound = True
             resources[resource] = session
-            self._attach(session, stream)
+            self.attach(session, stream)
             log.info("c2s.bound jid={jid} peer={peer}", jid=full.full(), peer=stream.peer)
             return full.full()
 
         return self.rosters.get(login.jid).addCallback(loaded)
 
-    def _attach(self, session: ClientSession, stream: ClientStream) -> None:
+    def attach(self, session: ClientSession, stream: ClientStream) -> None:
+        """Make *stream* the session's connection (at bind, and again at a XEP-0198 resumption)."""
         session.stream = stream
         stream.bound = True
         stream.element_handler = lambda element: self.from_client(session, element)
@@ -184,103 +149,40 @@ class SessionManager:
     def _connection_lost(self, session: ClientSession, stream: ClientStream) -> None:
         if session.stream is not stream:
             return  # an old connection of a resumed session
-        sm = session.sm
-        if sm is not None and sm.resume_id is not None and stream.ended_by is None:
-            # Dropped, not closed: keep the session for a <resume/> (XEP-0198).
-            session.detached = True
-            sm.detached_timer = self.clock.callLater(sm.max_seconds, self._unbind, session)
-            log.info("c2s.detached jid={jid}", jid=session.full)
-            return
-        self._unbind(session)
+        if stream.ended_by is None and self.hooks.fire(SESSION_CONNECTION_LOST, session, stream) is not None:
+            return  # dropped, not closed, and kept for a resumption
+        self.unbind(session)
 
-    def resume(self, stream: ClientStream, login: LoginResult, previd: str, h: int) -> None:
-        """Answer a <resume/> on *stream*: <resumed/> with the session back on it, or <failed/>
-        (after which the client may bind a new session)."""
-        session = self.resumable.get(previd)
-        if session is None or session.login.jid != login.jid or session.sm is None:
-            stream.send(_sm_failed("item-not-found"))
-            return
-        sm = session.sm
-        if not sm.acknowledged(h):
-            stream.send(_sm_failed("undefined-condition"))
-            return
-        if sm.detached_timer is not None and sm.detached_timer.active():
-            sm.detached_timer.cancel()
-        old = session.stream
-        session.detached = False
-        sm.stream = stream
-        self._attach(session, stream)
-        if not old.closed:
-            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
-        resumed = domish.Element((NS_SM, "resumed"))
-        resumed["previd"] = previd
-        resumed["h"] = str(sm.handled % 2**32)
-        stream.send(resumed)
-        for stanza in list(sm.unacked):
-            stream.send(stanza)
-        log.info("c2s.resumed jid={jid}", jid=session.full)
-
-    def _unbind(self, session: ClientSession, keep_roster: bool = False) -> None:
+    def unbind(self, session: ClientSession, replaced: bool = False) -> None:
+        """End the session (*replaced*: a new session of the same resource takes its place)."""
         resources = self.users.get(session.bare)
         if resources is None or resources.get(session.resource) is not session:
             return
-        sm, session.sm = session.sm, None
-        if sm is not None:
-            if sm.detached_timer is not None and sm.detached_timer.active():
-                sm.detached_timer.cancel()
-            if sm.resume_id is not None:
-                self.resumable.pop(sm.resume_id, None)
-        if session.available:
-            unavailable = domish.Element((None, "presence"))
-            unavailable["type"] = "unavailable"
-            unavailable["from"] = session.full
-            self.presence.broadcast(session, unavailable)
         del resources[session.resource]
         if not resources:
             del self.users[session.bare]
-            if not keep_roster:
-                self.rosters.forget(session.bare)
-        if sm is not None:
-            # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
-            for stanza in sm.unacked:
-                if isinstance(stanza, str):
-                    offline.put_back(self, session.bare, stanza)  # an offline message, stored again
-                elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
-                    self.deliver(stanza)
+        self.hooks.fire(SESSION_UNBOUND, session, replaced)
+        if not replaced and session.bare not in self.users:
+            self.rosters.forget(session.bare)
 
     # -- stanzas from a bound client ---------------------------------------
 
     def from_client(self, session: ClientSession, stanza: domish.Element) -> None:
-        if stanza.uri == NS_SM:
-            self._stream_management(session, stanza)
+        if stanza.uri != NS_CLIENT:
+            nonza = self.hooks.nonzas.get(stanza.uri or "")
+            if nonza is not None:
+                nonza(session, stanza)
+            else:
+                session.stream.fail(StreamError("unsupported-stanza-type"))
             return
-        if stanza.uri != NS_CLIENT or stanza.name not in ("message", "presence", "iq"):
+        if stanza.name not in ("message", "presence", "iq"):
             session.stream.fail(StreamError("unsupported-stanza-type"))
             return
-        if session.sm is not None:
-            session.sm.process(lambda: self._from_client(session, stanza))
+        ledger = session.ledger
+        if ledger is not None:
+            ledger.process(lambda: self._from_client(session, stanza))
         else:
             self._from_client(session, stanza)
-
-    def _stream_management(self, session: ClientSession, element: domish.Element) -> None:
-        sm = session.sm
-        if element.name == "enable" and sm is None:
-            resumable = element.getAttribute("resume") in ("true", "1")
-            sm = session.sm = StreamManagement(session.stream, resumable, self.resume_timeout)
-            if sm.resume_id is not None:
-                self.resumable[sm.resume_id] = session
-            session.stream.send(sm.enabled_element())
-        elif element.name == "r" and sm is not None:
-            sm.request()
-        elif element.name == "a" and sm is not None:
-            try:
-                fine = sm.acknowledged(int(element.getAttribute("h", "")))
-            except ValueError:
-                fine = False
-            if not fine:
-                session.stream.fail(StreamError("undefined-condition", text="handled count too high"))
-        else:
-            session.stream.send(_sm_failed("unexpected-request"))
 
     def _from_client(self, session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
         """Handle a client's stanza; a Deferred when its handling finishes later (an offline
@@ -297,15 +199,23 @@ class SessionManager:
                     session.send(reply)
                 return None
         if stanza.name == "presence":
-            self.presence.outbound(session, stanza)
-            return None
+            return _later(run(self._presence_from_client, session, stanza))
         if stanza.name == "iq":
-            if to is None or target.full() in (session.bare, session.jid.host):
+            if to is None:
                 self.answer_iq(stanza, session)
-                return None
-            return self.route(stanza)
+            elif target.full() == session.bare:
+                self.answer_account_iq(stanza, session.bare, session)
+            elif target.full() == session.jid.host:
+                self.answer_iq(stanza, session)
+            else:
+                return self.route(stanza)
+            return None
         if to is None:
             stanza["to"] = session.bare
+        if self._message_from_client:
+            outcome = run(self._message_from_client, session, stanza)
+            if outcome is not None:
+                return _later(outcome)
         return self.route(stanza)
 
     # -- stanzas for local addresses (the Router's route) -------------------
@@ -327,12 +237,16 @@ class SessionManager:
         if stanza.name == "message":
             return self._deliver_message(stanza, to)
         if stanza.name == "presence":
-            self.presence.inbound(stanza, to)
-        elif stanza.name == "iq":
+            return _later(run(self._presence_to_local, stanza, to))
+        if stanza.name == "iq":
             self._deliver_iq(stanza, to)
         return None
 
     def _deliver_message(self, stanza: domish.Element, to: JID) -> Deferred[None] | None:
+        if self._message_to_local:
+            outcome = run(self._message_to_local, stanza, to)
+            if outcome is not None:
+                return _later(outcome)
         kind = stanza.getAttribute("type", "normal")
         bare = to.userhost()
         if to.resource is not None:
@@ -356,17 +270,20 @@ class SessionManager:
         if kind == "groupchat":
             self._bounce(stanza, "service-unavailable")
             return None
-        return offline.store_for_later(self, bare, stanza)
+        outcome = run(self._message_offline, bare, stanza)
+        if outcome is None:  # no offline storage: RFC 6121 8.5.2.2.1
+            self._bounce(stanza, "service-unavailable")
+        return _later(outcome)
 
     def _deliver_iq(self, stanza: domish.Element, to: JID) -> None:
-        if to.resource is not None:
-            session = self.session(to)
-            if session is not None:
-                session.send(stanza)
-            else:
-                self._bounce(stanza, "service-unavailable")
+        if to.resource is None:
+            self.answer_account_iq(stanza, to.userhost(), None)
             return
-        self._bounce(stanza, "service-unavailable")
+        session = self.session(to)
+        if session is not None:
+            session.send(stanza)
+        else:
+            self._bounce(stanza, "service-unavailable")
 
     def _bounce(self, stanza: domish.Element, condition: str) -> None:
         if may_bounce(stanza) and stanza.getAttribute("from"):
@@ -375,41 +292,65 @@ class SessionManager:
     # -- IQs the server answers ---------------------------------------------
 
     def answer_iq(self, iq: domish.Element, session: ClientSession | None) -> None:
+        """Answer an IQ to a hosted domain, or one with no 'to' from a bound client (the account's
+        own IQs first: RFC 6120 10.3.3, no 'to' is the account's bare JID)."""
+        key = self._request_key(iq, session)
+        if key is None:
+            return
+        if session is not None and iq.getAttribute("to") is None:
+            on_behalf = self.hooks.account_iqs.get(key)
+            if on_behalf is not None:
+                self._call(iq, session, on_behalf, iq, session.bare, session)
+                return
+        handler = self.hooks.server_iqs.get(key)
+        if handler is not None:
+            self._call(iq, session, handler, iq)
+        elif session is not None and key in self.hooks.account_iqs:
+            # The account's own data (its roster...), asked of the domain (RFC 6121 2.1.3).
+            self._reply(iq, session, StanzaError("forbidden").toResponse(iq))
+        else:
+            self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
+
+    def answer_account_iq(self, iq: domish.Element, owner: str, session: ClientSession | None) -> None:
+        """Answer an IQ to the account *owner*'s bare JID, on its behalf; *session* is the
+        owner's own asking session, None for anyone else."""
+        key = self._request_key(iq, session)
+        if key is None:
+            return
+        handler = self.hooks.account_iqs.get(key)
+        if handler is None:
+            self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
+        else:
+            self._call(iq, session, handler, iq, owner, session)
+
+    def _request_key(self, iq: domish.Element, session: ClientSession | None) -> tuple[str, str] | None:
+        """The (namespace, name) a request is dispatched by; None (answered already) if it is
+        no request (results and errors are dropped; a malformed one hears bad-request)."""
         kind = iq.getAttribute("type")
         if kind in ("result", "error"):
-            return
+            return None
         child = first_child(iq)
         if kind not in ("get", "set") or child is None or iq.getAttribute("id") is None:
             self._reply(iq, session, StanzaError("bad-request").toResponse(iq))
-            return
-        if child.uri == NS_ROSTER:
-            if session is None:
-                self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
-                return
-            self._reply_later(iq, session, self.presence.roster_iq(session, iq, child))
-            return
-        handler = self.iq_handlers.get((child.uri or "", child.name))
-        if handler is None or (session is not None and iq.getAttribute("to") == session.bare
-                               and child.uri != NS_SESSION_LEGACY):
-            self._reply(iq, session, StanzaError("service-unavailable").toResponse(iq))
-            return
+            return None
+        return (child.uri or "", child.name)
+
+    def _call(self, iq: domish.Element, session: ClientSession | None, handler: Callable[..., object],
+              *args: object) -> None:
         # Most handlers answer at once (the legacy session of every login among them): no Deferred then.
         try:
-            outcome = handler(iq)
+            outcome = handler(*args)
         except Exception:
             self._refused(iq, session, Failure())
             return
         if isinstance(outcome, Deferred):
-            self._reply_later(iq, session, outcome)
+            outcome.addCallbacks(lambda payload: self._answered(iq, session, payload),
+                                 lambda reason: self._refused(iq, session, reason))
         else:
-            self._answered(iq, session, outcome)
-
-    def _reply_later(self, iq: domish.Element, session: ClientSession | None, d: Deferred) -> None:
-        d.addCallbacks(lambda payload: self._answered(iq, session, payload),
-                       lambda reason: self._refused(iq, session, reason))
+            self._answered(iq, session, outcome)  # type: ignore[arg-type]
 
     def _answered(self, iq: domish.Element, session: ClientSession | None, payload: domish.Element | None) -> None:
-        if payload is None and session is not None and session.sm is None:
+        if payload is None and session is not None and session.ledger is None:
             # The usual empty result (the legacy session of every login, pings) as text: what
             # building iq_result and serialising it would write, without either.
             session.stream.send(empty_result_text(iq))
@@ -434,9 +375,7 @@ class SessionManager:
         elif reply.getAttribute("to"):
             self.route(reply)
 
-    def next_push_id(self) -> str:
-        self._push_counter += 1
-        return f"push{self._push_counter}"
 
-
-NS_SESSION_LEGACY = "urn:ietf:params:xml:ns:xmpp-session"
+def _later(outcome: object) -> Deferred[None] | None:
+    """The Deferred a hook's outcome finishes with, if it is one (see xmpp/hooks.py)."""
+    return outcome if isinstance(outcome, Deferred) else None

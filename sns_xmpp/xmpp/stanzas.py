@@ -17,6 +17,16 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None)
     return StanzaError(condition, text=text).toResponse(stanza)
 
 
+def presence_stanza(kind: str | None, sender: str, to: str) -> domish.Element:
+    """A presence of *kind* (None: available) from *sender* to *to*, with no children."""
+    presence = domish.Element((None, "presence"))
+    if kind:
+        presence["type"] = kind
+    presence["from"] = sender
+    presence["to"] = to
+    return presence
+
+
 def append_child(parent: domish.Element, child: domish.Element) -> domish.Element:
     """Add *child* to *parent* as ``addChild`` does, without the link back (``child.parent``):
     the two would make a reference cycle, left for the cycle collector (see parsing.py). Nothing

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from sns_xmpp.xmpp.stream_management import REQUEST_EVERY
+from sns_xmpp.xmpp.features.stream_management import REQUEST_EVERY
 from tests.clients import require_client
 from tests.xmppclient import Client, wait
 
@@ -231,7 +231,7 @@ async def test_stream_management_client_gets_its_offline_messages_acks_them_and_
     sm.send_ack()  # what the client really handled, offline messages included
     await wait(bob.plugin["xep_0199"].ping(jid="localhost"))  # answered: the stream is still up
     [session] = server.sessions.resources("bob@localhost")
-    assert session.sm is not None and session.sm.acked >= handled
+    assert session.ledger is not None and session.ledger.acked >= handled
     assert bob.stream_errors.empty() and not session.stream.closed
     await wait(bob.log_out())
     await wait(alice.log_out())
@@ -291,19 +291,19 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
     try:
         def acknowledged() -> bool:
             sessions = server.sessions.resources("bob@localhost")
-            return bool(sessions) and sessions[0].sm is not None and sessions[0].sm.acked >= 5
+            return bool(sessions) and sessions[0].ledger is not None and sessions[0].ledger.acked >= 5
 
         await until(acknowledged)
         [session] = server.sessions.resources("bob@localhost")
-        assert session.sm is not None and not session.stream.closed
+        assert session.ledger is not None and not session.stream.closed
         assert await server.store.count_offline("bob@localhost") == 0
         # Enough live messages that the server's next <r/> follows the last of them, with nothing
         # else in flight: the answer then counts exactly what the client received, offline
         # messages included, and must be accepted.
-        asked_at = (session.sm.sent // REQUEST_EVERY + 1) * REQUEST_EVERY
-        for n in range(asked_at - session.sm.sent):
+        asked_at = (session.ledger.sent // REQUEST_EVERY + 1) * REQUEST_EVERY
+        for n in range(asked_at - session.ledger.sent):
             alice.send_message(mto="bob@localhost", mbody=f"live {n}", mtype="chat")
-        await until(lambda: session.stream.closed or session.sm is not None and session.sm.acked >= asked_at)
+        await until(lambda: session.stream.closed or session.ledger is not None and session.ledger.acked >= asked_at)
         assert not session.stream.closed and server.sessions.resources("bob@localhost") == [session]
     finally:
         subprocess.run(["tmux", "-S", tmux_socket, "kill-server"], capture_output=True)

@@ -53,7 +53,6 @@ from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.site_features import sites_feature
 from tests.fuzz.strategies import (
     NS_SASL,
     NS_STANZAS,
@@ -472,11 +471,11 @@ class World:
                                           self.clock, PUBLIC_URL, b"fuzz-salt-key", self.metrics)
         self.router = StanzaRouter(self.metrics)
         self.sessions = SessionManager(DOMAINS, self.store, self.clock, self.router.route, self.metrics,  # type: ignore[arg-type]
-                                       max_resources=10, resume_timeout=300)
-        install_features(self.sessions, self.router, self.clock)
+                                       max_resources=10)
         for domain in DOMAINS:
             self.router.addRoute(domain, LocalRoute(self.sessions.deliver))
         self.web = SocialWeb(self.sites, PendingLogins(self.clock), PUBLIC_URL, DOMAINS[0], self.clock)
+        install_features(self.sessions, self.router, self.clock, sites=self.web)
         for user, password in PASSWORDS.items():
             self.database.create_account(f"{user}@localhost", derive_all(password), START)
         self._hosts = 0
@@ -492,7 +491,7 @@ class World:
     def settings(self, throttle: ThrottlePolicy | None = DEFAULT_THROTTLE, max_failures: int = 3) -> C2SSettings:
         return C2SSettings(domains=list(DOMAINS), checker=self.checker, sessions=self.sessions,
                            tls_context=TLS_CONTEXT, require_tls=True, max_auth_failures=max_failures,  # type: ignore[arg-type]
-                           pre_auth_features=[sites_feature(self.web)], metrics=self.metrics,
+                           metrics=self.metrics,
                            throttle=AuthThrottle(self.clock, throttle) if throttle is not None else None)
 
     def factory(self, settings: C2SSettings, secure: bool, max_stanza_bytes: int = 16384) -> ClientStreamFactory:
@@ -505,7 +504,7 @@ class World:
         base = self.settings(throttle=None)
         settings = C2SSettings(domains=base.domains, checker=base.checker, sessions=base.sessions,
                                tls_context=None, require_tls=False, allow_plain_without_tls=True,
-                               pre_auth_features=base.pre_auth_features, metrics=base.metrics)
+                               metrics=base.metrics)
         return self.factory(settings, secure=False)
 
     def connect(self, factory: ClientStreamFactory) -> Conn:

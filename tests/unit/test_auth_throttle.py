@@ -20,9 +20,15 @@ from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.records import Account, SocialLink
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_negotiation import HEADER, TLSlessTransport, output
 
 ALICE = Account("alice@localhost", 0.0, derive_all("right"), social=False)
+
+
+def no_sessions() -> SessionManager:
+    """A session core with no features: these streams go no further than authentication."""
+    return SessionManager(["localhost"], None, MemoryReactorClock(), lambda stanza: None)  # type: ignore[arg-type]
 
 
 class Store:
@@ -50,7 +56,7 @@ class Server:
                                      "http://h", b"salt-key")
         # Blocks after 4 failures of one account; no delays, so that every answer comes at once.
         throttle = AuthThrottle(self.clock, ThrottlePolicy(free_failures=100, block_after=4))
-        settings = C2SSettings(domains=["localhost"], checker=checker, sessions=None,  # type: ignore[arg-type]
+        settings = C2SSettings(domains=["localhost"], checker=checker, sessions=no_sessions(),
                                tls_context=None, require_tls=False, allow_plain_without_tls=True,
                                throttle=throttle, max_auth_failures=100)
         self.factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(65536), self.clock)

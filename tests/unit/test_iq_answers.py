@@ -19,6 +19,7 @@ from wokkel.generic import parseXml
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, StanzaError, empty_result_text, iq_result
 from tests.fuzz import strategies as fs
+from tests.unit.featured import featured
 
 NS = "urn:x-test:answers"
 
@@ -27,7 +28,7 @@ class Session:
     """A bound session's face to answer_iq, and its stream's (replies come as elements or text)."""
 
     bare = "alice@localhost"
-    sm = None
+    ledger = None
 
     def __init__(self) -> None:
         self.sent: list[domish.Element] = []
@@ -46,7 +47,7 @@ def ask(sessions: SessionManager, name: str) -> Session:
 
 @pytest.fixture
 def sessions() -> SessionManager:
-    return SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=lambda e: None)  # type: ignore[arg-type]
+    return featured(SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=lambda e: None))  # type: ignore[arg-type]
 
 
 def test_each_outcome_gets_its_one_reply(sessions: SessionManager) -> None:
@@ -59,7 +60,7 @@ def test_each_outcome_gets_its_one_reply(sessions: SessionManager) -> None:
         raise StanzaError("item-not-found")
 
     payload = domish.Element((NS, "payload"))
-    sessions.iq_handlers.update({
+    sessions.hooks.server_iqs.update({
         (NS, "now"): lambda iq: payload,
         (NS, "empty"): lambda iq: None,
         (NS, "refuses"): refuses,

@@ -13,15 +13,21 @@ from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.sessions import BindRefused, SessionManager
+from tests.unit.featured import featured
 from tests.unit.test_negotiation import HEADER, OnePasswordChecker, TLSlessTransport, output, stream_error
 
 LIMITS = StreamLimits(max_stanza_bytes=65536, auth_timeout=30, idle_timeout=300, ping_timeout=60,
                       max_connections_per_ip=2)
 
 
+def no_sessions() -> SessionManager:
+    """A session core with no features: these streams go no further than authentication."""
+    return SessionManager(["localhost"], None, MemoryReactorClock(), lambda stanza: None)  # type: ignore[arg-type]
+
+
 def factory_and_clock(throttle: AuthThrottle | None = None, clock: MemoryReactorClock | None = None):  # type: ignore[no-untyped-def]
     clock = clock or MemoryReactorClock()
-    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
+    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=no_sessions(),
                            tls_context=None, require_tls=False, allow_plain_without_tls=True, throttle=throttle,
                            max_auth_failures=100)
     factory = ClientStreamFactory(lambda: ClientNegotiator(settings), LIMITS, clock)
@@ -121,8 +127,8 @@ def test_an_account_binds_at_most_max_resources(limit: int) -> None:
             return defer.succeed(([], []))
 
     factory, clock = factory_and_clock()
-    sessions = SessionManager(["localhost"], Store(), clock, lambda stanza: None,  # type: ignore[arg-type]
-                              max_resources=limit)
+    sessions = featured(SessionManager(["localhost"], Store(), clock, lambda stanza: None,  # type: ignore[arg-type]
+                                       max_resources=limit))
     login = LoginResult("alice@localhost", "PLAIN")
     for n in range(limit):
         stream, _ = connect(factory, f"192.0.2.{n + 10}")
@@ -156,7 +162,7 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
     store = PendingWritesStore()
     writes = store.writes
     factory, clock = factory_and_clock()
-    sessions = SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    sessions = featured(SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza)))  # type: ignore[arg-type]
     stream, transport = connect(factory)
     stream.dataReceived(HEADER.format(to="localhost").encode())
     sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")
@@ -182,7 +188,8 @@ def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
             return defer.succeed(len(stored))
 
     routed: list = []
-    sessions = SessionManager(["localhost"], Store(), Clock(), routed.append, max_offline=2)  # type: ignore[arg-type]
+    sessions = featured(SessionManager(["localhost"], Store(), Clock(), routed.append),  # type: ignore[arg-type]
+                        max_offline_messages=2)
     from twisted.words.xish import domish
 
     for n in range(3):
@@ -279,7 +286,7 @@ def test_directed_presences_are_capped_per_session_in_count_and_length() -> None
     """Past MAX_DIRECTED outstanding directed presences (or MAX_DIRECTED_CHARS of addresses) a new
     one is refused with resource-constraint and not sent; a directed unavailable frees its place,
     and going unavailable announces only the tracked ones."""
-    from sns_xmpp.xmpp.presence import MAX_DIRECTED, MAX_DIRECTED_CHARS
+    from sns_xmpp.xmpp.features.presence import MAX_DIRECTED, MAX_DIRECTED_CHARS
     from tests.unit.test_stream_management import log_in, world
 
     routed: list = []
@@ -312,8 +319,8 @@ def test_offline_storage_is_bounded_in_size_as_well_as_count() -> None:
 
     store = MemoryStore()
     routed: list = []
-    sessions = SessionManager(["localhost"], store, Clock(), routed.append,  # type: ignore[arg-type]
-                              max_offline=1000, max_offline_bytes=1024 * 1024)
+    sessions = featured(SessionManager(["localhost"], store, Clock(), routed.append),  # type: ignore[arg-type]
+                        max_offline_messages=1000, max_offline_bytes=1024 * 1024)
     for n in range(12):
         message = domish.Element((None, "message"))
         message["to"], message["from"], message["type"] = "alice@localhost", "bob@localhost/r", "chat"
@@ -372,7 +379,8 @@ def test_offline_writes_in_flight_are_capped_per_sender() -> None:
     resource-constraint (type wait) until the disk catches up; other senders are not held back."""
     from twisted.words.xish import domish
 
-    from sns_xmpp.xmpp.offline import MAX_WRITES_IN_FLIGHT
+    from sns_xmpp.xmpp.features.offline import MAX_WRITES_IN_FLIGHT
+    from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE
 
     writes: list[defer.Deferred] = []
 
@@ -383,7 +391,7 @@ def test_offline_writes_in_flight_are_capped_per_sender() -> None:
             return writes[-1]
 
     routed: list = []
-    sessions = SessionManager(["localhost"], SlowDisk(), Clock(), routed.append)  # type: ignore[arg-type]
+    sessions = featured(SessionManager(["localhost"], SlowDisk(), Clock(), routed.append))  # type: ignore[arg-type]
 
     def send(sender: str, n: int) -> None:
         message = domish.Element((None, "message"))
@@ -403,7 +411,8 @@ def test_offline_writes_in_flight_are_capped_per_sender() -> None:
     routed.clear()
     send("mallory@localhost/flood", 999)
     assert len(writes) == MAX_WRITES_IN_FLIGHT + 2 and routed == []
-    before = sessions.offline_writes["mallory@localhost"]
+    storage = sessions.hooks.chain(MESSAGE_OFFLINE)[0].__self__  # the offline feature's state
+    before = storage.writes["mallory@localhost"]
     writes[10].errback(RuntimeError("the disk failed"))  # not stored: the sender hears so
     assert [b.error.firstChildElement().name for b in routed] == ["internal-server-error"]
-    assert sessions.offline_writes["mallory@localhost"] == before - 1
+    assert storage.writes["mallory@localhost"] == before - 1

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import NS_BIND, C2SSettings, ClientNegotiator, bind_result_text
+from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
 from tests.fuzz import strategies as fs
 
@@ -51,10 +52,15 @@ class TLSlessTransport(StringTransport):
         self.tls_started = context
 
 
+def no_sessions() -> SessionManager:
+    """A session core with no features: these streams go no further than authentication."""
+    return SessionManager(["localhost"], None, MemoryReactorClock(), lambda stanza: None)  # type: ignore[arg-type]
+
+
 def connect(
     secure: bool = False, max_stanza_bytes: int = 4096, tls: bool = True
 ) -> tuple[ClientStream, StringTransport]:
-    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=None,  # type: ignore[arg-type]
+    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=no_sessions(),
                            tls_context=object() if tls else None, require_tls=True)
     factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(max_stanza_bytes),
                                   MemoryReactorClock(), secure)

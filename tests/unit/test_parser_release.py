@@ -13,6 +13,7 @@ from sns_xmpp.xmpp.c2s import RELEASE_PARSER_AFTER, priming_header
 from sns_xmpp.xmpp.parsing import GuardedElementStream
 from sns_xmpp.xmpp.serialization import escape_uri
 from sns_xmpp.xmpp.sessions import SessionManager
+from tests.unit.featured import featured
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import output
 
@@ -33,7 +34,7 @@ class EmptyStore:
 def test_the_parser_goes_after_the_initial_presence_and_comes_back_with_the_next_read() -> None:
     factory, clock = factory_and_clock()
     delivered: list = []
-    sessions = SessionManager(["localhost"], EmptyStore(), clock, delivered.append)  # type: ignore[arg-type]
+    sessions = featured(SessionManager(["localhost"], EmptyStore(), clock, delivered.append))  # type: ignore[arg-type]
     stream, transport = connect(factory)
     stream.dataReceived(HEADER)
     sessions.bind(stream, LoginResult("alice@localhost", "PLAIN"), "phone")

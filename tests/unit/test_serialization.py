@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from twisted.words.xish import domish
 
 from sns_xmpp.store.records import RosterItem
+from sns_xmpp.xmpp.features.presence import readdressed
 from sns_xmpp.xmpp.parsing import GuardedElementStream, HostileXML
-from sns_xmpp.xmpp.presence import readdressed
 from sns_xmpp.xmpp.roster import Roster, roster_result
 from sns_xmpp.xmpp.serialization import EscapingSerializer, plain_xml
 from sns_xmpp.xmpp.stanzas import append_child, error_reply

@@ -10,12 +10,16 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
 from twisted.words.xish import domish
+from wokkel.generic import parseXml
 
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.store.records import OfflineMessage, RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.features.stream_management import NS_SM
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT
 from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from tests.unit.featured import featured
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import HEADER, output
 
@@ -83,9 +87,9 @@ def stanzas(data: str) -> list[ET.Element]:
 
 def queued(session: ClientSession) -> list[ET.Element]:
     """The session's resend queue, parsed as the stream would write it."""
-    assert session.sm is not None
+    assert session.ledger is not None
     written = "".join(entry if isinstance(entry, str) else session.stream.serialize(entry)
-                      for entry in session.sm.unacked)
+                      for entry in session.ledger.unacked)
     return stanzas(written)
 
 
@@ -95,8 +99,8 @@ def same(a: list[ET.Element], b: list[ET.Element]) -> bool:
 
 def world(store: MemoryStore | None = None) -> tuple[SessionManager, ClientStreamFactory, MemoryReactorClock]:
     factory, clock = factory_and_clock()
-    sessions = SessionManager(["localhost"], store or MemoryStore(), clock,  # type: ignore[arg-type]
-                              lambda stanza: sessions.deliver(stanza))
+    sessions = featured(SessionManager(["localhost"], store or MemoryStore(), clock,  # type: ignore[arg-type]
+                                       lambda stanza: sessions.deliver(stanza)))
     return sessions, factory, clock
 
 
@@ -151,12 +155,12 @@ def test_everything_a_login_delivers_is_counted_and_queued_for_resumption() -> N
     froms = {e.get("from") for e in sent if e.tag.endswith("presence")}
     assert {"alice@localhost/r", "carol@localhost", "dave@localhost", "bob@localhost/r"} <= froms
     assert [e.get("type") for e in sent if e.tag.endswith("iq")] == ["result", "set", "result"]
-    assert session.sm is not None and session.sm.sent == len(sent)
+    assert session.ledger is not None and session.ledger.sent == len(sent)
     assert same(queued(session), sent), "every stanza is kept until acknowledged"
     assert store.offline["bob@localhost"] == []
 
     ack(bob, transport, len(sent))
-    assert not session.sm.unacked and not bob.closed
+    assert not session.ledger.unacked and not bob.closed
 
 
 def test_server_pings_and_error_answers_are_counted_too() -> None:
@@ -168,14 +172,14 @@ def test_server_pings_and_error_answers_are_counted_too() -> None:
     def broken(session: ClientSession, presence: domish.Element) -> None:
         raise KeyError("a bug")
 
-    sessions.presence.outbound = broken  # type: ignore[assignment,method-assign]
+    sessions.hooks.hook(PRESENCE_FROM_CLIENT, broken, priority=100)  # before the presence feature
     bob.dataReceived(b"<presence id='p'/>")
     clock.advance(factory.limits.idle_timeout + 20)
     sent = stanzas(output(transport))
     assert [(e.tag.split("}")[1], e.get("type")) for e in sent] == [("presence", "error"), ("iq", "get")]
     assert same(queued(session), sent)
     ack(bob, transport, 2)
-    assert session.sm is not None and not session.sm.unacked
+    assert session.ledger is not None and not session.ledger.unacked
 
 
 def test_offline_messages_unacknowledged_at_a_drop_go_back_to_storage() -> None:
@@ -197,7 +201,7 @@ def test_offline_messages_unacknowledged_at_a_drop_go_back_to_storage() -> None:
 def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None:
     """More stored messages than the unacknowledged-stanza cap: sent as room frees, not all at once
     (which would end the client's stream with policy-violation)."""
-    from sns_xmpp.xmpp import stream_management
+    from sns_xmpp.xmpp.features import stream_management
 
     store = MemoryStore()
     total = stream_management.MAX_UNACKED + 200
@@ -213,10 +217,10 @@ def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None
     for _ in range(10):
         sent = stanzas(written)
         received += [e.findtext(f"{{{NS_CLIENT}}}body") or "" for e in sent if e.tag.endswith("message")]
-        assert session.sm is not None and len(session.sm.unacked) <= stream_management.MAX_UNACKED // 2
+        assert session.ledger is not None and len(session.ledger.unacked) <= stream_management.MAX_UNACKED // 2
         if not sent:
             break
-        written = ack(bob, transport, session.sm.sent)
+        written = ack(bob, transport, session.ledger.sent)
     assert received == [str(n) for n in range(1, total + 1)]
     assert store.offline["bob@localhost"] == []
 
@@ -227,7 +231,7 @@ def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     heap, not by scanning every pending write (quadratic: seconds of the reactor's time)."""
     import time
 
-    from sns_xmpp.xmpp.stream_management import StreamManagement
+    from sns_xmpp.xmpp.features.stream_management import StreamManagement
 
     class Writer:
         def __init__(self) -> None:
@@ -353,20 +357,21 @@ def test_a_resumed_session_gets_its_unacknowledged_offline_messages_again() -> N
     bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
     bob.dataReceived(b"<presence/>")
     assert "kept" in output(transport)
-    assert session.sm is not None and session.sm.resume_id is not None
-    previd = session.sm.resume_id
+    assert session.ledger is not None and session.ledger.resume_id is not None
+    previd = session.ledger.resume_id
     bob.connectionLost(None)  # type: ignore[arg-type]  # dropped: no </stream:stream>
     assert session.detached and store.offline["bob@localhost"] == []
 
     again, again_transport = connect(factory, "192.0.2.2")
     again.dataReceived(HEADER.format(to="localhost").encode())
     output(again_transport)
-    sessions.resume(again, LoginResult("bob@localhost", "PLAIN"), previd, 0)
+    resume = sessions.hooks.before_bind[(NS_SM, "resume")]
+    resume(again, LoginResult("bob@localhost", "PLAIN"), parseXml(f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>"))
     answer = output(again_transport)
     assert answer.startswith("<resumed ") and [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(answer)
                                                if e.tag.endswith("message")] == ["kept"]
     ack(again, again_transport, len(stanzas(answer)))
-    assert not session.sm.unacked and not session.detached
+    assert not session.ledger.unacked and not session.detached
 
 
 def test_an_asynchronous_step_before_storage_still_holds_the_ack() -> None:
@@ -384,7 +389,7 @@ def test_an_asynchronous_step_before_storage_still_holds_the_ack() -> None:
     def route_after_a_second(stanza: domish.Element) -> defer.Deferred:
         return task.deferLater(clock, 1.0, sessions.deliver, stanza)
 
-    sessions = SessionManager(["localhost"], store, clock, route_after_a_second)  # type: ignore[arg-type]
+    sessions = featured(SessionManager(["localhost"], store, clock, route_after_a_second))  # type: ignore[arg-type]
     stream, transport = connect(factory)
     stream.dataReceived(HEADER.format(to="localhost").encode())
     sessions.bind(stream, LoginResult("bob@localhost", "PLAIN"), "r")

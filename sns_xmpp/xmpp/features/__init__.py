@@ -1,54 +1,133 @@
-"""Protocol features as modules, registered in one place (issue 14; Prosody's mod_*).
+"""Protocol features as modules, registered in one place (Prosody's mod_*).
 
 A feature is a module with a `FEATURE` object providing `IFeature`: its ``install`` receives the
-`FeatureRegistry` and registers what the feature handles (today: the IQs the server answers for
-its own domain, and the disco#info features it announces). `built_in.BUILT_IN` is the one list
-of them, and `built_in.install_features` installs it. Adding a XEP adds a module here and a line
-to `BUILT_IN`; the session core knows none of them by name. `entity_time` (XEP-0202) is the worked example in
+`FeatureRegistry` and registers there what the feature handles (IQs, stanza and session hooks,
+stream-level elements, stream features, disco features, storage, Bind2 inline actions).
+`built_in.BUILT_IN` is the one list of them and `built_in.install_features` installs those the
+configuration leaves on. Adding a XEP adds a module here and a line to `BUILT_IN`; the session core
+(`xmpp/sessions.py`) knows none of them by name. `entity_time` (XEP-0202) is the worked example in
 docs/architecture.md.
 
-Presence, roster, offline storage and stream management are still wired into `SessionManager`
-(their disco features are announced here in `CORE_DISCO_FEATURES` until they move).
+Features send stanzas to a client through `ClientSession.send` (or `SessionManager.route`), the
+path stream management counts; never through the stream itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.words.xish import domish
 from zope.interface import Attribute, Interface, implementer
 
-from sns_xmpp.xmpp.sessions import IQHandler, SessionManager
+from sns_xmpp.config import XMPPConfig
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.hooks import (
+    AccountIQHandler,
+    BeforeBindHandler,
+    Hooks,
+    InlineAction,
+    NonzaHandler,
+    ServerIQHandler,
+    Storage,
+    StreamFeature,
+)
+from sns_xmpp.xmpp.routing import StanzaRouter
+from sns_xmpp.xmpp.sessions import SessionManager
 
-# Features of the session core that are not modules yet: RFC 6121 rosters, XEP-0160 offline
-# messages, RFC 6121 pre-approved subscriptions.
-CORE_DISCO_FEATURES = ("jabber:iq:roster", "msgoffline", "urn:xmpp:features:pre-approval")
+
+class SiteListing(Protocol):
+    """What the social-sites feature reads of the HTTP side's site list (`http.login.SocialWeb`
+    provides it): the XMPP side takes it as a parameter instead of importing the HTTP side."""
+
+    public_url: str
+
+    @property
+    def sites(self) -> Any: ...  # the registry, for its `generation`
+
+    def site_list(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class FeatureRegistry:
-    """What the installed features handle; `SessionManager.answer_iq` reads the IQ table."""
+    """What a feature's ``install`` receives: the server's parts, and the ways to register."""
 
     sessions: SessionManager
-    router: Any  # the StanzaRouter (wokkel's Router): its routes name the connected components
     clock: IReactorTime
-    disco_features: list[str] = field(default_factory=list)
+    router: StanzaRouter | None = None  # its routes name the connected components
+    config: XMPPConfig = field(default_factory=XMPPConfig)
+    sites: SiteListing | None = None  # the social sites, when the HTTP side serves them
     installed: list[str] = field(default_factory=list)
+    installing: str = ""  # the feature being installed, named in what it registers
 
-    def iq(self, namespace: str, name: str, handler: IQHandler) -> None:
-        """Answer IQs to the server whose child is ``{namespace}name`` with *handler*: it returns
-        the result's child, None for an empty result, a Deferred of either, or raises StanzaError."""
-        key = (namespace, name)
-        if key in self.sessions.iq_handlers:
-            raise ValueError(f"two features answer {{{namespace}}}{name}")
-        self.sessions.iq_handlers[key] = handler
+    @property
+    def hooks(self) -> Hooks:
+        return self.sessions.hooks
+
+    @property
+    def disco_features(self) -> list[str]:
+        """The server's disco#info features, as announced (the live list)."""
+        return self.hooks.disco_features
+
+    # -- IQs ---------------------------------------------------------------
+
+    def iq(self, namespace: str, name: str, handler: ServerIQHandler) -> None:
+        """Answer IQs to a hosted domain whose child is ``{namespace}name`` with *handler*: it
+        returns the result's child, None for an empty result, a Deferred of either, or raises
+        StanzaError."""
+        _claim(self.hooks.server_iqs, (namespace, name), handler)
+
+    def account_iq(self, namespace: str, name: str, handler: AccountIQHandler) -> None:
+        """Answer IQs to an account's bare JID (and a client's IQs with no 'to') on the account's
+        behalf: ``handler(iq, owner, session)``, *session* being the owner's own asking session or
+        None for anyone else. Answers as for `iq`."""
+        _claim(self.hooks.account_iqs, (namespace, name), handler)
+
+    # -- stanzas and sessions ------------------------------------------------
+
+    def hook(self, event: str, handler: Callable[..., Any], priority: int = 0) -> None:
+        """Run *handler* on *event* (xmpp/hooks.py lists them and what handlers receive)."""
+        self.hooks.hook(event, handler, priority)
+
+    def nonza(self, namespace: str, handler: NonzaHandler) -> None:
+        """Take the stream-level elements in *namespace* of a bound client's stream."""
+        _claim(self.hooks.nonzas, namespace, handler)
+
+    def before_bind(self, namespace: str, name: str, handler: BeforeBindHandler) -> None:
+        """Take ``{namespace}name`` on an authenticated stream before a resource is bound."""
+        _claim(self.hooks.before_bind, (namespace, name), handler)
+
+    # -- what the feature announces ------------------------------------------
+
+    def stream_feature(self, make: StreamFeature, *, after_auth: bool) -> None:
+        """Add ``make(domain)`` to <stream:features/> before or after authentication."""
+        (self.hooks.features_after_auth if after_auth else self.hooks.features_before_auth).append(make)
 
     def disco_feature(self, var: str) -> None:
         """Announce *var* in the server's disco#info (XEP-0030)."""
-        if var not in self.disco_features:
-            self.disco_features.append(var)
+        if var not in self.hooks.disco_features:
+            self.hooks.disco_features.append(var)
+
+    def account_disco_feature(self, var: str) -> None:
+        """Announce *var* in the disco#info of every account's bare JID (XEP-0030 section 3.1)."""
+        if var not in self.hooks.account_disco_features:
+            self.hooks.account_disco_features.append(var)
+
+    def stores(self, table: str, *, per_account: bool, what: str) -> None:
+        """Declare a table of the store this feature keeps (per account: it goes with the account)."""
+        self.hooks.storage.append(Storage(self.installing, table, per_account, what))
+
+    def inline(self, var: str, act: Callable[[ClientSession, domish.Element], domish.Element | None]) -> None:
+        """Offer ``act(session, element)`` inside a Bind2 request (XEP-0386), announced as *var*."""
+        _claim(self.hooks.inline, var, InlineAction(self.installing, var, act))
+
+
+def _claim(table: dict[Any, Any], key: object, value: object) -> None:
+    if key in table:
+        raise ValueError(f"two features claim {key!r}")
+    table[key] = value
 
 
 class IFeature(Interface):

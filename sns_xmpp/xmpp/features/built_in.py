@@ -2,39 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
+from sns_xmpp.config import XMPPConfig
 from sns_xmpp.xmpp.features import (
-    CORE_DISCO_FEATURES,
     FeatureRegistry,
     IFeature,
+    SiteListing,
     disco,
     entity_time,
     legacy_session,
+    offline,
     ping,
+    presence,
+    roster,
+    social_sites,
+    stream_management,
     version,
 )
+from sns_xmpp.xmpp.routing import StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 
 BUILT_IN: tuple[IFeature, ...] = (
+    roster.FEATURE,  # RFC 6121 section 2
+    offline.FEATURE,  # XEP-0160
+    presence.FEATURE,  # RFC 6121 sections 3 and 4
+    stream_management.FEATURE,  # XEP-0198
     disco.FEATURE,  # XEP-0030
     ping.FEATURE,  # XEP-0199
     version.FEATURE,  # XEP-0092
     entity_time.FEATURE,  # XEP-0202
     legacy_session.FEATURE,  # RFC 3921's session establishment, which old clients still send
+    social_sites.FEATURE,  # the patent's sites in the stream features (docs/protocol.md)
 )
 
 
-def install_features(sessions: SessionManager, router: Any, clock: IReactorTime,
+class UnknownFeature(ValueError):
+    pass
+
+
+def install_features(sessions: SessionManager, router: StanzaRouter | None = None,
+                     clock: IReactorTime | None = None, *, config: XMPPConfig | None = None,
+                     sites: SiteListing | None = None, disabled: Iterable[str] = (),
                      features: Sequence[IFeature] = BUILT_IN) -> FeatureRegistry:
-    """Install *features* on *sessions*; return the registry."""
-    registry = FeatureRegistry(sessions, router, clock)
-    for var in CORE_DISCO_FEATURES:
-        registry.disco_feature(var)
+    """Install *features* on *sessions*, less those named in *disabled*; return the registry.
+
+    Raises UnknownFeature for a disabled name that no feature has (a typo in the configuration
+    would otherwise leave on what the operator meant to turn off)."""
+    left_out = set(disabled)
+    unknown = left_out - {feature.name for feature in features}
+    if unknown:
+        known = ", ".join(feature.name for feature in features)
+        raise UnknownFeature(f"no feature {', '.join(sorted(unknown))!s}; the features are {known}")
+    registry = FeatureRegistry(sessions, clock or sessions.clock, router, config or XMPPConfig(), sites)
     for feature in features:
+        if feature.name in left_out:
+            continue
+        registry.installing = feature.name
         feature.install(registry)
         registry.installed.append(feature.name)
+    registry.installing = ""
     return registry

@@ -1,11 +1,18 @@
-"""XEP-0030 service discovery of the server: its identity and features, and the connected
-components as its items."""
+"""XEP-0030 service discovery: the server's identity and features, the connected components as
+its items, and each account's identity and features on its bare JID (section 3.1)."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
+from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.hooks import AccountIQHandler
+from sns_xmpp.xmpp.roster import HAS_FROM, Roster
+from sns_xmpp.xmpp.sessions import SessionManager
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -31,14 +38,54 @@ def install(registry: FeatureRegistry) -> None:
 
     def items(iq: domish.Element) -> domish.Element:
         query = domish.Element((NS_DISCO_ITEMS, "query"))
-        for domain in sorted(d for d in router.routes if d is not None and d not in hosted):
+        routes = router.routes if router is not None else {}
+        for domain in sorted(d for d in routes if d is not None and d not in hosted):
             query.addElement("item")["jid"] = domain
         return query
 
     registry.iq(NS_DISCO_INFO, "query", info)
+    account_features = registry.hooks.account_disco_features  # read at each query, as above
+    registry.account_iq(NS_DISCO_INFO, "query", account_info_with(registry.sessions, account_features))
     registry.iq(NS_DISCO_ITEMS, "query", items)
     registry.disco_feature(NS_DISCO_INFO)
     registry.disco_feature(NS_DISCO_ITEMS)
+    registry.account_disco_feature(NS_DISCO_INFO)
+
+
+def account_info_with(sessions: SessionManager, announced: list[str]) -> AccountIQHandler:
+    """disco#info on an account's bare JID: the account's identity and the features registered
+    for accounts, for the account itself and for contacts its presence is shared with (as
+    Prosody's mod_disco); anyone else hears service-unavailable, as of an absent account."""
+
+    def answer(query: domish.Element) -> domish.Element:
+        result = domish.Element((NS_DISCO_INFO, "query"))
+        node = query.getAttribute("node")
+        if node:
+            result["node"] = node
+        identity = result.addElement("identity")
+        identity["category"] = "account"
+        identity["type"] = "registered"
+        for var in announced:
+            result.addElement("feature")["var"] = var
+        return result
+
+    def account_info(iq: domish.Element, owner: str, session: ClientSession | None) -> domish.Element | Deferred:
+        query = next(iq.elements(NS_DISCO_INFO, "query"))
+        if session is not None:
+            return answer(query)
+        try:
+            asker = parse_jid(iq.getAttribute("from", "")).userhost()
+        except InvalidFormat:
+            raise StanzaError("service-unavailable") from None
+
+        def shared(roster: Roster | None) -> domish.Element:
+            if roster is None or roster.item(asker).subscription not in HAS_FROM:
+                raise StanzaError("service-unavailable")
+            return answer(query)
+
+        return sessions.roster_of_account(owner).addCallback(shared)
+
+    return account_info
 
 
 FEATURE = Feature("disco", install)

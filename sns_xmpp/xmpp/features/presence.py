@@ -1,29 +1,27 @@
-"""Presence and the subscription state machine (RFC 6121 sections 3 and 4), and roster IQs.
+"""Presence and the subscription state machine (RFC 6121 sections 3 and 4).
 
 Both ends of a subscription are handled here: ``outbound`` for what a local
 user sends (sections 3.x.2), ``inbound`` for what a local user receives
 (sections 3.x.3). Between two local users a stanza passes through both.
+The roster IQs are the roster feature's (features/roster.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
-from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.records import RosterItem
-from sns_xmpp.xmpp import offline
-from sns_xmpp.xmpp.roster import Roster, parse_item_set, push_to, roster_result, updated_item
-from sns_xmpp.xmpp.stanzas import error_reply
-
-if TYPE_CHECKING:
-    from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features.roster import store_and_push
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_AVAILABLE, SESSION_UNBOUND
+from sns_xmpp.xmpp.roster import HAS_FROM, HAS_TO, Roster
+from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import error_reply, presence_stanza
 
 log = GatedLogger()
 
@@ -33,8 +31,7 @@ SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 # under this; 20,000 of them made one unavailable presence stall the server for 0.6 s.
 MAX_DIRECTED = 300
 MAX_DIRECTED_CHARS = 65536  # and their addresses' total length (a JID may be 3071 bytes)
-HAS_TO = ("to", "both")
-HAS_FROM = ("from", "both")
+NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
 
 
 def _with(subscription: str, *, to: bool | None = None, from_: bool | None = None) -> str:
@@ -52,15 +49,6 @@ def readdressed(stanza: domish.Element, to: str, sender: str | None = None) -> d
     if sender is not None:
         copy["from"] = sender
     return copy
-
-
-def _presence(kind: str | None, sender: str, to: str) -> domish.Element:
-    presence = domish.Element((None, "presence"))
-    if kind:
-        presence["type"] = kind
-    presence["from"] = sender
-    presence["to"] = to
-    return presence
 
 
 def _priority(presence: domish.Element) -> int:
@@ -166,7 +154,7 @@ class PresenceHandler:
         self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=False),
                                                 approved=False))
         for resource in self.sessions.available(session.bare):
-            self.sessions.route(_presence("unavailable", resource.full, contact))
+            self.sessions.route(presence_stanza("unavailable", resource.full, contact))
         return True
 
     # -- broadcast of the user's own presence (RFC 6121 4.2, 4.4, 4.5) ------
@@ -190,7 +178,7 @@ class PresenceHandler:
                 resource.send(readdressed(presence, resource.full))
         if unavailable:
             for target in session.directed:
-                self.sessions.route(_presence("unavailable", session.full, target))
+                self.sessions.route(presence_stanza("unavailable", session.full, target))
             session.directed.clear()
             session.directed_chars = 0
         if initial and roster is not None:
@@ -199,11 +187,11 @@ class PresenceHandler:
     def _initial(self, session: ClientSession, roster: Roster) -> None:
         for item in roster.items.values():
             if item.subscription in HAS_TO:
-                self.sessions.route(_presence("probe", session.bare, item.contact))
+                self.sessions.route(presence_stanza("probe", session.bare, item.contact))
         for contact in sorted(roster.requests):
-            session.send(_presence("subscribe", contact, session.bare))
+            session.send(presence_stanza("subscribe", contact, session.bare))
         if session.priority >= 0:
-            offline.deliver_stored(self.sessions, session)
+            self.sessions.hooks.fire(SESSION_AVAILABLE, session)
 
     # -- what arrives for a local user ---------------------------------------
 
@@ -215,7 +203,7 @@ class PresenceHandler:
         except InvalidFormat:
             return
         if kind in SUBSCRIPTION_TYPES or kind == "probe":
-            d = self._with_roster(owner)
+            d = self.sessions.roster_of_account(owner)
             d.addCallback(lambda roster: roster and getattr(self, "_in_" + kind)(roster, sender, presence))
             d.addErrback(lambda reason: log.failure("presence.inbound_failed", reason))
             return
@@ -227,16 +215,6 @@ class PresenceHandler:
         for resource in self.sessions.available(owner):
             resource.send(presence)
 
-    def _with_roster(self, owner: str) -> Deferred:
-        """The roster of an existing account, or None for an unknown user."""
-        if self.sessions.resources(owner):
-            return self.rosters.get(owner)
-
-        def exists(found: bool) -> Deferred | None:
-            return self.rosters.get(owner) if found else None
-
-        return self.sessions.store.account_exists(owner).addCallback(exists)
-
     def _deliver(self, owner: str, presence: domish.Element) -> None:
         for resource in self.sessions.available(owner):
             if resource.priority >= 0:
@@ -246,12 +224,12 @@ class PresenceHandler:
         contact = sender.userhost()
         item = roster.item(contact)
         if item.subscription in HAS_FROM:
-            self.sessions.route(_presence("subscribed", roster.owner, contact))
+            self.sessions.route(presence_stanza("subscribed", roster.owner, contact))
             return
         if item.approved:
             self._store(roster, dataclasses.replace(item, subscription=_with(item.subscription, from_=True),
                                                     approved=False))
-            self.sessions.route(_presence("subscribed", roster.owner, contact))
+            self.sessions.route(presence_stanza("subscribed", roster.owner, contact))
             for resource in self.sessions.available(roster.owner):
                 assert resource.presence is not None
                 self.sessions.route(readdressed(resource.presence, contact, resource.full))
@@ -294,58 +272,39 @@ class PresenceHandler:
             assert resource.presence is not None
             self.sessions.route(readdressed(resource.presence, reply_to, resource.full))
         if not available:
-            self.sessions.route(_presence("unavailable", roster.owner, reply_to))
-
-    # -- roster IQs (RFC 6121 section 2) -------------------------------------
-
-    def roster_iq(self, session: ClientSession, iq: domish.Element, query: domish.Element) -> Deferred:
-        to = iq.getAttribute("to")
-        if to is not None and to != session.bare:
-            return defer.fail(StanzaError("forbidden"))
-        roster = self.rosters.cached(session.bare)
-        assert roster is not None
-        if iq["type"] == "get":
-            session.roster_requested = True
-            return defer.succeed(roster_result(roster))
-        try:
-            contact, element = parse_item_set(query)
-        except StanzaError as error:
-            return defer.fail(error)
-        if contact == session.bare:
-            return defer.fail(StanzaError("not-allowed", text="you cannot be on your own roster"))
-        if element.getAttribute("subscription") == "remove":
-            return self._remove(session, roster, contact)
-        try:
-            item = updated_item(roster.item(contact), element)
-        except StanzaError as error:
-            return defer.fail(error)
-        if not self.rosters.fits(roster, item):
-            self.sessions.metrics.limit("roster-size")
-            return defer.fail(StanzaError("resource-constraint", text="your roster is full"))
-        self._store(roster, item)
-        return defer.succeed(None)
-
-    def _remove(self, session: ClientSession, roster: Roster, contact: str) -> Deferred:
-        item = roster.items.get(contact)
-        requested = self.rosters.drop_request(roster, contact)
-        if item is None:
-            if not requested:
-                return defer.fail(StanzaError("item-not-found"))
-            self.sessions.route(_presence("unsubscribed", session.bare, contact))
-            return defer.succeed(None)
-        if item.subscription in HAS_TO or item.ask:
-            self.sessions.route(_presence("unsubscribe", session.bare, contact))
-        if item.subscription in HAS_FROM or requested:
-            self.sessions.route(_presence("unsubscribed", session.bare, contact))
-        self.rosters.remove(roster, contact)
-        self._push(roster.owner, item, removed=True)
-        return defer.succeed(None)
+            self.sessions.route(presence_stanza("unavailable", roster.owner, reply_to))
 
     def _store(self, roster: Roster, item: RosterItem) -> None:
-        self.rosters.put(roster, item)
-        self._push(roster.owner, item, removed=False)
+        store_and_push(self.sessions, roster, item)
 
-    def _push(self, owner: str, item: RosterItem, removed: bool) -> None:
-        targets = [r.send for r in self.sessions.resources(owner) if r.roster_requested]
-        if targets:
-            push_to(targets, owner, item, removed, self.sessions.next_push_id())
+    # -- the session's end ---------------------------------------------------
+
+    def unbound(self, session: ClientSession, replaced: bool) -> None:
+        """RFC 6121 4.5.2: an available session that ends goes unavailable for everyone who saw it."""
+        if session.available:
+            unavailable = domish.Element((None, "presence"))
+            unavailable["type"] = "unavailable"
+            unavailable["from"] = session.full
+            self.broadcast(session, unavailable)
+
+
+def install(registry: FeatureRegistry) -> None:
+    handler = PresenceHandler(registry.sessions)
+
+    def from_client(session: ClientSession, presence: domish.Element) -> bool:
+        handler.outbound(session, presence)
+        return True
+
+    def to_local(presence: domish.Element, to: JID) -> bool:
+        handler.inbound(presence, to)
+        return True
+
+    registry.hook(PRESENCE_FROM_CLIENT, from_client)
+    registry.hook(PRESENCE_TO_LOCAL, to_local)
+    registry.hook(SESSION_UNBOUND, handler.unbound, priority=10)  # before the redelivery of unacknowledged stanzas
+    registry.stream_feature(lambda domain: PRE_APPROVAL, after_auth=True)  # RFC 6121 3.4
+    registry.disco_feature(NS_PREAPPROVAL)
+
+
+PRE_APPROVAL = domish.Element((NS_PREAPPROVAL, "sub"))
+FEATURE = Feature("presence", install)

@@ -1,9 +1,14 @@
-"""Offline messages (XEP-0160), stamped with XEP-0203 delay on the way in."""
+"""Offline messages (XEP-0160), stamped with XEP-0203 delay on the way in.
+
+A message no resource takes (the core's MESSAGE_OFFLINE event) is stored, and its handling ends
+when it is on disk: the Deferred returned goes up the stanza's path to XEP-0198, which counts the
+message handled only then. The stored messages go to the first session that becomes available
+with a non-negative priority (SESSION_AVAILABLE).
+"""
 
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -12,10 +17,12 @@ from twisted.words.xish import domish
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
+from sns_xmpp.tally import Tally
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE, SESSION_AVAILABLE, STORED_MESSAGE_UNACKNOWLEDGED
+from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
-
-if TYPE_CHECKING:
-    from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
 
 log = GatedLogger()
 
@@ -30,19 +37,42 @@ def _stamp(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def store_for_later(sessions: SessionManager, owner: str, message: domish.Element) -> Deferred[None] | None:
+class OfflineStorage:
+    """The feature's state: its limits, and the writes in flight by sender."""
+
+    def __init__(self, sessions: SessionManager, max_messages: int, max_bytes: int) -> None:
+        self.sessions = sessions
+        self.max_messages = max_messages
+        # Offline storage is also bounded in size: delivered at once at login, it must fit well
+        # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
+        self.max_bytes = max_bytes
+        self.writes = Tally()  # offline writes in flight, by sender
+
+    def store_for_later(self, owner: str, message: domish.Element) -> Deferred[None] | bool:
+        return store_for_later(self, owner, message)
+
+    def deliver_stored(self, session: ClientSession) -> None:
+        deliver_stored(self.sessions, session)
+
+    def put_back(self, owner: str, stanza: str) -> None:
+        put_back(self.sessions, owner, stanza)
+
+
+def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element) -> Deferred[None] | bool:
     """Keep a message for a user with no available resource; bounce it if there is no such user.
 
     The Deferred fires once the message is on disk or bounced (never with a failure): the
-    sender's stream management counts the message as handled then, not before."""
+    sender's stream management counts the message as handled then, not before. True: handled
+    at once (refused)."""
+    sessions = storage.sessions
     sender = message.getAttribute("from") or owner
     sender = sender.split("/", 1)[0]
-    in_flight = sessions.offline_writes
+    in_flight = storage.writes
     if in_flight[sender] >= MAX_WRITES_IN_FLIGHT:
         sessions.metrics.limit("offline-writes")
         if message.getAttribute("from"):
             sessions.route(error_reply(message, "resource-constraint", "too many messages waiting to be stored"))
-        return None
+        return True
     in_flight.add(sender)
     now = sessions.clock.seconds()
     delay = message.addElement((NS_DELAY, "delay"))
@@ -76,7 +106,7 @@ def store_for_later(sessions: SessionManager, owner: str, message: domish.Elemen
         reason.trap(NoSuchAccountError)
         bounce("no such user")
 
-    d = sessions.store.store_offline_capped(owner, stored, now, sessions.max_offline, sessions.max_offline_bytes)
+    d = sessions.store.store_offline_capped(owner, stored, now, storage.max_messages, storage.max_bytes)
     def failed(reason: Failure) -> None:
         # Not on disk, so not acknowledged as stored: the sender hears so, and the writes in
         # flight and the stream management hold are given back.
@@ -103,12 +133,12 @@ def _send_stored(sessions: SessionManager, session: ClientSession,
     # holding the session until the cycle collector came (tests/unit/test_no_cycles.py).
     if not messages or session.stream.closed:
         return None
-    sm = session.sm
+    ledger = session.ledger
     batch = messages
-    if sm is not None and sm.room() < len(messages):
-        room = max(0, sm.room())
+    if ledger is not None and ledger.room() < len(messages):
+        room = max(0, ledger.room())
         batch, rest = messages[:room], messages[room:]
-        sm.when_room(lambda: _chained(_send_stored(sessions, session, rest)))
+        ledger.when_room(lambda: _chained(_send_stored(sessions, session, rest)))
     if not batch:
         return None
     for message in batch:
@@ -138,3 +168,16 @@ def put_back(sessions: SessionManager, owner: str, stanza: str) -> None:
         return
     d = sessions.store.store_offline(owner, stanza, sessions.clock.seconds())
     d.addErrback(lambda reason: log.failure("offline.store_failed owner={owner}", reason, owner=owner))
+
+
+def install(registry: FeatureRegistry) -> None:
+    c2s = registry.config.c2s
+    storage = OfflineStorage(registry.sessions, c2s.max_offline_messages, c2s.max_offline_bytes)
+    registry.hook(MESSAGE_OFFLINE, storage.store_for_later)
+    registry.hook(SESSION_AVAILABLE, storage.deliver_stored)
+    registry.hook(STORED_MESSAGE_UNACKNOWLEDGED, storage.put_back)
+    registry.disco_feature("msgoffline")  # XEP-0160
+    registry.stores("offline_messages", per_account=True, what="messages kept for an account with no session")
+
+
+FEATURE = Feature("offline", install)

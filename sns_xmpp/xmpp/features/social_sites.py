@@ -8,23 +8,12 @@ where to send the person with no extra round trip (see docs/protocol.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from twisted.words.xish import domish
 
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry, SiteListing
+
 NS_SITES = "urn:x-sns-xmpp:sites:0"
-
-
-class SiteListing(Protocol):
-    """What the feature reads of the HTTP side's site list (`http.login.SocialWeb` provides it):
-    the XMPP side takes it as a parameter instead of importing the HTTP side."""
-
-    public_url: str
-
-    @property
-    def sites(self) -> Any: ...  # the registry, for its `generation`
-
-    def site_list(self) -> dict[str, Any]: ...
 
 
 def sites_feature(web: SiteListing) -> Callable[[str], domish.Element | None]:
@@ -54,3 +43,11 @@ def _make(web: SiteListing) -> domish.Element | None:
         entry["name"] = site["name"]
         entry["login"] = site["login"]
     return element
+
+
+def install(registry: FeatureRegistry) -> None:
+    if registry.sites is not None:  # no HTTP side, no login entries to announce
+        registry.stream_feature(sites_feature(registry.sites), after_auth=False)
+
+
+FEATURE = Feature("social-sites", install)

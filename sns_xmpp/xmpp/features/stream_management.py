@@ -1,0 +1,297 @@
+"""XEP-0198 stream management: acknowledgements and resumption.
+
+Inbound, a stanza counts as handled only when the server is done with it; a
+message for an offline user is done when its offline copy is on disk, so an
+<a h/> never acknowledges a message a crash could lose. The promise travels
+with the stanza's handling, not through a global: a handler that finishes
+later returns a Deferred up the path the stanza took (`SessionManager._from_client`
+→ `route` → `LocalRoute.send` → `deliver` → the MESSAGE_OFFLINE hook →
+`features/offline.store_for_later`), and
+`process` counts the stanza as handled when it fires. A step added anywhere on
+that path that waits for something returns its Deferred too, and the ack waits
+with it (`tests/unit/test_stream_management.py`).
+
+Outbound, every stanza the server writes after <enabled/> (whichever feature
+writes it: routing, presence, roster pushes, offline delivery, IQ answers, the
+idle ping) goes through `ClientSession.send`, whose ledger this is once the
+client enables stream management, and is counted and kept here until
+the client acknowledges it; a stanza written past this count would make the
+client's honest <a h/> look too high. If the connection drops, the session
+waits (detached) for a <resume/>, and when that does not come, the
+unacknowledged messages go to offline storage. Offline messages are kept as
+the text they were stored as.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.c2s import ClientStream
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.hooks import SESSION_CONNECTION_LOST, SESSION_UNBOUND, STORED_MESSAGE_UNACKNOWLEDGED
+from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import NS_STANZAS
+
+log = GatedLogger()
+
+NS_SM = "urn:xmpp:sm:3"
+REQUEST_EVERY = 5  # outbound stanzas between our <r/> requests
+MAX_UNACKED = 1000  # a client that never acknowledges is cut off rather than grow memory
+# ... and so is one whose unacknowledged stanzas come to more bytes than its stream may hold
+# unread (ClientStream.max_outbound_bytes): it may read them and still never acknowledge.
+
+def _u32(value: int) -> int:
+    return value % 2**32
+
+
+class StreamManagement:
+    def __init__(self, stream: ClientStream, resumable: bool, max_seconds: int) -> None:
+        self.stream = stream
+        self.resume_id = secrets.token_urlsafe(18) if resumable else None
+        self.max_seconds = max_seconds
+        self.received = 0  # inbound stanzas counted so far
+        self.pending: set[int] = set()  # inbound stanza numbers not yet done
+        # The same numbers as a heap (completed ones dropped lazily): the oldest pending one is
+        # found in logarithmic time, where min(pending) cost one scan per completed write.
+        self._pending_order: list[int] = []
+        self.answer_at: int | None = None  # an <r/> waits until everything up to here is done
+        self.sent = 0
+        self.acked = 0
+        self.unacked: deque[domish.Element | str] = deque()
+        self._sizes: deque[int] = deque()  # the serialised size of each, as written
+        self.unacked_bytes = 0
+        self.detached_timer: IDelayedCall | None = None
+        self._room_waiters: list[Callable[[], None]] = []
+
+    @property
+    def handled(self) -> int:
+        order, pending = self._pending_order, self.pending
+        while order and order[0] not in pending:
+            heapq.heappop(order)
+        return order[0] - 1 if order else self.received
+
+    def hold(self, seq: int) -> None:
+        """Inbound stanza *seq* is not done until `completed(seq)`."""
+        self.pending.add(seq)
+        heapq.heappush(self._pending_order, seq)
+
+    def enabled_element(self) -> domish.Element:
+        enabled = domish.Element((NS_SM, "enabled"))
+        if self.resume_id is not None:
+            enabled["id"] = self.resume_id
+            enabled["resume"] = "true"
+            enabled["max"] = str(self.max_seconds)
+        return enabled
+
+    # -- inbound --------------------------------------------------------------
+
+    def process(self, handle: Callable[[], Deferred[None] | None]) -> None:
+        """Count one inbound stanza and handle it. When the handling returns a Deferred (a
+        durable write, or any step that waits), the stanza is handled only once that fires,
+        whether it succeeds or fails."""
+        self.received += 1
+        seq = self.received
+        done = handle()
+        if done is not None and not done.called:
+            self.hold(seq)
+            done.addBoth(self._completed_by, seq)
+
+    def _completed_by(self, result: object, seq: int) -> None:
+        self.completed(seq)
+        return None  # a failure was the handler's to report; the count only needs the end
+
+    def completed(self, seq: int) -> None:
+        self.pending.discard(seq)
+        if self.answer_at is not None and self.handled >= self.answer_at:
+            self.answer_at = None
+            self._answer()
+
+    def request(self) -> None:
+        """The client's <r/>: answered when every stanza it had sent is done."""
+        if self.handled >= self.received:
+            self._answer()
+        else:
+            self.answer_at = self.received
+
+    def _answer(self) -> None:
+        answer = domish.Element((NS_SM, "a"))
+        answer["h"] = str(_u32(self.handled))
+        self.stream.send(answer)
+
+    # -- outbound -------------------------------------------------------------
+
+    def send(self, session: ClientSession, element: domish.Element | str) -> None:
+        """The session's counted path (client_session.Ledger): write, count and keep."""
+        stream = session.stream
+        if session.detached:  # kept for the resumption, its size counted all the same
+            size = len(element) if isinstance(element, str) else len(stream.serialize(element))
+        else:
+            size = stream.send(element)
+        if not self.sending(element, size):
+            stream.fail(StreamError("policy-violation", text="too many unacknowledged stanzas"))
+            return
+        if not session.detached and self.wants_request():
+            stream.send(domish.Element((NS_SM, "r")))
+
+    def sending(self, stanza: domish.Element | str, size: int) -> bool:
+        """Keep *stanza* (*size* bytes written) until acknowledged; False if the client has let
+        too many, or too many bytes, pile up."""
+        self.sent += 1
+        self.unacked.append(stanza)
+        self._sizes.append(size)
+        self.unacked_bytes += size
+        return len(self.unacked) <= MAX_UNACKED and self.unacked_bytes <= self.stream.max_outbound_bytes
+
+    def wants_request(self) -> bool:
+        return self.sent % REQUEST_EVERY == 0
+
+    def acknowledged(self, h: int) -> bool:
+        """The client's <a h/> (or the h of a <resume/>); False if it acknowledges what was never sent."""
+        newly = _u32(h - self.acked)
+        if newly > len(self.unacked):
+            return False
+        for _ in range(newly):
+            self.unacked.popleft()
+            self.unacked_bytes -= self._sizes.popleft()
+        self.acked = _u32(h)
+        if newly and self._room_waiters and self.room() > 0:
+            waiters, self._room_waiters = self._room_waiters, []
+            for waiter in waiters:
+                waiter()
+        return True
+
+    def room(self) -> int:
+        """How many more stanzas a bulk sender (offline delivery) may send now: half the cap, less
+        what waits for acknowledgement, so live traffic keeps the other half."""
+        return MAX_UNACKED // 2 - len(self.unacked)
+
+    def when_room(self, resume: Callable[[], None]) -> None:
+        """Call *resume* once an acknowledgement leaves `room` for more (never, if the session ends)."""
+        self._room_waiters.append(resume)
+
+
+def failed(condition: str) -> domish.Element:
+    element = domish.Element((NS_SM, "failed"))
+    element.addElement((NS_STANZAS, condition))
+    return element
+
+
+class Resumption:
+    """The feature's state: sessions waiting to be resumed, by resumption id."""
+
+    def __init__(self, sessions: SessionManager, max_seconds: int) -> None:
+        self.sessions = sessions
+        self.max_seconds = max_seconds
+        self.resumable: dict[str, ClientSession] = {}
+
+    def enable(self, session: ClientSession, element: domish.Element) -> domish.Element:
+        """The answer to an <enable/> (on the stream, or inline in a Bind2 request)."""
+        if session.ledger is not None:
+            return failed("unexpected-request")
+        resumable = element.getAttribute("resume") in ("true", "1")
+        sm = StreamManagement(session.stream, resumable, self.max_seconds)
+        session.ledger = sm
+        if sm.resume_id is not None:
+            self.resumable[sm.resume_id] = session
+        return sm.enabled_element()
+
+    def element(self, session: ClientSession, element: domish.Element) -> None:
+        """A XEP-0198 element on a bound stream."""
+        sm = session.ledger
+        if element.name == "enable" and sm is None:
+            session.stream.send(self.enable(session, element))
+        elif element.name == "r" and isinstance(sm, StreamManagement):
+            sm.request()
+        elif element.name == "a" and isinstance(sm, StreamManagement):
+            try:
+                fine = sm.acknowledged(int(element.getAttribute("h", "")))
+            except ValueError:
+                fine = False
+            if not fine:
+                session.stream.fail(StreamError("undefined-condition", text="handled count too high"))
+        else:
+            session.stream.send(failed("unexpected-request"))
+
+    def resume(self, stream: ClientStream, login: LoginResult, element: domish.Element) -> None:
+        """Answer a <resume/> on *stream*: <resumed/> with the session back on it, or <failed/>
+        (after which the client may bind a new session)."""
+        try:
+            h = int(element.getAttribute("h", ""))
+        except ValueError:
+            h = -1
+        previd = element.getAttribute("previd", "")
+        session = self.resumable.get(previd)
+        sm = session.ledger if session is not None else None
+        if session is None or session.login.jid != login.jid or not isinstance(sm, StreamManagement):
+            stream.send(failed("item-not-found"))
+            return
+        if not sm.acknowledged(h):
+            stream.send(failed("undefined-condition"))
+            return
+        if sm.detached_timer is not None and sm.detached_timer.active():
+            sm.detached_timer.cancel()
+        old = session.stream
+        session.detached = False
+        sm.stream = stream
+        self.sessions.attach(session, stream)
+        if not old.closed:
+            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+        resumed = domish.Element((NS_SM, "resumed"))
+        resumed["previd"] = previd
+        resumed["h"] = str(sm.handled % 2**32)
+        stream.send(resumed)
+        for stanza in list(sm.unacked):
+            stream.send(stanza)
+        log.info("c2s.resumed jid={jid}", jid=session.full)
+
+    def connection_lost(self, session: ClientSession, stream: ClientStream) -> bool | None:
+        """Dropped, not closed: keep a resumable session for a <resume/>."""
+        sm = session.ledger
+        if not isinstance(sm, StreamManagement) or sm.resume_id is None:
+            return None
+        session.detached = True
+        sm.detached_timer = self.sessions.clock.callLater(sm.max_seconds, self.sessions.unbind, session)
+        log.info("c2s.detached jid={jid}", jid=session.full)
+        return True
+
+    def unbound(self, session: ClientSession, replaced: bool) -> None:
+        sm, session.ledger = session.ledger, None
+        if not isinstance(sm, StreamManagement):
+            return
+        if sm.detached_timer is not None and sm.detached_timer.active():
+            sm.detached_timer.cancel()
+        if sm.resume_id is not None:
+            self.resumable.pop(sm.resume_id, None)
+        # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
+        for stanza in sm.unacked:
+            if isinstance(stanza, str):  # a stored offline message, kept again
+                self.sessions.hooks.fire(STORED_MESSAGE_UNACKNOWLEDGED, session.bare, stanza)
+            elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
+                self.sessions.deliver(stanza)
+
+
+SM_FEATURE = domish.Element((NS_SM, "sm"))
+
+
+def install(registry: FeatureRegistry) -> None:
+    resumption = Resumption(registry.sessions, registry.config.c2s.resume_timeout)
+    registry.nonza(NS_SM, resumption.element)
+    registry.before_bind(NS_SM, "resume", resumption.resume)
+    registry.hook(SESSION_CONNECTION_LOST, resumption.connection_lost)
+    registry.hook(SESSION_UNBOUND, resumption.unbound)
+    registry.stream_feature(lambda domain: SM_FEATURE, after_auth=True)
+    registry.inline(NS_SM, resumption.enable)  # XEP-0386: <enable/> inside <bind/>
+
+
+FEATURE = Feature("stream-management", install)

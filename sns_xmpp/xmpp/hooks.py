@@ -1,0 +1,138 @@
+"""The tables the session core reads and the feature modules fill (Prosody's hooks and events).
+
+`SessionManager` owns one `Hooks`; features fill it through `features.FeatureRegistry` at start-up,
+and the core reads it for every stanza. What a feature can register:
+
+- IQs the server answers for a domain (`server_iqs`) and for an account's bare JID, on the account's
+  behalf (`account_iqs`: roster, later vCard and PEP);
+- stream-level elements of a bound stream (`nonzas`, by namespace: XEP-0198's <r/> and <a/>) and
+  of an authenticated stream before binding (`before_bind`: XEP-0198's <resume/>);
+- stream features before and after authentication, and disco#info features of the server and of
+  an account's bare JID;
+- event hooks (below): inbound and outbound messages and presence, and a session's life;
+- what it stores (`Storage`), and what it can do inline at bind (`InlineAction`, XEP-0386).
+
+Event hooks form a chain per event, highest priority first. A handler returns None to let the next
+one run, anything else to stop the chain; `fire` returns that value. On the stanza path the value
+may be a Deferred: the stanza's handling finishes when it fires, and XEP-0198 waits for it before
+counting the stanza handled (docs/architecture.md, "the XEP-0198 promise").
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.xmpp.c2s import ClientStream
+from sns_xmpp.xmpp.client_session import ClientSession
+
+# -- events, and what their handlers receive ---------------------------------------------------
+
+MESSAGE_FROM_CLIENT = "message/from-client"
+"""(session, message): a bound client's message, stamped with its sender, before it is routed.
+A handler that returns a value has handled it (blocking, a carbon copy that also routes...)."""
+MESSAGE_TO_LOCAL = "message/to-local"
+"""(message, to: JID): a message for a local user, before it reaches their sessions."""
+MESSAGE_OFFLINE = "message/offline"
+"""(owner, message): a message no resource of the owner takes (RFC 6121 8.5.2.2). Unhandled, a
+normal or chat message bounces with service-unavailable."""
+STORED_MESSAGE_UNACKNOWLEDGED = "message/stored-unacknowledged"
+"""(owner, text): a stored message, delivered to a session that ended before acknowledging it
+(XEP-0198); it is kept again."""
+PRESENCE_FROM_CLIENT = "presence/from-client"
+"""(session, presence): a bound client's presence (RFC 6121 sections 3 and 4, outbound)."""
+PRESENCE_TO_LOCAL = "presence/to-local"
+"""(presence, to: JID): presence for a local user (RFC 6121 sections 3 and 4, inbound)."""
+SESSION_AVAILABLE = "session/available"
+"""(session): the session sent its initial presence, with a non-negative priority (RFC 6121
+8.5.2.1.1: the messages kept for the account are for such a session)."""
+SESSION_CONNECTION_LOST = "session/connection-lost"
+"""(session, stream): the session's connection dropped without a closing stream end; a handler
+that returns a value keeps the session (XEP-0198 resumption), else it is unbound."""
+SESSION_UNBOUND = "session/unbound"
+"""(session, replaced: bool): the session is no longer bound (replaced: a new session of the same
+resource takes its place at once)."""
+
+EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
+          PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL,
+          SESSION_AVAILABLE, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
+
+ServerIQHandler = Callable[[domish.Element], Any]
+"""(iq) -> the result's child, None for an empty result, a Deferred of either; or raises StanzaError."""
+AccountIQHandler = Callable[[domish.Element, str, "ClientSession | None"], Any]
+"""(iq, owner's bare JID, the owner's asking session or None for anyone else) -> as ServerIQHandler."""
+NonzaHandler = Callable[[ClientSession, domish.Element], None]
+BeforeBindHandler = Callable[[ClientStream, LoginResult, domish.Element], None]
+StreamFeature = Callable[[str], "domish.Element | None"]
+"""(domain) -> a child of <stream:features/>, or None; the same element while it does not change,
+so that the serialised features can be cached."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Something a feature keeps in the store: a table of the schema, and whether it holds an
+    account's data (which must go with the account: tests/unit/test_features.py checks the
+    schema's cascade)."""
+
+    feature: str
+    table: str
+    per_account: bool
+    what: str
+
+
+@dataclass(frozen=True)
+class InlineAction:
+    """What a feature does inside a Bind2 request (XEP-0386): *element* is the request's child in
+    the feature's namespace; the answer goes into <bound/>, or None."""
+
+    feature: str
+    var: str  # the namespace announced in <inline><feature var=.../></inline>
+    act: Callable[[ClientSession, domish.Element], domish.Element | None]
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.server_iqs: dict[tuple[str, str], ServerIQHandler] = {}
+        self.account_iqs: dict[tuple[str, str], AccountIQHandler] = {}
+        self.nonzas: dict[str, NonzaHandler] = {}
+        self.before_bind: dict[tuple[str, str], BeforeBindHandler] = {}
+        self.features_before_auth: list[StreamFeature] = []
+        self.features_after_auth: list[StreamFeature] = []
+        self.disco_features: list[str] = []
+        self.account_disco_features: list[str] = []
+        self.storage: list[Storage] = []
+        self.inline: dict[str, InlineAction] = {}
+        # Each event's handlers, highest priority first, and the negated priorities alongside
+        # (for bisect). The lists are never replaced: the core keeps references to them.
+        self._chains: dict[str, list[Callable[..., Any]]] = {event: [] for event in EVENTS}
+        self._orders: dict[str, list[int]] = {event: [] for event in EVENTS}
+
+    def chain(self, event: str) -> list[Callable[..., Any]]:
+        """The live list of *event*'s handlers, in the order they run."""
+        return self._chains[event]
+
+    def hook(self, event: str, handler: Callable[..., Any], priority: int = 0) -> None:
+        """Run *handler* on *event*, before the handlers of lower priority and after those of the
+        same priority registered before it."""
+        if event not in self._chains:
+            raise ValueError(f"no event {event!r}; the events are {', '.join(EVENTS)}")
+        at = bisect.bisect_right(self._orders[event], -priority)
+        self._orders[event].insert(at, -priority)
+        self._chains[event].insert(at, handler)
+
+    def fire(self, event: str, *args: Any) -> Any:
+        return run(self._chains[event], *args)
+
+
+def run(chain: list[Callable[..., Any]], *args: Any) -> Any:
+    """Call the handlers of *chain* in order until one returns a value; return it (or None)."""
+    for handler in chain:
+        outcome = handler(*args)
+        if outcome is not None:
+            return outcome
+    return None
