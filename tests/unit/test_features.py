@@ -1,7 +1,12 @@
-"""The feature modules: each provides IFeature, two cannot answer the same IQ, and XEP-0202
-(the worked example) answers as the XEP's example does and is announced in disco#info."""
+"""The feature modules: each provides IFeature and registers what it handles in one registry; the
+configuration leaves some out; hooks run by priority and may take a stanza; XEP-0202 (the
+worked example) answers as the XEP's example does; what features store goes with the account."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -9,8 +14,10 @@ from twisted.words.xish import domish
 from wokkel.generic import parseXml
 from zope.interface.verify import verifyObject
 
+from sns_xmpp.config import ConfigError
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry, IFeature
 from sns_xmpp.xmpp.features.built_in import BUILT_IN, install_features
+from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, SESSION_AVAILABLE, Hooks
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_iq_answers import Session
 
@@ -21,7 +28,7 @@ class Router:
 
 def served(clock: MemoryReactorClock) -> SessionManager:
     sessions = SessionManager(["localhost"], store=None, clock=clock, route=lambda e: None)  # type: ignore[arg-type]
-    install_features(sessions, Router(), clock)
+    install_features(sessions, Router(), clock)  # type: ignore[arg-type]
     return sessions
 
 
@@ -45,7 +52,7 @@ def test_two_features_cannot_answer_the_same_iq() -> None:
     sessions = served(clock)
     again = Feature("again", lambda registry: registry.iq("urn:xmpp:time", "time", lambda iq: None))
     with pytest.raises(ValueError, match="urn:xmpp:time"):
-        again.install(FeatureRegistry(sessions, Router(), clock))
+        again.install(FeatureRegistry(sessions, clock))
 
 
 def test_entity_time_answers_as_the_xeps_example() -> None:
@@ -74,3 +81,175 @@ def test_disco_info_announces_what_the_installed_features_registered() -> None:
     announced = {feature["var"] for feature in query.elements("http://jabber.org/protocol/disco#info", "feature")}
     assert {"urn:xmpp:time", "urn:xmpp:ping", "jabber:iq:version", "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items", "jabber:iq:roster", "msgoffline"} <= announced
+
+
+def test_hooks_run_highest_priority_first_and_stop_at_the_first_answer() -> None:
+    """Prosody's event semantics: by priority (ties in registration order); a handler that returns
+    a value ends the chain and `fire` returns it; an unknown event is a start-up error."""
+    hooks = Hooks()
+    ran: list[str] = []
+
+    def handler(name: str, answer: object = None) -> Callable[..., object]:
+        return lambda *args: ran.append(name) or answer
+
+    hooks.hook(SESSION_AVAILABLE, handler("low"), priority=-5)
+    hooks.hook(SESSION_AVAILABLE, handler("first of 0"))
+    hooks.hook(SESSION_AVAILABLE, handler("high"), priority=10)
+    hooks.hook(SESSION_AVAILABLE, handler("second of 0", "taken"))
+    assert hooks.fire(SESSION_AVAILABLE, object()) == "taken"
+    assert ran == ["high", "first of 0", "second of 0"]
+    with pytest.raises(ValueError, match="no event"):
+        hooks.hook("message/sideways", handler("x"))
+
+
+def test_a_feature_sees_messages_both_ways_and_may_take_one() -> None:
+    """MESSAGE_FROM_CLIENT runs on what a bound client sends (stamped with its sender) before
+    routing, MESSAGE_TO_LOCAL on what a local user receives before delivery; a handler that
+    answers takes the stanza: it is neither routed nor delivered, and XEP-0198 still counts it."""
+    from tests.unit.test_stream_management import log_in, output, world
+
+    sessions, factory, _clock = world()
+    seen: list[tuple[str, str, str]] = []
+
+    def outbound(session: Any, message: domish.Element) -> object:
+        seen.append(("out", message["from"], str(message.body)))
+        return True if str(message.body) == "swallow me" else None
+
+    def inbound(message: domish.Element, to: Any) -> object:
+        seen.append(("in", to.full(), str(message.body)))
+        return None
+
+    registry = FeatureRegistry(sessions, sessions.clock)
+    registry.hook(MESSAGE_FROM_CLIENT, outbound)
+    registry.hook(MESSAGE_TO_LOCAL, inbound)
+    alice, alice_out, _ = log_in(sessions, factory, "alice@localhost", "192.0.2.1")
+    bob, bob_out, _ = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    for stream in (alice, bob):
+        stream.dataReceived(b"<presence/>")
+    output(alice_out), output(bob_out)
+    alice.dataReceived(b"<message to='bob@localhost' type='chat'><body>hello</body></message>"
+                       b"<message to='bob@localhost' type='chat'><body>swallow me</body></message>"
+                       b"<r xmlns='urn:xmpp:sm:3'/>")
+    assert seen == [("out", "alice@localhost/r", "hello"), ("in", "bob@localhost", "hello"),
+                    ("out", "alice@localhost/r", "swallow me")]
+    delivered = output(bob_out)
+    assert "hello" in delivered and "swallow me" not in delivered
+    assert "<a xmlns='urn:xmpp:sm:3' h='3'/>" in output(alice_out)  # presence and both messages
+
+
+def test_features_the_configuration_leaves_out_are_not_there(tmp_path: Path) -> None:
+    """[xmpp.features] disabled: the module's IQ is unanswered (service-unavailable), its disco
+    feature and stream feature are gone; a name no feature has stops the start with one line
+    naming the key (a typo must not leave on what the operator meant to turn off)."""
+    from sns_xmpp.config import C2SConfig, FeaturesConfig, XMPPConfig, parse_config
+    from sns_xmpp.observe import log_gate
+    from sns_xmpp.service import build_server
+
+    clock = MemoryReactorClock()
+    sessions = SessionManager(["localhost"], store=None, clock=clock, route=lambda e: None)  # type: ignore[arg-type]
+    config = XMPPConfig(C2SConfig(), features=FeaturesConfig(disabled=("entity-time", "stream-management")))
+    registry = install_features(sessions, Router(), clock, config=config,  # type: ignore[arg-type]
+                                disabled=config.features.disabled)
+    assert "entity-time" not in registry.installed and "ping" in registry.installed
+    refused = ask(sessions, "<iq type='get' to='localhost' id='t' xmlns='jabber:client'>"
+                            "<time xmlns='urn:xmpp:time'/></iq>")
+    assert refused.error.firstChildElement().name == "service-unavailable"
+    assert "urn:xmpp:time" not in registry.disco_features
+    assert [make("localhost").uri for make in sessions.hooks.features_after_auth] == [
+        "urn:xmpp:features:pre-approval", "urn:ietf:params:xml:ns:xmpp-session"]  # no urn:xmpp:sm:3
+
+    gate = log_gate._minimum[0]  # build_server sets the process's log level
+    try:
+        with pytest.raises(ConfigError) as caught:
+            build_server(parse_config(f'[server]\ndata_dir = "{tmp_path}"\n[xmpp.features]\n'
+                                      'disabled = ["entity-tiem"]\n'), MemoryReactorClock())
+    finally:
+        log_gate._minimum[0] = gate
+    assert str(caught.value).startswith("sns-xmpp: config error at 'xmpp.features.disabled': no feature entity-tiem")
+
+
+def test_disco_on_an_account_answers_the_owner_and_the_contacts_it_shares_presence_with() -> None:
+    """XEP-0030 3.1: the account's bare JID has the identity account/registered and the account
+    features; a stranger hears service-unavailable, as of an account that does not exist."""
+    from twisted.internet import defer
+
+    from sns_xmpp.store.records import RosterItem
+    from sns_xmpp.xmpp.roster import Roster
+
+    routed: list[domish.Element] = []
+    sessions = SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=routed.append)  # type: ignore[arg-type]
+    install_features(sessions)
+    roster = Roster("alice@localhost", {"bob@localhost": RosterItem("bob@localhost", None, (), "from", False, False)})
+    sessions.roster_of_account = (  # type: ignore[method-assign]
+        lambda owner: defer.succeed(roster if owner == "alice@localhost" else None))
+    query = "<query xmlns='http://jabber.org/protocol/disco#info'/>"
+    own = Session()
+    own_query = parseXml(f"<iq type='get' id='1' to='alice@localhost' xmlns='jabber:client'>{query}</iq>")
+    sessions.answer_account_iq(own_query, "alice@localhost", own)  # type: ignore[arg-type]
+    for asker in ("bob@localhost/phone", "eve@localhost/x"):
+        sessions.deliver(parseXml(f"<iq type='get' id='2' from='{asker}' to='alice@localhost' "
+                                  f"xmlns='jabber:client'>{query}</iq>"))
+    answers = [own.sent[0], *routed]
+    [identity] = answers[0].query.elements("http://jabber.org/protocol/disco#info", "identity")
+    assert (identity["category"], identity["type"]) == ("account", "registered")
+    assert [(a["type"], a.getAttribute("to")) for a in answers] == [
+        ("result", None), ("result", "bob@localhost/phone"), ("error", "eve@localhost/x")]
+    assert routed[1].error.firstChildElement().name == "service-unavailable"
+
+
+def test_bind2_inline_actions_are_declared_and_act() -> None:
+    """XEP-0386: a feature says what it can do inside a Bind2 request; stream management's
+    <enable/> inline enables it on the new session and answers <enabled/> for <bound/>."""
+    from tests.unit.test_stream_management import log_in, world
+
+    sessions, factory, _clock = world()
+    _stream, _transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2", sm=False)
+    action = sessions.hooks.inline["urn:xmpp:sm:3"]
+    assert action.feature == "stream-management"
+    answer = action.act(session, parseXml("<enable xmlns='urn:xmpp:sm:3' resume='true'/>"))
+    assert answer is not None and answer.name == "enabled" and answer["resume"] == "true"
+    assert session.ledger is not None
+    again = action.act(session, parseXml("<enable xmlns='urn:xmpp:sm:3'/>"))
+    assert again is not None and again.name == "failed"
+
+
+def test_every_table_is_claimed_and_what_a_feature_keeps_per_account_goes_with_the_account() -> None:
+    """Each table of the schema belongs to the core or to the feature that declared it, and each
+    per-account table cascades from accounts, so that deleting an account (the admin tool)
+    leaves nothing of it behind; checked on the real SQLite schema."""
+    import sqlite3
+
+    from sns_xmpp.store.sqlite import SQLiteDatabase
+
+    sessions = SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=lambda e: None)  # type: ignore[arg-type]
+    install_features(sessions)
+    declared = {storage.table: storage for storage in sessions.hooks.storage}
+    assert {storage.feature for storage in declared.values()} == {"roster", "offline"}
+    database = SQLiteDatabase(":memory:")
+    connection: sqlite3.Connection = database._conn  # the schema as the migrations made it
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if not row[0].startswith("sqlite_")}
+    assert tables - set(declared) == CORE_TABLES
+    for table, storage in declared.items():
+        keys = {(row[2], row[6]) for row in connection.execute(f"PRAGMA foreign_key_list({table})")}
+        assert storage.per_account and ("accounts", "CASCADE") in keys, table
+
+
+CORE_TABLES = {"schema_version", "accounts", "scram_credentials", "social_links", "used_tokens"}
+
+
+def test_feature_modules_write_stanzas_only_through_the_counted_path() -> None:
+    """A stanza a feature writes straight to a stream would slip past XEP-0198's count (the
+    client's honest <a h/> would then look too high): only stream management itself writes its
+    own elements, which are not stanzas, to the stream."""
+    import ast
+    import inspect
+
+    from sns_xmpp.xmpp import features
+
+    for path in Path(inspect.getfile(features)).parent.glob("*.py"):
+        if path.name == "stream_management.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "send" and isinstance(node.value, ast.Attribute):
+                assert node.value.attr != "stream", f"{path.name}:{node.lineno} writes to the stream"
