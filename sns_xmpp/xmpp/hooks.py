@@ -62,10 +62,10 @@ EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE
           PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL,
           SESSION_AVAILABLE, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
 
-ServerIQHandler = Callable[[domish.Element], Any]
+IQHandler = Callable[[domish.Element], Any]
 """(iq) -> the result's child, None for an empty result, a Deferred of either; or raises StanzaError."""
 AccountIQHandler = Callable[[domish.Element, str, "ClientSession | None"], Any]
-"""(iq, owner's bare JID, the owner's asking session or None for anyone else) -> as ServerIQHandler."""
+"""(iq, owner's bare JID, the owner's asking session or None for anyone else) -> as IQHandler."""
 NonzaHandler = Callable[[ClientSession, domish.Element], None]
 BeforeBindHandler = Callable[[ClientStream, LoginResult, domish.Element], None]
 StreamFeature = Callable[[str], "domish.Element | None"]
@@ -97,7 +97,7 @@ class InlineAction:
 
 class Hooks:
     def __init__(self) -> None:
-        self.server_iqs: dict[tuple[str, str], ServerIQHandler] = {}
+        self.server_iqs: dict[tuple[str, str], IQHandler] = {}
         self.account_iqs: dict[tuple[str, str], AccountIQHandler] = {}
         self.nonzas: dict[str, NonzaHandler] = {}
         self.before_bind: dict[tuple[str, str], BeforeBindHandler] = {}

@@ -36,7 +36,6 @@ from sns_xmpp.xmpp.hooks import (
     SESSION_CONNECTION_LOST,
     SESSION_UNBOUND,
     Hooks,
-    ServerIQHandler,
     run,
 )
 from sns_xmpp.xmpp.roster import RosterBook
@@ -51,10 +50,6 @@ from sns_xmpp.xmpp.stanzas import (
 )
 
 log = GatedLogger()
-
-IQHandler = ServerIQHandler
-
-__all__ = ["BindRefused", "ClientSession", "IQHandler", "SessionManager"]
 
 
 class BindRefused(Exception):

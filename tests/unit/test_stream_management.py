@@ -15,9 +15,10 @@ from wokkel.generic import parseXml
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.store.records import OfflineMessage, RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features.stream_management import NS_SM
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT
-from sns_xmpp.xmpp.sessions import ClientSession, SessionManager
+from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
 from tests.unit.featured import featured
 from tests.unit.test_limits import connect, factory_and_clock

@@ -29,8 +29,8 @@ from sns_xmpp.xmpp.hooks import (
     BeforeBindHandler,
     Hooks,
     InlineAction,
+    IQHandler,
     NonzaHandler,
-    ServerIQHandler,
     Storage,
     StreamFeature,
 )
@@ -73,7 +73,7 @@ class FeatureRegistry:
 
     # -- IQs ---------------------------------------------------------------
 
-    def iq(self, namespace: str, name: str, handler: ServerIQHandler) -> None:
+    def iq(self, namespace: str, name: str, handler: IQHandler) -> None:
         """Answer IQs to a hosted domain whose child is ``{namespace}name`` with *handler*: it
         returns the result's child, None for an empty result, a Deferred of either, or raises
         StanzaError."""

@@ -14,7 +14,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
-from sns_xmpp.xmpp.sessions import IQHandler
+from sns_xmpp.xmpp.hooks import IQHandler
 
 NS_TIME = "urn:xmpp:time"
 
