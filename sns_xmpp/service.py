@@ -193,7 +193,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     checker = SocialLoginChecker(store, sites, local, reactor, public_url, salt_key, metrics)
     # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
     pending = PendingLogins(reactor, secret=ensure_secret(config.data_dir / "login-state.key").encode())
-    web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor)
+    web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid)
     try:
         install_features(sessions, router, reactor, config=config.xmpp, sites=web,
                          disabled=config.xmpp.features.disabled)

@@ -3,6 +3,11 @@
 The user name is never cut at '@' to find a local user: the text after the
 last '@' names a site, a hosted domain (the bare-JID form of a local name), or
 nothing we know, which is refused. Linking is by the site's stable account id.
+
+What the login callback hands over is the linked JID itself, with a password that carries the
+patent's account access info and the site's signature (`handover_password`): a client logs in
+as the JID it is bound as, and keeps doing so until the credentials expire (docs/protocol.md,
+"Credentials handed over").
 """
 
 from __future__ import annotations
@@ -36,6 +41,34 @@ SIMPLE_ACCOUNT = re.compile(r"[a-z0-9_.-]{1,64}")
 # A site's SCRAM password is a keyed signature, not a person's choice: more rounds would add cost, not safety.
 SOCIAL_SCRAM_ITERATIONS = 4096
 HASHED_PREFIX = "h-"  # a literal id never keeps it: see social_localpart
+HANDOVER_PREFIX = "sns1:"
+MAX_HANDOVER_CHARS = 16384  # a token (an ID token, a signed request) and its access info, with room
+
+
+def handover_password(site_id: str, identifier: str, token: str) -> str:
+    """The password handed over with the linked JID: ``sns1:<site>:<identifier, base64url>:<token>``.
+
+    It carries the account access info (the identifier: for the hmac sites the account, the
+    session, the expiry and the key id) and the site's signature (the token), so the server can
+    check both from a PLAIN login under the JID's own localpart. Site ids and base64url have no
+    ':', so the token, which comes last, may hold anything."""
+    encoded = base64.urlsafe_b64encode(identifier.encode()).decode().rstrip("=")
+    return f"{HANDOVER_PREFIX}{site_id}:{encoded}:{token}"
+
+
+def parse_handover(password: str) -> tuple[str, str, str] | None:
+    """(site id, identifier, token) of a handed-over password; None for any other password."""
+    if not password.startswith(HANDOVER_PREFIX) or len(password) > MAX_HANDOVER_CHARS:
+        return None
+    parts = password[len(HANDOVER_PREFIX):].split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    site_id, encoded, token = parts
+    try:
+        identifier = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except ValueError:
+        return None
+    return site_id, identifier, token
 
 
 class BearerFailed(AuthenticationFailed):
@@ -160,6 +193,11 @@ class SocialLoginChecker:
     # -- PLAIN ------------------------------------------------------------------
 
     def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str) -> Deferred[LoginResult]:
+        handed = parse_handover(password)
+        if handed is not None:
+            named = _named_social_jid(authcid, domain)
+            if named is not None:  # a social JID's localpart (local names hold no backslash)
+                return defer.ensureDeferred(self._handed_over(named, handed, authzid, domain))
         social = split_social(authcid, domain)
         if social is None:
             return self.local.check_plain(authcid, password, authzid, domain)
@@ -169,21 +207,42 @@ class SocialLoginChecker:
                       method: str) -> LoginResult:
         identifier, site_id = social
         site = self._site(site_id)
-        now = self.clock.seconds()
+        handed = parse_handover(token)
+        if handed is not None:
+            # A handed-over password under the older user name: the same site and identifier.
+            if handed[:2] != (site_id, identifier):
+                raise _other_account(site_id)
+            token = handed[2]
+        return await self._open(site, await self._verified(site, identifier, token), authzid, domain, method,
+                                f"{identifier}@{site_id}")
+
+    async def _handed_over(self, named_jid: str, handed: tuple[str, str, str], authzid: str | None,
+                           domain: str) -> LoginResult:
+        """A PLAIN login as the JID the callback handed over, with its hand-over password."""
+        site_id, identifier, token = handed
+        site = self._site(site_id)
+        return await self._open(site, await self._verified(site, identifier, token), authzid, domain, "PLAIN",
+                                f"{identifier}@{site_id}", named_jid)
+
+    async def _verified(self, site: ISite, identifier: str, token: str) -> VerifiedAccount:
         try:
             site.parse_identifier(identifier)
-            account: VerifiedAccount = await site.verify(identifier, token, now)
+            account: VerifiedAccount = await site.verify(identifier, token, self.clock.seconds())
         except SiteRejection as rejection:
-            raise self._refused(site_id, rejection) from None
-        return await self._open(site, account, authzid, domain, method, f"{identifier}@{site_id}")
+            raise self._refused(site.site_id, rejection) from None
+        return account
 
     async def _open(self, site: ISite, account: VerifiedAccount, authzid: str | None, domain: str, method: str,
-                    identity: str | None) -> LoginResult:
+                    identity: str | None, named_jid: str | None = None) -> LoginResult:
         now = self.clock.seconds()
+        jid = await self._linked_jid(site.site_id, account.account, domain, now)
+        if named_jid is not None and named_jid not in (jid, _social_jid(identity, domain)):
+            # The user name is another account's (its linked JID, or the older identity form):
+            # refused before a single-use token is spent.
+            raise _other_account(site.site_id)
         if site.single_use and not await self.store.remember_token(site.site_id, account.token_digest,
                                                                    account.expires, now):
             raise self._refused(site.site_id, SiteRejection(Rejection.REPLAYED, "these credentials were used"))
-        jid = await self._linked_jid(site.site_id, account.account, domain, now)
         allowed = {jid}
         if identity is not None:
             allowed |= {identity, f"{escape_node(identity)}@{domain}"}
@@ -193,8 +252,13 @@ class SocialLoginChecker:
                  method=method)
         return LoginResult(jid=jid, method=method, site=site.site_id)
 
+    def linked_jid(self, site_id: str, account: str, domain: str) -> Deferred[str]:
+        """The XMPP user (site, account) is linked to, made on the first call: what the login
+        callback hands over, so that it is exactly the JID the client will be bound as."""
+        return defer.ensureDeferred(self._linked_jid(site_id, account, domain, self.clock.seconds()))
+
     async def _linked_jid(self, site_id: str, account: str, domain: str, now: float) -> str:
-        link = await self.store.social_login(site_id, account, _candidate_jids(site_id, account, domain), now)
+        link = await self.store.social_login(site_id, account, candidate_jids(site_id, account, domain), now)
         if link is None:
             raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
         if link.last_login is None:
@@ -246,6 +310,35 @@ class SocialLoginChecker:
         raise BearerFailed("no configured provider issued this token", discovery)
 
 
+def _social_jid(identity: str | None, domain: str) -> str | None:
+    """The JID form of a social identity ``<identifier>@<site>``: ``<identifier>\\40<site>@<domain>``."""
+    if identity is None:
+        return None
+    try:
+        return parse_jid(f"{escape_node(identity)}@{domain}").userhost()
+    except InvalidFormat:
+        return None
+
+
+def _named_social_jid(authcid: str, domain: str) -> str | None:
+    """The prepared bare JID a user name names when it is a social JID (its localpart, or the bare
+    JID at *domain*): one whose localpart holds a backslash, which no local name may."""
+    node = before_domain(authcid, domain)
+    if node is None:
+        node = authcid
+    if "@" in node or "\\" not in node:
+        return None
+    try:
+        return parse_jid(f"{node}@{domain}").userhost()
+    except InvalidFormat:
+        return None
+
+
+def _other_account(site_id: str) -> AuthenticationFailed:
+    return AuthenticationFailed("not-authorized", "these credentials belong to another account",
+                                site=site_id, reason="other-account")
+
+
 def _unverified_issuer(token: str) -> str | None:
     """The ``iss`` claim, only to pick the provider that will then verify everything."""
     parts = token.split(".")
@@ -259,7 +352,7 @@ def _unverified_issuer(token: str) -> str | None:
     return issuer if isinstance(issuer, str) else None
 
 
-def _candidate_jids(site_id: str, account: str, domain: str) -> Iterator[str]:
+def candidate_jids(site_id: str, account: str, domain: str) -> Iterator[str]:
     """The JIDs a first login may get, in order; made only if the store needs them (a repeat
     login, the usual case, does not)."""
     base = social_localpart(site_id, account)

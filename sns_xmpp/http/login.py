@@ -2,15 +2,16 @@
 
 ``GET /login-using-<site>`` answers 302 to the site's login page, with a
 single-use state bound to the browser by a cookie; ``GET /callback/<site>``
-checks both, lets the site finish its flow and hands over the XMPP user name
-and password, as HTML for people or JSON for clients that ask for it.
+checks both, lets the site finish its flow and hands over the XMPP credentials
+(the JID the account is linked to, and a password carrying the site's signed
+access info), as HTML for people or JSON for clients that ask for it.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -19,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
+from sns_xmpp.auth.social import handover_password
 from sns_xmpp.http.pending import PendingLogins, StateProblem
-from sns_xmpp.jid import escape_node
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import (
     IBearerSite,
@@ -33,6 +34,10 @@ from sns_xmpp.sites.interface import (
 from sns_xmpp.sites.registry import SiteRegistry
 
 log = GatedLogger()
+
+Linker = Callable[[str, str, str], "Deferred[str]"]
+"""(site id, account id, domain) -> the JID the account is linked to, made if new
+(`auth.social.SocialLoginChecker.linked_jid`)."""
 
 STATE_COOKIE = b"sns_xmpp_login"
 PAGE = """<!doctype html>
@@ -82,7 +87,8 @@ class SocialWeb:
     """What the pages share: the sites, the pending logins and the public addresses."""
 
     def __init__(self, sites: SiteRegistry, pending: PendingLogins, public_url: str, xmpp_domain: str,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, link: Linker) -> None:
+        self.link = link
         self.sites = sites
         self.pending = pending
         self.public_url = public_url
@@ -241,9 +247,23 @@ class Callback(resource.Resource):
             return self._refuse(request, str(problem))
         request.addCookie(STATE_COOKIE, b"", path=f"/callback/{self.site.site_id}".encode(), max_age=b"0")
         d: Deferred[Any] = self.site.finish_login(params, entry.data, self.web.clock.seconds())
-        d.addCallbacks(lambda credentials: self._hand_over(request, credentials),
+        d.addCallback(self._linked)
+        d.addCallbacks(lambda handed: self._hand_over(request, *handed),
                        lambda reason: self._failed(request, reason))
         return server.NOT_DONE_YET
+
+    def _linked(self, credentials: SocialCredentials) -> Deferred[tuple[SocialCredentials, str]]:
+        """The credentials and the JID their account is linked to (made now on a first login), so
+        that the JID handed over is exactly the one the client will be bound as."""
+        identifier = credentials.username.rpartition("@")[0]
+        if credentials.account is not None:
+            account: Deferred[Any] = Deferred()
+            account.callback(credentials.account)
+        else:  # a plugin that does not say: its own verification names the account
+            account = self.site.verify(identifier, credentials.password, self.web.clock.seconds())
+            account.addCallback(lambda verified: verified.account)
+        account.addCallback(lambda account_id: self.web.link(self.site.site_id, account_id, self.web.xmpp_domain))
+        return account.addCallback(lambda jid: (credentials, jid))
 
     def render_POST(self, request: Request) -> bytes | int:
         """The same hand-over as GET, with the fields in the body, out of URLs, history and logs.
@@ -281,22 +301,22 @@ class Callback(resource.Resource):
             request.write(self._refuse(request, "the site could not be reached", 503))
         request.finish()
 
-    def _hand_over(self, request: Request, credentials: SocialCredentials) -> None:
-        jid = f"{escape_node(credentials.username)}@{self.web.xmpp_domain}"
+    def _hand_over(self, request: Request, credentials: SocialCredentials, jid: str) -> None:
+        identifier = credentials.username.rpartition("@")[0]
+        password = handover_password(self.site.site_id, identifier, credentials.password)
         log.info("http.callback_ok site={site}", site=self.site.site_id)
         if _wants_json(request):
-            request.write(_json(request, {"username": credentials.username, "password": credentials.password,
-                                          "jid": jid, "expires": credentials.expires,
-                                          "display_name": credentials.display_name}))
+            request.write(_json(request, {"jid": jid, "password": password, "expires": credentials.expires,
+                                          "display_name": credentials.display_name,
+                                          # The older pair, the site's own token under its identifier:
+                                          "username": credentials.username, "token": credentials.password}))
         else:
             greeting = (f"<p>Welcome, {html.escape(credentials.display_name)}.</p>"
                         if credentials.display_name else "")
             body = (
                 greeting + "<p>Log in with any XMPP client using:</p><dl>"
                 f"<dt>JID</dt><dd><code>{html.escape(jid)}</code></dd>"
-                f"<dt>or user name</dt><dd><code>{html.escape(credentials.username)}</code> "
-                f"on server <code>{html.escape(self.web.xmpp_domain)}</code></dd>"
-                f"<dt>Password</dt><dd><code>{html.escape(credentials.password)}</code></dd></dl>"
+                f"<dt>Password</dt><dd><code>{html.escape(password)}</code></dd></dl>"
                 "<p>These credentials expire; come back here for fresh ones.</p>")
             request.write(_page(request, f"Logged in with {self.site.display_name}", body))
         request.finish()

@@ -12,12 +12,14 @@ from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
+from sns_xmpp.auth.social import candidate_jids, handover_password
 from sns_xmpp.config import Config
-from sns_xmpp.jid import escape_node
 from sns_xmpp.reactors import IServerReactor, ISiteReactor
 from sns_xmpp.sites.hmac import HmacSite
 from sns_xmpp.sites.interface import IBearerSite, SiteContext
 from sns_xmpp.sites.registry import load_sites
+from sns_xmpp.store.composite import social_login
+from sns_xmpp.store.opening import database_opener
 
 
 class ToolError(Exception):
@@ -86,17 +88,29 @@ def _hmac_site(config: Config, site_id: str) -> HmacSite:
 
 
 def mint(config: Config, site_id: str, account: str, lifetime: int, as_json: bool, stdout: TextIO) -> None:
+    """Sign credentials as the site would, and hand them over as the login callback does: the JID
+    the account is linked to (linked now if new) and the password carrying the access info."""
     site = _hmac_site(config, site_id)
+    now = time.time()
     try:
-        identifier, token = site.mint(account, secrets.token_hex(8), int(time.time()) + lifetime)
+        identifier, token = site.mint(account, secrets.token_hex(8), int(now) + lifetime)
     except ValueError as error:
         raise ToolError(str(error)) from None
-    username = f"{identifier}@{site_id}"
-    jid = f"{escape_node(username)}@{config.server.domains[0]}"
+    domain = config.server.domains[0]
+    database = database_opener(config)()
+    try:
+        link = social_login(database, site_id, account, candidate_jids(site_id, account, domain), now)
+    finally:
+        database.close()
+    if link is None:
+        raise ToolError(f"no free JID for {account} on {site_id}")
+    username, password = f"{identifier}@{site_id}", handover_password(site_id, identifier, token)
     if as_json:
-        print(json.dumps({"username": username, "password": token, "jid": jid}), file=stdout)
+        print(json.dumps({"jid": link.jid, "password": password, "username": username, "token": token}),
+              file=stdout)
     else:
-        print(f"username: {username}\npassword: {token}\njid:      {jid}", file=stdout)
+        print(f"jid:      {link.jid}\npassword: {password}\n(or the older pair)\n"
+              f"username: {username}\ntoken:    {token}", file=stdout)
 
 
 def rotate_key(config: Config, site_id: str, stdout: TextIO, today: str) -> None:

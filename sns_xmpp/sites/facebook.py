@@ -123,7 +123,8 @@ class FacebookSite:
             return defer.fail(SiteRejection(Rejection.MALFORMED, "no signed request"))
 
         def credentials(account: VerifiedAccount) -> SocialCredentials:
-            return SocialCredentials(f"{user_id}@{self.site_id}", signed_request, account.expires)
+            return SocialCredentials(f"{user_id}@{self.site_id}", signed_request, account.expires,
+                                     account=account.account)
 
         return self.verify(user_id, signed_request, now).addCallback(credentials)
 

@@ -165,7 +165,7 @@ class HmacSite:
         identifier, token = params.get("identifier", ""), params.get("signature", "")
 
         def credentials(account: VerifiedAccount) -> SocialCredentials:
-            return SocialCredentials(f"{identifier}@{self.site_id}", token, account.expires)
+            return SocialCredentials(f"{identifier}@{self.site_id}", token, account.expires, account=account.account)
 
         return self.verify(identifier, token, now).addCallback(credentials)
 

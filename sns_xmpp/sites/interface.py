@@ -105,9 +105,12 @@ class SocialCredentials:
     """What the callback hands to the person or client: the XMPP user name and password."""
 
     username: str  # "<identifier>@<site_id>"
-    password: str
+    password: str  # the site's token for that identifier
     expires: float
     display_name: str | None = None  # the person's name at the site, when it told us one
+    # The site's stable account id (VerifiedAccount.account), which the server links to the XMPP
+    # user it hands over; None: the server verifies the credentials again to learn it.
+    account: str | None = None
 
 
 @dataclass(frozen=True)

@@ -457,7 +457,7 @@ class OIDCSite:
             name = await self._learn_name(account.account, access_token)
         log.info("oidc.login_finished site={site}", site=self.site_id)
         return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
-                                 expires=account.expires, display_name=name)
+                                 expires=account.expires, display_name=name, account=account.account)
 
     def _token_auth_method(self, metadata: ProviderMetadata) -> str:
         """The configured method, or (``auto``) client_secret_basic, the default of OpenID Connect Discovery

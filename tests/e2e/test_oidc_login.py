@@ -54,7 +54,7 @@ async def test_authorization_code_flow_then_xmpp_login_and_bearer(start_server, 
         client = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
         await wait(client.log_in(server.c2s_port))
         linked = client.boundjid.bare
-        assert linked.endswith("\\40idp@localhost")
+        assert linked.endswith("\\40idp@localhost") and linked == credentials["jid"]
         await wait(client.log_out())
         [link] = await server.store.list_links(site="idp")
         assert (link.account, link.jid) == ("User-42", linked)

@@ -71,13 +71,13 @@ async def test_patent_flow_with_the_demo_site_then_chat_with_a_local_user(server
     server = server_on_each_store
     credentials = await demo_credentials(server, "alice")
     assert credentials["username"].startswith("alice.") and credentials["username"].endswith("@demo")
-    assert credentials["jid"] == credentials["username"].replace("@demo", "\\40demo") + "@localhost"
+    assert credentials["jid"] == "alice\\40demo@localhost"  # the linked user, made at the hand-over
 
     await server.add_user("bob@localhost", "secret")
     bob = Client("bob@localhost", "secret")
     await wait(bob.log_in(server.c2s_port))
-    # The JID form a client is configured with (XEP-0106) ...
-    alice = Client(credentials["jid"], credentials["password"])
+    # The JID a client is configured with, and the password handed over with it ...
+    alice = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
     await wait(alice.log_in(server.c2s_port))
     assert alice.boundjid.bare == "alice\\40demo@localhost"
     alice.send_message(mto="bob@localhost", mbody="hi from a social account", mtype="chat")
@@ -87,10 +87,11 @@ async def test_patent_flow_with_the_demo_site_then_chat_with_a_local_user(server
     assert (await wait(alice.next_message()))["body"] == "welcome"
     await wait(alice.log_out())
 
-    # ... and the plain user name, with fresh credentials: the same linked user, one link row.
+    # ... and the older user name with the site's own token, from fresh credentials: the same
+    # linked user, one link row.
     again = await demo_credentials(server, "alice")
     assert again["password"] != credentials["password"]
-    alice = Client("ignored@localhost", again["password"], username=again["username"])
+    alice = Client("ignored@localhost", again["token"], username=again["username"])
     await wait(alice.log_in(server.c2s_port))
     assert alice.boundjid.bare == "alice\\40demo@localhost"
     links = await server.store.list_links(site="demo")
@@ -119,10 +120,13 @@ async def test_stream_features_list_the_sites_before_authentication(server) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_a_scram_only_client_logs_in_socially(server) -> None:
-    """libstrophe-style clients pick SCRAM-SHA-1 and never fall back: the server recomputes the password."""
+    """libstrophe-style clients pick SCRAM-SHA-1 and never fall back: with the older user name and
+    the site's own token, the server recomputes the password (the handed-over JID, which does not
+    carry the access info, names itself in the stream header instead: tests/e2e/test_handover.py)."""
     credentials = await demo_credentials(server, "carol")
     for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
-        client = Client(credentials["jid"], credentials["password"], mechanism=mechanism)
+        client = Client("ignored@localhost", credentials["token"], mechanism=mechanism,
+                        username=credentials["username"])
         await wait(client.log_in(server.c2s_port))
         assert client.boundjid.bare == "carol\\40demo@localhost"
         await wait(client.log_out())
@@ -219,7 +223,7 @@ async def test_social_users_exist_while_offline(server) -> None:
     """Messages wait for a social user, and a subscription with a local user survives both going offline."""
     await server.add_user("bob@localhost", "secret")
     first = await demo_credentials(server, "frank")
-    frank = Client(first["jid"], first["password"])
+    frank = Client(first["jid"], first["password"], mechanism="PLAIN")
     await wait(frank.log_in(server.c2s_port))
     frank_jid = frank.boundjid.bare
     bob = Client("bob@localhost", "secret")
@@ -248,7 +252,7 @@ async def test_social_users_exist_while_offline(server) -> None:
     assert await server.store.count_offline(frank_jid) == 1
 
     later = await demo_credentials(server, "frank")
-    frank = Client(later["jid"], later["password"])
+    frank = Client(later["jid"], later["password"], mechanism="PLAIN")
     await wait(frank.log_in(server.c2s_port))
     assert (await wait(frank.next_message()))["body"] == "while you were away"
     assert frank.client_roster["bob@localhost"]["subscription"] == "from"
@@ -311,7 +315,7 @@ async def test_no_token_or_password_reaches_the_log(server) -> None:
     globalLogPublisher.addObserver(events.append)
     try:
         credentials = await demo_credentials(server, "hank")
-        client = Client(credentials["jid"], credentials["password"])
+        client = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
         await wait(client.log_in(server.c2s_port))
         await wait(client.log_out())
         bad_password = credentials["password"][::-1]
@@ -325,14 +329,15 @@ async def test_no_token_or_password_reaches_the_log(server) -> None:
     text = "\n".join(formatEvent(event) + repr(event) for event in events)
     assert "auth.social_login" in text
     demo_key = (server.server.config.data_dir / "demo-site.key").read_text().strip()
-    for secret in (credentials["password"], bad_password, "ivy-password-123", "ivy-wrong-password-456", demo_key):
+    for secret in (credentials["password"], credentials["token"], bad_password, "ivy-password-123",
+                   "ivy-wrong-password-456", demo_key):
         assert secret not in text
 
 
 @pytest_twisted.ensureDeferred
 async def test_metrics_count_social_logins_by_site_and_result_and_health_is_ok(server) -> None:
     credentials = await demo_credentials(server, "kim")
-    client = Client(credentials["jid"], credentials["password"])
+    client = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
     await wait(client.log_in(server.c2s_port))
     client.send_message(mto=client.boundjid.bare, mbody="note to self", mtype="chat")
     await wait(client.next_message())

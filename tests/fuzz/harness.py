@@ -474,7 +474,8 @@ class World:
                                        max_resources=10)
         for domain in DOMAINS:
             self.router.addRoute(domain, LocalRoute(self.sessions.deliver))
-        self.web = SocialWeb(self.sites, PendingLogins(self.clock), PUBLIC_URL, DOMAINS[0], self.clock)
+        self.web = SocialWeb(self.sites, PendingLogins(self.clock), PUBLIC_URL, DOMAINS[0], self.clock,
+                             self.checker.linked_jid)
         install_features(self.sessions, self.router, self.clock, sites=self.web)
         for user, password in PASSWORDS.items():
             self.database.create_account(f"{user}@localhost", derive_all(password), START)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.cred.credentials import UsernamePassword
 
+from sns_xmpp.auth.social import parse_handover
 from sns_xmpp.ops.admin import AdminError, run
 from sns_xmpp.ops.manhole import PasswordHashChecker
 from sns_xmpp.sites.hmac import make_hmac_site
@@ -72,8 +73,10 @@ def test_mint_signs_what_the_site_accepts(config: Path, tmp_path: Path) -> None:
                           SiteContext(None, "http://h", tmp_path, ("localhost",)))
     import time
 
-    assert site.check(identifier, minted["password"], time.time()).account == "carol"
-    assert minted["jid"] == f"{identifier}\\40sns@localhost"
+    assert site.check(identifier, minted["token"], time.time()).account == "carol"
+    # Handed over as the login callback does: the linked user, and the access info in the password.
+    assert minted["jid"] == "carol\\40sns@localhost" == admin(config, "links", "lookup", "sns", "carol").strip()
+    assert parse_handover(minted["password"]) == ("sns", identifier, minted["token"])
     with pytest.raises(Exception, match="not a demo or hmac site"):
         admin(config, "mint", "fb", "carol")
 

@@ -39,9 +39,15 @@ class World:
             "other": {"plugin": "hmac", "keys": {"k1": KEY},
                       "login_url": "https://other.example/login?r={callback}&state={state}"},
         }, context)
+        self.linked: list[tuple[str, str, str]] = []
         self.web = SocialWeb(self.sites, PendingLogins(self.clock, secret=b"s" * 32), public_url, "localhost",
-                             self.clock)
+                             self.clock, self.link)
         self.site: Site = web_site(Root(self.web), self.clock)
+
+    def link(self, site_id: str, account: str, domain: str) -> defer.Deferred[str]:
+        """The link table, as the checker keeps it: a new user per (site, account)."""
+        self.linked.append((site_id, account, domain))
+        return defer.succeed(f"{account}\\40{site_id}-{len(self.linked)}@{domain}")
 
     def start(self, site_id: str = "sns", host: str = HONEST) -> tuple[str, str, Response]:
         """A login entry: (state, cookie header value, the answer)."""
@@ -204,3 +210,24 @@ def test_pending_data_too_large_for_a_cookie_is_a_clear_500_not_a_hung_request(t
     answer = request(world.site, "GET", "/login-using-sns")
     assert answer.code == 500
     assert "set-cookie" not in answer.headers
+
+
+def test_the_callback_hands_over_the_linked_jid_with_a_password_that_carries_the_access_info(
+        tmp_path: Path) -> None:
+    """The JID handed over is the one the link table binds (here a '-1' user, as after a collision),
+    not one derived from the identifier; the password carries the site, the account access info
+    and its signature, which the XMPP side checks under that JID (issue 15)."""
+    import json
+
+    from sns_xmpp.auth.social import parse_handover
+
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    signed = world.signed()
+    answer = world.callback({**signed, "state": state}, cookie)
+    assert answer.code == 200, answer.body
+    document = json.loads(answer.body)
+    assert world.linked == [("sns", "alice", "localhost")]
+    assert document["jid"] == "alice\\40sns-1@localhost"
+    assert parse_handover(document["password"]) == ("sns", signed["identifier"], signed["signature"])
+    assert (document["username"], document["token"]) == (f"{signed['identifier']}@sns", signed["signature"])

@@ -229,3 +229,35 @@ def test_both_checkers_provide_the_checker_interface(tmp_path: Path) -> None:
     social = SocialLoginChecker(None, sites, local, Clock(), "http://h", b"k")  # type: ignore[arg-type]
     assert verifyObject(ILoginChecker, social)
     assert verifyObject(IBearerChecker, social)  # what OAUTHBEARER asks of it (xmpp/sasl.py)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_handed_over_jid_logs_in_with_its_password_and_no_other_account_can(tmp_path: Path) -> None:
+    """Issue 15's stable identity: the callback hands over the linked JID (here a '-2' user, the
+    first one being taken) and a password carrying the site, the access info and the signature.
+    That pair logs in, as the localpart or the bare JID, twice, bound to exactly that JID; the
+    older user name takes the same password; a password of another account is refused under this
+    JID, and this one under another account's user name."""
+    from sns_xmpp.auth.social import handover_password
+
+    async def work(checker, sites, store) -> None:  # type: ignore[no-untyped-def]
+        await store.create_account("zoe\\40sns@localhost", [], 1.0)  # taken: the link makes a -2
+        site = sites.get("sns")
+        identifier, token = site.mint("zoe", "s1", 1500)
+        jid = await checker.linked_jid("sns", "zoe", "localhost")
+        assert jid == "zoe\\40sns-2@localhost"
+        password = handover_password("sns", identifier, token)
+        for user_name in ("zoe\\40sns-2", "zoe\\40sns-2@localhost", "Zoe\\40SNS-2", f"{identifier}@sns"):
+            assert (await checker.check_plain(user_name, password, None, "localhost")).jid == jid, user_name
+        other_identifier, other_token = site.mint("yves", "s1", 1500)
+        await checker.linked_jid("sns", "yves", "localhost")
+        with pytest.raises(AuthenticationFailed, match="another account"):
+            await checker.check_plain("zoe\\40sns-2", handover_password("sns", other_identifier, other_token),
+                                      None, "localhost")
+        with pytest.raises(AuthenticationFailed, match="another account"):
+            await checker.check_plain(f"{other_identifier}@sns", password, None, "localhost")
+        stale = handover_password("sns", *site.mint("zoe", "s2", 900))  # expired at 900, now 1000
+        with pytest.raises(AuthenticationFailed, match="^expired"):
+            await checker.check_plain("zoe\\40sns-2", stale, None, "localhost")
+
+    await _with_checker(tmp_path, work)
