@@ -23,6 +23,7 @@ from sns_xmpp.store.interface import SchemaTooNewError
 from sns_xmpp.store.records import (
     Account,
     OfflineMessage,
+    Revocation,
     RosterItem,
     ScramCredential,
     SocialLink,
@@ -40,6 +41,7 @@ __all__ = [
     "migrate",
     "offline_from_row",
     "postgres_placeholders",
+    "revocation_from_row",
     "roster_item_from_row",
     "roster_item_params",
     "schema_too_new",
@@ -78,6 +80,7 @@ SQL_DELETE_ACCOUNT_DATA = (
     "DELETE FROM subscription_requests WHERE owner = ?",
     "DELETE FROM offline_messages WHERE owner = ?",
     "DELETE FROM social_links WHERE jid = ?",
+    "DELETE FROM revocations WHERE jid = ?",
 )
 SQL_DELETE_ACCOUNT = "DELETE FROM accounts WHERE jid = ?"
 SQL_LIST_ACCOUNTS = "SELECT jid FROM accounts ORDER BY jid"
@@ -125,14 +128,22 @@ SQL_OFFLINE_USAGE = "SELECT COUNT(*), COALESCE(SUM(LENGTH(stanza)), 0) FROM offl
 
 # -- social links ---------------------------------------------------------
 
-SQL_GET_LINK = "SELECT site, account, jid, created_at, last_login FROM social_links WHERE site = ? AND account = ?"
+SQL_GET_LINK = (
+    "SELECT site, account, jid, created_at, last_login, revoked_at FROM social_links WHERE site = ? AND account = ?"
+)
 SQL_INSERT_LINK = (
     "INSERT INTO social_links (site, account, jid, created_at, last_login)"
     " VALUES (?, ?, ?, ?, NULL) ON CONFLICT (site, account) DO NOTHING"
 )
 SQL_TOUCH_LINK = "UPDATE social_links SET last_login = ? WHERE site = ? AND account = ?"
 SQL_REMOVE_LINK = "DELETE FROM social_links WHERE site = ? AND account = ?"
-SQL_LIST_LINKS = "SELECT site, account, jid, created_at, last_login FROM social_links"
+SQL_LIST_LINKS = "SELECT site, account, jid, created_at, last_login, revoked_at FROM social_links"
+SQL_REVOKE_LINKS = "UPDATE social_links SET revoked_at = ? WHERE jid = ?"
+SQL_REVOKE_LINK = "UPDATE social_links SET revoked_at = ? WHERE site = ? AND account = ? RETURNING jid"
+SQL_REINSTATE_LINK = "UPDATE social_links SET revoked_at = NULL WHERE site = ? AND account = ?"
+SQL_RECORD_REVOCATION = "INSERT INTO revocations (jid, reason, at) VALUES (?, ?, ?) RETURNING id"
+SQL_REVOCATIONS_AFTER = "SELECT id, jid, reason, at FROM revocations WHERE id > ? ORDER BY id LIMIT ?"
+SQL_LAST_REVOCATION = "SELECT COALESCE(MAX(id), 0) FROM revocations"
 SQL_LIST_LINKS_ORDER = " ORDER BY site, account"
 
 # -- replay protection ----------------------------------------------------
@@ -301,7 +312,12 @@ def offline_from_row(row: Sequence[Any]) -> OfflineMessage:
 
 
 def link_from_row(row: Sequence[Any]) -> SocialLink:
-    return SocialLink(site=row[0], account=row[1], jid=row[2], created_at=row[3], last_login=row[4])
+    return SocialLink(site=row[0], account=row[1], jid=row[2], created_at=row[3], last_login=row[4],
+                      revoked_at=row[5])
+
+
+def revocation_from_row(row: Sequence[Any]) -> Revocation:
+    return Revocation(id=int(row[0]), jid=row[1], reason=row[2], at=row[3])
 
 
 class AbandonTransaction(Exception):
@@ -374,6 +390,15 @@ class Database(Protocol):
     def list_links(self, site: str | None = None, jid: str | None = None) -> list[SocialLink]: ...
 
     def remove_link(self, site: str, account: str) -> bool: ...
+
+    def revoke(self, jid: str, reason: str, now: float, site: str | None = None,
+               account: str | None = None) -> int | None: ...
+
+    def reinstate_link(self, site: str, account: str) -> None: ...
+
+    def revocations_after(self, last_id: int, limit: int = 1000) -> list[Revocation]: ...
+
+    def last_revocation_id(self) -> int: ...
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> bool: ...
 

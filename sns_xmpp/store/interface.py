@@ -17,6 +17,7 @@ from zope.interface import Interface
 from sns_xmpp.store.records import (
     Account,
     OfflineMessage,
+    Revocation,
     RosterItem,
     ScramCredential,
     SocialLink,
@@ -190,6 +191,24 @@ class IStore(Interface):
 
         False if there was no such link.
         """
+
+    # -- revocation ---------------------------------------------------------
+
+    def revoke(jid: str, reason: str, now: float, site: str | None = None,
+               account: str | None = None) -> Deferred[int | None]:
+        """Revoke the account's links (or, with *site* and *account*, that one link, whichever
+        account it names) and record a revocation that the running servers read to end its live
+        sessions; the revocation's id, or None if there was no such account or link. A revoked
+        link stays: the same site account comes back to the same user (``reinstate_link``)."""
+
+    def reinstate_link(site: str, account: str) -> Deferred[None]:
+        """Clear the link's revocation (a login with credentials issued after it)."""
+
+    def revocations_after(last_id: int, limit: int = 1000) -> Deferred[list[Revocation]]:
+        """Revocations recorded after *last_id*, oldest first, at most *limit*."""
+
+    def last_revocation_id() -> Deferred[int]:
+        """The newest revocation's id (0 if none): where a starting server begins to read."""
 
     # -- replay protection ------------------------------------------------
 

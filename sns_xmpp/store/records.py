@@ -71,3 +71,17 @@ class SocialLink:
     jid: str
     created_at: float
     last_login: float | None
+    # Set when the link was revoked (unlinked, logged out everywhere): only credentials the site
+    # issued after this log in again, and such a login clears it (same user, same roster).
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One revocation of an account's links, in the order recorded: what the running servers
+    read to end the account's live sessions."""
+
+    id: int
+    jid: str
+    reason: str
+    at: float

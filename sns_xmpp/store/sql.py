@@ -30,6 +30,7 @@ from sns_xmpp.store.common import (
     SQL_INSERT_ACCOUNT,
     SQL_INSERT_CREDENTIAL,
     SQL_INSERT_LINK,
+    SQL_LAST_REVOCATION,
     SQL_LIST_ACCOUNTS,
     SQL_LIST_ACCOUNTS_AT,
     SQL_LIST_REQUESTS,
@@ -37,9 +38,14 @@ from sns_xmpp.store.common import (
     SQL_OFFLINE_MESSAGES,
     SQL_OFFLINE_USAGE,
     SQL_PUT_ROSTER_ITEM,
+    SQL_RECORD_REVOCATION,
+    SQL_REINSTATE_LINK,
     SQL_REMOVE_LINK,
     SQL_REMOVE_REQUEST,
     SQL_REMOVE_ROSTER_ITEM,
+    SQL_REVOCATIONS_AFTER,
+    SQL_REVOKE_LINK,
+    SQL_REVOKE_LINKS,
     SQL_TOUCH_LINK,
     AbandonTransaction,
     account_from_rows,
@@ -47,11 +53,12 @@ from sns_xmpp.store.common import (
     link_from_row,
     list_links_sql,
     offline_from_row,
+    revocation_from_row,
     roster_item_from_row,
     roster_item_params,
 )
 from sns_xmpp.store.interface import JidTakenError
-from sns_xmpp.store.records import Account, OfflineMessage, RosterItem, ScramCredential, SocialLink
+from sns_xmpp.store.records import Account, OfflineMessage, Revocation, RosterItem, ScramCredential, SocialLink
 
 
 class SQLDatabase(ABC):
@@ -212,3 +219,34 @@ class SQLDatabase(ABC):
     def remove_link(self, site: str, account: str) -> bool:
         with self._write() as cursor:
             return bool(cursor.execute(self._sql(SQL_REMOVE_LINK), (site, account)).rowcount == 1)
+
+    # -- revocation -------------------------------------------------------
+
+    def revoke(self, jid: str, reason: str, now: float, site: str | None = None,
+               account: str | None = None) -> int | None:
+        """Revoke *jid*'s links (with *site* and *account*: that one link, whoever it names) and
+        record the revocation, in one transaction; its id, or None if there was nothing to revoke
+        (no such link; with no link at all, an account is still revoked: its sessions end)."""
+        with self._write() as cursor:
+            if site is not None and account is not None:
+                row = cursor.execute(self._sql(SQL_REVOKE_LINK), (now, site, account)).fetchone()
+                if row is None:
+                    return None
+                jid = row[0]
+            else:
+                cursor.execute(self._sql(SQL_REVOKE_LINKS), (now, jid))
+            found = cursor.execute(self._sql(SQL_ACCOUNT_EXISTS), (jid,)).fetchone()
+            if found is None:
+                return None
+            recorded = cursor.execute(self._sql(SQL_RECORD_REVOCATION), (jid, reason, now)).fetchone()
+            return int(recorded[0])
+
+    def reinstate_link(self, site: str, account: str) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_REINSTATE_LINK), (site, account))
+
+    def revocations_after(self, last_id: int, limit: int = 1000) -> list[Revocation]:
+        return [revocation_from_row(row) for row in self._read(self._sql(SQL_REVOCATIONS_AFTER), (last_id, limit))]
+
+    def last_revocation_id(self) -> int:
+        return int(self._read(self._sql(SQL_LAST_REVOCATION), ())[0][0])

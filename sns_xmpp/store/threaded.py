@@ -23,6 +23,7 @@ from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableE
 from sns_xmpp.store.records import (
     Account,
     OfflineMessage,
+    Revocation,
     RosterItem,
     ScramCredential,
     SocialLink,
@@ -384,6 +385,19 @@ class ThreadedStore(Service):
 
     def remove_link(self, site: str, account: str) -> Deferred[bool]:
         return self._call(lambda db: db.remove_link(site, account))
+
+    def revoke(self, jid: str, reason: str, now: float, site: str | None = None,
+               account: str | None = None) -> Deferred[int | None]:
+        return self._call(lambda db: db.revoke(jid, reason, now, site, account))
+
+    def reinstate_link(self, site: str, account: str) -> Deferred[None]:
+        return self._call(lambda db: db.reinstate_link(site, account))
+
+    def revocations_after(self, last_id: int, limit: int = 1000) -> Deferred[list[Revocation]]:
+        return self._read(lambda db: db.revocations_after(last_id, limit))
+
+    def last_revocation_id(self) -> Deferred[int]:
+        return self._read(lambda db: db.last_revocation_id())
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
         return self._call(lambda db: db.remember_token(site, token_digest, expires_at, now))

@@ -7,6 +7,7 @@ database; they skip only when no PostgreSQL server binaries are installed.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import sqlite3
@@ -127,6 +128,7 @@ def rows_mentioning(backend: Backend, jid: str) -> dict[str, int]:
         "subscription_requests": "owner",
         "offline_messages": "owner",
         "social_links": "jid",
+        "revocations": "jid",
     }
     return {
         table: backend.rows(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (jid,))[0][0]
@@ -671,4 +673,29 @@ def test_postgres_store_offline_syncs_even_if_commits_are_async(postgres_dsn: st
     db.store_offline("alice@example.org", "<message/>", NOW)
     assert in_insert == ["on"]
     assert db._conn.execute("SHOW synchronous_commit").fetchone() == ("off",)  # only for that commit
+    db.close()
+
+
+def test_a_revoked_link_stays_and_every_revocation_is_an_event_in_order(backend: Backend) -> None:
+    """Revoking keeps the link (the same site account comes back to the same user) and records an
+    event the running servers read after their last one; one link's revocation names its JID;
+    deleting the account takes its revocations with it. In each engine."""
+    db = backend.open()
+    assert db.last_revocation_id() == 0
+    zoe = db.link_account("demo", "zoe", "zoe\\40demo@localhost", NOW)
+    yves = db.link_account("demo", "yves", "yves\\40demo@localhost", NOW)
+    first = db.revoke(zoe.jid, "admin", NOW + 1)
+    second = db.revoke("", "unlinked", NOW + 2, site="demo", account="yves")
+    assert first is not None and second is not None and second > first
+    assert db.revoke("", "unlinked", NOW + 3, site="demo", account="nobody") is None
+    assert db.revoke("ghost@localhost", "admin", NOW + 3) is None
+    assert [(r.jid, r.reason, r.at) for r in db.revocations_after(0)] == [
+        (zoe.jid, "admin", NOW + 1), (yves.jid, "unlinked", NOW + 2)]
+    assert [r.id for r in db.revocations_after(first)] == [second]
+    assert db.last_revocation_id() == second
+    assert db.get_link("demo", "zoe") == dataclasses.replace(zoe, revoked_at=NOW + 1)
+    db.reinstate_link("demo", "zoe")
+    assert db.get_link("demo", "zoe") == zoe
+    assert db.delete_account(yves.jid)
+    assert rows_mentioning(backend, yves.jid) == dict.fromkeys(rows_mentioning(backend, yves.jid), 0)
     db.close()
