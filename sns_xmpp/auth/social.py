@@ -34,6 +34,7 @@ from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.store.interface import IStore
+from sns_xmpp.store.records import SocialLink
 
 log = GatedLogger()
 
@@ -235,7 +236,13 @@ class SocialLoginChecker:
     async def _open(self, site: ISite, account: VerifiedAccount, authzid: str | None, domain: str, method: str,
                     identity: str | None, named_jid: str | None = None) -> LoginResult:
         now = self.clock.seconds()
-        jid = await self._linked_jid(site.site_id, account.account, domain, now)
+        link = await self._link(site.site_id, account.account, domain, now)
+        jid = link.jid
+        if link.revoked_at is not None and (account.issued_at is None or account.issued_at <= link.revoked_at):
+            # Revoked (unlinked, logged out everywhere): credentials the site issued before that
+            # never log in again; those it issues later bring the account back to the same user.
+            raise self._refused(site.site_id, SiteRejection(
+                Rejection.REVOKED, "these credentials were issued before the account was logged out"))
         if named_jid is not None and named_jid not in (jid, _social_jid(identity, domain)):
             # The user name is another account's (its linked JID, or the older identity form):
             # refused before a single-use token is spent.
@@ -255,15 +262,16 @@ class SocialLoginChecker:
     def linked_jid(self, site_id: str, account: str, domain: str) -> Deferred[str]:
         """The XMPP user (site, account) is linked to, made on the first call: what the login
         callback hands over, so that it is exactly the JID the client will be bound as."""
-        return defer.ensureDeferred(self._linked_jid(site_id, account, domain, self.clock.seconds()))
+        d = defer.ensureDeferred(self._link(site_id, account, domain, self.clock.seconds()))
+        return d.addCallback(lambda link: link.jid)
 
-    async def _linked_jid(self, site_id: str, account: str, domain: str, now: float) -> str:
+    async def _link(self, site_id: str, account: str, domain: str, now: float) -> SocialLink:
         link = await self.store.social_login(site_id, account, candidate_jids(site_id, account, domain), now)
         if link is None:
             raise AuthenticationFailed("temporary-auth-failure", "could not create the account")
         if link.last_login is None:
             log.info("auth.social_linked site={site} jid={jid}", site=site_id, jid=link.jid)
-        return link.jid
+        return link
 
     # -- SCRAM ------------------------------------------------------------------
 

@@ -102,7 +102,8 @@ class FacebookSite:
             raise SiteRejection(Rejection.EXPIRED, "the signed request has expired")
         if expires is not None and expires - issued_at > self.max_lifetime + self.leeway:
             raise SiteRejection(Rejection.LIFETIME_EXCEEDED, "the expiry is beyond the site's lifetime cap")
-        return VerifiedAccount(self.site_id, user_id, float(ends), hashlib.sha256(token.encode()).digest())
+        return VerifiedAccount(self.site_id, user_id, float(ends), hashlib.sha256(token.encode()).digest(),
+                               issued_at=float(issued_at))
 
     def verify(self, identifier: str, token: str, now: float) -> Deferred[VerifiedAccount]:
         return defer.maybeDeferred(self.check, identifier, token, now)

@@ -145,7 +145,9 @@ class HmacSite:
         if expires - now > self.policy.max_lifetime + self.policy.leeway:
             raise SiteRejection(Rejection.LIFETIME_EXCEEDED, "the expiry is beyond the site's lifetime cap")
         digest = hashlib.sha256(f"{identifier}:{token}".encode()).digest()
-        return VerifiedAccount(self.site_id, user, float(expires), digest)
+        # Signed at most max_lifetime (and the leeway) before its expiry, or check would refuse it.
+        earliest = expires - self.policy.max_lifetime - self.policy.leeway
+        return VerifiedAccount(self.site_id, user, float(expires), digest, issued_at=earliest)
 
     def verify(self, identifier: str, token: str, now: float) -> Deferred[VerifiedAccount]:
         try:

@@ -43,6 +43,7 @@ class Rejection(enum.Enum):
     EXPIRED = "expired"
     LIFETIME_EXCEEDED = "lifetime-exceeded"
     REPLAYED = "replayed"
+    REVOKED = "revoked"  # issued before the account's link was revoked (unlinked, logged out)
     UNKNOWN_KEY = "unknown-key"
     UNKNOWN_SITE = "unknown-site"
     PROVIDER_UNAVAILABLE = "provider-unavailable"
@@ -90,6 +91,9 @@ class VerifiedAccount:
     expires: float  # when the token stops being valid (seconds since the epoch)
     token_digest: bytes  # a hash of the token, for single-use records; never the token
     display_name: str | None = None
+    # When the site issued the token, or the earliest it can have (a lower bound): after a
+    # revocation, only tokens issued later log in again. None: unknown, treated as before.
+    issued_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,7 @@ class OIDCSite:
                                 leeway=self.settings.leeway, nonce_ok=self._nonces.check)
         account = VerifiedAccount(
             site=self.site_id, account=sub, expires=exp, token_digest=replay_key(claims),
-            display_name=display_name(claims) or self._names.get(sub),
+            display_name=display_name(claims) or self._names.get(sub), issued_at=float(claims["iat"]),
         )
         return account, claims
 

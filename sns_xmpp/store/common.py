@@ -140,7 +140,6 @@ SQL_REMOVE_LINK = "DELETE FROM social_links WHERE site = ? AND account = ?"
 SQL_LIST_LINKS = "SELECT site, account, jid, created_at, last_login, revoked_at FROM social_links"
 SQL_REVOKE_LINKS = "UPDATE social_links SET revoked_at = ? WHERE jid = ?"
 SQL_REVOKE_LINK = "UPDATE social_links SET revoked_at = ? WHERE site = ? AND account = ? RETURNING jid"
-SQL_REINSTATE_LINK = "UPDATE social_links SET revoked_at = NULL WHERE site = ? AND account = ?"
 SQL_RECORD_REVOCATION = "INSERT INTO revocations (jid, reason, at) VALUES (?, ?, ?) RETURNING id"
 SQL_REVOCATIONS_AFTER = "SELECT id, jid, reason, at FROM revocations WHERE id > ? ORDER BY id LIMIT ?"
 SQL_LAST_REVOCATION = "SELECT COALESCE(MAX(id), 0) FROM revocations"
@@ -393,8 +392,6 @@ class Database(Protocol):
 
     def revoke(self, jid: str, reason: str, now: float, site: str | None = None,
                account: str | None = None) -> int | None: ...
-
-    def reinstate_link(self, site: str, account: str) -> None: ...
 
     def revocations_after(self, last_id: int, limit: int = 1000) -> list[Revocation]: ...
 

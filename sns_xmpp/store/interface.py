@@ -199,10 +199,8 @@ class IStore(Interface):
         """Revoke the account's links (or, with *site* and *account*, that one link, whichever
         account it names) and record a revocation that the running servers read to end its live
         sessions; the revocation's id, or None if there was no such account or link. A revoked
-        link stays: the same site account comes back to the same user (``reinstate_link``)."""
-
-    def reinstate_link(site: str, account: str) -> Deferred[None]:
-        """Clear the link's revocation (a login with credentials issued after it)."""
+        link stays, with the time: credentials issued later bring the same account back to the
+        same user."""
 
     def revocations_after(last_id: int, limit: int = 1000) -> Deferred[list[Revocation]]:
         """Revocations recorded after *last_id*, oldest first, at most *limit*."""

@@ -71,8 +71,8 @@ class SocialLink:
     jid: str
     created_at: float
     last_login: float | None
-    # Set when the link was revoked (unlinked, logged out everywhere): only credentials the site
-    # issued after this log in again, and such a login clears it (same user, same roster).
+    # When the link was last revoked (unlinked, logged out everywhere): credentials the site
+    # issued before this never log in again; later ones do, as the same user.
     revoked_at: float | None = None
 
 

@@ -39,7 +39,6 @@ from sns_xmpp.store.common import (
     SQL_OFFLINE_USAGE,
     SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_REVOCATION,
-    SQL_REINSTATE_LINK,
     SQL_REMOVE_LINK,
     SQL_REMOVE_REQUEST,
     SQL_REMOVE_ROSTER_ITEM,
@@ -240,10 +239,6 @@ class SQLDatabase(ABC):
                 return None
             recorded = cursor.execute(self._sql(SQL_RECORD_REVOCATION), (jid, reason, now)).fetchone()
             return int(recorded[0])
-
-    def reinstate_link(self, site: str, account: str) -> None:
-        with self._write() as cursor:
-            cursor.execute(self._sql(SQL_REINSTATE_LINK), (site, account))
 
     def revocations_after(self, last_id: int, limit: int = 1000) -> list[Revocation]:
         return [revocation_from_row(row) for row in self._read(self._sql(SQL_REVOCATIONS_AFTER), (last_id, limit))]

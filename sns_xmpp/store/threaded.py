@@ -390,9 +390,6 @@ class ThreadedStore(Service):
                account: str | None = None) -> Deferred[int | None]:
         return self._call(lambda db: db.revoke(jid, reason, now, site, account))
 
-    def reinstate_link(self, site: str, account: str) -> Deferred[None]:
-        return self._call(lambda db: db.reinstate_link(site, account))
-
     def revocations_after(self, last_id: int, limit: int = 1000) -> Deferred[list[Revocation]]:
         return self._read(lambda db: db.revocations_after(last_id, limit))
 

@@ -261,3 +261,29 @@ async def test_the_handed_over_jid_logs_in_with_its_password_and_no_other_accoun
             await checker.check_plain("zoe\\40sns-2", stale, None, "localhost")
 
     await _with_checker(tmp_path, work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_revocation_only_credentials_issued_later_log_in_and_to_the_same_user(tmp_path: Path) -> None:
+    """Revoking (unlinking, logging out everywhere) keeps the link: credentials the site issued
+    before it are refused with the reason 'revoked', then and later; credentials issued after it
+    log in as the same user (not a new '-2' one)."""
+    from sns_xmpp.auth.social import handover_password
+
+    async def work(checker, sites, store) -> None:  # type: ignore[no-untyped-def]
+        site = sites.get("sns")
+        old = site.mint("zoe", "s1", 1500)
+        jid = (await checker.check_plain(f"{old[0]}@sns", old[1], None, "localhost")).jid
+        assert await store.revoke(jid, "logout", checker.clock.seconds()) is not None
+        for user_name, password in ((f"{old[0]}@sns", old[1]), ("zoe\\40sns", handover_password("sns", *old))):
+            with pytest.raises(AuthenticationFailed, match="^revoked"):
+                await checker.check_plain(user_name, password, None, "localhost")
+        checker.clock.advance(300)  # the person logs in at the site again: a token signed now
+        fresh = site.mint("zoe", "s2", int(checker.clock.seconds()) + int(site.policy.max_lifetime))
+        assert (await checker.check_plain(f"{fresh[0]}@sns", fresh[1], None, "localhost")).jid == jid
+        [link] = await store.list_links(site="sns")
+        assert link.jid == jid
+        with pytest.raises(AuthenticationFailed, match="^revoked"):  # still: it was issued before
+            await checker.check_plain(f"{old[0]}@sns", old[1], None, "localhost")
+
+    await _with_checker(tmp_path, work)
