@@ -21,6 +21,7 @@ from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.auth.social import handover_password
+from sns_xmpp.http import handover_page
 from sns_xmpp.http.pending import PendingLogins, StateProblem
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import (
@@ -310,13 +311,8 @@ class Callback(resource.Resource):
                                           "display_name": credentials.display_name,
                                           # The older pair, the site's own token under its identifier:
                                           "username": credentials.username, "token": credentials.password}))
-        else:
-            greeting = (f"<p>Welcome, {html.escape(credentials.display_name)}.</p>"
-                        if credentials.display_name else "")
-            body = (
-                greeting + "<p>Log in with any XMPP client using:</p><dl>"
-                f"<dt>JID</dt><dd><code>{html.escape(jid)}</code></dd>"
-                f"<dt>Password</dt><dd><code>{html.escape(password)}</code></dd></dl>"
-                "<p>These credentials expire; come back here for fresh ones.</p>")
+        else:  # for people, on a phone too: copy buttons and a QR code (http/handover_page.py)
+            request.setHeader(b"content-security-policy", handover_page.CONTENT_SECURITY_POLICY)
+            body = handover_page.handover_body(jid, password, credentials.display_name)
             request.write(_page(request, f"Logged in with {self.site.display_name}", body))
         request.finish()

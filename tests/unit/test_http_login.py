@@ -231,3 +231,91 @@ def test_the_callback_hands_over_the_linked_jid_with_a_password_that_carries_the
     assert document["jid"] == "alice\\40sns-1@localhost"
     assert parse_handover(document["password"]) == ("sns", signed["identifier"], signed["signature"])
     assert (document["username"], document["token"]) == (f"{signed['identifier']}@sns", signed["signature"])
+
+
+def _qr_text(svg: str) -> str:
+    """What a QR scanner reads from segno's inline SVG: its path (rows of 'h' runs, one module
+    high, drawn at y + 0.5) drawn into a grey-scale bitmap, then decoded by zxing-cpp."""
+    import zxingcpp
+
+    width = int(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    height = int(re.search(r'<svg[^>]* height="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    scale = int(re.search(r'transform="scale\((\d+)\)"', svg).group(1))  # type: ignore[union-attr]
+    (path,) = re.findall(r'<path [^>]*class="qrline"[^>]*d="([^"]+)"', svg)
+    size = width // scale
+    assert size == height // scale and size * scale == width
+    modules = [[False] * size for _ in range(size)]
+    x = y = 0.0
+    for command, a, b in re.findall(r"([Mmh])(-?[\d.]+)(?: (-?[\d.]+))?", path):
+        if command == "M":
+            x, y = float(a), float(b)
+        elif command == "m":
+            x, y = x + float(a), y + float(b)
+        else:  # h: a dark run along row y - 0.5
+            run = float(a)
+            for column in range(int(x), int(x + run)):
+                modules[int(y)][column] = True
+            x += run
+    pixels = bytes(0 if modules[row // 4][column // 4] else 255
+                   for row in range(size * 4) for column in range(size * 4))
+    (found,) = zxingcpp.read_barcodes(memoryview(pixels).cast("B", (size * 4, size * 4)))
+    return str(found.text)
+
+
+def test_the_html_hand_over_has_copy_buttons_and_a_qr_code_of_the_xmpp_uri_under_a_strict_csp(
+        tmp_path: Path) -> None:
+    """For people on a phone (issue 15, item 8): the page shows the JID and the password as text
+    (selectable without JavaScript), a copy button for each, and a QR code whose content is the
+    RFC 5122 URI of the JID (the XEP-0106 backslash percent-encoded; no password in it). The page
+    loads nothing from elsewhere, and its Content-Security-Policy lets exactly its own inline
+    script run (by hash, not 'unsafe-inline'), so injected markup could run nothing."""
+    import base64
+    import hashlib
+
+    from sns_xmpp.auth.social import parse_handover
+
+    world = World(tmp_path)
+    state, cookie, _ = world.start()
+    signed = world.signed()
+    query = urllib.parse.urlencode({**signed, "state": state})
+    answer = request(world.site, "GET", f"/callback/sns?{query}", {"Cookie": cookie, "Accept": "text/html"})
+    assert answer.code == 200, answer.body
+    assert answer.header("content-type") == "text/html; charset=utf-8"
+    page = answer.body.decode()
+    shown = {name: html.unescape(value)
+             for name, value in re.findall(r'<code id="(jid|password)">([^<]*)</code>', page)}
+    assert shown["jid"] == "alice\\40sns-1@localhost"
+    assert parse_handover(shown["password"]) == ("sns", signed["identifier"], signed["signature"])
+    buttons = re.findall(r'<button type="button" data-copy="(\w+)"[^>]*>', page)
+    assert buttons == ["jid", "password"]
+
+    (svg,) = re.findall(r"<svg.*?</svg>", page, re.DOTALL)
+    assert _qr_text(svg) == "xmpp:alice%5C40sns-1@localhost"
+    assert 'href="xmpp:alice%5C40sns-1@localhost"' in page
+    assert shown["password"] not in svg and "password" not in _qr_text(svg)
+
+    # Nothing from elsewhere: no src or stylesheet link, no URL but the xmpp: one.
+    assert not re.search(r"\ssrc=|<link|https?://", page), page
+    policy = dict(part.strip().split(" ", 1) for part in (answer.header("content-security-policy") or "").split(";")
+                  if part.strip())
+    (script,) = re.findall(r"<script>(.*?)</script>", page, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert policy["script-src"] == f"'sha256-{digest}'"
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in (answer.header("content-security-policy") or "")
+    for style in re.findall(r"<style>(.*?)</style>", page, re.DOTALL):
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy["style-src"].split()
+
+
+@pytest.mark.parametrize("jid, uri", [
+    ("alice\\40demo@localhost", "xmpp:alice%5C40demo@localhost"),  # the XEP-0106 backslash
+    ("ji\u0159i@example.org", "xmpp:ji%C5%99i@example.org"),  # UTF-8, then percent-encoded
+    ("a!$()*+,;=-._~z@localhost", "xmpp:a!$()*+,;=-._~z@localhost"),  # unreserved and nodeallow stay
+])
+def test_the_xmpp_uri_percent_encodes_what_rfc_5122_does_not_allow_in_a_node(jid: str, uri: str) -> None:
+    """RFC 5122's nodeid is unreserved characters, the nodeallow set and percent-encoded octets
+    of UTF-8: the backslash of an escaped JID is not among them and must travel as %5C."""
+    from sns_xmpp.http.handover_page import xmpp_uri
+
+    assert xmpp_uri(jid) == uri
