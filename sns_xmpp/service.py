@@ -49,6 +49,7 @@ from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
 from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.revocation import RevocationWatcher
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
@@ -171,6 +172,9 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                               config.xmpp.c2s.max_resources)
     metrics.watch_sessions(lambda: [s.login.site or s.login.method for s in sessions.all_sessions()],
                            lambda: len(sessions.rosters))
+    revocations = RevocationWatcher(store, sessions, reactor)  # ends the sessions of revoked accounts
+    revocations.setName("revocations")
+    revocations.setServiceParent(top)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
 

@@ -83,10 +83,14 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     listing.add_argument("--site")
     listing.add_argument("--jid")
     lookup = links.add_parser("lookup", help="the XMPP user a social account is linked to")
-    removal = links.add_parser("remove", help="unlink a social account (its XMPP user stays)")
+    removal = links.add_parser("remove", help="unlink a social account: its sessions end and its credentials "
+                               "stop working; its XMPP user stays, and the account comes back to it on "
+                               "its next login at the site")
     for sub_parser in (lookup, removal):
         sub_parser.add_argument("site")
         sub_parser.add_argument("account")
+    topics.add_parser("revoke", help="log an account out everywhere: its sessions end within seconds, and "
+                      "its site credentials issued until now stop working").add_argument("jid")
     mint = topics.add_parser("mint", help="sign test credentials for a demo or hmac site")
     mint.add_argument("site")
     mint.add_argument("account", help="the social account id (a-z 0-9 _ -)")
@@ -131,6 +135,12 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
         if args.topic == "links":
             _links(database, args, stdout)
             return
+        if args.topic == "revoke":
+            jid = _bare_jid(args.jid, config)
+            if database.revoke(jid, "revoked by an operator", time.time()) is None:
+                raise AdminError(f"no account {jid}")
+            print(f"revoked {jid}: its sessions end within seconds", file=stdout)
+            return
         if args.action == "list":
             for jid in database.list_accounts(args.domain):
                 print(jid, file=stdout)
@@ -153,17 +163,24 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
         database.close()
 
 
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 def _links(database: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     if args.action == "list":
         for link in database.list_links(site=args.site, jid=args.jid):
-            print(f"{link.site}\t{link.account}\t{link.jid}", file=stdout)
+            revoked = f"\trevoked {_when(link.revoked_at)}" if link.revoked_at is not None else ""
+            print(f"{link.site}\t{link.account}\t{link.jid}{revoked}", file=stdout)
     elif args.action == "lookup":
         found = database.get_link(args.site, args.account)
         if found is None:
             raise AdminError(f"no link for {args.account} on {args.site}")
         print(found.jid, file=stdout)
     elif args.action == "remove":
-        if not database.remove_link(args.site, args.account):
+        # Revoked, not deleted: its sessions end, its credentials stop working, and the same site
+        # account, logging in at the site again, comes back to the same user.
+        if database.revoke("", "unlinked", time.time(), site=args.site, account=args.account) is None:
             raise AdminError(f"no link for {args.account} on {args.site}")
         print(f"unlinked {args.account} on {args.site}", file=stdout)
 

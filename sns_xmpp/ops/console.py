@@ -15,6 +15,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.xmpp.revocation import end_sessions
 
 if TYPE_CHECKING:
     from sns_xmpp.ops.reload import SiteReloader
@@ -128,6 +129,13 @@ def namespace(server: Server) -> dict[str, Any]:
         found: Deferred[Any] = server.store.list_links(jid=bare)
         return gatherResults([account, found]).addCallback(describe)
 
+    def revoke(jid: str, reason: str = "revoked by an operator") -> Deferred[int]:
+        """Log the account out everywhere: its sessions end (on every node, within seconds), and
+        its site credentials issued until now stop working; how many sessions ended here."""
+        bare = parse_jid(jid).userhost()
+        d: Deferred[Any] = server.store.revoke(bare, reason, sessions.clock.seconds())
+        return d.addCallback(lambda recorded: end_sessions(sessions, bare, reason))
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -148,6 +156,7 @@ def namespace(server: Server) -> dict[str, Any]:
         "sites": SitesView(server),
         "links": links,
         "user": user,
+        "revoke": revoke,
         "stats": stats,
     }
 

@@ -62,8 +62,19 @@ def test_users_and_links(config: Path, tmp_path: Path) -> None:
     assert admin(config, "links", "list") == "demo\tzed\tzed\\40demo@localhost\n"
     assert admin(config, "links", "lookup", "demo", "zed") == "zed\\40demo@localhost\n"
     assert admin(config, "links", "remove", "demo", "zed") == "unlinked zed on demo\n"
+    # Revoked, not deleted: the account comes back to the same user on its next login at the site.
+    assert admin(config, "links", "lookup", "demo", "zed") == "zed\\40demo@localhost\n"
+    assert admin(config, "links", "list").startswith("demo\tzed\tzed\\40demo@localhost\trevoked 20")
     with pytest.raises(AdminError, match="no link"):
-        admin(config, "links", "lookup", "demo", "zed")
+        admin(config, "links", "remove", "demo", "nobody")
+    assert admin(config, "revoke", "zed\\40demo@localhost") == (
+        "revoked zed\\40demo@localhost: its sessions end within seconds\n")
+    with pytest.raises(AdminError, match="no account"):
+        admin(config, "revoke", "ghost@localhost")
+    database = SQLiteDatabase(tmp_path / "data" / "sns-xmpp.sqlite3")
+    assert [(r.jid, r.reason) for r in database.revocations_after(0)] == [
+        ("zed\\40demo@localhost", "unlinked"), ("zed\\40demo@localhost", "revoked by an operator")]
+    database.close()
 
 
 def test_mint_signs_what_the_site_accepts(config: Path, tmp_path: Path) -> None:
