@@ -222,8 +222,10 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         allow_plain_without_tls=c2s.allow_plain_without_tls,
         max_auth_failures=c2s.max_auth_failures,
         metrics=metrics,
-        throttle=AuthThrottle(reactor, ThrottlePolicy(block_after=c2s.auth_block_after,
-                                                      block_seconds=c2s.auth_block_seconds)),
+        throttle=AuthThrottle(reactor, ThrottlePolicy(
+            free_failures=c2s.auth_free_failures, max_delay=c2s.auth_max_delay, block_after=c2s.auth_block_after,
+            block_seconds=c2s.auth_block_seconds, address_block_after=c2s.auth_address_block_after,
+            account_block_after=c2s.auth_account_block_after)),
     )
 
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,

@@ -9,6 +9,22 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from sns_xmpp.auth.scram import ScramCredential
+from sns_xmpp.sites.interface import Rejection
+
+# Refusals that are no guess, so they neither slow nor block (auth/throttle.py): the client shows it
+# had real credentials, or the fault is not the client's. A phone retrying in the background with
+# them must not lock its owner out. Every other refusal (wrong password or signature, malformed,
+# unknown site, another account's credentials) counts.
+NOT_A_GUESS = frozenset({
+    Rejection.EXPIRED.value,  # every site checks the signature before the expiry: once valid
+    Rejection.LIFETIME_EXCEEDED.value,  # likewise signed by the site, only for too long
+    Rejection.REPLAYED.value,  # checked after the signature: a genuine token used twice
+    # Signed with a key this server no longer (or never) accepts: no guess can ever pass, so there is
+    # nothing to slow, and after a key rotation every phone would otherwise count against its owner.
+    Rejection.UNKNOWN_KEY.value,
+    Rejection.PROVIDER_UNAVAILABLE.value,  # the provider is down: nobody's fault on this side
+    "revoked",  # a device credential that was genuine until revoked (give it only once proved genuine)
+})
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,11 @@ class AuthenticationFailed(Exception):
 
     def __str__(self) -> str:
         return self.text or self.condition
+
+    @property
+    def counts_toward_blocking(self) -> bool:
+        """Whether the login throttle counts this refusal as a failed guess (see NOT_A_GUESS)."""
+        return self.reason not in NOT_A_GUESS
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,26 @@
-"""Authentication-failure throttling, per client address and per account.
+"""Authentication-failure throttling that does not punish normal life.
 
-After a few free failures each further failure is answered more slowly
-(doubling, up to a cap); past a limit, the address or the account is blocked
-for a while and every attempt gets <temporary-auth-failure/>, right or wrong,
-without saying whether the address or the account is blocked. Failures are
-forgotten after a quiet window. State is in memory, bounded by pruning.
+Blocking is per (client address, account) pair: after a few free failures each
+further failure of the pair is answered more slowly (doubling, up to a cap);
+past ``block_after`` the pair is blocked for a while, and every attempt on it
+gets <temporary-auth-failure/>, right or wrong. Nobody else is refused because
+of it: carrier-grade NAT puts thousands of people behind one address, and a
+third party can name any account.
+
+Two wider records keep guessing spread over many pairs in check without
+refusing a right password on a pair that has not failed:
+
+- an address past ``address_block_after`` failures (a password spray over many
+  accounts), or an account past ``account_block_after`` failures from all
+  addresses (a botnet guessing one password), is *strained* for
+  ``block_seconds``: its failures are answered after ``max_delay``, and a pair
+  under it is blocked after ``free_failures`` failures instead of ``block_after``;
+- a pair with no failures is never refused, strained or not.
+
+Which refusals count at all is the checker's call
+(``AuthenticationFailed.counts_toward_blocking``): expired or replayed social
+credentials do not. Failures are forgotten after a quiet ``window``. State is
+in memory, bounded by pruning.
 
 An account's key is the checker's ``throttle_key``: the prepared bare JID of a
 local name, (site, account id) of a social one, so that failures under every
@@ -23,26 +39,31 @@ from twisted.internet.interfaces import IReactorTime
 class _Record:
     failures: int
     last: float
-    blocked_until: float = 0.0
+    blocked_until: float = 0.0  # for an address or account: strained until then
 
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    free_failures: int = 3
-    max_delay: float = 8.0
-    block_after: int = 10
-    block_seconds: float = 900.0
-    window: float = 900.0
+    free_failures: int = 3  # failures of a pair answered at once
+    max_delay: float = 8.0  # the longest a failure's answer is held back (s)
+    block_after: int = 10  # failures of one (address, account) pair before it is blocked
+    block_seconds: float = 900.0  # how long a block (or a strain) lasts
+    window: float = 900.0  # quiet seconds after which a record is forgotten
+    address_block_after: int = 500  # failures from one address, all accounts, before it is strained
+    account_block_after: int = 100  # failures of one account, all addresses, before it is strained
     max_records: int = 100_000
+
+
+_Key = tuple[str, ...]
 
 
 class AuthThrottle:
     def __init__(self, clock: IReactorTime, policy: ThrottlePolicy = ThrottlePolicy()) -> None:
         self.clock = clock
         self.policy = policy
-        self._records: dict[str, _Record] = {}
+        self._records: dict[_Key, _Record] = {}
 
-    def _record(self, key: str) -> _Record | None:
+    def _record(self, key: _Key) -> _Record | None:
         record = self._records.get(key)
         if record is not None and self.clock.seconds() - record.last > self.policy.window \
                 and record.blocked_until <= self.clock.seconds():
@@ -50,37 +71,54 @@ class AuthThrottle:
             return None
         return record
 
-    def blocked(self, *keys: str | None) -> bool:
-        now = self.clock.seconds()
-        for key in keys:
-            record = self._record(key) if key else None
-            if record is not None and record.blocked_until > now:
-                return True
-        return False
+    def _active(self, key: _Key) -> bool:
+        record = self._record(key)
+        return record is not None and record.blocked_until > self.clock.seconds()
 
-    def failed(self, *keys: str | None) -> float:
-        """Count a failure for every key; return how long to wait before answering it."""
-        now = self.clock.seconds()
-        if len(self._records) >= self.policy.max_records:
+    def blocked(self, address: str, account: str | None) -> bool:
+        """Whether the pair (address, account) is blocked; never an address or account alone."""
+        return account is not None and self._active(("pair", address, account))
+
+    def strained(self, address: str, account: str | None = None) -> bool:
+        """Whether the address, or the account, is past its wide cap (see the module's text)."""
+        return self._active(("address", address)) or (account is not None and self._active(("account", account)))
+
+    def failed(self, address: str, account: str | None) -> float:
+        """Count a failure of *account* (None: no account was named) from *address*; return how long
+        to wait before answering it."""
+        policy, now = self.policy, self.clock.seconds()
+        if len(self._records) >= policy.max_records:
             self._prune(now)
-        worst = 0
-        for key in keys:
-            if not key:
-                continue
-            record = self._record(key) or self._records.setdefault(key, _Record(0, now))
-            record.failures += 1
-            record.last = now
-            if record.failures >= self.policy.block_after:
-                record.blocked_until = now + self.policy.block_seconds
-            worst = max(worst, record.failures)
-        extra = worst - self.policy.free_failures
-        return 0.0 if extra <= 0 else min(self.policy.max_delay, 0.25 * 2 ** (extra - 1))
+        if self.blocked(address, account):
+            # Already refused whatever the password: not a guess that the wide records need to see.
+            return policy.max_delay
+        self._count(("address", address), policy.address_block_after, now)
+        if account is None:
+            return policy.max_delay if self.strained(address) else 0.0
+        self._count(("account", account), policy.account_block_after, now)
+        strained = self.strained(address, account)
+        limit = max(1, policy.free_failures) if strained else policy.block_after
+        failures = self._count(("pair", address, account), limit, now)
+        if strained:
+            return policy.max_delay
+        extra = failures - policy.free_failures
+        return 0.0 if extra <= 0 else min(policy.max_delay, 0.25 * 2 ** (extra - 1))
 
-    def succeeded(self, account: str) -> None:
-        """A good login clears its account's failures (its address keeps its record)."""
-        record = self._records.get(account)
+    def _count(self, key: _Key, limit: int, now: float) -> int:
+        record = self._record(key) or self._records.setdefault(key, _Record(0, now))
+        record.failures += 1
+        record.last = now
+        if record.failures >= limit:
+            record.blocked_until = now + self.policy.block_seconds
+        return record.failures
+
+    def succeeded(self, address: str, account: str) -> None:
+        """A good login clears its pair's failures. The address's and the account's records stay:
+        the owner logging in must not hand a botnet a fresh allowance."""
+        key = ("pair", address, account)
+        record = self._records.get(key)
         if record is not None and record.blocked_until <= self.clock.seconds():
-            del self._records[account]
+            del self._records[key]
 
     def _prune(self, now: float) -> None:
         for key in [k for k, r in self._records.items()

@@ -220,10 +220,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if self.answering:
             return  # a client that does not wait for the (slowed) answer gets no faster one
         self.auth_started = self.xmlstream.clock.seconds()
-        if self.settings.throttle is not None and self.settings.throttle.blocked(self._address()):
-            self._count(None, "throttled")
-            self._failure(*THROTTLED)
-            return
+        # No address is refused as a whole (carrier-grade NAT): the throttle answers per
+        # (address, account) once the attempt names its account (auth/throttle.py).
         attempt = self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
         self._step(attempt.start, _payload(element))
 
@@ -234,7 +232,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             d = method(payload())  # type: ignore[arg-type]
         except AuthenticationFailed as failure:
             self.attempt = None
-            self._refuse(attempt, failure.condition, failure.text)
+            self._refuse(attempt, failure)
             return
 
         def answered(step: Challenge | Success) -> None:
@@ -248,13 +246,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.attempt = None
             throttle = self.settings.throttle
             account = _account_key(attempt)
-            if throttle is not None and account is not None and throttle.blocked(account):
-                # Right or wrong, a blocked account gets the same answer as a blocked address.
-                self._count(step.result.site, "throttled")
-                self._failure(*THROTTLED)
-                return
             if throttle is not None and account is not None:
-                throttle.succeeded(account)
+                if throttle.blocked(self._address(), account):
+                    # Right or wrong, a blocked pair gets the same answer (see _refuse).
+                    self._count(step.result.site, "throttled")
+                    self._failure(*THROTTLED)
+                    return
+                throttle.succeeded(self._address(), account)
             self._succeeded(step)
 
         def refused(reason: Failure) -> None:
@@ -263,7 +261,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.attempt = None
             if isinstance(reason.value, AuthenticationFailed):
                 self._count(reason.value.site, reason.value.reason)
-                self._refuse(attempt, reason.value.condition, reason.value.text)
+                self._refuse(attempt, reason.value)
             else:
                 if reason.check(StoreUnavailableError):
                     log.warn("sasl.store_unavailable reason={reason}", reason=str(reason.value))
@@ -296,13 +294,19 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         peer = self.xmlstream.transport.getPeer() if self.xmlstream.transport else None
         return "address:" + str(getattr(peer, "host", "?"))
 
-    def _refuse(self, attempt: Attempt | None, condition: str, text: str | None) -> None:
-        """A failed attempt: counted against the address and the account, answered after the penalty delay."""
+    def _refuse(self, attempt: Attempt | None, refusal: AuthenticationFailed) -> None:
+        """A failed attempt: counted against its (address, account) pair, answered after the
+        throttle's delay; on a blocked pair with the same answer as the right password gets.
+        A refusal that is no guess (expired credentials, ...) is answered at once, uncounted."""
+        condition, text = refusal.condition, refusal.text
         throttle = self.settings.throttle
-        if throttle is None:
+        if throttle is None or not refusal.counts_toward_blocking:
             self._failure(condition, text)
             return
-        delay = throttle.failed(self._address(), _account_key(attempt))
+        account = _account_key(attempt)
+        if throttle.blocked(self._address(), account):
+            condition, text = THROTTLED
+        delay = throttle.failed(self._address(), account)
         if delay <= 0:
             self._failure(condition, text)
             return

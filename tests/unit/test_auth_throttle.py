@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import defer
@@ -15,6 +16,7 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_all
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+from sns_xmpp.config import ConfigError, load_config, parse_config
 from sns_xmpp.sites.interface import SiteContext
 from sns_xmpp.sites.registry import load_sites
 from sns_xmpp.store.records import Account, SocialLink
@@ -54,19 +56,17 @@ class Server:
         store = Store()
         checker = SocialLoginChecker(store, self.sites, LocalAccountChecker(store), self.clock,  # type: ignore[arg-type]
                                      "http://h", b"salt-key")
-        # Blocks after 4 failures of one account; no delays, so that every answer comes at once.
+        # Blocks an (address, account) pair after 4 failures; no delays, so that every answer comes at once.
         throttle = AuthThrottle(self.clock, ThrottlePolicy(free_failures=100, block_after=4))
         settings = C2SSettings(domains=["localhost"], checker=checker, sessions=no_sessions(),
                                tls_context=None, require_tls=False, allow_plain_without_tls=True,
                                throttle=throttle, max_auth_failures=100)
         self.factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(65536), self.clock)
         self.factory.startFactory()
-        self.addresses = 0
 
     def login(self, authcid: str, password: str) -> str:
-        """PLAIN from a new address each time (so that only the account can be throttled): the answer."""
-        self.addresses += 1
-        host = f"192.0.2.{self.addresses}"
+        """PLAIN from one address (the throttle blocks an (address, account) pair): the answer."""
+        host = "192.0.2.1"
         stream = self.factory.buildProtocol(IPv4Address("TCP", host, 5000))
         transport = TLSlessTransport(peerAddress=IPv4Address("TCP", host, 5000))
         stream.makeConnection(transport)
@@ -107,3 +107,137 @@ def test_failures_under_every_identifier_of_a_social_account_count_together(tmp_
     assert "<temporary-auth-failure/>" in answer and "<success" not in answer
     identifier, token = site.mint("yan", "good", 2000)
     assert "<success" in server.login(f"{identifier}@sns", token)
+
+
+BOB = Account("bob@localhost", 0.0, derive_all("bobs"), social=False)
+NAT = "203.0.113.7"  # one carrier-grade NAT address in front of many people
+
+
+class FairServer(Server):
+    """The shipped defaults (ThrottlePolicy()), bob as a second local account, and logins from any
+    address the test names: the throttle as carrier-grade NAT meets it."""
+
+    def __init__(self, tmp_path: Path, policy: ThrottlePolicy | None = None) -> None:
+        super().__init__(tmp_path)
+        self.policy = policy = policy or ThrottlePolicy()
+        self.stream: Any = None
+        accounts = {ALICE.jid: ALICE, BOB.jid: BOB}
+        store = Store()
+        store.get_account = lambda jid: defer.succeed(accounts.get(jid))  # type: ignore[method-assign]
+        checker = SocialLoginChecker(store, self.sites, LocalAccountChecker(store), self.clock,  # type: ignore[arg-type]
+                                     "http://h", b"salt-key")
+        settings = C2SSettings(domains=["localhost"], checker=checker, sessions=no_sessions(),
+                               tls_context=None, require_tls=False, allow_plain_without_tls=True,
+                               throttle=AuthThrottle(self.clock, policy), max_auth_failures=100)
+        self.factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(65536), self.clock)
+        self.factory.startFactory()
+
+    def answer(self, authcid: str, password: str, host: str = NAT) -> str:
+        """What the server says at once (no time passes) to one PLAIN login from *host*."""
+        if self.stream is not None:
+            self.stream.connectionLost(None)  # the previous one hangs up, as its client would
+        stream = self.stream = self.factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        transport = TLSlessTransport(peerAddress=IPv4Address("TCP", host, 5000))
+        stream.makeConnection(transport)
+        self.transport = transport
+        payload = base64.b64encode(f"\x00{authcid}\x00{password}".encode()).decode()
+        stream.dataReceived(HEADER.format(to="localhost").encode()
+                            + f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+                              .encode())
+        return output(transport)
+
+    def eventually(self, authcid: str, password: str, host: str = NAT) -> str:
+        """The answer to one login however long the throttle holds it back."""
+        answer = self.answer(authcid, password, host)
+        self.clock.advance(self.policy.max_delay)
+        return answer + output(self.transport)
+
+
+def test_expired_credentials_neither_slow_nor_block_the_fresh_ones(tmp_path: Path) -> None:
+    """A phone retrying its expired (validly signed) social credentials in the background, 15 times
+    from one address, gets the clear reason each time at once, and its owner's fresh credentials
+    then log in at once: expired credentials prove the client had real ones, they are no guess."""
+    server = FairServer(tmp_path)
+    site = server.sites.get("sns")
+    stale, token = site.mint("zoe", "old", 900)  # the clock reads 1000
+    for _ in range(15):
+        answer = server.answer(f"{stale}@sns", token)
+        assert "<not-authorized/>" in answer and "expired: " in answer, answer
+    fresh, token = site.mint("zoe", "new", 2000)
+    assert "<success" in server.answer(f"{fresh}@sns", token)
+
+
+def test_wrong_passwords_for_one_account_do_not_stop_another_behind_the_same_address(tmp_path: Path) -> None:
+    """15 wrong passwords for alice from one NAT address block the pair (address, alice) only: bob,
+    behind the same address, logs in with his right password at once."""
+    server = FairServer(tmp_path)
+    for n in range(15):
+        assert "<success" not in server.eventually("alice", f"wrong-{n}")
+    assert "<success" in server.answer("bob", "bobs")
+    assert "<temporary-auth-failure/>" in server.answer("alice", "right"), "alice's pair is blocked"
+
+
+def test_a_blocked_pair_answers_right_and_wrong_passwords_alike(tmp_path: Path) -> None:
+    """Once (address, alice) is blocked, a wrong password and the right one get the same answer,
+    so that guessing on there learns nothing."""
+    server = FairServer(tmp_path)
+    for n in range(10):
+        server.eventually("alice", f"wrong-{n}")
+    wrong, right = server.eventually("alice", "wrong-again"), server.eventually("alice", "right")
+    assert "<temporary-auth-failure/>" in wrong and "<temporary-auth-failure/>" in right
+    assert wrong.split("</stream:features>")[1] == right.split("</stream:features>")[1]
+
+
+def test_a_third_party_hammering_an_account_does_not_lock_its_owner_out(tmp_path: Path) -> None:
+    """A botnet guessing alice's password from 200 addresses (past the account-wide cap) and one
+    attacker hammering her from one address do not stop alice's right password from her own
+    address; past the cap, a further bot is blocked after fewer failures than before."""
+    server = FairServer(tmp_path)
+    for n in range(15):
+        server.eventually("alice", f"hammer-{n}", host="198.51.100.1")
+    for n in range(200):
+        server.eventually("alice", f"bot-{n}", host=f"10.{n // 250}.{n % 250}.1")
+    assert "<success" in server.answer("alice", "right", host="192.0.2.200")
+    for n in range(server.policy.free_failures):
+        server.eventually("alice", f"late-{n}", host="10.9.9.9")
+    assert "<temporary-auth-failure/>" in server.eventually("alice", "right", host="10.9.9.9")
+
+
+def test_an_address_spraying_many_accounts_keeps_its_other_users(tmp_path: Path) -> None:
+    """One address past the address-wide cap (wrong passwords for many accounts) still lets bob,
+    who has no failures there, log in at once; the accounts it sprays are blocked there sooner."""
+    policy = ThrottlePolicy()
+    server = FairServer(tmp_path, policy)
+    for n in range(policy.address_block_after):
+        server.eventually(f"user{n // 5}", "guess")
+    assert "<success" in server.answer("bob", "bobs")
+    for n in range(policy.free_failures):
+        server.eventually("alice", f"spray-{n}")
+    assert "<temporary-auth-failure/>" in server.eventually("alice", "right")
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("auth_address_block_after", "1", "must be an integer 2-10000000"),
+    ("auth_account_block_after", "'many'", "must be an integer 2-10000000"),
+    ("auth_free_failures", "-1", "must be an integer 0-10000"),
+    ("auth_max_delay", "61", "must be an integer 0-60"),
+])
+def test_throttle_settings_name_the_key(key: str, value: str, problem: str) -> None:
+    """A bad throttle setting is refused in one line naming its key."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[xmpp.c2s]\n{key} = {value}")
+    assert str(caught.value) == f"sns-xmpp: config error at 'xmpp.c2s.{key}': {problem}"
+
+
+def test_the_shipped_configuration_lists_the_policy_defaults() -> None:
+    """conf/sns-xmpp.toml carries every throttle key with the default ThrottlePolicy has."""
+    c2s = load_config(Path(__file__).parents[2] / "conf" / "sns-xmpp.toml").xmpp.c2s
+    text = (Path(__file__).parents[2] / "conf" / "sns-xmpp.toml").read_text()
+    policy = ThrottlePolicy()
+    shipped = {"auth_block_after": policy.block_after, "auth_block_seconds": policy.block_seconds,
+               "auth_free_failures": policy.free_failures, "auth_max_delay": policy.max_delay,
+               "auth_address_block_after": policy.address_block_after,
+               "auth_account_block_after": policy.account_block_after}
+    for key, default in shipped.items():
+        assert f"\n{key} = " in text, key
+        assert getattr(c2s, key) == default == getattr(parse_config("").xmpp.c2s, key), key
