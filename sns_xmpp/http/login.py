@@ -42,7 +42,8 @@ Linker = Callable[[str, str, str], "Deferred[str]"]
 
 STATE_COOKIE = b"sns_xmpp_login"
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
 <body>
 <h1>{title}</h1>
 {body}

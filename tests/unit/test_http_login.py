@@ -282,6 +282,7 @@ def test_the_html_hand_over_has_copy_buttons_and_a_qr_code_of_the_xmpp_uri_under
     assert answer.code == 200, answer.body
     assert answer.header("content-type") == "text/html; charset=utf-8"
     page = answer.body.decode()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page  # phone-sized
     shown = {name: html.unescape(value)
              for name, value in re.findall(r'<code id="(jid|password)">([^<]*)</code>', page)}
     assert shown["jid"] == "alice\\40sns-1@localhost"
