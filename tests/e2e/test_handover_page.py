@@ -91,13 +91,14 @@ async def hand_over_in_chromium(chromium: str, http_url: str, account: str, clip
             assert urllib.parse.urlsplit(page.url).path == "/callback/demo"
             button = page.locator("button[data-copy=password]")
             await button.click()  # fails (times out) while the script has not shown it
-            await page.wait_for_function(
-                "document.querySelector('button[data-copy=password]').textContent !== 'Copy'")
+            # What the button says after the click (it turns back to "Copy" a few seconds later).
+            said = await page.wait_for_function(
+                "(text => text !== 'Copy' && text)(document.querySelector('button[data-copy=password]').textContent)")
             reader = "navigator.clipboard" if clipboard_api else "window.__testClipboard"
             return {
                 "jid": await page.locator("code#jid").text_content(),
                 "password": await page.locator("code#password").text_content(),
-                "button": await button.text_content(),
+                "button": await said.json_value(),
                 "selected": await page.evaluate("String(window.getSelection())"),
                 "clipboard": await page.evaluate(f"{reader}.readText()"),
                 "qr": qr_text(await page.locator("figure svg").screenshot()),
