@@ -30,6 +30,7 @@ from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.login import Root, SocialWeb
+from sns_xmpp.http.logout import BackChannelLogoutRoot
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret, private_directory
@@ -49,7 +50,7 @@ from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
 from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
-from sns_xmpp.xmpp.revocation import RevocationWatcher
+from sns_xmpp.xmpp.revocation import RevocationWatcher, end_sessions
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
@@ -205,6 +206,13 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         raise ConfigError("xmpp.features.disabled", str(error)) from None
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
+
+    def log_out(site_id: str, account: str, token_digest: bytes, remember_until: float) -> Deferred[int]:
+        """A back-channel logout: the account is revoked, and its sessions here end at once."""
+        d: Deferred[Any] = checker.log_out(site_id, account, token_digest, remember_until)
+        return d.addCallback(lambda jid: end_sessions(sessions, jid, "logged out at the site") if jid else 0)
+
+    root.putChild(b"backchannel-logout", BackChannelLogoutRoot(sites, log_out, reactor))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),

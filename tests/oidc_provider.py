@@ -226,6 +226,15 @@ class OIDCProvider:
     def id_token(self, now: float, nonce: str | None, kid: str | None = None, **overrides: Any) -> str:
         return self.mint(self.claims(now, nonce, **overrides), kid=kid)
 
+    def logout_token(self, now: float, **overrides: Any) -> str:
+        """A back-channel logout token (OpenID Connect Back-Channel Logout 1.0, section 2.4)."""
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": self.client_id, "sub": self.sub, "iat": int(now), "exp": int(now) + 120,
+            "jti": secrets.token_urlsafe(12), "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }
+        claims.update(overrides)
+        return self.mint({k: v for k, v in claims.items() if v is not None}, header={"typ": "logout+jwt"})
+
     def forge_none(self, claims: dict[str, Any]) -> str:
         """An unsigned token (``alg: none``)."""
         return f"{b64json({'alg': 'none', 'typ': 'JWT'})}.{b64json(claims)}."

@@ -277,6 +277,25 @@ class SocialLoginChecker:
             log.info("auth.social_linked site={site} jid={jid}", site=site_id, jid=link.jid)
         return link
 
+    # -- logging out ----------------------------------------------------------------
+
+    def log_out(self, site_id: str, account: str, token_digest: bytes, remember_until: float) -> Deferred[str | None]:
+        """The site says the person logged out there (a back-channel logout token, once): log the
+        linked account out everywhere. Fires with its JID, None if the account never logged in
+        here; fails with SiteRejection(REPLAYED) for a token already used."""
+        return defer.ensureDeferred(self._log_out(site_id, account, token_digest, remember_until))
+
+    async def _log_out(self, site_id: str, account: str, token_digest: bytes, remember_until: float) -> str | None:
+        now = self.clock.seconds()
+        if not await self.store.remember_token(site_id, token_digest, remember_until, now):
+            raise SiteRejection(Rejection.REPLAYED, "this logout token was used")
+        link = await self.store.get_link(site_id, account)
+        if link is None or await self.store.revoke(link.jid, "logged out at the site", now, site=site_id,
+                                                   account=account) is None:
+            return None
+        log.info("auth.social_logged_out site={site} jid={jid}", site=site_id, jid=link.jid)
+        return link.jid
+
     # -- SCRAM ------------------------------------------------------------------
 
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred[ScramLookup]:

@@ -29,8 +29,8 @@ from sns_xmpp.reactors import ISiteReactor
 from sns_xmpp.settings import ConfigError
 
 __all__ = [
-    "IBearerSite", "ISite", "ISiteReactor", "ISiteWithPages", "LoginStart", "ProviderUnavailable", "Rejection",
-    "SiteConfigError", "SiteContext", "SiteRejection", "SocialCredentials", "VerifiedAccount",
+    "IBearerSite", "ILogoutSite", "ISite", "ISiteReactor", "ISiteWithPages", "LoginStart", "ProviderUnavailable",
+    "Rejection", "SiteConfigError", "SiteContext", "SiteRejection", "SocialCredentials", "VerifiedAccount",
 ]
 
 
@@ -179,6 +179,15 @@ class IBearerSite(ISite):
 
     def verify_bearer(token: str, now: float) -> Deferred:
         """Fire with the VerifiedAccount a bearer token proves, or fail with SiteRejection."""
+
+
+class ILogoutSite(ISite):
+    """A site whose provider tells the server when a person logs out there (OpenID Connect
+    Back-Channel Logout 1.0): the server then logs the linked account out everywhere."""
+
+    def verify_logout(token: str, now: float) -> Deferred:
+        """Fire with (the account id a logout token names, its digest for replay records), or
+        fail with SiteRejection."""
 
 
 class ISiteWithPages(ISite):

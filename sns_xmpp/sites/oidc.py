@@ -40,6 +40,7 @@ from sns_xmpp.sites import jose
 from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     IBearerSite,
+    ILogoutSite,
     LoginStart,
     ProviderUnavailable,
     Rejection,
@@ -49,7 +50,14 @@ from sns_xmpp.sites.interface import (
     VerifiedAccount,
 )
 from sns_xmpp.sites.oidc_settings import OIDCSettings, load_or_create_secret, origin, parse_settings, url_problem
-from sns_xmpp.sites.oidc_tokens import NonceKey, check_claims, display_name, identifier_problem, replay_key
+from sns_xmpp.sites.oidc_tokens import (
+    NonceKey,
+    check_claims,
+    check_logout_claims,
+    display_name,
+    identifier_problem,
+    replay_key,
+)
 
 log = GatedLogger()
 
@@ -159,7 +167,7 @@ class _SingleFlight:
 # -- the site -------------------------------------------------------------------------------------
 
 
-@implementer(IBearerSite)
+@implementer(IBearerSite, ILogoutSite)
 class OIDCSite:
     """An OpenID provider as a social site; also an OAUTHBEARER (RFC 7628) site."""
 
@@ -398,6 +406,34 @@ class OIDCSite:
 
     def verify_bearer(self, token: str, now: float) -> Deferred[VerifiedAccount]:
         return Deferred.fromCoroutine(self._verify_logged(token, now, None))
+
+    def verify_logout(self, token: str, now: float) -> Deferred[tuple[str, bytes]]:
+        return Deferred.fromCoroutine(self._verify_logout(token, now))
+
+    async def _verify_logout(self, token: str, now: float) -> tuple[str, bytes]:
+        """Back-Channel Logout 1.0 section 2.6: the logout token is checked as an ID token is
+        (signature against the provider's keys, issuer, audience, times), then as a logout token."""
+        try:
+            jws = jose.parse_compact(token, self.settings.max_token_bytes)
+            typ = jws.header.get("typ")
+            if isinstance(typ, str) and typ.lower().removeprefix("application/") not in ("logout+jwt", "jwt"):
+                raise jose.JOSEError(jose.MALFORMED, "not a logout token")
+            try:
+                claims = jose.verify_jws(jws, await self._current_keys())
+            except jose.JOSEError as e:
+                if e.kind != jose.UNKNOWN_KEY or not await self._refetch_once():
+                    raise
+                claims = jose.verify_jws(jws, await self._current_keys())
+            sub = check_logout_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id,
+                                      now=now, leeway=self.settings.leeway)
+        except jose.JOSEError as e:
+            rejection = SiteRejection(_JOSE_KINDS[e.kind], e.reason)
+            log.info("oidc.logout_rejected site={site} kind={kind}", site=self.site_id, kind=rejection.kind.value)
+            raise rejection from None
+        except SiteRejection as e:
+            log.info("oidc.logout_rejected site={site} kind={kind}", site=self.site_id, kind=e.kind.value)
+            raise
+        return sub, hashlib.sha256(f"logout\0{claims['jti']}".encode()).digest()
 
     def scram_password(self, identifier: str, now: float) -> str | None:
         return None

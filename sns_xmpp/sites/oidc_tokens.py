@@ -67,6 +67,46 @@ def display_name(claims: Mapping[str, Any]) -> str | None:
     return None
 
 
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+MAX_LOGOUT_TOKEN_AGE = 300.0  # seconds: a logout token is sent when the logout happens
+
+
+def check_logout_claims(claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float,
+                        leeway: float) -> str:
+    """The ``sub`` of a valid logout token (OpenID Connect Back-Channel Logout 1.0, 2.4 and 2.6);
+    raise SiteRejection otherwise. A token naming only a provider session (``sid``) is refused:
+    this server keeps no provider sessions, only accounts."""
+
+    def refuse(reason: str, kind: Rejection = Rejection.MALFORMED) -> SiteRejection:
+        return SiteRejection(kind, reason)
+
+    if claims.get("iss") != issuer:
+        raise refuse("logout token is from another issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or client_id not in audiences:
+        raise refuse("logout token is for another client")
+    iat, exp = _number(claims, "iat"), _number(claims, "exp")
+    if iat is None or iat > now + leeway or iat < now - MAX_LOGOUT_TOKEN_AGE - leeway:
+        raise refuse("logout token issued at no acceptable time", Rejection.EXPIRED)
+    if "exp" in claims and (exp is None or exp <= now - leeway):
+        raise refuse("logout token expired", Rejection.EXPIRED)
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise refuse("logout token has no jti")
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+        raise refuse("logout token has no back-channel logout event")
+    if "nonce" in claims:  # 2.4: so that an ID token can never pass for a logout token
+        raise refuse("logout token has a nonce")
+    sub = claims.get("sub")
+    if sub is None:
+        raise refuse("logout token names no subject (a sid alone is not supported)")
+    problem = identifier_problem(sub)
+    if problem or not isinstance(sub, str):
+        raise refuse(f"logout token subject: {problem}")
+    return sub
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -147,3 +147,54 @@ async def test_single_use_token_is_not_reborn_by_a_mirrored_ecdsa_signature(star
         assert "<not-authorized/>" in replay and "replayed: these credentials were used" in replay, replay
     finally:
         await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_back_channel_logout_ends_the_session_and_voids_the_tokens_issued_before(start_server, tmp_path) -> None:
+    """OpenID Connect Back-Channel Logout 1.0: the provider posts a signed logout token; the linked
+    account's session ends at once, an ID token issued before no longer logs in ('revoked'), the
+    same logout token again, an ID token passed off as a logout token and a forged one are 400s,
+    and a login at the provider afterwards comes back to the same user."""
+    from twisted.internet import reactor
+
+    provider, server, site = await oidc_server(start_server, tmp_path)
+    try:
+        before = provider.id_token(reactor.seconds(), site.issue_nonce())
+        client = Client("ignored@localhost", before, mechanism="PLAIN", username=f"{provider.sub}@idp")
+        await wait(client.log_in(server.c2s_port))
+        jid = client.boundjid.bare
+        endpoint = f"{server.http_url}/backchannel-logout/idp"
+
+        async def post(token: str) -> tuple[int, dict]:
+            answer = await treq.post(endpoint, data={"logout_token": token})
+            body = await answer.content()
+            assert answer.headers.getRawHeaders("cache-control") == ["no-store"]
+            return answer.code, json.loads(body) if body else {}
+
+        logout = provider.logout_token(reactor.seconds())
+        code, document = await post(provider.id_token(reactor.seconds(), site.issue_nonce()))
+        assert (code, document["error"]) == (400, "invalid_request")
+        assert document["error_description"].startswith("malformed: logout token")
+        forged_claims = json.loads(base64.urlsafe_b64decode(logout.split(".")[1] + "=="))
+        code, _ = await post(provider.forge_none(forged_claims))
+        assert code == 400 and server.sessions.resources(jid)
+        assert await post(logout) == (200, {})
+        error = await wait(client.stream_errors.get(), 10)
+        assert error["condition"] == "not-authorized" and server.sessions.resources(jid) == []
+        code, document = await post(logout)
+        assert code == 400 and document["error_description"].startswith("replayed")
+
+        stale = Client("ignored@localhost", before, mechanism="PLAIN", username=f"{provider.sub}@idp")
+        stale.connect(host="127.0.0.1", port=server.c2s_port)
+        failure = await wait(stale.auth_failures.get())
+        stale.abort()
+        assert str(failure["text"]).startswith("revoked")
+
+        provider_clock_tick = reactor.seconds() + 1  # a login at the provider, a second later
+        fresh = provider.id_token(provider_clock_tick, site.issue_nonce())
+        again = Client("ignored@localhost", fresh, mechanism="PLAIN", username=f"{provider.sub}@idp")
+        await wait(again.log_in(server.c2s_port))
+        assert again.boundjid.bare == jid
+        await wait(again.log_out())
+    finally:
+        await provider.stop()

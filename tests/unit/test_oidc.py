@@ -27,6 +27,7 @@ from zope.interface.verify import verifyObject
 from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import (
     IBearerSite,
+    ILogoutSite,
     ProviderUnavailable,
     Rejection,
     SiteConfigError,
@@ -120,7 +121,7 @@ async def test_site_provides_ibearersite_and_loads_the_provider(provider: OIDCPr
                                                                 tmp_path: Path) -> None:
     """The site is an IBearerSite, loads the provider's metadata, and makes its nonce secret private."""
     site = sites(provider)
-    assert verifyObject(IBearerSite, site)
+    assert verifyObject(IBearerSite, site) and verifyObject(ILogoutSite, site)
     assert site.status() == "starting"
     await ready(site)
     assert site.status() == "ok"
@@ -699,3 +700,41 @@ async def test_endpoints_on_another_origin_need_the_operators_word(provider: OID
     assert metadata.jwks_uri == google["jwks_uri"]
     with pytest.raises(ProviderError, match="sites.google.endpoint_origins"):
         parse_metadata(google, issuer, "google", ())
+
+
+LOGOUT_EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({}, None),
+    ({"aud": ["other", "sns-xmpp-test"]}, None),
+    ({"nonce": "n"}, "has a nonce"),  # 2.4: so an ID token never passes for a logout token
+    ({"events": None}, "no back-channel logout event"),
+    ({"events": {"http://schemas.openid.net/event/backchannel-logout": "yes"}}, "no back-channel logout event"),
+    ({"jti": None}, "no jti"),
+    ({"sub": None, "sid": "s1"}, "a sid alone is not supported"),
+    ({"aud": "other"}, "another client"),
+    ({"iss": "https://evil.example"}, "another issuer"),
+    ({"iat": 1000 - 400}, "no acceptable time"),  # older than five minutes (and the leeway)
+    ({"iat": 1000 + 120}, "no acceptable time"),  # from the future
+    ({"exp": 1000 - 100}, "expired"),
+])
+def test_logout_token_claims_follow_back_channel_logout_section_2_6(change: dict, problem: str | None) -> None:
+    """A logout token must name the issuer, this client, a recent iat, a jti, the back-channel
+    logout event and a subject, and must not carry a nonce."""
+    from sns_xmpp.sites.oidc_tokens import check_logout_claims
+
+    claims = {"iss": "https://idp.example", "aud": "sns-xmpp-test", "sub": "User-42", "iat": 1000, "exp": 1120,
+              "jti": "j1", "events": LOGOUT_EVENT}
+    claims.update(change)
+    claims = {k: v for k, v in claims.items() if v is not None}
+
+    def check() -> str:
+        return check_logout_claims(claims, issuer="https://idp.example", client_id="sns-xmpp-test", now=1000,
+                                   leeway=60)
+
+    if problem is None:
+        assert check() == "User-42"
+    else:
+        with pytest.raises(SiteRejection, match=problem):
+            check()
