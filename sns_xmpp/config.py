@@ -95,7 +95,7 @@ class C2SConfig:
         8 * 1024 * 1024, integer(65536, 1024**3), "unread data a stream may hold before it ends (policy-violation)"
     )
     resume_timeout: int = _setting(300, integer(1, 86400), "seconds a dropped XEP-0198 session waits to resume")
-    auth_block_after: int = _setting(10, integer(2, 10000), "failures of one (address, account) pair before a block")
+    auth_block_after: int = _setting(20, integer(2, 10000), "failures of one (address, account) pair before a block")
     auth_block_seconds: int = _setting(900, integer(1, 86400), "how long such a block (or a strain) lasts")
     auth_free_failures: int = _setting(3, integer(0, 10000), "failures of a pair answered at once, before slowing")
     auth_max_delay: int = _setting(8, integer(0, 60), "longest a failure's answer is held back (s)")

@@ -46,7 +46,7 @@ class _Record:
 class ThrottlePolicy:
     free_failures: int = 3  # failures of a pair answered at once
     max_delay: float = 8.0  # the longest a failure's answer is held back (s)
-    block_after: int = 10  # failures of one (address, account) pair before it is blocked
+    block_after: int = 20  # failures of one (address, account) pair before it is blocked
     block_seconds: float = 900.0  # how long a block (or a strain) lasts
     window: float = 900.0  # quiet seconds after which a record is forgotten
     address_block_after: int = 500  # failures from one address, all accounts, before it is strained
