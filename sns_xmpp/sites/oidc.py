@@ -360,20 +360,26 @@ class OIDCSite:
             raise ProviderUnavailable(f"provider unreachable: {e}") from None
         return True
 
-    async def _verify_token(self, token: str, now: float) -> tuple[VerifiedAccount, dict[str, Any]]:
+    async def _signed_claims(self, token: str, wrong_type: Callable[[str], bool], what: str) -> dict[str, Any]:
+        """The claims of a JWS the provider signed (its keys fetched again once for an unknown
+        key id); SiteRejection for a token of a *wrong_type* (its ``typ``, lower case, without
+        ``application/``) or a bad one."""
         try:
             jws = jose.parse_compact(token, self.settings.max_token_bytes)
             typ = jws.header.get("typ")
-            if isinstance(typ, str) and typ.lower().removeprefix("application/") == "at+jwt":
-                raise jose.JOSEError(jose.MALFORMED, "an access token is not an ID token")
+            if isinstance(typ, str) and wrong_type(typ.lower().removeprefix("application/")):
+                raise jose.JOSEError(jose.MALFORMED, f"not {what}")
             try:
-                claims = jose.verify_jws(jws, await self._current_keys())
+                return jose.verify_jws(jws, await self._current_keys())
             except jose.JOSEError as e:
                 if e.kind != jose.UNKNOWN_KEY or not await self._refetch_once():
                     raise
-                claims = jose.verify_jws(jws, await self._current_keys())
+                return jose.verify_jws(jws, await self._current_keys())
         except jose.JOSEError as e:
             raise SiteRejection(_JOSE_KINDS[e.kind], e.reason) from None
+
+    async def _verify_token(self, token: str, now: float) -> tuple[VerifiedAccount, dict[str, Any]]:
+        claims = await self._signed_claims(token, lambda typ: typ == "at+jwt", "an ID token")
         sub, exp = check_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id, now=now,
                                 leeway=self.settings.leeway, nonce_ok=self._nonces.check)
         account = VerifiedAccount(
@@ -414,22 +420,9 @@ class OIDCSite:
         """Back-Channel Logout 1.0 section 2.6: the logout token is checked as an ID token is
         (signature against the provider's keys, issuer, audience, times), then as a logout token."""
         try:
-            jws = jose.parse_compact(token, self.settings.max_token_bytes)
-            typ = jws.header.get("typ")
-            if isinstance(typ, str) and typ.lower().removeprefix("application/") not in ("logout+jwt", "jwt"):
-                raise jose.JOSEError(jose.MALFORMED, "not a logout token")
-            try:
-                claims = jose.verify_jws(jws, await self._current_keys())
-            except jose.JOSEError as e:
-                if e.kind != jose.UNKNOWN_KEY or not await self._refetch_once():
-                    raise
-                claims = jose.verify_jws(jws, await self._current_keys())
+            claims = await self._signed_claims(token, lambda typ: typ not in ("logout+jwt", "jwt"), "a logout token")
             sub = check_logout_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id,
                                       now=now, leeway=self.settings.leeway)
-        except jose.JOSEError as e:
-            rejection = SiteRejection(_JOSE_KINDS[e.kind], e.reason)
-            log.info("oidc.logout_rejected site={site} kind={kind}", site=self.site_id, kind=rejection.kind.value)
-            raise rejection from None
         except SiteRejection as e:
             log.info("oidc.logout_rejected site={site} kind={kind}", site=self.site_id, kind=e.kind.value)
             raise

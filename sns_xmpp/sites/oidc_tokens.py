@@ -80,12 +80,7 @@ def check_logout_claims(claims: Mapping[str, Any], *, issuer: str, client_id: st
     def refuse(reason: str, kind: Rejection = Rejection.MALFORMED) -> SiteRejection:
         return SiteRejection(kind, reason)
 
-    if claims.get("iss") != issuer:
-        raise refuse("logout token is from another issuer")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or client_id not in audiences:
-        raise refuse("logout token is for another client")
+    _audiences(claims, issuer, client_id, "logout token")
     iat, exp = _number(claims, "iat"), _number(claims, "exp")
     if iat is None or iat > now + leeway or iat < now - MAX_LOGOUT_TOKEN_AGE - leeway:
         raise refuse("logout token issued at no acceptable time", Rejection.EXPIRED)
@@ -107,6 +102,19 @@ def check_logout_claims(claims: Mapping[str, Any], *, issuer: str, client_id: st
     return sub
 
 
+def _audiences(claims: Mapping[str, Any], issuer: str, client_id: str, what: str) -> list[str]:
+    """The token's audiences, once its issuer is *issuer* and this client is among them."""
+    if claims.get("iss") != issuer:
+        raise SiteRejection(Rejection.MALFORMED, f"{what} is from another issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+        raise SiteRejection(Rejection.MALFORMED, f"{what} has no audience")
+    if client_id not in audiences:
+        raise SiteRejection(Rejection.MALFORMED, f"{what} is for another client")
+    return audiences
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -121,14 +129,7 @@ def check_claims(
     def refuse(reason: str, kind: Rejection = Rejection.MALFORMED) -> SiteRejection:
         return SiteRejection(kind, reason)
 
-    if claims.get("iss") != issuer:
-        raise refuse("token is from another issuer")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
-        raise refuse("token has no audience")
-    if client_id not in audiences:
-        raise refuse("token is for another client")
+    audiences = _audiences(claims, issuer, client_id, "token")
     azp = claims.get("azp")
     if (len(audiences) > 1 or azp is not None) and azp != client_id:
         raise refuse("token is for another authorized party")

@@ -9,14 +9,12 @@ offers it only what can work for a social JID).
 
 from __future__ import annotations
 
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest_twisted
 
 from tests.e2e.test_go_clients import go_sendxmpp
-from tests.e2e.test_local_im import _need_profanity, until
+from tests.e2e.test_local_im import _need_profanity, profanity, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -63,14 +61,11 @@ async def test_go_sendxmpp_logs_in_twice_as_the_handed_over_jid(server, tmp_path
 async def test_profanity_logs_in_twice_as_the_handed_over_jid(server, tmp_path: Path) -> None:
     """Profanity, configured with the handed-over JID and password (as a person would paste them),
     is bound as that JID, and again after it quits and starts anew."""
-    command = _need_profanity()
+    _need_profanity()
     credentials = await demo_credentials(server, "erin")
     jid = credentials["jid"]
-    data, config = tmp_path / "data", tmp_path / "config"
-    (data / "profanity").mkdir(parents=True)
-    (config / "profanity").mkdir(parents=True)
     # A GLib key file: a backslash in a value is written doubled.
-    (data / "profanity" / "accounts").write_text(textwrap.dedent(f"""\
+    accounts = f"""\
         [erin]
         enabled=true
         jid={jid.replace(chr(92), chr(92) * 2)}
@@ -79,20 +74,11 @@ async def test_profanity_logs_in_twice_as_the_handed_over_jid(server, tmp_path: 
         resource=profanity
         password={credentials["password"]}
         tls.policy=trust
-        """))
-    env = f"HOME={tmp_path} XDG_DATA_HOME={data} XDG_CONFIG_HOME={config} TERM=xterm"
+        """
     earlier: list[object] = []  # the first run's session: killed, it waits (XEP-0198) to be resumed
     for run in range(2):
-        tmux_socket = str(tmp_path / f"tmux{run}.sock")  # a tmux server of this run's own
-        started = subprocess.run(
-            ["tmux", "-S", tmux_socket, "new-session", "-d", "-x", "160", "-y", "40",
-             f"env {env} {command} -a erin -l DEBUG -f {tmp_path / f'profanity{run}.log'}"],
-            capture_output=True, text=True)
-        assert started.returncode == 0, started.stderr
-        try:
+        with profanity(tmp_path, "erin", accounts, run=str(run)):
             await until(lambda: [s for s in server.sessions.resources(jid) if s not in earlier] != [])
             [session] = server.sessions.resources(jid)  # the new login replaced the detached one
             assert session.full == f"{jid}/profanity"
             earlier.append(session)
-        finally:
-            subprocess.run(["tmux", "-S", tmux_socket, "kill-server"], capture_output=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest_twisted
@@ -242,6 +243,28 @@ def _need_profanity() -> str:
     return require_client("profanity", also=("tmux",))
 
 
+@contextlib.contextmanager
+def profanity(tmp_path: Path, account: str, accounts: str, run: str = "") -> Iterator[None]:
+    """Profanity in a tmux server of its own, with *accounts* as its accounts file (a GLib key
+    file), logged in as the account named *account* there; killed when the block ends."""
+    command = _need_profanity()
+    data, config = tmp_path / "data", tmp_path / "config"
+    (data / "profanity").mkdir(parents=True, exist_ok=True)
+    (config / "profanity").mkdir(parents=True, exist_ok=True)
+    (data / "profanity" / "accounts").write_text(textwrap.dedent(accounts))
+    tmux_socket = str(tmp_path / f"tmux{run}.sock")
+    env = f"HOME={tmp_path} XDG_DATA_HOME={data} XDG_CONFIG_HOME={config} TERM=xterm"
+    started = subprocess.run(
+        ["tmux", "-S", tmux_socket, "new-session", "-d", "-x", "160", "-y", "40",
+         f"env {env} {command} -a {account} -l DEBUG -f {tmp_path / f'profanity{run}.log'}"],
+        capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield
+    finally:
+        subprocess.run(["tmux", "-S", tmux_socket, "kill-server"], capture_output=True)
+
+
 async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
     """Poll server-side state that an external client changes (no event to wait on from here)."""
     from twisted.internet import reactor
@@ -259,7 +282,7 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
     """Profanity (C, libstrophe, XEP-0198 on by default) logs in while three messages wait offline:
     it gets them, acknowledges them and stays connected (it was thrown out with undefined-condition,
     "handled count too high", when offline messages went around stream management's count)."""
-    command = _need_profanity()
+    _need_profanity()
     await server.add_user("alice@localhost", "secret")
     await server.add_user("bob@localhost", "secret")
     alice = await logged_in(server, "alice@localhost")
@@ -268,27 +291,16 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
     await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
     assert await server.store.count_offline("bob@localhost") == 3
 
-    data, config = tmp_path / "data", tmp_path / "config"
-    (data / "profanity").mkdir(parents=True)
-    (config / "profanity").mkdir(parents=True)
-    (data / "profanity" / "accounts").write_text(textwrap.dedent(f"""\
-        [bob@localhost]
-        enabled=true
-        jid=bob@localhost
-        server=127.0.0.1
-        port={server.c2s_port}
-        resource=profanity
-        password=secret
-        tls.policy=trust
-        """))
-    tmux_socket = str(tmp_path / "tmux.sock")  # a tmux server of this test's own
-    env = f"HOME={tmp_path} XDG_DATA_HOME={data} XDG_CONFIG_HOME={config} TERM=xterm"
-    started = subprocess.run(
-        ["tmux", "-S", tmux_socket, "new-session", "-d", "-x", "160", "-y", "40",
-         f"env {env} {command} -a bob@localhost -l DEBUG -f {tmp_path / 'profanity.log'}"],
-        capture_output=True, text=True)
-    assert started.returncode == 0, started.stderr
-    try:
+    with profanity(tmp_path, "bob@localhost", f"""\
+            [bob@localhost]
+            enabled=true
+            jid=bob@localhost
+            server=127.0.0.1
+            port={server.c2s_port}
+            resource=profanity
+            password=secret
+            tls.policy=trust
+            """):
         def acknowledged() -> bool:
             sessions = server.sessions.resources("bob@localhost")
             return bool(sessions) and sessions[0].ledger is not None and sessions[0].ledger.acked >= 5
@@ -305,6 +317,4 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
             alice.send_message(mto="bob@localhost", mbody=f"live {n}", mtype="chat")
         await until(lambda: session.stream.closed or session.ledger is not None and session.ledger.acked >= asked_at)
         assert not session.stream.closed and server.sessions.resources("bob@localhost") == [session]
-    finally:
-        subprocess.run(["tmux", "-S", tmux_socket, "kill-server"], capture_output=True)
     await wait(alice.log_out())
