@@ -30,7 +30,7 @@ from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.login import Root, SocialWeb
-from sns_xmpp.http.logout import BackChannelLogoutRoot
+from sns_xmpp.http.logout import BackChannelLogoutRoot, LogoutTokens, WebLogout
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret, private_directory
@@ -197,8 +197,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         salt_key=salt_key)
     checker = SocialLoginChecker(store, sites, local, reactor, public_url, salt_key, metrics)
     # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
-    pending = PendingLogins(reactor, secret=ensure_secret(config.data_dir / "login-state.key").encode())
-    web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid)
+    login_state_key = ensure_secret(config.data_dir / "login-state.key").encode()
+    pending = PendingLogins(reactor, secret=login_state_key)
+    logout_tokens = LogoutTokens(login_state_key, reactor)  # the same key, in a context of its own
+    web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid,
+                    logout_tokens)
     try:
         install_features(sessions, router, reactor, config=config.xmpp, sites=web,
                          disabled=config.xmpp.features.disabled)
@@ -213,6 +216,13 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         return d.addCallback(lambda jid: end_sessions(sessions, jid, "logged out at the site") if jid else 0)
 
     root.putChild(b"backchannel-logout", BackChannelLogoutRoot(sites, log_out, reactor))
+
+    def log_out_everywhere(jid: str) -> Deferred[int]:
+        """The hand-over page's button: the account is revoked, and its sessions here end at once."""
+        d: Deferred[Any] = store.revoke(jid, "logged out on the web", reactor.seconds())
+        return d.addCallback(lambda recorded: end_sessions(sessions, jid, "logged out on the web"))
+
+    root.putChild(b"logout", WebLogout(logout_tokens, log_out_everywhere))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -239,12 +238,11 @@ class SocialLoginChecker:
         now = self.clock.seconds()
         link = await self._link(site.site_id, account.account, domain, now)
         jid = link.jid
-        if link.revoked_at is not None and (account.issued_at is None
-                                            or account.issued_at < math.floor(link.revoked_at)):
+        if link.revoked_at is not None and (account.issued_at is None or account.issued_at <= link.revoked_at):
             # Revoked (unlinked, logged out everywhere): credentials the site issued before that
             # never log in again; those it issues later bring the account back to the same user.
-            # To the second, as tokens state their times: a login at the site right after the
-            # revocation must not be refused.
+            # Tokens state their times to the second, so those of the revocation's own second
+            # are refused too: the safe side (a new login a second later works).
             raise self._refused(site.site_id, SiteRejection(
                 Rejection.REVOKED, "these credentials were issued before the account was logged out"))
         if named_jid is not None and named_jid not in (jid, _social_jid(identity, domain)):

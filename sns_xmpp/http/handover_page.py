@@ -79,7 +79,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     f"script-src {_sha256(SCRIPT)}",
     f"style-src {_sha256(STYLE)}",
     "base-uri 'none'",
-    "form-action 'none'",
+    "form-action 'self'",  # the "log out everywhere" button posts to this server
     "frame-ancestors 'none'",
 ]).encode()
 
@@ -97,8 +97,9 @@ def qr_svg(text: str) -> str:
     return str(code.svg_inline(scale=5, border=4, dark="#000", light="#fff", title="QR code of " + text))
 
 
-def handover_body(jid: str, password: str, display_name: str | None) -> str:
-    """The page body; the caller sends it with CONTENT_SECURITY_POLICY."""
+def handover_body(jid: str, password: str, display_name: str | None, logout: tuple[str, str] | None = None) -> str:
+    """The page body; the caller sends it with CONTENT_SECURITY_POLICY. *logout*: (the URL of the
+    "log out everywhere" form, its token)."""
     uri = xmpp_uri(jid)
     greeting = f"<p>Welcome, {html.escape(display_name)}.</p>\n" if display_name else ""
     return (
@@ -112,4 +113,7 @@ def handover_body(jid: str, password: str, display_name: str | None) -> str:
         f'<a href="{html.escape(uri)}">{html.escape(uri)}</a>, for the JID; then paste the password.'
         "</figcaption></figure>\n"
         "<p>These credentials expire; come back here for fresh ones.</p>\n"
-        f"<script>{SCRIPT}</script>")
+        + (f'<form method="post" action="{html.escape(logout[0])}"><input type="hidden" name="token" '
+           f'value="{html.escape(logout[1])}"><button type="submit">Log out everywhere</button> (ends every '
+           "session of this account and voids the credentials given until now)</form>\n" if logout else "")
+        + f"<script>{SCRIPT}</script>")

@@ -1,4 +1,5 @@
-"""OpenID Connect Back-Channel Logout 1.0: ``POST /backchannel-logout/<site>``.
+"""Logging out everywhere: from the provider (OpenID Connect Back-Channel Logout 1.0,
+``POST /backchannel-logout/<site>``) and from the hand-over page (``POST /logout``).
 
 When a person logs out at the provider, the provider posts a signed logout token here (register
 ``<public_url>/backchannel-logout/<site>`` as the client's ``backchannel_logout_uri``). The site
@@ -10,6 +11,9 @@ until now stop working (`auth.social.SocialLoginChecker.log_out`). Answers as se
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import html
 import json
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,6 +26,7 @@ from twisted.web.server import Request
 
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import ILogoutSite, SiteRejection
+from sns_xmpp.sites.jose import JOSEError, b64url_decode, b64url_encode
 from sns_xmpp.sites.registry import SiteRegistry
 
 log = GatedLogger()
@@ -86,3 +91,86 @@ def _refuse(request: Request, description: str) -> bytes:
     request.setResponseCode(400)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps({"error": "invalid_request", "error_description": description}).encode()
+
+
+# -- "log out everywhere" on the web ---------------------------------------------------------
+
+LOGOUT_CONTEXT = b"sns-xmpp-web-logout-v1:"
+WEB_LOGOUT_SECONDS = 86400.0  # how long the hand-over page's "log out everywhere" works
+
+
+class LogoutTokens:
+    """The proof, given with the credentials at the hand-over, that its holder may log the account
+    out everywhere: the JID and an expiry, sealed with HMAC-SHA256 under the per-install key (its
+    own context: a login state can never pass for one). As secret as the password beside it."""
+
+    def __init__(self, secret: bytes, clock: IReactorTime, ttl: float = WEB_LOGOUT_SECONDS) -> None:
+        self._key = secret
+        self.clock = clock
+        self.ttl = ttl
+
+    def _mac(self, payload: str) -> str:
+        return b64url_encode(hmac.new(self._key, LOGOUT_CONTEXT + payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, jid: str) -> str:
+        document = {"jid": jid, "expires": self.clock.seconds() + self.ttl}
+        payload = b64url_encode(json.dumps(document, separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload)}"
+
+    def open(self, token: str) -> str | None:
+        """The JID a valid, unexpired token names; None otherwise."""
+        payload, _, mac = token.partition(".")
+        if not hmac.compare_digest(self._mac(payload).encode(), mac.encode("ascii", "replace")):
+            return None
+        try:
+            document = json.loads(b64url_decode(payload))
+            jid, expires = str(document["jid"]), float(document["expires"])
+        except (ValueError, KeyError, TypeError, JOSEError):
+            return None
+        return jid if self.clock.seconds() <= expires else None
+
+
+LogOutEverywhere = Callable[[str], "Deferred[int]"]
+"""(bare JID) -> how many sessions ended here: the account is revoked as `IStore.revoke` does."""
+
+
+class WebLogout(resource.Resource):
+    """``POST /logout`` with the hand-over's ``token``: log the account out everywhere."""
+
+    isLeaf = True
+
+    def __init__(self, tokens: LogoutTokens, log_out: LogOutEverywhere) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.log_out = log_out
+
+    def render_POST(self, request: Request) -> bytes | int:
+        request.setHeader(b"cache-control", b"no-store")
+        given = (request.args or {}).get(b"token") or [b""]
+        jid = self.tokens.open(given[0].decode("ascii", "replace"))
+        if jid is None:
+            request.setResponseCode(400)
+            return _page("Not logged out", "<p>This logout link is not valid or has expired: log in at the "
+                         "site again and use the new page's button.</p>")
+        d = self.log_out(jid)
+        d.addCallbacks(lambda ended: self._done(request, jid, ended), lambda reason: self._failed(request, reason))
+        return server.NOT_DONE_YET
+
+    def _done(self, request: Request, jid: str, ended: int) -> None:
+        log.info("http.web_logout jid={jid} sessions={sessions}", jid=jid, sessions=ended)
+        request.write(_page("Logged out everywhere", f"<p>{html.escape(jid)} is logged out on every device; "
+                            "the credentials given until now no longer work. Log in at the site again "
+                            "for new ones.</p>"))
+        request.finish()
+
+    def _failed(self, request: Request, reason: Failure) -> None:
+        log.failure("http.web_logout_failed", reason)
+        request.setResponseCode(503)
+        request.write(_page("Try again later", "<p>The logout could not be recorded.</p>"))
+        request.finish()
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>'
+            f"<body><h1>{title}</h1>{body}</body></html>").encode()

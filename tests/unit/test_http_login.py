@@ -320,3 +320,20 @@ def test_the_xmpp_uri_percent_encodes_what_rfc_5122_does_not_allow_in_a_node(jid
     from sns_xmpp.http.handover_page import xmpp_uri
 
     assert xmpp_uri(jid) == uri
+
+
+def test_a_logout_token_names_its_account_until_it_expires_and_nothing_else_passes_for_one() -> None:
+    """The hand-over's 'log out everywhere' proof: the JID it was issued for, for a day; a token
+    that is altered, expired, or a login state sealed under the same key is no proof."""
+    from sns_xmpp.http.logout import LogoutTokens
+
+    clock = task.Clock()
+    tokens = LogoutTokens(b"k" * 32, clock)
+    token = tokens.issue("olga\\40demo@localhost")
+    assert tokens.open(token) == "olga\\40demo@localhost"
+    payload, _, mac = token.partition(".")
+    assert tokens.open(f"{payload}x.{mac}") is None and tokens.open(token[:-1]) is None
+    login_state = PendingLogins(clock, secret=b"k" * 32).seal("state", "demo", {})
+    assert tokens.open(login_state) is None  # the same key, another context
+    clock.advance(tokens.ttl + 1)
+    assert tokens.open(token) is None
