@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from sns_xmpp.store.interface import SchemaTooNewError
 from sns_xmpp.store.records import (
     Account,
+    FastToken,
+    FastTokenIssue,
     OfflineMessage,
     Revocation,
     RosterItem,
@@ -81,6 +83,7 @@ SQL_DELETE_ACCOUNT_DATA = (
     "DELETE FROM offline_messages WHERE owner = ?",
     "DELETE FROM social_links WHERE jid = ?",
     "DELETE FROM revocations WHERE jid = ?",
+    "DELETE FROM fast_tokens WHERE jid = ?",
 )
 SQL_DELETE_ACCOUNT = "DELETE FROM accounts WHERE jid = ?"
 SQL_LIST_ACCOUNTS = "SELECT jid FROM accounts ORDER BY jid"
@@ -144,6 +147,41 @@ SQL_RECORD_REVOCATION = "INSERT INTO revocations (jid, reason, at) VALUES (?, ?,
 SQL_REVOCATIONS_AFTER = "SELECT id, jid, reason, at FROM revocations WHERE id > ? ORDER BY id LIMIT ?"
 SQL_LAST_REVOCATION = "SELECT COALESCE(MAX(id), 0) FROM revocations"
 SQL_LIST_LINKS_ORDER = " ORDER BY site, account"
+
+# -- FAST tokens (XEP-0484) ------------------------------------------------
+
+SQL_GET_FAST = (
+    "SELECT jid, agent, mechanism, token_hash, issued_at, expires_at, last_count, previous_hash,"
+    " previous_until, previous_count FROM fast_tokens WHERE jid = ? AND agent = ?"
+)
+# A new token for (jid, agent) replaces whatever was there, previous one included.
+SQL_PUT_FAST = (
+    "INSERT INTO fast_tokens (jid, agent, mechanism, token_hash, issued_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jid, agent) DO UPDATE SET mechanism = excluded.mechanism,"
+    " token_hash = excluded.token_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
+    " last_count = 0, previous_hash = NULL, previous_until = NULL, previous_count = 0"
+)
+# A login with the current token (its count above the last, the token unexpired) rotates it in one
+# statement: the used one becomes the previous, taken until the grace period ends. SET reads the
+# row as it was, in both engines.
+SQL_ROTATE_CURRENT_FAST = (
+    "UPDATE fast_tokens SET previous_hash = token_hash, previous_until = ?, previous_count = ?,"
+    " mechanism = ?, token_hash = ?, issued_at = ?, expires_at = ?, last_count = 0"
+    " WHERE jid = ? AND agent = ? AND token_hash = ? AND last_count < ? AND expires_at > ?"
+)
+# A login with the previous token during its grace period (the client missed the new one): a new
+# current one; the previous stays as it was, with the count taken.
+SQL_ROTATE_PREVIOUS_FAST = (
+    "UPDATE fast_tokens SET previous_count = ?, mechanism = ?, token_hash = ?, issued_at = ?,"
+    " expires_at = ?, last_count = 0"
+    " WHERE jid = ? AND agent = ? AND previous_hash = ? AND previous_count < ? AND previous_until > ?"
+)
+# invalidate='true': the login's token (current or previous) is used once more, then gone.
+SQL_INVALIDATE_FAST = (
+    "DELETE FROM fast_tokens WHERE jid = ? AND agent = ? AND ((token_hash = ? AND last_count < ? AND expires_at > ?)"
+    " OR (previous_hash = ? AND previous_count < ? AND previous_until > ?))"
+)
+SQL_DELETE_FAST = "DELETE FROM fast_tokens WHERE jid = ?"
 
 # -- replay protection ----------------------------------------------------
 
@@ -319,6 +357,11 @@ def revocation_from_row(row: Sequence[Any]) -> Revocation:
     return Revocation(id=int(row[0]), jid=row[1], reason=row[2], at=row[3])
 
 
+def fast_token_from_row(row: Sequence[Any]) -> FastToken:
+    return FastToken(row[0], row[1], row[2], bytes.fromhex(row[3]), row[4], row[5], int(row[6]),
+                     bytes.fromhex(row[7]) if row[7] is not None else None, row[8], int(row[9]))
+
+
 class AbandonTransaction(Exception):
     """Roll the current transaction back without it being an error."""
 
@@ -398,6 +441,14 @@ class Database(Protocol):
     def last_revocation_id(self) -> int: ...
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> bool: ...
+
+    def fast_token(self, jid: str, agent: str) -> FastToken | None: ...
+
+    def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
+                       expires_at: float) -> bool: ...
+
+    def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
+                       replacement: FastTokenIssue | None) -> bool: ...
 
 
 def migrate(database_factory: Callable[[], Database]) -> int:

@@ -16,6 +16,8 @@ from zope.interface import Interface
 
 from sns_xmpp.store.records import (
     Account,
+    FastToken,
+    FastTokenIssue,
     OfflineMessage,
     Revocation,
     RosterItem,
@@ -217,6 +219,24 @@ class IStore(Interface):
         that use is still after ``now``.  Expired rows are swept a bounded
         number at a time on each call.
         """
+
+    # -- FAST tokens (XEP-0484) -------------------------------------------
+
+    def fast_token(jid: str, agent: str) -> Deferred[FastToken | None]:
+        """The FAST token of the account's client *agent* (its ``<user-agent id>``), or None."""
+
+    def put_fast_token(jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
+                       expires_at: float) -> Deferred[bool]:
+        """Store a new token (its SHA-256 digest) for (jid, agent), replacing any there, the
+        previous one included; False if there is no such account."""
+
+    def use_fast_token(jid: str, agent: str, used_hash: bytes, count: int, now: float,
+                       replacement: FastTokenIssue | None) -> Deferred[bool]:
+        """Take a FAST login with the token whose digest is *used_hash*, in one statement: the
+        current token (unexpired) or the previous one (within its grace period), with *count*
+        above the last count it gave. With a *replacement* the login rotates: the replacement
+        becomes current, a used current token the previous. Without one (invalidate) the row goes.
+        False if nothing matched: another login took the count first, or the token is gone."""
 
     def close() -> Deferred[None]:
         """Finish pending calls and release the database."""

@@ -14,6 +14,8 @@ __all__ = [
     "OfflineMessage",
     "RosterItem",
     "ScramCredential",
+    "FastToken",
+    "FastTokenIssue",
     "SocialLink",
 ]
 
@@ -85,3 +87,32 @@ class Revocation:
     jid: str
     reason: str
     at: float
+
+
+@dataclass(frozen=True)
+class FastToken:
+    """A FAST token (XEP-0484) of one account and client (``<user-agent id>``), as stored: the
+    SHA-256 digests of the token and of the one it replaced, never the tokens themselves."""
+
+    jid: str
+    agent: str
+    mechanism: str
+    token_hash: bytes  # SHA-256(token): the HMAC key the token itself stands for (RFC 2104 3)
+    issued_at: float
+    expires_at: float
+    last_count: int  # the highest count a login with this token gave
+    previous_hash: bytes | None = None  # the token it replaced, taken until previous_until
+    previous_until: float | None = None
+    previous_count: int = 0
+
+
+@dataclass(frozen=True)
+class FastTokenIssue:
+    """A token that replaces the one a FAST login used (rotation): its digest and lifetime, and
+    until when the used one is still taken (the grace period)."""
+
+    mechanism: str
+    token_hash: bytes
+    issued_at: float
+    expires_at: float
+    grace_until: float

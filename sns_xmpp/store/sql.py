@@ -23,13 +23,16 @@ from sns_xmpp.store.common import (
     SQL_DELETE_ACCOUNT,
     SQL_DELETE_ACCOUNT_DATA,
     SQL_DELETE_CREDENTIALS,
+    SQL_DELETE_FAST,
     SQL_DELETE_OFFLINE,
     SQL_GET_ACCOUNT,
+    SQL_GET_FAST,
     SQL_GET_LINK,
     SQL_GET_ROSTER,
     SQL_INSERT_ACCOUNT,
     SQL_INSERT_CREDENTIAL,
     SQL_INSERT_LINK,
+    SQL_INVALIDATE_FAST,
     SQL_LAST_REVOCATION,
     SQL_LIST_ACCOUNTS,
     SQL_LIST_ACCOUNTS_AT,
@@ -37,6 +40,7 @@ from sns_xmpp.store.common import (
     SQL_LOAD_ROSTER,
     SQL_OFFLINE_MESSAGES,
     SQL_OFFLINE_USAGE,
+    SQL_PUT_FAST,
     SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_REVOCATION,
     SQL_REMOVE_LINK,
@@ -45,10 +49,13 @@ from sns_xmpp.store.common import (
     SQL_REVOCATIONS_AFTER,
     SQL_REVOKE_LINK,
     SQL_REVOKE_LINKS,
+    SQL_ROTATE_CURRENT_FAST,
+    SQL_ROTATE_PREVIOUS_FAST,
     SQL_TOUCH_LINK,
     AbandonTransaction,
     account_from_rows,
     credential_rows,
+    fast_token_from_row,
     link_from_row,
     list_links_sql,
     offline_from_row,
@@ -57,7 +64,16 @@ from sns_xmpp.store.common import (
     roster_item_params,
 )
 from sns_xmpp.store.interface import JidTakenError
-from sns_xmpp.store.records import Account, OfflineMessage, Revocation, RosterItem, ScramCredential, SocialLink
+from sns_xmpp.store.records import (
+    Account,
+    FastToken,
+    FastTokenIssue,
+    OfflineMessage,
+    Revocation,
+    RosterItem,
+    ScramCredential,
+    SocialLink,
+)
 
 
 class SQLDatabase(ABC):
@@ -237,6 +253,7 @@ class SQLDatabase(ABC):
             found = cursor.execute(self._sql(SQL_ACCOUNT_EXISTS), (jid,)).fetchone()
             if found is None:
                 return None
+            cursor.execute(self._sql(SQL_DELETE_FAST), (jid,))  # a revoked device logs in no more
             recorded = cursor.execute(self._sql(SQL_RECORD_REVOCATION), (jid, reason, now)).fetchone()
             return int(recorded[0])
 
@@ -245,3 +262,34 @@ class SQLDatabase(ABC):
 
     def last_revocation_id(self) -> int:
         return int(self._read(self._sql(SQL_LAST_REVOCATION), ())[0][0])
+
+    # -- FAST tokens (XEP-0484) -------------------------------------------
+
+    def fast_token(self, jid: str, agent: str) -> FastToken | None:
+        rows = self._read(self._sql(SQL_GET_FAST), (jid, agent))
+        return fast_token_from_row(rows[0]) if rows else None
+
+    def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
+                       expires_at: float) -> bool:
+        with self._write() as cursor:
+            if cursor.execute(self._sql(SQL_ACCOUNT_EXISTS), (jid,)).fetchone() is None:
+                return False
+            cursor.execute(self._sql(SQL_PUT_FAST),
+                           (jid, agent, mechanism, token_hash.hex(), issued_at, expires_at))
+        return True
+
+    def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
+                       replacement: FastTokenIssue | None) -> bool:
+        used = used_hash.hex()
+        with self._write() as cursor:
+            if replacement is None:
+                return bool(cursor.execute(self._sql(SQL_INVALIDATE_FAST),
+                                           (jid, agent, used, count, now, used, count, now)).rowcount == 1)
+            new = replacement.token_hash.hex()
+            if cursor.execute(self._sql(SQL_ROTATE_CURRENT_FAST), (
+                    replacement.grace_until, count, replacement.mechanism, new, replacement.issued_at,
+                    replacement.expires_at, jid, agent, used, count, now)).rowcount == 1:
+                return True
+            return bool(cursor.execute(self._sql(SQL_ROTATE_PREVIOUS_FAST), (
+                count, replacement.mechanism, new, replacement.issued_at, replacement.expires_at,
+                jid, agent, used, count, now)).rowcount == 1)

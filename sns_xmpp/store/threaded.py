@@ -22,6 +22,8 @@ from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableError
 from sns_xmpp.store.records import (
     Account,
+    FastToken,
+    FastTokenIssue,
     OfflineMessage,
     Revocation,
     RosterItem,
@@ -398,3 +400,14 @@ class ThreadedStore(Service):
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
         return self._call(lambda db: db.remember_token(site, token_digest, expires_at, now))
+
+    def fast_token(self, jid: str, agent: str) -> Deferred[FastToken | None]:
+        return self._read(lambda db: db.fast_token(jid, agent))
+
+    def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
+                       expires_at: float) -> Deferred[bool]:
+        return self._call(lambda db: db.put_fast_token(jid, agent, mechanism, token_hash, issued_at, expires_at))
+
+    def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
+                       replacement: FastTokenIssue | None) -> Deferred[bool]:
+        return self._call(lambda db: db.use_fast_token(jid, agent, used_hash, count, now, replacement))

@@ -129,6 +129,7 @@ def rows_mentioning(backend: Backend, jid: str) -> dict[str, int]:
         "offline_messages": "owner",
         "social_links": "jid",
         "revocations": "jid",
+        "fast_tokens": "jid",
     }
     return {
         table: backend.rows(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (jid,))[0][0]
@@ -697,4 +698,39 @@ def test_a_revoked_link_stays_and_every_revocation_is_an_event_in_order(backend:
     assert db.get_link("demo", "zoe") == dataclasses.replace(zoe, revoked_at=NOW + 1)
     assert db.delete_account(yves.jid)
     assert rows_mentioning(backend, yves.jid) == dict.fromkeys(rows_mentioning(backend, yves.jid), 0)
+    db.close()
+
+
+def test_fast_tokens_rotate_count_and_go_with_a_revocation(backend: Backend) -> None:
+    """XEP-0484's tokens, stored as digests, one per (account, client): a login takes the current
+    token once per count (a replayed count is refused), rotation keeps the used token for its grace
+    period only, invalidate removes it, and a revocation deletes the account's tokens in the same
+    transaction. In each engine."""
+    from sns_xmpp.store.records import FastTokenIssue
+
+    db = backend.open()
+    zoe = db.link_account("demo", "zoe", "zoe\\40demo@localhost", NOW).jid
+    assert not db.put_fast_token("ghost@localhost", "phone", "HT-SHA-256-NONE", b"g" * 32, NOW, NOW + 100)
+    assert db.put_fast_token(zoe, "phone", "HT-SHA-256-NONE", b"a" * 32, NOW, NOW + 100)
+    assert db.put_fast_token(zoe, "laptop", "HT-SHA-256-NONE", b"l" * 32, NOW, NOW + 100)
+    token = db.fast_token(zoe, "phone")
+    assert token is not None and (token.token_hash, token.expires_at, token.last_count) == (b"a" * 32, NOW + 100, 0)
+    assert backend.rows("SELECT token_hash FROM fast_tokens WHERE agent = 'phone'") == [((b"a" * 32).hex(),)]
+
+    def issue(digest: bytes, at: float) -> FastTokenIssue:
+        return FastTokenIssue("HT-SHA-256-NONE", digest, at, at + 100, at + 10)
+
+    assert db.use_fast_token(zoe, "phone", b"a" * 32, 1, NOW + 1, issue(b"b" * 32, NOW + 1))
+    assert not db.use_fast_token(zoe, "phone", b"a" * 32, 1, NOW + 2, issue(b"x" * 32, NOW + 2)), "replayed count"
+    rotated = db.fast_token(zoe, "phone")
+    assert rotated is not None and (rotated.token_hash, rotated.previous_hash, rotated.previous_until,
+                                    rotated.previous_count) == (b"b" * 32, b"a" * 32, NOW + 11, 1)
+    # The previous token, within its grace period, with a higher count: a new current token.
+    assert db.use_fast_token(zoe, "phone", b"a" * 32, 2, NOW + 5, issue(b"c" * 32, NOW + 5))
+    assert not db.use_fast_token(zoe, "phone", b"a" * 32, 3, NOW + 12, issue(b"d" * 32, NOW + 12)), "grace over"
+    assert not db.use_fast_token(zoe, "phone", b"c" * 32, 1, NOW + 200, issue(b"d" * 32, NOW + 200)), "expired"
+    assert db.use_fast_token(zoe, "phone", b"c" * 32, 1, NOW + 20, None)  # invalidate
+    assert db.fast_token(zoe, "phone") is None
+    assert db.revoke(zoe, "admin", NOW + 30) is not None
+    assert db.fast_token(zoe, "laptop") is None
     db.close()
