@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
 from twisted.python.failure import Failure
@@ -19,6 +20,8 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
+from sns_xmpp.auth.fast import MECHANISMS as FAST_MECHANISMS
+from sns_xmpp.auth.fast import FastTokens, IssuedToken
 from sns_xmpp.auth.throttle import AuthThrottle
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -29,13 +32,22 @@ from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Attempt,
     Challenge,
-    OAuthBearerAttempt,
-    PlainAttempt,
-    ScramAttempt,
+    HTAttempt,
     Success,
     decode_payload,
     encode_payload,
     start_attempt,
+)
+from sns_xmpp.xmpp.sasl2 import (
+    NS_BIND2,
+    NS_SASL2,
+    Authenticate,
+    authentication_feature,
+    challenge_xml,
+    failure_element,
+    parse_authenticate,
+    resource_for,
+    success_element,
 )
 from sns_xmpp.xmpp.serialization import escape_text
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -62,6 +74,8 @@ class C2SSettings:
     max_auth_failures: int = 3
     metrics: Metrics = field(default_factory=Metrics)
     throttle: AuthThrottle | None = None
+    sasl2: bool = False  # offer SASL2 and Bind2 (XEP-0388, XEP-0386) after TLS
+    fast: FastTokens | None = None  # FAST tokens (XEP-0484), with SASL2
     # Serialised <stream:features/>, by what they depend on: every stream asks, most alike.
     features_cache: dict[tuple[object, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -76,7 +90,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.domain: str | None = None
         self.claimed: str | None = None  # the stream header's 'from': who the client says it is
         self.login: LoginResult | None = None
-        self.attempt: PlainAttempt | ScramAttempt | OAuthBearerAttempt | None = None
+        self.attempt: Attempt | None = None
+        self.version2 = False  # the exchange under way is SASL2's (its elements, no restart)
+        self.request: Authenticate | None = None  # what the SASL2 <authenticate/> asked for
         self.failures = 0
         self.auth_started = 0.0
         self.answering = False  # a slowed failure answer is pending
@@ -157,6 +173,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             element = features.addElement((NS_SASL, "mechanisms"))
             for name in mechanisms:
                 element.addElement("mechanism", content=name)
+            if stream.secure and self.settings.sasl2:  # XEP-0388: the same mechanisms, after TLS only
+                fast = FAST_MECHANISMS if self.settings.fast is not None else ()
+                features.addChild(authentication_feature(mechanisms, fast, list(hooks.inline)))
         _add_features(features, hooks.features_before_auth, self.domain)
         return features
 
@@ -176,7 +195,11 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if element.uri == NS_TLS and element.name == "starttls":
             self._starttls()
         elif element.uri == NS_SASL and self.login is None:
+            self.version2 = False
             self._sasl(element)
+        elif element.uri == NS_SASL2 and self.login is None and self.settings.sasl2:
+            self.version2 = True
+            self._sasl2(element)
         elif element.name == "iq" and element.uri == NS_CLIENT and self.login is not None:
             self._iq_before_session(element)
         elif self.login is not None and not self.binding and (
@@ -207,6 +230,46 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         else:
             self.attempt = None
             self._failure("malformed-request", "unexpected SASL element")
+
+    def _sasl2(self, element: domish.Element) -> None:
+        if element.name == "authenticate":
+            self._authenticate(element)
+        elif element.name == "response" and self.attempt is not None:
+            self._step(self.attempt.respond, _response(element))
+        elif element.name == "abort":
+            self.attempt = None
+            self._failure("aborted", None)
+        else:
+            self.attempt = None
+            self._failure("malformed-request", "unexpected SASL2 element")
+
+    def _authenticate(self, element: domish.Element) -> None:
+        """XEP-0388's <authenticate/>: the same mechanisms and checks as SASL1's <auth/>, and FAST's."""
+        if not self.xmlstream.secure:
+            self._failure("encryption-required", "STARTTLS first")
+            return
+        try:
+            request = parse_authenticate(element)
+        except AuthenticationFailed as refusal:
+            self._failure(refusal.condition, refusal.text)
+            return
+        assert self.domain is not None
+        fast = self.settings.fast
+        attempt: Attempt
+        if request.mechanism in FAST_MECHANISMS and fast is not None:
+            attempt = HTAttempt(request.mechanism, fast, self.settings.checker, self.domain, request.agent,
+                                request.count, request.invalidate)
+        elif request.mechanism in self._mechanisms():
+            attempt = start_attempt(request.mechanism, self.settings.checker, self.domain)
+        else:
+            self._failure("invalid-mechanism", None)
+            return
+        if self.answering:
+            return  # as for <auth/>: no faster answer for a client that does not wait
+        self.auth_started = self.xmlstream.clock.seconds()
+        self.request = request
+        self.attempt = attempt
+        self._step(attempt.start, lambda: request.initial)
 
     def _auth(self, element: domish.Element) -> None:
         if not self.xmlstream.secure and self.settings.require_tls:
@@ -239,6 +302,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             if self.attempt is not attempt or self.xmlstream.closed:
                 return
             if isinstance(step, Challenge):
+                if self.version2:
+                    self.xmlstream.send(challenge_xml(step.data))
+                    return
                 challenge = domish.Element((NS_SASL, "challenge"))
                 challenge.addContent(encode_payload(step.data))
                 self.xmlstream.send(challenge)
@@ -273,6 +339,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         d.addCallbacks(answered, refused)
 
     def _succeeded(self, step: Success) -> None:
+        if self.version2:
+            self._succeeded2(step)
+            return
         stream = self.xmlstream
         self.login = step.result
         self._count(step.result.site, "ok")
@@ -286,6 +355,82 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.send(success)
         stream.otherEntity = parse_jid(step.result.jid)
         stream.restart()
+
+    def _succeeded2(self, step: Success) -> None:
+        """SASL2's success: a FAST token if asked for (or rotated), Bind2 if asked for, then one
+        <success/> with both; no stream restart (XEP-0388). Without Bind2 the features after
+        authentication follow, for RFC 6120 binding."""
+        stream, request, result = self.xmlstream, self.request, step.result
+        assert request is not None
+        self.login = result
+        self._count(result.site, "ok")
+        log.info("c2s.authenticated jid={jid} method={method} site={site} peer={peer} sasl=2",
+                 jid=result.jid, method=result.method, site=result.site, peer=stream.peer)
+        stream.otherEntity = parse_jid(result.jid)
+        fast = self.settings.fast
+        token: Deferred[IssuedToken | None] = defer.succeed(step.token)
+        if (step.token is None and fast is not None and request.agent and not request.fast
+                and request.request_token in FAST_MECHANISMS):
+            token = fast.issue(result.jid, request.agent, request.request_token)
+
+        def no_token(reason: Failure) -> None:
+            log.failure("fast.issue_failed", reason)  # the login stands; the client asks again next time
+            return None
+
+        token.addErrback(no_token)
+        if request.bind is None:
+            token.addCallback(lambda issued: self._send_success(result.jid, step.additional_data, None, issued))
+            return
+        self.binding = True
+        bind = request.bind
+
+        def bind_now(issued: IssuedToken | None) -> Deferred[None]:
+            d = self.settings.sessions.bind(stream, result, resource_for(bind, result.jid, request.agent))
+            return d.addCallbacks(lambda full: self._send_success(full, step.additional_data,
+                                                                  self._inline(full, bind), issued),
+                                  self._bind2_refused)
+
+        token.addCallback(bind_now)
+
+    def _inline(self, full_jid: str, bind: domish.Element) -> list[domish.Element]:
+        """Bind2's inline features (XEP-0386): each child of <bind/> in a namespace a feature
+        registered goes to its action; the answers go into <bound/>."""
+        sessions = self.settings.sessions
+        session = sessions.session(parse_jid(full_jid))
+        answers: list[domish.Element] = []
+        if session is None:
+            return answers
+        for child in bind.elements():
+            action = sessions.hooks.inline.get(child.uri or "") if child.uri != NS_BIND2 else None
+            if action is None:
+                continue
+            try:
+                answer = action.act(session, child)
+            except Exception:
+                log.failure("c2s.inline_failed feature={feature}", feature=action.feature)
+                continue
+            if answer is not None:
+                answers.append(answer)
+        return answers
+
+    def _send_success(self, identifier: str, additional_data: bytes | None, bound: list[domish.Element] | None,
+                      token: IssuedToken | None) -> None:
+        stream = self.xmlstream
+        if stream.closed:
+            return
+        stream.send(success_element(identifier, additional_data, bound, token))
+        if bound is None:
+            stream.send(self._features_xml())  # the features after authentication, for RFC 6120 bind
+
+    def _bind2_refused(self, reason: Failure) -> None:
+        self.binding = False
+        self.login = None  # no session: the client may authenticate again
+        condition = getattr(reason.value, "condition", None)
+        if condition is None:
+            log.failure("c2s.bind_failed", reason)
+            condition = "internal-server-error"
+        if not self.xmlstream.closed:
+            self._failure("temporary-auth-failure", f"binding failed: {condition}")
 
     def _count(self, site: str | None, result: str) -> None:
         self.settings.metrics.login(site, result, self.xmlstream.clock.seconds() - self.auth_started)
@@ -324,11 +469,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.failures += 1
         log.info("c2s.auth_failed condition={condition} reason={reason} peer={peer}",
                  condition=condition, reason=text, peer=stream.peer)
-        failure = domish.Element((NS_SASL, "failure"))
-        failure.addElement(condition)
-        if text:
-            failure.addElement("text", content=text)
-        stream.send(failure)
+        if self.version2:
+            stream.send(failure_element(condition, text))
+        else:
+            failure = domish.Element((NS_SASL, "failure"))
+            failure.addElement(condition)
+            if text:
+                failure.addElement("text", content=text)
+            stream.send(failure)
         if self.failures >= self.settings.max_auth_failures:
             stream.close()
 

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, ILoginChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.fast import FastLogin, FastTokens, IssuedToken
 from sns_xmpp.auth.saslprep import SASLprepError, saslprep
 from sns_xmpp.auth.scram import ScramError, ScramServerExchange
 from sns_xmpp.auth.social import BearerFailed
@@ -35,6 +36,7 @@ class Challenge:
 class Success:
     result: LoginResult
     additional_data: bytes | None = None
+    token: IssuedToken | None = None  # a FAST login's new token (XEP-0484 rotation)
 
 
 def decode_payload(text: str | None) -> bytes | None:
@@ -230,7 +232,57 @@ def _parse_oauthbearer(data: bytes) -> tuple[str, str | None]:
     return token.strip(), authzid or None
 
 
-Attempt = PlainAttempt | ScramAttempt | OAuthBearerAttempt
+class HTAttempt:
+    """draft-schmaus-kitten-sasl-ht with a FAST token (XEP-0484): ``authcid NUL initiator-hashed-token``
+    in one message; the server's HMAC comes back as additional data. What SASL2 said around it (the
+    client's <user-agent id>, <fast count=... invalidate=...>) is given here."""
+
+    def __init__(self, mechanism: str, fast: FastTokens, checker: ILoginChecker, domain: str, agent: str | None,
+                 count: int | None, invalidate: bool, cb_data: bytes = b"") -> None:
+        self.mechanism = mechanism
+        self.fast = fast
+        self.checker = checker
+        self.domain = domain
+        self.agent = agent
+        self.count = count
+        self.invalidate = invalidate
+        self.cb_data = cb_data
+        self.authcid: str | None = None
+        self._account_key: str | None = None
+
+    @property
+    def account_key(self) -> str | None:
+        """Failures count against the account the token names, as a password's would."""
+        if self._account_key is None and self.authcid:
+            self._account_key = self.checker.throttle_key(self.authcid, self.domain)
+        return self._account_key
+
+    def start(self, initial: bytes | None) -> Deferred:
+        if initial is None:
+            return defer.succeed(Challenge(b""))
+        return self.respond(initial)
+
+    def respond(self, data: bytes) -> Deferred:
+        name, separator, proof = data.partition(b"\x00")
+        if not separator or not name or len(proof) != 32:
+            return defer.fail(AuthenticationFailed("malformed-request", "HT needs authcid NUL HMAC-SHA-256"))
+        try:
+            self.authcid = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return defer.fail(AuthenticationFailed("malformed-request", "HT authcid is not UTF-8"))
+        try:
+            d = self.fast.log_in(self.mechanism, self.authcid, proof, self.domain, self.agent, self.count,
+                                 self.invalidate, self.cb_data)
+        except Exception:
+            return defer.fail()
+
+        def succeeded(login: FastLogin) -> Success:
+            return Success(login.result, login.responder, login.token)
+
+        return d.addCallback(succeeded)
+
+
+Attempt = PlainAttempt | ScramAttempt | OAuthBearerAttempt | HTAttempt
 
 
 def start_attempt(mechanism: str, checker: ILoginChecker, domain: str) -> Attempt:

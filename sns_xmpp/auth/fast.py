@@ -1,0 +1,177 @@
+"""FAST tokens (XEP-0484) and the HT-* mechanisms that log in with them (draft-schmaus-kitten-sasl-ht).
+
+After a login over SASL2 a client may ask for a token; it then logs in with the token alone,
+one round trip, for the token's lifetime (``[xmpp.c2s] fast_token_lifetime``): the browser is not
+needed again until then. A token is kept per (account, ``<user-agent id>``).
+
+HT-SHA-256-NONE: the client's initial response is ``authcid NUL HMAC-SHA-256(token, "Initiator"
+|| cb-data)``, the server's additional data ``HMAC-SHA-256(token, "Responder" || cb-data)``;
+cb-data is empty for -NONE.
+
+**Stored hashed.** A token is 64 random bytes (86 characters of base64url), longer than SHA-256's
+64-byte block, so HMAC replaces it by SHA-256(token) as its key (RFC 2104 section 3). The server
+keeps only that digest and computes the same HMACs with it; a copy of the database logs no one in.
+
+Every FAST login rotates: the success carries a new token, and the used one stays good for a grace
+period (a client that misses the answer keeps its old token), after which it fails. The client's
+``count`` must grow from login to login with one token (replay protection), checked and taken in
+one store statement. ``invalidate='true'`` ends the token after the login. A revocation deletes
+the account's tokens (`IStore.revoke`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from sns_xmpp.auth.checker import AuthenticationFailed, LoginResult
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.store.interface import IStore
+from sns_xmpp.store.records import FastToken, FastTokenIssue
+
+log = GatedLogger()
+
+NS_FAST = "urn:xmpp:fast:0"
+HT_SHA_256_NONE = "HT-SHA-256-NONE"
+MECHANISMS = (HT_SHA_256_NONE,)
+TOKEN_BYTES = 64  # > SHA-256's block: HMAC keys with SHA-256(token) (RFC 2104 3)
+MAX_GRACE = 60.0  # seconds a rotated-out token is still taken, at most
+MAX_COUNT = 2**62  # fits BIGINT in both engines
+MAX_AGENT_CHARS = 256
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token handed to the client in <success/>: the only time it exists outside the client."""
+
+    token: str
+    mechanism: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class FastLogin:
+    """A FAST login that held: who, the responder's message, and the token that replaces the used
+    one (None after invalidate)."""
+
+    result: LoginResult
+    responder: bytes
+    token: IssuedToken | None
+
+
+def token_hash(token: str) -> bytes:
+    """What the store keeps of a token: SHA-256 of its text (the HMAC key RFC 2104 uses for it)."""
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def ht_message(key: bytes, role: bytes, cb_data: bytes = b"") -> bytes:
+    """HMAC-SHA-256(key, role || cb-data); *key* the token or its SHA-256 digest alike."""
+    return hmac.new(key, role + cb_data, hashlib.sha256).digest()
+
+
+def initiator(key: bytes, cb_data: bytes = b"") -> bytes:
+    return ht_message(key, b"Initiator", cb_data)
+
+
+def responder(key: bytes, cb_data: bytes = b"") -> bytes:
+    return ht_message(key, b"Responder", cb_data)
+
+
+def new_token() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(TOKEN_BYTES)).decode("ascii").rstrip("=")
+
+
+def fast_jid(authcid: str, domain: str) -> str | None:
+    """The bare JID a FAST login names: its authcid is the JID's localpart (or the bare JID)."""
+    try:
+        jid = parse_jid(authcid if "@" in authcid else f"{authcid}@{domain}")
+    except InvalidFormat:
+        return None
+    if jid.user is None or jid.resource is not None or jid.host != domain:
+        return None
+    return jid.userhost()
+
+
+class FastTokens:
+    """Issues tokens and checks logins with them, over the store."""
+
+    def __init__(self, store: IStore, clock: IReactorTime, lifetime: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.lifetime = lifetime
+        self.grace = min(MAX_GRACE, lifetime / 10)
+
+    def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE) -> Deferred[IssuedToken | None]:
+        """A new token for (jid, agent), replacing the one there; None if the account is gone."""
+        token, now = new_token(), self.clock.seconds()
+        expires = now + self.lifetime
+        d = self.store.put_fast_token(jid, agent, mechanism, token_hash(token), now, expires)
+        return d.addCallback(lambda stored: IssuedToken(token, mechanism, expires) if stored else None)
+
+    def log_in(self, mechanism: str, authcid: str, proof: bytes, domain: str, agent: str | None, count: int | None,
+               invalidate: bool, cb_data: bytes = b"") -> Deferred[FastLogin]:
+        """Check a FAST login; fire with a `FastLogin` or fail with AuthenticationFailed."""
+        jid = fast_jid(authcid, domain)
+        if agent is None or not agent or len(agent) > MAX_AGENT_CHARS:
+            return defer.fail(AuthenticationFailed("not-authorized", "FAST needs the client's <user-agent id>"))
+        if count is None or not 0 < count < MAX_COUNT:
+            return defer.fail(AuthenticationFailed("malformed-request", "FAST needs <fast count=...> above 0"))
+        if jid is None:
+            return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token"))
+        now = self.clock.seconds()
+
+        def found(stored: FastToken | None) -> Deferred[FastLogin]:
+            used = _matching(stored, proof, cb_data, now)
+            if stored is None or used is None:
+                return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
+                    stored, proof, cb_data)))
+            if count <= (stored.last_count if used == stored.token_hash else stored.previous_count):
+                return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
+            replacement: FastTokenIssue | None = None
+            fresh: IssuedToken | None = None
+            if not invalidate:
+                token = new_token()
+                fresh = IssuedToken(token, mechanism, now + self.lifetime)
+                replacement = FastTokenIssue(mechanism, token_hash(token), now, fresh.expires_at, now + self.grace)
+            answer = FastLogin(LoginResult(jid, mechanism), responder(used, cb_data), fresh)
+
+            def taken(ok: bool) -> FastLogin:
+                if not ok:  # another login with this count (or a revocation) came first
+                    raise AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed")
+                log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=fresh is not None)
+                return answer
+
+            return self.store.use_fast_token(jid, agent, used, count, now, replacement).addCallback(taken)
+
+        return self.store.fast_token(jid, agent).addCallback(found)
+
+
+def _matching(stored: FastToken | None, proof: bytes, cb_data: bytes, now: float) -> bytes | None:
+    """The digest of the token the proof was made with, if it is still good."""
+    if stored is None:
+        return None
+    if stored.expires_at > now and hmac.compare_digest(initiator(stored.token_hash, cb_data), proof):
+        return stored.token_hash
+    if stored.previous_hash is not None and (stored.previous_until or 0) > now and hmac.compare_digest(
+            initiator(stored.previous_hash, cb_data), proof):
+        return stored.previous_hash
+    return None
+
+
+def used_reason(stored: FastToken | None, proof: bytes, cb_data: bytes) -> str | None:
+    """'expired' for a genuine token past its time (no guess: it does not count toward blocking),
+    else None (a wrong token counts)."""
+    if stored is None:
+        return None
+    for digest in (stored.token_hash, stored.previous_hash):
+        if digest is not None and hmac.compare_digest(initiator(digest, cb_data), proof):
+            return "expired"
+    return None

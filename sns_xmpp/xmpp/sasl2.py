@@ -1,0 +1,140 @@
+"""The elements of SASL2 (XEP-0388), Bind2 (XEP-0386) and FAST (XEP-0484), free of stream I/O.
+
+`negotiation.ClientNegotiator` drives the exchange; this module reads an <authenticate/> and
+writes the stream feature, challenges, <success/> and <failure/>. The SASL mechanisms are the
+same objects as SASL1's (`xmpp/sasl.py`), so a SASL2 login is checked, refused and throttled as a
+SASL1 one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.words.xish import domish
+
+from sns_xmpp.auth.checker import AuthenticationFailed
+from sns_xmpp.auth.fast import NS_FAST, IssuedToken
+from sns_xmpp.xmpp.sasl import NS_SASL, decode_payload, encode_payload
+
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_BIND2 = "urn:xmpp:bind:0"
+MAX_AGENT_ID_CHARS = 256
+MAX_TAG_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """What a client's <authenticate/> asks for."""
+
+    mechanism: str
+    initial: bytes | None
+    agent: str | None  # <user-agent id=...>: the client installation, for FAST and Bind2
+    bind: domish.Element | None  # <bind xmlns='urn:xmpp:bind:0'/>
+    request_token: str | None  # <request-token mechanism=...>: a FAST token is wanted
+    fast: bool  # <fast/>: this is a FAST login
+    count: int | None  # <fast count=...>
+    invalidate: bool  # <fast invalidate='true'>
+
+
+def parse_authenticate(element: domish.Element) -> Authenticate:
+    """Read an <authenticate/>; AuthenticationFailed('malformed-request') if it makes no sense."""
+    mechanism = element.getAttribute("mechanism")
+    if not mechanism:
+        raise AuthenticationFailed("invalid-mechanism", "no mechanism")
+    initial_element = next(element.elements(NS_SASL2, "initial-response"), None)
+    initial = decode_payload(str(initial_element) or "=") if initial_element is not None else None
+    agent_element = next(element.elements(NS_SASL2, "user-agent"), None)
+    agent = agent_element.getAttribute("id") if agent_element is not None else None
+    if agent is not None and (not agent or len(agent) > MAX_AGENT_ID_CHARS):
+        raise AuthenticationFailed("malformed-request", "bad <user-agent id>")
+    request = next(element.elements(NS_FAST, "request-token"), None)
+    fast = next(element.elements(NS_FAST, "fast"), None)
+    count = None
+    if fast is not None and fast.getAttribute("count") is not None:
+        try:
+            count = int(fast.getAttribute("count", ""))
+        except ValueError:
+            raise AuthenticationFailed("malformed-request", "bad FAST count") from None
+    return Authenticate(
+        mechanism=mechanism,
+        initial=initial,
+        agent=agent,
+        bind=next(element.elements(NS_BIND2, "bind"), None),
+        request_token=request.getAttribute("mechanism") if request is not None else None,
+        fast=fast is not None,
+        count=count,
+        invalidate=fast is not None and fast.getAttribute("invalidate") in ("true", "1"),
+    )
+
+
+def authentication_feature(mechanisms: Sequence[str], fast_mechanisms: Sequence[str],
+                           inline_vars: Sequence[str]) -> domish.Element:
+    """<authentication xmlns='urn:xmpp:sasl:2'/> for the stream features: the mechanisms, and
+    inline, Bind2 with the features that can ride in it, and FAST's mechanisms."""
+    feature = domish.Element((NS_SASL2, "authentication"))
+    for name in mechanisms:
+        feature.addElement("mechanism", content=name)
+    inline = feature.addElement("inline")
+    bind = inline.addElement((NS_BIND2, "bind"))
+    if inline_vars:
+        offered = bind.addElement("inline")
+        for var in inline_vars:
+            offered.addElement("feature")["var"] = var
+    if fast_mechanisms:
+        fast = inline.addElement((NS_FAST, "fast"))
+        for name in fast_mechanisms:
+            fast.addElement("mechanism", content=name)
+    return feature
+
+
+def challenge_xml(data: bytes) -> str:
+    return f"<challenge xmlns='{NS_SASL2}'>{encode_payload(data)}</challenge>"
+
+
+def failure_element(condition: str, text: str | None) -> domish.Element:
+    """XEP-0388's <failure/>: the RFC 6120 SASL condition, in its own namespace, and the text."""
+    failure = domish.Element((NS_SASL2, "failure"))
+    failure.addElement((NS_SASL, condition))
+    if text:
+        failure.addElement("text", content=text)
+    return failure
+
+
+def success_element(identifier: str, additional_data: bytes | None, bound: Sequence[domish.Element] | None,
+                    token: IssuedToken | None) -> domish.Element:
+    """XEP-0388's <success/>, with Bind2's <bound/> (the inline features' answers) and FAST's
+    <token/> when there are."""
+    success = domish.Element((NS_SASL2, "success"))
+    if additional_data is not None:
+        success.addElement("additional-data", content=encode_payload(additional_data))
+    success.addElement("authorization-identifier", content=identifier)
+    if bound is not None:
+        element = success.addElement((NS_BIND2, "bound"))
+        for child in bound:
+            element.addChild(child)
+    if token is not None:
+        token_element = success.addElement((NS_FAST, "token"))
+        token_element["expiry"] = timestamp(token.expires_at)
+        token_element["token"] = token.token
+    return success
+
+
+def timestamp(seconds: float) -> str:
+    """XEP-0082 date-time, as <token expiry=.../> carries it."""
+    return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def resource_for(bind: domish.Element, jid: str, agent: str | None) -> str:
+    """Bind2's resource: the client's <tag> and a suffix. With a <user-agent id> the suffix is
+    the same at every login of that client (its old session is replaced, as XEP-0386 asks);
+    without one it is random."""
+    tag = str(next(bind.elements(NS_BIND2, "tag"), "") or "").strip()[:MAX_TAG_CHARS]
+    if agent:
+        suffix = hashlib.sha256(f"{jid}\x00{agent}".encode()).hexdigest()[:8]
+    else:
+        suffix = secrets.token_hex(4)
+    return f"{tag}.{suffix}" if tag else suffix

@@ -1,0 +1,247 @@
+"""SASL2 (XEP-0388), Bind2 (XEP-0386) and FAST (XEP-0484) on a client stream, fed raw XML through
+Twisted's StringTransport and checked against the XEPs' example exchanges."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from sns_xmpp.auth.fast import FastTokens, initiator, responder, token_hash
+from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+from sns_xmpp.store.sqlite import SQLiteDatabase
+from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory, StreamLimits
+from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.sessions import SessionManager
+from tests.unit.featured import featured
+from tests.unit.test_negotiation import HEADER, OnePasswordChecker, TLSlessTransport, output
+from tests.unit.test_stream_management import MemoryStore
+
+NOW = 1_800_000_000.0
+AGENT = "d4565fa7-4d72-4749-b3d3-740edbf87770"  # XEP-0388's example
+SASL2 = "urn:xmpp:sasl:2"
+ERRORS = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+class Synchronous:
+    """An SQLite database behind the store's Deferred interface, answering at once."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.db, name)
+        return lambda *args: defer.maybeDeferred(method, *args)
+
+
+class World:
+    def __init__(self, tmp_path: Path, secure: bool = True, block_after: int = 20) -> None:
+        self.clock = MemoryReactorClock()
+        self.clock.advance(NOW)
+        self.db = SQLiteDatabase(tmp_path / "store.sqlite")
+        self.db.create_account("alice@localhost", [], NOW)
+        self.sessions = featured(SessionManager(["localhost"], MemoryStore(), self.clock,  # type: ignore[arg-type]
+                                                lambda stanza: None))
+        self.fast = FastTokens(Synchronous(self.db), self.clock, lifetime=30 * 86400)  # type: ignore[arg-type]
+        self.throttle = AuthThrottle(self.clock, ThrottlePolicy(free_failures=0, block_after=block_after,
+                                                                max_delay=0))
+        self.settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=self.sessions,
+                                    tls_context=object(), require_tls=True, max_auth_failures=100,
+                                    throttle=self.throttle, sasl2=True, fast=self.fast)
+        self.factory = ClientStreamFactory(lambda: ClientNegotiator(self.settings), StreamLimits(65536),
+                                           self.clock, secure)
+
+    def connect(self) -> tuple[ClientStream, StringTransport, str]:
+        stream = self.factory.buildProtocol(None)
+        transport = TLSlessTransport()
+        stream.makeConnection(transport)
+        stream.dataReceived(HEADER.format(to="localhost").encode())
+        return stream, transport, output(transport)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def authenticate(mechanism: str, initial: bytes | None, extra: str = "") -> bytes:
+    response = f"<initial-response>{b64(initial)}</initial-response>" if initial is not None else ""
+    return (f"<authenticate xmlns='{SASL2}' mechanism='{mechanism}'>{response}"
+            f"<user-agent id='{AGENT}'><software>AwesomeXMPP</software><device>Kiva's Phone</device></user-agent>"
+            f"{extra}</authenticate>").encode()
+
+
+def token_of(answer: str) -> str:
+    match = re.search(r"<token xmlns='urn:xmpp:fast:0' expiry='([^']+)' token='([^']+)'/>", answer)
+    assert match, answer
+    return match.group(2)
+
+
+def fast_login(world: World, token: str, count: int, extra: str = "") -> str:
+    stream, transport, _ = world.connect()
+    proof = initiator(token.encode())
+    stream.dataReceived(authenticate("HT-SHA-256-NONE", b"alice\x00" + proof,
+                                     f"<fast xmlns='urn:xmpp:fast:0' count='{count}'{extra}/>"))
+    return output(transport)
+
+
+def test_sasl2_is_offered_after_tls_only_with_sasl1s_mechanisms_bind2_inline_features_and_fast(
+        tmp_path: Path) -> None:
+    """XEP-0388 3.1 and XEP-0386 3.1: <authentication/> lists SASL1's mechanisms, Bind2 with the
+    features that can ride inline (stream management registers <enable/>), and FAST's HT mechanism;
+    never on a stream without TLS, where an <authenticate/> gets encryption-required."""
+    _stream, _transport, features = World(tmp_path).connect()
+    assert (f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism>"
+            "<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/></inline></bind>"
+            "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline>"
+            "</authentication>") in features
+    (tmp_path / "plain").mkdir()
+    insecure = World(tmp_path / "plain", secure=False)
+    stream, transport, features = insecure.connect()
+    assert "urn:xmpp:sasl:2" not in features
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right"))
+    assert output(transport) == (f"<failure xmlns='{SASL2}'><encryption-required xmlns='{ERRORS}'/>"
+                                 "<text>STARTTLS first</text></failure>")
+
+
+def test_plain_with_bind2_stream_management_inline_and_a_fast_token_in_one_round_trip(tmp_path: Path) -> None:
+    """XEP-0388/0386/0484 example: one <authenticate/> with the initial response, the user agent,
+    Bind2 with a tag and <enable/> for XEP-0198, and a token request; one <success/> with the full
+    JID, <bound/> holding <enabled/>, and the token; no stream restart. The token is 86 characters
+    (64 random bytes), stored only as its SHA-256 digest."""
+    world = World(tmp_path)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     "<bind xmlns='urn:xmpp:bind:0'><tag>AwesomeXMPP</tag>"
+                                     "<enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>"
+                                     "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"))
+    answer = output(transport)
+    suffix = hashlib.sha256(f"alice@localhost\x00{AGENT}".encode()).hexdigest()[:8]
+    assert answer.startswith(f"<success xmlns='{SASL2}'><authorization-identifier>"
+                             f"alice@localhost/AwesomeXMPP.{suffix}</authorization-identifier>"
+                             "<bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3' id='"), answer
+    assert "resume='true'" in answer and "<stream:stream" not in answer and "<stream:features" not in answer
+    token = token_of(answer)
+    assert len(token) == 86
+    assert "expiry='2027-02-14T08:00:00Z'" in answer  # 30 days after NOW (2027-01-15T08:00:00Z)
+    [session] = world.sessions.resources("alice@localhost")
+    assert session.ledger is not None, "stream management enabled inline"
+    assert world.db._read("SELECT token_hash FROM fast_tokens", ()) == [(token_hash(token).hex(),)]
+
+
+def test_a_challenge_and_response_then_success_without_bind2_sends_the_features_after_authentication(
+        tmp_path: Path) -> None:
+    """XEP-0388: no initial response gets an empty <challenge/>, the <response/> completes it; the
+    authorization identifier is the bare JID while nothing is bound, and the features after
+    authentication follow at once (no restart), for RFC 6120 binding."""
+    world = World(tmp_path)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", None))
+    assert output(transport) == f"<challenge xmlns='{SASL2}'>=</challenge>"
+    plain = b64(b"\x00alice\x00right")
+    stream.dataReceived(f"<response xmlns='{SASL2}'>{plain}</response>".encode())
+    answer = output(transport)
+    assert answer.startswith(f"<success xmlns='{SASL2}'><authorization-identifier>alice@localhost"
+                             "</authorization-identifier></success><stream:features><bind xmlns="), answer
+    stream.dataReceived(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                        b"<resource>r</resource></bind></iq>")
+    assert "<jid>alice@localhost/r</jid>" in output(transport)
+
+
+def test_a_sasl2_failure_says_why_and_is_throttled_as_a_sasl1_one(tmp_path: Path) -> None:
+    """XEP-0388 <failure/>: the SASL condition in RFC 6120's namespace and the text. Its failures
+    count against the same (address, account) pair as SASL1's: after the block, the right password
+    is refused alike over either."""
+    world = World(tmp_path, block_after=2)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00wrong"))
+    assert output(transport) == (f"<failure xmlns='{SASL2}'><not-authorized xmlns='{ERRORS}'/>"
+                                 "<text>wrong</text></failure>")
+    stream.dataReceived(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        + b64(b"\x00alice\x00wrong").encode() + b"</auth>")
+    assert "<not-authorized/>" in output(transport)
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right"))
+    assert output(transport) == (f"<failure xmlns='{SASL2}'><temporary-auth-failure xmlns='{ERRORS}'/>"
+                                 "<text>too many failed attempts; try again later</text></failure>")
+    assert world.throttle.blocked("address:192.168.1.1", "account:alice")
+    stream.dataReceived(authenticate("NOPE", b""))
+    assert f"<invalid-mechanism xmlns='{ERRORS}'/>" in output(transport)
+
+
+def test_hmac_with_the_stored_digest_equals_hmac_with_the_token() -> None:
+    """RFC 2104 section 3: a key longer than the hash's block (64 bytes for SHA-256) is replaced by
+    its hash, so the server, keeping only SHA-256(token), computes exactly the client's HMACs."""
+    from sns_xmpp.auth.fast import new_token
+
+    token = new_token()
+    assert len(token.encode()) > 64
+    assert initiator(token.encode()) == initiator(token_hash(token))
+    assert responder(token.encode(), b"cb") == responder(token_hash(token), b"cb")
+    assert hmac.new(token.encode(), b"Initiator", "sha256").digest() == initiator(token_hash(token))
+
+
+def test_fast_logins_rotate_refuse_replays_keep_the_old_token_for_a_grace_period_and_invalidate(
+        tmp_path: Path) -> None:
+    """XEP-0484 with HT-SHA-256-NONE: the initial response is authcid NUL HMAC(token, "Initiator");
+    <success/> carries HMAC(token, "Responder") as additional data and a new token. A count not above
+    the last is refused; the rotated-out token works during the grace period only; invalidate ends
+    the token; a revocation deletes the account's tokens."""
+    world = World(tmp_path)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"))
+    first = token_of(output(transport))
+
+    answer = fast_login(world, first, 1)
+    assert answer.startswith(f"<success xmlns='{SASL2}'><additional-data>{b64(responder(first.encode()))}"
+                             "</additional-data><authorization-identifier>alice@localhost"
+                             "</authorization-identifier><token xmlns='urn:xmpp:fast:0'"), answer
+    second = token_of(answer)
+    assert second != first
+    replayed = fast_login(world, second, 0)
+    assert "malformed-request" in replayed  # counts start at 1
+    assert fast_login(world, first, 1) == (f"<failure xmlns='{SASL2}'><not-authorized xmlns='{ERRORS}'/>"
+                                           "<text>FAST count replayed</text></failure>")
+    third = token_of(fast_login(world, first, 2))  # the old token, within its grace period
+    world.clock.advance(world.fast.grace + 1)
+    assert "<not-authorized" in fast_login(world, first, 3), "rotated out, grace over"
+    assert "<not-authorized" in fast_login(world, "x" * 86, 1), "never issued"
+    answer = fast_login(world, third, 1, " invalidate='true'")
+    assert answer.startswith(f"<success xmlns='{SASL2}'>") and "<token" not in answer
+    assert "<not-authorized" in fast_login(world, third, 2), "invalidated"
+
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"))
+    fourth = token_of(output(transport))
+    assert world.db.revoke("alice@localhost", "admin", NOW + 100) is not None
+    assert "<not-authorized" in fast_login(world, fourth, 1), "revoked"
+
+
+def test_an_expired_token_is_refused_but_is_no_guess(tmp_path: Path) -> None:
+    """A genuine token past its lifetime is refused, and, like expired social credentials, does not
+    count toward blocking: a phone retrying it in the background never locks its owner out."""
+    world = World(tmp_path, block_after=2)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"))
+    token = token_of(output(transport))
+    world.clock.advance(30 * 86400 + 1)
+    for count in (1, 2, 3):
+        assert "<not-authorized" in fast_login(world, token, count)
+    assert not world.throttle.blocked("address:192.168.1.1", "account:alice")
+
+
+@pytest.mark.parametrize("extra", ["", "<fast xmlns='urn:xmpp:fast:0'/>"])
+def test_a_fast_login_without_a_count_is_malformed(tmp_path: Path, extra: str) -> None:
+    """The count is the replay protection: a FAST login without one is refused as malformed."""
+    world = World(tmp_path)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("HT-SHA-256-NONE", b"alice\x00" + b"x" * 32, extra))
+    assert f"<malformed-request xmlns='{ERRORS}'/>" in output(transport)
