@@ -150,7 +150,8 @@ async def test_single_use_token_is_not_reborn_by_a_mirrored_ecdsa_signature(star
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_back_channel_logout_ends_the_session_and_voids_the_tokens_issued_before(start_server, tmp_path) -> None:
+async def test_a_back_channel_logout_ends_the_session_and_voids_the_tokens_issued_before(
+        start_server, tmp_path) -> None:
     """OpenID Connect Back-Channel Logout 1.0: the provider posts a signed logout token; the linked
     account's session ends at once, an ID token issued before no longer logs in ('revoked'), the
     same logout token again, an ID token passed off as a logout token and a forged one are 400s,
