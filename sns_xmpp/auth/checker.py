@@ -34,6 +34,9 @@ class LoginResult:
     jid: str  # bare JID of the XMPP user
     method: str  # SASL mechanism
     site: str | None = None  # social site id, None for a local account
+    # When the session must end: the site's credentials' expiry, for a site whose session_policy
+    # is "token"; None otherwise.
+    expires: float | None = None
 
 
 class AuthenticationFailed(Exception):

@@ -259,7 +259,9 @@ class SocialLoginChecker:
             raise AuthenticationFailed("invalid-authzid", "you may only act as yourself")
         log.info("auth.social_login site={site} jid={jid} method={method}", site=site.site_id, jid=jid,
                  method=method)
-        return LoginResult(jid=jid, method=method, site=site.site_id)
+        token_bound = self.sites.session_policy(site.site_id) == "token"
+        return LoginResult(jid=jid, method=method, site=site.site_id,
+                           expires=account.expires if token_bound else None)
 
     def linked_jid(self, site_id: str, account: str, domain: str) -> Deferred[str]:
         """The XMPP user (site, account) is linked to, made on the first call: what the login

@@ -33,5 +33,5 @@ class SiteReloader:
         except Exception:
             log.failure("sites.reload_failed")
             return False
-        self.registry.replace(fresh.sites)
+        self.registry.replace(fresh.sites, fresh.policies)
         return True

@@ -26,7 +26,11 @@ log = GatedLogger()
 
 GROUP = "sns_xmpp.sites"
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
-REGISTRY_KEYS = ("plugin", "enabled")
+REGISTRY_KEYS = ("plugin", "enabled", "session_policy")
+# What bounds a social session: "device" (the default), how long a device stays valid; "token",
+# the site's credentials themselves, so that the session ends when they expire (the site stays
+# in charge).
+SESSION_POLICIES = ("device", "token")
 
 
 class SitePluginError(ConfigError):
@@ -54,13 +58,18 @@ def _entry_point(name: str, available: Mapping[str, EntryPoint]) -> Callable[...
 class SiteRegistry(service.Service):
     """The enabled sites by id; starts and stops their background work."""
 
-    def __init__(self, sites: Mapping[str, ISite]) -> None:
+    def __init__(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None) -> None:
         self.sites = dict(sites)
+        self.policies = dict(policies or {})  # session_policy by site id, when not "device"
         self.generation = 0  # counts reloads, so that what is derived from the sites can be cached
         self.setName("sites")
 
     def get(self, site_id: str) -> ISite | None:
         return self.sites.get(site_id)
+
+    def session_policy(self, site_id: str) -> str:
+        """The site's ``session_policy``: "device" or "token" (see SESSION_POLICIES)."""
+        return self.policies.get(site_id, "device")
 
     def __iter__(self) -> Iterator[ISite]:
         return iter(self.sites.values())
@@ -68,13 +77,14 @@ class SiteRegistry(service.Service):
     def __len__(self) -> int:
         return len(self.sites)
 
-    def replace(self, sites: Mapping[str, ISite]) -> None:
+    def replace(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None) -> None:
         """Swap in a new set of sites (a reload): the new ones start, the old ones stop.
 
         Sessions already open are not touched: they were authenticated once and
         stay; only new logins see the new keys and sites.
         """
         old, self.sites = self.sites, dict(sites)
+        self.policies = dict(policies or {})
         self.generation += 1
         if self.running:
             for site in self.sites.values():
@@ -115,6 +125,7 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
     if available is None:
         available = {ep.name: ep for ep in entry_points(group=GROUP)}
     sites: dict[str, ISite] = {}
+    policies: dict[str, str] = {}
     for site_id, table in tables.items():
         prefix = f"sites.{site_id}"
         if not SITE_ID.fullmatch(site_id):
@@ -127,8 +138,13 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         plugin = table.get("plugin", site_id)
         if not isinstance(plugin, str):
             raise ConfigError(f"{prefix}.plugin", "must be the name of an entry point in sns_xmpp.sites")
+        policy = table.get("session_policy", "device")
+        if policy not in SESSION_POLICIES:
+            raise ConfigError(f"{prefix}.session_policy", f"must be one of {', '.join(SESSION_POLICIES)}")
         if not enabled:
             continue
+        if policy != "device":
+            policies[site_id] = policy
         factory = _entry_point(plugin, available)
         settings = {key: value for key, value in table.items() if key not in REGISTRY_KEYS}
         try:
@@ -147,4 +163,4 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         if site_id in sites:
             raise ConfigError(prefix, "duplicate site id")
         sites[site_id] = site
-    return SiteRegistry(sites)
+    return SiteRegistry(sites, policies)

@@ -51,6 +51,8 @@ PRESENCE_TO_LOCAL = "presence/to-local"
 SESSION_AVAILABLE = "session/available"
 """(session): the session sent its initial presence, with a non-negative priority (RFC 6121
 8.5.2.1.1: the messages kept for the account are for such a session)."""
+SESSION_BOUND = "session/bound"
+"""(session): a resource was bound (the session is in the registry)."""
 SESSION_CONNECTION_LOST = "session/connection-lost"
 """(session, stream): the session's connection dropped without a closing stream end; a handler
 that returns a value keeps the session (XEP-0198 resumption), else it is unbound."""
@@ -60,7 +62,7 @@ resource takes its place at once)."""
 
 EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
           PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL,
-          SESSION_AVAILABLE, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
+          SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
 
 IQHandler = Callable[[domish.Element], Any]
 """(iq) -> the result's child, None for an empty result, a Deferred of either; or raises StanzaError."""

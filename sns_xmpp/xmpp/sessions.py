@@ -33,6 +33,7 @@ from sns_xmpp.xmpp.hooks import (
     MESSAGE_TO_LOCAL,
     PRESENCE_FROM_CLIENT,
     PRESENCE_TO_LOCAL,
+    SESSION_BOUND,
     SESSION_CONNECTION_LOST,
     SESSION_UNBOUND,
     Hooks,
@@ -79,6 +80,7 @@ class SessionManager:
         self._message_offline = self.hooks.chain(MESSAGE_OFFLINE)
         self._presence_from_client = self.hooks.chain(PRESENCE_FROM_CLIENT)
         self._presence_to_local = self.hooks.chain(PRESENCE_TO_LOCAL)
+        self._session_bound = self.hooks.chain(SESSION_BOUND)
 
     # -- the registry ------------------------------------------------------
 
@@ -129,6 +131,8 @@ class SessionManager:
             resources[resource] = session
             self.attach(session, stream)
             log.info("c2s.bound jid={jid} peer={peer}", jid=full.full(), peer=stream.peer)
+            if self._session_bound:
+                run(self._session_bound, session)
             return full.full()
 
         return self.rosters.get(login.jid).addCallback(loaded)

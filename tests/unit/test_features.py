@@ -254,3 +254,34 @@ def test_feature_modules_write_stanzas_only_through_the_counted_path() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr == "send" and isinstance(node.value, ast.Attribute):
                 assert node.value.attr != "stream", f"{path.name}:{node.lineno} writes to the stream"
+
+
+def test_a_session_bound_by_its_sites_credentials_ends_when_they_expire() -> None:
+    """session_policy = "token": the login carries the credentials' expiry and the session ends
+    then with not-authorized and the reason; a session without one, and one that ended before,
+    are left alone."""
+    from sns_xmpp.auth.checker import LoginResult
+    from tests.unit.test_limits import connect
+    from tests.unit.test_negotiation import HEADER
+    from tests.unit.test_stream_management import log_in, output, world
+
+    sessions, factory, clock = world()
+    device, device_out, _ = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    streams = []
+    for resource, lasts in (("phone", 60.0), ("gone", 30.0)):
+        stream, transport = connect(factory, "192.0.2.1")
+        stream.dataReceived(HEADER.format(to="localhost").encode())
+        sessions.bind(stream, LoginResult("zoe\\40sns@localhost", "PLAIN", site="sns",
+                                          expires=clock.seconds() + lasts), resource)
+        output(transport)
+        streams.append((stream, transport))
+    (phone, phone_out), (gone, _) = streams
+    gone.dataReceived(b"</stream:stream>")  # ended by its client before its credentials did
+    clock.advance(59.0)
+    assert "not-authorized" not in output(phone_out)
+    clock.advance(1.0)
+    ended = output(phone_out)
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in ended
+    assert "the site's credentials have expired" in ended
+    clock.advance(3600.0)
+    assert "not-authorized" not in output(device_out) and sessions.resources("bob@localhost")

@@ -287,3 +287,31 @@ async def test_after_a_revocation_only_credentials_issued_later_log_in_and_to_th
             await checker.check_plain(f"{old[0]}@sns", old[1], None, "localhost")
 
     await _with_checker(tmp_path, work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_bound_site_gives_its_logins_the_credentials_expiry(tmp_path: Path) -> None:
+    """session_policy = "token" (a registry key beside plugin and enabled): the login result carries
+    the credentials' expiry, which ends the session (xmpp/features/credential_expiry.py); the
+    default, "device", carries none; any other value is a one-line config error naming the key."""
+    from twisted.internet import reactor
+
+    from sns_xmpp.config import ConfigError
+
+    clock = Clock()
+    clock.advance(1000)
+    context = SiteContext(clock, "http://h", tmp_path, ("localhost",))
+    table = {"plugin": "hmac", "keys": {"k": "0123456789abcdef"}, "login_url": "https://x/"}
+    sites = load_sites({"bound": {**table, "session_policy": "token"}, "free": table}, context)
+    with pytest.raises(ConfigError, match="^sns-xmpp: config error at 'sites.odd.session_policy': must be one of"):
+        load_sites({"odd": {**table, "session_policy": "forever"}}, context)
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "db.sqlite3"), reactor)
+    store.startService()
+    try:
+        checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), clock, "http://h", b"salt-key")
+        for site_id, expected in (("bound", 1500.0), ("free", None)):
+            identifier, token = sites.get(site_id).mint("zoe", "s1", 1500)
+            result = await checker.check_plain(f"{identifier}@{site_id}", token, None, "localhost")
+            assert result.expires == expected, site_id
+    finally:
+        await store.stopService()

@@ -11,6 +11,7 @@ from sns_xmpp.xmpp.features import (
     FeatureRegistry,
     IFeature,
     SiteListing,
+    credential_expiry,
     disco,
     entity_time,
     legacy_session,
@@ -36,6 +37,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     entity_time.FEATURE,  # XEP-0202
     legacy_session.FEATURE,  # RFC 3921's session establishment, which old clients still send
     social_sites.FEATURE,  # the patent's sites in the stream features (docs/protocol.md)
+    credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
 )
 
 
