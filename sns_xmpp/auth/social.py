@@ -249,8 +249,8 @@ class SocialLoginChecker:
             # The user name is another account's (its linked JID, or the older identity form):
             # refused before a single-use token is spent.
             raise _other_account(site.site_id)
-        if site.single_use and not await self.store.remember_token(site.site_id, account.token_digest,
-                                                                   account.expires, now):
+        if (site.single_use or account.single_use) and not await self.store.remember_token(
+                site.site_id, account.token_digest, account.expires, now):
             raise self._refused(site.site_id, SiteRejection(Rejection.REPLAYED, "these credentials were used"))
         allowed = {jid}
         if identity is not None:
@@ -328,16 +328,23 @@ class SocialLoginChecker:
         candidates = self.sites.bearer_sites()
         discovery = candidates[0].openid_configuration if candidates else None
         issuer = _unverified_issuer(token)
+        if issuer is not None:  # a JWT names its provider; an opaque access token does not
+            candidates = [site for site in candidates if site.issuer == issuer]
+        # Several sites may share one provider (one client id each): the token is the first one's
+        # that takes it; if none does, the first refusal is the answer.
+        first: BearerFailed | None = None
         for site in candidates:
-            if site.issuer == issuer:
-                discovery = site.openid_configuration
-                try:
-                    account: VerifiedAccount = await site.verify_bearer(token, self.clock.seconds())
-                except SiteRejection as rejection:
+            try:
+                account: VerifiedAccount = await site.verify_bearer(token, self.clock.seconds())
+            except SiteRejection as rejection:
+                if first is None:
                     refusal = self._refused(site.site_id, rejection)
-                    raise BearerFailed(str(rejection), discovery, site=site.site_id,
-                                       reason=refusal.reason) from None
-                return await self._open(site, account, authzid, domain, "OAUTHBEARER", None)
+                    first = BearerFailed(str(rejection), site.openid_configuration, site=site.site_id,
+                                         reason=refusal.reason)
+                continue
+            return await self._open(site, account, authzid, domain, "OAUTHBEARER", None)
+        if first is not None:
+            raise first
         raise BearerFailed("no configured provider issued this token", discovery)
 
 

@@ -94,6 +94,9 @@ class VerifiedAccount:
     # When the site issued the token, or the earliest it can have (a lower bound): after a
     # revocation, only tokens issued later log in again. None: unknown, treated as before.
     issued_at: float | None = None
+    # This token opens one session only (until it expires), whatever the site's single_use: an
+    # ID token the client got from the provider itself, not through this server's login.
+    single_use: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ for a display name (a failure there costs only the name).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -62,6 +64,7 @@ from sns_xmpp.sites.oidc_tokens import (
 log = GatedLogger()
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 section 2.1
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_REMEMBERED_NAMES = 4096
 ENDPOINTS = ("jwks_uri", "authorization_endpoint", "token_endpoint", "userinfo_endpoint")
@@ -378,10 +381,13 @@ class OIDCSite:
         except jose.JOSEError as e:
             raise SiteRejection(_JOSE_KINDS[e.kind], e.reason) from None
 
-    async def _verify_token(self, token: str, now: float) -> tuple[VerifiedAccount, dict[str, Any]]:
+    async def _verify_token(self, token: str, now: float,
+                            own_login: bool = True) -> tuple[VerifiedAccount, dict[str, Any]]:
+        """An ID token's account; *own_login*: it must come from a login this server started
+        (its nonce ours), else any nonce or none (a token the client got itself)."""
         claims = await self._signed_claims(token, lambda typ: typ == "at+jwt", "an ID token")
         sub, exp = check_claims(claims, issuer=self.settings.issuer, client_id=self.settings.client_id, now=now,
-                                leeway=self.settings.leeway, nonce_ok=self._nonces.check)
+                                leeway=self.settings.leeway, nonce_ok=self._nonces.check if own_login else None)
         account = VerifiedAccount(
             site=self.site_id, account=sub, expires=exp, token_digest=replay_key(claims),
             display_name=display_name(claims) or self._names.get(sub), issued_at=float(claims["iat"]),
@@ -411,7 +417,60 @@ class OIDCSite:
         return Deferred.fromCoroutine(self._verify_logged(token, now, identifier))
 
     def verify_bearer(self, token: str, now: float) -> Deferred[VerifiedAccount]:
-        return Deferred.fromCoroutine(self._verify_logged(token, now, None))
+        return Deferred.fromCoroutine(self._verify_bearer(token, now))
+
+    async def _verify_bearer(self, token: str, now: float) -> VerifiedAccount:
+        """SASL OAUTHBEARER: an ID token for this client, from this server's login or one the client
+        got from the provider itself (then usable once: its jti, or its claims, are remembered
+        until it expires); or, where the site takes them, an access token the userinfo endpoint
+        vouches for."""
+        try:
+            if token.count(".") != 2:
+                return await self._verify_access_token(token, now)
+            try:
+                account, claims = await self._verify_token(token, now, own_login=False)
+            except SiteRejection as e:
+                if e.kind is not Rejection.MALFORMED or self.settings.access_tokens == "none":
+                    raise
+                return await self._verify_access_token(token, now)  # a JWT access token (RFC 9068)
+            ours = "nonce" in claims and self._nonces.check(claims["nonce"])
+            return dataclasses.replace(account, single_use=not ours)
+        except SiteRejection as e:
+            log.info("oidc.token_rejected site={site} kind={kind} reason={reason}",
+                     site=self.site_id, kind=e.kind.value, reason=e.reason)
+            raise
+
+    async def _verify_access_token(self, token: str, now: float) -> VerifiedAccount:
+        """An access token the provider's userinfo endpoint takes (OIDC Core 5.3): its ``sub``.
+        Its issue time is unknown: taken as ``access_token_lifetime`` ago (the earliest it can
+        have been), the safe side after a revocation."""
+        if self.settings.access_tokens != "userinfo":
+            raise SiteRejection(Rejection.MALFORMED, "not an ID token, and this site takes no access tokens")
+        if len(token) > self.settings.max_token_bytes or not BEARER_TOKEN.fullmatch(token):
+            raise SiteRejection(Rejection.MALFORMED, "not a bearer token (RFC 6750 b64token)")
+        endpoint = (await self._current_metadata()).userinfo_endpoint
+        if endpoint is None:
+            raise SiteRejection(Rejection.MALFORMED, "the provider has no userinfo endpoint")
+        try:
+            code, body = await self._fetch("GET", endpoint, {"Accept": "application/json",
+                                                             "Authorization": f"Bearer {token}"})
+        except Exception:
+            raise ProviderUnavailable(f"userinfo: {describe_failure(Failure())}") from None
+        if code >= 500:
+            raise ProviderUnavailable(f"userinfo: HTTP {code}")
+        if code != 200:
+            raise SiteRejection(Rejection.BAD_SIGNATURE, "the provider does not take this access token")
+        try:
+            claims = jose.parse_json_object(body, "userinfo")
+        except jose.JOSEError as e:
+            raise SiteRejection(Rejection.MALFORMED, e.reason) from None
+        sub = claims.get("sub")
+        problem = identifier_problem(sub)
+        if problem or not isinstance(sub, str):
+            raise SiteRejection(Rejection.MALFORMED, f"userinfo subject: {problem}")
+        lifetime = self.settings.access_token_lifetime
+        return VerifiedAccount(self.site_id, sub, now + lifetime, hashlib.sha256(b"access\0" + token.encode()).digest(),
+                               display_name=display_name(claims), issued_at=now - lifetime)
 
     def verify_logout(self, token: str, now: float) -> Deferred[tuple[str, bytes]]:
         return Deferred.fromCoroutine(self._verify_logout(token, now))

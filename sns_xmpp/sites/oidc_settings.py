@@ -35,6 +35,10 @@ class OIDCSettings:
     token_endpoint_auth_method: str = "auto"  # noqa: S105 (a method name, not a secret)
     # origins ("https://host[:port]") besides the issuer's where the provider's endpoints may live
     endpoint_origins: tuple[str, ...] = ()
+    # OAUTHBEARER with an access token the client got itself: "none" (ID tokens only), or
+    # "userinfo" (the provider's userinfo endpoint says whose it is, and that it is live)
+    access_tokens: str = "none"
+    access_token_lifetime: float = 3600  # the longest the provider's access tokens live
 
 
 # key -> (minimum, maximum) for the numeric settings
@@ -45,11 +49,13 @@ _NUMBERS: Mapping[str, tuple[float, float]] = {
     "retry_initial": (0.01, 3600),
     "retry_max": (0.01, 86400),
     "key_refetch_interval": (0, 86400),
+    "access_token_lifetime": (60, 30 * 86400),
 }
 _KNOWN_KEYS = frozenset(_NUMBERS) | {
     "issuer", "client_id", "client_secret", "client_secret_file", "scopes", "max_token_bytes", "single_use",
-    "token_endpoint_auth_method", "endpoint_origins",
+    "token_endpoint_auth_method", "endpoint_origins", "access_tokens",
 }
+ACCESS_TOKEN_VALIDATIONS = ("none", "userinfo")
 TOKEN_ENDPOINT_AUTH_METHODS = ("auto", "client_secret_basic", "client_secret_post")
 
 
@@ -145,6 +151,8 @@ def parse_settings(settings: Mapping[str, Any]) -> OIDCSettings:
         max_token_bytes=framework.value(settings, "max_token_bytes", framework.integer(1024, 65536),
                                         jose.DEFAULT_MAX_TOKEN_BYTES),
         single_use=check.flag(settings, "single_use", False),
+        access_tokens=framework.value(settings, "access_tokens", framework.choice(*ACCESS_TOKEN_VALIDATIONS), "none"),
+        access_token_lifetime=numbers["access_token_lifetime"],
         leeway=numbers["leeway"], refresh_interval=numbers["refresh_interval"],
         request_timeout=numbers["request_timeout"], retry_initial=numbers["retry_initial"],
         retry_max=max(numbers["retry_max"], numbers["retry_initial"]),

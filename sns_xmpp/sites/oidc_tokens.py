@@ -122,7 +122,7 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
 
 def check_claims(
     claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float, leeway: float,
-    nonce_ok: Callable[[object], bool],
+    nonce_ok: Callable[[object], bool] | None,
 ) -> tuple[str, float]:
     """The ``(sub, exp)`` of valid ID token claims; raise SiteRejection otherwise (OIDC Core 3.1.3.7)."""
 
@@ -142,10 +142,11 @@ def check_claims(
         raise refuse("token issued in the future")
     if "nbf" in claims and (nbf is None or nbf > now + leeway):
         raise refuse("token not valid yet")
-    if "nonce" not in claims:
-        raise refuse("token has no nonce")
-    if not nonce_ok(claims["nonce"]):
-        raise refuse("token nonce was not issued here")
+    if nonce_ok is not None:  # None: a token the client got itself, its nonce (if any) not ours
+        if "nonce" not in claims:
+            raise refuse("token has no nonce")
+        if not nonce_ok(claims["nonce"]):
+            raise refuse("token nonce was not issued here")
     sub = claims.get("sub")
     problem = identifier_problem(sub)
     if problem or not isinstance(sub, str):

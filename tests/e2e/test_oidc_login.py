@@ -199,3 +199,60 @@ async def test_a_back_channel_logout_ends_the_session_and_voids_the_tokens_issue
         await wait(again.log_out())
     finally:
         await provider.stop()
+
+
+SECOND_SITE = """
+[sites.idp-mobile]
+plugin = "oidc"
+issuer = "{issuer}"
+client_id = "sns-xmpp-mobile"
+client_secret = "another-secret"
+access_tokens = "userinfo"
+retry_initial = 0.1
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_oauthbearer_takes_tokens_the_client_got_itself_on_two_sites_of_one_provider(
+        start_server, tmp_path) -> None:
+    """Issue 15, item 7: an ID token the client got from the provider itself (any nonce, or none)
+    logs in once (its jti is then remembered); two sites on one issuer, one client id each, each
+    take their own tokens; an access token is taken where the site validates it at the userinfo
+    endpoint, and refused where it does not, or when the provider does not know it."""
+    from twisted.internet import reactor
+
+    provider = OIDCProvider()
+    provider.listen(reactor)
+    try:
+        server = await start_server(make_config(tmp_path, SITE.format(
+            issuer=provider.issuer, client_id=provider.client_id, client_secret=provider.client_secret)
+            + SECOND_SITE.format(issuer=provider.issuer)))
+        for site_id in ("idp", "idp-mobile"):
+            await server.server.sites.get(site_id).when_ready()
+
+        async def bearer(token: str) -> str:
+            stream = await RawStream.open_tls(server.c2s_port)
+            answer = await stream.auth("OAUTHBEARER", f"n,,\x01auth=Bearer {token}\x01\x01".encode())
+            if answer.startswith("<challenge"):
+                answer += await stream.respond(b"\x01")
+            stream.close()
+            return answer
+
+        now = reactor.seconds()
+        own = provider.id_token(now, None, jti="own-1")  # no nonce: not from this server's login
+        assert (await wait(bearer(own))).startswith("<success")
+        assert "replayed" in await wait(bearer(own))  # once only
+        mobile = provider.id_token(now, "their-nonce", aud="sns-xmpp-mobile", jti="mobile-1")
+        assert (await wait(bearer(mobile))).startswith("<success")
+        links = {link.site: link.jid for link in await server.store.list_links()}
+        assert set(links) == {"idp", "idp-mobile"} and links["idp"] != links["idp-mobile"]
+
+        provider.userinfo = {"name": "Test User"}
+        provider.access_tokens.add("opaque-access-token-0123456789")
+        for _ in range(2):  # an access token is no one-time token
+            assert (await wait(bearer("opaque-access-token-0123456789"))).startswith("<success")
+        refused = await wait(bearer("unknown-access-token-0123456789"))
+        assert "<failure" in refused and server.sessions.resources(links["idp-mobile"]) == []
+        assert len(await server.store.list_links()) == 2  # the access token was idp-mobile's user
+    finally:
+        await provider.stop()
