@@ -105,6 +105,9 @@ class C2SConfig:
     auth_account_block_after: int = _setting(
         100, integer(2, 10_000_000), "failures of one account, all addresses, before it is strained"
     )
+    fast_token_lifetime: int = _setting(
+        30 * 86400, integer(10, 366 * 86400), "seconds a FAST token (XEP-0484) logs its device in without the browser"
+    )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from sns_xmpp import startup
+from sns_xmpp.auth.fast import FastTokens
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
@@ -244,6 +245,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
             free_failures=c2s.auth_free_failures, max_delay=c2s.auth_max_delay, block_after=c2s.auth_block_after,
             block_seconds=c2s.auth_block_seconds, address_block_after=c2s.auth_address_block_after,
             account_block_after=c2s.auth_account_block_after)),
+        sasl2=True,
+        fast=FastTokens(store, reactor, c2s.fast_token_lifetime),
     )
 
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,
