@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from sns_xmpp.store.interface import SchemaTooNewError
 from sns_xmpp.store.records import (
     Account,
+    DevicePassword,
     FastToken,
     FastTokenIssue,
     OfflineMessage,
@@ -37,6 +38,8 @@ __all__ = [
     "SchemaScript",
     "account_from_rows",
     "credential_rows",
+    "device_from_row",
+    "device_params",
     "link_from_row",
     "list_links_sql",
     "load_schema_scripts",
@@ -84,6 +87,7 @@ SQL_DELETE_ACCOUNT_DATA = (
     "DELETE FROM social_links WHERE jid = ?",
     "DELETE FROM revocations WHERE jid = ?",
     "DELETE FROM fast_tokens WHERE jid = ?",
+    "DELETE FROM device_passwords WHERE jid = ?",
 )
 SQL_DELETE_ACCOUNT = "DELETE FROM accounts WHERE jid = ?"
 SQL_LIST_ACCOUNTS = "SELECT jid FROM accounts ORDER BY jid"
@@ -348,6 +352,40 @@ def offline_from_row(row: Sequence[Any]) -> OfflineMessage:
     return OfflineMessage(id=row[0], stanza=row[1], stored_at=row[2])
 
 
+SQL_ADD_DEVICE = (
+    "INSERT INTO device_passwords (jid, label, salt, iterations, sha1_stored_key, sha1_server_key,"
+    " sha256_stored_key, sha256_server_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+SQL_DEVICES = (
+    "SELECT id, jid, label, salt, iterations, sha1_stored_key, sha1_server_key, sha256_stored_key,"
+    " sha256_server_key, created_at, last_used FROM device_passwords WHERE jid = ? ORDER BY id"
+)
+SQL_REMOVE_DEVICE = "DELETE FROM device_passwords WHERE jid = ? AND id = ?"
+SQL_DELETE_DEVICES = "DELETE FROM device_passwords WHERE jid = ?"
+SQL_TOUCH_DEVICE = "UPDATE device_passwords SET last_used = ? WHERE id = ?"
+SQL_DEVICE_JIDS = "SELECT DISTINCT jid FROM device_passwords ORDER BY jid"
+
+
+def device_params(jid: str, label: str, credentials: Sequence[ScramCredential], now: float) -> tuple[Any, ...]:
+    """Parameters for SQL_ADD_DEVICE: a SCRAM-SHA-1 and a SCRAM-SHA-256 credential, one salt."""
+    by_mechanism = {c.mechanism: c for c in credentials}
+    sha1, sha256 = by_mechanism["SCRAM-SHA-1"], by_mechanism["SCRAM-SHA-256"]
+    if (sha1.salt, sha1.iterations) != (sha256.salt, sha256.iterations) or len(credentials) != 2:
+        raise ValueError("a device password is one SCRAM-SHA-1 and one SCRAM-SHA-256 credential with one salt")
+    return (jid, label, _b64(sha1.salt), sha1.iterations, _b64(sha1.stored_key), _b64(sha1.server_key),
+            _b64(sha256.stored_key), _b64(sha256.server_key), now)
+
+
+def device_from_row(row: Sequence[Any]) -> DevicePassword:
+    salt, iterations = _unb64(row[3]), int(row[4])
+    credentials = (
+        ScramCredential("SCRAM-SHA-1", salt, iterations, _unb64(row[5]), _unb64(row[6])),
+        ScramCredential("SCRAM-SHA-256", salt, iterations, _unb64(row[7]), _unb64(row[8])),
+    )
+    return DevicePassword(id=int(row[0]), jid=row[1], label=row[2], credentials=credentials, created_at=row[9],
+                          last_used=row[10])
+
+
 def link_from_row(row: Sequence[Any]) -> SocialLink:
     return SocialLink(site=row[0], account=row[1], jid=row[2], created_at=row[3], last_login=row[4],
                       revoked_at=row[5])
@@ -439,6 +477,17 @@ class Database(Protocol):
     def revocations_after(self, last_id: int, limit: int = 1000) -> list[Revocation]: ...
 
     def last_revocation_id(self) -> int: ...
+
+    def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential],
+                            now: float) -> int: ...
+
+    def device_passwords(self, jid: str) -> list[DevicePassword]: ...
+
+    def remove_device_password(self, jid: str, device_id: int) -> bool: ...
+
+    def touch_device_password(self, device_id: int, now: float) -> None: ...
+
+    def device_password_jids(self) -> list[str]: ...
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> bool: ...
 

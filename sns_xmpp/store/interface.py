@@ -16,6 +16,7 @@ from zope.interface import Interface
 
 from sns_xmpp.store.records import (
     Account,
+    DevicePassword,
     FastToken,
     FastTokenIssue,
     OfflineMessage,
@@ -209,6 +210,25 @@ class IStore(Interface):
 
     def last_revocation_id() -> Deferred[int]:
         """The newest revocation's id (0 if none): where a starting server begins to read."""
+
+    # -- device passwords (issue 15) -----------------------------------------
+
+    def add_device_password(jid: str, label: str, credentials: Sequence[ScramCredential],
+                            now: float) -> Deferred[int]:
+        """Keep a device password (its SCRAM-SHA-1 and -SHA-256 keys, one salt: the account's
+        device salt, shared by all its devices); its id."""
+
+    def device_passwords(jid: str) -> Deferred[list[DevicePassword]]:
+        """The account's device passwords, oldest first."""
+
+    def remove_device_password(jid: str, device_id: int) -> Deferred[bool]:
+        """Forget one; False if the account has no such device password."""
+
+    def touch_device_password(device_id: int, now: float) -> Deferred[None]:
+        """Record a login with it."""
+
+    def device_password_jids() -> Deferred[list[str]]:
+        """The accounts that have device passwords (SCRAM is offered to them by name)."""
 
     # -- replay protection ------------------------------------------------
 

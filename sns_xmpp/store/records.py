@@ -116,3 +116,16 @@ class FastTokenIssue:
     issued_at: float
     expires_at: float
     grace_until: float
+
+
+@dataclass(frozen=True)
+class DevicePassword:
+    """A password the server made for one device of an account (issue 15), kept as SCRAM keys:
+    its SCRAM-SHA-1 and SCRAM-SHA-256 credentials, which share the account's device salt."""
+
+    id: int
+    jid: str
+    label: str
+    credentials: tuple[ScramCredential, ...]
+    created_at: float
+    last_used: float | None

@@ -18,13 +18,17 @@ from typing import Any
 
 from sns_xmpp.store.common import (
     SQL_ACCOUNT_EXISTS,
+    SQL_ADD_DEVICE,
     SQL_ADD_REQUEST,
     SQL_COUNT_OFFLINE,
     SQL_DELETE_ACCOUNT,
     SQL_DELETE_ACCOUNT_DATA,
     SQL_DELETE_CREDENTIALS,
+    SQL_DELETE_DEVICES,
     SQL_DELETE_FAST,
     SQL_DELETE_OFFLINE,
+    SQL_DEVICE_JIDS,
+    SQL_DEVICES,
     SQL_GET_ACCOUNT,
     SQL_GET_FAST,
     SQL_GET_LINK,
@@ -43,6 +47,7 @@ from sns_xmpp.store.common import (
     SQL_PUT_FAST,
     SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_REVOCATION,
+    SQL_REMOVE_DEVICE,
     SQL_REMOVE_LINK,
     SQL_REMOVE_REQUEST,
     SQL_REMOVE_ROSTER_ITEM,
@@ -51,10 +56,13 @@ from sns_xmpp.store.common import (
     SQL_REVOKE_LINKS,
     SQL_ROTATE_CURRENT_FAST,
     SQL_ROTATE_PREVIOUS_FAST,
+    SQL_TOUCH_DEVICE,
     SQL_TOUCH_LINK,
     AbandonTransaction,
     account_from_rows,
     credential_rows,
+    device_from_row,
+    device_params,
     fast_token_from_row,
     link_from_row,
     list_links_sql,
@@ -66,6 +74,7 @@ from sns_xmpp.store.common import (
 from sns_xmpp.store.interface import JidTakenError
 from sns_xmpp.store.records import (
     Account,
+    DevicePassword,
     FastToken,
     FastTokenIssue,
     OfflineMessage,
@@ -254,6 +263,7 @@ class SQLDatabase(ABC):
             if found is None:
                 return None
             cursor.execute(self._sql(SQL_DELETE_FAST), (jid,))  # a revoked device logs in no more
+            cursor.execute(self._sql(SQL_DELETE_DEVICES), (jid,))  # nor with its device password
             recorded = cursor.execute(self._sql(SQL_RECORD_REVOCATION), (jid, reason, now)).fetchone()
             return int(recorded[0])
 
@@ -262,6 +272,27 @@ class SQLDatabase(ABC):
 
     def last_revocation_id(self) -> int:
         return int(self._read(self._sql(SQL_LAST_REVOCATION), ())[0][0])
+
+    # -- device passwords ---------------------------------------------------
+
+    def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential], now: float) -> int:
+        params = device_params(jid, label, credentials, now)
+        with self._write() as cursor:
+            return int(cursor.execute(self._sql(SQL_ADD_DEVICE), params).fetchone()[0])
+
+    def device_passwords(self, jid: str) -> list[DevicePassword]:
+        return [device_from_row(row) for row in self._read(self._sql(SQL_DEVICES), (jid,))]
+
+    def remove_device_password(self, jid: str, device_id: int) -> bool:
+        with self._write() as cursor:
+            return bool(cursor.execute(self._sql(SQL_REMOVE_DEVICE), (jid, device_id)).rowcount == 1)
+
+    def touch_device_password(self, device_id: int, now: float) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_TOUCH_DEVICE), (now, device_id))
+
+    def device_password_jids(self) -> list[str]:
+        return [row[0] for row in self._read(self._sql(SQL_DEVICE_JIDS), ())]
 
     # -- FAST tokens (XEP-0484) -------------------------------------------
 

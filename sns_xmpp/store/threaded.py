@@ -22,6 +22,7 @@ from sns_xmpp.store.common import Database
 from sns_xmpp.store.interface import IStore, StoreClosedError, StoreUnavailableError
 from sns_xmpp.store.records import (
     Account,
+    DevicePassword,
     FastToken,
     FastTokenIssue,
     OfflineMessage,
@@ -397,6 +398,23 @@ class ThreadedStore(Service):
 
     def last_revocation_id(self) -> Deferred[int]:
         return self._read(lambda db: db.last_revocation_id())
+
+    def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential],
+                            now: float) -> Deferred[int]:
+        frozen = tuple(credentials)
+        return self._call(lambda db: db.add_device_password(jid, label, frozen, now))
+
+    def device_passwords(self, jid: str) -> Deferred[list[DevicePassword]]:
+        return self._read(lambda db: db.device_passwords(jid))
+
+    def remove_device_password(self, jid: str, device_id: int) -> Deferred[bool]:
+        return self._call(lambda db: db.remove_device_password(jid, device_id))
+
+    def touch_device_password(self, device_id: int, now: float) -> Deferred[None]:
+        return self._call(lambda db: db.touch_device_password(device_id, now))
+
+    def device_password_jids(self) -> Deferred[list[str]]:
+        return self._read(lambda db: db.device_password_jids())
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
         return self._call(lambda db: db.remember_token(site, token_digest, expires_at, now))

@@ -734,3 +734,34 @@ def test_fast_tokens_rotate_count_and_go_with_a_revocation(backend: Backend) -> 
     assert db.revoke(zoe, "admin", NOW + 30) is not None
     assert db.fast_token(zoe, "laptop") is None
     db.close()
+
+
+def test_device_passwords_share_the_accounts_salt_and_go_with_a_revocation(backend: Backend) -> None:
+    """Device passwords (issue 15): kept as SCRAM-SHA-1 and -SHA-256 keys under one salt, listed,
+    removed one by one, named among the accounts that have some, and all deleted by the account's
+    revocation. In each engine."""
+    from sns_xmpp.auth.scram import derive_credential
+
+    db = backend.open()
+    zoe = db.link_account("demo", "zoe", "zoe\\\\40demo@localhost", NOW)
+    salt = b"s" * 16
+
+    def keys(password: str) -> tuple[ScramCredential, ...]:
+        return tuple(derive_credential(m, password, salt=salt, iterations=4096)
+                     for m in ("SCRAM-SHA-1", "SCRAM-SHA-256"))
+
+    phone = db.add_device_password(zoe.jid, "phone", keys("p1"), NOW)
+    laptop = db.add_device_password(zoe.jid, "laptop", keys("p2"), NOW + 1)
+    with pytest.raises(ValueError, match="one salt"):
+        db.add_device_password(zoe.jid, "odd", (keys("p3")[0], derive_credential("SCRAM-SHA-256", "p3")), NOW)
+    devices = db.device_passwords(zoe.jid)
+    assert [(d.id, d.label, d.credentials) for d in devices] == [
+        (phone, "phone", keys("p1")), (laptop, "laptop", keys("p2"))]
+    db.touch_device_password(phone, NOW + 5)
+    assert db.device_passwords(zoe.jid)[0].last_used == NOW + 5
+    assert db.device_password_jids() == [zoe.jid]
+    assert db.remove_device_password(zoe.jid, laptop) and not db.remove_device_password("other@localhost", phone)
+    assert [d.label for d in db.device_passwords(zoe.jid)] == ["phone"]
+    db.revoke(zoe.jid, "logout", NOW + 9)
+    assert db.device_passwords(zoe.jid) == [] and db.device_password_jids() == []
+    db.close()
