@@ -358,11 +358,10 @@ SQL_ADD_DEVICE = (
 )
 SQL_DEVICES = (
     "SELECT id, jid, label, salt, iterations, sha1_stored_key, sha1_server_key, sha256_stored_key,"
-    " sha256_server_key, created_at, last_used FROM device_passwords WHERE jid = ? ORDER BY id"
+    " sha256_server_key, created_at FROM device_passwords WHERE jid = ? ORDER BY id"
 )
 SQL_REMOVE_DEVICE = "DELETE FROM device_passwords WHERE jid = ? AND id = ?"
 SQL_DELETE_DEVICES = "DELETE FROM device_passwords WHERE jid = ?"
-SQL_TOUCH_DEVICE = "UPDATE device_passwords SET last_used = ? WHERE id = ?"
 SQL_DEVICE_JIDS = "SELECT DISTINCT jid FROM device_passwords ORDER BY jid"
 
 
@@ -382,8 +381,7 @@ def device_from_row(row: Sequence[Any]) -> DevicePassword:
         ScramCredential("SCRAM-SHA-1", salt, iterations, _unb64(row[5]), _unb64(row[6])),
         ScramCredential("SCRAM-SHA-256", salt, iterations, _unb64(row[7]), _unb64(row[8])),
     )
-    return DevicePassword(id=int(row[0]), jid=row[1], label=row[2], credentials=credentials, created_at=row[9],
-                          last_used=row[10])
+    return DevicePassword(id=int(row[0]), jid=row[1], label=row[2], credentials=credentials, created_at=row[9])
 
 
 def link_from_row(row: Sequence[Any]) -> SocialLink:
@@ -484,8 +482,6 @@ class Database(Protocol):
     def device_passwords(self, jid: str) -> list[DevicePassword]: ...
 
     def remove_device_password(self, jid: str, device_id: int) -> bool: ...
-
-    def touch_device_password(self, device_id: int, now: float) -> None: ...
 
     def device_password_jids(self) -> list[str]: ...
 

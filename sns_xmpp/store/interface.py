@@ -224,9 +224,6 @@ class IStore(Interface):
     def remove_device_password(jid: str, device_id: int) -> Deferred[bool]:
         """Forget one; False if the account has no such device password."""
 
-    def touch_device_password(device_id: int, now: float) -> Deferred[None]:
-        """Record a login with it."""
-
     def device_password_jids() -> Deferred[list[str]]:
         """The accounts that have device passwords (SCRAM is offered to them by name)."""
 

@@ -128,4 +128,3 @@ class DevicePassword:
     label: str
     credentials: tuple[ScramCredential, ...]
     created_at: float
-    last_used: float | None

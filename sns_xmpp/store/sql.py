@@ -56,7 +56,6 @@ from sns_xmpp.store.common import (
     SQL_REVOKE_LINKS,
     SQL_ROTATE_CURRENT_FAST,
     SQL_ROTATE_PREVIOUS_FAST,
-    SQL_TOUCH_DEVICE,
     SQL_TOUCH_LINK,
     AbandonTransaction,
     account_from_rows,
@@ -286,10 +285,6 @@ class SQLDatabase(ABC):
     def remove_device_password(self, jid: str, device_id: int) -> bool:
         with self._write() as cursor:
             return bool(cursor.execute(self._sql(SQL_REMOVE_DEVICE), (jid, device_id)).rowcount == 1)
-
-    def touch_device_password(self, device_id: int, now: float) -> None:
-        with self._write() as cursor:
-            cursor.execute(self._sql(SQL_TOUCH_DEVICE), (now, device_id))
 
     def device_password_jids(self) -> list[str]:
         return [row[0] for row in self._read(self._sql(SQL_DEVICE_JIDS), ())]

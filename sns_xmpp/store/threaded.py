@@ -410,9 +410,6 @@ class ThreadedStore(Service):
     def remove_device_password(self, jid: str, device_id: int) -> Deferred[bool]:
         return self._call(lambda db: db.remove_device_password(jid, device_id))
 
-    def touch_device_password(self, device_id: int, now: float) -> Deferred[None]:
-        return self._call(lambda db: db.touch_device_password(device_id, now))
-
     def device_password_jids(self) -> Deferred[list[str]]:
         return self._read(lambda db: db.device_password_jids())
 

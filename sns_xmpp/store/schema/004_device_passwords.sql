@@ -14,7 +14,6 @@ CREATE TABLE device_passwords (
     sha1_server_key TEXT NOT NULL,
     sha256_stored_key TEXT NOT NULL,
     sha256_server_key TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    last_used DOUBLE PRECISION
+    created_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX device_passwords_jid ON device_passwords (jid);
