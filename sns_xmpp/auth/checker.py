@@ -71,6 +71,9 @@ class ScramLookup:
 
     credential: ScramCredential | None
     complete: Callable[[str | None], Deferred[LoginResult]]
+    # More credentials under the same salt and count, any of which may match the proof (the
+    # account's other device passwords).
+    alternatives: tuple[ScramCredential, ...] = ()
 
 
 class ILoginChecker(Interface):

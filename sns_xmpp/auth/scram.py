@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sns_xmpp.auth.saslprep import SASLprepError, saslprep
 from sns_xmpp.store.records import ScramCredential  # what the store keeps; made here
@@ -178,6 +178,7 @@ class ScramServerExchange:
         self._server_first = ""
         self._nonce = ""
         self._credential: ScramCredential | None = None
+        self._alternatives: tuple[ScramCredential, ...] = ()
         self._user_known = False
 
     def _advance(self, expected: str) -> None:
@@ -227,8 +228,11 @@ class ScramServerExchange:
         self._state = "server-first"
         return username
 
-    def server_first(self, credential: ScramCredential | None | _Lookup = _Lookup.USE_LOOKUP) -> bytes:
-        """Build server-first-message for *credential*, None for an unknown user."""
+    def server_first(self, credential: ScramCredential | None | _Lookup = _Lookup.USE_LOOKUP,
+                     alternatives: Sequence[ScramCredential] = ()) -> bytes:
+        """Build server-first-message for *credential*, None for an unknown user. *alternatives*:
+        more credentials under the same salt and count (an account's device passwords), any of
+        which the client's proof may match."""
         if self._state != "server-first":
             raise ScramError("other-error", "unexpected SCRAM step")
         if credential is _Lookup.USE_LOOKUP:
@@ -242,6 +246,11 @@ class ScramServerExchange:
             raise ValueError("nonce_factory must return printable ASCII without ','")
 
         self._user_known = credential is not None
+        if any((other.mechanism, other.salt, other.iterations)
+               != (credential.mechanism, credential.salt, credential.iterations) for other in alternatives
+               if credential is not None):
+            raise ValueError("alternative credentials must share the mechanism, the salt and the count")
+        self._alternatives = tuple(alternatives) if credential is not None else ()
         if credential is None:
             # An unknown user gets a salt that looks and behaves like a real
             # one and keys that match no password, so the reply reveals nothing.
@@ -280,14 +289,17 @@ class ScramServerExchange:
         without_proof = ",".join(parts[:-1])
         self.auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}"
         auth_message = self.auth_message.encode("utf-8")
-        client_signature = hmac.digest(self._credential.stored_key, auth_message, self._hash)
-        if len(proof) != len(client_signature):
-            raise ScramError("invalid-proof", "wrong credentials")
-        client_key = bytes(p ^ s for p, s in zip(proof, client_signature, strict=True))
-        matches = hmac.compare_digest(hashlib.new(self._hash, client_key).digest(), self._credential.stored_key)
+        matched = None
+        for candidate in (self._credential, *self._alternatives):  # every one, matched or not
+            client_signature = hmac.digest(candidate.stored_key, auth_message, self._hash)
+            if len(proof) != len(client_signature):
+                raise ScramError("invalid-proof", "wrong credentials")
+            client_key = bytes(p ^ s for p, s in zip(proof, client_signature, strict=True))
+            if hmac.compare_digest(hashlib.new(self._hash, client_key).digest(), candidate.stored_key):
+                matched = candidate
         # An unknown user fails exactly like a wrong password, not with
         # "unknown-user", so the error does not reveal who exists either.
-        if not (matches and self._user_known):
+        if matched is None or not self._user_known:
             raise ScramError("invalid-proof", "wrong credentials")
-        server_signature = hmac.digest(self._credential.server_key, auth_message, self._hash)
+        server_signature = hmac.digest(matched.server_key, auth_message, self._hash)
         return b"v=" + _b64(server_signature).encode("ascii")

@@ -156,7 +156,7 @@ class ScramAttempt:
 
         def looked_up(lookup: ScramLookup) -> Challenge:
             self.lookup = lookup
-            return Challenge(self.exchange.server_first(lookup.credential))
+            return Challenge(self.exchange.server_first(lookup.credential, lookup.alternatives))
 
         d = defer.maybeDeferred(self.checker.scram_lookup, self.exchange.username, self.mechanism, self.domain)
         return d.addCallback(looked_up)

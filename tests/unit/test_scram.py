@@ -232,3 +232,29 @@ def test_arbitrary_bytes_only_raise_scram_error(first: bytes, final: bytes) -> N
         exchange, _ = started("SCRAM-SHA-1", credential)
         with pytest.raises(ScramError):
             exchange.client_final(prefix + final)
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+def test_a_proof_may_match_any_of_several_credentials_under_one_salt(mechanism: str) -> None:
+    """An account's device passwords share one salt and count, so SCRAM, which sends the salt
+    before any proof, can check the proof against each: the one that matches signs the server's
+    answer; a password that is none of them fails as a wrong one does; credentials under another
+    salt cannot be mixed in."""
+    salt = b"device-salt-0123"
+    phone, laptop = (derive_credential(mechanism, password, salt=salt, iterations=4096) for password in ("p1", "p2"))
+    exchange = ScramServerExchange(mechanism, nonce_factory=lambda: "snonce")
+    exchange.client_first(b"n,,n=user,r=cnonce")
+    first = exchange.server_first(phone, (laptop,))
+    answer = exchange.client_final(client_final(mechanism, "p2", "n=user,r=cnonce", first))
+    name = HASHES[mechanism]
+    auth_message = exchange.auth_message.encode()
+    assert answer == b"v=" + base64.b64encode(hmac.digest(laptop.server_key, auth_message, name))
+    exchange = ScramServerExchange(mechanism, nonce_factory=lambda: "snonce")
+    exchange.client_first(b"n,,n=user,r=cnonce")
+    first = exchange.server_first(phone, (laptop,))
+    assert refused(exchange.client_final, client_final(mechanism, "p3", "n=user,r=cnonce", first)).server_error == (
+        "invalid-proof")
+    exchange = ScramServerExchange(mechanism, nonce_factory=lambda: "snonce")
+    exchange.client_first(b"n,,n=user,r=cnonce")
+    with pytest.raises(ValueError, match="share"):
+        exchange.server_first(phone, (derive_credential(mechanism, "p2"),))
