@@ -4,9 +4,11 @@ After a login over SASL2 a client may ask for a token; it then logs in with the 
 one round trip, for the token's lifetime (``[xmpp.c2s] fast_token_lifetime``): the browser is not
 needed again until then. A token is kept per (account, ``<user-agent id>``).
 
-HT-SHA-256-NONE: the client's initial response is ``authcid NUL HMAC-SHA-256(token, "Initiator"
+HT-SHA-256-*: the client's initial response is ``authcid NUL HMAC-SHA-256(token, "Initiator"
 || cb-data)``, the server's additional data ``HMAC-SHA-256(token, "Responder" || cb-data)``;
-cb-data is empty for -NONE.
+cb-data is empty for -NONE, the TLS connection's tls-exporter value for -EXPR (RFC 9266, TLS 1.3
+only) and its tls-server-end-point value for -ENDP (RFC 5929), so that a token replayed on
+another TLS connection (a man in the middle) fails.
 
 **Stored hashed.** A token is 64 random bytes (86 characters of base64url), longer than SHA-256's
 64-byte block, so HMAC replaces it by SHA-256(token) as its key (RFC 2104 section 3). The server
@@ -41,7 +43,9 @@ log = GatedLogger()
 
 NS_FAST = "urn:xmpp:fast:0"
 HT_SHA_256_NONE = "HT-SHA-256-NONE"
-MECHANISMS = (HT_SHA_256_NONE,)
+HT_SHA_256_EXPR = "HT-SHA-256-EXPR"  # channel binding tls-exporter (RFC 9266): TLS 1.3
+HT_SHA_256_ENDP = "HT-SHA-256-ENDP"  # channel binding tls-server-end-point (RFC 5929)
+MECHANISMS = (HT_SHA_256_EXPR, HT_SHA_256_ENDP, HT_SHA_256_NONE)  # best first
 TOKEN_BYTES = 64  # > SHA-256's block: HMAC keys with SHA-256(token) (RFC 2104 3)
 MAX_GRACE = 60.0  # seconds a rotated-out token is still taken, at most
 MAX_COUNT = 2**62  # fits BIGINT in both engines

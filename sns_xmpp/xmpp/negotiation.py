@@ -44,10 +44,13 @@ from sns_xmpp.xmpp.sasl2 import (
     Authenticate,
     authentication_feature,
     challenge_xml,
+    channel_binding,
+    channel_bindings,
     failure_element,
     parse_authenticate,
     resource_for,
     success_element,
+    tls_connection,
 )
 from sns_xmpp.xmpp.serialization import escape_text
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -146,7 +149,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             key: tuple[object, ...] = ("bound", extras)
         else:
             extras = tuple(make(self.domain) for make in hooks.features_before_auth)
-            key = (self.domain, stream.secure, tuple(self._mechanisms()), extras)
+            key = (self.domain, stream.secure, tuple(self._mechanisms()), self._fast_mechanisms(), extras)
         cache = self.settings.features_cache
         xml = cache.get(key)
         if xml is None:
@@ -174,8 +177,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             for name in mechanisms:
                 element.addElement("mechanism", content=name)
             if stream.secure and self.settings.sasl2:  # XEP-0388: the same mechanisms, after TLS only
-                fast = FAST_MECHANISMS if self.settings.fast is not None else ()
-                features.addChild(authentication_feature(mechanisms, fast, list(hooks.inline)))
+                features.addChild(authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
         _add_features(features, hooks.features_before_auth, self.domain)
         return features
 
@@ -188,6 +190,12 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             name for name in self.settings.checker.mechanisms_for(self.claimed, self.domain)
             if name not in CLEARTEXT_MECHANISMS or secure or self.settings.allow_plain_without_tls
         ]
+
+    def _fast_mechanisms(self) -> tuple[str, ...]:
+        """FAST's HT mechanisms on this stream: the channel-bound ones where its TLS allows."""
+        if self.settings.fast is None or not self.settings.sasl2 or not self.xmlstream.secure:
+            return ()
+        return channel_bindings(tls_connection(self.xmlstream.transport))
 
     # -- elements before the session -----------------------------------
 
@@ -256,9 +264,12 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         assert self.domain is not None
         fast = self.settings.fast
         attempt: Attempt
+        cb_data = None
         if request.mechanism in FAST_MECHANISMS and fast is not None:
+            cb_data = channel_binding(tls_connection(self.xmlstream.transport), request.mechanism)
+        if fast is not None and cb_data is not None:
             attempt = HTAttempt(request.mechanism, fast, self.settings.checker, self.domain, request.agent,
-                                request.count, request.invalidate)
+                                request.count, request.invalidate, cb_data)
         elif request.mechanism in self._mechanisms():
             attempt = start_attempt(request.mechanism, self.settings.checker, self.domain)
         else:

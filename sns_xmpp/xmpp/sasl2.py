@@ -14,10 +14,14 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL
+from twisted.internet.interfaces import ISystemHandle
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import AuthenticationFailed
-from sns_xmpp.auth.fast import NS_FAST, IssuedToken
+from sns_xmpp.auth.fast import HT_SHA_256_ENDP, HT_SHA_256_EXPR, HT_SHA_256_NONE, NS_FAST, IssuedToken
 from sns_xmpp.xmpp.sasl import NS_SASL, decode_payload, encode_payload
 
 NS_SASL2 = "urn:xmpp:sasl:2"
@@ -138,3 +142,53 @@ def resource_for(bind: domish.Element, jid: str, agent: str | None) -> str:
     else:
         suffix = secrets.token_hex(4)
     return f"{tag}.{suffix}" if tag else suffix
+
+
+# -- channel binding -------------------------------------------------------------------------
+
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 section 2
+
+
+def tls_connection(transport: object) -> SSL.Connection | None:
+    """The stream's pyOpenSSL connection once TLS is on (STARTTLS or direct TLS), else None."""
+    handle = ISystemHandle(transport, None)
+    if handle is None:
+        return None
+    connection = handle.getHandle()
+    return connection if isinstance(connection, SSL.Connection) else None
+
+
+def channel_bindings(connection: SSL.Connection | None) -> tuple[str, ...]:
+    """The HT mechanisms this TLS connection can bind to, best first."""
+    offered = []
+    if connection is not None:
+        if connection.get_protocol_version_name() == "TLSv1.3":
+            offered.append(HT_SHA_256_EXPR)  # RFC 9266 defines tls-exporter for TLS 1.3
+        if connection.get_certificate() is not None:
+            offered.append(HT_SHA_256_ENDP)
+    offered.append(HT_SHA_256_NONE)
+    return tuple(offered)
+
+
+def channel_binding(connection: SSL.Connection | None, mechanism: str) -> bytes | None:
+    """The cb-data of *mechanism* on this connection: b"" for -NONE, None where it cannot bind."""
+    if mechanism == HT_SHA_256_NONE:
+        return b""
+    if connection is None or mechanism not in channel_bindings(connection):
+        return None
+    if mechanism == HT_SHA_256_EXPR:
+        return bytes(connection.export_keying_material(EXPORTER_LABEL, 32))
+    certificate = connection.get_certificate()
+    assert certificate is not None
+    return server_end_point(certificate.to_cryptography())
+
+
+def server_end_point(certificate: x509.Certificate) -> bytes:
+    """RFC 5929 section 4.1: the certificate's hash under its signature's hash function, SHA-256
+    where that is MD5 or SHA-1 (or there is none, as for Ed25519)."""
+    algorithm = certificate.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(certificate.public_bytes(serialization.Encoding.DER))
+    return digest.finalize()

@@ -52,13 +52,14 @@ class Sasl2Client:
             f"{extra}</authenticate>").encode())
         return await self.answer()
 
-    async def fast(self, user: str, token: str, count: int, extra: str = "") -> str:
-        """A FAST login with HT-SHA-256-NONE: authcid NUL HMAC(token, "Initiator")."""
-        proof = hmac.new(token.encode(), b"Initiator", hashlib.sha256).digest()
-        answer = await self.authenticate("HT-SHA-256-NONE", user.encode() + b"\0" + proof,
+    async def fast(self, user: str, token: str, count: int, extra: str = "", mechanism: str = "HT-SHA-256-NONE",
+                   cb: bytes = b"") -> str:
+        """A FAST login: authcid NUL HMAC(token, "Initiator" || cb-data)."""
+        proof = hmac.new(token.encode(), b"Initiator" + cb, hashlib.sha256).digest()
+        answer = await self.authenticate(mechanism, user.encode() + b"\0" + proof,
                                          f"<fast xmlns='urn:xmpp:fast:0' count='{count}'/>{extra}")
         if answer.startswith("<success"):
-            responder = hmac.new(token.encode(), b"Responder", hashlib.sha256).digest()
+            responder = hmac.new(token.encode(), b"Responder" + cb, hashlib.sha256).digest()
             assert f"<additional-data>{base64.b64encode(responder).decode()}</additional-data>" in answer, answer
         return answer
 
@@ -103,7 +104,7 @@ async def test_a_social_login_gets_a_fast_token_that_outlives_its_credentials_un
     # The first (social) login: SASL2 PLAIN, Bind2 with stream management inline, a token asked for.
     client = await connect(server, agent)
     assert "<authentication xmlns='urn:xmpp:sasl:2'><mechanism>" in client.stream.features
-    assert "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>" in client.stream.features
+    assert "<mechanism>HT-SHA-256-NONE</mechanism></fast>" in client.stream.features
     answer = await wait(client.authenticate("PLAIN", f"\0{user}\0{password}".encode(), BIND + REQUEST))
     assert answer.startswith("<success xmlns='urn:xmpp:sasl:2'>"), answer
     assert identifier_of(answer).startswith(jid + "/tests.")
@@ -144,3 +145,45 @@ async def test_a_social_login_gets_a_fast_token_that_outlives_its_credentials_un
     after = await connect(server, agent)
     assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>" in await wait(after.fast(user, third, 1))
     after.stream.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fast_token_bound_to_the_tls_server_end_point(server: Any) -> None:
+    """HT-SHA-256-ENDP (RFC 5929 tls-server-end-point) over the server's real TLS: offered (with
+    tls-exporter on TLS 1.3) in <fast/>; the proof over SHA-256 of the certificate the client saw
+    logs in, and the server's answer is bound to it too."""
+    credentials = await demo_credentials(server, "gus")
+    user, agent = credentials["jid"].split("@")[0], str(uuid.uuid4())
+    client = await connect(server, agent)
+    answer = await wait(client.authenticate("PLAIN", f"\0{user}\0{credentials['password']}".encode(),
+                                            "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-ENDP'/>"))
+    token = token_of(answer)
+    client.stream.close()
+    bound = await connect(server, agent)
+    offered = ("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism>"
+               "<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>")
+    assert offered in bound.stream.features
+    certificate = bound.stream.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    cb = hashlib.sha256(certificate).digest()  # the certificate is signed with ECDSA-SHA256
+    answer = await wait(bound.fast(user, token, 1, mechanism="HT-SHA-256-ENDP", cb=cb))
+    assert answer.startswith("<success"), answer
+    bound.stream.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_offers_the_channel_bound_mechanisms_too(server: Any) -> None:
+    """XEP-0368 direct TLS: the stream's TLS connection is found there as after STARTTLS."""
+    import ssl
+
+    async def features() -> str:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.direct_tls_port, ssl=context,
+                                                       server_hostname="localhost")
+        stream = RawStream(reader, writer, "localhost")
+        text = await stream.restart()
+        stream.close()
+        return text
+
+    assert "<mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-ENDP</mechanism>" in await wait(features())

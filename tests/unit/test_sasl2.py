@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
 
 from sns_xmpp.auth.fast import FastTokens, initiator, responder, token_hash
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
@@ -245,3 +247,111 @@ def test_a_fast_login_without_a_count_is_malformed(tmp_path: Path, extra: str) -
     stream, transport, _ = world.connect()
     stream.dataReceived(authenticate("HT-SHA-256-NONE", b"alice\x00" + b"x" * 32, extra))
     assert f"<malformed-request xmlns='{ERRORS}'/>" in output(transport)
+
+
+# -- channel binding: HT-SHA-256-EXPR (RFC 9266) and HT-SHA-256-ENDP (RFC 5929) --------------------
+
+
+def tls_pair(tmp_path: Path, max_version: int | None = None) -> tuple[Any, Any]:
+    """A server and a client pyOpenSSL connection over memory BIOs, handshaken, with the server's
+    own self-signed certificate (xmpp/tls.py)."""
+    import datetime
+
+    from OpenSSL import SSL
+
+    from sns_xmpp.xmpp.tls import ensure_self_signed
+
+    certificate, key = ensure_self_signed(tmp_path / "tls", ["localhost"], datetime.datetime.now(datetime.UTC))
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    server_context.use_certificate_chain_file(str(certificate))
+    server_context.use_privatekey_file(str(key))
+    client_context = SSL.Context(SSL.TLS_METHOD)
+    if max_version is not None:
+        client_context.set_max_proto_version(max_version)
+    server, client = SSL.Connection(server_context, None), SSL.Connection(client_context, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(10):
+        for one, other in ((client, server), (server, client)):
+            try:
+                one.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(one.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return server, client
+
+
+@implementer(ISystemHandle)
+class TLSTransport(TLSlessTransport):
+    """A StringTransport whose system handle is the server's end of a real TLS connection."""
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def getHandle(self) -> Any:  # noqa: N802 - Twisted's name
+        return self.connection
+
+
+def test_channel_binding_data_match_the_client_side_of_the_tls_connection(tmp_path: Path) -> None:
+    """tls-exporter is the TLS 1.3 exporter with RFC 9266's label and no context, as the client
+    computes it; tls-server-end-point is SHA-256 of the server's (ECDSA-SHA256) certificate, as the
+    client sees it (RFC 5929 4.1). Over TLS 1.2, tls-exporter is not offered."""
+    from OpenSSL import SSL
+
+    from sns_xmpp.xmpp.sasl2 import channel_binding, channel_bindings
+
+    server, client = tls_pair(tmp_path)
+    assert server.get_protocol_version_name() == "TLSv1.3"
+    assert channel_bindings(server) == ("HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE")
+    assert channel_binding(server, "HT-SHA-256-EXPR") == client.export_keying_material(
+        b"EXPORTER-Channel-Binding", 32)
+    peer = client.get_peer_certificate().to_cryptography()
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    assert channel_binding(server, "HT-SHA-256-ENDP") == hashlib.sha256(peer.public_bytes(Encoding.DER)).digest()
+    assert channel_binding(server, "HT-SHA-256-NONE") == b""
+    assert channel_binding(None, "HT-SHA-256-ENDP") is None
+    old, _ = tls_pair(tmp_path, SSL.TLS1_2_VERSION)
+    assert channel_bindings(old) == ("HT-SHA-256-ENDP", "HT-SHA-256-NONE")
+    assert channel_binding(old, "HT-SHA-256-EXPR") is None
+
+
+@pytest.mark.parametrize("mechanism", ["HT-SHA-256-EXPR", "HT-SHA-256-ENDP"])
+def test_a_channel_bound_fast_login_holds_only_on_its_own_tls_connection(tmp_path: Path, mechanism: str) -> None:
+    """XEP-0484 with a channel-bound HT mechanism: the stream offers it, the proof HMAC(token,
+    "Initiator" || cb-data) over this connection's data logs in and the server answers HMAC(token,
+    "Responder" || cb-data); the same proof made for another connection (a token relayed by a man
+    in the middle) is refused."""
+    world = World(tmp_path)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     f"<request-token xmlns='urn:xmpp:fast:0' mechanism='{mechanism}'/>"))
+    token = token_of(output(transport)).encode()
+    server, client = tls_pair(tmp_path)
+    if mechanism == "HT-SHA-256-EXPR":
+        cb = client.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+    else:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        cb = hashlib.sha256(client.get_peer_certificate().to_cryptography().public_bytes(Encoding.DER)).digest()
+
+    def bound_login(proof_cb: bytes, count: int) -> str:
+        stream = world.factory.buildProtocol(None)
+        transport = TLSTransport(server)
+        stream.makeConnection(transport)
+        stream.dataReceived(HEADER.format(to="localhost").encode())
+        features = output(transport)
+        assert f"<mechanism>{mechanism}</mechanism>" in features.split("<fast xmlns='urn:xmpp:fast:0'>")[1]
+        stream.dataReceived(authenticate(mechanism, b"alice\x00" + initiator(token, proof_cb),
+                                         f"<fast xmlns='urn:xmpp:fast:0' count='{count}'/>"))
+        return output(transport)
+
+    assert "<not-authorized" in bound_login(b"another connection's data", 1)
+    answer = bound_login(cb, 2)
+    assert answer.startswith(f"<success xmlns='{SASL2}'><additional-data>{b64(responder(token, cb))}"), answer
+    _stream, plain, features = world.connect()  # no TLS connection to bind to: not offered, refused
+    assert mechanism not in features
