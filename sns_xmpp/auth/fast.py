@@ -17,7 +17,8 @@ keeps only that digest and computes the same HMACs with it; a copy of the databa
 Every FAST login rotates: the success carries a new token, and the used one stays good for a grace
 period (a client that misses the answer keeps its old token), after which it fails. The client's
 ``count`` must grow from login to login with one token (replay protection), checked and taken in
-one store statement. ``invalidate='true'`` ends the token after the login. A revocation deletes
+one store statement. ``invalidate='true'`` ends the token after the login. A token asked for with
+a channel-bound mechanism is never taken without channel binding (no downgrade). A revocation deletes
 the account's tokens (`IStore.revoke`).
 """
 
@@ -137,6 +138,9 @@ class FastTokens:
             if stored is None or used is None:
                 return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
                     stored, proof, cb_data)))
+            if stored.mechanism != HT_SHA_256_NONE and mechanism == HT_SHA_256_NONE:
+                # No downgrade: a token asked for with channel binding is only taken with it.
+                return defer.fail(AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}"))
             if count <= (stored.last_count if used == stored.token_hash else stored.previous_count):
                 return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
             replacement: FastTokenIssue | None = None

@@ -325,7 +325,7 @@ def test_a_channel_bound_fast_login_holds_only_on_its_own_tls_connection(tmp_pat
     """XEP-0484 with a channel-bound HT mechanism: the stream offers it, the proof HMAC(token,
     "Initiator" || cb-data) over this connection's data logs in and the server answers HMAC(token,
     "Responder" || cb-data); the same proof made for another connection (a token relayed by a man
-    in the middle) is refused."""
+    in the middle) is refused, and so is the token with HT-SHA-256-NONE (no downgrade)."""
     world = World(tmp_path)
     stream, transport, _ = world.connect()
     stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
@@ -351,6 +351,8 @@ def test_a_channel_bound_fast_login_holds_only_on_its_own_tls_connection(tmp_pat
         return output(transport)
 
     assert "<not-authorized" in bound_login(b"another connection's data", 1)
+    unbound = fast_login(world, token.decode(), 1)  # the same token without channel binding: no downgrade
+    assert f"<text>this token needs {mechanism}</text>" in unbound, unbound
     answer = bound_login(cb, 2)
     assert answer.startswith(f"<success xmlns='{SASL2}'><additional-data>{b64(responder(token, cb))}"), answer
     _stream, plain, features = world.connect()  # no TLS connection to bind to: not offered, refused
