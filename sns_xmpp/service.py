@@ -30,8 +30,9 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.http.devices import DeviceAccounts, Devices
 from sns_xmpp.http.login import Root, SocialWeb
-from sns_xmpp.http.logout import BackChannelLogoutRoot, LogoutTokens, WebLogout
+from sns_xmpp.http.logout import AccountTokens, BackChannelLogoutRoot, WebLogout
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
 from sns_xmpp.keyfiles import ensure_secret, private_directory
@@ -200,9 +201,9 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     # Started logins travel sealed in the browser's cookie, under this per-install key (0600).
     login_state_key = ensure_secret(config.data_dir / "login-state.key").encode()
     pending = PendingLogins(reactor, secret=login_state_key)
-    logout_tokens = LogoutTokens(login_state_key, reactor)  # the same key, in a context of its own
+    account_tokens = AccountTokens(login_state_key, reactor)  # the same key, in a context of its own
     web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid,
-                    logout_tokens)
+                    account_tokens)
     try:
         install_features(sessions, router, reactor, config=config.xmpp, sites=web,
                          disabled=config.xmpp.features.disabled)
@@ -223,7 +224,10 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         d: Deferred[Any] = store.revoke(jid, "logged out on the web", reactor.seconds())
         return d.addCallback(lambda recorded: end_sessions(sessions, jid, "logged out on the web"))
 
-    root.putChild(b"logout", WebLogout(logout_tokens, log_out_everywhere))
+    root.putChild(b"logout", WebLogout(account_tokens, log_out_everywhere))
+    root.putChild(b"devices", Devices(account_tokens, DeviceAccounts(
+        checker.create_device_password, checker.devices.remove, store.device_passwords), f"{public_url}/devices"))
+    checker.devices.load().addErrback(lambda reason: log.failure("devices.load_failed", reason))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from sns_xmpp.auth.checker import AuthenticationFailed, IBearerChecker, LoginResult, ScramLookup
+from sns_xmpp.auth.devices import DevicePasswords, DeviceRefused, scram_credentials
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.scram import derive_credential, stand_in_credential
 from sns_xmpp.jid import InvalidFormat, before_domain, escape_node, parse_jid, unescape_node
@@ -34,7 +35,7 @@ from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.sites.interface import ISite, Rejection, SiteRejection, VerifiedAccount
 from sns_xmpp.sites.registry import SiteRegistry
 from sns_xmpp.store.interface import IStore
-from sns_xmpp.store.records import SocialLink
+from sns_xmpp.store.records import DevicePassword, SocialLink
 
 log = GatedLogger()
 
@@ -133,6 +134,7 @@ class SocialLoginChecker:
         self.public_url = public_url
         self._salt_key = salt_key
         self.mechanisms = local.mechanisms + (("OAUTHBEARER",) if sites.bearer_sites() else ())
+        self.devices = DevicePasswords(store, clock, salt_key, local.hashing)
 
     def mechanisms_for(self, claimed_jid: str | None, domain: str) -> tuple[str, ...]:
         """Only PLAIN (and OAUTHBEARER) for a claimed social identity whose site cannot do SCRAM.
@@ -149,6 +151,8 @@ class SocialLoginChecker:
                 claimed = None
             if claimed is not None and claimed.user and claimed.host == domain:
                 social = split_social(claimed.user, domain)
+                if claimed.userhost() in self.devices.accounts:
+                    return self.mechanisms  # its device passwords do SCRAM
         if social is None:
             return self.mechanisms
         site = self.sites.get(social[1])
@@ -195,10 +199,11 @@ class SocialLoginChecker:
 
     def check_plain(self, authcid: str, password: str, authzid: str | None, domain: str) -> Deferred[LoginResult]:
         handed = parse_handover(password)
-        if handed is not None:
-            named = _named_social_jid(authcid, domain)
-            if named is not None:  # a social JID's localpart (local names hold no backslash)
+        named = _named_social_jid(authcid, domain)  # a social JID's localpart (local names hold no backslash)
+        if named is not None:
+            if handed is not None:
                 return defer.ensureDeferred(self._handed_over(named, handed, authzid, domain))
+            return defer.ensureDeferred(self._device_or_social(named, authcid, password, authzid, domain))
         social = split_social(authcid, domain)
         if social is None:
             return self.local.check_plain(authcid, password, authzid, domain)
@@ -224,6 +229,43 @@ class SocialLoginChecker:
         site = self._site(site_id)
         return await self._open(site, await self._verified(site, identifier, token), authzid, domain, "PLAIN",
                                 f"{identifier}@{site_id}", named_jid)
+
+    async def _device_or_social(self, named_jid: str, authcid: str, password: str, authzid: str | None,
+                                domain: str) -> LoginResult:
+        """A social JID with a device password, or else (an account that has none) the older
+        JID form of a social identity with the site's token."""
+        devices = await self.store.device_passwords(named_jid)
+        if not devices:
+            social = split_social(authcid, domain)
+            site = self.sites.get(social[1]) if social is not None else None
+            if social is None or site is None or not _names_an_account(site, social[0]):
+                # A linked JID (not an identifier) with neither a device password nor the
+                # hand-over password: a wrong password, as for anyone.
+                raise AuthenticationFailed("not-authorized", "wrong credentials", reason="wrong-password")
+            return await self._social(social, password, authzid, domain, "PLAIN")
+        if not await self.devices.check_plain(named_jid, password, devices):
+            raise AuthenticationFailed("not-authorized", "wrong credentials", reason="wrong-password")
+        return await self._device_login(named_jid, authzid, "PLAIN")
+
+    async def _device_login(self, jid: str, authzid: str | None, method: str) -> LoginResult:
+        if authzid and authzid != jid:
+            raise AuthenticationFailed("invalid-authzid", "you may only act as yourself")
+        links = await self.store.list_links(jid=jid)
+        log.info("auth.device_login jid={jid} method={method}", jid=jid, method=method)
+        return LoginResult(jid=jid, method=method, site=links[0].site if links else None)
+
+    def create_device_password(self, jid: str, label: str) -> Deferred[str]:
+        """A device password for the social account *jid* (shown once); refused for accounts of
+        a site whose sessions must end with its credentials (session_policy = "token")."""
+
+        def checked(links: list[SocialLink]) -> Deferred[str]:
+            if not links:
+                raise DeviceRefused("device passwords are for social accounts")
+            if any(self.sites.session_policy(link.site) == "token" for link in links):
+                raise DeviceRefused("this site wants its sessions to end with its credentials")
+            return self.devices.create(jid, label)
+
+        return self.store.list_links(jid=jid).addCallback(checked)
 
     async def _verified(self, site: ISite, identifier: str, token: str) -> VerifiedAccount:
         try:
@@ -299,6 +341,22 @@ class SocialLoginChecker:
     # -- SCRAM ------------------------------------------------------------------
 
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred[ScramLookup]:
+        named = _named_social_jid(authcid, domain)
+        if named is not None:
+            return self.store.device_passwords(named).addCallback(
+                lambda devices: self._device_lookup(named, devices, mechanism) if devices
+                else self._social_scram_lookup(authcid, mechanism, domain))
+        return self._social_scram_lookup(authcid, mechanism, domain)
+
+    def _device_lookup(self, jid: str, devices: list[DevicePassword], mechanism: str) -> ScramLookup:
+        first, *others = scram_credentials(devices, mechanism)
+
+        def complete(authzid: str | None) -> Deferred[LoginResult]:
+            return defer.ensureDeferred(self._device_login(jid, authzid, mechanism))
+
+        return ScramLookup(first, complete, tuple(others))
+
+    def _social_scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred[ScramLookup]:
         social = split_social(authcid, domain)
         if social is None:
             return self.local.scram_lookup(authcid, mechanism, domain)
@@ -370,6 +428,14 @@ def _named_social_jid(authcid: str, domain: str) -> str | None:
         return parse_jid(f"{node}@{domain}").userhost()
     except InvalidFormat:
         return None
+
+
+def _names_an_account(site: ISite, identifier: str) -> bool:
+    try:
+        site.parse_identifier(identifier)
+    except SiteRejection:
+        return False
+    return True
 
 
 def _other_account(site_id: str) -> AuthenticationFailed:

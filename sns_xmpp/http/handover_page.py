@@ -98,8 +98,8 @@ def qr_svg(text: str) -> str:
 
 
 def handover_body(jid: str, password: str, display_name: str | None, logout: tuple[str, str] | None = None) -> str:
-    """The page body; the caller sends it with CONTENT_SECURITY_POLICY. *logout*: (the URL of the
-    "log out everywhere" form, its token)."""
+    """The page body; the caller sends it with CONTENT_SECURITY_POLICY. *logout*: (the server's
+    public URL, the account token that its "device password" and "log out everywhere" forms post)."""
     uri = xmpp_uri(jid)
     greeting = f"<p>Welcome, {html.escape(display_name)}.</p>\n" if display_name else ""
     return (
@@ -113,7 +113,11 @@ def handover_body(jid: str, password: str, display_name: str | None, logout: tup
         f'<a href="{html.escape(uri)}">{html.escape(uri)}</a>, for the JID; then paste the password.'
         "</figcaption></figure>\n"
         "<p>These credentials expire; come back here for fresh ones.</p>\n"
-        + (f'<form method="post" action="{html.escape(logout[0])}"><input type="hidden" name="token" '
+        + (f'<form method="post" action="{html.escape(logout[0])}/devices"><input type="hidden" name="token" '
+           f'value="{html.escape(logout[1])}"><input type="hidden" name="action" value="create">'
+           '<label>A client without FAST? <input name="label" maxlength="64" required placeholder="device name">'
+           '</label> <button type="submit">Make a password for it</button></form>\n'
+           f'<form method="post" action="{html.escape(logout[0])}/logout"><input type="hidden" name="token" '
            f'value="{html.escape(logout[1])}"><button type="submit">Log out everywhere</button> (ends every '
            "session of this account and voids the credentials given until now)</form>\n" if logout else "")
         + f"<script>{SCRIPT}</script>")

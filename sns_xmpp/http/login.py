@@ -22,7 +22,7 @@ from twisted.web.server import Request
 
 from sns_xmpp.auth.social import handover_password
 from sns_xmpp.http import handover_page
-from sns_xmpp.http.logout import LogoutTokens
+from sns_xmpp.http.logout import AccountTokens
 from sns_xmpp.http.pending import PendingLogins, StateProblem
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import (
@@ -90,9 +90,9 @@ class SocialWeb:
     """What the pages share: the sites, the pending logins and the public addresses."""
 
     def __init__(self, sites: SiteRegistry, pending: PendingLogins, public_url: str, xmpp_domain: str,
-                 clock: IReactorTime, link: Linker, logout_tokens: LogoutTokens | None = None) -> None:
+                 clock: IReactorTime, link: Linker, account_tokens: AccountTokens | None = None) -> None:
         self.link = link
-        self.logout_tokens = logout_tokens  # for the hand-over's "log out everywhere" (http/logout.py)
+        self.account_tokens = account_tokens  # for the hand-over's "log out everywhere" (http/logout.py)
         self.sites = sites
         self.pending = pending
         self.public_url = public_url
@@ -309,18 +309,20 @@ class Callback(resource.Resource):
         identifier = credentials.username.rpartition("@")[0]
         password = handover_password(self.site.site_id, identifier, credentials.password)
         log.info("http.callback_ok site={site}", site=self.site.site_id)
-        tokens = self.web.logout_tokens
-        logout = (f"{self.web.public_url}/logout", tokens.issue(jid)) if tokens is not None else None
+        tokens = self.web.account_tokens
+        token = tokens.issue(jid) if tokens is not None else None
         if _wants_json(request):
             document = {"jid": jid, "password": password, "expires": credentials.expires,
                         "display_name": credentials.display_name,
                         # The older pair, the site's own token under its identifier:
                         "username": credentials.username, "token": credentials.password}
-            if logout is not None:  # POST it as `token` to `logout_url` to log out everywhere
-                document |= {"logout_url": logout[0], "logout_token": logout[1]}
+            if token is not None:  # POST it as `token` to these (docs/protocol.md)
+                document |= {"account_token": token, "logout_url": f"{self.web.public_url}/logout",
+                             "devices_url": f"{self.web.public_url}/devices"}
             request.write(_json(request, document))
         else:  # for people, on a phone too: copy buttons and a QR code (http/handover_page.py)
             request.setHeader(b"content-security-policy", handover_page.CONTENT_SECURITY_POLICY)
-            body = handover_page.handover_body(jid, password, credentials.display_name, logout)
+            body = handover_page.handover_body(jid, password, credentials.display_name,
+                                               (self.web.public_url, token) if token is not None else None)
             request.write(_page(request, f"Logged in with {self.site.display_name}", body))
         request.finish()

@@ -95,22 +95,23 @@ def _refuse(request: Request, description: str) -> bytes:
 
 # -- "log out everywhere" on the web ---------------------------------------------------------
 
-LOGOUT_CONTEXT = b"sns-xmpp-web-logout-v1:"
-WEB_LOGOUT_SECONDS = 86400.0  # how long the hand-over page's "log out everywhere" works
+ACCOUNT_TOKEN_CONTEXT = b"sns-xmpp-account-token-v1:"
+ACCOUNT_TOKEN_SECONDS = 86400.0  # how long the hand-over page's account buttons work
 
 
-class LogoutTokens:
-    """The proof, given with the credentials at the hand-over, that its holder may log the account
-    out everywhere: the JID and an expiry, sealed with HMAC-SHA256 under the per-install key (its
-    own context: a login state can never pass for one). As secret as the password beside it."""
+class AccountTokens:
+    """The proof, given with the credentials at the hand-over, that its holder may manage the
+    account on the web (log it out everywhere, make and remove device passwords): the JID and an
+    expiry, sealed with HMAC-SHA256 under the per-install key (its own context: a login state can
+    never pass for one). As secret as the password beside it."""
 
-    def __init__(self, secret: bytes, clock: IReactorTime, ttl: float = WEB_LOGOUT_SECONDS) -> None:
+    def __init__(self, secret: bytes, clock: IReactorTime, ttl: float = ACCOUNT_TOKEN_SECONDS) -> None:
         self._key = secret
         self.clock = clock
         self.ttl = ttl
 
     def _mac(self, payload: str) -> str:
-        return b64url_encode(hmac.new(self._key, LOGOUT_CONTEXT + payload.encode(), hashlib.sha256).digest())
+        return b64url_encode(hmac.new(self._key, ACCOUNT_TOKEN_CONTEXT + payload.encode(), hashlib.sha256).digest())
 
     def issue(self, jid: str) -> str:
         document = {"jid": jid, "expires": self.clock.seconds() + self.ttl}
@@ -139,7 +140,7 @@ class WebLogout(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, tokens: LogoutTokens, log_out: LogOutEverywhere) -> None:
+    def __init__(self, tokens: AccountTokens, log_out: LogOutEverywhere) -> None:
         super().__init__()
         self.tokens = tokens
         self.log_out = log_out
@@ -150,7 +151,7 @@ class WebLogout(resource.Resource):
         jid = self.tokens.open(given[0].decode("ascii", "replace"))
         if jid is None:
             request.setResponseCode(400)
-            return _page("Not logged out", "<p>This logout link is not valid or has expired: log in at the "
+            return page("Not logged out", "<p>This logout link is not valid or has expired: log in at the "
                          "site again and use the new page's button.</p>")
         d = self.log_out(jid)
         d.addCallbacks(lambda ended: self._done(request, jid, ended), lambda reason: self._failed(request, reason))
@@ -158,7 +159,7 @@ class WebLogout(resource.Resource):
 
     def _done(self, request: Request, jid: str, ended: int) -> None:
         log.info("http.web_logout jid={jid} sessions={sessions}", jid=jid, sessions=ended)
-        request.write(_page("Logged out everywhere", f"<p>{html.escape(jid)} is logged out on every device; "
+        request.write(page("Logged out everywhere", f"<p>{html.escape(jid)} is logged out on every device; "
                             "the credentials given until now no longer work. Log in at the site again "
                             "for new ones.</p>"))
         request.finish()
@@ -166,11 +167,11 @@ class WebLogout(resource.Resource):
     def _failed(self, request: Request, reason: Failure) -> None:
         log.failure("http.web_logout_failed", reason)
         request.setResponseCode(503)
-        request.write(_page("Try again later", "<p>The logout could not be recorded.</p>"))
+        request.write(page("Try again later", "<p>The logout could not be recorded.</p>"))
         request.finish()
 
 
-def _page(title: str, body: str) -> bytes:
+def page(title: str, body: str) -> bytes:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>'
             f"<body><h1>{title}</h1>{body}</body></html>").encode()

@@ -47,7 +47,7 @@ async def test_unlinking_ends_the_session_and_the_account_comes_back_to_the_same
 @pytest_twisted.ensureDeferred
 async def test_log_out_everywhere_from_the_hand_over(server) -> None:
     """The hand-over gives a 'log out everywhere' token with the credentials (a button on the page,
-    logout_url and logout_token in JSON): posting it ends the account's live session at once and
+    logout_url and account_token in JSON): posting it ends the account's live session at once and
     voids the credentials given until then; a forged token changes nothing."""
     import treq
 
@@ -55,10 +55,10 @@ async def test_log_out_everywhere_from_the_hand_over(server) -> None:
     olga = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
     await wait(olga.log_in(server.c2s_port))
 
-    forged = credentials["logout_token"][:-2] + ("AA" if not credentials["logout_token"].endswith("AA") else "BB")
+    forged = credentials["account_token"][:-2] + ("AA" if not credentials["account_token"].endswith("AA") else "BB")
     refused = await treq.post(credentials["logout_url"], data={"token": forged})
     assert refused.code == 400 and server.sessions.resources(credentials["jid"])
-    answer = await treq.post(credentials["logout_url"], data={"token": credentials["logout_token"]})
+    answer = await treq.post(credentials["logout_url"], data={"token": credentials["account_token"]})
     assert answer.code == 200 and b"logged out on every device" in await answer.content()
     error = await wait(olga.stream_errors.get(), 10)
     assert error["condition"] == "not-authorized" and "logged out on the web" in error["text"]

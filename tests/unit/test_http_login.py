@@ -325,10 +325,10 @@ def test_the_xmpp_uri_percent_encodes_what_rfc_5122_does_not_allow_in_a_node(jid
 def test_a_logout_token_names_its_account_until_it_expires_and_nothing_else_passes_for_one() -> None:
     """The hand-over's 'log out everywhere' proof: the JID it was issued for, for a day; a token
     that is altered, expired, or a login state sealed under the same key is no proof."""
-    from sns_xmpp.http.logout import LogoutTokens
+    from sns_xmpp.http.logout import AccountTokens
 
     clock = task.Clock()
-    tokens = LogoutTokens(b"k" * 32, clock)
+    tokens = AccountTokens(b"k" * 32, clock)
     token = tokens.issue("olga\\40demo@localhost")
     assert tokens.open(token) == "olga\\40demo@localhost"
     payload, _, mac = token.partition(".")

@@ -315,3 +315,35 @@ async def test_a_token_bound_site_gives_its_logins_the_credentials_expiry(tmp_pa
             assert result.expires == expected, site_id
     finally:
         await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_passwords_are_for_social_accounts_whose_site_does_not_keep_them_to_its_tokens(
+        tmp_path: Path) -> None:
+    """A device password is made for a linked social account; not for a local one, nor for one
+    of a site whose sessions end with its credentials (session_policy = "token"); a label is
+    1-64 printable characters."""
+    from twisted.internet import reactor
+
+    from sns_xmpp.auth.devices import DeviceRefused
+
+    clock = Clock()
+    clock.advance(1000)
+    table = {"plugin": "hmac", "keys": {"k": "0123456789abcdef"}, "login_url": "https://x/"}
+    sites = load_sites({"free": table, "bound": {**table, "session_policy": "token"}},
+                       SiteContext(clock, "http://h", tmp_path, ("localhost",)))
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "db.sqlite3"), reactor)
+    store.startService()
+    try:
+        checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), clock, "http://h", b"salt-key")
+        free = await checker.linked_jid("free", "zoe", "localhost")
+        bound = await checker.linked_jid("bound", "zoe", "localhost")
+        password = await checker.create_device_password(free, "phone")
+        assert (await checker.check_plain(free.split("@")[0], password, None, "localhost")).jid == free
+        assert free in checker.devices.accounts
+        for jid, label, problem in ((bound, "phone", "end with its credentials"), ("alice@localhost", "x", "social"),
+                                    (free, "", "printable"), (free, "x" * 65, "printable")):
+            with pytest.raises(DeviceRefused, match=problem):
+                await checker.create_device_password(jid, label)
+    finally:
+        await store.stopService()
