@@ -89,6 +89,12 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     for sub_parser in (lookup, removal):
         sub_parser.add_argument("site")
         sub_parser.add_argument("account")
+    device = topics.add_parser("devices", help="a social account's device passwords").add_subparsers(
+        dest="action", required=True)
+    device.add_parser("list", help="id, name and creation time of each").add_argument("jid")
+    device_removal = device.add_parser("remove", help="forget one: the device using it can no longer log in")
+    device_removal.add_argument("jid")
+    device_removal.add_argument("id", type=int)
     topics.add_parser("revoke", help="log an account out everywhere: its sessions end within seconds, and "
                       "its site credentials issued until now stop working").add_argument("jid")
     mint = topics.add_parser("mint", help="sign test credentials for a demo or hmac site")
@@ -134,6 +140,16 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO) -> None:
     try:
         if args.topic == "links":
             _links(database, args, stdout)
+            return
+        if args.topic == "devices":
+            jid = _bare_jid(args.jid, config)
+            if args.action == "list":
+                for found in database.device_passwords(jid):
+                    print(f"{found.id}\t{found.label}\t{_when(found.created_at)}", file=stdout)
+            elif not database.remove_device_password(jid, args.id):
+                raise AdminError(f"{jid} has no device password {args.id}")
+            else:
+                print(f"removed device password {args.id} of {jid}", file=stdout)
             return
         if args.topic == "revoke":
             jid = _bare_jid(args.jid, config)

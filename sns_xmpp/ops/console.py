@@ -136,6 +136,17 @@ def namespace(server: Server) -> dict[str, Any]:
         d: Deferred[Any] = server.store.revoke(bare, reason, sessions.clock.seconds())
         return d.addCallback(lambda recorded: end_sessions(sessions, bare, reason))
 
+    def devices(jid: str) -> Deferred[list[dict[str, Any]]]:
+        """The account's device passwords: id, name, created."""
+        d: Deferred[Any] = server.store.device_passwords(parse_jid(jid).userhost())
+        return d.addCallback(lambda found: [{"id": p.id, "label": p.label, "created": _when(p.created_at)}
+                                            for p in found])
+
+    def remove_device(jid: str, device_id: int) -> Deferred[bool]:
+        """Forget one device password (the device using it can no longer log in); whether it was there."""
+        d: Deferred[bool] = server.store.remove_device_password(parse_jid(jid).userhost(), device_id)
+        return d
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -157,6 +168,8 @@ def namespace(server: Server) -> dict[str, Any]:
         "links": links,
         "user": user,
         "revoke": revoke,
+        "devices": devices,
+        "remove_device": remove_device,
         "stats": stats,
     }
 

@@ -126,3 +126,20 @@ def test_user_add_cannot_take_a_social_jid(config: Path, jid: str) -> None:
     however the name is spelled before preparation (case, full-width backslash, soft hyphen)."""
     with pytest.raises(AdminError, match="backslash"):
         admin(config, "user", "add", jid, stdin="pw\n")
+
+
+def test_device_passwords_are_listed_and_removed_by_the_admin(config: Path, tmp_path: Path) -> None:
+    from sns_xmpp.auth.scram import derive_credential
+
+    admin(config, "migrate")  # makes the data folder and the database
+    database = SQLiteDatabase(tmp_path / "data" / "sns-xmpp.sqlite3")
+    database.link_account("demo", "zed", "zed\\40demo@localhost", 1.0)
+    keys = [derive_credential(m, "pw", salt=b"s" * 16, iterations=4096) for m in ("SCRAM-SHA-1", "SCRAM-SHA-256")]
+    phone = database.add_device_password("zed\\40demo@localhost", "phone", keys, 0.0)
+    database.close()
+    assert admin(config, "devices", "list", "zed\\40demo@localhost") == f"{phone}\tphone\t1970-01-01 00:00:00 UTC\n"
+    assert admin(config, "devices", "remove", "zed\\40demo@localhost", str(phone)) == (
+        f"removed device password {phone} of zed\\40demo@localhost\n")
+    with pytest.raises(AdminError, match="no device password"):
+        admin(config, "devices", "remove", "zed\\40demo@localhost", str(phone))
+    assert admin(config, "devices", "list", "zed\\40demo@localhost") == ""
