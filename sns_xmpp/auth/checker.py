@@ -37,6 +37,9 @@ class LoginResult:
     # When the session must end: the site's credentials' expiry, for a site whose session_policy
     # is "token"; None otherwise.
     expires: float | None = None
+    # Until when a device this login sets up (a FAST token, a device password) may last: the
+    # site's device_lifetime from now, or its credentials' expiry; None: no bound (local accounts).
+    confirmed_until: float | None = None
 
 
 class AuthenticationFailed(Exception):

@@ -56,11 +56,12 @@ class DevicePasswords:
         """Learn which accounts have device passwords (at start)."""
         return self.store.device_password_jids().addCallback(self.accounts.update)
 
-    def create(self, jid: str, label: str) -> Deferred[str]:
-        """A new device password for *jid*, returned once (only its keys are kept)."""
-        return defer.ensureDeferred(self._create(jid, label))
+    def create(self, jid: str, label: str, expires_at: float | None = None) -> Deferred[str]:
+        """A new device password for *jid*, returned once (only its keys are kept), working until
+        *expires_at* (the device's lifetime)."""
+        return defer.ensureDeferred(self._create(jid, label, expires_at))
 
-    async def _create(self, jid: str, label: str) -> str:
+    async def _create(self, jid: str, label: str, expires_at: float | None) -> str:
         label = label.strip()
         if not label or len(label) > MAX_LABEL_CHARS or not label.isprintable():
             raise DeviceRefused(f"name the device in 1-{MAX_LABEL_CHARS} printable characters")
@@ -70,7 +71,7 @@ class DevicePasswords:
         salt = self.salt(jid)
         credentials = [await self._hashing(derive_credential, mechanism, password, salt=salt,
                                            iterations=DEVICE_ITERATIONS) for mechanism in MECHANISMS]
-        await self.store.add_device_password(jid, label, credentials, self.clock.seconds())
+        await self.store.add_device_password(jid, label, credentials, self.clock.seconds(), expires_at)
         self.accounts.add(jid)
         log.info("auth.device_password_created jid={jid}", jid=jid)
         return password
@@ -85,6 +86,11 @@ class DevicePasswords:
         if not left:
             self.accounts.discard(jid)
         return found
+
+    def current(self, devices: Sequence[DevicePassword]) -> list[DevicePassword]:
+        """Those of *devices* whose lifetime has not ended."""
+        now = self.clock.seconds()
+        return [device for device in devices if device.expires_at is None or device.expires_at > now]
 
     def check_plain(self, jid: str, password: str, devices: Sequence[DevicePassword]) -> Deferred[bool]:
         """Whether *password* is one of *devices*' (the account's)."""

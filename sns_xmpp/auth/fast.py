@@ -114,11 +114,15 @@ class FastTokens:
         self.lifetime = lifetime
         self.grace = min(MAX_GRACE, lifetime / 10)
 
-    def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE) -> Deferred[IssuedToken | None]:
-        """A new token for (jid, agent), replacing the one there; None if the account is gone."""
+    def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE,
+              confirmed_until: float | None = None) -> Deferred[IssuedToken | None]:
+        """A new token for (jid, agent), replacing the one there; None if the account is gone.
+        *confirmed_until*: the device's lifetime (the login's), which no rotation passes."""
         token, now = new_token(), self.clock.seconds()
-        expires = now + self.lifetime
-        d = self.store.put_fast_token(jid, agent, mechanism, token_hash(token), now, expires)
+        expires = _capped(now + self.lifetime, confirmed_until)
+        if expires <= now:
+            return defer.succeed(None)  # the credentials it would outlive end now
+        d = self.store.put_fast_token(jid, agent, mechanism, token_hash(token), now, expires, confirmed_until)
         return d.addCallback(lambda stored: IssuedToken(token, mechanism, expires) if stored else None)
 
     def log_in(self, mechanism: str, authcid: str, proof: bytes, domain: str, agent: str | None, count: int | None,
@@ -147,9 +151,10 @@ class FastTokens:
             fresh: IssuedToken | None = None
             if not invalidate:
                 token = new_token()
-                fresh = IssuedToken(token, mechanism, now + self.lifetime)
+                fresh = IssuedToken(token, mechanism, _capped(now + self.lifetime, stored.confirmed_until))
                 replacement = FastTokenIssue(mechanism, token_hash(token), now, fresh.expires_at, now + self.grace)
-            answer = FastLogin(LoginResult(jid, mechanism), responder(used, cb_data), fresh)
+            answer = FastLogin(LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until),
+                               responder(used, cb_data), fresh)
 
             def taken(ok: bool) -> FastLogin:
                 if not ok:  # another login with this count (or a revocation) came first
@@ -160,6 +165,10 @@ class FastTokens:
             return self.store.use_fast_token(jid, agent, used, count, now, replacement).addCallback(taken)
 
         return self.store.fast_token(jid, agent).addCallback(found)
+
+
+def _capped(expires: float, confirmed_until: float | None) -> float:
+    return expires if confirmed_until is None else min(expires, confirmed_until)
 
 
 def _matching(stored: FastToken | None, proof: bytes, cb_data: bytes, now: float) -> bytes | None:

@@ -234,7 +234,7 @@ class SocialLoginChecker:
                                 domain: str) -> LoginResult:
         """A social JID with a device password, or else (an account that has none) the older
         JID form of a social identity with the site's token."""
-        devices = await self.store.device_passwords(named_jid)
+        devices = self.devices.current(await self.store.device_passwords(named_jid))
         if not devices:
             social = split_social(authcid, domain)
             site = self.sites.get(social[1]) if social is not None else None
@@ -263,7 +263,8 @@ class SocialLoginChecker:
                 raise DeviceRefused("device passwords are for social accounts")
             if any(self.sites.session_policy(link.site) == "token" for link in links):
                 raise DeviceRefused("this site wants its sessions to end with its credentials")
-            return self.devices.create(jid, label)
+            lifetime = min(self.sites.device_lifetime(link.site) for link in links)
+            return self.devices.create(jid, label, self.clock.seconds() + lifetime)
 
         return self.store.list_links(jid=jid).addCallback(checked)
 
@@ -303,7 +304,9 @@ class SocialLoginChecker:
                  method=method)
         token_bound = self.sites.session_policy(site.site_id) == "token"
         return LoginResult(jid=jid, method=method, site=site.site_id,
-                           expires=account.expires if token_bound else None)
+                           expires=account.expires if token_bound else None,
+                           confirmed_until=account.expires if token_bound
+                           else now + self.sites.device_lifetime(site.site_id))
 
     def linked_jid(self, site_id: str, account: str, domain: str) -> Deferred[str]:
         """The XMPP user (site, account) is linked to, made on the first call: what the login
@@ -343,7 +346,7 @@ class SocialLoginChecker:
     def scram_lookup(self, authcid: str, mechanism: str, domain: str) -> Deferred[ScramLookup]:
         named = _named_social_jid(authcid, domain)
         if named is not None:
-            return self.store.device_passwords(named).addCallback(
+            return self.store.device_passwords(named).addCallback(self.devices.current).addCallback(
                 lambda devices: self._device_lookup(named, devices, mechanism) if devices
                 else self._social_scram_lookup(authcid, mechanism, domain))
         return self._social_scram_lookup(authcid, mechanism, domain)

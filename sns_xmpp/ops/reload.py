@@ -33,5 +33,5 @@ class SiteReloader:
         except Exception:
             log.failure("sites.reload_failed")
             return False
-        self.registry.replace(fresh.sites, fresh.policies)
+        self.registry.replace(fresh.sites, fresh.policies, fresh.lifetimes)
         return True

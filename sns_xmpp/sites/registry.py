@@ -26,7 +26,10 @@ log = GatedLogger()
 
 GROUP = "sns_xmpp.sites"
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
-REGISTRY_KEYS = ("plugin", "enabled", "session_policy")
+REGISTRY_KEYS = ("plugin", "enabled", "session_policy", "device_lifetime")
+# How long a device (a FAST token, a device password) of a social account lasts without the site
+# confirming the account again: a login with the site's credentials starts it anew.
+DEFAULT_DEVICE_LIFETIME = 30 * 86400.0
 # What bounds a social session: "device" (the default), how long a device stays valid; "token",
 # the site's credentials themselves, so that the session ends when they expire (the site stays
 # in charge).
@@ -58,9 +61,11 @@ def _entry_point(name: str, available: Mapping[str, EntryPoint]) -> Callable[...
 class SiteRegistry(service.Service):
     """The enabled sites by id; starts and stops their background work."""
 
-    def __init__(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None) -> None:
+    def __init__(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None,
+                 lifetimes: Mapping[str, float] | None = None) -> None:
         self.sites = dict(sites)
         self.policies = dict(policies or {})  # session_policy by site id, when not "device"
+        self.lifetimes = dict(lifetimes or {})  # device_lifetime by site id, when not the default
         self.generation = 0  # counts reloads, so that what is derived from the sites can be cached
         self.setName("sites")
 
@@ -71,13 +76,18 @@ class SiteRegistry(service.Service):
         """The site's ``session_policy``: "device" or "token" (see SESSION_POLICIES)."""
         return self.policies.get(site_id, "device")
 
+    def device_lifetime(self, site_id: str) -> float:
+        """The site's ``device_lifetime`` in seconds (see DEFAULT_DEVICE_LIFETIME)."""
+        return self.lifetimes.get(site_id, DEFAULT_DEVICE_LIFETIME)
+
     def __iter__(self) -> Iterator[ISite]:
         return iter(self.sites.values())
 
     def __len__(self) -> int:
         return len(self.sites)
 
-    def replace(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None) -> None:
+    def replace(self, sites: Mapping[str, ISite], policies: Mapping[str, str] | None = None,
+                lifetimes: Mapping[str, float] | None = None) -> None:
         """Swap in a new set of sites (a reload): the new ones start, the old ones stop.
 
         Sessions already open are not touched: they were authenticated once and
@@ -85,6 +95,7 @@ class SiteRegistry(service.Service):
         """
         old, self.sites = self.sites, dict(sites)
         self.policies = dict(policies or {})
+        self.lifetimes = dict(lifetimes or {})
         self.generation += 1
         if self.running:
             for site in self.sites.values():
@@ -126,6 +137,7 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         available = {ep.name: ep for ep in entry_points(group=GROUP)}
     sites: dict[str, ISite] = {}
     policies: dict[str, str] = {}
+    lifetimes: dict[str, float] = {}
     for site_id, table in tables.items():
         prefix = f"sites.{site_id}"
         if not SITE_ID.fullmatch(site_id):
@@ -141,10 +153,15 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         policy = table.get("session_policy", "device")
         if policy not in SESSION_POLICIES:
             raise ConfigError(f"{prefix}.session_policy", f"must be one of {', '.join(SESSION_POLICIES)}")
+        lifetime = table.get("device_lifetime", DEFAULT_DEVICE_LIFETIME)
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or not 60 <= lifetime <= 366 * 86400:
+            raise ConfigError(f"{prefix}.device_lifetime", "must be a number of seconds 60-31622400")
         if not enabled:
             continue
         if policy != "device":
             policies[site_id] = policy
+        if lifetime != DEFAULT_DEVICE_LIFETIME:
+            lifetimes[site_id] = float(lifetime)
         factory = _entry_point(plugin, available)
         settings = {key: value for key, value in table.items() if key not in REGISTRY_KEYS}
         try:
@@ -163,4 +180,4 @@ def load_sites(tables: Mapping[str, Mapping[str, Any]], context: SiteContext,
         if site_id in sites:
             raise ConfigError(prefix, "duplicate site id")
         sites[site_id] = site
-    return SiteRegistry(sites, policies)
+    return SiteRegistry(sites, policies, lifetimes)

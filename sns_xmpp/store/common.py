@@ -156,14 +156,15 @@ SQL_LIST_LINKS_ORDER = " ORDER BY site, account"
 
 SQL_GET_FAST = (
     "SELECT jid, agent, mechanism, token_hash, issued_at, expires_at, last_count, previous_hash,"
-    " previous_until, previous_count FROM fast_tokens WHERE jid = ? AND agent = ?"
+    " previous_until, previous_count, confirmed_until FROM fast_tokens WHERE jid = ? AND agent = ?"
 )
 # A new token for (jid, agent) replaces whatever was there, previous one included.
 SQL_PUT_FAST = (
-    "INSERT INTO fast_tokens (jid, agent, mechanism, token_hash, issued_at, expires_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jid, agent) DO UPDATE SET mechanism = excluded.mechanism,"
+    "INSERT INTO fast_tokens (jid, agent, mechanism, token_hash, issued_at, expires_at, confirmed_until)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (jid, agent) DO UPDATE SET mechanism = excluded.mechanism,"
     " token_hash = excluded.token_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
-    " last_count = 0, previous_hash = NULL, previous_until = NULL, previous_count = 0"
+    " last_count = 0, previous_hash = NULL, previous_until = NULL, previous_count = 0,"
+    " confirmed_until = excluded.confirmed_until"
 )
 # A login with the current token (its count above the last, the token unexpired) rotates it in one
 # statement: the used one becomes the previous, taken until the grace period ends. SET reads the
@@ -354,25 +355,27 @@ def offline_from_row(row: Sequence[Any]) -> OfflineMessage:
 
 SQL_ADD_DEVICE = (
     "INSERT INTO device_passwords (jid, label, salt, iterations, sha1_stored_key, sha1_server_key,"
-    " sha256_stored_key, sha256_server_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+    " sha256_stored_key, sha256_server_key, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " RETURNING id"
 )
 SQL_DEVICES = (
     "SELECT id, jid, label, salt, iterations, sha1_stored_key, sha1_server_key, sha256_stored_key,"
-    " sha256_server_key, created_at FROM device_passwords WHERE jid = ? ORDER BY id"
+    " sha256_server_key, created_at, expires_at FROM device_passwords WHERE jid = ? ORDER BY id"
 )
 SQL_REMOVE_DEVICE = "DELETE FROM device_passwords WHERE jid = ? AND id = ?"
 SQL_DELETE_DEVICES = "DELETE FROM device_passwords WHERE jid = ?"
 SQL_DEVICE_JIDS = "SELECT DISTINCT jid FROM device_passwords ORDER BY jid"
 
 
-def device_params(jid: str, label: str, credentials: Sequence[ScramCredential], now: float) -> tuple[Any, ...]:
+def device_params(jid: str, label: str, credentials: Sequence[ScramCredential], now: float,
+                  expires_at: float | None = None) -> tuple[Any, ...]:
     """Parameters for SQL_ADD_DEVICE: a SCRAM-SHA-1 and a SCRAM-SHA-256 credential, one salt."""
     by_mechanism = {c.mechanism: c for c in credentials}
     sha1, sha256 = by_mechanism["SCRAM-SHA-1"], by_mechanism["SCRAM-SHA-256"]
     if (sha1.salt, sha1.iterations) != (sha256.salt, sha256.iterations) or len(credentials) != 2:
         raise ValueError("a device password is one SCRAM-SHA-1 and one SCRAM-SHA-256 credential with one salt")
     return (jid, label, _b64(sha1.salt), sha1.iterations, _b64(sha1.stored_key), _b64(sha1.server_key),
-            _b64(sha256.stored_key), _b64(sha256.server_key), now)
+            _b64(sha256.stored_key), _b64(sha256.server_key), now, expires_at)
 
 
 def device_from_row(row: Sequence[Any]) -> DevicePassword:
@@ -381,7 +384,8 @@ def device_from_row(row: Sequence[Any]) -> DevicePassword:
         ScramCredential("SCRAM-SHA-1", salt, iterations, _unb64(row[5]), _unb64(row[6])),
         ScramCredential("SCRAM-SHA-256", salt, iterations, _unb64(row[7]), _unb64(row[8])),
     )
-    return DevicePassword(id=int(row[0]), jid=row[1], label=row[2], credentials=credentials, created_at=row[9])
+    return DevicePassword(id=int(row[0]), jid=row[1], label=row[2], credentials=credentials, created_at=row[9],
+                          expires_at=row[10])
 
 
 def link_from_row(row: Sequence[Any]) -> SocialLink:
@@ -395,7 +399,7 @@ def revocation_from_row(row: Sequence[Any]) -> Revocation:
 
 def fast_token_from_row(row: Sequence[Any]) -> FastToken:
     return FastToken(row[0], row[1], row[2], bytes.fromhex(row[3]), row[4], row[5], int(row[6]),
-                     bytes.fromhex(row[7]) if row[7] is not None else None, row[8], int(row[9]))
+                     bytes.fromhex(row[7]) if row[7] is not None else None, row[8], int(row[9]), row[10])
 
 
 class AbandonTransaction(Exception):
@@ -477,7 +481,7 @@ class Database(Protocol):
     def last_revocation_id(self) -> int: ...
 
     def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential],
-                            now: float) -> int: ...
+                            now: float, expires_at: float | None = None) -> int: ...
 
     def device_passwords(self, jid: str) -> list[DevicePassword]: ...
 
@@ -490,7 +494,7 @@ class Database(Protocol):
     def fast_token(self, jid: str, agent: str) -> FastToken | None: ...
 
     def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
-                       expires_at: float) -> bool: ...
+                       expires_at: float, confirmed_until: float | None = None) -> bool: ...
 
     def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
                        replacement: FastTokenIssue | None) -> bool: ...

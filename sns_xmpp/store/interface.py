@@ -214,7 +214,7 @@ class IStore(Interface):
     # -- device passwords (issue 15) -----------------------------------------
 
     def add_device_password(jid: str, label: str, credentials: Sequence[ScramCredential],
-                            now: float) -> Deferred[int]:
+                            now: float, expires_at: float | None = None) -> Deferred[int]:
         """Keep a device password (its SCRAM-SHA-1 and -SHA-256 keys, one salt: the account's
         device salt, shared by all its devices); its id."""
 
@@ -243,9 +243,10 @@ class IStore(Interface):
         """The FAST token of the account's client *agent* (its ``<user-agent id>``), or None."""
 
     def put_fast_token(jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
-                       expires_at: float) -> Deferred[bool]:
+                       expires_at: float, confirmed_until: float | None = None) -> Deferred[bool]:
         """Store a new token (its SHA-256 digest) for (jid, agent), replacing any there, the
-        previous one included; False if there is no such account."""
+        previous one included; False if there is no such account. *confirmed_until*: the
+        device's lifetime, which no rotation passes."""
 
     def use_fast_token(jid: str, agent: str, used_hash: bytes, count: int, now: float,
                        replacement: FastTokenIssue | None) -> Deferred[bool]:

@@ -104,6 +104,8 @@ class FastToken:
     previous_hash: bytes | None = None  # the token it replaced, taken until previous_until
     previous_until: float | None = None
     previous_count: int = 0
+    # The device's lifetime: no rotation takes the token past this (None: no such bound).
+    confirmed_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,3 +130,4 @@ class DevicePassword:
     label: str
     credentials: tuple[ScramCredential, ...]
     created_at: float
+    expires_at: float | None = None  # the device's lifetime (None: no such bound)

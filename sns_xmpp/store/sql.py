@@ -274,8 +274,9 @@ class SQLDatabase(ABC):
 
     # -- device passwords ---------------------------------------------------
 
-    def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential], now: float) -> int:
-        params = device_params(jid, label, credentials, now)
+    def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential], now: float,
+                            expires_at: float | None = None) -> int:
+        params = device_params(jid, label, credentials, now, expires_at)
         with self._write() as cursor:
             return int(cursor.execute(self._sql(SQL_ADD_DEVICE), params).fetchone()[0])
 
@@ -296,12 +297,12 @@ class SQLDatabase(ABC):
         return fast_token_from_row(rows[0]) if rows else None
 
     def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
-                       expires_at: float) -> bool:
+                       expires_at: float, confirmed_until: float | None = None) -> bool:
         with self._write() as cursor:
             if cursor.execute(self._sql(SQL_ACCOUNT_EXISTS), (jid,)).fetchone() is None:
                 return False
             cursor.execute(self._sql(SQL_PUT_FAST),
-                           (jid, agent, mechanism, token_hash.hex(), issued_at, expires_at))
+                           (jid, agent, mechanism, token_hash.hex(), issued_at, expires_at, confirmed_until))
         return True
 
     def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,

@@ -400,9 +400,9 @@ class ThreadedStore(Service):
         return self._read(lambda db: db.last_revocation_id())
 
     def add_device_password(self, jid: str, label: str, credentials: Sequence[ScramCredential],
-                            now: float) -> Deferred[int]:
+                            now: float, expires_at: float | None = None) -> Deferred[int]:
         frozen = tuple(credentials)
-        return self._call(lambda db: db.add_device_password(jid, label, frozen, now))
+        return self._call(lambda db: db.add_device_password(jid, label, frozen, now, expires_at))
 
     def device_passwords(self, jid: str) -> Deferred[list[DevicePassword]]:
         return self._read(lambda db: db.device_passwords(jid))
@@ -420,8 +420,9 @@ class ThreadedStore(Service):
         return self._read(lambda db: db.fast_token(jid, agent))
 
     def put_fast_token(self, jid: str, agent: str, mechanism: str, token_hash: bytes, issued_at: float,
-                       expires_at: float) -> Deferred[bool]:
-        return self._call(lambda db: db.put_fast_token(jid, agent, mechanism, token_hash, issued_at, expires_at))
+                       expires_at: float, confirmed_until: float | None = None) -> Deferred[bool]:
+        return self._call(lambda db: db.put_fast_token(jid, agent, mechanism, token_hash, issued_at, expires_at,
+                                                       confirmed_until))
 
     def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
                        replacement: FastTokenIssue | None) -> Deferred[bool]:

@@ -382,7 +382,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         token: Deferred[IssuedToken | None] = defer.succeed(step.token)
         if (step.token is None and fast is not None and request.agent and not request.fast
                 and request.request_token in FAST_MECHANISMS):
-            token = fast.issue(result.jid, request.agent, request.request_token)
+            token = fast.issue(result.jid, request.agent, request.request_token, result.confirmed_until)
 
         def no_token(reason: Failure) -> None:
             log.failure("fast.issue_failed", reason)  # the login stands; the client asks again next time

@@ -347,3 +347,48 @@ async def test_device_passwords_are_for_social_accounts_whose_site_does_not_keep
                 await checker.create_device_password(jid, label)
     finally:
         await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_lasts_the_sites_device_lifetime_from_the_login_that_made_it(tmp_path: Path) -> None:
+    """device_lifetime (a registry key beside session_policy): a social login says until when a
+    device it sets up may last; a FAST token issued then expires by that time at the latest, and
+    no rotation takes it further; a device password (made with the hand-over's token, right after
+    a login at the site) lasts that long from its making."""
+    from twisted.internet import reactor
+
+    from sns_xmpp.auth.fast import FastTokens, initiator, token_hash
+    from sns_xmpp.config import ConfigError
+
+    clock = Clock()
+    clock.advance(1000)
+    table = {"plugin": "hmac", "keys": {"k": "0123456789abcdef"}, "login_url": "https://x/", "device_lifetime": 100}
+    sites = load_sites({"sns": table}, SiteContext(clock, "http://h", tmp_path, ("localhost",)))
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "db.sqlite3"), reactor)
+    store.startService()
+    try:
+        checker = SocialLoginChecker(store, sites, LocalAccountChecker(store), clock, "http://h", b"salt-key")
+        identifier, token = sites.get("sns").mint("zoe", "s1", 1500)
+        login = await checker.check_plain(f"{identifier}@sns", token, None, "localhost")
+        assert login.confirmed_until == 1100.0
+        fast = FastTokens(store, clock, lifetime=30 * 86400)
+        issued = await fast.issue(login.jid, "phone", confirmed_until=login.confirmed_until)
+        assert issued.expires_at == 1100.0
+        clock.advance(50)
+        again = await fast.log_in(issued.mechanism, "zoe\\40sns", initiator(token_hash(issued.token)), "localhost",
+                                  "phone", 1, False)
+        assert again.token.expires_at == 1100.0 and again.result.confirmed_until == 1100.0  # rotated, not renewed
+        password = await checker.create_device_password(login.jid, "laptop")
+        assert (await checker.check_plain("zoe\\40sns", password, None, "localhost")).jid == login.jid
+        clock.advance(51)  # 1101: the device's lifetime is over
+        with pytest.raises(AuthenticationFailed):
+            await fast.log_in(again.token.mechanism, "zoe\\40sns", initiator(token_hash(again.token.token)),
+                              "localhost", "phone", 2, False)
+        assert (await checker.check_plain("zoe\\40sns", password, None, "localhost")).jid == login.jid
+        clock.advance(50)  # 1151: the device password, made at 1050, has lived its 100 s
+        with pytest.raises(AuthenticationFailed, match="wrong credentials"):
+            await checker.check_plain("zoe\\40sns", password, None, "localhost")
+        with pytest.raises(ConfigError, match="'sites.bad.device_lifetime'"):
+            load_sites({"bad": {**table, "device_lifetime": 10}}, SiteContext(clock, "http://h", tmp_path, ()))
+    finally:
+        await store.stopService()
