@@ -25,6 +25,7 @@ when its stream restarts or ends.
 
 from __future__ import annotations
 
+import pyexpat
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,35 @@ class HostileXML(Exception):
         super().__init__(condition, text)
         self.condition = condition
         self.text = text
+
+
+# Errors expat finds in a start tag only once it has the whole tag (checking its attributes: their
+# entities, character references, names and namespaces); others it reports where they stand.
+_FOUND_AT_TAG_END = frozenset(pyexpat.errors.codes[getattr(pyexpat.errors, name)] for name in (
+    "XML_ERROR_UNDEFINED_ENTITY", "XML_ERROR_BAD_CHAR_REF", "XML_ERROR_DUPLICATE_ATTRIBUTE",
+    "XML_ERROR_UNBOUND_PREFIX", "XML_ERROR_BINARY_ENTITY_REF", "XML_ERROR_RECURSIVE_ENTITY_REF",
+    "XML_ERROR_ATTRIBUTE_EXTERNAL_ENTITY_REF", "XML_ERROR_RESERVED_PREFIX_XML", "XML_ERROR_RESERVED_PREFIX_XMLNS",
+    "XML_ERROR_RESERVED_NAMESPACE_URI", "XML_ERROR_UNDECLARING_PREFIX"))
+
+
+def _ends_in_tag(buffer: bytes, in_tag_before: bool) -> bool:
+    """Whether a read leaves the stream inside a tag, given whether it began inside one."""
+    last_open, last_close = buffer.rfind(b"<"), buffer.rfind(b">")
+    if last_open == last_close == -1:
+        return in_tag_before
+    return last_open > last_close
+
+
+def _seen_at_error(buffer: bytes, at: int, in_tag_before: bool) -> int:
+    """How far into *buffer* expat must have read to report an error at *at* (negative: in an
+    earlier read): to the end of the tag the error is in (expat checks a tag's attributes once it
+    has the whole tag, so read in pieces, the tag alone is measured first), else the error
+    itself. The tag's end is taken as the next '>', which may also stand inside a quoted value:
+    then the error counts a little early."""
+    if at >= 0 and not _ends_in_tag(buffer[:at + 1], in_tag_before):  # expat may point at the tag's '<'
+        return at  # in text
+    end = buffer.find(b">", max(at, 0))
+    return len(buffer) if end < 0 else end + 1
 
 
 def _restricted(*args: object) -> None:
@@ -76,18 +106,25 @@ class GuardedElementStream(domish.ExpatElementStream):
         self._text: list[str] = []
         self._parsing = False
         self._retired = False
+        self._offset = 0  # the stream offset of the read being parsed (expat's byte indexes are)
+        self._in_tag = False  # whether the reads so far end inside a tag (after a '<', before its '>')
         for handler in _RESTRICTED_HANDLERS:  # Twisted's __init__ has bound the element handlers below
             setattr(self.parser, handler, _restricted)
 
     def parse(self, buffer: bytes) -> None:
         self._parsing = True
+        offset, self._offset = self._offset, self._offset + len(buffer)
+        in_tag_before, self._in_tag = self._in_tag, _ends_in_tag(buffer, self._in_tag)
         try:
             self.parser.Parse(buffer)
         except self.error as error:
             # Read in other pieces, a stanza that ran past the limit before expat reached the error
             # would have been refused as too large at the end of a read; so that the answer does not
             # depend on how the input was read, an error past the limit is the limit's.
-            self.measure(self.parser.ErrorByteIndex)
+            at = self.parser.ErrorByteIndex - offset
+            if error.code in _FOUND_AT_TAG_END:
+                at = _seen_at_error(buffer, at, in_tag_before)
+            self.measure(at + offset)
             raise domish.ParserError(str(error)) from None
         finally:
             self._parsing = False

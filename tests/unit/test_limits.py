@@ -222,6 +222,25 @@ def test_a_malformed_stanza_past_the_size_limit_gets_the_same_error_however_it_i
     assert stream_error(output(transport)) == "not-well-formed"
 
 
+def test_an_error_inside_a_start_tag_past_the_size_limit_gets_the_same_error_however_it_is_read() -> None:
+    """expat reports an error in a start tag's attributes (an undefined entity) only once it has
+    the whole tag: read in pieces, a tag longer than the limit is refused as too large first; read
+    whole, it must be too (found by the component fuzz test's chunking property). An error in text
+    is the error, however it is read."""
+    header = HEADER.format(to="localhost").encode()
+    too_long = header + b"<message from='&amp;&cmp;" + b"a" * 70000 + b"'/>"
+    in_text = header + b"<message><body>&cmp;</body></message>" + b"<message id='" + b"a" * 70000
+    for data, expected in ((too_long, "policy-violation"), (in_text, "not-well-formed")):
+        errors = []
+        for pieces in ([data], [data[:65588], data[65588:]], [data[:300], data[300:]]):
+            factory, _ = factory_and_clock()
+            stream, transport = connect(factory)
+            for piece in pieces:
+                stream.dataReceived(piece)
+            errors.append(stream_error(output(transport)))
+        assert errors == [expected] * 3, data[:80]
+
+
 def test_roster_groups_are_checked_in_linear_time_with_the_rfc_errors() -> None:
     """RFC 6121 2.3.3: duplicate groups are bad-request, an empty group not-acceptable; more than
     MAX_GROUPS_PER_ITEM groups are refused before any is read (de-duplicating ten thousand of them
