@@ -161,9 +161,19 @@ class ScramServerExchange:
         nonce_factory: Callable[[], str] = _default_nonce,
         *,
         unknown_iterations: int = DEFAULT_ITERATIONS,
+        channel_binding: Callable[[str], bytes | None] | None = None,
+        plus_offered: bool = False,
     ) -> None:
-        self.mechanism = mechanism
-        self._hash = _hash_name(mechanism)
+        # A -PLUS mechanism (RFC 5802 section 6) binds to the TLS channel: *channel_binding* gives
+        # a channel binding type's data on this connection, or None for a type it cannot give.
+        # *plus_offered*: the server offered -PLUS, so a client saying "y" (it could bind but
+        # believes the server cannot) is being downgraded.
+        self.plus = mechanism.endswith("-PLUS")
+        self.mechanism = mechanism.removesuffix("-PLUS")  # the credential's mechanism
+        self._hash = _hash_name(self.mechanism)
+        self._channel_binding = channel_binding
+        self._plus_offered = plus_offered
+        self._cb_data = b""
         self._lookup = lookup
         self._nonce_factory = nonce_factory
         # Must match what real users have, or the count gives the game away.
@@ -195,11 +205,19 @@ class ScramServerExchange:
         if len(parts) < 4:
             raise ScramError("invalid-encoding", "expected a GS2 header, a user name and a nonce")
         flag, authzid = parts[0], parts[1]
-        if flag.startswith("p="):
-            # Only a -PLUS mechanism may ask for channel binding, and none is offered.
-            raise ScramError("channel-binding-not-supported", "channel binding is not supported")
-        # "y" (client could bind but thinks we cannot) is right: we cannot.
-        if flag not in ("n", "y"):
+        if self.plus:
+            if not flag.startswith("p="):
+                raise ScramError("invalid-encoding", "a -PLUS mechanism binds to the channel: p=<type>")
+            data = self._channel_binding(flag[2:]) if self._channel_binding is not None else None
+            if data is None:
+                raise ScramError("unsupported-channel-binding-type", f"cannot bind to {flag[2:]!r} here")
+            self._cb_data = data
+        elif flag.startswith("p="):
+            raise ScramError("channel-binding-not-supported", "channel binding needs a -PLUS mechanism")
+        elif flag == "y" and self._plus_offered:
+            raise ScramError("server-does-support-channel-binding", "-PLUS was offered: a downgrade?",
+                             sasl_condition="not-authorized")
+        elif flag not in ("n", "y"):
             raise ScramError("invalid-encoding", "bad GS2 channel binding flag")
         if authzid:
             if not authzid.startswith("a="):
@@ -277,7 +295,7 @@ class ScramServerExchange:
         attributes = _attributes(parts)
         if len(attributes) < 3 or [a for a, _ in attributes[:2]] != ["c", "r"] or attributes[-1][0] != "p":
             raise ScramError("invalid-encoding", "expected c=, r= and finally p=")
-        if attributes[0][1] != _b64(self._gs2_header.encode("utf-8")):
+        if attributes[0][1] != _b64(self._gs2_header.encode("utf-8") + self._cb_data):
             raise ScramError("channel-bindings-dont-match", "channel binding data does not match the GS2 header")
         if attributes[1][1] != self._nonce:
             raise ScramError("other-error", "nonce mismatch", sasl_condition="not-authorized")

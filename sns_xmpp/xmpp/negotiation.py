@@ -45,12 +45,16 @@ from sns_xmpp.xmpp.sasl2 import (
     authentication_feature,
     challenge_xml,
     channel_binding,
+    channel_binding_data,
+    channel_binding_feature,
+    channel_binding_types,
     channel_bindings,
     failure_element,
     parse_authenticate,
     resource_for,
     success_element,
     tls_connection,
+    with_plus,
 )
 from sns_xmpp.xmpp.serialization import escape_text
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -149,7 +153,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             key: tuple[object, ...] = ("bound", extras)
         else:
             extras = tuple(make(self.domain) for make in hooks.features_before_auth)
-            key = (self.domain, stream.secure, tuple(self._mechanisms()), self._fast_mechanisms(), extras)
+            key = (self.domain, stream.secure, tuple(self._mechanisms()), self._cb_types(), self._fast_mechanisms(),
+                   extras)
         cache = self.settings.features_cache
         xml = cache.get(key)
         if xml is None:
@@ -178,6 +183,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 element.addElement("mechanism", content=name)
             if stream.secure and self.settings.sasl2:  # XEP-0388: the same mechanisms, after TLS only
                 features.addChild(authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
+            cb_types = self._cb_types()
+            if cb_types:
+                features.addChild(channel_binding_feature(cb_types))
         _add_features(features, hooks.features_before_auth, self.domain)
         return features
 
@@ -186,10 +194,22 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if not secure and self.settings.require_tls:
             return []
         assert self.domain is not None
-        return [
+        mechanisms = [
             name for name in self.settings.checker.mechanisms_for(self.claimed, self.domain)
             if name not in CLEARTEXT_MECHANISMS or secure or self.settings.allow_plain_without_tls
         ]
+        return with_plus(mechanisms, self._cb_types()) if secure else mechanisms
+
+    def _cb_types(self) -> tuple[str, ...]:
+        """The channel binding types of this stream's TLS (XEP-0440), for SCRAM's -PLUS."""
+        return channel_binding_types(tls_connection(self.xmlstream.transport)) if self.xmlstream.secure else ()
+
+    def _scram_attempt(self, mechanism: str) -> Attempt:
+        connection = tls_connection(self.xmlstream.transport)
+        offered = self._mechanisms()
+        return start_attempt(mechanism, self.settings.checker, self.domain or "",
+                             lambda cb_type: channel_binding_data(connection, cb_type),
+                             plus_offered=any(name.endswith("-PLUS") for name in offered))
 
     def _fast_mechanisms(self) -> tuple[str, ...]:
         """FAST's HT mechanisms on this stream: the channel-bound ones where its TLS allows."""
@@ -271,7 +291,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             attempt = HTAttempt(request.mechanism, fast, self.settings.checker, self.domain, request.agent,
                                 request.count, request.invalidate, cb_data)
         elif request.mechanism in self._mechanisms():
-            attempt = start_attempt(request.mechanism, self.settings.checker, self.domain)
+            attempt = self._scram_attempt(request.mechanism)
         else:
             self._failure("invalid-mechanism", None)
             return
@@ -296,7 +316,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.auth_started = self.xmlstream.clock.seconds()
         # No address is refused as a whole (carrier-grade NAT): the throttle answers per
         # (address, account) once the attempt names its account (auth/throttle.py).
-        attempt = self.attempt = start_attempt(mechanism, self.settings.checker, self.domain)
+        attempt = self.attempt = self._scram_attempt(mechanism)
         self._step(attempt.start, _payload(element))
 
     def _step(self, method: Callable[[bytes], Deferred[Any]] | Callable[[bytes | None], Deferred[Any]],

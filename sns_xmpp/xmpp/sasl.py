@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -119,10 +120,11 @@ class PlainAttempt:
 class ScramAttempt:
     """RFC 5802 / 7677 over the sans-IO exchange in `sns_xmpp.auth.scram`."""
 
-    def __init__(self, mechanism: str, checker: ILoginChecker, domain: str) -> None:
+    def __init__(self, mechanism: str, checker: ILoginChecker, domain: str,
+                 channel_binding: Callable[[str], bytes | None] | None = None, plus_offered: bool = False) -> None:
         self.checker = checker
         self.domain = domain
-        self.exchange = ScramServerExchange(mechanism)
+        self.exchange = ScramServerExchange(mechanism, channel_binding=channel_binding, plus_offered=plus_offered)
         self.mechanism = mechanism
         self.lookup: ScramLookup | None = None
         self._account_key: str | None = None
@@ -158,7 +160,9 @@ class ScramAttempt:
             self.lookup = lookup
             return Challenge(self.exchange.server_first(lookup.credential, lookup.alternatives))
 
-        d = defer.maybeDeferred(self.checker.scram_lookup, self.exchange.username, self.mechanism, self.domain)
+        # A -PLUS mechanism checks the same credential as its plain form.
+        d = defer.maybeDeferred(self.checker.scram_lookup, self.exchange.username, self.exchange.mechanism,
+                                self.domain)
         return d.addCallback(looked_up)
 
     def _client_final(self, data: bytes) -> Deferred:
@@ -285,9 +289,11 @@ class HTAttempt:
 Attempt = PlainAttempt | ScramAttempt | OAuthBearerAttempt | HTAttempt
 
 
-def start_attempt(mechanism: str, checker: ILoginChecker, domain: str) -> Attempt:
+def start_attempt(mechanism: str, checker: ILoginChecker, domain: str,
+                  channel_binding: Callable[[str], bytes | None] | None = None, plus_offered: bool = False) -> Attempt:
+    """*channel_binding* and *plus_offered*: for SCRAM's -PLUS mechanisms (ScramServerExchange)."""
     if mechanism == "PLAIN":
         return PlainAttempt(checker, domain)
     if mechanism == "OAUTHBEARER":
         return OAuthBearerAttempt(checker, domain)
-    return ScramAttempt(mechanism, checker, domain)
+    return ScramAttempt(mechanism, checker, domain, channel_binding, plus_offered)

@@ -183,6 +183,43 @@ def channel_binding(connection: SSL.Connection | None, mechanism: str) -> bytes 
     return server_end_point(certificate.to_cryptography())
 
 
+NS_SASL_CB = "urn:xmpp:sasl-cb:0"  # XEP-0440: the channel binding types the server can do
+SCRAM_PLUS = {"SCRAM-SHA-1": "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256": "SCRAM-SHA-256-PLUS"}
+
+
+def channel_binding_types(connection: SSL.Connection | None) -> tuple[str, ...]:
+    """The channel binding types (RFC 5056 names) this TLS connection can give, best first."""
+    mechanisms = channel_bindings(connection)
+    return tuple(name for name, mechanism in (("tls-exporter", HT_SHA_256_EXPR),
+                                              ("tls-server-end-point", HT_SHA_256_ENDP)) if mechanism in mechanisms)
+
+
+def channel_binding_data(connection: SSL.Connection | None, cb_type: str) -> bytes | None:
+    """The data of a channel binding type on this connection, None where it cannot give it."""
+    mechanism = {"tls-exporter": HT_SHA_256_EXPR, "tls-server-end-point": HT_SHA_256_ENDP}.get(cb_type)
+    return channel_binding(connection, mechanism) if mechanism is not None else None
+
+
+def channel_binding_feature(cb_types: Sequence[str]) -> domish.Element:
+    """XEP-0440's stream feature: which channel binding types a -PLUS mechanism may use here."""
+    feature = domish.Element((NS_SASL_CB, "sasl-channel-binding"))
+    for cb_type in cb_types:
+        feature.addElement("channel-binding")["type"] = cb_type
+    return feature
+
+
+def with_plus(mechanisms: Sequence[str], cb_types: Sequence[str]) -> list[str]:
+    """*mechanisms* with each SCRAM one's -PLUS form before it, where the channel can bind."""
+    if not cb_types:
+        return list(mechanisms)
+    offered: list[str] = []
+    for name in mechanisms:
+        if name in SCRAM_PLUS:
+            offered.append(SCRAM_PLUS[name])
+        offered.append(name)
+    return offered
+
+
 def server_end_point(certificate: x509.Certificate) -> bytes:
     """RFC 5929 section 4.1: the certificate's hash under its signature's hash function, SHA-256
     where that is MD5 or SHA-1 (or there is none, as for Ed25519)."""

@@ -187,3 +187,33 @@ async def test_direct_tls_offers_the_channel_bound_mechanisms_too(server: Any) -
         return text
 
     assert "<mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-ENDP</mechanism>" in await wait(features())
+
+
+@pytest_twisted.ensureDeferred
+async def test_scram_sha_256_plus_binds_to_the_tls_server_end_point(server: Any) -> None:
+    """Item 2's SCRAM-SHA-256-PLUS: after TLS the -PLUS mechanisms come before their plain forms,
+    XEP-0440 lists the channel binding types, and a SCRAM exchange bound to tls-server-end-point
+    (the hash of the certificate the client saw) logs in; data of another channel does not."""
+    import base64
+
+    from tests.rawxmpp import RawStream
+    from tests.unit.test_scram import client_final
+
+    await server.add_user("ann@localhost", "secret")
+
+    async def log_in(cb: bytes | None = None) -> str:
+        stream = await RawStream.open_tls(server.c2s_port)
+        assert "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>" in stream.features
+        assert "<channel-binding type='tls-server-end-point'/>" in stream.features
+        certificate = stream.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        header = b"p=tls-server-end-point,,"
+        first = await stream.auth("SCRAM-SHA-256-PLUS", header + b"n=ann,r=cnonce")
+        server_first = base64.b64decode(first.split(">", 1)[1].split("<", 1)[0])
+        bound = cb if cb is not None else hashlib.sha256(certificate).digest()
+        answer = await stream.respond(client_final("SCRAM-SHA-256", "secret", "n=ann,r=cnonce", server_first,
+                                                   header + bound))
+        stream.close()
+        return answer
+
+    assert (await wait(log_in())).startswith("<success")
+    assert "<failure" in await wait(log_in(b"\x00" * 32))

@@ -45,6 +45,9 @@ class Store:
     def remember_token(self, site: str, digest: bytes, expires: float, now: float) -> defer.Deferred:
         return defer.succeed(True)
 
+    def device_passwords(self, jid: str) -> defer.Deferred:
+        return defer.succeed([])
+
 
 class Server:
     def __init__(self, tmp_path: Path) -> None:

@@ -258,3 +258,34 @@ def test_a_proof_may_match_any_of_several_credentials_under_one_salt(mechanism: 
     exchange.client_first(b"n,,n=user,r=cnonce")
     with pytest.raises(ValueError, match="share"):
         exchange.server_first(phone, (derive_credential(mechanism, "p2"),))
+
+
+def test_scram_plus_binds_to_the_channel_and_refuses_a_downgrade() -> None:
+    """RFC 5802 section 6 / RFC 7677: SCRAM-SHA-256-PLUS with p=<type> checks c= against the GS2
+    header and this connection's channel binding data; other data, a type the connection cannot
+    give, p= on the plain mechanism, and "y" where -PLUS was offered (a downgrade) are refused."""
+    credential = derive_credential("SCRAM-SHA-256", "pencil", salt=b"salt-0123456789a", iterations=4096)
+    bindings = {"tls-server-end-point": b"\x01" * 32}
+
+    def exchange(mechanism: str, plus_offered: bool = True) -> ScramServerExchange:
+        return ScramServerExchange(mechanism, nonce_factory=lambda: "snonce", channel_binding=bindings.get,
+                                   plus_offered=plus_offered)
+
+    good = exchange("SCRAM-SHA-256-PLUS")
+    good.client_first(b"p=tls-server-end-point,,n=user,r=cnonce")
+    first = good.server_first(credential)
+    header = b"p=tls-server-end-point,,"
+    assert good.client_final(client_final("SCRAM-SHA-256", "pencil", "n=user,r=cnonce", first,
+                                          header + bindings["tls-server-end-point"])).startswith(b"v=")
+    other = exchange("SCRAM-SHA-256-PLUS")
+    other.client_first(b"p=tls-server-end-point,,n=user,r=cnonce")
+    first = other.server_first(credential)
+    forged = client_final("SCRAM-SHA-256", "pencil", "n=user,r=cnonce", first, header + b"\x02" * 32)
+    assert refused(other.client_final, forged).server_error == "channel-bindings-dont-match"
+    assert refused(exchange("SCRAM-SHA-256-PLUS").client_first,
+                   b"p=tls-unique,,n=user,r=cnonce").server_error == "unsupported-channel-binding-type"
+    assert refused(exchange("SCRAM-SHA-256").client_first,
+                   b"p=tls-server-end-point,,n=user,r=cnonce").server_error == "channel-binding-not-supported"
+    assert refused(exchange("SCRAM-SHA-256").client_first, b"y,,n=user,r=cnonce").server_error == (
+        "server-does-support-channel-binding")
+    exchange("SCRAM-SHA-256", plus_offered=False).client_first(b"y,,n=user,r=cnonce")  # nothing offered: fine
