@@ -26,6 +26,7 @@ from sns_xmpp.store.records import (
     FastToken,
     FastTokenIssue,
     OfflineMessage,
+    RefreshToken,
     Revocation,
     RosterItem,
     ScramCredential,
@@ -88,6 +89,7 @@ SQL_DELETE_ACCOUNT_DATA = (
     "DELETE FROM revocations WHERE jid = ?",
     "DELETE FROM fast_tokens WHERE jid = ?",
     "DELETE FROM device_passwords WHERE jid = ?",
+    "DELETE FROM refresh_tokens WHERE jid = ?",
 )
 SQL_DELETE_ACCOUNT = "DELETE FROM accounts WHERE jid = ?"
 SQL_LIST_ACCOUNTS = "SELECT jid FROM accounts ORDER BY jid"
@@ -365,6 +367,23 @@ SQL_DEVICES = (
 SQL_REMOVE_DEVICE = "DELETE FROM device_passwords WHERE jid = ? AND id = ?"
 SQL_DELETE_DEVICES = "DELETE FROM device_passwords WHERE jid = ?"
 SQL_DEVICE_JIDS = "SELECT DISTINCT jid FROM device_passwords ORDER BY jid"
+SQL_EXTEND_DEVICES = "UPDATE device_passwords SET expires_at = ? WHERE jid = ? AND expires_at IS NOT NULL"
+# A token's own lifetime (from its issue) still bounds it; the device's is what moves on.
+SQL_EXTEND_FAST = (
+    "UPDATE fast_tokens SET confirmed_until = ?, expires_at = CASE WHEN issued_at + ? < ? THEN issued_at + ?"
+    " ELSE ? END WHERE jid = ? AND confirmed_until IS NOT NULL"
+)
+SQL_PUT_REFRESH = (
+    "INSERT INTO refresh_tokens (site, account, jid, sealed, confirmed_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (site, account) DO UPDATE SET jid = excluded.jid, sealed = excluded.sealed,"
+    " confirmed_at = excluded.confirmed_at"
+)
+SQL_REFRESH_DUE = (
+    "SELECT site, account, jid, sealed, confirmed_at FROM refresh_tokens WHERE confirmed_at <= ?"
+    " ORDER BY confirmed_at LIMIT ?"
+)
+SQL_DELETE_REFRESH = "DELETE FROM refresh_tokens WHERE site = ? AND account = ?"
+SQL_DELETE_REFRESH_OF = "DELETE FROM refresh_tokens WHERE jid = ?"
 
 
 def device_params(jid: str, label: str, credentials: Sequence[ScramCredential], now: float,
@@ -488,6 +507,14 @@ class Database(Protocol):
     def remove_device_password(self, jid: str, device_id: int) -> bool: ...
 
     def device_password_jids(self) -> list[str]: ...
+
+    def extend_devices(self, jid: str, until: float, fast_lifetime: float) -> None: ...
+
+    def put_refresh_token(self, site: str, account: str, jid: str, sealed: str, now: float) -> None: ...
+
+    def refresh_tokens_due(self, before: float, limit: int = 100) -> list[RefreshToken]: ...
+
+    def delete_refresh_token(self, site: str, account: str) -> None: ...
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> bool: ...
 

@@ -20,6 +20,7 @@ from sns_xmpp.store.records import (
     FastToken,
     FastTokenIssue,
     OfflineMessage,
+    RefreshToken,
     Revocation,
     RosterItem,
     ScramCredential,
@@ -226,6 +227,21 @@ class IStore(Interface):
 
     def device_password_jids() -> Deferred[list[str]]:
         """The accounts that have device passwords (SCRAM is offered to them by name)."""
+
+    # -- re-confirmation with the provider (issue 15) -------------------------------
+
+    def extend_devices(jid: str, until: float, fast_lifetime: float) -> Deferred[None]:
+        """The provider confirmed the account again: its devices (FAST tokens, device passwords)
+        may last until *until*; a FAST token no longer than *fast_lifetime* from its issue."""
+
+    def put_refresh_token(site: str, account: str, jid: str, sealed: str, now: float) -> Deferred[None]:
+        """Keep (or replace) the sealed refresh token of a linked account, confirmed *now*."""
+
+    def refresh_tokens_due(before: float, limit: int = 100) -> Deferred[list[RefreshToken]]:
+        """Refresh tokens last confirmed at or before *before*, oldest first."""
+
+    def delete_refresh_token(site: str, account: str) -> Deferred[None]:
+        """Forget one."""
 
     # -- replay protection ------------------------------------------------
 

@@ -131,3 +131,14 @@ class DevicePassword:
     credentials: tuple[ScramCredential, ...]
     created_at: float
     expires_at: float | None = None  # the device's lifetime (None: no such bound)
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A provider's refresh token for a linked account, as kept: sealed, never in clear."""
+
+    site: str
+    account: str
+    jid: str
+    sealed: str
+    confirmed_at: float  # when the provider last confirmed the account (the login, or a refresh)

@@ -27,8 +27,12 @@ from sns_xmpp.store.common import (
     SQL_DELETE_DEVICES,
     SQL_DELETE_FAST,
     SQL_DELETE_OFFLINE,
+    SQL_DELETE_REFRESH,
+    SQL_DELETE_REFRESH_OF,
     SQL_DEVICE_JIDS,
     SQL_DEVICES,
+    SQL_EXTEND_DEVICES,
+    SQL_EXTEND_FAST,
     SQL_GET_ACCOUNT,
     SQL_GET_FAST,
     SQL_GET_LINK,
@@ -45,8 +49,10 @@ from sns_xmpp.store.common import (
     SQL_OFFLINE_MESSAGES,
     SQL_OFFLINE_USAGE,
     SQL_PUT_FAST,
+    SQL_PUT_REFRESH,
     SQL_PUT_ROSTER_ITEM,
     SQL_RECORD_REVOCATION,
+    SQL_REFRESH_DUE,
     SQL_REMOVE_DEVICE,
     SQL_REMOVE_LINK,
     SQL_REMOVE_REQUEST,
@@ -77,6 +83,7 @@ from sns_xmpp.store.records import (
     FastToken,
     FastTokenIssue,
     OfflineMessage,
+    RefreshToken,
     Revocation,
     RosterItem,
     ScramCredential,
@@ -263,6 +270,7 @@ class SQLDatabase(ABC):
                 return None
             cursor.execute(self._sql(SQL_DELETE_FAST), (jid,))  # a revoked device logs in no more
             cursor.execute(self._sql(SQL_DELETE_DEVICES), (jid,))  # nor with its device password
+            cursor.execute(self._sql(SQL_DELETE_REFRESH_OF), (jid,))  # nor is it re-confirmed
             recorded = cursor.execute(self._sql(SQL_RECORD_REVOCATION), (jid, reason, now)).fetchone()
             return int(recorded[0])
 
@@ -289,6 +297,24 @@ class SQLDatabase(ABC):
 
     def device_password_jids(self) -> list[str]:
         return [row[0] for row in self._read(self._sql(SQL_DEVICE_JIDS), ())]
+
+    # -- re-confirmation -------------------------------------------------------
+
+    def extend_devices(self, jid: str, until: float, fast_lifetime: float) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_EXTEND_DEVICES), (until, jid))
+            cursor.execute(self._sql(SQL_EXTEND_FAST), (until, fast_lifetime, until, fast_lifetime, until, jid))
+
+    def put_refresh_token(self, site: str, account: str, jid: str, sealed: str, now: float) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_PUT_REFRESH), (site, account, jid, sealed, now))
+
+    def refresh_tokens_due(self, before: float, limit: int = 100) -> list[RefreshToken]:
+        return [RefreshToken(*row) for row in self._read(self._sql(SQL_REFRESH_DUE), (before, limit))]
+
+    def delete_refresh_token(self, site: str, account: str) -> None:
+        with self._write() as cursor:
+            cursor.execute(self._sql(SQL_DELETE_REFRESH), (site, account))
 
     # -- FAST tokens (XEP-0484) -------------------------------------------
 

@@ -26,6 +26,7 @@ from sns_xmpp.store.records import (
     FastToken,
     FastTokenIssue,
     OfflineMessage,
+    RefreshToken,
     Revocation,
     RosterItem,
     ScramCredential,
@@ -412,6 +413,18 @@ class ThreadedStore(Service):
 
     def device_password_jids(self) -> Deferred[list[str]]:
         return self._read(lambda db: db.device_password_jids())
+
+    def extend_devices(self, jid: str, until: float, fast_lifetime: float) -> Deferred[None]:
+        return self._call(lambda db: db.extend_devices(jid, until, fast_lifetime))
+
+    def put_refresh_token(self, site: str, account: str, jid: str, sealed: str, now: float) -> Deferred[None]:
+        return self._call(lambda db: db.put_refresh_token(site, account, jid, sealed, now))
+
+    def refresh_tokens_due(self, before: float, limit: int = 100) -> Deferred[list[RefreshToken]]:
+        return self._read(lambda db: db.refresh_tokens_due(before, limit))
+
+    def delete_refresh_token(self, site: str, account: str) -> Deferred[None]:
+        return self._call(lambda db: db.delete_refresh_token(site, account))
 
     def remember_token(self, site: str, token_digest: bytes, expires_at: float, now: float) -> Deferred[bool]:
         return self._call(lambda db: db.remember_token(site, token_digest, expires_at, now))

@@ -236,7 +236,7 @@ def test_every_table_is_claimed_and_what_a_feature_keeps_per_account_goes_with_t
 
 
 CORE_TABLES = {"schema_version", "accounts", "scram_credentials", "social_links", "used_tokens", "revocations",
-               "fast_tokens", "device_passwords"}
+               "fast_tokens", "device_passwords", "refresh_tokens"}
 
 
 def test_feature_modules_write_stanzas_only_through_the_counted_path() -> None:

@@ -763,3 +763,30 @@ def test_device_passwords_share_the_accounts_salt_and_go_with_a_revocation(backe
     db.revoke(zoe.jid, "logout", NOW + 9)
     assert db.device_passwords(zoe.jid) == [] and db.device_password_jids() == []
     db.close()
+
+
+def test_refresh_tokens_are_kept_sealed_and_a_confirmation_extends_the_accounts_devices(backend: Backend) -> None:
+    """A provider's refresh token is kept per linked account, found when due, replaced, deleted,
+    and gone with a revocation; a re-confirmation moves the account's devices' lifetime on (a FAST
+    token still no longer than its own lifetime from its issue). In each engine."""
+    from sns_xmpp.auth.scram import derive_credential
+
+    db = backend.open()
+    zoe = db.link_account("idp", "Zoe", "zoe\\\\40idp@localhost", NOW)
+    db.put_refresh_token("idp", "Zoe", zoe.jid, "sealed-1", NOW)
+    assert db.refresh_tokens_due(NOW - 1) == []
+    [due] = db.refresh_tokens_due(NOW)
+    assert (due.jid, due.sealed, due.confirmed_at) == (zoe.jid, "sealed-1", NOW)
+    db.put_refresh_token("idp", "Zoe", zoe.jid, "sealed-2", NOW + 10)
+    assert [t.sealed for t in db.refresh_tokens_due(NOW + 10)] == ["sealed-2"]
+
+    keys = [derive_credential(m, "pw", salt=b"s" * 16, iterations=4096) for m in ("SCRAM-SHA-1", "SCRAM-SHA-256")]
+    db.add_device_password(zoe.jid, "phone", keys, NOW, expires_at=NOW + 100)
+    db.put_fast_token(zoe.jid, "agent", "HT-SHA-256-NONE", b"h" * 32, NOW, NOW + 100, NOW + 100)
+    db.extend_devices(zoe.jid, NOW + 500, 300)
+    assert db.device_passwords(zoe.jid)[0].expires_at == NOW + 500
+    token = db.fast_token(zoe.jid, "agent")
+    assert token is not None and (token.confirmed_until, token.expires_at) == (NOW + 500, NOW + 300)
+    db.revoke(zoe.jid, "logout", NOW + 20)
+    assert db.refresh_tokens_due(NOW + 1000) == []
+    db.close()
