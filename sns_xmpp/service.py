@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from sns_xmpp import startup
 from sns_xmpp.auth.fast import FastTokens
 from sns_xmpp.auth.local import LocalAccountChecker
+from sns_xmpp.auth.reconfirm import Reconfirmer, Sealer
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
@@ -202,8 +203,13 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     login_state_key = ensure_secret(config.data_dir / "login-state.key").encode()
     pending = PendingLogins(reactor, secret=login_state_key)
     account_tokens = AccountTokens(login_state_key, reactor)  # the same key, in a context of its own
+    # Providers' refresh tokens, sealed under a per-install key (0600), re-confirm accounts daily.
+    sealer = Sealer(ensure_secret(config.data_dir / "refresh-tokens.key").encode())
+    reconfirmer = Reconfirmer(store, sites, reactor, sealer, config.xmpp.c2s.fast_token_lifetime)
+    reconfirmer.setName("reconfirmer")
+    reconfirmer.setServiceParent(top)
     web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid,
-                    account_tokens)
+                    account_tokens, reconfirmer.keep)
     try:
         install_features(sessions, router, reactor, config=config.xmpp, sites=web,
                          disabled=config.xmpp.features.disabled)

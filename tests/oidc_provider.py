@@ -132,6 +132,7 @@ class OIDCProvider:
         self.outage: dict[str, int | None] = {}  # path -> HTTP status to answer, or None: never answer
         self.discovery_overrides: dict[str, Any] = {}
         self.access_tokens: set[str] = set()
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> sub, while the grant stands
         self._stalled: list[Request] = []
         self._codes: dict[str, dict[str, str]] = {}
         self._port: Any = None
@@ -286,6 +287,14 @@ class OIDCProvider:
         if method is None:
             return 401, {"error": "invalid_client"}
         self.token_auth_seen.append(method)
+        if form.get("grant_type") == "refresh_token":
+            sub = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
+            if sub is None:
+                return 400, {"error": "invalid_grant"}
+            renewed = secrets.token_urlsafe(16)  # rotated, as providers may
+            self.refresh_tokens[renewed] = sub
+            return 200, {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 600,
+                         "refresh_token": renewed, "id_token": self.id_token(self.clock.seconds(), None, sub=sub)}
         if form.get("grant_type") != "authorization_code":
             return 400, {"error": "unsupported_grant_type"}
         request = self._codes.pop(form.get("code", ""), None)
@@ -301,8 +310,16 @@ class OIDCProvider:
         self.access_tokens.add(access_token)
         self.issued.append({"code": form["code"], "id_token": id_token, "code_verifier": verifier,
                             "access_token": access_token})
-        return 200, {"access_token": access_token, "token_type": "Bearer", "expires_in": 600,
-                     "id_token": id_token}
+        answer = {"access_token": access_token, "token_type": "Bearer", "expires_in": 600, "id_token": id_token}
+        if "offline_access" in request.get("scope", "").split():
+            refresh_token = secrets.token_urlsafe(16)
+            self.refresh_tokens[refresh_token] = self.sub
+            answer["refresh_token"] = refresh_token
+        return 200, answer
+
+    def withdraw_refresh_tokens(self) -> None:
+        """The person withdraws this client's offline access (or logs out) at the provider."""
+        self.refresh_tokens.clear()
 
     def userinfo_answer(self, authorization: str | None) -> tuple[int, dict[str, Any]]:
         self.userinfo_seen.append(authorization)

@@ -38,6 +38,8 @@ from sns_xmpp.sites.registry import SiteRegistry
 log = GatedLogger()
 
 Linker = Callable[[str, str, str], "Deferred[str]"]
+RefreshKeeper = Callable[[str, str, str, str], "Deferred[None]"]
+"""(site id, account id, JID, refresh token): keep it to re-confirm the account later."""
 """(site id, account id, domain) -> the JID the account is linked to, made if new
 (`auth.social.SocialLoginChecker.linked_jid`)."""
 
@@ -90,8 +92,10 @@ class SocialWeb:
     """What the pages share: the sites, the pending logins and the public addresses."""
 
     def __init__(self, sites: SiteRegistry, pending: PendingLogins, public_url: str, xmpp_domain: str,
-                 clock: IReactorTime, link: Linker, account_tokens: AccountTokens | None = None) -> None:
+                 clock: IReactorTime, link: Linker, account_tokens: AccountTokens | None = None,
+                 keep_refresh_token: RefreshKeeper | None = None) -> None:
         self.link = link
+        self.keep_refresh_token = keep_refresh_token  # auth/reconfirm.Reconfirmer.keep
         self.account_tokens = account_tokens  # for the hand-over's "log out everywhere" (http/logout.py)
         self.sites = sites
         self.pending = pending
@@ -266,7 +270,20 @@ class Callback(resource.Resource):
         else:  # a plugin that does not say: its own verification names the account
             account = self.site.verify(identifier, credentials.password, self.web.clock.seconds())
             account.addCallback(lambda verified: verified.account)
-        account.addCallback(lambda account_id: self.web.link(self.site.site_id, account_id, self.web.xmpp_domain))
+        linked: list[str] = []
+
+        def link(account_id: str) -> Deferred[str]:
+            linked.append(account_id)
+            return self.web.link(self.site.site_id, account_id, self.web.xmpp_domain)
+
+        def keep(jid: str) -> Deferred[Any] | str:
+            keeper, token = self.web.keep_refresh_token, credentials.refresh_token
+            if keeper is None or token is None:
+                return jid
+            return keeper(self.site.site_id, linked[0], jid, token).addCallback(lambda _: jid)
+
+        account.addCallback(link)
+        account.addCallback(keep)
         return account.addCallback(lambda jid: (credentials, jid))
 
     def render_POST(self, request: Request) -> bytes | int:

@@ -29,7 +29,8 @@ from sns_xmpp.reactors import ISiteReactor
 from sns_xmpp.settings import ConfigError
 
 __all__ = [
-    "IBearerSite", "ILogoutSite", "ISite", "ISiteReactor", "ISiteWithPages", "LoginStart", "ProviderUnavailable",
+    "IBearerSite", "ILogoutSite", "IRefreshingSite", "ISite", "ISiteReactor", "ISiteWithPages", "LoginStart",
+    "ProviderUnavailable",
     "Rejection", "SiteConfigError", "SiteContext", "SiteRejection", "SocialCredentials", "VerifiedAccount",
 ]
 
@@ -118,6 +119,9 @@ class SocialCredentials:
     # The site's stable account id (VerifiedAccount.account), which the server links to the XMPP
     # user it hands over; None: the server verifies the credentials again to learn it.
     account: str | None = None
+    # A refresh token the provider gave (OpenID scope offline_access), with which the server
+    # re-confirms the account later (IRefreshingSite); never shown to the person.
+    refresh_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,15 @@ class ILogoutSite(ISite):
     def verify_logout(token: str, now: float) -> Deferred:
         """Fire with (the account id a logout token names, its digest for replay records), or
         fail with SiteRejection."""
+
+
+class IRefreshingSite(ISite):
+    """A site whose provider re-confirms an account without the browser (an OpenID refresh token)."""
+
+    def refresh(account: str, refresh_token: str, now: float) -> Deferred:
+        """Fire with the refresh token to keep from now on (the same, or a new one) once the
+        provider confirms *account* again; fail with SiteRejection (REVOKED) when it no longer
+        does, with ProviderUnavailable when it cannot be asked now."""
 
 
 class ISiteWithPages(ISite):

@@ -43,6 +43,7 @@ from sns_xmpp.sites import settings as check
 from sns_xmpp.sites.interface import (
     IBearerSite,
     ILogoutSite,
+    IRefreshingSite,
     LoginStart,
     ProviderUnavailable,
     Rejection,
@@ -170,7 +171,7 @@ class _SingleFlight:
 # -- the site -------------------------------------------------------------------------------------
 
 
-@implementer(IBearerSite, ILogoutSite)
+@implementer(IBearerSite, ILogoutSite, IRefreshingSite)
 class OIDCSite:
     """An OpenID provider as a social site; also an OAUTHBEARER (RFC 7628) site."""
 
@@ -536,7 +537,7 @@ class OIDCSite:
             raise SiteRejection(refuse, "no authorization code")
         if not nonce or not verifier or not redirect_uri:
             raise SiteRejection(refuse, "login state incomplete")
-        id_token, access_token = await self._redeem_code(code, verifier, redirect_uri)
+        id_token, access_token, refresh_token = await self._redeem_code(code, verifier, redirect_uri)
         account, claims = await self._verify_token(id_token, now)
         if not hmac.compare_digest(str(claims["nonce"]).encode("utf-8"), nonce.encode("utf-8")):
             raise SiteRejection(refuse, "token nonce is not this login's")
@@ -545,7 +546,8 @@ class OIDCSite:
             name = await self._learn_name(account.account, access_token)
         log.info("oidc.login_finished site={site}", site=self.site_id)
         return SocialCredentials(username=f"{account.account}@{self.site_id}", password=id_token,
-                                 expires=account.expires, display_name=name, account=account.account)
+                                 expires=account.expires, display_name=name, account=account.account,
+                                 refresh_token=refresh_token)
 
     def _token_auth_method(self, metadata: ProviderMetadata) -> str:
         """The configured method, or (``auto``) client_secret_basic, the default of OpenID Connect Discovery
@@ -558,14 +560,45 @@ class OIDCSite:
             return "client_secret_post"
         return "client_secret_basic"
 
-    async def _redeem_code(self, code: str, verifier: str, redirect_uri: str) -> tuple[str, str | None]:
-        """Exchange the code at the token endpoint: the ID token, and the access token if any."""
+    async def _redeem_code(self, code: str, verifier: str, redirect_uri: str) -> tuple[str, str | None, str | None]:
+        """Exchange the code at the token endpoint: the ID token, and the access token and the
+        refresh token (scope offline_access) if any."""
+        document = await self._token_request({"grant_type": "authorization_code", "code": code,
+                                              "redirect_uri": redirect_uri, "code_verifier": verifier}, "code")
+        id_token, access_token = document.get("id_token"), document.get("access_token")
+        if not isinstance(id_token, str):
+            raise SiteRejection(Rejection.MALFORMED, "token response has no id_token")
+        refresh_token = document.get("refresh_token")
+        return (id_token, access_token if isinstance(access_token, str) and access_token else None,
+                refresh_token if isinstance(refresh_token, str) and refresh_token else None)
+
+    def refresh(self, account: str, refresh_token: str, now: float) -> Deferred[str]:
+        return Deferred.fromCoroutine(self._refresh(account, refresh_token, now))
+
+    async def _refresh(self, account: str, refresh_token: str, now: float) -> str:
+        """RFC 6749 section 6: the provider confirms the account again (an ID token it returns
+        must name the same subject) and may rotate the refresh token; invalid_grant means the
+        person withdrew this server's access, or logged out: the account is no longer confirmed."""
+        try:
+            document = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token},
+                                                 "refresh")
+        except SiteRejection as rejection:
+            raise SiteRejection(Rejection.REVOKED, f"the provider no longer confirms the account: {rejection.reason}"
+                                ) from None
+        id_token = document.get("id_token")
+        if isinstance(id_token, str):
+            confirmed, _ = await self._verify_token(id_token, now, own_login=False)
+            if confirmed.account != account:
+                raise SiteRejection(Rejection.REVOKED, "the provider confirmed another account")
+        renewed = document.get("refresh_token")
+        return renewed if isinstance(renewed, str) and renewed else refresh_token
+
+    async def _token_request(self, form: dict[str, str], what: str) -> dict[str, Any]:
+        """A token endpoint request with this client's authentication; the response document."""
         metadata = await self._current_metadata()
         if metadata.token_endpoint is None:
             raise ProviderUnavailable("provider has no token endpoint", known_down=True)
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": verifier}
         if self._token_auth_method(metadata) == "client_secret_post":
             form.update(client_id=self.settings.client_id, client_secret=self.settings.client_secret)
         else:
@@ -589,13 +622,10 @@ class OIDCSite:
             raise ProviderUnavailable(f"token endpoint: HTTP {status}")
         if status != 200:
             error = _safe_code(document.get("error"))
-            log.warn("oidc.code_refused site={site} status={status} error={error}",
-                     site=self.site_id, status=status, error=error)
-            raise SiteRejection(Rejection.MALFORMED, f"the provider refused the code: {error}")
-        id_token, access_token = document.get("id_token"), document.get("access_token")
-        if not isinstance(id_token, str):
-            raise SiteRejection(Rejection.MALFORMED, "token response has no id_token")
-        return id_token, access_token if isinstance(access_token, str) and access_token else None
+            log.warn("oidc.token_request_refused site={site} grant={grant} status={status} error={error}",
+                     site=self.site_id, grant=what, status=status, error=error)
+            raise SiteRejection(Rejection.MALFORMED, f"the provider refused the {what}: {error}")
+        return dict(document)
 
     async def _learn_name(self, sub: str, access_token: str) -> str | None:
         """Ask the userinfo endpoint for the display name the ID token lacks, remember it for *sub*

@@ -256,3 +256,47 @@ async def test_oauthbearer_takes_tokens_the_client_got_itself_on_two_sites_of_on
         assert len(await server.store.list_links()) == 2  # the access token was idp-mobile's user
     finally:
         await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_token_reconfirms_the_account_and_its_withdrawal_revokes_it(
+        start_server, tmp_path) -> None:
+    """Item 4: with offline_access the provider gives a refresh token at the login; the server
+    keeps it sealed and re-confirms the account with it (the token rotating), which moves the
+    devices' lifetime on; when the person withdraws the access at the provider, the next round
+    revokes the account: its live session ends and its device passwords go."""
+    from twisted.internet import reactor
+
+    provider, server, site = await oidc_server(start_server, tmp_path,
+                                               'scopes = ["openid", "offline_access"]\ndevice_lifetime = 600\n')
+    try:
+        entry = await treq.get(f"{server.http_url}/login-using-idp", allow_redirects=False)
+        back = await treq.get(entry.headers.getRawHeaders("location")[0], allow_redirects=False)
+        answer = await treq.get(back.headers.getRawHeaders("location")[0], cookies=entry.cookies(),
+                                headers={"accept": "application/json"})
+        credentials = json.loads(await answer.content())
+        jid = credentials["jid"]
+        [kept] = await server.store.refresh_tokens_due(reactor.seconds())
+        assert kept.jid == jid and provider.refresh_tokens and next(iter(provider.refresh_tokens)) not in kept.sealed
+        made = await treq.post(credentials["devices_url"], data={"token": credentials["account_token"],
+                                                                   "action": "create", "label": "phone"},
+                               headers={"Accept": ["application/json"]})
+        password = json.loads(await made.content())["password"]
+        [before] = await server.store.device_passwords(jid)
+
+        reconfirmer = server.server.top.getServiceNamed("reconfirmer")
+        reconfirmer.every = 0.0  # due at once (a day after the last confirmation, normally)
+        assert await reconfirmer.run_round() == 1
+        [after] = await server.store.device_passwords(jid)
+        [renewed] = await server.store.refresh_tokens_due(reactor.seconds())
+        assert after.expires_at >= before.expires_at and renewed.sealed != kept.sealed
+
+        client = Client(jid, password, mechanism="SCRAM-SHA-256")
+        await wait(client.log_in(server.c2s_port))
+        provider.withdraw_refresh_tokens()
+        assert await reconfirmer.run_round() == 0
+        error = await wait(client.stream_errors.get(), 10)
+        assert error["condition"] == "not-authorized"
+        assert await server.store.device_passwords(jid) == [] and await server.store.refresh_tokens_due(1e12) == []
+    finally:
+        await provider.stop()

@@ -28,6 +28,7 @@ from sns_xmpp.sites import jose
 from sns_xmpp.sites.interface import (
     IBearerSite,
     ILogoutSite,
+    IRefreshingSite,
     ProviderUnavailable,
     Rejection,
     SiteConfigError,
@@ -121,7 +122,7 @@ async def test_site_provides_ibearersite_and_loads_the_provider(provider: OIDCPr
                                                                 tmp_path: Path) -> None:
     """The site is an IBearerSite, loads the provider's metadata, and makes its nonce secret private."""
     site = sites(provider)
-    assert verifyObject(IBearerSite, site) and verifyObject(ILogoutSite, site)
+    assert verifyObject(IBearerSite, site) and verifyObject(ILogoutSite, site) and verifyObject(IRefreshingSite, site)
     assert site.status() == "starting"
     await ready(site)
     assert site.status() == "ok"
