@@ -1,9 +1,11 @@
 """The load generator: a small asyncio XMPP client, run by `benchmarks.run` in a process of its own.
 
 It speaks just enough of RFC 6120/6121 for the benchmark: the stream, STARTTLS, SASL PLAIN and
-SCRAM-SHA-256/SCRAM-SHA-1, resource binding, the legacy session, presence and chat messages.
-Credentials come from a provider named in the job: pre-created local accounts, or social
-logins with tokens made here (``hmac`` signatures, ``oidc`` RS256 ID tokens).
+SCRAM-SHA-256/SCRAM-SHA-1, resource binding, the legacy session, presence and chat messages; and
+of SASL2, Bind2 and FAST (XEP-0388, XEP-0386, XEP-0484) what a FAST login with ``HT-SHA-256-NONE``
+needs. Credentials come from a provider named in the job: pre-created local accounts, social
+logins with tokens made here (``hmac`` signatures, ``oidc`` RS256 ID tokens), or devices set up
+before the timed part (``fast`` tokens, ``device`` passwords).
 Incoming XML goes through expat (``XMLPullParser``) and outgoing stanzas are preformatted
 strings, so the generator spends much less CPU per stanza than the server it measures.
 
@@ -29,6 +31,7 @@ import asyncio.sslproto
 import base64
 import hashlib
 import hmac
+import http.client
 import itertools
 import json
 import math
@@ -38,10 +41,12 @@ import socket
 import ssl
 import sys
 import time
+import urllib.parse
+import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -50,6 +55,9 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_CLIENT = "jabber:client"
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_BIND2 = "urn:xmpp:bind:0"
+NS_FAST = "urn:xmpp:fast:0"
 
 FEATURES = f"{{{NS_STREAMS}}}features"
 STREAM_ERROR = f"{{{NS_STREAMS}}}error"
@@ -66,6 +74,16 @@ IQ = f"{{{NS_CLIENT}}}iq"
 MESSAGE = f"{{{NS_CLIENT}}}message"
 PRESENCE = f"{{{NS_CLIENT}}}presence"
 BODY = f"{{{NS_CLIENT}}}body"
+AUTHENTICATION = f"{{{NS_SASL2}}}authentication"
+SASL2_MECHANISM = f"{{{NS_SASL2}}}mechanism"
+SASL2_SUCCESS = f"{{{NS_SASL2}}}success"
+AUTHORIZATION_IDENTIFIER = f"{{{NS_SASL2}}}authorization-identifier"
+ADDITIONAL_DATA = f"{{{NS_SASL2}}}additional-data"
+FAST_OFFER = f"{{{NS_SASL2}}}inline/{{{NS_FAST}}}fast/{{{NS_FAST}}}mechanism"
+FAST_TOKEN = f"{{{NS_FAST}}}token"
+HT_SHA_256_NONE = "HT-SHA-256-NONE"
+# Bind2 inline in <authenticate/>: the session is bound in the same round trip.
+BIND2 = f"<bind xmlns='{NS_BIND2}'><tag>bench</tag></bind>"
 
 # Most errors worth reporting are of a few kinds; beyond this many distinct
 # messages the rest are counted under one key.
@@ -79,13 +97,41 @@ class XMPPError(Exception):
 # -- credentials -------------------------------------------------------------------------
 
 
+@dataclass
+class FastDevice:
+    """One simulated device of a social account that logs in with FAST (XEP-0484).
+
+    It keeps what its last login gave it: the token (each FAST login rotates it) and the count
+    to send next (it grows from login to login with one token and starts at 1 with a new one).
+    While one of its logins is under way it is out of its pool (``free``), so that no two
+    logins race for its token.
+    """
+
+    user: str  # the FAST authcid: the localpart of the JID the social login bound
+    agent: str  # its <user-agent id>, under which the server keeps its token
+    token: str
+    free: deque[FastDevice] = field(repr=False, compare=False)
+    count: int = 1
+
+    def rotated(self, token: str | None) -> None:
+        """A login with the token went through; *token*: the new one it carried, if any."""
+        if token:
+            self.token, self.count = token, 1
+        else:
+            self.count += 1
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """What one login attempt authenticates with: the SASL user name, its password and mechanism."""
+    """What one login attempt authenticates with: the SASL user name, its password and mechanism.
+
+    A FAST login has a *device* instead: its token is the secret, and the login updates it.
+    """
 
     username: str
     password: str
     mechanism: str
+    device: FastDevice | None = None
 
 
 CredentialsProvider = Callable[[int], Credentials]
@@ -291,6 +337,7 @@ class Connection(asyncio.Protocol):
         self._parser = _stream_parser()
         self._root: ET.Element | None = None
         self._depth = 0
+        self.domain: str | None = None  # the stream's, once opened
 
     # asyncio.Protocol
 
@@ -370,6 +417,7 @@ class Connection(asyncio.Protocol):
 
     async def open_stream(self, domain: str) -> ET.Element:
         """Send a stream header on a fresh parser; return the server's features."""
+        self.domain = domain
         self._parser = _stream_parser()
         self._root, self._depth = None, 0
         self.send(f"<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'"
@@ -470,8 +518,8 @@ async def _iq(connection: Connection, stanza_id: str, payload: str) -> ET.Elemen
     return reply
 
 
-async def log_in(target: Target, credentials: Credentials, context: ssl.SSLContext) -> Session:
-    """The whole login of a client: stream, [STARTTLS,] SASL, bind, session, initial presence."""
+async def connect(target: Target, context: ssl.SSLContext) -> tuple[Connection, ET.Element]:
+    """A connection with its stream open (after STARTTLS, for a TLS target); the features offered."""
     loop = asyncio.get_running_loop()
     _, connection = await loop.create_connection(Connection, target.host, target.port)
     try:
@@ -483,23 +531,100 @@ async def log_in(target: Target, credentials: Credentials, context: ssl.SSLConte
             await connection.expect(PROCEED)
             await connection.start_tls(context, target.domain)
             features = await connection.open_stream(target.domain)
-        await authenticate(connection, features, credentials)
-        features = await connection.open_stream(target.domain)
-        bound = await _iq(connection, "bind", f"<bind xmlns='{NS_BIND}'/>")
-        jid = bound.findtext(f"{BIND}/{BOUND_JID}")
-        if not jid:
-            raise XMPPError("bind result without a JID")
-        if features.find(SESSION) is not None:
-            await _iq(connection, "session", f"<session xmlns='{NS_SESSION}'/>")
-        connection.send("<presence/>")
-        # The server sends the initial presence back to the client's own resource.
-        while True:
-            element = await connection.next_element()
-            if element.tag == PRESENCE and element.get("from") == jid:
-                break
     except BaseException:
         connection.abort()
         raise
+    return connection, features
+
+
+async def sasl2_authenticate(connection: Connection, features: ET.Element, mechanism: str, initial: bytes,
+                             agent: str, extra: str = "") -> ET.Element:
+    """One XEP-0388 <authenticate/> with an initial response (PLAIN, HT-SHA-256-NONE); its <success/>."""
+    offered = {element.text for element in features.iterfind(f"{AUTHENTICATION}/{SASL2_MECHANISM}")}
+    offered |= {element.text for element in features.iterfind(f"{AUTHENTICATION}/{FAST_OFFER}")}
+    if mechanism not in offered:
+        raise XMPPError(f"{mechanism} not offered in SASL2 (offered: {', '.join(sorted(map(str, offered)))})")
+    connection.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+                    f"<initial-response>{_b64(initial)}</initial-response>"
+                    f"<user-agent id='{agent}'><software>sns-xmpp-bench</software></user-agent>{extra}</authenticate>")
+    reply = await connection.next_element()
+    if reply.tag != SASL2_SUCCESS:
+        raise XMPPError(f"{mechanism} refused: {_describe(reply)} {reply.findtext(f'{{{NS_SASL2}}}text') or ''}")
+    return reply
+
+
+def ht_proof(token: str, role: bytes) -> bytes:
+    """HMAC-SHA-256(token, role) of draft-schmaus-kitten-sasl-ht without channel binding."""
+    return hmac.digest(token.encode(), role, "sha256")
+
+
+async def fast_login(connection: Connection, features: ET.Element, device: FastDevice) -> str:
+    """A FAST login of *device* by HT-SHA-256-NONE with Bind2 inline; the bound full JID.
+
+    The device keeps the token the answer carries (and its count), as a real client does.
+    """
+    initial = device.user.encode() + b"\0" + ht_proof(device.token, b"Initiator")
+    try:
+        success = await sasl2_authenticate(connection, features, HT_SHA_256_NONE, initial, device.agent,
+                                           f"<fast xmlns='{NS_FAST}' count='{device.count}'/>{BIND2}")
+    except XMPPError:
+        device.count += 1  # the server may have taken the count before it refused
+        raise
+    expected = _b64(ht_proof(device.token, b"Responder"))
+    if success.findtext(ADDITIONAL_DATA) != expected:
+        raise XMPPError("FAST: the server's HT-SHA-256-NONE answer is wrong")
+    token = success.find(FAST_TOKEN)
+    device.rotated(token.get("token") if token is not None else None)
+    jid = success.findtext(AUTHORIZATION_IDENTIFIER)
+    if not jid or "/" not in jid:
+        raise XMPPError(f"FAST: Bind2 bound no resource ({jid!r})")
+    return jid
+
+
+async def bind(connection: Connection) -> str:
+    """RFC 6120 binding after SASL1's restart, and the legacy session where offered; the full JID."""
+    features = await connection.open_stream(connection_domain(connection))
+    bound = await _iq(connection, "bind", f"<bind xmlns='{NS_BIND}'/>")
+    jid = bound.findtext(f"{BIND}/{BOUND_JID}")
+    if not jid:
+        raise XMPPError("bind result without a JID")
+    if features.find(SESSION) is not None:
+        await _iq(connection, "session", f"<session xmlns='{NS_SESSION}'/>")
+    return jid
+
+
+def connection_domain(connection: Connection) -> str:
+    assert connection.domain is not None
+    return connection.domain
+
+
+async def log_in(target: Target, credentials: Credentials, context: ssl.SSLContext) -> Session:
+    """The whole login of a client: stream, [STARTTLS,] SASL, bind, session, initial presence.
+
+    A FAST login (credentials with a device) is SASL2 instead, with Bind2 inline: no restart,
+    no separate bind or session.
+    """
+    device = credentials.device
+    try:
+        connection, features = await connect(target, context)
+        try:
+            if device is not None:
+                jid = await fast_login(connection, features, device)
+            else:
+                await authenticate(connection, features, credentials)
+                jid = await bind(connection)
+            connection.send("<presence/>")
+            # The server sends the initial presence back to the client's own resource.
+            while True:
+                element = await connection.next_element()
+                if element.tag == PRESENCE and element.get("from") == jid:
+                    break
+        except BaseException:
+            connection.abort()
+            raise
+    finally:
+        if device is not None:
+            device.free.append(device)
     return Session(connection, jid)
 
 
@@ -580,6 +705,159 @@ async def close_sessions(sessions: Sequence[Session], timeout: float) -> None:
 def teardown_timeout(job_timeout: float, sessions: int) -> float:
     """How long closing *sessions* streams may take: the daemon ends thousands of them one by one."""
     return max(job_timeout, sessions / 100)
+
+
+# -- devices set up before the timed part ------------------------------------------------
+
+
+async def set_up_all(count: int, concurrency: int, set_up: Callable[[int], Awaitable[None]], what: str) -> None:
+    """set_up(0) ... set_up(count - 1), *concurrency* at a time; any failure fails the job."""
+    errors = Errors()
+
+    async def attempt(index: int) -> None:
+        try:
+            await set_up(index)
+        except (OSError, XMPPError, TimeoutError, ValueError, KeyError) as error:
+            errors.add(error)
+
+    await run_concurrently(count, concurrency, attempt)
+    if errors.total:
+        raise RuntimeError(f"{errors.total} of {count} {what} failed: {dict(errors.counts)}")
+
+
+def fast_provider(free: deque[FastDevice]) -> CredentialsProvider:
+    """A free device for each attempt; `log_in` puts it back when its login ends."""
+
+    def credentials(attempt: int) -> Credentials:
+        if not free:
+            raise XMPPError("no FAST device free: more logins at once than devices")
+        device = free.popleft()
+        return Credentials(device.user, device.token, HT_SHA_256_NONE, device)
+
+    return credentials
+
+
+async def fast_devices(job: Job, context: ssl.SSLContext) -> CredentialsProvider:
+    """Devices of social accounts at an ``hmac`` site, each with a FAST token, made before the timed part.
+
+    Each device logs in once as a phone would after the browser hand-over: SASL2 PLAIN with the
+    site's signed credentials, a ``<user-agent id>`` of its own and ``<request-token
+    mechanism='HT-SHA-256-NONE'/>``, over STARTTLS (the server offers SASL2 only after TLS). There
+    are ``users`` devices, at least one more than ``concurrency``, one account each.
+    """
+    spec = job.credentials
+    social = hmac_tokens({**spec, "mechanism": "PLAIN"})
+    count = max(int(spec["users"]), job.concurrency + 1)
+    free: deque[FastDevice] = deque()
+    secure = replace(job.target, tls=True)
+    request = f"<request-token xmlns='{NS_FAST}' mechanism='{HT_SHA_256_NONE}'/>"
+
+    async def set_up(index: int) -> None:
+        credentials, agent = social(index), str(uuid.uuid4())
+        async with asyncio.timeout(job.timeout):
+            connection, features = await connect(secure, context)
+            try:
+                success = await sasl2_authenticate(
+                    connection, features, "PLAIN", f"\0{credentials.username}\0{credentials.password}".encode(),
+                    agent, request)
+                token, jid = success.find(FAST_TOKEN), success.findtext(AUTHORIZATION_IDENTIFIER) or ""
+                if token is None or not token.get("token") or "@" not in jid:
+                    raise XMPPError(f"no FAST token or no JID in the social login's answer ({jid!r})")
+                free.append(FastDevice(jid.split("@", 1)[0], agent, str(token.get("token")), free))
+            except BaseException:
+                connection.abort()
+                raise
+            await connection.close()
+
+    await set_up_all(count, job.concurrency, set_up, "FAST set-up logins")
+    return fast_provider(free)
+
+
+def handover(http_url: str, site: str, credentials: Credentials, label: str) -> tuple[str, str]:
+    """The patent's browser flow for one ``hmac`` social login, then a device password made with the
+    hand-over's account token (docs/protocol.md); (the JID handed over, the device password).
+
+    Blocking, with `http.client`: the entry's 302, the site's signed return to the callback (with
+    the entry's state cookie) as JSON, then ``POST devices_url`` with ``action=create``.
+    """
+    address = urllib.parse.urlsplit(http_url)
+    web = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=30)
+    json_accept = {"Accept": "application/json"}
+
+    def call(method: str, path: str, body: str | None = None, **headers: str) -> tuple[int, Any, bytes]:
+        web.request(method, path, body=body, headers=headers)
+        answer = web.getresponse()
+        return answer.status, answer.headers, answer.read()
+
+    try:
+        status, headers, _ = call("GET", f"/login-using-{site}")
+        if status != 302:
+            raise XMPPError(f"login entry answered {status}")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["location"]).query)
+        cookie = "; ".join(value.split(";", 1)[0] for value in headers.get_all("set-cookie") or ())
+        callback = urllib.parse.urlsplit(query["callback"][0])
+        identifier = credentials.username.rsplit("@", 1)[0]
+        fields = urllib.parse.urlencode({"identifier": identifier, "signature": credentials.password,
+                                         "state": query["state"][0]})
+        status, _, body = call("GET", f"{callback.path}?{fields}", Cookie=cookie, **json_accept)
+        if status != 200:
+            raise XMPPError(f"callback answered {status}: {body[:200]!r}")
+        handed = json.loads(body)
+        form = urllib.parse.urlencode({"token": handed["account_token"], "action": "create", "label": label})
+        status, _, body = call("POST", urllib.parse.urlsplit(handed["devices_url"]).path, form,
+                               **{"Content-Type": "application/x-www-form-urlencoded"}, **json_accept)
+        if status != 200:
+            raise XMPPError(f"devices_url answered {status}: {body[:200]!r}")
+        return str(handed["jid"]), str(json.loads(body)["password"])
+    finally:
+        web.close()
+
+
+async def device_passwords(job: Job, context: ssl.SSLContext) -> CredentialsProvider:
+    """Device passwords of social accounts at an ``hmac`` site, made before the timed part.
+
+    For each of ``users`` accounts: the browser hand-over (`handover`) and a device password,
+    then one untimed login with it (the generator's PBKDF2 of each password is then cached, as a
+    real client keeps its salted password). Attempts cycle through the accounts; the user name is
+    the JID's localpart, the mechanism ``mechanism`` (SCRAM-SHA-256).
+    """
+    spec = job.credentials
+    social = hmac_tokens({**spec, "mechanism": "PLAIN"})
+    count, mechanism = int(spec["users"]), str(spec["mechanism"])
+    minted: list[Credentials | None] = [None] * count
+
+    async def set_up(index: int) -> None:
+        jid, password = await asyncio.to_thread(handover, str(spec["http_url"]), str(spec["site"]), social(index),
+                                                f"bench {index}")
+        minted[index] = Credentials(jid.split("@", 1)[0], password, mechanism)
+
+    # The HTTP side runs in threads, a few at a time: each password is two PBKDF2s in the daemon.
+    await set_up_all(count, 4, set_up, "device password hand-overs")
+    made = [credentials for credentials in minted if credentials is not None]
+
+    def credentials(attempt: int) -> Credentials:
+        return made[attempt % len(made)]
+
+    warm = Errors()
+    await close_sessions(await open_sessions(job.target, credentials, count, job.concurrency, job.timeout, warm),
+                         job.timeout)
+    if warm.total:
+        raise RuntimeError(f"{warm.total} of {count} first device-password logins failed: {dict(warm.counts)}")
+    return credentials
+
+
+# Providers that set devices up on the running daemon before the timed part, by the name a job
+# gives in ``credentials.provider``.
+SET_UP_PROVIDERS: dict[str, Callable[[Job, ssl.SSLContext], Awaitable[CredentialsProvider]]] = {
+    "fast": fast_devices,
+    "device": device_passwords,
+}
+
+
+async def prepared_provider(job: Job, context: ssl.SSLContext) -> CredentialsProvider:
+    """The job's credentials provider, its devices set up first where it has any."""
+    set_up = SET_UP_PROVIDERS.get(str(job.credentials.get("provider")))
+    return credentials_provider(job.credentials) if set_up is None else await set_up(job, context)
 
 
 # -- the control channel -----------------------------------------------------------------
@@ -666,8 +944,8 @@ async def first_login(job: Job, provider: CredentialsProvider, context: ssl.SSLC
 
 async def login_phase(job: Job, control: Control) -> None:
     """``count`` complete logins, each closed again, ``concurrency`` at a time."""
-    provider = credentials_provider(job.credentials)
     context = client_ssl_context()
+    provider = await prepared_provider(job, context)
     await first_login(job, provider, context)
     errors = Errors()
     login_ns: list[int] = []

@@ -64,7 +64,8 @@ PHASES = ("login", "serial", "msgs", "idle")
 TRANSPORTS = ("tls", "tcp")
 # The login phase's scenarios, in the order they run (see login_scenarios).
 LOGIN_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp", "plain+tls", "plain+tcp",
-                   "hmac+tls", "hmac+tcp", "hmac-scram+tcp", "oidc+tls", "oidc+tcp")
+                   "hmac+tls", "hmac+tcp", "hmac-scram+tcp", "oidc+tls", "oidc+tcp",
+                   "fast+tls", "device-scram+tcp")
 
 # Social sites (bench.toml.in). The hmac site's key is known to the generator, which signs a
 # fresh token per attempt; the oidc site's provider is benchmarks.idp, whose RSA key the runner
@@ -436,6 +437,7 @@ class Daemon:
         self.accounts = accounts
         self.idp = idp
         self.port = free_port()
+        self.http_port = free_port()
         self.config_path = workdir / "bench.toml"
         self.log_path = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -449,13 +451,17 @@ class Daemon:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
     def start(self, timeout: float = 60.0) -> None:
-        http_port = free_port()
+        http_port = self.http_port
         data_dir = self.workdir / "data"
         self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
             domain=json.dumps(DOMAIN), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
             scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
-            http_url=json.dumps(f"http://{HOST}:{http_port}"), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
+            http_url=json.dumps(self.http_url), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
             hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)"),
             encoding="utf-8")
         data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
@@ -767,9 +773,16 @@ def oidc_credentials(idp: IdentityProvider, prefix: str, tokens: int) -> dict[st
             "mechanism": "PLAIN"}
 
 
+def device_credentials(provider: str, mechanism: str, prefix: str, http_url: str) -> dict[str, Any]:
+    """Devices of social accounts at the hmac site, set up by the generator before the timed part:
+    ``fast`` tokens (benchmarks.loadgen.fast_devices) or ``device`` passwords (device_passwords)."""
+    return {**hmac_credentials(mechanism, prefix), "provider": provider, "http_url": http_url}
+
+
 def login_scenarios(names: Sequence[str], accounts: int, logins: int,
-                    idp: IdentityProvider | None) -> list[LoginScenario]:
-    """The scenarios called *names*, in the order of LOGIN_SCENARIOS; the oidc ones need *idp*.
+                    idp: IdentityProvider | None, http_url: str = "") -> list[LoginScenario]:
+    """The scenarios called *names*, in the order of LOGIN_SCENARIOS; the oidc ones need *idp*,
+    the device ones the daemon's *http_url* (device passwords are made on the web).
 
     Each social scenario has account ids of its own (``<scenario>-u<i>``), so that each
     makes its own first logins.
@@ -787,6 +800,10 @@ def login_scenarios(names: Sequence[str], accounts: int, logins: int,
             if idp is None:
                 raise BenchError(f"login scenario {name} needs the OpenID provider")
             credentials = oidc_credentials(idp, prefix, logins)
+        elif kind == "fast":
+            credentials = device_credentials("fast", "HT-SHA-256-NONE", prefix, http_url)
+        elif kind == "device-scram":
+            credentials = device_credentials("device", "SCRAM-SHA-256", prefix, http_url)
         else:
             credentials = local_credentials(kind.upper(), accounts)
         scenarios.append(LoginScenario(name, tls, credentials))
@@ -805,7 +822,11 @@ def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> di
     ok = figures["ok"]
     credentials = scenario.credentials
     social: dict[str, Any] = {}
-    if credentials["provider"] != "local":
+    if credentials["provider"] in ("fast", "device"):
+        # Every account was linked, and every device set up, before the timed part.
+        social = {"site": credentials["site"], "devices": max(credentials["users"], settings.concurrency + 1)
+                  if credentials["provider"] == "fast" else credentials["users"]}
+    elif credentials["provider"] != "local":
         # Attempt n logs in account n % users; the untimed first login has linked account 0.
         # Each other account's first timed login creates its XMPP user and link (if it succeeds).
         first = min(settings.logins, credentials["users"]) - 1
@@ -1213,7 +1234,8 @@ class Bench:
         results: dict[str, Any] = self.report["phases"].setdefault("login", {})
         with self.identity_provider() as idp, \
                 self.daemon("login", max(settings.logins, settings.concurrency), idp) as daemon:
-            for scenario in login_scenarios(settings.scenarios, daemon.accounts, settings.logins, idp):
+            for scenario in login_scenarios(settings.scenarios, daemon.accounts, settings.logins, idp,
+                                            daemon.http_url):
                 results[scenario.name] = run_login(daemon, settings, scenario)
         return results
 
