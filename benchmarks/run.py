@@ -773,10 +773,13 @@ def oidc_credentials(idp: IdentityProvider, prefix: str, tokens: int) -> dict[st
             "mechanism": "PLAIN"}
 
 
-def device_credentials(provider: str, mechanism: str, prefix: str, http_url: str) -> dict[str, Any]:
+def device_credentials(provider: str, mechanism: str, prefix: str, http_url: str, logins: int) -> dict[str, Any]:
     """Devices of social accounts at the hmac site, set up by the generator before the timed part:
-    ``fast`` tokens (benchmarks.loadgen.fast_devices) or ``device`` passwords (device_passwords)."""
-    return {**hmac_credentials(mechanism, prefix), "provider": provider, "http_url": http_url}
+    ``fast`` tokens (benchmarks.loadgen.fast_devices) or ``device`` passwords (device_passwords).
+    As many as the other social scenarios have accounts, or as logins when fewer (``--quick``):
+    setting one up costs a login or a hand-over."""
+    return {**hmac_credentials(mechanism, prefix), "provider": provider, "http_url": http_url,
+            "users": min(SOCIAL_USERS, logins)}
 
 
 def login_scenarios(names: Sequence[str], accounts: int, logins: int,
@@ -801,9 +804,9 @@ def login_scenarios(names: Sequence[str], accounts: int, logins: int,
                 raise BenchError(f"login scenario {name} needs the OpenID provider")
             credentials = oidc_credentials(idp, prefix, logins)
         elif kind == "fast":
-            credentials = device_credentials("fast", "HT-SHA-256-NONE", prefix, http_url)
+            credentials = device_credentials("fast", "HT-SHA-256-NONE", prefix, http_url, logins)
         elif kind == "device-scram":
-            credentials = device_credentials("device", "SCRAM-SHA-256", prefix, http_url)
+            credentials = device_credentials("device", "SCRAM-SHA-256", prefix, http_url, logins)
         else:
             credentials = local_credentials(kind.upper(), accounts)
         scenarios.append(LoginScenario(name, tls, credentials))
