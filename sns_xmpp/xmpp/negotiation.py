@@ -205,11 +205,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         return channel_binding_types(tls_connection(self.xmlstream.transport)) if self.xmlstream.secure else ()
 
     def _scram_attempt(self, mechanism: str) -> Attempt:
+        """The attempt for *mechanism*; a SCRAM one knows the stream's channel binding."""
+        if not mechanism.startswith("SCRAM-"):
+            return start_attempt(mechanism, self.settings.checker, self.domain or "")
         connection = tls_connection(self.xmlstream.transport)
-        offered = self._mechanisms()
         return start_attempt(mechanism, self.settings.checker, self.domain or "",
                              lambda cb_type: channel_binding_data(connection, cb_type),
-                             plus_offered=any(name.endswith("-PLUS") for name in offered))
+                             plus_offered=any(name.endswith("-PLUS") for name in self._mechanisms()))
 
     def _fast_mechanisms(self) -> tuple[str, ...]:
         """FAST's HT mechanisms on this stream: the channel-bound ones where its TLS allows."""

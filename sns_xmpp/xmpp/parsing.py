@@ -114,7 +114,10 @@ class GuardedElementStream(domish.ExpatElementStream):
     def parse(self, buffer: bytes) -> None:
         self._parsing = True
         offset, self._offset = self._offset, self._offset + len(buffer)
-        in_tag_before, self._in_tag = self._in_tag, _ends_in_tag(buffer, self._in_tag)
+        in_tag_before = self._in_tag
+        last_open, last_close = buffer.rfind(b"<"), buffer.rfind(b">")  # as _ends_in_tag, inline: every read
+        if last_open != last_close:
+            self._in_tag = last_open > last_close
         try:
             self.parser.Parse(buffer)
         except self.error as error:
