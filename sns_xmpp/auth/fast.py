@@ -25,6 +25,7 @@ the account's tokens (`IStore.revoke`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -105,6 +106,9 @@ def fast_jid(authcid: str, domain: str) -> str | None:
     return jid.userhost()
 
 
+MAX_KNOWN = 100_000  # rows remembered per node: some 300 bytes each
+
+
 class FastTokens:
     """Issues tokens and checks logins with them, over the store."""
 
@@ -113,6 +117,8 @@ class FastTokens:
         self.clock = clock
         self.lifetime = lifetime
         self.grace = min(MAX_GRACE, lifetime / 10)
+        # The rows this node's FAST logins last left, by (jid, agent): hints, see log_in.
+        self._known: dict[tuple[str, str], FastToken] = {}
 
     def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE,
               confirmed_until: float | None = None) -> Deferred[IssuedToken | None]:
@@ -136,16 +142,27 @@ class FastTokens:
         if jid is None:
             return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token"))
         now = self.clock.seconds()
+        key = (jid, agent)
 
-        def found(stored: FastToken | None) -> Deferred[FastLogin]:
+        def fresh_read() -> Deferred[FastLogin]:
+            self._known.pop(key, None)
+            return self.store.fast_token(jid, agent).addCallback(found, False)
+
+        def found(stored: FastToken | None, from_memory: bool) -> Deferred[FastLogin]:
+            # What this node last knew of the row is only a hint: any refusal is decided on the
+            # row itself (another node may have rotated, taken a count, or revoked since).
             used = _matching(stored, proof, cb_data, now)
             if stored is None or used is None:
+                if from_memory:
+                    return fresh_read()
                 return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
                     stored, proof, cb_data)))
             if stored.mechanism != HT_SHA_256_NONE and mechanism == HT_SHA_256_NONE:
                 # No downgrade: a token asked for with channel binding is only taken with it.
                 return defer.fail(AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}"))
             if count <= (stored.last_count if used == stored.token_hash else stored.previous_count):
+                if from_memory:
+                    return fresh_read()
                 return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
             replacement: FastTokenIssue | None = None
             fresh: IssuedToken | None = None
@@ -156,15 +173,37 @@ class FastTokens:
             answer = FastLogin(LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until),
                                responder(used, cb_data), fresh)
 
-            def taken(ok: bool) -> FastLogin:
+            def taken(ok: bool) -> FastLogin | Deferred[FastLogin]:
                 if not ok:  # another login with this count (or a revocation) came first
+                    if from_memory:
+                        return fresh_read()
                     raise AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed")
+                self._remember(stored, used, count, replacement)
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=fresh is not None)
                 return answer
 
             return self.store.use_fast_token(jid, agent, used, count, now, replacement).addCallback(taken)
 
-        return self.store.fast_token(jid, agent).addCallback(found)
+        known = self._known.get(key)
+        if known is not None:
+            return found(known, True)
+        return self.store.fast_token(jid, agent).addCallback(found, False)
+
+    def _remember(self, stored: FastToken, used: bytes, count: int, replacement: FastTokenIssue | None) -> None:
+        """The row as the login's statement left it (store/common.py's rotation statements), so
+        that the device's next login need not read it: one store read less per FAST login."""
+        key = (stored.jid, stored.agent)
+        if replacement is None:  # invalidated: the row is gone
+            self._known.pop(key, None)
+            return
+        row = dataclasses.replace(stored, mechanism=replacement.mechanism, token_hash=replacement.token_hash,
+                                  issued_at=replacement.issued_at, expires_at=replacement.expires_at, last_count=0,
+                                  previous_count=count)
+        if used == stored.token_hash:  # the current token was used: it becomes the previous one
+            row = dataclasses.replace(row, previous_hash=stored.token_hash, previous_until=replacement.grace_until)
+        if key not in self._known and len(self._known) >= MAX_KNOWN:
+            self._known.pop(next(iter(self._known)))
+        self._known[key] = row
 
 
 def _capped(expires: float, confirmed_until: float | None) -> float:

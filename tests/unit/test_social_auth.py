@@ -392,3 +392,38 @@ async def test_a_device_lasts_the_sites_device_lifetime_from_the_login_that_made
             load_sites({"bad": {**table, "device_lifetime": 10}}, SiteContext(clock, "http://h", tmp_path, ()))
     finally:
         await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_node_remembers_of_a_fast_token_is_only_a_hint(tmp_path: Path) -> None:
+    """A node remembers the row its last FAST login left, so the device's next login reads nothing;
+    but the row decides: rotated on another node (the old token taken in its grace period there),
+    or deleted by a revocation, the login is judged on the row as it is now."""
+    from twisted.internet import reactor
+
+    from sns_xmpp.auth.fast import FastTokens, initiator, token_hash
+
+    clock = Clock()
+    clock.advance(1000)
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "db.sqlite3"), reactor)
+    store.startService()
+    try:
+        await store.create_account("zoe@localhost", [], 1.0)
+        here, there = FastTokens(store, clock, lifetime=86400), FastTokens(store, clock, lifetime=86400)
+        issued = await here.issue("zoe@localhost", "phone")
+
+        def proof(token: str) -> bytes:
+            return initiator(token_hash(token))
+
+        first = await here.log_in(issued.mechanism, "zoe", proof(issued.token), "localhost", "phone", 1, False)
+        # The other node takes the old token in its grace period: the row rotates there.
+        elsewhere = await there.log_in(issued.mechanism, "zoe", proof(issued.token), "localhost", "phone", 2, False)
+        with pytest.raises(AuthenticationFailed):  # first.token is no longer current, nor the previous one
+            await here.log_in(issued.mechanism, "zoe", proof(first.token.token), "localhost", "phone", 3, False)
+        assert (await here.log_in(issued.mechanism, "zoe", proof(elsewhere.token.token), "localhost", "phone", 1,
+                                  False)).result.jid == "zoe@localhost"
+        await store.revoke("zoe@localhost", "logout", clock.seconds())
+        with pytest.raises(AuthenticationFailed, match="wrong or expired token"):
+            await here.log_in(issued.mechanism, "zoe", proof(elsewhere.token.token), "localhost", "phone", 9, False)
+    finally:
+        await store.stopService()
