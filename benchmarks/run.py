@@ -62,13 +62,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 PHASES = ("login", "serial", "msgs", "idle")
 TRANSPORTS = ("tls", "tcp")
-# The login phase's scenarios, in the order they run (see login_scenarios). FAST runs over STARTTLS
-# only: the daemon offers SASL2 after TLS whatever allow_plain_without_tls says; the generator's
-# FAST login works over plain TCP too, so "fast+tcp" needs only adding here once the daemon offers
-# it (docs/performance.md, "FAST and device-password logins").
+# The login phase's scenarios, in the order they run (see login_scenarios). FAST over plain TCP
+# works because the bench daemon allows PLAIN without TLS, and with it SASL2.
 LOGIN_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp", "plain+tls", "plain+tcp",
                    "hmac+tls", "hmac+tcp", "hmac-scram+tcp", "oidc+tls", "oidc+tcp",
-                   "fast+tls", "device-scram+tcp")
+                   "fast+tls", "fast+tcp", "device-scram+tcp")
 
 # Social sites (bench.toml.in). The hmac site's key is known to the generator, which signs a
 # fresh token per attempt; the oidc site's provider is benchmarks.idp, whose RSA key the runner

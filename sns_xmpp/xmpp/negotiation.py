@@ -181,7 +181,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             element = features.addElement((NS_SASL, "mechanisms"))
             for name in mechanisms:
                 element.addElement("mechanism", content=name)
-            if stream.secure and self.settings.sasl2:  # XEP-0388: the same mechanisms, after TLS only
+            if self._sasl2_offered():  # XEP-0388: the same mechanisms, after TLS only
                 features.addChild(authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
             cb_types = self._cb_types()
             if cb_types:
@@ -215,7 +215,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 
     def _fast_mechanisms(self) -> tuple[str, ...]:
         """FAST's HT mechanisms on this stream: the channel-bound ones where its TLS allows."""
-        if self.settings.fast is None or not self.settings.sasl2 or not self.xmlstream.secure:
+        if self.settings.fast is None or not self._sasl2_offered():
             return ()
         return channel_bindings(tls_connection(self.xmlstream.transport))
 
@@ -273,9 +273,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.attempt = None
             self._failure("malformed-request", "unexpected SASL2 element")
 
+    def _sasl2_offered(self) -> bool:
+        """SASL2 after TLS; without it only where PLAIN is allowed without TLS too (tests, the
+        bench): a token then travels as openly as a password would."""
+        return self.settings.sasl2 and (self.xmlstream.secure or self.settings.allow_plain_without_tls)
+
     def _authenticate(self, element: domish.Element) -> None:
         """XEP-0388's <authenticate/>: the same mechanisms and checks as SASL1's <auth/>, and FAST's."""
-        if not self.xmlstream.secure:
+        if not self._sasl2_offered():
             self._failure("encryption-required", "STARTTLS first")
             return
         try:
