@@ -250,20 +250,16 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         stream.restart()
 
     def _sasl(self, element: domish.Element) -> None:
-        if element.name == "auth":
-            self._auth(element)
-        elif element.name == "response" and self.attempt is not None:
-            self._step(self.attempt.respond, _response(element))
-        elif element.name == "abort":
-            self.attempt = None
-            self._failure("aborted", None)
-        else:
-            self.attempt = None
-            self._failure("malformed-request", "unexpected SASL element")
+        self._sasl_element(element, "auth", self._auth, "SASL")
 
     def _sasl2(self, element: domish.Element) -> None:
-        if element.name == "authenticate":
-            self._authenticate(element)
+        self._sasl_element(element, "authenticate", self._authenticate, "SASL2")
+
+    def _sasl_element(self, element: domish.Element, opening: str, start: Callable[[domish.Element], None],
+                      what: str) -> None:
+        """SASL1's and SASL2's elements alike: the opening one, a response, an abort."""
+        if element.name == opening:
+            start(element)
         elif element.name == "response" and self.attempt is not None:
             self._step(self.attempt.respond, _response(element))
         elif element.name == "abort":
@@ -271,7 +267,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self._failure("aborted", None)
         else:
             self.attempt = None
-            self._failure("malformed-request", "unexpected SASL2 element")
+            self._failure("malformed-request", f"unexpected {what} element")
 
     def _sasl2_offered(self) -> bool:
         """SASL2 after TLS; without it only where PLAIN is allowed without TLS too (tests, the

@@ -79,14 +79,13 @@ def effective_authzid(authzid: str | None, authcid: str, domain: str) -> str | N
     return authzid
 
 
-class PlainAttempt:
-    """RFC 4616: ``authzid NUL authcid NUL password`` in one message."""
+class _OneMessage:
+    """A mechanism whose one client message names the account (PLAIN, FAST's HT-*)."""
 
-    def __init__(self, checker: ILoginChecker, domain: str) -> None:
-        self.checker = checker
-        self.domain = domain
-        self.authcid: str | None = None
-        self._account_key: str | None = None
+    checker: ILoginChecker
+    domain: str
+    authcid: str | None
+    _account_key: str | None
 
     @property
     def account_key(self) -> str | None:
@@ -99,6 +98,19 @@ class PlainAttempt:
         if initial is None:
             return defer.succeed(Challenge(b""))
         return self.respond(initial)
+
+    def respond(self, data: bytes) -> Deferred:
+        raise NotImplementedError
+
+
+class PlainAttempt(_OneMessage):
+    """RFC 4616: ``authzid NUL authcid NUL password`` in one message."""
+
+    def __init__(self, checker: ILoginChecker, domain: str) -> None:
+        self.checker = checker
+        self.domain = domain
+        self.authcid: str | None = None
+        self._account_key: str | None = None
 
     def respond(self, data: bytes) -> Deferred:
         parts = data.split(b"\x00")
@@ -236,7 +248,7 @@ def _parse_oauthbearer(data: bytes) -> tuple[str, str | None]:
     return token.strip(), authzid or None
 
 
-class HTAttempt:
+class HTAttempt(_OneMessage):
     """draft-schmaus-kitten-sasl-ht with a FAST token (XEP-0484): ``authcid NUL initiator-hashed-token``
     in one message; the server's HMAC comes back as additional data. What SASL2 said around it (the
     client's <user-agent id>, <fast count=... invalidate=...>) is given here."""
@@ -251,20 +263,8 @@ class HTAttempt:
         self.count = count
         self.invalidate = invalidate
         self.cb_data = cb_data
-        self.authcid: str | None = None
+        self.authcid: str | None = None  # failures count against the account the token names
         self._account_key: str | None = None
-
-    @property
-    def account_key(self) -> str | None:
-        """Failures count against the account the token names, as a password's would."""
-        if self._account_key is None and self.authcid:
-            self._account_key = self.checker.throttle_key(self.authcid, self.domain)
-        return self._account_key
-
-    def start(self, initial: bytes | None) -> Deferred:
-        if initial is None:
-            return defer.succeed(Challenge(b""))
-        return self.respond(initial)
 
     def respond(self, data: bytes) -> Deferred:
         name, separator, proof = data.partition(b"\x00")
