@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
@@ -104,6 +105,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         self.auth_started = 0.0
         self.answering = False  # a slowed failure answer is pending
         self.binding = False
+        self._tls_for: object = None  # the transport _tls_connection was found on
+        self._tls_connection: SSL.Connection | None = None
 
     def connectionMade(self) -> None:
         self.xmlstream.element_handler = self.element_received
@@ -202,13 +205,13 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
 
     def _cb_types(self) -> tuple[str, ...]:
         """The channel binding types of this stream's TLS (XEP-0440), for SCRAM's -PLUS."""
-        return channel_binding_types(tls_connection(self.xmlstream.transport)) if self.xmlstream.secure else ()
+        return channel_binding_types(self._tls()) if self.xmlstream.secure else ()
 
     def _scram_attempt(self, mechanism: str) -> Attempt:
         """The attempt for *mechanism*; a SCRAM one knows the stream's channel binding."""
         if not mechanism.startswith("SCRAM-"):
             return start_attempt(mechanism, self.settings.checker, self.domain or "")
-        connection = tls_connection(self.xmlstream.transport)
+        connection = self._tls()
         return start_attempt(mechanism, self.settings.checker, self.domain or "",
                              lambda cb_type: channel_binding_data(connection, cb_type),
                              plus_offered=any(name.endswith("-PLUS") for name in self._mechanisms()))
@@ -217,7 +220,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         """FAST's HT mechanisms on this stream: the channel-bound ones where its TLS allows."""
         if self.settings.fast is None or not self._sasl2_offered():
             return ()
-        return channel_bindings(tls_connection(self.xmlstream.transport))
+        return channel_bindings(self._tls())
 
     # -- elements before the session -----------------------------------
 
@@ -269,6 +272,16 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.attempt = None
             self._failure("malformed-request", f"unexpected {what} element")
 
+    def _tls(self) -> SSL.Connection | None:
+        """The stream's TLS connection, looked up once the stream is secure (after STARTTLS, or
+        from the start with direct TLS)."""
+        if not self.xmlstream.secure:
+            return None
+        transport = self.xmlstream.transport
+        if self._tls_for is not transport:
+            self._tls_for, self._tls_connection = transport, tls_connection(transport)
+        return self._tls_connection
+
     def _sasl2_offered(self) -> bool:
         """SASL2 after TLS; without it only where PLAIN is allowed without TLS too (tests, the
         bench): a token then travels as openly as a password would."""
@@ -289,7 +302,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         attempt: Attempt
         cb_data = None
         if request.mechanism in FAST_MECHANISMS and fast is not None:
-            cb_data = channel_binding(tls_connection(self.xmlstream.transport), request.mechanism)
+            cb_data = channel_binding(self._tls(), request.mechanism)
         if fast is not None and cb_data is not None:
             attempt = HTAttempt(request.mechanism, fast, self.settings.checker, self.domain, request.agent,
                                 request.count, request.invalidate, cb_data)
