@@ -11,6 +11,7 @@ from sns_xmpp.xmpp.features import (
     FeatureRegistry,
     IFeature,
     SiteListing,
+    carbons,
     credential_expiry,
     disco,
     entity_time,
@@ -38,6 +39,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     legacy_session.FEATURE,  # RFC 3921's session establishment, which old clients still send
     social_sites.FEATURE,  # the patent's sites in the stream features (docs/protocol.md)
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
+    carbons.FEATURE,  # XEP-0280
 )
 
 
