@@ -21,6 +21,14 @@ from sns_xmpp.jid import JID
 from sns_xmpp.xmpp.c2s import ClientStream
 
 
+class Holder(Protocol):
+    """What may hold a session's outbound stanzas back for a while (XEP-0352 CSI provides it)."""
+
+    def hold(self, session: ClientSession, element: domish.Element | str) -> bool:
+        """Keep *element* to send later (True), or let it go now (False, after sending whatever
+        it must precede)."""
+
+
 class Ledger(Protocol):
     """What counts a session's stanzas both ways (stream management provides it)."""
 
@@ -54,6 +62,7 @@ class ClientSession:
     directed: set[str] = field(default_factory=set)  # the presence feature's (presence.MAX_DIRECTED)
     directed_chars: int = 0  # the total length of the addresses in directed
     ledger: Ledger | None = None  # XEP-0198, once the client enables it
+    holder: Holder | None = None  # XEP-0352, while the client says it is inactive
     detached: bool = False  # the connection dropped; the ledger keeps the session for a resumption
     # The JID's forms, made once: every stanza the session sends or receives uses them.
     bare: str = field(init=False)
@@ -68,6 +77,13 @@ class ClientSession:
     def send(self, element: domish.Element | str) -> None:
         """The one way a stanza reaches this session's client (text: a stored offline message,
         written as stored)."""
+        holder = self.holder
+        if holder is not None and holder.hold(self, element):
+            return
+        self.send_now(element)
+
+    def send_now(self, element: domish.Element | str) -> None:
+        """Write *element* now, past any holder (which uses this to let what it held go)."""
         ledger = self.ledger
         if ledger is None:
             self.stream.send(element)

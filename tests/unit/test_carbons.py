@@ -23,8 +23,8 @@ def test_carbons_copy_sent_and_received_messages_to_the_other_enabled_resources(
     headline, and one to the bare JID (which reaches every resource anyway) are not copied."""
     sessions, factory, _clock = world()
     streams = {}
-    for resource in ("phone", "desktop", "tablet"):
-        stream, transport = connect(factory, "192.0.2.1")
+    for n, resource in enumerate(("phone", "desktop", "tablet")):
+        stream, transport = connect(factory, f"192.0.2.{n + 10}")  # the test factory takes two per address
         stream.dataReceived(HEADER.format(to="localhost").encode())
         sessions.bind(stream, LoginResult("alice@localhost", "PLAIN"), resource)
         stream.dataReceived(b"<presence/>")
@@ -35,6 +35,7 @@ def test_carbons_copy_sent_and_received_messages_to_the_other_enabled_resources(
     bob.dataReceived(b"<presence/>")
     streams["phone"][0].dataReceived(f"<iq type='set' id='e1'><enable xmlns='{CARBONS}'/></iq>".encode())
     assert "type='result' id='e1'" in output(streams["phone"][1])
+    assert [s.resource for s in sessions.resources("alice@localhost")] == ["phone", "desktop", "tablet"]
     desktop = sessions.session(sessions.resources("alice@localhost")[1].jid)
     assert desktop is not None and desktop.resource == "desktop"
     sessions.hooks.inline[CARBONS].act(desktop, parseXml(f"<enable xmlns='{CARBONS}'/>"))

@@ -101,7 +101,7 @@ def test_sasl2_is_offered_after_tls_only_with_sasl1s_mechanisms_bind2_inline_fea
     _stream, _transport, features = World(tmp_path).connect()
     assert (f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism>"
             "<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/>"
-            "<feature var='urn:xmpp:carbons:2'/></inline></bind>"
+            "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/></inline></bind>"
             "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline>"
             "</authentication>") in features
     (tmp_path / "plain").mkdir()

@@ -12,6 +12,7 @@ from sns_xmpp.xmpp.features import (
     IFeature,
     SiteListing,
     carbons,
+    client_state,
     credential_expiry,
     disco,
     entity_time,
@@ -40,6 +41,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     social_sites.FEATURE,  # the patent's sites in the stream features (docs/protocol.md)
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
     carbons.FEATURE,  # XEP-0280
+    client_state.FEATURE,  # XEP-0352
 )
 
 
