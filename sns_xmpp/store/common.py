@@ -16,6 +16,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ __all__ = [
     "AbandonTransaction",
     "Database",
     "SchemaScript",
+    "Transaction",
     "account_from_rows",
     "credential_rows",
     "device_from_row",
@@ -428,6 +430,18 @@ class AbandonTransaction(Exception):
 # -- the synchronous database, whichever engine ---------------------------
 
 
+class Transaction(Protocol):
+    """One write transaction of a feature's own SQL (`Database.transaction`)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run *sql* (``?`` placeholders, spelt for the engine here): its rows, or [] when it
+        returns none."""
+
+    @property
+    def rowcount(self) -> int:
+        """The rows the last statement changed."""
+
+
 class Database(Protocol):
     """What :class:`SQLiteDatabase` and :class:`PostgresDatabase` both offer.
 
@@ -443,6 +457,14 @@ class Database(Protocol):
 
     def open_reader(self) -> Database | None:
         """Another connection, read-only, cheap enough to read on the reactor thread; or None."""
+
+    # A feature module's own tables (its schema file, its SQL in its own store module) are read
+    # and written through these two, so that a feature adds no method to every layer of the store.
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read statement (``?`` placeholders)."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One write transaction: committed on leaving, rolled back on an exception."""
 
     def get_account(self, jid: str) -> Account | None: ...
 

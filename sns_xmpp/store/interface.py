@@ -9,7 +9,8 @@ normalised: the store compares them as exact text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -26,6 +27,11 @@ from sns_xmpp.store.records import (
     ScramCredential,
     SocialLink,
 )
+
+if TYPE_CHECKING:  # common.py imports this module's errors
+    from sns_xmpp.store.common import Database
+
+_R = TypeVar("_R")
 
 __all__ = [
     "IStore",
@@ -271,6 +277,17 @@ class IStore(Interface):
         above the last count it gave. With a *replacement* the login rotates: the replacement
         becomes current, a used current token the previous. Without one (invalidate) the row goes.
         False if nothing matched: another login took the count first, or the token is gone."""
+
+    # -- a feature module's own tables -------------------------------------------------------
+
+    def run(work: Callable[[Database], _R]) -> Deferred[_R]:
+        """Run ``work(database)`` on the store's worker, in order with every other call: a feature
+        module's own writes (and reads that must see them), through `Database.transaction` and
+        `Database.query`. The database is the blocking twin of this store (store/common.py)."""
+
+    def run_read(work: Callable[[Database], _R]) -> Deferred[_R]:
+        """Like `run` for work that only reads: it may run at once on the reactor thread, on the
+        read connection, when no call is queued (so it never overtakes a write)."""
 
     def close() -> Deferred[None]:
         """Finish pending calls and release the database."""

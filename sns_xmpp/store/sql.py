@@ -12,8 +12,8 @@ storing an offline message durably, claiming a token) stays in the engine's modu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sns_xmpp.store.common import (
@@ -64,6 +64,7 @@ from sns_xmpp.store.common import (
     SQL_ROTATE_PREVIOUS_FAST,
     SQL_TOUCH_LINK,
     AbandonTransaction,
+    Transaction,
     account_from_rows,
     credential_rows,
     device_from_row,
@@ -91,6 +92,22 @@ from sns_xmpp.store.records import (
 )
 
 
+class _SpeltCursor:
+    """A write cursor that spells each statement for its engine (the `Transaction` protocol)."""
+
+    def __init__(self, cursor: Any, spell: Callable[[str], str]) -> None:
+        self._cursor = cursor
+        self._spell = spell
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self._cursor.execute(self._spell(sql), params)
+        return self._cursor.fetchall() if self._cursor.description is not None else []
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
 class SQLDatabase(ABC):
     """The shared half of :class:`SQLiteDatabase` and :class:`PostgresDatabase` (see the module)."""
 
@@ -108,6 +125,16 @@ class SQLDatabase(ABC):
     @abstractmethod
     def _write(self) -> AbstractContextManager[Any]:
         """A cursor in one write transaction: committed on leaving, rolled back on an exception."""
+
+    # -- a feature's own tables ---------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._read(self._sql(sql), params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._write() as cursor:
+            yield _SpeltCursor(cursor, self._sql)
 
     # -- accounts ---------------------------------------------------------
 

@@ -437,6 +437,12 @@ class ThreadedStore(Service):
         return self._call(lambda db: db.put_fast_token(jid, agent, mechanism, token_hash, issued_at, expires_at,
                                                        confirmed_until))
 
+    def run(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+        return self._call(work)
+
+    def run_read(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+        return self._read(work)
+
     def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
                        replacement: FastTokenIssue | None) -> Deferred[bool]:
         return self._call(lambda db: db.use_fast_token(jid, agent, used_hash, count, now, replacement))
