@@ -108,6 +108,10 @@ class C2SConfig:
     fast_token_lifetime: int = _setting(
         30 * 86400, integer(10, 366 * 86400), "seconds a FAST token (XEP-0484) logs its device in without the browser"
     )
+    fast_token_rotation: int = _setting(
+        86400, integer(0, 366 * 86400),
+        "seconds a FAST token serves before a login rotates it (at most half its lifetime; 0: every login)"
+    )
 
 
 @dataclass(frozen=True)

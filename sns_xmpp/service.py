@@ -256,7 +256,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
             block_seconds=c2s.auth_block_seconds, address_block_after=c2s.auth_address_block_after,
             account_block_after=c2s.auth_account_block_after)),
         sasl2=True,
-        fast=FastTokens(store, reactor, c2s.fast_token_lifetime),
+        fast=FastTokens(store, reactor, c2s.fast_token_lifetime, c2s.fast_token_rotation),
     )
 
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,

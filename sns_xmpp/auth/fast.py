@@ -14,10 +14,20 @@ another TLS connection (a man in the middle) fails.
 64-byte block, so HMAC replaces it by SHA-256(token) as its key (RFC 2104 section 3). The server
 keeps only that digest and computes the same HMACs with it; a copy of the database logs no one in.
 
-Every FAST login rotates: the success carries a new token, and the used one stays good for a grace
-period (a client that misses the answer keeps its old token), after which it fails. The client's
-``count`` must grow from login to login with one token (replay protection), checked and taken in
-one store statement. ``invalidate='true'`` ends the token after the login. A token asked for with
+**Rotation when due** (XEP-0484 section 3.4): a FAST login whose token has served
+``[xmpp.c2s] fast_token_rotation`` seconds (a day by default; at most half the lifetime) rotates it:
+the success carries a new token with a whole lifetime, and the used one stays good for a grace
+period (a client that misses the answer keeps its old token), after which it fails; a login with
+that previous token rotates again. A login with a token not yet due writes nothing: that is what
+keeps a FAST login below the cost of a social one (one store write per login was a sixth of it).
+
+**The count.** The client's ``count`` must grow from login to login with one token. The XEP asks
+for it against replays of TLS 0-RTT data, which this server never accepts; it is still checked, as
+defence in depth: against the row (taken in the rotation's statement, where there is one) and
+against the highest count this node has seen for the token since, kept in memory. A replay would
+need a verbatim copy of a login sent on another node, or before a restart, within one rotation
+period, over a connection that TLS did not protect. ``invalidate='true'`` ends the token after the
+login. A token asked for with
 a channel-bound mechanism is never taken without channel binding (no downgrade). A revocation deletes
 the account's tokens (`IStore.revoke`).
 """
@@ -112,12 +122,17 @@ MAX_KNOWN = 100_000  # rows remembered per node: some 300 bytes each
 class FastTokens:
     """Issues tokens and checks logins with them, over the store."""
 
-    def __init__(self, store: IStore, clock: IReactorTime, lifetime: float) -> None:
+    def __init__(self, store: IStore, clock: IReactorTime, lifetime: float, rotation: float = 0.0) -> None:
         self.store = store
         self.clock = clock
         self.lifetime = lifetime
         self.grace = min(MAX_GRACE, lifetime / 10)
-        # The rows this node's FAST logins last left, by (jid, agent): hints, see log_in.
+        # A token serves this long before a login rotates it (0: every login rotates). Never more
+        # than half its lifetime, so that a device in regular use always holds a token with most
+        # of its lifetime ahead.
+        self.rotation = min(rotation, lifetime / 2)
+        # The rows this node's FAST logins last left, by (jid, agent): hints, see log_in; their
+        # last_count also holds counts of logins that wrote nothing (see the module's doc).
         self._known: dict[tuple[str, str], FastToken] = {}
 
     def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE,
@@ -145,10 +160,11 @@ class FastTokens:
         key = (jid, agent)
 
         def fresh_read() -> Deferred[FastLogin]:
-            self._known.pop(key, None)
-            return self.store.fast_token(jid, agent).addCallback(found, False)
+            seen = self._known.pop(key, None)
+            return self.store.fast_token(jid, agent).addCallback(found, False, seen)
 
-        def found(stored: FastToken | None, from_memory: bool) -> Deferred[FastLogin]:
+        def found(stored: FastToken | None, from_memory: bool,
+                  seen: FastToken | None = None) -> Deferred[FastLogin]:
             # What this node last knew of the row is only a hint: any refusal is decided on the
             # row itself (another node may have rotated, taken a count, or revoked since).
             used = _matching(stored, proof, cb_data, now)
@@ -160,18 +176,26 @@ class FastTokens:
             if stored.mechanism != HT_SHA_256_NONE and mechanism == HT_SHA_256_NONE:
                 # No downgrade: a token asked for with channel binding is only taken with it.
                 return defer.fail(AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}"))
-            if count <= (stored.last_count if used == stored.token_hash else stored.previous_count):
+            if count <= _count_floor(stored, used, seen):
                 if from_memory:
                     return fresh_read()
                 return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
+            result = LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until)
+            if not invalidate and used == stored.token_hash and now - stored.issued_at < self.rotation:
+                # Not due: nothing to write, so the row itself must say yes (a revocation or
+                # another node may have ended the token since); the count is this node's to keep.
+                if from_memory:
+                    return fresh_read()
+                self._remember_count(stored, count)
+                log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=False)
+                return defer.succeed(FastLogin(result, responder(used, cb_data), None))
             replacement: FastTokenIssue | None = None
             fresh: IssuedToken | None = None
             if not invalidate:
                 token = new_token()
                 fresh = IssuedToken(token, mechanism, _capped(now + self.lifetime, stored.confirmed_until))
                 replacement = FastTokenIssue(mechanism, token_hash(token), now, fresh.expires_at, now + self.grace)
-            answer = FastLogin(LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until),
-                               responder(used, cb_data), fresh)
+            answer = FastLogin(result, responder(used, cb_data), fresh)
 
             def taken(ok: bool) -> FastLogin | Deferred[FastLogin]:
                 if not ok:  # another login with this count (or a revocation) came first
@@ -189,6 +213,13 @@ class FastTokens:
             return found(known, True)
         return self.store.fast_token(jid, agent).addCallback(found, False)
 
+    def _remember_count(self, stored: FastToken, count: int) -> None:
+        """A login with the current token that rotated nothing: its count, in memory only."""
+        key = (stored.jid, stored.agent)
+        if key not in self._known and len(self._known) >= MAX_KNOWN:
+            self._known.pop(next(iter(self._known)))
+        self._known[key] = dataclasses.replace(stored, last_count=count)
+
     def _remember(self, stored: FastToken, used: bytes, count: int, replacement: FastTokenIssue | None) -> None:
         """The row as the login's statement left it (store/common.py's rotation statements), so
         that the device's next login need not read it: one store read less per FAST login."""
@@ -204,6 +235,20 @@ class FastTokens:
         if key not in self._known and len(self._known) >= MAX_KNOWN:
             self._known.pop(next(iter(self._known)))
         self._known[key] = row
+
+
+def _count_floor(stored: FastToken, used: bytes, seen: FastToken | None) -> int:
+    """The count a login with the token *used* must pass: the row's, or what this node saw of the
+    same token since (logins that wrote nothing), whichever is higher."""
+    if used == stored.token_hash:
+        floor = stored.last_count
+        if seen is not None and seen.token_hash == used:
+            floor = max(floor, seen.last_count)
+        return floor
+    floor = stored.previous_count
+    if seen is not None and seen.previous_hash == used:
+        floor = max(floor, seen.previous_count)
+    return floor
 
 
 def _capped(expires: float, confirmed_until: float | None) -> float:

@@ -25,6 +25,7 @@ from tests.rawxmpp import RawStream
 from tests.xmppclient import wait
 
 LIFETIME = 20  # s: the grace period of a rotated-out token is a tenth of it (2 s)
+ROTATION = 2  # s: a token this old is rotated by the next login
 # The end of an answer: SASL2's, the features after it (no Bind2), or the stream's.
 ENDINGS = ("</success>", "</failure>", "</challenge>", "</stream:features>", "</stream:stream>")
 
@@ -94,7 +95,7 @@ async def test_a_social_login_gets_a_fast_token_that_outlives_its_credentials_un
 
     http_port = free_port()
     base = textwrap.dedent(BASE_CONFIG).format(data=tmp_path / "data", http_port=http_port)
-    base = base.replace("direct_tls_port = 0\n", f"direct_tls_port = 0\nfast_token_lifetime = {LIFETIME}\n")
+    base = base.replace("direct_tls_port = 0\n", f"direct_tls_port = 0\nfast_token_lifetime = {LIFETIME}\nfast_token_rotation = {ROTATION}\n")
     server = await start_server(parse_config(base + '\n[sites.demo]\nplugin = "demo"\nmax_lifetime = 2\nleeway = 0\n'))
     credentials = await demo_credentials(server, "fay")
     jid, password = credentials["jid"], credentials["password"]

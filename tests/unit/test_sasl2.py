@@ -44,14 +44,15 @@ class Synchronous:
 
 
 class World:
-    def __init__(self, tmp_path: Path, secure: bool = True, block_after: int = 20) -> None:
+    def __init__(self, tmp_path: Path, secure: bool = True, block_after: int = 20, rotation: float = 0.0) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(NOW)
         self.db = SQLiteDatabase(tmp_path / "store.sqlite")
         self.db.create_account("alice@localhost", [], NOW)
         self.sessions = featured(SessionManager(["localhost"], MemoryStore(), self.clock,  # type: ignore[arg-type]
                                                 lambda stanza: None))
-        self.fast = FastTokens(Synchronous(self.db), self.clock, lifetime=30 * 86400)  # type: ignore[arg-type]
+        self.fast = FastTokens(Synchronous(self.db), self.clock, lifetime=30 * 86400,  # type: ignore[arg-type]
+                               rotation=rotation)
         self.throttle = AuthThrottle(self.clock, ThrottlePolicy(free_failures=0, block_after=block_after,
                                                                 max_delay=0))
         self.settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=self.sessions,
@@ -225,6 +226,33 @@ def test_fast_logins_rotate_refuse_replays_keep_the_old_token_for_a_grace_period
     fourth = token_of(output(transport))
     assert world.db.revoke("alice@localhost", "admin", NOW + 100) is not None
     assert "<not-authorized" in fast_login(world, fourth, 1), "revoked"
+
+
+def test_a_token_rotates_when_due_and_logins_before_that_write_nothing_yet_still_ask_the_row(
+        tmp_path: Path) -> None:
+    """XEP-0484 3.4: the server rotates a token that is due. Before that a FAST login changes no
+    row (a store write per login was a sixth of its cost), yet refuses a count this node has seen,
+    and the row still decides: a revoked token fails at once, although this node knew it."""
+    world = World(tmp_path, rotation=3600)
+    stream, transport, _ = world.connect()
+    stream.dataReceived(authenticate("PLAIN", b"\x00alice\x00right",
+                                     "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"))
+    first = token_of(output(transport))
+    issued = world.db.fast_token("alice@localhost", AGENT)
+    for count in (1, 2):
+        answer = fast_login(world, first, count)
+        assert answer.startswith(f"<success xmlns='{SASL2}'>") and "<token" not in answer, answer
+    assert world.db.fast_token("alice@localhost", AGENT) == issued, "nothing written"
+    assert fast_login(world, first, 2).endswith("<text>FAST count replayed</text></failure>")
+
+    world.clock.advance(3600)
+    answer = fast_login(world, first, 3)
+    second = token_of(answer)
+    rotated = world.db.fast_token("alice@localhost", AGENT)
+    assert second != first and rotated is not None and rotated.previous_hash == issued.token_hash
+    assert "<token" not in fast_login(world, second, 1), "new again: not due"
+    assert world.db.revoke("alice@localhost", "admin", NOW + 4000) is not None
+    assert "<not-authorized" in fast_login(world, second, 2), "revoked: the row decides"
 
 
 def test_an_expired_token_is_refused_but_is_no_guess(tmp_path: Path) -> None:
