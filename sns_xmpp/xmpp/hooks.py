@@ -107,6 +107,10 @@ class Hooks:
         self.features_after_auth: list[StreamFeature] = []
         self.disco_features: list[str] = []
         self.account_disco_features: list[str] = []
+        self.account_disco_identities: list[tuple[str, str]] = [("account", "registered")]
+        # Answers awaited to IQs a feature sent (XEP-0115's disco#info queries), by the answer's
+        # (from, id): the core hands a result or error that matches to the callable, once.
+        self.responses: dict[tuple[str, str], Callable[[domish.Element], None]] = {}
         self.storage: list[Storage] = []
         self.inline: dict[str, InlineAction] = {}
         # Each event's handlers, highest priority first, and the negated priorities alongside

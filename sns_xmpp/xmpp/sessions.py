@@ -327,6 +327,10 @@ class SessionManager:
         no request (results and errors are dropped; a malformed one hears bad-request)."""
         kind = iq.getAttribute("type")
         if kind in ("result", "error"):
+            if self.hooks.responses:
+                awaited = self.hooks.responses.pop((iq.getAttribute("from", ""), iq.getAttribute("id", "")), None)
+                if awaited is not None:
+                    awaited(iq)
             return None
         child = first_child(iq)
         if kind not in ("get", "set") or child is None or iq.getAttribute("id") is None:

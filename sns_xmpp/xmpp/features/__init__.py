@@ -61,6 +61,9 @@ class FeatureRegistry:
     sites: SiteListing | None = None  # the social sites, when the HTTP side serves them
     installed: list[str] = field(default_factory=list)
     installing: str = ""  # the feature being installed, named in what it registers
+    # What a feature offers other features in process, by its name (pep: its PEPService); read
+    # it through the offering module's accessor (features.pep.pep_service).
+    services: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hooks(self) -> Hooks:
@@ -114,6 +117,12 @@ class FeatureRegistry:
         """Announce *var* in the disco#info of every account's bare JID (XEP-0030 section 3.1)."""
         if var not in self.hooks.account_disco_features:
             self.hooks.account_disco_features.append(var)
+
+    def account_disco_identity(self, category: str, kind: str) -> None:
+        """Announce the identity *category*/*kind* in every account's disco#info (XEP-0030
+        section 3.1; XEP-0163 section 6: pubsub/pep)."""
+        if (category, kind) not in self.hooks.account_disco_identities:
+            self.hooks.account_disco_identities.append((category, kind))
 
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""

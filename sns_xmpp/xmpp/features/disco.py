@@ -45,14 +45,16 @@ def install(registry: FeatureRegistry) -> None:
 
     registry.iq(NS_DISCO_INFO, "query", info)
     account_features = registry.hooks.account_disco_features  # read at each query, as above
-    registry.account_iq(NS_DISCO_INFO, "query", account_info_with(registry.sessions, account_features))
+    registry.account_iq(NS_DISCO_INFO, "query", account_info_with(registry.sessions, account_features,
+                                                                   registry.hooks.account_disco_identities))
     registry.iq(NS_DISCO_ITEMS, "query", items)
     registry.disco_feature(NS_DISCO_INFO)
     registry.disco_feature(NS_DISCO_ITEMS)
     registry.account_disco_feature(NS_DISCO_INFO)
 
 
-def account_info_with(sessions: SessionManager, announced: list[str]) -> AccountIQHandler:
+def account_info_with(sessions: SessionManager, announced: list[str],
+                      identities: list[tuple[str, str]] | None = None) -> AccountIQHandler:
     """disco#info on an account's bare JID: the account's identity and the features registered
     for accounts, for the account itself and for contacts its presence is shared with (as
     Prosody's mod_disco); anyone else hears service-unavailable, as of an absent account."""
@@ -62,9 +64,9 @@ def account_info_with(sessions: SessionManager, announced: list[str]) -> Account
         node = query.getAttribute("node")
         if node:
             result["node"] = node
-        identity = result.addElement("identity")
-        identity["category"] = "account"
-        identity["type"] = "registered"
+        for category, kind in identities if identities is not None else [("account", "registered")]:
+            identity = result.addElement("identity")
+            identity["category"], identity["type"] = category, kind
         for var in announced:
             result.addElement("feature")["var"] = var
         return result
