@@ -62,10 +62,10 @@ def run(site: str, logins: int) -> float:
     from twisted.python.failure import Failure
 
     from sns_xmpp import startup
+    startup.install()  # before anything imports wokkel (sns_xmpp/compat.py)
     from sns_xmpp.observe import log_gate
     from tests.fuzz.harness import World
 
-    startup.install()
     log_gate.set_minimum(LogLevel.warn)
     with tempfile.TemporaryDirectory(prefix="sns-xmpp-login-instructions-") as path:
         world = World(Path(path))

@@ -31,10 +31,10 @@ def run(messages: int) -> float:
     from twisted.logger import LogLevel
 
     from sns_xmpp import startup
+    startup.install()  # before anything imports wokkel (sns_xmpp/compat.py)
     from sns_xmpp.observe import log_gate
     from tests.fuzz.harness import DOMAINS, World
 
-    startup.install()
     log_gate.set_minimum(LogLevel.warn)
     header = (b"<stream:stream to='%s' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
               b"version='1.0'>" % DOMAINS[0].encode())

@@ -346,6 +346,12 @@ class InlineStore:
     def __init__(self, database: SQLiteDatabase) -> None:
         self._database = database
 
+    def run(self, work: Callable[[SQLiteDatabase], Any]) -> defer.Deferred:
+        """A feature module's own SQL (IStore.run), at once."""
+        return defer.maybeDeferred(work, self._database)
+
+    run_read = run
+
     def __getattr__(self, name: str) -> Callable[..., defer.Deferred]:
         if hasattr(composite, name):  # the store's one-call combinations of database calls
             combined = getattr(composite, name)
