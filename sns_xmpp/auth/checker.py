@@ -40,6 +40,10 @@ class LoginResult:
     # Until when a device this login sets up (a FAST token, a device password) may last: the
     # site's device_lifetime from now, or its credentials' expiry; None: no bound (local accounts).
     confirmed_until: float | None = None
+    # The person's name at the social site, as it vouched for it with this login (OpenID's
+    # `name`, an hmac site's account name); None for local accounts and device logins. Features
+    # read it at bind: the vCard feature makes it the FN of an account that has no vCard yet.
+    display_name: str | None = None
 
 
 class AuthenticationFailed(Exception):

@@ -306,7 +306,8 @@ class SocialLoginChecker:
         return LoginResult(jid=jid, method=method, site=site.site_id,
                            expires=account.expires if token_bound else None,
                            confirmed_until=account.expires if token_bound
-                           else now + self.sites.device_lifetime(site.site_id))
+                           else now + self.sites.device_lifetime(site.site_id),
+                           display_name=account.display_name)
 
     def linked_jid(self, site_id: str, account: str, domain: str) -> Deferred[str]:
         """The XMPP user (site, account) is linked to, made on the first call: what the login

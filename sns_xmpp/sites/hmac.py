@@ -148,7 +148,8 @@ class HmacSite:
         # The identifier carries no issue time: taken as max_lifetime before the expiry, which is
         # exact for a site that issues tokens for max_lifetime (the demo site does) and earlier
         # for shorter ones, the safe side after a revocation (docs/sites.md).
-        return VerifiedAccount(self.site_id, user, float(expires), digest,
+        # The account name is all the site says of the person: it is their name here too.
+        return VerifiedAccount(self.site_id, user, float(expires), digest, display_name=user,
                                issued_at=float(expires) - self.policy.max_lifetime)
 
     def verify(self, identifier: str, token: str, now: float) -> Deferred[VerifiedAccount]:

@@ -3,8 +3,10 @@ and kept for a resumption, whichever feature sends it, so the client's honest <a
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -13,7 +15,9 @@ from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.store.common import Database
 from sns_xmpp.store.records import OfflineMessage, RosterItem
+from sns_xmpp.store.sqlite import SQLiteDatabase
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features.stream_management import NS_SM
@@ -68,6 +72,18 @@ class MemoryStore:
         if len(waiting) >= cap or max_size is not None and size > max_size:
             return defer.succeed(None)
         return self.store_offline(owner, stanza, now)
+
+    def run(self, work: Callable[[Database], Any]) -> defer.Deferred:
+        """A feature's own SQL (IStore.run), on a real SQLite database in memory, answered at once.
+        Its accounts table starts empty: a test whose feature writes per-account rows creates
+        the accounts there (``store.database.create_account``)."""
+        return defer.execute(work, self.database)
+
+    run_read = run
+
+    @functools.cached_property
+    def database(self) -> SQLiteDatabase:
+        return SQLiteDatabase(":memory:")
 
     def offline_messages(self, owner: str) -> defer.Deferred:
         return defer.succeed(list(self.offline.get(owner, [])))

@@ -23,6 +23,7 @@ from sns_xmpp.xmpp.features import (
     roster,
     social_sites,
     stream_management,
+    vcard,
     version,
 )
 from sns_xmpp.xmpp.routing import StanzaRouter
@@ -42,6 +43,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
     carbons.FEATURE,  # XEP-0280
     client_state.FEATURE,  # XEP-0352
+    vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
 )
 
 
