@@ -11,6 +11,7 @@ from sns_xmpp.xmpp.features import (
     FeatureRegistry,
     IFeature,
     SiteListing,
+    caps,
     carbons,
     client_state,
     credential_expiry,
@@ -18,6 +19,7 @@ from sns_xmpp.xmpp.features import (
     entity_time,
     legacy_session,
     offline,
+    pep,
     ping,
     presence,
     roster,
@@ -43,6 +45,8 @@ BUILT_IN: tuple[IFeature, ...] = (
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
     carbons.FEATURE,  # XEP-0280
     client_state.FEATURE,  # XEP-0352
+    caps.FEATURE,  # XEP-0115, for PEP's +notify (before pep)
+    pep.FEATURE,  # XEP-0163 on XEP-0060 (before the features that publish through it)
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
 )
 

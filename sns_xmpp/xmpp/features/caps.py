@@ -113,6 +113,7 @@ class EntityCaps:
         self._seen: dict[str, dict[str, frozenset[str]]] = {}  # owner -> full JID -> features
         self._wanted: dict[tuple[str, str], str] = {}  # (owner, full) -> the ver it last announced
         self._queries: dict[tuple[str, str], tuple[str, IDelayedCall]] = {}  # (full, id) -> (ver, timeout)
+        self._waiting: dict[str, list[tuple[str, str]]] = {}  # a sha-1 ver asked -> (owner, full) that wait
         self.listeners: list[Listener] = []
 
     def on_available(self, listener: Listener) -> None:
@@ -153,9 +154,15 @@ class EntityCaps:
         self._ask(owner, full, f"{node}#{ver}", ver if caps.getAttribute("hash") == "sha-1" else "")
 
     def _ask(self, owner: str, full: str, node: str, ver: str) -> None:
+        if ver and ver in self._waiting:  # asked already (of another resource, or for another account)
+            if len(self._waiting[ver]) < MAX_SEEN:
+                self._waiting[ver].append((owner, full))
+            return
         if len(self._queries) >= MAX_QUERIES:
             self.sessions.metrics.limit("caps-queries")
             return
+        if ver:
+            self._waiting[ver] = [(owner, full)]
         query_id = "caps-" + secrets.token_hex(8)
         iq = domish.Element((NS_CLIENT, "iq"))
         iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, owner, full
@@ -163,30 +170,38 @@ class EntityCaps:
         key = (full, query_id)
         timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key)
         self._queries[key] = (ver, timeout)
-        self.sessions.hooks.responses[key] = lambda answer: self._answered(owner, full, ver, key, answer)
+        self.sessions.hooks.responses[key] = lambda answer: self._answered(owner, full, node, key, answer)
         self.sessions.route(iq)
 
     def _gave_up(self, key: tuple[str, str]) -> None:
-        self._queries.pop(key, None)
+        ver, _timeout = self._queries.pop(key, ("", None))
+        self._waiting.pop(ver, None)
         self.sessions.hooks.responses.pop(key, None)
 
-    def _answered(self, owner: str, full: str, ver: str, key: tuple[str, str], answer: domish.Element) -> None:
-        pending = self._queries.pop(key, None)
-        if pending is not None and pending[1].active():
-            pending[1].cancel()
+    def _answered(self, owner: str, full: str, node: str, key: tuple[str, str], answer: domish.Element) -> None:
+        ver, timeout = self._queries.pop(key, ("", None))
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        waiting = self._waiting.pop(ver, [(owner, full)]) if ver else [(owner, full)]
         query = next(answer.elements(NS_DISCO_INFO, "query"), None)
         if answer.getAttribute("type") != "result" or query is None:
             return
         features = features_of(query)
-        if ver and verifies(ver, query):
+        verified = bool(ver) and verifies(ver, query)
+        if verified:
             self.cache[ver] = features
             self.cache.move_to_end(ver)
             while len(self.cache) > MAX_CACHED:
                 self.cache.popitem(last=False)
         elif ver:
             log.warn("caps.unverified {jid} {ver}", jid=full, ver=ver)
-        if self._wanted.get((owner, full)) == ver or not ver:
-            self._learn(owner, full, features)
+        for waiter, resource in waiting:
+            if self._wanted.get((waiter, resource)) != ver and ver:
+                continue  # it announced another ver since
+            if verified or resource == full:
+                self._learn(waiter, resource, features)
+            else:  # what one resource said of an unverified ver is not taken for another
+                self._ask(waiter, resource, node, ver)
 
     def _learn(self, owner: str, full: str, features: frozenset[str]) -> None:
         seen = self._seen.setdefault(owner, {})

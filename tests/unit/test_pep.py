@@ -1,0 +1,374 @@
+"""Personal eventing (XEP-0163 on XEP-0060) as a feature module, with Twisted's doubles: the XEPs'
+examples fed as raw XML, the exact answers and errors, the access models, notifications to the
+resources whose entity capabilities show +notify, and the in-process API other features use."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import pytest
+import pytest_twisted
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+from wokkel.generic import parseXml
+
+from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.store.records import RosterItem
+from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
+from sns_xmpp.xmpp.features import FeatureRegistry
+from sns_xmpp.xmpp.features.built_in import install_features
+from sns_xmpp.xmpp.features.caps import EntityCaps, entity_caps, ver_of
+from sns_xmpp.xmpp.features.pep import pep_service
+from sns_xmpp.xmpp.pubsub.nodes import Limits
+from sns_xmpp.xmpp.pubsub.service import PEPService
+from sns_xmpp.xmpp.sessions import SessionManager
+from tests.unit.test_limits import connect, factory_and_clock
+from tests.unit.test_negotiation import HEADER
+from tests.unit.test_stream_management import MemoryStore, output
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+OWNER = PUBSUB + "#owner"
+EVENT = PUBSUB + "#event"
+ERRORS = PUBSUB + "#errors"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NICK = "http://jabber.org/protocol/nick"
+DEVICELIST = "eu.siacs.conversations.axolotl.devicelist"
+CLIENT_FEATURES = ("http://jabber.org/protocol/disco#info", NICK, NICK + "+notify",
+                   DEVICELIST + "+notify", "urn:xmpp:avatar:metadata+notify")
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
+class Person:
+    def __init__(self, sessions: SessionManager, factory: ClientStreamFactory, jid: str, resource: str,
+                 host: str) -> None:
+        self.jid = jid
+        self.full = f"{jid}/{resource}"
+        stream, transport = connect(factory, host)
+        stream.dataReceived(HEADER.format(to="localhost").encode())
+        sessions.bind(stream, LoginResult(jid, "PLAIN"), resource)
+        self.stream: ClientStream = stream
+        self.transport: StringTransport = transport
+        output(transport)
+
+    def send(self, xml: str) -> None:
+        self.stream.dataReceived(xml.encode())
+
+    def stanzas(self) -> list[ET.Element]:
+        return list(ET.fromstring(f"<x xmlns='jabber:client'>{output(self.transport)}</x>"))
+
+    def ask(self, xml: str) -> ET.Element:
+        """Send an IQ; its answer (the one stanza with its id)."""
+        iq = ET.fromstring(xml)
+        self.send(xml)
+        [answer] = [s for s in self.stanzas() if s.get("id") == iq.get("id") and s.tag.endswith("iq")]
+        return answer
+
+
+def identity_query(features: tuple[str, ...]) -> str:
+    return (f"<query xmlns='{DISCO_INFO}'><identity category='client' type='pc' name='t'/>"
+            + "".join(f"<feature var='{f}'/>" for f in features) + "</query>")
+
+
+def caps_presence(features: tuple[str, ...] = CLIENT_FEATURES) -> tuple[str, str]:
+    """An available presence with caps for *features*, and the ver."""
+    ver = ver_of(parseXml(identity_query(features)))
+    return (f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://t.example'"
+            f" ver='{ver}'/></presence>", ver)
+
+
+def answer_caps_query(person: Person, features: tuple[str, ...] = CLIENT_FEATURES) -> list[ET.Element]:
+    """Answer the server's disco#info query to *person*; the other stanzas it had."""
+    rest = []
+    for stanza in person.stanzas():
+        query = stanza.find(f"{{{DISCO_INFO}}}query")
+        if stanza.tag.endswith("iq") and stanza.get("type") == "get" and query is not None:
+            person.send(f"<iq type='result' id='{stanza.get('id')}' to='{stanza.get('from')}'>"
+                        f"{identity_query(features).replace('<query ', '<query node=' + repr(query.get('node')) + ' ')}"
+                        "</iq>")
+        else:
+            rest.append(stanza)
+    return rest
+
+
+def contacts(store: MemoryStore, *pairs: tuple[str, str, str]) -> None:
+    for owner, contact, subscription in pairs:
+        store.rosters.setdefault(owner, {})[contact] = RosterItem(contact, subscription=subscription)
+
+
+@dataclass
+class World:
+    sessions: SessionManager
+    registry: FeatureRegistry
+    store: MemoryStore
+    alice: Person
+    bob: Person
+    clock: MemoryReactorClock
+    factory: ClientStreamFactory
+
+    @property
+    def pep(self) -> PEPService:
+        service = pep_service(self.registry)
+        assert service is not None
+        return service
+
+    @property
+    def caps(self) -> EntityCaps:
+        tracker = entity_caps(self.registry)
+        assert tracker is not None
+        return tracker
+
+    def person(self, jid: str, resource: str = "r", host: str = "192.0.2.9") -> Person:
+        return Person(self.sessions, self.factory, jid, resource, host)
+
+
+def two_people(subscription: str = "both") -> World:
+    """alice and bob, contacts with *subscription* both ways, each with a bound resource; eve
+    has an account and is nobody's contact."""
+    store = MemoryStore()
+    for jid in ("alice@localhost", "bob@localhost", "eve@localhost"):
+        store.database.create_account(jid, [], 0.0)
+    contacts(store, ("alice@localhost", "bob@localhost", subscription),
+             ("bob@localhost", "alice@localhost", subscription))
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], store, clock,  # type: ignore[arg-type]
+                              lambda stanza: sessions.deliver(stanza))
+    registry = install_features(sessions)
+    alice = Person(sessions, factory, "alice@localhost", "phone", "192.0.2.1")
+    bob = Person(sessions, factory, "bob@localhost", "laptop", "192.0.2.2")
+    return World(sessions, registry, store, alice, bob, clock, factory)
+
+
+def publish(person: Person, node: str, payload: str, item_id: str = "current", options: str = "") -> ET.Element:
+    return person.ask(f"<iq type='set' id='pub1'><pubsub xmlns='{PUBSUB}'><publish node='{node}'>"
+                      f"<item id='{item_id}'>{payload}</item></publish>{options}</pubsub></iq>")
+
+
+def error_of(answer: ET.Element) -> tuple[str | None, list[str]]:
+    error = answer.find("{jabber:client}error")
+    assert answer.get("type") == "error" and error is not None, ET.tostring(answer)
+    return error.get("type"), [child.tag for child in error if child.tag != f"{{{STANZAS}}}text"]
+
+
+def test_a_published_nick_reaches_a_contact_with_notify_and_the_last_item_comes_on_presence() -> None:
+    """XEP-0163 section 4 (XEP-0172's example): alice publishes her nick; bob, her contact, whose
+    caps (verified by the server's disco#info query) show the nick+notify, gets the headline
+    <event/>; when he comes online again he gets the last item (section 4.3.2)."""
+    world = two_people()
+    alice, bob = world.alice, world.bob
+    presence, _ver = caps_presence()
+    bob.send(presence)
+    alice.send("<presence/>")
+    answer_caps_query(bob)
+    answer = publish(alice, NICK, f"<nick xmlns='{NICK}'>Alice</nick>")
+    assert answer.get("type") == "result"
+    published = answer.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish/{{{PUBSUB}}}item")
+    assert published is not None and published.get("id") == "current"
+    [message] = [s for s in bob.stanzas() if s.tag.endswith("message")]
+    assert message.get("type") == "headline" and message.get("from") == "alice@localhost"
+    item = message.find(f"{{{EVENT}}}event/{{{EVENT}}}items[@node='{NICK}']/{{{EVENT}}}item[@id='current']")
+    assert item is not None and item.findtext(f"{{{NICK}}}nick") == "Alice"
+
+    bob.send("<presence type='unavailable'/>")
+    bob.stanzas()
+    bob.send(presence)  # the ver is cached now: no query, the last item at once
+    [message] = [s for s in bob.stanzas() if s.tag.endswith("message")]
+    assert message.findtext(f"{{{EVENT}}}event/{{{EVENT}}}items/{{{EVENT}}}item/{{{NICK}}}nick") == "Alice"
+
+
+def test_the_access_models_refuse_with_the_xeps_errors() -> None:
+    """XEP-0060 section 6.5.9: eve, no contact, asking a presence-access node hears not-authorized
+    with presence-subscription-required (type auth); bob, a contact, reading a whitelist node (XEP-0223
+    private storage) hears not-allowed with closed-node (type cancel); an open node (OMEMO's
+    bundles) is read by anyone; a node that is not there is item-not-found."""
+    world = two_people()
+    alice, bob = world.alice, world.bob
+    eve = world.person("eve@localhost")
+    publish(alice, NICK, f"<nick xmlns='{NICK}'>Alice</nick>")
+    private = (f"<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+               f"<value>{PUBSUB}#publish-options</value></field><field var='pubsub#access_model'><value>whitelist"
+               "</value></field><field var='pubsub#persist_items'><value>true</value></field></x></publish-options>")
+    stored = publish(alice, "storage:bookmarks", "<storage xmlns='storage:bookmarks'/>", options=private)
+    assert stored.get("type") == "result"
+    bundle = private.replace("whitelist", "open")
+    assert publish(alice, f"{DEVICELIST}", "<list xmlns='eu.siacs.conversations.axolotl'><device id='7'/></list>",
+                   options=bundle).get("type") == "result"
+
+    def items(person: Person, node: str) -> ET.Element:
+        return person.ask(f"<iq type='get' id='i1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+                          f"<items node='{node}'/></pubsub></iq>")
+
+    assert error_of(items(eve, NICK)) == ("auth", [f"{{{STANZAS}}}not-authorized",
+                                                  f"{{{ERRORS}}}presence-subscription-required"])
+    assert error_of(items(bob, "storage:bookmarks")) == ("cancel", [f"{{{STANZAS}}}not-allowed",
+                                                                    f"{{{ERRORS}}}closed-node"])
+    assert error_of(items(bob, "no-such-node")) == ("cancel", [f"{{{STANZAS}}}item-not-found"])
+    assert items(bob, NICK).find(f".//{{{NICK}}}nick").text == "Alice"  # type: ignore[union-attr]
+    assert items(eve, DEVICELIST).find(f".//{{{PUBSUB}}}item").get("id") == "current"  # type: ignore[union-attr]
+    assert items(alice, "storage:bookmarks").find(f".//{{{PUBSUB}}}item") is not None  # the owner sees her own
+
+    def disco_items(person: Person) -> set[str | None]:
+        answer = person.ask("<iq type='get' id='d1' to='alice@localhost'>"
+                            "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        return {item.get("node") for item in answer.iter("{http://jabber.org/protocol/disco#items}item")}
+
+    assert disco_items(alice) == {NICK, "storage:bookmarks", DEVICELIST}
+    assert disco_items(bob) == {NICK, DEVICELIST}  # the whitelist node is not shown to a contact
+    assert disco_items(eve) == {DEVICELIST}
+    forged = bob.ask(f"<iq type='set' id='f1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'><publish node='{NICK}'>"
+                     f"<item><nick xmlns='{NICK}'>Mallory</nick></item></publish></pubsub></iq>")
+    assert error_of(forged) == ("auth", [f"{{{STANZAS}}}forbidden"])
+
+
+def options(**fields: str) -> str:
+    return (f"<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{PUBSUB}#publish-options</value></field>"
+            + "".join(f"<field var='pubsub#{k}'><value>{v}</value></field>" for k, v in fields.items())
+            + "</x></publish-options>")
+
+
+def test_publish_options_create_the_node_and_a_mismatch_is_precondition_not_met() -> None:
+    """XEP-0060 section 7.1.5: the first publish creates the node with the options (XEP-0402's
+    bookmarks: whitelist, persist, max_items=max, never send the last item); the same options
+    again publish; other options are refused with conflict and precondition-not-met (type
+    cancel), and the item is not published."""
+    world = two_people()
+    alice = world.alice
+    bookmarks = options(access_model="whitelist", persist_items="true", max_items="max",
+                        send_last_published_item="never")
+    conference = "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='true'/>"
+    assert publish(alice, "urn:xmpp:bookmarks:1", conference, "room1@muc", bookmarks).get("type") == "result"
+    assert publish(alice, "urn:xmpp:bookmarks:1", conference, "room2@muc", bookmarks).get("type") == "result"
+    refused = publish(alice, "urn:xmpp:bookmarks:1", conference, "room3@muc", options(access_model="open"))
+    assert error_of(refused) == ("cancel", [f"{{{STANZAS}}}conflict", f"{{{ERRORS}}}precondition-not-met"])
+    unknown_value = publish(alice, "urn:xmpp:bookmarks:1", conference, "room3@muc", options(access_model="roster"))
+    assert error_of(unknown_value)[1][1] == f"{{{ERRORS}}}precondition-not-met"
+    answer = alice.ask(f"<iq type='get' id='i2'><pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:bookmarks:1'/>"
+                       "</pubsub></iq>")
+    assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["room1@muc", "room2@muc"]
+    config = alice.ask(f"<iq type='get' id='c1'><pubsub xmlns='{OWNER}'><configure node='urn:xmpp:bookmarks:1'/>"
+                       "</pubsub></iq>")
+    values = {field.get("var"): field.findtext("{jabber:x:data}value")
+              for field in config.iter("{jabber:x:data}field")}
+    assert values["pubsub#access_model"] == "whitelist" and values["pubsub#max_items"] == "256"
+    assert values["pubsub#send_last_published_item"] == "never" and values["FORM_TYPE"] == f"{PUBSUB}#node_config"
+
+
+def test_retract_purge_and_delete_notify_and_configuration_is_the_owners() -> None:
+    """Sections 7.2 (retract with notify), 8.2 (configure: get the form, submit max_items=2, a
+    third item pushes the oldest out; a bad value is not-acceptable), 8.5 (purge) and 8.4 (delete
+    with <delete/> to the +notify contacts)."""
+    world = two_people()
+    alice, bob = world.alice, world.bob
+    features = CLIENT_FEATURES + ("urn:xmpp:microblog:0+notify",)
+    presence, _ver = caps_presence(features)
+    bob.send(presence)
+    answer_caps_query(bob, features)
+    node = "urn:xmpp:microblog:0"
+    publish(alice, node, "<entry xmlns='http://www.w3.org/2005/Atom'>1</entry>", "one")
+    [message] = bob.stanzas()
+    assert message.find(f".//{{{EVENT}}}item").get("id") == "one"  # type: ignore[union-attr]
+    form = ("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{PUBSUB}#node_config</value></field><field var='pubsub#max_items'><value>{{}}</value></field></x>")
+    answer = alice.ask(f"<iq type='set' id='c2'><pubsub xmlns='{OWNER}'><configure node='{node}'>"
+                       f"{form.format(2)}</configure></pubsub></iq>")
+    assert answer.get("type") == "result"
+    bad = alice.ask(f"<iq type='set' id='c3'><pubsub xmlns='{OWNER}'><configure node='{node}'>"
+                    f"{form.format('lots')}</configure></pubsub></iq>")
+    assert error_of(bad) == ("modify", [f"{{{STANZAS}}}not-acceptable"])
+    not_hers = bob.ask(f"<iq type='get' id='c4' to='alice@localhost'><pubsub xmlns='{OWNER}'><configure node='{node}'/>"
+                       "</pubsub></iq>")
+    assert error_of(not_hers) == ("auth", [f"{{{STANZAS}}}forbidden"])
+    for n in ("two", "three"):
+        publish(alice, node, f"<entry xmlns='http://www.w3.org/2005/Atom'>{n}</entry>", n)
+    bob.stanzas()
+    answer = alice.ask(f"<iq type='get' id='i3'><pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub></iq>")
+    assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["two", "three"]
+    answer = alice.ask(f"<iq type='get' id='i4'><pubsub xmlns='{PUBSUB}'><items node='{node}' max_items='1'/>"
+                       "</pubsub></iq>")
+    assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["three"]
+    answer = alice.ask(f"<iq type='get' id='i5'><pubsub xmlns='{PUBSUB}'><items node='{node}'><item id='two'/></items>"
+                       "</pubsub></iq>")
+    assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["two"]
+
+    answer = alice.ask(f"<iq type='set' id='r1'><pubsub xmlns='{PUBSUB}'><retract node='{node}' notify='true'>"
+                       "<item id='two'/></retract></pubsub></iq>")
+    assert answer.get("type") == "result"
+    [message] = bob.stanzas()
+    retracted = message.find(f"{{{EVENT}}}event/{{{EVENT}}}items[@node='{node}']/{{{EVENT}}}retract")
+    assert retracted is not None and retracted.get("id") == "two"
+    gone = alice.ask(f"<iq type='set' id='r2'><pubsub xmlns='{PUBSUB}'><retract node='{node}'>"
+                     "<item id='two'/></retract></pubsub></iq>")
+    assert error_of(gone) == ("cancel", [f"{{{STANZAS}}}item-not-found"])
+
+    purged = alice.ask(f"<iq type='set' id='p1'><pubsub xmlns='{OWNER}'><purge node='{node}'/></pubsub></iq>")
+    assert purged.get("type") == "result"
+    [message] = bob.stanzas()
+    assert message.find(f"{{{EVENT}}}event/{{{EVENT}}}purge").get("node") == node  # type: ignore[union-attr]
+    deleted = alice.ask(f"<iq type='set' id='x1'><pubsub xmlns='{OWNER}'><delete node='{node}'/></pubsub></iq>")
+    assert deleted.get("type") == "result"
+    [message] = bob.stanzas()
+    assert message.find(f"{{{EVENT}}}event/{{{EVENT}}}delete").get("node") == node  # type: ignore[union-attr]
+    answer = alice.ask(f"<iq type='get' id='i6'><pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub></iq>")
+    assert error_of(answer) == ("cancel", [f"{{{STANZAS}}}item-not-found"])
+
+
+def test_the_account_answers_disco_info_with_its_identities_and_pep_features() -> None:
+    """XEP-0030 section 3.1 and XEP-0163 section 6: the bare JID is account/registered and
+    pubsub/pep, with publish-options (what Conversations' server-info screen looks for)."""
+    world = two_people()
+    answer = world.alice.ask("<iq type='get' id='d2' to='alice@localhost'>"
+                             f"<query xmlns='{DISCO_INFO}'/></iq>")
+    identities = {(i.get("category"), i.get("type")) for i in answer.iter(f"{{{DISCO_INFO}}}identity")}
+    assert identities == {("account", "registered"), ("pubsub", "pep")}
+    features = {f.get("var") for f in answer.iter(f"{{{DISCO_INFO}}}feature")}
+    assert {PUBSUB, PUBSUB + "#publish-options", PUBSUB + "#access-whitelist", PUBSUB + "#auto-create",
+            "http://jabber.org/protocol/caps"} <= features
+    assert {(i.get("category"), i.get("type")) for i in world.bob.ask(
+        "<iq type='get' id='d3' to='alice@localhost'>"
+        f"<query xmlns='{DISCO_INFO}'/></iq>").iter(f"{{{DISCO_INFO}}}identity")} == identities
+
+
+def test_limits_refuse_with_the_xeps_errors() -> None:
+    """Section 7.1.3.4: a payload over the item limit is not-acceptable with payload-too-big;
+    nodes beyond the account's limit are not-allowed with max-nodes-exceeded; two payloads in one
+    item are bad-request with invalid-payload (7.1.3.6). Nothing is stored for any of them."""
+    world = two_people()
+    alice = world.alice
+    world.pep.limits = Limits(nodes_per_account=2, item_bytes=1000)
+    big = publish(alice, "big", f"<data xmlns='urn:xmpp:avatar:data'>{'A' * 1000}</data>")
+    assert error_of(big) == ("modify", [f"{{{STANZAS}}}not-acceptable", f"{{{ERRORS}}}payload-too-big"])
+    for node in ("a", "b"):
+        assert publish(alice, node, "<x xmlns='y'/>").get("type") == "result"
+    third = publish(alice, "c", "<x xmlns='y'/>")
+    assert error_of(third) == ("cancel", [f"{{{STANZAS}}}not-allowed", f"{{{ERRORS}}}max-nodes-exceeded"])
+    two = publish(alice, "a", "<x xmlns='y'/><z xmlns='y'/>")
+    assert error_of(two) == ("modify", [f"{{{STANZAS}}}bad-request", f"{{{ERRORS}}}invalid-payload"])
+    assert sorted(world.store.database.query("SELECT node FROM pep_nodes WHERE owner = ?", ("alice@localhost",))) \
+        == [("a",), ("b",)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_in_process_api_publishes_notifies_and_reads():
+    """What the vCard feature calls (XEP-0398, XEP-0172 on first login): publish through the
+    service with publish-options notifies the +notify contacts and tells the listeners; items
+    reads it back; a mismatched option is the same StanzaError as over XMPP."""
+    world = two_people()
+    bob = world.bob
+    presence, _ver = caps_presence()
+    bob.send(presence)
+    answer_caps_query(bob)
+    heard: list[tuple[str, str, str]] = []
+    world.pep.on_publish(lambda owner, node, item: heard.append((owner, node, item.item_id)))
+    nick = domish.Element((NICK, "nick"))
+    nick.addContent("Alice A.")
+    item_id = yield world.pep.publish("alice@localhost", NICK, nick, options={"pubsub#access_model": "presence"})
+    assert heard == [("alice@localhost", NICK, item_id)]
+    [message] = bob.stanzas()
+    assert message.find(f".//{{{NICK}}}nick").text == "Alice A."  # type: ignore[union-attr]
+    items = yield world.pep.items("alice@localhost", NICK)
+    assert [(i.item_id, str(i.payload)) for i in items] == [(item_id, "Alice A.")]
+    with pytest.raises(StanzaError) as refused:
+        yield world.pep.publish("alice@localhost", NICK, nick, options={"pubsub#access_model": "open"})
+    assert refused.value.condition == "conflict"
