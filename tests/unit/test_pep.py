@@ -15,17 +15,21 @@ from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.store import pep as store_pep
+from sns_xmpp.store.pep import StoredItem
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
 from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.features.caps import EntityCaps, entity_caps, ver_of
 from sns_xmpp.xmpp.features.pep import pep_service
-from sns_xmpp.xmpp.pubsub.nodes import Limits
+from sns_xmpp.xmpp.pubsub import service
+from sns_xmpp.xmpp.pubsub.nodes import Limits, options_form
 from sns_xmpp.xmpp.pubsub.service import PEPService
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import HEADER
+from tests.unit.test_store import NOW, Backend, backend  # noqa: F401 (the fixture)
 from tests.unit.test_stream_management import MemoryStore, output
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -372,3 +376,38 @@ def test_the_in_process_api_publishes_notifies_and_reads():
     with pytest.raises(StanzaError) as refused:
         yield world.pep.publish("alice@localhost", NICK, nick, options={"pubsub#access_model": "open"})
     assert refused.value.condition == "conflict"
+
+
+def test_the_sql_of_pep_in_each_engine(backend: Backend) -> None:  # noqa: F811 - the fixture
+    """store/pep.py on SQLite and PostgreSQL, through the service's own work functions: auto-create,
+    a republished id becoming the newest, max_items trimming the oldest, the last item of each
+    node, retract, and the account's deletion taking its nodes and items (the cascade)."""
+    db = backend.open()
+    try:
+        db.create_account("alice@x", [], NOW)
+        db.create_account("bob@x", [], NOW)
+        limits = Limits()
+        two = options_form({"pubsub#max_items": "2"})
+        for n, item_id in enumerate(("a", "b", "a", "c")):
+            item = StoredItem(item_id, f"<n xmlns='urn:t'>{n}</n>", "alice@x", NOW + n)
+            config, evicted = service._publish(db, "alice@x", "urn:t", item, two, limits)
+        assert config.max_items == 2 and evicted == ["b"]
+        assert [(i.item_id, i.payload) for i in store_pep.items(db, "alice@x", "urn:t")] == [
+            ("a", "<n xmlns='urn:t'>2</n>"), ("c", "<n xmlns='urn:t'>3</n>")]
+        assert [i.item_id for i in store_pep.items(db, "alice@x", "urn:t", newest=1)] == ["c"]
+        assert [i.item_id for i in store_pep.items(db, "alice@x", "urn:t", ids=("c", "a", "zz"))] == ["c", "a"]
+        other = StoredItem("1", "<o xmlns='urn:o'/>", "alice@x", NOW)
+        service._publish(db, "alice@x", "urn:other", other, None, limits)
+        service._publish(db, "bob@x", "urn:t", StoredItem("b1", "<n xmlns='urn:t'/>", "bob@x", NOW), None, limits)
+        assert {node: item.item_id for node, item in store_pep.last_items(db, "alice@x").items()} == {
+            "urn:t": "c", "urn:other": "1"}
+        with pytest.raises(StanzaError):
+            service._publish(db, "alice@x", "urn:t", StoredItem("d", "<n xmlns='urn:t'/>", "alice@x", NOW),
+                             options_form({"pubsub#max_items": "3"}), limits)
+        assert service._retract(db, "alice@x", "urn:t", ("a", "zz"))[1] == ["a"]
+        assert db.delete_account("alice@x")
+        assert backend.rows("SELECT COUNT(*) FROM pep_items WHERE owner = 'alice@x'") == [(0,)]
+        assert backend.rows("SELECT COUNT(*) FROM pep_nodes WHERE owner = 'alice@x'") == [(0,)]
+        assert store_pep.nodes(db, "bob@x").keys() == {"urn:t"}
+    finally:
+        db.close()
