@@ -4,6 +4,7 @@ comes and goes as the XML text the feature serialised, with its photo's hash bes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sns_xmpp.store.common import Database
@@ -53,3 +54,15 @@ def put_first_vcard(db: Database, jid: str, xml: str, photo_hash: str, now: floa
     with db.transaction() as tx:
         tx.execute(SQL_PUT_FIRST, (xml, photo_hash, now, jid))
         return tx.rowcount == 1
+
+
+def change_vcard(db: Database, jid: str, change: Callable[[StoredVCard | None], StoredVCard | None],
+                 now: float) -> StoredVCard | None:
+    """Read the account's vCard and store what *change* makes of it (None: leave it as it is),
+    in one transaction, so that no set of the owner's falls between the two: what was stored."""
+    with db.transaction() as tx:
+        rows = tx.execute(SQL_GET, (jid,))
+        changed = change(StoredVCard(rows[0][0], rows[0][1]) if rows else None)
+        if changed is not None:
+            tx.execute(SQL_PUT, (jid, changed.xml, changed.photo_hash, now))
+        return changed

@@ -16,9 +16,11 @@ from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream
+from sns_xmpp.xmpp.features import caps, disco, pep, presence, roster, vcard
+from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.features.vcard import MAX_VCARD_BYTES
 from sns_xmpp.xmpp.sessions import SessionManager
-from tests.unit.test_limits import connect
+from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import HEADER
 from tests.unit.test_store import NOW, Backend, backend  # noqa: F401 - the fixture
 from tests.unit.test_stream_management import MemoryStore, output, stanzas, world
@@ -235,3 +237,113 @@ def test_the_vcard_sql_in_each_engine(backend: Backend) -> None:  # noqa: F811 -
         assert backend.rows("SELECT COUNT(*) FROM vcards")[0][0] == 0
     finally:
         db.close()
+
+
+# -- XEP-0398 (with PEP) ---------------------------------------------------------------------------
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+DATA = "urn:xmpp:avatar:data"
+METADATA = "urn:xmpp:avatar:metadata"
+OTHER_IMAGE = b"\xff\xd8\xff\xe0" + b"a JPEG, as far as its first bytes go" * 8
+
+
+def pep_world(*accounts: str) -> tuple[SessionManager, Any, MemoryStore]:
+    """The features the conversion needs, PEP among them, whatever the built-in list holds."""
+    store = MemoryStore()
+    for jid in accounts:
+        store.database.create_account(jid, (), NOW)
+    for owner, contact in zip(accounts, reversed(accounts), strict=True):
+        if owner != contact:
+            store.rosters[owner] = {contact: RosterItem(contact, subscription="both")}
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    install_features(sessions, features=(roster.FEATURE, presence.FEATURE, disco.FEATURE, caps.FEATURE, pep.FEATURE,
+                                         vcard.FEATURE))
+    return sessions, factory, store
+
+
+def publish(node: str, item_id: str, payload: str, iq_id: str = "pub") -> str:
+    return (f"<iq type='set' id='{iq_id}'><pubsub xmlns='{PUBSUB}'><publish node='{node}'>"
+            f"<item id='{item_id}'>{payload}</item></publish></pubsub></iq>")
+
+
+def items_of(person: Person, node: str) -> list[ET.Element]:
+    [answer] = [s for s in person.send(f"<iq type='get' id='items'><pubsub xmlns='{PUBSUB}'><items node='{node}'/>"
+                                       "</pubsub></iq>") if s.get("id") == "items"]
+    assert answer.get("type") == "result", ET.tostring(answer)
+    return list(answer.iterfind(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items/{{{PUBSUB}}}item"))
+
+
+def vcard_of(person: Person) -> ET.Element:
+    [answer] = [s for s in person.send("<iq id='vc' type='get'><vCard xmlns='vcard-temp'/></iq>")
+                if s.get("id") == "vc"]
+    return answer[0]
+
+
+def test_a_pep_avatar_becomes_the_vcard_photo_and_a_vcard_photo_the_pep_avatar() -> None:
+    """XEP-0398 section 3.1: the XEP-0084 examples' data then metadata publish put the image in
+    the vCard's PHOTO (its TYPE from the metadata), keeping the vCard's other fields, and the
+    contact sees the new hash in presence; an image whose SHA-1 is not its id, and metadata
+    pointing only to a URL, change nothing; empty metadata (publishing disabled) takes the photo
+    out. Section 3.2: a vCard set with a photo publishes it to the data node and its <info/> to
+    the metadata node, under the image's SHA-1. Section 2: the account announces the conversion."""
+    sessions, factory, _store = pep_world("alice@localhost", "bob@localhost")
+    bob = Person(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.send("<presence/>")
+    alice = Person(sessions, factory, "alice@localhost", "192.0.2.1")
+    alice.send("<presence/>")
+    alice.send("<iq id='fn' type='set'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>")
+    bob.received()
+    features = {f.get("var") for f in one(alice.send(
+        "<iq id='d' type='get' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ))[0]}
+    assert {"urn:xmpp:pep-vcard-conversion:0", "vcard-temp"} <= features
+
+    digest = hashlib.sha1(IMAGE).hexdigest()
+    encoded = base64.b64encode(IMAGE).decode()
+    alice.send(publish(DATA, digest, f"<data xmlns='{DATA}'>{encoded}</data>"))
+    alice.send(publish(METADATA, digest, f"<metadata xmlns='{METADATA}'><info bytes='{len(IMAGE)}' id='{digest}'"
+                                         " height='64' width='64' type='image/png'/></metadata>"))
+    card = vcard_of(alice)
+    assert card.findtext(f"{{{VCARD}}}FN") == "Alice"
+    assert card.findtext(f"{{{VCARD}}}PHOTO/{{{VCARD}}}TYPE") == "image/png"
+    assert base64.b64decode(card.findtext(f"{{{VCARD}}}PHOTO/{{{VCARD}}}BINVAL") or "") == IMAGE
+    assert [photo_in(p) for p in bob.received() if p.tag == f"{{{CLIENT}}}presence"] == [digest]
+
+    forged = hashlib.sha1(b"another picture").hexdigest()
+    alice.send(publish(DATA, forged, f"<data xmlns='{DATA}'>{base64.b64encode(OTHER_IMAGE).decode()}</data>"))
+    alice.send(publish(METADATA, forged, f"<metadata xmlns='{METADATA}'><info bytes='9' id='{forged}'"
+                                         " type='image/jpeg'/></metadata>"))
+    alice.send(publish(METADATA, "elsewhere", f"<metadata xmlns='{METADATA}'><info bytes='9' id='{forged}'"
+                                              " type='image/jpeg' url='https://example.org/a.jpg'/></metadata>"))
+    assert base64.b64decode(vcard_of(alice).findtext(f"{{{VCARD}}}PHOTO/{{{VCARD}}}BINVAL") or "") == IMAGE
+    assert [p for p in bob.received() if p.tag == f"{{{CLIENT}}}presence"] == []
+
+    alice.send(publish(METADATA, "off", f"<metadata xmlns='{METADATA}'/>"))
+    assert vcard_of(alice).find(f"{{{VCARD}}}PHOTO") is None
+    assert [photo_in(p) for p in bob.received() if p.tag == f"{{{CLIENT}}}presence"] == [""]
+
+    other = hashlib.sha1(OTHER_IMAGE).hexdigest()
+    untyped = with_photo(OTHER_IMAGE).replace("<TYPE>image/png</TYPE>", "")  # the type from the image's bytes
+    set_answer = [s for s in alice.send(f"<iq id='v' type='set'>{untyped}</iq>") if s.get("id") == "v"]
+    assert [s.get("type") for s in set_answer] == ["result"]
+    [data] = [item for item in items_of(alice, DATA) if item.get("id") == other]
+    assert base64.b64decode(data.findtext(f"{{{DATA}}}data") or "") == OTHER_IMAGE
+    [newest] = items_of(alice, METADATA)
+    info = newest.find(f"{{{METADATA}}}metadata/{{{METADATA}}}info")
+    assert newest.get("id") == other and info is not None
+    assert (info.get("id"), info.get("bytes"), info.get("type")) == (other, str(len(OTHER_IMAGE)), "image/jpeg")
+    assert vcard_of(alice).findtext(f"{{{VCARD}}}FN") == "Peter"  # what the set said, not rewritten
+
+
+def test_the_sites_name_is_also_the_first_nickname_in_pep() -> None:
+    """XEP-0172 in PEP: the first login's name from the site, which made the vCard's FN, is
+    published as the account's nickname too; a later login publishes nothing again."""
+    sessions, factory, _store = pep_world("rosa\\40demo@localhost")
+    login = LoginResult("rosa\\40demo@localhost", "PLAIN", site="demo", display_name="Rosa")
+    rosa = Person(sessions, factory, "", "192.0.2.1", login)
+    [nick] = items_of(rosa, "http://jabber.org/protocol/nick")
+    assert nick.findtext("{http://jabber.org/protocol/nick}nick") == "Rosa"
+    sessions.unbind(sessions.resources("rosa\\40demo@localhost")[0])
+    rosa = Person(sessions, factory, "", "192.0.2.3", login)
+    assert len(items_of(rosa, "http://jabber.org/protocol/nick")) == 1

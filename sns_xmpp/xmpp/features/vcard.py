@@ -21,6 +21,8 @@ servers do it), and a social user's name from the site as their first vCard.
   stored, that name becomes its vCard's FN. The same store read that brings the photo hash tells
   whether there is a vCard, so no login pays a read of its own; and a vCard the user set, even an
   empty one, is never replaced.
+- With PEP on, XEP-0398's conversion between the vCard's photo and the XEP-0084 avatar, and the
+  site's name as the XEP-0172 nickname too (features/avatar_conversion.py).
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ import hashlib
 from collections.abc import Callable
 from functools import partial
 
-from twisted.internet.defer import Deferred
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
+from wokkel.generic import parseXml
 
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features.avatar_conversion import NS_CONVERSION, AvatarConversion
+from sns_xmpp.xmpp.features.pep import pep_service
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, SESSION_BOUND, SESSION_UNBOUND, run
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import append_child
@@ -117,8 +123,11 @@ class VCards:
         # What runs after this feature on a client's presence: a presence held for the hash
         # goes on through these once it is known.
         self.presence_chain = sessions.hooks.chain(PRESENCE_FROM_CLIENT)
-        # Told of each vCard photo the owner sets (XEP-0398's conversion to PEP): (owner, image, type).
+        # Told of each new vCard photo the owner sets (XEP-0398's conversion to PEP): (owner, image
+        # or None for none, its type); what they return (a Deferred) the set's answer waits for.
         self.photo_listeners: list[Callable[[str, bytes | None, str], object]] = []
+        # Told when the site's name made an account's first vCard (XEP-0172's nickname): (owner, name).
+        self.name_listeners: list[Callable[[str, str], object]] = []
 
     # -- the IQ (XEP-0054) ----------------------------------------------------------------------
 
@@ -157,19 +166,65 @@ class VCards:
         written = self.store.run(partial(vcard_store.put_vcard, jid=owner, xml=xml, photo_hash=new_hash,
                                          now=self.seconds()))
 
-        def stored(_: None) -> None:
+        def stored(_: None) -> Deferred[None] | None:
             log.info("vcard.set jid={jid} bytes={size} photo={photo}", jid=owner, size=size, photo=bool(new_hash))
-            old_hash = self.hashes.get(owner)
-            if owner in self.hashes or self.sessions.resources(owner):
-                self.hashes[owner] = new_hash
-            self._loaded(owner, new_hash)  # anything waiting for the old hash takes the new one
-            if old_hash != new_hash:
-                self.resend_presence(owner)
-                for listener in self.photo_listeners:
-                    listener(owner, photo[0] if photo is not None else None, photo[1] if photo is not None else "")
-            return None
+            if not self._photo_changed(owner, new_hash):
+                return None
+            image, kind = photo if photo is not None else (None, "")
+            # The answer waits for the listeners (XEP-0398 section 3.2's PEP avatar), so that the
+            # client finds the avatar in PEP once its set is answered; their failures are theirs.
+            told = [defer.maybeDeferred(listener, owner, image, kind) for listener in self.photo_listeners]
+            return gatherResults(told, consumeErrors=True).addCallbacks(lambda _: None, self._listener_failed)
 
         return written.addCallback(stored)
+
+    def _listener_failed(self, reason: Failure) -> None:
+        log.failure("vcard.photo_listener_failed", reason)
+
+    def _photo_changed(self, owner: str, new_hash: str) -> bool:
+        """Keep *new_hash* as the owner's, and send its resources' presence again if it changed."""
+        old_hash = self.hashes.get(owner)
+        if owner in self.hashes or self.sessions.resources(owner):
+            self.hashes[owner] = new_hash
+        self._loaded(owner, new_hash)  # anything waiting for the old hash takes the new one
+        if old_hash == new_hash:
+            return False
+        self.resend_presence(owner)
+        return True
+
+    def replace_photo(self, owner: str, image: bytes | None, kind: str) -> Deferred[bool]:
+        """Make *image* (None: none) the photo of the owner's vCard, keeping the rest of it, as
+        XEP-0398 section 3.1 converts a PEP avatar. Fires with whether the vCard changed. The photo
+        listeners are not told: the photo came from where they would send it."""
+        new_hash = photo_hash(image) if image is not None else ""
+        limit = self.max_bytes
+
+        def change(current: vcard_store.StoredVCard | None) -> vcard_store.StoredVCard | None:
+            """On the store's worker, between the read and the write of one transaction."""
+            if (current.photo_hash if current is not None else "") == new_hash:
+                return None
+            card = parseXml(current.xml) if current is not None else domish.Element((NS_VCARD, "vCard"))
+            card.children = [child for child in card.children if not (
+                isinstance(child, domish.Element) and (child.uri, child.name) == (NS_VCARD, "PHOTO"))]
+            if image is not None:
+                photo = card.addElement("PHOTO")
+                if kind:
+                    photo.addElement("TYPE", content=kind)
+                photo.addElement("BINVAL", content=base64.b64encode(image).decode())
+            xml = card.toXml()
+            if len(xml.encode("utf-8")) > limit:
+                raise StanzaError("not-acceptable", text=f"the vCard with this photo would be over {limit} bytes")
+            return vcard_store.StoredVCard(xml, new_hash)
+
+        def changed(stored: vcard_store.StoredVCard | None) -> bool:
+            if stored is None:
+                return False
+            log.info("vcard.photo_converted jid={jid} photo={photo}", jid=owner, photo=bool(new_hash))
+            self._photo_changed(owner, stored.photo_hash)
+            return True
+
+        return self.store.run(partial(vcard_store.change_vcard, jid=owner, change=change,
+                                      now=self.seconds())).addCallback(changed)
 
     # -- the hash in presence (XEP-0153, XEP-0398 section 4) -----------------------------------
 
@@ -206,9 +261,15 @@ class VCards:
         name = display_name.strip()[:MAX_DISPLAY_NAME_CHARS]
         made = self.store.run(partial(vcard_store.put_first_vcard, jid=owner, xml=first_vcard(name),
                                       photo_hash="", now=self.seconds()))
-        made.addCallbacks(lambda stored: log.info("vcard.from_site jid={jid} stored={stored}", jid=owner,
-                                                  stored=stored),
-                          lambda reason: log.failure("vcard.from_site_failed jid={jid}", reason, jid=owner))
+
+        def stored(first: bool) -> None:
+            log.info("vcard.from_site jid={jid} stored={stored}", jid=owner, stored=first)
+            if first:
+                for listener in self.name_listeners:
+                    listener(owner, name)
+
+        made.addCallback(stored).addErrback(lambda reason: log.failure("vcard.from_site_failed jid={jid}", reason,
+                                                                       jid=owner))
 
     def outgoing(self, session: ClientSession, presence: domish.Element) -> Deferred[object] | None:
         if presence.getAttribute("type") is not None:
@@ -262,6 +323,13 @@ def install(registry: FeatureRegistry) -> None:
     registry.disco_feature(NS_VCARD)  # XEP-0054 section 4
     registry.account_disco_feature(NS_VCARD)
     registry.stores("vcards", per_account=True, what="each account's vCard and its photo's hash")
+    pep = pep_service(registry)  # installed before this feature, when it is on
+    if pep is not None:
+        conversion = AvatarConversion(pep, vcards.hashes.get, vcards.replace_photo, photo_hash)
+        pep.on_publish(conversion.published)
+        vcards.photo_listeners.append(conversion.vcard_photo)
+        vcards.name_listeners.append(conversion.first_name)
+        registry.account_disco_feature(NS_CONVERSION)  # XEP-0398 section 2
 
 
 FEATURE = Feature("vcard", install)
