@@ -85,6 +85,7 @@ SQL_DELETE_CREDENTIALS = "DELETE FROM scram_credentials WHERE jid = ?"
 SQL_DELETE_ACCOUNT_DATA = (
     SQL_DELETE_CREDENTIALS,
     "DELETE FROM roster_items WHERE owner = ?",
+    "DELETE FROM roster_versions WHERE owner = ?",
     "DELETE FROM subscription_requests WHERE owner = ?",
     "DELETE FROM offline_messages WHERE owner = ?",
     "DELETE FROM social_links WHERE jid = ?",
@@ -116,16 +117,23 @@ SQL_PUT_ROSTER_ITEM = (
     " approved = excluded.approved"
 )
 SQL_REMOVE_ROSTER_ITEM = "DELETE FROM roster_items WHERE owner = ? AND contact = ?"
+# Every change to an owner's items bumps the owner's roster version in the same transaction
+# (RFC 6121 2.6): whichever feature changed the roster, a client's cached version is then stale.
+SQL_BUMP_ROSTER_VERSION = (
+    "INSERT INTO roster_versions (owner, version) VALUES (?, 1)"
+    " ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1"
+)
 SQL_ADD_REQUEST = (
     "INSERT INTO subscription_requests (owner, contact) VALUES (?, ?) ON CONFLICT (owner, contact) DO NOTHING"
 )
 SQL_REMOVE_REQUEST = "DELETE FROM subscription_requests WHERE owner = ? AND contact = ?"
 SQL_LIST_REQUESTS = "SELECT contact FROM subscription_requests WHERE owner = ? ORDER BY contact"
-# Both, as a session starts: one statement, so one snapshot and one trip (SQLite takes and
-# drops a lock with two system calls for each statement).
+# All three (items, requests, version), as a session starts: one statement, so one snapshot and
+# one trip (SQLite takes and drops a lock with two system calls for each statement).
 SQL_LOAD_ROSTER = (
     "SELECT 0, contact, name, groups_json, subscription, ask, approved FROM roster_items WHERE owner = ?"
     " UNION ALL SELECT 1, contact, NULL, NULL, NULL, NULL, NULL FROM subscription_requests WHERE owner = ?"
+    " UNION ALL SELECT 2, CAST(version AS TEXT), NULL, NULL, NULL, NULL, NULL FROM roster_versions WHERE owner = ?"
     " ORDER BY 1, 2"
 )
 
@@ -492,7 +500,7 @@ class Database(Protocol):
 
     def subscription_requests(self, owner: str) -> list[str]: ...
 
-    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str]]: ...
+    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str], int]: ...
 
     def store_offline(self, owner: str, stanza: str, now: float) -> int: ...
 

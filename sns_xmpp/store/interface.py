@@ -120,13 +120,14 @@ class IStore(Interface):
         """The owner's roster items, sorted by contact."""
 
     def put_roster_item(owner: str, item: RosterItem) -> Deferred[None]:
-        """Insert the item, or replace the one for the same contact.
+        """Insert the item, or replace the one for the same contact, and bump the owner's roster
+        version (RFC 6121 2.6) in the same transaction.
 
         The owner must be an existing account (IntegrityError otherwise).
         """
 
     def remove_roster_item(owner: str, contact: str) -> Deferred[None]:
-        """Remove the item if present."""
+        """Remove the item if present, and bump the owner's roster version (as put_roster_item)."""
 
     # -- inbound subscription requests (RFC 6121 3.1.3) -------------------
 
@@ -139,8 +140,9 @@ class IStore(Interface):
     def subscription_requests(owner: str) -> Deferred[list[str]]:
         """Contacts waiting for the owner's answer, sorted."""
 
-    def load_roster(owner: str) -> Deferred[tuple[list[RosterItem], list[str]]]:
-        """``(get_roster(owner), subscription_requests(owner))`` in one call."""
+    def load_roster(owner: str) -> Deferred[tuple[list[RosterItem], list[str], int]]:
+        """``(get_roster(owner), subscription_requests(owner), version)`` in one call: *version*
+        counts the changes to the owner's items (0 before the first)."""
 
     # -- offline messages (XEP-0160) --------------------------------------
 

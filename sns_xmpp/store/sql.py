@@ -20,6 +20,7 @@ from sns_xmpp.store.common import (
     SQL_ACCOUNT_EXISTS,
     SQL_ADD_DEVICE,
     SQL_ADD_REQUEST,
+    SQL_BUMP_ROSTER_VERSION,
     SQL_COUNT_OFFLINE,
     SQL_DELETE_ACCOUNT,
     SQL_DELETE_ACCOUNT_DATA,
@@ -192,10 +193,12 @@ class SQLDatabase(ABC):
     def put_roster_item(self, owner: str, item: RosterItem) -> None:
         with self._write() as cursor:
             cursor.execute(self._sql(SQL_PUT_ROSTER_ITEM), roster_item_params(owner, item))
+            cursor.execute(self._sql(SQL_BUMP_ROSTER_VERSION), (owner,))
 
     def remove_roster_item(self, owner: str, contact: str) -> None:
         with self._write() as cursor:
             cursor.execute(self._sql(SQL_REMOVE_ROSTER_ITEM), (owner, contact))
+            cursor.execute(self._sql(SQL_BUMP_ROSTER_VERSION), (owner,))
 
     # -- subscription requests --------------------------------------------
 
@@ -210,16 +213,20 @@ class SQLDatabase(ABC):
     def subscription_requests(self, owner: str) -> list[str]:
         return [row[0] for row in self._read(self._sql(SQL_LIST_REQUESTS), (owner,))]
 
-    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str]]:
-        """``(get_roster(owner), subscription_requests(owner))``, read in one statement."""
+    def load_roster(self, owner: str) -> tuple[list[RosterItem], list[str], int]:
+        """``(get_roster(owner), subscription_requests(owner), the roster's version)``, read in one
+        statement."""
         items: list[RosterItem] = []
         requests: list[str] = []
-        for row in self._read(self._sql(SQL_LOAD_ROSTER), (owner, owner)):
+        version = 0
+        for row in self._read(self._sql(SQL_LOAD_ROSTER), (owner, owner, owner)):
             if row[0] == 0:
                 items.append(roster_item_from_row(row[1:]))
-            else:
+            elif row[0] == 1:
                 requests.append(row[1])
-        return items, requests
+            else:
+                version = int(row[1])
+        return items, requests, version
 
     # -- offline messages -------------------------------------------------
 

@@ -331,7 +331,7 @@ class ThreadedStore(Service):
     def get_roster(self, owner: str) -> Deferred[list[RosterItem]]:
         return self._read(lambda db: db.get_roster(owner))
 
-    def load_roster(self, owner: str) -> Deferred[tuple[list[RosterItem], list[str]]]:
+    def load_roster(self, owner: str) -> Deferred[tuple[list[RosterItem], list[str], int]]:
         return self._read(lambda db: db.load_roster(owner))
 
     def put_roster_item(self, owner: str, item: RosterItem) -> Deferred[None]:

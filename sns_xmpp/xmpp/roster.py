@@ -3,6 +3,10 @@
 The roster is loaded once, when a user binds a resource or when a stanza for an
 offline user needs it, and then read from memory: no database round trip on
 the presence path. Writes go to the store's single writer thread in order.
+
+Each roster carries its version (RFC 6121 section 2.6): a counter that the store bumps in the
+transaction of every change to an item, and that the copy here bumps alongside, so that the version
+a push announces is the one the store holds once the push's write is done.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Roster:
     # Inbound subscription requests still waiting for the owner's answer.
     requests: set[str] = field(default_factory=set)
     chars: int = 0  # item_chars over the items, kept up to date by RosterBook
+    version: int = 0  # the changes to the items so far, as the store counts them (section 2.6)
 
     def __post_init__(self) -> None:
         self.chars = sum(item_chars(item) for item in self.items.values())
@@ -93,9 +98,9 @@ class RosterBook:
         self._loading[owner] = [waiter]
         d = self.store.load_roster(owner)
 
-        def loaded(results: tuple[list[RosterItem], list[str]]) -> None:
-            items, requests = results
-            roster = Roster(owner, {item.contact: item for item in items}, set(requests))
+        def loaded(results: tuple[list[RosterItem], list[str], int]) -> None:
+            items, requests, version = results
+            roster = Roster(owner, {item.contact: item for item in items}, set(requests), version=version)
             self._rosters[owner] = roster
             for waiting in self._loading.pop(owner):
                 waiting.callback(roster)
@@ -121,12 +126,14 @@ class RosterBook:
         old = roster.items.get(item.contact)
         roster.chars += item_chars(item) - (item_chars(old) if old is not None else 0)
         roster.items[item.contact] = item
+        roster.version += 1  # as the store's write does
         self._written(self.store.put_roster_item(roster.owner, item))
 
     def remove(self, roster: Roster, contact: str) -> None:
         old = roster.items.pop(contact, None)
         if old is not None:
             roster.chars -= item_chars(old)
+        roster.version += 1  # as the store's write does, item or not
         self._written(self.store.remove_roster_item(roster.owner, contact))
 
     def add_request(self, roster: Roster, contact: str) -> None:
@@ -165,8 +172,11 @@ def item_element(item: RosterItem, removed: bool = False) -> domish.Element:
     return element
 
 
-def roster_result(roster: Roster) -> domish.Element:
+def roster_result(roster: Roster, versioned: bool = False) -> domish.Element:
+    """The whole roster; with *versioned* (the client asked with a 'ver'), its version too."""
     query = domish.Element((NS_ROSTER, "query"))
+    if versioned:
+        query["ver"] = str(roster.version)
     for item in roster.items.values():
         append_child(query, item_element(item))
     return query
@@ -213,11 +223,14 @@ def updated_item(existing: RosterItem, element: domish.Element) -> RosterItem:
 
 
 def push_to(targets: Iterable[Callable[[domish.Element], None]], owner: str, item: RosterItem,
-            removed: bool, push_id: str) -> None:
+            removed: bool, push_id: str, version: int) -> None:
+    """A roster push (RFC 6121 2.1.6) to each of *targets*, with the roster's version after the
+    change (2.6.3: every push carries it; a client that does not version ignores it)."""
     for send in targets:
         iq = domish.Element((None, "iq"))
         iq["type"] = "set"
         iq["id"] = push_id
         query = append_child(iq, domish.Element((NS_ROSTER, "query")))
+        query["ver"] = str(version)
         append_child(query, item_element(item, removed))
         send(iq)

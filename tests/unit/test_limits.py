@@ -124,7 +124,7 @@ def test_blocked_clients_get_temporary_auth_failure_even_with_the_right_password
 def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     class Store:
         def load_roster(self, owner: str) -> defer.Deferred:
-            return defer.succeed(([], []))
+            return defer.succeed(([], [], 0))
 
     factory, clock = factory_and_clock()
     sessions = featured(SessionManager(["localhost"], Store(), clock, lambda stanza: None,  # type: ignore[arg-type]
@@ -149,7 +149,7 @@ class PendingWritesStore:
         self.writes: list[defer.Deferred] = []
 
     def load_roster(self, owner: str) -> defer.Deferred:
-        return defer.succeed(([], []))
+        return defer.succeed(([], [], 0))
 
     def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
                              max_size: int | None = None) -> defer.Deferred:

@@ -25,7 +25,7 @@ HEADER = (b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/st
 
 class EmptyStore:
     def load_roster(self, owner: str) -> defer.Deferred:
-        return defer.succeed(([], []))
+        return defer.succeed(([], [], 0))
 
     def offline_messages(self, owner: str) -> defer.Deferred:
         return defer.succeed([])

@@ -125,6 +125,7 @@ def rows_mentioning(backend: Backend, jid: str) -> dict[str, int]:
         "accounts": "jid",
         "scram_credentials": "jid",
         "roster_items": "owner",
+        "roster_versions": "owner",
         "subscription_requests": "owner",
         "offline_messages": "owner",
         "social_links": "jid",
@@ -219,8 +220,9 @@ def test_data_survives_reopening(backend: Backend) -> None:
     assert not db.account_exists("nobody@example.org")
     assert db.get_roster(alice) == [item]
     assert db.subscription_requests(alice) == ["carol@example.com"]
-    assert db.load_roster(alice) == ([item], ["carol@example.com"])
-    assert db.load_roster(bob) == ([], [])
+    # Four writes to alice's items (three puts, one removal): version 4 (RFC 6121 2.6).
+    assert db.load_roster(alice) == ([item], ["carol@example.com"], 4)
+    assert db.load_roster(bob) == ([], [], 0)
     assert [m.stanza for m in db.offline_messages(alice)] == [f"<message id='{n}'/>" for n in range(4)]
     assert [m.id for m in db.offline_messages(alice)] == ids
     db.delete_offline(alice, [ids[0], ids[2], bobs])  # bob's id is not alice's to delete
@@ -263,7 +265,7 @@ def test_lists_sort_by_code_point(backend: Backend) -> None:
     assert db.list_accounts() == sorted([*jids, owner])
     assert [item.contact for item in db.get_roster(owner)] == sorted(jids)
     assert db.subscription_requests(owner) == sorted(jids)
-    assert db.load_roster(owner) == (db.get_roster(owner), sorted(jids))
+    assert db.load_roster(owner) == (db.get_roster(owner), sorted(jids), len(jids))
     assert [link.account for link in db.list_links("site")] == sorted(names)
     # Exact text: a JID differing only in case is another account.
     assert db.get_account("ZED@example.org") is None
@@ -567,8 +569,8 @@ def test_reads_see_every_write_made_before_them(backend: Backend):  # type: igno
         writes = [store.put_roster_item("alice@example.org", RosterItem(f"c{n}@example.net", None, (), "none",
                                                                           False, False)) for n in range(50)]
         reading = store.load_roster("alice@example.org")  # while the writes wait in the worker
-        items, requests = yield reading
-        assert len(items) == 50 and requests == []
+        items, requests, version = yield reading
+        assert len(items) == 50 and requests == [] and version == 50
         yield defer.gatherResults(writes)
         at_once = store.get_roster("alice@example.org")
         assert at_once.called == (backend.name == "sqlite"), "inline reads only where the engine offers them"

@@ -41,7 +41,7 @@ class MemoryStore:
         self._ids = 0
 
     def load_roster(self, owner: str) -> defer.Deferred:
-        return defer.succeed((list(self.rosters.get(owner, {}).values()), list(self.requests.get(owner, []))))
+        return defer.succeed((list(self.rosters.get(owner, {}).values()), list(self.requests.get(owner, [])), 0))
 
     def account_exists(self, owner: str) -> defer.Deferred:
         return defer.succeed(True)
