@@ -170,8 +170,9 @@ def test_features_the_configuration_leaves_out_are_not_there(tmp_path: Path) -> 
 
 
 def test_disco_on_an_account_answers_the_owner_and_the_contacts_it_shares_presence_with() -> None:
-    """XEP-0030 3.1: the account's bare JID has the identity account/registered and the account
-    features; a stranger hears service-unavailable, as of an account that does not exist."""
+    """XEP-0030 3.1: the account's bare JID has the identities account/registered and pubsub/pep
+    (XEP-0163 section 6) and the account features; a stranger hears service-unavailable, as of an
+    account that does not exist."""
     from twisted.internet import defer
 
     from sns_xmpp.store.records import RosterItem
@@ -191,8 +192,8 @@ def test_disco_on_an_account_answers_the_owner_and_the_contacts_it_shares_presen
         sessions.deliver(parseXml(f"<iq type='get' id='2' from='{asker}' to='alice@localhost' "
                                   f"xmlns='jabber:client'>{query}</iq>"))
     answers = [own.sent[0], *routed]
-    [identity] = answers[0].query.elements("http://jabber.org/protocol/disco#info", "identity")
-    assert (identity["category"], identity["type"]) == ("account", "registered")
+    identities = answers[0].query.elements("http://jabber.org/protocol/disco#info", "identity")
+    assert [(i["category"], i["type"]) for i in identities] == [("account", "registered"), ("pubsub", "pep")]
     assert [(a["type"], a.getAttribute("to")) for a in answers] == [
         ("result", None), ("result", "bob@localhost/phone"), ("error", "eve@localhost/x")]
     assert routed[1].error.firstChildElement().name == "service-unavailable"

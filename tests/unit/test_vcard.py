@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 from sns_xmpp.auth.checker import LoginResult
@@ -347,3 +349,50 @@ def test_the_sites_name_is_also_the_first_nickname_in_pep() -> None:
     sessions.unbind(sessions.resources("rosa\\40demo@localhost")[0])
     rosa = Person(sessions, factory, "", "192.0.2.3", login)
     assert len(items_of(rosa, "http://jabber.org/protocol/nick")) == 1
+
+
+class SlowReads(MemoryStore):
+    """Reads answered only when the test says so (a round trip to PostgreSQL); writes at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[Deferred[Any], Callable[[Any], Any]]] = []
+
+    def run_read(self, work: Callable[[Any], Any]) -> Deferred[Any]:  # type: ignore[override]
+        answer: Deferred[Any] = Deferred()
+        self.waiting.append((answer, work))
+        return answer
+
+    def answer_reads(self) -> None:
+        while self.waiting:
+            answer, work = self.waiting.pop(0)
+            answer.callback(work(self.database))
+
+
+def test_presence_sent_before_the_hash_is_read_waits_for_it() -> None:
+    """The hash is read once, when the account's first session binds; a presence (or the owner's
+    vCard get) that arrives before the read is answered is held, then goes on with the hash, in
+    order, rather than without one."""
+    store = SlowReads()
+    for jid in ("alice@localhost", "bob@localhost"):
+        store.database.create_account(jid, (), NOW)
+    store.rosters["alice@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="both")}
+    store.rosters["bob@localhost"] = {"alice@localhost": RosterItem("alice@localhost", subscription="both")}
+    vcard_store.put_vcard(store.database, "alice@localhost", with_photo(IMAGE), hashlib.sha1(IMAGE).hexdigest(), NOW)
+    sessions, factory, _clock = world(store)
+    bob = Person(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.send("<presence/>")
+    store.answer_reads()
+    alice = Person(sessions, factory, "alice@localhost", "192.0.2.1")
+    assert len(store.waiting) == 1  # the hash, read at bind
+    assert alice.send("<presence><status>first</status></presence>") == []
+    assert alice.send("<presence><status>second</status></presence>") == []
+    assert alice.send("<iq id='v' type='get'><vCard xmlns='vcard-temp'/></iq>") == []
+    assert [p for p in bob.received() if p.get("from") == "alice@localhost/r"] == []
+    store.answer_reads()
+    digest = hashlib.sha1(IMAGE).hexdigest()
+    assert [(p.findtext(f"{{{CLIENT}}}status"), photo_in(p)) for p in bob.received()] == [
+        ("first", digest), ("second", digest)]
+    store.answer_reads()  # the vCard get's own read
+    [card] = [s for s in alice.received() if s.get("id") == "v"]
+    assert card[0].findtext(f"{{{VCARD}}}FN") == "Peter"
