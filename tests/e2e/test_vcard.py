@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 
@@ -39,7 +40,7 @@ async def avatar_update_from(client: Client, sender: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_social_users_name_vcard_and_avatar_reach_a_local_contact_and_survive_a_restart(
-        start_server, store_config: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        start_server: Any, store_config: str, tmp_path: Path) -> None:
     """The demo site's account name (all an hmac site says of the person) is the social user's
     vCard FN after the first login, for her and for a contact. Her vCard photo, set with XEP-0054
     alone (her client adds no hash), reaches the contact as the XEP-0153 hash in her presence,
@@ -57,7 +58,7 @@ async def test_a_social_users_name_vcard_and_avatar_reach_a_local_contact_and_su
     bob = Client("bob@localhost", "secret")
     for plugin in ("xep_0054", "xep_0084", "xep_0153"):
         bob.register_plugin(plugin)
-    bob.avatar_updates: asyncio.Queue = asyncio.Queue()  # type: ignore[attr-defined]
+    bob.avatar_updates = asyncio.Queue()  # type: ignore[attr-defined]
     bob.add_event_handler("vcard_avatar_update", bob.avatar_updates.put_nowait)  # type: ignore[attr-defined]
     await wait(rosa.log_in(server.c2s_port))
     await wait(bob.log_in(server.c2s_port))

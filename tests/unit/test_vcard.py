@@ -358,7 +358,7 @@ class SlowReads(MemoryStore):
         super().__init__()
         self.waiting: list[tuple[Deferred[Any], Callable[[Any], Any]]] = []
 
-    def run_read(self, work: Callable[[Any], Any]) -> Deferred[Any]:  # type: ignore[override]
+    def run_read(self, work: Callable[[Any], Any]) -> Deferred[Any]:
         answer: Deferred[Any] = Deferred()
         self.waiting.append((answer, work))
         return answer
