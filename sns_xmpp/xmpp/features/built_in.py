@@ -22,6 +22,7 @@ from sns_xmpp.xmpp.features import (
     pep,
     ping,
     presence,
+    private_storage,
     roster,
     social_sites,
     stream_management,
@@ -47,6 +48,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     client_state.FEATURE,  # XEP-0352
     caps.FEATURE,  # XEP-0115, for PEP's +notify (before pep)
     pep.FEATURE,  # XEP-0163 on XEP-0060 (before the features that publish through it)
+    private_storage.FEATURE,  # XEP-0049 (bookmarks of XEP-0048 among its fragments)
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
 )
 
