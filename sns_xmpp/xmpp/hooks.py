@@ -9,7 +9,7 @@ and the core reads it for every stanza. What a feature can register:
   of an authenticated stream before binding (`before_bind`: XEP-0198's <resume/>);
 - stream features before and after authentication, and disco#info features of the server and of
   an account's bare JID;
-- event hooks (below): inbound and outbound messages and presence, and a session's life;
+- event hooks (below): inbound and outbound messages, presence and IQs, and a session's life;
 - what it stores (`Storage`), and what it can do inline at bind (`InlineAction`, XEP-0386).
 
 Event hooks form a chain per event, highest priority first. A handler returns None to let the next
@@ -48,6 +48,13 @@ PRESENCE_FROM_CLIENT = "presence/from-client"
 """(session, presence): a bound client's presence (RFC 6121 sections 3 and 4, outbound)."""
 PRESENCE_TO_LOCAL = "presence/to-local"
 """(presence, to: JID): presence for a local user (RFC 6121 sections 3 and 4, inbound)."""
+IQ_FROM_CLIENT = "iq/from-client"
+"""(session, iq): a bound client's IQ, stamped, before it is routed to another entity (not one the
+server answers: the domain's, the account's own). A handler that returns a value has handled it
+(blocking refuses it)."""
+IQ_TO_LOCAL = "iq/to-local"
+"""(iq, to: JID): an IQ for a local user's bare or full JID, before the server answers it on the
+account's behalf or delivers it to the resource. A handler that returns a value has handled it."""
 SESSION_AVAILABLE = "session/available"
 """(session): the session sent its initial presence, with a non-negative priority (RFC 6121
 8.5.2.1.1: the messages kept for the account are for such a session)."""
@@ -61,7 +68,7 @@ SESSION_UNBOUND = "session/unbound"
 resource takes its place at once)."""
 
 EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
-          PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL,
+          PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, IQ_FROM_CLIENT, IQ_TO_LOCAL,
           SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
 
 IQHandler = Callable[[domish.Element], Any]

@@ -28,6 +28,8 @@ from sns_xmpp.store.interface import IStore
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.hooks import (
+    IQ_FROM_CLIENT,
+    IQ_TO_LOCAL,
     MESSAGE_FROM_CLIENT,
     MESSAGE_OFFLINE,
     MESSAGE_TO_LOCAL,
@@ -80,6 +82,8 @@ class SessionManager:
         self._message_offline = self.hooks.chain(MESSAGE_OFFLINE)
         self._presence_from_client = self.hooks.chain(PRESENCE_FROM_CLIENT)
         self._presence_to_local = self.hooks.chain(PRESENCE_TO_LOCAL)
+        self._iq_from_client = self.hooks.chain(IQ_FROM_CLIENT)
+        self._iq_to_local = self.hooks.chain(IQ_TO_LOCAL)
         self._session_bound = self.hooks.chain(SESSION_BOUND)
 
     # -- the registry ------------------------------------------------------
@@ -207,6 +211,10 @@ class SessionManager:
             elif target.full() == session.jid.host:
                 self.answer_iq(stanza, session)
             else:
+                if self._iq_from_client:
+                    outcome = run(self._iq_from_client, session, stanza)
+                    if outcome is not None:
+                        return _later(outcome)
                 return self.route(stanza)
             return None
         if to is None:
@@ -238,7 +246,7 @@ class SessionManager:
         if stanza.name == "presence":
             return _later(run(self._presence_to_local, stanza, to))
         if stanza.name == "iq":
-            self._deliver_iq(stanza, to)
+            return self._deliver_iq(stanza, to)
         return None
 
     def _deliver_message(self, stanza: domish.Element, to: JID) -> Deferred[None] | None:
@@ -274,15 +282,20 @@ class SessionManager:
             self._bounce(stanza, "service-unavailable")
         return _later(outcome)
 
-    def _deliver_iq(self, stanza: domish.Element, to: JID) -> None:
+    def _deliver_iq(self, stanza: domish.Element, to: JID) -> Deferred[None] | None:
+        if self._iq_to_local:
+            outcome = run(self._iq_to_local, stanza, to)
+            if outcome is not None:
+                return _later(outcome)
         if to.resource is None:
             self.answer_account_iq(stanza, to.userhost(), None)
-            return
+            return None
         session = self.session(to)
         if session is not None:
             session.send(stanza)
         else:
             self._bounce(stanza, "service-unavailable")
+        return None
 
     def _bounce(self, stanza: domish.Element, condition: str) -> None:
         if may_bounce(stanza) and stanza.getAttribute("from"):

@@ -177,9 +177,11 @@ def test_disco_on_an_account_answers_the_owner_and_the_contacts_it_shares_presen
 
     from sns_xmpp.store.records import RosterItem
     from sns_xmpp.xmpp.roster import Roster
+    from tests.unit.feature_tables import FeatureTables
 
     routed: list[domish.Element] = []
-    sessions = SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=routed.append)  # type: ignore[arg-type]
+    sessions = SessionManager(["localhost"], store=FeatureTables(), clock=MemoryReactorClock(),  # type: ignore[arg-type]
+                              route=routed.append)
     install_features(sessions)
     roster = Roster("alice@localhost", {"bob@localhost": RosterItem("bob@localhost", None, (), "from", False, False)})
     sessions.roster_of_account = (  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.sessions import BindRefused, SessionManager
+from tests.unit.feature_tables import FeatureTables
 from tests.unit.featured import featured
 from tests.unit.test_negotiation import HEADER, OnePasswordChecker, TLSlessTransport, output, stream_error
 
@@ -122,7 +123,7 @@ def test_blocked_clients_get_temporary_auth_failure_even_with_the_right_password
 
 @pytest.mark.parametrize("limit", [2])
 def test_an_account_binds_at_most_max_resources(limit: int) -> None:
-    class Store:
+    class Store(FeatureTables):
         def load_roster(self, owner: str) -> defer.Deferred:
             return defer.succeed(([], [], 0))
 
@@ -142,7 +143,7 @@ def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     assert sessions.bind(replacing, login, "r0").result == "alice@localhost/r0"  # a replacement is no extra
 
 
-class PendingWritesStore:
+class PendingWritesStore(FeatureTables):
     """A store whose offline writes finish when the test fires them (`writes`)."""
 
     def __init__(self) -> None:
@@ -179,7 +180,7 @@ def test_an_ack_for_a_message_to_an_offline_user_waits_for_the_disk() -> None:
 def test_a_full_offline_queue_bounces_instead_of_dropping() -> None:
     stored: list[str] = []
 
-    class Store:
+    class Store(FeatureTables):
         def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
                                  max_size: int | None = None) -> defer.Deferred:
             if len(stored) >= cap:
@@ -403,7 +404,7 @@ def test_offline_writes_in_flight_are_capped_per_sender() -> None:
 
     writes: list[defer.Deferred] = []
 
-    class SlowDisk:
+    class SlowDisk(FeatureTables):
         def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
                                  max_size: int | None = None) -> defer.Deferred:
             writes.append(defer.Deferred())

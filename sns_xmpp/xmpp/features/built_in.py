@@ -11,6 +11,7 @@ from sns_xmpp.xmpp.features import (
     FeatureRegistry,
     IFeature,
     SiteListing,
+    blocking,
     caps,
     carbons,
     client_state,
@@ -46,6 +47,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
     carbons.FEATURE,  # XEP-0280
     client_state.FEATURE,  # XEP-0352
+    blocking.FEATURE,  # XEP-0191
     caps.FEATURE,  # XEP-0115, for PEP's +notify (before pep)
     pep.FEATURE,  # XEP-0163 on XEP-0060 (before the features that publish through it)
     private_storage.FEATURE,  # XEP-0049 (bookmarks of XEP-0048 among its fragments)

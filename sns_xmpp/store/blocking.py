@@ -1,0 +1,50 @@
+"""The SQL of the Blocking Command (XEP-0191): the JIDs an account blocks (schema 010).
+
+Functions of a `Database`, run by the blocking feature through `IStore.run` (writes, in order
+with every other call) and `IStore.run_read` (the list, read as an account's first resource
+binds). JIDs arrive prepared (the feature normalises them); the store compares them as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sns_xmpp.store.common import Database
+
+SQL_BLOCKLIST = "SELECT jid FROM blocked_jids WHERE owner = ? ORDER BY jid"
+SQL_COUNT = "SELECT COUNT(*) FROM blocked_jids WHERE owner = ?"
+SQL_BLOCK = "INSERT INTO blocked_jids (owner, jid) VALUES (?, ?) ON CONFLICT (owner, jid) DO NOTHING"
+SQL_UNBLOCK = "DELETE FROM blocked_jids WHERE owner = ? AND jid = ?"
+SQL_UNBLOCK_ALL = "DELETE FROM blocked_jids WHERE owner = ?"
+
+
+class BlocklistFull(Exception):
+    """Blocking these JIDs would take the list past its limit; nothing was written."""
+
+
+def blocklist(db: Database, owner: str) -> list[str]:
+    """The JIDs *owner* blocks, in text order."""
+    return [row[0] for row in db.query(SQL_BLOCKLIST, (owner,))]
+
+
+def block(db: Database, owner: str, jids: Sequence[str], limit: int) -> None:
+    """Add *jids* to *owner*'s list (those already there stay as they are), in one transaction;
+    raises BlocklistFull, writing nothing, if the list would then hold more than *limit* JIDs."""
+    with db.transaction() as tx:
+        for jid in jids:
+            tx.execute(SQL_BLOCK, (owner, jid))
+        if int(tx.execute(SQL_COUNT, (owner,))[0][0]) > limit:
+            raise BlocklistFull(owner)
+
+
+def unblock(db: Database, owner: str, jids: Sequence[str]) -> None:
+    """Take *jids* off *owner*'s list (those not on it are no error)."""
+    with db.transaction() as tx:
+        for jid in jids:
+            tx.execute(SQL_UNBLOCK, (owner, jid))
+
+
+def unblock_all(db: Database, owner: str) -> None:
+    """Empty *owner*'s list (XEP-0191 section 3.5)."""
+    with db.transaction() as tx:
+        tx.execute(SQL_UNBLOCK_ALL, (owner,))

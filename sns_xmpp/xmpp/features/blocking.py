@@ -1,0 +1,495 @@
+"""Blocking Command (XEP-0191, urn:xmpp:blocking): an account's list of JIDs it wants nothing from
+and sends nothing to, kept by the server so that every client of the account obeys it.
+
+The IQs (no 'to', or the account's own bare JID; section 3): ``<blocklist/>`` (get) returns the
+list; ``<block/>`` (set, at least one item) and ``<unblock/>`` (set; empty unblocks all) change it,
+and each change is pushed as an IQ set of the same element to every bound resource of the account.
+The XEP pushes only to resources that asked for the list; the issue asks for every resource, and a
+client that never asked loses nothing by learning of a change (one that does not know the namespace
+answers the push with an error, which the server drops), while one that fetched the list at login
+and later misses a push would show a stale list.
+
+A blocked JID matches by section 6: a full JID, a bare JID (any resource), a domain with a
+resource, a domain (the domain, any address at it and any subdomain). Between the account and a
+matching entity, nothing passes, in either direction (section 3.3):
+- inbound: presence (notifications, subscriptions, probes) is dropped without an answer; a chat or
+  normal message and an IQ get or set are answered with service-unavailable, as if the account did
+  not exist; anything else is dropped. Nothing is delivered or kept offline.
+- outbound: what a client of the account sends to the entity is not routed; the client hears
+  not-acceptable with ``<blocked xmlns='urn:xmpp:blocking:errors'/>``. What the server sends on
+  the account's behalf (its presence broadcast, a probe's answer) is dropped on the way.
+- on block, the account's unavailable presence goes to the entity if it had the account's
+  presence; on unblock, its current presence goes there, and the account probes the entity's.
+
+The lists of accounts with a bound resource are in memory, read once as the first resource binds,
+so that the stanza path never waits on the store; with no list in memory blocking anything, a
+stanza costs one dict lookup here. A stanza for an account with no bound resource that would be
+kept or answered (a message for offline storage, a subscription, an IQ) waits for one read of the
+list; the lists so read stay in a bounded cache while no resource is bound.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from functools import partial
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.store import blocking as blocking_store
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.hooks import (
+    IQ_FROM_CLIENT,
+    IQ_TO_LOCAL,
+    MESSAGE_FROM_CLIENT,
+    MESSAGE_TO_LOCAL,
+    PRESENCE_FROM_CLIENT,
+    PRESENCE_TO_LOCAL,
+    SESSION_BOUND,
+    SESSION_UNBOUND,
+    run,
+)
+from sns_xmpp.xmpp.roster import HAS_FROM, HAS_TO
+from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce, presence_stanza
+
+log = GatedLogger()
+
+NS_BLOCKING = "urn:xmpp:blocking"
+NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
+# JIDs one account may block. People block spammers and the odd ex-friend: a few dozen is a long
+# list. The limit bounds the memory of a bound account and the answer to <blocklist/>.
+MAX_ITEMS = 1000
+# Lists of accounts with no bound resource kept after a stanza needed them (or their last
+# resource left), oldest dropped first: a repeat message to an offline user reads nothing.
+MAX_RESTING = 4096
+# Presence that needs the recipient's list even when no resource is bound: it changes the roster
+# or is answered (RFC 6121 3 and 4.3). Other presence for such an account goes nowhere anyway.
+PRESENCE_NEEDING_LIST = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"))
+EMPTY: frozenset[str] = frozenset()
+
+
+def prepared(text: str) -> str:
+    """A blocklist item's JID as the server compares it (RFC 7622 preparation); InvalidFormat
+    for one that is not a JID."""
+    return parse_jid(text).full()
+
+
+def matches(blocked: Collection[str], other: JID) -> bool:
+    """Whether *other* is blocked by a list of prepared JIDs (section 6, in its order): its full
+    JID, its bare JID, its domain with its resource, its domain or a parent domain of it."""
+    host = other.host
+    if other.user is not None:
+        bare = f"{other.user}@{host}"
+        if bare in blocked or (other.resource is not None and f"{bare}/{other.resource}" in blocked):
+            return True
+    elif other.resource is not None and f"{host}/{other.resource}" in blocked:
+        return True
+    while True:
+        if host in blocked:
+            return True
+        dot = host.find(".")
+        if dot < 0:
+            return False
+        host = host[dot + 1:]
+
+
+def blocked_error(stanza: domish.Element) -> domish.Element:
+    """Section 3.3: the answer to a stanza the account sent to an entity it blocks."""
+    condition = domish.Element((NS_BLOCKING_ERRORS, "blocked"))
+    return StanzaError("not-acceptable", "cancel", appCondition=condition).toResponse(stanza)
+
+
+def _later(outcome: object) -> Deferred[None] | None:
+    return outcome if isinstance(outcome, Deferred) else None
+
+
+def _then(first: Deferred[None], step: Callable[[], object], failed: Callable[[Failure], None]) -> Deferred[None]:
+    """One Deferred for *step*'s handling after *first*, firing only when that handling is over.
+    (A Deferred that waits on another it returned has fired in Twisted's sense, and XEP-0198
+    would count the stanza handled before its offline write is on disk.)"""
+    done: Deferred[None] = Deferred()
+
+    def go(_: object) -> None:
+        try:
+            outcome = _later(step())
+        except Exception:
+            done.errback(Failure())
+            return
+        if outcome is None:
+            done.callback(None)
+        else:
+            outcome.chainDeferred(done)
+
+    def fail(reason: Failure) -> None:
+        failed(reason)
+        done.callback(None)
+
+    first.addCallbacks(go, fail)
+    return done
+
+
+class Blocking:
+    """The blocklists in memory, the IQs that change them, and the filter on the stanza path."""
+
+    def __init__(self, sessions: SessionManager, limit: int = MAX_ITEMS) -> None:
+        self.sessions = sessions
+        self.limit = limit
+        # The lists of accounts with a bound resource, by bare JID; an empty one too, so that
+        # "in memory" is one lookup. `blockers` counts the non-empty ones: while it is 0 (and
+        # no list is being read) nothing between bound users is blocked.
+        self.lists: dict[str, set[str]] = {}
+        self.blockers = 0
+        self.resting: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self.loading: dict[str, list[Deferred[None]]] = {}
+        self._pushes = 0
+
+    # -- the lists in memory ---------------------------------------------------------------
+
+    def _put(self, owner: str, jids: set[str]) -> None:
+        """Make *jids* the list of *owner*, an account with a bound resource."""
+        before = self.lists.get(owner)
+        self.blockers += bool(jids) - bool(before)
+        self.lists[owner] = jids
+
+    def _rest(self, owner: str, jids: frozenset[str]) -> None:
+        self.resting[owner] = jids
+        self.resting.move_to_end(owner)
+        while len(self.resting) > MAX_RESTING:
+            self.resting.popitem(last=False)
+
+    def _load(self, owner: str) -> Deferred[None]:
+        """Read *owner*'s list into memory; concurrent callers share the one read."""
+        waiter: Deferred[None] = Deferred()
+        waiters = self.loading.get(owner)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        waiters = self.loading[owner] = [waiter]
+
+        def loaded(jids: list[str]) -> None:
+            del self.loading[owner]
+            if owner in self.sessions.users:
+                if owner not in self.lists:  # else it was changed meanwhile, and is newer
+                    self.resting.pop(owner, None)
+                    self._put(owner, set(jids))
+            else:
+                self._rest(owner, frozenset(jids))
+            for each in waiters:
+                each.callback(None)
+
+        def failed(reason: Failure) -> None:
+            del self.loading[owner]
+            log.failure("blocking.load_failed owner={owner}", reason, owner=owner)
+            for each in waiters:
+                each.errback(reason)
+
+        self.sessions.store.run_read(partial(blocking_store.blocklist, owner=owner)).addCallbacks(loaded, failed)
+        return waiter
+
+    def bound(self, session: ClientSession) -> None:
+        owner = session.bare
+        if owner in self.lists or owner in self.loading:
+            return None
+        resting = self.resting.pop(owner, None)
+        if resting is not None:
+            self._put(owner, set(resting))
+        else:
+            self._load(owner).addErrback(lambda reason: None)  # logged; a stanza that needs it reads again
+        return None
+
+    def unbound(self, session: ClientSession, replaced: bool) -> None:
+        owner = session.bare
+        if replaced or owner in self.sessions.users:
+            return None
+        jids = self.lists.get(owner)
+        if jids is not None:
+            self._put(owner, set())  # keeps `blockers` right
+            del self.lists[owner]
+            self._rest(owner, frozenset(jids))
+        return None
+
+    # -- the filter, inbound (section 3.3: what the account receives) ---------------------------
+
+    def inbound(self, stanza: domish.Element, to: JID, needs_list: bool) -> object:
+        """None to let *stanza* through to *to*; True when it was dropped or refused; a Deferred
+        when it waits for a list and is delivered again after."""
+        owner = to.userhost()
+        blocked = self.lists.get(owner)
+        if blocked is None:
+            resting = self.resting.get(owner)
+            if resting is None:
+                if needs_list or owner in self.sessions.users:
+                    return self._wait(owner, stanza, lambda: self.sessions.deliver(stanza))
+                resting = EMPTY
+            if not resting and not self.blockers and not self.loading:
+                return None
+            blocked_now: Collection[str] = resting
+        elif not self.blockers and not self.loading:
+            return None  # the common case: nobody in memory blocks anything
+        else:
+            blocked_now = blocked
+        try:
+            sender = parse_jid(stanza.getAttribute("from", ""))
+        except InvalidFormat:
+            return None
+        sender_bare = sender.userhost()
+        if sender_bare == owner:
+            return None  # one's own resources and the account itself are never blocked
+        if blocked_now and matches(blocked_now, sender):
+            return self._refuse_inbound(stanza, "service-unavailable")
+        # What a local account that blocks the recipient sends, or the server on its behalf (its
+        # presence broadcast, a probe's answer): its clients were refused already. Errors pass:
+        # they are the server's refusals of what the recipient sent (a client's were refused).
+        if stanza.getAttribute("type") == "error":
+            return None
+        if sender_bare in self.loading:
+            return self._wait(sender_bare, stanza, lambda: self.sessions.deliver(stanza))
+        theirs = self.lists.get(sender_bare)
+        if theirs and matches(theirs, to):
+            return True
+        return None
+
+    def _refuse_inbound(self, stanza: domish.Element, condition: str) -> bool:
+        """Section 3.3: presence dropped unanswered; a chat or normal message and an IQ get or set
+        answered with *condition*; anything else dropped."""
+        kind = stanza.getAttribute("type")
+        answered = (stanza.name == "message" and kind in (None, "normal", "chat")) or (
+            stanza.name == "iq" and kind in ("get", "set"))
+        if answered and stanza.getAttribute("from"):
+            self.sessions.route(error_reply(stanza, condition))
+        return True
+
+    def _wait(self, owner: str, stanza: domish.Element, again: Callable[[], object]) -> Deferred[None]:
+        """Handle *stanza* again once *owner*'s list is in memory; if it cannot be read, refuse
+        the stanza rather than let it past a list nobody could check."""
+        def failed(reason: Failure) -> None:
+            self._refuse_inbound(stanza, "internal-server-error")
+
+        return _then(self._load(owner), again, failed)
+
+    def message_to_local(self, message: domish.Element, to: JID) -> object:
+        # A chat or normal message for an account with no bound resource would be kept offline.
+        return self.inbound(message, to, message.getAttribute("type") in (None, "normal", "chat"))
+
+    def presence_to_local(self, presence: domish.Element, to: JID) -> object:
+        return self.inbound(presence, to, presence.getAttribute("type") in PRESENCE_NEEDING_LIST)
+
+    def iq_to_local(self, iq: domish.Element, to: JID) -> object:
+        return self.inbound(iq, to, iq.getAttribute("type") in ("get", "set"))
+
+    # -- the filter, outbound (section 3.3: what the account's clients send) --------------------
+
+    def outbound(self, session: ClientSession, stanza: domish.Element) -> object:
+        """None to let a client's *stanza* go; True when it was refused (not-acceptable, blocked)."""
+        blocked = self.lists.get(session.bare)
+        if not blocked:
+            return None
+        to = stanza.getAttribute("to")
+        if to is None:
+            return None
+        try:
+            target = parse_jid(to)
+        except InvalidFormat:
+            return None
+        if target.userhost() == session.bare or not matches(blocked, target):
+            return None
+        if may_bounce(stanza):
+            session.send(blocked_error(stanza))
+        return True
+
+    def _outbound_hook(self, event: str, finish: Callable[[domish.Element], object]
+                       ) -> Callable[[ClientSession, domish.Element], object]:
+        """The handler of *event*: `outbound`, and while the session's list is still being read
+        (just after bind), the same once it is, then the rest of the event's chain and *finish*
+        (what the core does when no handler takes the stanza)."""
+        def handler(session: ClientSession, stanza: domish.Element) -> object:
+            if session.bare not in self.lists and session.bare in self.loading:
+                return _then(self._load(session.bare), lambda: resume(session, stanza),
+                             lambda reason: refuse(session, stanza))
+            return self.outbound(session, stanza)
+
+        def resume(session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
+            if self.outbound(session, stanza) is not None:
+                return None
+            chain = self.sessions.hooks.chain(event)
+            outcome = run(chain[chain.index(handler) + 1:], session, stanza)
+            return _later(finish(stanza) if outcome is None else outcome)
+
+        def refuse(session: ClientSession, stanza: domish.Element) -> None:
+            if may_bounce(stanza):
+                session.send(error_reply(stanza, "internal-server-error"))
+
+        return handler
+
+    # -- the IQs (sections 3.2 to 3.5) ----------------------------------------------------------
+
+    def answer(self, iq: domish.Element, owner: str, session: ClientSession | None) -> object:
+        if session is None:
+            raise StanzaError("service-unavailable")  # another account's list is nobody's business
+        blocked = self.lists.get(owner)
+        if blocked is None:
+            return self._load(owner).addCallback(lambda _: self._answer_loaded(iq, owner, session))
+        return self._answer(iq, owner, session, blocked)
+
+    def _answer_loaded(self, iq: domish.Element, owner: str, session: ClientSession) -> object:
+        blocked = self.lists.get(owner)
+        if blocked is None:
+            raise StanzaError("internal-server-error")  # the session ended meanwhile
+        return self._answer(iq, owner, session, blocked)
+
+    def _answer(self, iq: domish.Element, owner: str, session: ClientSession, blocked: set[str]) -> object:
+        request = iq.firstChildElement()
+        kind = iq.getAttribute("type")
+        if request.name == "blocklist" and kind == "get":
+            answer = domish.Element((NS_BLOCKING, "blocklist"))
+            for jid in sorted(blocked):
+                answer.addElement("item")["jid"] = jid
+            return answer
+        if request.name == "block" and kind == "set":
+            return self._block(owner, blocked, self._items(request))
+        if request.name == "unblock" and kind == "set":
+            return self._unblock(owner, blocked, self._items(request))
+        raise StanzaError("bad-request")
+
+    @staticmethod
+    def _items(request: domish.Element) -> list[str]:
+        """The request's items, prepared, each once, in their order."""
+        jids: dict[str, None] = {}
+        for item in request.elements(NS_BLOCKING, "item"):
+            text = item.getAttribute("jid")
+            if text is None:
+                raise StanzaError("bad-request", text="an item without a jid")
+            try:
+                jids[prepared(text)] = None
+            except InvalidFormat:
+                raise StanzaError("jid-malformed") from None
+        return list(jids)
+
+    def _block(self, owner: str, blocked: set[str], jids: list[str]) -> Deferred[None] | None:
+        if not jids:
+            raise StanzaError("bad-request", text="nothing to block")  # section 3.3
+        new = [jid for jid in jids if jid not in blocked]
+        if not new:
+            return None
+        if len(blocked) + len(new) > self.limit:
+            self.sessions.metrics.limit("blocklist-items")
+            raise StanzaError("policy-violation", "modify", text=f"a blocklist holds at most {self.limit} JIDs")
+        self._presence_on_block(owner, new)  # before the block: it would drop the presence
+        self._put(owner, blocked | set(new))
+        written = self.sessions.store.run(partial(blocking_store.block, owner=owner, jids=new, limit=self.limit))
+        return written.addCallbacks(lambda _: self._push(owner, "block", new),
+                                    lambda reason: self._undo(owner, reason, added=new))
+
+    def _unblock(self, owner: str, blocked: set[str], jids: list[str]) -> Deferred[None] | None:
+        if jids:
+            gone = [jid for jid in jids if jid in blocked]
+            work = partial(blocking_store.unblock, owner=owner, jids=gone)
+        else:
+            gone = sorted(blocked)  # section 3.5: all of them
+            work = partial(blocking_store.unblock_all, owner=owner)
+        if not gone:
+            return None
+        self._put(owner, blocked - set(gone))
+        self._presence_on_unblock(owner, gone)  # after the unblock, which would drop it
+        written = self.sessions.store.run(work)
+        return written.addCallbacks(lambda _: self._push(owner, "unblock", gone if jids else []),
+                                    lambda reason: self._undo(owner, reason, removed=gone))
+
+    def _undo(self, owner: str, reason: Failure, added: Collection[str] = (), removed: Collection[str] = ()) -> None:
+        """The change could not be written: memory goes back to what the store holds."""
+        log.failure("blocking.write_failed owner={owner}", reason, owner=owner)
+        blocked = self.lists.get(owner)
+        if blocked is not None:
+            self._put(owner, (blocked - set(added)) | set(removed))
+        raise StanzaError("internal-server-error")
+
+    def _push(self, owner: str, name: str, jids: list[str]) -> None:
+        """Sections 3.3 to 3.5: the change, as an IQ set, to every bound resource (see above)."""
+        for session in self.sessions.resources(owner):
+            self._pushes += 1
+            push = domish.Element((NS_CLIENT, "iq"))
+            push["type"], push["id"], push["to"] = "set", f"blocking-push-{self._pushes}", session.full
+            change = push.addElement((NS_BLOCKING, name))
+            for jid in jids:
+                change.addElement("item")["jid"] = jid
+            session.send(push)
+
+    # -- presence on block and unblock (sections 3.3 and 3.4) -----------------------------------
+
+    def _contacts(self, owner: str, jids: Collection[str], subscriptions: tuple[str, ...]) -> list[str]:
+        """The owner's roster contacts with one of *subscriptions* that *jids* match."""
+        roster = self.sessions.rosters.cached(owner)
+        if roster is None:
+            return []
+        found = []
+        for item in roster.items.values():
+            if item.subscription in subscriptions:
+                try:
+                    contact = parse_jid(item.contact)
+                except InvalidFormat:
+                    continue
+                if matches(jids, contact):
+                    found.append(item.contact)
+        return found
+
+    def _presence_on_block(self, owner: str, jids: Collection[str]) -> None:
+        """Unavailable presence from each available resource to what it was shown to: contacts
+        with a subscription to the owner, and its directed presence."""
+        contacts = self._contacts(owner, jids, HAS_FROM)
+        for session in self.sessions.available(owner):
+            targets = list(contacts)
+            for target in session.directed:
+                try:
+                    if matches(jids, parse_jid(target)) and target not in targets:
+                        targets.append(target)
+                except InvalidFormat:
+                    continue
+            for target in targets:
+                self.sessions.route(presence_stanza("unavailable", session.full, target))
+
+    def _presence_on_unblock(self, owner: str, jids: Collection[str]) -> None:
+        """The current presence of each available resource to contacts with a subscription to the
+        owner, and a probe of those the owner has a subscription to, whose presence was dropped."""
+        available = self.sessions.available(owner)
+        for contact in self._contacts(owner, jids, HAS_FROM):
+            for session in available:
+                if session.presence is not None:
+                    current = domish.Element((session.presence.uri, "presence"), session.presence.defaultUri,
+                                             dict(session.presence.attributes))
+                    current.children = session.presence.children
+                    current["from"], current["to"] = session.full, contact
+                    self.sessions.route(current)
+        if available:
+            for contact in self._contacts(owner, jids, HAS_TO):
+                self.sessions.route(presence_stanza("probe", owner, contact))
+
+
+def install(registry: FeatureRegistry) -> None:
+    blocking = Blocking(registry.sessions, MAX_ITEMS)
+    for name in ("blocklist", "block", "unblock"):
+        registry.account_iq(NS_BLOCKING, name, blocking.answer)
+    # Before every other handler: nothing else sees what is blocked (carbons, archives...).
+    registry.hook(MESSAGE_FROM_CLIENT, blocking._outbound_hook(MESSAGE_FROM_CLIENT, registry.sessions.route),
+                  priority=100)
+    registry.hook(IQ_FROM_CLIENT, blocking._outbound_hook(IQ_FROM_CLIENT, registry.sessions.route), priority=100)
+    registry.hook(PRESENCE_FROM_CLIENT, blocking._outbound_hook(PRESENCE_FROM_CLIENT, lambda stanza: None),
+                  priority=100)
+    registry.hook(MESSAGE_TO_LOCAL, blocking.message_to_local, priority=100)
+    registry.hook(PRESENCE_TO_LOCAL, blocking.presence_to_local, priority=100)
+    registry.hook(IQ_TO_LOCAL, blocking.iq_to_local, priority=100)
+    registry.hook(SESSION_BOUND, blocking.bound)
+    # After presence's unavailable broadcast (priority 10), which the list still filters.
+    registry.hook(SESSION_UNBOUND, blocking.unbound, priority=-10)
+    registry.stores("blocked_jids", per_account=True, what="the JIDs each account blocks (XEP-0191)")
+    registry.disco_feature(NS_BLOCKING)  # section 3.1, as Prosody also announces it on the server
+    registry.account_disco_feature(NS_BLOCKING)
+
+
+FEATURE = Feature("blocking", install)
