@@ -45,6 +45,7 @@ from sns_xmpp.xmpp.pubsub.nodes import (
 from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
 
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+MAX_IDS = 100  # items asked by id in one request (section 6.5.8): a store query each
 NS_PEP_DISCO = "http://jabber.org/protocol/pubsub#"
 # XEP-0060 section 10's features this service has (XEP-0163 section 6 and the clients' checks:
 # Conversations looks for publish-options, Dino and Gajim for access models and auto-create).
@@ -154,6 +155,8 @@ class PEPProtocol:
         max_items = request.maxItems
         if max_items is not None and max_items < 1:
             raise StanzaError("bad-request")
+        if len(request.itemIdentifiers or ()) > MAX_IDS:
+            raise StanzaError("policy-violation", text=f"at most {MAX_IDS} items by id at once")
         return self.service.visible_items(asker, owner, node, max_items, request.itemIdentifiers or ()).addCallback(
             lambda items: _items_answer(node, items))
 

@@ -26,8 +26,8 @@ LAST_ITEM_POLICIES = ("never", "on_sub", "on_sub_and_presence")
 @dataclass(frozen=True)
 class Limits:
     """What one account may keep. The defaults fit OMEMO (a bundle is a few KiB, one node per
-    device), XEP-0084 avatars (its data items are base64 of images it advises to keep small;
-    128 KiB of base64 holds a 96 KiB picture) and XEP-0402 bookmarks (one item per room)."""
+    device), XEP-0084 avatars (its schema makes an image's size an unsignedShort: at most 65,535
+    bytes, some 87 KiB as base64, within 128 KiB) and XEP-0402 bookmarks (one item per room)."""
 
     nodes_per_account: int = 256
     max_items: int = 256  # the most items one node keeps; 'max' in a form means this
