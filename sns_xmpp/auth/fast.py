@@ -35,7 +35,6 @@ the account's tokens (`IStore.revoke`).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -116,7 +115,7 @@ def fast_jid(authcid: str, domain: str) -> str | None:
     return jid.userhost()
 
 
-MAX_KNOWN = 100_000  # rows remembered per node: some 300 bytes each
+MAX_SEEN = 100_000  # counts remembered per node: some 250 bytes each
 
 
 class FastTokens:
@@ -131,9 +130,9 @@ class FastTokens:
         # than half its lifetime, so that a device in regular use always holds a token with most
         # of its lifetime ahead.
         self.rotation = min(rotation, lifetime / 2)
-        # The rows this node's FAST logins last left, by (jid, agent): hints, see log_in; their
-        # last_count also holds counts of logins that wrote nothing (see the module's doc).
-        self._known: dict[tuple[str, str], FastToken] = {}
+        # The highest count this node has seen per (jid, agent) with the token whose digest is
+        # kept alongside, from logins that wrote nothing (see the module's doc); bounded.
+        self._seen: dict[tuple[str, str], tuple[bytes, int]] = {}
 
     def issue(self, jid: str, agent: str, mechanism: str = HT_SHA_256_NONE,
               confirmed_until: float | None = None) -> Deferred[IssuedToken | None]:
@@ -157,36 +156,22 @@ class FastTokens:
         if jid is None:
             return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token"))
         now = self.clock.seconds()
-        key = (jid, agent)
 
-        def fresh_read() -> Deferred[FastLogin]:
-            seen = self._known.pop(key, None)
-            return self.store.fast_token(jid, agent).addCallback(found, False, seen)
-
-        def found(stored: FastToken | None, from_memory: bool,
-                  seen: FastToken | None = None) -> Deferred[FastLogin]:
-            # What this node last knew of the row is only a hint: any refusal is decided on the
-            # row itself (another node may have rotated, taken a count, or revoked since).
+        def found(stored: FastToken | None) -> Deferred[FastLogin]:
             used = _matching(stored, proof, cb_data, now)
             if stored is None or used is None:
-                if from_memory:
-                    return fresh_read()
                 return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
                     stored, proof, cb_data)))
             if stored.mechanism != HT_SHA_256_NONE and mechanism == HT_SHA_256_NONE:
                 # No downgrade: a token asked for with channel binding is only taken with it.
                 return defer.fail(AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}"))
-            if count <= _count_floor(stored, used, seen):
-                if from_memory:
-                    return fresh_read()
+            key = (jid, agent)
+            if count <= self._count_floor(key, stored, used):
                 return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
             result = LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until)
             if not invalidate and used == stored.token_hash and now - stored.issued_at < self.rotation:
-                # Not due: nothing to write, so the row itself must say yes (a revocation or
-                # another node may have ended the token since); the count is this node's to keep.
-                if from_memory:
-                    return fresh_read()
-                self._remember_count(stored, count)
+                # Not due: nothing to write; the count is this node's to keep.
+                self._see(key, used, count)
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=False)
                 return defer.succeed(FastLogin(result, responder(used, cb_data), None))
             replacement: FastTokenIssue | None = None
@@ -197,58 +182,32 @@ class FastTokens:
                 replacement = FastTokenIssue(mechanism, token_hash(token), now, fresh.expires_at, now + self.grace)
             answer = FastLogin(result, responder(used, cb_data), fresh)
 
-            def taken(ok: bool) -> FastLogin | Deferred[FastLogin]:
+            def taken(ok: bool) -> FastLogin:
                 if not ok:  # another login with this count (or a revocation) came first
-                    if from_memory:
-                        return fresh_read()
                     raise AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed")
-                self._remember(stored, used, count, replacement)
+                self._seen.pop(key, None)  # the row holds the count now
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=fresh is not None)
                 return answer
 
             return self.store.use_fast_token(jid, agent, used, count, now, replacement).addCallback(taken)
 
-        known = self._known.get(key)
-        if known is not None:
-            return found(known, True)
-        return self.store.fast_token(jid, agent).addCallback(found, False)
+        # The row decides every login (another node may have rotated it, taken a count, or a
+        # revocation deleted it); the read is a primary-key lookup, inline on the read connection.
+        return self.store.fast_token(jid, agent).addCallback(found)
 
-    def _remember_count(self, stored: FastToken, count: int) -> None:
-        """A login with the current token that rotated nothing: its count, in memory only."""
-        key = (stored.jid, stored.agent)
-        if key not in self._known and len(self._known) >= MAX_KNOWN:
-            self._known.pop(next(iter(self._known)))
-        self._known[key] = dataclasses.replace(stored, last_count=count)
-
-    def _remember(self, stored: FastToken, used: bytes, count: int, replacement: FastTokenIssue | None) -> None:
-        """The row as the login's statement left it (store/common.py's rotation statements), so
-        that the device's next login need not read it: one store read less per FAST login."""
-        key = (stored.jid, stored.agent)
-        if replacement is None:  # invalidated: the row is gone
-            self._known.pop(key, None)
-            return
-        row = dataclasses.replace(stored, mechanism=replacement.mechanism, token_hash=replacement.token_hash,
-                                  issued_at=replacement.issued_at, expires_at=replacement.expires_at, last_count=0,
-                                  previous_count=count)
-        if used == stored.token_hash:  # the current token was used: it becomes the previous one
-            row = dataclasses.replace(row, previous_hash=stored.token_hash, previous_until=replacement.grace_until)
-        if key not in self._known and len(self._known) >= MAX_KNOWN:
-            self._known.pop(next(iter(self._known)))
-        self._known[key] = row
-
-
-def _count_floor(stored: FastToken, used: bytes, seen: FastToken | None) -> int:
-    """The count a login with the token *used* must pass: the row's, or what this node saw of the
-    same token since (logins that wrote nothing), whichever is higher."""
-    if used == stored.token_hash:
-        floor = stored.last_count
-        if seen is not None and seen.token_hash == used:
-            floor = max(floor, seen.last_count)
+    def _count_floor(self, key: tuple[str, str], stored: FastToken, used: bytes) -> int:
+        """The count a login with the token *used* must pass: the row's, or the highest this node
+        has seen with that token since, whichever is higher."""
+        floor = stored.last_count if used == stored.token_hash else stored.previous_count
+        seen = self._seen.get(key)
+        if seen is not None and seen[0] == used:
+            floor = max(floor, seen[1])
         return floor
-    floor = stored.previous_count
-    if seen is not None and seen.previous_hash == used:
-        floor = max(floor, seen.previous_count)
-    return floor
+
+    def _see(self, key: tuple[str, str], used: bytes, count: int) -> None:
+        if key not in self._seen and len(self._seen) >= MAX_SEEN:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = (used, count)
 
 
 def _capped(expires: float, confirmed_until: float | None) -> float:

@@ -395,10 +395,10 @@ async def test_a_device_lasts_the_sites_device_lifetime_from_the_login_that_made
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_a_node_remembers_of_a_fast_token_is_only_a_hint(tmp_path: Path) -> None:
-    """A node remembers the row its last FAST login left, so the device's next login reads nothing;
-    but the row decides: rotated on another node (the old token taken in its grace period there),
-    or deleted by a revocation, the login is judged on the row as it is now."""
+async def test_the_row_decides_a_fast_login_on_every_node(tmp_path: Path) -> None:
+    """Two nodes share the store: rotated on another node (the old token taken in its grace period
+    there), or deleted by a revocation, a login is judged on the row as it is now, never on what
+    this node saw before."""
     from twisted.internet import reactor
 
     from sns_xmpp.auth.fast import FastTokens, initiator, token_hash
