@@ -135,10 +135,71 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class ExternalService:
+    """One STUN/TURN (or other) service that XEP-0215 tells the account's clients about."""
+
+    type: str
+    host: str
+    port: int | None = None
+    transport: str | None = None
+    restricted: bool = False  # credentials needed (TURN REST ones, from turn_secret)
+    name: str | None = None
+
+
+_SERVICE_KEYS = {
+    "type": settings.non_empty_text,
+    "host": settings.non_empty_text,
+    "port": integer(1, 65535),
+    "transport": choice("udp", "tcp"),
+    "restricted": boolean,
+    "name": settings.non_empty_text,
+}
+
+
+def _external_services(value: Any) -> tuple[ExternalService, ...]:
+    """[[xmpp.external_services.services]] tables; a bad one names its key, e.g.
+    'xmpp.external_services.services[2].port'."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables ([[xmpp.external_services.services]])")
+    services = []
+    for n, table in enumerate(value):
+        where = f"xmpp.external_services.services[{n}]"
+        if not isinstance(table, dict):
+            raise settings.ConfigError(where, "must be a table with type, host, port, transport, restricted")
+        settings.refuse_unknown(table, _SERVICE_KEYS, where=where)
+        for required in ("type", "host"):
+            if required not in table:
+                raise settings.ConfigError(settings.dotted(where, required), "required")
+        given = {key: settings.checked(settings.dotted(where, key), table[key], check)
+                 for key, check in _SERVICE_KEYS.items() if key in table}
+        services.append(ExternalService(**given))
+    return tuple(services)
+
+
+def _turn_secret(value: Any) -> str:
+    secret = settings.text(value)
+    if len(secret) < 16:
+        raise ValueError("must be at least 16 characters")
+    return secret
+
+
+@dataclass(frozen=True)
+class ExternalServicesConfig:
+    services: tuple[ExternalService, ...] = _setting(
+        (), _external_services, "STUN/TURN services for XEP-0215: type, host, port, transport, restricted, name"
+    )
+    turn_secret: str = _setting(
+        "", _turn_secret, "the secret shared with the TURN server (coturn's static-auth-secret)", secret=True
+    )
+    credential_lifetime: int = _setting(86400, integer(60, 30 * 86400), "seconds TURN REST credentials last")
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
 
 
 @dataclass(frozen=True)
@@ -296,6 +357,10 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
             raise ConfigError(f"components.{domain}", "a component cannot take a hosted domain")
     if config.store.backend == "postgresql" and not config.store.dsn:
         raise ConfigError("store.dsn", "required for backend = 'postgresql' (or give store.dsn_file)")
+    external = config.xmpp.external_services
+    if any(service.restricted for service in external.services) and not external.turn_secret:
+        raise ConfigError("xmpp.external_services.turn_secret",
+                          "a restricted service needs the TURN secret (or give turn_secret_file)")
     manhole = config.manhole
     if manhole.enabled and not (manhole.authorized_keys or manhole.password_hash):
         raise ConfigError("manhole.authorized_keys", "the console needs authorized_keys or a password_hash")

@@ -18,6 +18,7 @@ from sns_xmpp.xmpp.features import (
     credential_expiry,
     disco,
     entity_time,
+    external_services,
     legacy_session,
     offline,
     pep,
@@ -51,6 +52,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     caps.FEATURE,  # XEP-0115, for PEP's +notify (before pep)
     pep.FEATURE,  # XEP-0163 on XEP-0060 (before the features that publish through it)
     private_storage.FEATURE,  # XEP-0049 (bookmarks of XEP-0048 among its fragments)
+    external_services.FEATURE,  # XEP-0215 (STUN/TURN from [xmpp.external_services])
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
 )
 
