@@ -195,10 +195,18 @@ class ExternalServicesConfig:
 
 
 @dataclass(frozen=True)
+class VCardConfig:
+    max_bytes: int = _setting(
+        65536, integer(1024, 1024 * 1024), "largest vCard kept (XEP-0054), as XML with its base64 PHOTO"
+    )
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    vcard: VCardConfig = field(default_factory=VCardConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
 
 

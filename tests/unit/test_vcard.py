@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.config import VCardConfig, XMPPConfig
 from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream
@@ -86,11 +87,14 @@ def error_of(answer: ET.Element) -> tuple[str | None, list[str]]:
                                if child.tag.startswith(f"{{{STANZAS}}}") and not child.tag.endswith("}text")]
 
 
-def a_world(*accounts: str) -> tuple[SessionManager, Any, MemoryStore]:
+def a_world(*accounts: str, config: XMPPConfig | None = None) -> tuple[SessionManager, Any, MemoryStore]:
+    """The built-in features (with *config*) on a store holding *accounts*."""
     store = MemoryStore()
     for jid in accounts:
         store.database.create_account(jid, (), NOW)
-    sessions, factory, _clock = world(store)
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    install_features(sessions, config=config or XMPPConfig())
     return sessions, factory, store
 
 
@@ -124,7 +128,10 @@ def test_xep_0054_errors_and_limits() -> None:
     section 3.3: no vCard, and no such account, are the same <service-unavailable/> (so the
     answer tells nobody which accounts exist); a vCard over the size limit is <not-acceptable/>,
     a PHOTO whose BINVAL is not base64 <bad-request/>; neither is stored."""
-    sessions, factory, store = a_world("alice@localhost", "bob@localhost")
+    assert XMPPConfig().vcard.max_bytes == MAX_VCARD_BYTES
+    # [xmpp.vcard] max_bytes, below the test streams' stanza limit.
+    sessions, factory, store = a_world("alice@localhost", "bob@localhost",
+                                       config=XMPPConfig(vcard=VCardConfig(max_bytes=2000)))
     alice = Person(sessions, factory, "alice@localhost", "192.0.2.1")
     bob = Person(sessions, factory, "bob@localhost", "192.0.2.2")
     alice.send("<iq id='s' type='set'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>")
@@ -138,11 +145,13 @@ def test_xep_0054_errors_and_limits() -> None:
         alice_asks = one(alice.send(f"<iq id='g' type='get' to='{absent}'><vCard xmlns='vcard-temp'/></iq>"))
         assert error_of(alice_asks) == ("cancel", ["service-unavailable"]), absent
 
-    vcards = sessions.hooks.account_iqs[(VCARD, "vCard")].__self__  # type: ignore[attr-defined]
-    assert vcards.max_bytes == MAX_VCARD_BYTES
-    vcards.max_bytes = 2000  # the test streams' stanzas are smaller than the default limit
-    big = "<vCard xmlns='vcard-temp'><DESC>" + "x" * 2000 + "</DESC></vCard>"
+    def sized(size: int) -> str:
+        return "<vCard xmlns='vcard-temp'><DESC>" + "x" * (size - 47) + "</DESC></vCard>"
+
+    assert len(sized(2000)) == 2000
+    big = sized(2001)
     assert error_of(one(bob.send(f"<iq id='b' type='set'>{big}</iq>"))) == ("modify", ["not-acceptable"])
+    assert one(alice.send(f"<iq id='fits' type='set'>{sized(2000)}</iq>")).get("type") == "result"
     bad = "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>not*base64</BINVAL></PHOTO></vCard>"
     assert error_of(one(bob.send(f"<iq id='p' type='set'>{bad}</iq>"))) == ("modify", ["bad-request"])
     assert vcard_store.get_vcard(store.database, "bob@localhost") is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -28,7 +29,9 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
+
+if TYPE_CHECKING:  # importing PEP's service imports wokkel, which waits for the start-up's compat names
+    from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
 
 log = GatedLogger()
 

@@ -19,13 +19,12 @@ Other features reach the service with `pep_service(registry)`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
-from wokkel.pubsub import PubSubRequest
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.client_session import ClientSession
@@ -36,6 +35,7 @@ from sns_xmpp.xmpp.pubsub.nodes import (
     NS_PUBLISH_OPTIONS,
     NS_PUBSUB,
     NS_PUBSUB_OWNER,
+    Limits,
     NodeConfig,
     config_form,
     find_form,
@@ -43,6 +43,9 @@ from sns_xmpp.xmpp.pubsub.nodes import (
     unsupported,
 )
 from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
+
+if TYPE_CHECKING:  # wokkel's pubsub imports only after the start-up call (sns_xmpp/compat.py)
+    from wokkel.pubsub import PubSubRequest
 
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 MAX_IDS = 100  # items asked by id in one request (section 6.5.8): a store query each
@@ -66,6 +69,8 @@ def _asker(iq: domish.Element, owner: str, session: ClientSession | None) -> str
 
 
 def _parsed(iq: domish.Element) -> PubSubRequest:
+    from wokkel.pubsub import PubSubRequest  # noqa: PLC0415 - see the import above
+
     try:
         return PubSubRequest.fromElement(iq)
     except NotImplementedError:
@@ -214,8 +219,9 @@ _FEATURE_OF = {"subscribe": "subscribe", "unsubscribe": "subscribe", "optionsGet
 
 def install(registry: FeatureRegistry) -> None:
     caps = entity_caps(registry)
-    service = PEPService(registry.sessions, registry.clock,
-                         interest=caps.seen if caps is not None else None)
+    settings = registry.config.pep
+    limits = Limits(settings.max_nodes, settings.max_items, settings.max_item_bytes)
+    service = PEPService(registry.sessions, registry.clock, limits, interest=caps.seen if caps is not None else None)
     registry.services["pep"] = service
     protocol = PEPProtocol(service)
     registry.account_iq(NS_PUBSUB, "pubsub", protocol.answer)

@@ -5,8 +5,8 @@ servers do it), and a social user's name from the site as their first vCard.
   (XEP-0054 section 3.2: others hear <forbidden/>). The owner asking for a vCard never set gets
   an empty <vCard/> (section 3.1); anyone else gets <service-unavailable/> for that and for an
   absent account alike (section 3.3 allows it), so that the answer tells nobody which accounts
-  exist. A vCard is kept whole, as XML, up to `MAX_VCARD_BYTES` (the XEP has no limit; a larger
-  one hears <not-acceptable/>).
+  exist. A vCard is kept whole, as XML, up to [xmpp.vcard] max_bytes (the XEP has no limit; a
+  larger one hears <not-acceptable/>).
 - XEP-0398 section 4: the server puts <x xmlns='vcard-temp:x:update'><photo>SHA-1</photo></x>
   in every available presence the account's clients send (broadcast and directed), the hash of
   the vCard's PHOTO image ('' for none: an empty <photo/>). A presence whose <x/> already holds
@@ -45,7 +45,6 @@ from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.features.avatar_conversion import NS_CONVERSION, AvatarConversion
-from sns_xmpp.xmpp.features.pep import pep_service
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, SESSION_BOUND, SESSION_UNBOUND, run
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import append_child
@@ -55,9 +54,9 @@ log = GatedLogger()
 NS_VCARD = "vcard-temp"
 NS_VCARD_UPDATE = "vcard-temp:x:update"
 
-# The largest vCard kept, as serialised XML, its base64 PHOTO included: room for an avatar of
-# about 45 KiB (XEP-0153 section 3.1 asks clients for much smaller ones), well under a stanza's
-# limit ([xmpp.c2s] max_stanza_bytes, 256 KiB by default).
+# The largest vCard kept by default ([xmpp.vcard] max_bytes), as serialised XML, its base64 PHOTO
+# included: room for an avatar of about 45 KiB (XEP-0153 section 3.1 asks clients for much smaller
+# ones), well under a stanza's limit ([xmpp.c2s] max_stanza_bytes, 256 KiB by default).
 MAX_VCARD_BYTES = 64 * 1024
 MAX_DISPLAY_NAME_CHARS = 256
 PRESENCE_PRIORITY = 20  # before the presence feature (0), which sends the presence on
@@ -315,7 +314,7 @@ class VCards:
 
 
 def install(registry: FeatureRegistry) -> None:
-    vcards = VCards(registry.sessions, registry.clock.seconds)
+    vcards = VCards(registry.sessions, registry.clock.seconds, registry.config.vcard.max_bytes)
     registry.account_iq(NS_VCARD, "vCard", vcards.answer)
     registry.hook(SESSION_BOUND, vcards.bound)
     registry.hook(SESSION_UNBOUND, vcards.unbound)
@@ -323,7 +322,10 @@ def install(registry: FeatureRegistry) -> None:
     registry.disco_feature(NS_VCARD)  # XEP-0054 section 4
     registry.account_disco_feature(NS_VCARD)
     registry.stores("vcards", per_account=True, what="each account's vCard and its photo's hash")
-    pep = pep_service(registry)  # installed before this feature, when it is on
+    # PEP's in-process service (features.pep.pep_service), installed before this feature when it
+    # is on; taken from the registry rather than imported, as importing PEP imports wokkel, which
+    # must wait for the start-up's compatibility names (sns_xmpp/startup.py).
+    pep = registry.services.get("pep")
     if pep is not None:
         conversion = AvatarConversion(pep, vcards.hashes.get, vcards.replace_photo, photo_hash)
         pep.on_publish(conversion.published)

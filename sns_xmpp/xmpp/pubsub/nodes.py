@@ -7,10 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
-from wokkel import data_form
+
+if TYPE_CHECKING:  # wokkel's data_form imports only after the start-up call (sns_xmpp/compat.py)
+    from wokkel import data_form
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_PUBSUB_OWNER = NS_PUBSUB + "#owner"
@@ -164,8 +168,15 @@ def created_with(options: data_form.Form | None, limits: Limits) -> NodeConfig:
     return config
 
 
+def _data_form() -> ModuleType:
+    from wokkel import data_form  # noqa: PLC0415 - see the import above
+
+    return data_form
+
+
 def options_form(values: dict[str, str], form_type: str = NS_PUBLISH_OPTIONS) -> data_form.Form:
     """A submitted form, as a client sends publish-options (for callers of the in-process API)."""
+    data_form = _data_form()
     form = data_form.Form("submit", formNamespace=form_type)
     for var, value in values.items():
         form.addField(data_form.Field(var=var, value=value))
@@ -174,6 +185,7 @@ def options_form(values: dict[str, str], form_type: str = NS_PUBLISH_OPTIONS) ->
 
 def config_form(config: NodeConfig, limits: Limits) -> data_form.Form:
     """Section 8.2.1: the node's configuration as a form to fill in."""
+    data_form = _data_form()
     form = data_form.Form("form", formNamespace=NS_NODE_CONFIG)
     form.addField(data_form.Field("list-single", "pubsub#access_model", config.access_model,
                                   label="Who may subscribe and retrieve items",
@@ -199,7 +211,7 @@ def find_form(parent: domish.Element | None, form_type: str) -> data_form.Form |
     """The submitted form of *form_type* in *parent*; bad-request for a form of another kind."""
     if parent is None:
         return None
-    form = data_form.findForm(parent, form_type)
+    form = _data_form().findForm(parent, form_type)
     if form is not None and form.formType not in ("submit", "cancel"):
         raise StanzaError("bad-request", text=f"a {form.formType!r} form where a submitted one belongs")
     return form

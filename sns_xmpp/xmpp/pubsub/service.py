@@ -28,13 +28,13 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
-from wokkel import data_form
 from wokkel.generic import parseXml
 
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -53,6 +53,9 @@ from sns_xmpp.xmpp.pubsub.nodes import (
 from sns_xmpp.xmpp.roster import HAS_FROM, Roster
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT
+
+if TYPE_CHECKING:  # wokkel's data_form imports only after the start-up call (sns_xmpp/compat.py)
+    from wokkel import data_form
 
 log = GatedLogger()
 
