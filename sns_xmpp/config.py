@@ -202,10 +202,22 @@ class VCardConfig:
 
 
 @dataclass(frozen=True)
+class PEPConfig:
+    max_nodes: int = _setting(256, integer(1, 100_000), "PEP nodes one account may have (XEP-0163)")
+    max_items: int = _setting(
+        256, integer(1, 100_000), "most items one PEP node keeps; what a client's max_items = 'max' means"
+    )
+    max_item_bytes: int = _setting(
+        131072, integer(1024, 16 * 1024 * 1024), "largest PEP item, as serialised XML (XEP-0084 avatars: 87 KiB)"
+    )
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    pep: PEPConfig = field(default_factory=PEPConfig)
     vcard: VCardConfig = field(default_factory=VCardConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
 
