@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -24,3 +25,25 @@ def require_client(command: str, package: str | None = None, *, also: tuple[str,
         if shutil.which(other) is None:
             pytest.fail(f"{command} is installed but {other}, which the test needs beside it, is not")
     return path
+
+
+class Terminal:
+    """A full-screen program in a tmux server of its own (its socket *socket*), typed at and read
+    as a person would: `tmux send-keys` and `tmux capture-pane`."""
+
+    def __init__(self, socket: str | os.PathLike[str]) -> None:
+        self.socket = os.fspath(socket)
+
+    def _tmux(self, *arguments: str) -> str:
+        done = subprocess.run(["tmux", "-S", self.socket, *arguments], capture_output=True, text=True)
+        assert done.returncode == 0, f"tmux {' '.join(arguments)}: {done.stderr}"
+        return done.stdout
+
+    def type(self, line: str) -> None:
+        """Type *line* as it is (no key names), then Enter."""
+        self._tmux("send-keys", "-l", line)
+        self._tmux("send-keys", "Enter")
+
+    def screen(self) -> str:
+        """What the terminal shows now, wrapped lines joined."""
+        return self._tmux("capture-pane", "-p", "-J")
