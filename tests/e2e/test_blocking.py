@@ -5,6 +5,7 @@ restores delivery, and the list survives a restart."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest_twisted
 import slixmpp
@@ -144,3 +145,48 @@ async def test_a_blocked_local_user_gets_nothing_through_until_the_social_user_u
     assert (await wait(next_chat(phone)))["body"] == "free at last"  # nothing of his was kept offline
     for each in (phone, bob):
         await wait(each.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_profanity_blocks_and_unblocks_a_social_user(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Profanity (C, libstrophe) as the local user bob: `/blocked add` blocks rosa, a social user on
+    slixmpp, whose message is then bounced with service-unavailable and whose presence bob no
+    longer sees; `/blocked` lists her (the list Profanity keeps from the server's answers and
+    pushes); `/blocked remove` lets her next message through to his screen, and only that one."""
+    from tests.clients import Terminal
+    from tests.e2e.test_local_im import _need_profanity, profanity, until
+
+    _need_profanity()
+    credentials = await demo_credentials(server, "rosa")
+    rosa_jid = credentials["jid"]
+    await server.add_user("bob@localhost", "secret")
+    rosa = client(rosa_jid, credentials["password"], mechanism="PLAIN")
+    await wait(rosa.log_in(server.c2s_port))
+    blocking = server.sessions.hooks.account_iqs[("urn:xmpp:blocking", "blocklist")].__self__
+    with profanity(tmp_path, "bob@localhost", f"""\
+            [bob@localhost]
+            enabled=true
+            jid=bob@localhost
+            server=127.0.0.1
+            port={server.c2s_port}
+            resource=profanity
+            password=secret
+            tls.policy=trust
+            """):
+        terminal = Terminal(tmp_path / "tmux.sock")
+        await until(lambda: bool(server.sessions.available("bob@localhost")))
+        terminal.type(f"/blocked add {rosa_jid}")
+        await until(lambda: blocking.lists.get("bob@localhost") == {rosa_jid})
+        rosa.send_message(mto="bob@localhost", mbody="knock knock", mtype="chat")
+        bounced = await wait(rosa.errors.get())  # type: ignore[attr-defined]
+        assert (bounced["body"], bounced["error"]["condition"]) == ("knock knock", "service-unavailable")
+        terminal.type("/blocked")
+        await until(lambda: rosa_jid in terminal.screen())
+        terminal.type(f"/blocked remove {rosa_jid}")
+        await until(lambda: blocking.lists.get("bob@localhost") == set())
+        rosa.send_message(mto="bob@localhost", mbody="open sesame", mtype="chat")
+        await until(lambda: f"<< chat message: {rosa_jid}" in terminal.screen())  # the first since the block
+        terminal.type("/win 2")
+        await until(lambda: "open sesame" in terminal.screen())
+        assert "knock knock" not in terminal.screen()
+    await wait(rosa.log_out())
