@@ -320,7 +320,8 @@ def test_retract_purge_and_delete_notify_and_configuration_is_the_owners() -> No
 
 def test_the_account_answers_disco_info_with_its_identities_and_pep_features() -> None:
     """XEP-0030 section 3.1 and XEP-0163 section 6: the bare JID is account/registered and
-    pubsub/pep, with publish-options (what Conversations' server-info screen looks for)."""
+    pubsub/pep, with publish-options (what Conversations' server-info screen looks for; Profanity
+    looks for publish-options on the domain, so it is there too)."""
     world = two_people()
     answer = world.alice.ask("<iq type='get' id='d2' to='alice@localhost'>"
                              f"<query xmlns='{DISCO_INFO}'/></iq>")
@@ -329,6 +330,8 @@ def test_the_account_answers_disco_info_with_its_identities_and_pep_features() -
     features = {f.get("var") for f in answer.iter(f"{{{DISCO_INFO}}}feature")}
     assert {PUBSUB, PUBSUB + "#publish-options", PUBSUB + "#access-whitelist", PUBSUB + "#auto-create",
             "http://jabber.org/protocol/caps"} <= features
+    domain = world.alice.ask(f"<iq type='get' id='d4' to='localhost'><query xmlns='{DISCO_INFO}'/></iq>")
+    assert PUBSUB + "#publish-options" in {f.get("var") for f in domain.iter(f"{{{DISCO_INFO}}}feature")}  # Profanity
     assert {(i.get("category"), i.get("type")) for i in world.bob.ask(
         "<iq type='get' id='d3' to='alice@localhost'>"
         f"<query xmlns='{DISCO_INFO}'/></iq>").iter(f"{{{DISCO_INFO}}}identity")} == identities

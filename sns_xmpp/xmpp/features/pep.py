@@ -250,6 +250,10 @@ def install(registry: FeatureRegistry) -> None:
     registry.account_disco_feature(NS_DISCO_ITEMS)
     for feature in PUBSUB_FEATURES:
         registry.account_disco_feature(NS_PEP_DISCO + feature)
+    # On the domain too, as ejabberd does: Profanity looks there (connection_supports) before it
+    # publishes its OMEMO device list and bundles with access_model=open; without it they are
+    # published with PEP's default (presence), and a stranger cannot start OMEMO.
+    registry.disco_feature(NS_PEP_DISCO + "publish-options")
     registry.stores("pep_nodes", per_account=True, what="an account's PEP nodes and their configuration")
     registry.stores("pep_items", per_account=True, what="the items published to them")
 
