@@ -101,7 +101,7 @@ class XMPPError(Exception):
 class FastDevice:
     """One simulated device of a social account that logs in with FAST (XEP-0484).
 
-    It keeps what its last login gave it: the token (each FAST login rotates it) and the count
+    It keeps what its last login gave it: the token (a login that rotates it hands over the new one) and the count
     to send next (it grows from login to login with one token and starts at 1 with a new one).
     While one of its logins is under way it is out of its pool (``free``), so that no two
     logins race for its token.
