@@ -13,7 +13,7 @@ from typing import Any
 import pytest_twisted
 from slixmpp.exceptions import IqError
 from slixmpp.jid import JID
-from slixmpp.xmlstream import ET
+from slixmpp.xmlstream import ET, ElementBase
 
 from sns_xmpp.service import FeatureStop
 from sns_xmpp.xmpp.features.caps import entity_caps
@@ -78,6 +78,14 @@ def publish_options(client: Client, **fields: str) -> Any:
     return form
 
 
+class Notes(ElementBase):
+    """A private payload for XEP-0223's store (slixmpp publishes an ElementBase)."""
+
+    namespace = PRIVATE
+    name = "notes"
+    plugin_attrib = "notes"
+
+
 def pubsub_condition(error: IqError) -> str | None:
     found = error.iq.xml.find(f"{{jabber:client}}error/{{{ERRORS}}}*")
     return found.tag.split("}")[1] if found is not None else None
@@ -130,11 +138,11 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
     data = await wait(bob.plugin["xep_0084"].retrieve_avatar(JID(rosa_jid), avatar_id))
     assert data["pubsub"]["items"]["item"]["avatar_data"]["value"] == PICTURE
 
-    note = ET.Element(f"{{{PRIVATE}}}notes")
-    note.text = "not for bob"
-    await wait(rosa.plugin["xep_0060"].publish(None, PRIVATE, id="current", payload=note,
-                                               options=publish_options(rosa, access_model="whitelist",
-                                                                       persist_items="true")))
+    note = Notes()
+    note.xml.text = "not for bob"
+    await wait(rosa.plugin["xep_0223"].store(note, node=PRIVATE, id="current"))  # whitelist, persistent
+    mine = await wait(rosa.plugin["xep_0223"].retrieve(PRIVATE, id="current"))
+    assert mine["pubsub"]["items"]["item"]["payload"].text == "not for bob"
     await wait(rosa.plugin["xep_0060"].publish(None, BOOKMARKS, id="room@muc.localhost", payload=conference("Room"),
                                                options=publish_options(rosa, **BOOKMARK_OPTIONS)))
     for node in (PRIVATE, BOOKMARKS):
