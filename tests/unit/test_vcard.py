@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
@@ -405,3 +406,38 @@ def test_presence_sent_before_the_hash_is_read_waits_for_it() -> None:
     store.answer_reads()  # the vCard get's own read
     [card] = [s for s in alice.received() if s.get("id") == "v"]
     assert card[0].findtext(f"{{{VCARD}}}FN") == "Peter"
+
+
+def test_a_presence_held_for_the_hash_goes_nowhere_if_its_session_ends_and_on_without_a_hash_if_the_read_fails(
+) -> None:
+    """A session that ends while its presence waits for the hash leaves no presence behind (no
+    contact sees it come online after it went); a read that fails lets presence go on without
+    a hash rather than not at all."""
+    store = SlowReads()
+    for jid in ("alice@localhost", "bob@localhost"):
+        store.database.create_account(jid, (), NOW)
+    store.rosters["alice@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="both")}
+    store.rosters["bob@localhost"] = {"alice@localhost": RosterItem("alice@localhost", subscription="both")}
+    sessions, factory, _clock = world(store)
+    bob = Person(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.send("<presence/>")
+    store.answer_reads()
+    bob.received()  # his own presence, held for his hash until now
+    Person(sessions, factory, "alice@localhost", "192.0.2.4", resource="tablet")  # keeps her roster loaded
+    alice = Person(sessions, factory, "alice@localhost", "192.0.2.1")
+    alice.send("<presence/>")
+    [phone] = [s for s in sessions.resources("alice@localhost") if s.resource == "r"]
+    sessions.unbind(phone)
+    store.answer_reads()
+    assert bob.received() == []
+
+    def broken(work: Callable[[Any], Any]) -> Deferred[Any]:
+        return defer.fail(RuntimeError("the store is down"))
+
+    for left in sessions.resources("alice@localhost"):
+        sessions.unbind(left)
+    bob.received()
+    store.run_read = broken  # type: ignore[method-assign]
+    alice = Person(sessions, factory, "alice@localhost", "192.0.2.3")
+    alice.send("<presence><status>here</status></presence>")
+    assert [(p.findtext(f"{{{CLIENT}}}status"), photo_in(p)) for p in bob.received()] == [("here", None)]

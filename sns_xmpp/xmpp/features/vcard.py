@@ -280,10 +280,16 @@ class VCards:
         if known is not None:
             stamp(presence, known)
             return None
+        waiting = self.loading.get(session.bare)
+        if waiting is None:
+            return None  # the read failed at once (logged): the presence goes on without a hash
         # The read is still on its way (PostgreSQL): the presence waits for it, then goes on.
         held: Deferred[object] = Deferred()
 
         def go_on(hash_: str | None) -> None:
+            if self.sessions.session(session.jid) is not session:
+                held.callback(None)  # the session ended meanwhile: its presence is no one's news
+                return
             if hash_ is not None:
                 stamp(presence, hash_)
             chain = self.presence_chain
@@ -293,7 +299,7 @@ class VCards:
             except Exception:
                 held.errback()
 
-        self.loading[session.bare].append(go_on)
+        waiting.append(go_on)
         return held
 
     def resend_presence(self, owner: str) -> None:
