@@ -7,6 +7,7 @@ social user and a local user, and a stranger who shares no presence with either.
   ``not-authorized`` with ``presence-subscription-required`` (XEP-0060 6.5.9); a bundle published
   with ``pubsub#access_model=open`` (Conversations, Dino, Gajim, and Profanity where announced) is
   read by anyone, so that a stranger can start a session.
+- No list yet is ``item-not-found`` with the legacy ``code="404"`` (XEP-0086), which Profanity needs.
 - Republishing the item ``current`` replaces it: one device list, never two.
 - Publish-options that an existing node does not meet are refused with ``conflict`` and
   ``precondition-not-met`` (XEP-0060 7.1.5); Conversations then reconfigures the node (8.2) and
@@ -96,6 +97,15 @@ async def test_device_lists_reach_contacts_bundles_reach_anyone_and_current_is_r
     bob = await pubsub_client(server, "bob@localhost", "secret")
     carol = await pubsub_client(server, "carol@localhost", "secret")
     pubsub = oona.plugin["xep_0060"]
+
+    # No list yet: item-not-found, with XEP-0086's legacy code 404, the one thing Profanity (0.13
+    # and its master today) reads to tell "no list yet" from a failure: without it, it never
+    # publishes its first device.
+    try:
+        await wait(bob.plugin["xep_0060"].get_items(social, DEVICE_LIST))
+        raise AssertionError("a list that was never published")
+    except IqError as failure:
+        assert (failure.condition, failure.iq["error"].xml.get("code")) == ("item-not-found", "404")
 
     await wait(pubsub.publish(None, DEVICE_LIST, id="current", payload=device_list(1111)))
     await wait(pubsub.publish(None, f"{AXOLOTL}.bundles:1111", id="current", payload=bundle(1111),
