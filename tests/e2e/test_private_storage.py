@@ -5,14 +5,18 @@ user: each reads only their own, a reserved namespace is refused, and the data s
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0048.stanza import Bookmarks
 from slixmpp.plugins.xep_0049.stanza import PrivateXML
 from slixmpp.xmlstream import ElementBase, register_stanza_plugin
 
+from sns_xmpp.store.private_storage import fragment
+from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
@@ -95,3 +99,46 @@ async def test_private_data_and_bookmarks_are_the_owners_and_survive_a_restart(s
     assert (await wait(bob.plugin["xep_0049"].retrieve("exodus")))["private"]["exodus"]["defaultnick"] == "Bob"
     for client in (rosa, bob):
         await wait(client.log_out())
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_profanity_reads_and_writes_its_bookmarks_in_private_storage(server, tmp_path: Path) -> None:
+    """A client from another stack: Profanity (C, libstrophe), whose bookmarks are XEP-0048's in
+    private storage (jabber:iq:private, storage:bookmarks), logged in as the social user rosa.
+    The bookmark her slixmpp resource stored is in Profanity's '/bookmark list' (Profanity's get),
+    and the one added in Profanity is in the server's store beside it (Profanity's set, the whole
+    list at once)."""
+    from tests.e2e.test_local_im import profanity, until
+    from tests.e2e.test_omemo_profanity import accounts_file
+
+    credentials = await demo_credentials(server, "rosa")
+    rosa_jid = credentials["jid"]
+    phone = private_client(f"{rosa_jid}/phone", credentials["password"])
+    await wait(phone.log_in(server.c2s_port))
+    bookmarks = Bookmarks()
+    bookmarks.add_conference("council@conference.localhost", "rosa", name="The council", autojoin=False)
+    await wait(phone.plugin["xep_0048"].set_bookmarks(bookmarks))
+    await wait(phone.log_out())
+
+    seen = [""]
+
+    def kept() -> str:
+        """Rosa's bookmarks in the store, as last read (a read may finish after the poll that asks)."""
+        read = server.store.run_read(partial(fragment, owner=rosa_jid, namespace="storage:bookmarks"))
+        read.addCallback(lambda xml: seen.__setitem__(0, xml or ""))
+        return seen[0]
+
+    home = tmp_path / "rosa"
+    home.mkdir()
+    terminal = Terminal(home / "tmux.sock")
+    with profanity(home, "rosa", accounts_file("rosa", rosa_jid, credentials["password"], server.c2s_port)):
+        log = home / "profanity.log"
+        # Profanity asks for its bookmarks once logged in: its debug log says when they came.
+        await until(lambda: log.exists() and "Handle bookmark for council@conference.localhost" in log.read_text())
+        terminal.type("/bookmark list")
+        await until(lambda: "council@conference.localhost" in terminal.screen())
+        terminal.type("/bookmark add garden@conference.localhost autojoin off")
+        await until(lambda: "garden@conference.localhost" in kept())
+    stored = await server.store.run_read(partial(fragment, owner=rosa_jid, namespace="storage:bookmarks"))
+    assert "council@conference.localhost" in stored and stored.startswith("<storage xmlns='storage:bookmarks'>")
