@@ -414,3 +414,35 @@ def test_the_sql_of_pep_in_each_engine(backend: Backend) -> None:  # noqa: F811 
         assert store_pep.nodes(db, "bob@x").keys() == {"urn:t"}
     finally:
         db.close()
+
+
+def test_the_owners_own_resources_get_the_last_items_and_whitelist_notifications_only_they() -> None:
+    """XEP-0163 section 4.3.2 for the owner: alice's second resource, showing +notify for her
+    nick and her private node, gets both last items when it comes online; a later publish to the
+    whitelist node notifies it but not bob, who also shows +notify for that node (XEP-0223:
+    the owner alone); a node whose send_last_published_item is never (XEP-0402's bookmarks) sends
+    no last item."""
+    world = two_people()
+    alice, bob = world.alice, world.bob
+    private = "urn:example:private"
+    features = CLIENT_FEATURES + (private + "+notify", "urn:xmpp:bookmarks:1+notify")
+    presence, _ver = caps_presence(features)
+    bob.send(presence)
+    answer_caps_query(bob, features)
+    publish(alice, NICK, f"<nick xmlns='{NICK}'>Alice</nick>")
+    publish(alice, private, "<notes xmlns='urn:example:private'>1</notes>", options=options(access_model="whitelist"))
+    publish(alice, "urn:xmpp:bookmarks:1", "<conference xmlns='urn:xmpp:bookmarks:1'/>", "room@muc",
+            options(access_model="whitelist", send_last_published_item="never"))
+    assert [m.find(f".//{{{EVENT}}}items").get("node") for m in bob.stanzas()] == [NICK]  # type: ignore[union-attr]
+
+    desk = world.person("alice@localhost", "desk", "192.0.2.5")
+    desk.send(presence)
+    arrived = desk.stanzas()
+    assert [s for s in arrived if s.find(f"{{{DISCO_INFO}}}query") is not None] == []  # the ver is cached
+    delivered = {m.find(f".//{{{EVENT}}}items").get("node") for m in arrived  # type: ignore[union-attr]
+                 if m.tag.endswith("message")}
+    assert delivered == {NICK, private} and len([m for m in arrived if m.tag.endswith("message")]) == 2
+    publish(alice, private, "<notes xmlns='urn:example:private'>2</notes>")
+    [notified] = [m for m in desk.stanzas() if m.tag.endswith("message")]
+    assert notified.findtext(".//{urn:example:private}notes") == "2"
+    assert [s for s in bob.stanzas() if s.tag.endswith("message")] == []  # (he saw desk's presence)
