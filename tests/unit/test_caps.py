@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from wokkel.generic import parseXml
 
+from sns_xmpp.xmpp.features import caps as caps_module
 from sns_xmpp.xmpp.features.caps import QUERY_TIMEOUT, IllFormed, ver_of, ver_string, verifies
 from tests.unit.test_pep import DISCO_INFO, Person, two_people
 
@@ -125,3 +126,16 @@ def test_an_answer_from_another_address_is_not_taken() -> None:
     eve.send(f"<iq type='result' id='{query_id}' to='alice@localhost'>{EXODUS}</iq>")
     assert len(world.sessions.hooks.responses) == 1
     assert "bob@localhost/laptop" not in world.caps.seen("alice@localhost")
+
+
+def test_the_cache_keeps_the_newest_vers_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ver cache is bounded (least recently used out): with room for one, Psi's verified ver
+    pushes Exodus' out."""
+    monkeypatch.setattr(caps_module, "MAX_CACHED", 1)
+    world = two_people()
+    bob = world.bob
+    for ver, answer in ((EXODUS_VER, EXODUS), (PSI_VER, PSI)):
+        bob.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='x' ver='{ver}'/></presence>")
+        query_id, _node = caps_query_of(bob)
+        bob.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{answer}</iq>")
+    assert list(world.caps.cache) == [PSI_VER]
