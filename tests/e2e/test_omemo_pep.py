@@ -87,7 +87,11 @@ async def pubsub_client(server: RunningServer, jid: str, password: str, **kwargs
 
 
 @pytest_twisted.ensureDeferred
-async def test_device_lists_reach_contacts_bundles_reach_anyone_and_current_is_replaced(server) -> None:
+async def test_device_lists_reach_contacts_bundles_reach_anyone_and_current_is_replaced(
+        server_on_each_store: RunningServer) -> None:
+    """On SQLite and on PostgreSQL: a bundle is the biggest item OMEMO keeps, and 'current' is
+    replaced in place (each engine's own upsert)."""
+    server = server_on_each_store
     credentials = await demo_credentials(server, "oona")
     social = credentials["jid"]
     await server.add_user("bob@localhost", "secret")
