@@ -446,3 +446,41 @@ def test_the_owners_own_resources_get_the_last_items_and_whitelist_notifications
     [notified] = [m for m in desk.stanzas() if m.tag.endswith("message")]
     assert notified.findtext(".//{urn:example:private}notes") == "2"
     assert [s for s in bob.stanzas() if s.tag.endswith("message")] == []  # (he saw desk's presence)
+
+
+def test_malformed_requests_hear_the_xeps_errors() -> None:
+    """XEP-0060 section 7.1.3.6: a publish without an item is bad-request with item-required, an
+    item without a payload bad-request with payload-required; an empty <pubsub/> is bad-request;
+    a subscription (which PEP has implicitly, from presence) is feature-not-implemented with
+    unsupported feature='subscribe' (section 6.1.3.12)."""
+    alice = two_people().alice
+    no_item = alice.ask(f"<iq type='set' id='m1'><pubsub xmlns='{PUBSUB}'><publish node='n'/></pubsub></iq>")
+    assert error_of(no_item) == ("modify", [f"{{{STANZAS}}}bad-request", f"{{{ERRORS}}}item-required"])
+    no_payload = alice.ask(f"<iq type='set' id='m2'><pubsub xmlns='{PUBSUB}'><publish node='n'><item id='1'/>"
+                           "</publish></pubsub></iq>")
+    assert error_of(no_payload) == ("modify", [f"{{{STANZAS}}}bad-request", f"{{{ERRORS}}}payload-required"])
+    empty = alice.ask(f"<iq type='set' id='m3'><pubsub xmlns='{PUBSUB}'/></iq>")
+    assert error_of(empty) == ("modify", [f"{{{STANZAS}}}bad-request"])
+    subscribe = alice.ask(f"<iq type='set' id='m4' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+                          "<subscribe node='n' jid='alice@localhost'/></pubsub></iq>")
+    assert error_of(subscribe) == ("cancel", [f"{{{STANZAS}}}feature-not-implemented", f"{{{ERRORS}}}unsupported"])
+    unsupported = subscribe.find(f"{{jabber:client}}error/{{{ERRORS}}}unsupported")
+    assert unsupported is not None and unsupported.get("feature") == "subscribe"
+
+
+def test_create_with_a_configuration_then_conflict() -> None:
+    """XEP-0060 sections 8.1.1 and 8.1.3: create-and-configure makes the node as asked (here open
+    access, read by eve, no contact); creating it again is conflict."""
+    world = two_people()
+    alice = world.alice
+    form = (f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{PUBSUB}#node_config"
+            "</value></field><field var='pubsub#access_model'><value>open</value></field></x>")
+    create = (f"<iq type='set' id='{{}}'><pubsub xmlns='{PUBSUB}'><create node='urn:xmpp:omemo:2:bundles'/>"
+              f"<configure>{form}</configure></pubsub></iq>")
+    assert alice.ask(create.format("c1")).get("type") == "result"
+    assert error_of(alice.ask(create.format("c2"))) == ("cancel", [f"{{{STANZAS}}}conflict"])
+    publish(alice, "urn:xmpp:omemo:2:bundles", "<bundle xmlns='urn:xmpp:omemo:2'/>", "31415")
+    eve = world.person("eve@localhost")
+    answer = eve.ask(f"<iq type='get' id='e1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+                     "<items node='urn:xmpp:omemo:2:bundles'/></pubsub></iq>")
+    assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["31415"]

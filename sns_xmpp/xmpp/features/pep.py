@@ -71,11 +71,16 @@ def _asker(iq: domish.Element, owner: str, session: ClientSession | None) -> str
 def _parsed(iq: domish.Element) -> PubSubRequest:
     from wokkel.pubsub import PubSubRequest  # noqa: PLC0415 - see the import above
 
+    pubsub = next(iq.elements())  # dispatched for <pubsub/>
+    for verb in pubsub.elements():
+        verb.parent = pubsub  # wokkel reads a verb's siblings through it; this parser leaves it unset
     try:
         return PubSubRequest.fromElement(iq)
     except NotImplementedError:
         child = next((c for c in iq.elements()), None)
-        verb = next((c.name for c in child.elements()), "?") if child is not None else "?"
+        verb = next((c.name for c in child.elements()), None) if child is not None else None
+        if verb is None:
+            raise StanzaError("bad-request", text="a <pubsub/> with nothing to do") from None
         raise unsupported(verb) from None
 
 
@@ -121,6 +126,8 @@ class PEPProtocol:
         if len(request.items) > 1:
             raise pubsub_error("bad-request", "invalid-payload")
         item = request.items[0] if request.items else None
+        if item is None:
+            raise pubsub_error("bad-request", "item-required")  # section 7.1.3.6: PEP nodes persist items
         payloads = [child for child in item.elements()] if item is not None else []
         if len(payloads) > 1:
             raise pubsub_error("bad-request", "invalid-payload")
