@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
+import zlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
+from sns_xmpp.store import vcard as vcard_store
+from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
+from tests.e2e.test_local_im import _need_profanity, profanity, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -110,3 +117,83 @@ async def test_a_social_users_name_vcard_and_avatar_reach_a_local_contact_and_su
     kept = (await wait(bob.plugin["xep_0054"].get_vcard(rosa_jid)))["vcard_temp"]
     assert (kept["FN"], kept["PHOTO"]["BINVAL"]) == ("rosa", JPEG)
     await wait(bob.log_out())
+
+
+def png(width: int = 16, height: int = 16) -> bytes:
+    """A real PNG (Profanity decodes and scales the picture before it publishes it)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(v for x in range(width) for v in (x * 16 % 256, y * 16 % 256, 128))
+                    for y in range(height))  # each row: filter 0, then RGB pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_profanity_gets_a_vcard_photo_as_an_avatar_and_its_avatar_becomes_a_vcard_photo(
+        server: Any, tmp_path: Path) -> None:
+    """XEP-0398 both ways with a client from another stack (Profanity 0.13: C, libstrophe; it has
+    XEP-0084 avatars but no vCard commands), as the local user: the photo the social user set in
+    her vCard (slixmpp's xep_0054 alone) is what Profanity's /avatar get fetches from her PEP
+    avatar; the avatar Profanity publishes with /avatar set is what the social user's slixmpp
+    finds as the local user's vCard photo, under the hash Profanity published it with."""
+    _need_profanity()
+    credentials = await demo_credentials(server, "rosa")
+    rosa_jid = credentials["jid"]
+    await server.add_user("bob@localhost", "secret")
+    rosa = Client(rosa_jid, credentials["password"], mechanism="PLAIN")
+    for plugin in ("xep_0054", "xep_0060"):
+        rosa.register_plugin(plugin)
+    bob = Client("bob@localhost", "secret")
+    for client in (rosa, bob):
+        await wait(client.log_in(server.c2s_port))
+    for asking, answering in ((bob, rosa), (rosa, bob)):  # PEP's default access: contacts only
+        asking.send_presence(pto=answering.boundjid.bare, ptype="subscribe")
+        await wait(answering.subscription_requests.get())
+        answering.send_presence(pto=asking.boundjid.bare, ptype="subscribed")
+    await wait(bob.plugin["xep_0199"].ping(jid="localhost"))
+    await wait(bob.log_out())
+    own = (await wait(rosa.plugin["xep_0054"].get_vcard(rosa_jid)))["vcard_temp"]
+    own["PHOTO"]["TYPE"] = "image/png"
+    rosas_photo = png(8, 8)
+    own["PHOTO"]["BINVAL"] = rosas_photo
+    await wait(rosa.plugin["xep_0054"].publish_vcard(own))
+    picture = tmp_path / "avatar.png"
+    picture.write_bytes(png())
+    home = tmp_path / "bob"
+    home.mkdir()
+    terminal = Terminal(home / "tmux.sock")
+    with profanity(home, "bob@localhost", f"""\
+            [bob@localhost]
+            enabled=true
+            jid=bob@localhost
+            server=127.0.0.1
+            port={server.c2s_port}
+            resource=profanity
+            password=secret
+            tls.policy=trust
+            """):
+        await until(lambda: bool(server.sessions.available("bob@localhost")))
+        terminal.type(f"/avatar get {rosa_jid}")
+        saved = home / "data" / "profanity" / "avatars" / f"{rosa_jid.replace('@', '_at_')}.png"
+        await until(saved.exists)  # Profanity fetches the data once her metadata reaches it
+        await until(lambda: saved.read_bytes() == rosas_photo)
+        terminal.type(f"/avatar set {picture}")
+        photos: list[str | None] = [None]
+
+        def converted() -> bool:  # Profanity's publish is no event here: the store is polled
+            server.store.run_read(partial(vcard_store.photo_hash, jid="bob@localhost")).addCallback(
+                lambda found: photos.__setitem__(0, found))
+            return bool(photos[0])
+
+        await until(converted)
+    metadata = await wait(rosa.plugin["xep_0060"].get_items("bob@localhost", "urn:xmpp:avatar:metadata"))
+    [info] = metadata.xml.findall(".//{urn:xmpp:avatar:metadata}metadata/{urn:xmpp:avatar:metadata}info")
+    card = (await wait(rosa.plugin["xep_0054"].get_vcard("bob@localhost")))["vcard_temp"]
+    image = card["PHOTO"]["BINVAL"]
+    assert hashlib.sha1(image).hexdigest() == info.get("id") == photos[0]
+    # The type as the metadata said it (Profanity 0.13 writes 'img/png'): XEP-0398 takes it as given.
+    assert image.startswith(b"\x89PNG") and card["PHOTO"]["TYPE"] == info.get("type")
+    await wait(rosa.log_out())
