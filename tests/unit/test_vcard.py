@@ -8,15 +8,19 @@ import base64
 import hashlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 from sns_xmpp.auth.checker import LoginResult
+from sns_xmpp.auth.scram import derive_all
 from sns_xmpp.config import VCardConfig, XMPPConfig
+from sns_xmpp.sites.interface import VerifiedAccount
 from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream
@@ -26,6 +30,7 @@ from sns_xmpp.xmpp.features.vcard import MAX_VCARD_BYTES
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import HEADER
+from tests.unit.test_social_auth import OpenSite, _with_checker
 from tests.unit.test_store import NOW, Backend, backend  # noqa: F401 - the fixture
 from tests.unit.test_stream_management import MemoryStore, output, stanzas, world
 
@@ -441,3 +446,28 @@ def test_a_presence_held_for_the_hash_goes_nowhere_if_its_session_ends_and_on_wi
     alice = Person(sessions, factory, "alice@localhost", "192.0.2.3")
     alice.send("<presence><status>here</status></presence>")
     assert [(p.findtext(f"{{{CLIENT}}}status"), photo_in(p)) for p in bob.received()] == [("here", None)]
+
+
+class NamedSite(OpenSite):
+    """A site that says the person's name, as an OpenID provider's `name` claim does."""
+
+    def verify(self, identifier: str, token: str, now: float) -> Deferred[VerifiedAccount]:
+        return defer.succeed(VerifiedAccount(self.site_id, identifier, now + 60, identifier.encode(),
+                                             display_name="Ada Lovelace"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_social_login_carries_the_sites_name_for_the_person(tmp_path: Path) -> None:
+    """What the vCard feature reads at bind: the name the site vouched for (an hmac site's account
+    name, all it says of the person; a provider's name claim), and none for a local account."""
+
+    async def work(checker: Any, sites: Any, store: Any) -> None:
+        sites.sites["named"] = NamedSite("named")
+        identifier, token = sites.get("sns").mint("zoe", "s1", 1500)
+        assert (await checker.check_plain(f"{identifier}@sns", token, None, "localhost")).display_name == "zoe"
+        assert (await checker.check_plain("ada@named", "ok", None, "localhost")).display_name == "Ada Lovelace"
+        await store.create_account("local@localhost", derive_all("secret"), 1000.0)
+        local = await checker.check_plain("local", "secret", None, "localhost")
+        assert (local.jid, local.display_name) == ("local@localhost", None)
+
+    await _with_checker(tmp_path, work)
