@@ -2,7 +2,9 @@
 Debian's build with libsignal-protocol-c), one a social user's, one a local user's, each in a tmux
 of its own, exchange encrypted messages as people would type them: one each way, then one sent
 while the receiver is offline, which waits in the offline store and is decrypted by the
-receiver's next Profanity (the same OMEMO files) when it logs in.
+receiver's next Profanity (the same OMEMO files) when it logs in. A second test gives the social
+user two devices: both join one device list, and the second decrypts the sent carbon (XEP-0280)
+of what the first sent.
 
 Profanity speaks OMEMO 0.3 (XEP-0384 before 0.4, namespace ``eu.siacs.conversations.axolotl``, as
 Conversations, Dino and Gajim still do): ``/omemo gen`` makes a device, publishes its bundle to the
@@ -21,7 +23,7 @@ third client (slixmpp, XEP-0060 items requests) reads both device lists as a con
 is also how the test knows the devices are published before it goes on (no sleeps: each step polls
 what it waits for, with a deadline).
 
-Slow (about 10 s: three Profanity start-ups and libsignal key generation), so marked ``slow``
+Slow (about 20 s for both: six Profanity start-ups and libsignal key generation), so marked ``slow``
 (setup.cfg); scripts/test runs it, ``-m "not slow"`` leaves it out of a quick run.
 """
 
@@ -153,7 +155,7 @@ class Instance:
                                  f"{self.terminal.screen()}\n{self.log_tail()}")
 
 
-def accounts_file(name: str, jid: str, password: str, port: int) -> str:
+def accounts_file(name: str, jid: str, password: str, port: int, resource: str = "profanity") -> str:
     # A GLib key file: a backslash in a value (a social JID's escaped @) is written doubled.
     return textwrap.dedent(f"""\
         [{name}]
@@ -161,17 +163,18 @@ def accounts_file(name: str, jid: str, password: str, port: int) -> str:
         jid={jid.replace(chr(92), chr(92) * 2)}
         server=127.0.0.1
         port={port}
-        resource=profanity
+        resource={resource}
         password={password}
         tls.policy=trust
         """)
 
 
-def start(stack: ExitStack, tmp_path: Path, name: str, jid: str, password: str, port: int, run: str = "") -> Instance:
+def start(stack: ExitStack, tmp_path: Path, name: str, jid: str, password: str, port: int, run: str = "",
+          resource: str = "profanity") -> Instance:
     """Profanity as *name*, its home tmp_path/name (kept from an earlier *run*: its OMEMO files)."""
     home = tmp_path / name
     home.mkdir(exist_ok=True)
-    stack.enter_context(profanity(home, name, accounts_file(name, jid, password, port), run=run))
+    stack.enter_context(profanity(home, name, accounts_file(name, jid, password, port, resource), run=run))
     return Instance(jid, home, run)
 
 
@@ -333,4 +336,57 @@ async def test_two_profanity_clients_exchange_omemo_messages_the_server_sees_onl
         bob.terminal.type(f"/msg {olga.jid}")
         await bob.until_shows(away)
         assert await server.store.count_offline("bob@localhost") == 0
+    await wait(watcher.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_senders_second_device_decrypts_the_carbon_of_what_the_first_sent(server, tmp_path: Path) -> None:
+    """Multi-device OMEMO: the social user has Profanity on two devices (resources), the local
+    user on one. Each device adds itself to the same device list (XEP-0384 0.3 4.2: read, add,
+    republish, as each learns the list by +notify); the desktop encrypts for bob's device and for
+    the phone, and the phone gets the message as a sent carbon (XEP-0280) and decrypts it."""
+    _need_profanity()
+    credentials = await demo_credentials(server, "olga")
+    social, social_password = credentials["jid"], credentials["password"]
+    await server.add_user("bob@localhost", "secret")
+    await befriend(server.c2s_port, (social, social_password), ("bob@localhost", "secret"))
+    seen: list[tuple[str, domish.Element]] = []
+
+    def record(session: ClientSession, message: domish.Element) -> None:
+        seen.append((session.full, message))
+
+    server.sessions.hooks.hook(MESSAGE_FROM_CLIENT, record, priority=1_000_000)
+    watcher = Client("bob@localhost/watcher", "secret")
+    watcher.register_plugin("xep_0060")
+    await wait(watcher.log_in(server.c2s_port, presence=False))
+    lists = DeviceLists(watcher)
+    with ExitStack() as stack:
+        desktop = start(stack, tmp_path, "desktop", social, social_password, server.c2s_port, resource="desktop")
+        phone = start(stack, tmp_path, "phone", social, social_password, server.c2s_port, resource="phone")
+        bob = start(stack, tmp_path, "bob", "bob@localhost", "secret", server.c2s_port)
+        devices = {}
+        for instance in (desktop, phone, bob):
+            await instance.until_logged_in()
+            instance.terminal.type("/omemo trustmode blind")
+            instance.terminal.type("/omemo gen")
+            devices[instance.home.name] = await instance.until_device()
+        await lists.until_listed("bob@localhost", devices["bob"])
+        for device in (devices["desktop"], devices["phone"]):
+            await lists.until_listed(social, device)  # both in the one list, neither lost
+
+        desktop.terminal.type("/msg bob@localhost")
+        desktop.terminal.type("/omemo start")
+        await desktop.until_session_with("bob@localhost", devices["bob"])
+        await desktop.until_session_with(social, devices["phone"])
+        phone.terminal.type("/msg bob@localhost")
+        bob.terminal.type(f"/msg {social}")
+        plaintext = f"omemo from the desktop {secrets.token_hex(6)}"
+        seen.clear()
+        desktop.terminal.type(plaintext)
+        await bob.until_shows(plaintext)
+        await phone.until_shows(plaintext)
+        [(sender, message)] = [(full, m) for full, m in seen if encrypted_to(m)[0] is not None]
+        assert sender == f"{social}/desktop"
+        assert encrypted_to(message) == (str(devices["desktop"]), {devices["bob"], devices["phone"]})
+        assert all(plaintext not in m.toXml() for _, m in seen)
     await wait(watcher.log_out())
