@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -17,6 +18,7 @@ from slixmpp.xmlstream import ET, ElementBase
 
 from sns_xmpp.service import FeatureStop
 from sns_xmpp.xmpp.features.caps import entity_caps
+from tests.conftest import DEMO_SITE, make_config
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -179,10 +181,12 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_pep_data_survive_a_restart(start_server) -> None:
-    """persist_items: rosa's nickname and her whitelist bookmarks, published before the daemon
-    stops, are there after it starts again, for bob (the nick) and for rosa (the bookmarks)."""
-    server = await start_server()
+async def test_pep_data_survive_a_restart(start_server: Any, store_config: str, tmp_path: Path) -> None:
+    """persist_items, on SQLite and PostgreSQL: rosa's nickname and her whitelist bookmarks,
+    published before the daemon stops, are there after it starts again, for bob (the nick) and
+    for rosa (the bookmarks)."""
+    config = make_config(tmp_path, DEMO_SITE + store_config)
+    server = await start_server(config)
     credentials = await demo_credentials(server, "rosa")
     await server.add_user("bob@localhost", "secret")
     rosa = await pep_client(server, credentials["jid"], credentials["password"], mechanism="PLAIN")
@@ -196,8 +200,7 @@ async def test_pep_data_survive_a_restart(start_server) -> None:
         await wait(client.log_out())
     await start_server.stop(server)
 
-    server = await start_server()
-    credentials = await demo_credentials(server, "rosa")
+    server = await start_server(config)
     bob = await pep_client(server, "bob@localhost", "secret")
     nick = await wait(bob.plugin["xep_0060"].get_items(jid=rosa_jid, node="http://jabber.org/protocol/nick"))
     assert [item["payload"].text for item in nick["pubsub"]["items"]] == ["Rosa before the restart"]
