@@ -492,7 +492,8 @@ class World:
         """Offline messages, rosters and subscription requests left by earlier examples (junk
         stanzas store them) go, so that what one example sees does not depend on the ones before."""
         with closing(sqlite3.connect(self.database.path)) as db, db:
-            for table in ("offline_messages", "roster_items", "subscription_requests"):
+            for table in ("offline_messages", "roster_items", "subscription_requests", "roster_versions",
+                          "private_storage"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
 
     def settings(self, throttle: ThrottlePolicy | None = DEFAULT_THROTTLE, max_failures: int = 3) -> C2SSettings:
