@@ -42,12 +42,13 @@ def private_client(jid: str, password: str) -> Client:
 
 
 @pytest_twisted.ensureDeferred
-async def test_private_data_and_bookmarks_are_the_owners_and_survive_a_restart(start_server, tmp_path: Path) -> None:
+async def test_private_data_and_bookmarks_are_the_owners_and_survive_a_restart(start_server, store_config: str,
+                                                                                tmp_path: Path) -> None:
     """XEP-0049 with slixmpp's xep_0049 and xep_0048 (which keeps bookmarks in private storage):
     the social user rosa stores the XEP's example fragment and her bookmarks, the local user bob
     his own fragment of the same namespace; bob asking for rosa's data hears forbidden; a reserved
     namespace is refused (not-acceptable); after the server restarts, each reads their own."""
-    config = make_config(tmp_path, DEMO_SITE)
+    config = make_config(tmp_path, DEMO_SITE + store_config)  # SQLite, then PostgreSQL
     first = await start_server(config)
     credentials = await demo_credentials(first, "rosa")
     rosa_jid = credentials["jid"]

@@ -72,13 +72,14 @@ def versioned_client(jid: str, password: str, cache: RosterCache) -> Client:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reconnect_with_the_current_roster_version_gets_an_empty_roster_result(server) -> None:
+async def test_a_reconnect_with_the_current_roster_version_gets_an_empty_roster_result(server_on_each_store) -> None:
     """slixmpp keeps the roster and its version in a datastore (here one shared by two client
     objects, as a device keeps it between sessions). The social user rosa subscribes to the local
     user bob, who approves: the pushes carry versions, which slixmpp stores. Reconnecting with
     that version, rosa's roster get is answered with an empty result and her roster (bob,
     subscription 'to') comes from her own cache; after bob cancels her subscription while she is
-    away, the next reconnect gets the whole roster with a newer version."""
+    away, the next reconnect gets the whole roster with a newer version. On each store engine."""
+    server = server_on_each_store
     credentials = await demo_credentials(server, "rosa")
     rosa_jid = credentials["jid"]
     await server.add_user("bob@localhost", "secret")
