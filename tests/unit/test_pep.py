@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
+from zope.interface.verify import verifyObject
 
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.store import pep as store_pep
@@ -23,9 +24,9 @@ from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.built_in import install_features
 from sns_xmpp.xmpp.features.caps import EntityCaps, entity_caps, ver_of
 from sns_xmpp.xmpp.features.pep import pep_service
-from sns_xmpp.xmpp.pubsub import service
+from sns_xmpp.xmpp.pubsub import transactions
 from sns_xmpp.xmpp.pubsub.nodes import Limits, options_form
-from sns_xmpp.xmpp.pubsub.service import PEPService
+from sns_xmpp.xmpp.pubsub.service import IPEPService, PEPService
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import HEADER
@@ -393,21 +394,21 @@ def test_the_sql_of_pep_in_each_engine(backend: Backend) -> None:  # noqa: F811 
         two = options_form({"pubsub#max_items": "2"})
         for n, item_id in enumerate(("a", "b", "a", "c")):
             item = StoredItem(item_id, f"<n xmlns='urn:t'>{n}</n>", "alice@x", NOW + n)
-            config, evicted = service._publish(db, "alice@x", "urn:t", item, two, limits)
+            config, evicted = transactions.publish(db, "alice@x", "urn:t", item, two, limits)
         assert config.max_items == 2 and evicted == ["b"]
         assert [(i.item_id, i.payload) for i in store_pep.items(db, "alice@x", "urn:t")] == [
             ("a", "<n xmlns='urn:t'>2</n>"), ("c", "<n xmlns='urn:t'>3</n>")]
         assert [i.item_id for i in store_pep.items(db, "alice@x", "urn:t", newest=1)] == ["c"]
         assert [i.item_id for i in store_pep.items(db, "alice@x", "urn:t", ids=("c", "a", "zz"))] == ["c", "a"]
         other = StoredItem("1", "<o xmlns='urn:o'/>", "alice@x", NOW)
-        service._publish(db, "alice@x", "urn:other", other, None, limits)
-        service._publish(db, "bob@x", "urn:t", StoredItem("b1", "<n xmlns='urn:t'/>", "bob@x", NOW), None, limits)
+        transactions.publish(db, "alice@x", "urn:other", other, None, limits)
+        transactions.publish(db, "bob@x", "urn:t", StoredItem("b1", "<n xmlns='urn:t'/>", "bob@x", NOW), None, limits)
         assert {node: item.item_id for node, item in store_pep.last_items(db, "alice@x").items()} == {
             "urn:t": "c", "urn:other": "1"}
         with pytest.raises(StanzaError):
-            service._publish(db, "alice@x", "urn:t", StoredItem("d", "<n xmlns='urn:t'/>", "alice@x", NOW),
+            transactions.publish(db, "alice@x", "urn:t", StoredItem("d", "<n xmlns='urn:t'/>", "alice@x", NOW),
                              options_form({"pubsub#max_items": "3"}), limits)
-        assert service._retract(db, "alice@x", "urn:t", ("a", "zz"))[1] == ["a"]
+        assert transactions.retract(db, "alice@x", "urn:t", ("a", "zz"))[1] == ["a"]
         assert db.delete_account("alice@x")
         assert backend.rows("SELECT COUNT(*) FROM pep_items WHERE owner = 'alice@x'") == [(0,)]
         assert backend.rows("SELECT COUNT(*) FROM pep_nodes WHERE owner = 'alice@x'") == [(0,)]
@@ -484,3 +485,9 @@ def test_create_with_a_configuration_then_conflict() -> None:
     answer = eve.ask(f"<iq type='get' id='e1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
                      "<items node='urn:xmpp:omemo:2:bundles'/></pubsub></iq>")
     assert [item.get("id") for item in answer.iter(f"{{{PUBSUB}}}item")] == ["31415"]
+
+
+def test_the_service_provides_its_interface() -> None:
+    """The in-process API other features call is a zope interface, and the installed service
+    provides it."""
+    assert verifyObject(IPEPService, two_people().pep)

@@ -33,20 +33,18 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
+from zope.interface import Interface, implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import pep as store
 from sns_xmpp.store.common import Database
+from sns_xmpp.xmpp.pubsub import transactions
 from sns_xmpp.xmpp.pubsub.nodes import (
     NS_PUBSUB_EVENT,
     Limits,
     NodeConfig,
-    configured,
-    created_with,
-    meets,
     options_form,
     pubsub_error,
 )
@@ -90,102 +88,33 @@ def _payload(text: str) -> domish.Element | None:
     return parseXml(f"<payload>{text}</payload>").firstChildElement() if text else None
 
 
-# -- the work each request does on the store's worker, in one transaction --------------------------
-
-
-def _publish(db: Database, owner: str, node: str, item: store.StoredItem, options: data_form.Form | None,
-             limits: Limits) -> tuple[NodeConfig, list[str]]:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-        if text is None:
-            if store.count_nodes(tx, owner) >= limits.nodes_per_account:
-                raise pubsub_error("not-allowed", "max-nodes-exceeded")
-            config = created_with(options, limits)
-            store.create_node(tx, owner, node, config.to_json())
-        else:
-            config = NodeConfig.from_json(text)
-            if options is not None and not meets(config, options, limits):
-                raise pubsub_error("conflict", "precondition-not-met")
-        if not config.persist_items:  # the notification carries it; nothing is kept
-            store.purge(tx, owner, node)
-            return config, []
-        store.put_item(tx, owner, node, item)
-        return config, store.trim(tx, owner, node, config.max_items)
-
-
-def _config(db: Database, owner: str, node: str) -> NodeConfig:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-    if text is None:
-        raise StanzaError("item-not-found")
-    return NodeConfig.from_json(text)
-
-
-def _node_and_items(db: Database, owner: str, node: str, newest: int | None,
-                    ids: tuple[str, ...]) -> tuple[NodeConfig, list[store.StoredItem]]:
-    config = _config(db, owner, node)
-    return config, store.items(db, owner, node, newest, ids)
-
-
-def _create(db: Database, owner: str, node: str, form: data_form.Form | None, limits: Limits) -> NodeConfig:
-    with db.transaction() as tx:
-        if store.node_config(tx, owner, node) is not None:
-            raise StanzaError("conflict")
-        if store.count_nodes(tx, owner) >= limits.nodes_per_account:
-            raise pubsub_error("not-allowed", "max-nodes-exceeded")
-        config = configured(NodeConfig(), form, limits) if form is not None else NodeConfig()
-        store.create_node(tx, owner, node, config.to_json())
-    return config
-
-
-def _configure(db: Database, owner: str, node: str, form: data_form.Form, limits: Limits) -> NodeConfig:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-        if text is None:
-            raise StanzaError("item-not-found")
-        config = configured(NodeConfig.from_json(text), form, limits)
-        store.set_config(tx, owner, node, config.to_json())
-        store.trim(tx, owner, node, config.max_items if config.persist_items else 0)
-    return config
-
-
-def _retract(db: Database, owner: str, node: str, ids: tuple[str, ...]) -> tuple[NodeConfig, list[str]]:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-        if text is None:
-            raise StanzaError("item-not-found")
-        gone = store.retract(tx, owner, node, ids)
-    if not gone:
-        raise StanzaError("item-not-found")
-    return NodeConfig.from_json(text), gone
-
-
-def _purge(db: Database, owner: str, node: str) -> NodeConfig:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-        if text is None:
-            raise StanzaError("item-not-found")
-        store.purge(tx, owner, node)
-    return NodeConfig.from_json(text)
-
-
-def _delete(db: Database, owner: str, node: str) -> NodeConfig:
-    with db.transaction() as tx:
-        text = store.node_config(tx, owner, node)
-        if text is None:
-            raise StanzaError("item-not-found")
-        store.delete_node(tx, owner, node)
-    return NodeConfig.from_json(text)
-
-
-def _everything(db: Database, owner: str) -> tuple[dict[str, NodeConfig], dict[str, store.StoredItem]]:
-    configs = {node: NodeConfig.from_json(text) for node, text in store.nodes(db, owner).items()}
-    return configs, store.last_items(db, owner) if configs else {}
-
-
 # -- the service -----------------------------------------------------------------------------------
 
 
+class IPEPService(Interface):
+    """The in-process API (the module's doc): what other features call, as the account."""
+
+    def publish(owner: str, node: str, payload: domish.Element | None, item_id: str | None = None,
+                options: Mapping[str, str] | None = None) -> Deferred[str]:
+        """Publish one item, creating the node with *options* (publish-options) if it is not there."""
+
+    def items(owner: str, node: str, max_items: int | None = None, ids: Sequence[str] = ()) -> Deferred[list[PEPItem]]:
+        """The node's items, oldest first; item-not-found for no node."""
+
+    def retract(owner: str, node: str, ids: Sequence[str], notify: bool = True) -> Deferred[None]:
+        """Delete the items named; item-not-found if none was there."""
+
+    def purge(owner: str, node: str) -> Deferred[None]:
+        """Delete every item of the node."""
+
+    def delete(owner: str, node: str) -> Deferred[None]:
+        """Delete the node, telling the contacts (<delete/>)."""
+
+    def on_publish(listener: PublishListener) -> None:
+        """Call ``listener(owner, node, item)`` after every publish."""
+
+
+@implementer(IPEPService)
 class PEPService:
     def __init__(self, sessions: SessionManager, clock: IReactorTime, limits: Limits | None = None,
                  interest: Interest | None = None) -> None:
@@ -204,7 +133,7 @@ class PEPService:
 
     def items(self, owner: str, node: str, max_items: int | None = None,
               ids: Sequence[str] = ()) -> Deferred[list[PEPItem]]:
-        work = partial(_node_and_items, owner=owner, node=node, newest=max_items, ids=tuple(ids))
+        work = partial(transactions.node_and_items, owner=owner, node=node, newest=max_items, ids=tuple(ids))
         return self.sessions.store.run_read(work).addCallback(lambda found: [_loaded(i) for i in found[1]])
 
     def retract(self, owner: str, node: str, ids: Sequence[str], notify: bool = True) -> Deferred[None]:
@@ -212,18 +141,19 @@ class PEPService:
             config, gone = outcome
             if notify:
                 self._notify_retracted(owner, node, config, gone)
-        return self.sessions.store.run(partial(_retract, owner=owner, node=node, ids=tuple(ids))).addCallback(retracted)
+        work = partial(transactions.retract, owner=owner, node=node, ids=tuple(ids))
+        return self.sessions.store.run(work).addCallback(retracted)
 
     def purge(self, owner: str, node: str) -> Deferred[None]:
         def purged(config: NodeConfig) -> None:
             self._notify(owner, node, config, lambda: _event_child("purge", node))
-        return self.sessions.store.run(partial(_purge, owner=owner, node=node)).addCallback(purged)
+        return self.sessions.store.run(partial(transactions.purge, owner=owner, node=node)).addCallback(purged)
 
     def delete(self, owner: str, node: str) -> Deferred[None]:
         def deleted(config: NodeConfig) -> None:
             if config.notify_delete:
                 self._notify(owner, node, config, lambda: _event_child("delete", node))
-        return self.sessions.store.run(partial(_delete, owner=owner, node=node)).addCallback(deleted)
+        return self.sessions.store.run(partial(transactions.delete, owner=owner, node=node)).addCallback(deleted)
 
     def on_publish(self, listener: PublishListener) -> None:
         self.listeners.append(listener)
@@ -251,22 +181,24 @@ class PEPService:
                     log.failure("pep.listener_failed")
             return item.item_id
 
-        work = partial(_publish, owner=owner, node=node, item=item, options=options, limits=self.limits)
+        work = partial(transactions.publish, owner=owner, node=node, item=item, options=options, limits=self.limits)
         return self.sessions.store.run(work).addCallback(published)
 
     def create(self, owner: str, node: str, form: data_form.Form | None) -> Deferred[NodeConfig]:
-        return self.sessions.store.run(partial(_create, owner=owner, node=node, form=form, limits=self.limits))
+        work = partial(transactions.create, owner=owner, node=node, form=form, limits=self.limits)
+        return self.sessions.store.run(work)
 
     def config(self, owner: str, node: str) -> Deferred[NodeConfig]:
-        return self.sessions.store.run_read(partial(_config, owner=owner, node=node))
+        return self.sessions.store.run_read(partial(transactions.read_config, owner=owner, node=node))
 
     def configure(self, owner: str, node: str, form: data_form.Form) -> Deferred[NodeConfig]:
-        return self.sessions.store.run(partial(_configure, owner=owner, node=node, form=form, limits=self.limits))
+        work = partial(transactions.configure, owner=owner, node=node, form=form, limits=self.limits)
+        return self.sessions.store.run(work)
 
     def visible_items(self, asker: str, owner: str, node: str, max_items: int | None,
                       ids: Sequence[str]) -> Deferred[list[PEPItem]]:
         """Section 6.5: the items *asker* (a bare JID) may retrieve, or the access model's error."""
-        work = partial(_node_and_items, owner=owner, node=node, newest=max_items, ids=tuple(ids))
+        work = partial(transactions.node_and_items, owner=owner, node=node, newest=max_items, ids=tuple(ids))
 
         def checked(found: tuple[NodeConfig, list[store.StoredItem]]) -> Deferred[list[PEPItem]]:
             config, stored = found
@@ -347,7 +279,7 @@ class PEPService:
 
             return self._roster(owner).addCallback(deliver)
 
-        d = self.sessions.store.run_read(partial(_everything, owner=owner)).addCallback(send)
+        d = self.sessions.store.run_read(partial(transactions.everything, owner=owner)).addCallback(send)
         d.addErrback(lambda reason: log.failure("pep.last_items_failed", reason))
 
 
