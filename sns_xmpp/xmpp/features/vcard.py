@@ -60,6 +60,7 @@ NS_VCARD_UPDATE = "vcard-temp:x:update"
 MAX_VCARD_BYTES = 64 * 1024
 MAX_DISPLAY_NAME_CHARS = 256
 PRESENCE_PRIORITY = 20  # before the presence feature (0), which sends the presence on
+MAX_SHARED_UPDATES = 4096  # distinct hashes' <x/> elements kept for presence
 
 
 def photo_of(vcard: domish.Element) -> tuple[bytes, str] | None:
@@ -92,16 +93,25 @@ def first_vcard(display_name: str) -> str:
     return card.toXml()
 
 
-def stamp(presence: domish.Element, hash_: str) -> None:
-    """XEP-0398 section 4: the hash in *presence*, unless its client already put a <photo/>."""
-    update = next(presence.elements(NS_VCARD_UPDATE, "x"), None)
-    if update is None:
-        update = append_child(presence, domish.Element((NS_VCARD_UPDATE, "x")))
-    elif next(update.elements(NS_VCARD_UPDATE, "photo"), None) is not None:
-        return
+def update_element(hash_: str) -> domish.Element:
+    """<x xmlns='vcard-temp:x:update'><photo>hash</photo></x> ('' for none: an empty <photo/>)."""
+    update = domish.Element((NS_VCARD_UPDATE, "x"))
     photo = append_child(update, domish.Element((NS_VCARD_UPDATE, "photo")))
     if hash_:
         photo.children.append(hash_)
+    return update
+
+
+def stamp(presence: domish.Element, update: domish.Element) -> None:
+    """XEP-0398 section 4: *update* (from `update_element`) in *presence*, unless its client put
+    an <x/> there; an <x/> without a <photo/> gets *update*'s, one with a <photo/> is left alone.
+    *update* itself may be shared by many presences: it is never changed."""
+    for child in presence.children:
+        if isinstance(child, domish.Element) and child.name == "x" and child.uri == NS_VCARD_UPDATE:
+            if next(child.elements(NS_VCARD_UPDATE, "photo"), None) is None:
+                child.children.extend(update.children)
+            return
+    presence.children.append(update)
 
 
 def _child(parent: domish.Element, name: str) -> domish.Element | None:
@@ -117,6 +127,9 @@ class VCards:
         self.max_bytes = max_bytes
         # The photo hash of each account with a session here ('' for none), read once per stay.
         self.hashes: dict[str, str] = {}
+        # The <x/> each hash goes into presence as, made once and shared (a presence gains it
+        # for the price of a list append: no element is built per presence).
+        self.updates: dict[str, domish.Element] = {}
         # Accounts whose hash is being read, and what waits for it (presence sent meanwhile).
         self.loading: dict[str, list[Callable[[str | None], object]]] = {}
         # What runs after this feature on a client's presence: a presence held for the hash
@@ -270,6 +283,14 @@ class VCards:
         made.addCallback(stored).addErrback(lambda reason: log.failure("vcard.from_site_failed jid={jid}", reason,
                                                                        jid=owner))
 
+    def update_for(self, hash_: str) -> domish.Element:
+        update = self.updates.get(hash_)
+        if update is None:
+            if len(self.updates) >= MAX_SHARED_UPDATES:
+                self.updates.clear()  # a bound on memory, not a cache policy: they are cheap to make
+            update = self.updates[hash_] = update_element(hash_)
+        return update
+
     def outgoing(self, session: ClientSession, presence: domish.Element) -> Deferred[object] | None:
         if presence.getAttribute("type") is not None:
             return None  # only available presence carries the hash (unavailable, subscriptions...)
@@ -278,7 +299,7 @@ class VCards:
             self._load(session.bare, None)
             known = self.hashes.get(session.bare)  # a read the store answered at once
         if known is not None:
-            stamp(presence, known)
+            stamp(presence, self.update_for(known))
             return None
         waiting = self.loading.get(session.bare)
         if waiting is None:
@@ -291,7 +312,7 @@ class VCards:
                 held.callback(None)  # the session ended meanwhile: its presence is no one's news
                 return
             if hash_ is not None:
-                stamp(presence, hash_)
+                stamp(presence, self.update_for(hash_))
             chain = self.presence_chain
             rest = chain[chain.index(self.outgoing) + 1:]
             try:
