@@ -139,3 +139,30 @@ def test_the_cache_keeps_the_newest_vers_within_its_bound(monkeypatch: pytest.Mo
         query_id, _node = caps_query_of(bob)
         bob.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{answer}</iq>")
     assert list(world.caps.cache) == [PSI_VER]
+
+
+def test_the_others_waiting_on_a_ver_are_asked_when_the_first_does_not_answer() -> None:
+    """One query per ver: bob's laptop is asked, his desk waits on it. The laptop answers with an
+    error; the desk is asked then, and its verified answer is cached. A query no one answers is
+    given up after QUERY_TIMEOUT and the next waiter asked."""
+    world = two_people()
+    bob = world.bob
+    desk = world.person("bob@localhost", "desk", "192.0.2.3")
+    bob.send(exodus_presence())
+    desk.send(exodus_presence())
+    query_id, _node = caps_query_of(bob)
+    assert [s for s in desk.stanzas() if s.find(f"{{{DISCO_INFO}}}query") is not None] == []  # it waits
+    bob.send(f"<iq type='error' id='{query_id}' to='bob@localhost'><error type='cancel'>"
+             "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+    query_id, _node = caps_query_of(desk)
+    desk.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{EXODUS}</iq>")
+    assert EXODUS_VER in world.caps.cache
+    assert "bob@localhost/desk" in world.caps.seen("bob@localhost")
+
+    bob.send(exodus_presence().replace(EXODUS_VER, PSI_VER))
+    desk.send(exodus_presence().replace(EXODUS_VER, PSI_VER))
+    caps_query_of(bob)
+    world.clock.advance(QUERY_TIMEOUT)
+    query_id, _node = caps_query_of(desk)  # the laptop never answered: the desk is asked
+    desk.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{PSI}</iq>")
+    assert PSI_VER in world.caps.cache and world.sessions.hooks.responses == {}

@@ -168,15 +168,21 @@ class EntityCaps:
         iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, owner, full
         iq.addElement((NS_DISCO_INFO, "query"))["node"] = node
         key = (full, query_id)
-        timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key)
+        timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key, node)
         self._queries[key] = (ver, timeout)
         self.sessions.hooks.responses[key] = lambda answer: self._answered(owner, full, node, key, answer)
         self.sessions.route(iq)
 
-    def _gave_up(self, key: tuple[str, str]) -> None:
+    def _gave_up(self, key: tuple[str, str], node: str) -> None:
+        """No answer in time: the others that waited on this ver are asked themselves."""
         ver, _timeout = self._queries.pop(key, ("", None))
-        self._waiting.pop(ver, None)
         self.sessions.hooks.responses.pop(key, None)
+        self._ask_the_others(self._waiting.pop(ver, []) if ver else [], key[0], node, ver)
+
+    def _ask_the_others(self, waiting: list[tuple[str, str]], asked: str, node: str, ver: str) -> None:
+        for waiter, resource in waiting:
+            if resource != asked and self._wanted.get((waiter, resource)) == ver:
+                self._ask(waiter, resource, node, ver)
 
     def _answered(self, owner: str, full: str, node: str, key: tuple[str, str], answer: domish.Element) -> None:
         ver, timeout = self._queries.pop(key, ("", None))
@@ -185,6 +191,7 @@ class EntityCaps:
         waiting = self._waiting.pop(ver, [(owner, full)]) if ver else [(owner, full)]
         query = next(answer.elements(NS_DISCO_INFO, "query"), None)
         if answer.getAttribute("type") != "result" or query is None:
+            self._ask_the_others(waiting, full, node, ver)
             return
         features = features_of(query)
         verified = bool(ver) and verifies(ver, query)
