@@ -491,3 +491,49 @@ def test_the_service_provides_its_interface() -> None:
     """The in-process API other features call is a zope interface, and the installed service
     provides it."""
     assert verifyObject(IPEPService, two_people().pep)
+
+
+TUNE = "http://jabber.org/protocol/tune"
+# XEP-0163 section 3 (Example 1), the account owner publishing her tune, as the XEP has it.
+XEP_0163_EXAMPLE_1 = f"""<iq type='set' id='pub1'>
+  <pubsub xmlns='http://jabber.org/protocol/pubsub'>
+    <publish node='{TUNE}'>
+      <item>
+        <tune xmlns='{TUNE}'>
+          <artist>Gerald Finzi</artist>
+          <length>255</length>
+          <source>Music for "Love's Labors Lost" (Suite for small orchestra)</source>
+          <title>Introduction (Allegro vigoroso)</title>
+          <track>1</track>
+        </tune>
+      </item>
+    </publish>
+  </pubsub>
+</iq>"""
+
+
+def test_xep_0163s_own_example_publishes_and_notifies_with_the_payload_as_sent() -> None:
+    """XEP-0163 section 3: the owner's publish without an item id gets the id the service chose
+    (XEP-0060 7.1.2), and the contact with tune+notify gets the notification with the very tune
+    (section 4.3.2's shape: a message from the bare JID, <event><items node><item id>payload)."""
+    world = two_people()
+    alice, bob = world.alice, world.bob
+    features = CLIENT_FEATURES + (TUNE + "+notify",)
+    presence, _ver = caps_presence(features)
+    bob.send(presence)
+    answer_caps_query(bob, features)
+    answer = alice.ask(XEP_0163_EXAMPLE_1)
+    published = answer.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish[@node='{TUNE}']/{{{PUBSUB}}}item")
+    assert answer.get("type") == "result" and published is not None and published.get("id")
+    [message] = bob.stanzas()
+    assert (message.get("from"), message.get("to"), message.get("type")) == (
+        "alice@localhost", "bob@localhost/laptop", "headline")
+    [event] = list(message)
+    [items] = list(event)
+    [item] = list(items)
+    assert (event.tag, items.tag, items.get("node"), item.get("id")) == (
+        f"{{{EVENT}}}event", f"{{{EVENT}}}items", TUNE, published.get("id"))
+    sent = ET.fromstring(XEP_0163_EXAMPLE_1).find(f".//{{{TUNE}}}tune")
+    assert sent is not None
+    sent.tail = item[0].tail = None  # the whitespace after the element is not the element's
+    assert ET.tostring(item[0]) == ET.tostring(sent)
