@@ -195,6 +195,22 @@ class ExternalServicesConfig:
 
 
 @dataclass(frozen=True)
+class MAMConfig:
+    retention_days: int = _setting(
+        365, integer(0, 36500), "days a message stays in the user archive (XEP-0313); 0 keeps it for ever"
+    )
+    default_page_size: int = _setting(50, integer(1, 10000), "messages per archive page when a query names no <max/>")
+    max_page_size: int = _setting(250, integer(1, 10000), "most messages per archive page, whatever a query asks")
+    flush_interval_ms: int = _setting(
+        200, integer(1, 60000), "longest an archived message waits in memory before its batch is written"
+    )
+    flush_rows: int = _setting(200, integer(1, 100000), "archived messages written at once when that many wait")
+    max_buffered_rows: int = _setting(
+        50000, integer(100, 10_000_000), "archived messages waiting or being written; past it, new ones go unarchived"
+    )
+
+
+@dataclass(frozen=True)
 class VCardConfig:
     max_bytes: int = _setting(
         65536, integer(1024, 1024 * 1024), "largest vCard kept (XEP-0054), as XML with its base64 PHOTO"
@@ -219,6 +235,7 @@ class XMPPConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     pep: PEPConfig = field(default_factory=PEPConfig)
     vcard: VCardConfig = field(default_factory=VCardConfig)
+    mam: MAMConfig = field(default_factory=MAMConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
 
 

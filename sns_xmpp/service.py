@@ -51,6 +51,7 @@ from sns_xmpp.store.opening import database_opener
 from sns_xmpp.store.sqlite import ThreadedStore
 from sns_xmpp.xmpp.c2s import ClientStreamFactory, StreamLimits
 from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
+from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.revocation import RevocationWatcher, end_sessions
@@ -160,6 +161,19 @@ class Server:
         return named
 
 
+class FeatureStop(service.Service):
+    """The features' stop actions (`FeatureRegistry.on_stop`: MAM writes its last batch), run as
+    the server stops; a MultiService stops its children last added first, so these run before
+    the store, added earlier, closes."""
+
+    def __init__(self, registry: FeatureRegistry) -> None:
+        self.registry = registry
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.registry.stop()
+
+
 def build_server(config: Config, reactor: IServerReactor, config_path: Path | None = None) -> Server:
     startup.install()  # the wokkel names and the escaping serialiser, before any stream exists
     log_gate.set_minimum(LogLevel.levelWithName(config.log.level))
@@ -211,10 +225,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     web = SocialWeb(sites, pending, public_url, config.server.domains[0], reactor, checker.linked_jid,
                     account_tokens, reconfirmer.keep)
     try:
-        install_features(sessions, router, reactor, config=config.xmpp, sites=web,
-                         disabled=config.xmpp.features.disabled)
+        features = install_features(sessions, router, reactor, config=config.xmpp, sites=web,
+                                    disabled=config.xmpp.features.disabled)
     except UnknownFeature as error:
         raise ConfigError("xmpp.features.disabled", str(error)) from None
+    FeatureStop(features).setServiceParent(top)  # after the store, so it stops before the store closes
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
 

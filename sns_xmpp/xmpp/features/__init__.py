@@ -18,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 from zope.interface import Attribute, Interface, implementer
 
 from sns_xmpp.config import XMPPConfig
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.hooks import (
     AccountIQHandler,
@@ -36,6 +38,8 @@ from sns_xmpp.xmpp.hooks import (
 )
 from sns_xmpp.xmpp.routing import StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
+
+_log = GatedLogger()
 
 
 class SiteListing(Protocol):
@@ -61,6 +65,7 @@ class FeatureRegistry:
     sites: SiteListing | None = None  # the social sites, when the HTTP side serves them
     installed: list[str] = field(default_factory=list)
     installing: str = ""  # the feature being installed, named in what it registers
+    stopping: list[Callable[[], Any]] = field(default_factory=list)  # what to do as the server stops
     # What a feature offers other features in process, by its name (pep: its PEPService); read
     # it through the offering module's accessor (features.pep.pep_service).
     services: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +128,17 @@ class FeatureRegistry:
         section 3.1; XEP-0163 section 6: pubsub/pep)."""
         if (category, kind) not in self.hooks.account_disco_identities:
             self.hooks.account_disco_identities.append((category, kind))
+
+    def on_stop(self, action: Callable[[], Any]) -> None:
+        """Call *action* as the server stops, before the store closes, and wait for the Deferred it
+        may return: a feature writes what it still holds in memory (MAM's unwritten batch)."""
+        self.stopping.append(action)
+
+    def stop(self) -> Deferred[None]:
+        """Run every feature's stop action (the service does, once, as it stops)."""
+        done = [maybeDeferred(action).addErrback(lambda reason: _log.failure("features.stop_failed", reason))
+                for action in self.stopping]
+        return DeferredList(done).addCallback(lambda _: None)
 
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""

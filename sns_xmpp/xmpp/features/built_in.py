@@ -20,6 +20,7 @@ from sns_xmpp.xmpp.features import (
     entity_time,
     external_services,
     legacy_session,
+    mam,
     offline,
     pep,
     ping,
@@ -48,6 +49,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     credential_expiry.FEATURE,  # sessions that end with the site's credentials (session_policy = "token")
     carbons.FEATURE,  # XEP-0280
     client_state.FEATURE,  # XEP-0352
+    mam.FEATURE,  # XEP-0313, XEP-0359, XEP-0441
     blocking.FEATURE,  # XEP-0191
     caps.FEATURE,  # XEP-0115, for PEP's +notify (before pep)
     pep.FEATURE,  # XEP-0163 on XEP-0060 (before the features that publish through it)

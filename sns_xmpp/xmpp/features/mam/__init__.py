@@ -1,0 +1,369 @@
+"""Message Archive Management (XEP-0313, urn:xmpp:mam:2 and its #extended features) for the user
+archive, with XEP-0359 stanza-ids and XEP-0441 preferences: what an account sends and receives is
+kept, so that a new client, or one that was away, can page through the history.
+
+What is archived (XEP-0313 section 5.1.1): chat and normal messages with a body (or the XEP-0334
+<store/> hint) that an account's clients send (MESSAGE_FROM_CLIENT) and that it receives
+(MESSAGE_TO_LOCAL; MESSAGE_OFFLINE for an account with no session, so a message kept offline is
+archived too); never errors, headlines, groupchat (the MUC's own archive), nor a message with the
+<no-store/> or <no-permanent-store/> hint. A message to oneself is archived once.
+
+Each archived message is stamped at once with <stanza-id by='<account>' id='<UID>'/> (section 3.5),
+before it reaches the account's clients, its carbon copies (this feature's hooks run before
+carbons' and offline's, priority 10) and offline storage. A message the account sends keeps its
+stanza-id only in its carbon copies: it is taken off again before the message leaves (section 3.5,
+"MUST NOT include the stanza-id in messages addressed to JIDs that do not have permissions to
+access the archive"). A stanza-id claiming to be the account's that arrives from outside is
+removed (XEP-0359 section 5), whether or not the message is archived.
+
+The rows are written in batches off the message's path (`writer.ArchiveWriter`); a query flushes
+first, so it sees every message archived before it. UIDs are made in process from the arrival time
+(schema/007_mam.sql), with a random tag per process; they are the archive's order too.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from sns_xmpp.config import MAMConfig
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.store import mam as archive_sql
+from sns_xmpp.store.mam import Page, Prefs, UnknownArchiveId
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features.mam.query import (
+    NS_MAM,
+    NS_MAM_EXTENDED,
+    fin,
+    form,
+    parse_prefs,
+    parse_query,
+    prefs_element,
+    result_message,
+    stamp_text,
+)
+from sns_xmpp.xmpp.features.mam.writer import ArchiveWriter
+from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_OFFLINE, MESSAGE_TO_LOCAL
+from sns_xmpp.xmpp.serialization import escape_attribute, plain_xml
+from sns_xmpp.xmpp.stanzas import NS_CLIENT
+
+log = GatedLogger()
+
+NS_SID = "urn:xmpp:sid:0"
+NS_HINTS = "urn:xmpp:hints"
+ARCHIVED_TYPES = frozenset(("chat", "normal"))
+NO_STORE = frozenset(("no-store", "no-permanent-store"))
+ALWAYS = Prefs("always")
+SWEEP_SECONDS = 3600.0  # between retention sweeps
+SWEEP_AGAIN_SECONDS = 1.0  # after a full batch: more are due
+SWEEP_BATCH = 1000  # rows one sweep transaction deletes at most
+
+
+class StanzaId(domish.SerializedXML):
+    """The stanza-id this server put on a message, as the XML text it is written as: the stream
+    writes it as it is (building and serialising an element for it cost a fifth of routing the
+    message), and other features' look at a message's elements passes it by. Told apart by type
+    from one that came from outside, so that a message delivered again (XEP-0198's
+    unacknowledged stanzas) is neither archived twice nor stripped of its own stamp."""
+
+    owner: str
+
+    def __new__(cls, owner: str, uid: str) -> StanzaId:
+        stamp = super().__new__(cls, f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(owner)}' id='{uid}'/>")
+        stamp.owner = owner
+        return stamp
+
+
+def stanza_text(message: domish.Element) -> str:
+    """The message as stored: standalone XML, its namespace declared."""
+    return plain_xml(message, "", ()) or message.toXml()
+
+
+def _claims(element: domish.Element, owner: str) -> bool:
+    """Whether a stanza-id's 'by' names *owner* (as written, or once normalised)."""
+    by = element.attributes.get("by")
+    if by == owner:
+        return True
+    try:
+        return by is not None and parse_jid(by).full() == owner
+    except InvalidFormat:
+        return False
+
+
+class Archive:
+    def __init__(self, registry: FeatureRegistry, config: MAMConfig) -> None:
+        self.sessions = registry.sessions
+        self.clock = registry.clock
+        self.config = config
+        self.writer = ArchiveWriter(registry.sessions.store, registry.clock, config.flush_interval_ms / 1000,
+                                    config.flush_rows, config.max_buffered_rows)
+        self.prefs: dict[str, Prefs] = {}  # the accounts whose preferences are not the default
+        # seq (the archive's order, and the UID's start): schema/007_mam.sql.
+        self.low_bits = secrets.randbelow(1024)
+        self.last_seq = 0
+        self.tag = "-" + secrets.token_hex(4)  # the UID's unpredictable part (XEP-0313 section 3)
+        self.leaving: StanzaId | None = None  # the stanza-id to take off a sent message after carbons
+        self.last: tuple[domish.Element, str] | None = None  # a message and its stored text
+        self.sweeper: IDelayedCall | None = None
+        self.stopped = False
+
+    # -- archiving, on the message path ---------------------------------------------------------
+
+    def sent(self, session: ClientSession, message: domish.Element) -> None:
+        owner = session.bare
+        if not self._archivable(message, owner):
+            return None
+        try:
+            peer = parse_jid(message.attributes["to"])  # the core set it (the account's own if absent)
+        except (InvalidFormat, KeyError):
+            return None
+        peer_bare = peer.userhost()
+        uid = self._archive(owner, peer, peer_bare, message)
+        if uid is None:
+            return None
+        to_self = peer_bare == owner
+        if to_self or len(self.sessions.users.get(owner, ())) > 1:  # someone with access will see it
+            stamp = StanzaId(owner, uid)
+            message.children.append(stamp)
+            if not to_self:
+                self.leaving = stamp
+        return None
+
+    def leave(self, session: ClientSession, message: domish.Element) -> None:
+        """After carbons copied a sent message (with its stanza-id), the message itself goes
+        without it: a new list, since the copies share the old one."""
+        stamp, self.leaving = self.leaving, None
+        children = message.children
+        if stamp is not None and children and children[-1] is stamp:
+            message.children = children[:-1]
+        return None
+
+    def received(self, message: domish.Element, to: JID) -> None:
+        owner = to.userhost()
+        # An account with no session is archived by `offline`, if the message is kept for it:
+        # for one that does not exist it never is, and the store would not take the row.
+        if self._archivable(message, owner) and owner in self.sessions.users:
+            self._incoming(owner, message)
+        return None
+
+    def offline(self, owner: str, message: domish.Element) -> None:
+        if self._archivable(message, owner):
+            self._incoming(owner, message)
+        return None
+
+    def _incoming(self, owner: str, message: domish.Element) -> None:
+        try:
+            peer = parse_jid(message.attributes["from"])
+        except (InvalidFormat, KeyError):
+            return
+        peer_bare = peer.userhost()
+        if peer_bare == owner:
+            return  # sent by the account itself: archived as sent
+        uid = self._archive(owner, peer, peer_bare, message)
+        if uid is not None:
+            message.children = [*message.children, StanzaId(owner, uid)]  # the old list may be a copy's
+
+    def _archivable(self, message: domish.Element, owner: str) -> bool:
+        """Section 5.1.1's rules, in one pass over the children; a stanza-id claiming to be
+        *owner*'s and not made here is removed on the way (XEP-0359 section 5). False too for a
+        message already archived for *owner* (it carries this server's stanza-id)."""
+        wanted = message.attributes.get("type", "normal") in ARCHIVED_TYPES
+        body = False
+        forged = None
+        for child in message.children:
+            if isinstance(child, str):
+                if type(child) is StanzaId and child.owner == owner:
+                    return False
+                continue
+            uri = child.uri
+            if uri == NS_CLIENT:
+                if child.name == "body":
+                    body = True
+            elif uri == NS_SID:
+                if child.name == "stanza-id" and _claims(child, owner):
+                    forged = [*(forged or ()), child]
+            elif uri == NS_HINTS:
+                if child.name in NO_STORE:
+                    wanted = False
+                elif child.name == "store":
+                    body = True
+        if forged:
+            message.children = [child for child in message.children if not any(child is f for f in forged)]
+            self.last = None
+        return wanted and body
+
+    def _archive(self, owner: str, peer: JID, peer_bare: str, message: domish.Element) -> str | None:
+        """Queue the message's row in *owner*'s archive and return its UID; None when the
+        account's preferences leave it out or the writer is full."""
+        prefs = self.prefs.get(owner)
+        if prefs is not None and not self._wanted(owner, prefs, peer, peer_bare):
+            return None
+        writer = self.writer
+        rows = writer.rows
+        if len(rows) + writer.in_flight >= writer.max_buffered or self.stopped:
+            self.sessions.metrics.limit("mam-backlog")
+            return None
+        seq = (int(self.clock.seconds() * 1_000_000) << 10) | self.low_bits
+        if seq <= self.last_seq:
+            seq = self.last_seq + 1024  # the same microsecond, or the clock went back
+        self.last_seq = seq
+        uid = format(seq, "x") + self.tag
+        last = self.last
+        if last is not None and last[0] is message:
+            text = last[1]  # sent by a local account to a local account: serialised once
+            self.last = None
+        else:
+            text = stanza_text(message)
+            self.last = (message, text)
+        rows.append((seq, owner, uid, peer_bare, peer.resource or "", text))
+        if writer.timer is None or len(rows) >= writer.flush_rows:
+            writer.added()
+        return uid
+
+    def _wanted(self, owner: str, prefs: Prefs, peer: JID, peer_bare: str) -> bool:
+        """XEP-0441 section 3: the lists first (a bare JID in a list stands for all its
+        resources; never wins over always), then the default."""
+        full = peer.full()
+        if peer_bare in prefs.never or full in prefs.never:
+            return False
+        if peer_bare in prefs.always or full in prefs.always:
+            return True
+        if prefs.default != "roster":
+            return prefs.default == "always"
+        roster = self.sessions.rosters.cached(owner)
+        # An account with no session has no roster in memory: its message is kept rather than
+        # lost (it is one kept for the account offline anyway).
+        return roster is None or peer_bare in roster.items
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def query(self, iq: domish.Element, owner: str, session: ClientSession | None) -> Any:
+        """Section 4: a set queries, a get asks for the form's fields; only the account's own
+        clients may (section 7.1: forbidden for anyone else)."""
+        if session is None:
+            raise StanzaError("forbidden")
+        if iq.getAttribute("type") == "get":
+            return form()
+        config = self.config
+        asked = parse_query(iq.firstChildElement(), owner, min(config.default_page_size, config.max_page_size),
+                            config.max_page_size)
+        d: Deferred[Any] = self.writer.flush()
+        d.addCallback(lambda _: self.sessions.store.run_read(partial(archive_sql.query, asked=asked.query)))
+        d.addCallback(lambda page: self._send_page(page, session, owner, asked.queryid, asked.flip))
+        d.addErrback(_unknown_id)
+        return d
+
+    def _send_page(self, page: Page, session: ClientSession, owner: str, queryid: str | None,
+                   flip: bool) -> domish.Element:
+        rows = reversed(page.rows) if flip else page.rows
+        for uid, stamp, stanza in rows:
+            session.send(result_message(owner, session.full, queryid, uid, stamp, stanza))
+        return fin(page)
+
+    def metadata(self, iq: domish.Element, owner: str, session: ClientSession | None) -> Any:
+        """Section 5 (#extended): the first and last message of the archive."""
+        if session is None or iq.getAttribute("type") != "get":
+            raise StanzaError("forbidden" if session is None else "bad-request")
+        d: Deferred[Any] = self.writer.flush()
+        d.addCallback(lambda _: self.sessions.store.run_read(partial(archive_sql.metadata, owner=owner)))
+        return d.addCallback(_metadata_element)
+
+    def preferences(self, iq: domish.Element, owner: str, session: ClientSession | None) -> Any:
+        """XEP-0441 section 4: get the preferences, or set them (the answer holds them as set)."""
+        if session is None:
+            raise StanzaError("forbidden")
+        if iq.getAttribute("type") == "get":
+            return prefs_element(self.prefs.get(owner, ALWAYS))
+        prefs = parse_prefs(iq.firstChildElement())
+        if prefs == ALWAYS:
+            self.prefs.pop(owner, None)
+            work = partial(archive_sql.delete_prefs, owner=owner)
+        else:
+            self.prefs[owner] = prefs
+            work = partial(archive_sql.put_prefs, owner=owner, prefs=prefs)
+        return self.sessions.store.run(work).addCallback(lambda _: prefs_element(prefs))
+
+    # -- keeping ---------------------------------------------------------------------------------
+
+    def load_prefs(self) -> None:
+        d = self.sessions.store.run_read(archive_sql.all_prefs)
+        d.addCallback(self._loaded)
+        d.addErrback(lambda reason: log.failure("mam.prefs_load_failed", reason))
+
+    def _loaded(self, stored: dict[str, Prefs]) -> None:
+        stored.update(self.prefs)  # what was set while they loaded is newer
+        self.prefs = stored
+
+    def sweep(self) -> None:
+        """Remove messages older than retention_days, a bounded batch at a time, oldest first."""
+        self.sweeper = None
+        if self.stopped:
+            return
+        before = self.clock.seconds() - self.config.retention_days * 86400
+        d = self.sessions.store.run(partial(archive_sql.expire, before=before, limit=SWEEP_BATCH))
+        d.addCallback(self._swept)
+        d.addErrback(self._sweep_failed)
+
+    def _swept(self, removed: int) -> None:
+        if removed:
+            log.info("mam.expired count={count}", count=removed)
+        if not self.stopped:
+            self.sweeper = self.clock.callLater(SWEEP_AGAIN_SECONDS if removed >= SWEEP_BATCH else SWEEP_SECONDS,
+                                                self.sweep)
+
+    def _sweep_failed(self, reason: Failure) -> None:
+        log.failure("mam.sweep_failed", reason)
+        self._swept(0)
+
+    def stop(self) -> Deferred[None]:
+        """At shutdown: no more timers; what waits is written (the store closes after this)."""
+        self.stopped = True
+        if self.sweeper is not None and self.sweeper.active():
+            self.sweeper.cancel()
+        self.sweeper = None
+        return self.writer.flush()
+
+
+def _unknown_id(reason: Failure) -> None:
+    reason.trap(UnknownArchiveId)
+    raise StanzaError("item-not-found", text="no such message in the archive")
+
+
+def _metadata_element(ends: tuple[tuple[str, float], tuple[str, float]] | None) -> domish.Element:
+    element = domish.Element((NS_MAM, "metadata"))
+    if ends is not None:
+        for name, (uid, stamp) in zip(("start", "end"), ends, strict=True):
+            end = element.addElement(name)
+            end["id"], end["timestamp"] = uid, stamp_text(stamp)
+    return element
+
+
+def install(registry: FeatureRegistry) -> None:
+    archive = Archive(registry, registry.config.mam)
+    registry.hook(MESSAGE_FROM_CLIENT, archive.sent, priority=10)  # before carbons copy it
+    registry.hook(MESSAGE_FROM_CLIENT, archive.leave, priority=-10)  # after carbons copied it
+    registry.hook(MESSAGE_TO_LOCAL, archive.received, priority=10)  # after blocking, before carbons
+    registry.hook(MESSAGE_OFFLINE, archive.offline, priority=10)  # before offline stores it
+    registry.account_iq(NS_MAM, "query", archive.query)
+    registry.account_iq(NS_MAM, "prefs", archive.preferences)
+    registry.account_iq(NS_MAM, "metadata", archive.metadata)
+    registry.account_disco_feature(NS_MAM)
+    registry.account_disco_feature(NS_MAM_EXTENDED)
+    registry.stores("mam_messages", per_account=True, what="the messages an account sent and received (XEP-0313)")
+    registry.stores("mam_prefs", per_account=True, what="an account's archiving preferences (XEP-0441)")
+    registry.on_stop(archive.stop)
+    registry.clock.callLater(0, archive.load_prefs)
+    if registry.config.mam.retention_days:
+        archive.sweeper = registry.clock.callLater(60, archive.sweep)
+
+
+FEATURE = Feature("mam", install)

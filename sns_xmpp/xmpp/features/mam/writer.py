@@ -1,0 +1,86 @@
+"""The archive's writes, batched off the message's path.
+
+A message is archived with one append to a list; the list goes to the store in one transaction
+when it is `flush_rows` long or `flush_interval` old, whichever comes first. Rows keep their order
+(the store's one worker runs batches in the order given), which is the archive's order. A bound on
+the rows waiting or being written keeps a store that cannot keep up from growing the buffer
+without end: past it, `add` refuses, and the message goes unarchived (and unstamped).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.store import mam as archive_sql
+from sns_xmpp.store.interface import IStore
+from sns_xmpp.store.mam import Row
+
+log = GatedLogger()
+
+
+
+class ArchiveWriter:
+    def __init__(self, store: IStore, clock: IReactorTime, flush_interval: float, flush_rows: int,
+                 max_buffered: int) -> None:
+        self.store = store
+        self.clock = clock
+        self.flush_interval = flush_interval
+        self.flush_rows = flush_rows
+        self.max_buffered = max_buffered
+        self.rows: list[Row] = []
+        self.in_flight = 0  # rows handed to the store, not yet committed
+        self.writes: set[Deferred[Any]] = set()  # the batches being written
+        self.timer: IDelayedCall | None = None
+        self.batches = 0  # transactions written (for tests and the operator's curiosity)
+        self.lost = 0  # rows a failed transaction lost
+
+    def room(self) -> bool:
+        """Whether one more row may be added (within the bound)."""
+        return len(self.rows) + self.in_flight < self.max_buffered
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.added()
+
+    def added(self) -> None:
+        """Rows were appended to `rows` (the archive does so itself, on the message's path, and
+        calls this only when there is no timer yet or the batch is full)."""
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+        elif self.timer is None:
+            self.timer = self.clock.callLater(self.flush_interval, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.flush()
+
+    def flush(self) -> Deferred[None]:
+        """Hand the waiting rows to the store as one transaction; fires once every batch handed
+        over so far (this one included) is written, so a read made then sees them."""
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+        rows, self.rows = self.rows, []
+        if rows:
+            self.in_flight += len(rows)
+            self.batches += 1
+            d: Deferred[Any] = self.store.run(partial(archive_sql.write_rows, rows=rows))
+            self.writes.add(d)
+            d.addBoth(self._written, d, len(rows))
+        if not self.writes:
+            return succeed(None)
+        return DeferredList(list(self.writes), consumeErrors=True).addCallback(lambda _: None)
+
+    def _written(self, result: object, d: Deferred[Any], count: int) -> None:
+        self.writes.discard(d)
+        self.in_flight -= count
+        if isinstance(result, Failure):
+            self.lost += count
+            log.failure("mam.write_failed rows={rows}", result, rows=count)
