@@ -471,3 +471,19 @@ async def test_a_social_login_carries_the_sites_name_for_the_person(tmp_path: Pa
         assert (local.jid, local.display_name) == ("local@localhost", None)
 
     await _with_checker(tmp_path, work)
+
+
+def test_without_pep_the_vcard_works_and_no_conversion_is_announced() -> None:
+    """PEP turned off ([xmpp.features] disabled): vCards and the hash in presence work as before,
+    and the account does not announce XEP-0398's conversion it cannot do."""
+    store = MemoryStore()
+    store.database.create_account("alice@localhost", (), NOW)
+    factory, clock = factory_and_clock()
+    sessions = SessionManager(["localhost"], store, clock, lambda stanza: sessions.deliver(stanza))  # type: ignore[arg-type]
+    install_features(sessions, disabled=["pep"])
+    assert "vcard-temp" in sessions.hooks.account_disco_features
+    assert "urn:xmpp:pep-vcard-conversion:0" not in sessions.hooks.account_disco_features
+    alice = Person(sessions, factory, "alice@localhost", "192.0.2.1")
+    assert one(alice.send(f"<iq id='v' type='set'>{with_photo(IMAGE)}</iq>")).get("type") == "result"
+    [reflected] = alice.send("<presence/>")
+    assert photo_in(reflected) == hashlib.sha1(IMAGE).hexdigest()
