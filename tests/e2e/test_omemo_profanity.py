@@ -11,8 +11,9 @@ Conversations, Dino and Gajim still do): ``/omemo gen`` makes a device, publishe
 PEP node ``eu.siacs.conversations.axolotl.bundles:<device>`` and adds the device to the list at
 ``eu.siacs.conversations.axolotl.devicelist`` (XEP-0163); ``/omemo start`` fetches the contact's
 device list and bundles from the contact's PEP service and builds a Signal session per device.
-So the server's part is PEP: publish (with publish-options where announced), items requests from
-the owner and from a subscribed contact, and +notify events.
+So the server's part is PEP: publish (with publish-options, which Profanity sends only when the
+server's domain announces them), items requests from the owner, from a subscribed contact and
+from a stranger (the keys are published open), and +notify events.
 
 What the server saw is read where it sees it: a hook at the head of ``message/from-client`` keeps
 every message the sender's Profanity sent (the stanza as the server parsed it, before routing,
@@ -306,6 +307,17 @@ async def test_two_profanity_clients_exchange_omemo_messages_the_server_sees_onl
         olga = start(stack, tmp_path, "olga", social, social_password, server.c2s_port)
         bob = start(stack, tmp_path, "bob", "bob@localhost", "secret", server.c2s_port)
         await omemo_exchange(olga, bob, DeviceLists(watcher), seen)
+        # The domain announces publish-options, so Profanity published its keys open: someone not
+        # in olga's roster can start OMEMO with her too (XEP-0384 0.3 4.3: anyone fetches them).
+        stranger = Client("carol@localhost", "secret")
+        stranger.register_plugin("xep_0060")
+        await server.add_user("carol@localhost", "secret")
+        await wait(stranger.log_in(server.c2s_port, presence=False))
+        olga_device = olga.device_id()
+        assert olga_device is not None and olga_device in await DeviceLists(stranger).of(social)
+        bundle = await wait(stranger.plugin["xep_0060"].get_items(social, f"{AXOLOTL}.bundles:{olga_device}"))
+        assert [item["id"] for item in bundle["pubsub"]["items"]] == ["current"]
+        await wait(stranger.log_out())
 
         # Offline: bob quits; what olga sends meanwhile waits in the offline store, still only
         # ciphertext, and bob's next Profanity (the same OMEMO files) decrypts it on logging in.
