@@ -190,6 +190,7 @@ async def befriend(port: int, first: tuple[str, str], second: tuple[str, str]) -
         request = await wait(answering.subscription_requests.get())
         assert request["from"].bare == asking.boundjid.bare
         answering.send_presence(pto=asking.boundjid.bare, ptype="subscribed")
+
     def both_ways() -> bool:
         return all(client.client_roster[contact.boundjid.bare]["subscription"] == "both"
                    for client, contact in ((one, other), (other, one)))
