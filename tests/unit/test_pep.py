@@ -537,3 +537,34 @@ def test_xep_0163s_own_example_publishes_and_notifies_with_the_payload_as_sent()
     assert sent is not None
     sent.tail = item[0].tail = None  # the whitespace after the element is not the element's
     assert ET.tostring(item[0]) == ET.tostring(sent)
+
+
+def test_submitted_forms_whose_form_type_has_no_type_are_taken() -> None:
+    """XEP-0068 1.3 lets a submitted form's FORM_TYPE come without type='hidden' (slixmpp and
+    Profanity send it so): publish-options are then applied, not ignored (XEP-0060 7.1.5; OMEMO's
+    open bundles), and Profanity's configuration form is applied, not refused (8.2.5). A
+    publish-options element whose form is of another FORM_TYPE is bad-request, not ignored."""
+    world = two_people()
+    alice = world.alice
+    eve = world.person("eve@localhost")
+    typeless = ("<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+                f"<value>{PUBSUB}#publish-options</value></field><field var='pubsub#access_model'><value>open"
+                "</value></field></x></publish-options>")
+    assert publish(alice, DEVICELIST, "<list xmlns='eu.siacs.conversations.axolotl'><device id='1'/></list>",
+                   options=typeless).get("type") == "result"
+    read = eve.ask(f"<iq type='get' id='e2' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+                   f"<items node='{DEVICELIST}'/></pubsub></iq>")
+    assert read.get("type") == "result"  # open, as asked
+    publish(alice, NICK, f"<nick xmlns='{NICK}'>Alice</nick>")
+    profanity = (f"<iq type='set' id='p2'><pubsub xmlns='{OWNER}'><configure node='{NICK}'>"
+                 "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+                 f"<value>{PUBSUB}#node_config</value></field><field var='pubsub#access_model'><value>open</value>"
+                 "</field><field var='pubsub#max_items'><value>1</value></field><field var='pubsub#publish_model'>"
+                 "<value>publishers</value></field></x></configure></pubsub></iq>")
+    assert alice.ask(profanity).get("type") == "result"
+    read = eve.ask(f"<iq type='get' id='e3' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>"
+                   f"<items node='{NICK}'/></pubsub></iq>")
+    assert read.get("type") == "result"
+    other = publish(alice, NICK, f"<nick xmlns='{NICK}'>A</nick>", options=typeless.replace(
+        f"{PUBSUB}#publish-options", f"{PUBSUB}#node_config"))
+    assert error_of(other) == ("modify", [f"{{{STANZAS}}}bad-request"])

@@ -40,6 +40,7 @@ from sns_xmpp.xmpp.pubsub.nodes import (
     config_form,
     find_form,
     pubsub_error,
+    typed_form_types,
     unsupported,
 )
 from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
@@ -74,6 +75,7 @@ def _parsed(iq: domish.Element) -> PubSubRequest:
     pubsub = next(iq.elements())  # dispatched for <pubsub/>
     for verb in pubsub.elements():
         verb.parent = pubsub  # wokkel reads a verb's siblings through it; this parser leaves it unset
+    typed_form_types(pubsub)
     try:
         return PubSubRequest.fromElement(iq)
     except NotImplementedError:

@@ -207,11 +207,30 @@ def config_form(config: NodeConfig, limits: Limits) -> data_form.Form:
     return form
 
 
+NS_DATA = "jabber:x:data"
+
+
+def typed_form_types(pubsub: domish.Element) -> None:
+    """Mark the FORM_TYPE of each submitted form in a request hidden where the client left its
+    type out: XEP-0068 (1.3) lets a submitted form do so, as XEP-0004 lets it leave every field
+    type out (slixmpp, Profanity), but wokkel takes a form's namespace only from a hidden field,
+    and would not find the form at all (publish-options ignored, a configuration refused)."""
+    for child in pubsub.elements():
+        for form in child.elements(NS_DATA, "x"):
+            if form.getAttribute("type") not in ("submit", None):
+                continue
+            for field in form.elements(NS_DATA, "field"):
+                if field.getAttribute("var") == "FORM_TYPE" and not field.hasAttribute("type"):
+                    field["type"] = "hidden"
+
+
 def find_form(parent: domish.Element | None, form_type: str) -> data_form.Form | None:
     """The submitted form of *form_type* in *parent*; bad-request for a form of another kind."""
     if parent is None:
         return None
     form = _data_form().findForm(parent, form_type)
+    if form is None and next(parent.elements(NS_DATA, "x"), None) is not None:
+        raise StanzaError("bad-request", text=f"no submitted form of FORM_TYPE {form_type}")
     if form is not None and form.formType not in ("submit", "cancel"):
         raise StanzaError("bad-request", text=f"a {form.formType!r} form where a submitted one belongs")
     return form
