@@ -52,15 +52,15 @@ async def test_the_archive_pages_every_message_once_and_survives_a_restart(start
     bob = await logged_in("bob@localhost/laptop", "secret", server.c2s_port)
     carol = await logged_in("carol@localhost/tablet", "secret", server.c2s_port)
     rosa_bare = rosa.boundjid.bare
-    info = await wait(rosa.plugin["xep_0030"].get_info(jid=rosa_bare))
+    info = await wait(rosa.plugin["xep_0030"].get_info(jid=JID(rosa_bare)))
     assert MAM in info["disco_info"]["features"]
 
-    carol.send_message(mto=rosa_bare, mbody="from carol", mtype="chat")
+    carol.send_message(mto=JID(rosa_bare), mbody="from carol", mtype="chat")
     assert (await wait(rosa.next_message()))["body"] == "from carol"
     stamped = []
     for n in range(23):  # both ways, each seen by its recipient with the recipient's stanza-id
         sender, recipient = (rosa, bob) if n % 2 == 0 else (bob, rosa)
-        sender.send_message(mto=recipient.boundjid.bare, mbody=f"m{n}", mtype="chat")
+        sender.send_message(mto=JID(recipient.boundjid.bare), mbody=f"m{n}", mtype="chat")
         delivered = await wait(recipient.next_message())
         assert delivered["body"] == f"m{n}"
         assert delivered["stanza_id"]["by"] == recipient.boundjid.bare
@@ -78,7 +78,7 @@ async def test_the_archive_pages_every_message_once_and_survives_a_restart(start
     window = await wait(archive(rosa, start=start, end=end))
     assert [body for body, _, stamp in everything if start <= stamp <= end] == [body for body, _, _ in window]
     assert window[0][0] == "m5" and window[-1][0] == "m9"
-    bob.send_message(mto=rosa_bare, mbody="just before the stop", mtype="chat")
+    bob.send_message(mto=JID(rosa_bare), mbody="just before the stop", mtype="chat")
     assert (await wait(rosa.next_message()))["body"] == "just before the stop"
     for client in (rosa, bob, carol):
         await wait(client.log_out())
@@ -91,7 +91,7 @@ async def test_the_archive_pages_every_message_once_and_survives_a_restart(start
     assert (await wait(archive(rosa, with_jid=JID("bob@localhost"))))[:-1] == with_bob
     expected.append("just before the stop")
     assert [body for body, _, _ in await wait(archive(bob, with_jid=JID(rosa_bare)))] == expected
-    rosa.send_message(mto="bob@localhost", mbody="after the restart", mtype="chat")
+    rosa.send_message(mto=JID("bob@localhost"), mbody="after the restart", mtype="chat")
     assert (await wait(bob.next_message()))["body"] == "after the restart"
     after = await wait(archive(bob))
     assert [body for body, _, _ in after] == [*expected, "after the restart"]
