@@ -127,6 +127,11 @@ def test_turn_rest_credentials_are_what_coturn_checks() -> None:
     username, password, expiry = turn_rest_credentials("north", "bob@example.org", 1_300_000_000, 86400)
     assert (username, expiry) == ("1300086400:bob@example.org", 1_300_086_400)
     assert password == "7E11mSubII32kDVl1yurQ7/hCRw="
+    # A social JID's escaped '@' (XEP-0106): coturn refuses a backslash in a username (its
+    # is_secure_string), so it is written %5C, and a percent sign %25 (one JID per user part).
+    social, _, _ = turn_rest_credentials("north", "rosa\\40demo@example.org", 1_300_000_000, 86400)
+    assert social == "1300086400:rosa%5C40demo@example.org"
+    assert turn_rest_credentials("north", "50%@example.org", 0, 60)[0] == "60:50%25@example.org"
 
 
 @pytest.mark.parametrize(("text", "key", "problem"), [

@@ -13,7 +13,10 @@ credentials for the restricted ones; Conversations and Dino find their call rela
 The credentials are those of the TURN REST API draft (draft-uberti-behave-turn-rest-00, section
 2.2), which coturn's use-auth-secret implements: the username is "<expiry>:<bare JID>" (the expiry
 in Unix seconds), the password base64(HMAC-SHA1(secret, username)). The relay checks the HMAC with
-the shared secret and refuses an expired username; the server keeps nothing.
+the shared secret and refuses an expired username; the server keeps nothing. coturn refuses a
+username with a backslash in it (its is_secure_string), which every social JID has (XEP-0106's
+"\\40" for the site account's '@'), so the JID's backslashes are written "%5C" there (and its
+percent signs "%25", so that the user part still names one JID).
 """
 
 from __future__ import annotations
@@ -36,10 +39,16 @@ from sns_xmpp.xmpp.stanzas import append_child
 NS_EXTDISCO = "urn:xmpp:extdisco:2"
 
 
+def turn_user(bare_jid: str) -> str:
+    """The JID as the user part of a TURN REST username: no backslash, which coturn refuses (the
+    other characters it refuses, quotes and white space, are not in a bare JID)."""
+    return bare_jid.replace("%", "%25").replace("\\", "%5C")
+
+
 def turn_rest_credentials(secret: str, bare_jid: str, now: float, lifetime: int) -> tuple[str, str, int]:
     """(username, password, expiry) as the TURN REST API makes them: valid until *expiry*."""
     expiry = int(now) + lifetime
-    username = f"{expiry}:{bare_jid}"
+    username = f"{expiry}:{turn_user(bare_jid)}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return username, base64.b64encode(digest).decode("ascii"), expiry
 
