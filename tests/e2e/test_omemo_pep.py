@@ -12,6 +12,8 @@ social user and a local user, and a stranger who shares no presence with either.
 - Publish-options that an existing node does not meet are refused with ``conflict`` and
   ``precondition-not-met`` (XEP-0060 7.1.5); Conversations then reconfigures the node (8.2) and
   publishes again, which must work.
+- A submitted form's FORM_TYPE without type='hidden' (XEP-0068 1.3.0 allows it; Profanity's node
+  configuration has it) still names the form: its publish-options and configuration are applied.
 - A contact whose entity capabilities (XEP-0115) show ``devicelist+notify`` is told of each new
   list, and is sent the last one when it comes online (XEP-0163 4.3).
 """
@@ -31,7 +33,8 @@ from tests.e2e.test_omemo_profanity import AXOLOTL, DEVICE_LIST, befriend
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
-PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+PUBSUB_ERRORS = f"{NS_PUBSUB}#errors"
 
 
 def device_list(*devices: int) -> ET.Element:
@@ -193,4 +196,36 @@ async def test_a_contact_with_devicelist_notify_gets_each_list_and_the_last_one_
     laptop, laptop_events = await interested("laptop")
     assert await wait(next_list(laptop_events)) == {41, 42}
     for client in (quill, phone, laptop):
+        await wait(client.log_out())
+
+
+def typeless_form(form_type: str, **fields: str) -> Form:
+    """A submitted form as XEP-0068 1.3.0 allows it: FORM_TYPE without type='hidden'."""
+    form = Form()
+    form["type"] = "submit"
+    form.add_field(var="FORM_TYPE", value=form_type)
+    for var, value in fields.items():
+        form.add_field(var=f"pubsub#{var}", value=value)
+    return form
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_submitted_form_type_without_a_type_still_names_its_form(server) -> None:
+    """XEP-0068 1.3.0: the FORM_TYPE of a submitted form may come without type='hidden' (Profanity's
+    node configuration does). Publish-options and a node configuration sent so are applied: not
+    ignored (a bundle left closed to strangers) nor refused as a missing form."""
+    await server.add_user("carol@localhost", "secret")
+    await server.add_user("dave@localhost", "secret")
+    carol = await pubsub_client(server, "carol@localhost", "secret")
+    dave = await pubsub_client(server, "dave@localhost", "secret")
+    pubsub = carol.plugin["xep_0060"]
+    await wait(pubsub.publish(None, DEVICE_LIST, id="current", payload=device_list(5),
+                              options=typeless_form(f"{NS_PUBSUB}#publish-options", access_model="open")))
+    answer = await wait(dave.plugin["xep_0060"].get_items("carol@localhost", DEVICE_LIST))
+    assert listed_devices(answer) == [{5}]
+    await wait(pubsub.set_node_config(None, DEVICE_LIST,
+                                      typeless_form(f"{NS_PUBSUB}#node_config", access_model="presence")))
+    assert await wait(refusal(dave.plugin["xep_0060"].get_items("carol@localhost", DEVICE_LIST))) == (
+        "auth", "not-authorized", ["presence-subscription-required"])
+    for client in (carol, dave):
         await wait(client.log_out())
