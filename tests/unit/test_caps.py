@@ -4,6 +4,8 @@ disco#info, cached only when the answer verifies, and the queries are bounded in
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 from wokkel.generic import parseXml
 
@@ -166,3 +168,20 @@ def test_the_others_waiting_on_a_ver_are_asked_when_the_first_does_not_answer() 
     query_id, _node = caps_query_of(desk)  # the laptop never answered: the desk is asked
     desk.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{PSI}</iq>")
     assert PSI_VER in world.caps.cache and world.sessions.hooks.responses == {}
+
+
+def test_the_server_announces_its_own_caps_in_the_stream_features_and_they_verify() -> None:
+    """Section 6.3: after authentication the stream features carry the server's <c/>, whose ver
+    is the sha-1 of the domain's disco#info answer (asked with node#ver, as a client would)."""
+    world = two_people()
+    [make] = [make for make in world.sessions.hooks.features_after_auth
+              if (element := make("localhost")) is not None and element.uri == caps_module.NS_CAPS]
+    caps = make("localhost")
+    assert caps is not None and make("localhost") is caps  # the same element: the features are cached
+    assert (caps["hash"], caps["node"]) == ("sha-1", caps_module.SERVER_NODE)
+    answer = world.alice.ask(f"<iq type='get' id='s1' to='localhost'><query xmlns='{DISCO_INFO}'"
+                             f" node='{caps['node']}#{caps['ver']}'/></iq>")
+    query = answer.find(f"{{{DISCO_INFO}}}query")
+    assert query is not None and query.get("node") == f"{caps['node']}#{caps['ver']}"
+    assert verifies(caps["ver"], parseXml(ET.tostring(query, encoding="unicode")))
+    assert "http://jabber.org/protocol/pubsub#publish-options" in {f.get("var") for f in query}

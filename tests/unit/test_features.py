@@ -157,7 +157,7 @@ def test_features_the_configuration_leaves_out_are_not_there(tmp_path: Path) -> 
     assert "urn:xmpp:time" not in registry.disco_features
     assert [make("localhost").uri for make in sessions.hooks.features_after_auth] == [
         "urn:xmpp:features:rosterver", "urn:xmpp:features:pre-approval", "urn:ietf:params:xml:ns:xmpp-session",
-        "urn:xmpp:csi:0"]  # no sm:3
+        "urn:xmpp:csi:0", "http://jabber.org/protocol/caps"]  # no sm:3
 
     gate = log_gate._minimum[0]  # build_server sets the process's log level
     try:
