@@ -568,3 +568,18 @@ def test_submitted_forms_whose_form_type_has_no_type_are_taken() -> None:
     other = publish(alice, NICK, f"<nick xmlns='{NICK}'>A</nick>", options=typeless.replace(
         f"{PUBSUB}#publish-options", f"{PUBSUB}#node_config"))
     assert error_of(other) == ("modify", [f"{{{STANZAS}}}bad-request"])
+
+
+def test_names_too_long_for_the_stores_index_are_refused() -> None:
+    """A node name or item id over 1024 bytes (they are keys of an index, and PostgreSQL's rows
+    hold some 2.7 KB) is policy-violation, and nothing is stored; so is asking for more than 100
+    items by id at once."""
+    world = two_people()
+    alice = world.alice
+    assert error_of(publish(alice, "n" * 1025, "<x xmlns='y'/>"))[1] == [f"{{{STANZAS}}}policy-violation"]
+    assert error_of(publish(alice, "n", "<x xmlns='y'/>", "\u00e9" * 513))[1] == [f"{{{STANZAS}}}policy-violation"]
+    assert publish(alice, "n" * 1024, "<x xmlns='y'/>", "i" * 1024).get("type") == "result"
+    assert world.store.database.query("SELECT COUNT(*) FROM pep_items", ()) == [(1,)]
+    ids = "".join(f"<item id='{n}'/>" for n in range(101))
+    too_many = alice.ask(f"<iq type='get' id='i9'><pubsub xmlns='{PUBSUB}'><items node='n'>{ids}</items></pubsub></iq>")
+    assert error_of(too_many) == ("modify", [f"{{{STANZAS}}}policy-violation"])  # at most 100 by id

@@ -170,7 +170,7 @@ class PEPProtocol:
         if max_items is not None and max_items < 1:
             raise StanzaError("bad-request")
         if len(request.itemIdentifiers or ()) > MAX_IDS:
-            raise StanzaError("policy-violation", text=f"at most {MAX_IDS} items by id at once")
+            raise StanzaError("policy-violation", "modify", text=f"at most {MAX_IDS} items by id at once")
         return self.service.visible_items(asker, owner, node, max_items, request.itemIdentifiers or ()).addCallback(
             lambda items: _items_answer(node, items))
 

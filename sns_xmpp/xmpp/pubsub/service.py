@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
 from zope.interface import Interface, implementer
@@ -163,6 +164,8 @@ class PEPService:
     def publish_item(self, owner: str, node: str, payload: domish.Element | None, item_id: str | None,
                      options: data_form.Form | None) -> Deferred[str]:
         """Section 7.1: publish one item as the owner; fires with its id."""
+        if _too_long(node) or item_id is not None and _too_long(item_id):
+            return defer.fail(StanzaError("policy-violation", "modify", text=f"names: {MAX_NAME} bytes"))
         if payload is None:
             return defer.fail(pubsub_error("bad-request", "payload-required"))
         text = payload.toXml()
@@ -185,6 +188,8 @@ class PEPService:
         return self.sessions.store.run(work).addCallback(published)
 
     def create(self, owner: str, node: str, form: data_form.Form | None) -> Deferred[NodeConfig]:
+        if _too_long(node):
+            return defer.fail(StanzaError("policy-violation", "modify", text=f"node names: {MAX_NAME} bytes"))
         work = partial(transactions.create, owner=owner, node=node, form=form, limits=self.limits)
         return self.sessions.store.run(work)
 
@@ -281,6 +286,13 @@ class PEPService:
 
         d = self.sessions.store.run_read(partial(transactions.everything, owner=owner)).addCallback(send)
         d.addErrback(lambda reason: log.failure("pep.last_items_failed", reason))
+
+
+MAX_NAME = 1024  # bytes of a node name or an item id: both go in an index (PostgreSQL's holds ~2.7 KB a row)
+
+
+def _too_long(name: str) -> bool:
+    return len(name) > MAX_NAME // 4 and len(name.encode()) > MAX_NAME
 
 
 def may_see(asker: str, owner: str, config: NodeConfig, roster: Roster | None) -> bool:
