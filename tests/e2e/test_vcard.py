@@ -49,11 +49,11 @@ async def avatar_update_from(client: Client, sender: str) -> str:
 async def test_a_social_users_name_vcard_and_avatar_reach_a_local_contact_and_survive_a_restart(
         start_server: Any, store_config: str, tmp_path: Path) -> None:
     """The demo site's account name (all an hmac site says of the person) is the social user's
-    vCard FN after the first login, for her and for a contact. Her vCard photo, set with XEP-0054
-    alone (her client adds no hash), reaches the contact as the XEP-0153 hash in her presence,
-    which the server adds, and as her XEP-0084 avatar in PEP; an XEP-0084 avatar she publishes
-    then becomes her vCard photo, with its hash in presence. After a restart the vCard is there.
-    On SQLite and on PostgreSQL."""
+    vCard FN after the first login, for her and for a contact, and her XEP-0172 nickname. Her
+    vCard photo, set with XEP-0054 alone (her client adds no hash), reaches the contact as the
+    XEP-0153 hash in her presence, which the server adds, and as her XEP-0084 avatar in PEP; an
+    XEP-0084 avatar she publishes then becomes her vCard photo, with its hash in presence. After
+    a restart the vCard is there. On SQLite and on PostgreSQL."""
     config = make_config(tmp_path, DEMO_SITE + store_config)
     server = await start_server(config)
     credentials = await demo_credentials(server, "rosa")
@@ -84,6 +84,8 @@ async def test_a_social_users_name_vcard_and_avatar_reach_a_local_contact_and_su
     await wait(bob.subscription_requests.get())
     bob.send_presence(pto=rosa_jid, ptype="subscribed")
     assert await wait(photo_hash_from(bob, rosa_jid)) == ""  # her presence after the subscription: no photo yet
+    nick = await wait(bob.plugin["xep_0060"].get_items(rosa_jid, "http://jabber.org/protocol/nick"))
+    assert nick.xml.findtext(".//{http://jabber.org/protocol/nick}nick") == "rosa"  # XEP-0172, in her PEP
 
     card = own["vcard_temp"]
     card["PHOTO"]["TYPE"] = "image/png"
