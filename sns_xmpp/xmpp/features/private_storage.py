@@ -126,6 +126,7 @@ def install(registry: FeatureRegistry) -> None:
     storage = PrivateStorage(registry.sessions)
     registry.account_iq(NS_PRIVATE, "query", storage.answer)
     registry.account_disco_feature(NS_PRIVATE)
+    registry.disco_feature(NS_PRIVATE)  # on the server too, where Prosody and ejabberd announce it
     registry.stores("private_storage", per_account=True, what="private XML fragments (XEP-0049), bookmarks among them")
 
 
