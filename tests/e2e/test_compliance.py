@@ -12,6 +12,7 @@ fails both ways: a row that should hold and does not, and a row listed as missin
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import Callable
@@ -52,8 +53,8 @@ Check = Callable[[Seen], bool]
 ROWS: dict[tuple[str, str], Check] = {
     ("core", "TLS (RFC 7590)"): lambda s: "urn:ietf:params:xml:ns:xmpp-sasl" in s.before_auth,
     ("core", "Direct TLS (XEP-0368)"): lambda s: s.direct_tls,
-    ("core", "Feature discovery (XEP-0030)"): lambda s: s.feature("http://jabber.org/protocol/disco#info", "server_info")
-    and s.identity("server", "im", "server_info"),
+    ("core", "Feature discovery (XEP-0030)"): lambda s: s.identity("server", "im", "server_info")
+    and s.feature("http://jabber.org/protocol/disco#info", "server_info"),
     ("core", "Feature broadcasts (XEP-0115)"): lambda s: "<c xmlns='http://jabber.org/protocol/caps'" in s.after_auth
     and s.feature("http://jabber.org/protocol/caps", "account_info"),
     ("core", "Event publishing (XEP-0163)"): lambda s: s.identity("pubsub", "pep", "account_info"),
@@ -122,7 +123,6 @@ async def seen_by_a_client(server, user: str, password: str) -> Seen:  # type: i
     stream.close()
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    import asyncio
     reader, writer = await wait(asyncio.open_connection("127.0.0.1", server.direct_tls_port, ssl=context))
     writer.write(b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
                  b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")

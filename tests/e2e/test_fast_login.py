@@ -95,7 +95,8 @@ async def test_a_social_login_gets_a_fast_token_that_outlives_its_credentials_un
 
     http_port = free_port()
     base = textwrap.dedent(BASE_CONFIG).format(data=tmp_path / "data", http_port=http_port)
-    base = base.replace("direct_tls_port = 0\n", f"direct_tls_port = 0\nfast_token_lifetime = {LIFETIME}\nfast_token_rotation = {ROTATION}\n")
+    base = base.replace("direct_tls_port = 0\n", f"direct_tls_port = 0\nfast_token_lifetime = {LIFETIME}\n"
+                                                  f"fast_token_rotation = {ROTATION}\n")
     server = await start_server(parse_config(base + '\n[sites.demo]\nplugin = "demo"\nmax_lifetime = 2\nleeway = 0\n'))
     credentials = await demo_credentials(server, "fay")
     jid, password = credentials["jid"], credentials["password"]
