@@ -140,15 +140,15 @@ class EntityCaps:
             return
         if self._wanted.get((owner, full)) == ver:
             return  # a status change: the features are what they were
+        seen = self._seen.get(owner, {})
+        if full not in seen and len(seen) >= MAX_SEEN:
+            self.sessions.metrics.limit("caps-seen")
+            return
         known = self.cache.get(ver) if caps.getAttribute("hash") == "sha-1" else None
         if known is not None:
             self.cache.move_to_end(ver)
             self._wanted[(owner, full)] = ver
             self._learn(owner, full, known)
-            return
-        seen = self._seen.get(owner, {})
-        if full not in seen and len(seen) >= MAX_SEEN:
-            self.sessions.metrics.limit("caps-seen")
             return
         self._wanted[(owner, full)] = ver
         self._ask(owner, full, f"{node}#{ver}", ver if caps.getAttribute("hash") == "sha-1" else "")
