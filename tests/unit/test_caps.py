@@ -185,3 +185,17 @@ def test_the_server_announces_its_own_caps_in_the_stream_features_and_they_verif
     assert query is not None and query.get("node") == f"{caps['node']}#{caps['ver']}"
     assert verifies(caps["ver"], parseXml(ET.tostring(query, encoding="unicode")))
     assert "http://jabber.org/protocol/pubsub#publish-options" in {f.get("var") for f in query}
+
+
+def test_the_resources_an_account_keeps_capabilities_of_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for one resource per account, bob's second resource is not kept for alice,
+    even with a ver already verified, and the limit is counted."""
+    monkeypatch.setattr(caps_module, "MAX_SEEN", 1)
+    world = two_people()
+    bob = world.bob
+    bob.send(exodus_presence())
+    query_id, _node = caps_query_of(bob)
+    bob.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{EXODUS}</iq>")
+    world.person("bob@localhost", "desk", "192.0.2.3").send(exodus_presence())
+    assert list(world.caps.seen("alice@localhost")) == ["bob@localhost/laptop"]
+    assert world.sessions.metrics.limits_hit.labels("caps-seen")._value.get() >= 1

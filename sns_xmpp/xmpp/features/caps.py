@@ -42,6 +42,7 @@ XML_LANG = ("http://www.w3.org/XML/1998/namespace", "lang")
 MAX_CACHED = 2000  # distinct vers: one per client version in use, so a few dozen in practice
 MAX_QUERIES = 200  # disco#info queries in flight
 MAX_SEEN = 1000  # resources one account keeps capabilities of (its contacts' and its own)
+MAX_WAITING = 1000  # (account, resource) pairs waiting on one ver's query
 QUERY_TIMEOUT = 30.0
 
 Listener = Callable[[str, str, frozenset[str]], None]
@@ -155,11 +156,14 @@ class EntityCaps:
 
     def _ask(self, owner: str, full: str, node: str, ver: str) -> None:
         if ver and ver in self._waiting:  # asked already (of another resource, or for another account)
-            if len(self._waiting[ver]) < MAX_SEEN:
+            if len(self._waiting[ver]) < MAX_WAITING:
                 self._waiting[ver].append((owner, full))
+            else:
+                self._wanted.pop((owner, full), None)  # not asked: its next presence may be
             return
         if len(self._queries) >= MAX_QUERIES:
             self.sessions.metrics.limit("caps-queries")
+            self._wanted.pop((owner, full), None)
             return
         if ver:
             self._waiting[ver] = [(owner, full)]
