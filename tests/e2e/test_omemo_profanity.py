@@ -19,7 +19,9 @@ What the server saw is read where it sees it: a hook at the head of ``message/fr
 every message the sender's Profanity sent (the stanza as the server parsed it, before routing,
 carbons or archiving). The assertion is that it carries an ``<encrypted/>`` element with a key for
 the receiver's published device and that the plaintext appears nowhere in it; the receiver's
-screen then shows the plaintext, so the only way it got there is Profanity's own decryption. A
+screen then shows the plaintext, so the only way it got there is Profanity's own decryption. The
+offline store and the receiver's archive (XEP-0313) are read too: ciphertext kept intact, no
+plaintext anywhere. A
 third client (slixmpp, XEP-0060 items requests) reads both device lists as a contact would, which
 is also how the test knows the devices are published before it goes on (no sleeps: each step polls
 what it waits for, with a deadline).
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from slixmpp import ET, JID
 from slixmpp.exceptions import IqError, IqTimeout
 from twisted.words.xish import domish
 
@@ -229,6 +232,14 @@ class DeviceLists:
         raise AssertionError(f"{jid}'s device {device} never appeared in its {DEVICE_LIST}: {self.seen.get(jid)}")
 
 
+def payload_of(message: domish.Element) -> str | None:
+    """The base64 ciphertext of an OMEMO message, or None for any other message."""
+    for encrypted in message.elements(AXOLOTL, "encrypted"):
+        for payload in encrypted.elements(AXOLOTL, "payload"):
+            return str(payload)
+    return None
+
+
 def encrypted_to(message: domish.Element) -> tuple[str | None, set[int]]:
     """The sending device and the receiving devices of an OMEMO message (XEP-0384 0.3 §4.5)."""
     for encrypted in message.elements(AXOLOTL, "encrypted"):
@@ -238,10 +249,16 @@ def encrypted_to(message: domish.Element) -> tuple[str | None, set[int]]:
     return None, set()
 
 
+def omemo_payload(message: ET.Element) -> str | None:
+    """payload_of for a message as slixmpp holds it."""
+    found = message.find(f"{{{AXOLOTL}}}encrypted/{{{AXOLOTL}}}payload")
+    return found.text if found is not None else None
+
+
 async def omemo_exchange(sender: Instance, receiver: Instance, lists: DeviceLists,
-                         sent: list[tuple[str, domish.Element]]) -> None:
+                         sent: list[tuple[str, domish.Element]]) -> list[str]:
     """The whole exchange as people would type it; *sent* fills with what the server saw either
-    client send: (the sender's bare JID, the message)."""
+    client send: (the sender's bare JID, the message). Returns the plaintexts."""
     for instance in (sender, receiver):
         await instance.until_logged_in()
     for instance in (sender, receiver):
@@ -282,6 +299,7 @@ async def omemo_exchange(sender: Instance, receiver: Instance, lists: DeviceList
     [answer] = [m for jid, m in sent if jid == receiver.jid and encrypted_to(m)[0] is not None]
     assert encrypted_to(answer) == (str(receiver_device), {sender_device}), answer.toXml()
     assert all(reply not in m.toXml() for _, m in sent)
+    return [plaintext, reply]
 
 
 @pytest_twisted.ensureDeferred
@@ -294,20 +312,24 @@ async def test_two_profanity_clients_exchange_omemo_messages_the_server_sees_onl
     await befriend(server.c2s_port, (social, social_password), ("bob@localhost", "secret"))
 
     seen: list[tuple[str, domish.Element]] = []
+    ciphertexts: set[str] = set()  # of every OMEMO message either sent, for the whole test
 
     def record(session: ClientSession, message: domish.Element) -> None:
         seen.append((session.bare, message))
+        if (payload := payload_of(message)) is not None:
+            ciphertexts.add(payload)
 
     server.sessions.hooks.hook(MESSAGE_FROM_CLIENT, record, priority=1_000_000)
 
     # The contact's view: a slixmpp resource of bob's without presence (so it takes no messages).
     watcher = Client("bob@localhost/watcher", "secret")
     watcher.register_plugin("xep_0060")
+    watcher.register_plugin("xep_0313")
     await wait(watcher.log_in(server.c2s_port, presence=False))
     with ExitStack() as stack:
         olga = start(stack, tmp_path, "olga", social, social_password, server.c2s_port)
         bob = start(stack, tmp_path, "bob", "bob@localhost", "secret", server.c2s_port)
-        await omemo_exchange(olga, bob, DeviceLists(watcher), seen)
+        plaintexts = await omemo_exchange(olga, bob, DeviceLists(watcher), seen)
         # The domain announces publish-options, so Profanity published its keys open: someone not
         # in olga's roster can start OMEMO with her too (XEP-0384 0.3 4.3: anyone fetches them).
         stranger = Client("carol@localhost", "secret")
@@ -349,6 +371,14 @@ async def test_two_profanity_clients_exchange_omemo_messages_the_server_sees_onl
         bob.terminal.type(f"/msg {olga.jid}")
         await bob.until_shows(away)
         assert await server.store.count_offline("bob@localhost") == 0
+
+    # bob's archive (XEP-0313) holds the three OMEMO messages as they passed, ciphertext intact
+    # (a device that comes later fetches them there), and no plaintext.
+    page = await wait(watcher.plugin["xep_0313"].retrieve(with_jid=JID(social), rsm={"max": 50}))
+    archived = [result["mam_result"]["forwarded"]["stanza"] for result in page["mam"]["results"]]
+    assert {payload for stanza in archived if (payload := omemo_payload(stanza.xml)) is not None} == ciphertexts
+    assert len(ciphertexts) == 3
+    assert not any(text in str(stanza) for stanza in archived for text in [*plaintexts, away])
     await wait(watcher.log_out())
 
 
