@@ -21,10 +21,9 @@ carbons or archiving). The assertion is that it carries an ``<encrypted/>`` elem
 the receiver's published device and that the plaintext appears nowhere in it; the receiver's
 screen then shows the plaintext, so the only way it got there is Profanity's own decryption. The
 offline store and the receiver's archive (XEP-0313) are read too: ciphertext kept intact, no
-plaintext anywhere. A
-third client (slixmpp, XEP-0060 items requests) reads both device lists as a contact would, which
-is also how the test knows the devices are published before it goes on (no sleeps: each step polls
-what it waits for, with a deadline).
+plaintext anywhere. A third client (slixmpp, XEP-0060 items requests) reads both device lists as a
+contact would, which is also how the test knows the devices are published before it goes on (no
+sleeps: each step polls what it waits for, with a deadline).
 
 Slow (about 20 s for both: six Profanity start-ups and libsignal key generation), so marked ``slow``
 (setup.cfg); scripts/test runs it, ``-m "not slow"`` leaves it out of a quick run.
