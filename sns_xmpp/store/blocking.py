@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from sns_xmpp.store.common import Database
 
 SQL_BLOCKLIST = "SELECT jid FROM blocked_jids WHERE owner = ? ORDER BY jid"
+SQL_OWNERS = "SELECT DISTINCT owner FROM blocked_jids"
 SQL_COUNT = "SELECT COUNT(*) FROM blocked_jids WHERE owner = ?"
 SQL_BLOCK = "INSERT INTO blocked_jids (owner, jid) VALUES (?, ?) ON CONFLICT (owner, jid) DO NOTHING"
 SQL_UNBLOCK = "DELETE FROM blocked_jids WHERE owner = ? AND jid = ?"
@@ -25,6 +26,12 @@ class BlocklistFull(Exception):
 def blocklist(db: Database, owner: str) -> list[str]:
     """The JIDs *owner* blocks, in text order."""
     return [row[0] for row in db.query(SQL_BLOCKLIST, (owner,))]
+
+
+def blocklist_and_owners(db: Database, owner: str, with_owners: bool) -> tuple[list[str] | None, list[str]]:
+    """*owner*'s list and, *with_owners*, every account that blocks anything (else None): the
+    feature reads the second once, with the first list it needs."""
+    return ([row[0] for row in db.query(SQL_OWNERS)] if with_owners else None), blocklist(db, owner)
 
 
 def block(db: Database, owner: str, jids: Sequence[str], limit: int) -> None:

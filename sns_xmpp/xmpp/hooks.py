@@ -138,6 +138,14 @@ class Hooks:
         self._orders[event].insert(at, -priority)
         self._chains[event].insert(at, handler)
 
+    def unhook(self, event: str, handler: Callable[..., Any]) -> None:
+        """Stop running *handler* on *event* (a feature with nothing to do takes itself out of a
+        stanza's path, and hooks itself back when it has). Never from within a run of *event*'s
+        chain: the run would skip the handler after it."""
+        at = self._chains[event].index(handler)
+        del self._chains[event][at]
+        del self._orders[event][at]
+
     def fire(self, event: str, *args: Any) -> Any:
         return run(self._chains[event], *args)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
+from wokkel.generic import parseXml
 
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.jid import parse_jid
@@ -18,6 +19,7 @@ from sns_xmpp.store.records import RosterItem
 from sns_xmpp.xmpp.c2s import ClientStream, ClientStreamFactory
 from sns_xmpp.xmpp.features import blocking
 from sns_xmpp.xmpp.features.blocking import matches
+from sns_xmpp.xmpp.hooks import MESSAGE_TO_LOCAL
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.test_limits import connect
 from tests.unit.test_negotiation import HEADER
@@ -254,7 +256,7 @@ class CountingStore(MemoryStore):
         self.list_reads: list[str] = []
 
     def run_read(self, work: Any) -> defer.Deferred[Any]:
-        if getattr(work, "func", None) is blocking_store.blocklist:
+        if getattr(work, "func", None) is blocking_store.blocklist_and_owners:
             self.list_reads.append(work.keywords["owner"])
         return super().run_read(work)
 
@@ -262,7 +264,8 @@ class CountingStore(MemoryStore):
 def test_offline_storage_keeps_nothing_from_a_blocked_sender_even_after_a_restart() -> None:
     """A message for alice while she has no resource: from bob, whom she blocks, it is bounced
     and not stored; from carol it is stored. A fresh server on the same store (a restart) reads
-    alice's list once and does the same; a second message reads nothing more."""
+    alice's list once and does the same; a second message reads nothing more, and an account that
+    blocks nothing binds without a read."""
     store = CountingStore()
     accounts(store, "alice@localhost")
     sessions, factory, _ = world(store)
@@ -284,6 +287,7 @@ def test_offline_storage_keeps_nothing_from_a_blocked_sender_even_after_a_restar
         carol.send("<message to='alice@localhost' type='chat'><body>call me</body></message>")
         assert carol.read() == []
         assert store.list_reads.count("alice@localhost") == (1 if restarted else 0)  # kept while she is away
+        assert "carol@localhost" not in store.list_reads  # known to block nothing: no read at her bind
         assert ["call me" in m.stanza for m in store.offline["alice@localhost"]] == [True] * (1 + restarted)
 
 
@@ -295,7 +299,7 @@ class SlowStore(MemoryStore):
         self.held: list[tuple[Any, defer.Deferred[Any]]] = []
 
     def run_read(self, work: Any) -> defer.Deferred[Any]:
-        if getattr(work, "func", None) is not blocking_store.blocklist:
+        if getattr(work, "func", None) is not blocking_store.blocklist_and_owners:
             return super().run_read(work)
         d: defer.Deferred[Any] = defer.Deferred()
         self.held.append((work, d))
@@ -330,6 +334,53 @@ def test_stanzas_wait_while_the_list_is_read_after_bind() -> None:
     assert refusal.get("id") == "m2" and refusal.find(".//{urn:xmpp:blocking:errors}blocked") is not None
 
 
+def test_the_filters_leave_the_stanza_path_while_nobody_blocks_anything() -> None:
+    """Until the server knows who blocks anything, the six filters are in the stanza events'
+    chains; once the first read says nobody does, they are out (a stanza costs nothing here); a
+    block puts them back before the next stanza, and unblocking the last JID takes them out."""
+    store = MemoryStore()
+    accounts(store, "alice@localhost")
+    sessions, factory, _ = world(store)
+    filters = sessions.hooks.account_iqs[(BLOCKING, "blocklist")].__self__.filters  # type: ignore[attr-defined]
+
+    def hooked() -> list[bool]:
+        return [any(each is handler for each in sessions.hooks.chain(event)) for event, handler, _ in filters]
+
+    assert len(filters) == 6 and hooked() == [True] * 6
+    alice = Client(sessions, factory, "alice@localhost", "r", "192.0.2.1")
+    bob = Client(sessions, factory, "bob@localhost", "r", "192.0.2.2")
+    alice.read()
+    assert hooked() == [False] * 6
+    alice.send(f"<iq type='set' id='b1'><block xmlns='{BLOCKING}'><item jid='bob@localhost'/></block></iq>")
+    assert hooked() == [True] * 6
+    bob.send("<message to='alice@localhost' type='chat'><body>1</body></message>")
+    assert [e.get("type") for e in bob.read()] == ["error"]
+    alice.send(f"<iq type='set' id='u1'><unblock xmlns='{BLOCKING}'/></iq>")
+    assert hooked() == [False] * 6
+    alice.read()
+    bob.send("<message to='alice@localhost' type='chat'><body>2</body></message>")
+    assert [e.findtext(f"{{{CLIENT}}}body") for e in alice.read()] == ["2"]
+
+
+def test_a_filter_that_finds_nothing_to_do_is_unhooked_after_its_chain_has_run() -> None:
+    """The first stanza for an account with no bound resource reads who blocks anything from
+    inside the filter: nobody. The filter is not unhooked under the running chain (the handler
+    after it would be skipped) but at the clock's next turn; the message goes on to every later
+    handler exactly once, and to offline storage."""
+    store = MemoryStore()
+    sessions, _factory, clock = world(store)
+    seen: list[str] = []
+    sessions.hooks.hook(MESSAGE_TO_LOCAL, lambda message, to: seen.append(str(message.body)), priority=50)
+    filters = sessions.hooks.account_iqs[(BLOCKING, "blocklist")].__self__.filters  # type: ignore[attr-defined]
+    message = parseXml("<message xmlns='jabber:client' from='bob@example.net/r' to='alice@localhost' type='chat'>"
+                       "<body>hello</body></message>")
+    sessions.deliver(message)
+    assert seen == ["hello"] and [m.stanza.count("hello") for m in store.offline["alice@localhost"]] == [1]
+    assert any(handler in sessions.hooks.chain(MESSAGE_TO_LOCAL) for _, handler, _ in filters)
+    clock.advance(0)
+    assert not any(handler in sessions.hooks.chain(event) for event, handler, _ in filters)
+
+
 def test_jid_matching_follows_section_6() -> None:
     """A full JID blocks that resource only; a bare JID any resource; a domain with a resource
     only that address; a domain the domain, everything at it, and its subdomains."""
@@ -362,6 +413,9 @@ def test_the_blocklist_sql_in_each_engine(backend: Backend) -> None:  # noqa: F8
         blocking_store.block(db, "a@x", ["y", "x@y/r"], limit=3)  # y is there already
         blocking_store.block(db, "b@x", ["z@y"], limit=3)
         assert blocking_store.blocklist(db, "a@x") == ["x@y/r", "y", "z@y"]
+        owners, jids = blocking_store.blocklist_and_owners(db, "b@x", with_owners=True)
+        assert sorted(owners or ()) == ["a@x", "b@x"] and jids == ["z@y"]
+        assert blocking_store.blocklist_and_owners(db, "c@x", with_owners=False) == (None, [])
         with pytest.raises(blocking_store.BlocklistFull):
             blocking_store.block(db, "a@x", ["w@y", "z@y"], limit=3)
         assert blocking_store.blocklist(db, "a@x") == ["x@y/r", "y", "z@y"]  # nothing of it written

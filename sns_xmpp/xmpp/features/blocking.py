@@ -21,11 +21,13 @@ matching entity, nothing passes, in either direction (section 3.3):
 - on block, the account's unavailable presence goes to the entity if it had the account's
   presence; on unblock, its current presence goes there, and the account probes the entity's.
 
-The lists of accounts with a bound resource are in memory, read once as the first resource binds,
-so that the stanza path never waits on the store; with no list in memory blocking anything, a
-stanza costs one dict lookup here. A stanza for an account with no bound resource that would be
-kept or answered (a message for offline storage, a subscription, an IQ) waits for one read of the
-list; the lists so read stay in a bounded cache while no resource is bound.
+The first list read also reads which accounts block anything (one query), kept up to date by the
+IQs. While no account does, a stanza costs one attribute read here. An account that does has its
+list read once as its first resource binds and kept in memory, so that the stanza path never waits
+on the store; a stanza for such an account with no bound resource that would be kept or answered
+(a message for offline storage, a subscription, an IQ) waits for one read of its list, which then
+stays in a bounded cache while no resource is bound. An account known to block nothing is never
+read.
 """
 
 from __future__ import annotations
@@ -141,22 +143,52 @@ class Blocking:
     def __init__(self, sessions: SessionManager, limit: int = MAX_ITEMS) -> None:
         self.sessions = sessions
         self.limit = limit
-        # The lists of accounts with a bound resource, by bare JID; an empty one too, so that
-        # "in memory" is one lookup. `blockers` counts the non-empty ones: while it is 0 (and
-        # no list is being read) nothing between bound users is blocked.
+        # The accounts that block anything, read with the first list (one query) and kept up to
+        # date by the IQs: an account not among them has an empty list, read from nowhere.
+        self.owners: set[str] = set()
+        self.owners_known = False
+        # The lists of accounts with a bound resource, by bare JID (empty ones too).
         self.lists: dict[str, set[str]] = {}
-        self.blockers = 0
         self.resting: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.loading: dict[str, list[Deferred[None]]] = {}
+        # True while nobody blocks anything and no list is being read: then the filters are out
+        # of the stanza events' chains, and a stanza costs nothing here (`_apply`).
+        self.idle = False
+        self.filters: list[tuple[str, Callable[..., object], int]] = []
+        self._hooked = False
+        self._filtering = 0  # filters running now (nested when a stanza is delivered again)
         self._pushes = 0
 
     # -- the lists in memory ---------------------------------------------------------------
 
+    def _settle(self) -> None:
+        self.idle = self.owners_known and not self.owners and not self.loading
+
+    def _apply(self) -> None:
+        """Hook the filters while anything may be blocked, unhook them while nothing is. Hooking
+        happens where no chain of theirs runs (a bind, an IQ, a read's answer) or while one of
+        them runs, so they are in already; unhooking waits while a filter runs (its chain is
+        being iterated) and is done at the next such point, or by the clock."""
+        if self.idle != self._hooked:
+            return
+        if self._hooked and self._filtering:
+            self.sessions.clock.callLater(0, self._apply)
+            return
+        for event, handler, priority in self.filters:
+            if self._hooked:
+                self.sessions.hooks.unhook(event, handler)
+            else:
+                self.sessions.hooks.hook(event, handler, priority)
+        self._hooked = not self._hooked
+
     def _put(self, owner: str, jids: set[str]) -> None:
         """Make *jids* the list of *owner*, an account with a bound resource."""
-        before = self.lists.get(owner)
-        self.blockers += bool(jids) - bool(before)
         self.lists[owner] = jids
+        if jids:
+            self.owners.add(owner)
+        else:
+            self.owners.discard(owner)
+        self._settle()
 
     def _rest(self, owner: str, jids: frozenset[str]) -> None:
         self.resting[owner] = jids
@@ -164,55 +196,75 @@ class Blocking:
         while len(self.resting) > MAX_RESTING:
             self.resting.popitem(last=False)
 
+    def _known(self, owner: str) -> Collection[str] | None:
+        """*owner*'s list if it is in memory (or known empty), else None."""
+        if self.owners_known and owner not in self.owners:
+            return EMPTY
+        blocked = self.lists.get(owner)
+        return self.resting.get(owner) if blocked is None else blocked
+
     def _load(self, owner: str) -> Deferred[None]:
-        """Read *owner*'s list into memory; concurrent callers share the one read."""
+        """Read *owner*'s list into memory (and, the first time, which accounts block anything);
+        concurrent callers share the one read."""
         waiter: Deferred[None] = Deferred()
         waiters = self.loading.get(owner)
         if waiters is not None:
             waiters.append(waiter)
             return waiter
         waiters = self.loading[owner] = [waiter]
+        self._settle()
+        self._apply()
 
-        def loaded(jids: list[str]) -> None:
+        def loaded(read: tuple[list[str] | None, list[str]]) -> None:
+            owners, jids = read
             del self.loading[owner]
+            if owners is not None:
+                self.owners.update(owners)  # and those that blocked since the read was asked for
+                self.owners_known = True
             if owner in self.sessions.users:
                 if owner not in self.lists:  # else it was changed meanwhile, and is newer
                     self.resting.pop(owner, None)
                     self._put(owner, set(jids))
-            else:
+            elif jids:
                 self._rest(owner, frozenset(jids))
+            self._settle()
             for each in waiters:
                 each.callback(None)
+            self._apply()
 
         def failed(reason: Failure) -> None:
             del self.loading[owner]
+            self._settle()
             log.failure("blocking.load_failed owner={owner}", reason, owner=owner)
             for each in waiters:
                 each.errback(reason)
+            self._apply()
 
-        self.sessions.store.run_read(partial(blocking_store.blocklist, owner=owner)).addCallbacks(loaded, failed)
+        work = partial(blocking_store.blocklist_and_owners, owner=owner, with_owners=not self.owners_known)
+        self.sessions.store.run_read(work).addCallbacks(loaded, failed)
         return waiter
 
     def bound(self, session: ClientSession) -> None:
         owner = session.bare
         if owner in self.lists or owner in self.loading:
             return None
-        resting = self.resting.pop(owner, None)
-        if resting is not None:
-            self._put(owner, set(resting))
+        known = self._known(owner)
+        if known is not None:
+            self._put(owner, set(known))
+            self.resting.pop(owner, None)
         else:
             self._load(owner).addErrback(lambda reason: None)  # logged; a stanza that needs it reads again
+        self._apply()
         return None
 
     def unbound(self, session: ClientSession, replaced: bool) -> None:
         owner = session.bare
         if replaced or owner in self.sessions.users:
             return None
-        jids = self.lists.get(owner)
-        if jids is not None:
-            self._put(owner, set())  # keeps `blockers` right
-            del self.lists[owner]
-            self._rest(owner, frozenset(jids))
+        jids = self.lists.pop(owner, None)
+        if jids:
+            self._rest(owner, frozenset(jids))  # the account still blocks them (self.owners)
+        self._apply()  # one waiting for a safe point
         return None
 
     # -- the filter, inbound (section 3.3: what the account receives) ---------------------------
@@ -221,20 +273,11 @@ class Blocking:
         """None to let *stanza* through to *to*; True when it was dropped or refused; a Deferred
         when it waits for a list and is delivered again after."""
         owner = to.userhost()
-        blocked = self.lists.get(owner)
+        blocked = self._known(owner)
         if blocked is None:
-            resting = self.resting.get(owner)
-            if resting is None:
-                if needs_list or owner in self.sessions.users:
-                    return self._wait(owner, stanza, lambda: self.sessions.deliver(stanza))
-                resting = EMPTY
-            if not resting and not self.blockers and not self.loading:
-                return None
-            blocked_now: Collection[str] = resting
-        elif not self.blockers and not self.loading:
-            return None  # the common case: nobody in memory blocks anything
-        else:
-            blocked_now = blocked
+            if needs_list or owner in self.sessions.users:
+                return self._wait(owner, stanza, lambda: self.sessions.deliver(stanza))
+            blocked = EMPTY  # it goes nowhere anyway
         try:
             sender = parse_jid(stanza.getAttribute("from", ""))
         except InvalidFormat:
@@ -242,7 +285,7 @@ class Blocking:
         sender_bare = sender.userhost()
         if sender_bare == owner:
             return None  # one's own resources and the account itself are never blocked
-        if blocked_now and matches(blocked_now, sender):
+        if blocked and matches(blocked, sender):
             return self._refuse_inbound(stanza, "service-unavailable")
         # What a local account that blocks the recipient sends, or the server on its behalf (its
         # presence broadcast, a probe's answer): its clients were refused already. Errors pass:
@@ -251,7 +294,7 @@ class Blocking:
             return None
         if sender_bare in self.loading:
             return self._wait(sender_bare, stanza, lambda: self.sessions.deliver(stanza))
-        theirs = self.lists.get(sender_bare)
+        theirs = self._known(sender_bare)
         if theirs and matches(theirs, to):
             return True
         return None
@@ -274,15 +317,26 @@ class Blocking:
 
         return _then(self._load(owner), again, failed)
 
+    def _filtered(self, check: Callable[[], object]) -> object:
+        if self.idle:
+            return None  # unhooked at the next safe point
+        self._filtering += 1
+        try:
+            return check()
+        finally:
+            self._filtering -= 1
+
     def message_to_local(self, message: domish.Element, to: JID) -> object:
         # A chat or normal message for an account with no bound resource would be kept offline.
-        return self.inbound(message, to, message.getAttribute("type") in (None, "normal", "chat"))
+        needs_list = message.getAttribute("type") in (None, "normal", "chat")
+        return self._filtered(lambda: self.inbound(message, to, needs_list))
 
     def presence_to_local(self, presence: domish.Element, to: JID) -> object:
-        return self.inbound(presence, to, presence.getAttribute("type") in PRESENCE_NEEDING_LIST)
+        needs_list = presence.getAttribute("type") in PRESENCE_NEEDING_LIST
+        return self._filtered(lambda: self.inbound(presence, to, needs_list))
 
     def iq_to_local(self, iq: domish.Element, to: JID) -> object:
-        return self.inbound(iq, to, iq.getAttribute("type") in ("get", "set"))
+        return self._filtered(lambda: self.inbound(iq, to, iq.getAttribute("type") in ("get", "set")))
 
     # -- the filter, outbound (section 3.3: what the account's clients send) --------------------
 
@@ -310,16 +364,21 @@ class Blocking:
         (just after bind), the same once it is, then the rest of the event's chain and *finish*
         (what the core does when no handler takes the stanza)."""
         def handler(session: ClientSession, stanza: domish.Element) -> object:
+            return self._filtered(lambda: check(session, stanza))
+
+        def check(session: ClientSession, stanza: domish.Element) -> object:
             if session.bare not in self.lists and session.bare in self.loading:
                 return _then(self._load(session.bare), lambda: resume(session, stanza),
                              lambda reason: refuse(session, stanza))
             return self.outbound(session, stanza)
 
         def resume(session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
-            if self.outbound(session, stanza) is not None:
+            if self._filtered(lambda: self.outbound(session, stanza)) is not None:
                 return None
             chain = self.sessions.hooks.chain(event)
-            outcome = run(chain[chain.index(handler) + 1:], session, stanza)
+            # The handlers after this one; all of them if the filters were unhooked meanwhile.
+            rest = chain[chain.index(handler) + 1:] if handler in chain else list(chain)
+            outcome = run(rest, session, stanza)
             return _later(finish(stanza) if outcome is None else outcome)
 
         def refuse(session: ClientSession, stanza: domish.Element) -> None:
@@ -383,6 +442,7 @@ class Blocking:
             raise StanzaError("policy-violation", "modify", text=f"a blocklist holds at most {self.limit} JIDs")
         self._presence_on_block(owner, new)  # before the block: it would drop the presence
         self._put(owner, blocked | set(new))
+        self._apply()
         written = self.sessions.store.run(partial(blocking_store.block, owner=owner, jids=new, limit=self.limit))
         return written.addCallbacks(lambda _: self._push(owner, "block", new),
                                     lambda reason: self._undo(owner, reason, added=new))
@@ -397,6 +457,7 @@ class Blocking:
         if not gone:
             return None
         self._put(owner, blocked - set(gone))
+        self._apply()
         self._presence_on_unblock(owner, gone)  # after the unblock, which would drop it
         written = self.sessions.store.run(work)
         return written.addCallbacks(lambda _: self._push(owner, "unblock", gone if jids else []),
@@ -408,6 +469,7 @@ class Blocking:
         blocked = self.lists.get(owner)
         if blocked is not None:
             self._put(owner, (blocked - set(added)) | set(removed))
+            self._apply()
         raise StanzaError("internal-server-error")
 
     def _push(self, owner: str, name: str, jids: list[str]) -> None:
@@ -475,15 +537,18 @@ def install(registry: FeatureRegistry) -> None:
     blocking = Blocking(registry.sessions, MAX_ITEMS)
     for name in ("blocklist", "block", "unblock"):
         registry.account_iq(NS_BLOCKING, name, blocking.answer)
-    # Before every other handler: nothing else sees what is blocked (carbons, archives...).
-    registry.hook(MESSAGE_FROM_CLIENT, blocking._outbound_hook(MESSAGE_FROM_CLIENT, registry.sessions.route),
-                  priority=100)
-    registry.hook(IQ_FROM_CLIENT, blocking._outbound_hook(IQ_FROM_CLIENT, registry.sessions.route), priority=100)
-    registry.hook(PRESENCE_FROM_CLIENT, blocking._outbound_hook(PRESENCE_FROM_CLIENT, lambda stanza: None),
-                  priority=100)
-    registry.hook(MESSAGE_TO_LOCAL, blocking.message_to_local, priority=100)
-    registry.hook(PRESENCE_TO_LOCAL, blocking.presence_to_local, priority=100)
-    registry.hook(IQ_TO_LOCAL, blocking.iq_to_local, priority=100)
+    # Before every other handler (priority 100): nothing else sees what is blocked (carbons,
+    # archives...). Hooked now, as nothing is known yet, and unhooked while nobody blocks anything.
+    route = registry.sessions.route
+    blocking.filters = [
+        (MESSAGE_FROM_CLIENT, blocking._outbound_hook(MESSAGE_FROM_CLIENT, route), 100),
+        (IQ_FROM_CLIENT, blocking._outbound_hook(IQ_FROM_CLIENT, route), 100),
+        (PRESENCE_FROM_CLIENT, blocking._outbound_hook(PRESENCE_FROM_CLIENT, lambda stanza: None), 100),
+        (MESSAGE_TO_LOCAL, blocking.message_to_local, 100),
+        (PRESENCE_TO_LOCAL, blocking.presence_to_local, 100),
+        (IQ_TO_LOCAL, blocking.iq_to_local, 100),
+    ]
+    blocking._apply()
     registry.hook(SESSION_BOUND, blocking.bound)
     # After presence's unavailable broadcast (priority 10), which the list still filters.
     registry.hook(SESSION_UNBOUND, blocking.unbound, priority=-10)
