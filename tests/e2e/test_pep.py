@@ -26,6 +26,7 @@ PLUGINS = ("xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0172
 ERRORS = "http://jabber.org/protocol/pubsub#errors"
 BOOKMARKS = "urn:xmpp:bookmarks:1"
 PRIVATE = "urn:example:private-notes"
+STATUS = "urn:example:status"
 # A small PNG's worth of bytes: XEP-0084's data node holds it as base64.
 PICTURE = bytes(range(256)) * 40
 
@@ -61,13 +62,17 @@ async def befriend(one: Client, other: Client) -> None:
     await wait(presence_from(other, one.boundjid.bare))
 
 
-async def next_event(client: Client, name: str, publisher: str) -> Any:
-    """The next PEP event *name* from *publisher* (others, such as the last items sent on
-    presence, are passed over)."""
+async def next_event(client: Client, name: str, publisher: str, item_id: str | None = None,
+                     nick: str | None = None) -> Any:
+    """The next PEP event *name* from *publisher* (with that item id, or that nick); others are
+    passed over: the last items sent on presence, and the nickname the vCard feature publishes
+    from the site's name at a social user's first login, which may come before or after."""
     async def find() -> Any:
         while True:
             kind, message = await client.pep_events.get()  # type: ignore[attr-defined]
-            if kind == name and message["from"].bare == publisher:
+            item = message["pubsub_event"]["items"]["item"]
+            if kind == name and message["from"].bare == publisher and item_id in (None, item["id"]) \
+                    and nick in (None, item["nick"]["nick"] if kind == "user_nick_publish" else None):
                 return message
     return await wait(find())
 
@@ -109,7 +114,7 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
     account/registered and pubsub/pep; rosa's nickname (XEP-0172) and avatar (XEP-0084) reach bob
     through +notify; her private notes (XEP-0223) and bookmarks (XEP-0402, whitelist) are
     neither readable nor listed for bob; publish-options that do not match are
-    precondition-not-met; and bob, logging in again, gets the last nickname on his presence."""
+    precondition-not-met; and bob, logging in again, gets the last avatar on his presence."""
     credentials = await demo_credentials(server, "rosa")
     await server.add_user("bob@localhost", "secret")
     rosa = await pep_client(server, credentials["jid"], credentials["password"], mechanism="PLAIN")
@@ -123,8 +128,7 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
     assert "http://jabber.org/protocol/pubsub#publish-options" in info["disco_info"]["features"]
 
     await wait(rosa.plugin["xep_0172"].publish_nick("Rosa from the demo site"))
-    message = await next_event(bob, "user_nick_publish", rosa_jid)
-    assert message["pubsub_event"]["items"]["item"]["nick"]["nick"] == "Rosa from the demo site"
+    await next_event(bob, "user_nick_publish", rosa_jid, nick="Rosa from the demo site")
     caps = entity_caps(next(s.registry for s in server.server.top if isinstance(s, FeatureStop)))
     assert caps is not None
     bobs_features = caps.seen(rosa_jid)[bob.boundjid.full]
@@ -135,8 +139,7 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
     await wait(rosa.plugin["xep_0084"].publish_avatar(PICTURE))
     await wait(rosa.plugin["xep_0084"].publish_avatar_metadata(
         [{"id": avatar_id, "type": "image/png", "bytes": len(PICTURE)}]))
-    message = await next_event(bob, "avatar_metadata_publish", rosa_jid)
-    assert message["pubsub_event"]["items"]["item"]["id"] == avatar_id
+    await next_event(bob, "avatar_metadata_publish", rosa_jid, item_id=avatar_id)
     data = await wait(bob.plugin["xep_0084"].retrieve_avatar(JID(rosa_jid), avatar_id))
     assert data["pubsub"]["items"]["item"]["avatar_data"]["value"] == PICTURE
 
@@ -174,17 +177,18 @@ async def test_pep_between_a_social_user_and_a_local_contact(server) -> None:
 
     await wait(bob.log_out())
     bob = await pep_client(server, "bob@localhost", "secret")
-    message = await next_event(bob, "user_nick_publish", rosa_jid)  # nobody published: the last item
-    assert message["pubsub_event"]["items"]["item"]["nick"]["nick"] == "Rosa from the demo site"
+    # Nobody publishes now: the last avatar comes on bob's presence. (Not the nick: the vCard
+    # feature's own, from the site's name, may be the last one.)
+    await next_event(bob, "avatar_metadata_publish", rosa_jid, item_id=avatar_id)
     for client in (rosa, bob):
         await wait(client.log_out())
 
 
 @pytest_twisted.ensureDeferred
 async def test_pep_data_survive_a_restart(start_server: Any, store_config: str, tmp_path: Path) -> None:
-    """persist_items, on SQLite and PostgreSQL: rosa's nickname and her whitelist bookmarks,
-    published before the daemon stops, are there after it starts again, for bob (the nick) and
-    for rosa (the bookmarks)."""
+    """persist_items, on SQLite and PostgreSQL: an item rosa published with PEP's defaults and her
+    whitelist bookmarks, published before the daemon stops, are there after it starts again, for
+    bob (the first, by presence access) and for rosa (the bookmarks)."""
     config = make_config(tmp_path, DEMO_SITE + store_config)
     server = await start_server(config)
     credentials = await demo_credentials(server, "rosa")
@@ -193,7 +197,9 @@ async def test_pep_data_survive_a_restart(start_server: Any, store_config: str, 
     bob = await pep_client(server, "bob@localhost", "secret")
     await befriend(rosa, bob)
     rosa_jid = rosa.boundjid.bare
-    await wait(rosa.plugin["xep_0172"].publish_nick("Rosa before the restart"))
+    status = ET.Element(f"{{{STATUS}}}status")
+    status.text = "before the restart"
+    await wait(rosa.plugin["xep_0060"].publish(None, STATUS, id="current", payload=status))
     await wait(rosa.plugin["xep_0060"].publish(None, BOOKMARKS, id="room@muc.localhost", payload=conference("Room"),
                                                options=publish_options(rosa, **BOOKMARK_OPTIONS)))
     for client in (rosa, bob):
@@ -202,8 +208,8 @@ async def test_pep_data_survive_a_restart(start_server: Any, store_config: str, 
 
     server = await start_server(config)
     bob = await pep_client(server, "bob@localhost", "secret")
-    nick = await wait(bob.plugin["xep_0060"].get_items(jid=rosa_jid, node="http://jabber.org/protocol/nick"))
-    assert [item["payload"].text for item in nick["pubsub"]["items"]] == ["Rosa before the restart"]
+    kept = await wait(bob.plugin["xep_0060"].get_items(jid=rosa_jid, node=STATUS))
+    assert [item["payload"].text for item in kept["pubsub"]["items"]] == ["before the restart"]
     rosa = await pep_client(server, credentials["jid"], credentials["password"], mechanism="PLAIN")
     bookmarks = await wait(rosa.plugin["xep_0060"].get_items(jid=rosa_jid, node=BOOKMARKS))
     assert [(item["id"], item["conference"]["name"]) for item in bookmarks["pubsub"]["items"]] == [
