@@ -73,7 +73,11 @@ MAX_ITEMS = 1000
 MAX_RESTING = 4096
 # Presence that needs the recipient's list even when no resource is bound: it changes the roster
 # or is answered (RFC 6121 3 and 4.3). Other presence for such an account goes nowhere anyway.
-PRESENCE_NEEDING_LIST = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"))
+PRESENCE_NEEDING_LIST: frozenset[str | None] = frozenset(
+    ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"))
+# Messages kept offline, and IQs answered, for an account with no bound resource: they need its list.
+KEPT_MESSAGES: frozenset[str | None] = frozenset((None, "normal", "chat"))
+IQ_REQUESTS: frozenset[str | None] = frozenset(("get", "set"))
 EMPTY: frozenset[str] = frozenset()
 
 
@@ -156,7 +160,6 @@ class Blocking:
         self.idle = False
         self.filters: list[tuple[str, Callable[..., object], int]] = []
         self._hooked = False
-        self._filtering = 0  # filters running now (nested when a stanza is delivered again)
         self._pushes = 0
 
     # -- the lists in memory ---------------------------------------------------------------
@@ -164,14 +167,14 @@ class Blocking:
     def _settle(self) -> None:
         self.idle = self.owners_known and not self.owners and not self.loading
 
-    def _apply(self) -> None:
-        """Hook the filters while anything may be blocked, unhook them while nothing is. Hooking
-        happens where no chain of theirs runs (a bind, an IQ, a read's answer) or while one of
-        them runs, so they are in already; unhooking waits while a filter runs (its chain is
-        being iterated) and is done at the next such point, or by the clock."""
+    def _apply(self, *, under_a_filter: bool = False) -> None:
+        """Hook the filters while anything may be blocked, unhook them while nothing is. Called
+        where no chain of theirs runs (a bind, an IQ), or *under_a_filter* (a read's answer may
+        come inside a filter, whose chain is being iterated): then unhooking waits for the
+        clock's next turn. (Hooking there is a no-op: a filter that runs is hooked.)"""
         if self.idle != self._hooked:
             return
-        if self._hooked and self._filtering:
+        if self._hooked and under_a_filter:
             self.sessions.clock.callLater(0, self._apply)
             return
         for event, handler, priority in self.filters:
@@ -230,7 +233,7 @@ class Blocking:
             self._settle()
             for each in waiters:
                 each.callback(None)
-            self._apply()
+            self._apply(under_a_filter=True)
 
         def failed(reason: Failure) -> None:
             del self.loading[owner]
@@ -238,7 +241,7 @@ class Blocking:
             log.failure("blocking.load_failed owner={owner}", reason, owner=owner)
             for each in waiters:
                 each.errback(reason)
-            self._apply()
+            self._apply(under_a_filter=True)
 
         work = partial(blocking_store.blocklist_and_owners, owner=owner, with_owners=not self.owners_known)
         self.sessions.store.run_read(work).addCallbacks(loaded, failed)
@@ -269,28 +272,36 @@ class Blocking:
 
     # -- the filter, inbound (section 3.3: what the account receives) ---------------------------
 
-    def inbound(self, stanza: domish.Element, to: JID, needs_list: bool) -> object:
+    def inbound(self, stanza: domish.Element, to: JID, needing: Collection[str | None]) -> object:
         """None to let *stanza* through to *to*; True when it was dropped or refused; a Deferred
-        when it waits for a list and is delivered again after."""
+        when it waits for a list and is delivered again after. *needing*: the stanza types for
+        which an account with no bound resource needs its list read (they are kept or answered)."""
         owner = to.userhost()
+        sender_text = stanza.attributes.get("from")
+        # A local sender's address is the server's own stamp, prepared: no parsing needed.
+        sender_bare = sender_text.split("/", 1)[0] if sender_text else ""
+        owners = self.owners
+        if owner not in owners and sender_bare not in owners and self.owners_known:
+            return None  # neither end blocks anything (nor has its list read: it would be an owner)
         blocked = self._known(owner)
         if blocked is None:
-            if needs_list or owner in self.sessions.users:
+            if stanza.attributes.get("type") in needing or owner in self.sessions.users:
                 return self._wait(owner, stanza, lambda: self.sessions.deliver(stanza))
             blocked = EMPTY  # it goes nowhere anyway
-        try:
-            sender = parse_jid(stanza.getAttribute("from", ""))
-        except InvalidFormat:
+        if not sender_text:
             return None
-        sender_bare = sender.userhost()
-        if sender_bare == owner:
-            return None  # one's own resources and the account itself are never blocked
-        if blocked and matches(blocked, sender):
-            return self._refuse_inbound(stanza, "service-unavailable")
+        if blocked:
+            try:
+                sender = parse_jid(sender_text)
+            except InvalidFormat:
+                return None
+            # One's own resources and the account itself are never blocked.
+            if sender.userhost() != owner and matches(blocked, sender):
+                return self._refuse_inbound(stanza, "service-unavailable")
         # What a local account that blocks the recipient sends, or the server on its behalf (its
         # presence broadcast, a probe's answer): its clients were refused already. Errors pass:
         # they are the server's refusals of what the recipient sent (a client's were refused).
-        if stanza.getAttribute("type") == "error":
+        if sender_bare == owner or stanza.attributes.get("type") == "error":
             return None
         if sender_bare in self.loading:
             return self._wait(sender_bare, stanza, lambda: self.sessions.deliver(stanza))
@@ -317,34 +328,31 @@ class Blocking:
 
         return _then(self._load(owner), again, failed)
 
-    def _filtered(self, check: Callable[[], object]) -> object:
-        if self.idle:
-            return None  # unhooked at the next safe point
-        self._filtering += 1
-        try:
-            return check()
-        finally:
-            self._filtering -= 1
-
     def message_to_local(self, message: domish.Element, to: JID) -> object:
-        # A chat or normal message for an account with no bound resource would be kept offline.
-        needs_list = message.getAttribute("type") in (None, "normal", "chat")
-        return self._filtered(lambda: self.inbound(message, to, needs_list))
+        if self.idle:
+            return None  # unhooked at the clock's next turn
+        # `inbound`'s first test, inline on the message path: neither end blocks anything.
+        owners = self.owners
+        sender = message.attributes.get("from")
+        if self.owners_known and to.userhost() not in owners and (not sender or sender.split("/", 1)[0] not in owners):
+            return None
+        return self.inbound(message, to, KEPT_MESSAGES)
 
     def presence_to_local(self, presence: domish.Element, to: JID) -> object:
-        needs_list = presence.getAttribute("type") in PRESENCE_NEEDING_LIST
-        return self._filtered(lambda: self.inbound(presence, to, needs_list))
+        if self.idle:
+            return None
+        return self.inbound(presence, to, PRESENCE_NEEDING_LIST)
 
     def iq_to_local(self, iq: domish.Element, to: JID) -> object:
-        return self._filtered(lambda: self.inbound(iq, to, iq.getAttribute("type") in ("get", "set")))
+        if self.idle:
+            return None
+        return self.inbound(iq, to, IQ_REQUESTS)
 
     # -- the filter, outbound (section 3.3: what the account's clients send) --------------------
 
-    def outbound(self, session: ClientSession, stanza: domish.Element) -> object:
-        """None to let a client's *stanza* go; True when it was refused (not-acceptable, blocked)."""
-        blocked = self.lists.get(session.bare)
-        if not blocked:
-            return None
+    def outbound(self, session: ClientSession, stanza: domish.Element, blocked: Collection[str]) -> object:
+        """None to let a client's *stanza* go past the account's *blocked*; True when it was
+        refused (not-acceptable, with <blocked/>)."""
         to = stanza.getAttribute("to")
         if to is None:
             return None
@@ -364,16 +372,19 @@ class Blocking:
         (just after bind), the same once it is, then the rest of the event's chain and *finish*
         (what the core does when no handler takes the stanza)."""
         def handler(session: ClientSession, stanza: domish.Element) -> object:
-            return self._filtered(lambda: check(session, stanza))
-
-        def check(session: ClientSession, stanza: domish.Element) -> object:
-            if session.bare not in self.lists and session.bare in self.loading:
+            if self.idle:
+                return None  # unhooked at the clock's next turn
+            blocked = self.lists.get(session.bare)
+            if blocked:
+                return self.outbound(session, stanza, blocked)
+            if blocked is None and session.bare in self.loading:
                 return _then(self._load(session.bare), lambda: resume(session, stanza),
                              lambda reason: refuse(session, stanza))
-            return self.outbound(session, stanza)
+            return None
 
         def resume(session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
-            if self._filtered(lambda: self.outbound(session, stanza)) is not None:
+            blocked = self.lists.get(session.bare)
+            if blocked and self.outbound(session, stanza, blocked) is not None:
                 return None
             chain = self.sessions.hooks.chain(event)
             # The handlers after this one; all of them if the filters were unhooked meanwhile.
