@@ -11,6 +11,7 @@ import pytest_twisted
 import slixmpp
 from slixmpp.exceptions import IqError
 
+from tests.conftest import DEMO_SITE, make_config
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -46,15 +47,16 @@ async def presence_from(receiver: Client, sender: str, kind: str = "available", 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_blocked_local_user_gets_nothing_through_until_the_social_user_unblocks_him(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_a_blocked_local_user_gets_nothing_through_until_the_social_user_unblocks_him(  # type: ignore[no-untyped-def]
+        start_server, store_config: str, tmp_path: Path) -> None:
     """rosa (a social user, on her phone and her desktop) and bob (local) share presence. rosa's
     phone blocks bob: her desktop gets the push, bob sees her go offline; his message is bounced
     with service-unavailable, his ping too, his presence does not reach her; her message and ping
     to him are refused with not-acceptable and <blocked/>. The unblock is pushed, each sees the
     other's presence again, and the first messages either gets are the ones sent after it. She
     blocks him again; after a restart her list is still there and his message to her, now
-    offline, is bounced rather than kept."""
-    server = await start_server()
+    offline, is bounced rather than kept. On SQLite, then on PostgreSQL."""
+    server = await start_server(make_config(tmp_path, DEMO_SITE + store_config))
     credentials = await demo_credentials(server, "rosa")
     rosa_jid = credentials["jid"]
     await server.add_user("bob@localhost", "secret")
@@ -127,7 +129,7 @@ async def test_a_blocked_local_user_gets_nothing_through_until_the_social_user_u
         await wait(each.log_out())
 
     await start_server.stop(server)
-    server = await start_server()
+    server = await start_server(make_config(tmp_path, DEMO_SITE + store_config))  # the same data, a new HTTP port
     bob = client("bob@localhost", "secret")
     await wait(bob.log_in(server.c2s_port))
     bob.send_message(mto=rosa_jid, mbody="while you are away", mtype="chat")
