@@ -22,12 +22,13 @@ matching entity, nothing passes, in either direction (section 3.3):
   presence; on unblock, its current presence goes there, and the account probes the entity's.
 
 The first list read also reads which accounts block anything (one query), kept up to date by the
-IQs. While no account does, a stanza costs one attribute read here. An account that does has its
-list read once as its first resource binds and kept in memory, so that the stanza path never waits
-on the store; a stanza for such an account with no bound resource that would be kept or answered
-(a message for offline storage, a subscription, an IQ) waits for one read of its list, which then
-stays in a bounded cache while no resource is bound. An account known to block nothing is never
-read.
+IQs. While no account does, the filters are out of the stanza events' chains: a stanza costs
+nothing here. Otherwise a stanza between two accounts that block nothing passes on two set
+lookups. An account that does block has its list read once as its first resource binds and kept
+in memory, so that the stanza path never waits on the store; a stanza for such an account with no
+bound resource that would be kept or answered (a message for offline storage, a subscription, an
+IQ) waits for one read of its list, which then stays in a bounded cache while no resource is
+bound. An account known to block nothing is never read.
 """
 
 from __future__ import annotations
