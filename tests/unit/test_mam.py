@@ -469,3 +469,36 @@ def test_the_writer_gives_the_store_nothing_on_the_clock_until_it_must() -> None
     clock.advance(2 * 86400)
     assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(0,)]
     assert any(call.active() for call in clock.getDelayedCalls())
+
+
+def test_a_batch_the_store_fails_is_written_with_the_next_in_its_place() -> None:
+    """A database that fails a moment (PostgreSQL restarting) loses no archived message: the
+    failed batch's rows go back in front and are written with the next batch, in their order;
+    a batch that keeps failing is given up after a few tries, so it cannot hold up the rest."""
+    from twisted.internet import defer
+
+    world = World(flush_rows=2)
+    failing = [1]
+    run = world.store.run
+
+    def flaky(work: Any) -> Any:
+        if getattr(work, "func", None) is archive_sql.write_rows and failing[0]:
+            failing[0] -= 1
+            return defer.fail(RuntimeError("the database went away"))
+        return run(work)
+
+    world.store.run = flaky  # type: ignore[method-assign]
+    world.chat(f"{ALICE}/r", BOB, "first")  # its batch fails
+    assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(0,)]
+    world.clock.advance(1)  # written again
+    world.chat(f"{ALICE}/r", BOB, "second")
+    assert bodies(world.query(f"{BOB}/r")[0]) == ["first", "second"]
+
+    failing[0] = 10
+    world.chat(f"{ALICE}/r", BOB, "lost")
+    for _ in range(3):
+        world.clock.advance(1)
+    assert failing[0] == 10 - 3  # three tries, then given up
+    failing[0] = 0
+    world.chat(f"{ALICE}/r", BOB, "third")
+    assert bodies(world.query(f"{BOB}/r")[0]) == ["first", "second", "third"]

@@ -66,6 +66,7 @@ ALWAYS = Prefs("always")
 SWEEP_SECONDS = 3600.0  # between retention sweeps
 SWEEP_AGAIN_SECONDS = 1.0  # after a full batch: more are due
 SWEEP_BATCH = 1000  # rows one sweep transaction deletes at most
+PREFS_RETRY_SECONDS = 10.0
 
 
 class StanzaId(domish.SerializedXML):
@@ -295,9 +296,15 @@ class Archive:
     # -- keeping ---------------------------------------------------------------------------------
 
     def load_prefs(self) -> None:
+        """Read every stored preference, once at start; tried again while the store fails (until
+        then, the default applies: everything is archived)."""
         d = self.sessions.store.run_read(archive_sql.all_prefs)
-        d.addCallback(self._loaded)
-        d.addErrback(lambda reason: log.failure("mam.prefs_load_failed", reason))
+        d.addCallbacks(self._loaded, self._load_failed)
+
+    def _load_failed(self, reason: Failure) -> None:
+        log.warn("mam.prefs_load_failed reason={reason} (tried again)", reason=reason.getErrorMessage())
+        if not self.stopped:
+            self.clock.callLater(PREFS_RETRY_SECONDS, self.load_prefs)
 
     def _loaded(self, stored: dict[str, Prefs]) -> None:
         stored.update(self.prefs)  # what was set while they loaded is newer

@@ -23,6 +23,8 @@ from sns_xmpp.store.mam import Row
 
 log = GatedLogger()
 
+WRITE_ATTEMPTS = 3  # transactions in a row that may fail before a batch's rows are given up
+
 
 
 class ArchiveWriter:
@@ -38,7 +40,8 @@ class ArchiveWriter:
         self.writes: set[Deferred[Any]] = set()  # the batches being written
         self.timer: IDelayedCall | None = None
         self.batches = 0  # transactions written (for tests and the operator's curiosity)
-        self.lost = 0  # rows a failed transaction lost
+        self.failures = 0  # failed transactions in a row
+        self.lost = 0  # rows given up on
 
     def room(self) -> bool:
         """Whether one more row may be added (within the bound)."""
@@ -73,14 +76,28 @@ class ArchiveWriter:
             self.batches += 1
             d: Deferred[Any] = self.store.run(partial(archive_sql.write_rows, rows=rows))
             self.writes.add(d)
-            d.addBoth(self._written, d, len(rows))
+            d.addBoth(self._written, d, rows)
         if not self.writes:
             return succeed(None)
         return DeferredList(list(self.writes), consumeErrors=True).addCallback(lambda _: None)
 
-    def _written(self, result: object, d: Deferred[Any], count: int) -> None:
+    def _written(self, result: object, d: Deferred[Any], rows: list[Row]) -> None:
+        """A batch is written, or failed: then its rows go back in front of the waiting ones for
+        the next batch (a database that was down a moment), up to WRITE_ATTEMPTS times in a row;
+        their seq keeps them in their place in the archive whenever they are written."""
         self.writes.discard(d)
-        self.in_flight -= count
-        if isinstance(result, Failure):
-            self.lost += count
-            log.failure("mam.write_failed rows={rows}", result, rows=count)
+        self.in_flight -= len(rows)
+        if not isinstance(result, Failure):
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= WRITE_ATTEMPTS:
+            self.failures = 0
+            self.lost += len(rows)
+            log.failure("mam.write_failed rows={rows} (given up)", result, rows=len(rows))
+            return
+        log.warn("mam.write_failed rows={rows} reason={reason} (tried again)", rows=len(rows),
+                 reason=result.getErrorMessage())
+        self.rows[:0] = rows
+        if self.timer is None:
+            self.timer = self.clock.callLater(self.flush_interval, self._timed_out)
