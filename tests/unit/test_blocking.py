@@ -224,8 +224,9 @@ def test_nothing_passes_between_the_account_and_a_blocked_entity_in_either_direc
 
 
 def test_unblocking_restores_delivery_and_exchanges_current_presence() -> None:
-    """Section 3.4: after the unblock, bob gets alice's current presence, alice's probe brings her
-    bob's, and messages pass again both ways."""
+    """Section 3.3: blocking dave, to whom alice had sent directed presence, sends him her
+    unavailable presence. Section 3.4: after the unblock, bob gets alice's current presence,
+    alice's probe brings her bob's, and messages pass again both ways."""
     store = MemoryStore()
     accounts(store, "alice@localhost")
     for owner, contact in (("alice@localhost", "bob@localhost"), ("bob@localhost", "alice@localhost")):
@@ -233,8 +234,12 @@ def test_unblocking_restores_delivery_and_exchanges_current_presence() -> None:
     sessions, factory, _ = world(store)
     alice = Client(sessions, factory, "alice@localhost", "r", "192.0.2.1")
     bob = Client(sessions, factory, "bob@localhost", "r", "192.0.2.2")
+    dave = Client(sessions, factory, "dave@localhost", "r", "192.0.2.3")
+    alice.send("<presence to='dave@localhost/r'><show>chat</show></presence>")
+    assert [e.findtext(f"{{{CLIENT}}}show") for e in dave.read()] == ["chat"]
     alice.send(f"<iq type='set' id='b1'><block xmlns='{BLOCKING}'><item jid='localhost/nothing'/>"
-               f"<item jid='bob@localhost'/></block></iq>")
+               f"<item jid='bob@localhost'/><item jid='dave@localhost'/></block></iq>")
+    assert [(e.get("type"), e.get("from")) for e in dave.read()] == [("unavailable", "alice@localhost/r")]
     alice.send("<presence><show>away</show></presence>")
     bob.send("<presence><show>dnd</show></presence>")
     alice.read(), bob.read()
@@ -313,11 +318,11 @@ class SlowStore(MemoryStore):
 
 def test_stanzas_wait_while_the_list_is_read_after_bind() -> None:
     """Until alice's list arrives from the store, neither what bob sends her nor what her client
-    sends him slips through: both wait, then get the blocklist's answers; one read serves all."""
+    sends him slips through, and her client's <blocklist/> is not answered from nothing: all wait,
+    then get the blocklist's answers; one read serves all."""
     store = SlowStore()
     accounts(store, "alice@localhost")
-    store.database.transaction().__enter__().execute(
-        "INSERT INTO blocked_jids (owner, jid) VALUES (?, ?)", ("alice@localhost", "bob@localhost"))
+    blocking_store.block(store.database, "alice@localhost", ["bob@localhost"], limit=10)
     sessions, factory, _ = world(store)
     bob = Client(sessions, factory, "bob@localhost", "r", "192.0.2.2")
     store.answer()
@@ -325,13 +330,16 @@ def test_stanzas_wait_while_the_list_is_read_after_bind() -> None:
     alice = Client(sessions, factory, "alice@localhost", "r", "192.0.2.1", presence=False)
     bob.send("<message to='alice@localhost/r' type='chat' id='m1'><body>early</body></message>")
     alice.send("<message to='bob@localhost' type='chat' id='m2'><body>early too</body></message>")
+    alice.send(f"<iq type='get' id='l1'><blocklist xmlns='{BLOCKING}'/></iq>")
     assert bob.read() == [] and alice.read() == []
     assert len(store.held) == 1
     store.answer()
     [bounce] = bob.read()
     assert bounce.get("type") == "error" and bounce.get("id") == "m1"
-    [refusal] = alice.read()
+    refusal, answer = alice.read()
     assert refusal.get("id") == "m2" and refusal.find(".//{urn:xmpp:blocking:errors}blocked") is not None
+    assert same(answer, f"<iq type='result' id='l1' to='alice@localhost/r'><blocklist xmlns='{BLOCKING}'>"
+                        "<item jid='bob@localhost'/></blocklist></iq>")
 
 
 def test_the_filters_leave_the_stanza_path_while_nobody_blocks_anything() -> None:
