@@ -4,13 +4,17 @@ ways, the filters and RSM paging return each message once, in order, before and 
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from slixmpp import JID
 
+from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
+from tests.e2e.test_local_im import _need_profanity, profanity, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -98,3 +102,52 @@ async def test_the_archive_pages_every_message_once_and_survives_a_restart(start
     assert len({uid for _, uid, _ in after}) == 25
     for client in (rosa, bob):
         await wait(client.log_out())
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_profanity_fetches_a_conversation_from_the_archive(server, tmp_path: Path) -> None:
+    """A client from another stack (Profanity: C, libstrophe) with its MAM on: a social user's
+    messages to a local user, delivered to the local user's other client while Profanity was not
+    running (so neither offline storage nor Profanity's own history has them), show in
+    Profanity's chat window when it opens it: Profanity asked the archive, with 'with' and RSM,
+    and understood the answer."""
+    _need_profanity()
+    credentials = await demo_credentials(server, "rosa")
+    await server.add_user("bob@localhost", "secret")
+    rosa = await logged_in(f"{credentials['jid']}/phone", credentials["password"], server.c2s_port, "PLAIN")
+    laptop = await logged_in("bob@localhost/laptop", "secret", server.c2s_port)
+    lines = [f"archived line {n} {secrets.token_hex(3)}" for n in range(3)]
+    for line in lines:
+        rosa.send_message(mto=JID("bob@localhost"), mbody=line, mtype="chat")
+        assert (await wait(laptop.next_message()))["body"] == line
+    await wait(laptop.log_out())
+    assert await server.store.count_offline("bob@localhost") == 0
+
+    with profanity(tmp_path, "bob@localhost", f"""\
+            [bob@localhost]
+            enabled=true
+            jid=bob@localhost
+            server=127.0.0.1
+            port={server.c2s_port}
+            resource=profanity
+            password=secret
+            tls.policy=trust
+            """):
+        terminal = Terminal(tmp_path / "tmux.sock")
+        log = tmp_path / "profanity.log"
+
+        def learnt_the_features() -> bool:  # Profanity looks for MAM in the domain's disco#info
+            text = log.read_text(errors="replace") if log.exists() else ""
+            return any("RECV" in line and "disco#info" in line and MAM in line for line in text.splitlines())
+
+        await until(learnt_the_features)
+        terminal.type("/mam on")
+        terminal.type(f"/msg {rosa.boundjid.bare}")
+        try:
+            await until(lambda: all(line in terminal.screen() for line in lines), timeout=20)
+        except AssertionError:
+            raise AssertionError(f"the archive's lines are not on Profanity's screen:\n{terminal.screen()}") from None
+        sent = [line for line in log.read_text(errors="replace").splitlines() if "SENT" in line and MAM in line]
+        assert sent and "<query" in sent[0], sent
+    await wait(rosa.log_out())

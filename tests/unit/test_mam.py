@@ -502,3 +502,21 @@ def test_a_batch_the_store_fails_is_written_with_the_next_in_its_place() -> None
     failing[0] = 0
     world.chat(f"{ALICE}/r", BOB, "third")
     assert bodies(world.query(f"{BOB}/r")[0]) == ["first", "second", "third"]
+
+
+def test_query_results_a_session_never_acknowledged_are_not_kept_offline() -> None:
+    """XEP-0198 delivers a session's unacknowledged messages again when it ends; MAM results are
+    answers to that session's query, so they are dropped instead of landing in offline storage
+    (and in the next client's inbox); an ordinary unacknowledged message is still kept."""
+    world = World()
+    world.chat(f"{BOB}/r", ALICE, "archived")
+    stream, transport = world.clients[f"{ALICE}/r"]
+    stream.dataReceived(b"<enable xmlns='urn:xmpp:sm:3'/>")
+    output(transport)
+    results, _ = world.query(f"{ALICE}/r")
+    assert bodies(results) == ["archived"]
+    world.chat(f"{BOB}/r", ALICE, "unacknowledged")
+    stream.dataReceived(b"</stream:stream>")  # closed, not resumable: unacked messages go again
+    stream.connectionLost(None)  # type: ignore[arg-type]
+    kept = [ET.fromstring(m.stanza) for m in world.store.offline.get(ALICE, [])]
+    assert [m.findtext(f"{{{CLIENT}}}body") for m in kept] == ["unacknowledged"]

@@ -148,18 +148,20 @@ class Archive:
             message.children = children[:-1]
         return None
 
-    def received(self, message: domish.Element, to: JID) -> None:
+    def received(self, message: domish.Element, to: JID) -> bool | None:
         owner = to.userhost()
+        archivable = self._archivable(message, owner)
         # An account with no session is archived by `offline`, if the message is kept for it:
         # for one that does not exist it never is, and the store would not take the row.
-        if self._archivable(message, owner) and owner in self.sessions.users:
+        if archivable and owner in self.sessions.users:
             self._incoming(owner, message)
-        return None
+        return True if archivable is None else None  # True: a stale query result, dropped
 
-    def offline(self, owner: str, message: domish.Element) -> None:
-        if self._archivable(message, owner):
+    def offline(self, owner: str, message: domish.Element) -> bool | None:
+        archivable = self._archivable(message, owner)
+        if archivable:
             self._incoming(owner, message)
-        return None
+        return True if archivable is None else None
 
     def _incoming(self, owner: str, message: domish.Element) -> None:
         try:
@@ -173,10 +175,11 @@ class Archive:
         if uid is not None:
             message.children = [*message.children, StanzaId(owner, uid)]  # the old list may be a copy's
 
-    def _archivable(self, message: domish.Element, owner: str) -> bool:
+    def _archivable(self, message: domish.Element, owner: str) -> bool | None:
         """Section 5.1.1's rules, in one pass over the children; a stanza-id claiming to be
         *owner*'s and not made here is removed on the way (XEP-0359 section 5). False too for a
-        message already archived for *owner* (it carries this server's stanza-id)."""
+        message already archived for *owner* (it carries this server's stanza-id). None for one of
+        *owner*'s own query results on its way again (below)."""
         wanted = message.attributes.get("type", "normal") in ARCHIVED_TYPES
         body = False
         forged = None
@@ -197,6 +200,11 @@ class Archive:
                     wanted = False
                 elif child.name == "store":
                     body = True
+            elif uri == NS_MAM and child.name == "result" and message.attributes.get("from") == owner:
+                # A result sent to one of the account's sessions, which ended before acknowledging
+                # it: XEP-0198 delivers unacknowledged messages again, and this one is the answer
+                # to a query nobody is waiting for any more (it would otherwise be kept offline).
+                return None
         if forged:
             message.children = [child for child in message.children if not any(child is f for f in forged)]
             self.last = None
@@ -365,6 +373,9 @@ def install(registry: FeatureRegistry) -> None:
     registry.account_iq(NS_MAM, "metadata", archive.metadata)
     registry.account_disco_feature(NS_MAM)
     registry.account_disco_feature(NS_MAM_EXTENDED)
+    # The archives are the accounts', but Profanity (and older clients) look for the feature on the
+    # domain's disco#info, as Prosody and ejabberd announce it there too.
+    registry.disco_feature(NS_MAM)
     registry.stores("mam_messages", per_account=True, what="the messages an account sent and received (XEP-0313)")
     registry.stores("mam_prefs", per_account=True, what="an account's archiving preferences (XEP-0441)")
     registry.on_stop(archive.stop)
