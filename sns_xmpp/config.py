@@ -204,7 +204,7 @@ class MAMConfig:
     flush_interval_ms: int = _setting(
         200, integer(1, 60000), "longest an archived message waits in memory before its batch is written"
     )
-    flush_rows: int = _setting(1000, integer(1, 100000), "archived messages written at once when that many wait")
+    flush_rows: int = _setting(5000, integer(1, 100000), "archived messages written at once when that many wait")
     max_buffered_rows: int = _setting(
         50000, integer(100, 10_000_000), "archived messages waiting or being written; past it, new ones go unarchived"
     )
