@@ -84,8 +84,17 @@ class StanzaId(domish.SerializedXML):
         return stamp
 
 
+CLIENT_MESSAGE = f"<message xmlns='{NS_CLIENT}'"
+
+
 def stanza_text(message: domish.Element) -> str:
-    """The message as stored: standalone XML, its namespace declared."""
+    """The message as stored: standalone XML, its namespace declared. A client's message is
+    written as its stream would write it, the namespace then put in by hand: escaping the
+    namespace URI is a quarter of what `plain_xml` costs for a small message."""
+    if message.uri == NS_CLIENT and message.defaultUri == NS_CLIENT and not message.localPrefixes:
+        text = plain_xml(message, NS_CLIENT, ())
+        if text is not None and text.startswith("<message"):
+            return CLIENT_MESSAGE + text[8:]
     return plain_xml(message, "", ()) or message.toXml()
 
 
