@@ -199,3 +199,21 @@ def test_the_resources_an_account_keeps_capabilities_of_are_bounded(monkeypatch:
     world.person("bob@localhost", "desk", "192.0.2.3").send(exodus_presence())
     assert list(world.caps.seen("alice@localhost")) == ["bob@localhost/laptop"]
     assert world.sessions.metrics.limits_hit.labels("caps-seen")._value.get() >= 1
+
+
+def test_a_ver_of_another_hash_or_none_is_asked_and_used_but_never_cached() -> None:
+    """Section 5.4: only a hash this server can check (sha-1) is cached by ver; a legacy <c/>
+    without 'hash' (section 1.3's old form) or another algorithm is still asked, and what the
+    resource answers is used for it alone (for each account that saw its presence)."""
+    world = two_people()
+    bob = world.bob
+    desk = world.person("bob@localhost", "desk", "192.0.2.3")
+    other_hash = f"<c xmlns='http://jabber.org/protocol/caps' hash='md5' node='x' ver='{EXODUS_VER}'/>"
+    for client, legacy in ((bob, "<c xmlns='http://jabber.org/protocol/caps' node='x' ver='1.0'/>"),
+                           (desk, other_hash)):
+        client.send(f"<presence>{legacy}</presence>")
+        query_id, _node = caps_query_of(client)  # one query, however many accounts wait on it
+        client.send(f"<iq type='result' id='{query_id}' to='bob@localhost'>{EXODUS}</iq>")
+    assert world.caps.cache == {}
+    assert set(world.caps.seen("alice@localhost")) == {"bob@localhost/laptop", "bob@localhost/desk"}
+    assert set(world.caps.seen("bob@localhost")) == {"bob@localhost/laptop", "bob@localhost/desk"}

@@ -113,8 +113,11 @@ class EntityCaps:
         self.cache: OrderedDict[str, frozenset[str]] = OrderedDict()  # verified sha-1 ver -> features
         self._seen: dict[str, dict[str, frozenset[str]]] = {}  # owner -> full JID -> features
         self._wanted: dict[tuple[str, str], str] = {}  # (owner, full) -> the ver it last announced
-        self._queries: dict[tuple[str, str], tuple[str, IDelayedCall]] = {}  # (full, id) -> (ver, timeout)
-        self._waiting: dict[str, list[tuple[str, str]]] = {}  # a sha-1 ver asked -> (owner, full) that wait
+        # (full, id) -> (what is asked, the sha-1 ver or "", the timeout)
+        self._queries: dict[tuple[str, str], tuple[str, str, IDelayedCall]] = {}
+        # What is being asked -> the (owner, full) that wait on it: a sha-1 ver (whoever announced
+        # it), else one resource's node#ver (what only that resource's answer may tell).
+        self._waiting: dict[str, list[tuple[str, str]]] = {}
         self.listeners: list[Listener] = []
 
     def on_available(self, listener: Listener) -> None:
@@ -155,9 +158,10 @@ class EntityCaps:
         self._ask(owner, full, f"{node}#{ver}", ver if caps.getAttribute("hash") == "sha-1" else "")
 
     def _ask(self, owner: str, full: str, node: str, ver: str) -> None:
-        if ver and ver in self._waiting:  # asked already (of another resource, or for another account)
-            if len(self._waiting[ver]) < MAX_WAITING:
-                self._waiting[ver].append((owner, full))
+        wait_key = ver or f"{full} {node}"
+        if wait_key in self._waiting:  # asked already (of another resource, or for another account)
+            if len(self._waiting[wait_key]) < MAX_WAITING:
+                self._waiting[wait_key].append((owner, full))
             else:
                 self._wanted.pop((owner, full), None)  # not asked: its next presence may be
             return
@@ -165,23 +169,22 @@ class EntityCaps:
             self.sessions.metrics.limit("caps-queries")
             self._wanted.pop((owner, full), None)
             return
-        if ver:
-            self._waiting[ver] = [(owner, full)]
+        self._waiting[wait_key] = [(owner, full)]
         query_id = "caps-" + secrets.token_hex(8)
         iq = domish.Element((NS_CLIENT, "iq"))
         iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, owner, full
         iq.addElement((NS_DISCO_INFO, "query"))["node"] = node
         key = (full, query_id)
         timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key, node)
-        self._queries[key] = (ver, timeout)
+        self._queries[key] = (wait_key, ver, timeout)
         self.sessions.hooks.responses[key] = lambda answer: self._answered(owner, full, node, key, answer)
         self.sessions.route(iq)
 
     def _gave_up(self, key: tuple[str, str], node: str) -> None:
         """No answer in time: the others that waited on this ver are asked themselves."""
-        ver, _timeout = self._queries.pop(key, ("", None))
+        wait_key, ver, _timeout = self._queries.pop(key, ("", "", None))
         self.sessions.hooks.responses.pop(key, None)
-        self._ask_the_others(self._waiting.pop(ver, []) if ver else [], key[0], node, ver)
+        self._ask_the_others(self._waiting.pop(wait_key, []), key[0], node, ver)
 
     def _ask_the_others(self, waiting: list[tuple[str, str]], asked: str, node: str, ver: str) -> None:
         for waiter, resource in waiting:
@@ -189,10 +192,10 @@ class EntityCaps:
                 self._ask(waiter, resource, node, ver)
 
     def _answered(self, owner: str, full: str, node: str, key: tuple[str, str], answer: domish.Element) -> None:
-        ver, timeout = self._queries.pop(key, ("", None))
+        wait_key, ver, timeout = self._queries.pop(key, ("", "", None))
         if timeout is not None and timeout.active():
             timeout.cancel()
-        waiting = self._waiting.pop(ver, [(owner, full)]) if ver else [(owner, full)]
+        waiting = self._waiting.pop(wait_key, [(owner, full)])
         query = next(answer.elements(NS_DISCO_INFO, "query"), None)
         if answer.getAttribute("type") != "result" or query is None:
             self._ask_the_others(waiting, full, node, ver)
