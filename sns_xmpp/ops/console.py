@@ -16,6 +16,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.xmpp.revocation import end_sessions
+from sns_xmpp.xmpp.stanzas import add_element
 
 if TYPE_CHECKING:
     from sns_xmpp.ops.reload import SiteReloader
@@ -99,7 +100,7 @@ def namespace(server: Server) -> dict[str, Any]:
             message["type"] = "headline"
             message["from"] = session.jid.host
             message["to"] = session.full
-            message.addElement("body", content=text)
+            add_element(message, "body", content=text)
             session.send(message)
             count += 1
         return count

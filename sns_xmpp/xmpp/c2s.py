@@ -25,7 +25,7 @@ from sns_xmpp.tally import Tally
 from sns_xmpp.xmpp import serialization
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.serialization import escape_attribute, escape_uri, plain_xml
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, error_reply, may_bounce
 
 log = GatedLogger()
 
@@ -458,7 +458,7 @@ class ClientStreamFactory(protocol.Factory):
             iq["from"] = stream.thisEntity.full()
         if stream.otherEntity is not None:
             iq["to"] = stream.otherEntity.full()
-        iq.addElement(("urn:xmpp:ping", "ping"))
+        add_element(iq, ("urn:xmpp:ping", "ping"))
         stream.send_stanza(iq)
         stream.pinged_at = now
 

@@ -59,7 +59,7 @@ from sns_xmpp.xmpp.sasl2 import (
 )
 from sns_xmpp.xmpp.serialization import escape_text
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, iq_result_text
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child, error_reply, iq_result_text
 
 log = GatedLogger()
 
@@ -172,23 +172,23 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         hooks = self.settings.sessions.hooks
         assert self.domain is not None
         if self.login is not None:
-            features.addElement((NS_BIND, "bind"))
+            add_element(features, (NS_BIND, "bind"))
             _add_features(features, hooks.features_after_auth, self.domain)
             return features
         if not stream.secure and self.settings.tls_context is not None:
-            starttls = features.addElement((NS_TLS, "starttls"))
+            starttls = add_element(features, (NS_TLS, "starttls"))
             if self.settings.require_tls:
-                starttls.addElement("required")
+                add_element(starttls, "required")
         mechanisms = self._mechanisms()
         if mechanisms:
-            element = features.addElement((NS_SASL, "mechanisms"))
+            element = add_element(features, (NS_SASL, "mechanisms"))
             for name in mechanisms:
-                element.addElement("mechanism", content=name)
+                add_element(element, "mechanism", content=name)
             if self._sasl2_offered():  # XEP-0388: the same mechanisms, after TLS only
-                features.addChild(authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
+                append_child(features, authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
             cb_types = self._cb_types()
             if cb_types:
-                features.addChild(channel_binding_feature(cb_types))
+                append_child(features, channel_binding_feature(cb_types))
         _add_features(features, hooks.features_before_auth, self.domain)
         return features
 
@@ -520,9 +520,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             stream.send(failure_element(condition, text))
         else:
             failure = domish.Element((NS_SASL, "failure"))
-            failure.addElement(condition)
+            add_element(failure, condition)
             if text:
-                failure.addElement("text", content=text)
+                add_element(failure, "text", content=text)
             stream.send(failure)
         if self.failures >= self.settings.max_auth_failures:
             stream.close()
@@ -560,7 +560,7 @@ def _add_features(features: domish.Element, makers: Sequence[Callable[[str], dom
     for make in makers:
         extra = make(domain)
         if extra is not None:
-            features.addChild(extra)
+            append_child(features, extra)
 
 
 def bind_result_text(identifier: str | None, full_jid: str) -> str:

@@ -23,6 +23,7 @@ from twisted.words.xish import domish
 from sns_xmpp.auth.checker import AuthenticationFailed
 from sns_xmpp.auth.fast import HT_SHA_256_ENDP, HT_SHA_256_EXPR, HT_SHA_256_NONE, NS_FAST, IssuedToken
 from sns_xmpp.xmpp.sasl import NS_SASL, decode_payload, encode_payload
+from sns_xmpp.xmpp.stanzas import add_element, append_child
 
 NS_SASL2 = "urn:xmpp:sasl:2"
 NS_BIND2 = "urn:xmpp:bind:0"
@@ -81,17 +82,17 @@ def authentication_feature(mechanisms: Sequence[str], fast_mechanisms: Sequence[
     inline, Bind2 with the features that can ride in it, and FAST's mechanisms."""
     feature = domish.Element((NS_SASL2, "authentication"))
     for name in mechanisms:
-        feature.addElement("mechanism", content=name)
-    inline = feature.addElement("inline")
-    bind = inline.addElement((NS_BIND2, "bind"))
+        add_element(feature, "mechanism", content=name)
+    inline = add_element(feature, "inline")
+    bind = add_element(inline, (NS_BIND2, "bind"))
     if inline_vars:
-        offered = bind.addElement("inline")
+        offered = add_element(bind, "inline")
         for var in inline_vars:
-            offered.addElement("feature")["var"] = var
+            add_element(offered, "feature")["var"] = var
     if fast_mechanisms:
-        fast = inline.addElement((NS_FAST, "fast"))
+        fast = add_element(inline, (NS_FAST, "fast"))
         for name in fast_mechanisms:
-            fast.addElement("mechanism", content=name)
+            add_element(fast, "mechanism", content=name)
     return feature
 
 
@@ -102,9 +103,9 @@ def challenge_xml(data: bytes) -> str:
 def failure_element(condition: str, text: str | None) -> domish.Element:
     """XEP-0388's <failure/>: the RFC 6120 SASL condition, in its own namespace, and the text."""
     failure = domish.Element((NS_SASL2, "failure"))
-    failure.addElement((NS_SASL, condition))
+    add_element(failure, (NS_SASL, condition))
     if text:
-        failure.addElement("text", content=text)
+        add_element(failure, "text", content=text)
     return failure
 
 
@@ -114,14 +115,14 @@ def success_element(identifier: str, additional_data: bytes | None, bound: Seque
     <token/> when there are."""
     success = domish.Element((NS_SASL2, "success"))
     if additional_data is not None:
-        success.addElement("additional-data", content=encode_payload(additional_data))
-    success.addElement("authorization-identifier", content=identifier)
+        add_element(success, "additional-data", content=encode_payload(additional_data))
+    add_element(success, "authorization-identifier", content=identifier)
     if bound is not None:
-        element = success.addElement((NS_BIND2, "bound"))
+        element = add_element(success, (NS_BIND2, "bound"))
         for child in bound:
-            element.addChild(child)
+            append_child(element, child)
     if token is not None:
-        token_element = success.addElement((NS_FAST, "token"))
+        token_element = add_element(success, (NS_FAST, "token"))
         token_element["expiry"] = timestamp(token.expires_at)
         token_element["token"] = token.token
     return success
@@ -204,7 +205,7 @@ def channel_binding_feature(cb_types: Sequence[str]) -> domish.Element:
     """XEP-0440's stream feature: which channel binding types a -PLUS mechanism may use here."""
     feature = domish.Element((NS_SASL_CB, "sasl-channel-binding"))
     for cb_type in cb_types:
-        feature.addElement("channel-binding")["type"] = cb_type
+        add_element(feature, "channel-binding")["type"] = cb_type
     return feature
 
 

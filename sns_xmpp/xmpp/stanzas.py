@@ -35,6 +35,21 @@ def append_child(parent: domish.Element, child: domish.Element) -> domish.Elemen
     return child
 
 
+def add_element(parent: domish.Element, name: str | tuple[str | None, str],
+                defaultUri: str | None = None, content: str | None = None) -> domish.Element:  # noqa: N803 - domish's name
+    """``parent.addElement``, without the link back (see append_child): a bare *name* takes the
+    parent's default namespace, a (uri, name) pair its own."""
+    if isinstance(name, tuple):
+        child = domish.Element(name, defaultUri if defaultUri is not None else name[0])
+    else:
+        uri = defaultUri if defaultUri is not None else parent.defaultUri
+        child = domish.Element((uri, name), uri)
+    parent.children.append(child)
+    if content:
+        child.addContent(content)
+    return child
+
+
 def iq_result(iq: domish.Element) -> domish.Element:
     result = domish.Element((None, "iq"))
     result["type"] = "result"

@@ -103,3 +103,18 @@ def test_logins_chats_and_the_ends_of_streams_leave_no_cycles(world: World) -> N
         _lose(eager)
 
     assert _cycles_made_by(conversation) == []
+
+
+def test_no_module_links_children_to_their_parents() -> None:
+    """``addElement`` and ``addChild`` set ``child.parent``, a cycle with every child; the server
+    builds its trees with stanzas.add_element and append_child instead, on every path, rare or not."""
+    import pathlib
+    import re
+
+    import sns_xmpp
+
+    linking = re.compile(r"\.add(Element|Child)\(")
+    offenders = [f"{path.name}:{number}" for path in pathlib.Path(sns_xmpp.__file__).parent.rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if linking.search(line) and not line.lstrip().startswith(("#", '"""'))]
+    assert offenders == []

@@ -13,6 +13,7 @@ from sns_xmpp.xmpp.c2s import RELEASE_PARSER_AFTER, priming_header
 from sns_xmpp.xmpp.parsing import GuardedElementStream
 from sns_xmpp.xmpp.serialization import escape_uri
 from sns_xmpp.xmpp.sessions import SessionManager
+from tests.unit.feature_tables import FeatureTables
 from tests.unit.featured import featured
 from tests.unit.test_limits import connect, factory_and_clock
 from tests.unit.test_negotiation import output
@@ -23,7 +24,7 @@ HEADER = (b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/st
           b"xmlns:x='urn:example:x' to='localhost' version='1.0'>")
 
 
-class EmptyStore:
+class EmptyStore(FeatureTables):
     def load_roster(self, owner: str) -> defer.Deferred:
         return defer.succeed(([], [], 0))
 

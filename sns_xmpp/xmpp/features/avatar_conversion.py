@@ -29,6 +29,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.stanzas import add_element
 
 if TYPE_CHECKING:  # importing PEP's service imports wokkel, which waits for the start-up's compat names
     from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
@@ -58,7 +59,7 @@ def image_type(image: bytes, declared: str) -> str:
 def metadata_of(avatar_id: str, image: bytes, kind: str) -> domish.Element:
     """XEP-0084's metadata for one image (section 3.2)."""
     metadata = domish.Element((NS_AVATAR_METADATA, "metadata"))
-    info = metadata.addElement("info")
+    info = add_element(metadata, "info")
     info["id"], info["bytes"], info["type"] = avatar_id, str(len(image)), image_type(image, kind)
     return metadata
 

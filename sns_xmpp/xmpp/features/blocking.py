@@ -60,7 +60,7 @@ from sns_xmpp.xmpp.hooks import (
 )
 from sns_xmpp.xmpp.roster import HAS_FROM, HAS_TO
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, error_reply, may_bounce, presence_stanza
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, error_reply, may_bounce, presence_stanza
 
 log = GatedLogger()
 
@@ -421,7 +421,7 @@ class Blocking:
         if request.name == "blocklist" and kind == "get":
             answer = domish.Element((NS_BLOCKING, "blocklist"))
             for jid in sorted(blocked):
-                answer.addElement("item")["jid"] = jid
+                add_element(answer, "item")["jid"] = jid
             return answer
         if request.name == "block" and kind == "set":
             return self._block(owner, blocked, self._items(request))
@@ -490,9 +490,9 @@ class Blocking:
             self._pushes += 1
             push = domish.Element((NS_CLIENT, "iq"))
             push["type"], push["id"], push["to"] = "set", f"blocking-push-{self._pushes}", session.full
-            change = push.addElement((NS_BLOCKING, name))
+            change = add_element(push, (NS_BLOCKING, name))
             for jid in jids:
-                change.addElement("item")["jid"] = jid
+                add_element(change, "item")["jid"] = jid
             session.send(push)
 
     # -- presence on block and unblock (sections 3.3 and 3.4) -----------------------------------

@@ -30,7 +30,7 @@ from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element
 
 log = GatedLogger()
 
@@ -173,7 +173,7 @@ class EntityCaps:
         query_id = "caps-" + secrets.token_hex(8)
         iq = domish.Element((NS_CLIENT, "iq"))
         iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, owner, full
-        iq.addElement((NS_DISCO_INFO, "query"))["node"] = node
+        add_element(iq, (NS_DISCO_INFO, "query"))["node"] = node
         key = (full, query_id)
         timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key, node)
         self._queries[key] = (wait_key, ver, timeout)
@@ -251,7 +251,7 @@ def server_caps(registry: FeatureRegistry) -> Callable[[str], domish.Element | N
             if disco is not None:
                 iq = domish.Element((NS_CLIENT, "iq"))
                 iq["type"], iq["id"], iq["to"] = "get", "caps", domain
-                iq.addElement((NS_DISCO_INFO, "query"))
+                add_element(iq, (NS_DISCO_INFO, "query"))
                 answer = disco(iq)
                 if isinstance(answer, domish.Element):
                     caps = domish.Element((NS_CAPS, "c"))

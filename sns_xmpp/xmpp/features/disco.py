@@ -13,6 +13,7 @@ from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import AccountIQHandler
 from sns_xmpp.xmpp.roster import HAS_FROM, Roster
 from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import add_element
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -28,19 +29,19 @@ def install(registry: FeatureRegistry) -> None:
         node = next(iq.elements(NS_DISCO_INFO, "query")).getAttribute("node")  # dispatched for <query/> only
         if node:
             query["node"] = node
-        identity = query.addElement("identity")
+        identity = add_element(query, "identity")
         identity["category"] = "server"
         identity["type"] = "im"
         identity["name"] = "sns-xmpp"
         for var in announced:
-            query.addElement("feature")["var"] = var
+            add_element(query, "feature")["var"] = var
         return query
 
     def items(iq: domish.Element) -> domish.Element:
         query = domish.Element((NS_DISCO_ITEMS, "query"))
         routes = router.routes if router is not None else {}
         for domain in sorted(d for d in routes if d is not None and d not in hosted):
-            query.addElement("item")["jid"] = domain
+            add_element(query, "item")["jid"] = domain
         return query
 
     registry.iq(NS_DISCO_INFO, "query", info)
@@ -65,10 +66,10 @@ def account_info_with(sessions: SessionManager, announced: list[str],
         if node:
             result["node"] = node
         for category, kind in identities if identities is not None else [("account", "registered")]:
-            identity = result.addElement("identity")
+            identity = add_element(result, "identity")
             identity["category"], identity["type"] = category, kind
         for var in announced:
-            result.addElement("feature")["var"] = var
+            add_element(result, "feature")["var"] = var
         return result
 
     def account_info(iq: domish.Element, owner: str, session: ClientSession | None) -> domish.Element | Deferred:

@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import IQHandler
+from sns_xmpp.xmpp.stanzas import add_element
 
 NS_TIME = "urn:xmpp:time"
 
@@ -25,8 +26,8 @@ def answer_with(clock: IReactorTime) -> IQHandler:
             raise StanzaError("bad-request")  # XEP-0202 defines the get only
         now = datetime.datetime.fromtimestamp(clock.seconds(), datetime.UTC)
         time = domish.Element((NS_TIME, "time"))
-        time.addElement("tzo", content="+00:00")
-        time.addElement("utc", content=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        add_element(time, "tzo", content="+00:00")
+        add_element(time, "utc", content=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         return time
 
     return answer

@@ -8,6 +8,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.stanzas import add_element
 
 NS_SESSION_LEGACY = "urn:ietf:params:xml:ns:xmpp-session"
 
@@ -25,7 +26,7 @@ def answer_for_account(iq: domish.Element, owner: str, session: ClientSession | 
 
 def _optional_session() -> domish.Element:
     session = domish.Element((NS_SESSION_LEGACY, "session"))
-    session.addElement("optional")
+    add_element(session, "optional")
     return session
 
 

@@ -22,7 +22,7 @@ from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE, SESSION_AVAILABLE, STORED_MESSAGE_UNACKNOWLEDGED
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_DELAY, error_reply
+from sns_xmpp.xmpp.stanzas import NS_DELAY, add_element, error_reply
 
 log = GatedLogger()
 
@@ -75,7 +75,7 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
         return True
     in_flight.add(sender)
     now = sessions.clock.seconds()
-    delay = message.addElement((NS_DELAY, "delay"))
+    delay = add_element(message, (NS_DELAY, "delay"))
     delay["from"] = owner.split("@", 1)[1]
     delay["stamp"] = _stamp(now)
     stored = message.toXml()

@@ -44,6 +44,7 @@ from sns_xmpp.xmpp.pubsub.nodes import (
     unsupported,
 )
 from sns_xmpp.xmpp.pubsub.service import PEPItem, PEPService
+from sns_xmpp.xmpp.stanzas import add_element, append_child
 
 if TYPE_CHECKING:  # wokkel's pubsub imports only after the start-up call (sns_xmpp/compat.py)
     from wokkel.pubsub import PubSubRequest
@@ -88,19 +89,19 @@ def _parsed(iq: domish.Element) -> PubSubRequest:
 
 def _items_answer(node: str, items: list[PEPItem]) -> domish.Element:
     pubsub = domish.Element((NS_PUBSUB, "pubsub"))
-    element = pubsub.addElement("items")
+    element = add_element(pubsub, "items")
     element["node"] = node
     for item in items:
-        element.addChild(item.element(NS_PUBSUB))
+        append_child(element, item.element(NS_PUBSUB))
     return pubsub
 
 
 def _configure_answer(node: str, config: NodeConfig, service: PEPService) -> domish.Element:
     pubsub = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
-    configure = pubsub.addElement("configure")
+    configure = add_element(pubsub, "configure")
     if node:
         configure["node"] = node
-    configure.addChild(config_form(config, service.limits).toElement())
+    append_child(configure, config_form(config, service.limits).toElement())
     return pubsub
 
 
@@ -139,9 +140,9 @@ class PEPProtocol:
 
         def published(new_id: str) -> domish.Element:
             answer = domish.Element((NS_PUBSUB, "pubsub"))
-            publish = answer.addElement("publish")
+            publish = add_element(answer, "publish")
             publish["node"] = node
-            publish.addElement("item")["id"] = new_id
+            add_element(publish, "item")["id"] = new_id
             return answer
 
         payload = payloads[0] if payloads else None
@@ -176,15 +177,15 @@ class PEPProtocol:
 
     def _subscriptions(self, request: PubSubRequest, iq: domish.Element, owner: str, asker: str) -> domish.Element:
         answer = domish.Element((NS_PUBSUB, "pubsub"))
-        answer.addElement("subscriptions")  # PEP's interest is implicit: no explicit subscriptions
+        add_element(answer, "subscriptions")  # PEP's interest is implicit: no explicit subscriptions
         return answer
 
     def _affiliations(self, request: PubSubRequest, iq: domish.Element, owner: str, asker: str) -> Deferred:
         def listed(nodes: list[tuple[str, NodeConfig]]) -> domish.Element:
             answer = domish.Element((NS_PUBSUB, "pubsub"))
-            affiliations = answer.addElement("affiliations")
+            affiliations = add_element(answer, "affiliations")
             for node, _config in nodes if asker == owner else []:
-                affiliation = affiliations.addElement("affiliation")
+                affiliation = add_element(affiliations, "affiliation")
                 affiliation["node"], affiliation["affiliation"] = node, "owner"
             return answer
         return self.service.visible_nodes(asker, owner).addCallback(listed)
@@ -210,7 +211,7 @@ class PEPProtocol:
 
     def _default(self, request: PubSubRequest, iq: domish.Element, owner: str, asker: str) -> domish.Element:
         answer = domish.Element((NS_PUBSUB_OWNER, "pubsub"))
-        answer.addElement("default").addChild(config_form(NodeConfig(), self.service.limits).toElement())
+        append_child(add_element(answer, "default"), config_form(NodeConfig(), self.service.limits).toElement())
         return answer
 
     def _purge(self, request: PubSubRequest, iq: domish.Element, owner: str, asker: str) -> Deferred:
@@ -245,7 +246,7 @@ def install(registry: FeatureRegistry) -> None:
         def listed(nodes: list[tuple[str, NodeConfig]]) -> domish.Element:
             query = domish.Element((NS_DISCO_ITEMS, "query"))
             for node, _config in nodes:
-                item = query.addElement("item")
+                item = add_element(query, "item")
                 item["jid"], item["node"] = owner, node
             return query
 

@@ -33,6 +33,7 @@ from sns_xmpp.store.private_storage import OverQuota, Quota, fragment, put_fragm
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import append_child
 
 log = GatedLogger()
 
@@ -89,7 +90,7 @@ class PrivateStorage:
         def answered(xml: str | None) -> domish.Element:
             query = domish.Element((NS_PRIVATE, "query"))
             if xml is None:
-                query.addChild(elements[0])  # nothing kept: the element as asked
+                append_child(query, elements[0])  # nothing kept: the element as asked
             else:
                 query.addRawXml(xml)  # serialised by this server, each element with its namespace
             return query

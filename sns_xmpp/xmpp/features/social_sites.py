@@ -12,6 +12,7 @@ from collections.abc import Callable
 from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry, SiteListing
+from sns_xmpp.xmpp.stanzas import add_element
 
 NS_SITES = "urn:x-sns-xmpp:sites:0"
 
@@ -38,7 +39,7 @@ def _make(web: SiteListing) -> domish.Element | None:
     element = domish.Element((NS_SITES, "sites"))
     element["list"] = f"{web.public_url}/sites"
     for site in listing["sites"]:
-        entry = element.addElement("site")
+        entry = add_element(element, "site")
         entry["id"] = site["id"]
         entry["name"] = site["name"]
         entry["login"] = site["login"]

@@ -41,7 +41,7 @@ from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import SESSION_CONNECTION_LOST, SESSION_UNBOUND, STORED_MESSAGE_UNACKNOWLEDGED
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_STANZAS
+from sns_xmpp.xmpp.stanzas import NS_STANZAS, add_element
 
 log = GatedLogger()
 
@@ -183,7 +183,7 @@ class StreamManagement:
 
 def failed(condition: str) -> domish.Element:
     element = domish.Element((NS_SM, "failed"))
-    element.addElement((NS_STANZAS, condition))
+    add_element(element, (NS_STANZAS, condition))
     return element
 
 

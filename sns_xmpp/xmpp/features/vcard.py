@@ -47,7 +47,7 @@ from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.features.avatar_conversion import NS_CONVERSION, AvatarConversion
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, SESSION_BOUND, SESSION_UNBOUND, run
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import append_child
+from sns_xmpp.xmpp.stanzas import add_element, append_child
 
 log = GatedLogger()
 
@@ -89,7 +89,7 @@ def photo_hash(image: bytes) -> str:
 def first_vcard(display_name: str) -> str:
     """The vCard made from the site's name for the person: their FN."""
     card = domish.Element((NS_VCARD, "vCard"))
-    card.addElement("FN", content=display_name)
+    add_element(card, "FN", content=display_name)
     return card.toXml()
 
 
@@ -219,10 +219,10 @@ class VCards:
             card.children = [child for child in card.children if not (
                 isinstance(child, domish.Element) and (child.uri, child.name) == (NS_VCARD, "PHOTO"))]
             if image is not None:
-                photo = card.addElement("PHOTO")
+                photo = add_element(card, "PHOTO")
                 if kind:
-                    photo.addElement("TYPE", content=kind)
-                photo.addElement("BINVAL", content=base64.b64encode(image).decode())
+                    add_element(photo, "TYPE", content=kind)
+                add_element(photo, "BINVAL", content=base64.b64encode(image).decode())
             xml = card.toXml()
             if len(xml.encode("utf-8")) > limit:
                 raise StanzaError("not-acceptable", text=f"the vCard with this photo would be over {limit} bytes")

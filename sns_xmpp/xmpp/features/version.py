@@ -8,15 +8,16 @@ from twisted.words.xish import domish
 
 import sns_xmpp
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.stanzas import add_element
 
 NS_VERSION = "jabber:iq:version"
 
 
 def answer(iq: domish.Element) -> domish.Element:
     query = domish.Element((NS_VERSION, "query"))
-    query.addElement("name", content="sns-xmpp")
-    query.addElement("version", content=sns_xmpp.__version__)
-    query.addElement("os", content=platform.system())
+    add_element(query, "name", content="sns-xmpp")
+    add_element(query, "version", content=sns_xmpp.__version__)
+    add_element(query, "os", content=platform.system())
     return query
 
 

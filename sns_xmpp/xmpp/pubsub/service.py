@@ -51,7 +51,7 @@ from sns_xmpp.xmpp.pubsub.nodes import (
 )
 from sns_xmpp.xmpp.roster import HAS_FROM, Roster
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child
 
 if TYPE_CHECKING:  # wokkel's data_form imports only after the start-up call (sns_xmpp/compat.py)
     from wokkel import data_form
@@ -76,7 +76,7 @@ class PEPItem:
         item = domish.Element((uri, "item"))
         item["id"] = self.item_id
         if with_payload and self.payload is not None:
-            item.addChild(self.payload)
+            append_child(item, self.payload)
         return item
 
 
@@ -257,7 +257,7 @@ class PEPService:
         def event() -> domish.Element:
             items = _event_child("items", node)
             for item_id in gone:
-                items.addElement("retract")["id"] = item_id
+                add_element(items, "retract")["id"] = item_id
             return items
         self._notify(owner, node, config, event)
 
@@ -315,7 +315,7 @@ def _event_child(name: str, node: str) -> domish.Element:
 def _event_items(node: str, items: list[PEPItem], with_payload: bool) -> domish.Element:
     event_items = _event_child("items", node)
     for item in items:
-        event_items.addChild(item.element(NS_PUBSUB_EVENT, with_payload))
+        append_child(event_items, item.element(NS_PUBSUB_EVENT, with_payload))
     return event_items
 
 
@@ -324,5 +324,5 @@ def notification(owner: str, to: str, child: domish.Element) -> domish.Element:
     message = domish.Element((NS_CLIENT, "message"))
     message["from"], message["to"], message["type"] = owner, to, "headline"
     message["id"] = secrets.token_hex(6)
-    message.addElement((NS_PUBSUB_EVENT, "event")).addChild(child)
+    append_child(add_element(message, (NS_PUBSUB_EVENT, "event")), child)
     return message

@@ -54,7 +54,7 @@ from sns_xmpp.xmpp.features.mam.query import (
 from sns_xmpp.xmpp.features.mam.writer import ArchiveWriter
 from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_OFFLINE, MESSAGE_TO_LOCAL
 from sns_xmpp.xmpp.serialization import escape_attribute, plain_xml
-from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element
 
 log = GatedLogger()
 
@@ -366,7 +366,7 @@ def _metadata_element(ends: tuple[tuple[str, float], tuple[str, float]] | None) 
     element = domish.Element((NS_MAM, "metadata"))
     if ends is not None:
         for name, (uid, stamp) in zip(("start", "end"), ends, strict=True):
-            end = element.addElement(name)
+            end = add_element(element, name)
             end["id"], end["timestamp"] = uid, stamp_text(stamp)
     return element
 

@@ -11,7 +11,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.store.mam import ArchiveQuery, Page, Prefs
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_DELAY, append_child
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_DELAY, add_element, append_child
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
@@ -143,19 +143,19 @@ def parse_query(query: domish.Element, owner: str, default_page: int, max_page: 
 def form() -> domish.Element:
     """The fields a query may use (section 4.1.5), for an IQ get."""
     query = domish.Element((NS_MAM, "query"))
-    x = query.addElement((NS_DATA, "x"))
+    x = add_element(query, (NS_DATA, "x"))
     x["type"] = "form"
     for var, kind in (("FORM_TYPE", "hidden"), ("with", "jid-single"), ("start", "text-single"),
                       ("end", "text-single"), ("before-id", "text-single"), ("after-id", "text-single"),
                       ("ids", "list-multi")):
-        field = x.addElement("field")
+        field = add_element(x, "field")
         field["var"], field["type"] = var, kind
         if var == "FORM_TYPE":
-            field.addElement("value", content=NS_MAM)
+            add_element(field, "value", content=NS_MAM)
         if var == "ids":
-            validate = field.addElement(("http://jabber.org/protocol/xdata-validate", "validate"))
+            validate = add_element(field, ("http://jabber.org/protocol/xdata-validate", "validate"))
             validate["datatype"] = "xs:string"
-            validate.addElement("open")
+            add_element(validate, "open")
     return query
 
 
@@ -181,13 +181,13 @@ def fin(page: Page) -> domish.Element:
     element = domish.Element((NS_MAM, "fin"))
     if page.complete:
         element["complete"] = "true"
-    rsm = element.addElement((NS_RSM, "set"))
+    rsm = add_element(element, (NS_RSM, "set"))
     if page.rows:
-        first = rsm.addElement("first", content=page.rows[0][0])
+        first = add_element(rsm, "first", content=page.rows[0][0])
         if page.first_index is not None:
             first["index"] = str(page.first_index)
-        rsm.addElement("last", content=page.rows[-1][0])
-    rsm.addElement("count", content=str(page.count))
+        add_element(rsm, "last", content=page.rows[-1][0])
+    add_element(rsm, "count", content=str(page.count))
     return element
 
 
@@ -195,9 +195,9 @@ def prefs_element(prefs: Prefs) -> domish.Element:
     element = domish.Element((NS_MAM, "prefs"))
     element["default"] = prefs.default
     for name, jids in (("always", prefs.always), ("never", prefs.never)):
-        listed = element.addElement(name)
+        listed = add_element(element, name)
         for jid in sorted(jids):
-            listed.addElement("jid", content=jid)
+            add_element(listed, "jid", content=jid)
     return element
 
 
