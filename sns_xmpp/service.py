@@ -232,6 +232,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     FeatureStop(features).setServiceParent(top)  # after the store, so it stops before the store closes
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
+    for segment, resource in features.http_resources.items():  # a feature's own HTTP side (upload)
+        root.putChild(segment, resource)
 
     def log_out(site_id: str, account: str, token_digest: bytes, remember_until: float) -> Deferred[int]:
         """A back-channel logout: the account is revoked, and its sessions here end at once."""

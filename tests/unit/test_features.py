@@ -83,6 +83,28 @@ def test_disco_info_announces_what_the_installed_features_registered() -> None:
             "http://jabber.org/protocol/disco#items", "jabber:iq:roster", "msgoffline"} <= announced
 
 
+def test_a_service_domain_gets_its_stanzas_and_is_listed_in_the_servers_items() -> None:
+    """registry.service_domains: an in-process service at <label>.<domain> (MUC, upload) receives
+    what the router sends there, the server's disco#items lists it, and a second claim fails."""
+    from sns_xmpp.xmpp.routing import StanzaRouter
+
+    clock = MemoryReactorClock()
+    router = StanzaRouter()
+    sessions = SessionManager(["localhost", "example.org"], store=None, clock=clock, route=router.route)  # type: ignore[arg-type]
+    registry = install_features(sessions, router, clock)
+    received: list[domish.Element] = []
+    assert registry.service_domains("conference", received.append) == ["conference.example.org",
+                                                                       "conference.localhost"]
+    router.route(parseXml("<presence to='room@conference.localhost/nick' from='alice@localhost/phone'/>"))
+    assert [stanza["to"] for stanza in received] == ["room@conference.localhost/nick"]
+    reply = ask(sessions, "<iq type='get' to='localhost' id='i1' xmlns='jabber:client'>"
+                          "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    items = [item["jid"] for item in reply.firstChildElement().elements()]
+    assert items == ["conference.example.org", "conference.localhost"]
+    with pytest.raises(ValueError, match="conference.example.org"):
+        registry.service_domains("conference", received.append)
+
+
 def test_hooks_run_highest_priority_first_and_stop_at_the_first_answer() -> None:
     """Prosody's event semantics: by priority (ties in registration order); a handler that returns
     a value ends the chain and `fire` returns it; an unknown event is a start-up error."""

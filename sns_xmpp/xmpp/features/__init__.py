@@ -36,7 +36,7 @@ from sns_xmpp.xmpp.hooks import (
     Storage,
     StreamFeature,
 )
-from sns_xmpp.xmpp.routing import StanzaRouter
+from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.sessions import SessionManager
 
 _log = GatedLogger()
@@ -69,6 +69,9 @@ class FeatureRegistry:
     # What a feature offers other features in process, by its name (pep: its PEPService); read
     # it through the offering module's accessor (features.pep.pep_service).
     services: dict[str, Any] = field(default_factory=dict)
+    # HTTP resources features serve on the HTTP listener, by their first path segment; the
+    # service mounts them beside the login pages (XEP-0363's upload URLs).
+    http_resources: dict[bytes, Any] = field(default_factory=dict)
 
     @property
     def hooks(self) -> Hooks:
@@ -139,6 +142,25 @@ class FeatureRegistry:
         done = [maybeDeferred(action).addErrback(lambda reason: _log.failure("features.stop_failed", reason))
                 for action in self.stopping]
         return DeferredList(done).addCallback(lambda _: None)
+
+    def service_domains(self, label: str, deliver: Callable[[domish.Element], Any]) -> list[str]:
+        """Host an in-process service at ``<label>.<domain>`` for each hosted domain (MUC's
+        conference.example.org): the router hands *deliver* every stanza addressed there, and the
+        server's disco#items lists the domains (XEP-0030 section 4). The service answers through
+        ``router.route``. Returns the service's domains. Two services, or a service and a hosted
+        domain, claiming one domain is a start-up error. (Without a router, as in unit tests of
+        other features, nothing reaches the service.)"""
+        made = [f"{label}.{domain}" for domain in sorted(self.sessions.domains)]
+        for service_domain in made:
+            if service_domain in self.sessions.domains:
+                raise ValueError(f"{self.installing}: {service_domain} is a hosted domain")
+            if self.router is not None:
+                _claim(self.router.routes, service_domain, LocalRoute(deliver))
+        return made
+
+    def http_resource(self, segment: bytes, resource: Any) -> None:
+        """Serve *resource* (a twisted.web IResource) at ``/<segment>`` on the HTTP listener."""
+        _claim(self.http_resources, segment, resource)
 
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""
