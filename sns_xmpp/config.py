@@ -229,6 +229,24 @@ class PEPConfig:
 
 
 @dataclass(frozen=True)
+class MUCConfig:
+    max_rooms_per_user: int = _setting(
+        20, integer(1, 100_000), "chat rooms one account may have created that exist at once (XEP-0045)"
+    )
+    max_occupants: int = _setting(
+        200, integer(2, 100_000), "most occupants in one room, whatever its owner configures"
+    )
+    default_history: int = _setting(20, integer(0, 10_000), "messages a new room keeps for the occupants who join")
+    max_history: int = _setting(100, integer(0, 10_000), "most messages a room keeps for new occupants")
+    max_persistent_rooms: int = _setting(
+        1000, integer(0, 10_000_000), "persistent rooms the service keeps (each loaded at start)"
+    )
+    max_affiliations: int = _setting(
+        1000, integer(1, 1_000_000), "owners, admins, members and outcasts one room may list"
+    )
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
@@ -236,6 +254,7 @@ class XMPPConfig:
     pep: PEPConfig = field(default_factory=PEPConfig)
     vcard: VCardConfig = field(default_factory=VCardConfig)
     mam: MAMConfig = field(default_factory=MAMConfig)
+    muc: MUCConfig = field(default_factory=MUCConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
 
 

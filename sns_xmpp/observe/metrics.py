@@ -68,6 +68,12 @@ class Metrics:
         held in memory, read at each scrape from the two callables (the session manager's)."""
         self.registry.register(_SessionCollector(session_labels, rosters_cached))
 
+    def watch_rooms(self, rooms: Callable[[], int], occupants: Callable[[], int]) -> None:
+        """Report the chat rooms (XEP-0045) and their occupants, read at each scrape."""
+        self.registry.register(_GaugesCollector((
+            ("sns_xmpp_muc_rooms", "Chat rooms of the conference service", rooms),
+            ("sns_xmpp_muc_occupants", "Occupants of all chat rooms", occupants))))
+
 
 class _StanzaCollector:
     """``sns_xmpp_stanzas_routed_total`` by kind, as a prometheus Counter would report it."""
@@ -100,6 +106,19 @@ class _SessionCollector:
         queued = GaugeMetricFamily("sns_xmpp_rosters_cached", "Rosters held in memory")
         queued.add_metric([], self.rosters_cached())
         yield queued
+
+
+class _GaugesCollector:
+    """Gauges read from callables at each scrape."""
+
+    def __init__(self, gauges: tuple[tuple[str, str, Callable[[], int]], ...]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, documentation, read in self.gauges:
+            family = GaugeMetricFamily(name, documentation)
+            family.add_metric([], read())
+            yield family
 
 
 def metrics_resource(metrics: Metrics) -> resource.IResource:

@@ -21,6 +21,7 @@ from sns_xmpp.xmpp.features import (
     external_services,
     legacy_session,
     mam,
+    muc,
     offline,
     pep,
     ping,
@@ -56,6 +57,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     private_storage.FEATURE,  # XEP-0049 (bookmarks of XEP-0048 among its fragments)
     external_services.FEATURE,  # XEP-0215 (STUN/TURN from [xmpp.external_services])
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
+    muc.FEATURE,  # XEP-0045, XEP-0410, XEP-0421 at conference.<domain>
 )
 
 

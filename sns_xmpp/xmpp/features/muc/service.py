@@ -1,0 +1,414 @@
+"""The conference service at conference.<domain> (XEP-0045): what reaches it, to which room.
+
+The router hands `MUCService.deliver` every stanza addressed to a service domain. Presence to
+room@service/nick enters, changes or leaves (sections 7.2, 7.3, 7.6, 7.14), creating the room on
+a first entry (section 10.1); messages to the room go to its occupants (7.4) or are invitations,
+declines and voice requests (7.8.2, 7.13, 8.6); messages to an occupant are private (7.5); IQs to
+the room are disco (6.4), admin (8-10) and owner (10) requests; IQs to an occupant are forwarded,
+and a ping to one's own occupant JID is answered here (XEP-0410 section 3.3).
+
+Persistent rooms are written through the store (store/muc.py) and read once at start; stanzas
+that arrive before that read wait for it, so that a join never creates a room that exists.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from sns_xmpp.config import MUCConfig
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.store import muc as muc_store
+from sns_xmpp.store import vcard as vcard_store
+from sns_xmpp.xmpp.features import FeatureRegistry
+from sns_xmpp.xmpp.features.muc import admin
+from sns_xmpp.xmpp.features.muc.delivery import Outbox, readdressed
+from sns_xmpp.xmpp.features.muc.forms import RoomConfig, room_features, room_info_form
+from sns_xmpp.xmpp.features.muc.protocol import (
+    NS_ADMIN,
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    NS_MUC,
+    NS_OCCUPANT_ID,
+    NS_OWNER,
+    NS_PING,
+    NS_SELF_PING,
+    first,
+    refusal,
+)
+from sns_xmpp.xmpp.features.muc.room import Occupant, Room
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child, error_reply, first_child, iq_result, may_bounce
+
+log = GatedLogger()
+
+WAITING_BEFORE_LOAD = 10_000  # stanzas kept while the persistent rooms are read at start
+LOAD_RETRY_SECONDS = 10.0
+MAX_FORWARDED_IQS = 10_000  # IQs between occupants awaiting their answer; the oldest are forgotten
+MAX_LISTED_ROOMS = 1000  # rooms in the service's disco#items
+RESERVED_NICK_NODE = "x-roomuser-item"  # section 7.12
+
+
+class MUCService:
+    def __init__(self, registry: FeatureRegistry, config: MUCConfig) -> None:
+        self.sessions = registry.sessions
+        self.clock = registry.clock
+        self.config = config
+        self.max_occupants = config.max_occupants
+        self.outbox = Outbox(registry.sessions, registry.router)
+        self.domains = frozenset(registry.service_domains("conference", self.deliver))
+        self.rooms: dict[str, Room] = {}
+        self.created: dict[str, int] = {}  # bare JID -> rooms it created that exist
+        self.forwarded: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
+        # ^ our id of a forwarded IQ -> (asker, its id, the answerer's real JID, its occupant JID)
+        self.store = registry.sessions.store if registry.router is not None else None
+        self.loaded = self.store is None
+        self.waiting: list[domish.Element] = []
+        self.stopped = False
+
+    # -- start: the persistent rooms ----------------------------------------------------------------
+
+    def load(self) -> None:
+        if self.store is None:
+            return
+        self.store.run_read(muc_store.rooms).addCallbacks(self._loaded, self._load_failed)
+
+    def _load_failed(self, reason: Failure) -> None:
+        log.warn("muc.load_failed reason={reason} (tried again)", reason=reason.getErrorMessage())
+        if not self.stopped:
+            self.clock.callLater(LOAD_RETRY_SECONDS, self.load)
+
+    def _loaded(self, stored: list[muc_store.StoredRoom]) -> None:
+        for row in stored:
+            try:
+                config = RoomConfig.from_json(row.config)
+            except (ValueError, TypeError):
+                log.warn("muc.room_unreadable room={room}", room=row.room)
+                continue
+            self.rooms[row.room] = Room(self, row.room, config, creator=row.creator, secret=row.secret,
+                                        created_at=row.created_at, affiliations=row.affiliations,
+                                        subject=row.subject, subject_by=row.subject_by)
+            self.created[row.creator] = self.created.get(row.creator, 0) + 1
+        log.info("muc.loaded rooms={rooms}", rooms=len(stored))
+        self.loaded = True
+        waiting, self.waiting = self.waiting, []
+        for stanza in waiting:
+            self.deliver(stanza)
+
+    # -- persistence, as rooms ask ---------------------------------------------------------------
+
+    def persistent_rooms(self) -> int:
+        return sum(1 for room in self.rooms.values() if room.config.persistent)
+
+    def keep(self, room: Room) -> None:
+        if self.store is None or not room.config.persistent or self.rooms.get(room.jid) is not room:
+            return
+        stored = muc_store.StoredRoom(room.jid, room.config.to_json(), room.subject, room.subject_by, room.secret,
+                                      room.creator, room.created_at, dict(room.affiliations))
+        self._write(partial(muc_store.put_room, stored=stored), room.jid)
+
+    def unkeep(self, room: Room) -> None:
+        if self.store is not None:
+            self._write(partial(muc_store.delete_room, room=room.jid), room.jid)
+
+    def _write(self, work: Callable[[Any], None], room: str) -> None:
+        assert self.store is not None
+        self.store.run(work).addErrback(lambda reason: log.failure("muc.store_failed room={room}", reason, room=room))
+
+    def vanish(self, room: Room) -> None:
+        if self.rooms.get(room.jid) is not room:
+            return
+        del self.rooms[room.jid]
+        left = self.created.get(room.creator, 0) - 1
+        if left > 0:
+            self.created[room.creator] = left
+        else:
+            self.created.pop(room.creator, None)
+        if room.config.persistent:
+            self.unkeep(room)
+        log.info("muc.room_gone room={room}", room=room.jid)
+
+    # -- what arrives ----------------------------------------------------------------------------
+
+    def deliver(self, stanza: domish.Element) -> None:
+        if not self.loaded:
+            if len(self.waiting) < WAITING_BEFORE_LOAD:
+                self.waiting.append(stanza)
+            elif may_bounce(stanza):
+                self.outbox.route(error_reply(stanza, "resource-constraint"))
+            return
+        try:
+            to = parse_jid(stanza.getAttribute("to", ""))
+            sender = parse_jid(stanza.getAttribute("from", ""))
+        except InvalidFormat:
+            return
+        try:
+            if to.user is None:
+                self._to_service(stanza, to)
+            elif stanza.name == "presence":
+                self._presence(stanza, to, sender)
+            elif stanza.name == "message":
+                self._message(stanza, to, sender)
+            elif stanza.name == "iq":
+                self._iq(stanza, to, sender)
+        except StanzaError as refused:
+            if may_bounce(stanza):
+                self.outbox.route(refused.toResponse(stanza))
+
+    # -- presence --------------------------------------------------------------------------------
+
+    def _presence(self, presence: domish.Element, to: JID, sender: JID) -> None:
+        kind = presence.getAttribute("type")
+        room = self.rooms.get(to.userhost())
+        occupant = room.by_real.get(sender.full()) if room is not None else None
+        if kind in ("unavailable", "error"):
+            if room is not None and occupant is not None:
+                room.leave(occupant, presence if kind == "unavailable" else None)
+            return
+        if kind is not None:
+            return  # subscriptions and probes mean nothing to a room
+        nick = to.resource
+        if nick is None:
+            raise refusal("jid-malformed", "a nickname is needed: room@service/nick")  # 7.2.2
+        if room is not None and occupant is not None:
+            if nick == occupant.nick:
+                room.update(occupant, presence)
+            else:
+                room.change_nick(occupant, presence, nick)
+            return
+        created = room is None
+        if room is None:
+            room = self._create(to.userhost(), sender)
+        try:
+            room.enter(presence, sender, nick, created=created)
+        finally:
+            if created and not room.occupants:
+                self.vanish(room)
+
+    def _create(self, room_jid: str, sender: JID) -> Room:
+        """Section 10.1.1: the first to enter creates the room, owns it, and it is locked until
+        configured. A remote user, or one who made too many, may not (not-allowed)."""
+        creator = sender.userhost()
+        if sender.host not in self.sessions.domains:
+            raise refusal("not-allowed", "rooms here are created by this server's users")
+        if self.created.get(creator, 0) >= self.config.max_rooms_per_user:
+            self.sessions.metrics.limit("muc-rooms-per-user")
+            raise refusal("not-allowed", f"you may have at most {self.config.max_rooms_per_user} rooms")
+        config = RoomConfig(history_length=self.config.default_history)
+        room = Room(self, room_jid, config, creator=creator, secret=secrets.token_hex(16),
+                    created_at=self.clock.seconds(), affiliations={creator: "owner"}, locked=True)
+        self.rooms[room_jid] = room
+        self.created[creator] = self.created.get(creator, 0) + 1
+        log.info("muc.room_created room={room} by={creator}", room=room_jid, creator=creator)
+        return room
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def _message(self, message: domish.Element, to: JID, sender: JID) -> None:
+        kind = message.getAttribute("type", "normal")
+        if kind == "error":
+            return
+        room = self.rooms.get(to.userhost())
+        if room is None or (room.locked and room.affiliation(sender.userhost()) != "owner"):
+            raise refusal("item-not-found", "no such room")
+        occupant = room.by_real.get(sender.full())
+        if to.resource is not None:
+            if occupant is None:
+                raise refusal("not-acceptable", "only occupants may send private messages")  # 7.5
+            room.private(message, occupant, to.resource)
+        elif kind == "groupchat":
+            if occupant is None:
+                raise refusal("not-acceptable", "only occupants may speak in the room")  # 7.4
+            room.groupchat(message, occupant)
+        else:
+            admin.room_message(self, room, message, sender, occupant)
+
+    # -- IQs -------------------------------------------------------------------------------------
+
+    def _iq(self, iq: domish.Element, to: JID, sender: JID) -> None:
+        room = self.rooms.get(to.userhost())
+        kind = iq.getAttribute("type")
+        if to.resource is not None:
+            self._occupant_iq(iq, room, to.resource, sender, kind)
+            return
+        if kind not in ("get", "set"):
+            return
+        child = first_child(iq)
+        if child is None:
+            raise refusal("bad-request")
+        key = (child.uri, child.name)
+        if room is None or (room.locked and room.affiliation(sender.userhost()) != "owner"):
+            raise refusal("item-not-found", "no such room")
+        if key == (NS_DISCO_INFO, "query") and kind == "get":
+            self._answer(iq, self._room_info(room, child, sender))
+        elif key == (NS_DISCO_ITEMS, "query") and kind == "get":
+            self._answer(iq, domish.Element((NS_DISCO_ITEMS, "query")))  # 6.5: occupants are not listed
+        elif key == (NS_ADMIN, "query"):
+            self._answer(iq, admin.admin_query(self, room, iq, child, sender))
+        elif key == (NS_OWNER, "query"):
+            self._answer(iq, admin.owner_query(self, room, iq, child, sender))
+        elif key == (NS_PING, "ping") and kind == "get":
+            self._answer(iq, None)
+        else:
+            raise refusal("feature-not-implemented" if kind == "get" else "service-unavailable")
+
+    def _occupant_iq(self, iq: domish.Element, room: Room | None, nick: str, sender: JID, kind: str | None) -> None:
+        """An IQ to an occupant JID: XEP-0410's self-ping answered here, others forwarded to the
+        occupant's client with an id of ours, and its answer forwarded back."""
+        if kind in ("result", "error"):
+            origin = self.forwarded.get(iq.getAttribute("id", ""))
+            if origin is not None and origin[2] == sender.full():
+                del self.forwarded[iq["id"]]
+                asked_by, asked_id, _answerer, answerer_occupant = origin
+                answer = readdressed(iq, asked_by)
+                answer["id"], answer["from"] = asked_id, answerer_occupant
+                self.outbox.route(answer)
+            return
+        if room is None:
+            raise refusal("item-not-found", "no such room")
+        asker = room.by_real.get(sender.full())
+        if asker is None:
+            raise StanzaError("not-acceptable", "cancel", "you are not in this room")  # XEP-0410 section 3.2
+        target = room.occupants.get(nick)
+        if target is None:
+            raise refusal("item-not-found", "no occupant has that nickname")
+        child = first_child(iq)
+        if target is asker and child is not None and (child.uri, child.name) == (NS_PING, "ping"):
+            self._answer(iq, None)  # XEP-0410 section 3.3
+            return
+        ours = secrets.token_hex(8)
+        self.forwarded[ours] = (sender.full(), iq.getAttribute("id", ""), target.real.full, room.occupant_jid(target))
+        if len(self.forwarded) > MAX_FORWARDED_IQS:
+            self.forwarded.popitem(last=False)
+        out = readdressed(iq, target.real.full)
+        out["from"], out["id"] = room.occupant_jid(asker), ours
+        self.outbox.route(out)
+
+    def _answer(self, iq: domish.Element, payload: domish.Element | Deferred | None) -> None:
+        if isinstance(payload, Deferred):
+            payload.addCallbacks(lambda answer: self._answer(iq, answer),
+                                 lambda reason: self._refused(iq, reason))
+            return
+        result = iq_result(iq)
+        if payload is not None:
+            append_child(result, payload)
+        self.outbox.route(result)
+
+    def _refused(self, iq: domish.Element, reason: Failure) -> None:
+        if isinstance(reason.value, StanzaError):
+            self.outbox.route(reason.value.toResponse(iq))
+        else:
+            log.failure("muc.iq_failed", reason)
+            self.outbox.route(error_reply(iq, "internal-server-error"))
+
+    # -- disco -----------------------------------------------------------------------------------
+
+    def _to_service(self, stanza: domish.Element, to: JID) -> None:
+        """Section 6.1-6.3: the service's identity and features, and its public rooms."""
+        if stanza.name != "iq":
+            if stanza.name == "message" and may_bounce(stanza):
+                raise refusal("service-unavailable")
+            return
+        if stanza.getAttribute("type") not in ("get", "set") or to.resource is not None:
+            return
+        child = first_child(stanza)
+        key = (child.uri, child.name) if child is not None else None
+        if key == (NS_DISCO_INFO, "query") and stanza["type"] == "get":
+            query = domish.Element((NS_DISCO_INFO, "query"))
+            identity = add_element(query, "identity")
+            identity["category"], identity["type"], identity["name"] = "conference", "text", "Chat rooms"
+            for var in (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_PING):
+                add_element(query, "feature")["var"] = var
+            self._answer(stanza, query)
+        elif key == (NS_DISCO_ITEMS, "query") and stanza["type"] == "get":
+            query = domish.Element((NS_DISCO_ITEMS, "query"))
+            host = to.host
+            listed = sorted((room for room in self.rooms.values()
+                             if room.config.public and not room.locked and room.jid.endswith("@" + host)),
+                            key=lambda room: room.jid)
+            for room in listed[:MAX_LISTED_ROOMS]:
+                element = add_element(query, "item")
+                element["jid"] = room.jid
+                element["name"] = room.config.name or room.jid.split("@", 1)[0]
+            self._answer(stanza, query)
+        elif key == (NS_PING, "ping") and stanza["type"] == "get":
+            self._answer(stanza, None)
+        else:
+            raise refusal("service-unavailable")
+
+    def _room_info(self, room: Room, query: domish.Element, sender: JID) -> domish.Element | Deferred:
+        """Section 6.4 (features and the muc#roominfo form), or section 7.12 for the node
+        x-roomuser-item: the nick the user would take, their display name."""
+        node = query.getAttribute("node")
+        if node == RESERVED_NICK_NODE:
+            return self.reserved_nick(sender).addCallback(partial(_nick_info, node))
+        if node:
+            raise refusal("item-not-found")
+        answer = domish.Element((NS_DISCO_INFO, "query"))
+        identity = add_element(answer, "identity")
+        identity["category"], identity["type"] = "conference", "text"
+        identity["name"] = room.config.name or room.jid.split("@", 1)[0]
+        for var in (NS_MUC, NS_DISCO_INFO, NS_OCCUPANT_ID, NS_SELF_PING, *room_features(room.config)):
+            add_element(answer, "feature")["var"] = var
+        append_child(answer, room_info_form(room.config, len(room.occupants), room.subject))
+        return answer
+
+    def reserved_nick(self, user: JID) -> Deferred[str | None]:
+        """Section 7.12, answered with the user's display name: the social site's name from the
+        login when it gave one, else the vCard's FN (XEP-0054), else nothing."""
+        session = self.sessions.session(user) if user.host in self.sessions.domains else None
+        if session is not None and session.login.display_name:
+            return succeed(session.login.display_name)
+        return self._vcard_name(user.userhost())
+
+    def _vcard_name(self, bare: str) -> Deferred[str | None]:
+        if self.store is None:
+            return succeed(None)
+        return self.store.run_read(partial(vcard_store.get_vcard, jid=bare)).addCallback(_full_name)
+
+    # -- for operators ---------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The rooms, for the console's rooms()."""
+        return [{"room": room.jid, "occupants": len(room.occupants), "persistent": room.config.persistent,
+                 "public": room.config.public, "members_only": room.config.members_only, "locked": room.locked,
+                 "creator": room.creator, "history": len(room.history)}
+                for room in sorted(self.rooms.values(), key=lambda room: room.jid)]
+
+    def occupants(self) -> int:
+        return sum(len(room.occupants) for room in list(self.rooms.values()))  # a scrape's thread too
+
+
+def _full_name(stored: vcard_store.StoredVCard | None) -> str | None:
+    if stored is None:
+        return None
+    from wokkel.generic import parseXml
+
+    try:
+        vcard = parseXml(stored.xml)
+    except Exception:
+        return None
+    for child in vcard.elements(None, "FN"):
+        name = str(child).strip()
+        return name or None
+    return None
+
+
+def _nick_info(node: str, nick: str | None) -> domish.Element:
+    answer = domish.Element((NS_DISCO_INFO, "query"))
+    answer["node"] = node
+    if nick:
+        identity = add_element(answer, "identity")
+        identity["category"], identity["type"], identity["name"] = "conference", "text", nick
+    return answer
+
+
+__all__ = ["MUCService", "NS_CLIENT", "Occupant", "first"]
