@@ -229,6 +229,23 @@ class PEPConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    max_file_bytes: int = _setting(
+        10 * 1024 * 1024, integer(1, 1 << 40), "largest file one slot may take (XEP-0363), in bytes"
+    )
+    quota_bytes: int = _setting(
+        100 * 1024 * 1024, integer(1, 1 << 50), "bytes of files (and open slots) one account may keep"
+    )
+    max_files: int = _setting(1000, integer(1, 10_000_000), "files (and open slots) one account may keep")
+    file_lifetime_days: int = _setting(30, integer(0, 36500), "days an uploaded file is kept; 0 keeps it for ever")
+    slot_lifetime: int = _setting(300, integer(10, 86400), "seconds a slot's PUT URL stays valid")
+    directory: str = _setting("uploads", settings.non_empty_text, "folder of the files, relative to server.data_dir")
+    # Filled in from [server] data_dir and [http] public_url when the file is read.
+    folder: str = field(default="", metadata={"internal": True})
+    base_url: str = field(default="", metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class MUCConfig:
     max_rooms_per_user: int = _setting(
         20, integer(1, 100_000), "chat rooms one account may have created that exist at once (XEP-0045)"
@@ -256,6 +273,7 @@ class XMPPConfig:
     mam: MAMConfig = field(default_factory=MAMConfig)
     muc: MUCConfig = field(default_factory=MUCConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
 
 
 @dataclass(frozen=True)
@@ -400,6 +418,9 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
         raise ConfigError("(file)", f"not valid TOML: {error}") from None
     config: Config = _build(Config, raw, "", base_dir)
     config = dataclasses.replace(config, base_dir=base_dir)
+    upload = dataclasses.replace(config.xmpp.upload, folder=str(config.data_dir / config.xmpp.upload.directory),
+                                 base_url=f"{config.http.public_url}/upload")
+    config = dataclasses.replace(config, xmpp=dataclasses.replace(config.xmpp, upload=upload))
     c2s = config.xmpp.c2s
     if c2s.allow_plain_without_tls and c2s.require_tls:
         raise ConfigError(
@@ -408,6 +429,8 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
     if c2s.max_offline_bytes >= c2s.max_outbound_bytes:
         # Offline messages go out at once at login: they must fit in what a stream may hold.
         raise ConfigError("xmpp.c2s.max_offline_bytes", "must be less than xmpp.c2s.max_outbound_bytes")
+    if config.xmpp.upload.quota_bytes < config.xmpp.upload.max_file_bytes:
+        raise ConfigError("xmpp.upload.quota_bytes", "must be at least xmpp.upload.max_file_bytes")
     for domain in config.components:
         if domain in config.server.domains:
             raise ConfigError(f"components.{domain}", "a component cannot take a hosted domain")

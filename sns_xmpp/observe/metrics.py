@@ -45,6 +45,12 @@ class Metrics:
         self.limits_hit = limits
         self.provider_errors = Counter("sns_xmpp_site_provider_errors", "Logins failed because a site's "
                                        "provider could not be reached", ["site"], registry=self.registry)
+        self.uploads = Counter("sns_xmpp_uploads", "Files stored through HTTP upload (XEP-0363)",
+                               registry=self.registry)
+        self.upload_bytes = Counter("sns_xmpp_upload_bytes", "Bytes of the files stored through HTTP upload",
+                                    registry=self.registry)
+        self.upload_puts_refused = Counter("sns_xmpp_upload_puts_refused", "Upload PUTs refused, by HTTP status",
+                                           ["status"], registry=self.registry)
 
     def login(self, site: str | None, result: str, seconds: float) -> None:
         # One child per (site, result), bound once: labels() validates and locks on every call.
@@ -57,6 +63,13 @@ class Metrics:
 
     def limit(self, name: str) -> None:
         self.limits_hit.labels(name).inc()
+
+    def upload_stored(self, size: int) -> None:
+        self.uploads.inc()
+        self.upload_bytes.inc(size)
+
+    def upload_refused(self, status: int) -> None:
+        self.upload_puts_refused.labels(str(status)).inc()
 
     def stanza(self, kind: str) -> None:
         counts = self.stanzas_routed

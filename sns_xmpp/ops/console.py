@@ -8,6 +8,7 @@ the console prints when it fires.
 from __future__ import annotations
 
 import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -15,6 +16,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.store import upload as upload_store
 from sns_xmpp.xmpp.revocation import end_sessions
 from sns_xmpp.xmpp.stanzas import add_element
 
@@ -148,6 +150,27 @@ def namespace(server: Server) -> dict[str, Any]:
         d: Deferred[bool] = server.store.remove_device_password(parse_jid(jid).userhost(), device_id)
         return d
 
+    def uploads(jid: str | None = None, limit: int = 20) -> Deferred[Any]:
+        """HTTP upload (XEP-0363): the files stored and their bytes, with the accounts keeping most;
+        with a JID, that account's latest files."""
+        if jid is not None:
+            owner = parse_jid(jid).userhost()
+            d: Deferred[Any] = server.store.run_read(partial(upload_store.recent, owner=owner, limit=limit))
+            return d.addCallback(lambda files: [{
+                "name": f.filename, "bytes": f.size, "type": f.content_type, "slot": f.slot,
+                "stored": _when(f.stored_at or f.created_at),
+                "expires": _when(f.expires_at) if f.expires_at is not None else None,
+            } for f in files])
+
+        def summary(results: list[Any]) -> dict[str, Any]:
+            (files, size), owners = results
+            return {"files": files, "bytes": size,
+                    "by_account": [{"jid": owner, "files": count, "bytes": kept} for owner, count, kept in owners]}
+
+        kept: Deferred[Any] = server.store.run_read(upload_store.totals)
+        largest: Deferred[Any] = server.store.run_read(partial(upload_store.usage_by_owner, limit=limit))
+        return gatherResults([kept, largest]).addCallback(summary)
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -172,6 +195,7 @@ def namespace(server: Server) -> dict[str, Any]:
         "devices": devices,
         "remove_device": remove_device,
         "stats": stats,
+        "uploads": uploads,
     }
 
 

@@ -19,6 +19,7 @@ from sns_xmpp.xmpp.features import (
     disco,
     entity_time,
     external_services,
+    http_upload,
     legacy_session,
     mam,
     muc,
@@ -58,6 +59,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     external_services.FEATURE,  # XEP-0215 (STUN/TURN from [xmpp.external_services])
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
     muc.FEATURE,  # XEP-0045, XEP-0410, XEP-0421 at conference.<domain>
+    http_upload.FEATURE,  # XEP-0363 at upload.<domain>, its files on the HTTP listener
 )
 
 
