@@ -45,7 +45,7 @@ from sns_xmpp.xmpp.features.muc.protocol import (
     text_of,
 )
 from sns_xmpp.xmpp.serialization import escape_attribute
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child, error_reply
+from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child
 
 # Children of a client's presence the room does not pass on: the join request, and what only the
 # room may say (its own #user element, an occupant id: XEP-0421 section 4 says strip it).
@@ -400,5 +400,3 @@ def _count(text: str | None) -> int | None:
     except ValueError:
         return None
 
-
-__all__ = ["HistoryEntry", "Host", "Occupant", "Room", "error_reply"]

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
+from wokkel.generic import parseXml
 
 from sns_xmpp.config import MUCConfig
 from sns_xmpp.jid import JID, InvalidFormat, parse_jid
@@ -42,11 +43,10 @@ from sns_xmpp.xmpp.features.muc.protocol import (
     NS_OWNER,
     NS_PING,
     NS_SELF_PING,
-    first,
     refusal,
 )
-from sns_xmpp.xmpp.features.muc.room import Occupant, Room
-from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element, append_child, error_reply, first_child, iq_result, may_bounce
+from sns_xmpp.xmpp.features.muc.room import Room
+from sns_xmpp.xmpp.stanzas import add_element, append_child, error_reply, first_child, iq_result, may_bounce
 
 log = GatedLogger()
 
@@ -390,13 +390,11 @@ class MUCService:
 def _full_name(stored: vcard_store.StoredVCard | None) -> str | None:
     if stored is None:
         return None
-    from wokkel.generic import parseXml
-
     try:
         vcard = parseXml(stored.xml)
     except Exception:
         return None
-    for child in vcard.elements(None, "FN"):
+    for child in vcard.elements("vcard-temp", "FN"):
         name = str(child).strip()
         return name or None
     return None
@@ -411,4 +409,3 @@ def _nick_info(node: str, nick: str | None) -> domish.Element:
     return answer
 
 
-__all__ = ["MUCService", "NS_CLIENT", "Occupant", "first"]
