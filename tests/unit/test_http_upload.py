@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 from wokkel.generic import parseXml
 
-from sns_xmpp.config import UploadConfig, XMPPConfig
+from sns_xmpp.config import ConfigError, UploadConfig, XMPPConfig, parse_config
 from sns_xmpp.http.site import web_site
 from sns_xmpp.store.upload import (
     OverQuota,
@@ -357,11 +357,12 @@ def test_the_clean_up_removes_closed_slots_expired_files_and_a_deleted_accounts_
     assert [row[1] for row in world.rows()] == ["kept.txt"], "old.txt's day is over"
     assert len(world.files()) == 1
 
+    (world.folder / "README").write_text("an operator's note, not an upload")
     assert world.store.database.delete_account(HAMLET)  # as the admin tool deletes one
     assert world.rows() == []
-    assert len(world.files()) == 1, "the rows went with the account; the file waits for the clean-up"
+    assert len(world.files()) == 2, "the rows went with the account; the file waits for the clean-up"
     world.clock.advance(CLEANUP_INTERVAL)
-    assert world.files() == []
+    assert world.files() == ["README"], "what the feature did not write is left alone"
 
     def sweeps() -> list[Any]:
         return [call for call in world.clock.getDelayedCalls() if "Sweeper.sweep" in repr(call)]
@@ -369,6 +370,17 @@ def test_the_clean_up_removes_closed_slots_expired_files_and_a_deleted_accounts_
     assert len(sweeps()) == 1
     world.registry.stop()
     assert sweeps() == []
+
+
+def test_the_configuration_places_the_folder_and_the_urls(tmp_path: Path) -> None:
+    """[xmpp.upload] directory is under [server] data_dir and the URLs under [http] public_url; a
+    quota smaller than one file is refused with its dotted key."""
+    config = parse_config(f"[server]\ndata_dir = '{tmp_path}'\n[http]\npublic_url = 'https://chat.example/'\n")
+    assert (config.xmpp.upload.folder, config.xmpp.upload.base_url) == (str(tmp_path / "uploads"),
+                                                                        "https://chat.example/upload")
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[xmpp.upload]\nmax_file_bytes = 2000\nquota_bytes = 1000\n")
+    assert caught.value.key == "xmpp.upload.quota_bytes"
 
 
 def test_names_and_types_kept_in_urls_and_headers() -> None:

@@ -331,10 +331,12 @@ class Sweeper:
 
     def _orphans(self) -> Deferred[Any]:
         try:
-            names = [name for name in os.listdir(self.folder) if not name.startswith(".")]
+            names = os.listdir(self.folder)
         except OSError:
             names = []
-        slots = sorted({name.removesuffix(".part") for name in names})
+        # Only what this feature writes there: a slot id, or one with ".part" (never the key file,
+        # nor anything an operator put in the folder).
+        slots = sorted({slot for slot in (name.removesuffix(".part") for name in names) if _is_slot_id(slot)})
         d: Deferred[set[str]] = self.store.run_read(partial(known, slots=slots))
 
         def remove_unknown(found: set[str]) -> None:
