@@ -155,6 +155,7 @@ class Server:
     sites: SiteRegistry
     top: service.MultiService
     reloader: SiteReloader | None
+    features: FeatureRegistry | None = None  # what the installed features offer (the console's rooms())
 
     def listener(self, name: str) -> ListenerService:
         named: ListenerService = self.top.getServiceNamed(name)
@@ -298,7 +299,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                             components.max_unauthenticated_per_ip))).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
-    server = Server(config, store, router, sessions, sites, top, reloader)
+    server = Server(config, store, router, sessions, sites, top, reloader, features)
     if config.manhole.enabled:
         console = config.manhole
         ssh = console_factory(namespace(server), config.data_dir, console.user,

@@ -17,6 +17,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.store import upload as upload_store
+from sns_xmpp.xmpp.features.muc import muc_service
 from sns_xmpp.xmpp.revocation import end_sessions
 from sns_xmpp.xmpp.stanzas import add_element
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from sns_xmpp.ops.reload import SiteReloader
     from sns_xmpp.sites.registry import SiteRegistry
     from sns_xmpp.store.threaded import ThreadedStore
+    from sns_xmpp.xmpp.features import FeatureRegistry
     from sns_xmpp.xmpp.sessions import SessionManager
 
 
@@ -42,6 +44,9 @@ class Server(Protocol):
 
     @property
     def reloader(self) -> SiteReloader | None: ...
+
+    @property
+    def features(self) -> FeatureRegistry | None: ...
 
 
 def _when(seconds: float) -> str:
@@ -171,6 +176,17 @@ def namespace(server: Server) -> dict[str, Any]:
         largest: Deferred[Any] = server.store.run_read(partial(upload_store.usage_by_owner, limit=limit))
         return gatherResults([kept, largest]).addCallback(summary)
 
+    def rooms(room: str | None = None) -> Any:
+        """The chat rooms (XEP-0045) now, persistent or not, with their occupant counts; with a
+        room's JID, its configuration, occupants (nick, real JID, role) and affiliations."""
+        muc = muc_service(server.features.services) if server.features is not None else None
+        if muc is None:
+            return "the MUC feature is not installed"
+        if room is None:
+            return muc.describe()
+        found = muc.rooms.get(parse_jid(room).userhost())
+        return muc.describe_room(found) if found is not None else None
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -196,6 +212,7 @@ def namespace(server: Server) -> dict[str, Any]:
         "remove_device": remove_device,
         "stats": stats,
         "uploads": uploads,
+        "rooms": rooms,
     }
 
 

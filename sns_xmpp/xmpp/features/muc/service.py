@@ -383,6 +383,12 @@ class MUCService:
                  "creator": room.creator, "history": len(room.history)}
                 for room in sorted(self.rooms.values(), key=lambda room: room.jid)]
 
+    def describe_room(self, room: Room) -> dict[str, Any]:
+        return {"room": room.jid, "config": room.config, "locked": room.locked, "subject": room.subject,
+                "occupants": [{"nick": o.nick, "jid": o.real.full, "role": o.role, "affiliation": o.affiliation}
+                              for o in sorted(room.occupants.values(), key=lambda o: o.nick)],
+                "affiliations": dict(sorted(room.affiliations.items())), "history": len(room.history)}
+
     def occupants(self) -> int:
         return sum(len(room.occupants) for room in list(self.rooms.values()))  # a scrape's thread too
 
