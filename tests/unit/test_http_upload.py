@@ -396,7 +396,7 @@ def test_names_and_types_kept_in_urls_and_headers() -> None:
     assert media_type(None) == "application/octet-stream"
     assert media_type("Image/JPEG") == "image/jpeg"
     assert media_type('text/plain; charset="utf-8"') == 'text/plain; charset="utf-8"'
-    for bad in ("text", "text/html\r\nSet-Cookie: a=b", "a/b; c", "x" * 300 + "/y"):
+    for bad in ("text", "text/html\r\nSet-Cookie: a=b", "a/b; c", "x" * 300 + "/y", 'text/plain; charset="é"'):
         with pytest.raises(ValueError):
             media_type(bad)
 

@@ -64,7 +64,8 @@ DEFAULT_TYPE = "application/octet-stream"  # section 6: what a slot without a co
 MAX_NAME_CHARACTERS = 200
 # type/subtype with optional parameters, as RFC 9110 section 8.3.1 spells a media type.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110's token, not a secret)
-_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*")
+# Quoted parameter values in printable ASCII only: the type goes back out as a header.
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[ !#-\[\]-~]*\"))*")
 MAX_TYPE_LENGTH = 255
 CLEANUP_INTERVAL = 600.0  # seconds between sweeps of closed slots, expired files and orphans
 
