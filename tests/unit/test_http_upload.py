@@ -437,3 +437,28 @@ def test_the_sql_in_each_engine(backend: Backend) -> None:  # noqa: F811
     assert db.delete_account(HAMLET)
     assert backend.rows("SELECT COUNT(*) FROM upload_files WHERE owner = ?", (HAMLET,)) == [(0,)]
     db.close()
+
+
+def test_the_put_urls_signature_never_reaches_the_logs(tmp_path: Path) -> None:
+    """The signature is what lets a PUT in: neither the feature's events (slot, stored, refused)
+    nor the HTTP side's access log may carry it, whether the PUT is honest or forged."""
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        world = World(tmp_path)
+        world.site.doStart()  # as listening does: the access log goes to Twisted's log from now
+        put, _get = world.slot(world.macbeth, world.macbeth_out, "a.txt", 3, "text/plain")
+        signature = parse_qs(urlsplit(put).query)["signature"][0]
+        assert world.put(put.replace(signature, "f" * 64), b"abc", {"Content-Type": "text/plain"}).code == 403
+        assert world.put(put, b"abc", {"Content-Type": "text/plain"}).code == 201
+        world.site.doStop()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    names = [event.get("log_format", "").split(" ", 1)[0] for event in events]
+    assert sum('"PUT /upload/' in formatEvent(event) for event in events) == 2, "both PUTs in the access log"
+    assert {"upload.slot", "upload.put_refused", "upload.stored"} <= set(names), names
+    for event in events:
+        text = formatEvent(event) + repr(sorted((k, v) for k, v in event.items() if isinstance(v, str | bytes)))
+        assert signature not in text and "f" * 64 not in text, event
