@@ -234,9 +234,9 @@ class UploadConfig:
         10 * 1024 * 1024, integer(1, 1 << 40), "largest file one slot may take (XEP-0363), in bytes"
     )
     quota_bytes: int = _setting(
-        100 * 1024 * 1024, integer(1, 1 << 50), "bytes of files (and open slots) one account may keep"
+        1024 * 1024 * 1024, integer(1, 1 << 50), "bytes of files (and open slots) one account may keep"
     )
-    max_files: int = _setting(1000, integer(1, 10_000_000), "files (and open slots) one account may keep")
+    max_files: int = _setting(10_000, integer(1, 10_000_000), "files (and open slots) one account may keep")
     file_lifetime_days: int = _setting(30, integer(0, 36500), "days an uploaded file is kept; 0 keeps it for ever")
     slot_lifetime: int = _setting(300, integer(10, 86400), "seconds a slot's PUT URL stays valid")
     directory: str = _setting("uploads", settings.non_empty_text, "folder of the files, relative to server.data_dir")
