@@ -245,6 +245,11 @@ class MUCService:
         if child is None:
             raise refusal("bad-request")
         key = (child.uri, child.name)
+        if key == (NS_DISCO_INFO, "query") and child.getAttribute("node") == RESERVED_NICK_NODE and kind == "get":
+            # 7.12 asks about the user, not the room: answered for a room yet to be made too, so
+            # that the nick a client proposes for a new room is the user's display name.
+            self._answer(iq, self.reserved_nick(sender).addCallback(partial(_nick_info, RESERVED_NICK_NODE)))
+            return
         if room is None or (room.locked and room.affiliation(sender.userhost()) != "owner"):
             raise refusal("item-not-found", "no such room")
         if key == (NS_DISCO_INFO, "query") and kind == "get":
@@ -347,10 +352,7 @@ class MUCService:
     def _room_info(self, room: Room, query: domish.Element, sender: JID) -> domish.Element | Deferred:
         """Section 6.4 (features and the muc#roominfo form), or section 7.12 for the node
         x-roomuser-item: the nick the user would take, their display name."""
-        node = query.getAttribute("node")
-        if node == RESERVED_NICK_NODE:
-            return self.reserved_nick(sender).addCallback(partial(_nick_info, node))
-        if node:
+        if query.getAttribute("node"):
             raise refusal("item-not-found")
         answer = domish.Element((NS_DISCO_INFO, "query"))
         identity = add_element(answer, "identity")
