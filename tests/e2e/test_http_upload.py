@@ -42,8 +42,9 @@ def upload_client(jid: str, password: str) -> Client:
     return client
 
 
-async def fetch(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    response = await treq.request(method, url, persistent=False)  # a server restarted answers anew
+async def fetch(url: str, method: str = "GET", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    response = await treq.request(method, url, persistent=False,  # a server restarted answers anew
+                                  headers={name: [value] for name, value in headers.items()})
     headers = {name.decode().lower(): values[0].decode() for name, values in response.headers.getAllRawHeaders()}
     return response.code, headers, await response.content()
 
@@ -56,14 +57,14 @@ def folder_files(server) -> list[str]:  # type: ignore[no-untyped-def]
 @pytest_twisted.ensureDeferred
 async def test_a_social_and_a_local_user_share_files_through_the_upload_service(start_server, store_config: str,
                                                                                tmp_path: Path) -> None:
-    """rosa (demo site) uploads a PDF with xep_0363's upload_file, which finds upload.localhost
+    """rosa (demo site) uploads a PDF with xep_0363's upload_file, which finds the upload service
     through the server's disco#items and reads max-file-size from its form; she sends bob (local)
     the link, and bob's GET returns her bytes, as an attachment with nosniff and the sandboxing
-    CSP. bob uploads a picture, served inline; HEAD has its length. A slot for one byte over the
-    maximum is refused with not-acceptable and <file-too-large/> (section 5, example 7), and the
-    plugin itself refuses a larger file from the form's figure. /metrics and the console's
-    uploads() count both files. After a restart (SQLite, then PostgreSQL) the link still serves
-    her file."""
+    CSP, and a range of them on asking. bob uploads a picture, served inline; HEAD has its
+    length. A slot for one byte over the maximum is refused with not-acceptable and
+    <file-too-large/> (section 5, example 7), and the plugin itself refuses a larger file from the
+    form's figure. /metrics and the console's uploads() count both files. After a restart
+    (SQLite, then PostgreSQL) the link still serves her file."""
     config = make_config(tmp_path, UPLOAD_CONFIG + store_config)
     server = await start_server(config)
     credentials = await demo_credentials(server, "rosa")
@@ -99,6 +100,9 @@ async def test_a_social_and_a_local_user_share_files_through_the_upload_service(
     assert headers["content-disposition"].startswith("inline;")
     code, headers, body = await fetch(picture_url, "HEAD")
     assert (code, body, headers["content-length"]) == (200, b"", str(len(picture)))
+    code, headers, body = await fetch(url, Range="bytes=150000-")  # a player seeking
+    assert (code, body, headers["content-range"]) == (206, document[150000:], f"bytes 150000-{len(document) - 1}/"
+                                                                             f"{len(document)}")
 
     try:
         await wait(rosa.plugin["xep_0363"].request_slot("upload.localhost", "huge.bin", MAX + 1,

@@ -114,12 +114,14 @@ class World:
         connection.close()
         return parse_response(raw)
 
-    def get(self, url: str, method: bytes = b"GET") -> DummyRequest:
-        """A GET (or HEAD) of *url* straight to the resource: DummyRequest runs static.File's pull
-        producer to its end, which a Site over StringTransport leaves to the global reactor."""
+    def get(self, url: str, method: bytes = b"GET", range_header: str | None = None) -> DummyRequest:
+        """A GET (or HEAD) of *url* straight to the resource: DummyRequest runs FileSender, a pull
+        producer, to its end, which a Site over StringTransport would leave to the global reactor."""
         path = urlsplit(url).path.split("/")[2:]
         request = DummyRequest([unquote(segment).encode() for segment in path])
         request.method = method
+        if range_header is not None:
+            request.requestHeaders.setRawHeaders(b"range", [range_header.encode()])
         self.registry.http_resources[b"upload"].render(request)
         return request
 
@@ -263,7 +265,8 @@ def test_a_put_stores_the_file_once_and_a_get_serves_it_safely(tmp_path: Path) -
     file is on disk, whole, under its slot; a second PUT (a replay) is 403 and changes nothing.
     GET serves the same bytes with the slot's type, nosniff and a sandboxing CSP: an HTML page is
     an attachment (it cannot script the login pages' origin), an image is shown inline, an SVG is
-    an attachment too. HEAD has the headers and no body. Counted in /metrics."""
+    an attachment too. HEAD has the headers and no body; one byte range is served as 206 (several
+    as the whole file, one past the end 416). Counted in /metrics."""
     world = World(tmp_path)
     page = b"<html><script>alert(document.cookie)</script></html>"
     put, get = world.slot(world.hamlet, world.hamlet_out, "page.html", len(page), "text/html")
@@ -296,6 +299,14 @@ def test_a_put_stores_the_file_once_and_a_get_serves_it_safely(tmp_path: Path) -
     head = world.get(get, b"HEAD")
     assert head.written == [] and head.responseHeaders.getRawHeaders(b"content-length") == [str(len(picture)).encode()]
     assert world.get(get.rsplit("/", 1)[0] + "/other.png").responseCode == 404
+    for asked, code, part in (("bytes=0-7", 206, picture[:8]), ("bytes=-4", 206, picture[-4:]),
+                              ("bytes=1000-", 206, picture[1000:]), ("bytes=0-3,8-9", None, picture),
+                              (f"bytes={len(picture)}-", 416, b"range not satisfiable\n")):
+        ranged = world.get(get, range_header=asked)
+        assert (ranged.responseCode, b"".join(ranged.written)) == (code, part), asked
+    ranged = world.get(get, range_header="bytes=-4")
+    assert ranged.responseHeaders.getRawHeaders(b"content-range") == [
+        f"bytes {len(picture) - 4}-{len(picture) - 1}/{len(picture)}".encode()]
     metrics = world.sessions.metrics
     assert (metrics.uploads._value.get(), metrics.upload_bytes._value.get()) == (2, len(page) + len(picture))
     assert disposition("x.svg", "image/svg+xml").startswith(b"attachment;")

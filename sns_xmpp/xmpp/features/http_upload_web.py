@@ -14,7 +14,7 @@ GET and HEAD serve the bytes with the slot's content type, ``X-Content-Type-Opti
 ``Content-Security-Policy: default-src 'none'; sandbox`` and, for anything but a raster image,
 audio or video, ``Content-Disposition: attachment``: an uploaded HTML or SVG page cannot run in
 the login pages' origin. The file goes out through Twisted's FileSender, as fast as the
-connection takes it; no Range requests (the XEP needs none).
+connection takes it; a single byte range is honoured (206), as browsers' players seek with one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import os
 import shutil
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -261,11 +260,28 @@ class UploadResource(resource.Resource):
             except OSError:
                 _status(request, 404, "not found")
                 return
-            request.setHeader(b"content-type", found.content_type.encode("ascii"))
-            request.setHeader(b"content-length", b"%d" % os.fstat(handle.fileno()).st_size)
+            size = os.fstat(handle.fileno()).st_size
+            wanted = byte_range(request.getHeader(b"range"), size)
             for header, value in SECURITY_HEADERS.items():
                 request.setHeader(header, value)
+            request.setHeader(b"accept-ranges", b"bytes")
+            if wanted == UNSATISFIABLE:
+                handle.close()
+                request.setHeader(b"content-range", b"bytes */%d" % size)
+                _status(request, 416, "range not satisfiable")
+                return
+            request.setHeader(b"content-type", found.content_type.encode("ascii"))
             request.setHeader(b"content-disposition", disposition(found.filename, found.content_type))
+            body: Any = handle
+            if wanted is None:
+                request.setHeader(b"content-length", b"%d" % size)
+            else:
+                first, last = wanted
+                request.setResponseCode(206)
+                request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, last, size))
+                request.setHeader(b"content-length", b"%d" % (last - first + 1))
+                handle.seek(first)
+                body = _Slice(handle, last - first + 1)
             if request.method == b"HEAD":
                 handle.close()
                 request.finish()
@@ -276,7 +292,7 @@ class UploadResource(resource.Resource):
                 if not over:
                     request.finish()
 
-            FileSender().beginFileTransfer(handle, request).addBoth(sent)  # paced by the connection
+            FileSender().beginFileTransfer(body, request).addBoth(sent)  # paced by the connection
 
         def failed(reason: Failure) -> None:
             log.failure("upload.get_failed", reason)
@@ -290,17 +306,51 @@ class UploadResource(resource.Resource):
     render_HEAD = render_GET
 
 
+UNSATISFIABLE = (-1, -1)
+
+
+def byte_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """RFC 9110 section 14: the one range of a ``Range: bytes=...`` header as (first, last), None
+    to send the whole file (no header, one not understood, or several ranges: a server may ignore
+    Range), UNSATISFIABLE for a range past the end. Browsers' players seek with it."""
+    if header is None or not header.startswith(b"bytes=") or b"," in header:
+        return None
+    first_text, dash, last_text = header[6:].strip().partition(b"-")
+    if not dash or not (first_text.isdigit() or first_text == b"") or not (last_text.isdigit() or last_text == b""):
+        return None
+    if first_text == b"":  # the last N bytes
+        if last_text == b"" or int(last_text) == 0:
+            return None if last_text == b"" else UNSATISFIABLE
+        return (max(size - int(last_text), 0), size - 1) if size else UNSATISFIABLE
+    first = int(first_text)
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    if first >= size:
+        return UNSATISFIABLE
+    return None if last < first else (first, last)
+
+
+class _Slice:
+    """A file read from where it stands for *length* bytes at most (a range's body for FileSender)."""
+
+    def __init__(self, handle: Any, length: int) -> None:
+        self.handle = handle
+        self.left = length
+
+    def read(self, size: int) -> bytes:
+        data = self.handle.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return bytes(data)
+
+
 class Sweeper:
     """The periodic clean-up: rows that are due (slots closed unused, abandoned claims, expired
     files) go with their files; then files on disk with no row (a deleted account's: its rows
     went by ON DELETE CASCADE) go too."""
 
-    def __init__(self, store: Any, clock: IReactorTime, folder: Path,
-                 on_removed: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: Any, clock: IReactorTime, folder: Path) -> None:
         self.store = store
         self.clock = clock
         self.folder = folder
-        self.on_removed = on_removed
         self.running: Deferred[Any] | None = None
 
     def sweep(self) -> Deferred[Any] | None:
