@@ -473,3 +473,30 @@ def test_the_put_urls_signature_never_reaches_the_logs(tmp_path: Path) -> None:
     for event in events:
         text = formatEvent(event) + repr(sorted((k, v) for k, v in event.items() if isinstance(v, str | bytes)))
         assert signature not in text and "f" * 64 not in text, event
+
+
+def test_a_clean_up_the_store_refuses_is_logged_and_the_next_one_runs(tmp_path: Path) -> None:
+    """A store that fails (closed, or down) costs one logged clean-up, not the loop: the next
+    interval's runs again and does its work."""
+    from twisted.internet.defer import fail
+    from twisted.logger import LogEvent, globalLogPublisher
+
+    from sns_xmpp.xmpp.features.http_upload_web import Sweeper
+
+    world = World(tmp_path)
+    sweeper = Sweeper(world.store, world.clock, world.folder)
+    orphan = world.folder / ("B" * 32)
+    orphan.write_bytes(b"left behind")
+    broken = world.store.run
+    world.store.run = lambda work: fail(RuntimeError("the store is down"))  # type: ignore[method-assign]
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        sweeper.sweep()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["log_format"] for e in events if e.get("log_format", "").startswith("upload.")] == ["upload.sweep_failed"]
+    assert orphan.exists() and sweeper.running is None
+    world.store.run = broken  # type: ignore[method-assign]
+    sweeper.sweep()
+    assert not orphan.exists()

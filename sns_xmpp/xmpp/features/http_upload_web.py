@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -356,7 +356,7 @@ class Sweeper:
     def sweep(self) -> Deferred[Any] | None:
         if self.running is not None:
             return None  # the last run has not finished: skip this one
-        self.running = d = self._rows(0)
+        self.running = d = maybeDeferred(self._rows, 0)  # a store that refuses at once is logged too
         d.addCallback(lambda _: self._orphans())
         d.addErrback(lambda reason: log.failure("upload.sweep_failed", reason))
         d.addBoth(self._done)
