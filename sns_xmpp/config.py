@@ -261,6 +261,9 @@ class MUCConfig:
     max_affiliations: int = _setting(
         1000, integer(1, 1_000_000), "owners, admins, members and outcasts one room may list"
     )
+    max_archived_messages: int = _setting(
+        10000, integer(0, 10_000_000), "messages a persistent room's archive keeps (XEP-0313); 0: no room archives"
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 import treq
 from slixmpp import JID
-from slixmpp.exceptions import PresenceError
+from slixmpp.exceptions import IqError, PresenceError
 
 from sns_xmpp.ops.console import namespace
 from tests.conftest import DEMO_SITE, make_config
@@ -30,6 +30,7 @@ def muc_client(jid: str, password: str, mechanism: str | None = None) -> Client:
     client = Client(jid, password, mechanism=mechanism)
     client.register_plugin("xep_0045")
     client.register_plugin("xep_0249")
+    client.register_plugin("xep_0313")
     client.groupchat: asyncio.Queue[Any] = asyncio.Queue()  # type: ignore[misc]
     client.add_event_handler("groupchat_message", client.groupchat.put_nowait)  # type: ignore[attr-defined]
     client.invitations: asyncio.Queue[Any] = asyncio.Queue()  # type: ignore[misc]
@@ -126,7 +127,8 @@ async def test_a_social_and_a_local_user_chat_in_a_room_and_its_rules_hold(start
 async def test_a_persistent_room_survives_a_restart(start_server, store_config: str, tmp_path: Path) -> None:
     """On each store engine: a persistent, members-only room with bob as member and a subject is
     there after the daemon restarts; bob enters (the subject is the one set before), a stranger
-    is refused."""
+    is refused; the room's archive pages with slixmpp's xep_0313 and RSM (3 a page) through the
+    messages of before the restart, each once, in order, and the stranger may not read it."""
     config = make_config(tmp_path, DEMO_SITE + store_config)
     server = await start_server(config)
     credentials = await demo_credentials(server, "rosa")
@@ -137,6 +139,9 @@ async def test_a_persistent_room_survives_a_restart(start_server, store_config: 
     await wait(rosa.plugin["xep_0045"].join_muc_wait(ROOM, "Rosa"))
     await wait(configure(rosa, ROOM, persistentroom=True, membersonly=True))
     await wait(rosa.plugin["xep_0045"].set_affiliation(ROOM, "member", jid=JID("bob@localhost")))
+    for n in range(7):
+        rosa.send_message(mto=ROOM, mbody=f"item {n}", mtype="groupchat")
+    assert [(await wait(next_groupchat(rosa)))["body"] for _ in range(7)][-1] == "item 6"
     subject_set = asyncio.ensure_future(rosa.wait_until("groupchat_subject", TIMEOUT))
     rosa.plugin["xep_0045"].set_subject(ROOM, "Kept across restarts")
     assert (await wait(subject_set))["subject"] == "Kept across restarts"
@@ -153,6 +158,18 @@ async def test_a_persistent_room_survives_a_restart(start_server, store_config: 
     with pytest.raises(PresenceError) as refused:
         await wait(carol.plugin["xep_0045"].join_muc_wait(ROOM, "Carol"))
     assert refused.value.presence["error"]["condition"] == "registration-required"
+
+    async def archive(client: Client) -> list[tuple[str, str]]:
+        """The room's archive through slixmpp's own RSM iterator, 3 a page (XEP-0313 on the room)."""
+        return [(message["mam_result"]["forwarded"]["stanza"]["body"], message["mam_result"]["id"])
+                async for message in client.plugin["xep_0313"].iterate(jid=ROOM, rsm={"max": 3})]
+
+    found = await wait(archive(bob))
+    assert [text for text, _ in found] == [f"item {n}" for n in range(7)]
+    assert len({uid for _, uid in found}) == 7
+    with pytest.raises(IqError) as forbidden:
+        await wait(carol.plugin["xep_0313"].retrieve(jid=ROOM))
+    assert forbidden.value.iq["error"]["condition"] == "forbidden"
     for client in (bob, carol):
         await wait(client.log_out())
 

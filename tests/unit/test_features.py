@@ -266,7 +266,7 @@ def test_every_table_is_claimed_and_what_a_feature_keeps_per_account_goes_with_t
             assert storage.table in SERVICE_TABLES and not any(parent == "accounts" for parent, _ in keys), table
 
 
-SERVICE_TABLES = {"muc_rooms", "muc_affiliations"}  # declared per_account=False, the only such tables
+SERVICE_TABLES = {"muc_rooms", "muc_affiliations", "muc_archive"}  # declared per_account=False, the only such tables
 CORE_TABLES = {"schema_version", "accounts", "scram_credentials", "social_links", "used_tokens", "revocations",
                "fast_tokens", "device_passwords", "refresh_tokens"}
 

@@ -4,11 +4,14 @@ restart; a temporary one is never written; destroying or un-persisting a room fo
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from sns_xmpp.store import muc as muc_store
 from sns_xmpp.xmpp.features.muc.forms import RoomConfig
-from tests.unit.test_muc import ROOM, codes, condition, configure, instant, item, join, world
+from tests.unit.test_muc import ROOM, body, codes, condition, configure, instant, item, join, world
 from tests.unit.test_store import Backend, backend  # noqa: F401 - the fixture
 
 
@@ -67,7 +70,7 @@ def test_a_persistent_room_survives_a_restart_and_a_temporary_one_does_not(tmp_p
     bob, carol = w.log_in("bob@localhost"), w.log_in("carol@localhost")
     received = join(bob, nick="Bob")
     own, alices_id_after = _own_id(received)
-    assert codes(own) == ["110"] and item(own)["affiliation"] == "member"
+    assert codes(own) == ["110", "170"] and item(own)["affiliation"] == "member"  # 170: logged (XEP-0313)
     assert alices_id_after == alices_id_before
     assert received[-1].findtext("{jabber:client}subject") == "Kept subject"
     [refused] = join(carol, nick="Carol")
@@ -103,3 +106,99 @@ def test_destroying_a_room_tells_its_occupants_and_forgets_it(tmp_path: Path) ->
     assert destroyed.findtext("{http://jabber.org/protocol/muc#user}reason") == "moved"
     assert [stanza.get("type") for stanza in alice.read()] == ["unavailable", "result"]
     assert ROOM not in w.muc.rooms and w.store.database.query("SELECT COUNT(*) FROM muc_rooms") == [(0,)]
+
+
+MAM = "urn:xmpp:mam:2"
+RSM = "http://jabber.org/protocol/rsm"
+
+
+def mam_page(client, room: str = ROOM, rsm: str = "<max>2</max>", form: str = "") -> tuple[list, ET.Element]:  # type: ignore[no-untyped-def]
+    client.send(f"<iq type='set' id='q' to='{room}'><query xmlns='{MAM}' queryid='f1'>{form}"
+                f"<set xmlns='{RSM}'>{rsm}</set></query></iq>")
+    *results, answer = client.read()
+    return results, answer
+
+
+def test_a_persistent_rooms_archive_pages_with_rsm_and_outlives_a_restart(tmp_path: Path) -> None:
+    """XEP-0313 on the room's JID: each message with a body gets a stanza-id by the room (a
+    client's own is dropped), in every occupant's copy; a query pages the room's messages with
+    RSM (results from the room, then <fin/> with first, last, count), filters by occupant JID,
+    refuses a stranger in a members-only room (forbidden) and an unknown UID (item-not-found);
+    the archive keeps max_archived_messages and is there after a restart."""
+    path = tmp_path / "store.sqlite"
+    w = world(path, max_archived_messages=4)
+    alice, bob, carol = w.log_in("alice@localhost"), w.log_in("bob@localhost"), w.log_in("carol@localhost")
+    join(alice, nick="Alice")
+    configure(alice, {"muc#roomconfig_persistentroom": "1"})
+    join(bob, nick="Bob")
+    alice.read()
+    for n in range(5):
+        sender = alice if n % 2 == 0 else bob
+        sender.send(f"<message to='{ROOM}' type='groupchat' id='m{n}'><body>m{n}</body>"
+                    f"<stanza-id xmlns='urn:xmpp:sid:0' by='{ROOM}' id='forged'/></message>")
+    copies = bob.read()
+    ids = [c.find("{urn:xmpp:sid:0}stanza-id").get("id") for c in copies]  # type: ignore[union-attr]
+    assert "forged" not in ids and len(set(ids)) == 5
+    assert [c.find("{urn:xmpp:sid:0}stanza-id").get("by") for c in copies] == [ROOM] * 5  # type: ignore[union-attr]
+    alice.read()
+
+    results, answer = mam_page(carol)
+    assert [body(r.find(f"{{{MAM}}}result/{{urn:xmpp:forward:0}}forwarded/{{jabber:client}}message"))
+            for r in results] == ["m1", "m2"]  # the oldest of the four kept
+    first = results[0]
+    assert first.get("from") == ROOM and first.find(f"{{{MAM}}}result").get("queryid") == "f1"  # type: ignore[union-attr]
+    assert first.find(f"{{{MAM}}}result").get("id") == ids[1]  # type: ignore[union-attr]
+    forwarded = first.find(f"{{{MAM}}}result/{{urn:xmpp:forward:0}}forwarded/{{jabber:client}}message")
+    assert forwarded is not None and forwarded.get("from") == f"{ROOM}/Bob" and forwarded.get("to") is None
+    fin = answer.find(f"{{{MAM}}}fin")
+    assert answer.get("type") == "result" and fin is not None and fin.get("complete") is None
+    assert [fin.findtext(f"{{{RSM}}}set/{{{RSM}}}{name}") for name in ("first", "last", "count")] == [
+        ids[1], ids[2], "4"]
+    results, answer = mam_page(carol, rsm=f"<max>2</max><after>{ids[2]}</after>")
+    assert [r.find(f"{{{MAM}}}result").get("id") for r in results] == ids[3:]  # type: ignore[union-attr]
+    assert answer.find(f"{{{MAM}}}fin").get("complete") == "true"  # type: ignore[union-attr]
+    results, _ = mam_page(carol, rsm="<max>10</max>", form=(
+        f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{MAM}</value></field>"
+        f"<field var='with'><value>{ROOM}/Alice</value></field></x>"))
+    assert len(results) == 2
+    _, refused = mam_page(carol, rsm="<max>2</max><after>ffff-nope</after>")
+    assert condition(refused) == "cancel/item-not-found"
+    configure(alice, {"muc#roomconfig_membersonly": "1"})
+    _, refused = mam_page(carol)
+    assert condition(refused) == "auth/forbidden"
+    w.clock.advance(1)
+    w.store.close()
+
+    w = world(path, max_archived_messages=4)
+    bob = w.log_in("bob@localhost")
+    w.muc.rooms[ROOM].affiliations["bob@localhost"] = "member"
+    results, answer = mam_page(bob, rsm="<max>10</max>")
+    assert [r.find(f"{{{MAM}}}result").get("id") for r in results] == ids[1:]  # type: ignore[union-attr]
+
+
+def test_room_archives_are_written_trimmed_and_paged_in_each_engine(backend: Backend) -> None:  # noqa: F811
+    """archive() writes a batch in one transaction, leaves out rows of rooms not stored, keeps
+    each room's newest *keep*; query_archive pages by RSM and filters by nick; a room's deletion
+    takes its archive."""
+    from sns_xmpp.store.mam import ArchiveQuery, UnknownArchiveId
+
+    db = backend.open()
+    try:
+        muc_store.put_room(db, muc_store.StoredRoom("a@c.x", RoomConfig(persistent=True).to_json(), "", "", "s",
+                                                    "alice@x", 1.0))
+        rows = [("a@c.x", n << 10, f"{n << 10:x}-t", "Alice" if n % 2 else "Bob", f"<message n='{n}'/>")
+                for n in range(1, 7)]
+        muc_store.archive(db, [*rows, ("gone@c.x", 1 << 10, "400-t", "X", "<message/>")], keep=5)
+        page = muc_store.query_archive(db, ArchiveQuery(owner="a@c.x", max=2))
+        assert [row[0] for row in page.rows] == ["800-t", "c00-t"] and page.count == 5 and not page.complete
+        page = muc_store.query_archive(db, ArchiveQuery(owner="a@c.x", max=2, last_page=True))
+        assert [row[2] for row in page.rows] == ["<message n='5'/>", "<message n='6'/>"] and page.first_index == 3
+        page = muc_store.query_archive(db, ArchiveQuery(owner="a@c.x", max=9, with_bare="a@c.x", with_resource="Bob"))
+        assert [row[0] for row in page.rows] == ["800-t", "1000-t", "1800-t"]
+        with pytest.raises(UnknownArchiveId):
+            muc_store.query_archive(db, ArchiveQuery(owner="a@c.x", max=2, after="400-t"))
+        assert backend.rows("SELECT COUNT(*) FROM muc_archive WHERE room = ?", ("gone@c.x",)) == [(0,)]
+        muc_store.delete_room(db, "a@c.x")
+        assert backend.rows("SELECT COUNT(*) FROM muc_archive") == [(0,)]
+    finally:
+        db.close()

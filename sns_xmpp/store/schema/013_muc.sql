@@ -21,3 +21,17 @@ CREATE TABLE muc_affiliations (
     affiliation TEXT NOT NULL,
     PRIMARY KEY (room, jid)
 );
+
+-- The archives of persistent rooms (XEP-0313 on the room's JID): each groupchat message with a
+-- body, as the room sent it (no 'to'). seq is made as MAM's (schema 007: microseconds shifted 10
+-- bits, the process's own low bits), per room; id is the stanza-id the room stamped it with (seq
+-- in hexadecimal and a tag of the process). Each room keeps at most [xmpp.muc]
+-- max_archived_messages rows, the oldest dropped as new ones are written; a destroyed room's go.
+CREATE TABLE muc_archive (
+    room TEXT NOT NULL REFERENCES muc_rooms (room) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    id TEXT NOT NULL,
+    nick TEXT NOT NULL,
+    stanza TEXT NOT NULL,
+    PRIMARY KEY (room, seq)
+);

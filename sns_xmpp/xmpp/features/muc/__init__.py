@@ -7,11 +7,14 @@ owner's form and the room's disco form are `forms.py`'s; a groupchat message is 
 all its recipients (`delivery.py`). Persistent rooms live in the store (store/muc.py, schema 013).
 
 Also here: occupant ids (XEP-0421), self-ping (XEP-0410), the reserved-nick query answered with
-the user's display name (section 7.12). Direct invitations (XEP-0249) are messages between users
+the user's display name (section 7.12), and the archives of persistent rooms (XEP-0313 on the
+room's JID, `archive.py`). Direct invitations (XEP-0249) are messages between users
 that the server routes as any other; the rooms' own mediated invitations are section 7.8.2's.
 """
 
 from __future__ import annotations
+
+from twisted.internet.defer import Deferred
 
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.features.muc.service import MUCService
@@ -25,10 +28,12 @@ def install(registry: FeatureRegistry) -> None:
     registry.stores("muc_rooms", per_account=False, what="the conference service's persistent rooms")
     registry.stores("muc_affiliations", per_account=False, what="the persistent rooms' owners, admins, "
                                                                 "members and outcasts")
+    registry.stores("muc_archive", per_account=False, what="the persistent rooms' archives (XEP-0313)")
     registry.sessions.metrics.watch_rooms(lambda: len(service.rooms), service.occupants)
 
-    def stop() -> None:
+    def stop() -> Deferred[None]:
         service.stopped = True
+        return service.archive.flush()  # what waits is written before the store closes
 
     registry.on_stop(stop)
     service.load()

@@ -22,6 +22,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from sns_xmpp.jid import JID
+from sns_xmpp.xmpp.features.muc.archive import NS_SID, RoomArchive, archived_text
 from sns_xmpp.xmpp.features.muc.delivery import Outbox, Prepared, Recipient, readdressed
 from sns_xmpp.xmpp.features.muc.forms import RoomConfig
 from sns_xmpp.xmpp.features.muc.protocol import (
@@ -29,6 +30,7 @@ from sns_xmpp.xmpp.features.muc.protocol import (
     BANNED,
     CREATED,
     KICKED,
+    LOGGED,
     NEW_NICK,
     NON_ANONYMOUS,
     NS_DELAY,
@@ -59,6 +61,7 @@ class Host(Protocol):
     outbox: Outbox
     clock: IReactorTime
     max_occupants: int
+    archive: RoomArchive
 
     def keep(self, room: Room) -> None:
         """Store the room, if it is persistent (its configuration, subject and affiliations)."""
@@ -213,7 +216,8 @@ class Room:
                                   occupant.real)
         self.occupants[nick] = occupant
         self.by_real[occupant.real.full] = occupant
-        own_codes = ((NON_ANONYMOUS,) if self.config.whois == "anyone" else ()) + ((CREATED,) if created else ())
+        own_codes = ((NON_ANONYMOUS,) if self.config.whois == "anyone" else ()) + \
+            ((LOGGED,) if self.host.archive.archived(self) else ()) + ((CREATED,) if created else ())
         self.broadcast_presence(occupant, own_codes=own_codes)
         self._send_history(occupant, join)
         self._send_subject(occupant)
@@ -261,13 +265,23 @@ class Room:
         out = stanza("message", self.occupant_jid(occupant), kind="groupchat")
         if message.getAttribute("id") is not None:
             out["id"] = message["id"]
+        # What only the room may say is the room's: a client's occupant id (XEP-0421 section 4)
+        # or stanza-id (XEP-0359 section 3) goes.
         out.children = [child for child in message.children
-                        if not (isinstance(child, domish.Element) and child.uri == NS_OCCUPANT_ID)]
+                        if not (isinstance(child, domish.Element) and (
+                            child.uri == NS_OCCUPANT_ID or (child.uri, child.name) == (NS_SID, "stanza-id")))]
         out.children.append(occupant.occupant_id)
+        archive = self.host.archive
+        logged = body is not None and archive.archived(self)
+        if logged:
+            seq, uid, stanza_id = archive.stamp(self)
+            out.children.append(stanza_id)
         prepared = Prepared(out)
         send = self.host.outbox.send
         for other in self.occupants.values():
             send(prepared, other.real)
+        if logged:
+            archive.add(self, seq, uid, occupant.nick, archived_text(prepared.tail, out))
         if body is not None and self.history.maxlen:
             self._remember(prepared)
 

@@ -32,6 +32,7 @@ from sns_xmpp.store import muc as muc_store
 from sns_xmpp.store import vcard as vcard_store
 from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.muc import admin
+from sns_xmpp.xmpp.features.muc.archive import NS_MAM, NS_SID, RoomArchive
 from sns_xmpp.xmpp.features.muc.delivery import Outbox, readdressed
 from sns_xmpp.xmpp.features.muc.forms import RoomConfig, room_features, room_info_form
 from sns_xmpp.xmpp.features.muc.protocol import (
@@ -71,6 +72,8 @@ class MUCService:
         # ^ our id of a forwarded IQ -> (asker, its id, the answerer's real JID, its occupant JID)
         self.store = registry.sessions.store if registry.router is not None else None
         self.loaded = self.store is None
+        mam = registry.config.mam
+        self.archive = RoomArchive(self, config.max_archived_messages, mam.default_page_size, mam.max_page_size)
         self.waiting: list[domish.Element] = []
         self.stopped = False
 
@@ -260,6 +263,8 @@ class MUCService:
             self._answer(iq, admin.admin_query(self, room, iq, child, sender))
         elif key == (NS_OWNER, "query"):
             self._answer(iq, admin.owner_query(self, room, iq, child, sender))
+        elif key == (NS_MAM, "query"):
+            self._answer(iq, self.archive.query(room, iq, child, sender))
         elif key == (NS_PING, "ping") and kind == "get":
             self._answer(iq, None)
         else:
@@ -358,7 +363,8 @@ class MUCService:
         identity = add_element(answer, "identity")
         identity["category"], identity["type"] = "conference", "text"
         identity["name"] = room.config.name or room.jid.split("@", 1)[0]
-        for var in (NS_MUC, NS_DISCO_INFO, NS_OCCUPANT_ID, NS_SELF_PING, *room_features(room.config)):
+        archive = (NS_MAM, NS_SID) if self.archive.archived(room) else ()
+        for var in (NS_MUC, NS_DISCO_INFO, NS_OCCUPANT_ID, NS_SELF_PING, *archive, *room_features(room.config)):
             add_element(answer, "feature")["var"] = var
         append_child(answer, room_info_form(room.config, len(room.occupants), room.subject))
         return answer
