@@ -907,6 +907,7 @@ class Job:
     open_fraction: float = 0.0  # msgs: the open loop's rate as a share of the closed loop's; 0: none
     open_duration: float = 0.0
     timeout: float = 30.0  # for one login, or one teardown
+    occupants: int = 0  # room: clients in the one chat room
 
     @classmethod
     def from_json(cls, text: str) -> Job:
@@ -918,7 +919,7 @@ class Job:
     @property
     def connections(self) -> int:
         """About the most connections the job holds at once."""
-        return max(self.counts, default=0) + 2 * self.pairs + self.concurrency
+        return max(self.counts, default=0) + 2 * self.pairs + self.concurrency + self.occupants
 
 
 # An oidc site refuses logins (provider unavailable) until it has loaded its provider's keys.
@@ -1179,10 +1180,111 @@ async def idle_phase(job: Job, control: Control) -> None:
     await close_sessions(held, teardown_timeout(job.timeout, len(held)))
 
 
+# -- the room phase: one chat room (XEP-0045), every message to every occupant --------------
+
+NS_MUC = "http://jabber.org/protocol/muc"
+MUC_STATUS = f"{{{NS_MUC}#user}}x/{{{NS_MUC}#user}}status"
+BENCH_ROOM = "bench"
+
+
+class Talker:
+    """One occupant: counts (and times) every groupchat delivery, and in a closed loop sends its
+    next message when its own comes back from the room (XEP-0045 section 7.4 reflects it)."""
+
+    def __init__(self, session: Session, room: str, nick: str, traffic: Traffic) -> None:
+        assert session.connection.transport is not None
+        self.transport = session.connection.transport
+        self.traffic = traffic
+        self.own = f"{room}/{nick}"
+        self.head = f"<message to='{room}' type='groupchat'><body>".encode()
+        session.connection.on_stanza = self.received
+        session.connection.lost.add_done_callback(self.lost)
+
+    def send(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
+        self.traffic.sent += 1
+
+    def lost(self, _: asyncio.Future[None]) -> None:
+        if self.traffic.running:
+            self.traffic.lost += 1
+
+    def received(self, element: ET.Element) -> None:
+        if element.tag != MESSAGE:
+            return
+        traffic = self.traffic
+        if element.get("type") == "error":
+            traffic.errors += 1
+            traffic.received += 1
+            return
+        text = element.findtext(BODY)
+        if not text:
+            return  # the subject, or anything else the room says
+        traffic.delivered += 1
+        traffic.latencies_ns.append(time.monotonic_ns() - int(text))
+        if element.get("from") == self.own:
+            traffic.received += 1  # the sender's own copy: this message has gone round
+            if traffic.answering:
+                self.send()
+
+
+async def enter_room(session: Session, room: str, nick: str, timeout: float) -> None:
+    """Join *room* as *nick* with no history and wait for the self-presence (status 110)."""
+    connection = session.connection
+    connection.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>")
+    async with asyncio.timeout(timeout):
+        while True:
+            element = await connection.next_element()
+            if element.tag == PRESENCE and element.get("from") == f"{room}/{nick}":
+                if element.get("type") == "error":
+                    raise XMPPError(f"the room refused {nick}: {_describe(element)}")
+                if any(status.get("code") == "110" for status in element.iterfind(MUC_STATUS)):
+                    return
+
+
+async def room_phase(job: Job, control: Control) -> None:
+    """``occupants`` clients in one room at conference.<domain>, each keeping ``window`` of its
+    messages in flight (a closed loop): every message goes to every occupant, so the daemon's
+    work is the fan-out. The first client creates the room and accepts the instant room
+    (section 10.1.2); the others then enter, ``concurrency`` at a time."""
+    provider = credentials_provider(job.credentials)
+    sessions = await log_in_all(job, provider, job.occupants)
+    room = f"{BENCH_ROOM}@conference.{job.target.domain}"
+    await enter_room(sessions[0], room, "n0", job.timeout)
+    owner = sessions[0].connection
+    owner.send(f"<iq type='set' id='instant' to='{room}'><query xmlns='{NS_MUC}#owner'>"
+               "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+    async with asyncio.timeout(job.timeout):
+        while (element := await owner.next_element()).tag != IQ or element.get("id") != "instant":
+            pass
+    if element.get("type") != "result":
+        raise XMPPError(f"the instant room was refused: {_describe(element)}")
+
+    async def join(index: int) -> None:
+        await enter_room(sessions[index + 1], room, f"n{index + 1}", job.timeout)
+
+    await run_concurrently(len(sessions) - 1, job.concurrency, join)
+    traffic = Traffic()
+    talkers = [Talker(session, room, f"n{n}", traffic) for n, session in enumerate(sessions)]
+    for talker in talkers:
+        for _ in range(job.window):
+            talker.send()
+    await asyncio.sleep(warm_up_s(job.duration))
+
+    await control.ready()
+    closed = await traffic.window(job.duration)
+    await control.measured(False, clients=len(sessions), in_flight=len(talkers) * job.window, **closed)
+    traffic.running = False
+    await traffic.drain(job.timeout)
+    await close_sessions(sessions, job.timeout)
+
+
 PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
     "login": login_phase,
     "msgs": msgs_phase,
     "idle": idle_phase,
+    "room": room_phase,
 }
 
 

@@ -11,7 +11,10 @@ Every phase gets a daemon of its own, and so does each transport of the idle pha
 no figure depends on what an earlier phase left behind (memory figures least of all). A phase
 may measure in stages on one daemon and one generator (see `benchmarks.loadgen`): the message
 phase's open loop follows its closed loop, at half the rate the closed loop reached; the idle
-phase holds 2,000 connections, then 10,000, then lets a few pairs chat beside them.
+phase holds 2,000 connections, then 10,000, then lets a few pairs chat beside them. The room phase
+puts ``--occupants`` clients (50) in one chat room (XEP-0045), each keeping ``--window`` of its
+messages in flight: every message goes to every occupant, and the figure is deliveries per
+daemon CPU-second.
 
 The login phase measures local accounts and social logins: an ``hmac`` site whose tokens the
 generator signs, and an ``oidc`` site whose provider (`benchmarks.idp`) the runner starts on
@@ -60,7 +63,7 @@ ACCOUNT_PREFIX = "bench"
 PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account has it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-PHASES = ("login", "serial", "msgs", "idle")
+PHASES = ("login", "serial", "msgs", "idle", "room")
 TRANSPORTS = ("tls", "tcp")
 # The login phase's scenarios, in the order they run (see login_scenarios). FAST over plain TCP
 # works because the bench daemon allows PLAIN without TLS, and with it SASL2.
@@ -116,6 +119,7 @@ class Settings:
     serial_logins: int
     keep: bool
     quick: bool
+    occupants: int = 50  # the room phase's one room
 
 
 DEFAULTS: dict[str, Any] = {"logins": 1000, "concurrency": 50, "duration": 20.0, "open_duration": 10.0,
@@ -215,6 +219,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--serial-logins", type=_positive(int), metavar="N",
                         help="logins one at a time, each on a fresh connection, per serial scenario "
                              f"(default {DEFAULTS['serial_logins']})")
+    parser.add_argument("--occupants", type=_positive(int), default=50, metavar="N",
+                        help="clients in the room phase's one chat room (default 50)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
     args = parser.parse_args(argv)
     if args.idle_pairs < 0:
@@ -229,7 +235,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                     duration=pick("duration"), open_fraction=args.open_fraction, open_duration=pick("open_duration"),
                     idle=pick("idle"), idle_pairs=args.idle_pairs, idle_duration=pick("idle_duration"),
                     pairs=args.pairs, window=args.window, transports=args.transports, scenarios=args.scenarios,
-                    serial_logins=pick("serial_logins"), keep=args.keep, quick=args.quick)
+                    serial_logins=pick("serial_logins"), keep=args.keep, quick=args.quick,
+                    occupants=args.occupants)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -941,6 +948,21 @@ def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, An
     return row
 
 
+def run_room(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
+    """One room of ``occupants`` clients in a closed loop: deliveries (to every occupant) per
+    second and per daemon CPU-second."""
+    tls = transport == "tls"
+    job = {"phase": "room", "target": target(daemon, tls),
+           "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "occupants": settings.occupants,
+           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
+    [closed] = measure(daemon, job, limit=120 + settings.duration)
+    row = {"tls": tls, "occupants": settings.occupants, "window": settings.window,
+           "in_flight": closed.figures["in_flight"], **traffic_figures(closed)}
+    cpu = closed.usage.server_cpu_s
+    row["delivered_per_server_cpu_s"] = round(row["delivered"] / cpu) if cpu else None
+    return row
+
+
 def idle_figures(result: Measurement, rss_before_kib: int, tls: bool) -> dict[str, Any]:
     """One stage of the idle phase: the connections held at its end and the memory they take.
 
@@ -1099,6 +1121,16 @@ def _msgs_lines(rows: Mapping[str, Any]) -> list[str]:
     return lines + notes
 
 
+def _room_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'room':<22} {_TRAFFIC_HEADS}"]
+    notes = []
+    for name, row in rows.items():
+        lines.append(_traffic(f"{name} {row['occupants']} occ. K={row['window']}", row))
+        notes.append(f"{name}: {row['delivered_per_server_cpu_s']} deliveries per daemon CPU-second "
+                     f"({row['in_flight']} messages in flight, each to all {row['occupants']} occupants)")
+    return lines + notes
+
+
 def _idle_lines(rows: Mapping[str, Any]) -> list[str]:
     lines = ["", f"{'idle':<22} {'held':>6} {'fail':>5} {'lost':>5} {'RSS before':>12} {'RSS held':>12} "
                  f"{'KiB/conn':>9} {'setup s':>8} {'cpu ms/conn':>12} {_CPU_HEADS}"]
@@ -1143,6 +1175,8 @@ def table(report: Mapping[str, Any]) -> str:
         lines += _serial_lines(phases["serial"])
     if phases.get("msgs"):
         lines += _msgs_lines(phases["msgs"])
+    if phases.get("room"):
+        lines += _room_lines(phases["room"])
     if phases.get("idle"):
         lines += _idle_lines(phases["idle"])
     lines += ["", "cpu over each timed part: CPU-seconds of the daemon (srv s) and the load generator (gen s); "
@@ -1258,6 +1292,13 @@ class Bench:
                 results[transport] = run_msgs(daemon, self.settings, transport)
         return results
 
+    def room(self) -> dict[str, Any]:
+        results: dict[str, Any] = self.report["phases"].setdefault("room", {})
+        with self.daemon("room", self.settings.occupants) as daemon:
+            for transport in self.settings.transports:
+                results[transport] = run_room(daemon, self.settings, transport)
+        return results
+
     def idle(self) -> dict[str, Any]:
         """Per transport, a daemon of its own holding each count of connections in turn."""
         settings = self.settings
@@ -1288,7 +1329,7 @@ class Bench:
         """About the most connections one process (the daemon or a generator) holds at once."""
         settings = self.settings
         idle = max(settings.idle) + 2 * settings.idle_pairs if "idle" in settings.phases else 0
-        return max(idle, settings.concurrency, 2 * settings.pairs)
+        return max(idle, settings.concurrency, 2 * settings.pairs, settings.occupants)
 
     def run(self) -> None:
         settings = self.settings
@@ -1297,7 +1338,8 @@ class Bench:
             raise BenchError(f"the open files limit is {self.report['meta']['open_files_limit']}; "
                              f"this run needs about {needed}")
         runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "serial": self.serial,
-                                                            "msgs": self.msgs, "idle": self.idle}
+                                                            "msgs": self.msgs, "idle": self.idle,
+                                                            "room": self.room}
         for phase in settings.phases:
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
             with self.totals(phase):
