@@ -378,3 +378,34 @@ def test_a_non_anonymous_room_shows_every_real_jid_and_says_so() -> None:
     bob.read()
     alices, own, _subject = join(bob, nick="Bob")
     assert item(alices)["jid"] == "alice@localhost/r" and codes(own) == ["110", "100"]
+
+
+def test_what_reaches_a_room_that_is_not_there_or_that_it_does_not_know() -> None:
+    """A message to a room that does not exist is item-not-found; the reserved-nick query (7.12)
+    is answered for it all the same (it asks about the user: the social login's display name);
+    an IQ the room does not know is feature-not-implemented (get) or service-unavailable (set);
+    an error presence from an occupant's client takes it out of the room (it is gone)."""
+    w = world()
+    rosa = w.log_in("rosa@localhost", display_name="Rosa R")
+    bob = w.log_in("bob@localhost")
+    rosa.send(f"<message to='{ROOM}' type='groupchat'><body>anyone?</body></message>")
+    assert condition(rosa.read()[0]) == "cancel/item-not-found"
+    rosa.send(f"<iq type='get' id='n' to='{ROOM}'><query xmlns='http://jabber.org/protocol/disco#info' "
+              "node='x-roomuser-item'/></iq>")
+    assert rosa.text() == (f"<iq type='result' id='n' to='rosa@localhost/r' from='{ROOM}'>"
+                           "<query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'>"
+                           "<identity category='conference' type='text' name='Rosa R'/></query></iq>")
+    assert ROOM not in w.muc.rooms
+    join(rosa, nick="Rosa R")
+    instant(rosa)
+    rosa.send(f"<iq type='get' id='v' to='{ROOM}'><query xmlns='jabber:iq:version'/></iq>")
+    assert condition(rosa.read()[0]) == "cancel/feature-not-implemented"
+    rosa.send(f"<iq type='set' id='v' to='{ROOM}'><query xmlns='jabber:iq:version'/></iq>")
+    assert condition(rosa.read()[0]) == "cancel/service-unavailable"
+    join(bob, nick="Bob")
+    rosa.read()
+    bob.send(f"<presence to='{ROOM}/Bob' type='error'><error type='cancel'><gone xmlns='{STANZAS}'/></error>"
+             "</presence>")
+    [left] = rosa.read()
+    assert left.get("type") == "unavailable" and left.get("from") == f"{ROOM}/Bob"
+    assert list(w.muc.rooms[ROOM].occupants) == ["Rosa R"]
