@@ -2,7 +2,8 @@
 a social user (the demo site's) and a local user create, join and chat in a room at
 conference.localhost, a late joiner gets the history, a members-only room refuses a stranger, a
 ban holds, a direct invitation (XEP-0249) is routed, and a persistent room survives a restart on
-each store engine. go-sendxmpp (Go) joins a room and speaks as a client of another stack.
+each store engine. go-sendxmpp (Go) and Profanity (C, in tmux) join rooms and speak as clients
+of other stacks.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError, PresenceError
 
 from sns_xmpp.ops.console import namespace
+from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
 from tests.e2e.test_go_clients import _need_go_sendxmpp, go_sendxmpp
+from tests.e2e.test_local_im import _need_profanity, profanity, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import TIMEOUT, Client, wait
 
@@ -193,4 +196,45 @@ async def test_go_sendxmpp_speaks_in_a_room(server, tmp_path: Path) -> None:
     assert status == 0, output
     heard = await wait(next_groupchat(bob))
     assert (heard["body"], heard["from"]) == ("hello from Go", JID(f"{ROOM}/gopher"))
+    await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_profanity_joins_a_room_and_chats(server, tmp_path: Path) -> None:
+    """Profanity (C, libstrophe) types /join as a person would: it enters the room bob (slixmpp)
+    made, shows what bob says there, and what is typed in its room window reaches bob as
+    groupchat from Profanity's occupant JID; the server sees the occupant with its real JID."""
+    _need_profanity()
+    for user in ("alice", "bob"):
+        await server.add_user(f"{user}@localhost", "secret")
+    bob = muc_client("bob@localhost/laptop", "secret")
+    await wait(bob.log_in(server.c2s_port))
+    await wait(bob.plugin["xep_0045"].join_muc_wait(ROOM, "Bob"))
+    await wait(configure(bob, ROOM))
+    with profanity(tmp_path, "alice@localhost", f"""\
+            [alice@localhost]
+            enabled=true
+            jid=alice@localhost
+            server=127.0.0.1
+            port={server.c2s_port}
+            resource=profanity
+            password=secret
+            tls.policy=trust
+            """):
+        terminal = Terminal(tmp_path / "tmux.sock")
+        await until(lambda: bool(server.sessions.resources("alice@localhost")))
+        await until(lambda: server.sessions.resources("alice@localhost")[0].available)
+        terminal.type(f"/join {ROOM} nick Alicia")
+        muc = namespace(server.server)["rooms"]
+        await until(lambda: "Alicia" in [o["nick"] for o in muc(str(ROOM))["occupants"]])
+        assert [o["jid"] for o in muc(str(ROOM))["occupants"] if o["nick"] == "Alicia"] == [
+            "alice@localhost/profanity"]
+        bob.send_message(mto=ROOM, mbody="welcome, Alicia", mtype="groupchat")
+        await until(lambda: "welcome, Alicia" in terminal.screen())
+        terminal.type("thank you, Bob")
+        while True:
+            heard = await wait(next_groupchat(bob))
+            if heard["from"] == JID(f"{ROOM}/Alicia"):
+                break
+        assert heard["body"] == "thank you, Bob"
     await wait(bob.log_out())

@@ -77,7 +77,8 @@ def test_the_owner_gets_the_configuration_form_and_a_bad_value_changes_nothing()
 
 
 def test_members_only_refuses_strangers_and_a_password_is_checked() -> None:
-    """7.2.7: registration-required for someone with no affiliation; a member enters. 7.2.6:
+    """7.2.7: registration-required for someone with no affiliation; a member enters and (7.11)
+    may see the member and owner lists, not the ban list. 7.2.6:
     not-authorized without the right password. 9.4/10.2: making the room members-only removes
     the occupants who are not members, with 322."""
     w = world()
@@ -92,6 +93,12 @@ def test_members_only_refuses_strangers_and_a_password_is_checked() -> None:
     assert removed.get("type") == "unavailable" and codes(removed) == ["322", "110"]
     [refused] = join(carol, nick="Carol")
     assert condition(refused) == "auth/registration-required"
+    for listed, expected in (("member", "bob@localhost"), ("owner", "alice@localhost")):  # 7.11: a member may
+        bob.send(f"<iq type='get' id='l' to='{ROOM}'><query xmlns='{ADMIN}'><item affiliation='{listed}'/>"
+                 "</query></iq>")
+        assert f"<item affiliation='{listed}' jid='{expected}'/>" in bob.text()
+    bob.send(f"<iq type='get' id='l' to='{ROOM}'><query xmlns='{ADMIN}'><item affiliation='outcast'/></query></iq>")
+    assert condition(bob.read()[0]) == "auth/forbidden"
     configure(alice, {"muc#roomconfig_membersonly": "0", "muc#roomconfig_passwordprotectedroom": "1",
                       "muc#roomconfig_roomsecret": "s3cret"})
     [refused] = join(carol, nick="Carol", extra="<password>wrong</password>")

@@ -102,7 +102,9 @@ def _list(room: Room, item: domish.Element, actor_affiliation: str, actor: Occup
         if affiliation not in AFFILIATIONS or affiliation == "none":
             raise refusal("bad-request", "no such affiliation list")
         needed = "owner" if affiliation in ("owner", "admin") else "admin"
-        if not (actor_affiliation == "owner" or actor_affiliation == needed):
+        # 7.11: in a members-only room, members see who the members (and admins, owners) are.
+        member_sees = room.config.members_only and affiliation != "outcast" and actor_affiliation == "member"
+        if not (actor_affiliation == "owner" or actor_affiliation == needed or member_sees):
             raise _forbidden(f"only {needed}s may see that list")
         for bare in sorted(j for j, a in room.affiliations.items() if a == affiliation):
             element = add_element(answer, "item")
