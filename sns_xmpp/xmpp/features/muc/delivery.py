@@ -28,10 +28,14 @@ class Recipient:
     jid: JID
     full: str = field(init=False)
     quoted: str = field(init=False)  # the full JID as an attribute value
+    bare: str = field(init=False)
+    resource: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.full = self.jid.full()
         self.quoted = escape_attribute(self.full)
+        self.bare = self.jid.userhost()
+        self.resource = self.jid.resource or ""
 
 
 class Prepared:
@@ -53,7 +57,7 @@ class Outbox:
     def __init__(self, sessions: SessionManager, router: StanzaRouter | None) -> None:
         self.sessions = sessions
         self.router = router
-        self.local_domains = sessions.domains
+        self.users = sessions.users  # the registry of bound sessions (filled in place), read per recipient
 
     def route(self, element: domish.Element) -> None:
         if self.router is not None:
@@ -62,8 +66,9 @@ class Outbox:
     def send(self, prepared: Prepared, recipient: Recipient) -> None:
         """*prepared* to *recipient*'s client."""
         tail = prepared.tail
-        if tail is not None and recipient.jid.host in self.local_domains:
-            session = self.sessions.session(recipient.jid)
+        if tail is not None:
+            resources = self.users.get(recipient.bare)  # SessionManager.session, its JID's forms made once
+            session = resources.get(recipient.resource) if resources is not None else None
             if session is not None:
                 if session.holder is None:
                     session.send(prepared.head + recipient.quoted + tail)
