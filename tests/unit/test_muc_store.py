@@ -61,9 +61,10 @@ def test_a_persistent_room_survives_a_restart_and_a_temporary_one_does_not(tmp_p
     _, alices_id_before = _own_id(join(bob, nick="Bob"))
     w.store.close()
 
-    w = world(path)
+    w = world(path, max_history=5)  # lowered since: the room's 20 is cut to it
     assert sorted(w.muc.rooms) == [ROOM]
     room = w.muc.rooms[ROOM]
+    assert (room.config.history_length, room.history.maxlen) == (5, 5)
     assert (room.config.name, room.config.members_only, room.locked, room.subject) == ("Kept", True, False,
                                                                                       "Kept subject")
     assert room.affiliations == {"alice@localhost": "owner", "bob@localhost": "member"}

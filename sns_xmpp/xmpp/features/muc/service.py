@@ -13,6 +13,7 @@ that arrive before that read wait for it, so that a join never creates a room th
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -93,6 +94,8 @@ class MUCService:
         for row in stored:
             try:
                 config = RoomConfig.from_json(row.config)
+                # The limit may have been lowered since the owner chose a longer history.
+                config = dataclasses.replace(config, history_length=min(config.history_length, self.config.max_history))
             except (ValueError, TypeError):
                 log.warn("muc.room_unreadable room={room}", room=row.room)
                 continue
@@ -205,7 +208,7 @@ class MUCService:
         if self.created.get(creator, 0) >= self.config.max_rooms_per_user:
             self.sessions.metrics.limit("muc-rooms-per-user")
             raise refusal("not-allowed", f"you may have at most {self.config.max_rooms_per_user} rooms")
-        config = RoomConfig(history_length=self.config.default_history)
+        config = RoomConfig(history_length=min(self.config.default_history, self.config.max_history))
         room = Room(self, room_jid, config, creator=creator, secret=secrets.token_hex(16),
                     created_at=self.clock.seconds(), affiliations={creator: "owner"}, locked=True)
         self.rooms[room_jid] = room
