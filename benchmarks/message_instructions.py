@@ -24,8 +24,9 @@ from benchmarks.callgrind import collect, instructions
 WARM_UP = 2000
 
 
-def run(messages: int) -> float:
-    """CPU seconds per message over *messages* routed messages."""
+def run(messages: int, features_off: tuple[str, ...] = ()) -> float:
+    """CPU seconds per message over *messages* routed messages, the features *features_off* left
+    out (what a feature costs per message: the difference)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
     from twisted.logger import LogLevel
@@ -39,7 +40,7 @@ def run(messages: int) -> float:
     header = (b"<stream:stream to='%s' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
               b"version='1.0'>" % DOMAINS[0].encode())
     with tempfile.TemporaryDirectory(prefix="sns-xmpp-message-instructions-") as path:
-        world = World(Path(path))
+        world = World(Path(path), features_off)
         factory = world.plaintext_factory()
         peer = IPv4Address("TCP", "10.0.0.1", 40000)
 
@@ -84,12 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
+    parser.add_argument("--features-off", default="", metavar="LIST",
+                        help="feature modules to leave out, comma-separated (e.g. mam,carbons)")
     args = parser.parse_args()
+    off = tuple(name for name in args.features_off.split(",") if name)
     if not args.callgrind:
-        seconds = run(args.messages)
+        seconds = run(args.messages, off)
         print(f"{1e6 * seconds:.2f} us CPU per message over {args.messages} messages (in process)")
         return
-    total = instructions("benchmarks.message_instructions", ["--messages", str(args.messages)])
+    total = instructions("benchmarks.message_instructions",
+                         ["--messages", str(args.messages), "--features-off", ",".join(off)])
     print(f"{total // args.messages} instructions per message over {args.messages} messages (in process, callgrind)")
 
 

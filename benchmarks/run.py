@@ -120,6 +120,7 @@ class Settings:
     keep: bool
     quick: bool
     occupants: int = 50  # the room phase's one room
+    features_off: tuple[str, ...] = ()
 
 
 DEFAULTS: dict[str, Any] = {"logins": 1000, "concurrency": 50, "duration": 20.0, "open_duration": 10.0,
@@ -219,6 +220,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--serial-logins", type=_positive(int), metavar="N",
                         help="logins one at a time, each on a fresh connection, per serial scenario "
                              f"(default {DEFAULTS['serial_logins']})")
+    parser.add_argument("--features-off", type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+                        default=(), metavar="LIST",
+                        help="feature modules the daemons run without ([xmpp.features] disabled), to measure "
+                             "what a feature costs: e.g. mam,carbons (default: none, as shipped)")
     parser.add_argument("--occupants", type=_positive(int), default=50, metavar="N",
                         help="clients in the room phase's one chat room (default 50)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (config, database, log)")
@@ -236,7 +241,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                     idle=pick("idle"), idle_pairs=args.idle_pairs, idle_duration=pick("idle_duration"),
                     pairs=args.pairs, window=args.window, transports=args.transports, scenarios=args.scenarios,
                     serial_logins=pick("serial_logins"), keep=args.keep, quick=args.quick,
-                    occupants=args.occupants)
+                    occupants=args.occupants,
+                    features_off=args.features_off)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -440,8 +446,10 @@ class Daemon:
     set-up and teardown included, for the phase totals.
     """
 
-    def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None) -> None:
+    def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None,
+                 features_off: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.features_off = features_off
         self.accounts = accounts
         self.idp = idp
         self.port = free_port()
@@ -470,7 +478,8 @@ class Daemon:
             domain=json.dumps(DOMAIN), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
             scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
             http_url=json.dumps(self.http_url), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
-            hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)"),
+            hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)",
+            features_off=json.dumps(list(self.features_off))),
             encoding="utf-8")
         data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
         create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts)
@@ -1230,7 +1239,7 @@ class Bench:
         """A fresh daemon with *accounts* accounts, stopped afterwards; its log is checked and reported."""
         folder = self.folder / label
         folder.mkdir()
-        daemon = Daemon(folder, accounts, idp)
+        daemon = Daemon(folder, accounts, idp, self.settings.features_off)
         self._phase_daemons.append(daemon)
         try:
             daemon.start()

@@ -451,7 +451,7 @@ class Conn:
 class World:
     """The server's parts, wired as build_server wires them, on a fake clock and an inline SQLite store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, features_off: tuple[str, ...] = ()) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(START)
         self.database = SQLiteDatabase(path / "fuzz.sqlite3")
@@ -482,7 +482,7 @@ class World:
             self.router.addRoute(domain, LocalRoute(self.sessions.deliver))
         self.web = SocialWeb(self.sites, PendingLogins(self.clock), PUBLIC_URL, DOMAINS[0], self.clock,
                              self.checker.linked_jid)
-        install_features(self.sessions, self.router, self.clock, sites=self.web)
+        install_features(self.sessions, self.router, self.clock, sites=self.web, disabled=features_off)
         for user, password in PASSWORDS.items():
             self.database.create_account(f"{user}@localhost", derive_all(password), START)
         self._hosts = 0
