@@ -30,7 +30,8 @@ __all__ = [
     "write_rows",
 ]
 
-ROWS_PER_STATEMENT = 50  # rows per INSERT: fewer trips through the engine, a few statement shapes
+ROWS_PER_STATEMENT = 500  # rows per INSERT: fewer trips through the engine, and each statement journals
+# the pages it changes once (SQLite; 50 rows: 23,200 instructions per row, 500: 19,500, measured)
 
 
 class UnknownArchiveId(LookupError):

@@ -79,6 +79,11 @@ class SQLiteDatabase(SQLDatabase):
             self._wal(busy_timeout)
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            # A statement that may fail half-way (a foreign key, as every per-account table has)
+            # keeps the pages it changes in a statement journal, a temporary file by default:
+            # MAM's batched inserts wrote each index page there again per statement, through the
+            # kernel (5.7 -> 1.3 us of system CPU per archived row, measured). In memory instead.
+            self._conn.execute("PRAGMA temp_store = MEMORY")
             self._migrate()
         except BaseException:
             self._conn.close()

@@ -117,7 +117,7 @@ class _NotPlain(Exception):
     """An element `plain_xml` leaves to the full serialiser."""
 
 
-def plain_xml(element: domish.Element, default_uri: str, prefixed_uris: Any) -> str | None:
+def plain_xml(element: domish.Element, default_uri: str, prefixed_uris: Any, *, remember: bool = False) -> str | None:
     """*element* serialised as `EscapingSerializer` would write it as a child of a stream whose
     default namespace is *default_uri* and whose prefixes are bound to *prefixed_uris*, when
     nothing in it has a prefix: no prefix declared, no namespaced attribute, no namespace that a
@@ -126,13 +126,82 @@ def plain_xml(element: domish.Element, default_uri: str, prefixed_uris: Any) -> 
     Stanzas are nearly always of that kind (a message with its body, a presence with its show
     and caps), and this writes them with none of the full serialiser's prefix bookkeeping: a
     third of the cost of routing a message in process (docs/performance.md). A property test
-    holds it to the full serialiser's bytes for the fuzz suite's stanzas."""
+    holds it to the full serialiser's bytes for the fuzz suite's stanzas.
+
+    With *remember*, the text is kept for the next call on the same element (see `_Remembered`):
+    MAM serialises a message to store it, and its delivery a moment later writes the same text
+    with the stanza-id added, instead of serialising the message a second time."""
+    global _remembered
+    known = _remembered
+    if known is not None and known.element is element:
+        text = known.reuse(element, default_uri, prefixed_uris)
+        if text is not None:
+            return text
     parts: list[str] = []
     try:
         _write_plain(element, default_uri, prefixed_uris, parts)
     except _NotPlain:
         return None
-    return "".join(parts)
+    text = "".join(parts)
+    if remember:
+        _remembered = _Remembered(element, dict(element.attributes), list(element.children), text,
+                                  default_uri, prefixed_uris)
+    return text
+
+
+class _Remembered:
+    """One element's serialisation, valid while its attributes are as they were and its children
+    begin with the same child objects: the text is reused, and only children appended since are
+    written. The message path changes a stanza between two serialisations only so (it readdresses
+    it, or appends a stanza-id or a delay); what would change a child element in place has to
+    serialise it without *remember*. One at a time: the last remembered."""
+
+    __slots__ = ("element", "attributes", "children", "text", "default_uri", "prefixed_uris")
+
+    def __init__(self, element: domish.Element, attributes: dict[Any, str], children: list[Any], text: str,
+                 default_uri: str, prefixed_uris: Any) -> None:
+        self.element = element
+        self.attributes = attributes
+        self.children = children
+        self.text = text
+        self.default_uri = default_uri
+        self.prefixed_uris = prefixed_uris
+
+    def reuse(self, element: domish.Element, default_uri: str, prefixed_uris: Any) -> str | None:
+        known = self.children
+        now = element.children
+        count = len(known)
+        if (not count or len(now) < count or element.attributes != self.attributes
+                or default_uri != self.default_uri or prefixed_uris != self.prefixed_uris):
+            return None
+        for index in range(count):
+            if now[index] is not known[index]:
+                return None
+        if len(now) == count:
+            return self.text
+        added = now[count:]
+        if len(added) == 1 and type(added[0]) is not str and isinstance(added[0], domish.SerializedXML):
+            closing = len(element.name) + 3  # </name>: a stanza-id stamped on, the common case
+            return self.text[:-closing] + added[0] + self.text[-closing:]
+        parts = [self.text[:-len(element.name) - 3]]
+        inner_default = element.defaultUri if element.defaultUri is not None else default_uri
+        try:
+            for child in added:
+                if type(child) is str:
+                    parts.append(escape_text(child))
+                elif isinstance(child, domish.SerializedXML):
+                    parts.append(child)
+                elif isinstance(child, domish.Element):
+                    _write_plain(child, inner_default, prefixed_uris, parts)
+                else:
+                    return None
+        except _NotPlain:
+            return None
+        parts.append(f"</{element.name}>")
+        return "".join(parts)
+
+
+_remembered: _Remembered | None = None
 
 
 def _write_plain(element: domish.Element, current_default: str, prefixed_uris: Any, parts: list[str]) -> None:

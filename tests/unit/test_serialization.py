@@ -103,6 +103,34 @@ def test_the_plain_writer_writes_what_the_full_serialiser_writes(stanzas: list[f
             assert plain == full_xml(element)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(fs.stanza(), min_size=1, max_size=2), st.data())
+def test_a_remembered_serialisation_is_reused_only_as_written_again(stanzas: list[fs.Node], data: st.DataObject) -> None:
+    """MAM serialises a message with *remember*; the stream then writes it again after the message
+    path changed it the ways it does (readdressed, a stanza-id or delay appended, children
+    filtered or replaced) or not at all: each time, the same bytes as a fresh serialisation."""
+    for element in parsed_stanzas("".join(node.xml() for node in stanzas).encode("utf-8")):
+        if plain_xml(element, "jabber:client", STREAM_PREFIXES, remember=True) is None:
+            continue
+        change = data.draw(st.sampled_from(["none", "readdress", "stamp", "delay", "filter", "replace", "text"]))
+        if change == "readdress":
+            element["to"] = data.draw(XML_TEXT)
+        elif change == "stamp":
+            element.children = [*element.children, domish.SerializedXML("<stanza-id xmlns='urn:xmpp:sid:0' id='1'/>")]
+        elif change == "delay":
+            append_child(element, domish.Element(("urn:xmpp:delay", "delay"), attribs={"stamp": "x"}))
+        elif change == "filter" and element.children:
+            element.children = element.children[1:]
+        elif change == "replace" and element.children:
+            element.children = [domish.Element((None, "body")), *element.children[1:]]
+        elif change == "text":
+            element.children.append(data.draw(XML_TEXT))
+        fresh = domish.Element((None, "x"))  # a plain_xml of another element forgets nothing of this one's
+        again = plain_xml(element, "jabber:client", STREAM_PREFIXES)
+        assert again == full_xml(element)
+        assert plain_xml(fresh, "jabber:client", STREAM_PREFIXES) == "<x/>"
+
+
 def test_the_stanzas_clients_send_and_the_server_builds_are_plain() -> None:
     [message, presence] = parsed_stanzas(
         b"<message to='bob@localhost' type='chat' id='m&amp;1'><body>a &lt;b&gt; &amp; 'c'</body>"

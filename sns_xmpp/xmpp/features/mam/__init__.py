@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
 from twisted.words.xish import domish
 
 from sns_xmpp.config import MAMConfig
@@ -74,25 +75,30 @@ class StanzaId(domish.SerializedXML):
     writes it as it is (building and serialising an element for it cost a fifth of routing the
     message), and other features' look at a message's elements passes it by. Told apart by type
     from one that came from outside, so that a message delivered again (XEP-0198's
-    unacknowledged stanzas) is neither archived twice nor stripped of its own stamp."""
+    unacknowledged stanzas) is neither archived twice nor stripped of its own stamp; whose it is,
+    by its text (`stamp_prefix`): a str with an attribute of its own costs a dictionary per
+    message."""
 
-    owner: str
-
-    def __new__(cls, owner: str, uid: str) -> StanzaId:
-        stamp = super().__new__(cls, f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(owner)}' id='{uid}'/>")
-        stamp.owner = owner
-        return stamp
+    __slots__ = ()
 
 
+STAMP_PREFIXES_KEPT = 10_000  # owners whose stanza-id's start is kept made (then the lot is dropped)
 CLIENT_MESSAGE = f"<message xmlns='{NS_CLIENT}'"
+
+
+# The prefixes a client stream binds (Twisted's, for a receiving entity): the message is written
+# as such a stream writes it, and the stream reuses the text when it delivers the message.
+STREAM_PREFIXES = {NS_STREAMS: "stream"}
 
 
 def stanza_text(message: domish.Element) -> str:
     """The message as stored: standalone XML, its namespace declared. A client's message is
     written as its stream would write it, the namespace then put in by hand: escaping the
-    namespace URI is a quarter of what `plain_xml` costs for a small message."""
+    namespace URI is a quarter of what `plain_xml` costs for a small message. The stream that
+    delivers the message a moment later, stanza-id added, reuses the text (`plain_xml`'s
+    *remember*): one serialisation per message instead of two."""
     if message.uri == NS_CLIENT and message.defaultUri == NS_CLIENT and not message.localPrefixes:
-        text = plain_xml(message, NS_CLIENT, ())
+        text = plain_xml(message, NS_CLIENT, STREAM_PREFIXES, remember=True)
         if text is not None and text.startswith("<message"):
             return CLIENT_MESSAGE + text[8:]
     return plain_xml(message, "", ()) or message.toXml()
@@ -123,6 +129,11 @@ class Archive:
         self.tag = "-" + secrets.token_hex(4)  # the UID's unpredictable part (XEP-0313 section 3)
         self.leaving: StanzaId | None = None  # the stanza-id to take off a sent message after carbons
         self.last: tuple[domish.Element, str] | None = None  # a message and its stored text
+        # The last message _archivable judged, when the judgement did not depend on the account
+        # (no stanza-id, no query result in it): a local message is judged for its sender and
+        # again, the same way, for its recipient. (message, its children, how many, verdict)
+        self.judged: tuple[domish.Element, list[Any], int, bool] | None = None
+        self.stamp_prefixes: dict[str, str] = {}
         self.sweeper: IDelayedCall | None = None
         self.stopped = False
 
@@ -142,7 +153,7 @@ class Archive:
             return None
         to_self = peer_bare == owner
         if to_self or len(self.sessions.users.get(owner, ())) > 1:  # someone with access will see it
-            stamp = StanzaId(owner, uid)
+            stamp = self.stamp(owner, uid)
             message.children.append(stamp)
             if not to_self:
                 self.leaving = stamp
@@ -182,26 +193,47 @@ class Archive:
             return  # sent by the account itself: archived as sent
         uid = self._archive(owner, peer, peer_bare, message)
         if uid is not None:
-            message.children = [*message.children, StanzaId(owner, uid)]  # the old list may be a copy's
+            message.children = [*message.children, self.stamp(owner, uid)]  # the old list may be a copy's
+
+    def stamp_prefix(self, owner: str) -> str:
+        """The text of *owner*'s stanza-ids up to the id's value."""
+        prefix = self.stamp_prefixes.get(owner)
+        if prefix is None:
+            if len(self.stamp_prefixes) >= STAMP_PREFIXES_KEPT:
+                self.stamp_prefixes.clear()
+            prefix = self.stamp_prefixes[owner] = f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(owner)}' id='"
+        return prefix
+
+    def stamp(self, owner: str, uid: str) -> StanzaId:
+        """The XEP-0359 stanza-id of *owner*'s archive for the message archived as *uid*."""
+        return StanzaId(self.stamp_prefix(owner) + uid + "'/>")
 
     def _archivable(self, message: domish.Element, owner: str) -> bool | None:
         """Section 5.1.1's rules, in one pass over the children; a stanza-id claiming to be
         *owner*'s and not made here is removed on the way (XEP-0359 section 5). False too for a
         message already archived for *owner* (it carries this server's stanza-id). None for one of
         *owner*'s own query results on its way again (below)."""
+        children = message.children
+        judged = self.judged
+        if judged is not None and judged[0] is message and judged[1] is children and judged[2] == len(children):
+            return judged[3]
         wanted = message.attributes.get("type", "normal") in ARCHIVED_TYPES
         body = False
         forged = None
-        for child in message.children:
+        whose = False  # whether the verdict depends on the account (a stanza-id, a query result)
+        for child in children:
             if isinstance(child, str):
-                if type(child) is StanzaId and child.owner == owner:
-                    return False
+                if type(child) is StanzaId:
+                    if child.startswith(self.stamp_prefix(owner)):
+                        return False
+                    whose = True
                 continue
             uri = child.uri
             if uri == NS_CLIENT:
                 if child.name == "body":
                     body = True
             elif uri == NS_SID:
+                whose = True
                 if child.name == "stanza-id" and _claims(child, owner):
                     forged = [*(forged or ()), child]
             elif uri == NS_HINTS:
@@ -209,15 +241,20 @@ class Archive:
                     wanted = False
                 elif child.name == "store":
                     body = True
-            elif uri == NS_MAM and child.name == "result" and message.attributes.get("from") == owner:
-                # A result sent to one of the account's sessions, which ended before acknowledging
-                # it: XEP-0198 delivers unacknowledged messages again, and this one is the answer
-                # to a query nobody is waiting for any more (it would otherwise be kept offline).
-                return None
+            elif uri == NS_MAM and child.name == "result":
+                whose = True
+                if message.attributes.get("from") == owner:
+                    # A result sent to one of the account's sessions, which ended before
+                    # acknowledging it: XEP-0198 delivers unacknowledged messages again, and this
+                    # one is the answer to a query nobody is waiting for any more (it would
+                    # otherwise be kept offline).
+                    return None
         if forged:
             message.children = [child for child in message.children if not any(child is f for f in forged)]
             self.last = None
-        return wanted and body
+        verdict = wanted and body
+        self.judged = None if whose else (message, children, len(children), verdict)
+        return verdict
 
     def _archive(self, owner: str, peer: JID, peer_bare: str, message: domish.Element) -> str | None:
         """Queue the message's row in *owner*'s archive and return its UID; None when the
