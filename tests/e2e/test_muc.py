@@ -180,7 +180,8 @@ async def test_a_persistent_room_survives_a_restart(start_server, store_config: 
 @pytest_twisted.ensureDeferred
 async def test_go_sendxmpp_speaks_in_a_room(server, tmp_path: Path) -> None:
     """go-sendxmpp -c (Go, its own XMPP library) joins a room bob made and sends a groupchat
-    message, which bob hears from go-sendxmpp's occupant JID."""
+    message, which bob hears from go-sendxmpp's occupant JID; once it has quit it is no longer
+    in the room."""
     _need_go_sendxmpp()
     for user in ("alice", "bob"):
         await server.add_user(f"{user}@localhost", "secret")
@@ -196,6 +197,8 @@ async def test_go_sendxmpp_speaks_in_a_room(server, tmp_path: Path) -> None:
     assert status == 0, output
     heard = await wait(next_groupchat(bob))
     assert (heard["body"], heard["from"]) == ("hello from Go", JID(f"{ROOM}/gopher"))
+    rooms = namespace(server.server)["rooms"]
+    await until(lambda: [o["nick"] for o in rooms(str(ROOM))["occupants"]] == ["Bob"])  # gone as it quit
     await wait(bob.log_out())
 
 

@@ -63,12 +63,14 @@ class World:
         assert found is not None
         return found
 
-    def log_in(self, jid: str, resource: str = "r", display_name: str | None = None) -> Client:
+    def log_in(self, jid: str, resource: str = "r", display_name: str | None = None,
+               available: bool = True) -> Client:
         stream, transport = connect(self.factory, f"192.0.2.{len(self.clients) // 2 + 1}")
         stream.dataReceived(HEADER.format(to="localhost").encode())
         self.sessions.bind(stream, LoginResult(jid, "PLAIN", display_name=display_name), resource)
         client = Client(f"{jid}/{resource}", stream, transport)
-        client.send("<presence/>")
+        if available:
+            client.send("<presence/>")
         output(transport)
         self.clients.append(client)
         return client
@@ -249,6 +251,23 @@ def test_a_session_that_ends_leaves_its_rooms() -> None:
     [left] = alice.read()
     assert left.get("type") == "unavailable" and left.get("from") == f"{ROOM}/Bob"
     assert list(w.muc.rooms[ROOM].occupants) == ["Alice"]
+
+
+def test_a_session_that_never_sent_presence_still_leaves_its_rooms_as_it_ends() -> None:
+    """A client may enter a room without its initial presence (go-sendxmpp does): its end sends
+    the room no unavailable presence (RFC 6121 4.6 is about available sessions), so the service
+    takes it out itself, with status 333, and the next message goes to no ghost."""
+    w = world()
+    alice = w.log_in("alice@localhost")
+    quiet = w.log_in("bob@localhost", available=False)
+    join(alice, nick="Alice")
+    instant(alice)
+    join(quiet, nick="Bob")
+    alice.read()
+    quiet.stream.connectionLost(None)  # type: ignore[arg-type]
+    [left] = alice.read()
+    assert left.get("type") == "unavailable" and left.get("from") == f"{ROOM}/Bob" and codes(left) == ["333"]
+    assert list(w.muc.rooms[ROOM].occupants) == ["Alice"] and "bob@localhost/r" not in w.muc.occupancies
 
 
 def test_history_goes_to_later_occupants_within_the_limits_they_ask() -> None:

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.features.muc.service import MUCService
+from sns_xmpp.xmpp.hooks import SESSION_UNBOUND
 
 SERVICE_NAME = "muc"
 
@@ -30,6 +31,7 @@ def install(registry: FeatureRegistry) -> None:
                                                                 "members and outcasts")
     registry.stores("muc_archive", per_account=False, what="the persistent rooms' archives (XEP-0313)")
     registry.sessions.metrics.watch_rooms(lambda: len(service.rooms), service.occupants)
+    registry.hook(SESSION_UNBOUND, service.unbound)  # after presence's unavailable (priority 10)
 
     def stop() -> Deferred[None]:
         service.stopped = True

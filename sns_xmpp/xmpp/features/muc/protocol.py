@@ -43,6 +43,7 @@ NEW_NICK = "303"
 KICKED = "307"
 AFFILIATION_CHANGED = "321"
 MEMBERS_ONLY_NOW = "322"
+GONE = "333"  # removed for a technical reason: the occupant's session ended without leaving
 
 
 def stamp(seconds: float) -> str:

@@ -69,6 +69,9 @@ class Host(Protocol):
     def vanish(self, room: Room) -> None:
         """The room is gone (destroyed, or temporary and empty)."""
 
+    def occupancy(self, room: Room, real: str, present: bool) -> None:
+        """*real* (a full JID) entered *room* (or left it)."""
+
 
 @dataclass(eq=False)
 class Occupant:
@@ -216,6 +219,7 @@ class Room:
                                   occupant.real)
         self.occupants[nick] = occupant
         self.by_real[occupant.real.full] = occupant
+        self.host.occupancy(self, occupant.real.full, True)
         own_codes = ((NON_ANONYMOUS,) if self.config.whois == "anyone" else ()) + \
             ((LOGGED,) if self.host.archive.archived(self) else ()) + ((CREATED,) if created else ())
         self.broadcast_presence(occupant, own_codes=own_codes)
@@ -245,7 +249,8 @@ class Room:
         status = list(presence.elements(NS_CLIENT, "status")) if presence is not None else None
         self.broadcast_presence(occupant, "unavailable", codes=codes, reason=reason, actor=actor, status=status)
         self.occupants.pop(occupant.nick, None)
-        self.by_real.pop(occupant.real.full, None)
+        if self.by_real.pop(occupant.real.full, None) is not None:
+            self.host.occupancy(self, occupant.real.full, False)
         if not self.occupants and (not self.config.persistent or self.locked):
             self.host.vanish(self)
 
@@ -401,6 +406,8 @@ class Room:
                 add_element(destroy, "reason", content=reason)
             append_child(x, domish.Element((NS_USER, "status")))["code"] = SELF
             self.host.outbox.route(readdressed(presence, occupant.real.full))
+        for real in list(self.by_real):
+            self.host.occupancy(self, real, False)
         self.occupants.clear()
         self.by_real.clear()
 

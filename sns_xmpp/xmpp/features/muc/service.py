@@ -31,12 +31,14 @@ from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import muc as muc_store
 from sns_xmpp.store import vcard as vcard_store
+from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.muc import admin
 from sns_xmpp.xmpp.features.muc.archive import NS_MAM, NS_SID, RoomArchive
 from sns_xmpp.xmpp.features.muc.delivery import Outbox, readdressed
 from sns_xmpp.xmpp.features.muc.forms import RoomConfig, room_features, room_info_form
 from sns_xmpp.xmpp.features.muc.protocol import (
+    GONE,
     NS_ADMIN,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -76,6 +78,9 @@ class MUCService:
         mam = registry.config.mam
         self.archive = RoomArchive(self, config.max_archived_messages, mam.default_page_size, mam.max_page_size)
         self.waiting: list[domish.Element] = []
+        # The rooms each real full JID is in: a session that ends leaves them even when it never
+        # sent the presence whose end tells the rooms (RFC 6121 4.6 covers available sessions only).
+        self.occupancies: dict[str, set[str]] = {}
         self.stopped = False
 
     # -- start: the persistent rooms ----------------------------------------------------------------
@@ -128,6 +133,25 @@ class MUCService:
     def _write(self, work: Callable[[Any], None], room: str) -> None:
         assert self.store is not None
         self.store.run(work).addErrback(lambda reason: log.failure("muc.store_failed room={room}", reason, room=room))
+
+    def occupancy(self, room: Room, real: str, present: bool) -> None:
+        if present:
+            self.occupancies.setdefault(real, set()).add(room.jid)
+            return
+        rooms = self.occupancies.get(real)
+        if rooms is not None:
+            rooms.discard(room.jid)
+            if not rooms:
+                del self.occupancies[real]
+
+    def unbound(self, session: ClientSession, replaced: bool) -> None:
+        """A session that ended is out of its rooms (after the presence feature's unavailable
+        presence, which usually has done it: section 7.14's leaving)."""
+        for room_jid in sorted(self.occupancies.get(session.full, ())):
+            room = self.rooms.get(room_jid)
+            occupant = room.by_real.get(session.full) if room is not None else None
+            if room is not None and occupant is not None:
+                room.leave(occupant, codes=(GONE,))
 
     def vanish(self, room: Room) -> None:
         if self.rooms.get(room.jid) is not room:
