@@ -88,7 +88,8 @@ def admin_query(service: MUCService, room: Room, iq: domish.Element, query: domi
                 room.set_role(target, value, actor, reason)
         else:
             room.set_affiliation(str(target), value, actor, reason)
-    service.keep(room)
+    if any(kind == "affiliation" for kind, *_ in changes):
+        service.keep(room)  # roles last one visit: nothing of them is stored
     return None
 
 
