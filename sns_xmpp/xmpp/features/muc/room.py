@@ -170,25 +170,29 @@ class Room:
         return presence
 
     def broadcast_presence(self, occupant: Occupant, kind: str | None = None, *, codes: tuple[str, ...] = (),
-                           own_codes: tuple[str, ...] = (), **extra: object) -> None:
+                           own_codes: tuple[str, ...] = (), new_nick: str | None = None, reason: str = "",
+                           actor: str | None = None, status: list[domish.Element | str] | None = None) -> None:
         """*occupant*'s presence to every occupant, itself last (section 7.2.3: the new occupant
-        gets the others' presence first, then its own, with status 110)."""
+        gets the others' presence first, then its own, with status 110). Those who may see real
+        JIDs (7.2.4, 7.2.5) share one copy, the others another: two serialisations at most."""
         anonymous: Prepared | None = None
         revealing: Prepared | None = None
         send = self.host.outbox.send
+
+        def made(with_jid: bool, codes: tuple[str, ...]) -> Prepared:
+            return Prepared(self.presence_of(occupant, kind, with_jid=with_jid, codes=codes, new_nick=new_nick,
+                                             reason=reason, actor=actor, status=status))
+
         for other in self.occupants.values():
             if other is occupant:
                 continue
             if self.sees_jids(other):
-                if revealing is None:
-                    revealing = Prepared(self.presence_of(occupant, kind, with_jid=True, codes=codes, **extra))  # type: ignore[arg-type]
+                revealing = revealing or made(True, codes)
                 send(revealing, other.real)
             else:
-                if anonymous is None:
-                    anonymous = Prepared(self.presence_of(occupant, kind, with_jid=False, codes=codes, **extra))  # type: ignore[arg-type]
+                anonymous = anonymous or made(False, codes)
                 send(anonymous, other.real)
-        own = self.presence_of(occupant, kind, with_jid=True, codes=(*codes, SELF, *own_codes), **extra)  # type: ignore[arg-type]
-        send(Prepared(own), occupant.real)
+        send(made(True, (*codes, SELF, *own_codes)), occupant.real)
 
     def enter(self, presence: domish.Element, sender: JID, nick: str, *, created: bool = False) -> None:
         """Section 7.2: the checks of 7.2.6-7.2.11, in the XEP's order of precedence, then the
