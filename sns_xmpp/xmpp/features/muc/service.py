@@ -192,6 +192,11 @@ class MUCService:
         except StanzaError as refused:
             if may_bounce(stanza):
                 self.outbox.route(refused.toResponse(stanza))
+        except Exception:
+            # A bug here must not reach the sender's stream (the router called us on its path).
+            log.failure("muc.stanza_failed kind={kind}", kind=stanza.name)
+            if may_bounce(stanza):
+                self.outbox.route(error_reply(stanza, "internal-server-error"))
 
     # -- presence --------------------------------------------------------------------------------
 
