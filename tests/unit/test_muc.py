@@ -376,6 +376,10 @@ def test_disco_finds_the_service_its_public_rooms_and_what_a_room_is() -> None:
     fields = {f.get("var"): f.findtext("{jabber:x:data}value") for f in query.iter("{jabber:x:data}field")}
     assert fields["FORM_TYPE"] == MUC + "#roominfo" and fields["muc#roominfo_occupants"] == "1"
     assert fields["muc#roomconfig_roomname"] == "The Room"
+    configure(alice, {"muc#roomconfig_publicroom": "0"})
+    alice.send("<iq type='get' id='d6' to='conference.localhost'>"
+               "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    assert "<item " not in alice.text()  # hidden (muc_hidden): not listed
     alice.send("<iq type='get' id='d5' to='nowhere@conference.localhost'>"
                "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
     assert condition(alice.read()[0]) == "cancel/item-not-found"
