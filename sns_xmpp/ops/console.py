@@ -187,6 +187,16 @@ def namespace(server: Server) -> dict[str, Any]:
         found = muc.rooms.get(parse_jid(room).userhost())
         return muc.describe_room(found) if found is not None else None
 
+    def destroy_room(room: str, reason: str = "closed by an operator") -> bool:
+        """End a chat room now (XEP-0045 section 10.9: its occupants are told, with *reason*),
+        persistent or not, with its stored configuration, affiliations and archive."""
+        muc = muc_service(server.features.services) if server.features is not None else None
+        found = muc.rooms.get(parse_jid(room).userhost()) if muc is not None else None
+        if muc is None or found is None:
+            return False
+        muc.destroy(found, reason)
+        return True
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -213,6 +223,7 @@ def namespace(server: Server) -> dict[str, Any]:
         "stats": stats,
         "uploads": uploads,
         "rooms": rooms,
+        "destroy_room": destroy_room,
     }
 
 

@@ -13,7 +13,8 @@ from tests.unit.test_muc import ROOM, configure, join, world
 
 def test_the_console_lists_rooms_and_shows_one_and_metrics_count_them() -> None:
     """rooms(): every room with its occupants and whether it is persistent; rooms(jid): who is in
-    it with which role, and its affiliations. /metrics: sns_xmpp_muc_rooms and _occupants."""
+    it with which role, and its affiliations. /metrics: sns_xmpp_muc_rooms and _occupants.
+    destroy_room(jid, reason): the occupants are told (section 10.9) and the stored room goes."""
     w = world()
     alice, bob = w.log_in("alice@localhost"), w.log_in("bob@localhost")
     join(alice, nick="Alice")
@@ -32,3 +33,12 @@ def test_the_console_lists_rooms_and_shows_one_and_metrics_count_them() -> None:
     lines = [line for line in generate_latest(w.sessions.metrics.registry).decode().splitlines()
              if line.startswith("sns_xmpp_muc_")]
     assert lines == ["sns_xmpp_muc_rooms 2.0", "sns_xmpp_muc_occupants 3.0"]
+
+    bob.read()
+    assert namespace(server)["destroy_room"](ROOM, "spam") is True  # type: ignore[arg-type]
+    [gone] = [p for p in bob.read() if p.get("from") == f"{ROOM}/Bob"]
+    destroyed = gone.find("{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}destroy")
+    assert gone.get("type") == "unavailable" and destroyed is not None
+    assert destroyed.findtext("{http://jabber.org/protocol/muc#user}reason") == "spam"
+    assert ROOM not in w.muc.rooms and w.store.database.query("SELECT COUNT(*) FROM muc_rooms") == [(0,)]
+    assert namespace(server)["destroy_room"](ROOM) is False  # type: ignore[arg-type]

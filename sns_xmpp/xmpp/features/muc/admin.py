@@ -184,16 +184,14 @@ def owner_query(service: MUCService, room: Room, iq: domish.Element, query: domi
         return answer
     destroy = first(query, NS_OWNER, "destroy")
     if destroy is not None:  # 10.9
-        room.destroyed(text_of(first(destroy, NS_OWNER, "reason")), destroy.getAttribute("jid"))
-        service.vanish(room)
+        service.destroy(room, text_of(first(destroy, NS_OWNER, "reason")), destroy.getAttribute("jid"))
         return None
     form = first(query, NS_DATA, "x")
     if form is None:
         raise refusal("bad-request", "a form or <destroy/>")
     if form.getAttribute("type") == "cancel":
         if room.locked:  # 10.1.3: the owner gave up on a new room
-            room.destroyed("", None)
-            service.vanish(room)
+            service.destroy(room, "")
         return None
     if form.getAttribute("type") != "submit":
         raise refusal("bad-request", "a submitted form")

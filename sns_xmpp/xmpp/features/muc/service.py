@@ -153,6 +153,12 @@ class MUCService:
             if room is not None and occupant is not None:
                 room.leave(occupant, codes=(GONE,))
 
+    def destroy(self, room: Room, reason: str, alternative: str | None = None) -> None:
+        """Section 10.9: the occupants hear the room is gone, and it is, stored rows and all."""
+        room.destroyed(reason, alternative)
+        self.vanish(room)
+        log.info("muc.room_destroyed room={room}", room=room.jid)
+
     def vanish(self, room: Room) -> None:
         if self.rooms.get(room.jid) is not room:
             return
