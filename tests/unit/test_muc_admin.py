@@ -243,6 +243,9 @@ def test_limits_on_rooms_per_user_and_occupants_per_room() -> None:
     admin_set(alice, "<item affiliation='admin' jid='dave@localhost'/>", room="r1@conference.localhost")
     [refused] = join(dave, room="r1@conference.localhost", nick="Dave")
     assert condition(refused) == "wait/service-unavailable"
+    counted = w.sessions.metrics.limits_hit.labels("muc-occupants")._value.get()
+    rooms_counted = w.sessions.metrics.limits_hit.labels("muc-rooms-per-user")._value.get()
+    assert (counted, rooms_counted) == (1, 1)  # the service's limits, not the owner's
 
 
 def test_the_history_a_room_keeps_is_bounded_by_its_configuration() -> None:

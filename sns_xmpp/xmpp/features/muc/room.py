@@ -72,6 +72,9 @@ class Host(Protocol):
     def occupancy(self, room: Room, real: str, present: bool) -> None:
         """*real* (a full JID) entered *room* (or left it)."""
 
+    def limit_hit(self, name: str) -> None:
+        """A limit of [xmpp.muc] refused something (counted in /metrics)."""
+
 
 @dataclass(eq=False)
 class Occupant:
@@ -212,10 +215,12 @@ class Room:
             given = text_of(first(join, NS_MUC, "password")) if join is not None else ""
             if not hmac.compare_digest(given.encode(), self.config.password.encode()):
                 raise StanzaError("not-authorized", "auth", "a password is required")  # 7.2.6
-        limit = min(self.config.max_users or self.host.max_occupants, self.host.max_occupants)
-        if len(self.occupants) >= self.host.max_occupants or (
-                len(self.occupants) >= limit and affiliation not in ("owner", "admin")):
+        if len(self.occupants) >= self.host.max_occupants:
+            self.host.limit_hit("muc-occupants")
             raise StanzaError("service-unavailable", "wait", "the room is full")  # 7.2.10
+        if len(self.occupants) >= (self.config.max_users or self.host.max_occupants) and \
+                affiliation not in ("owner", "admin"):
+            raise StanzaError("service-unavailable", "wait", "the room is full")  # its owner's limit
         occupant = Occupant(nick, Recipient(sender), bare, affiliation, self.default_role(affiliation),
                             self.occupant_id(bare), own_children(presence))
         for other in self.occupants.values():  # 7.2.3: the others first

@@ -144,6 +144,9 @@ class MUCService:
             if not rooms:
                 del self.occupancies[real]
 
+    def limit_hit(self, name: str) -> None:
+        self.sessions.metrics.limit(name)
+
     def unbound(self, session: ClientSession, replaced: bool) -> None:
         """A session that ended is out of its rooms (after the presence feature's unavailable
         presence, which usually has done it: section 7.14's leaving)."""
