@@ -85,8 +85,6 @@ ROWS: dict[tuple[str, str], Check] = {
 
 # Rows another issue brings, by issue number (`issues show N`).
 MISSING = {
-    ("im", "Group Chat (XEP-0045, XEP-0249)"): 17,
-    ("im", "File Upload (XEP-0363)"): 17,
     ("mobile", "Third Party Push Notifications (XEP-0357)"): 18,
 }
 
