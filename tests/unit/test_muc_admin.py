@@ -257,3 +257,29 @@ def test_the_history_a_room_keeps_is_bounded_by_its_configuration() -> None:
     for n in range(4):
         alice.send(f"<message to='{ROOM}' type='groupchat'><body>m{n}</body></message>")
     assert len(w.muc.rooms[ROOM].history) == 2
+
+
+def test_who_may_invite_to_a_members_only_room() -> None:
+    """7.8.2: someone not in the room may not invite (not-acceptable); in a members-only room a
+    participant may not (forbidden) unless the owner allows invitations
+    (muc#roomconfig_allowinvites), and then the invitee becomes a member too."""
+    w = world()
+    alice, bob, carol = w.log_in("alice@localhost"), w.log_in("bob@localhost"), w.log_in("carol@localhost")
+    dave = w.log_in("dave@localhost")
+    join(alice, nick="Alice")
+    configure(alice, {"muc#roomconfig_membersonly": "1"})
+    admin_set(alice, "<item affiliation='member' jid='bob@localhost'/>")
+    join(bob, nick="Bob")
+    alice.read()
+    invite = f"<message to='{ROOM}'><x xmlns='{USER}'><invite to='dave@localhost'/></x></message>"
+    carol.send(invite)
+    assert condition(carol.read()[0]) == "modify/not-acceptable"
+    bob.send(invite)
+    assert condition(bob.read()[0]) == "auth/forbidden" and dave.read() == []
+    configure(alice, {"muc#roomconfig_allowinvites": "1"})
+    bob.read()
+    bob.send(invite)
+    [invitation] = dave.read()
+    assert invitation.find(f"{{{USER}}}x/{{{USER}}}invite").get("from") == "bob@localhost/r"  # type: ignore[union-attr]
+    assert w.muc.rooms[ROOM].affiliation("dave@localhost") == "member"
+    assert "110" in codes(join(dave, nick="Dave")[-2])
