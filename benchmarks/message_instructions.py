@@ -24,7 +24,7 @@ from benchmarks.callgrind import collect, instructions
 WARM_UP = 2000
 
 
-def run(messages: int, features_off: tuple[str, ...] = ()) -> float:
+def run(messages: int, features_off: tuple[str, ...] = (), bare: bool = False) -> float:
     """CPU seconds per message over *messages* routed messages, the features *features_off* left
     out (what a feature costs per message: the difference)."""
     from twisted.internet.address import IPv4Address
@@ -58,7 +58,7 @@ def run(messages: int, features_off: tuple[str, ...] = ()) -> float:
 
         sender, _ = log_in("alice", b"phone")
         recipient, received = log_in("bob", b"laptop")
-        to = recipient.otherEntity.full().encode()  # type: ignore[attr-defined]
+        to = (recipient.otherEntity.userhost() if bare else recipient.otherEntity.full()).encode()  # type: ignore[attr-defined]
         message = (b"<message to='%s' type='chat' id='m%%d'><body>hello there, how are you doing today?</body>"
                    b"</message>" % to)
         for n in range(WARM_UP):
@@ -87,14 +87,17 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--features-off", default="", metavar="LIST",
                         help="feature modules to leave out, comma-separated (e.g. mam,carbons)")
+    parser.add_argument("--bare", action="store_true",
+                        help="address the messages to the bare JID, as scripts/bench's clients do")
     args = parser.parse_args()
     off = tuple(name for name in args.features_off.split(",") if name)
     if not args.callgrind:
-        seconds = run(args.messages, off)
+        seconds = run(args.messages, off, args.bare)
         print(f"{1e6 * seconds:.2f} us CPU per message over {args.messages} messages (in process)")
         return
     total = instructions("benchmarks.message_instructions",
-                         ["--messages", str(args.messages), "--features-off", ",".join(off)])
+                         ["--messages", str(args.messages), "--features-off", ",".join(off)]
+                         + (["--bare"] if args.bare else []))
     print(f"{total // args.messages} instructions per message over {args.messages} messages (in process, callgrind)")
 
 
