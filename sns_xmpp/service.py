@@ -257,7 +257,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
                     web_site(root, reactor, HTTPLimits(
                         header_timeout=config.http.header_timeout, body_timeout=config.http.body_timeout,
-                        max_connections_per_ip=config.http.max_connections_per_ip))).setServiceParent(top)
+                        max_connections_per_ip=config.http.max_connections_per_ip,
+                        body_limits=features.http_body_limits))).setServiceParent(top)
 
     c2s = config.xmpp.c2s
     settings = C2SSettings(

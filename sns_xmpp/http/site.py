@@ -5,7 +5,11 @@ Twisted's own idle timeout restarts with every byte, so a client that trickles i
 headers (slowloris) holds a socket for ever. Here a request's headers must be complete
 within ``header_timeout`` seconds of its first byte (or of the connection's opening),
 and its body within ``body_timeout`` seconds of its headers; a connection that misses
-a deadline is closed. One address may hold ``max_connections_per_ip`` connections at
+a deadline is closed. A request body may be ``max_body_bytes`` long, or what ``body_limits`` gives
+for the first segment of its path (HTTP upload's files): a longer Content-Length is answered 413
+as soon as the headers are in, and a chunked body that grows past the limit is cut off there, so
+that nothing larger is ever read (twisted.web would read any body whole, into a temporary file,
+before a resource saw it). One address may hold ``max_connections_per_ip`` connections at
 once; more are closed as soon as they are accepted, so that a flood of them costs no
 descriptor (an answer would hold each one until it was written). The channel is Twisted's HTTP/1.1
 ``HTTPChannel`` (this listener is plain HTTP: no ALPN, so no HTTP/2 to negotiate).
@@ -13,7 +17,8 @@ descriptor (an answer would hold each one until it was written). The channel is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -33,6 +38,13 @@ class HTTPLimits:
     body_timeout: float = 30
     idle_timeout: float = 60  # between requests on a kept-alive connection (Twisted's default)
     max_connections_per_ip: int = 512
+    max_body_bytes: int = 1 << 20  # forms, logout tokens: a few kilobytes
+    body_limits: Mapping[bytes, int] = field(default_factory=dict)  # by the path's first segment
+
+    def body_limit(self, path: bytes) -> int:
+        """The longest body a request for *path* may have."""
+        segment = path.split(b"?", 1)[0].lstrip(b"/").split(b"/", 1)[0]
+        return self.body_limits.get(segment, self.max_body_bytes)
 
 
 class PrivateRequest(server.Request):
@@ -42,6 +54,12 @@ class PrivateRequest(server.Request):
     def process(self) -> None:
         self.setHeader(b"referrer-policy", b"no-referrer")
         super().process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if isinstance(channel, GuardedChannel) and not channel.body_within_limit(len(data)):
+            return
+        super().handleContentChunk(data)
 
 
 def _host(address: IAddress | None) -> str:
@@ -61,13 +79,43 @@ class GuardedChannel(http.HTTPChannel):
         self._arm("headers", self.site.limits.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._phase == "refused":
+            return
         if self._phase == "idle" and data:
             self._arm("headers", self.site.limits.header_timeout)
         super().dataReceived(data)
 
+    _body_left = 0  # bytes the current request's body may still have
+
     def allHeadersReceived(self) -> None:
+        self._body_left = self.site.limits.body_limit(self._path)
+        if self.length is not None and self.length > self._body_left:
+            self._too_large()  # before Twisted would answer "Expect: 100-continue"
+            return
         self._arm("body", self.site.limits.body_timeout)
         super().allHeadersReceived()
+
+    def body_within_limit(self, size: int) -> bool:
+        """Count *size* more bytes of the request's body; past the limit, answer 413 and close."""
+        self._body_left -= size
+        if self._body_left < 0:
+            self._too_large()
+            return False
+        return True
+
+    def _too_large(self) -> None:
+        if self._phase == "refused":
+            return
+        log.info("http.body_too_large peer={peer} limit={limit}", peer=self.counted_host,
+                 limit=self.site.limits.body_limit(self._path))
+        self._disarm("refused")  # what else arrives before the close is dropped unread
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            self.transport.loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._phase != "refused":
+            super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         self._disarm("answering")

@@ -130,3 +130,36 @@ def test_answers_equal_stock_twisted_and_the_hooks_it_overrides_are_still_called
     assert ours.headers.pop("referrer-policy") == ["no-referrer"]
     ours.headers.pop("date"), stock.headers.pop("date")  # the wall clock's second may differ
     assert (ours.code, ours.headers, ours.body) == (stock.code, stock.headers, stock.body)
+
+
+def test_a_body_over_its_paths_limit_is_refused_before_it_is_read() -> None:
+    """A declared Content-Length over the limit is answered 413 as soon as the headers are in (no
+    100 Continue first); a chunked body is cut off where it passes the limit, with nothing handed
+    to the resource; the upload path's own, larger limit lets its body through; and requests
+    within the limit, on other connections, are answered as usual."""
+    clock = task.Clock()
+    limits = HTTPLimits(max_body_bytes=100, body_limits={b"upload": 1000})
+    site = make_site(clock, limits)
+
+    declared = Connection(site, ATTACKER)
+    declared.send(b"POST /login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\n"
+                  + b"b" * 101)  # what came with the headers is dropped unread
+    answer = declared.transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer and b"got" not in answer
+    assert declared.closed
+
+    chunked = Connection(site, ATTACKER)
+    chunked.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        chunked.send(b"40\r\n" + b"c" * 0x40 + b"\r\n")
+    chunked.send(b"0\r\n\r\n")
+    answer = chunked.transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"got" not in answer
+    assert chunked.closed
+
+    upload = Connection(site, HONEST)
+    upload.send(b"POST /upload/slot/file HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + b"u" * 500)
+    assert parse_response(upload.transport.value()).body == b"got " + b"u" * 500
+    small = Connection(site, HONEST)
+    small.send(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"s" * 100)
+    assert parse_response(small.transport.value()).body == b"got " + b"s" * 100

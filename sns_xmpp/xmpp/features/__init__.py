@@ -72,6 +72,7 @@ class FeatureRegistry:
     # HTTP resources features serve on the HTTP listener, by their first path segment; the
     # service mounts them beside the login pages (XEP-0363's upload URLs).
     http_resources: dict[bytes, Any] = field(default_factory=dict)
+    http_body_limits: dict[bytes, int] = field(default_factory=dict)  # their longest request bodies
 
     @property
     def hooks(self) -> Hooks:
@@ -158,9 +159,12 @@ class FeatureRegistry:
                 _claim(self.router.routes, service_domain, LocalRoute(deliver))
         return made
 
-    def http_resource(self, segment: bytes, resource: Any) -> None:
-        """Serve *resource* (a twisted.web IResource) at ``/<segment>`` on the HTTP listener."""
+    def http_resource(self, segment: bytes, resource: Any, max_body_bytes: int | None = None) -> None:
+        """Serve *resource* (a twisted.web IResource) at ``/<segment>`` on the HTTP listener; its
+        requests' bodies may be *max_body_bytes* long instead of the listener's usual limit."""
         _claim(self.http_resources, segment, resource)
+        if max_body_bytes is not None:
+            self.http_body_limits[segment] = max_body_bytes
 
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""

@@ -251,7 +251,8 @@ def install(registry: FeatureRegistry) -> None:
     service = UploadService(registry.sessions, route, settings, key)
     registry.service_domains("upload", service.deliver)
     registry.http_resource(b"upload", UploadResource(registry.sessions.store, registry.clock, folder, key,
-                                                     registry.sessions.metrics, settings.file_lifetime_days))
+                                                     registry.sessions.metrics, settings.file_lifetime_days),
+                           max_body_bytes=settings.max_file_bytes)  # a larger body: 413 before it is read
     registry.services["http-upload"] = service
     sweeper = Sweeper(registry.sessions.store, registry.clock, folder)
     loop = task.LoopingCall(sweeper.sweep)
