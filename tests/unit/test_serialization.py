@@ -105,7 +105,8 @@ def test_the_plain_writer_writes_what_the_full_serialiser_writes(stanzas: list[f
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(fs.stanza(), min_size=1, max_size=2), st.data())
-def test_a_remembered_serialisation_is_reused_only_as_written_again(stanzas: list[fs.Node], data: st.DataObject) -> None:
+def test_a_remembered_serialisation_is_reused_only_as_written_again(stanzas: list[fs.Node],
+                                                                   data: st.DataObject) -> None:
     """MAM serialises a message with *remember*; the stream then writes it again after the message
     path changed it the ways it does (readdressed, a stanza-id or delay appended, children
     filtered or replaced) or not at all: each time, the same bytes as a fresh serialisation."""
