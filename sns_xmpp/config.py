@@ -267,6 +267,22 @@ class MUCConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    include_body: bool = _setting(
+        False, boolean, "put the message's body in push notifications (XEP-0357: it passes the app server and "
+        "the phone maker's push service)"
+    )
+    include_sender: bool = _setting(False, boolean, "put the sender's JID in push notifications (as above)")
+    max_registrations: int = _setting(
+        10, integer(1, 1000), "app server registrations (JID and node) one account may have (XEP-0357)"
+    )
+    min_interval_ms: int = _setting(
+        1000, integer(0, 3_600_000), "shortest time between two notifications to one device; what arrives "
+        "meanwhile goes in the next one"
+    )
+
+
+@dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
@@ -277,6 +293,7 @@ class XMPPConfig:
     muc: MUCConfig = field(default_factory=MUCConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
 
 @dataclass(frozen=True)

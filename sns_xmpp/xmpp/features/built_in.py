@@ -28,6 +28,7 @@ from sns_xmpp.xmpp.features import (
     ping,
     presence,
     private_storage,
+    push,
     roster,
     social_sites,
     stream_management,
@@ -60,6 +61,7 @@ BUILT_IN: tuple[IFeature, ...] = (
     vcard.FEATURE,  # XEP-0054, XEP-0153, XEP-0398
     muc.FEATURE,  # XEP-0045, XEP-0410, XEP-0421 at conference.<domain>
     http_upload.FEATURE,  # XEP-0363 at upload.<domain>, its files on the HTTP listener
+    push.FEATURE,  # XEP-0357: notifications to the app servers of the account's devices
 )
 
 
