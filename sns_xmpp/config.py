@@ -282,10 +282,65 @@ class PushConfig:
     )
 
 
+def _domain_names(value: Any) -> tuple[str, ...]:
+    domains = []
+    for item in names("domain names")(value):
+        try:
+            parsed = parse_jid(item)
+        except InvalidFormat:
+            raise ValueError(f"{item!r} is not a valid domain name") from None
+        if parsed.user is not None or parsed.resource is not None:
+            raise ValueError(f"{item!r} is not a bare domain name")
+        domains.append(parsed.host)
+    return tuple(domains)
+
+
+def _s2s_hosts(value: Any) -> tuple[tuple[str, str], ...]:
+    """[xmpp.s2s.hosts]: domain = "host[:port]" (checked again, fully, by s2s/resolve.py)."""
+    if not isinstance(value, dict):
+        raise ValueError('must be a table of domain = "host[:port]"')
+    pairs = []
+    for domain, target in value.items():
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"{domain!r}: must be a \"host\" or \"host:port\" string")
+        try:
+            parsed = parse_jid(domain)
+        except InvalidFormat:
+            raise ValueError(f"{domain!r} is not a valid domain name") from None
+        pairs.append((parsed.host, target.strip()))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class S2SConfig:
+    interface: str = _setting("127.0.0.1", _interface, "address for other servers' connections (RFC 6120 s2s)")
+    port: int = _setting(5269, integer(-1, 65535), "server-to-server port; 0 picks a free one, -1 turns s2s off")
+    require_encryption: bool = _setting(True, boolean, "STARTTLS before anything else, both ways")
+    require_valid_certificates: bool = _setting(
+        False, boolean, "only peers whose certificate verifies for their domain (SASL EXTERNAL); no dialback"
+    )
+    ca_file: str = _setting("", settings.text, "PEM file of trusted CAs for peers' certificates; empty: the system's")
+    max_streams_per_domain: int = _setting(8, integer(1, 10_000), "incoming streams one remote domain may hold")
+    max_queued_stanzas: int = _setting(
+        1000, integer(1, 1_000_000), "stanzas waiting for one remote domain's stream; more bounce"
+    )
+    max_stanza_bytes: int = _setting(262144, integer(1024, 16 * 1024 * 1024), "largest stanza from a peer")
+    idle_timeout: int = _setting(600, integer(10, 86400), "seconds of silence before a stream is closed")
+    connect_timeout: int = _setting(
+        25, integer(1, 29), "seconds to resolve, connect and authenticate before queued stanzas bounce"
+    )
+    auth_timeout: int = _setting(60, integer(5, 3600), "seconds an incoming stream has to authenticate")
+    deny: tuple[str, ...] = _setting((), _domain_names, "remote domains refused both ways")
+    hosts: tuple[tuple[str, str], ...] = _setting(
+        (), _s2s_hosts, 'where to reach a domain instead of DNS: domain = "host[:port]"'
+    )
+
+
 @dataclass(frozen=True)
 class XMPPConfig:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     components: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
+    s2s: S2SConfig = field(default_factory=S2SConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     pep: PEPConfig = field(default_factory=PEPConfig)
     vcard: VCardConfig = field(default_factory=VCardConfig)

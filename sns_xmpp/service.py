@@ -56,6 +56,7 @@ from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
 from sns_xmpp.xmpp.revocation import RevocationWatcher, end_sessions
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
+from sns_xmpp.xmpp.s2s.federation import Federation, make_federation
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint, NoDelayTCPServerEndpoint
@@ -156,6 +157,7 @@ class Server:
     top: service.MultiService
     reloader: SiteReloader | None
     features: FeatureRegistry | None = None  # what the installed features offer (the console's rooms())
+    federation: Federation | None = None  # the server-to-server links, when [xmpp.s2s] port is not -1
 
     def listener(self, name: str) -> ListenerService:
         named: ListenerService = self.top.getServiceNamed(name)
@@ -299,8 +301,20 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                             components.max_stanza_bytes, components.handshake_timeout,
                             components.max_unauthenticated_per_ip))).setServiceParent(top)
 
+    s2s = config.xmpp.s2s
+    federation = None
+    if s2s.port >= 0:
+        # Per install, made on first start: the secret behind this server's dialback keys (XEP-0185).
+        dialback_secret = ensure_secret(config.data_dir / "dialback.key")
+        federation = make_federation(router, reactor, s2s, certificate, key, dialback_secret, config.base_dir)
+        federation.setServiceParent(top)
+        router.remote = federation
+        metrics.watch_s2s(federation.stream_states)
+        ListenerService("s2s", _tcp_endpoint(reactor, s2s.interface, s2s.port),
+                        federation.listener_factory()).setServiceParent(top)
+
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
-    server = Server(config, store, router, sessions, sites, top, reloader, features)
+    server = Server(config, store, router, sessions, sites, top, reloader, features, federation)
     if config.manhole.enabled:
         console = config.manhole
         ssh = console_factory(namespace(server), config.data_dir, console.user,

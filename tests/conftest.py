@@ -33,6 +33,9 @@ data_dir = "{data}"
 port = 0
 direct_tls_port = 0
 
+[xmpp.s2s]
+port = 0
+
 [http]
 port = {http_port}
 public_url = "http://127.0.0.1:{http_port}"

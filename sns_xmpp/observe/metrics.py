@@ -81,11 +81,32 @@ class Metrics:
         held in memory, read at each scrape from the two callables (the session manager's)."""
         self.registry.register(_SessionCollector(session_labels, rosters_cached))
 
+    def watch_s2s(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Report the server-to-server streams by (direction, state), read at each scrape."""
+        self.registry.register(_S2SCollector(states))
+
     def watch_rooms(self, rooms: Callable[[], int], occupants: Callable[[], int]) -> None:
         """Report the chat rooms (XEP-0045) and their occupants, read at each scrape."""
         self.registry.register(_GaugesCollector((
             ("sns_xmpp_muc_rooms", "Chat rooms of the conference service", rooms),
             ("sns_xmpp_muc_occupants", "Occupants of all chat rooms", occupants))))
+
+
+class _S2SCollector:
+    """``sns_xmpp_s2s_streams`` by direction (in, out) and state, read at each scrape."""
+
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sns_xmpp_s2s_streams", "Server-to-server streams by direction and state",
+                                   labels=["direction", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for key in self.states():
+            counts[key] = counts.get(key, 0) + 1
+        for (direction, state), count in sorted(counts.items()):
+            family.add_metric([direction, state], count)
+        yield family
 
 
 class _StanzaCollector:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sns_xmpp.sites.registry import SiteRegistry
     from sns_xmpp.store.threaded import ThreadedStore
     from sns_xmpp.xmpp.features import FeatureRegistry
+    from sns_xmpp.xmpp.s2s.federation import Federation
     from sns_xmpp.xmpp.sessions import SessionManager
 
 
@@ -47,6 +48,9 @@ class Server(Protocol):
 
     @property
     def features(self) -> FeatureRegistry | None: ...
+
+    @property
+    def federation(self) -> Federation | None: ...
 
 
 def _when(seconds: float) -> str:
@@ -197,6 +201,14 @@ def namespace(server: Server) -> dict[str, Any]:
         muc.destroy(found, reason)
         return True
 
+    def s2s(domain: str | None = None) -> Any:
+        """The server-to-server links: per remote domain, its outgoing streams (state, how they
+        authenticated, stanzas queued and sent) and incoming ones; with a domain, that one."""
+        if server.federation is None:
+            return "server-to-server is off ([xmpp.s2s] port = -1)"
+        view = server.federation.domains()
+        return view.get(domain.lower()) if domain is not None else view
+
     def stats() -> dict[str, Any]:
         """Counts of what is live now."""
         every = sessions.all_sessions()
@@ -224,6 +236,7 @@ def namespace(server: Server) -> dict[str, Any]:
         "uploads": uploads,
         "rooms": rooms,
         "destroy_room": destroy_room,
+        "s2s": s2s,
     }
 
 

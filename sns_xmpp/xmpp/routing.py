@@ -1,8 +1,14 @@
-"""Routing between the local domains and external components, on wokkel's Router."""
+"""Routing between the local domains, external components and remote servers, on wokkel's Router.
+
+A domain with a route of its own (hosted, a service of one, a connected component) is looked up
+first, as before; only a stanza for none of them goes on to `remote`, the server-to-server
+links (s2s/federation.py), when they are on.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.words.xish import domish, utility
@@ -14,6 +20,10 @@ from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.xmpp.stanzas import error_reply, may_bounce
 
 log = GatedLogger()
+
+
+class RemoteRoute(Protocol):
+    def send(self, stanza: domish.Element) -> None: ...
 
 
 class StanzaRouter(Router):
@@ -29,6 +39,8 @@ class StanzaRouter(Router):
         # Configured component domains: while one is not connected, its
         # stanzas bounce with service-unavailable, not remote-server-not-found.
         self.component_domains: set[str] = set()
+        # The route for every other domain: the server-to-server links, when they are on.
+        self.remote: RemoteRoute | None = None
 
     def route(self, stanza: domish.Element) -> Deferred[None] | None:
         """Send *stanza* towards its domain; a Deferred when a local delivery finishes later."""
@@ -40,14 +52,16 @@ class StanzaRouter(Router):
         destination = self.routes.get(host) if host else None
         if destination is None:
             destination = self.routes.get(None)
-        if destination is None:
-            self._unroutable(stanza, host)
-            return None
+            if destination is None:
+                if self.remote is None or host is None or host in self.component_domains:
+                    self._unroutable(stanza, host)
+                    return None
+                destination = self.remote
         sent: Deferred[None] | None = destination.send(stanza)  # a component's route: None
         return sent
 
     def _unroutable(self, stanza: domish.Element, host: str | None) -> None:
-        # No server-to-server links: a domain that is not ours is unreachable.
+        # No server-to-server links (or no domain, or an absent component): unreachable.
         log.debug("route.unroutable to={to}", to=stanza.getAttribute("to"))
         if may_bounce(stanza) and stanza.getAttribute("from"):
             absent_component = host in self.component_domains

@@ -1,0 +1,258 @@
+"""Two sns-xmpp daemons federated on loopback (RFC 6120 s2s, XEP-0220 dialback over TLS), driven
+by slixmpp clients: a.test on 127.0.0.1, b.test on 127.0.0.2, each told where the other is
+through [xmpp.s2s.hosts] (no DNS)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from sns_xmpp.config import parse_config
+from tests.conftest import DEMO_SITE, free_port
+from tests.e2e.test_social_login import demo_credentials
+from tests.xmppclient import Client, wait
+
+A_ADDRESS, B_ADDRESS = "127.0.0.1", "127.0.0.2"
+
+
+def free_port_on(address: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def federated_config(tmp_path: Path, domain: str, address: str, port: int, hosts: dict[str, str],
+                     extra: str = "") -> Any:
+    http_port = free_port()
+    hosts_table = "\n".join(f'"{name}" = "{target}"' for name, target in hosts.items())
+    text = textwrap.dedent(f"""
+        [server]
+        domains = ["{domain}"]
+        data_dir = "{tmp_path / domain}"
+
+        [xmpp.c2s]
+        port = 0
+        direct_tls_port = -1
+
+        [xmpp.s2s]
+        interface = "{address}"
+        port = {port}
+        {extra}
+
+        [xmpp.s2s.hosts]
+        {hosts_table}
+
+        [http]
+        port = {http_port}
+        public_url = "http://127.0.0.1:{http_port}"
+        """)
+    return parse_config(text + textwrap.dedent(DEMO_SITE))
+
+
+async def two_servers(start_server: Any, tmp_path: Path, extra_a: str = "", more_hosts: dict[str, str] | None = None
+                      ) -> tuple[Any, Any]:
+    port_a, port_b = free_port_on(A_ADDRESS), free_port_on(B_ADDRESS)
+    a = await start_server(federated_config(tmp_path, "a.test", A_ADDRESS, port_a,
+                                            {"b.test": f"{B_ADDRESS}:{port_b}", **(more_hosts or {})}, extra_a))
+    b = await start_server(federated_config(tmp_path, "b.test", B_ADDRESS, port_b,
+                                            {"a.test": f"{A_ADDRESS}:{port_a}"}))
+    return a, b
+
+
+async def presence_from(client: Client, bare: str) -> None:
+    while True:
+        presence = await client.presences.get()
+        if presence["from"].bare == bare and presence["type"] != "unavailable":
+            return
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_social_user_and_a_remote_user_subscribe_and_chat_across_two_servers(start_server, tmp_path) -> None:
+    """A social user of a.test (the demo site) and a local user of b.test: mutual subscription,
+    presence both ways, messages both ways with non-ASCII text, all over s2s; each direction
+    authenticated with dialback over TLS (self-signed certificates), as the console shows."""
+    a, b = await two_servers(start_server, tmp_path)
+    credentials = await demo_credentials(a, "rosa")
+    assert credentials["jid"].endswith("@a.test")
+    await b.add_user("bob@b.test", "secret")
+    rosa = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
+    await wait(rosa.log_in(a.c2s_port))
+    bob = Client("bob@b.test", "secret")
+    await wait(bob.log_in(b.c2s_port))
+    rosa_bare = rosa.boundjid.bare
+
+    rosa.send_presence(pto="bob@b.test", ptype="subscribe")
+    request = await wait(bob.subscription_requests.get())
+    assert request["from"].bare == rosa_bare
+    bob.send_presence(pto=rosa_bare, ptype="subscribed")
+    bob.send_presence(pto=rosa_bare, ptype="subscribe")
+    request = await wait(rosa.subscription_requests.get())
+    assert request["from"].bare == "bob@b.test"
+    rosa.send_presence(pto="bob@b.test", ptype="subscribed")
+    await wait(presence_from(rosa, "bob@b.test"))
+    await wait(presence_from(bob, rosa_bare))
+    assert rosa.client_roster["bob@b.test"]["subscription"] == "both"
+
+    rosa.send_message(mto="bob@b.test", mbody="Grüße aus a.test ✓", mtype="chat")
+    received = await wait(bob.next_message())
+    assert (received["body"], received["from"].full) == ("Grüße aus a.test ✓", rosa.boundjid.full)
+    bob.send_message(mto=received["from"], mbody="こんにちは", mtype="chat")
+    received = await wait(rosa.next_message())
+    assert (received["body"], received["from"].bare) == ("こんにちは", "bob@b.test")
+
+    out_of_a = a.server.federation.domains()["b.test"]["out"]
+    assert [(link["state"], link["method"]) for link in out_of_a] == [("authenticated", "tls+dialback")]
+    into_a = a.server.federation.domains()["b.test"]["in"]
+    assert [(stream["state"], stream["method"]) for stream in into_a] == [("authenticated", "tls+dialback")]
+    for client in (rosa, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sasl_external_when_each_server_trusts_the_others_certificate(start_server, tmp_path) -> None:
+    """With a.test's trust store holding b.test's self-signed certificate and b.test's holding
+    a.test's (a private federation's ca_file), both directions use SASL EXTERNAL (XEP-0178)."""
+    port_a, port_b = free_port_on(A_ADDRESS), free_port_on(B_ADDRESS)
+    config_a = federated_config(tmp_path, "a.test", A_ADDRESS, port_a, {"b.test": f"{B_ADDRESS}:{port_b}"})
+    config_b = federated_config(tmp_path, "b.test", B_ADDRESS, port_b, {"a.test": f"{A_ADDRESS}:{port_a}"})
+    from twisted.internet import reactor
+
+    from sns_xmpp.service import build_server
+    build_server(config_a, reactor)  # makes a.test's certificate in its data folder
+    build_server(config_b, reactor)
+    cert_a, cert_b = tmp_path / "a.test" / "tls" / "self-signed.crt", tmp_path / "b.test" / "tls" / "self-signed.crt"
+    a = await start_server(federated_config(tmp_path, "a.test", A_ADDRESS, port_a, {"b.test": f"{B_ADDRESS}:{port_b}"},
+                                            f'ca_file = "{cert_b}"'))
+    b = await start_server(federated_config(tmp_path, "b.test", B_ADDRESS, port_b, {"a.test": f"{A_ADDRESS}:{port_a}"},
+                                            f'ca_file = "{cert_a}"'))
+    await a.add_user("alice@a.test", "secret")
+    await b.add_user("bob@b.test", "secret")
+    alice, bob = Client("alice@a.test", "secret"), Client("bob@b.test", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(bob.log_in(b.c2s_port))
+    alice.send_message(mto="bob@b.test", mbody="over EXTERNAL", mtype="chat")
+    assert (await wait(bob.next_message()))["body"] == "over EXTERNAL"
+    bob.send_message(mto="alice@a.test", mbody="and back", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "and back"
+    assert [link["method"] for link in a.server.federation.domains()["b.test"]["out"]] == ["tls+external"]
+    assert [link["method"] for link in b.server.federation.domains()["a.test"]["out"]] == ["tls+external"]
+    for client in (alice, bob):
+        await wait(client.log_out())
+
+
+class RoguePeer:
+    """A raw TLS peer speaking s2s to a.test's listener as if it were b.test, with a key it made up."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.received = ""
+
+    async def read_until(self, marker: str) -> str:
+        assert self.reader is not None
+        while marker not in self.received:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                break
+            self.received += chunk.decode()
+        return self.received
+
+    async def run(self) -> str:
+        header = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                  "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
+        self.reader, self.writer = await asyncio.open_connection(A_ADDRESS, self.port)
+        self.writer.write(header.encode())
+        await self.read_until("</stream:features>")
+        self.writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await self.read_until("<proceed")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        await self.writer.start_tls(context, server_hostname="a.test")
+        self.received = ""
+        self.writer.write(header.encode())
+        await self.read_until("</stream:features>")
+        # A stanza before any verdict, then a made-up key, then stanzas regardless.
+        self.writer.write(b"<db:result from='b.test' to='a.test'>" + b"0" * 64 + b"</db:result>"
+                          b"<message from='mallory@b.test' to='alice@a.test' type='chat'><body>spoof</body></message>")
+        return await self.read_until("</stream:stream>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rogue_peer_with_a_wrong_dialback_key_is_refused_and_none_of_its_stanzas_accepted(
+        start_server, tmp_path) -> None:
+    """Someone claims to be b.test towards a.test with a key b.test never issued: a.test asks
+    b.test's real server (db:verify), hears invalid, answers <db:result type='invalid'/> and ends
+    the stream; alice, online on a.test, receives nothing."""
+    a, b = await two_servers(start_server, tmp_path)
+    await a.add_user("alice@a.test", "secret")
+    alice = Client("alice@a.test", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    rogue = RoguePeer(a.server.listener("s2s").port_number)
+    answer = await wait(asyncio.ensure_future(rogue.run()))
+    # The stanza before the verdict ended the stream at once (not-authorized), unread.
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
+    assert "type='valid'" not in answer
+    assert alice.messages.empty()
+
+    # The key itself, alone: b.test says invalid, a.test refuses.
+    rogue2 = RoguePeer(a.server.listener("s2s").port_number)
+
+    async def key_only() -> str:
+        header = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                  "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
+        rogue2.reader, rogue2.writer = await asyncio.open_connection(A_ADDRESS, rogue2.port)
+        rogue2.writer.write(header.encode())
+        await rogue2.read_until("</stream:features>")
+        rogue2.writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await rogue2.read_until("<proceed")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        await rogue2.writer.start_tls(context, server_hostname="a.test")
+        rogue2.received = ""
+        rogue2.writer.write(header.encode())
+        await rogue2.read_until("</stream:features>")
+        rogue2.writer.write(b"<db:result from='b.test' to='a.test'>" + b"0" * 64 + b"</db:result>")
+        await rogue2.read_until("type='invalid'")
+        rogue2.writer.write(b"<message from='mallory@b.test' to='alice@a.test' type='chat'><body>spoof</body>"
+                            b"</message>")
+        return await rogue2.read_until("</stream:stream>")
+
+    answer = await wait(asyncio.ensure_future(key_only()))
+    assert "<db:result from='a.test' to='b.test' type='invalid'/>" in answer
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
+    await asyncio.sleep(0)  # nothing is awaited here: a delivery would already have happened
+    assert alice.messages.empty()
+    await wait(alice.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_domain_bounces_within_30_seconds_while_the_reactor_keeps_serving(
+        start_server, tmp_path) -> None:
+    """A message to a domain that resolves nowhere (DNS asked for real, with resolve.py's bounded
+    steps) comes back remote-server-not-found within 30 s, while local chat goes on meanwhile."""
+    a, b = await two_servers(start_server, tmp_path)
+    await a.add_user("alice@a.test", "secret")
+    await a.add_user("carol@a.test", "secret")
+    alice, carol = Client("alice@a.test", "secret"), Client("carol@a.test", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(carol.log_in(a.c2s_port))
+    started = time.monotonic()
+    alice.send_message(mto="someone@nowhere.invalid", mbody="hello?", mtype="chat")
+    alice.send_message(mto="carol@a.test", mbody="still here", mtype="chat")
+    assert (await wait(carol.next_message()))["body"] == "still here"
+    bounce = await wait(asyncio.wait_for(alice.messages.get(), 30), 31)
+    assert bounce["type"] == "error" and bounce["from"].bare == "someone@nowhere.invalid", bounce
+    assert bounce["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout")
+    assert time.monotonic() - started < 30
+    for client in (alice, carol):
+        await wait(client.log_out())
