@@ -38,9 +38,13 @@ def install(registry: FeatureRegistry) -> None:
         return query
 
     def items(iq: domish.Element) -> domish.Element:
+        """The services of the domain asked: its own (conference.<domain>, upload.<domain>) and
+        the components, but not another hosted domain's services, which a client of this one
+        would otherwise pick (the first upload service it finds)."""
         query = domish.Element((NS_DISCO_ITEMS, "query"))
         routes = router.routes if router is not None else {}
-        for domain in sorted(d for d in routes if d is not None and d not in hosted):
+        asked = iq.getAttribute("to") or ""
+        for domain in sorted(d for d in routes if d is not None and d not in hosted and _listed(d, asked, hosted)):
             add_element(query, "item")["jid"] = domain
         return query
 
@@ -92,3 +96,11 @@ def account_info_with(sessions: SessionManager, announced: list[str],
 
 
 FEATURE = Feature("disco", install)
+
+
+def _listed(service: str, asked: str, hosted: frozenset[str] | set[str]) -> bool:
+    """Whether *service* belongs in the disco#items of the hosted domain *asked*: one of its own
+    subdomains, or a domain under none of the hosted domains (a component named as it likes)."""
+    if service.endswith("." + asked):
+        return True
+    return not any(service.endswith("." + domain) for domain in hosted)
