@@ -150,6 +150,9 @@ async def test_sasl_external_when_each_server_trusts_the_others_certificate(star
 class RoguePeer:
     """A raw TLS peer speaking s2s to a.test's listener as if it were b.test, with a key it made up."""
 
+    HEADER = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+              "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
@@ -165,94 +168,103 @@ class RoguePeer:
             self.received += chunk.decode()
         return self.received
 
-    async def run(self) -> str:
-        header = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
-                  "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
+    def write(self, text: str) -> None:
+        assert self.writer is not None
+        self.writer.write(text.encode())
+
+    async def secured(self) -> None:
+        """Header, STARTTLS, header again: at the features after TLS."""
         self.reader, self.writer = await asyncio.open_connection(A_ADDRESS, self.port)
-        self.writer.write(header.encode())
+        self.write(self.HEADER)
         await self.read_until("</stream:features>")
-        self.writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.write("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await self.read_until("<proceed")
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         await self.writer.start_tls(context, server_hostname="a.test")
         self.received = ""
-        self.writer.write(header.encode())
+        self.write(self.HEADER)
         await self.read_until("</stream:features>")
-        # A stanza before any verdict, then a made-up key, then stanzas regardless.
-        self.writer.write(b"<db:result from='b.test' to='a.test'>" + b"0" * 64 + b"</db:result>"
-                          b"<message from='mallory@b.test' to='alice@a.test' type='chat'><body>spoof</body></message>")
-        return await self.read_until("</stream:stream>")
+
+
+SPOOF = "<message from='mallory@b.test' to='alice@a.test' type='chat'><body>spoof</body></message>"
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_rogue_peer_with_a_wrong_dialback_key_is_refused_and_none_of_its_stanzas_accepted(
         start_server, tmp_path) -> None:
     """Someone claims to be b.test towards a.test with a key b.test never issued: a.test asks
-    b.test's real server (db:verify), hears invalid, answers <db:result type='invalid'/> and ends
-    the stream; alice, online on a.test, receives nothing."""
+    b.test's real server (db:verify over a connection of its own), hears invalid, answers
+    <db:result type='invalid'/> and ends the stream with not-authorized. A stanza sent with the
+    key, before the verdict, ends the stream at once. Alice, online on a.test, gets neither."""
     a, b = await two_servers(start_server, tmp_path)
     await a.add_user("alice@a.test", "secret")
     alice = Client("alice@a.test", "secret")
     await wait(alice.log_in(a.c2s_port))
-    rogue = RoguePeer(a.server.listener("s2s").port_number)
-    answer = await wait(asyncio.ensure_future(rogue.run()))
-    # The stanza before the verdict ended the stream at once (not-authorized), unread.
+    port = a.server.listener("s2s").port_number
+
+    hasty = RoguePeer(port)
+    await wait(hasty.secured())
+    hasty.write("<db:result from='b.test' to='a.test'>" + "0" * 64 + "</db:result>" + SPOOF)
+    answer = await wait(hasty.read_until("</stream:stream>"))
     assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
     assert "type='valid'" not in answer
+
+    patient = RoguePeer(port)
+    await wait(patient.secured())
+    patient.write("<db:result from='b.test' to='a.test'>" + "0" * 64 + "</db:result>")
+    answer = await wait(patient.read_until("</stream:stream>"))
+    assert "<db:result from='a.test' to='b.test' type='invalid'/><stream:error><not-authorized " in answer
+    patient.write(SPOOF)
+
+    # Both rogue streams are over; whatever they could have delivered would be on alice's stream
+    # before this message to herself.
+    alice.send_message(mto=alice.boundjid.full, mbody="marker", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "marker"
     assert alice.messages.empty()
-
-    # The key itself, alone: b.test says invalid, a.test refuses.
-    rogue2 = RoguePeer(a.server.listener("s2s").port_number)
-
-    async def key_only() -> str:
-        header = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
-                  "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
-        rogue2.reader, rogue2.writer = await asyncio.open_connection(A_ADDRESS, rogue2.port)
-        rogue2.writer.write(header.encode())
-        await rogue2.read_until("</stream:features>")
-        rogue2.writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        await rogue2.read_until("<proceed")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        await rogue2.writer.start_tls(context, server_hostname="a.test")
-        rogue2.received = ""
-        rogue2.writer.write(header.encode())
-        await rogue2.read_until("</stream:features>")
-        rogue2.writer.write(b"<db:result from='b.test' to='a.test'>" + b"0" * 64 + b"</db:result>")
-        await rogue2.read_until("type='invalid'")
-        rogue2.writer.write(b"<message from='mallory@b.test' to='alice@a.test' type='chat'><body>spoof</body>"
-                            b"</message>")
-        return await rogue2.read_until("</stream:stream>")
-
-    answer = await wait(asyncio.ensure_future(key_only()))
-    assert "<db:result from='a.test' to='b.test' type='invalid'/>" in answer
-    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in answer
-    await asyncio.sleep(0)  # nothing is awaited here: a delivery would already have happened
-    assert alice.messages.empty()
+    assert "b.test" not in {remote for remote, entry in a.server.federation.domains().items()
+                            if any(stream["state"] == "authenticated" for stream in entry["in"])}
     await wait(alice.log_out())
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unknown_domain_bounces_within_30_seconds_while_the_reactor_keeps_serving(
+async def test_unknown_and_silent_domains_bounce_within_30_seconds_while_the_reactor_keeps_serving(
         start_server, tmp_path) -> None:
-    """A message to a domain that resolves nowhere (DNS asked for real, with resolve.py's bounded
-    steps) comes back remote-server-not-found within 30 s, while local chat goes on meanwhile."""
-    a, b = await two_servers(start_server, tmp_path)
-    await a.add_user("alice@a.test", "secret")
-    await a.add_user("carol@a.test", "secret")
-    alice, carol = Client("alice@a.test", "secret"), Client("carol@a.test", "secret")
-    await wait(alice.log_in(a.c2s_port))
-    await wait(carol.log_in(a.c2s_port))
-    started = time.monotonic()
-    alice.send_message(mto="someone@nowhere.invalid", mbody="hello?", mtype="chat")
-    alice.send_message(mto="carol@a.test", mbody="still here", mtype="chat")
-    assert (await wait(carol.next_message()))["body"] == "still here"
-    bounce = await wait(asyncio.wait_for(alice.messages.get(), 30), 31)
-    assert bounce["type"] == "error" and bounce["from"].bare == "someone@nowhere.invalid", bounce
-    assert bounce["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout")
-    assert time.monotonic() - started < 30
-    for client in (alice, carol):
-        await wait(client.log_out())
+    """A message to a domain that resolves nowhere (DNS asked for real, in resolve.py's bounded
+    steps) bounces remote-server-not-found; one to a server that accepts the connection and never
+    speaks bounces remote-server-timeout after connect_timeout (3 s here). Both within 30 s, and
+    meanwhile local messages keep flowing, each in well under a second."""
+    silent = await wait(asyncio.start_server(lambda reader, writer: None, A_ADDRESS, 0))
+    silent_port = silent.sockets[0].getsockname()[1]
+    try:
+        a, b = await two_servers(start_server, tmp_path, "connect_timeout = 3",
+                                 more_hosts={"silent.test": f"{A_ADDRESS}:{silent_port}"})
+        await a.add_user("alice@a.test", "secret")
+        await a.add_user("carol@a.test", "secret")
+        alice, carol = Client("alice@a.test", "secret"), Client("carol@a.test", "secret")
+        await wait(alice.log_in(a.c2s_port))
+        await wait(carol.log_in(a.c2s_port))
+        started = time.monotonic()
+        alice.send_message(mto="someone@nowhere.invalid", mbody="hello?", mtype="chat")
+        alice.send_message(mto="someone@silent.test", mbody="anyone?", mtype="chat")
+        bounces = {}
+        round_trips = []
+        while len(bounces) < 2:
+            sent = time.monotonic()
+            alice.send_message(mto="carol@a.test", mbody="still here", mtype="chat")
+            assert (await wait(carol.next_message()))["body"] == "still here"
+            round_trips.append(time.monotonic() - sent)
+            while not alice.messages.empty():
+                bounce = alice.messages.get_nowait()
+                assert bounce["type"] == "error", bounce
+                bounces[bounce["from"].bare] = (bounce["error"]["condition"], time.monotonic() - started)
+            assert time.monotonic() - started < 30
+        assert bounces["someone@nowhere.invalid"][0] == "remote-server-not-found"
+        condition, after = bounces["someone@silent.test"]
+        assert condition == "remote-server-timeout" and 3 <= after < 10
+        assert max(round_trips) < 1, round_trips
+        for client in (alice, carol):
+            await wait(client.log_out())
+    finally:
+        silent.close()

@@ -140,7 +140,11 @@ class Federation(service.Service):
             return
         link = self.links.get((local, remote))
         if link is None:
-            link = self._open(local, remote)
+            # Queued before the link starts: resolution may answer (and fail) at once.
+            link = self.links[(local, remote)] = Link(local, remote, since=self.reactor.seconds())
+            link.queue.append(stanza)
+            self._start(link)
+            return
         if link.state == "authenticated" and link.stream is not None and not link.stream.closed:
             link.sent += 1
             link.stream.send(stanza)
@@ -151,11 +155,9 @@ class Federation(service.Service):
             return
         link.queue.append(stanza)
 
-    def _open(self, local: str, remote: str) -> Link:
-        link = self.links[(local, remote)] = Link(local, remote, since=self.reactor.seconds())
+    def _start(self, link: Link) -> None:
         link.deadline = self.reactor.callLater(self.limits.connect_timeout, self._timed_out, link)
-        self.resolver.resolve(remote).addCallback(lambda targets: self._connect(link, list(targets)))
-        return link
+        self.resolver.resolve(link.remote).addCallback(lambda targets: self._connect(link, list(targets)))
 
     def _connect(self, link: Link, targets: list[Target]) -> None:
         if self.links.get((link.local, link.remote)) is not link:
@@ -338,6 +340,7 @@ class Federation(service.Service):
     def claimed(self, stream: ServerStream, domain: str) -> bool:
         """Count an incoming stream against its domain's limit; False past it."""
         if self.per_domain.add(domain) > self.limits.max_streams_per_domain:
+            self.per_domain.remove(domain)  # refused: it does not hold a place
             self.router.metrics.limit("s2s-streams-per-domain")
             return False
         return True

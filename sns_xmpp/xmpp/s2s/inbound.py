@@ -53,13 +53,6 @@ log = GatedLogger()
 STANZAS = ("message", "presence", "iq")
 
 
-class Verdict:
-    """What a dialback verification came to."""
-
-    VALID = "valid"
-    INVALID = "invalid"
-
-
 class InboundHost(Protocol):
     """What a receiving stream needs of the federation (federation.py provides it)."""
 
@@ -136,10 +129,10 @@ class Inbound:
                 stream.fail(StreamError("policy-violation", text="not accepted here"))
                 return
             if not self.counted:
-                self.counted = True
                 if not self.host.claimed(stream, claimed):
                     stream.fail(StreamError("policy-violation", text="too many streams from your domain"))
                     return
+                self.counted = True
         self.claimed = claimed
         stream.sendHeader()
         stream.send(self._features())

@@ -1,0 +1,435 @@
+"""Server-to-server streams on Twisted's doubles: the exact negotiation both ways (RFC 6120 STARTTLS,
+XEP-0178 EXTERNAL, XEP-0220 dialback), dialback keys verified and refused, the sender check, the
+outgoing queue's bound, bounces and timeouts, the deny list, the limits and the idle sweep."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+from pathlib import Path
+
+import pytest
+from OpenSSL import crypto
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
+from sns_xmpp.xmpp.s2s.certificates import PeerServerTLS, TrustStore, client_context
+from sns_xmpp.xmpp.s2s.dialback import dialback_key
+from sns_xmpp.xmpp.s2s.federation import Federation, S2SLimits
+from sns_xmpp.xmpp.s2s.inbound import InboundSettings
+from sns_xmpp.xmpp.s2s.outbound import OutboundSettings
+from sns_xmpp.xmpp.s2s.resolve import Target
+from sns_xmpp.xmpp.s2s.stream import ServerStream
+from sns_xmpp.xmpp.stanzas import NS_CLIENT
+from sns_xmpp.xmpp.tls import ensure_self_signed
+
+SECRET = "a-test-secret-of-this-install"
+STREAMS = "http://etherx.jabber.org/streams"
+HEADER_IN = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+             "xmlns:db='jabber:server:dialback' from='b.test' to='a.test' version='1.0'>")
+
+
+@implementer(ITLSTransport)
+class TLSRecordingTransport(StringTransport):
+    tls_started: object = None
+
+    def startTLS(self, context: object) -> None:  # noqa: N802 - Twisted's name
+        self.tls_started = context
+
+
+class Trusting(TrustStore):
+    """A trust store that finds every certificate valid for the domains given (the doubles have none)."""
+
+    def __init__(self, valid: set[str] | None = None) -> None:
+        super().__init__(None)
+        self.valid = valid or set()
+
+    def valid_for(self, domain: str, leaf: crypto.X509 | None, chain: list[crypto.X509]) -> bool:
+        return domain in self.valid
+
+
+class Resolver:
+    def __init__(self, targets: dict[str, list[Target]]) -> None:
+        self.targets = targets
+        self.asked: list[str] = []
+
+    def resolve(self, domain: str) -> defer.Deferred[list[Target]]:
+        self.asked.append(domain)
+        return defer.succeed(list(self.targets.get(domain, [])))
+
+
+class World:
+    """a.test served here (its users' stanzas land in `delivered`), b.test reachable at 192.0.2.2."""
+
+    def __init__(self, tmp_path: Path, trust: TrustStore | None = None, limits: S2SLimits | None = None,
+                 deny: tuple[str, ...] = ()) -> None:
+        self.clock = MemoryReactorClock()
+        certificate, key = ensure_self_signed(tmp_path / "tls", ["a.test"],
+                                              datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+        self.router = StanzaRouter()
+        self.delivered: list[domish.Element] = []
+        self.router.addRoute("a.test", LocalRoute(self.deliver))
+        trust = trust or Trusting()
+        self.resolver = Resolver({"b.test": [Target("192.0.2.2", 5269, False)]})
+        self.federation = Federation(
+            self.router, self.clock, self.resolver,  # type: ignore[arg-type]
+            InboundSettings(SECRET, PeerServerTLS(certificate, key), trust),
+            OutboundSettings(SECRET, client_context(certificate, key), trust, external_domains=frozenset({"a.test"})),
+            limits or S2SLimits(max_queued_stanzas=3), deny)
+        self.router.remote = self.federation
+
+    def deliver(self, stanza: domish.Element) -> None:
+        self.delivered.append(stanza)
+
+    def incoming(self) -> tuple[ServerStream, TLSRecordingTransport]:
+        stream = self.federation.accept()
+        transport = TLSRecordingTransport()
+        stream.makeConnection(transport)
+        return stream, transport
+
+    def outgoing(self, index: int = -1) -> tuple[ServerStream, TLSRecordingTransport]:
+        host, port, factory, timeout, bind = self.clock.tcpClients[index]
+        stream = factory.buildProtocol(None)
+        transport = TLSRecordingTransport()
+        stream.makeConnection(transport)
+        return stream, transport
+
+
+def said(transport: StringTransport) -> str:
+    text = transport.value().decode()
+    transport.clear()
+    return text
+
+
+def message(sender: str, to: str, body: str = "hi") -> domish.Element:
+    stanza = domish.Element((NS_CLIENT, "message"))
+    stanza["from"], stanza["to"], stanza["type"] = sender, to, "chat"
+    stanza.addElement("body", content=body)
+    return stanza
+
+
+def secured(world: World) -> tuple[ServerStream, TLSRecordingTransport]:
+    """An incoming stream from b.test, through STARTTLS, at the features after TLS."""
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.dataReceived(HEADER_IN.encode())
+    transport.clear()
+    return stream, transport
+
+
+def test_incoming_stream_requires_starttls_then_offers_dialback_with_a_new_stream_id(tmp_path: Path) -> None:
+    """RFC 6120 5.3 and XEP-0220 2.1.1, byte for byte: STARTTLS required before TLS; after it a
+    new header with a new id, and dialback (with errors) but no EXTERNAL for an unvalidated
+    certificate."""
+    world = World(tmp_path)
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    first_id = stream.sid
+    assert said(transport) == (
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+        f"xmlns:db='jabber:server:dialback' from='a.test' to='b.test' id='{first_id}' version='1.0'>"
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+        "</stream:features>")
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><db:result from='b.test' to='a.test'>"
+                        b"smuggled</db:result>")
+    assert said(transport) == "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    assert transport.tls_started is world.federation.inbound_settings.server_tls
+    stream.dataReceived(HEADER_IN.encode())
+    assert stream.sid != first_id
+    assert said(transport) == (
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+        f"xmlns:db='jabber:server:dialback' from='a.test' to='b.test' id='{stream.sid}' version='1.0'>"
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>")
+
+
+@pytest.mark.parametrize(("header", "condition"), [
+    (HEADER_IN.replace("xmlns='jabber:server'", "xmlns='jabber:client'"), "invalid-namespace"),
+    (HEADER_IN.replace("to='a.test'", "to='elsewhere.test'"), "host-unknown"),
+    (HEADER_IN.replace(" version='1.0'", ""), "unsupported-version"),
+])
+def test_a_bad_header_ends_the_stream_with_the_rfc_condition(tmp_path: Path, header: str, condition: str) -> None:
+    world = World(tmp_path)
+    stream, transport = world.incoming()
+    stream.dataReceived(header.encode())
+    assert f"<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>" \
+           "</stream:stream>" in said(transport)
+    assert transport.disconnecting
+
+
+def test_nothing_but_starttls_is_accepted_before_tls(tmp_path: Path) -> None:
+    """With require_encryption, dialback before STARTTLS is a policy violation (as Prosody and
+    ejabberd answer), and nothing is verified."""
+    world = World(tmp_path)
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    transport.clear()
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>0123</db:result>")
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+    assert world.clock.tcpClients == []
+
+
+def verified_by_b(world: World, stream: ServerStream, transport: StringTransport, key: str, valid: bool) -> str:
+    """Answer a.test's verification connection to b.test (XEP-0220 2.1.2) as b.test would; what the
+    incoming stream then says."""
+    verifier, out = world.outgoing()
+    assert said(out) == ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                         "xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>")
+    verifier.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                          b"xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='v1' version='1.0'>"
+                          b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>"
+                          b"</starttls></stream:features>")
+    assert said(out) == "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    verifier.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert out.tls_started is not None
+    assert said(out).startswith("<stream:stream ")
+    verifier.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                          b"xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='v2' version='1.0'>"
+                          b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    assert said(out) == f"<db:verify from='a.test' to='b.test' id='{stream.sid}'>{key}</db:verify>"
+    kind = "valid" if valid else "invalid"
+    verifier.dataReceived(f"<db:verify from='b.test' to='a.test' id='{stream.sid}' type='{kind}'/>".encode())
+    assert said(out) == "</stream:stream>" and out.disconnecting  # the verification stream is done
+    return said(transport)
+
+
+def test_a_dialback_key_verified_valid_lets_stanzas_from_that_domain_in_and_no_other(tmp_path: Path) -> None:
+    """XEP-0220 2.1.2/2.1.3: the key goes to b.test's authoritative server over a connection of
+    a.test's own; on valid, b.test's stanzas are routed (as jabber:client); a stanza from any
+    other domain ends the stream with invalid-from (RFC 6120 4.9.3.9)."""
+    world = World(tmp_path)
+    stream, transport = secured(world)
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>the-key</db:result>")
+    assert said(transport) == ""  # no verdict before the authoritative server's answer
+    assert verified_by_b(world, stream, transport, "the-key", True) == \
+        "<db:result from='a.test' to='b.test' type='valid'/>"
+    stream.dataReceived(b"<message from='bob@b.test/x' to='alice@a.test' type='chat'><body>hello</body></message>")
+    [delivered] = world.delivered
+    assert (delivered.uri, delivered["from"], str(delivered.body)) == (NS_CLIENT, "bob@b.test/x", "hello")
+    assert delivered.body.uri == NS_CLIENT
+    stream.dataReceived(b"<message from='mallory@c.test' to='alice@a.test'><body>spoof</body></message>")
+    assert said(transport) == ("<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                               "</stream:error></stream:stream>")
+    assert len(world.delivered) == 1
+    assert world.federation.domains()["b.test"]["in"][0]["method"] == "tls+dialback"
+
+
+def test_a_wrong_dialback_key_is_answered_invalid_and_the_stream_refused(tmp_path: Path) -> None:
+    """The authoritative server says invalid: <db:result type='invalid'/>, then not-authorized;
+    a stanza sent before the verdict already ended the stream, and none is ever routed."""
+    world = World(tmp_path)
+    stream, transport = secured(world)
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>made-up</db:result>")
+    assert verified_by_b(world, stream, transport, "made-up", False) == (
+        "<db:result from='a.test' to='b.test' type='invalid'/><stream:error><not-authorized "
+        "xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
+        "dialback key not valid</text></stream:error></stream:stream>")
+    stream.dataReceived(b"<message from='bob@b.test' to='alice@a.test'><body>late</body></message>")
+    assert world.delivered == []
+
+    early, early_transport = secured(world)
+    early.dataReceived(b"<db:result from='b.test' to='a.test'>k</db:result>"
+                       b"<message from='bob@b.test' to='alice@a.test'><body>too soon</body></message>")
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(early_transport)
+    assert world.delivered == []
+
+
+def test_db_verify_is_answered_for_keys_this_server_issued_only(tmp_path: Path) -> None:
+    """XEP-0220 2.1.2 Examples 5 and 6, XEP-0185: the authoritative side answers an unauthenticated
+    peer; valid only for the key made from our secret, the two domains and that stream id."""
+    world = World(tmp_path)
+    stream, transport = secured(world)
+    good = dialback_key(SECRET, "b.test", "a.test", "s1")
+    stream.dataReceived(f"<db:verify from='b.test' to='a.test' id='s1'>{good}</db:verify>".encode())
+    assert said(transport) == "<db:verify from='a.test' to='b.test' id='s1' type='valid'/>"
+    for wrong in (dialback_key(SECRET, "b.test", "a.test", "s2"), dialback_key("other", "b.test", "a.test", "s1"),
+                  dialback_key(SECRET, "c.test", "a.test", "s1")):
+        stream.dataReceived(f"<db:verify from='b.test' to='a.test' id='s1'>{wrong}</db:verify>".encode())
+        assert said(transport) == "<db:verify from='a.test' to='b.test' id='s1' type='invalid'/>"
+    # XEP-0185 section 2, computed here from its text: HMAC-SHA256(SHA256(secret) in hex, "R O id").
+    hashed = hashlib.sha256(SECRET.encode()).hexdigest().encode()
+    assert good == hmac.new(hashed, b"b.test a.test s1", hashlib.sha256).hexdigest()
+
+
+def test_external_is_offered_only_for_a_certificate_valid_for_the_claimed_domain(tmp_path: Path) -> None:
+    """XEP-0178: with b.test's certificate validated, EXTERNAL is offered; an authorisation
+    identity of another domain fails; b.test's succeeds, the stream restarts, and stanzas flow."""
+    world = World(tmp_path, trust=Trusting({"b.test"}))
+    stream, transport = secured(world)
+    # secured() cleared the features; ask again through a fresh stream to see them.
+    stream2, transport2 = world.incoming()
+    stream2.dataReceived(HEADER_IN.encode())
+    stream2.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    transport2.clear()
+    stream2.dataReceived(HEADER_IN.encode())
+    assert said(transport2).endswith(
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism>"
+        "</mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>")
+    other = base64.b64encode(b"c.test").decode()
+    stream2.dataReceived(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{other}</auth>".encode())
+    assert said(transport2) == "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-authzid/></failure>"
+    mine = base64.b64encode(b"b.test").decode()
+    stream2.dataReceived(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{mine}</auth>".encode())
+    assert said(transport2) == "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    stream2.dataReceived(HEADER_IN.encode())
+    assert said(transport2).endswith("<stream:features/>")
+    stream2.dataReceived(b"<presence from='bob@b.test/x' to='alice@a.test'/>")
+    assert [stanza.name for stanza in world.delivered] == ["presence"]
+
+
+def test_outgoing_negotiation_tries_external_falls_back_to_dialback_and_then_sends_the_queue(tmp_path: Path) -> None:
+    """The connecting side, byte for byte: header, STARTTLS, a new header over TLS, EXTERNAL as
+    offered (ejabberd offers it to everyone), on <failure/> dialback on the same stream with
+    XEP-0185's key, and only after type='valid' the stanzas that waited, in jabber:server."""
+    world = World(tmp_path)
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "first"))
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "second"))
+    assert world.resolver.asked == ["b.test"]
+    [(host, port, *_)] = world.clock.tcpClients
+    assert (host, port) == ("192.0.2.2", 5269)
+    stream, transport = world.outgoing()
+    header = ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+              "xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>")
+    assert said(transport) == header
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"xmlns:db='jabber:server:dialback' from='b.test' id='one' version='1.0'>"
+                        b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")
+    assert said(transport) == "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert transport.tls_started is not None and said(transport) == header
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"xmlns:db='jabber:server:dialback' from='b.test' id='two' version='1.0'>"
+                        b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+                        b"<mechanism>EXTERNAL</mechanism></mechanisms>"
+                        b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    assert said(transport) == "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>YS50ZXN0</auth>"
+    stream.dataReceived(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>")
+    key = dialback_key(SECRET, "b.test", "a.test", "two")
+    assert said(transport) == f"<db:result from='a.test' to='b.test'>{key}</db:result>"
+    assert world.federation.domains()["b.test"]["out"][0]["queued"] == 2
+    stream.dataReceived(b"<db:result from='b.test' to='a.test' type='valid'/>")
+    assert said(transport) == (
+        "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>first</body></message>"
+        "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>second</body></message>")
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "third"))
+    assert said(transport) == "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>third</body>" \
+                              "</message>"
+    [link] = world.federation.domains()["b.test"]["out"]
+    assert (link["state"], link["method"], link["sent"]) == ("authenticated", "tls+dialback", 3)
+
+
+def test_the_queue_is_bounded_and_a_failed_link_bounces_what_waits(tmp_path: Path) -> None:
+    """Past max_queued_stanzas a stanza bounces at once (resource-constraint); when no target
+    accepts the connection, the queue bounces remote-server-not-found (RFC 6120 8.3.3.16) to
+    the local senders; a new stanza opens a new link."""
+    world = World(tmp_path)
+    for n in range(4):
+        world.router.route(message("alice@a.test/phone", "bob@b.test", str(n)))
+    [overflow] = world.delivered
+    assert (overflow["type"], overflow["to"], overflow.error.firstChildElement().name) == \
+        ("error", "alice@a.test/phone", "resource-constraint")
+    host, port, factory, *_ = world.clock.tcpClients[0]
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    bounced = world.delivered[1:]
+    assert [(b["type"], str(b.body), b.error.firstChildElement().name) for b in bounced] == \
+        [("error", str(n), "remote-server-not-found") for n in range(3)]
+    assert world.federation.links == {}
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "again"))
+    assert len(world.clock.tcpClients) == 2
+
+
+def test_a_link_not_authenticated_in_time_bounces_with_remote_server_timeout(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    stream, transport = world.outgoing()  # connected, but the peer never answers
+    world.clock.advance(24.9)
+    assert world.delivered == []
+    world.clock.advance(0.2)
+    [bounce] = world.delivered
+    assert bounce.error.firstChildElement().name == "remote-server-timeout"
+    assert transport.disconnecting
+
+
+def test_a_domain_that_resolves_nowhere_bounces_and_errors_never_bounce(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.router.route(message("alice@a.test/phone", "nobody@nowhere.test"))
+    error = message("alice@a.test/phone", "nobody@nowhere.test")
+    error["type"] = "error"
+    world.router.route(error)
+    [bounce] = world.delivered
+    assert (bounce["from"], bounce.error.firstChildElement().name) == ("nobody@nowhere.test", "remote-server-not-found")
+
+
+def test_the_deny_list_holds_both_ways(tmp_path: Path) -> None:
+    """A denied domain's stanzas bounce policy-violation without a connection; its incoming
+    stream ends with policy-violation at the header."""
+    world = World(tmp_path, deny=("b.test",))
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    [bounce] = world.delivered
+    assert bounce.error.firstChildElement().name == "policy-violation"
+    assert world.clock.tcpClients == []
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+
+
+def test_streams_per_domain_are_limited_and_the_count_falls_when_one_ends(tmp_path: Path) -> None:
+    world = World(tmp_path, limits=S2SLimits(max_streams_per_domain=2))
+    streams = [world.incoming() for _ in range(3)]
+    for stream, _ in streams:
+        stream.dataReceived(HEADER_IN.encode())
+    assert ["policy-violation" in said(t) for _, t in streams] == [False, False, True]
+    streams[0][0].connectionLost(Failure(ConnectionDone()))
+    again, transport = world.incoming()
+    again.dataReceived(HEADER_IN.encode())
+    assert "policy-violation" not in said(transport)
+
+
+def test_the_sweep_closes_silent_streams_and_unauthenticated_ones(tmp_path: Path) -> None:
+    """An incoming stream that never authenticates ends connection-timeout after auth_timeout; an
+    authenticated one silent for idle_timeout is closed properly (footer)."""
+    world = World(tmp_path, limits=S2SLimits(idle_timeout=100, auth_timeout=30))
+    world.federation.startService()
+    try:
+        idle, idle_transport = world.incoming()
+        idle.dataReceived(HEADER_IN.encode())
+        world.clock.advance(31)
+        world.clock.advance(10)
+        assert "<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(idle_transport)
+        stream, transport = secured(world)
+        stream.dataReceived(b"<db:result from='b.test' to='a.test'>k</db:result>")
+        verified_by_b(world, stream, transport, "k", True)
+        world.clock.advance(90)
+        assert not transport.disconnecting
+        world.clock.advance(40)
+        assert said(transport) == "</stream:stream>" and transport.disconnecting
+    finally:
+        world.federation.stopService()
+
+
+def test_local_domains_are_routed_first_and_an_absent_component_is_not_sought_remotely(tmp_path: Path) -> None:
+    """The router's local lookup comes first; only a domain with no route reaches the federation;
+    a configured component that is not connected bounces service-unavailable, as before."""
+    world = World(tmp_path)
+    world.router.component_domains.add("bot.a.test")
+    world.router.route(message("bob@b.test", "alice@a.test"))
+    world.router.route(message("alice@a.test/phone", "bot.a.test"))
+    assert [s["to"] for s in world.delivered] == ["alice@a.test", "alice@a.test/phone"]
+    assert world.delivered[1].error.firstChildElement().name == "service-unavailable"
+    assert world.clock.tcpClients == [] and world.federation.links == {}
+
+
+def test_a_stanza_over_the_size_limit_ends_the_peers_stream(tmp_path: Path) -> None:
+    world = World(tmp_path, limits=S2SLimits(max_stanza_bytes=1024))
+    stream, transport = secured(world)
+    stream.dataReceived(b"<message from='bob@b.test' to='alice@a.test'><body>" + b"x" * 2000)
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'" in said(transport)
+
