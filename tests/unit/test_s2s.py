@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import hmac
 from pathlib import Path
+from typing import Any
 
 import pytest
 from OpenSSL import crypto
@@ -433,3 +434,45 @@ def test_a_stanza_over_the_size_limit_ends_the_peers_stream(tmp_path: Path) -> N
     stream.dataReceived(b"<message from='bob@b.test' to='alice@a.test'><body>" + b"x" * 2000)
     assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'" in said(transport)
 
+
+
+def handshake(server: Any, client: Any) -> None:
+    """Run a TLS handshake between two memory-BIO pyOpenSSL connections."""
+    from OpenSSL import SSL
+    for _ in range(20):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+        for source, sink in ((client, server), (server, client)):
+            try:
+                data = source.bio_read(65536)
+            except SSL.WantReadError:
+                continue
+            sink.bio_write(data)
+    client.do_handshake()
+    server.do_handshake()
+
+
+def test_the_listener_completes_a_handshake_that_offers_alpn_and_sees_the_peers_certificate(tmp_path: Path) -> None:
+    """Prosody offers ALPN xmpp-server even on STARTTLS: the listener answers it (Twisted's context
+    alone aborted with internal_error, which cut Prosody off), asks for the peer's certificate, and
+    the trust store finds it valid for its domain only when the CA file lists it."""
+    from OpenSSL import SSL
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    ours, our_key = ensure_self_signed(tmp_path / "a", ["a.test"], when)
+    theirs, their_key = ensure_self_signed(tmp_path / "b", ["b.test"], when)
+    server = PeerServerTLS(ours, our_key).serverConnectionForTLS(None)  # type: ignore[arg-type]
+    server.set_accept_state()
+    client = SSL.Connection(client_context(theirs, their_key, direct_tls=True))
+    client.set_connect_state()
+    handshake(server, client)
+    assert server.get_alpn_proto_negotiated() == b"xmpp-server"
+    leaf = server.get_peer_certificate()
+    assert leaf is not None and leaf.to_cryptography().subject.rfc4514_string() == "CN=b.test"
+    pinned = TrustStore(theirs)
+    assert pinned.valid_for("b.test", leaf, []) is True
+    assert pinned.valid_for("c.test", leaf, []) is False
+    assert TrustStore(ours).valid_for("b.test", leaf, []) is False
+    assert TrustStore(None).valid_for("b.test", leaf, []) is False

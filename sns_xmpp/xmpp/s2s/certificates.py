@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ssl as stdlib_ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -26,6 +27,9 @@ from zope.interface import implementer
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.sasl2 import tls_connection
 
+if TYPE_CHECKING:
+    from OpenSSL.SSL import _NoOverlappingProtocols
+
 log = GatedLogger()
 
 ALPN_XMPP_SERVER = b"xmpp-server"  # XEP-0368: direct TLS to a server
@@ -35,6 +39,11 @@ def _accept_any(connection: SSL.Connection, certificate: crypto.X509, errno: int
     # The verdict is taken after the handshake (peer_identity): dialback peers with self-signed
     # certificates are welcome on an encrypted stream.
     return True
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:
+    """``xmpp-server`` when offered (XEP-0368), else no protocol and the handshake goes on."""
+    return ALPN_XMPP_SERVER if ALPN_XMPP_SERVER in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -49,6 +58,9 @@ class PeerServerTLS:
                                          certificate=certificate.original, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         self.context: SSL.Context = options.getContext()
         self.context.set_verify(SSL.VERIFY_PEER, _accept_any)
+        # Twisted's context answers a peer that offers ALPN (Prosody does, with xmpp-server, even on
+        # STARTTLS) with an internal_error alert when it has no protocols to choose from (tls.py).
+        self.context.set_alpn_select_callback(_select_alpn)
         # Session ids are per context: without one, a client certificate request fails resumption.
         self.context.set_session_id(b"sns-xmpp-s2s")
 
