@@ -121,29 +121,45 @@ class Page:
     complete: bool = True  # nothing further in the direction of paging
 
 
-def _seq_of(db: Database, owner: str, uid: str) -> int:
-    """The seq of *owner*'s message *uid* (which begins with it, in hexadecimal)."""
+def seq_of_uid(db: Database, table: str, key_column: str, key: str, uid: str) -> int:
+    """The seq of the message *uid* (which begins with it, in hexadecimal) in *key*'s part of the
+    archive *table* (``mam_messages`` by owner, ``muc_archive`` by room: the callers' own names)."""
     try:
         seq = int(uid.split("-", 1)[0], 16)
     except ValueError:
         raise UnknownArchiveId(uid) from None
     if not -(2**63) <= seq < 2**63 or not db.query(
-            "SELECT 1 FROM mam_messages WHERE owner = ? AND seq = ? AND id = ?", (owner, seq, uid)):
+            _spelt("SELECT 1 FROM ", table, " WHERE ", key_column, " = ? AND seq = ? AND id = ?"), (key, seq, uid)):
         raise UnknownArchiveId(uid)
     return seq
 
 
 def query(db: Database, asked: ArchiveQuery) -> Page:
     """A page of *asked*'s matching messages, oldest first, and what RSM's <fin/> says of it."""
-    owner = asked.owner
     where = ["owner = ?"]
-    params: list[Any] = [owner]
+    params: list[Any] = [asked.owner]
     if asked.with_bare is not None:
         where.append("with_bare = ?")
         params.append(asked.with_bare)
         if asked.with_resource is not None:
             where.append("with_resource = ?")
             params.append(asked.with_resource)
+    return archive_page(db, "mam_messages", "owner", where, params, asked)
+
+
+def archive_page(db: Database, table: str, key_column: str, where: list[str], params: list[Any],
+                 asked: ArchiveQuery) -> Page:
+    """The page of a query on an archive *table* (columns seq, id, stanza; ``<key_column> = ?``
+    first in *where*, the caller's own filters after it): XEP-0313's time and id bounds, then
+    RSM's paging (XEP-0059: after, before, the last page, an index), a page cut short past
+    ``max_chars`` of stanza text, the count and the page's first index. The user archive and the
+    rooms' archives page alike through this."""
+    key = asked.owner
+
+    def seq_of(uid: str) -> int:
+        return seq_of_uid(db, table, key_column, key, uid)
+
+    where, params = list(where), list(params)
     if asked.start is not None:
         where.append("seq >= ?")
         params.append(seq_at(asked.start))
@@ -152,32 +168,32 @@ def query(db: Database, asked: ArchiveQuery) -> Page:
         params.append(seq_at(asked.end + 0.000_001))
     if asked.after_id is not None:
         where.append("seq > ?")
-        params.append(_seq_of(db, owner, asked.after_id))
+        params.append(seq_of(asked.after_id))
     if asked.before_id is not None:
         where.append("seq < ?")
-        params.append(_seq_of(db, owner, asked.before_id))
+        params.append(seq_of(asked.before_id))
     if asked.ids:
-        wanted = sorted({_seq_of(db, owner, uid) for uid in asked.ids})
+        wanted = sorted({seq_of(uid) for uid in asked.ids})
         where.append(_spelt("seq IN (", _marks(len(wanted)), ")"))
         params.extend(wanted)
     filters = " WHERE " + " AND ".join(where)
-    count = int(db.query(_spelt("SELECT COUNT(*) FROM mam_messages", filters), params)[0][0])
+    count = int(db.query(_spelt("SELECT COUNT(*) FROM ", table, filters), params)[0][0])
     if asked.max == 0:
         return Page(count=count, complete=count == 0)
 
     cursor, cursor_params = "", []
     backwards = False
     if asked.after is not None:
-        cursor, cursor_params = " AND seq > ?", [_seq_of(db, owner, asked.after)]
+        cursor, cursor_params = " AND seq > ?", [seq_of(asked.after)]
     elif asked.before is not None:
-        cursor, cursor_params, backwards = " AND seq < ?", [_seq_of(db, owner, asked.before)], True
+        cursor, cursor_params, backwards = " AND seq < ?", [seq_of(asked.before)], True
     elif asked.last_page:
         backwards = True
     order = " ORDER BY seq DESC" if backwards else " ORDER BY seq"
     offset = " OFFSET ?" if asked.index is not None and not backwards else ""
     limit_params: list[Any] = [asked.max + 1] + ([asked.index] if offset else [])
-    found = db.query(_spelt("SELECT seq, id, stanza FROM mam_messages", filters, cursor, order, " LIMIT ?",
-                            offset), params + cursor_params + limit_params)
+    found = db.query(_spelt("SELECT seq, id, stanza FROM ", table, filters, cursor, order, " LIMIT ?", offset),
+                     params + cursor_params + limit_params)
     more = len(found) > asked.max
     rows = found[:asked.max]
     chars = 0
@@ -190,9 +206,9 @@ def query(db: Database, asked: ArchiveQuery) -> Page:
         rows.reverse()
     if not rows:
         return Page(count=count, complete=not more)
-    first_index = int(db.query(_spelt("SELECT COUNT(*) FROM mam_messages", filters, " AND seq < ?"),
+    first_index = int(db.query(_spelt("SELECT COUNT(*) FROM ", table, filters, " AND seq < ?"),
                                [*params, rows[0][0]])[0][0])
-    return Page([(row[1], seconds_of(int(row[0])), row[2]) for row in rows], count, first_index, not more)
+    return Page([(str(row[1]), seconds_of(int(row[0])), str(row[2])) for row in rows], count, first_index, not more)
 
 
 def metadata(db: Database, owner: str) -> tuple[tuple[str, float], tuple[str, float]] | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sns_xmpp.store.common import Database
-from sns_xmpp.store.mam import ArchiveQuery, Page, UnknownArchiveId, seconds_of, seq_at
+from sns_xmpp.store.mam import ArchiveQuery, Page, archive_page
 
 SQL_ROOMS = "SELECT room, config, subject, subject_by, secret, creator, created_at FROM muc_rooms ORDER BY room"
 SQL_AFFILIATIONS = "SELECT room, jid, affiliation FROM muc_affiliations ORDER BY room, jid"
@@ -29,7 +29,6 @@ SQL_ARCHIVE = ("INSERT INTO muc_archive (room, seq, id, nick, stanza) SELECT ?, 
                " WHERE EXISTS (SELECT 1 FROM muc_rooms WHERE room = ?) ON CONFLICT (room, seq) DO NOTHING")
 SQL_TRIM = ("DELETE FROM muc_archive WHERE room = ? AND seq <= (SELECT seq FROM muc_archive WHERE room = ?"
             " ORDER BY seq DESC LIMIT 1 OFFSET ?)")
-SQL_ID_AT = "SELECT 1 FROM muc_archive WHERE room = ? AND seq = ? AND id = ?"
 
 
 @dataclass(frozen=True)
@@ -85,25 +84,9 @@ def archive(db: Database, rows: Sequence[tuple[str, int, str, str, str]], keep: 
             tx.execute(SQL_TRIM, (room, room, keep))
 
 
-def _spelt(*fragments: str) -> str:
-    """A statement put together from this module's own fixed fragments and ``?`` placeholders:
-    every value a client gave travels as a parameter."""
-    return "".join(fragments)
-
-
-def _seq_of(db: Database, room: str, uid: str) -> int:
-    try:
-        seq = int(uid.split("-", 1)[0], 16)
-    except ValueError:
-        raise UnknownArchiveId(uid) from None
-    if not -(2**63) <= seq < 2**63 or not db.query(SQL_ID_AT, (room, seq, uid)):
-        raise UnknownArchiveId(uid)
-    return seq
-
-
 def query_archive(db: Database, asked: ArchiveQuery) -> Page:
-    """A page of the room *asked.owner*'s messages, oldest first, as store.mam.query pages a
-    user's archive; 'with' is an occupant JID, its resource the nick."""
+    """A page of the room *asked.owner*'s messages, oldest first, paged as the user archive is
+    (store.mam.archive_page); 'with' is an occupant JID, its resource the nick."""
     room = asked.owner
     where = ["room = ?"]
     params: list[Any] = [room]
@@ -113,42 +96,4 @@ def query_archive(db: Database, asked: ArchiveQuery) -> Page:
         if asked.with_resource is not None:
             where.append("nick = ?")
             params.append(asked.with_resource)
-    if asked.start is not None:
-        where.append("seq >= ?")
-        params.append(seq_at(asked.start))
-    if asked.end is not None:
-        where.append("seq < ?")
-        params.append(seq_at(asked.end + 0.000_001))
-    for uid, comparison in ((asked.after_id, "seq > ?"), (asked.before_id, "seq < ?")):
-        if uid is not None:
-            where.append(comparison)
-            params.append(_seq_of(db, room, uid))
-    if asked.ids:
-        wanted = sorted({_seq_of(db, room, uid) for uid in asked.ids})
-        where.append(_spelt("seq IN (", ", ".join("?" * len(wanted)), ")"))
-        params.extend(wanted)
-    filters = " WHERE " + " AND ".join(where)
-    count = int(db.query(_spelt("SELECT COUNT(*) FROM muc_archive", filters), params)[0][0])
-    if asked.max == 0:
-        return Page(count=count, complete=count == 0)
-    cursor, cursor_params, backwards = "", [], False
-    if asked.after is not None:
-        cursor, cursor_params = " AND seq > ?", [_seq_of(db, room, asked.after)]
-    elif asked.before is not None:
-        cursor, cursor_params, backwards = " AND seq < ?", [_seq_of(db, room, asked.before)], True
-    elif asked.last_page:
-        backwards = True
-    order = " ORDER BY seq DESC" if backwards else " ORDER BY seq"
-    offset = " OFFSET ?" if asked.index is not None and not backwards else ""
-    limit_params: list[Any] = [asked.max + 1] + ([asked.index] if offset else [])
-    found = db.query(_spelt("SELECT seq, id, stanza FROM muc_archive", filters, cursor, order, " LIMIT ?", offset),
-                     params + cursor_params + limit_params)
-    more = len(found) > asked.max
-    rows = found[:asked.max]
-    if backwards:
-        rows.reverse()
-    if not rows:
-        return Page(count=count, complete=not more)
-    first_index = int(db.query(_spelt("SELECT COUNT(*) FROM muc_archive", filters, " AND seq < ?"),
-                               [*params, rows[0][0]])[0][0])
-    return Page([(str(row[1]), seconds_of(int(row[0])), str(row[2])) for row in rows], count, first_index, not more)
+    return archive_page(db, "muc_archive", "room", where, params, asked)
