@@ -156,7 +156,7 @@ async def test_profanity_blocks_and_unblocks_a_social_user(server, tmp_path: Pat
     longer sees; `/blocked` lists her (the list Profanity keeps from the server's answers and
     pushes); `/blocked remove` lets her next message through to his screen, and only that one."""
     from tests.clients import Terminal
-    from tests.e2e.test_local_im import _need_profanity, profanity, until
+    from tests.e2e.test_local_im import _need_profanity, profanity, profanity_account, until
 
     _need_profanity()
     credentials = await demo_credentials(server, "rosa")
@@ -165,16 +165,7 @@ async def test_profanity_blocks_and_unblocks_a_social_user(server, tmp_path: Pat
     rosa = client(rosa_jid, credentials["password"], mechanism="PLAIN")
     await wait(rosa.log_in(server.c2s_port))
     blocking = server.sessions.hooks.account_iqs[("urn:xmpp:blocking", "blocklist")].__self__
-    with profanity(tmp_path, "bob@localhost", f"""\
-            [bob@localhost]
-            enabled=true
-            jid=bob@localhost
-            server=127.0.0.1
-            port={server.c2s_port}
-            resource=profanity
-            password=secret
-            tls.policy=trust
-            """):
+    with profanity(tmp_path, "bob@localhost", profanity_account("bob@localhost", server.c2s_port)):
         terminal = Terminal(tmp_path / "tmux.sock")
         await until(lambda: bool(server.sessions.available("bob@localhost")))
         terminal.type(f"/blocked add {rosa_jid}")

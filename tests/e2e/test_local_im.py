@@ -243,6 +243,12 @@ def _need_profanity() -> str:
     return require_client("profanity", also=("tmux",))
 
 
+def profanity_account(jid: str, port: int, password: str = "secret") -> str:
+    """Profanity's accounts file for *jid* on this server's c2s port, trusting its certificate."""
+    return (f"[{jid}]\nenabled=true\njid={jid}\nserver=127.0.0.1\nport={port}\nresource=profanity\n"
+            f"password={password}\ntls.policy=trust\n")
+
+
 @contextlib.contextmanager
 def profanity(tmp_path: Path, account: str, accounts: str, run: str = "") -> Iterator[None]:
     """Profanity in a tmux server of its own, with *accounts* as its accounts file (a GLib key
@@ -291,16 +297,7 @@ async def test_profanity_with_stream_management_gets_offline_messages_and_stays(
     await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
     assert await server.store.count_offline("bob@localhost") == 3
 
-    with profanity(tmp_path, "bob@localhost", f"""\
-            [bob@localhost]
-            enabled=true
-            jid=bob@localhost
-            server=127.0.0.1
-            port={server.c2s_port}
-            resource=profanity
-            password=secret
-            tls.policy=trust
-            """):
+    with profanity(tmp_path, "bob@localhost", profanity_account("bob@localhost", server.c2s_port)):
         def acknowledged() -> bool:
             sessions = server.sessions.resources("bob@localhost")
             return bool(sessions) and sessions[0].ledger is not None and sessions[0].ledger.acked >= 5

@@ -14,7 +14,7 @@ from slixmpp import JID
 
 from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
-from tests.e2e.test_local_im import _need_profanity, profanity, until
+from tests.e2e.test_local_im import _need_profanity, profanity, profanity_account, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -124,16 +124,7 @@ async def test_profanity_fetches_a_conversation_from_the_archive(server, tmp_pat
     await wait(laptop.log_out())
     assert await server.store.count_offline("bob@localhost") == 0
 
-    with profanity(tmp_path, "bob@localhost", f"""\
-            [bob@localhost]
-            enabled=true
-            jid=bob@localhost
-            server=127.0.0.1
-            port={server.c2s_port}
-            resource=profanity
-            password=secret
-            tls.policy=trust
-            """):
+    with profanity(tmp_path, "bob@localhost", profanity_account("bob@localhost", server.c2s_port)):
         terminal = Terminal(tmp_path / "tmux.sock")
         log = tmp_path / "profanity.log"
 

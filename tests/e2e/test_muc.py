@@ -22,7 +22,7 @@ from sns_xmpp.ops.console import namespace
 from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
 from tests.e2e.test_go_clients import _need_go_sendxmpp, go_sendxmpp
-from tests.e2e.test_local_im import _need_profanity, profanity, until
+from tests.e2e.test_local_im import _need_profanity, profanity, profanity_account, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import TIMEOUT, Client, wait
 
@@ -214,16 +214,7 @@ async def test_profanity_joins_a_room_and_chats(server, tmp_path: Path) -> None:
     await wait(bob.log_in(server.c2s_port))
     await wait(bob.plugin["xep_0045"].join_muc_wait(ROOM, "Bob"))
     await wait(configure(bob, ROOM))
-    with profanity(tmp_path, "alice@localhost", f"""\
-            [alice@localhost]
-            enabled=true
-            jid=alice@localhost
-            server=127.0.0.1
-            port={server.c2s_port}
-            resource=profanity
-            password=secret
-            tls.policy=trust
-            """):
+    with profanity(tmp_path, "alice@localhost", profanity_account("alice@localhost", server.c2s_port)):
         terminal = Terminal(tmp_path / "tmux.sock")
         await until(lambda: bool(server.sessions.resources("alice@localhost")))
         await until(lambda: server.sessions.resources("alice@localhost")[0].available)

@@ -18,7 +18,7 @@ import pytest_twisted
 from sns_xmpp.store import vcard as vcard_store
 from tests.clients import Terminal
 from tests.conftest import DEMO_SITE, make_config
-from tests.e2e.test_local_im import _need_profanity, profanity, until
+from tests.e2e.test_local_im import _need_profanity, profanity, profanity_account, until
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -167,16 +167,7 @@ async def test_profanity_gets_a_vcard_photo_as_an_avatar_and_its_avatar_becomes_
     home = tmp_path / "bob"
     home.mkdir()
     terminal = Terminal(home / "tmux.sock")
-    with profanity(home, "bob@localhost", f"""\
-            [bob@localhost]
-            enabled=true
-            jid=bob@localhost
-            server=127.0.0.1
-            port={server.c2s_port}
-            resource=profanity
-            password=secret
-            tls.policy=trust
-            """):
+    with profanity(home, "bob@localhost", profanity_account("bob@localhost", server.c2s_port)):
         await until(lambda: bool(server.sessions.available("bob@localhost")))
         terminal.type(f"/avatar get {rosa_jid}")
         saved = home / "data" / "profanity" / "avatars" / f"{rosa_jid.replace('@', '_at_')}.png"
