@@ -116,6 +116,33 @@ async def test_a_social_user_and_a_remote_user_subscribe_and_chat_across_two_ser
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_remote_offline_user_gets_the_message_at_login_and_a_nonexistent_one_bounces(
+        start_server, tmp_path) -> None:
+    """A message over s2s to b.test's user who is offline is kept there and delivered at login
+    (with its delay stamp); one to an account b.test does not have comes back as an error from
+    b.test to the sender on a.test (RFC 6121 8.5.1)."""
+    a, b = await two_servers(start_server, tmp_path)
+    await a.add_user("alice@a.test", "secret")
+    await b.add_user("bob@b.test", "secret")
+    alice = Client("alice@a.test", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    alice.send_message(mto="bob@b.test", mbody="for later", mtype="chat")
+    alice.send_message(mto="nobody@b.test", mbody="anyone?", mtype="chat")
+    # The bounce follows the first message through both servers: b.test has taken it by now (and
+    # the store reads no row before the writes queued ahead of it).
+    bounce = await wait(alice.next_message())
+    assert (bounce["type"], bounce["from"].bare) == ("error", "nobody@b.test")
+    assert bounce["error"]["condition"] == "service-unavailable"
+    assert ["for later" in kept.stanza for kept in await b.store.offline_messages("bob@b.test")] == [True]
+    bob = Client("bob@b.test", "secret")
+    await wait(bob.log_in(b.c2s_port))
+    kept = await wait(bob.next_message())
+    assert (kept["body"], kept["from"].bare) == ("for later", "alice@a.test")
+    for client in (alice, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
 async def test_sasl_external_when_each_server_trusts_the_others_certificate(start_server, tmp_path) -> None:
     """With a.test's trust store holding b.test's self-signed certificate and b.test's holding
     a.test's (a private federation's ca_file), both directions use SASL EXTERNAL (XEP-0178)."""

@@ -476,3 +476,68 @@ def test_the_listener_completes_a_handshake_that_offers_alpn_and_sees_the_peers_
     assert pinned.valid_for("c.test", leaf, []) is False
     assert TrustStore(ours).valid_for("b.test", leaf, []) is False
     assert TrustStore(None).valid_for("b.test", leaf, []) is False
+
+
+def test_a_direct_tls_target_gets_tls_from_the_first_byte_and_no_starttls(tmp_path: Path) -> None:
+    """XEP-0368: an _xmpps-server target is connected through a TLS wrapper (ALPN xmpp-server),
+    the stream counts as encrypted from the start, and goes to authentication without STARTTLS."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    world = World(tmp_path)
+    world.resolver.targets["b.test"] = [Target("192.0.2.2", 5270, True)]
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    [(host, port, factory, *_)] = world.clock.tcpClients
+    assert (host, port, type(factory)) == ("192.0.2.2", 5270, TLSMemoryBIOFactory)
+    stream = factory.wrappedFactory.buildProtocol(None)
+    transport = TLSRecordingTransport()
+    stream.makeConnection(transport)
+    assert stream.secure
+    said(transport)
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"xmlns:db='jabber:server:dialback' from='b.test' id='d1' version='1.0'>"
+                        b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    key = dialback_key(SECRET, "b.test", "a.test", "d1")
+    assert said(transport) == f"<db:result from='a.test' to='b.test'>{key}</db:result>"
+    assert transport.tls_started is None
+
+
+def test_an_outgoing_stream_without_starttls_is_refused_when_encryption_is_required(tmp_path: Path) -> None:
+    """A peer that offers no STARTTLS gets policy-violation, and what waited bounces."""
+    world = World(tmp_path)
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    stream, transport = world.outgoing()
+    said(transport)
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"xmlns:db='jabber:server:dialback' from='b.test' id='p1' version='1.0'>"
+                        b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+    [bounce] = world.delivered
+    assert bounce.error.firstChildElement().name == "remote-server-not-found"
+
+
+def test_metrics_and_the_console_show_the_streams_per_domain(tmp_path: Path) -> None:
+    """/metrics counts s2s streams by direction and state; the console's s2s() lists each remote
+    domain's links with state, method and queue, and says when s2s is off."""
+    from prometheus_client import generate_latest
+
+    from sns_xmpp.observe.metrics import Metrics
+    from sns_xmpp.ops.console import namespace
+    world = World(tmp_path)
+    metrics = Metrics()
+    metrics.watch_s2s(world.federation.stream_states)
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    incoming, _ = secured(world)
+    scraped = generate_latest(metrics.registry).decode()
+    assert 'sns_xmpp_s2s_streams{direction="out",state="negotiating"} 1.0' not in scraped  # not connected yet
+    assert 'sns_xmpp_s2s_streams{direction="out",state="connecting"} 1.0' in scraped
+    assert 'sns_xmpp_s2s_streams{direction="in",state="negotiating"} 1.0' in scraped
+
+    class Server:
+        federation: Federation | None = world.federation
+        sessions = type("Sessions", (), {"clock": world.clock})()
+
+    s2s = namespace(Server())["s2s"]  # type: ignore[arg-type]
+    assert s2s("B.test") == {
+        "out": [{"local": "a.test", "state": "connecting", "method": None, "queued": 1, "sent": 0, "peer": None}],
+        "in": [{"state": "negotiating", "method": None, "peer": "192.168.1.1:54321", "local": "a.test"}]}
+    Server.federation = None
+    assert namespace(Server())["s2s"]() == "server-to-server is off ([xmpp.s2s] port = -1)"  # type: ignore[arg-type]

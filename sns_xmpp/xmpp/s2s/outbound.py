@@ -233,7 +233,9 @@ class Outbound:
         self.stream.close()
 
     def _fail(self, problem: StreamError, condition: str, reason: str) -> None:
-        if not self.finished:
-            self.finished = True
-            self.on_failed(self, condition, reason)
+        """We refuse the peer: our stream error first (the report closes the stream), then the report."""
+        report = not self.finished
+        self.finished = True
         self.stream.fail(problem)
+        if report:
+            self.on_failed(self, condition, reason)
