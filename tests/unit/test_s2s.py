@@ -71,7 +71,7 @@ class World:
     """a.test served here (its users' stanzas land in `delivered`), b.test reachable at 192.0.2.2."""
 
     def __init__(self, tmp_path: Path, trust: TrustStore | None = None, limits: S2SLimits | None = None,
-                 deny: tuple[str, ...] = ()) -> None:
+                 deny: tuple[str, ...] = (), valid_certificates_only: bool = False) -> None:
         self.clock = MemoryReactorClock()
         certificate, key = ensure_self_signed(tmp_path / "tls", ["a.test"],
                                               datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
@@ -82,8 +82,11 @@ class World:
         self.resolver = Resolver({"b.test": [Target("192.0.2.2", 5269, False)]})
         self.federation = Federation(
             self.router, self.clock, self.resolver,  # type: ignore[arg-type]
-            InboundSettings(SECRET, PeerServerTLS(certificate, key), trust),
-            OutboundSettings(SECRET, client_context(certificate, key), trust, external_domains=frozenset({"a.test"})),
+            InboundSettings(SECRET, PeerServerTLS(certificate, key), trust,
+                            require_valid_certificates=valid_certificates_only),
+            OutboundSettings(SECRET, client_context(certificate, key), trust,
+                             require_valid_certificates=valid_certificates_only,
+                             external_domains=frozenset({"a.test"})),
             limits or S2SLimits(max_queued_stanzas=3), deny)
         self.router.remote = self.federation
 
@@ -541,3 +544,54 @@ def test_metrics_and_the_console_show_the_streams_per_domain(tmp_path: Path) -> 
         "in": [{"state": "negotiating", "method": None, "peer": "192.168.1.1:54321", "local": "a.test"}]}
     Server.federation = None
     assert namespace(Server())["s2s"]() == "server-to-server is off ([xmpp.s2s] port = -1)"  # type: ignore[arg-type]
+
+
+def test_with_valid_certificates_required_only_external_is_offered_and_dialback_refused(tmp_path: Path) -> None:
+    """require_valid_certificates: no dialback feature, a <db:result/> is not-authorized, and an
+    outgoing stream to a peer whose certificate does not verify is given up (and bounces)."""
+    trust = Trusting({"b.test"})
+    world = World(tmp_path, trust=trust, valid_certificates_only=True)
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    transport.clear()
+    stream.dataReceived(HEADER_IN.encode())
+    assert said(transport).endswith(
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism>"
+        "</mechanisms></stream:features>")
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>k</db:result>")
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+
+    trust.valid.clear()  # b.test's server certificate, seen by the outgoing stream, does not verify
+    world.router.route(message("alice@a.test/phone", "bob@b.test"))
+    out, out_transport = world.outgoing()
+    out.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                     b"from='b.test' id='r1' version='1.0'><stream:features>"
+                     b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")
+    out.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    out_transport.clear()
+    out.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                     b"from='b.test' id='r2' version='1.0'><stream:features>"
+                     b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(out_transport)
+    [bounce] = world.delivered
+    assert bounce.error.firstChildElement().name == "remote-server-not-found"
+
+
+def test_a_dialback_claim_for_a_domain_that_resolves_nowhere_gets_a_dialback_error(tmp_path: Path) -> None:
+    """XEP-0220 2.4: the authoritative server cannot be found, so the <db:result/> gets an error
+    result (the feature advertised <errors/>), and the stream stays unauthenticated."""
+    world = World(tmp_path)
+    stream, transport = world.incoming()
+    header = HEADER_IN.replace("b.test", "c.test")
+    stream.dataReceived(header.encode())
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.dataReceived(header.encode())
+    transport.clear()
+    stream.dataReceived(b"<db:result from='c.test' to='a.test'>k</db:result>")
+    assert said(transport) == ("<db:result from='a.test' to='c.test' type='error'><error type='cancel'>"
+                               "<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+                               "</db:result>")
+    stream.dataReceived(b"<message from='x@c.test' to='alice@a.test'><body>no</body></message>")
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+    assert world.delivered == []
