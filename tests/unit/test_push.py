@@ -25,6 +25,7 @@ from sns_xmpp.store.push import (
 )
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.features.built_in import install_features
+from sns_xmpp.xmpp.features.push import ANSWER_TIMEOUT, MAX_TRANSIENT_ERRORS
 from sns_xmpp.xmpp.sessions import SessionManager
 from tests.unit.synchronous_store import SynchronousStore
 from tests.unit.test_limits import connect, factory_and_clock
@@ -312,3 +313,42 @@ def test_the_sql_keeps_replaces_and_forgets_in_each_engine(backend: Backend) -> 
     assert db.delete_account(ALICE)
     assert backend.rows("SELECT COUNT(*) FROM push_registrations") == [(0,)]
     db.close()
+
+
+def test_transient_errors_disable_only_in_a_row_and_an_unanswered_publish_frees_the_way() -> None:
+    """Section 7.1's "until a sufficient number of errors have been received in a row": four
+    'wait' errors keep the registration, the fifth disables it. A publish nobody answers stops
+    being awaited after ANSWER_TIMEOUT, and the messages meanwhile go in the next publish.
+    Section 8: the app server's affiliation 'none' for the account disables its registration."""
+    made = world(min_interval_ms=0)
+    phone, phone_out = made.log_in(ALICE, "phone", "192.0.2.10")
+    bob, _bob_out = made.log_in(BOB, "desk", "192.0.2.11")
+    enable(phone, phone_out)
+    log_out(phone)
+    chat(bob)
+    [unanswered] = made.sent
+    made.sent.clear()
+    chat(bob)
+    made.clock.advance(ANSWER_TIMEOUT)
+    [second] = made.sent
+    assert made.publishes() == [summary(2)], "the second message, once the first publish is given up"
+    made.answer(second["id"])
+    assert (unanswered["to"], unanswered["id"]) not in made.sessions.hooks.responses
+    for n in range(MAX_TRANSIENT_ERRORS):
+        chat(bob)
+        [sent] = made.sent
+        made.sent.clear()
+        assert rows(made) != [], f"disabled after {n} errors"
+        made.answer(sent["id"], "resource-constraint", kind="wait")
+    assert rows(made) == []
+
+    phone, phone_out = made.log_in(ALICE, "phone", "192.0.2.12")
+    enable(phone, phone_out)
+    assert len(rows(made)) == 1
+    log_out(phone)
+    made.sessions.deliver(parseXml(
+        f"<message xmlns='jabber:client' from='push.example' to='{ALICE}'><pubsub xmlns='http://jabber.org/protocol/"
+        f"pubsub' node='n1'><affiliation jid='{ALICE}' affiliation='none'/></pubsub></message>"))
+    assert rows(made) == []
+    chat(bob)
+    assert made.sent == []
