@@ -595,3 +595,17 @@ def test_a_dialback_claim_for_a_domain_that_resolves_nowhere_gets_a_dialback_err
     stream.dataReceived(b"<message from='x@c.test' to='alice@a.test'><body>no</body></message>")
     assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
     assert world.delivered == []
+
+
+def test_a_peer_may_not_make_this_server_dial_out_without_bound(tmp_path: Path) -> None:
+    """Every <db:result/> makes a verification connection: past eight at once on one stream, the
+    stream ends with policy-violation and no ninth connection is made."""
+    world = World(tmp_path)
+    for n in range(8):
+        world.resolver.targets[f"d{n}.test"] = [Target("192.0.2.9", 5269, False)]
+    world.resolver.targets["d8.test"] = [Target("192.0.2.9", 5269, False)]
+    stream, transport = secured(world)
+    for n in range(9):
+        stream.dataReceived(f"<db:result from='d{n}.test' to='a.test'>k</db:result>".encode())
+    assert len(world.clock.tcpClients) == 8
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)

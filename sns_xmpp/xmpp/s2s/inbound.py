@@ -51,6 +51,7 @@ from sns_xmpp.xmpp.s2s.stream import ServerStream, to_client_namespace
 log = GatedLogger()
 
 STANZAS = ("message", "presence", "iq")
+MAX_PENDING_VERIFICATIONS = 8  # <db:result/>s of one stream being verified at once (each dials out)
 
 
 class InboundHost(Protocol):
@@ -235,6 +236,11 @@ class Inbound:
             stream.send(result_error(local, remote, "forbidden"))
             return
         if remote in self.authenticated or (remote, local) in self.pending:
+            return
+        if len(self.pending) >= MAX_PENDING_VERIFICATIONS:
+            # Each claim costs a connection of ours to the claimed domain: a peer does not get to
+            # make this server dial out without bound.
+            stream.fail(StreamError("policy-violation", text="too many dialback requests at once"))
             return
         assert stream.sid is not None
         self.pending.add((remote, local))
