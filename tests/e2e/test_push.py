@@ -2,7 +2,8 @@
 ComponentXMPP) at push.localhost, the devices are slixmpp clients, one a social user (the demo
 site's browser flow) and one a local user. Each enables push for its own node with publish
 options, goes offline, and the other's message reaches the app server as the XEP's publish, with
-the count and the options and without the body. Then the app server is a component of another
+the count and the options and without the body; so does one for a device connected but inactive
+(XEP-0352, slixmpp's plugin). Then the app server is a component of another
 sns-xmpp server, reached over s2s. (slixmpp has no XEP-0357 plugin: the enable IQ is built with its
 Iq stanza; the component is slixmpp's own ComponentXMPP.)"""
 
@@ -107,14 +108,27 @@ async def test_an_offline_device_of_a_social_and_of_a_local_user_is_notified(sta
     await wait(enable_push(bob, "bob-desk"))
     await wait(bob.log_out())
     rosa = Client(f"{rosa_jid}/phone", credentials["password"], mechanism="PLAIN")
+    rosa.register_plugin("xep_0352")
     await wait(rosa.log_in(server.c2s_port))
     assert (await wait(rosa.next_message()))["body"] == "Wherefore art thou, Rosa?"  # kept offline as ever
     rosa.send_message(mto=slixmpp.JID("bob@localhost"), mbody="Here, bob", mtype="chat")
     published = await wait(app_server.published.get())
     assert summary(published) == ("localhost", "set", "bob-desk", {
         "FORM_TYPE": "urn:xmpp:push:summary", "message-count": "1"}, SECRET)
+
+    # XEP-0352: rosa's phone, connected but inactive, gets bob's message and a notification too.
+    rosa.plugin["xep_0352"].send_inactive()
+    bob = Client("bob@localhost/desk", "secret")
+    await wait(bob.log_in(server.c2s_port))
+    assert (await wait(bob.next_message()))["body"] == "Here, bob"
+    bob.send_message(mto=slixmpp.JID(rosa_jid), mbody="Asleep?", mtype="chat")
+    assert (await wait(rosa.next_message()))["body"] == "Asleep?"
+    published = await wait(app_server.published.get())
+    assert summary(published) == ("localhost", "set", "rosa-phone", {
+        "FORM_TYPE": "urn:xmpp:push:summary", "message-count": "1"}, SECRET)
     assert app_server.published.empty()
-    await wait(rosa.log_out())
+    for client in (rosa, bob):
+        await wait(client.log_out())
     app_server.disconnect()
     await wait(app_server.wait_until("disconnected", 10))
 
