@@ -330,6 +330,9 @@ class S2SConfig:
         25, integer(1, 29), "seconds to resolve, connect and authenticate before queued stanzas bounce"
     )
     auth_timeout: int = _setting(60, integer(5, 3600), "seconds an incoming stream has to authenticate")
+    max_unauthenticated_per_ip: int = _setting(
+        32, integer(1, 100_000), "incoming streams one address may hold open before they authenticate"
+    )
     deny: tuple[str, ...] = _setting((), _domain_names, "remote domains refused both ways")
     hosts: tuple[tuple[str, str], ...] = _setting(
         (), _s2s_hosts, 'where to reach a domain instead of DNS: domain = "host[:port]"'
@@ -373,6 +376,21 @@ class HTTPConfig:
     header_timeout: int = _setting(20, integer(1, 3600), "seconds a request has to send all its headers")
     body_timeout: int = _setting(30, integer(1, 3600), "seconds a request has to send its body after the headers")
     max_connections_per_ip: int = _setting(512, integer(1, 1_000_000), "open HTTP connections one address may hold")
+    websocket: bool = _setting(True, boolean, "XMPP over WebSocket (RFC 7395) at /xmpp-websocket")
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), lambda value: _ip_addresses(value),
+        "addresses of TLS-terminating reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
+    )
+
+
+def _ip_addresses(value: Any) -> tuple[str, ...]:
+    addresses = []
+    for item in names("IP addresses")(value):
+        try:
+            addresses.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return tuple(addresses)
 
 
 def _loopback(value: Any) -> str:

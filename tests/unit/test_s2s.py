@@ -609,3 +609,17 @@ def test_a_peer_may_not_make_this_server_dial_out_without_bound(tmp_path: Path) 
         stream.dataReceived(f"<db:result from='d{n}.test' to='a.test'>k</db:result>".encode())
     assert len(world.clock.tcpClients) == 8
     assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(transport)
+
+
+def test_one_address_holds_a_bounded_number_of_unauthenticated_streams(tmp_path: Path) -> None:
+    """Past max_unauthenticated_per_address, a new stream from that address ends policy-violation
+    at once; authenticating (or closing) one frees its place."""
+    world = World(tmp_path, limits=S2SLimits(max_unauthenticated_per_address=2))
+    first, first_transport = secured(world)
+    world.incoming()
+    third, third_transport = world.incoming()
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in said(third_transport)
+    first.dataReceived(b"<db:result from='b.test' to='a.test'>k</db:result>")
+    verified_by_b(world, first, first_transport, "k", True)
+    fourth, fourth_transport = world.incoming()
+    assert said(fourth_transport) == ""

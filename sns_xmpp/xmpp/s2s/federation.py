@@ -61,6 +61,7 @@ class S2SLimits:
     idle_timeout: float = 600  # seconds of silence both ways before a stream is closed
     connect_timeout: float = 25  # resolving, connecting and authenticating an outgoing stream
     auth_timeout: float = 60  # an incoming stream's time to authenticate
+    max_unauthenticated_per_address: int = 32  # incoming streams one address holds before authenticating
 
 
 @dataclass
@@ -100,7 +101,7 @@ class _InboundFactory(protocol.Factory):
         self.federation = federation
 
     def buildProtocol(self, addr: IAddress | None) -> ServerStream:  # noqa: N802 - Twisted's name
-        return self.federation.accept()
+        return self.federation.accept(str(getattr(addr, "host", "?")))
 
 
 class Federation(service.Service):
@@ -121,6 +122,7 @@ class Federation(service.Service):
         self.incoming: dict[ServerStream, Inbound] = {}
         self.verifications: set[ServerStream] = set()
         self.per_domain = Tally()
+        self.unauthenticated = Tally()
         self.bounced = 0
         self._sweeper: task.LoopingCall | None = None
 
@@ -317,11 +319,27 @@ class Federation(service.Service):
     def listener_factory(self) -> protocol.Factory:
         return _InboundFactory(self)
 
-    def accept(self) -> ServerStream:
+    def accept(self, address: str = "?") -> ServerStream:
         inbound = Inbound(self.inbound_settings, self)
         stream = ServerStream(inbound, "in", self.limits.max_stanza_bytes, self.reactor)
         inbound.stream = stream
         self.incoming[stream] = inbound
+        # Streams that have not authenticated, by address: each costs a TLS handshake and maybe
+        # dialback connections of ours, so one address gets a bounded number at once.
+        settled: list[bool] = []
+
+        def settle(*args: object) -> None:
+            if not settled:
+                settled.append(True)
+                self.unauthenticated.remove(address)
+
+        if self.unauthenticated.add(address) > self.limits.max_unauthenticated_per_address:
+            settle()
+            self.router.metrics.limit("s2s-unauthenticated-per-address")
+            inbound.refusal = StreamError("policy-violation", text="too many unauthenticated streams")
+        else:
+            inbound.on_authenticated = settle
+            stream.on_close.append(settle)
         stream.on_close.append(lambda: self._incoming_closed(stream, inbound))
         return stream
 
@@ -429,7 +447,8 @@ def make_federation(router: StanzaRouter, reactor: IServerReactor, config: S2SCo
                                 config.require_valid_certificates,
                                 frozenset(domain for domain in local_domains if names_domain(ours, domain)))
     limits = S2SLimits(config.max_streams_per_domain, config.max_queued_stanzas, config.max_stanza_bytes,
-                       config.idle_timeout, config.connect_timeout, config.auth_timeout)
+                       config.idle_timeout, config.connect_timeout, config.auth_timeout,
+                       config.max_unauthenticated_per_ip)
     resolver = ServerResolver(reactor, overrides=dict(config.hosts))
     return Federation(router, reactor, resolver, inbound, outbound, limits, config.deny,
                       client_context(certificate, key, direct_tls=True))

@@ -92,13 +92,15 @@ class Inbound:
     method: str | None = None
     pending: set[tuple[str, str]] = field(default_factory=set)  # (remote, local) pairs being verified
     on_authenticated: Callable[[Inbound, str, str], None] | None = None
+    refusal: StreamError | None = None  # set by the federation when this stream may not start
 
     @property
     def state(self) -> str:
         return "authenticated" if self.authenticated else "negotiating"
 
     def connection_made(self) -> None:
-        pass
+        if self.refusal is not None:
+            self.stream.fail(self.refusal)
 
     def connection_lost(self, reason: Failure) -> None:
         pass
