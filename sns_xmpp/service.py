@@ -6,6 +6,7 @@ everything it builds receives them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import os
@@ -60,6 +61,8 @@ from sns_xmpp.xmpp.s2s.federation import Federation, make_federation
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
 from sns_xmpp.xmpp.transport import FlushingTCPServerEndpoint, NoDelayTCPServerEndpoint
+from sns_xmpp.xmpp.websocket import PATH as WEBSOCKET_PATH
+from sns_xmpp.xmpp.websocket import XMPPWebSocketFactory, XMPPWebSocketResource
 
 log = GatedLogger()
 
@@ -99,6 +102,24 @@ class Options(usage.Options):
             # SystemExit prints exactly this line and exits 1; a UsageError
             # would print the whole usage text first.
             raise SystemExit(str(error)) from None
+
+
+class StreamFactoryService(service.Service):
+    """Starts and stops a stream factory that no listening port of its own starts (the WebSocket
+    streams, which arrive through the HTTP listener): its idle sweeps, and <system-shutdown/> to
+    its streams as the server stops."""
+
+    def __init__(self, factory: ClientStreamFactory) -> None:
+        self.factory = factory
+
+    def startService(self) -> None:
+        super().startService()
+        self.factory.doStart()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.factory.shut_down()
+        self.factory.doStop()
 
 
 class ListenerService(service.Service):
@@ -293,6 +314,15 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                         FlushingTCPServerEndpoint(reactor, c2s.direct_tls_port, LISTEN_BACKLOG, c2s.interface,
                                                   tls=tls_context),
                         factory(True)).setServiceParent(top)
+    if config.http.websocket:
+        # The same streams over RFC 7395's framing on the HTTP listener: no STARTTLS there (the
+        # listener has no TLS; a TLS-terminating proxy in front, or loopback, makes it private).
+        websocket_settings = dataclasses.replace(settings, tls_context=None)
+        websocket_streams = ClientStreamFactory(lambda: ClientNegotiator(websocket_settings), limits, reactor,
+                                                False, metrics.limit)
+        StreamFactoryService(websocket_streams).setServiceParent(top)
+        root.putChild(WEBSOCKET_PATH, XMPPWebSocketResource(XMPPWebSocketFactory(
+            websocket_streams, c2s.max_stanza_bytes, config.http.trusted_proxies)))
     components = config.xmpp.components
     if config.components and components.port >= 0:
         router.component_domains.update(config.components)

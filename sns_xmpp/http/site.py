@@ -17,7 +17,7 @@ descriptor (an answer would hold each one until it was written). The channel is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,15 @@ class GuardedChannel(http.HTTPChannel):
             return
         self._arm("body", self.site.limits.body_timeout)
         super().allHeadersReceived()
+
+    def hand_over(self) -> Callable[[], None]:
+        """The connection leaves HTTP (a WebSocket takes it over): the channel's deadlines and idle
+        timeout no longer apply. Call what this returns when the connection closes: it gives
+        back the connection's place in its address's count, which the channel, no longer the
+        connection's protocol, would never hear of."""
+        self._disarm("handed-over")
+        self.setTimeout(None)
+        return lambda: self.site.connection_closed(self)
 
     def body_within_limit(self, size: int) -> bool:
         """Count *size* more bytes of the request's body; past the limit, answer 413 and close."""

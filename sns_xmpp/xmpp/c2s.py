@@ -42,8 +42,10 @@ def buffered_bytes(transport: object) -> int:
     project's `FlushingServer`, whose round's writes wait in the same two buffers; with STARTTLS the
     ciphertext lands there too); under a `TLSMemoryBIOProtocol` (direct TLS) it is the wrapped
     transport's, the ciphertext being handed on as soon as it is made. Transports that keep no
-    such buffer (test doubles) count 0. Twisted has no public accessor: these are the names
+    such buffer (test doubles) count 0; a WebSocket's framing (`websocket.FramedTransport`) names
+    the TCP transport under it. Twisted has no public accessor: these are the names
     `FileDescriptor.write` and `doWrite` use, and a tripwire test watches them."""
+    transport = getattr(transport, "inner_transport", transport)
     while isinstance(transport, TLSMemoryBIOProtocol):
         transport = transport.transport
     if isinstance(transport, abstract.FileDescriptor):

@@ -1,0 +1,113 @@
+"""XMPP over WebSocket (RFC 7395) against the daemon, with a raw client (PyPI websockets): no
+XMPP library between the test and the framing."""
+
+from __future__ import annotations
+
+import base64
+import xml.etree.ElementTree as ET
+
+import pytest
+import pytest_twisted
+import websockets
+
+from tests.e2e.test_local_im import logged_in
+from tests.xmppclient import wait
+
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+STREAMS = "http://etherx.jabber.org/streams"
+CLIENT = "jabber:client"
+OPEN = f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>"
+
+
+def _url(server) -> str:  # type: ignore[no-untyped-def]
+    return server.http_url.replace("http://", "ws://") + "/xmpp-websocket"
+
+
+async def _receive(socket: websockets.ClientConnection) -> ET.Element:
+    """The next message, which must be an XML document of its own (section 3.3.3)."""
+    message = await wait(socket.recv())
+    assert isinstance(message, str), "RFC 7395 sends text messages"
+    return ET.fromstring(message)
+
+
+async def _until(socket: websockets.ClientConnection, tag: str) -> ET.Element:
+    for _ in range(20):
+        element = await _receive(socket)
+        if element.tag == tag:
+            return element
+    raise AssertionError(f"no {tag}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_client_negotiates_logs_in_binds_and_chats_with_a_tcp_client(server) -> None:
+    """Open, features, SASL PLAIN (a loopback WebSocket is private), the restart's open, bind,
+    presence, a message each way with a slixmpp client over TCP, close: every message a document
+    with its namespaces declared."""
+    await server.add_user("erin@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    bob = await logged_in(server, "bob@localhost")
+    socket = await wait(websockets.connect(_url(server), subprotocols=["xmpp"]))
+    assert socket.subprotocol == "xmpp"
+
+    await wait(socket.send(OPEN))
+    opened = await _receive(socket)
+    assert opened.tag == f"{{{FRAMING}}}open"
+    assert opened.get("from") == "localhost" and opened.get("version") == "1.0" and opened.get("id")
+    features = await _receive(socket)
+    assert features.tag == f"{{{STREAMS}}}features"
+    mechanisms = [m.text for m in features.iter("{urn:ietf:params:xml:ns:xmpp-sasl}mechanism")]
+    assert "PLAIN" in mechanisms and features.find("{urn:ietf:params:xml:ns:xmpp-tls}starttls") is None
+
+    credentials = base64.b64encode(b"\0erin\0secret").decode()
+    await wait(socket.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{credentials}</auth>"))
+    assert (await _receive(socket)).tag == "{urn:ietf:params:xml:ns:xmpp-sasl}success"
+    await wait(socket.send(OPEN))
+    assert (await _receive(socket)).tag == f"{{{FRAMING}}}open"
+    features = await _receive(socket)
+    assert features.find("{urn:ietf:params:xml:ns:xmpp-bind}bind") is not None
+
+    await wait(socket.send(f"<iq xmlns='{CLIENT}' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                           "<resource>browser</resource></bind></iq>"))
+    bound = await _until(socket, f"{{{CLIENT}}}iq")
+    assert bound.get("type") == "result"
+    assert bound.findtext(".//{urn:ietf:params:xml:ns:xmpp-bind}jid") == "erin@localhost/browser"
+    await wait(socket.send(f"<presence xmlns='{CLIENT}'/>"))
+
+    await wait(socket.send(f"<message xmlns='{CLIENT}' to='bob@localhost' type='chat' id='w1'>"
+                           "<body>über WebSocket</body></message>"))
+    heard = await wait(bob.next_message())
+    assert (heard["body"], str(heard["from"])) == ("über WebSocket", "erin@localhost/browser")
+    bob.send_message(mto="erin@localhost/browser", mbody="and back <over> TCP", mtype="chat")
+    reply = await _until(socket, f"{{{CLIENT}}}message")
+    assert reply.findtext(f"{{{CLIENT}}}body") == "and back <over> TCP"
+    assert reply.get("from") == "bob@localhost/" + str(bob.boundjid.resource)
+
+    await wait(socket.send(f"<close xmlns='{FRAMING}'/>"))
+    closing = await _until(socket, f"{{{FRAMING}}}close")
+    assert closing.tag == f"{{{FRAMING}}}close"
+    await wait(socket.wait_closed())
+    assert socket.close_code == 1000
+    await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_open_and_a_missing_subprotocol_get_rfc_7395s_answers(server) -> None:
+    """No xmpp subprotocol: the handshake is refused (400). An open for a domain not served:
+    <open/>, the stream error host-unknown, <close/>. A TCP-style stream header instead of <open/>:
+    invalid-namespace. Each time the WebSocket then closes."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await wait(websockets.connect(_url(server), subprotocols=["chat"]))
+    assert refused.value.response.status_code == 400
+
+    for first, condition in (
+            (f"<open xmlns='{FRAMING}' to='nowhere.example' version='1.0'/>", "host-unknown"),
+            (f"<stream:stream xmlns='{CLIENT}' xmlns:stream='{STREAMS}' to='localhost' version='1.0'>",
+             "invalid-namespace")):
+        socket = await wait(websockets.connect(_url(server), subprotocols=["xmpp"]))
+        await wait(socket.send(first))
+        assert (await _receive(socket)).tag == f"{{{FRAMING}}}open"
+        error = await _receive(socket)
+        assert error.tag == f"{{{STREAMS}}}error"
+        assert error.find(f"{{urn:ietf:params:xml:ns:xmpp-streams}}{condition}") is not None, ET.tostring(error)
+        assert (await _receive(socket)).tag == f"{{{FRAMING}}}close"
+        await wait(socket.wait_closed())
