@@ -33,6 +33,7 @@ from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.devices import DeviceAccounts, Devices
+from sns_xmpp.http.host_meta import well_known
 from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.logout import AccountTokens, BackChannelLogoutRoot, WebLogout
 from sns_xmpp.http.pending import PendingLogins
@@ -323,6 +324,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         StreamFactoryService(websocket_streams).setServiceParent(top)
         root.putChild(WEBSOCKET_PATH, XMPPWebSocketResource(XMPPWebSocketFactory(
             websocket_streams, c2s.max_stanza_bytes, config.http.trusted_proxies)))
+        root.putChild(b".well-known", well_known(public_url, WEBSOCKET_PATH.decode()))  # XEP-0156
     components = config.xmpp.components
     if config.components and components.port >= 0:
         router.component_domains.update(config.components)

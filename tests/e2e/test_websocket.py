@@ -111,3 +111,25 @@ async def test_a_bad_open_and_a_missing_subprotocol_get_rfc_7395s_answers(server
         assert error.find(f"{{urn:ietf:params:xml:ns:xmpp-streams}}{condition}") is not None, ET.tostring(error)
         assert (await _receive(socket)).tag == f"{{{FRAMING}}}close"
         await wait(socket.wait_closed())
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_meta_names_the_websocket_endpoint_in_xrd_and_json(server) -> None:
+    """XEP-0156: both documents parse and name the endpoint a client then connects to."""
+    import json
+
+    import treq
+
+    endpoint = _url(server)
+    xrd = await treq.get(server.http_url + "/.well-known/host-meta")
+    assert xrd.code == 200 and xrd.headers.getRawHeaders("content-type") == ["application/xrd+xml"]
+    document = ET.fromstring(await xrd.content())
+    links = document.findall("{http://docs.oasis-open.org/ns/xri/xrd-1.0}Link")
+    assert [(link.get("rel"), link.get("href")) for link in links] == [
+        ("urn:xmpp:alt-connections:websocket", endpoint)]
+    answer = await treq.get(server.http_url + "/.well-known/host-meta.json")
+    assert json.loads(await answer.content()) == {
+        "links": [{"rel": "urn:xmpp:alt-connections:websocket", "href": endpoint}]}
+    assert answer.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    socket = await wait(websockets.connect(endpoint, subprotocols=["xmpp"]))
+    await wait(socket.close())
