@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.serialization import plain_xml
-from sns_xmpp.xmpp.websocket import NS_FRAMING, XMPPWebSocketFactory, framing_element, frames, stream_header
+from sns_xmpp.xmpp.websocket import NS_FRAMING, XMPPWebSocketFactory, frames, framing_element, stream_header
 from tests.fuzz import strategies as fs
 from tests.unit.test_serialization import STREAM_PREFIXES, parsed_stanzas
 
