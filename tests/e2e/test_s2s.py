@@ -76,7 +76,7 @@ async def presence_from(client: Client, bare: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_social_user_and_a_remote_user_subscribe_and_chat_across_two_servers(start_server, tmp_path) -> None:
     """A social user of a.test (the demo site) and a local user of b.test: mutual subscription,
-    presence both ways, messages both ways with non-ASCII text, all over s2s; each direction
+    presence both ways, messages both ways with non-ASCII text, the probe at a new login, all over s2s; each direction
     authenticated with dialback over TLS (self-signed certificates), as the console shows."""
     a, b = await two_servers(start_server, tmp_path)
     credentials = await demo_credentials(a, "rosa")
@@ -106,6 +106,12 @@ async def test_a_social_user_and_a_remote_user_subscribe_and_chat_across_two_ser
     bob.send_message(mto=received["from"], mbody="こんにちは", mtype="chat")
     received = await wait(rosa.next_message())
     assert (received["body"], received["from"].bare) == ("こんにちは", "bob@b.test")
+
+    # Logging in again, rosa's server probes b.test for bob's presence (RFC 6121 4.3), and b.test answers.
+    await wait(rosa.log_out())
+    rosa = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
+    await wait(rosa.log_in(a.c2s_port))
+    await wait(presence_from(rosa, "bob@b.test"))
 
     out_of_a = a.server.federation.domains()["b.test"]["out"]
     assert [(link["state"], link["method"]) for link in out_of_a] == [("authenticated", "tls+dialback")]

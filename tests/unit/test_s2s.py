@@ -623,3 +623,20 @@ def test_one_address_holds_a_bounded_number_of_unauthenticated_streams(tmp_path:
     verified_by_b(world, first, first_transport, "k", True)
     fourth, fourth_transport = world.incoming()
     assert said(fourth_transport) == ""
+
+
+def test_a_peer_that_drops_during_negotiation_bounces_what_waited(tmp_path: Path) -> None:
+    """The connection is lost after STARTTLS, before the verdict: the queued stanzas bounce
+    remote-server-not-found, and the link is gone so the next stanza starts afresh."""
+    world = World(tmp_path)
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "one"))
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "two"))
+    stream, transport = world.outgoing()
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"from='b.test' id='x1' version='1.0'><stream:features>"
+                        b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.connectionLost(Failure(ConnectionDone()))
+    assert [(str(b.body), b.error.firstChildElement().name) for b in world.delivered] == \
+        [("one", "remote-server-not-found"), ("two", "remote-server-not-found")]
+    assert world.federation.links == {}
