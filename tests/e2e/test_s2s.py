@@ -301,3 +301,27 @@ async def test_unknown_and_silent_domains_bounce_within_30_seconds_while_the_rea
             await wait(client.log_out())
     finally:
         silent.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_go_sendxmpp_as_a_social_user_reaches_a_remote_user(start_server, tmp_path) -> None:
+    """A client of another stack (go-sendxmpp, Go's crypto/tls) logs in to a.test as a social
+    user (its JID and hand-over password), sends to bob@b.test and leaves at once; the message, queued while
+    a.test's link to b.test comes up, reaches bob from the social user's JID."""
+    from tests.e2e.test_go_clients import _need_go_sendxmpp, go_sendxmpp
+    _need_go_sendxmpp()
+    a, b = await two_servers(start_server, tmp_path)
+    credentials = await demo_credentials(a, "gopher")
+    await b.add_user("bob@b.test", "secret")
+    bob = Client("bob@b.test", "secret")
+    await wait(bob.log_in(b.c2s_port))
+    message = tmp_path / "message.txt"
+    message.write_text("hello bob, from Go across servers\n")
+    status, output = await wait(go_sendxmpp(tmp_path, a.c2s_port, "--username", credentials["jid"],
+                                            "--password", credentials["password"], "--message", str(message),
+                                            "bob@b.test"), 30)
+    assert status == 0, output
+    received = await wait(bob.next_message())
+    assert (received["body"].strip(), received["from"].bare) == ("hello bob, from Go across servers",
+                                                                 credentials["jid"])
+    await wait(bob.log_out())
