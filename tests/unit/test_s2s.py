@@ -640,3 +640,35 @@ def test_a_peer_that_drops_during_negotiation_bounces_what_waited(tmp_path: Path
     assert [(str(b.body), b.error.firstChildElement().name) for b in world.delivered] == \
         [("one", "remote-server-not-found"), ("two", "remote-server-not-found")]
     assert world.federation.links == {}
+
+
+def authenticated_link(world: World) -> tuple[ServerStream, TLSRecordingTransport]:
+    """An outgoing stream to b.test through STARTTLS and dialback, its first stanza sent."""
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "first"))
+    stream, transport = world.outgoing()
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"from='b.test' id='one' version='1.0'><stream:features>"
+                        b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.dataReceived(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+                        b"from='b.test' id='two' version='1.0'><stream:features>"
+                        b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+    stream.dataReceived(b"<result xmlns='jabber:server:dialback' from='b.test' to='a.test' type='valid'/>")
+    assert said(transport).endswith("<body>first</body></message>")
+    return stream, transport
+
+
+def test_a_stanza_while_the_peer_closes_the_stream_opens_a_new_one_instead_of_bouncing(tmp_path: Path) -> None:
+    """The peer ended its stream (RFC 6120 4.4) and the connection is not gone yet: a stanza
+    routed now goes to a new link, not to the closing stream, and nothing bounces when the old
+    connection is lost."""
+    world = World(tmp_path)
+    stream, transport = authenticated_link(world)
+    stream.dataReceived(b"</stream:stream>")
+    assert said(transport) == "</stream:stream>" and transport.disconnecting
+    world.router.route(message("alice@a.test/phone", "bob@b.test", "second"))
+    assert len(world.clock.tcpClients) == 2
+    stream.connectionLost(Failure(ConnectionDone()))
+    assert world.delivered == []
+    [link] = world.federation.domains()["b.test"]["out"]
+    assert (link["state"], link["queued"]) == ("connecting", 1)

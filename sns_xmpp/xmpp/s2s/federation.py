@@ -141,15 +141,20 @@ class Federation(service.Service):
             self._bounce(stanza, "policy-violation")
             return
         link = self.links.get((local, remote))
+        if link is not None and link.state == "authenticated":
+            stream = link.stream
+            if stream is not None and not stream.closed:
+                link.sent += 1
+                stream.send(stanza)
+                return
+            # The stream is ending (the peer closed it, or the idle sweep did): a new one for this.
+            del self.links[(local, remote)]
+            link = None
         if link is None:
             # Queued before the link starts: resolution may answer (and fail) at once.
             link = self.links[(local, remote)] = Link(local, remote, since=self.reactor.seconds())
             link.queue.append(stanza)
             self._start(link)
-            return
-        if link.state == "authenticated" and link.stream is not None and not link.stream.closed:
-            link.sent += 1
-            link.stream.send(stanza)
             return
         if len(link.queue) >= self.limits.max_queued_stanzas:
             self.router.metrics.limit("s2s-queue")
