@@ -6,9 +6,11 @@ sets it and installs the packages in .ci/run): then a missing client fails the t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,24 @@ def require_client(command: str, package: str | None = None, *, also: tuple[str,
         if shutil.which(other) is None:
             pytest.fail(f"{command} is installed but {other}, which the test needs beside it, is not")
     return path
+
+
+JS_CLIENTS = Path(__file__).with_name("js")
+
+
+def js_clients() -> Path:
+    """tests/js with its npm packages installed as package-lock.json pins them (npm ci, once per
+    change of the lock file), for the Node.js clients (xmpp.js); skip or fail without Node.js."""
+    require_client("node", "nodejs")
+    npm = require_client("npm")
+    lock = JS_CLIENTS / "package-lock.json"
+    stamp = JS_CLIENTS / "node_modules" / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    if not stamp.exists():
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=JS_CLIENTS,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"npm ci in tests/js failed:\n{done.stdout}\n{done.stderr}"
+        stamp.touch()
+    return JS_CLIENTS
 
 
 class Terminal:

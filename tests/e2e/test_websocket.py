@@ -133,3 +133,32 @@ async def test_host_meta_names_the_websocket_endpoint_in_xrd_and_json(server) ->
     assert answer.headers.getRawHeaders("access-control-allow-origin") == ["*"]
     socket = await wait(websockets.connect(endpoint, subprotocols=["xmpp"]))
     await wait(socket.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_xmpp_js_logs_in_over_websocket_and_chats_with_a_tcp_client(server) -> None:
+    """xmpp.js (@xmpp/client 0.14, Node.js, pinned by tests/js/package-lock.json) finds its own way
+    through the framing: it picks SASL2 with SCRAM-SHA-1, Bind2 with stream management, asks for a
+    FAST token, then a message to a slixmpp user over TCP and the reply back."""
+    import asyncio
+    import json
+
+    from tests.clients import js_clients
+
+    folder = js_clients()
+    await server.add_user("erin@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    bob = await logged_in(server, "bob@localhost")
+    process = await wait(asyncio.create_subprocess_exec(
+        "node", str(folder / "ws_chat.mjs"), _url(server), "localhost", "erin", "secret", "bob@localhost",
+        "from xmpp.js", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
+    heard = await wait(bob.next_message())
+    assert (heard["body"], heard["from"].bare) == ("from xmpp.js", "erin@localhost")
+    bob.send_message(mto=heard["from"], mbody="hello, Node", mtype="chat")
+    output, errors = await wait(process.communicate())
+    assert process.returncode == 0, (output, errors)
+    result = json.loads(output.decode().strip().splitlines()[-1])
+    assert result["jid"].startswith("erin@localhost/xmppjs"), result  # Bind2: the client's tag, then ours
+    assert result["reply"] == {"from": str(bob.boundjid), "body": "hello, Node"}, result
+    assert "<token xmlns=\"urn:xmpp:fast:0\"" in errors.decode()  # the FAST token it asked for
+    await wait(bob.log_out())
