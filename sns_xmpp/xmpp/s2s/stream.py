@@ -55,10 +55,31 @@ def to_client_namespace(element: domish.Element) -> None:
         pending.extend(child for child in current.children if not isinstance(child, str))
 
 
+class _Detached:
+    """The handler of a stream whose connection is gone: it ignores everything."""
+
+    def connection_made(self) -> None:
+        pass
+
+    def stream_started(self, root: domish.Element) -> None:
+        pass
+
+    def element_received(self, element: domish.Element) -> None:
+        pass
+
+    def connection_lost(self, reason: Failure) -> None:
+        pass
+
+
+_DETACHED = _Detached()
+
+
 class ServerStream(xmlstream.XmlStream):
     # Twisted declares these as None only.
     sid: str | None  # type: ignore[assignment]
     stream: Any
+
+    handler: StreamHandler
 
     def __init__(self, handler: StreamHandler, direction: str, max_stanza_bytes: int, clock: IReactorTime,
                  secure: bool = False) -> None:
@@ -224,3 +245,6 @@ class ServerStream(xmlstream.XmlStream):
                 callback()
             except Exception:
                 log.failure("s2s.close_callback_failed")
+        # The stream and its handler point at each other: cut that, so that reference counting
+        # frees the connection now rather than the cycle collector later (see parsing.py).
+        self.handler = _DETACHED
