@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 import websockets
 
-from tests.e2e.test_local_im import logged_in
+from tests.e2e.test_local_im import logged_in, until
 from tests.xmppclient import wait
 
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -82,11 +82,14 @@ async def test_a_websocket_client_negotiates_logs_in_binds_and_chats_with_a_tcp_
     assert reply.findtext(f"{{{CLIENT}}}body") == "and back <over> TCP"
     assert reply.get("from") == "bob@localhost/" + str(bob.boundjid.resource)
 
+    http = server.server.listener("http").factory
+    assert http.connections["127.0.0.1"] >= 1  # the WebSocket still counts against its address
     await wait(socket.send(f"<close xmlns='{FRAMING}'/>"))
     closing = await _until(socket, f"{{{FRAMING}}}close")
     assert closing.tag == f"{{{FRAMING}}}close"
     await wait(socket.wait_closed())
     assert socket.close_code == 1000
+    await until(lambda: http.connections["127.0.0.1"] == 0)  # its place given back, once the TCP close is in
     await wait(bob.log_out())
 
 
