@@ -1,33 +1,108 @@
 """Federation with real servers of other projects (tests/peers.py): Prosody 0.12 and ejabberd 23.01
-from Debian, each on its own loopback address, found through the test's DNS server."""
+from Debian, each on its own loopback address, found through the test's DNS server; sns-xmpp
+serves sns.example on 127.0.0.1 (the peers find it through that DNS server, SRV with its port) and
+reaches them through its [xmpp.s2s.hosts] overrides. The issue's "Must show" for real peers."""
 
 from __future__ import annotations
 
 import asyncio
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 
+from sns_xmpp.config import parse_config
+from tests.conftest import DEMO_SITE, RunningServer, free_port
+from tests.e2e.test_social_login import demo_credentials
 from tests.peers import (  # noqa: F401 - the fixtures
     Ejabberd,
+    LoopbackDNS,
     PeerClient,
     Prosody,
     ejabberd_server,
     loopback_dns_server,
     prosody_server,
 )
-from tests.xmppclient import wait
+from tests.xmppclient import Client, wait
 
 FEDERATION_TIMEOUT = 40  # a first s2s link: DNS, TCP, STARTTLS, dialback with its verification back
 
 
-async def presence_from(client: PeerClient, bare: str) -> None:
+SNS_DOMAIN = "sns.example"
+
+
+async def start_sns(start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS,
+                    *peers: Prosody | Ejabberd) -> RunningServer:
+    """sns-xmpp for sns.example with s2s on a free port of 127.0.0.1, named in the test DNS, and
+    the peers in its [xmpp.s2s.hosts]; the demo social site on."""
+    s2s_port, http_port = free_port(), free_port()
+    hosts = "\n".join(f'"{peer.domain}" = "{peer.override}"' for peer in peers)
+    config = parse_config(textwrap.dedent(f"""
+        [server]
+        domains = ["{SNS_DOMAIN}"]
+        data_dir = "{tmp_path / 'data'}"
+
+        [xmpp.c2s]
+        port = 0
+        direct_tls_port = -1
+
+        [xmpp.s2s]
+        interface = "127.0.0.1"
+        port = {s2s_port}
+
+        [xmpp.s2s.hosts]
+        {hosts}
+
+        [http]
+        port = {http_port}
+        public_url = "http://127.0.0.1:{http_port}"
+        """) + textwrap.dedent(DEMO_SITE))
+    server: RunningServer = await start_server(config)
+    loopback_dns.add_server(SNS_DOMAIN, "127.0.0.1", s2s_port)
+    return server
+
+
+class BouncedClient(Client):
+    """A client that also queues the message errors it gets: slixmpp raises its "message" event
+    only for a message with a body, and a peer's error (Prosody's) need not carry the original."""
+
+    def __init__(self, jid: str, password: str, **kwargs: Any) -> None:
+        super().__init__(jid, password, **kwargs)
+        self.bounces: asyncio.Queue[Any] = asyncio.Queue()
+        self.add_event_handler("message_error", self.bounces.put_nowait)
+
+
+async def local_user(server: RunningServer, user: str) -> BouncedClient:
+    jid = f"{user}@{SNS_DOMAIN}"
+    await server.add_user(jid, f"{user}-secret")
+    client = BouncedClient(jid, f"{user}-secret")
+    await wait(client.log_in(server.c2s_port))
+    return client
+
+
+async def peer_user(peer: Prosody | Ejabberd, user: str, *, presence: bool = True) -> PeerClient:
+    peer.register(user, f"{user}-secret")
+    client = peer.client(user, f"{user}-secret")
+    await wait(client.log_in(peer.c2s_port, presence=presence))
+    return client
+
+
+def links(server: RunningServer, domain: str) -> list[tuple[str, str]]:
+    """(state, method) of sns-xmpp's outgoing and incoming streams with *domain*, as the console shows."""
+    streams = server.server.federation.domains()[domain]
+    return [(stream["state"], stream["method"]) for stream in [*streams["out"], *streams["in"]]]
+
+
+async def presence_from(client: Client, bare: str) -> None:
     while True:
         presence = await client.presences.get()
         if presence["from"].bare == bare and presence["type"] != "unavailable":
             return
 
 
-async def subscribe_mutually(first: PeerClient, second: PeerClient) -> None:
+async def subscribe_mutually(first: Client, second: Client) -> None:
     """RFC 6121 §3: each asks, the other approves; both then see the other's presence."""
     first.send_presence(pto=second.boundjid.bare, ptype="subscribe")
     request = await asyncio.wait_for(second.subscription_requests.get(), FEDERATION_TIMEOUT)
@@ -64,3 +139,81 @@ async def test_the_harness_a_prosody_user_and_an_ejabberd_user_subscribe_and_cha
     assert (received["body"], received["from"].bare) == ("Привет из ejabberd", "emil@ejabberd.example")
     await wait(anna.log_out())
     await wait(emil.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_local_user_subscribes_and_chats_with_a_prosody_user_and_an_ejabberd_user(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
+) -> None:
+    """sns.example's sam and a user of each peer: mutual subscription and presence across servers
+    (RFC 6121 §3 over s2s, both directions of each link), then messages both ways with non-ASCII
+    text; the links are authenticated both ways with dialback over TLS (the peers' certificates are
+    self-signed), ejabberd's failed EXTERNAL offer notwithstanding."""
+    server = await start_sns(start_server, tmp_path, loopback_dns, prosody, ejabberd)
+    sam = await local_user(server, "sam")
+    pia, eli = await peer_user(prosody, "pia"), await peer_user(ejabberd, "eli")
+
+    for remote, text, answer in ((pia, "Grüße nach Prosody ✓", "Ответ из Prosody"),
+                                 (eli, "¡Hola, ejabberd! 🎉", "ejabberd より")):
+        await wait(subscribe_mutually(sam, remote), FEDERATION_TIMEOUT * 2)
+        assert sam.client_roster[remote.boundjid.bare]["subscription"] == "both"
+        sam.send_message(mto=remote.boundjid.bare, mbody=text, mtype="chat")
+        received = await wait(remote.next_message(), FEDERATION_TIMEOUT)
+        assert (received["body"], received["from"].full) == (text, sam.boundjid.full)
+        remote.send_message(mto=received["from"], mbody=answer, mtype="chat")
+        received = await wait(sam.next_message(), FEDERATION_TIMEOUT)
+        assert (received["body"], received["from"].full) == (answer, remote.boundjid.full)
+    for domain in (prosody.domain, ejabberd.domain):
+        assert sorted(links(server, domain)) == [("authenticated", "tls+dialback")] * 2, domain
+    for client in (sam, pia, eli):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_remote_users_get_the_message_at_login_and_a_nonexistent_one_bounces(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
+) -> None:
+    """A message from sns.example to a Prosody user and to an ejabberd user who are offline is kept
+    by their server and delivered when they log in; one to an account a peer does not have comes
+    back from that peer as an error to the sender (RFC 6121 §8.5.2)."""
+    server = await start_sns(start_server, tmp_path, loopback_dns, prosody, ejabberd)
+    sam = await local_user(server, "sol")
+    for peer in (prosody, ejabberd):
+        peer.register("later", "later-secret")
+        sam.send_message(mto=peer.jid("later"), mbody=f"für später, {peer.kind} ✉", mtype="chat")
+        sam.send_message(mto=peer.jid("nobody"), mbody="anyone?", mtype="chat")
+        bounce = await wait(sam.bounces.get(), FEDERATION_TIMEOUT)
+        assert (bounce["type"], bounce["from"].bare) == ("error", peer.jid("nobody"))
+        assert bounce["error"]["condition"] == "service-unavailable"
+    for peer in (prosody, ejabberd):
+        later = peer.client("later", "later-secret")
+        await wait(later.log_in(peer.c2s_port))
+        kept = await wait(later.next_message(), FEDERATION_TIMEOUT)
+        assert (kept["body"], kept["from"].bare) == (f"für später, {peer.kind} ✉", "sol@sns.example")
+        await wait(later.log_out())
+    await wait(sam.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_social_user_chats_with_a_prosody_user(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody
+) -> None:
+    """A person logged in through the demo social site (the patent's flow; JID alice\\40demo with
+    its escaped '@') subscribes to a Prosody user and chats both ways: Prosody takes the escaped
+    localpart as it is, and the social user gets federation exactly as a local user does."""
+    server = await start_sns(start_server, tmp_path, loopback_dns, prosody)
+    credentials = await demo_credentials(server, "rosa")
+    assert credentials["jid"] == "rosa\\40demo@sns.example"
+    rosa = Client(credentials["jid"], credentials["password"], mechanism="PLAIN")
+    await wait(rosa.log_in(server.c2s_port))
+    paul = await peer_user(prosody, "paul")
+    await wait(subscribe_mutually(rosa, paul), FEDERATION_TIMEOUT * 2)
+    assert paul.client_roster["rosa\\40demo@sns.example"]["subscription"] == "both"
+    rosa.send_message(mto="paul@prosody.example", mbody="Hallo Paul, ich bin über Demo angemeldet", mtype="chat")
+    received = await wait(paul.next_message(), FEDERATION_TIMEOUT)
+    assert (received["body"], received["from"].full) == ("Hallo Paul, ich bin über Demo angemeldet", rosa.boundjid.full)
+    paul.send_message(mto=received["from"], mbody="Willkommen, Rosa ☺", mtype="chat")
+    received = await wait(rosa.next_message(), FEDERATION_TIMEOUT)
+    assert (received["body"], received["from"].bare) == ("Willkommen, Rosa ☺", "paul@prosody.example")
+    for client in (rosa, paul):
+        await wait(client.log_out())
