@@ -14,6 +14,7 @@ from typing import Any
 import pytest_twisted
 
 from sns_xmpp.config import parse_config
+from sns_xmpp.xmpp.s2s.resolve import ServerResolver, Target
 from tests.conftest import DEMO_SITE, RunningServer, free_port
 from tests.e2e.test_social_login import demo_credentials
 from tests.peers import (  # noqa: F401 - the fixtures
@@ -217,3 +218,31 @@ async def test_a_social_user_chats_with_a_prosody_user(
     assert (received["body"], received["from"].bare) == ("Willkommen, Rosa ☺", "paul@prosody.example")
     for client in (rosa, paul):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_overrides_the_peers_are_found_through_their_srv_records(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
+) -> None:
+    """No [xmpp.s2s.hosts]: the server's resolver (resolve.py, on twisted.names over UDP to the test
+    DNS instead of resolv.conf's servers) finds each peer from its _xmpp-server._tcp record - the
+    port is not 5269 - and messages go both ways with each."""
+    from twisted.internet import reactor
+    from twisted.names import client
+
+    server = await start_sns(start_server, tmp_path, loopback_dns)
+    dns_client = client.Resolver(servers=[("127.0.0.1", loopback_dns.port)], reactor=reactor)
+    resolver = ServerResolver(reactor, timeout_per_step=2.0, resolver=dns_client)
+    server.server.federation.resolver = resolver
+    assert await resolver.resolve(prosody.domain) == [Target(prosody.address, prosody.s2s_port, False)]
+    sam = await local_user(server, "sid")
+    for peer in (prosody, ejabberd):
+        remote = await peer_user(peer, "dora")
+        sam.send_message(mto=remote.boundjid.full, mbody="über SRV gefunden", mtype="chat")
+        received = await wait(remote.next_message(), FEDERATION_TIMEOUT)
+        assert (received["body"], received["from"].full) == ("über SRV gefunden", sam.boundjid.full)
+        remote.send_message(mto=received["from"], mbody="bien reçu", mtype="chat")
+        received = await wait(sam.next_message(), FEDERATION_TIMEOUT)
+        assert (received["body"], received["from"].bare) == ("bien reçu", peer.jid("dora"))
+        await wait(remote.log_out())
+    await wait(sam.log_out())
