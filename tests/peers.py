@@ -16,8 +16,9 @@ the nameserver and port). So
 /etc/hosts and /etc/resolv.conf are never touched, and sns-xmpp reaches the peers through its own
 ``[xmpp.s2s] hosts`` override map (`PeerServer.override`).
 
-A test needing a peer skips when its binary is absent, unless SNS_XMPP_REQUIRE_CLIENTS is set (the
-CI installs the packages ``prosody`` and ``ejabberd``): then it fails.
+A test needing a peer skips when it cannot run (the binary absent; Prosody without lua-unbound;
+ejabberd not as root), unless SNS_XMPP_REQUIRE_CLIENTS is set (the CI installs the Debian packages
+``prosody``, ``lua-unbound`` and ``ejabberd``): then it fails.
 """
 
 from __future__ import annotations
@@ -52,13 +53,32 @@ EJABBERDCTL = "/usr/sbin/ejabberdctl"
 STARTUP_SECONDS = 60.0  # ejabberd on a busy 2-core machine takes several seconds
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
+        pytest.fail(f"SNS_XMPP_REQUIRE_CLIENTS is set, but {reason}")
+    pytest.skip(reason)
+
+
 def require_peer(path: str, package: str) -> str:
     """*path* if it is installed, else skip (or fail under SNS_XMPP_REQUIRE_CLIENTS)."""
     if not os.access(path, os.X_OK):
-        if os.environ.get("SNS_XMPP_REQUIRE_CLIENTS"):
-            pytest.fail(f"SNS_XMPP_REQUIRE_CLIENTS is set, but {path} (Debian package {package}) is not installed")
-        pytest.skip(f"needs {path} (Debian package {package})")
+        _missing(f"{path} (Debian package {package}) is not installed")
     return path
+
+
+def require_prosody() -> None:
+    require_peer(PROSODY, "prosody")
+    # Without libunbound's binding (only recommended by the package) Prosody resolves with its
+    # own Lua resolver, which reads /etc/resolv.conf and ignores the test's DNS.
+    found = subprocess.run(["lua5.4", "-e", 'require "lunbound"'], capture_output=True)
+    if found.returncode != 0:
+        _missing("Prosody's DNS binding lunbound (Debian package lua-unbound) is not installed")
+
+
+def require_ejabberd() -> None:
+    require_peer(EJABBERDCTL, "ejabberd")
+    if os.geteuid() != 0:  # ejabberdctl runs ejabberd as its own user through su
+        _missing("ejabberd is started through ejabberdctl, which needs root (it switches to the ejabberd user)")
 
 
 def free_port(address: str, kind: int = socket.SOCK_STREAM) -> int:
@@ -455,7 +475,7 @@ def loopback_dns_server() -> Iterator[LoopbackDNS]:
 @pytest.fixture(scope="module", name="prosody")
 def prosody_server(loopback_dns: LoopbackDNS) -> Iterator[Prosody]:
     """Prosody for prosody.example on 127.0.0.2, for the module's tests."""
-    require_peer(PROSODY, "prosody")
+    require_prosody()
     server = Prosody("prosody.example", "127.0.0.2", loopback_dns)
     yield server
     server.stop()
@@ -464,7 +484,7 @@ def prosody_server(loopback_dns: LoopbackDNS) -> Iterator[Prosody]:
 @pytest.fixture(scope="module", name="ejabberd")
 def ejabberd_server(loopback_dns: LoopbackDNS) -> Iterator[Ejabberd]:
     """ejabberd for ejabberd.example on 127.0.0.3, for the module's tests."""
-    require_peer(EJABBERDCTL, "ejabberd")
+    require_ejabberd()
     server = Ejabberd("ejabberd.example", "127.0.0.3", loopback_dns)
     yield server
     server.stop()

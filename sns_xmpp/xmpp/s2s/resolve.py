@@ -8,12 +8,13 @@ The order of the steps:
    ``_xmpp-server._tcp.<domain>`` (RFC 6120 §3.2.1: connect and STARTTLS), asked in parallel and
    mixed into one order: by priority, then RFC 2782's weighted random choice within a priority;
 3. only when neither name has SRV records (RFC 6120 §3.2.2), the domain's own A and AAAA records
-   at port 5269. Through `twisted.names.client.createResolver`, whose chain asks the hosts file
-   (/etc/hosts) before DNS, so a name given only there resolves.
+   at port 5269, through the chain `twisted.names.client.createResolver` makes (here on the
+   server's reactor), which asks the hosts file (/etc/hosts) before DNS: a name given only there
+   resolves.
 
 A target of ``.`` says the service is decidedly not offered (RFC 2782, RFC 6120 §3.2.1): such a
 record is skipped, and since the domain answered SRV at all, there is no A/AAAA fallback
-(XEP-0368 §6) - a domain whose only record is ``.`` resolves nowhere.
+(XEP-0368 §5) - a domain whose only record is ``.`` resolves nowhere.
 
 Each step waits at most ``timeout_per_step`` seconds. Twisted's resolver, left to itself, tries
 again after 1, 3, 11 and 45 s: a minute for an unknown domain, when the stanzas queued for it
@@ -23,8 +24,9 @@ it is twisted.names over UDP (and the hosts file, a small read).
 The answer is a list of `Target`, in the order to try them; an empty list means the domain
 resolves nowhere and the caller bounces. Answers are cached for their records' TTL (at most
 `MAX_CACHE_SECONDS`, a bounded number of domains); an answer that found nothing is kept
-`NEGATIVE_CACHE_SECONDS`, unless a step timed out (the next stanza asks again). Lookups of one
-domain in flight are shared: a burst of stanzas to a new domain asks DNS once.
+`NEGATIVE_CACHE_SECONDS` when every question had an answer (NXDOMAIN, no records), and not at
+all when one timed out or failed (SERVFAIL, no server reachable): the next stanza asks again.
+Lookups of one domain in flight are shared: a burst of stanzas to a new domain asks DNS once.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ class ServerResolver:
         now = self.clock.seconds()
         if records or addresses:
             return _Cached(now + min([MAX_CACHE_SECONDS, *ttls]), records, addresses)
-        # Nothing found: remembered briefly, unless a step ran out of time (asked again next time).
+        # Nothing found: remembered briefly, unless a question went unanswered (asked again next time).
         return _Cached(now if timed_out else now + NEGATIVE_CACHE_SECONDS, records, addresses)
 
     async def _addresses(self, ascii_domain: str) -> tuple[list[str], list[int], bool]:
