@@ -199,7 +199,7 @@ class ServerResolver:
 
     def _finished(self, result: _Cached | Failure, domain: str, started: float) -> None:
         if isinstance(result, Failure):  # a bug below; the stanzas bounce rather than wait forever
-            log.failure("s2s-resolve-failed {domain}", result, domain=domain)
+            log.failure("s2s.resolve_failed domain={domain}", result, domain=domain)
             targets: list[Target] = []
         else:
             targets = self._targets(result)
@@ -208,7 +208,7 @@ class ServerResolver:
                 while len(self._cache) > self.max_cached_domains:
                     self._cache.popitem(last=False)
         log.info(
-            "s2s-resolved {domain} {targets} in {seconds:.3f} s",
+            "s2s.resolved domain={domain} targets={targets} seconds={seconds:.3f}",
             domain=domain,
             targets=" ".join(f"{'xmpps' if t.direct_tls else 'xmpp'}://{t.host}:{t.port}" for t in targets) or "-",
             seconds=self.clock.seconds() - started,
@@ -223,8 +223,8 @@ class ServerResolver:
             return _Cached(self.clock.seconds() + NEGATIVE_CACHE_SECONDS, None, [])
         secure, plain = await defer.gatherResults(
             [
-                self._step(self.resolver.lookupService(f"_xmpps-server._tcp.{ascii_domain}", (self.timeout_per_step,))),
-                self._step(self.resolver.lookupService(f"_xmpp-server._tcp.{ascii_domain}", (self.timeout_per_step,))),
+                self._ask(dns.SRV, f"_xmpps-server._tcp.{ascii_domain}"),
+                self._ask(dns.SRV, f"_xmpp-server._tcp.{ascii_domain}"),
             ]
         )
         records: list[_ServiceRecord] = []
@@ -275,9 +275,8 @@ class ServerResolver:
             elif _records(answer, kind) and not grace:
                 grace.append(self.clock.callLater(RESOLUTION_DELAY, settle))
 
-        self._step(self.resolver.lookupIPV6Address(ascii_domain, (self.timeout_per_step,))).addCallback(
-            arrived, dns.AAAA)
-        self._step(self.resolver.lookupAddress(ascii_domain, (self.timeout_per_step,))).addCallback(arrived, dns.A)
+        self._ask(dns.AAAA, ascii_domain).addCallback(arrived, dns.AAAA)
+        self._ask(dns.A, ascii_domain).addCallback(arrived, dns.A)
         await both
         addresses: list[str] = []
         ttls: list[int] = []
@@ -291,27 +290,34 @@ class ServerResolver:
         timed_out = len(answers) == 2 and any(answer is None for answer in answers.values())
         return unique, ttls, timed_out
 
-    def _step(self, lookup: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        """*lookup*'s answer, or None when it failed or took longer than the step's time (then
-        abandoned: the resolver's own timeout tuple ends it at about the same moment)."""
+    def _ask(self, kind: int, name: str) -> defer.Deferred[Any]:
+        """The answer to one question (`_records` reads it), ``([], [], [])`` for NXDOMAIN, or None
+        when it failed otherwise or took longer than the step's time (then abandoned: the
+        resolver's own timeout tuple ends it at about the same moment)."""
+        ask = {dns.SRV: self.resolver.lookupService, dns.A: self.resolver.lookupAddress,
+               dns.AAAA: self.resolver.lookupIPV6Address}[kind]
+        lookup: defer.Deferred[Any] = ask(name, (self.timeout_per_step,))
         outcome: defer.Deferred[Any] = defer.Deferred()
 
         def give_up() -> None:
+            log.debug("s2s.resolve_timeout name={name} type={type}", name=name, type=dns.QUERY_TYPES[kind])
             outcome.callback(None)
             lookup.cancel()  # a late answer to a Deferred without a canceller is then ignored
 
         expiry = self.clock.callLater(self.timeout_per_step, give_up)
 
         def done(result: Any) -> None:
-            if expiry.active():
-                expiry.cancel()
+            if outcome.called:  # given up already
+                return
+            expiry.cancel()
             if isinstance(result, Failure):
-                if not result.check(DNSNameError, DomainError):
-                    log.debug("s2s-resolve-step {error}", error=result.getErrorMessage())
-                # NXDOMAIN/no records: an answer with no records (not a timeout)
-                result = ([], [], []) if result.check(DNSNameError, DomainError) else None
-            if not outcome.called:
-                outcome.callback(result)
+                if result.check(DNSNameError, DomainError):  # NXDOMAIN: an answer, with no records
+                    result = ([], [], [])
+                else:
+                    log.debug("s2s.resolve_error name={name} type={type} error={error}", name=name,
+                              type=dns.QUERY_TYPES[kind], error=result.getErrorMessage())
+                    result = None
+            outcome.callback(result)
 
         lookup.addBoth(done)
         return outcome
