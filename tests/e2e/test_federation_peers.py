@@ -196,10 +196,40 @@ async def test_offline_remote_users_get_the_message_at_login_and_a_nonexistent_o
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_peer_users_message_waits_for_an_offline_local_user_and_one_to_nobody_bounces_to_the_peer(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
+) -> None:
+    """The other way: messages from a Prosody user and an ejabberd user to sns.example's ola, who
+    is offline, are kept and delivered at her login (remote stanzas reach offline storage as local
+    ones do); one to an account sns.example does not have comes back to the peer's user as
+    service-unavailable from sns-xmpp, over s2s (RFC 6121 §8.5.2)."""
+    server = await start_sns(start_server, tmp_path, loopback_dns, prosody, ejabberd)
+    await server.add_user(f"ola@{SNS_DOMAIN}", "ola-secret")
+    for peer in (prosody, ejabberd):
+        sender = await peer_user(peer, "writer")
+        bounces: asyncio.Queue[Any] = asyncio.Queue()
+        sender.add_event_handler("message_error", bounces.put_nowait)
+        sender.send_message(mto=f"ola@{SNS_DOMAIN}", mbody=f"von {peer.kind}: bis später ✓", mtype="chat")
+        sender.send_message(mto=f"ghost@{SNS_DOMAIN}", mbody="hello?", mtype="chat")
+        bounce = await wait(bounces.get(), FEDERATION_TIMEOUT)
+        assert (bounce["type"], bounce["from"].bare) == ("error", f"ghost@{SNS_DOMAIN}")
+        assert bounce["error"]["condition"] == "service-unavailable"
+        await wait(sender.log_out())
+    ola = BouncedClient(f"ola@{SNS_DOMAIN}", "ola-secret")
+    await wait(ola.log_in(server.c2s_port))
+    kept = [await wait(ola.next_message(), FEDERATION_TIMEOUT) for _ in range(2)]
+    assert sorted((message["body"], message["from"].bare) for message in kept) == [
+        ("von ejabberd: bis später ✓", ejabberd.jid("writer")),
+        ("von prosody: bis später ✓", prosody.jid("writer")),
+    ]
+    await wait(ola.log_out())
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_social_user_chats_with_a_prosody_user(
     start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody
 ) -> None:
-    """A person logged in through the demo social site (the patent's flow; JID alice\\40demo with
+    """A person logged in through the demo social site (the patent's flow; JID rosa\\40demo with
     its escaped '@') subscribes to a Prosody user and chats both ways: Prosody takes the escaped
     localpart as it is, and the social user gets federation exactly as a local user does."""
     server = await start_sns(start_server, tmp_path, loopback_dns, prosody)
