@@ -9,6 +9,8 @@ access info), as HTML for people or JSON for clients that ask for it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from collections.abc import Callable, Mapping
@@ -85,7 +87,13 @@ RELAY_BODY = """<p>Finishing the login&hellip;</p>
 <input type="hidden" name="{relayed}" value="1">
 <noscript><button type="submit">Continue</button></noscript>
 </form>
-<script>document.forms[0].submit()</script>"""
+<script>{script}</script>"""
+RELAY_SCRIPT = "document.forms[0].submit()"
+# The relay page's own policy: the default (http/site.py) and its one script, by its hash.
+RELAY_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(RELAY_SCRIPT.encode()).digest()).decode()
+    + "'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 class SocialWeb:
@@ -306,7 +314,8 @@ class Callback(resource.Resource):
         fields = "\n".join(f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
                            for name, value in params.items())
         body = RELAY_BODY.format(action=html.escape(self.web.callback_url(self.site)), fields=fields,
-                                 relayed=RELAYED)
+                                 relayed=RELAYED, script=RELAY_SCRIPT)
+        request.setHeader(b"content-security-policy", RELAY_CONTENT_SECURITY_POLICY.encode())
         return _page(request, f"Logging in with {self.site.display_name}", body)
 
     def _failed(self, request: Request, reason: Failure) -> None:

@@ -47,12 +47,23 @@ class HTTPLimits:
         return self.body_limits.get(segment, self.max_body_bytes)
 
 
+# What every answer may do unless its resource says otherwise (the hand-over page's script, the
+# login relay's, an uploaded file's sandbox): no script, no plugin, no framing (clickjacking of
+# the login and device pages), forms only to this server, styles and images from it.
+DEFAULT_CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; "
+                                   "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
 class PrivateRequest(server.Request):
-    """Every answer says ``Referrer-Policy: no-referrer``: callback URLs can carry credentials,
-    and no page of this side should leak its own address to where it links or redirects."""
+    """Every answer says ``Referrer-Policy: no-referrer`` (callback URLs can carry credentials, and
+    no page of this side should leak its own address to where it links or redirects),
+    ``X-Content-Type-Options: nosniff``, and `DEFAULT_CONTENT_SECURITY_POLICY` unless its resource
+    sets a policy of its own."""
 
     def process(self) -> None:
         self.setHeader(b"referrer-policy", b"no-referrer")
+        self.setHeader(b"x-content-type-options", b"nosniff")
+        self.setHeader(b"content-security-policy", DEFAULT_CONTENT_SECURITY_POLICY.encode())
         super().process()
 
     def handleContentChunk(self, data: bytes) -> None:

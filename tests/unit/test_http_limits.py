@@ -113,7 +113,8 @@ def test_answers_equal_stock_twisted_and_the_hooks_it_overrides_are_still_called
     """Tripwire for the HTTPChannel hooks GuardedChannel overrides (allHeadersReceived,
     allContentReceived, requestDone): requests answered on a kept-alive connection leave no
     deadline behind (if Twisted stopped calling a hook, the header deadline would close it);
-    and an answer is byte for byte stock twisted.web's, but for Referrer-Policy."""
+    and an answer is byte for byte stock twisted.web's, but for the headers every answer here
+    carries (Referrer-Policy, nosniff and the default Content-Security-Policy)."""
     clock = task.Clock()
     site = make_site(clock)
     kept = Connection(site, HONEST)
@@ -128,6 +129,8 @@ def test_answers_equal_stock_twisted_and_the_hooks_it_overrides_are_still_called
     ours = request(site, "GET", "/")
     stock = request(server.Site(Hello(), reactor=clock), "GET", "/")
     assert ours.headers.pop("referrer-policy") == ["no-referrer"]
+    assert ours.headers.pop("x-content-type-options") == ["nosniff"]
+    assert "frame-ancestors 'none'" in ours.headers.pop("content-security-policy")[0]
     ours.headers.pop("date"), stock.headers.pop("date")  # the wall clock's second may differ
     assert (ours.code, ours.headers, ours.body) == (stock.code, stock.headers, stock.body)
 
