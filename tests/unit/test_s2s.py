@@ -672,3 +672,40 @@ def test_a_stanza_while_the_peer_closes_the_stream_opens_a_new_one_instead_of_bo
     assert world.delivered == []
     [link] = world.federation.domains()["b.test"]["out"]
     assert (link["state"], link["queued"]) == ("connecting", 1)
+
+
+@pytest.mark.parametrize(("table", "key", "problem"), [
+    ("connect_timeout = 30", "xmpp.s2s.connect_timeout", "29"),
+    ("port = 70000", "xmpp.s2s.port", "65535"),
+    ('deny = ["a@b.test"]', "xmpp.s2s.deny", "not a bare domain"),
+    ("[xmpp.s2s.hosts]\n'b.test' = 5", "xmpp.s2s.hosts", "host"),
+])
+def test_a_bad_s2s_setting_names_its_key(table: str, key: str, problem: str) -> None:
+    from sns_xmpp.config import ConfigError, parse_config
+    text = table if table.startswith("[xmpp.s2s.") else f"[xmpp.s2s]\n{table}"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert f"'{key}'" in str(caught.value) and problem in str(caught.value), str(caught.value)
+
+
+def test_port_minus_one_leaves_the_server_an_island_and_a_port_makes_the_listener(tmp_path: Path) -> None:
+    """[xmpp.s2s] port = -1: no listener, no federation, remote stanzas bounce as before; with a
+    port, the listener, the router's remote route and the dialback secret (0600) are there."""
+    from sns_xmpp.config import parse_config
+    from sns_xmpp.observe import log_gate
+    from sns_xmpp.service import build_server
+
+    gate = log_gate._minimum[0]  # build_server sets the process's log level
+    try:
+        off = build_server(parse_config(f'[server]\ndata_dir = "{tmp_path / "off"}"\n[xmpp.s2s]\nport = -1\n'),
+                           MemoryReactorClock())  # type: ignore[arg-type]
+        on = build_server(parse_config(f'[server]\ndata_dir = "{tmp_path / "on"}"\n[xmpp.s2s]\nport = 0\n'),
+                          MemoryReactorClock())  # type: ignore[arg-type]
+    finally:
+        log_gate._minimum[0] = gate
+    assert off.federation is None and off.router.remote is None
+    assert "s2s" not in [listener.name for listener in off.top]
+    assert on.router.remote is on.federation is not None
+    assert on.listener("s2s").factory is not None
+    assert (tmp_path / "on" / "dialback.key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "off" / "dialback.key").exists()
