@@ -12,6 +12,7 @@ from twisted.internet import defer, task
 from twisted.names import client, dns, hosts
 from twisted.names.error import DNSNameError, DNSServerError
 
+from sns_xmpp.settings import ConfigError
 from sns_xmpp.xmpp.s2s.resolve import (
     NEGATIVE_CACHE_SECONDS,
     ServerResolver,
@@ -219,6 +220,17 @@ def test_an_override_answers_without_dns() -> None:
 def test_a_malformed_override_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_override(bad)
+
+
+def test_a_malformed_override_in_the_configuration_is_a_one_line_config_error() -> None:
+    """The daemon prints a ConfigError raised while it builds as one line and exits 1: the key
+    names the domain, the problem the port."""
+    with pytest.raises(ConfigError) as caught:
+        ServerResolver(task.Clock(), overrides={"peer.example": "peer.example:http"})
+    assert str(caught.value) == (
+        "sns-xmpp: config error at 'xmpp.s2s.hosts.peer.example': "
+        "'peer.example:http': the port must be a number from 1 to 65535"
+    )
 
 
 def test_answers_are_cached_for_their_ttl_and_shared_while_in_flight_in_a_bounded_cache() -> None:

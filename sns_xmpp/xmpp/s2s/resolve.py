@@ -46,6 +46,7 @@ from twisted.names.resolve import ResolverChain
 from twisted.python.failure import Failure
 
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.settings import ConfigError
 
 __all__ = ["DEFAULT_PORT", "ServerResolver", "Target", "parse_override"]
 
@@ -153,7 +154,12 @@ class ServerResolver:
     ) -> None:
         self.clock = reactor
         self.timeout_per_step = timeout_per_step
-        self.overrides = {domain.lower(): parse_override(target) for domain, target in overrides.items()}
+        self.overrides: dict[str, Target] = {}
+        for domain, target in overrides.items():
+            try:
+                self.overrides[domain.lower()] = parse_override(target)
+            except ValueError as error:  # the daemon prints this one line and exits 1
+                raise ConfigError(f"xmpp.s2s.hosts.{domain}", str(error)) from None
         self._resolver = resolver
         self.max_cached_domains = max_cached_domains
         self._random = random_source or random.SystemRandom()
