@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import protocol, task
 from twisted.internet.defer import Deferred
@@ -70,18 +71,14 @@ class Link:
 
     local: str
     remote: str
-    state: str = "resolving"  # resolving, connecting, negotiating, dialback, authenticated
+    state: str = "resolving"  # resolving, connecting, negotiating, authenticated
     queue: deque[domish.Element] = field(default_factory=deque)
-    outbound: Outbound | None = None
+    outbound: Outbound | None = None  # the negotiation under way or done
+    stream: ServerStream | None = None  # its stream, once connected
     connector: IConnector | None = None
     deadline: IDelayedCall | None = None
     method: str | None = None
-    since: float = 0.0
     sent: int = 0
-
-    @property
-    def stream(self) -> ServerStream | None:
-        return self.outbound.stream if self.outbound is not None and hasattr(self.outbound, "stream") else None
 
 
 class _OutboundFactory(protocol.ClientFactory):
@@ -109,7 +106,7 @@ class Federation(service.Service):
 
     def __init__(self, router: StanzaRouter, reactor: IServerReactor, resolver: Resolver,
                  inbound: InboundSettings, outbound: OutboundSettings, limits: S2SLimits | None = None,
-                 deny: Iterable[str] = (), direct_tls_context: Any = None) -> None:
+                 deny: Iterable[str] = (), direct_tls_context: SSL.Context | None = None) -> None:
         self.router = router
         self.reactor = reactor
         self.resolver = resolver
@@ -123,7 +120,6 @@ class Federation(service.Service):
         self.verifications: set[ServerStream] = set()
         self.per_domain = Tally()
         self.unauthenticated = Tally()
-        self.bounced = 0
         self._sweeper: task.LoopingCall | None = None
 
     # -- the router's route for remote domains -----------------------------------
@@ -152,7 +148,7 @@ class Federation(service.Service):
             link = None
         if link is None:
             # Queued before the link starts: resolution may answer (and fail) at once.
-            link = self.links[(local, remote)] = Link(local, remote, since=self.reactor.seconds())
+            link = self.links[(local, remote)] = Link(local, remote)
             link.queue.append(stanza)
             self._start(link)
             return
@@ -181,7 +177,7 @@ class Federation(service.Service):
 
         def build() -> ServerStream:
             stream = ServerStream(outbound, "out", self.limits.max_stanza_bytes, self.reactor, target.direct_tls)
-            outbound.stream = stream
+            outbound.stream = link.stream = stream
             link.state = "negotiating"
             return stream
 
@@ -263,7 +259,6 @@ class Federation(service.Service):
         except InvalidFormat:
             return
         if self.serves(back_to):
-            self.bounced += 1
             self.router.route(reply)
 
     # -- dialback verification for the listener ----------------------------------
