@@ -709,3 +709,16 @@ def test_port_minus_one_leaves_the_server_an_island_and_a_port_makes_the_listene
     assert on.listener("s2s").factory is not None
     assert (tmp_path / "on" / "dialback.key").stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "off" / "dialback.key").exists()
+
+
+def test_a_stream_counts_against_the_domain_it_first_claimed_until_it_ends(tmp_path: Path) -> None:
+    """A peer that names another domain in its header after STARTTLS still counts against the
+    first (and only once); when the stream ends the count falls back to nothing."""
+    world = World(tmp_path)
+    stream, transport = world.incoming()
+    stream.dataReceived(HEADER_IN.encode())
+    stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.dataReceived(HEADER_IN.replace("from='b.test'", "from='c.test'").encode())
+    assert (world.federation.per_domain["b.test"], world.federation.per_domain["c.test"]) == (1, 0)
+    stream.connectionLost(Failure(ConnectionDone()))
+    assert len(world.federation.per_domain) == 0

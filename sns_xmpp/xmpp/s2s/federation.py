@@ -345,8 +345,8 @@ class Federation(service.Service):
 
     def _incoming_closed(self, stream: ServerStream, inbound: Inbound) -> None:
         self.incoming.pop(stream, None)
-        if inbound.counted and inbound.claimed:
-            self.per_domain.remove(inbound.claimed)
+        if inbound.counted is not None:
+            self.per_domain.remove(inbound.counted)
 
     def serves(self, domain: str | None) -> bool:
         """Whether *domain* is served here: a hosted domain, a service of one, a component."""

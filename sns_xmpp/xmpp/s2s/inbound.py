@@ -85,7 +85,7 @@ class Inbound:
     host: InboundHost
     stream: ServerStream = field(init=False)
     claimed: str | None = None  # the header's 'from'
-    counted: bool = False  # the claimed domain was counted against streams per domain
+    counted: str | None = None  # the domain this stream counts against (streams per domain)
     external_ok: bool = False  # the certificate is valid for the claimed domain (EXTERNAL offered)
     sasl_done: bool = False
     authenticated: set[str] = field(default_factory=set)  # remote domains this stream may send from
@@ -131,11 +131,11 @@ class Inbound:
                 log.info("s2s.denied domain={domain} peer={peer}", domain=claimed, peer=stream.peer)
                 stream.fail(StreamError("policy-violation", text="not accepted here"))
                 return
-            if not self.counted:
+            if self.counted is None:
                 if not self.host.claimed(stream, claimed):
                     stream.fail(StreamError("policy-violation", text="too many streams from your domain"))
                     return
-                self.counted = True
+                self.counted = claimed  # the first claim: a later header may name another domain
         self.claimed = claimed
         stream.sendHeader()
         stream.send(self._features())
