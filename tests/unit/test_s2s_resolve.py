@@ -216,6 +216,17 @@ def test_an_override_answers_without_dns() -> None:
     assert fake.asked == []
 
 
+def test_a_domain_that_is_an_ip_address_is_connected_to_at_5269_without_dns() -> None:
+    """RFC 6120 §3.2.1: an IP address as the domainpart (IPv6 in brackets, RFC 7622 §3.2) is not
+    looked up; a name that merely looks numeric is."""
+    resolver, fake, _clock = resolver_for({})
+    assert result_of(resolver.resolve("192.0.2.7")) == [Target("192.0.2.7", 5269, False)]
+    assert result_of(resolver.resolve("[2001:DB8::0:7]")) == [Target("2001:db8::7", 5269, False)]
+    assert fake.asked == []
+    assert result_of(resolver.resolve("192.0.2.7.example")) == []
+    assert fake.asked != []
+
+
 @pytest.mark.parametrize("bad", ["", "host:", "host:0", "host:70000", "[::1", "[::1]x", "host:port"])
 def test_a_malformed_override_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):

@@ -3,7 +3,8 @@
 The order of the steps:
 
 1. an operator's override (``[xmpp.s2s] hosts``: ``domain = "host[:port]"``), for private
-   federations and the tests, with no DNS at all;
+   federations and the tests, with no DNS at all; a domain that is an IP address (RFC 7622 §3.2)
+   is that address at port 5269, with no DNS either (RFC 6120 §3.2.1);
 2. the SRV records ``_xmpps-server._tcp.<domain>`` (XEP-0368: connect with direct TLS) and
    ``_xmpp-server._tcp.<domain>`` (RFC 6120 §3.2.1: connect and STARTTLS), asked in parallel and
    mixed into one order: by priority, then RFC 2782's weighted random choice within a priority;
@@ -182,6 +183,9 @@ class ServerResolver:
         override = self.overrides.get(domain)
         if override is not None:
             return defer.succeed([override])
+        address = _ip_literal(domain)
+        if address is not None:  # RFC 6120 §3.2.1 step 1 / RFC 7622 §3.2: no DNS for an address
+            return defer.succeed([Target(address, DEFAULT_PORT, False)])
         cached = self._cache.get(domain)
         if cached is not None:
             if cached.expires > self.clock.seconds():
@@ -327,6 +331,16 @@ class ServerResolver:
 
         lookup.addBoth(done)
         return outcome
+
+
+def _ip_literal(domain: str) -> str | None:
+    """The address a domainpart names, if it is an IPv4 address or a bracketed IPv6 one."""
+    text = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
+    family = socket.AF_INET6 if text is not domain else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except OSError:
+        return None
 
 
 def _records(answer: Any, kind: int) -> list[tuple[int, Any]]:
