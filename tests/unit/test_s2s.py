@@ -722,3 +722,16 @@ def test_a_stream_counts_against_the_domain_it_first_claimed_until_it_ends(tmp_p
     assert (world.federation.per_domain["b.test"], world.federation.per_domain["c.test"]) == (1, 0)
     stream.connectionLost(Failure(ConnectionDone()))
     assert len(world.federation.per_domain) == 0
+
+
+def test_a_second_claim_of_a_proven_domain_is_answered_at_once(tmp_path: Path) -> None:
+    """b.test, proven by dialback on this stream, asks again for another domain served here
+    (XEP-0220 multiplexing): answered valid without a second verification connection."""
+    world = World(tmp_path)
+    world.router.addRoute("conference.a.test", LocalRoute(world.deliver))
+    stream, transport = secured(world)
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>k</db:result>")
+    verified_by_b(world, stream, transport, "k", True)
+    stream.dataReceived(b"<db:result from='b.test' to='conference.a.test'>k2</db:result>")
+    assert said(transport) == "<db:result from='conference.a.test' to='b.test' type='valid'/>"
+    assert len(world.clock.tcpClients) == 1

@@ -237,7 +237,11 @@ class Inbound:
         if not _domain(remote) or self.host.denied(remote):
             stream.send(result_error(local, remote, "forbidden"))
             return
-        if remote in self.authenticated or (remote, local) in self.pending:
+        if (remote, local) in self.pending:
+            return  # its verdict is on its way
+        if remote in self.authenticated:
+            # Proven on this stream already (another of our domains, or asked twice): no new check.
+            stream.send(result_answer(local, remote, True))
             return
         if len(self.pending) >= MAX_PENDING_VERIFICATIONS:
             # Each claim costs a connection of ours to the claimed domain: a peer does not get to
