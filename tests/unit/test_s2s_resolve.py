@@ -217,8 +217,8 @@ def test_an_override_answers_without_dns() -> None:
 
 
 def test_a_domain_that_is_an_ip_address_is_connected_to_at_5269_without_dns() -> None:
-    """RFC 6120 §3.2.1: an IP address as the domainpart (IPv6 in brackets, RFC 7622 §3.2) is not
-    looked up; a name that merely looks numeric is."""
+    """An IP address as the domainpart (RFC 7622 §3.2; IPv6 in brackets) is not looked up; a name
+    that merely begins like one is."""
     resolver, fake, _clock = resolver_for({})
     assert result_of(resolver.resolve("192.0.2.7")) == [Target("192.0.2.7", 5269, False)]
     assert result_of(resolver.resolve("[2001:DB8::0:7]")) == [Target("2001:db8::7", 5269, False)]

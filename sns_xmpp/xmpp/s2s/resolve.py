@@ -2,9 +2,10 @@
 
 The order of the steps:
 
-1. an operator's override (``[xmpp.s2s] hosts``: ``domain = "host[:port]"``), for private
-   federations and the tests, with no DNS at all; a domain that is an IP address (RFC 7622 §3.2)
-   is that address at port 5269, with no DNS either (RFC 6120 §3.2.1);
+1. an operator's override (``[xmpp.s2s] hosts``: ``domain = "host[:port]"``; RFC 6120 §3.2
+   encourages a configured association over SRV), for private federations and the tests, with no
+   DNS at all; a domain that is an IP address (RFC 7622 §3.2 allows it) is that address at port
+   5269, with nothing to resolve;
 2. the SRV records ``_xmpps-server._tcp.<domain>`` (XEP-0368: connect with direct TLS) and
    ``_xmpp-server._tcp.<domain>`` (RFC 6120 §3.2.1: connect and STARTTLS), asked in parallel and
    mixed into one order: by priority, then RFC 2782's weighted random choice within a priority;
@@ -184,7 +185,7 @@ class ServerResolver:
         if override is not None:
             return defer.succeed([override])
         address = _ip_literal(domain)
-        if address is not None:  # RFC 6120 §3.2.1 step 1 / RFC 7622 §3.2: no DNS for an address
+        if address is not None:  # RFC 7622 §3.2: a domainpart may be an address; nothing to resolve
             return defer.succeed([Target(address, DEFAULT_PORT, False)])
         cached = self._cache.get(domain)
         if cached is not None:
