@@ -88,6 +88,7 @@ class Outbound:
         self.external_done = False
         self.dialback_declared = False  # the peer's header bound the db prefix (pre-feature servers)
         self.finished = False  # on_authenticated or on_failed has run
+        self.features: domish.Element | None = None  # the peer's latest <stream:features/>
 
     # -- the stream's handler ------------------------------------------------
 
@@ -140,8 +141,6 @@ class Outbound:
             self.on_failed(self, "remote-server-not-found", f"closed during negotiation: {condition}")
 
     # -- negotiation -----------------------------------------------------------
-
-    features: domish.Element | None = None
 
     def _features(self, features: domish.Element) -> None:
         stream = self.stream

@@ -100,6 +100,7 @@ class ServerStream(xmlstream.XmlStream):
         self.header_from: str | None = None  # what our header says, set by the handler
         self.header_to: str | None = None
         self.on_close: list[Callable[[], None]] = []
+        self.error_received: str | None = None  # the condition of a stream error the peer sent
         self._fed = 0
 
     @property
@@ -178,8 +179,6 @@ class ServerStream(xmlstream.XmlStream):
         except Exception:
             log.failure("s2s.handler_failed peer={peer}", peer=self.peer)
             self.fail(StreamError("internal-server-error"))
-
-    error_received: str | None = None
 
     def onDocumentEnd(self) -> None:  # noqa: N802 - Twisted's name
         self.close()
