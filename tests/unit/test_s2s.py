@@ -735,3 +735,14 @@ def test_a_second_claim_of_a_proven_domain_is_answered_at_once(tmp_path: Path) -
     stream.dataReceived(b"<db:result from='b.test' to='conference.a.test'>k2</db:result>")
     assert said(transport) == "<db:result from='conference.a.test' to='b.test' type='valid'/>"
     assert len(world.clock.tcpClients) == 1
+
+
+def test_a_claim_the_certificate_already_proves_is_answered_without_calling_back(tmp_path: Path) -> None:
+    """XEP-0344 2.4 ("dialback without dialback"): over TLS with a certificate valid for the
+    claimed domain, the <db:result/> is answered valid at once, no verification connection."""
+    world = World(tmp_path, trust=Trusting({"b.test"}))
+    stream, transport = secured(world)
+    stream.dataReceived(b"<db:result from='b.test' to='a.test'>any</db:result>")
+    assert said(transport) == "<db:result from='a.test' to='b.test' type='valid'/>"
+    assert world.clock.tcpClients == []
+    assert world.federation.domains()["b.test"]["in"][0]["method"] == "tls+dialback-certificate"

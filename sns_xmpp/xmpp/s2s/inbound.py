@@ -243,6 +243,12 @@ class Inbound:
             # Proven on this stream already (another of our domains, or asked twice): no new check.
             stream.send(result_answer(local, remote, True))
             return
+        if stream.secure and self.settings.trust.valid_for(remote, *peer_certificates(stream.transport)):
+            # XEP-0344 2.4, "dialback without dialback": the certificate already proves the
+            # domain, so there is no need to ask its authoritative server.
+            stream.send(result_answer(local, remote, True))
+            self._authenticate(remote, local, "tls+dialback-certificate")
+            return
         if len(self.pending) >= MAX_PENDING_VERIFICATIONS:
             # Each claim costs a connection of ours to the claimed domain: a peer does not get to
             # make this server dial out without bound.
