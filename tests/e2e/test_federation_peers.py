@@ -171,6 +171,41 @@ async def test_a_local_user_subscribes_and_chats_with_a_prosody_user_and_an_ejab
 
 
 @pytest_twisted.ensureDeferred
+async def test_presence_probes_cross_both_ways_when_either_side_logs_in_again(
+    start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
+) -> None:
+    """RFC 6121 §4.3: after mutual subscription, a contact who logs in again learns the other's
+    presence from the probe its server sends over s2s - sns-xmpp probing Prosody and ejabberd for
+    tom, and each peer probing sns-xmpp for its own user; a logout reaches the contact as
+    unavailable over s2s."""
+    server = await start_sns(start_server, tmp_path, loopback_dns, prosody, ejabberd)
+    tom = await local_user(server, "tom")
+    for peer in (prosody, ejabberd):
+        remote = await peer_user(peer, "una")
+        await wait(subscribe_mutually(tom, remote), FEDERATION_TIMEOUT * 2)
+
+        await wait(tom.log_out())  # tom's server probes the peer when he is back
+        tom = BouncedClient(f"tom@{SNS_DOMAIN}", "tom-secret")
+        await wait(tom.log_in(server.c2s_port))
+        await wait(presence_from(tom, remote.boundjid.bare), FEDERATION_TIMEOUT)
+
+        await wait(remote.log_out())  # and the peer probes sns-xmpp when una is back
+        assert await wait(unavailable_from(tom, peer.jid("una")), FEDERATION_TIMEOUT)
+        remote = peer.client("una", "una-secret")
+        await wait(remote.log_in(peer.c2s_port))
+        await wait(presence_from(remote, tom.boundjid.bare), FEDERATION_TIMEOUT)
+        await wait(remote.log_out())
+    await wait(tom.log_out())
+
+
+async def unavailable_from(client: Client, bare: str) -> bool:
+    while True:
+        presence = await client.presences.get()
+        if presence["from"].bare == bare and presence["type"] == "unavailable":
+            return True
+
+
+@pytest_twisted.ensureDeferred
 async def test_offline_remote_users_get_the_message_at_login_and_a_nonexistent_one_bounces(
     start_server: Callable[..., Any], tmp_path: Path, loopback_dns: LoopbackDNS, prosody: Prosody, ejabberd: Ejabberd
 ) -> None:
