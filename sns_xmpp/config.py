@@ -333,6 +333,9 @@ class S2SConfig:
     max_unauthenticated_per_ip: int = _setting(
         32, integer(1, 100_000), "incoming streams one address may hold open before they authenticate"
     )
+    max_outbound_bytes: int = _setting(
+        8 * 1024 * 1024, integer(65536, 1024**3), "data a peer has not read before its stream ends (policy-violation)"
+    )
     deny: tuple[str, ...] = _setting((), _domain_names, "remote domains refused both ways")
     hosts: tuple[tuple[str, str], ...] = _setting(
         (), _s2s_hosts, 'where to reach a domain instead of DNS: domain = "host[:port]"'

@@ -746,3 +746,34 @@ def test_a_claim_the_certificate_already_proves_is_answered_without_calling_back
     assert said(transport) == "<db:result from='a.test' to='b.test' type='valid'/>"
     assert world.clock.tcpClients == []
     assert world.federation.domains()["b.test"]["in"][0]["method"] == "tls+dialback-certificate"
+
+
+def test_a_peer_that_reads_nothing_loses_its_stream_before_it_holds_our_memory(tmp_path: Path) -> None:
+    """An authenticated outgoing stream whose peer takes no data: once more than
+    max_outbound_bytes wait unread, the stream ends with policy-violation; the next stanza for
+    that domain starts a new link rather than adding to the stalled one."""
+    from twisted.internet import abstract
+    from twisted.internet.address import IPv4Address
+
+    class StalledSocket(abstract.FileDescriptor):
+        connected = 1
+
+        def writeSomeData(self, data: bytes) -> int:
+            return 0
+
+        def getPeer(self) -> IPv4Address:
+            return IPv4Address("TCP", "192.0.2.2", 5269)
+
+        def startTLS(self, context: object) -> None:
+            pass
+
+    world = World(tmp_path, limits=S2SLimits(max_outbound_bytes=100_000))
+    stream, transport = authenticated_link(world)
+    stalled = StalledSocket(reactor=world.clock)
+    stream.transport = stalled
+    for _ in range(400):
+        world.router.route(message("alice@a.test/phone", "bob@b.test", "x" * 1000))
+    assert stream.closed
+    assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in b"".join(stalled._tempDataBuffer)
+    assert 100_000 < len(b"".join(stalled._tempDataBuffer)) < 100_000 + 70_000 + 2_000
+    assert len(world.clock.tcpClients) == 2  # the stanzas after it went to a new link

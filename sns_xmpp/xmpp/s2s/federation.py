@@ -63,6 +63,7 @@ class S2SLimits:
     connect_timeout: float = 25  # resolving, connecting and authenticating an outgoing stream
     auth_timeout: float = 60  # an incoming stream's time to authenticate
     max_unauthenticated_per_address: int = 32  # incoming streams one address holds before authenticating
+    max_outbound_bytes: int = 8 * 1024 * 1024  # unread by a peer before its stream ends
 
 
 @dataclass
@@ -176,7 +177,8 @@ class Federation(service.Service):
         link.outbound = outbound
 
         def build() -> ServerStream:
-            stream = ServerStream(outbound, "out", self.limits.max_stanza_bytes, self.reactor, target.direct_tls)
+            stream = ServerStream(outbound, "out", self.limits.max_stanza_bytes, self.reactor, target.direct_tls,
+                                  self.limits.max_outbound_bytes)
             outbound.stream = link.stream = stream
             link.state = "negotiating"
             return stream
@@ -303,7 +305,8 @@ class Federation(service.Service):
                                 lambda o, condition, reason: failed(condition, reason), verify=request)
 
             def build() -> ServerStream:
-                stream = ServerStream(outbound, "out", self.limits.max_stanza_bytes, self.reactor, target.direct_tls)
+                stream = ServerStream(outbound, "out", self.limits.max_stanza_bytes, self.reactor,
+                                      target.direct_tls, self.limits.max_outbound_bytes)
                 outbound.stream = stream
                 streams.append(stream)
                 self.verifications.add(stream)
@@ -321,7 +324,8 @@ class Federation(service.Service):
 
     def accept(self, address: str = "?") -> ServerStream:
         inbound = Inbound(self.inbound_settings, self)
-        stream = ServerStream(inbound, "in", self.limits.max_stanza_bytes, self.reactor)
+        stream = ServerStream(inbound, "in", self.limits.max_stanza_bytes, self.reactor,
+                              max_outbound_bytes=self.limits.max_outbound_bytes)
         inbound.stream = stream
         self.incoming[stream] = inbound
         # Streams that have not authenticated, by address: each costs a TLS handshake and maybe
@@ -448,7 +452,7 @@ def make_federation(router: StanzaRouter, reactor: IServerReactor, config: S2SCo
                                 frozenset(domain for domain in local_domains if names_domain(ours, domain)))
     limits = S2SLimits(config.max_streams_per_domain, config.max_queued_stanzas, config.max_stanza_bytes,
                        config.idle_timeout, config.connect_timeout, config.auth_timeout,
-                       config.max_unauthenticated_per_ip)
+                       config.max_unauthenticated_per_ip, config.max_outbound_bytes)
     resolver = ServerResolver(reactor, overrides=dict(config.hosts))
     return Federation(router, reactor, resolver, inbound, outbound, limits, config.deny,
                       client_context(certificate, key, direct_tls=True))

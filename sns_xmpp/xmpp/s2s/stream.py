@@ -19,6 +19,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.c2s import BACKLOG_CHECK_EVERY, buffered_bytes
 from sns_xmpp.xmpp.parsing import HostileXML, guarded_stream
 from sns_xmpp.xmpp.s2s.dialback import NS_DIALBACK, NS_SERVER
 from sns_xmpp.xmpp.serialization import escape_attribute, plain_xml
@@ -82,7 +83,7 @@ class ServerStream(xmlstream.XmlStream):
     handler: StreamHandler
 
     def __init__(self, handler: StreamHandler, direction: str, max_stanza_bytes: int, clock: IReactorTime,
-                 secure: bool = False) -> None:
+                 secure: bool = False, max_outbound_bytes: int = 8 * 1024 * 1024) -> None:
         super().__init__(xmlstream.Authenticator())
         self.authenticator = None  # the handler negotiates; Twisted's authenticator is never used
         self.handler = handler
@@ -101,6 +102,10 @@ class ServerStream(xmlstream.XmlStream):
         self.header_to: str | None = None
         self.on_close: list[Callable[[], None]] = []
         self.error_received: str | None = None  # the condition of a stream error the peer sent
+        # What may wait unread by the peer before the stream ends (a server that accepts and never
+        # reads would otherwise hold our memory for every stanza routed to its domain).
+        self.max_outbound_bytes = max_outbound_bytes
+        self._unchecked = 0  # bytes written since the last look at the backlog
         self._fed = 0
 
     @property
@@ -214,6 +219,11 @@ class ServerStream(xmlstream.XmlStream):
             data = (obj if isinstance(obj, str) else self.serialize(obj)).encode("utf-8")
         self.last_active = self.clock.seconds()
         self.transport.write(data)
+        self._unchecked += len(data)
+        if self._unchecked >= BACKLOG_CHECK_EVERY:
+            self._unchecked = 0
+            if buffered_bytes(self.transport) > self.max_outbound_bytes:
+                self.fail(StreamError("policy-violation", text="too much unread data"))
 
     def serialize(self, element: domish.Element) -> str:
         """A stanza of this server (jabber:client inside) written without a namespace, so that on
