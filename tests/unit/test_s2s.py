@@ -777,3 +777,27 @@ def test_a_peer_that_reads_nothing_loses_its_stream_before_it_holds_our_memory(t
     assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in b"".join(stalled._tempDataBuffer)
     assert 100_000 < len(b"".join(stalled._tempDataBuffer)) < 100_000 + 70_000 + 2_000
     assert len(world.clock.tcpClients) == 2  # the stanzas after it went to a new link
+
+
+def test_the_log_says_how_each_stream_authenticated_and_never_holds_a_key_or_a_body(tmp_path: Path) -> None:
+    """Both directions log s2s.authenticated with the method (tls+dialback here); no event carries
+    the dialback key or a message body."""
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        world = World(tmp_path)
+        stream, transport = authenticated_link(world)
+        incoming, incoming_transport = secured(world)
+        incoming.dataReceived(b"<db:result from='b.test' to='a.test'>secret-key-material</db:result>")
+        verified_by_b(world, incoming, incoming_transport, "secret-key-material", True)
+        incoming.dataReceived(b"<message from='bob@b.test' to='alice@a.test'><body>private words</body></message>")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    authenticated = sorted((e["direction"], e["method"]) for e in events
+                           if e.get("log_format", "").startswith("s2s.authenticated"))
+    assert authenticated == [("in", "tls+dialback"), ("out", "tls+dialback")]
+    outgoing_key = dialback_key(SECRET, "b.test", "a.test", "two")
+    for event in events:
+        text = formatEvent(event) + repr({k: v for k, v in event.items() if not k.startswith("log_")})
+        assert "secret-key-material" not in text and outgoing_key not in text and "private words" not in text

@@ -208,8 +208,8 @@ class Federation(service.Service):
             link.deadline.cancel()
         link.deadline = None
         stream = outbound.stream
-        log.info("s2s.authenticated direction=out local={local} remote={remote} method={method} peer={peer}",
-                 local=link.local, remote=link.remote, method=method, peer=stream.peer)
+        log.info("s2s.authenticated direction={direction} local={local} remote={remote} method={method} "
+                 "peer={peer}", direction="out", local=link.local, remote=link.remote, method=method, peer=stream.peer)
         stream.on_close.append(lambda: self._closed(link))
         while link.queue and not stream.closed:
             link.sent += 1

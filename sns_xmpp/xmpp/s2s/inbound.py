@@ -295,8 +295,8 @@ class Inbound:
     def _authenticate(self, remote: str, local: str, method: str) -> None:
         self.authenticated.add(remote)
         self.method = method
-        log.info("s2s.authenticated direction=in remote={remote} local={local} method={method} peer={peer}",
-                 remote=remote, local=local, method=method, peer=self.stream.peer)
+        log.info("s2s.authenticated direction={direction} remote={remote} local={local} method={method} "
+                 "peer={peer}", direction="in", remote=remote, local=local, method=method, peer=self.stream.peer)
         if self.on_authenticated is not None:
             self.on_authenticated(self, remote, local)
 
