@@ -225,7 +225,8 @@ class Federation(service.Service):
         meanwhile bounces (RFC 6120 8.3.3.16: the peer is gone)."""
         if self.links.get((link.local, link.remote)) is link:
             del self.links[(link.local, link.remote)]
-        log.info("s2s.closed direction=out local={local} remote={remote}", local=link.local, remote=link.remote)
+        log.info("s2s.closed direction={direction} local={local} remote={remote}", direction="out",
+                 local=link.local, remote=link.remote)
         self._bounce_all(link, "remote-server-not-found")
 
     def _timed_out(self, link: Link) -> None:
@@ -394,13 +395,13 @@ class Federation(service.Service):
             if not inbound.authenticated and now - stream.opened_at > limits.auth_timeout:
                 stream.fail(StreamError("connection-timeout", text="authenticate sooner"))
             elif now - stream.last_active > limits.idle_timeout:
-                log.info("s2s.idle_closed direction=in peer={peer}", peer=stream.peer)
+                log.info("s2s.idle_closed direction={direction} peer={peer}", direction="in", peer=stream.peer)
                 stream.close()
         for link in list(self.links.values()):
             outgoing = link.stream
             if (link.state == "authenticated" and outgoing is not None
                     and now - outgoing.last_active > limits.idle_timeout):
-                log.info("s2s.idle_closed direction=out remote={remote}", remote=link.remote)
+                log.info("s2s.idle_closed direction={direction} remote={remote}", direction="out", remote=link.remote)
                 outgoing.close()
 
     def shut_down(self) -> None:
