@@ -31,7 +31,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -135,6 +135,7 @@ def _describe(logged: dict[str, Any]) -> str:
     return f"{logged.get('log_namespace')}: {formatEvent(logged)}\n{trace}"
 
 
+@implementer(ILogObserver)
 class LogWatch:
     def __init__(self) -> None:
         self.bad: list[dict[str, Any]] = []
@@ -317,7 +318,7 @@ PROBE = b"<iq type='get' id='fuzz-probe' to='localhost'><ping xmlns='urn:xmpp:pi
 
 
 @implementer(ITLSTransport)
-class FakeTLSTransport(StringTransport):
+class FakeTLSTransport(StringTransport):  # type: ignore[misc]  # a double: the TCP options go unused
     """A StringTransport that "starts TLS" and remembers anything written after it was told to close."""
 
     def __init__(self, peer: IPv4Address) -> None:
@@ -392,7 +393,7 @@ class Conn:
 
     @property
     def negotiator(self) -> ClientNegotiator:
-        return self.stream.authenticator  # type: ignore[return-value]
+        return self.stream.authenticator
 
     @property
     def closed(self) -> bool:
@@ -459,7 +460,7 @@ class World:
         self.provider = OIDCProvider()
         self.provider.port_number = 9  # only names the issuer: requests go through StubTreq
         self.provider.clock = self.clock
-        context = SiteContext(self.clock, PUBLIC_URL, path / "data", DOMAINS,
+        context = SiteContext(self.clock, PUBLIC_URL, path / "data", DOMAINS,  # type: ignore[arg-type]
                               http_client=StubTreq(_ProviderResource(self.provider)))
         self.sites = load_sites({
             "demo": {"plugin": "demo"},
