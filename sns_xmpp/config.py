@@ -315,6 +315,9 @@ def _s2s_hosts(value: Any) -> tuple[tuple[str, str], ...]:
 class S2SConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for other servers' connections (RFC 6120 s2s)")
     port: int = _setting(5269, integer(-1, 65535), "server-to-server port; 0 picks a free one, -1 turns s2s off")
+    direct_tls_port: int = _setting(
+        -1, integer(-1, 65535), "XEP-0368 direct TLS port for other servers (_xmpps-server); 0 picks a free one, -1 off"
+    )
     require_encryption: bool = _setting(True, boolean, "STARTTLS before anything else, both ways")
     require_valid_certificates: bool = _setting(
         False, boolean, "only peers whose certificate verifies for their domain (SASL EXTERNAL); no dialback"

@@ -344,6 +344,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         metrics.watch_s2s(federation.stream_states)
         ListenerService("s2s", _tcp_endpoint(reactor, s2s.interface, s2s.port),
                         federation.listener_factory()).setServiceParent(top)
+        if s2s.direct_tls_port >= 0:
+            ListenerService("s2s-direct-tls",
+                            NoDelayTCPServerEndpoint(reactor, s2s.direct_tls_port, LISTEN_BACKLOG, s2s.interface,
+                                                     tls=federation.inbound_settings.server_tls),
+                            federation.listener_factory(direct_tls=True)).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
     server = Server(config, store, router, sessions, sites, top, reloader, features, federation)

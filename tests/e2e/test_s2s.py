@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
 
 from sns_xmpp.config import parse_config
+from sns_xmpp.xmpp.s2s.resolve import Target
 from tests.conftest import DEMO_SITE, free_port
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
@@ -325,3 +327,38 @@ async def test_go_sendxmpp_as_a_social_user_reaches_a_remote_user(start_server, 
     assert (received["body"].strip(), received["from"].bare) == ("hello bob, from Go across servers",
                                                                  credentials["jid"])
     await wait(bob.log_out())
+
+
+class DirectTLSResolver:
+    """A resolver answering as an _xmpps-server SRV record would (XEP-0368): TLS from the first byte."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = Target(host, port, True)
+
+    def resolve(self, domain: str) -> Deferred[list[Target]]:
+        return succeed([self.target])
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_between_the_servers(start_server, tmp_path) -> None:
+    """b.test listens for direct TLS too ([xmpp.s2s] direct_tls_port); a.test, told by its
+    resolver that b.test is an _xmpps-server target, connects with TLS from the first byte (ALPN
+    xmpp-server), authenticates with dialback without STARTTLS, and the message arrives."""
+    port_a, port_b = free_port_on(A_ADDRESS), free_port_on(B_ADDRESS)
+    a = await start_server(federated_config(tmp_path, "a.test", A_ADDRESS, port_a, {"b.test": f"{B_ADDRESS}:{port_b}"}))
+    b = await start_server(federated_config(tmp_path, "b.test", B_ADDRESS, port_b, {"a.test": f"{A_ADDRESS}:{port_a}"},
+                                            "direct_tls_port = 0"))
+    a.server.federation.resolver = DirectTLSResolver(B_ADDRESS, b.server.listener("s2s-direct-tls").port_number)
+    await a.add_user("alice@a.test", "secret")
+    await b.add_user("bob@b.test", "secret")
+    alice, bob = Client("alice@a.test", "secret"), Client("bob@b.test", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(bob.log_in(b.c2s_port))
+    alice.send_message(mto="bob@b.test", mbody="straight into TLS", mtype="chat")
+    assert (await wait(bob.next_message()))["body"] == "straight into TLS"
+    [link] = a.server.federation.domains()["b.test"]["out"]
+    assert (link["state"], link["method"], link["peer"].split(":")[0]) == ("authenticated", "tls+dialback", B_ADDRESS)
+    [incoming] = b.server.federation.domains()["a.test"]["in"]
+    assert incoming["method"] == "tls+dialback"
+    for client in (alice, bob):
+        await wait(client.log_out())

@@ -707,6 +707,7 @@ def test_port_minus_one_leaves_the_server_an_island_and_a_port_makes_the_listene
     assert "s2s" not in [listener.name for listener in off.top]
     assert on.router.remote is on.federation is not None
     assert on.listener("s2s").factory is not None
+    assert "s2s-direct-tls" not in [listener.name for listener in on.top]  # XEP-0368's port: off by default
     assert (tmp_path / "on" / "dialback.key").stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "off" / "dialback.key").exists()
 

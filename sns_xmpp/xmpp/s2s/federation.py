@@ -95,11 +95,12 @@ class _OutboundFactory(protocol.ClientFactory):
 
 
 class _InboundFactory(protocol.Factory):
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, secure: bool) -> None:
         self.federation = federation
+        self.secure = secure  # behind a TLS wrapper from the first byte (XEP-0368)
 
     def buildProtocol(self, addr: IAddress | None) -> ServerStream:  # noqa: N802 - Twisted's name
-        return self.federation.accept(str(getattr(addr, "host", "?")))
+        return self.federation.accept(str(getattr(addr, "host", "?")), self.secure)
 
 
 class Federation(service.Service):
@@ -320,13 +321,14 @@ class Federation(service.Service):
 
     # -- the listener's streams ---------------------------------------------------
 
-    def listener_factory(self) -> protocol.Factory:
-        return _InboundFactory(self)
+    def listener_factory(self, direct_tls: bool = False) -> protocol.Factory:
+        """The listener's factory; *direct_tls* for a port whose endpoint wraps TLS around it."""
+        return _InboundFactory(self, direct_tls)
 
-    def accept(self, address: str = "?") -> ServerStream:
+    def accept(self, address: str = "?", secure: bool = False) -> ServerStream:
         inbound = Inbound(self.inbound_settings, self)
-        stream = ServerStream(inbound, "in", self.limits.max_stanza_bytes, self.reactor,
-                              max_outbound_bytes=self.limits.max_outbound_bytes)
+        stream = ServerStream(inbound, "in", self.limits.max_stanza_bytes, self.reactor, secure,
+                              self.limits.max_outbound_bytes)
         inbound.stream = stream
         self.incoming[stream] = inbound
         # Streams that have not authenticated, by address: each costs a TLS handshake and maybe
