@@ -94,6 +94,7 @@ def shipped_config(tmp_path: Path) -> str:
     for old, new in ((r'^data_dir = "data"$', f'data_dir = "{tmp_path / "data"}"'),
                      (r"^port = 5222$", "port = 0"), (r"^direct_tls_port = 5223$", "direct_tls_port = 0"),
                      (r"^port = 5347$", "port = 0"), (r"^port = 5280$", f"port = {http_port}"),
+                     (r"^port = 5269$", "port = 0"),  # a Prosody or ejabberd on the machine holds 5269
                      (r'^public_url = "http://localhost:5280"$', f'public_url = "http://127.0.0.1:{http_port}"')):
         text, count = re.subn(old, new, text, count=1, flags=re.MULTILINE)
         assert count == 1, f"conf/sns-xmpp.toml no longer has {old!r}"

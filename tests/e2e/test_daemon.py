@@ -76,11 +76,13 @@ class Daemon:
 
 def shipped_config_on_free_ports() -> tuple[str, int, int]:
     """The shipped configuration with free loopback ports: (text, c2s port, direct TLS port)."""
-    port, direct, http = free_port(), free_port(), free_port()
+    port, direct, http, s2s = free_port(), free_port(), free_port(), free_port()
     text = (ROOT / "conf" / "sns-xmpp.toml").read_text()
     # Whole lines: replacing the text "port = 5280" also hit a direct_tls_port that a free port
-    # had made 5280x, and the daemon then refused a port of six digits (a CI flake).
-    for line, value in (("port = 5222", port), ("direct_tls_port = 5223", direct), ("port = 5280", http)):
+    # had made 5280x, and the daemon then refused a port of six digits (a CI flake). The s2s
+    # port too: a Prosody or ejabberd on the machine holds 5269.
+    for line, value in (("port = 5222", port), ("direct_tls_port = 5223", direct), ("port = 5280", http),
+                        ("port = 5269", s2s)):
         key = line.split(" = ")[0]
         text, replaced = re.subn(rf"(?m)^{re.escape(line)}$", f"{key} = {value}", text)
         assert replaced == 1, line
