@@ -415,6 +415,11 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data.encode())
 
+    def stanza_writer(self) -> Callable[[bytes], None]:
+        """What the traffic writes one stanza's bytes with: the transport's own write here."""
+        assert self.transport is not None
+        return self.transport.write
+
     async def open_stream(self, domain: str) -> ET.Element:
         """Send a stream header on a fresh parser; return the server's features."""
         self.domain = domain
@@ -440,6 +445,83 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+OPEN = f"{{{NS_FRAMING}}}open"
+CLOSE = f"{{{NS_FRAMING}}}close"
+
+
+class WebSocketConnection(Connection):
+    """A client stream over XMPP's WebSocket subprotocol (RFC 7395), as browser clients connect:
+    websockets' sans-I/O protocol for the framing, each message one element. The rest of the
+    generator sees a `Connection`."""
+
+    def __init__(self, url: str) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.typing import Subprotocol
+        from websockets.uri import parse_uri
+
+        super().__init__()
+        self.protocol = ClientProtocol(parse_uri(url), subprotocols=[Subprotocol("xmpp")],
+                                       max_size=1 << 20)
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+        from websockets.http11 import Response
+
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                if event.status_code != 101 and not self.opened.done():
+                    self.opened.set_exception(XMPPError(f"WebSocket refused: {event.status_code}"))
+                elif not self.opened.done():
+                    self.opened.set_result(None)
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                try:
+                    element = ET.fromstring(event.data)  # noqa: S314 - our own daemon, on loopback
+                except ET.ParseError as error:
+                    self._stop(XMPPError(f"not well-formed XML from the server: {error}"))
+                    continue
+                if element.tag == CLOSE:
+                    self._stop(XMPPError("the server closed the stream"))
+                elif element.tag != OPEN:
+                    self._received(element)
+        self._flush()  # pongs and close frames the protocol answers itself
+
+    def send(self, data: str) -> None:
+        self.protocol.send_text(data.encode())
+        self._flush()
+
+    def stanza_writer(self) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            self.protocol.send_text(data)
+            self._flush()
+        return write
+
+    async def open_stream(self, domain: str) -> ET.Element:
+        """RFC 7395's <open/>, then the server's features (its own <open/> is passed by)."""
+        await self.opened
+        self.domain = domain
+        self.send(f"<open xmlns='{NS_FRAMING}' to='{domain}' version='1.0'/>")
+        return await self.expect(FEATURES)
+
+    async def close(self) -> None:
+        if self.transport is not None and not self.lost.done():
+            self.send(f"<close xmlns='{NS_FRAMING}'/>")
+            await self.lost
 
 
 # asyncio's TLS protocol gives every connection a read buffer of this class attribute's size,
@@ -471,6 +553,7 @@ class Target:
     port: int
     domain: str
     tls: bool
+    websocket: str | None = None  # ws:// URL: the stream over RFC 7395 on the HTTP listener instead
 
 
 @dataclass
@@ -521,7 +604,14 @@ async def _iq(connection: Connection, stanza_id: str, payload: str) -> ET.Elemen
 async def connect(target: Target, context: ssl.SSLContext) -> tuple[Connection, ET.Element]:
     """A connection with its stream open (after STARTTLS, for a TLS target); the features offered."""
     loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(Connection, target.host, target.port)
+    if target.websocket is not None:
+        url = target.websocket
+        from websockets.uri import parse_uri
+        where = parse_uri(url)
+        _, made = await loop.create_connection(lambda: WebSocketConnection(url), where.host, where.port)
+        connection: Connection = made
+    else:
+        _, connection = await loop.create_connection(Connection, target.host, target.port)
     try:
         features = await connection.open_stream(target.domain)
         if target.tls:
@@ -1015,6 +1105,7 @@ class Chatter:
     def __init__(self, session: Session, partner: str, traffic: Traffic) -> None:
         assert session.connection.transport is not None
         self.transport = session.connection.transport
+        self.write = session.connection.stanza_writer()  # framed, over a WebSocket
         self.traffic = traffic
         self.head = f"<message to='{partner}' type='chat'><body>".encode()
         session.connection.on_stanza = self.received
@@ -1023,7 +1114,7 @@ class Chatter:
     def send(self) -> None:
         if self.transport.is_closing():
             return
-        self.transport.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
+        self.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
         self.traffic.sent += 1
 
     def lost(self, _: asyncio.Future[None]) -> None:
@@ -1194,6 +1285,7 @@ class Talker:
     def __init__(self, session: Session, room: str, nick: str, traffic: Traffic) -> None:
         assert session.connection.transport is not None
         self.transport = session.connection.transport
+        self.write = session.connection.stanza_writer()  # framed, over a WebSocket
         self.traffic = traffic
         self.own = f"{room}/{nick}"
         self.head = f"<message to='{room}' type='groupchat'><body>".encode()
@@ -1203,7 +1295,7 @@ class Talker:
     def send(self) -> None:
         if self.transport.is_closing():
             return
-        self.transport.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
+        self.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
         self.traffic.sent += 1
 
     def lost(self, _: asyncio.Future[None]) -> None:

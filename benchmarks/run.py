@@ -64,12 +64,12 @@ PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 PHASES = ("login", "serial", "msgs", "idle", "room")
-TRANSPORTS = ("tls", "tcp")
+TRANSPORTS = ("tls", "tcp", "ws")  # ws: the stream over a WebSocket (RFC 7395) on the HTTP listener
 # The login phase's scenarios, in the order they run (see login_scenarios). FAST over plain TCP
 # works because the bench daemon allows PLAIN without TLS, and with it SASL2.
 LOGIN_SCENARIOS = ("scram-sha-256+tls", "scram-sha-256+tcp", "plain+tls", "plain+tcp",
                    "hmac+tls", "hmac+tcp", "hmac-scram+tcp", "oidc+tls", "oidc+tcp",
-                   "fast+tls", "fast+tcp", "device-scram+tcp")
+                   "fast+tls", "fast+tcp", "device-scram+tcp", "scram-sha-256+ws")
 
 # Social sites (bench.toml.in). The hmac site's key is known to the generator, which signs a
 # fresh token per attempt; the oidc site's provider is benchmarks.idp, whose RSA key the runner
@@ -830,12 +830,18 @@ def login_scenarios(names: Sequence[str], accounts: int, logins: int,
     return scenarios
 
 
-def target(daemon: Daemon, tls: bool) -> dict[str, Any]:
-    return {"host": HOST, "port": daemon.port, "domain": DOMAIN, "tls": tls}
+def target(daemon: Daemon, tls: bool, transport: str = "") -> dict[str, Any]:
+    """Where the generator connects: the c2s port (STARTTLS when *tls*), or for the ``ws``
+    transport the HTTP listener's WebSocket endpoint."""
+    found: dict[str, Any] = {"host": HOST, "port": daemon.port, "domain": DOMAIN, "tls": tls}
+    if transport == "ws":
+        found["websocket"] = f"ws://{HOST}:{daemon.http_port}/xmpp-websocket"
+    return found
 
 
 def run_login(daemon: Daemon, settings: Settings, scenario: LoginScenario) -> dict[str, Any]:
-    job = {"phase": "login", "target": target(daemon, scenario.tls), "credentials": scenario.credentials,
+    job = {"phase": "login", "target": target(daemon, scenario.tls, scenario.name.split("+")[-1]),
+           "credentials": scenario.credentials,
            "count": settings.logins, "concurrency": settings.concurrency}
     [result] = measure(daemon, job, limit=60 + settings.logins / 5)
     figures, usage = result.figures, result.usage
@@ -944,7 +950,7 @@ def open_loop_figures(result: Measurement, fraction: float) -> dict[str, Any]:
 def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
     """The closed loop, then the open loop at ``open_fraction`` of the rate the closed loop reached."""
     tls = transport == "tls"
-    job = {"phase": "msgs", "target": target(daemon, tls),
+    job = {"phase": "msgs", "target": target(daemon, tls, transport),
            "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "pairs": settings.pairs,
            "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency,
            "open_fraction": settings.open_fraction, "open_duration": settings.open_duration}
@@ -961,7 +967,7 @@ def run_room(daemon: Daemon, settings: Settings, transport: str) -> dict[str, An
     """One room of ``occupants`` clients in a closed loop: deliveries (to every occupant) per
     second and per daemon CPU-second."""
     tls = transport == "tls"
-    job = {"phase": "room", "target": target(daemon, tls),
+    job = {"phase": "room", "target": target(daemon, tls, transport),
            "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "occupants": settings.occupants,
            "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
     [closed] = measure(daemon, job, limit=120 + settings.duration)
@@ -1005,7 +1011,7 @@ def idle_figures(result: Measurement, rss_before_kib: int, tls: bool) -> dict[st
 def run_idle(daemon: Daemon, settings: Settings, transport: str) -> dict[str, Any]:
     """Rows ``<transport>-<count>`` for each count of held connections; the last also has ``chat``."""
     tls = transport == "tls"
-    job = {"phase": "idle", "target": target(daemon, tls),
+    job = {"phase": "idle", "target": target(daemon, tls, transport),
            "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "counts": list(settings.idle),
            "concurrency": settings.concurrency, "pairs": settings.idle_pairs, "window": settings.window,
            "duration": settings.idle_duration}
