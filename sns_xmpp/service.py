@@ -38,6 +38,7 @@ from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.logout import AccountTokens, BackChannelLogoutRoot, WebLogout
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
+from sns_xmpp.http.webchat import LogoutTokens, WebChat
 from sns_xmpp.keyfiles import ensure_secret, private_directory
 from sns_xmpp.observe import log_gate
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -273,8 +274,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         return d.addCallback(lambda recorded: end_sessions(sessions, jid, "logged out on the web"))
 
     root.putChild(b"logout", WebLogout(account_tokens, log_out_everywhere))
-    root.putChild(b"devices", Devices(account_tokens, DeviceAccounts(
-        checker.create_device_password, checker.devices.remove, store.device_passwords), f"{public_url}/devices"))
+    device_accounts = DeviceAccounts(checker.create_device_password, checker.devices.remove, store.device_passwords)
+    root.putChild(b"devices", Devices(account_tokens, device_accounts, f"{public_url}/devices"))
+    # The web chat: Converse.js logged in with a device password of its own (http/webchat.py).
+    root.putChild(b"chat", WebChat(account_tokens, device_accounts, LogoutTokens(login_state_key), public_url,
+                                   WEBSOCKET_PATH.decode() if config.http.websocket else None))
     checker.devices.load().addErrback(lambda reason: log.failure("devices.load_failed", reason))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))

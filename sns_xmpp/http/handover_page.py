@@ -113,7 +113,10 @@ def handover_body(jid: str, password: str, display_name: str | None, logout: tup
         f'<a href="{html.escape(uri)}">{html.escape(uri)}</a>, for the JID; then paste the password.'
         "</figcaption></figure>\n"
         "<p>These credentials expire; come back here for fresh ones.</p>\n"
-        + (f'<form method="post" action="{html.escape(logout[0])}/devices"><input type="hidden" name="token" '
+        + (f'<form method="post" action="{html.escape(logout[0])}/chat"><input type="hidden" name="token" '
+           f'value="{html.escape(logout[1])}"><button type="submit" id="open-chat">Open chat</button> (a web '
+           "XMPP client, logged in as you with a password for this browser only)</form>\n"
+           f'<form method="post" action="{html.escape(logout[0])}/devices"><input type="hidden" name="token" '
            f'value="{html.escape(logout[1])}"><input type="hidden" name="action" value="create">'
            '<label>A client without FAST? <input name="label" maxlength="64" required placeholder="device name">'
            '</label> <button type="submit">Make a password for it</button></form>\n'
