@@ -45,6 +45,8 @@ async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str,
     from playwright.async_api import async_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for earlier in ARTIFACTS.glob("*.png"):  # only this run's
+        earlier.unlink()
     seen: dict[str, Any] = {}
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
@@ -99,13 +101,28 @@ async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str,
             reply = page.locator(".chat-msg__text", has_text="Hello Erin, from slixmpp")
             await reply.wait_for()
             await shot("4-reply")
+            await page.set_viewport_size({"width": 390, "height": 800})  # on a phone
+            await shot("5-reply-on-a-phone")
+            await page.set_viewport_size({"width": 1000, "height": 700})
+
+            # Converse.js's blocking (XEP-0191 on the server): erin blocks bob from the chat's menu.
+            await page.locator("converse-chat-heading button.dropdown-toggle").click()
+            await page.locator("a.block-user").click()
+            await page.locator("converse-confirm-modal").get_by_role("button", name="Confirm").click()
+            await page.click(".dropdown--contacts button.dropdown-toggle")
+            await page.get_by_text("Show block list").click()
+            await page.locator("converse-blocklist-modal").get_by_text("bob@localhost").wait_for()
+            await shot("6-blocked")
+            bob.send_message(mto=ERIN, mbody="Are you there?", mtype="chat")
+            seen["bob_blocked"] = await bob.next_message()
+            await page.locator("converse-blocklist-modal button.btn-secondary").click()
 
             # Logging out ends this browser's device password.
             await page.locator("converse-user-profile converse-avatar").first.click()
             await page.get_by_role("button", name="Log out").click()
             await page.locator("converse-confirm-modal").get_by_role("button", name="Confirm").click()
             await page.get_by_role("heading", name="Logged out of the chat").wait_for()
-            await shot("5-logged-out")
+            await shot("7-logged-out")
             seen["devices_after"] = await server.store.device_passwords(ERIN)
             seen["csp_complaints"] = [text for text in console if "Content Security Policy" in text]
         finally:
@@ -119,7 +136,8 @@ async def test_a_social_user_chats_in_converse_from_the_hand_over_page(server) -
     "Open chat" opens Converse.js logged in (over /xmpp-websocket, with a device password of its
     own, never the site's signed token), online; a message typed there reaches a local user on
     TCP, whose answer appears in the page; the chat page carries its own strict policy and is not
-    cached; and logging out in Converse removes that device password."""
+    cached; Converse.js's blocking works against the server's XEP-0191 (the blocked user's message
+    is refused); and logging out in Converse removes that device password."""
     chromium = require_client("chromium")
     installed_webchat()
     await server.add_user("bob@localhost", "bob-secret")
@@ -152,4 +170,6 @@ async def test_a_social_user_chats_in_converse_from_the_hand_over_page(server) -
     message = seen["bob_got"]
     assert message["from"].bare == ERIN
     assert message["body"] == "Hello Bob, from the web chat"
+    blocked = seen["bob_blocked"]
+    assert blocked["type"] == "error" and blocked["error"]["condition"] == "service-unavailable"
     assert seen["devices_after"] == []
