@@ -998,13 +998,16 @@ class Job:
     open_duration: float = 0.0
     timeout: float = 30.0  # for one login, or one teardown
     occupants: int = 0  # room: clients in the one chat room
+    peer: Target | None = None  # s2s: the federated daemon whose clients the target's clients chat with
 
     @classmethod
     def from_json(cls, text: str) -> Job:
         raw = json.loads(text)
         target = Target(**raw.pop("target"))
+        peer = Target(**raw.pop("peer")) if raw.get("peer") else None
+        raw.pop("peer", None)
         counts = tuple(int(count) for count in raw.pop("counts", ()))
-        return cls(target=target, counts=counts, **raw)
+        return cls(target=target, counts=counts, peer=peer, **raw)
 
     @property
     def connections(self) -> int:
@@ -1372,9 +1375,31 @@ async def room_phase(job: Job, control: Control) -> None:
     await close_sessions(sessions, job.timeout)
 
 
+async def s2s_phase(job: Job, control: Control) -> None:
+    """``pairs`` clients of the target daemon, each chatting in a closed loop with a client of the
+    peer daemon: every message crosses the server-to-server link."""
+    assert job.peer is not None
+    provider = credentials_provider(job.credentials)
+    here = await log_in_all(job, provider, job.pairs)
+    there = await log_in_all(replace(job, target=job.peer), provider, job.pairs)
+    traffic = Traffic()
+    chatters = []
+    for a, b in zip(here, there, strict=True):
+        chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
+    start_closed_loop(chatters, job.window)
+    await asyncio.sleep(warm_up_s(job.duration))
+    await control.ready()
+    closed = await traffic.window(job.duration)
+    await control.measured(False, clients=len(here) + len(there), in_flight=len(chatters) * job.window, **closed)
+    traffic.running = False
+    await traffic.drain(job.timeout)
+    await close_sessions(here + there, job.timeout)
+
+
 PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
     "login": login_phase,
     "msgs": msgs_phase,
+    "s2s": s2s_phase,
     "idle": idle_phase,
     "room": room_phase,
 }

@@ -14,7 +14,10 @@ phase's open loop follows its closed loop, at half the rate the closed loop reac
 phase holds 2,000 connections, then 10,000, then lets a few pairs chat beside them. The room phase
 puts ``--occupants`` clients (50) in one chat room (XEP-0045), each keeping ``--window`` of its
 messages in flight: every message goes to every occupant, and the figure is deliveries per
-daemon CPU-second.
+daemon CPU-second. The s2s phase starts two daemons, ``a.bench`` on 127.0.0.1 and ``b.bench`` on
+127.0.0.2, federated over loopback (STARTTLS and dialback between them, as shipped), and
+``--pairs`` clients of each chat with a partner on the other: messages per CPU-second of both
+daemons, to set beside the msgs phase's one daemon.
 
 The login phase measures local accounts and social logins: an ``hmac`` site whose tokens the
 generator signs, and an ``oidc`` site whose provider (`benchmarks.idp`) the runner starts on
@@ -63,7 +66,7 @@ ACCOUNT_PREFIX = "bench"
 PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account has it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-PHASES = ("login", "serial", "msgs", "idle", "room")
+PHASES = ("login", "serial", "msgs", "idle", "room", "s2s")
 TRANSPORTS = ("tls", "tcp", "ws")  # ws: the stream over a WebSocket (RFC 7395) on the HTTP listener
 # The login phase's scenarios, in the order they run (see login_scenarios). FAST over plain TCP
 # works because the bench daemon allows PLAIN without TLS, and with it SASL2.
@@ -187,7 +190,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
                     "idle connection. JSON on stdout, a table on stderr.")
     parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run: " + _sizes(QUICK))
     parser.add_argument("--phases", type=_names(PHASES), default=PHASES, metavar="LIST",
-                        help="which phases to run, comma-separated (default: login,serial,msgs,idle)")
+                        help="which phases to run, comma-separated (default: all, " + ",".join(PHASES) + ")")
     parser.add_argument("--logins", type=_positive(int), metavar="N",
                         help=f"logins per login scenario (default {DEFAULTS['logins']})")
     parser.add_argument("--concurrency", type=_positive(int), metavar="C",
@@ -380,20 +383,20 @@ def raise_open_files_limit() -> int:
 # -- the daemon ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
+def free_port(address: str = HOST) -> int:
     with socket.socket() as probe:
-        probe.bind((HOST, 0))
+        probe.bind((address, 0))
         return int(probe.getsockname()[1])
 
 
-def create_accounts(database_path: Path, count: int) -> None:
+def create_accounts(database_path: Path, count: int, domain: str = DOMAIN) -> None:
     """``bench0@localhost`` ... with one password, and one salt: each PBKDF2 costs milliseconds."""
     credentials = derive_all(PASSWORD, iterations=DEFAULT_ITERATIONS)
     database = SQLiteDatabase(database_path)
     try:
         now = time.time()
         for index in range(count):
-            database.create_account(f"{ACCOUNT_PREFIX}{index}@{DOMAIN}", credentials, now)
+            database.create_account(f"{ACCOUNT_PREFIX}{index}@{domain}", credentials, now)
     finally:
         database.close()
 
@@ -447,9 +450,15 @@ class Daemon:
     """
 
     def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None,
-                 features_off: tuple[str, ...] = ()) -> None:
+                 features_off: tuple[str, ...] = (), domain: str = DOMAIN, s2s_address: str | None = None) -> None:
         self.workdir = workdir
         self.features_off = features_off
+        self.domain = domain
+        # The federation phase's daemons: each listens for s2s on an address of its own; `peers`
+        # (domain -> "address:port") is filled in before start.
+        self.s2s_address = s2s_address
+        self.s2s_port = free_port(s2s_address) if s2s_address else -1
+        self.peers: dict[str, str] = {}
         self.accounts = accounts
         self.idp = idp
         self.port = free_port()
@@ -475,14 +484,14 @@ class Daemon:
         http_port = self.http_port
         data_dir = self.workdir / "data"
         self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
-            domain=json.dumps(DOMAIN), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
+            domain=json.dumps(self.domain), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
             scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
             http_url=json.dumps(self.http_url), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
             hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)",
-            features_off=json.dumps(list(self.features_off))),
+            features_off=json.dumps(list(self.features_off)), s2s_table=self.s2s_table()),
             encoding="utf-8")
         data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
-        create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts)
+        create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts, self.domain)
         if self.idp is not None:
             self.idp.write_nonce_secret(data_dir)
         twistd = Path(sys.executable).with_name("twistd")
@@ -516,6 +525,13 @@ class Daemon:
             if not self.idp.wait_served("jwks", max(0.0, deadline - time.monotonic()), self.ensure_running):
                 raise BenchError(f"the daemon did not fetch the OpenID provider's keys within {timeout:g}s:\n"
                                  + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
+
+    def s2s_table(self) -> str:
+        if self.s2s_address is None:
+            return "[xmpp.s2s]\nport = -1"
+        hosts = "\n".join(f"{json.dumps(domain)} = {json.dumps(where)}" for domain, where in self.peers.items())
+        return (f"[xmpp.s2s]\ninterface = {json.dumps(self.s2s_address)}\nport = {self.s2s_port}\n"
+                f"\n[xmpp.s2s.hosts]\n{hosts}")
 
     def ensure_running(self) -> None:
         assert self.process is not None
@@ -726,10 +742,12 @@ class Measurement:
         return found
 
 
-def measure(daemon: Daemon, job: Mapping[str, Any], limit: float) -> list[Measurement]:
+def measure(daemon: Daemon, job: Mapping[str, Any], limit: float, peer: Daemon | None = None) -> list[Measurement]:
     """Run one generator job, one measurement per timed stage; *limit* bounds each wait in seconds.
 
-    The generator's CPU time over its whole life is added to ``daemon.generator_cpu_s``.
+    The generator's CPU time over its whole life is added to ``daemon.generator_cpu_s``. With a
+    *peer* daemon (the federation phase), its CPU over each timed stage is in the figures
+    (``peer_cpu_s``).
     """
     stages: list[tuple[dict[str, Any], Sample, Sample]] = []
     with LoadGenerator(job) as generator:
@@ -738,10 +756,13 @@ def measure(daemon: Daemon, job: Mapping[str, Any], limit: float) -> list[Measur
             generator.wait_for("ready", limit)
             daemon.ensure_running()
             start = Sample.take(daemon.pid, generator.pid)
+            peer_start = process_cpu_seconds(peer.pid) if peer is not None else 0.0
             generator.command("go")
             figures = generator.wait_for("measured", limit)
             daemon.ensure_running()
             end = Sample.take(daemon.pid, generator.pid)
+            if peer is not None:
+                figures["peer_cpu_s"] = process_cpu_seconds(peer.pid) - peer_start
             more = bool(figures.pop("more", False))
             figures.pop("event")
             stages.append((figures, start, end))
@@ -978,6 +999,24 @@ def run_room(daemon: Daemon, settings: Settings, transport: str) -> dict[str, An
     return row
 
 
+def run_s2s(here: Daemon, there: Daemon, settings: Settings) -> dict[str, Any]:
+    """``pairs`` clients on *here* chatting with as many on *there*, across the federated link,
+    in a closed loop: messages per CPU-second of both daemons together (each message crosses
+    both), beside the same traffic between two clients of one daemon (the msgs phase)."""
+    job = {"phase": "s2s", "target": target(here, False) | {"domain": here.domain},
+           "peer": target(there, False) | {"domain": there.domain},
+           "credentials": local_credentials("SCRAM-SHA-256", here.accounts), "pairs": settings.pairs,
+           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
+    [closed] = measure(here, job, limit=120 + settings.duration, peer=there)
+    peer_cpu = closed.figures.pop("peer_cpu_s")
+    row = {"tls": False, "pairs": settings.pairs, "window": settings.window,
+           "in_flight": closed.figures["in_flight"], **traffic_figures(closed)}
+    both = closed.usage.server_cpu_s + peer_cpu
+    row["peer_cpu_s"] = round(peer_cpu, 3)
+    row["delivered_per_cpu_s_both"] = round(row["delivered"] / both) if both else None
+    return row
+
+
 def idle_figures(result: Measurement, rss_before_kib: int, tls: bool) -> dict[str, Any]:
     """One stage of the idle phase: the connections held at its end and the memory they take.
 
@@ -1146,6 +1185,16 @@ def _room_lines(rows: Mapping[str, Any]) -> list[str]:
     return lines + notes
 
 
+def _s2s_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'s2s':<22} {_TRAFFIC_HEADS}"]
+    notes = []
+    for name, row in rows.items():
+        lines.append(_traffic(f"{name} {row['pairs']}x2 K={row['window']} federated", row))
+        notes.append(f"{name}: {row['delivered_per_cpu_s_both']} messages per CPU-second of both daemons "
+                     f"(a.bench's CPU in the row, b.bench's {row['peer_cpu_s']} s; each message crosses both)")
+    return lines + notes
+
+
 def _idle_lines(rows: Mapping[str, Any]) -> list[str]:
     lines = ["", f"{'idle':<22} {'held':>6} {'fail':>5} {'lost':>5} {'RSS before':>12} {'RSS held':>12} "
                  f"{'KiB/conn':>9} {'setup s':>8} {'cpu ms/conn':>12} {_CPU_HEADS}"]
@@ -1192,6 +1241,8 @@ def table(report: Mapping[str, Any]) -> str:
         lines += _msgs_lines(phases["msgs"])
     if phases.get("room"):
         lines += _room_lines(phases["room"])
+    if phases.get("s2s"):
+        lines += _s2s_lines(phases["s2s"])
     if phases.get("idle"):
         lines += _idle_lines(phases["idle"])
     lines += ["", "cpu over each timed part: CPU-seconds of the daemon (srv s) and the load generator (gen s); "
@@ -1241,11 +1292,14 @@ class Bench:
         }
 
     @contextmanager
-    def daemon(self, label: str, accounts: int, idp: IdentityProvider | None = None) -> Iterator[Daemon]:
-        """A fresh daemon with *accounts* accounts, stopped afterwards; its log is checked and reported."""
+    def daemon(self, label: str, accounts: int, idp: IdentityProvider | None = None,
+               made: Daemon | None = None) -> Iterator[Daemon]:
+        """A fresh daemon with *accounts* accounts (or *made*, set up by the caller in a folder
+        named *label*), stopped afterwards; its log is checked and reported."""
         folder = self.folder / label
-        folder.mkdir()
-        daemon = Daemon(folder, accounts, idp, self.settings.features_off)
+        if made is None:
+            folder.mkdir()
+        daemon = made or Daemon(folder, accounts, idp, self.settings.features_off)
         self._phase_daemons.append(daemon)
         try:
             daemon.start()
@@ -1314,6 +1368,21 @@ class Bench:
                 results[transport] = run_room(daemon, self.settings, transport)
         return results
 
+    def s2s(self) -> dict[str, Any]:
+        """Two daemons federated over loopback (TCP, STARTTLS and dialback between them, as the
+        shipped defaults require), their clients chatting across the link."""
+        results: dict[str, Any] = self.report["phases"].setdefault("s2s", {})
+        settings = self.settings
+        (self.folder / "s2s-a").mkdir()
+        (self.folder / "s2s-b").mkdir()
+        here = Daemon(self.folder / "s2s-a", settings.pairs, None, settings.features_off, "a.bench", "127.0.0.1")
+        there = Daemon(self.folder / "s2s-b", settings.pairs, None, settings.features_off, "b.bench", "127.0.0.2")
+        here.peers = {there.domain: f"127.0.0.2:{there.s2s_port}"}
+        there.peers = {here.domain: f"127.0.0.1:{here.s2s_port}"}
+        with self.daemon("s2s-a", settings.pairs, made=here), self.daemon("s2s-b", settings.pairs, made=there):
+            results["tcp"] = run_s2s(here, there, settings)
+        return results
+
     def idle(self) -> dict[str, Any]:
         """Per transport, a daemon of its own holding each count of connections in turn."""
         settings = self.settings
@@ -1354,7 +1423,7 @@ class Bench:
                              f"this run needs about {needed}")
         runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "serial": self.serial,
                                                             "msgs": self.msgs, "idle": self.idle,
-                                                            "room": self.room}
+                                                            "room": self.room, "s2s": self.s2s}
         for phase in settings.phases:
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
             with self.totals(phase):
