@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from slixmpp import JID
 
 from sns_xmpp.http.webchat import DEVICE_LABEL_PREFIX, WEBCHAT_FOLDER
 from tests.clients import require_client
@@ -113,7 +114,7 @@ async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str,
             await page.get_by_text("Show block list").click()
             await page.locator("converse-blocklist-modal").get_by_text("bob@localhost").wait_for()
             await shot("6-blocked")
-            bob.send_message(mto=ERIN, mbody="Are you there?", mtype="chat")
+            bob.send_message(mto=JID(ERIN), mbody="Are you there?", mtype="chat")
             seen["bob_blocked"] = await bob.next_message()
             await page.locator("converse-blocklist-modal button.btn-secondary").click()
 
