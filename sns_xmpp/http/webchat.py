@@ -31,7 +31,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.web import resource, server, static
 from twisted.web.server import Request
@@ -50,6 +50,7 @@ log = GatedLogger()
 WEBCHAT_FOLDER = Path(__file__).resolve().parents[2] / "webchat"
 CONVERSE_DIST = Path("node_modules") / "converse.js" / "dist"
 DEVICE_LABEL_PREFIX = "web chat "
+MAX_WEB_CHATS = 4  # device passwords of web chats per account; a fifth chat removes the oldest
 LOGOUT_TOKEN_CONTEXT = b"sns-xmpp-webchat-logout-v1:"
 
 # An ES module: Converse.js 14's bundle is one too (its default export is the `converse` object).
@@ -236,11 +237,28 @@ class WebChat(resource.Resource):
                         f'and open the chat from the new page. <a href="{html.escape(self.public_url)}/">Log in</a>'
                         "</p>")
         label = DEVICE_LABEL_PREFIX + secrets.token_hex(4)
-        made = self.accounts.create(jid, label)
+        made: Deferred[Any] = self.accounts.listing(jid)
+        made.addCallback(lambda devices: self._make_room(jid, devices))
+        made.addCallback(lambda _: self.accounts.create(jid, label))
         made.addCallback(lambda password: self.accounts.listing(jid).addCallback(
             lambda devices: self._opened(request, jid, password, [d for d in devices if d.label == label])))
         made.addErrback(self._failed, request)
         return server.NOT_DONE_YET
+
+    def _make_room(self, jid: str, devices: list[DevicePassword]) -> Deferred[Any] | None:
+        """Remove the account's oldest web chats beyond MAX_WEB_CHATS - 1: a chat closed without
+        logging out leaves its device password behind (until it expires), and opening the chat
+        again and again must neither fill the account's device passwords (auth/devices.py
+        MAX_DEVICES) nor leave old tabs' passwords working for ever. A tab whose password goes
+        keeps its session until that ends, and then cannot log in again."""
+        chats = sorted((d for d in devices if d.label.startswith(DEVICE_LABEL_PREFIX)),
+                       key=lambda d: (d.created_at, d.id))
+        excess = chats[:max(0, len(chats) - MAX_WEB_CHATS + 1)]
+        if not excess:
+            return None
+        log.info("http.webchat_old_devices_removed jid={jid} count={count}", jid=jid, count=len(excess))
+        removals = [self.accounts.remove(jid, device.id) for device in excess]
+        return DeferredList(removals, fireOnOneErrback=True, consumeErrors=True)
 
     def _opened(self, request: Request, jid: str, password: str, made: list[DevicePassword]) -> None:
         if len(made) != 1:  # removed between its making and the listing: nothing to hand out
