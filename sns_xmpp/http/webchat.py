@@ -28,12 +28,13 @@ import hmac
 import html
 import json
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
-from twisted.web import resource, server, static
+from twisted.web import resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.auth.devices import DeviceRefused
@@ -43,6 +44,10 @@ from sns_xmpp.http.logout import AccountTokens, page
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.jose import JOSEError, b64url_decode, b64url_encode
 from sns_xmpp.store.records import DevicePassword
+
+with warnings.catch_warnings():  # its module-level doubles of old resources warn as it is imported
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from twisted.web import static
 
 log = GatedLogger()
 
