@@ -104,7 +104,11 @@ def handover_body(jid: str, password: str, display_name: str | None, logout: tup
     greeting = f"<p>Welcome, {html.escape(display_name)}.</p>\n" if display_name else ""
     return (
         f"<style>{STYLE}</style>\n{greeting}"
-        "<p>Log in with any XMPP client using:</p>\n<dl>\n"
+        # The web chat first: no app to install, nothing to copy (http/webchat.py).
+        + (f'<form method="post" action="{html.escape(logout[0])}/chat"><input type="hidden" name="token" '
+           f'value="{html.escape(logout[1])}"><button type="submit" id="open-chat">Open chat</button> in this '
+           "browser, logged in as you with a password for this browser only.</form>\n" if logout else "")
+        + f"<p>{'Or log in' if logout else 'Log in'} with any XMPP client using:</p>\n<dl>\n"
         f'<dt>JID</dt><dd><code id="jid">{html.escape(jid)}</code>'
         '<button type="button" data-copy="jid" hidden>Copy</button></dd>\n'
         f'<dt>Password</dt><dd><code id="password">{html.escape(password)}</code>'
@@ -113,10 +117,7 @@ def handover_body(jid: str, password: str, display_name: str | None, logout: tup
         f'<a href="{html.escape(uri)}">{html.escape(uri)}</a>, for the JID; then paste the password.'
         "</figcaption></figure>\n"
         "<p>These credentials expire; come back here for fresh ones.</p>\n"
-        + (f'<form method="post" action="{html.escape(logout[0])}/chat"><input type="hidden" name="token" '
-           f'value="{html.escape(logout[1])}"><button type="submit" id="open-chat">Open chat</button> (a web '
-           "XMPP client, logged in as you with a password for this browser only)</form>\n"
-           f'<form method="post" action="{html.escape(logout[0])}/devices"><input type="hidden" name="token" '
+        + (f'<form method="post" action="{html.escape(logout[0])}/devices"><input type="hidden" name="token" '
            f'value="{html.escape(logout[1])}"><input type="hidden" name="action" value="create">'
            '<label>A client without FAST? <input name="label" maxlength="64" required placeholder="device name">'
            '</label> <button type="submit">Make a password for it</button></form>\n'

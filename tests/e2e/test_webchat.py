@@ -57,6 +57,8 @@ async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str,
             console: list[str] = []
             page.on("console", lambda message: console.append(message.text))
             websockets: list[str] = []
+            failed: list[str] = []
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.on("websocket", lambda socket: websockets.append(socket.url))
 
             async def shot(name: str) -> None:
@@ -125,6 +127,7 @@ async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str,
             await page.get_by_role("heading", name="Logged out of the chat").wait_for()
             await shot("7-logged-out")
             seen["devices_after"] = await server.store.device_passwords(ERIN)
+            seen["failed"] = failed
             seen["csp_complaints"] = [text for text in console if "Content Security Policy" in text]
         finally:
             await browser.close()
@@ -151,6 +154,7 @@ async def test_a_social_user_chats_in_converse_from_the_hand_over_page(server) -
         await wait(bob.log_out())
 
     assert seen["callback_path"] == "/callback/demo"
+    assert seen["failed"] == []  # every file Converse.js asked this server for was there
     headers = seen["chat_headers"]
     assert headers["cache-control"] == "no-store"
     assert headers["x-content-type-options"] == "nosniff"
