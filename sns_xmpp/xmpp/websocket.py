@@ -96,6 +96,9 @@ def stream_header(attributes: dict[str, str]) -> bytes:
 def frames(written: str) -> list[str]:
     """What the stream wrote, as RFC 7395 messages: ``<open/>`` for its header, ``<close/>`` for
     its end, and each element on its own with its namespace declared."""
+    single = _one_element(written)
+    if single is not None:
+        return [single]
     out: list[str] = []
     at, end = 0, len(written)
     while at < end:
@@ -122,6 +125,25 @@ def frames(written: str) -> list[str]:
     return out
 
 
+def _one_element(written: str) -> str | None:
+    """The common write, one stanza (`c2s.ClientStream.send` writes an element at a time), framed
+    without scanning its tags: when it is one element, its end tag is what it ends with. None
+    when that is not plain (the header, the footer, several elements: `frames` scans them)."""
+    start = _TAG.match(written)
+    if start is None or start.group(1) or written.startswith("<stream:stream"):
+        return None
+    if start.group(3):  # self-closing: one element only if nothing follows
+        return _declared(written) if start.end() == len(written) else None
+    name = start.group(2)
+    if not written.endswith(f"</{name}>"):
+        return None
+    # The same name might close an inner element with text after it at the top level (not a
+    # stanza this server writes, but then the scan decides).
+    if written.count(f"<{name}") != 1 and _element_end(written, 0) != len(written):
+        return None
+    return _declared(written)
+
+
 def _element_end(written: str, start: int) -> int:
     depth = 0
     for tag in _TAG.finditer(written, start):
@@ -136,16 +158,19 @@ def _element_end(written: str, start: int) -> int:
 
 
 def _declared(element: str) -> str:
-    """*element* with the namespace it had from the stream declared on itself."""
+    """*element* with the namespaces it had from the stream declared on itself: the default one,
+    and the ``stream`` prefix wherever it is used inside (an element of the streams namespace a
+    client put in a stanza is written with the stream's prefix)."""
     start = _TAG.match(element)
     assert start is not None
     name = start.group(2)
     insert_at = 1 + len(name)
-    if name.startswith("stream:"):
-        return element[:insert_at] + f" xmlns:stream='{NS_STREAMS}'" + element[insert_at:]
-    if "xmlns" in _attributes(start.group(0)[insert_at:]):
-        return element
-    return element[:insert_at] + f" xmlns='{NS_CLIENT}'" + element[insert_at:]
+    declarations = ""
+    if "stream:" in element and "xmlns:stream=" not in start.group(0):
+        declarations += f" xmlns:stream='{NS_STREAMS}'"  # maybe unused (text that says stream:): harmless
+    if not name.startswith("stream:") and "xmlns" not in _attributes(start.group(0)[insert_at:]):
+        declarations += f" xmlns='{NS_CLIENT}'"
+    return element[:insert_at] + declarations + element[insert_at:] if declarations else element
 
 
 @implementer(ITransport)
