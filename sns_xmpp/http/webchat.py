@@ -6,7 +6,11 @@ That makes a device password for this one browser (issue 15's device sessions, l
 over this server's WebSocket (RFC 7395, ``/xmpp-websocket``), so nobody types anything. The
 browser never sees the site's signed access info: only the device password, which works for
 this device alone, expires with the device lifetime of the account's site, and goes away when
-the page's logout posts its logout token to ``POST /chat/logout``.
+the page's logout posts its logout token to ``POST /chat/logout``. Each opening makes a new one
+(the page is not cached, so a reload posts again); the account keeps at most MAX_WEB_CHATS of
+them, the oldest going first. An account whose site wants its sessions to end with its
+credentials (``session_policy = "token"``) gets no device password, so no web chat: the page
+says so (Converse.js cannot use a FAST token, and the site's own token is not for a browser).
 
 Converse.js comes from npm, pinned by ``webchat/package-lock.json``; ``scripts/run`` installs it
 with ``npm ci`` where Node.js is present, and this module serves its ``dist`` folder at
@@ -18,7 +22,8 @@ Content-Security-Policy of its own: scripts, styles, fonts and images from this 
 WebSocket endpoint as the one place to connect to besides it, no framing. The configuration
 travels in a JSON data block (not a script), read by ``/chat/start.js``; Converse.js's bundle
 needs neither ``'unsafe-eval'`` nor ``'unsafe-inline'`` for scripts. Its components do write
-inline styles, so ``style-src`` has ``'unsafe-inline'``: a style cannot run code.
+inline styles, so ``style-src`` has ``'unsafe-inline'``: a style runs no code, and the other
+directives keep it from loading anything from anywhere but this server.
 """
 
 from __future__ import annotations
