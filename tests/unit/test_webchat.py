@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from sns_xmpp.auth.devices import DeviceRefused
 from sns_xmpp.http.devices import DeviceAccounts
 from sns_xmpp.http.logout import AccountTokens
 from sns_xmpp.http.webchat import DEVICE_LABEL_PREFIX, MAX_WEB_CHATS, LogoutTokens, WebChat
@@ -198,3 +199,18 @@ def test_opening_the_chat_again_and_again_keeps_only_the_latest_web_chats(instal
     for _ in range(MAX_WEB_CHATS + 3):
         world.open_chat()
     assert world.devices.labels() == ["phone", *world.devices.created_labels[-MAX_WEB_CHATS:]]
+
+
+def test_an_account_that_may_have_no_device_password_gets_no_chat_and_is_told_why(installed: Path) -> None:
+    """A site whose sessions must end with its credentials (session_policy = "token") refuses
+    device passwords: the chat is not opened, and the page gives the refusal's reason."""
+    world = World(installed)
+
+    def refuse(jid: str, label: str) -> Deferred[str]:
+        return defer.fail(DeviceRefused("this site wants its sessions to end with its credentials"))
+
+    world.chat.accounts.create = refuse
+    request = world.open_chat()
+    assert request.responseCode == 400
+    assert "this site wants its sessions to end with its credentials" in text(request)
+    assert "sns-chat-config" not in text(request)
