@@ -38,6 +38,7 @@ from sns_xmpp.http.login import Root, SocialWeb
 from sns_xmpp.http.logout import AccountTokens, BackChannelLogoutRoot, WebLogout
 from sns_xmpp.http.pending import PendingLogins
 from sns_xmpp.http.site import HTTPLimits, web_site
+from sns_xmpp.http.style import static_folder
 from sns_xmpp.http.webchat import LogoutTokens, WebChat
 from sns_xmpp.keyfiles import ensure_secret, private_directory
 from sns_xmpp.observe import log_gate
@@ -258,6 +259,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     FeatureStop(features).setServiceParent(top)  # after the store, so it stops before the store closes
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
+    root.putChild(b"static", static_folder())  # the pages' one stylesheet (http/style.py)
     for segment, resource in features.http_resources.items():  # a feature's own HTTP side (upload)
         root.putChild(segment, resource)
 

@@ -23,7 +23,7 @@ from twisted.web import pages, resource, server
 from twisted.web.server import Request
 
 from sns_xmpp.auth.social import handover_password
-from sns_xmpp.http import handover_page
+from sns_xmpp.http import handover_page, style
 from sns_xmpp.http.logout import AccountTokens
 from sns_xmpp.http.pending import PendingLogins, StateProblem
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -48,7 +48,8 @@ RefreshKeeper = Callable[[str, str, str, str], "Deferred[None]"]
 STATE_COOKIE = b"sns_xmpp_login"
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+{stylesheet}</head>
 <body>
 <h1>{title}</h1>
 {body}
@@ -59,7 +60,7 @@ PAGE = """<!doctype html>
 def _page(request: Request, title: str, body: str, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    return PAGE.format(title=html.escape(title), body=body).encode()
+    return PAGE.format(title=html.escape(title), body=body, stylesheet=style.LINK).encode()
 
 
 def _json(request: Request, document: Any, code: int = 200) -> bytes:

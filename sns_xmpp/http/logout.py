@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from sns_xmpp.http import style
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.sites.interface import ILogoutSite, SiteRejection
 from sns_xmpp.sites.jose import JOSEError, b64url_decode, b64url_encode
@@ -173,5 +174,6 @@ class WebLogout(resource.Resource):
 
 def page(title: str, body: str) -> bytes:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>'
+            f'{style.LINK}</head>'
             f"<body><h1>{title}</h1>{body}</body></html>").encode()

@@ -47,9 +47,11 @@ class DemoPages(resource.Resource):
 
 
 FORM = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Demo social site</title></head>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Demo social site</title>
+<link rel="stylesheet" href="/static/sns-xmpp.css"></head>
 <body>
-<h1>Demo social site</h1>
+<h1>Demo social site <span class="demo">DEMO</span></h1>
 <p><strong>This is a demonstration site</strong>: it signs in anyone under any name.
 A real deployment lists real social sites instead.</p>
 <form method="post" action="/demo-site/login">

@@ -51,6 +51,13 @@ async def test_every_page_of_a_login_says_how_a_browser_may_treat_it(server) -> 
     assert "script-src 'sha256-" in policy and "'unsafe-inline'" not in policy
     assert relayed.headers.getRawHeaders("cache-control") == ["no-store"]
 
+    # One stylesheet, from this server, linked by every page above (the demo site's too).
+    sheet = await treq.get(server.http_url + "/static/sns-xmpp.css")
+    assert sheet.code == 200 and sheet.headers.getRawHeaders("content-type") == ["text/css; charset=utf-8"]
+    assert b"@media" in await sheet.content()
+    for page in (home, form, shown):
+        assert b'<link rel="stylesheet" href="/static/sns-xmpp.css">' in await page.content()
+
     missing = await treq.get(server.http_url + "/login-using-nowhere")
     assert missing.code == 404
     _security_headers(missing, "an error page")

@@ -295,8 +295,10 @@ def test_the_html_hand_over_has_copy_buttons_and_a_qr_code_of_the_xmpp_uri_under
     assert 'href="xmpp:alice%5C40sns-1@localhost"' in page
     assert shown["password"] not in svg and "password" not in _qr_text(svg)
 
-    # Nothing from elsewhere: no src or stylesheet link, no URL but the xmpp: one.
-    assert not re.search(r"\ssrc=|<link|https?://", page), page
+    # Nothing from elsewhere: no src, no URL but the xmpp: one, and the one stylesheet is this
+    # server's own.
+    assert re.findall(r"<link[^>]*>", page) == ['<link rel="stylesheet" href="/static/sns-xmpp.css">'], page
+    assert not re.search(r"\ssrc=|https?://", page), page
     policy = dict(part.strip().split(" ", 1) for part in (answer.header("content-security-policy") or "").split(";")
                   if part.strip())
     (script,) = re.findall(r"<script>(.*?)</script>", page, re.DOTALL)
