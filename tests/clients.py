@@ -32,19 +32,25 @@ def require_client(command: str, package: str | None = None, *, also: tuple[str,
 JS_CLIENTS = Path(__file__).with_name("js")
 
 
-def js_clients() -> Path:
-    """tests/js with its npm packages installed as package-lock.json pins them (npm ci, once per
-    change of the lock file), for the Node.js clients (xmpp.js); skip or fail without Node.js."""
+def npm_installed(folder: Path) -> Path:
+    """*folder* with its npm packages installed as its package-lock.json pins them: npm ci once per
+    change of the lock file (the stamp is the one scripts/run leaves in webchat/, so either
+    install serves the other); skip or fail without Node.js."""
     require_client("node", "nodejs")
     npm = require_client("npm")
-    lock = JS_CLIENTS / "package-lock.json"
-    stamp = JS_CLIENTS / "node_modules" / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    lock = folder / "package-lock.json"
+    stamp = folder / "node_modules" / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
     if not stamp.exists():
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=JS_CLIENTS,
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=folder,
                               capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"npm ci in tests/js failed:\n{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, f"npm ci in {folder.name}/ failed:\n{done.stdout}\n{done.stderr}"
         stamp.touch()
-    return JS_CLIENTS
+    return folder
+
+
+def js_clients() -> Path:
+    """tests/js, for the Node.js clients (xmpp.js)."""
+    return npm_installed(JS_CLIENTS)
 
 
 class Terminal:

@@ -8,8 +8,6 @@ the folder)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest_twisted
 from slixmpp import JID
 
 from sns_xmpp.http.webchat import DEVICE_LABEL_PREFIX, WEBCHAT_FOLDER
-from tests.clients import require_client
+from tests.clients import npm_installed, require_client
 from tests.xmppclient import Client, wait
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "webchat"
@@ -26,19 +24,8 @@ ERIN = "erin\\40demo@localhost"
 
 
 def installed_webchat() -> Path:
-    """webchat/ with Converse.js installed as its lock file pins it: npm ci once per change of the
-    lock file, with the stamp scripts/run leaves (so either one's install serves the other); skip
-    or fail without Node.js, as tests/clients.py does."""
-    require_client("node", "nodejs")
-    npm = require_client("npm")
-    lock = WEBCHAT_FOLDER / "package-lock.json"
-    stamp = WEBCHAT_FOLDER / "node_modules" / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
-    if not stamp.exists():
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=WEBCHAT_FOLDER,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"npm ci in webchat/ failed:\n{done.stdout}\n{done.stderr}"
-        stamp.touch()
-    return WEBCHAT_FOLDER
+    """webchat/ with Converse.js installed as its lock file pins it (npm ci when it changed)."""
+    return npm_installed(WEBCHAT_FOLDER)
 
 
 async def chat_in_chromium(chromium: str, server: Any, bob: Client) -> dict[str, Any]:
