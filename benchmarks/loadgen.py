@@ -1105,12 +1105,12 @@ class Chatter:
     both ends live in this process and read the same monotonic clock.
     """
 
-    def __init__(self, session: Session, partner: str, traffic: Traffic) -> None:
+    def __init__(self, session: Session, partner: str, traffic: Traffic, kind: str = "chat") -> None:
         assert session.connection.transport is not None
         self.transport = session.connection.transport
         self.write = session.connection.stanza_writer()  # framed, over a WebSocket
         self.traffic = traffic
-        self.head = f"<message to='{partner}' type='chat'><body>".encode()
+        self.head = f"<message to='{partner}' type='{kind}'><body>".encode()
         session.connection.on_stanza = self.received
         session.connection.lost.add_done_callback(self.lost)
 
@@ -1281,29 +1281,13 @@ MUC_STATUS = f"{{{NS_MUC}#user}}x/{{{NS_MUC}#user}}status"
 BENCH_ROOM = "bench"
 
 
-class Talker:
+class Talker(Chatter):
     """One occupant: counts (and times) every groupchat delivery, and in a closed loop sends its
     next message when its own comes back from the room (XEP-0045 section 7.4 reflects it)."""
 
     def __init__(self, session: Session, room: str, nick: str, traffic: Traffic) -> None:
-        assert session.connection.transport is not None
-        self.transport = session.connection.transport
-        self.write = session.connection.stanza_writer()  # framed, over a WebSocket
-        self.traffic = traffic
+        super().__init__(session, room, traffic, kind="groupchat")
         self.own = f"{room}/{nick}"
-        self.head = f"<message to='{room}' type='groupchat'><body>".encode()
-        session.connection.on_stanza = self.received
-        session.connection.lost.add_done_callback(self.lost)
-
-    def send(self) -> None:
-        if self.transport.is_closing():
-            return
-        self.write(self.head + str(time.monotonic_ns()).encode() + b"</body></message>")
-        self.traffic.sent += 1
-
-    def lost(self, _: asyncio.Future[None]) -> None:
-        if self.traffic.running:
-            self.traffic.lost += 1
 
     def received(self, element: ET.Element) -> None:
         if element.tag != MESSAGE:
