@@ -383,10 +383,21 @@ class HTTPConfig:
     body_timeout: int = _setting(30, integer(1, 3600), "seconds a request has to send its body after the headers")
     max_connections_per_ip: int = _setting(512, integer(1, 1_000_000), "open HTTP connections one address may hold")
     websocket: bool = _setting(True, boolean, "XMPP over WebSocket (RFC 7395) at /xmpp-websocket")
+    websocket_see_other: str = _setting(
+        "", lambda value: _ws_url(value) if value else "",
+        "a ws:// or wss:// URL WebSocket clients are sent to instead (RFC 7395 3.6.1 see-other-uri); empty: none",
+    )
     trusted_proxies: tuple[str, ...] = _setting(
         (), lambda value: _ip_addresses(value),
         "addresses of TLS-terminating reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
     )
+
+
+def _ws_url(value: Any) -> str:
+    text = settings.text(value)
+    if not (text.startswith("ws://") or text.startswith("wss://")):
+        raise ValueError("must be a ws:// or wss:// URL")
+    return text
 
 
 def _ip_addresses(value: Any) -> tuple[str, ...]:

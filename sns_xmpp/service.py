@@ -329,7 +329,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                                                 False, metrics.limit)
         StreamFactoryService(websocket_streams).setServiceParent(top)
         root.putChild(WEBSOCKET_PATH, XMPPWebSocketResource(XMPPWebSocketFactory(
-            websocket_streams, c2s.max_stanza_bytes, config.http.trusted_proxies)))
+            websocket_streams, c2s.max_stanza_bytes, config.http.trusted_proxies,
+            see_other=config.http.websocket_see_other)))
         root.putChild(b".well-known", well_known(public_url, WEBSOCKET_PATH.decode()))  # XEP-0156
     components = config.xmpp.components
     if config.components and components.port >= 0:

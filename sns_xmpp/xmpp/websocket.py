@@ -239,6 +239,12 @@ class XMPPWebSocket(WebSocketServerProtocol):
         framing = framing_element(text) if text.lstrip().startswith(("<open", "<close")) else None
         if framing is not None:
             kind, attributes = framing
+            if kind == "open" and self.factory.see_other and not stream._headerSent:
+                # Section 3.6.1: the client is sent elsewhere, before any stream starts here.
+                elsewhere = escape_attribute(self.factory.see_other)
+                self.sendMessage(f"<close xmlns='{NS_FRAMING}' see-other-uri='{elsewhere}'/>".encode(), isBinary=False)
+                self.close_after_stream()
+                return
             if kind == "open":
                 stream.dataReceived(stream_header(attributes))
             else:
@@ -278,9 +284,10 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
     protocol = XMPPWebSocket  # type: ignore[assignment]
 
     def __init__(self, streams: ClientStreamFactory, max_message_bytes: int, trusted_proxies: Collection[str],
-                 url: str | None = None) -> None:
+                 url: str | None = None, see_other: str = "") -> None:
         super().__init__(url, protocols=[SUBPROTOCOL])
         self.streams = streams
+        self.see_other = see_other  # [http] websocket_see_other: where to send clients instead
         self.trusted_proxies = frozenset(trusted_proxies)
         self.on_closed: dict[XMPPWebSocket, Callable[[], None]] = {}
         self.handing_over: Callable[[], None] | None = None  # set by the resource around buildProtocol

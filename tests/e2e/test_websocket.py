@@ -165,3 +165,22 @@ async def test_xmpp_js_logs_in_over_websocket_and_chats_with_a_tcp_client(server
     assert result["reply"] == {"from": str(bob.boundjid), "body": "hello, Node"}, result
     assert "<token xmlns=\"urn:xmpp:fast:0\"" in errors.decode()  # the FAST token it asked for
     await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_being_drained_sends_websocket_clients_elsewhere(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """[http] websocket_see_other: the answer to <open/> is RFC 7395's <close see-other-uri/> (section
+    3.6.1), and the WebSocket closes; no stream starts here."""
+    from sns_xmpp.config import parse_config
+    from tests.conftest import BASE_CONFIG, DEMO_SITE, free_port
+
+    elsewhere = "wss://chat.example.org/xmpp-websocket"
+    base = BASE_CONFIG.format(data=tmp_path / "data", http_port=free_port()).replace(
+        "[http]\n", f'[http]\nwebsocket_see_other = "{elsewhere}"\n')
+    server = await start_server(parse_config(base + DEMO_SITE))
+    socket = await wait(websockets.connect(_url(server), subprotocols=["xmpp"]))
+    await wait(socket.send(OPEN))
+    closing = await _receive(socket)
+    assert (closing.tag, closing.get("see-other-uri")) == (f"{{{FRAMING}}}close", elsewhere)
+    await wait(socket.wait_closed())
+    assert not server.sessions.all_sessions()
