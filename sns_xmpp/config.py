@@ -434,6 +434,45 @@ class LogConfig:
     format: str = _setting("text", choice("text", "json"), "text lines, or one JSON object per event")
 
 
+def _redis_url(value: Any) -> str:
+    text = settings.text(value)
+    if text and not (text.startswith("redis://") or text.startswith("unix://")):
+        raise ValueError("must be a redis:// or unix:// URL, or empty for one node on its own")
+    return text
+
+
+def _node_id(value: Any) -> str:
+    text = settings.text(value)
+    if text and not all(c.isalnum() or c in "-_." for c in text):
+        raise ValueError("may hold only letters, digits, '-', '_' and '.'")
+    if len(text) > 64:
+        raise ValueError("must be at most 64 characters")
+    return text
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes serving the same domains as one server (docs/scaling.md)."""
+
+    redis_url: str = _setting(
+        "", _redis_url, "Redis holding the live state the nodes share; empty: this node runs on its own",
+        secret=True,
+    )
+    node_id: str = _setting("", _node_id, "this node's name in the cluster, unique; empty: host name and process id")
+    heartbeat_interval: int = _setting(2, integer(1, 60), "seconds between this node's heartbeats")
+    node_timeout: int = _setting(
+        10, integer(3, 600), "seconds without a heartbeat before a node's sessions are taken as gone",
+    )
+    reuse_port: bool = _setting(
+        True, boolean, "share the client, HTTP and s2s ports with the other nodes on this machine (SO_REUSEPORT)",
+    )
+    key_prefix: str = _setting("sns:", settings.non_empty_text, "prefix of every Redis key this cluster uses")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -443,6 +482,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Each site's table is checked by the site's own plugin, which knows its keys.
     sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # XEP-0114 components: domain -> its own secret.
@@ -553,6 +593,12 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
     manhole = config.manhole
     if manhole.enabled and not (manhole.authorized_keys or manhole.password_hash):
         raise ConfigError("manhole.authorized_keys", "the console needs authorized_keys or a password_hash")
+    cluster = config.cluster
+    if cluster.enabled and cluster.node_timeout < 2 * cluster.heartbeat_interval:
+        raise ConfigError("cluster.node_timeout", "must be at least twice cluster.heartbeat_interval")
+    if cluster.enabled and config.store.backend != "postgresql":
+        raise ConfigError("cluster.redis_url",
+                          "a cluster keeps its durable state in PostgreSQL: needs store.backend = 'postgresql'")
     if bool(config.tls.certificate) != bool(config.tls.private_key):
         raise ConfigError("tls.private_key", "give both tls.certificate and tls.private_key, or neither")
     return config

@@ -284,7 +284,9 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     checker.devices.load().addErrback(lambda reason: log.failure("devices.load_failed", reason))
     root.putChild(b"health", Health(lambda: all(listener.port is not None for listener in _listeners(top)),
                                     lambda: store.account_exists("health-check@invalid"), reactor))
-    ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port),
+    # The ports the nodes of a cluster on one machine share (the kernel spreads the connections).
+    shared = config.cluster.enabled and config.cluster.reuse_port
+    ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port, reuse_port=shared),
                     web_site(root, reactor, HTTPLimits(
                         header_timeout=config.http.header_timeout, body_timeout=config.http.body_timeout,
                         max_connections_per_ip=config.http.max_connections_per_ip,
@@ -314,12 +316,13 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)
 
-    ListenerService("c2s", FlushingTCPServerEndpoint(reactor, c2s.port, LISTEN_BACKLOG, c2s.interface),
+    ListenerService("c2s", FlushingTCPServerEndpoint(reactor, c2s.port, LISTEN_BACKLOG, c2s.interface,
+                                                     reuse_port=shared),
                     factory(False)).setServiceParent(top)
     if c2s.direct_tls_port >= 0:
         ListenerService("c2s-direct-tls",
                         FlushingTCPServerEndpoint(reactor, c2s.direct_tls_port, LISTEN_BACKLOG, c2s.interface,
-                                                  tls=tls_context),
+                                                  tls=tls_context, reuse_port=shared),
                         factory(True)).setServiceParent(top)
     if config.http.websocket:
         # The same streams over RFC 7395's framing on the HTTP listener: no STARTTLS there (the
@@ -349,12 +352,13 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         federation.setServiceParent(top)
         router.remote = federation
         metrics.watch_s2s(federation.stream_states)
-        ListenerService("s2s", _tcp_endpoint(reactor, s2s.interface, s2s.port),
+        ListenerService("s2s", _tcp_endpoint(reactor, s2s.interface, s2s.port, reuse_port=shared),
                         federation.listener_factory()).setServiceParent(top)
         if s2s.direct_tls_port >= 0:
             ListenerService("s2s-direct-tls",
                             NoDelayTCPServerEndpoint(reactor, s2s.direct_tls_port, LISTEN_BACKLOG, s2s.interface,
-                                                     tls=federation.inbound_settings.server_tls),
+                                                     tls=federation.inbound_settings.server_tls,
+                                                     reuse_port=shared),
                             federation.listener_factory(direct_tls=True)).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
@@ -379,10 +383,11 @@ def _listeners(top: service.MultiService) -> list[ListenerService]:
 LISTEN_BACKLOG = 1024
 
 
-def _tcp_endpoint(reactor: IServerReactor, interface: str, port: int) -> IStreamServerEndpoint:
+def _tcp_endpoint(reactor: IServerReactor, interface: str, port: int, reuse_port: bool = False
+                  ) -> IStreamServerEndpoint:
     """A listener (IPv4 or IPv6 by the interface) whose connections have TCP_NODELAY, as the c2s
     ones do (sns_xmpp.xmpp.transport): an answer is not held back waiting for an ACK."""
-    return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface)
+    return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface, reuse_port=reuse_port)
 
 
 def makeService(options: Options, reactor: IServerReactor | None = None) -> service.IService:

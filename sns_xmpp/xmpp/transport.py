@@ -100,6 +100,15 @@ class NoDelayServer(tcp.Server):
 
 class NoDelayPort(tcp.Port):
     transport = NoDelayServer
+    # SO_REUSEPORT: several nodes of a cluster on one machine listen on the same port, and the
+    # kernel spreads new connections between them (docs/scaling.md).
+    reuse_port = False
+
+    def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
+        sock: socket.socket = super().createInternetSocket()
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
 
 
 class FlushingServer(NoDelayServer):
@@ -173,14 +182,15 @@ class NoDelayTCPServerEndpoint:
     a TLS context."""
 
     def __init__(self, reactor: IServerReactor, port: int, backlog: int = 50, interface: str = "",
-                 tls: IOpenSSLServerConnectionCreator | None = None) -> None:
+                 tls: IOpenSSLServerConnectionCreator | None = None, reuse_port: bool = False) -> None:
         self._reactor = reactor
         self._port_number = port
         self._backlog = backlog
         self._interface = interface
         self._tls = tls
+        self._reuse_port = reuse_port
 
-    def _port(self, factory: IProtocolFactory) -> tcp.Port:
+    def _port(self, factory: IProtocolFactory) -> NoDelayPort:
         return NoDelayPort(self._port_number, factory, self._backlog, self._interface, self._reactor)
 
     def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:  # noqa: N803 - Twisted's name
@@ -188,6 +198,7 @@ class NoDelayTCPServerEndpoint:
 
         def start() -> IListeningPort:
             port = self._port(factory)
+            port.reuse_port = self._reuse_port
             port.startListening()
             return port
 
@@ -197,5 +208,5 @@ class NoDelayTCPServerEndpoint:
 class FlushingTCPServerEndpoint(NoDelayTCPServerEndpoint):
     """A TCP server endpoint (IPv4 or IPv6 by the interface) whose connections are `FlushingServer`s."""
 
-    def _port(self, factory: IProtocolFactory) -> tcp.Port:
+    def _port(self, factory: IProtocolFactory) -> NoDelayPort:
         return FlushingPort(self._port_number, factory, self._backlog, self._interface, self._reactor)

@@ -38,6 +38,11 @@ def test_shipped_config_is_valid_and_uses_the_embedded_default() -> None:
         ("[xmpp]\nc2s = 3", "xmpp.c2s", "must be a table"),
         ("[xmpp.c2s]\nmax_offline_bytes = 9000000", "xmpp.c2s.max_offline_bytes",
          "must be less than xmpp.c2s.max_outbound_bytes"),
+        ("[cluster]\nredis_url = 'http://x'", "cluster.redis_url", "must be a redis:// or unix:// URL"),
+        ("[cluster]\nredis_url = 'redis://127.0.0.1'", "cluster.redis_url", "needs store.backend = 'postgresql'"),
+        ("[store]\nbackend = 'postgresql'\ndsn = 'x'\n[cluster]\nredis_url = 'redis://127.0.0.1'\n"
+         "heartbeat_interval = 5\nnode_timeout = 6", "cluster.node_timeout", "at least twice"),
+        ("[cluster]\nnode_id = 'a b'", "cluster.node_id", "may hold only letters"),
     ],
 )
 def test_bad_values_name_the_key(text: str, key: str, problem: str) -> None:

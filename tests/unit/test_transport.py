@@ -323,3 +323,30 @@ async def test_the_plain_listener_accepts_with_tcp_nodelay_and_twisteds_own_tran
     client.close()
     await recorder.lost
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_of_a_cluster_share_a_port_only_when_they_ask_for_it() -> None:
+    """[cluster] reuse_port: a second listener on a taken port binds with SO_REUSEPORT (the
+    kernel then spreads connections between the nodes), and is refused without it, as before."""
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    first = await FlushingTCPServerEndpoint(reactor, 0, 50, "127.0.0.1", reuse_port=True).listen(
+        protocol.Factory.forProtocol(protocol.Protocol))
+    port = first.getHost().port  # type: ignore[attr-defined]
+    try:
+        second = await FlushingTCPServerEndpoint(reactor, port, 50, "127.0.0.1", reuse_port=True).listen(
+            protocol.Factory.forProtocol(protocol.Protocol))
+        assert second.getHost().port == port  # type: ignore[attr-defined]
+        await second.stopListening()
+        try:
+            third = await FlushingTCPServerEndpoint(reactor, port, 50, "127.0.0.1").listen(
+                protocol.Factory.forProtocol(protocol.Protocol))
+        except CannotListenError:
+            pass
+        else:
+            await third.stopListening()
+            raise AssertionError("a listener without reuse_port took a port in use")
+    finally:
+        await first.stopListening()
