@@ -71,7 +71,10 @@ class ServerConfig:
 @dataclass(frozen=True)
 class C2SConfig:
     interface: str = _setting("127.0.0.1", _interface, "address for client connections")
-    port: int = _setting(5222, integer(0, 65535), "STARTTLS port; 0 picks a free one")
+    port: int = _setting(
+        5222, integer(-1, 65535),
+        "STARTTLS port; 0 picks a free one, -1 turns the client listener off (the auth server for another server)"
+    )
     direct_tls_port: int = _setting(
         5223, integer(-1, 65535), "XEP-0368 direct TLS port; 0 picks a free one, -1 disables"
     )

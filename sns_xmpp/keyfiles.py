@@ -47,10 +47,17 @@ def ensure_secret(path: Path, nbytes: int = 32) -> str:
     """Return the secret in *path*, creating it (urlsafe text, ``nbytes`` of randomness) if absent."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Written under a name of its own, then linked into place whole: processes starting at
+        # once (ejabberd's pool of sns-xmpp-extauth) never read a file made but not yet written.
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return path.read_text().strip()
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(nbytes))
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(nbytes))
+            try:
+                os.link(draft, path)
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+        finally:
+            draft.unlink()
     return path.read_text().strip()

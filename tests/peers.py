@@ -279,10 +279,18 @@ class PeerClient(Client):
 class Prosody(PeerServer):
     kind = "prosody"
 
-    def __init__(self, domain: str, address: str, dns_server: LoopbackDNS) -> None:
+    def __init__(self, domain: str, address: str, dns_server: LoopbackDNS, *,
+                 authentication: str = 'authentication = "internal_hashed"', extra_modules: tuple[str, ...] = (),
+                 plugin_paths: tuple[str, ...] = ()) -> None:
+        """*authentication*: the config lines of the auth provider (sns-xmpp's HTTP authentication
+        module for tests/e2e/test_existing_servers.py); *plugin_paths*: folders of extra modules."""
         super().__init__(domain, address, dns_server)
         certificate, key = self_signed(self.folder, domain)
         (self.folder / "data").mkdir()
+        modules = ", ".join(f'"{name}"' for name in
+                            ("roster", "saslauth", "tls", "dialback", "disco", "ping", "offline", *extra_modules))
+        paths = ", ".join(f'"{path}"' for path in plugin_paths)
+        authentication = textwrap.indent(authentication, " " * 12)
         self.config = self.folder / "prosody.cfg.lua"
         self.config.write_text(textwrap.dedent(f"""\
             -- A Prosody for sns-xmpp's federation tests; see tests/peers.py.
@@ -297,8 +305,9 @@ class Prosody(PeerServer):
             s2s_direct_tls_ports = {{ }}
             http_ports = {{ }}
             https_ports = {{ }}
-            modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "offline" }}
-            authentication = "internal_hashed"
+            modules_enabled = {{ {modules} }}
+            plugin_paths = {{ {paths} }}
+{authentication}
             storage = "internal"
             c2s_require_encryption = true
             s2s_require_encryption = true
@@ -346,7 +355,10 @@ class Prosody(PeerServer):
 class Ejabberd(PeerServer):
     kind = "ejabberd"
 
-    def __init__(self, domain: str, address: str, dns_server: LoopbackDNS) -> None:
+    def __init__(self, domain: str, address: str, dns_server: LoopbackDNS, *,
+                 authentication: str = "auth_method: internal\nauth_password_format: scram") -> None:
+        """*authentication*: the config lines of the auth method (sns-xmpp-extauth's for
+        tests/e2e/test_existing_servers.py)."""
         super().__init__(domain, address, dns_server)
         account = pwd.getpwnam("ejabberd")
         certificate, key = self_signed(self.folder, domain)
@@ -355,6 +367,7 @@ class Ejabberd(PeerServer):
         for sub in ("spool", "logs"):
             (self.folder / sub).mkdir()
         self.folder.chmod(0o755)  # ejabberdctl runs erl as the ejabberd user (su)
+        authentication = textwrap.indent(authentication, " " * 12)
         (self.folder / "ejabberd.yml").write_text(textwrap.dedent(f"""\
             # An ejabberd for sns-xmpp's federation tests; see tests/peers.py.
             hosts: ["{domain}"]
@@ -371,8 +384,7 @@ class Ejabberd(PeerServer):
             s2s_use_starttls: required
             outgoing_s2s_families: [ipv4]
             outgoing_s2s_timeout: 20
-            auth_method: internal
-            auth_password_format: scram
+{authentication}
             acl:
               local:
                 user_regexp: ""

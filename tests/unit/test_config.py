@@ -23,8 +23,8 @@ def test_shipped_config_is_valid_and_uses_the_embedded_default() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
-        ("[xmpp.c2s]\nport = 70000", "xmpp.c2s.port", "must be an integer 0-65535"),
-        ("[xmpp.c2s]\nport = '5222'", "xmpp.c2s.port", "must be an integer 0-65535"),
+        ("[xmpp.c2s]\nport = 70000", "xmpp.c2s.port", "must be an integer -1-65535"),
+        ("[xmpp.c2s]\nport = '5222'", "xmpp.c2s.port", "must be an integer -1-65535"),
         ("[xmpp.c2s]\nprot = 1", "xmpp.c2s.prot", "unknown key"),
         ("[nonsense]\na = 1", "nonsense", "unknown key"),
         ("[server]\ndomains = []", "server.domains", "must be a non-empty list of domain names"),
@@ -62,7 +62,7 @@ def test_daemon_prints_one_line_and_exits_1_on_a_config_error(tmp_path: Path) ->
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "sns-xmpp: config error at 'xmpp.c2s.port': must be an integer 0-65535"]
+        "sns-xmpp: config error at 'xmpp.c2s.port': must be an integer -1-65535"]
 
 
 def test_log_section_chooses_the_observer() -> None:
