@@ -31,7 +31,6 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.reconfirm import Reconfirmer, Sealer
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
-from sns_xmpp.cluster.node import ClusterNode
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.devices import DeviceAccounts, Devices
 from sns_xmpp.http.host_meta import well_known
@@ -183,7 +182,6 @@ class Server:
     reloader: SiteReloader | None
     features: FeatureRegistry | None = None  # what the installed features offer (the console's rooms())
     federation: Federation | None = None  # the server-to-server links, when [xmpp.s2s] port is not -1
-    cluster: ClusterNode | None = None  # this node's place among several, when [cluster] redis_url is set
 
     def listener(self, name: str) -> ListenerService:
         named: ListenerService = self.top.getServiceNamed(name)
@@ -224,11 +222,6 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     revocations.setServiceParent(top)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
-    cluster = None
-    if config.cluster.enabled:  # one node of several (docs/scaling.md)
-        cluster = ClusterNode(config.cluster, sessions, reactor)
-        cluster.setName("cluster")
-        cluster.setServiceParent(top)
 
     if config.tls.certificate:
         certificate, key = config.base_dir / config.tls.certificate, config.base_dir / config.tls.private_key
@@ -370,7 +363,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                             federation.listener_factory(direct_tls=True)).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
-    server = Server(config, store, router, sessions, sites, top, reloader, features, federation, cluster)
+    server = Server(config, store, router, sessions, sites, top, reloader, features, federation)
     if config.manhole.enabled:
         console = config.manhole
         ssh = console_factory(namespace(server), config.data_dir, console.user,
