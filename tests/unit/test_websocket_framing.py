@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.words.xish import domish
@@ -52,6 +52,9 @@ def test_every_stanza_the_stream_writes_arrives_as_the_same_element(stanzas: lis
     c2s stream writes it, becomes messages that each parse alone into the element the stream
     meant: same names, namespaces, attributes and text."""
     elements = list(parsed_stanzas("".join(node.xml() for node in stanzas).encode("utf-8")))
+    # A top-level <stream:stream/> is the stream's own header, never a stanza the server relays
+    # (the header is written as text); the framing rightly turns it into <open/>.
+    assume(not any(e.name == "stream" and e.uri == "http://etherx.jabber.org/streams" for e in elements))
     written = []
     for element in elements:
         text = plain_xml(element, CLIENT, STREAM_PREFIXES) or element.toXml(
