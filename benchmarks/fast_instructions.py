@@ -7,9 +7,12 @@ presence code, logging gated at warn) and runs whole FAST logins through Twisted
 count/>`` and Bind2 inline, initial presence, footer, close. No sockets, no reactor, no TLS: the
 issue's goal (at most 0.5 ms of server CPU per FAST login without TLS) is about this work.
 
-The daemon offers SASL2 only after TLS, so the streams here start as TLS streams do
-(``secure``), on a transport without TLS: FAST then offers ``HT-SHA-256-NONE`` alone, as it
-would over TLS without channel binding.
+The streams are set up as the bench daemon's ``fast+tcp`` streams are: plain TCP (not
+``secure``), PLAIN and with it SASL2 allowed without TLS, FAST offering ``HT-SHA-256-NONE``, and the
+failed-login throttle on with the bench's policy (``auth_block_after = 10000``,
+``auth_block_seconds = 1``). Before 2026-12-07 (issue 15's daemon profile) the streams here were
+marked ``secure`` and ran without a throttle, which the daemon never does: each login then also
+looked for a TLS connection to bind to, and skipped the throttle's bookkeeping.
 
 Set-up, untimed: ``ACCOUNTS`` social logins at the ``hmac`` site by SASL2 PLAIN, each from a
 device of its own (``<user-agent id>``) asking for a token. The clock stands still, so with the
@@ -76,6 +79,7 @@ def run(logins: int, rotation: float = ROTATION) -> float:
     from sns_xmpp import startup
     startup.install()  # before anything imports wokkel (sns_xmpp/compat.py)
     from sns_xmpp.auth.fast import FastTokens
+    from sns_xmpp.auth.throttle import ThrottlePolicy
     from sns_xmpp.observe import log_gate
     from sns_xmpp.xmpp.negotiation import C2SSettings
     from tests.fuzz.harness import DOMAINS, World
@@ -85,11 +89,12 @@ def run(logins: int, rotation: float = ROTATION) -> float:
               b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>" % DOMAINS[0].encode())
     with tempfile.TemporaryDirectory(prefix="sns-xmpp-fast-instructions-") as path:
         world = World(Path(path))
-        base = world.settings(throttle=None)
+        base = world.settings(throttle=ThrottlePolicy(block_after=10000, block_seconds=1.0))  # bench.toml.in's
         settings = C2SSettings(domains=base.domains, checker=base.checker, sessions=base.sessions, tls_context=None,
                                require_tls=False, allow_plain_without_tls=True, metrics=base.metrics, sasl2=True,
+                               throttle=base.throttle,
                                fast=FastTokens(world.store, world.clock, LIFETIME, rotation))  # type: ignore[arg-type]
-        factory = world.factory(settings, secure=True)
+        factory = world.factory(settings, secure=False)
         peer = IPv4Address("TCP", "10.0.0.1", 40000)
         spent = [0.0]
 

@@ -157,23 +157,24 @@ class FastTokens:
             return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token"))
         now = self.clock.seconds()
 
-        def found(stored: FastToken | None) -> Deferred[FastLogin]:
+        def found(stored: FastToken | None) -> Deferred[FastLogin] | FastLogin:
+            # Raised and returned rather than wrapped in Deferreds: the read came back at once.
             used = _matching(stored, proof, cb_data, now)
             if stored is None or used is None:
-                return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
-                    stored, proof, cb_data)))
+                raise AuthenticationFailed("not-authorized", "wrong or expired token", reason=used_reason(
+                    stored, proof, cb_data))
             if stored.mechanism != HT_SHA_256_NONE and mechanism == HT_SHA_256_NONE:
                 # No downgrade: a token asked for with channel binding is only taken with it.
-                return defer.fail(AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}"))
+                raise AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}")
             key = (jid, agent)
             if count <= self._count_floor(key, stored, used):
-                return defer.fail(AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed"))
+                raise AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed")
             result = LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until)
             if not invalidate and used == stored.token_hash and now - stored.issued_at < self.rotation:
                 # Not due: nothing to write; the count is this node's to keep.
                 self._see(key, used, count)
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=False)
-                return defer.succeed(FastLogin(result, responder(used, cb_data), None))
+                return FastLogin(result, responder(used, cb_data), None)
             replacement: FastTokenIssue | None = None
             fresh: IssuedToken | None = None
             if not invalidate:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
+from sns_xmpp.tally import Tally
+
 
 @dataclass
 class _Record:
@@ -62,14 +64,27 @@ class AuthThrottle:
         self.clock = clock
         self.policy = policy
         self._records: dict[_Key, _Record] = {}
+        # Pair records per address: a right login from an address with none has nothing to clear
+        # or to be blocked by, and the caller need not work out its account's key (`has_pairs`).
+        self._pairs = Tally()
 
     def _record(self, key: _Key) -> _Record | None:
         record = self._records.get(key)
         if record is not None and self.clock.seconds() - record.last > self.policy.window \
                 and record.blocked_until <= self.clock.seconds():
-            del self._records[key]
+            self._drop(key)
             return None
         return record
+
+    def _drop(self, key: _Key) -> None:
+        del self._records[key]
+        if key[0] == "pair":
+            self._pairs.remove(key[1])
+
+    def has_pairs(self, address: str) -> bool:
+        """Whether any (address, account) pair of *address* has a record: if not, no account is
+        blocked from it, and `succeeded` has nothing to clear."""
+        return self._pairs[address] > 0
 
     def _active(self, key: _Key) -> bool:
         record = self._record(key)
@@ -105,7 +120,11 @@ class AuthThrottle:
         return 0.0 if extra <= 0 else min(policy.max_delay, 0.25 * 2 ** (extra - 1))
 
     def _count(self, key: _Key, limit: int, now: float) -> int:
-        record = self._record(key) or self._records.setdefault(key, _Record(0, now))
+        record = self._record(key)
+        if record is None:
+            record = self._records[key] = _Record(0, now)
+            if key[0] == "pair":
+                self._pairs.add(key[1])
         record.failures += 1
         record.last = now
         if record.failures >= limit:
@@ -118,11 +137,11 @@ class AuthThrottle:
         key = ("pair", address, account)
         record = self._records.get(key)
         if record is not None and record.blocked_until <= self.clock.seconds():
-            del self._records[key]
+            self._drop(key)
 
     def _prune(self, now: float) -> None:
         for key in [k for k, r in self._records.items()
                     if now - r.last > self.policy.window and r.blocked_until <= now]:
-            del self._records[key]
+            self._drop(key)
         while len(self._records) >= self.policy.max_records:
-            self._records.pop(next(iter(self._records)))
+            self._drop(next(iter(self._records)))

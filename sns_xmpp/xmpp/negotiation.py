@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
 from twisted.python.failure import Failure
@@ -358,14 +357,17 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 return
             self.attempt = None
             throttle = self.settings.throttle
-            account = _account_key(attempt)
+            # From an address with no failed pair there is nothing to block or clear, and the
+            # account's key (a site's parse of a social name) need not be worked out.
+            address = self._address() if throttle is not None else ""
+            account = _account_key(attempt) if throttle is not None and throttle.has_pairs(address) else None
             if throttle is not None and account is not None:
-                if throttle.blocked(self._address(), account):
+                if throttle.blocked(address, account):
                     # Right or wrong, a blocked pair gets the same answer (see _refuse).
                     self._count(step.result.site, "throttled")
                     self._failure(*THROTTLED)
                     return
-                throttle.succeeded(self._address(), account)
+                throttle.succeeded(address, account)
             self._succeeded(step)
 
         def refused(reason: Failure) -> None:
@@ -415,18 +417,23 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                  jid=result.jid, method=result.method, site=result.site, peer=stream.peer)
         stream.otherEntity = parse_jid(result.jid)
         fast = self.settings.fast
-        token: Deferred[IssuedToken | None] = defer.succeed(step.token)
+        # The token to hand out: the rotated one (step.token), or a new one when asked for, once
+        # the store has it. Without a store write the rest runs at once, without a Deferred.
+        token: Deferred[IssuedToken | None] | None = None
         if (step.token is None and fast is not None and request.agent and not request.fast
                 and request.request_token in FAST_MECHANISMS):
             token = fast.issue(result.jid, request.agent, request.request_token, result.confirmed_until)
 
-        def no_token(reason: Failure) -> None:
-            log.failure("fast.issue_failed", reason)  # the login stands; the client asks again next time
-            return None
+            def no_token(reason: Failure) -> None:
+                log.failure("fast.issue_failed", reason)  # the login stands; the client asks again next time
+                return None
 
-        token.addErrback(no_token)
+            token.addErrback(no_token)
         if request.bind is None:
-            token.addCallback(lambda issued: self._send_success(result.jid, step.additional_data, None, issued))
+            if token is None:
+                self._send_success(result.jid, step.additional_data, None, step.token)
+            else:
+                token.addCallback(lambda issued: self._send_success(result.jid, step.additional_data, None, issued))
             return
         self.binding = True
         bind = request.bind
@@ -437,7 +444,10 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                                                                   self._inline(full, bind), issued),
                                   self._bind2_refused)
 
-        token.addCallback(bind_now)
+        if token is None:
+            bind_now(step.token)
+        else:
+            token.addCallback(bind_now)
 
     def _inline(self, full_jid: str, bind: domish.Element) -> list[domish.Element]:
         """Bind2's inline features (XEP-0386): each child of <bind/> in a namespace a feature

@@ -46,18 +46,36 @@ class Authenticate:
 
 
 def parse_authenticate(element: domish.Element) -> Authenticate:
-    """Read an <authenticate/>; AuthenticationFailed('malformed-request') if it makes no sense."""
+    """Read an <authenticate/>; AuthenticationFailed('malformed-request') if it makes no sense.
+    Of each child element it takes the first (one pass over the children)."""
     mechanism = element.getAttribute("mechanism")
     if not mechanism:
         raise AuthenticationFailed("invalid-mechanism", "no mechanism")
-    initial_element = next(element.elements(NS_SASL2, "initial-response"), None)
+    initial_element: domish.Element | None = None
+    agent_element: domish.Element | None = None
+    request: domish.Element | None = None
+    fast: domish.Element | None = None
+    bind: domish.Element | None = None
+    for child in element.children:
+        if not isinstance(child, domish.Element):
+            continue
+        uri, name = child.uri, child.name
+        if uri == NS_SASL2:
+            if name == "initial-response":
+                initial_element = initial_element or child
+            elif name == "user-agent":
+                agent_element = agent_element or child
+        elif uri == NS_FAST:
+            if name == "fast":
+                fast = fast or child
+            elif name == "request-token":
+                request = request or child
+        elif uri == NS_BIND2 and name == "bind":
+            bind = bind or child
     initial = decode_payload(str(initial_element) or "=") if initial_element is not None else None
-    agent_element = next(element.elements(NS_SASL2, "user-agent"), None)
     agent = agent_element.getAttribute("id") if agent_element is not None else None
     if agent is not None and (not agent or len(agent) > MAX_AGENT_ID_CHARS):
         raise AuthenticationFailed("malformed-request", "bad <user-agent id>")
-    request = next(element.elements(NS_FAST, "request-token"), None)
-    fast = next(element.elements(NS_FAST, "fast"), None)
     count = None
     if fast is not None and fast.getAttribute("count") is not None:
         try:
@@ -68,7 +86,7 @@ def parse_authenticate(element: domish.Element) -> Authenticate:
         mechanism=mechanism,
         initial=initial,
         agent=agent,
-        bind=next(element.elements(NS_BIND2, "bind"), None),
+        bind=bind,
         request_token=request.getAttribute("mechanism") if request is not None else None,
         fast=fast is not None,
         count=count,

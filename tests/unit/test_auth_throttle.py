@@ -257,3 +257,29 @@ def test_the_shipped_configuration_lists_the_policy_defaults() -> None:
     for key, default in shipped.items():
         assert f"\n{key} = " in text, key
         assert getattr(c2s, key) == default == getattr(parse_config("").xmpp.c2s, key), key
+
+
+def test_has_pairs_follows_the_pair_records_of_an_address() -> None:
+    """A right login skips the account's key where its address has no pair record (has_pairs):
+    that answer must follow every way a pair record comes and goes (a failure, a success that
+    clears it, the quiet window, pruning), or a blocked pair would be let through."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, ThrottlePolicy(window=60, block_seconds=30, block_after=2, max_records=4))
+    assert not throttle.has_pairs("a")
+    throttle.failed("a", None)  # no account named: the address's record only
+    assert not throttle.has_pairs("a")
+    throttle.failed("a", "alice")
+    throttle.failed("a", "bob")
+    assert throttle.has_pairs("a") and not throttle.has_pairs("b")
+    throttle.succeeded("a", "alice")
+    assert throttle.has_pairs("a"), "bob's pair is still there"
+    throttle.succeeded("a", "bob")
+    assert not throttle.has_pairs("a")
+    throttle.failed("a", "alice")
+    throttle.failed("a", "alice")  # blocked for 30 s
+    clock.advance(61)
+    assert throttle.has_pairs("a") and not throttle.blocked("a", "alice"), "kept until a look finds it stale"
+    assert not throttle.has_pairs("a"), "the look forgot it"
+    for host in ("b", "c", "d", "e"):  # max_records 4: pruning drops the oldest records
+        throttle.failed(host, "alice")
+    assert not throttle.has_pairs("b") and throttle.has_pairs("e")
