@@ -25,12 +25,12 @@ def _need_go_sendxmpp() -> str:
     return require_client("go-sendxmpp")
 
 
-async def go_sendxmpp(home: Path, port: int, *arguments: str) -> tuple[int, str]:
-    """Run go-sendxmpp against 127.0.0.1:*port* (certificate not verified: it is self-signed);
+async def go_sendxmpp(home: Path, port: int, *arguments: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """Run go-sendxmpp against *host*:*port* (certificate not verified: it is self-signed);
     return its exit status and what it printed."""
     command = _need_go_sendxmpp()
     process = await asyncio.create_subprocess_exec(
-        command, "--no-tls-verify", "--jserver", f"127.0.0.1:{port}", "--timeout", "10", *arguments,
+        command, "--no-tls-verify", "--jserver", f"{host}:{port}", "--timeout", "10", *arguments,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
     )
