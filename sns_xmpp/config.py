@@ -394,6 +394,18 @@ class HTTPConfig:
         (), lambda value: _ip_addresses(value),
         "addresses of TLS-terminating reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
     )
+    auth_secret: str = _setting(
+        "", lambda value: _auth_secret(value),
+        "the secret an existing Prosody sends (HTTP Basic) to /auth/check and /auth/exists; empty: those are off",
+        secret=True,
+    )
+
+
+def _auth_secret(value: Any) -> str:
+    secret = settings.text(value)
+    if secret and len(secret) < 16:
+        raise ValueError("must be at least 16 characters (or empty: no HTTP authentication endpoint)")
+    return secret
 
 
 def _ws_url(value: Any) -> str:

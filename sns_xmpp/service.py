@@ -26,12 +26,14 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from sns_xmpp import startup
+from sns_xmpp.auth.external import ExternalAccounts
 from sns_xmpp.auth.fast import FastTokens
 from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.reconfirm import Reconfirmer, Sealer
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
 from sns_xmpp.config import Config, ConfigError, load_config
+from sns_xmpp.http.auth_endpoint import AuthEndpoint
 from sns_xmpp.http.devices import DeviceAccounts, Devices
 from sns_xmpp.http.host_meta import well_known
 from sns_xmpp.http.login import Root, SocialWeb
@@ -278,6 +280,10 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     root.putChild(b"logout", WebLogout(account_tokens, log_out_everywhere))
     device_accounts = DeviceAccounts(checker.create_device_password, checker.devices.remove, store.device_passwords)
     root.putChild(b"devices", Devices(account_tokens, device_accounts, f"{public_url}/devices"))
+    if config.http.auth_secret:  # an existing Prosody's HTTP authentication (docs/operations.md)
+        external = ExternalAccounts(checker, store, config.server.domains, local.hashing,
+                                    config.xmpp.c2s.scram_iterations)
+        root.putChild(b"auth", AuthEndpoint(external, config.http.auth_secret, config.server.domains[0]))
     # The web chat: Converse.js logged in with a device password of its own (http/webchat.py).
     root.putChild(b"chat", WebChat(account_tokens, device_accounts, LogoutTokens(login_state_key), public_url,
                                    WEBSOCKET_PATH.decode() if config.http.websocket else None))
