@@ -32,6 +32,7 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.reconfirm import Reconfirmer, Sealer
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+from sns_xmpp.cluster.node import ClusterNode
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.auth_endpoint import AuthEndpoint
 from sns_xmpp.http.devices import DeviceAccounts, Devices
@@ -184,6 +185,7 @@ class Server:
     reloader: SiteReloader | None
     features: FeatureRegistry | None = None  # what the installed features offer (the console's rooms())
     federation: Federation | None = None  # the server-to-server links, when [xmpp.s2s] port is not -1
+    cluster: ClusterNode | None = None  # this node's place among several, when [cluster] redis_url is set
 
     def listener(self, name: str) -> ListenerService:
         named: ListenerService = self.top.getServiceNamed(name)
@@ -224,6 +226,11 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     revocations.setServiceParent(top)
     for domain in config.server.domains:
         router.addRoute(domain, LocalRoute(sessions.deliver))
+    cluster = None
+    if config.cluster.enabled:  # one node of several (docs/scaling.md)
+        cluster = ClusterNode(config.cluster, sessions, reactor)
+        cluster.setName("cluster")
+        cluster.setServiceParent(top)
 
     if config.tls.certificate:
         certificate, key = config.base_dir / config.tls.certificate, config.base_dir / config.tls.private_key
@@ -369,7 +376,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                             federation.listener_factory(direct_tls=True)).setServiceParent(top)
 
     reloader = SiteReloader(config_path, sites, site_context) if config_path is not None else None
-    server = Server(config, store, router, sessions, sites, top, reloader, features, federation)
+    server = Server(config, store, router, sessions, sites, top, reloader, features, federation, cluster)
     if config.manhole.enabled:
         console = config.manhole
         ssh = console_factory(namespace(server), config.data_dir, console.user,

@@ -22,7 +22,7 @@ from sns_xmpp.config import Config, parse_config
 # the escaping serialiser, which importing sns_xmpp no longer installs.
 startup.install()
 
-pytest_plugins = ["tests.pgfixtures"]
+pytest_plugins = ["tests.pgfixtures", "tests.redisserver"]
 
 BASE_CONFIG = """
 [server]

@@ -96,7 +96,7 @@ def namespace(server: Server) -> dict[str, Any]:
             target = parse_jid(jid)
         except InvalidFormat:
             raise ValueError(f"not a JID: {jid!r}") from None
-        victims = sessions.resources(target.userhost())
+        victims = sessions.local_resources(target.userhost())
         if target.resource is not None:
             victims = [s for s in victims if s.resource == target.resource]
         for session in victims:

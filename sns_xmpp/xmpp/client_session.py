@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.words.xish import domish
@@ -50,6 +50,8 @@ class Ledger(Protocol):
 class ClientSession:
     """One bound resource: its address, its stream, and the state delivery reads."""
 
+    # A resource bound on another node of a cluster (cluster/remote_session.py) says True.
+    remote: ClassVar[bool] = False
     jid: JID
     stream: ClientStream
     login: LoginResult
@@ -63,6 +65,7 @@ class ClientSession:
     directed_chars: int = 0  # the total length of the addresses in directed
     ledger: Ledger | None = None  # XEP-0198, once the client enables it
     holder: Holder | None = None  # XEP-0352, while the client says it is inactive
+    carbons: bool = False  # XEP-0280 enabled (the carbons feature's, read by the cluster's directory too)
     detached: bool = False  # the connection dropped; the ledger keeps the session for a resumption
     # The JID's forms, made once: every stanza the session sends or receives uses them.
     bare: str = field(init=False)
@@ -74,13 +77,15 @@ class ClientSession:
         self.resource = self.jid.resource or ""
         self.full = self.jid.full()
 
-    def send(self, element: domish.Element | str) -> None:
+    def send(self, element: domish.Element | str) -> Deferred[None] | None:
         """The one way a stanza reaches this session's client (text: a stored offline message,
-        written as stored)."""
+        written as stored). None: written (or held) here; a resource on another node answers
+        with a Deferred that fires once the stanza is queued for it (cluster/inbox.py)."""
         holder = self.holder
         if holder is not None and holder.hold(self, element):
-            return
+            return None
         self.send_now(element)
+        return None
 
     def send_now(self, element: domish.Element | str) -> None:
         """Write *element* now, past any holder (which uses this to let what it held go)."""

@@ -83,7 +83,7 @@ class RevocationWatcher(service.Service):
 
 def end_sessions(sessions: SessionManager, jid: str, reason: str) -> int:
     """End every session of *jid* (revoked for *reason*); how many there were."""
-    ended = sessions.resources(jid)
+    ended = sessions.local_resources(jid)
     for session in ended:
         if session.detached:
             sessions.unbind(session)

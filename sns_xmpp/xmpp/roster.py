@@ -73,6 +73,9 @@ class RosterBook:
         self._rosters: dict[str, Roster] = {}
         self._loading: dict[str, list[Deferred]] = {}
         self._pushes = 0
+        # Called with the owner once a change to a roster is on disk: the cluster tells the other
+        # nodes, whose copies of that roster are then stale (cluster/rosters.py).
+        self.on_written: Callable[[str], None] | None = None
 
     def next_push_id(self) -> str:
         """The id of the next roster push (RFC 6121 2.1.6), unique on this server."""
@@ -115,6 +118,24 @@ class RosterBook:
     def forget(self, owner: str) -> None:
         self._rosters.pop(owner, None)
 
+    def reload(self, owner: str) -> Deferred[None]:
+        """Read a cached roster again from the store (another node changed it), in place, so that
+        whoever holds the Roster sees the change."""
+        roster = self._rosters.get(owner)
+        if roster is None:
+            return defer.succeed(None)
+
+        def loaded(results: tuple[list[RosterItem], list[str], int]) -> None:
+            items, requests, version = results
+            if self._rosters.get(owner) is not roster or version < roster.version:
+                return  # forgotten meanwhile, or a newer change of this node's is not read back yet
+            roster.items = {item.contact: item for item in items}
+            roster.requests = set(requests)
+            roster.chars = sum(item_chars(item) for item in roster.items.values())
+            roster.version = version
+
+        return self.store.load_roster(owner).addCallback(loaded)
+
     def fits(self, roster: Roster, item: RosterItem) -> bool:
         """Whether *item* (new, or replacing the contact's) keeps the roster within its bounds."""
         old = roster.items.get(item.contact)
@@ -127,28 +148,31 @@ class RosterBook:
         roster.chars += item_chars(item) - (item_chars(old) if old is not None else 0)
         roster.items[item.contact] = item
         roster.version += 1  # as the store's write does
-        self._written(self.store.put_roster_item(roster.owner, item))
+        self._written(roster.owner, self.store.put_roster_item(roster.owner, item))
 
     def remove(self, roster: Roster, contact: str) -> None:
         old = roster.items.pop(contact, None)
         if old is not None:
             roster.chars -= item_chars(old)
         roster.version += 1  # as the store's write does, item or not
-        self._written(self.store.remove_roster_item(roster.owner, contact))
+        self._written(roster.owner, self.store.remove_roster_item(roster.owner, contact))
 
     def add_request(self, roster: Roster, contact: str) -> None:
         if contact not in roster.requests:
             roster.requests.add(contact)
-            self._written(self.store.add_subscription_request(roster.owner, contact))
+            self._written(roster.owner, self.store.add_subscription_request(roster.owner, contact))
 
     def drop_request(self, roster: Roster, contact: str) -> bool:
         if contact not in roster.requests:
             return False
         roster.requests.discard(contact)
-        self._written(self.store.remove_subscription_request(roster.owner, contact))
+        self._written(roster.owner, self.store.remove_subscription_request(roster.owner, contact))
         return True
 
-    def _written(self, d: Deferred) -> None:
+    def _written(self, owner: str, d: Deferred) -> None:
+        if self.on_written is not None:
+            on_written = self.on_written
+            d.addCallback(lambda _: on_written(owner))
         d.addErrback(lambda reason: log.failure("roster.write_failed", reason))
 
 
@@ -222,7 +246,7 @@ def updated_item(existing: RosterItem, element: domish.Element) -> RosterItem:
     return dataclasses.replace(existing, name=name, groups=tuple(groups))
 
 
-def push_to(targets: Iterable[Callable[[domish.Element], None]], owner: str, item: RosterItem,
+def push_to(targets: Iterable[Callable[[domish.Element], object]], owner: str, item: RosterItem,
             removed: bool, push_id: str, version: int) -> None:
     """A roster push (RFC 6121 2.1.6) to each of *targets*, with the roster's version after the
     change (2.6.3: every push carries it; a client that does not version ignores it)."""

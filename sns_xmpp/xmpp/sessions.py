@@ -85,6 +85,11 @@ class SessionManager:
         self._iq_from_client = self.hooks.chain(IQ_FROM_CLIENT)
         self._iq_to_local = self.hooks.chain(IQ_TO_LOCAL)
         self._session_bound = self.hooks.chain(SESSION_BOUND)
+        # Called after each stanza from a bound client has been handled (the cluster publishes
+        # what the stanza changed of the session: presence, priority, roster request).
+        self.after_client_stanza: list[Callable[[ClientSession], None]] = []
+        # True once this node is one of a cluster: `users` then holds other nodes' resources too.
+        self.clustered = False
 
     # -- the registry ------------------------------------------------------
 
@@ -101,8 +106,13 @@ class SessionManager:
     def session(self, full: JID) -> ClientSession | None:
         return self.users.get(full.userhost(), {}).get(full.resource or "")
 
+    def local_resources(self, bare: str) -> list[ClientSession]:
+        """The account's resources bound to this node (in a cluster, `resources` has the others' too)."""
+        return [s for s in self.users.get(bare, {}).values() if not s.remote]
+
     def all_sessions(self) -> list[ClientSession]:
-        return [s for resources in self.users.values() for s in resources.values()]
+        """The sessions bound to this node."""
+        return [s for resources in self.users.values() for s in resources.values() if not s.remote]
 
     def roster_of_account(self, owner: str) -> Deferred:
         """Fire with the roster of an existing account, or None for an unknown one."""
@@ -127,7 +137,10 @@ class SessionManager:
             if replaced is None and len(self.users.get(login.jid, {})) >= self.max_resources:
                 self.metrics.limit("resources-per-account")
                 raise BindRefused("resource-constraint")
-            if replaced is not None:
+            if replaced is not None and replaced.remote:
+                del self.users[login.jid][resource]  # its node ends it (RFC 6120 7.7.2.2)
+                replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
+            elif replaced is not None:
                 self.unbind(replaced, replaced=True)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
             resources = self.users.setdefault(login.jid, {})
@@ -159,13 +172,13 @@ class SessionManager:
     def unbind(self, session: ClientSession, replaced: bool = False) -> None:
         """End the session (*replaced*: a new session of the same resource takes its place)."""
         resources = self.users.get(session.bare)
-        if resources is None or resources.get(session.resource) is not session:
+        if resources is None or resources.get(session.resource) is not session or session.remote:
             return
         del resources[session.resource]
         if not resources:
             del self.users[session.bare]
         self.hooks.fire(SESSION_UNBOUND, session, replaced)
-        if not replaced and session.bare not in self.users:
+        if not replaced and not self.local_resources(session.bare):  # (other nodes' may remain)
             self.rosters.forget(session.bare)
 
     # -- stanzas from a bound client ---------------------------------------
@@ -186,6 +199,8 @@ class SessionManager:
             ledger.process(lambda: self._from_client(session, stanza))
         else:
             self._from_client(session, stanza)
+        for observe in self.after_client_stanza:
+            observe(session)
 
     def _from_client(self, session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
         """Handle a client's stanza; a Deferred when its handling finishes later (an offline
@@ -259,8 +274,7 @@ class SessionManager:
         if to.resource is not None:
             session = self.session(to)
             if session is not None:
-                session.send(stanza)
-                return None
+                return session.send(stanza)  # a Deferred for a resource on another node
             if kind == "groupchat":
                 self._bounce(stanza, "service-unavailable")
             if kind in ("groupchat", "error"):
@@ -269,8 +283,9 @@ class SessionManager:
             return None
         targets = self.message_targets(bare)
         if targets and kind != "groupchat":
-            for session in targets:
-                session.send(stanza)
+            queued = [sent for session in targets if (sent := session.send(stanza)) is not None]
+            if queued:  # for resources on other nodes: handled once queued for them all
+                return defer.gatherResults(queued).addCallback(lambda _: None)
             return None
         if kind == "headline":
             return None
@@ -292,9 +307,8 @@ class SessionManager:
             return None
         session = self.session(to)
         if session is not None:
-            session.send(stanza)
-        else:
-            self._bounce(stanza, "service-unavailable")
+            return session.send(stanza)
+        self._bounce(stanza, "service-unavailable")
         return None
 
     def _bounce(self, stanza: domish.Element, condition: str) -> None:

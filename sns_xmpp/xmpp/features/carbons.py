@@ -72,30 +72,35 @@ class Carbons:
             raise StanzaError("bad-request" if session is not None else "service-unavailable")
         if child.name == "enable":
             self.enabled.add(session)
+            session.carbons = True
         else:
             self.enabled.discard(session)
+            session.carbons = False
 
     def enable_inline(self, session: ClientSession, element: domish.Element) -> None:
         """XEP-0386: <enable xmlns='urn:xmpp:carbons:2'/> in the Bind2 request; no answer element."""
         if element.name == "enable":
             self.enabled.add(session)
+            session.carbons = True
 
     def sent(self, session: ClientSession, message: domish.Element) -> None:
-        if not self.enabled or not eligible(message):
+        # The enabled set answers "nobody" at once on one node; in a cluster a resource on another
+        # node may have enabled carbons (RemoteSession.carbons, from the directory).
+        if not (self.enabled or self.sessions.clustered) or not eligible(message):
             return None
         for other in self.sessions.resources(session.bare):
-            if other is not session and other in self.enabled:
+            if other is not session and other.carbons:
                 other.send(wrapped(message, "sent", session.bare, other.full))
         return None
 
     def received(self, message: domish.Element, to: JID) -> None:
-        if not self.enabled or to.resource is None or not eligible(message):
+        if not (self.enabled or self.sessions.clustered) or to.resource is None or not eligible(message):
             return None
         if self.sessions.session(to) is None:
             return None  # no such resource: the message goes to the bare JID's resources instead
         owner = to.userhost()
         for other in self.sessions.resources(owner):
-            if other.resource != to.resource and other in self.enabled:
+            if other.resource != to.resource and other.carbons:
                 other.send(wrapped(message, "received", owner, other.full))
         return None
 

@@ -1,0 +1,196 @@
+"""The session directory: this node's resources, published; the other nodes', replicated.
+
+Each node writes the state of its bound resources to a hash of its own in Redis and announces
+each change on one channel. Every node keeps the other nodes' resources as `RemoteSession`s in its
+`SessionManager`, from a snapshot read at start (and again after any reconnection, when messages
+may have been missed) and from the announcements. So RFC 6121's delivery, presence broadcast,
+roster pushes and carbons work across nodes with no Redis round trip on the stanza path.
+
+Rosters are cached on each node that has a resource of their account; a node that writes a roster
+change announces it, and the others read that roster again (xmpp/roster.py `reload`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish
+
+from sns_xmpp.cluster.inbox import Inbox
+from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.cluster.remote_session import RemoteSession, dumps
+from sns_xmpp.jid import JID, InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.sessions import SessionManager
+
+log = GatedLogger()
+
+# Compares and deletes in one step: a node clears the owner key of a full JID only while it still
+# names this node (another node may have bound the resource since).
+ROSTER_PRESENCE = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"})
+CLEAR_OWNER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def entry_of(session: ClientSession) -> dict[str, Any]:
+    """What the other nodes need of a local resource to deliver to it as RFC 6121 says."""
+    entry: dict[str, Any] = {"a": int(session.available), "p": session.priority,
+                             "r": int(session.roster_requested), "c": int(session.carbons),
+                             "t": session.connected_at}
+    if session.presence is not None:
+        entry["x"] = session.presence.toXml()
+    return entry
+
+
+class Directory:
+    def __init__(self, node: str, keys: Keys, commands: Any, sessions: SessionManager, inbox: Inbox) -> None:
+        self.node = node
+        self.keys = keys
+        self.commands = commands
+        self.sessions = sessions
+        self.inbox = inbox
+        self.published: dict[str, str] = {}  # full JID -> the entry last published, as text
+        self.remote_nodes: dict[str, set[str]] = {}  # node -> the full JIDs replicated from it
+
+    # -- this node's resources --------------------------------------------------
+
+    def publish(self, session: ClientSession) -> None:
+        """Publish the session's state if it changed (after each stanza from its client)."""
+        if session.remote or self.sessions.session(session.jid) is not session:
+            return
+        text = dumps(entry_of(session))
+        if self.published.get(session.full) == text:
+            return
+        first = session.full not in self.published
+        self.published[session.full] = text
+        self.commands.execute_command("HSET", self.keys.sessions(self.node), session.full, text)
+        self._announce({"n": self.node, "f": session.full, "e": text})
+        if first:
+            self._claim(session.full)
+
+    def _claim(self, full: str) -> None:
+        """Take the full JID's owner key; a node that held it has its session replaced (a bind of
+        the same resource on two nodes at once: the last one wins, as on one node)."""
+        claimed: Deferred[Any] = self.commands.execute_command("SET", self.keys.owner(full), self.node, "GET")
+
+        def previous(owner: Any) -> None:
+            owner = owner.decode() if isinstance(owner, bytes) else owner
+            if owner and owner != self.node and owner in self.remote_nodes:  # a live node, not a dead one's key
+                self.inbox.replace(owner, full)
+
+        claimed.addCallbacks(previous, lambda reason: log.warn("cluster.claim_failed error={error}",
+                                                               error=str(reason.value)))
+
+    def withdraw(self, session: ClientSession) -> None:
+        if session.remote or self.published.pop(session.full, None) is None:
+            return
+        self.commands.execute_command("HDEL", self.keys.sessions(self.node), session.full)
+        self.commands.execute_command("EVAL", CLEAR_OWNER, 1, self.keys.owner(session.full), self.node)
+        self._announce({"n": self.node, "f": session.full, "e": None})
+
+    def republish(self) -> None:
+        """Write every local resource again (Redis lost them: a restart without its data)."""
+        self.published.clear()
+        for session in self.sessions.all_sessions():
+            self.publish(session)
+
+    def roster_written(self, owner: str) -> None:
+        self._announce({"n": self.node, "roster": owner})
+
+    def _announce(self, message: dict[str, Any]) -> None:
+        self.commands.execute_command("PUBLISH", self.keys.channel, json.dumps(message, separators=(",", ":")))
+
+    def to_home(self, presence: domish.Element, to: JID) -> Deferred[None] | None:
+        """A subscription request or answer, or a probe, for an account with resources on other
+        nodes only goes to one of those nodes, which holds the account's roster in memory, as
+        one server would (two nodes writing one roster from two copies would lose changes)."""
+        if presence.getAttribute("type") not in ROSTER_PRESENCE:
+            return None
+        resources = self.sessions.users.get(to.userhost())
+        if not resources:
+            return None
+        homes = sorted({s.node for s in resources.values() if isinstance(s, RemoteSession)})
+        if not homes or any(not s.remote for s in resources.values()):
+            return None  # handled here: this node holds the roster too
+        return self.inbox.hand_over(homes[0], presence)
+
+    # -- the other nodes' resources ---------------------------------------------
+
+    def on_message(self, channel: str, text: str) -> None:
+        message = json.loads(text)
+        node = message.get("n")
+        if node == self.node:
+            return
+        if "roster" in message:
+            owner = message["roster"]
+            if self.sessions.rosters.cached(owner) is not None:
+                self.sessions.rosters.reload(owner).addErrback(
+                    lambda reason: log.failure("cluster.roster_reload_failed", reason))
+            return
+        if "gone" in message:
+            self.forget_node(message["gone"])
+            return
+        entry = message.get("e")
+        self.apply(node, message["f"], json.loads(entry) if entry else None)
+
+    def apply(self, node: str, full: str, entry: dict[str, Any] | None) -> None:
+        try:
+            jid = parse_jid(full)
+        except InvalidFormat:
+            return
+        bare, resource = jid.userhost(), jid.resource or ""
+        resources = self.sessions.users.get(bare)
+        existing = resources.get(resource) if resources is not None else None
+        if entry is None:
+            if resources is not None and isinstance(existing, RemoteSession) and existing.node == node:
+                del resources[resource]
+                if not resources:
+                    del self.sessions.users[bare]
+            self.remote_nodes.get(node, set()).discard(full)
+            return
+        if existing is not None and not existing.remote:
+            # Bound here too: the owner key decides which one stays (see _claim).
+            return
+        if isinstance(existing, RemoteSession) and existing.node == node:
+            existing.update(entry)
+            return
+        remote = RemoteSession(jid, node, self.inbox.forward, self.inbox.replace)
+        remote.update(entry)
+        self.sessions.users.setdefault(bare, {})[resource] = remote
+        self.remote_nodes.setdefault(node, set()).add(full)
+
+    def _apply_text(self, text: Any, node: str, full: str) -> None:
+        if text:
+            self.apply(node, full, json.loads(text))
+
+    def load(self, node: str, entries: dict[str, str]) -> None:
+        """A node's whole hash (the snapshot): take it, and drop what it no longer has."""
+        for full in self.remote_nodes.get(node, set()) - set(entries):
+            self.apply(node, full, None)
+        for full, text in entries.items():
+            self.apply(node, full, json.loads(text))
+
+    def forget_node(self, node: str) -> None:
+        """The node is gone: its resources are no longer anyone's."""
+        for full in list(self.remote_nodes.pop(node, set())):
+            self.apply(node, full, None)
+        self.remote_nodes.pop(node, None)
+
+    def end_replaced(self, full: str, by: str) -> None:
+        """Another node bound this resource after us: ours ends with a conflict (RFC 6120 7.7.2.2)."""
+        try:
+            session = self.sessions.session(parse_jid(full))
+        except InvalidFormat:
+            return
+        if session is None or session.remote:
+            return
+        self.published.pop(full, None)  # the other node owns the entries now
+        self.commands.execute_command("HDEL", self.keys.sessions(self.node), full)
+        self.sessions.unbind(session, replaced=True)
+        session.stream.fail(StreamError("conflict", text="replaced by a new session"))
+        if by:  # its announcement came while ours was still here, and was set aside: read it now
+            entry: Deferred[Any] = self.commands.execute_command("HGET", self.keys.sessions(by), full)
+            entry.addCallback(self._apply_text, by, full)

@@ -1,0 +1,186 @@
+"""Stanzas between nodes: one Redis Stream per node, read by that node with acknowledgements.
+
+A stanza for a resource on another node is added (XADD) to that node's stream; the Deferred the
+sender's delivery returns fires once Redis has it, so XEP-0198 acknowledges the sender's message
+only once it is queued for the recipient's node. The node reads its stream in a consumer group
+(XREADGROUP) and acknowledges (XACK) each entry once it has handed the stanza to the session, or
+delivered it as RFC 6121 says when the resource is gone. What a dead node left unread is taken by
+one live node (node.py) and delivered the same way: to the account's other resources, or to
+offline storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.words.xish import domish
+
+from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
+from sns_xmpp.cluster.remote_session import parse_stanza
+from sns_xmpp.jid import InvalidFormat, parse_jid
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.sessions import SessionManager
+
+log = GatedLogger()
+
+READ_BATCH = 256
+BLOCK_MS = 1000
+MAX_INBOX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): a node gone for long cannot fill Redis
+KIND_STANZA = "s"  # a stanza for one full JID
+KIND_REPLACE = "r"  # the resource was bound again on another node: end this one (conflict)
+KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 rules, hooks and all)
+
+
+class Inbox:
+    def __init__(self, node: str, keys: Keys, commands: Any, reader: Any, sessions: SessionManager,
+                 clock: IReactorTime) -> None:
+        self.node = node
+        self.keys = keys
+        self.commands = commands
+        self.reader = reader
+        self.sessions = sessions
+        self.clock = clock
+        self.running = False
+        self.delivered = 0  # stanzas taken from the stream (the console's and the tests' view)
+        self.on_replace: Callable[[str, str], None] = lambda full, by: None
+
+    # -- sending -------------------------------------------------------------
+
+    def forward(self, node: str, full: str, element: domish.Element | str) -> Deferred[None]:
+        text = element if isinstance(element, str) else element.toXml()
+        return self._add(node, KIND_STANZA, full, text)
+
+    def hand_over(self, node: str, element: domish.Element) -> Deferred[None]:
+        """Have *node* deliver *element* (to one of its accounts, whose state it holds)."""
+        return self._add(node, KIND_DELIVER, element.getAttribute("to", ""), element.toXml())
+
+    def replace(self, node: str, full: str) -> None:
+        self._add(node, KIND_REPLACE, full, "", self.node).addErrback(
+            lambda reason: log.failure("cluster.replace_failed node={node}", reason, node=node))
+
+    def _add(self, node: str, kind: str, full: str, text: str, by: str = "") -> Deferred[None]:
+        added: Deferred[Any] = self.commands.execute_command(
+            "XADD", self.keys.inbox(node), "MAXLEN", "~", MAX_INBOX_ENTRIES, "*", "k", kind, "t", full, "x", text,
+            "o", by)
+        return added.addCallback(lambda _: None)
+
+    # -- reading -------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Make the group (at the stream's end, or where this node left it), then read: first
+        what was read before and not acknowledged (a restart of this node), then new entries."""
+        self.running = True
+        made: Deferred[Any] = self.commands.execute_command(
+            "XGROUP", "CREATE", self.keys.inbox(self.node), INBOX_GROUP, "$", "MKSTREAM")
+        made.addErrback(lambda reason: None)  # BUSYGROUP: it exists
+        return made.addCallback(lambda _: self._read("0"))
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _read(self, start: str) -> None:
+        if not self.running:
+            return
+        read: Deferred[Any] = self.reader.execute_command(
+            "XREADGROUP", "GROUP", INBOX_GROUP, self.node, "COUNT", READ_BATCH, "BLOCK", BLOCK_MS,
+            "STREAMS", self.keys.inbox(self.node), start)
+
+        def got(reply: Any) -> None:
+            entries = _entries(reply)
+            if entries:
+                self._handle(entries)
+            # Pending entries (start "0") are read until none is left; then new ones (">").
+            self._read(start if start == "0" and entries else ">")
+
+        def failed(reason: Any) -> None:
+            if "NOGROUP" in str(reason.value):  # Redis lost the stream (a restart without its data)
+                self.start()
+                return
+            log.warn("cluster.inbox_read_failed error={error}", error=str(reason.value))
+            self.clock.callLater(1.0, self._read, start)
+
+        read.addCallbacks(got, failed)
+
+    def _handle(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        done = []
+        for entry_id, fields in entries:
+            try:
+                self.take(fields)
+            except Exception:
+                log.failure("cluster.inbox_entry_failed")
+            done.append(entry_id)
+        self.commands.execute_command("XACK", self.keys.inbox(self.node), INBOX_GROUP, *done).addErrback(
+            lambda reason: log.warn("cluster.ack_failed error={error}", error=str(reason.value)))
+
+    def take(self, fields: dict[str, str]) -> None:
+        """Hand one entry to its session, or deliver it as RFC 6121 says when the resource is gone."""
+        self.delivered += 1
+        full, kind = fields.get("t", ""), fields.get("k")
+        if kind == KIND_REPLACE:
+            self.on_replace(full, fields.get("o", ""))
+            return
+        text = fields.get("x", "")
+        if kind == KIND_DELIVER:
+            stanza = parse_stanza(text)
+            if stanza is not None:
+                self.sessions.deliver(stanza)
+            return
+        try:
+            session = self.sessions.session(parse_jid(full))
+        except InvalidFormat:
+            return
+        if session is not None and not session.remote:
+            session.send(text)
+            return
+        stanza = parse_stanza(text)
+        if stanza is None:
+            return
+        if stanza.getAttribute("to") == full and stanza.name == "message":
+            self.sessions.deliver(stanza)  # the resource is gone: its account's others, or offline
+        elif stanza.name == "message" and stanza.getAttribute("type") != "groupchat":
+            stanza["to"] = full.split("/", 1)[0]  # sent to the bare JID: deliver to the bare JID again
+            self.sessions.deliver(stanza)
+
+    def reclaim(self, dead: str) -> Deferred[int]:
+        """Deliver what a dead node's stream still holds (read or not), then drop the stream."""
+        key = self.keys.inbox(dead)
+        read: Deferred[Any] = self.commands.execute_command("XRANGE", key, "-", "+")
+
+        def deliver(reply: Any) -> Deferred[int]:
+            entries = _entry_list(reply)
+            for _, fields in entries:
+                if fields.get("k") == KIND_STANZA:
+                    try:
+                        self.take(fields)
+                    except Exception:
+                        log.failure("cluster.reclaim_entry_failed")
+            dropped: Deferred[Any] = self.commands.execute_command("DEL", key)
+            return dropped.addCallback(lambda _: len(entries))
+
+        return read.addCallback(deliver)
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """XREADGROUP's reply for one stream: [[stream, [[id, [f, v, ...]], ...]]], or None."""
+    if not reply:
+        return []
+    return _entry_list(reply[0][1])
+
+
+def _entry_list(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    entries: list[tuple[str, dict[str, str]]] = []
+    for entry_id, flat in raw or []:
+        if flat is None:  # an entry deleted while pending
+            entries.append((_text(entry_id), {}))
+            continue
+        values = [_text(value) for value in flat]
+        entries.append((_text(entry_id), dict(zip(values[::2], values[1::2], strict=False))))
+    return entries
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+

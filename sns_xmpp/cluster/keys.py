@@ -1,0 +1,43 @@
+"""The Redis keys and channel of one cluster (all under `[cluster] key_prefix`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    @property
+    def nodes(self) -> str:
+        """A set: every node that has registered and not been cleaned up after."""
+        return f"{self.prefix}nodes"
+
+    def node(self, node: str) -> str:
+        """A node's heartbeat: present while the node lives (it expires after node_timeout)."""
+        return f"{self.prefix}node:{node}"
+
+    def sessions(self, node: str) -> str:
+        """A hash: full JID -> the state of a resource bound to the node (directory.entry_of)."""
+        return f"{self.prefix}sessions:{node}"
+
+    def owner(self, full: str) -> str:
+        """Which node a full JID is bound to: the tie-break for the same resource on two nodes."""
+        return f"{self.prefix}owner:{full}"
+
+    def inbox(self, node: str) -> str:
+        """A stream: stanzas for the node's resources, from the other nodes."""
+        return f"{self.prefix}inbox:{node}"
+
+    def reclaim(self, node: str) -> str:
+        """Held by the one node that cleans up after a node that died."""
+        return f"{self.prefix}reclaim:{node}"
+
+    @property
+    def channel(self) -> str:
+        """Where nodes announce directory and roster changes."""
+        return f"{self.prefix}directory"
+
+
+INBOX_GROUP = "nodes"

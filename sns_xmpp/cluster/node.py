@@ -1,0 +1,199 @@
+"""This node's place in the cluster: registration, heartbeats, and what happens when a node
+(or Redis) goes away. The coordination is Redis keys with a time to live, nothing more."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+
+from sns_xmpp.cluster import redis_link
+from sns_xmpp.cluster.directory import Directory
+from sns_xmpp.cluster.inbox import Inbox
+from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.config import ClusterConfig
+from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.hooks import PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
+from sns_xmpp.xmpp.sessions import SessionManager
+
+log = GatedLogger()
+
+RECLAIM_LEASE = 60  # seconds one node holds the right to clean up after a dead one
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ClusterNode(service.Service):
+    def __init__(self, config: ClusterConfig, sessions: SessionManager, clock: IReactorTime) -> None:
+        self.config = config
+        self.node = config.node_id or default_node_id()
+        self.keys = Keys(config.key_prefix)
+        self.sessions = sessions
+        self.clock = clock
+        self.commands: Any = None
+        self.reader: Any = None
+        self.subscriber: Any = None
+        self.inbox: Inbox | None = None
+        self.directory: Directory | None = None
+        self.heartbeats: task.LoopingCall | None = None
+        self.registered = False
+        self.buried: set[str] = set()
+
+    # -- start and stop ------------------------------------------------------
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        url = self.config.redis_url
+        self.commands = redis_link.connect(url)
+        self.reader = redis_link.connect(url)
+        self.inbox = inbox = Inbox(self.node, self.keys, self.commands, self.reader, self.sessions, self.clock)
+        self.directory = directory = Directory(self.node, self.keys, self.commands, self.sessions, inbox)
+        inbox.on_replace = directory.end_replaced
+        self.sessions.clustered = True
+        self.sessions.after_client_stanza.append(directory.publish)
+        self.sessions.hooks.hook(SESSION_BOUND, directory.publish)
+        self.sessions.hooks.hook(SESSION_UNBOUND, lambda session, replaced: directory.withdraw(session))
+        # After the caps feature's look (20), before presence's own handling (0).
+        self.sessions.hooks.hook(PRESENCE_TO_LOCAL, directory.to_home, priority=10)
+        self.sessions.rosters.on_written = directory.roster_written
+        self.heartbeats = task.LoopingCall(self.heartbeat)
+        self.heartbeats.clock = self.clock
+        self.heartbeats.start(self.config.heartbeat_interval, now=True).addErrback(
+            lambda reason: log.failure("cluster.heartbeat_stopped", reason))
+        inbox.start().addErrback(lambda reason: log.failure("cluster.inbox_failed", reason))
+        self.subscriber = redis_link.subscribe(url, [self.keys.channel], directory.on_message, self.snapshot)
+        log.info("cluster.joined node={node}", node=self.node)
+
+    def stopService(self) -> Deferred[Any]:  # noqa: N802
+        super().stopService()
+        if self.heartbeats is not None and self.heartbeats.running:
+            self.heartbeats.stop()
+        assert self.inbox is not None and self.directory is not None
+        self.inbox.stop()
+        # Leave: what our stream still holds goes to the accounts' other resources, or offline.
+        steps = [self.inbox.reclaim(self.node),
+                 self.commands.execute_command("DEL", self.keys.node(self.node), self.keys.sessions(self.node)),
+                 self.commands.execute_command("SREM", self.keys.nodes, self.node)]
+        self.directory._announce({"n": self.node, "gone": self.node})
+        done = DeferredList(steps, consumeErrors=True)
+
+        def disconnect(_: object) -> None:
+            for connection in (self.commands, self.reader):
+                connection.disconnect()
+            self.subscriber.stopTrying()
+            self.subscriber.disconnect()
+
+        return done.addBoth(disconnect)
+
+    # -- heartbeats ------------------------------------------------------------
+
+    def heartbeat(self) -> Deferred[None]:
+        """Say this node lives; find Redis's lost state, and the nodes that died."""
+        timeout_ms = self.config.node_timeout * 1000
+        beat: Deferred[Any] = self.commands.execute_command(
+            "SET", self.keys.node(self.node), json.dumps({"pid": os.getpid()}), "PX", timeout_ms, "GET")
+
+        def beaten(previous: Any) -> Deferred[None] | None:
+            if previous is None:
+                self._register()
+            return self._check_nodes()
+
+        def failed(reason: Any) -> None:
+            log.warn("cluster.heartbeat_failed error={error}", error=str(reason.value))
+
+        return beat.addCallbacks(beaten, failed)
+
+    def _register(self) -> None:
+        """First beat, or Redis lost what we had written (restarted without its data): write it all."""
+        assert self.directory is not None
+        if self.registered:
+            log.warn("cluster.redis_state_lost node={node}", node=self.node)
+            self.directory.republish()
+        self.registered = True
+        self.commands.execute_command("SADD", self.keys.nodes, self.node)
+
+    def _check_nodes(self) -> Deferred[None] | None:
+        assert self.directory is not None
+        known = sorted(self.directory.remote_nodes)
+        if not known:
+            return None
+        alive: Deferred[Any] = self.commands.execute_command("MGET", *[self.keys.node(n) for n in known])
+
+        def check(values: Any) -> None:
+            for node, value in zip(known, values or [], strict=False):
+                if value is None:
+                    self.bury(node)
+
+        return alive.addCallback(check)
+
+    # -- the others ----------------------------------------------------------------
+
+    def snapshot(self) -> Deferred[None]:
+        """Read every live node's resources (at start and after the subscriber reconnects, when
+        announcements may have been missed); clean up after the dead ones."""
+        assert self.directory is not None
+        directory = self.directory
+        members: Deferred[Any] = self.commands.execute_command("SMEMBERS", self.keys.nodes)
+
+        def each(nodes: Any) -> Deferred[Any]:
+            names = sorted(_text(n) for n in nodes or [] if _text(n) != self.node)
+            for gone in set(directory.remote_nodes) - set(names):
+                directory.forget_node(gone)
+            return DeferredList([self._read_node(name) for name in names], consumeErrors=True)
+
+        return members.addCallback(each).addCallback(lambda _: None)
+
+    def _read_node(self, node: str) -> Deferred[None]:
+        assert self.directory is not None
+        directory = self.directory
+        alive: Deferred[Any] = self.commands.execute_command("EXISTS", self.keys.node(node))
+
+        def read(exists: Any) -> Deferred[None] | None:
+            if not int(exists):
+                self.bury(node)
+                return None
+            entries: Deferred[Any] = self.commands.execute_command("HGETALL", self.keys.sessions(node))
+            return entries.addCallback(lambda flat: directory.load(node, _pairs(flat)))
+
+        return alive.addCallback(read)
+
+    def bury(self, node: str) -> None:
+        """A node's heartbeat expired: its resources are gone; one live node delivers what its
+        inbox still holds and removes its keys."""
+        assert self.directory is not None and self.inbox is not None
+        inbox = self.inbox
+        self.directory.forget_node(node)
+        log.warn("cluster.node_gone node={node}", node=node)
+        lease: Deferred[Any] = self.commands.execute_command(
+            "SET", self.keys.reclaim(node), self.node, "NX", "EX", RECLAIM_LEASE)
+
+        def reclaim(won: Any) -> Deferred[Any] | None:
+            if won is None:
+                return None  # another node does it
+            delivered = inbox.reclaim(node)
+            delivered.addCallback(lambda count: log.info("cluster.reclaimed node={node} stanzas={count}",
+                                                         node=node, count=count))
+            return DeferredList([delivered,
+                                 self.commands.execute_command("DEL", self.keys.sessions(node)),
+                                 self.commands.execute_command("SREM", self.keys.nodes, node)], consumeErrors=True)
+
+        lease.addCallback(reclaim).addErrback(lambda reason: log.failure("cluster.bury_failed", reason))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {_text(k): _text(v) for k, v in flat.items()}
+    values = [_text(v) for v in flat or []]
+    return dict(zip(values[::2], values[1::2], strict=False))
