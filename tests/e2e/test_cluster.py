@@ -99,3 +99,70 @@ async def test_users_on_two_nodes_subscribe_see_presence_and_chat(start_server, 
     assert (await wait(bob.next_message()))["body"] == "from the laptop"
     for client in (rosa, bob, phone):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resource_bound_again_on_another_node_replaces_the_old_session(start_server, tmp_path, postgres_dsn,
+                                                                             cluster_keys) -> None:
+    """RFC 6120 7.7.2.2 across nodes: the same full JID bound on a second node ends the first
+    session with a conflict, and messages then reach the new one only."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    first = Client("alice@localhost/desk", "secret")
+    await wait(first.log_in(a.c2s_port))
+    await until(lambda: sees(b, "alice@localhost/desk"), "the second node sees the first session")
+    second = Client("alice@localhost/desk", "secret")
+    await wait(second.log_in(b.c2s_port))
+    error = await wait(first.stream_errors.get())
+    assert error["condition"] == "conflict"
+    await until(lambda: not a.server.sessions.local_resources("alice@localhost"), "the first node let it go")
+    await until(lambda: getattr(a.server.sessions.users.get("alice@localhost", {}).get("desk"), "node", None)
+                == "node1", "the first node knows where the resource is now")
+    bob = Client("bob@localhost", "secret")
+    await wait(bob.log_in(a.c2s_port))
+    bob.send_message(mto="alice@localhost/desk", mbody="to the new desk", mtype="chat")
+    assert (await wait(second.next_message()))["body"] == "to the new desk"
+    assert first.messages.empty()
+    for client in (second, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_social_login_racing_on_two_nodes_makes_one_user(start_server, tmp_path, postgres_dsn,
+                                                                      cluster_keys) -> None:
+    """The same new social account logs in on two nodes at once: PostgreSQL's constraint makes
+    one user, and both sessions are resources of it, each reaching the other."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    from twisted.internet import reactor
+
+    site = a.server.sites.get("demo")  # signs as the social site would, one session per device
+    expires = int(reactor.seconds()) + 600
+    (first, first_token), (second, second_token) = site.mint("rita", "s1", expires), site.mint("rita", "s2", expires)
+    one = Client("x@localhost/one", first_token, mechanism="PLAIN", username=f"{first}@demo")
+    two = Client("x@localhost/two", second_token, mechanism="PLAIN", username=f"{second}@demo")
+    await defer.gatherResults([wait(one.log_in(a.c2s_port)), wait(two.log_in(b.c2s_port))])
+    assert one.boundjid.bare == two.boundjid.bare
+    links = await a.server.store.list_links("demo")
+    assert [(link.account, link.jid) for link in links] == [("rita", one.boundjid.bare)]
+    await until(lambda: sees(a, two.boundjid.full), "the first node sees the second resource")
+    one.send_message(mto=two.boundjid.full, mbody="hello from one", mtype="chat")
+    assert (await wait(two.next_message()))["body"] == "hello from one"
+    for client in (one, two):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_for_a_user_online_nowhere_waits_offline_for_a_login_on_any_node(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    bob = Client("bob@localhost", "secret")
+    await wait(bob.log_in(a.c2s_port))
+    bob.send_message(mto="alice@localhost", mbody="while you were away", mtype="chat")
+    await wait(bob.log_out())
+    alice = Client("alice@localhost", "secret")
+    await wait(alice.log_in(b.c2s_port))
+    assert (await wait(alice.next_message()))["body"] == "while you were away"
+    await wait(alice.log_out())
