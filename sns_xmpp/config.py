@@ -443,6 +443,37 @@ class ManholeConfig:
                                   secret=True)
 
 
+def _component_jid(value: Any) -> str:
+    text = settings.text(value)
+    if not text:
+        return ""
+    try:
+        parsed = parse_jid(text)
+    except InvalidFormat:
+        raise ValueError(f"{text!r} is not a valid domain name") from None
+    if parsed.user is not None or parsed.resource is not None:
+        raise ValueError(f"{text!r} is not a bare domain name such as sites.example.org")
+    return parsed.host
+
+
+def _component_secret(value: Any) -> str:
+    secret = settings.text(value)
+    if len(secret) < 16:
+        raise ValueError("must be at least 16 characters")
+    return secret
+
+
+@dataclass(frozen=True)
+class SitesComponentConfig:
+    jid: str = _setting(
+        "", _component_jid, "the XEP-0114 component JID under which an existing server's clients find the sites; "
+        "empty: not connected"
+    )
+    host: str = _setting("127.0.0.1", _interface, "address of the existing server's component listener")
+    port: int = _setting(5347, integer(1, 65535), "its port")
+    secret: str = _setting("", _component_secret, "the component's shared secret there", secret=True)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _setting("info", choice("debug", "info", "warn", "error", "critical"), "lowest level logged")
@@ -497,6 +528,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    sites_component: SitesComponentConfig = field(default_factory=SitesComponentConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Each site's table is checked by the site's own plugin, which knows its keys.
     sites: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -614,6 +646,8 @@ def parse_config(text: str, base_dir: Path = Path(".")) -> Config:
     if cluster.enabled and config.store.backend != "postgresql":
         raise ConfigError("cluster.redis_url",
                           "a cluster keeps its durable state in PostgreSQL: needs store.backend = 'postgresql'")
+    if config.sites_component.jid and not config.sites_component.secret:
+        raise ConfigError("sites_component.secret", "required with sites_component.jid (or give secret_file)")
     if bool(config.tls.certificate) != bool(config.tls.private_key):
         raise ConfigError("tls.private_key", "give both tls.certificate and tls.private_key, or neither")
     return config

@@ -32,6 +32,7 @@ from sns_xmpp.auth.local import LocalAccountChecker
 from sns_xmpp.auth.reconfirm import Reconfirmer, Sealer
 from sns_xmpp.auth.social import SocialLoginChecker
 from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+from sns_xmpp.authserver.component import SitesComponent
 from sns_xmpp.cluster.node import ClusterNode
 from sns_xmpp.config import Config, ConfigError, load_config
 from sns_xmpp.http.auth_endpoint import AuthEndpoint
@@ -291,6 +292,10 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         external = ExternalAccounts(checker, store, config.server.domains, local.hashing,
                                     config.xmpp.c2s.scram_iterations)
         root.putChild(b"auth", AuthEndpoint(external, config.http.auth_secret, config.server.domains[0]))
+    if config.sites_component.jid:  # the sites for an existing server's clients (authserver/component.py)
+        component = config.sites_component
+        SitesComponent(reactor, component.host, component.port, component.jid, component.secret,
+                       web).setServiceParent(top)
     # The web chat: Converse.js logged in with a device password of its own (http/webchat.py).
     root.putChild(b"chat", WebChat(account_tokens, device_accounts, LogoutTokens(login_state_key), public_url,
                                    WEBSOCKET_PATH.decode() if config.http.websocket else None))
