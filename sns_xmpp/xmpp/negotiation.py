@@ -53,6 +53,7 @@ from sns_xmpp.xmpp.sasl2 import (
     parse_authenticate,
     resource_for,
     success_element,
+    success_xml,
     tls_connection,
     with_plus,
 )
@@ -475,7 +476,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         stream = self.xmlstream
         if stream.closed:
             return
-        stream.send(success_element(identifier, additional_data, bound, token))
+        text = success_xml(identifier, additional_data, bound, token)
+        stream.send(text if text is not None else success_element(identifier, additional_data, bound, token))
         if bound is None:
             stream.send(self._features_xml())  # the features after authentication, for RFC 6120 bind
 

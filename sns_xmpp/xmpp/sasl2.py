@@ -23,6 +23,7 @@ from twisted.words.xish import domish
 from sns_xmpp.auth.checker import AuthenticationFailed
 from sns_xmpp.auth.fast import HT_SHA_256_ENDP, HT_SHA_256_EXPR, HT_SHA_256_NONE, NS_FAST, IssuedToken
 from sns_xmpp.xmpp.sasl import NS_SASL, decode_payload, encode_payload
+from sns_xmpp.xmpp.serialization import escape_attribute, escape_text
 from sns_xmpp.xmpp.stanzas import add_element, append_child
 
 NS_SASL2 = "urn:xmpp:sasl:2"
@@ -144,6 +145,26 @@ def success_element(identifier: str, additional_data: bytes | None, bound: Seque
         token_element["expiry"] = timestamp(token.expires_at)
         token_element["token"] = token.token
     return success
+
+
+def success_xml(identifier: str, additional_data: bytes | None, bound: Sequence[domish.Element] | None,
+                token: IssuedToken | None) -> str | None:
+    """The text of `success_element` on a jabber:client stream, written directly (a tenth of the cost
+    of building and serialising the elements), where Bind2's <bound/> has no children; None
+    otherwise, for the caller to serialise the element. A test holds the two to the same text."""
+    if bound:
+        return None
+    parts = [f"<success xmlns='{NS_SASL2}'>"]
+    if additional_data is not None:
+        parts.append(f"<additional-data>{encode_payload(additional_data)}</additional-data>")
+    parts.append(f"<authorization-identifier>{escape_text(identifier)}</authorization-identifier>")
+    if bound is not None:
+        parts.append(f"<bound xmlns='{NS_BIND2}'/>")
+    if token is not None:
+        parts.append(f"<token xmlns='{NS_FAST}' expiry='{timestamp(token.expires_at)}'"
+                     f" token='{escape_attribute(token.token)}'/>")
+    parts.append("</success>")
+    return "".join(parts)
 
 
 def timestamp(seconds: float) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -386,3 +387,24 @@ def test_a_channel_bound_fast_login_holds_only_on_its_own_tls_connection(tmp_pat
     assert answer.startswith(f"<success xmlns='{SASL2}'><additional-data>{b64(responder(token, cb))}"), answer
     _stream, plain, features = world.connect()  # no TLS connection to bind to: not offered, refused
     assert mechanism not in features
+
+
+@pytest.mark.parametrize("identifier", ["alice@localhost/phone.1a2b3c4d", "a&b<c>'d\"@localhost/r&<>'\""])
+@pytest.mark.parametrize("additional_data", [None, b"", b"\x00responder\xff" * 3])
+@pytest.mark.parametrize("bound", [None, []])
+@pytest.mark.parametrize("token", [None, "tok-en_1", "a&b<c>'d\""])
+def test_the_success_text_is_the_success_element_serialised(identifier: str, additional_data: bytes | None,
+                                                            bound: list[Any] | None, token: str | None) -> None:
+    """success_xml, the text a login's <success/> is written as, is byte for byte what serialising
+    success_element on a client stream gives, for every part it may hold (escaped text and
+    attributes included); with children in <bound/> it leaves the element to the serialiser."""
+    from sns_xmpp.auth.fast import IssuedToken
+    from sns_xmpp.xmpp.sasl2 import success_element, success_xml
+
+    issued = IssuedToken(token, "HT-SHA-256-NONE", NOW) if token is not None else None
+    # What ClientStream.serialize reads of the stream: its default namespace and root prefixes.
+    stream = SimpleNamespace(namespace="jabber:client", prefixes={"http://etherx.jabber.org/streams": "stream"})
+    expected = ClientStream.serialize(stream, success_element(identifier, additional_data, bound, issued))  # type: ignore[arg-type]
+    assert success_xml(identifier, additional_data, bound, issued) == expected
+    from twisted.words.xish import domish
+    assert success_xml(identifier, additional_data, [domish.Element(("urn:xmpp:sm:3", "enabled"))], issued) is None
