@@ -56,6 +56,13 @@ from sns_xmpp.reactors import IServerReactor
 log = GatedLogger()
 
 
+# The reason every connection closed by `FlushingServer.flush` ends with, made once: a Failure works
+# out its exception's class names (`Failure.parents`) the first time it is checked, and Twisted's
+# connectionLost checks each one (`reason.check(ConnectionAborted)`); about 1% of a FAST login when
+# made per connection (docs/performance.md). It carries no traceback, and nothing changes it.
+_CONNECTION_DONE = Failure(CONNECTION_DONE)
+
+
 class Flusher:
     """Sends, once per reactor round, the buffers of a port's connections written to in it: after
     the round's events where the reactor offers that (`LeanEPollReactor.after_events`), else from
@@ -159,7 +166,7 @@ class FlushingServer(NoDelayServer):
             # would close it next round after watching for writability (Twisted's
             # _disconnectSelectable for a connection done). Every login ends this way.
             self.stopReading()
-            self.connectionLost(Failure(CONNECTION_DONE))
+            self.connectionLost(_CONNECTION_DONE)
 
     def _register_writer(self) -> None:
         self._writer_registered = True
