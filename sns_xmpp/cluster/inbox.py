@@ -112,7 +112,11 @@ class Inbox:
             except Exception:
                 log.failure("cluster.inbox_entry_failed")
             done.append(entry_id)
-        self.commands.execute_command("XACK", self.keys.inbox(self.node), INBOX_GROUP, *done).addErrback(
+        # Acknowledged, then deleted: the stream holds only what this node has not handled yet,
+        # which is what another node delivers if this one dies (`reclaim`).
+        key = self.keys.inbox(self.node)
+        self.commands.execute_command("XACK", key, INBOX_GROUP, *done).addCallback(
+            lambda _: self.commands.execute_command("XDEL", key, *done)).addErrback(
             lambda reason: log.warn("cluster.ack_failed error={error}", error=str(reason.value)))
 
     def take(self, fields: dict[str, str]) -> None:
