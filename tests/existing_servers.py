@@ -59,7 +59,7 @@ class SnsForPeer:
     """The sns-xmpp side of an existing server: a config file for *domain* in a folder that *user*
     owns, the admin command and the HTTP side as that user, the extauth program's command line."""
 
-    def __init__(self, domain: str, user: str, http_extra: str = "") -> None:
+    def __init__(self, domain: str, user: str, http_extra: str = "", extra: str = "") -> None:
         self.domain = domain
         self.user = user
         self.python = python_for(user)
@@ -92,7 +92,7 @@ class SnsForPeer:
 
             [sites.demo]
             plugin = "demo"
-            """))
+            """) + textwrap.dedent(extra))
         account = pwd.getpwnam(user)
         for path in (self.folder, self.config):
             os.chown(path, account.pw_uid, account.pw_gid)

@@ -281,9 +281,10 @@ class Prosody(PeerServer):
 
     def __init__(self, domain: str, address: str, dns_server: LoopbackDNS, *,
                  authentication: str = 'authentication = "internal_hashed"', extra_modules: tuple[str, ...] = (),
-                 plugin_paths: tuple[str, ...] = ()) -> None:
+                 plugin_paths: tuple[str, ...] = (), tail: str = "") -> None:
         """*authentication*: the config lines of the auth provider (sns-xmpp's HTTP authentication
-        module for tests/e2e/test_existing_servers.py); *plugin_paths*: folders of extra modules."""
+        module for tests/e2e/test_existing_prosody.py), global options too; *plugin_paths*: folders
+        of extra modules; *tail*: lines after the VirtualHost (a Component)."""
         super().__init__(domain, address, dns_server)
         certificate, key = self_signed(self.folder, domain)
         (self.folder / "data").mkdir()
@@ -321,7 +322,7 @@ class Prosody(PeerServer):
             certificate = "{certificate}"
             ssl = {{ certificate = "{certificate}", key = "{key}" }}
             VirtualHost "{domain}"
-            """))
+            """) + textwrap.dedent(tail))
         self.process = subprocess.Popen(
             [PROSODY, "--config", str(self.config), "-F"],
             stdout=subprocess.DEVNULL,

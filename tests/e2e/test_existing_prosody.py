@@ -16,29 +16,41 @@ from __future__ import annotations
 import asyncio
 import secrets
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from slixmpp.exceptions import IqError
 
 from tests.e2e.test_go_clients import go_sendxmpp
 from tests.e2e.test_social_login import demo_credentials
 from tests.existing_servers import ROOT, SnsForPeer
-from tests.peers import PROSODYCTL, LoopbackDNS, PeerClient, Prosody, loopback_dns_server, require_prosody  # noqa: F401
+from tests.peers import PROSODYCTL, LoopbackDNS, PeerClient, Prosody, free_port, loopback_dns_server, require_prosody  # noqa: F401
 from tests.xmppclient import TIMEOUT, wait
 
 DOMAIN = "prosody.example"
 SECRET = secrets.token_urlsafe(24)
 
 
+COMPONENT = f"sites.{DOMAIN}"
+COMPONENT_SECRET = secrets.token_urlsafe(24)
+COMPONENT_PORT = free_port("127.0.0.1")
+
+
 @pytest.fixture(scope="module", name="sns")
 def sns_for_prosody() -> Iterator[SnsForPeer]:
-    """sns-xmpp's HTTP side for prosody.example, with the authentication endpoint on."""
+    """sns-xmpp's configuration for prosody.example, with the authentication endpoint and the
+    sites component on; its HTTP side starts once Prosody listens (the prosody fixture)."""
     require_prosody()
-    sns = SnsForPeer(DOMAIN, "root", http_extra=f'auth_secret = "{SECRET}"')
-    sns.start_http_side()
+    sns = SnsForPeer(DOMAIN, "root", http_extra=f'auth_secret = "{SECRET}"', extra=f"""
+        [sites_component]
+        jid = "{COMPONENT}"
+        port = {COMPONENT_PORT}
+        secret = "{COMPONENT_SECRET}"
+        """)
     yield sns
     sns.stop()
 
@@ -49,7 +61,15 @@ def prosody_with_sns_auth(loopback_dns: LoopbackDNS, sns: SnsForPeer) -> Iterato
                      authentication=(
                          'authentication = "sns_xmpp"\n'
                          f'sns_xmpp_auth_url = "{sns.http_url}/auth"\n'
-                         f'sns_xmpp_auth_secret = "{SECRET}"\n'))
+                         f'sns_xmpp_auth_secret = "{SECRET}"\n'
+                         f"component_ports = {{ {COMPONENT_PORT} }}\n"
+                         'component_interfaces = { "127.0.0.1" }\n'),
+                     tail=f'Component "{COMPONENT}"\n    component_secret = "{COMPONENT_SECRET}"\n')
+    try:
+        sns.start_http_side()
+    except BaseException:
+        server.stop()
+        raise
     yield server
     server.stop()
 
@@ -158,3 +178,35 @@ async def test_a_message_to_the_offline_social_user_is_kept_and_delivered_at_the
     assert (received["body"], received["from"].bare) == ("while you were away", f"ivan@{DOMAIN}")
     assert received["delay"]["stamp"] is not None
     await wait(hana.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sites_component_answers_disco_with_the_sites_and_their_login_urls(
+        sns: SnsForPeer, prosody: Prosody) -> None:
+    """The HTTP side, connected to Prosody's component port as sites.prosody.example, lists the
+    demo site as a disco item whose node's form holds its login URL, and answers <sites/> as the
+    stream features of sns-xmpp's own server would."""
+    erin = client(prosody, sns.add_user("una", "una-secret"), "una-secret")
+    await wait(erin.log_in(prosody.c2s_port))
+    disco = erin.plugin["xep_0030"]
+    for _attempt in range(60):  # the component connects as the HTTP side starts: poll until it has
+        try:
+            items = await wait(disco.get_items(jid=COMPONENT, timeout=10))
+            break
+        except IqError:
+            await asyncio.sleep(0.5)  # polling another process's connection, not a test's step
+    else:
+        raise AssertionError(f"the sites component never answered:\n{sns.log('daemon.log')}")
+    listed = sorted(items["disco_items"]["items"])
+    assert [(str(jid), node) for jid, node, _name in listed] == [(COMPONENT, "demo")] and listed[0][2]
+    info = await wait(disco.get_info(jid=COMPONENT, node="demo", timeout=10))
+    fields = {field.get("var"): field.findtext("{jabber:x:data}value")
+              for field in info.xml.iter("{jabber:x:data}field")}
+    assert fields == {"FORM_TYPE": "urn:x-sns-xmpp:sites:0", "id": "demo", "name": listed[0][2],
+                      "login": f"{sns.http_url}/login-using-demo"}
+    iq = erin.make_iq_get(ito=COMPONENT)
+    iq.append(ET.Element("{urn:x-sns-xmpp:sites:0}sites"))
+    answer = await wait(iq.send(timeout=10))
+    sites = answer.xml.find("{urn:x-sns-xmpp:sites:0}sites")
+    assert [(site.get("id"), site.get("login")) for site in sites] == [("demo", f"{sns.http_url}/login-using-demo")]
+    await wait(erin.log_out())
