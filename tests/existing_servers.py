@@ -17,7 +17,6 @@ import os
 import pwd
 import shlex
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tests.peers import _missing, free_port
@@ -177,10 +177,40 @@ class SnsForPeer:
         subprocess.run(["rm", "-rf", str(self.folder)], check=False)
 
 
+async def login_pages_then_slixmpp_and_go_sendxmpp(sns: SnsForPeer, peer: Any, home: Path) -> None:
+    """The must-show shared by both servers: the login pages hand out credentials for *peer*'s
+    domain (the linked JID carol\\40demo@<domain> and the sns1: password); *peer* binds slixmpp as
+    exactly that JID, and go-sendxmpp's message from it reaches a local user."""
+    from tests.e2e.test_go_clients import go_sendxmpp
+    from tests.e2e.test_social_login import demo_credentials
+    from tests.peers import PeerClient
+    from tests.xmppclient import wait
+
+    credentials = await demo_credentials(SimpleNamespace(http_url=sns.http_url), "carol")
+    assert credentials["jid"] == f"carol\\40demo@{peer.domain}"
+    assert credentials["password"].startswith("sns1:demo:")
+    carol = PeerClient(credentials["jid"], credentials["password"], peer.address)
+    await wait(carol.log_in(peer.c2s_port))
+    assert carol.boundjid.bare == credentials["jid"]
+    bob = PeerClient(sns.add_user("bob", "bob-secret"), "bob-secret", peer.address)
+    await wait(bob.log_in(peer.c2s_port))
+    text = f"hello bob, from go-sendxmpp through {peer.kind}"
+    message = home / "message.txt"
+    message.write_text(text + "\n")
+    status, output = await wait(go_sendxmpp(
+        home, peer.c2s_port, "--username", credentials["jid"], "--password", credentials["password"],
+        "--message", str(message), bob.boundjid.bare, host=peer.address), 40)
+    assert status == 0, output
+    received = await wait(bob.next_message())
+    assert (received["body"], received["from"].bare) == (text, credentials["jid"])
+    for each in (carol, bob):
+        await wait(each.log_out())
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of the process *pid*, all its threads, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-__all__ = ["SnsForPeer", "cpu_seconds", "python_for", "site"]
+__all__ = ["SnsForPeer", "cpu_seconds", "login_pages_then_slixmpp_and_go_sendxmpp", "python_for"]

@@ -15,14 +15,11 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 
-from tests.e2e.test_go_clients import go_sendxmpp
-from tests.e2e.test_social_login import demo_credentials
-from tests.existing_servers import SnsForPeer, cpu_seconds
+from tests.existing_servers import SnsForPeer, cpu_seconds, login_pages_then_slixmpp_and_go_sendxmpp
 from tests.peers import Ejabberd, LoopbackDNS, PeerClient, loopback_dns_server, require_ejabberd  # noqa: F401
 from tests.xmppclient import TIMEOUT, wait
 
@@ -70,26 +67,7 @@ async def test_a_demo_user_from_the_login_pages_logs_in_with_slixmpp_and_go_send
     """The patent's browser flow on sns-xmpp's HTTP side hands out ejabberd.example credentials (the
     linked JID carol\\40demo@ejabberd.example and the sns1: password); ejabberd, asking extauth,
     binds slixmpp as exactly that JID, and go-sendxmpp's message from it reaches a local user."""
-    credentials = await demo_credentials(SimpleNamespace(http_url=sns.http_url), "carol")
-    assert credentials["jid"] == f"carol\\40demo@{DOMAIN}"
-    assert credentials["password"].startswith("sns1:demo:")
-    carol = client(ejabberd, credentials["jid"], credentials["password"])
-    await wait(carol.log_in(ejabberd.c2s_port))
-    assert carol.boundjid.bare == f"carol\\40demo@{DOMAIN}"
-
-    bob = client(ejabberd, sns.add_user("bob", "bob-secret"), "bob-secret")
-    await wait(bob.log_in(ejabberd.c2s_port))
-    message = tmp_path / "message.txt"
-    message.write_text("hello bob, from go-sendxmpp through ejabberd\n")
-    status, output = await wait(go_sendxmpp(
-        tmp_path, ejabberd.c2s_port, "--username", credentials["jid"], "--password", credentials["password"],
-        "--message", str(message), bob.boundjid.bare, host=ejabberd.address), 40)
-    assert status == 0, output
-    received = await wait(bob.next_message())
-    assert (received["body"], received["from"].bare) == (
-        "hello bob, from go-sendxmpp through ejabberd", f"carol\\40demo@{DOMAIN}")
-    for each in (carol, bob):
-        await wait(each.log_out())
+    await login_pages_then_slixmpp_and_go_sendxmpp(sns, ejabberd, tmp_path)
 
 
 @pytest_twisted.ensureDeferred

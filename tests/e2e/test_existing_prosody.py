@@ -19,15 +19,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from slixmpp.exceptions import IqError
 
-from tests.e2e.test_go_clients import go_sendxmpp
-from tests.e2e.test_social_login import demo_credentials
-from tests.existing_servers import ROOT, SnsForPeer
+from tests.existing_servers import ROOT, SnsForPeer, login_pages_then_slixmpp_and_go_sendxmpp
 from tests.peers import PROSODYCTL, LoopbackDNS, PeerClient, Prosody, free_port, loopback_dns_server, require_prosody  # noqa: F401
 from tests.xmppclient import TIMEOUT, wait
 
@@ -91,25 +88,7 @@ async def test_a_demo_user_from_the_login_pages_logs_in_with_slixmpp_and_go_send
         sns: SnsForPeer, prosody: Prosody, tmp_path: Path) -> None:
     """The login pages hand out prosody.example credentials; Prosody, asking sns-xmpp, binds
     slixmpp as the linked JID, and go-sendxmpp's message from it reaches a local user."""
-    credentials = await demo_credentials(SimpleNamespace(http_url=sns.http_url), "carol")
-    assert credentials["jid"] == f"carol\\40demo@{DOMAIN}"
-    carol = client(prosody, credentials["jid"], credentials["password"])
-    await wait(carol.log_in(prosody.c2s_port))
-    assert carol.boundjid.bare == f"carol\\40demo@{DOMAIN}"
-
-    bob = client(prosody, sns.add_user("bob", "bob-secret"), "bob-secret")
-    await wait(bob.log_in(prosody.c2s_port))
-    message = tmp_path / "message.txt"
-    message.write_text("hello bob, from go-sendxmpp through Prosody\n")
-    status, output = await wait(go_sendxmpp(
-        tmp_path, prosody.c2s_port, "--username", credentials["jid"], "--password", credentials["password"],
-        "--message", str(message), bob.boundjid.bare, host=prosody.address), 40)
-    assert status == 0, output
-    received = await wait(bob.next_message())
-    assert (received["body"], received["from"].bare) == (
-        "hello bob, from go-sendxmpp through Prosody", f"carol\\40demo@{DOMAIN}")
-    for each in (carol, bob):
-        await wait(each.log_out())
+    await login_pages_then_slixmpp_and_go_sendxmpp(sns, prosody, tmp_path)
 
 
 @pytest_twisted.ensureDeferred
