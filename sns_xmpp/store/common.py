@@ -466,6 +466,13 @@ class Database(Protocol):
     def open_reader(self) -> Database | None:
         """Another connection, read-only, cheap enough to read on the reactor thread; or None."""
 
+    def begin_reads(self) -> None:
+        """On a reader: let the reads until `end_reads` share one read transaction (one snapshot,
+        one lock and unlock) instead of one each; a no-op where that gains nothing."""
+
+    def end_reads(self) -> None:
+        """End what `begin_reads` began, if anything."""
+
     # A feature module's own tables (its schema file, its SQL in its own store module) are read
     # and written through these two, so that a feature adds no method to every layer of the store.
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

@@ -143,6 +143,12 @@ class PostgresDatabase(SQLDatabase):
         """None: every query is a network round trip, which the reactor thread must not wait for."""
         return None
 
+    def begin_reads(self) -> None:
+        """No reader (open_reader), so nothing to begin."""
+
+    def end_reads(self) -> None:
+        """No reader, so nothing to end."""
+
     @property
     def _where(self) -> str:
         # Names the database in errors without the DSN, which may hold a password.

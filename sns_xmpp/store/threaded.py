@@ -146,7 +146,9 @@ class ThreadedStore(Service):
     engine offers one (SQLite: `SQLiteDatabase.open_reader`; a read there takes microseconds
     and never waits for a writer in WAL mode) and no call is queued in the worker, so that a
     read always sees every write made before it. Otherwise, and whenever an inline read fails
-    (the database is busy, say), it goes to the worker like any call.
+    (the database is busy, say), it goes to the worker like any call. The inline reads of one
+    round of the reactor's events share one read transaction (`Database.begin_reads`), where the
+    reactor says when the round's events are over (``after_events``).
 
     One thread with one connection serialises every call, which suits
     SQLite (one writer at a time anyway) and a small PostgreSQL
@@ -178,6 +180,10 @@ class ThreadedStore(Service):
         self._closed = _Once()
         self._reader: Database | None = None
         self._queued = 0  # calls given to the worker whose results have not come back
+        # The reads of one reactor round share a read transaction on the reader, ended once the
+        # round's events are dispatched (`LeanEPollReactor.after_events`; see _read_inline).
+        self._after_events: Callable[[Callable[[], None]], bool] | None = getattr(reactor, "after_events", None)
+        self._reads_begun = False
 
     # -- service ----------------------------------------------------------
 
@@ -276,9 +282,26 @@ class ThreadedStore(Service):
         worker's connection then gives the answer, or the error worth reporting)."""
         reader = self._reader
         if reader is not None and self._queued == 0 and not self._closing:
+            if not self._reads_begun and self._after_events is not None and self._after_events(self._end_reads):
+                # Inside a round's events: this read and the round's later ones share one read
+                # transaction, ended when the events are all dispatched. Nothing written by this
+                # process can land meanwhile unseen: a write makes later reads go to the worker
+                # (_queued), and its result comes back in a later round, outside the events.
+                self._reads_begun = True
+                with suppress(Exception):
+                    reader.begin_reads()
             with suppress(Exception):
                 return (work(reader),)
         return ()
+
+    def _end_reads(self) -> None:
+        self._reads_begun = False
+        reader = self._reader
+        if reader is not None:
+            try:
+                reader.end_reads()
+            except Exception:
+                self._log.failure("store.end_reads_failed")
 
     def _in_worker(self, work: Callable[[Database], _R]) -> _R:
         return work(self._database())

@@ -591,6 +591,75 @@ def test_reads_see_every_write_made_before_them(backend: Backend):  # type: igno
         yield store.stopService()
 
 
+class RoundReactor:
+    """The real reactor, with the `after_events` of the server's epoll reactor driven by the test:
+    while `dispatching`, calls wait in `after` (a round's events are being dispatched)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.dispatching = False
+        self.after: list[Callable[[], None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def after_events(self, call: Callable[[], None]) -> bool:
+        if self.dispatching:
+            self.after.append(call)
+        return self.dispatching
+
+    def end_round(self) -> None:
+        self.dispatching = False
+        calls, self.after = self.after, []
+        for call in calls:
+            call()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_reads_of_a_round_share_one_read_transaction(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """SQLite's inline reads within one round of events share one read transaction on the reader
+    (one BEGIN, ended once the events are dispatched), and still see every write made before
+    them: a write queued in the round sends the round's later reads to the worker, and the next
+    round's reads see it. Reads outside a round's events (timers, results from the worker) are
+    statements of their own."""
+    from twisted.internet import reactor
+
+    rounds = RoundReactor(reactor)
+    store = ThreadedStore(lambda: SQLiteDatabase(tmp_path / "store.sqlite"), rounds)  # type: ignore[arg-type]
+    store.startService()
+    try:
+        yield store.when_open()
+        yield store.create_account("alice@example.org", CREDENTIALS, NOW)
+        reader = store._reader
+        assert isinstance(reader, SQLiteDatabase)
+        statements: list[str] = []
+        reader._conn.set_trace_callback(statements.append)
+
+        rounds.dispatching = True
+        first, second = store.account_exists("alice@example.org"), store.get_roster("alice@example.org")
+        assert first.called and second.called and reader._conn.in_transaction
+        writing = store.put_roster_item("alice@example.org", RosterItem("bob@example.net", None, (), "none",
+                                                                        False, False))
+        after_the_write = store.get_roster("alice@example.org")
+        assert not after_the_write.called, "a read after a queued write waits for it in the worker"
+        rounds.end_round()
+        assert not reader._conn.in_transaction
+        assert [s.split()[0] for s in statements].count("BEGIN") == 1 and statements[-1] == "COMMIT"
+        yield writing
+        assert [item.contact for item in (yield after_the_write)] == ["bob@example.net"]
+
+        rounds.dispatching = True
+        seen = store.get_roster("alice@example.org")
+        assert seen.called and [item.contact for item in (yield seen)] == ["bob@example.net"]
+        rounds.end_round()
+        statements.clear()
+        outside = store.get_roster("alice@example.org")  # no round's events under way
+        assert outside.called and not reader._conn.in_transaction
+        assert not any(s.startswith("BEGIN") for s in statements)
+    finally:
+        yield store.stopService()
+
+
 @pytest_twisted.inlineCallbacks
 def test_an_unreachable_database_is_tried_again_later(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A database server that is down when the daemon starts (or goes away before the first call)
