@@ -128,13 +128,13 @@ def plain_xml(element: domish.Element, default_uri: str, prefixed_uris: Any, *, 
     third of the cost of routing a message in process (docs/performance.md). A property test
     holds it to the full serialiser's bytes for the fuzz suite's stanzas.
 
-    With *remember*, the text is kept for the next call on the same element (see `_Remembered`):
+    With *remember*, the text is kept for the next call on the same element (see `_reuse`):
     MAM serialises a message to store it, and its delivery a moment later writes the same text
     with the stanza-id added, instead of serialising the message a second time."""
     global _remembered
     known = _remembered
-    if known is not None and known.element is element:
-        text = known.reuse(element, default_uri, prefixed_uris)
+    if known is not None and known[0] is element:
+        text = _reuse(known, element, default_uri, prefixed_uris)
         if text is not None:
             return text
     parts: list[str] = []
@@ -144,61 +144,51 @@ def plain_xml(element: domish.Element, default_uri: str, prefixed_uris: Any, *, 
         return None
     text = "".join(parts)
     if remember:
-        _remembered = _Remembered(element, dict(element.attributes), list(element.children), text,
-                                  default_uri, prefixed_uris)
+        # (element, its attributes and children as they were, the text, the context): a tuple,
+        # and copies made in C, since this is on every archived message's path.
+        _remembered = (element, element.attributes.copy(), element.children[:], text, default_uri, prefixed_uris)
     return text
 
 
-class _Remembered:
-    """One element's serialisation, valid while its attributes are as they were and its children
-    begin with the same child objects: the text is reused, and only children appended since are
-    written. The message path changes a stanza between two serialisations only so (it readdresses
-    it, or appends a stanza-id or a delay); what would change a child element in place has to
-    serialise it without *remember*. One at a time: the last remembered."""
+_Remembered = tuple[domish.Element, dict[Any, str], list[Any], str, str, Any]
 
-    __slots__ = ("element", "attributes", "children", "text", "default_uri", "prefixed_uris")
 
-    def __init__(self, element: domish.Element, attributes: dict[Any, str], children: list[Any], text: str,
-                 default_uri: str, prefixed_uris: Any) -> None:
-        self.element = element
-        self.attributes = attributes
-        self.children = children
-        self.text = text
-        self.default_uri = default_uri
-        self.prefixed_uris = prefixed_uris
-
-    def reuse(self, element: domish.Element, default_uri: str, prefixed_uris: Any) -> str | None:
-        known = self.children
-        now = element.children
-        count = len(known)
-        if (not count or len(now) < count or element.attributes != self.attributes
-                or default_uri != self.default_uri or prefixed_uris != self.prefixed_uris):
-            return None
-        for index in range(count):
-            if now[index] is not known[index]:
+def _reuse(known: _Remembered, element: domish.Element, default_uri: str, prefixed_uris: Any) -> str | None:
+    """The remembered serialisation of *element*, valid while its attributes are as they were and
+    its children begin with the same child objects: the text is reused, and only children appended
+    since are written. The message path changes a stanza between two serialisations only so (it
+    readdresses it, or appends a stanza-id or a delay); what would change a child element in place
+    has to serialise it without *remember*. One at a time: the last remembered."""
+    _, attributes, known_children, text, known_default, known_prefixed = known
+    now = element.children
+    count = len(known_children)
+    # Lists compare their items by identity first, and elements have no equality of their own.
+    if (not count or len(now) < count or element.attributes != attributes or default_uri != known_default
+            or (prefixed_uris is not known_prefixed and prefixed_uris != known_prefixed)
+            or (now[:count] if len(now) > count else now) != known_children):
+        return None
+    if len(now) == count:
+        return text
+    added = now[count:]
+    if len(added) == 1 and type(added[0]) is not str and isinstance(added[0], domish.SerializedXML):
+        closing = len(element.name) + 3  # </name>: a stanza-id stamped on, the common case
+        return text[:-closing] + added[0] + text[-closing:]
+    parts = [text[:-len(element.name) - 3]]
+    inner_default = element.defaultUri if element.defaultUri is not None else default_uri
+    try:
+        for child in added:
+            if type(child) is str:
+                parts.append(escape_text(child))
+            elif isinstance(child, domish.SerializedXML):
+                parts.append(child)
+            elif isinstance(child, domish.Element):
+                _write_plain(child, inner_default, prefixed_uris, parts)
+            else:
                 return None
-        if len(now) == count:
-            return self.text
-        added = now[count:]
-        if len(added) == 1 and type(added[0]) is not str and isinstance(added[0], domish.SerializedXML):
-            closing = len(element.name) + 3  # </name>: a stanza-id stamped on, the common case
-            return self.text[:-closing] + added[0] + self.text[-closing:]
-        parts = [self.text[:-len(element.name) - 3]]
-        inner_default = element.defaultUri if element.defaultUri is not None else default_uri
-        try:
-            for child in added:
-                if type(child) is str:
-                    parts.append(escape_text(child))
-                elif isinstance(child, domish.SerializedXML):
-                    parts.append(child)
-                elif isinstance(child, domish.Element):
-                    _write_plain(child, inner_default, prefixed_uris, parts)
-                else:
-                    return None
-        except _NotPlain:
-            return None
-        parts.append(f"</{element.name}>")
-        return "".join(parts)
+    except _NotPlain:
+        return None
+    parts.append(f"</{element.name}>")
+    return "".join(parts)
 
 
 _remembered: _Remembered | None = None
@@ -222,7 +212,9 @@ def _write_plain(element: domish.Element, current_default: str, prefixed_uris: A
     for key, value in element.attributes.items():
         if type(key) is not str:
             raise _NotPlain
-        parts.append(f" {key}='{escape_attribute(value)}'")
+        if "&" in value or "<" in value or ">" in value or "'" in value or '"' in value:
+            value = domish.escapeToXml(value, 1)
+        parts.append(f" {key}='{value}'")
     children = element.children
     if not children:
         parts.append("/>")
