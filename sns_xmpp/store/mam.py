@@ -12,6 +12,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from sns_xmpp.store.common import Database
@@ -76,7 +77,7 @@ def write_rows(db: Database, rows: Sequence[Row]) -> int:
         kept = rows if len(known) == len(owners) else [row for row in rows if row[1] in known]
         for start in range(0, len(kept), ROWS_PER_STATEMENT):
             chunk = kept[start:start + ROWS_PER_STATEMENT]
-            tx.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+            tx.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))  # flattened in C
             written += tx.rowcount
     return written
 

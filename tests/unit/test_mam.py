@@ -536,3 +536,44 @@ def test_a_message_is_stored_as_the_full_serialiser_writes_it() -> None:
         message = parseXml(xml)
         stored = stanza_text(message)
         assert ET.tostring(ET.fromstring(stored)) == ET.tostring(ET.fromstring(message.toXml())), stored
+
+
+def test_schema_16_keeps_the_archive_and_indexes_it_by_owner_and_seq(backend: Backend,  # noqa: F811
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database made before schema 16 keeps its archived messages when it is opened: the one
+    index becomes (owner, seq), without with_bare (each written row's entry is shorter), and
+    queries with a 'with' filter, pages and expiry read the same as before."""
+    from sns_xmpp.store import postgres, sqlite
+    from sns_xmpp.store.common import load_schema_scripts
+
+    scripts = load_schema_scripts()
+    assert scripts[15].name == "016_mam_index.sql"
+    for engine in (sqlite, postgres):
+        monkeypatch.setattr(engine, "load_schema_scripts", lambda: scripts[:15])
+    db = backend.open()
+    try:
+        assert db.schema_version == 15
+        db.create_account(ALICE, [], 1.0, social=True)
+        rows = [(archive_sql.seq_at(1000 + n), ALICE, f"{archive_sql.seq_at(1000 + n):x}-t",
+                 BOB if n % 2 else "carol@x", "", f"<m>{n}</m>") for n in range(6)]
+        assert archive_sql.write_rows(db, rows) == 6
+    finally:
+        db.close()
+    monkeypatch.undo()
+    db = backend.open()
+    try:
+        assert db.schema_version == len(scripts)
+        if backend.name == "sqlite":
+            columns = [row[2] for row in db.query("PRAGMA index_info(mam_messages_owner_seq)")]
+        else:
+            columns = [row[0] for row in db.query(
+                "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE c.relname = 'mam_messages_owner_seq' ORDER BY array_position(i.indkey, a.attnum)")]
+        assert columns == ["owner", "seq"]
+        page = archive_sql.query(db, ArchiveQuery(owner=ALICE, max=10, with_bare=BOB))
+        assert [r[2] for r in page.rows] == ["<m>1</m>", "<m>3</m>", "<m>5</m>"] and page.count == 3
+        assert archive_sql.query(db, ArchiveQuery(owner=ALICE, max=2)).count == 6
+        assert archive_sql.expire(db, 1002, limit=10) == 2
+    finally:
+        db.close()

@@ -119,6 +119,7 @@ class Archive:
     def __init__(self, registry: FeatureRegistry, config: MAMConfig) -> None:
         self.sessions = registry.sessions
         self.clock = registry.clock
+        self.seconds = registry.clock.seconds
         self.config = config
         self.writer = ArchiveWriter(registry.sessions.store, registry.clock, config.flush_interval_ms / 1000,
                                     config.flush_rows, config.max_buffered_rows)
@@ -128,7 +129,9 @@ class Archive:
         self.last_seq = 0
         self.tag = "-" + secrets.token_hex(4)  # the UID's unpredictable part (XEP-0313 section 3)
         self.leaving: StanzaId | None = None  # the stanza-id to take off a sent message after carbons
-        self.last: tuple[domish.Element, str] | None = None  # a message and its stored text
+        # The last message archived as sent: (message, its stored text, the sender's bare JID and
+        # resource), for the recipient's archive when the recipient is local.
+        self.last: tuple[domish.Element, str, str, str | None] | None = None
         # The last message _archivable judged, when the judgement did not depend on the account
         # (no stanza-id, no query result in it): a local message is judged for its sender and
         # again, the same way, for its recipient. (message, its children, how many, verdict)
@@ -148,7 +151,11 @@ class Archive:
         except (InvalidFormat, KeyError):
             return None
         peer_bare = peer.userhost()
-        uid = self._archive(owner, peer, peer_bare, message)
+        text = stanza_text(message)
+        # The recipient's archive, if it is a local account's, takes the same text, and the
+        # sender as the other party, without parsing the 'from' again (_incoming).
+        self.last = (message, text, owner, session.jid.resource)
+        uid = self._archive(owner, peer_bare, peer.resource, text)
         if uid is None:
             return None
         to_self = peer_bare == owner
@@ -184,16 +191,23 @@ class Archive:
         return True if archivable is None else None
 
     def _incoming(self, owner: str, message: domish.Element) -> None:
-        try:
-            peer = parse_jid(message.attributes["from"])
-        except (InvalidFormat, KeyError):
-            return
-        peer_bare = peer.userhost()
+        last = self.last
+        if last is not None and last[0] is message:
+            _, text, peer_bare, resource = last  # sent by a local account, archived as sent just now
+            self.last = None
+        else:
+            try:
+                peer = parse_jid(message.attributes["from"])
+            except (InvalidFormat, KeyError):
+                return
+            peer_bare, resource = peer.userhost(), peer.resource
+            text = None
         if peer_bare == owner:
             return  # sent by the account itself: archived as sent
-        uid = self._archive(owner, peer, peer_bare, message)
+        uid = self._archive(owner, peer_bare, resource, text if text is not None else stanza_text(message))
         if uid is not None:
-            message.children = [*message.children, self.stamp(owner, uid)]  # the old list may be a copy's
+            prefix = self.stamp_prefixes.get(owner) or self.stamp_prefix(owner)
+            message.children = [*message.children, StanzaId(prefix + uid + "'/>")]  # the old list may be a copy's
 
     def stamp_prefix(self, owner: str) -> str:
         """The text of *owner*'s stanza-ids up to the id's value."""
@@ -256,38 +270,31 @@ class Archive:
         self.judged = None if whose else (message, children, len(children), verdict)
         return verdict
 
-    def _archive(self, owner: str, peer: JID, peer_bare: str, message: domish.Element) -> str | None:
+    def _archive(self, owner: str, peer_bare: str, resource: str | None, text: str) -> str | None:
         """Queue the message's row in *owner*'s archive and return its UID; None when the
         account's preferences leave it out or the writer is full."""
         prefs = self.prefs.get(owner)
-        if prefs is not None and not self._wanted(owner, prefs, peer, peer_bare):
+        if prefs is not None and not self._wanted(owner, prefs, peer_bare, resource):
             return None
         writer = self.writer
         rows = writer.rows
         if len(rows) + writer.in_flight >= writer.max_buffered or self.stopped:
             self.sessions.metrics.limit("mam-backlog")
             return None
-        seq = (int(self.clock.seconds() * 1_000_000) << 10) | self.low_bits
+        seq = (int(self.seconds() * 1_000_000) << 10) | self.low_bits
         if seq <= self.last_seq:
             seq = self.last_seq + 1024  # the same microsecond, or the clock went back
         self.last_seq = seq
         uid = format(seq, "x") + self.tag
-        last = self.last
-        if last is not None and last[0] is message:
-            text = last[1]  # sent by a local account to a local account: serialised once
-            self.last = None
-        else:
-            text = stanza_text(message)
-            self.last = (message, text)
-        rows.append((seq, owner, uid, peer_bare, peer.resource or "", text))
+        rows.append((seq, owner, uid, peer_bare, resource or "", text))
         if writer.timer is None or len(rows) >= writer.flush_rows:
             writer.added()
         return uid
 
-    def _wanted(self, owner: str, prefs: Prefs, peer: JID, peer_bare: str) -> bool:
+    def _wanted(self, owner: str, prefs: Prefs, peer_bare: str, resource: str | None) -> bool:
         """XEP-0441 section 3: the lists first (a bare JID in a list stands for all its
         resources; never wins over always), then the default."""
-        full = peer.full()
+        full = peer_bare if resource is None else f"{peer_bare}/{resource}"
         if peer_bare in prefs.never or full in prefs.never:
             return False
         if peer_bare in prefs.always or full in prefs.always:
