@@ -28,7 +28,7 @@ from wokkel.component import Component
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.features import SiteListing
 from sns_xmpp.xmpp.features.social_sites import NS_SITES, sites_feature
-from sns_xmpp.xmpp.stanzas import add_element, error_reply, iq_result
+from sns_xmpp.xmpp.stanzas import add_element, append_child, error_reply, iq_result
 
 log = GatedLogger()
 
@@ -121,7 +121,7 @@ class SitesDisco(XMPPHandler):
         element = self._feature(self._stream.thisEntity.host)
         if element is None:  # no site: an empty list
             element = domish.Element((NS_SITES, "sites"))
-        result.addChild(element)
+        append_child(result, element)
         return result
 
 
