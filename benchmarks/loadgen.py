@@ -998,7 +998,9 @@ class Job:
     open_duration: float = 0.0
     timeout: float = 30.0  # for one login, or one teardown
     occupants: int = 0  # room: clients in the one chat room
-    peer: Target | None = None  # s2s: the federated daemon whose clients the target's clients chat with
+    peer: Target | None = None  # s2s: the federated daemon whose clients the target's clients chat with;
+    # login and cluster: the cluster's second node
+    layout: str = "one"  # cluster: where the pairs' clients are (cluster_phase)
 
     @classmethod
     def from_json(cls, text: str) -> Job:
@@ -1037,10 +1039,16 @@ async def first_login(job: Job, provider: CredentialsProvider, context: ssl.SSLC
 
 
 async def login_phase(job: Job, control: Control) -> None:
-    """``count`` complete logins, each closed again, ``concurrency`` at a time."""
+    """``count`` complete logins, each closed again, ``concurrency`` at a time.
+
+    With a ``peer`` (the cluster phase's second node), attempts alternate between the target and
+    the peer: even ones on the target, odd ones on the peer.
+    """
     context = client_ssl_context()
     provider = await prepared_provider(job, context)
-    await first_login(job, provider, context)
+    targets = [job.target] if job.peer is None else [job.target, job.peer]
+    for target in targets:
+        await first_login(replace(job, target=target), provider, context)
     errors = Errors()
     login_ns: list[int] = []
 
@@ -1048,7 +1056,7 @@ async def login_phase(job: Job, control: Control) -> None:
         start = time.perf_counter_ns()
         try:
             async with asyncio.timeout(job.timeout):
-                session = await log_in(job.target, provider(index), context)
+                session = await log_in(targets[index % len(targets)], provider(index), context)
                 logged_in = time.perf_counter_ns()
                 await session.connection.close()
         except (OSError, XMPPError, TimeoutError, ValueError) as error:
@@ -1380,10 +1388,83 @@ async def s2s_phase(job: Job, control: Control) -> None:
     await close_sessions(here + there, job.timeout)
 
 
+# How often the cluster phase's clients greet partners that have not heard from them yet.
+GREETING_INTERVAL_S = 0.1
+
+
+async def greet_partners(pairs: Sequence[tuple[Session, Session]], timeout: float) -> None:
+    """Until each client of every pair has had a headline from its partner.
+
+    A node knows another node's resource once the directory's announcement of its initial
+    presence has arrived (docs/scaling.md). A chat message sent before that goes to offline
+    storage, and a closed loop that loses its first messages stalls; a headline for an account
+    with no available resource is dropped (RFC 6121 8.5.2.2.1), so greetings are sent again until
+    they arrive, and nothing is left behind.
+    """
+    heard: set[tuple[str, str]] = set()  # (to, from) bare JIDs
+
+    def listener(session: Session) -> Callable[[ET.Element], None]:
+        def received(element: ET.Element) -> None:
+            if element.tag == MESSAGE and element.get("type") == "headline":
+                heard.add((session.bare, (element.get("from") or "").split("/", 1)[0]))
+        return received
+
+    for a, b in pairs:
+        a.connection.on_stanza, b.connection.on_stanza = listener(a), listener(b)
+    waiting = [(a, b) for x, y in pairs for a, b in ((x, y), (y, x))]  # (from, to)
+    async with asyncio.timeout(timeout):
+        while waiting:
+            for sender, to in waiting:
+                sender.connection.send(f"<message to='{to.bare}' type='headline'/>")
+            await asyncio.sleep(GREETING_INTERVAL_S)
+            waiting = [(sender, to) for sender, to in waiting if (to.bare, sender.bare) not in heard]
+
+
+async def cluster_phase(job: Job, control: Control) -> None:
+    """``pairs`` pairs of clients chatting in a closed loop, laid out on one or two nodes of a
+    cluster (the same domain) by ``layout``:
+
+    - ``one``: all ``2 * pairs`` clients on the target, as in the msgs phase;
+    - ``local``: clients 0 .. pairs - 1 on the target and the others on the peer, each pair on
+      one node (2k with 2k + 1), so no message crosses nodes;
+    - ``cross``: the same clients on the same nodes, client i paired with client pairs + i, so
+      every message crosses from one node to the other.
+
+    Before the loop starts, every pair greets each other until both have heard (greet_partners).
+    """
+    provider = credentials_provider(job.credentials)
+    if job.layout == "one":
+        sessions = await log_in_all(job, provider, 2 * job.pairs)
+    else:
+        assert job.peer is not None
+        if job.layout == "local" and job.pairs % 2:
+            raise ValueError("the local layout needs an even number of pairs (each node holds whole pairs)")
+        sessions = await log_in_all(job, provider, job.pairs)
+        sessions += await log_in_all(replace(job, target=job.peer), provider, job.pairs, first=job.pairs)
+    if job.layout == "cross":
+        pairs = list(zip(sessions[:job.pairs], sessions[job.pairs:], strict=True))
+    else:
+        pairs = list(zip(sessions[0::2], sessions[1::2], strict=True))
+    await greet_partners(pairs, job.timeout)
+    traffic = Traffic()
+    chatters = []
+    for a, b in pairs:
+        chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
+    start_closed_loop(chatters, job.window)
+    await asyncio.sleep(warm_up_s(job.duration))
+    await control.ready()
+    closed = await traffic.window(job.duration)
+    await control.measured(False, clients=len(sessions), in_flight=len(chatters) * job.window, **closed)
+    traffic.running = False
+    await traffic.drain(job.timeout)
+    await close_sessions(sessions, job.timeout)
+
+
 PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
     "login": login_phase,
     "msgs": msgs_phase,
     "s2s": s2s_phase,
+    "cluster": cluster_phase,
     "idle": idle_phase,
     "room": room_phase,
 }

@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -66,7 +66,7 @@ ACCOUNT_PREFIX = "bench"
 PASSWORD = "bench-password-0"  # noqa: S105 - every throwaway benchmark account has it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-PHASES = ("login", "serial", "msgs", "idle", "room", "s2s")
+PHASES = ("login", "serial", "msgs", "idle", "room", "s2s", "cluster")
 TRANSPORTS = ("tls", "tcp", "ws")  # ws: the stream over a WebSocket (RFC 7395) on the HTTP listener
 # The login phase's scenarios, in the order they run (see login_scenarios). FAST over plain TCP
 # works because the bench daemon allows PLAIN without TLS, and with it SASL2.
@@ -450,8 +450,15 @@ class Daemon:
     """
 
     def __init__(self, workdir: Path, accounts: int, idp: IdentityProvider | None = None,
-                 features_off: tuple[str, ...] = (), domain: str = DOMAIN, s2s_address: str | None = None) -> None:
+                 features_off: tuple[str, ...] = (), domain: str = DOMAIN, s2s_address: str | None = None,
+                 dsn: str | None = None, cluster: Mapping[str, str] | None = None,
+                 data_dir: Path | None = None) -> None:
         self.workdir = workdir
+        # The cluster phase's nodes: PostgreSQL at *dsn* (whose accounts the runner has made),
+        # the [cluster] table's keys, and the data folder the nodes of one cluster share.
+        self.dsn = dsn
+        self.cluster = dict(cluster) if cluster else None
+        self.data_dir = data_dir or workdir / "data"
         self.features_off = features_off
         self.domain = domain
         # The federation phase's daemons: each listens for s2s on an address of its own; `peers`
@@ -482,16 +489,19 @@ class Daemon:
 
     def start(self, timeout: float = 60.0) -> None:
         http_port = self.http_port
-        data_dir = self.workdir / "data"
+        data_dir = self.data_dir
         self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
             domain=json.dumps(self.domain), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
             scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
             http_url=json.dumps(self.http_url), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
             hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)",
-            features_off=json.dumps(list(self.features_off)), s2s_table=self.s2s_table()),
+            features_off=json.dumps(list(self.features_off)), s2s_table=self.s2s_table(),
+            store_settings=self.store_settings(), cluster_table=self.cluster_table()),
             encoding="utf-8")
-        data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
-        create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts, self.domain)
+        if not data_dir.exists():  # a cluster's second node shares the first one's
+            data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
+        if self.dsn is None:
+            create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts, self.domain)
         if self.idp is not None:
             self.idp.write_nonce_secret(data_dir)
         twistd = Path(sys.executable).with_name("twistd")
@@ -525,6 +535,16 @@ class Daemon:
             if not self.idp.wait_served("jwks", max(0.0, deadline - time.monotonic()), self.ensure_running):
                 raise BenchError(f"the daemon did not fetch the OpenID provider's keys within {timeout:g}s:\n"
                                  + self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:])
+
+    def store_settings(self) -> str:
+        if self.dsn is None:
+            return 'backend = "sqlite"\npath = "sns-xmpp.sqlite3"'
+        return f'backend = "postgresql"\ndsn = {json.dumps(self.dsn)}'
+
+    def cluster_table(self) -> str:
+        if self.cluster is None:
+            return "# (none)"
+        return "[cluster]\n" + "\n".join(f"{key} = {json.dumps(value)}" for key, value in self.cluster.items())
 
     def s2s_table(self) -> str:
         if self.s2s_address is None:
@@ -652,6 +672,93 @@ class IdentityProvider:
             self.process.stdout.close()
 
 
+# -- the cluster phase's engines ------------------------------------------------------------
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time of *pid*, of its children that have ended (reaped), and of its live children:
+    PostgreSQL's postmaster and its backends, checkpointer, WAL writer."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15])
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii") as stat:
+                child = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(child[1]) == pid:
+            total += int(child[11]) + int(child[12])
+    return total / CLOCK_TICKS
+
+
+def redis_command(port: int, *words: str) -> bytes:
+    """One command to the bench's redis-server over loopback; its raw reply (RESP)."""
+    request = f"*{len(words)}\r\n" + "".join(f"${len(word.encode())}\r\n{word}\r\n" for word in words)
+    with socket.create_connection((HOST, port), timeout=5) as connection:
+        connection.sendall(request.encode())
+        return connection.recv(65536)
+
+
+class Engines:
+    """PostgreSQL and Redis for the cluster phase, started as `scripts/cluster` starts them
+    (`sns_xmpp.ops.local_cluster`): a throwaway PostgreSQL in a folder of its own under /tmp,
+    redis-server with its append-only file (fsync every second). Each set-up of the phase gets a
+    database and a Redis key prefix of its own."""
+
+    def __init__(self, folder: Path) -> None:
+        from sns_xmpp.ops import local_cluster
+
+        self._cluster = local_cluster
+        self.postgres = local_cluster.start_postgres(folder)
+        try:
+            self.redis = local_cluster.start_redis(folder)
+        except BaseException:
+            local_cluster.stop_postgres(self.postgres)
+            raise
+        self.postmaster = int((Path(self.postgres["data"]) / "postmaster.pid").read_text().split()[0])
+
+    def database(self, name: str) -> str:
+        """A fresh database *name* (letters and digits), its schema and the bench accounts; its DSN."""
+        import psycopg
+
+        admin = str(self.postgres["dsn"])
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")  # noqa: S608 - our own constant name
+        return admin.rsplit("/", 1)[0] + f"/{name}"
+
+    def readers(self) -> dict[str, Callable[[], float]]:
+        return {"postgres": lambda: process_tree_cpu_seconds(self.postmaster),
+                "redis": lambda: process_cpu_seconds(int(self.redis["pid"]))}
+
+    def subscribers(self, channel: str) -> int:
+        """How many connections are subscribed to *channel* (each node subscribes once it runs)."""
+        found = re.search(rb":(\d+)\r\n$", redis_command(int(self.redis["port"]), "PUBSUB", "NUMSUB", channel))
+        return int(found.group(1)) if found else 0
+
+    def stop(self) -> None:
+        try:
+            self._cluster.stop_redis(self.redis)
+        finally:
+            self._cluster.stop_postgres(self.postgres)
+
+
+def create_postgres_accounts(dsn: str, count: int, domain: str = DOMAIN) -> None:
+    """The bench accounts (`create_accounts`) in a PostgreSQL database, which this also migrates."""
+    from sns_xmpp.store.postgres import PostgresDatabase
+
+    credentials = derive_all(PASSWORD, iterations=DEFAULT_ITERATIONS)
+    database = PostgresDatabase(dsn)
+    try:
+        now = time.time()
+        for index in range(count):
+            database.create_account(f"{ACCOUNT_PREFIX}{index}@{domain}", credentials, now)
+    finally:
+        database.close()
+
+
 # -- the load generator --------------------------------------------------------------------
 
 
@@ -742,19 +849,25 @@ class Measurement:
         return found
 
 
-def measure(daemon: Daemon, job: Mapping[str, Any], limit: float, peer: Daemon | None = None) -> list[Measurement]:
+def measure(daemon: Daemon, job: Mapping[str, Any], limit: float, peer: Daemon | None = None,
+            others: Mapping[str, Callable[[], float]] | None = None) -> list[Measurement]:
     """Run one generator job, one measurement per timed stage; *limit* bounds each wait in seconds.
 
     The generator's CPU time over its whole life is added to ``daemon.generator_cpu_s``. With a
-    *peer* daemon (the federation phase), its CPU over each timed stage is in the figures
-    (``peer_cpu_s``).
+    *peer* daemon (the federation phase, the cluster's second node), its CPU over each timed
+    stage is in the figures (``peer_cpu_s``); so is the CPU of each of *others* (name -> a
+    reader of CPU-seconds so far: PostgreSQL, Redis), in ``others_cpu_s``.
     """
     stages: list[tuple[dict[str, Any], Sample, Sample]] = []
+    others = others or {}
     with LoadGenerator(job) as generator:
         more = True
         while more:
             generator.wait_for("ready", limit)
             daemon.ensure_running()
+            if peer is not None:
+                peer.ensure_running()
+            others_start = {name: read() for name, read in others.items()}
             start = Sample.take(daemon.pid, generator.pid)
             peer_start = process_cpu_seconds(peer.pid) if peer is not None else 0.0
             generator.command("go")
@@ -762,7 +875,11 @@ def measure(daemon: Daemon, job: Mapping[str, Any], limit: float, peer: Daemon |
             daemon.ensure_running()
             end = Sample.take(daemon.pid, generator.pid)
             if peer is not None:
+                peer.ensure_running()
                 figures["peer_cpu_s"] = process_cpu_seconds(peer.pid) - peer_start
+            if others:
+                figures["others_cpu_s"] = {name: round(read() - others_start[name], 3)
+                                           for name, read in others.items()}
             more = bool(figures.pop("more", False))
             figures.pop("event")
             stages.append((figures, start, end))
@@ -1017,6 +1134,100 @@ def run_s2s(here: Daemon, there: Daemon, settings: Settings) -> dict[str, Any]:
     return row
 
 
+# The cluster phase's set-ups, in the order they run: (label, nodes, with Redis). One node on
+# PostgreSQL alone is the baseline (a single-node deployment on the cluster's database); one node
+# with [cluster] on shows what the cluster layer costs a node that has no other to talk to.
+CLUSTER_SETUPS = (("1-node", 1, False), ("1-node-redis", 1, True), ("2-nodes", 2, True))
+CLUSTER_LOGIN = "scram-sha-256+tcp"  # the issue's comparison is without TLS
+
+
+def _nodes_cpu(result: Measurement) -> list[float]:
+    """Each node's CPU-seconds over the stage: the target's, then the peer's."""
+    found = [result.usage.server_cpu_s]
+    if "peer_cpu_s" in result.figures:
+        found.append(round(result.figures["peer_cpu_s"], 3))
+    return found
+
+
+def cluster_cpu_figures(result: Measurement, count: int, per: str) -> dict[str, Any]:
+    """CPU of the nodes, of PostgreSQL and Redis, per *count* things done (``per``: what)."""
+    nodes = _nodes_cpu(result)
+    engines = result.figures.get("others_cpu_s", {})
+    wall = result.usage.wall_s
+    both = sum(nodes)
+    scale = 1000  # CPU-seconds per 1000 messages, or milliseconds per login
+    return {
+        "nodes_cpu_s": nodes,
+        "nodes_pct": round(100 * both / wall, 1),
+        "engines_cpu_s": engines,
+        f"nodes_cpu_per_{per}": round(scale * both / count, 3) if count else None,
+        f"engines_cpu_per_{per}": round(scale * sum(engines.values()) / count, 3) if count else None,
+    }
+
+
+def run_cluster_traffic(nodes: Sequence[Daemon], engines: Engines, settings: Settings, layout: str) -> dict[str, Any]:
+    """``pairs`` pairs chatting in a closed loop on the cluster's nodes, as *layout* places them
+    (benchmarks.loadgen.cluster_phase): messages per second for the machine, and the CPU of the
+    nodes and the engines per message."""
+    first, *rest = nodes
+    peer = rest[0] if rest else None
+    job = {"phase": "cluster", "layout": layout, "target": target(first, False),
+           "peer": target(peer, False) if peer is not None else None,
+           "credentials": local_credentials("SCRAM-SHA-256", first.accounts), "pairs": settings.pairs,
+           "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency}
+    [closed] = measure(first, job, limit=120 + settings.duration, peer=peer, others=engines.readers())
+    row = {"layout": layout, "nodes": len(nodes), "pairs": settings.pairs, "window": settings.window,
+           "in_flight": closed.figures["in_flight"], **traffic_figures(closed)}
+    row.update(cluster_cpu_figures(closed, row["delivered"], "1000"))
+    both = sum(row["nodes_cpu_s"])
+    row["delivered_per_node_cpu_s"] = round(row["delivered"] / both) if both else None
+    return row
+
+
+def run_cluster_login(nodes: Sequence[Daemon], engines: Engines, settings: Settings) -> dict[str, Any]:
+    """``logins`` SCRAM-SHA-256 logins over plain TCP, ``concurrency`` at a time, alternately on
+    each node: logins per second for the machine, and the CPU of the nodes and engines per login."""
+    first, *rest = nodes
+    peer = rest[0] if rest else None
+    [scenario] = login_scenarios([CLUSTER_LOGIN], first.accounts, settings.logins, None)
+    job = {"phase": "login", "target": target(first, False),
+           "peer": target(peer, False) if peer is not None else None, "credentials": scenario.credentials,
+           "count": settings.logins, "concurrency": settings.concurrency}
+    [result] = measure(first, job, limit=60 + settings.logins / 5, peer=peer, others=engines.readers())
+    figures, ok = result.figures, result.figures["ok"]
+    row = {"scenario": CLUSTER_LOGIN, "nodes": len(nodes), "concurrency": settings.concurrency, "logins": ok,
+           "failed": figures["failed"], "errors": figures["errors"], "elapsed_s": round(figures["elapsed"], 3),
+           "logins_per_s": round(ok / figures["elapsed"], 1), "latency_ms": figures["latency_ms"],
+           "listen_overflows": result.listen_overflows, "cpu": asdict(result.usage), "warnings": result.warnings()}
+    row.update(cluster_cpu_figures(result, ok, "login_ms"))
+    return row
+
+
+def cluster_summary(rows: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's three figures: two nodes against one for the machine's messages and logins per
+    second (goal: 1.7x), and a cross-node message's CPU against a local one's."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    one, two = "1-node", "2-nodes"
+    found: dict[str, Any] = {"goal": 1.7, "warnings": []}
+    if f"{one} msgs" in rows and f"{two} local" in rows:
+        found["msgs_ratio"] = ratio(rows[f"{two} local"]["messages_per_s"], rows[f"{one} msgs"]["messages_per_s"])
+    if f"{one} logins" in rows and f"{two} logins" in rows:
+        found["logins_ratio"] = ratio(rows[f"{two} logins"]["logins_per_s"], rows[f"{one} logins"]["logins_per_s"])
+    if f"{two} local" in rows and f"{two} cross" in rows:
+        local, cross = rows[f"{two} local"], rows[f"{two} cross"]
+        found["cross_vs_local_nodes_cpu"] = ratio(cross["nodes_cpu_per_1000"], local["nodes_cpu_per_1000"])
+        found["cross_vs_local_with_engines"] = ratio(
+            cross["nodes_cpu_per_1000"] + cross["engines_cpu_per_1000"],
+            local["nodes_cpu_per_1000"] + local["engines_cpu_per_1000"])
+    if f"{one} msgs" in rows and f"{one}-redis msgs" in rows:
+        found["redis_layer_vs_plain_nodes_cpu"] = ratio(rows[f"{one}-redis msgs"]["nodes_cpu_per_1000"],
+                                                        rows[f"{one} msgs"]["nodes_cpu_per_1000"])
+    return found
+
+
 def idle_figures(result: Measurement, rss_before_kib: int, tls: bool) -> dict[str, Any]:
     """One stage of the idle phase: the connections held at its end and the memory they take.
 
@@ -1195,6 +1406,35 @@ def _s2s_lines(rows: Mapping[str, Any]) -> list[str]:
     return lines + notes
 
 
+def _cluster_lines(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"{'cluster':<22} {'done':>7} {'per s':>9} {'node cpu':>9} {'pg+redis':>9} {'p50 ms':>8} "
+                 f"{'p99 ms':>8} {'nodes':>6} {'gen':>5} {'machine':>7}  node cpu s"]
+    for name, row in rows.items():
+        if name == "summary":
+            continue
+        logins = "logins_per_s" in row
+        done = row["logins"] if logins else row["delivered"]
+        rate = row["logins_per_s"] if logins else row["messages_per_s"]
+        key = "login_ms" if logins else "1000"
+        engines = row["engines_cpu_s"]
+        lines.append(f"{name:<22} {done:>7} {rate:>9.1f} {row[f'nodes_cpu_per_{key}'] or 0:>9.3f} "
+                     f"{row[f'engines_cpu_per_{key}'] or 0:>9.3f} {_ms(row['latency_ms']['p50']):>8} "
+                     f"{_ms(row['latency_ms']['p99']):>8} {row['nodes_pct']:>5.0f}% "
+                     f"{row['cpu']['generator_pct']:>4.0f}% {row['cpu']['machine_pct']:>6.0f}%  "
+                     + " + ".join(f"{cpu:.1f}" for cpu in row["nodes_cpu_s"])
+                     + f" (pg {engines.get('postgres', 0):.1f}, redis {engines.get('redis', 0):.1f})")
+    lines.append("node cpu, pg+redis: CPU-seconds per 1000 messages, or ms per login; nodes: all nodes together "
+                 "in % of one core")
+    summary = rows.get("summary", {})
+    if summary:
+        lines.append(f"2 nodes / 1 node: messages/s {summary.get('msgs_ratio')}, logins/s "
+                     f"{summary.get('logins_ratio')} (goal {summary['goal']}); cross-node / local message CPU: "
+                     f"nodes {summary.get('cross_vs_local_nodes_cpu')}, with Redis and PostgreSQL "
+                     f"{summary.get('cross_vs_local_with_engines')}; one node with [cluster] / without: "
+                     f"{summary.get('redis_layer_vs_plain_nodes_cpu')}")
+    return lines
+
+
 def _idle_lines(rows: Mapping[str, Any]) -> list[str]:
     lines = ["", f"{'idle':<22} {'held':>6} {'fail':>5} {'lost':>5} {'RSS before':>12} {'RSS held':>12} "
                  f"{'KiB/conn':>9} {'setup s':>8} {'cpu ms/conn':>12} {_CPU_HEADS}"]
@@ -1245,6 +1485,8 @@ def table(report: Mapping[str, Any]) -> str:
         lines += _s2s_lines(phases["s2s"])
     if phases.get("idle"):
         lines += _idle_lines(phases["idle"])
+    if phases.get("cluster"):
+        lines += _cluster_lines(phases["cluster"])
     lines += ["", "cpu over each timed part: CPU-seconds of the daemon (srv s) and the load generator (gen s); "
                   "daemon (server), generator (gen) and everything else (other) in % of one core; machine in % "
                   "of all cores"]
@@ -1383,6 +1625,52 @@ class Bench:
             results["tcp"] = run_s2s(here, there, settings)
         return results
 
+    def cluster(self) -> dict[str, Any]:
+        """One node against two on PostgreSQL and Redis (issue 20), in one run: each set-up of
+        CLUSTER_SETUPS gets a database and a Redis key prefix of its own, its nodes chat
+        (on one node; on two, locally and across) and log in, over plain TCP."""
+        settings = self.settings
+        results: dict[str, Any] = self.report["phases"].setdefault("cluster", {})
+        accounts = max(2 * settings.pairs, settings.logins, settings.concurrency)
+        (self.folder / "engines").mkdir()
+        engines = Engines(self.folder / "engines")
+        try:
+            for label, count, clustered in CLUSTER_SETUPS:
+                name = "bench_" + label.replace("-", "_")
+                dsn = engines.database(name)
+                create_postgres_accounts(dsn, accounts)
+                nodes = []
+                for number in range(count):
+                    folder = self.folder / f"{label}-node{number}"
+                    folder.mkdir()
+                    cluster = {"redis_url": f"redis://{HOST}:{engines.redis['port']}/0",
+                               "node_id": f"node{number}", "key_prefix": f"{name}:"} if clustered else None
+                    nodes.append(Daemon(folder, accounts, None, settings.features_off, dsn=dsn, cluster=cluster,
+                                        data_dir=self.folder / f"{label}-data"))
+                with ExitStack() as stack:
+                    for number, node in enumerate(nodes):
+                        stack.enter_context(self.daemon(f"{label}-node{number}", accounts, made=node))
+                    if clustered:
+                        self._wait_subscribed(engines, f"{name}:directory", count)
+                    for layout in ("one",) if count == 1 else ("local", "cross"):
+                        results[f"{label} {'msgs' if layout == 'one' else layout}"] = run_cluster_traffic(
+                            nodes, engines, settings, layout)
+                    results[f"{label} logins"] = run_cluster_login(nodes, engines, settings)
+        finally:
+            engines.stop()
+        results["summary"] = cluster_summary(results)
+        return results
+
+    @staticmethod
+    def _wait_subscribed(engines: Engines, channel: str, count: int, timeout: float = 30.0) -> None:
+        """Until every node listens to the directory's announcements (each node's sessions reach
+        the others through them)."""
+        deadline = time.monotonic() + timeout
+        while engines.subscribers(channel) < count:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the cluster's {count} nodes did not all subscribe to {channel} within {timeout:g}s")
+            time.sleep(0.1)
+
     def idle(self) -> dict[str, Any]:
         """Per transport, a daemon of its own holding each count of connections in turn."""
         settings = self.settings
@@ -1423,7 +1711,8 @@ class Bench:
                              f"this run needs about {needed}")
         runners: dict[str, Callable[[], dict[str, Any]]] = {"login": self.login, "serial": self.serial,
                                                             "msgs": self.msgs, "idle": self.idle,
-                                                            "room": self.room, "s2s": self.s2s}
+                                                            "room": self.room, "s2s": self.s2s,
+                                                            "cluster": self.cluster}
         for phase in settings.phases:
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
             with self.totals(phase):

@@ -301,12 +301,10 @@ def cluster_down(state: Path) -> int:
         _signal(node["pid"], signal.SIGKILL)
     redis = status.get("redis")
     if redis:
-        _signal(redis["pid"], signal.SIGTERM)
+        stop_redis(redis)
     postgres = status.get("postgres")
     if postgres:
-        subprocess.run(_as_server_user([str(Path(postgres["bindir"]) / "pg_ctl"), "stop", "-D", postgres["data"],
-                                        "-m", "immediate", "-w"]), capture_output=True)
-        shutil.rmtree(postgres["folder"], ignore_errors=True)
+        stop_postgres(postgres)
     for name in ("postgres", "redis", "status.json", "haproxy.pid"):
         path = state / name
         if path.is_dir():
@@ -314,6 +312,18 @@ def cluster_down(state: Path) -> int:
         elif path.exists():
             path.unlink()
     return 0
+
+
+def stop_redis(redis: dict[str, Any]) -> None:
+    """Stop what `start_redis` started."""
+    _signal(redis["pid"], signal.SIGTERM)
+
+
+def stop_postgres(postgres: dict[str, Any]) -> None:
+    """Stop what `start_postgres` started, and remove its folder."""
+    subprocess.run(_as_server_user([str(Path(postgres["bindir"]) / "pg_ctl"), "stop", "-D", postgres["data"],
+                                    "-m", "immediate", "-w"]), capture_output=True)
+    shutil.rmtree(postgres["folder"], ignore_errors=True)
 
 
 def alive(pid: int) -> bool:
