@@ -14,6 +14,7 @@ behind wokkel's router and the offline store all serialise through ``toXml``.
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Any
 
 from twisted.words.xish import domish
@@ -159,18 +160,21 @@ def _reuse(known: _Remembered, element: domish.Element, default_uri: str, prefix
     since are written. The message path changes a stanza between two serialisations only so (it
     readdresses it, or appends a stanza-id or a delay); what would change a child element in place
     has to serialise it without *remember*. One at a time: the last remembered."""
-    _, attributes, known_children, text, known_default, known_prefixed = known
+    known_children = known[2]
     now = element.children
     count = len(known_children)
-    # Lists compare their items by identity first, and elements have no equality of their own.
-    if (not count or len(now) < count or element.attributes != attributes or default_uri != known_default
-            or (prefixed_uris is not known_prefixed and prefixed_uris != known_prefixed)
-            or (now[:count] if len(now) > count else now) != known_children):
+    extra = len(now) - count
+    # The same child objects (identity: a text equal to a SerializedXML is written otherwise);
+    # past the first, compared in C (map stops at the shorter list).
+    if (not count or extra < 0 or default_uri != known[4] or element.attributes != known[1]
+            or (prefixed_uris is not known[5] and prefixed_uris != known[5])
+            or now[0] is not known_children[0] or (count > 1 and not all(map(is_, now, known_children)))):
         return None
-    if len(now) == count:
+    text = known[3]
+    if not extra:
         return text
     added = now[count:]
-    if len(added) == 1 and type(added[0]) is not str and isinstance(added[0], domish.SerializedXML):
+    if extra == 1 and type(added[0]) is not str and isinstance(added[0], domish.SerializedXML):
         closing = len(element.name) + 3  # </name>: a stanza-id stamped on, the common case
         return text[:-closing] + added[0] + text[-closing:]
     parts = [text[:-len(element.name) - 3]]

@@ -169,3 +169,16 @@ def test_the_plain_writer_escapes_as_the_full_serialiser_does(default: str, valu
     lines = text.replace("\r\n", "\n").replace("\r", "\n")  # XML 1.0 2.11: line ends as read
     attribute = value.replace("\r\n", "\n").translate(str.maketrans("\t\n\r", "   "))  # 3.3.3
     assert (parsed_child.uri, parsed_child.getAttribute("a"), str(parsed_child)) == (default, attribute, lines)
+
+
+def test_a_remembered_serialisation_holds_to_the_same_child_objects_not_equal_ones() -> None:
+    """The reuse compares children by identity: a text child equal to a SerializedXML child it
+    replaced is escaped when written, so the remembered text (with the raw XML) must not be used."""
+    [message] = parsed_stanzas(b"<message to='bob@localhost'><body>hi</body></message>")
+    raw = domish.SerializedXML("<b/>")
+    message.children.append(raw)
+    assert plain_xml(message, "jabber:client", STREAM_PREFIXES, remember=True) == (
+        "<message to='bob@localhost'><body>hi</body><b/></message>")
+    message.children = [message.children[0], "<b/>"]  # an equal str, not the same object
+    assert plain_xml(message, "jabber:client", STREAM_PREFIXES) == full_xml(message) == (
+        "<message to='bob@localhost'><body>hi</body>&lt;b/&gt;</message>")

@@ -178,10 +178,12 @@ class Archive:
     def received(self, message: domish.Element, to: JID) -> bool | None:
         owner = to.userhost()
         archivable = self._archivable(message, owner)
-        # An account with no session is archived by `offline`, if the message is kept for it:
-        # for one that does not exist it never is, and the store would not take the row.
-        if archivable and owner in self.sessions.users:
-            self._incoming(owner, message)
+        if archivable:
+            # An account with no session is archived by `offline`, if the message is kept for it:
+            # for one that does not exist it never is, and the store would not take the row.
+            if owner in self.sessions.users:
+                self._incoming(owner, message)
+            return None
         return True if archivable is None else None  # True: a stale query result, dropped
 
     def offline(self, owner: str, message: domish.Element) -> bool | None:
@@ -207,7 +209,8 @@ class Archive:
         uid = self._archive(owner, peer_bare, resource, text if text is not None else stanza_text(message))
         if uid is not None:
             prefix = self.stamp_prefixes.get(owner) or self.stamp_prefix(owner)
-            message.children = [*message.children, StanzaId(prefix + uid + "'/>")]  # the old list may be a copy's
+            # A new list: the old one may be a copy's.
+            message.children = [*message.children, StanzaId(prefix + uid + "'/>")]
 
     def stamp_prefix(self, owner: str) -> str:
         """The text of *owner*'s stanza-ids up to the id's value."""
