@@ -487,12 +487,13 @@ class Daemon:
     def http_url(self) -> str:
         return f"http://{HOST}:{self.http_port}"
 
-    def start(self, timeout: float = 60.0) -> None:
-        http_port = self.http_port
+    def write_config(self) -> None:
+        """The configuration file (from bench.toml.in) and the data folder, with the accounts
+        unless they live in PostgreSQL (the runner makes those)."""
         data_dir = self.data_dir
         self.config_path.write_text(string.Template(CONFIG_TEMPLATE.read_text(encoding="utf-8")).substitute(
             domain=json.dumps(self.domain), data_dir=json.dumps(str(data_dir)), c2s_port=self.port,
-            scram_iterations=DEFAULT_ITERATIONS, http_port=http_port,
+            scram_iterations=DEFAULT_ITERATIONS, http_port=self.http_port,
             http_url=json.dumps(self.http_url), hmac_site=HMAC_SITE, hmac_kid=HMAC_KID,
             hmac_key=json.dumps(HMAC_KEY), oidc_site=self.idp.site_table() if self.idp else "# (none)",
             features_off=json.dumps(list(self.features_off)), s2s_table=self.s2s_table(),
@@ -502,6 +503,10 @@ class Daemon:
             data_dir.mkdir(mode=0o700)  # as the server makes it; a wider one is warned about
         if self.dsn is None:
             create_accounts(data_dir / "sns-xmpp.sqlite3", self.accounts, self.domain)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.write_config()
+        data_dir = self.data_dir
         if self.idp is not None:
             self.idp.write_nonce_secret(data_dir)
         twistd = Path(sys.executable).with_name("twistd")
@@ -1156,13 +1161,30 @@ def cluster_cpu_figures(result: Measurement, count: int, per: str) -> dict[str, 
     wall = result.usage.wall_s
     both = sum(nodes)
     scale = 1000  # CPU-seconds per 1000 messages, or milliseconds per login
-    return {
+    found = {
         "nodes_cpu_s": nodes,
         "nodes_pct": round(100 * both / wall, 1),
         "engines_cpu_s": engines,
         f"nodes_cpu_per_{per}": round(scale * both / count, 3) if count else None,
         f"engines_cpu_per_{per}": round(scale * sum(engines.values()) / count, 3) if count else None,
     }
+    if count and both:
+        found["ceiling_per_s"] = ceilings(count, len(nodes), both, sum(engines.values()),
+                                          result.usage.generator_cpu_s)
+    return found
+
+
+def ceilings(count: int, nodes: int, nodes_cpu: float, engines_cpu: float, generator_cpu: float,
+             cpus: int | None = None) -> dict[str, float]:
+    """What this machine's cores allow, from the CPU each thing done cost (not from the rate
+    reached, which other work on the machine lowers): the rate at which the nodes, each using at
+    most one core (one Python process; its store thread shares the interpreter's lock), are
+    saturated, or at which all the cores are, whichever comes first; ``machine`` counts the
+    generator's CPU as the run had it, ``without_generator`` as if the clients ran elsewhere."""
+    cores = cpus or os.cpu_count() or 1
+    node_bound = nodes * count / nodes_cpu
+    return {"machine": round(min(node_bound, cores * count / (nodes_cpu + engines_cpu + generator_cpu))),
+            "without_generator": round(min(node_bound, cores * count / (nodes_cpu + engines_cpu)))}
 
 
 def run_cluster_traffic(nodes: Sequence[Daemon], engines: Engines, settings: Settings, layout: str) -> dict[str, Any]:
@@ -1212,10 +1234,13 @@ def cluster_summary(rows: Mapping[str, Any]) -> dict[str, Any]:
 
     one, two = "1-node", "2-nodes"
     found: dict[str, Any] = {"goal": 1.7, "warnings": []}
-    if f"{one} msgs" in rows and f"{two} local" in rows:
-        found["msgs_ratio"] = ratio(rows[f"{two} local"]["messages_per_s"], rows[f"{one} msgs"]["messages_per_s"])
-    if f"{one} logins" in rows and f"{two} logins" in rows:
-        found["logins_ratio"] = ratio(rows[f"{two} logins"]["logins_per_s"], rows[f"{one} logins"]["logins_per_s"])
+    for what, mine, theirs, rate in (("msgs", f"{two} local", f"{one} msgs", "messages_per_s"),
+                                     ("logins", f"{two} logins", f"{one} logins", "logins_per_s")):
+        if mine in rows and theirs in rows:
+            found[f"{what}_ratio"] = ratio(rows[mine][rate], rows[theirs][rate])
+            for kind in ("machine", "without_generator"):
+                found[f"{what}_ceiling_ratio_{kind}"] = ratio(rows[mine].get("ceiling_per_s", {}).get(kind),
+                                                             rows[theirs].get("ceiling_per_s", {}).get(kind))
     if f"{two} local" in rows and f"{two} cross" in rows:
         local, cross = rows[f"{two} local"], rows[f"{two} cross"]
         found["cross_vs_local_nodes_cpu"] = ratio(cross["nodes_cpu_per_1000"], local["nodes_cpu_per_1000"])
@@ -1428,7 +1453,12 @@ def _cluster_lines(rows: Mapping[str, Any]) -> list[str]:
     summary = rows.get("summary", {})
     if summary:
         lines.append(f"2 nodes / 1 node: messages/s {summary.get('msgs_ratio')}, logins/s "
-                     f"{summary.get('logins_ratio')} (goal {summary['goal']}); cross-node / local message CPU: "
+                     f"{summary.get('logins_ratio')} (goal {summary['goal']}); what the CPU per message and login "
+                     f"allow on {os.cpu_count()} cores: messages {summary.get('msgs_ceiling_ratio_machine')} "
+                     f"({summary.get('msgs_ceiling_ratio_without_generator')} without the generator), logins "
+                     f"{summary.get('logins_ceiling_ratio_machine')} "
+                     f"({summary.get('logins_ceiling_ratio_without_generator')})")
+        lines.append("cross-node / local message CPU: "
                      f"nodes {summary.get('cross_vs_local_nodes_cpu')}, with Redis and PostgreSQL "
                      f"{summary.get('cross_vs_local_with_engines')}; one node with [cluster] / without: "
                      f"{summary.get('redis_layer_vs_plain_nodes_cpu')}")
