@@ -13,6 +13,7 @@ change announces it, and the others read that roster again (xmpp/roster.py `relo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -25,6 +26,7 @@ from sns_xmpp.cluster.remote_session import RemoteSession, dumps
 from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, run
 from sns_xmpp.xmpp.sessions import SessionManager
 
 log = GatedLogger()
@@ -113,9 +115,28 @@ class Directory:
         if not resources:
             return None
         homes = sorted({s.node for s in resources.values() if isinstance(s, RemoteSession)})
-        if not homes or any(not s.remote for s in resources.values()):
-            return None  # handled here: this node holds the roster too
+        if not homes:
+            return None
+        if any(not s.remote for s in resources.values()):
+            # This node holds the roster too, and another node may just have changed it: read it
+            # again, then go on with the handlers after this one.
+            return self._fresh_roster_then(PRESENCE_TO_LOCAL, self.to_home, to.userhost(), presence, to)
         return self.inbox.hand_over(homes[0], presence)
+
+    def from_client(self, session: ClientSession, presence: domish.Element) -> Deferred[None] | None:
+        """A subscription request or answer from a resource whose account has resources on other
+        nodes too: its roster is read again first (another node may just have changed it)."""
+        if presence.getAttribute("type") not in ROSTER_PRESENCE or not any(
+                s.remote for s in self.sessions.users.get(session.bare, {}).values()):
+            return None
+        return self._fresh_roster_then(PRESENCE_FROM_CLIENT, self.from_client, session.bare, session, presence)
+
+    def _fresh_roster_then(self, event: str, me: Callable[..., Any], owner: str, *args: Any) -> Deferred[None]:
+        chain = self.sessions.hooks.chain(event)
+        rest = chain[chain.index(me) + 1:]
+        reloaded = self.sessions.rosters.reload(owner)
+        reloaded.addErrback(lambda reason: log.failure("cluster.roster_reload_failed", reason))
+        return reloaded.addCallback(lambda _: run(rest, *args)).addCallback(lambda _: None)
 
     # -- the other nodes' resources ---------------------------------------------
 
@@ -166,9 +187,9 @@ class Directory:
         if text:
             self.apply(node, full, json.loads(text))
 
-    def load(self, node: str, entries: dict[str, str]) -> None:
-        """A node's whole hash (the snapshot): take it, and drop what it no longer has."""
-        for full in self.remote_nodes.get(node, set()) - set(entries):
+    def load(self, node: str, entries: dict[str, str], whole: bool = True) -> None:
+        """A node's hash (the snapshot): take it, and (when it is *whole*) drop what it no longer has."""
+        for full in (self.remote_nodes.get(node, set()) - set(entries)) if whole else ():
             self.apply(node, full, None)
         for full, text in entries.items():
             self.apply(node, full, json.loads(text))

@@ -28,6 +28,7 @@ log = GatedLogger()
 
 READ_BATCH = 256
 BLOCK_MS = 1000
+ADD_RETRIES = 2
 MAX_INBOX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): a node gone for long cannot fill Redis
 KIND_STANZA = "s"  # a stanza for one full JID
 KIND_REPLACE = "r"  # the resource was bound again on another node: end this one (conflict)
@@ -51,7 +52,24 @@ class Inbox:
 
     def forward(self, node: str, full: str, element: domish.Element | str) -> Deferred[None]:
         text = element if isinstance(element, str) else element.toXml()
-        return self._add(node, KIND_STANZA, full, text)
+        # What this node just wrote to the account's roster is on disk before the other node
+        # sees the stanza (a subscription request, a roster push): its answer reads it there.
+        settled = self.sessions.rosters.settled(full.split("/", 1)[0])
+        if settled is not None:
+            return settled.addCallback(lambda _: self._forward_text(node, full, text))
+        return self._forward_text(node, full, text)
+
+    def _forward_text(self, node: str, full: str, text: str) -> Deferred[None]:
+        added = self._add(node, KIND_STANZA, full, text)
+        # A command in flight when the connection to Redis drops fails; one made while it is down
+        # waits for the reconnection. So try again, twice, before the stanza is given up (and
+        # counted as handled for XEP-0198: the sender's client has it to resend only till then).
+        for _ in range(ADD_RETRIES):
+            added.addErrback(lambda reason: self._add(node, KIND_STANZA, full, text))
+        return added.addErrback(self._lost, node)
+
+    def _lost(self, reason: Any, node: str) -> None:
+        log.warn("cluster.stanza_lost node={node} error={error}", node=node, error=str(reason.value))
 
     def hand_over(self, node: str, element: domish.Element) -> Deferred[None]:
         """Have *node* deliver *element* (to one of its accounts, whose state it holds)."""
@@ -70,11 +88,12 @@ class Inbox:
     # -- reading -------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        """Make the group (at the stream's end, or where this node left it), then read: first
+        """Make the group (from the stream's first entry: the stream holds only what no node has
+        handled, as handled entries are deleted; or where this node left it), then read: first
         what was read before and not acknowledged (a restart of this node), then new entries."""
         self.running = True
         made: Deferred[Any] = self.commands.execute_command(
-            "XGROUP", "CREATE", self.keys.inbox(self.node), INBOX_GROUP, "$", "MKSTREAM")
+            "XGROUP", "CREATE", self.keys.inbox(self.node), INBOX_GROUP, "0", "MKSTREAM")
         made.addErrback(lambda reason: None)  # BUSYGROUP: it exists
         return made.addCallback(lambda _: self._read("0"))
 

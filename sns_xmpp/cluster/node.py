@@ -19,11 +19,12 @@ from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.xmpp.hooks import PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 
 log = GatedLogger()
 
+STOP_TIMEOUT = 5  # seconds the leaving steps may take
 RECLAIM_LEASE = 60  # seconds one node holds the right to clean up after a dead one
 
 
@@ -45,7 +46,10 @@ class ClusterNode(service.Service):
         self.directory: Directory | None = None
         self.heartbeats: task.LoopingCall | None = None
         self.registered = False
-        self.buried: set[str] = set()
+        # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
+        # taken for dead until they have all had node_timeout to beat again.
+        self.no_burials_until = 0.0
+        self.subscribed_before = False
 
     # -- start and stop ------------------------------------------------------
 
@@ -63,6 +67,7 @@ class ClusterNode(service.Service):
         self.sessions.hooks.hook(SESSION_UNBOUND, lambda session, replaced: directory.withdraw(session))
         # After the caps feature's look (20), before presence's own handling (0).
         self.sessions.hooks.hook(PRESENCE_TO_LOCAL, directory.to_home, priority=10)
+        self.sessions.hooks.hook(PRESENCE_FROM_CLIENT, directory.from_client, priority=10)
         self.sessions.rosters.on_written = directory.roster_written
         self.heartbeats = task.LoopingCall(self.heartbeat)
         self.heartbeats.clock = self.clock
@@ -84,6 +89,8 @@ class ClusterNode(service.Service):
                  self.commands.execute_command("SREM", self.keys.nodes, self.node)]
         self.directory._announce({"n": self.node, "gone": self.node})
         done = DeferredList(steps, consumeErrors=True)
+        # Without Redis the commands would wait for it for ever: a node must stop all the same.
+        done.addTimeout(STOP_TIMEOUT, self.clock)
 
         def disconnect(_: object) -> None:
             for connection in (self.commands, self.reader):
@@ -116,6 +123,7 @@ class ClusterNode(service.Service):
         assert self.directory is not None
         if self.registered:
             log.warn("cluster.redis_state_lost node={node}", node=self.node)
+            self.no_burials_until = self.clock.seconds() + self.config.node_timeout
             self.directory.republish()
         self.registered = True
         self.commands.execute_command("SADD", self.keys.nodes, self.node)
@@ -123,7 +131,7 @@ class ClusterNode(service.Service):
     def _check_nodes(self) -> Deferred[None] | None:
         assert self.directory is not None
         known = sorted(self.directory.remote_nodes)
-        if not known:
+        if not known or self.clock.seconds() < self.no_burials_until:
             return None
         alive: Deferred[Any] = self.commands.execute_command("MGET", *[self.keys.node(n) for n in known])
 
@@ -141,13 +149,15 @@ class ClusterNode(service.Service):
         announcements may have been missed); clean up after the dead ones."""
         assert self.directory is not None
         directory = self.directory
+        if self.subscribed_before:  # a reconnection: Redis may have restarted, and lost the keys
+            self.no_burials_until = self.clock.seconds() + self.config.node_timeout
+        self.subscribed_before = True
         members: Deferred[Any] = self.commands.execute_command("SMEMBERS", self.keys.nodes)
 
         def each(nodes: Any) -> Deferred[Any]:
-            names = sorted(_text(n) for n in nodes or [] if _text(n) != self.node)
-            for gone in set(directory.remote_nodes) - set(names):
-                directory.forget_node(gone)
-            return DeferredList([self._read_node(name) for name in names], consumeErrors=True)
+            names = {_text(n) for n in nodes or []} | set(directory.remote_nodes)
+            names.discard(self.node)
+            return DeferredList([self._read_node(name) for name in sorted(names)], consumeErrors=True)
 
         return members.addCallback(each).addCallback(lambda _: None)
 
@@ -158,10 +168,13 @@ class ClusterNode(service.Service):
 
         def read(exists: Any) -> Deferred[None] | None:
             if not int(exists):
-                self.bury(node)
+                if self.clock.seconds() >= self.no_burials_until:
+                    self.bury(node)
                 return None
             entries: Deferred[Any] = self.commands.execute_command("HGETALL", self.keys.sessions(node))
-            return entries.addCallback(lambda flat: directory.load(node, _pairs(flat)))
+            # Within the grace a node may not have written its resources again yet: add, drop nothing.
+            whole = self.clock.seconds() >= self.no_burials_until
+            return entries.addCallback(lambda flat: directory.load(node, _pairs(flat), whole))
 
         return alive.addCallback(read)
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import txredisapi
 from twisted.internet.defer import Deferred
 
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -38,30 +37,33 @@ def parse_redis_url(url: str) -> RedisAddress:
                         unquote(parts.username) if parts.username else None)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
-    """Subscribes (again, after each reconnection) and hands each message on."""
+def _subscriber_protocol(channels: list[str], on_message: Callable[[str, str], None],
+                         on_subscribed: Callable[[], object]) -> type:
+    """txredisapi's subscriber, which subscribes again after each reconnection and hands each
+    message on. (txredisapi is imported here, not with this module: importing it installs
+    Twisted's default reactor, and importing a module of ours changes nothing in the process.)"""
+    import txredisapi
 
-    channels: list[str] = []
-    on_message: Callable[[str, str], None] = staticmethod(lambda channel, message: None)
-    on_subscribed: Callable[[], object] = staticmethod(lambda: None)
+    class Subscriber(txredisapi.SubscriberProtocol):
+        def connectionMade(self) -> Any:  # noqa: N802 - Twisted's name
+            made = super().connectionMade()
 
-    def connectionMade(self) -> Any:  # noqa: N802 - Twisted's name
-        made = super().connectionMade()
+            def subscribe(_: object) -> None:
+                self.subscribe(channels).addCallback(lambda _: on_subscribed())
 
-        def subscribe(_: object) -> None:
-            self.subscribe(self.channels).addCallback(lambda _: type(self).on_subscribed())
+            if isinstance(made, Deferred):
+                made.addCallback(subscribe)
+            else:
+                subscribe(None)
+            return made
 
-        if isinstance(made, Deferred):
-            made.addCallback(subscribe)
-        else:
-            subscribe(None)
-        return made
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
+            try:
+                on_message(_text(channel), _text(message))
+            except Exception:
+                log.failure("cluster.message_failed")
 
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
-        try:
-            type(self).on_message(_text(channel), _text(message))
-        except Exception:
-            log.failure("cluster.message_failed")
+    return Subscriber
 
 
 def _text(value: Any) -> str:
@@ -70,6 +72,8 @@ def _text(value: Any) -> str:
 
 def connect(url: str) -> Any:
     """A lazy, reconnecting command connection (txredisapi's handler)."""
+    import txredisapi
+
     address = parse_redis_url(url)
     return txredisapi.lazyConnection(address.host, address.port, address.db, reconnect=True,
                                      password=address.password, username=address.username,
@@ -80,12 +84,11 @@ def subscribe(url: str, channels: list[str], on_message: Callable[[str, str], No
               on_subscribed: Callable[[], object]) -> Any:
     """A reconnecting subscriber to *channels*; *on_subscribed* after each (re)subscription,
     when what was missed while away must be read again."""
+    import txredisapi
+
     address = parse_redis_url(url)
-    protocol = type("Subscriber", (_Subscriber,), {
-        "channels": channels, "on_message": staticmethod(on_message), "on_subscribed": staticmethod(on_subscribed),
-    })
     factory = txredisapi.SubscriberFactory(isLazy=True)
-    factory.protocol = protocol
+    factory.protocol = _subscriber_protocol(channels, on_message, on_subscribed)
     factory.password, factory.username = address.password, address.username
     factory.reconnect = True
     factory.startConnecting(txredisapi._makeEndpoint(address.host, address.port))

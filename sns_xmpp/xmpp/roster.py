@@ -76,6 +76,7 @@ class RosterBook:
         # Called with the owner once a change to a roster is on disk: the cluster tells the other
         # nodes, whose copies of that roster are then stale (cluster/rosters.py).
         self.on_written: Callable[[str], None] | None = None
+        self._unwritten: dict[str, list[Deferred]] = {}  # owner -> roster writes not yet on disk
 
     def next_push_id(self) -> str:
         """The id of the next roster push (RFC 6121 2.1.6), unique on this server."""
@@ -169,7 +170,32 @@ class RosterBook:
         self._written(roster.owner, self.store.remove_subscription_request(roster.owner, contact))
         return True
 
+    def settled(self, owner: str) -> Deferred[None] | None:
+        """None when the owner's roster has no write in flight; else a Deferred that fires once
+        they are all on disk (another node reads the roster from there: cluster/)."""
+        unwritten = self._unwritten.get(owner)
+        if not unwritten:
+            return None
+        waiter: Deferred[None] = Deferred()
+
+        def release(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        unwritten[-1].addBoth(release)
+        return waiter
+
     def _written(self, owner: str, d: Deferred) -> None:
+        unwritten = self._unwritten.setdefault(owner, [])
+        unwritten.append(d)
+
+        def done(result: object) -> object:
+            unwritten.remove(d)
+            if not unwritten and self._unwritten.get(owner) is unwritten:
+                del self._unwritten[owner]
+            return result
+
+        d.addBoth(done)
         if self.on_written is not None:
             on_written = self.on_written
             d.addCallback(lambda _: on_written(owner))

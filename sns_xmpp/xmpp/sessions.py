@@ -194,13 +194,28 @@ class SessionManager:
         if stanza.name not in ("message", "presence", "iq"):
             session.stream.fail(StreamError("unsupported-stanza-type"))
             return
+        handle = (lambda: self._from_client(session, stanza)) if not self.after_client_stanza else (
+            lambda: self._observed(session, self._from_client(session, stanza)))
         ledger = session.ledger
         if ledger is not None:
-            ledger.process(lambda: self._from_client(session, stanza))
+            ledger.process(handle)
         else:
-            self._from_client(session, stanza)
-        for observe in self.after_client_stanza:
-            observe(session)
+            handle()
+
+    def _observed(self, session: ClientSession, outcome: Deferred[None] | None) -> Deferred[None] | None:
+        """Call the after_client_stanza observers once the stanza's handling is over (a presence
+        may wait for a store read before it changes the session)."""
+        if outcome is None:
+            for observe in self.after_client_stanza:
+                observe(session)
+            return None
+
+        def observed(result: object) -> object:
+            for observe in self.after_client_stanza:
+                observe(session)
+            return result
+
+        return outcome.addBoth(observed)
 
     def _from_client(self, session: ClientSession, stanza: domish.Element) -> Deferred[None] | None:
         """Handle a client's stanza; a Deferred when its handling finishes later (an offline

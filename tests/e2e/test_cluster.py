@@ -39,8 +39,10 @@ async def nodes(start_server: Any, tmp_path: Path, postgres_dsn: str, cluster_ke
 
 
 def sees(node: Any, full: str) -> bool:
+    """Whether *node* knows the resource as available (its initial presence announced)."""
     bare, _, resource = full.partition("/")
-    return resource in node.server.sessions.users.get(bare, {})
+    session = node.server.sessions.users.get(bare, {}).get(resource)
+    return session is not None and session.available
 
 
 async def presence_from(client: Client, bare: str) -> None:
@@ -166,3 +168,92 @@ async def test_a_message_for_a_user_online_nowhere_waits_offline_for_a_login_on_
     await wait(alice.log_in(b.c2s_port))
     assert (await wait(alice.next_message()))["body"] == "while you were away"
     await wait(alice.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_nodes_deliver_presence_and_messages_to_every_resource(start_server, tmp_path, postgres_dsn,
+                                                                           cluster_keys) -> None:
+    """One account with a resource on each of three nodes, a contact on the first: a message to
+    the bare JID reaches all three (equal priority), the contact sees each resource's presence."""
+    servers = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys, count=3)
+    await servers[0].add_user("alice@localhost", "secret")
+    await servers[0].add_user("bob@localhost", "secret")
+    bob = Client("bob@localhost/b", "secret")
+    await wait(bob.log_in(servers[0].c2s_port))
+    alices = []
+    for number, node in enumerate(servers):
+        alice = Client(f"alice@localhost/r{number}", "secret")
+        await wait(alice.log_in(node.c2s_port))
+        alices.append(alice)
+    for node in servers:
+        await until(lambda node=node: all(sees(node, f"alice@localhost/r{n}") for n in range(3)),
+                    "every node sees the three resources")
+    # bob asks on the first node, alice's resource on the third approves: her three presences go to him.
+    bob.send_presence(pto="alice@localhost", ptype="subscribe")
+    for alice in alices:
+        await wait(alice.subscription_requests.get())
+    alices[2].send_presence(pto="bob@localhost", ptype="subscribed")
+    seen: set[str] = set()
+
+    async def all_three() -> None:
+        while len(seen) < 3:
+            presence = await bob.presences.get()
+            if presence["from"].bare == "alice@localhost" and presence["type"] != "unavailable":
+                seen.add(presence["from"].resource)
+
+    await wait(all_three())
+    bob.send_message(mto="alice@localhost", mbody="to all of you", mtype="chat")
+    for alice in alices:
+        assert (await wait(alice.next_message()))["body"] == "to all of you"
+    for client in (*alices, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_recovers_from_a_redis_restart_that_lost_everything(start_server, tmp_path,
+                                                                              postgres_dsn) -> None:
+    """Redis killed and started again empty while two users on two nodes chat: each node writes
+    its resources again, the inboxes' groups are made again, and messages flow across the nodes
+    once more; every message sent after the restart arrives, in order."""
+    from tests.redisserver import start_redis
+
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    redis = start_redis(str(folder))
+    keys = f'\n[cluster]\nredis_url = "redis://127.0.0.1:{redis.port}/0"\nheartbeat_interval = 1\nnode_timeout = 3\n'
+    try:
+        a, b = await nodes(start_server, tmp_path, postgres_dsn, keys)
+        await a.add_user("alice@localhost", "secret")
+        await a.add_user("bob@localhost", "secret")
+        alice, bob = Client("alice@localhost/a", "secret"), Client("bob@localhost/b", "secret")
+        await wait(alice.log_in(a.c2s_port))
+        await wait(bob.log_in(b.c2s_port))
+        await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+        alice.send_message(mto="bob@localhost/b", mbody="before", mtype="chat")
+        assert (await wait(bob.next_message()))["body"] == "before"
+
+        redis.process.kill()
+        redis.process.wait()
+        redis = start_redis(str(folder), redis.port)  # empty: no file was kept
+        for number in range(20):  # under load: sent while the nodes find Redis again
+            alice.send_message(mto="bob@localhost/b", mbody=f"during {number}", mtype="chat")
+        bodies = [(await wait(bob.next_message(), timeout=30))["body"] for _ in range(20)]
+        assert bodies == [f"during {number}" for number in range(20)]
+        bob.send_message(mto="alice@localhost/a", mbody="after", mtype="chat")
+        assert (await wait(alice.next_message(), timeout=30))["body"] == "after"
+        assert sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a")
+        # What Redis lost was written again from the nodes' own sessions.
+        import txredisapi
+
+        redis_client = await txredisapi.Connection("127.0.0.1", redis.port, convertNumbers=False)
+        try:
+            assert await redis_client.hkeys("sns:sessions:node0") == ["alice@localhost/a"]
+            assert await redis_client.hkeys("sns:sessions:node1") == ["bob@localhost/b"]
+            assert sorted(await redis_client.smembers("sns:nodes")) == ["node0", "node1"]
+        finally:
+            await redis_client.disconnect()
+        for client in (alice, bob):
+            await wait(client.log_out())
+    finally:
+        redis.process.kill()
+        redis.process.wait()
