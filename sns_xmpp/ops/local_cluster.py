@@ -130,7 +130,9 @@ def write_node_config(state: Path, base: dict[str, Any], config_path: Path, numb
     http["port"] = ports["http"]
     config.setdefault("manhole", {})["enabled"] = False
     config["store"] = {"backend": "postgresql", "dsn": status["postgres"]["dsn"]}
-    config["cluster"] = {"redis_url": status["redis"]["url"], "node_id": node_id, "key_prefix": "sns:"}
+    # The configuration's own [cluster] keys (heartbeat_interval, node_timeout) are kept.
+    config["cluster"] = {"key_prefix": "sns:", **config.get("cluster", {}), "redis_url": status["redis"]["url"],
+                         "node_id": node_id}
     for site in config.get("sites", {}).values():  # relative key files: from the config's folder
         for key, value in list(site.items()):
             if key.endswith("_file") and isinstance(value, str) and not Path(value).is_absolute():
