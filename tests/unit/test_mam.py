@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.config import MAMConfig, XMPPConfig
+from sns_xmpp.jid import InvalidFormat
 from sns_xmpp.store import mam as archive_sql
 from sns_xmpp.store.mam import ArchiveQuery, Prefs, UnknownArchiveId
 from sns_xmpp.xmpp.c2s import ClientStream
@@ -577,3 +578,25 @@ def test_schema_16_keeps_the_archive_and_indexes_it_by_owner_and_seq(backend: Ba
         assert archive_sql.expire(db, 1002, limit=10) == 2
     finally:
         db.close()
+
+
+def test_the_addresses_the_archive_remembers_are_prepared_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive remembers each address's bare JID and resource (Twisted's JID makes the bare
+    JID anew each time): as prepared (a 'with' query finds the messages to Bob however his address
+    was written), and no more than ADDRESSES_KEPT of them, whatever the clients send to."""
+    from sns_xmpp.xmpp.features import mam
+    from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT
+
+    monkeypatch.setattr(mam, "ADDRESSES_KEPT", 3)
+    world = World()
+    bound_to = {getattr(handler, "__self__", None) for handler in world.sessions.hooks.chain(MESSAGE_FROM_CLIENT)}
+    [archive] = [owner for owner in bound_to if isinstance(owner, mam.Archive)]
+    for n in range(7):
+        world.clock.advance(1)
+        world.chat(f"{ALICE}/r", f"Bob@LocalHost/res{n % 5}", f"m{n}")
+    assert len(archive.addresses) <= 3
+    assert archive.address("Bob@LocalHost/res1") == (BOB, "res1")
+    found = bodies(world.query(f"{ALICE}/r", f"<field var='with'><value>{BOB}</value></field>")[0])
+    assert found == [f"m{n}" for n in range(7)]
+    with pytest.raises(InvalidFormat):
+        archive.address("@localhost")

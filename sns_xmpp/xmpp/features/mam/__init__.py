@@ -83,6 +83,7 @@ class StanzaId(domish.SerializedXML):
 
 
 STAMP_PREFIXES_KEPT = 10_000  # owners whose stanza-id's start is kept made (then the lot is dropped)
+ADDRESSES_KEPT = 10_000  # addresses whose bare JID and resource are kept (then the lot is dropped)
 CLIENT_MESSAGE = f"<message xmlns='{NS_CLIENT}'"
 
 
@@ -137,6 +138,7 @@ class Archive:
         # again, the same way, for its recipient. (message, its children, how many, verdict)
         self.judged: tuple[domish.Element, list[Any], int, bool] | None = None
         self.stamp_prefixes: dict[str, str] = {}
+        self.addresses: dict[str, tuple[str, str | None]] = {}  # address text: (bare JID, resource)
         self.sweeper: IDelayedCall | None = None
         self.stopped = False
 
@@ -147,15 +149,14 @@ class Archive:
         if not self._archivable(message, owner):
             return None
         try:
-            peer = parse_jid(message.attributes["to"])  # the core set it (the account's own if absent)
+            peer_bare, peer_resource = self.address(message.attributes["to"])  # the core set it
         except (InvalidFormat, KeyError):
             return None
-        peer_bare = peer.userhost()
         text = stanza_text(message)
         # The recipient's archive, if it is a local account's, takes the same text, and the
         # sender as the other party, without parsing the 'from' again (_incoming).
         self.last = (message, text, owner, session.jid.resource)
-        uid = self._archive(owner, peer_bare, peer.resource, text)
+        uid = self._archive(owner, peer_bare, peer_resource, text)
         if uid is None:
             return None
         to_self = peer_bare == owner
@@ -199,10 +200,9 @@ class Archive:
             self.last = None
         else:
             try:
-                peer = parse_jid(message.attributes["from"])
+                peer_bare, resource = self.address(message.attributes["from"])
             except (InvalidFormat, KeyError):
                 return
-            peer_bare, resource = peer.userhost(), peer.resource
             text = None
         if peer_bare == owner:
             return  # sent by the account itself: archived as sent
@@ -211,6 +211,17 @@ class Archive:
             prefix = self.stamp_prefixes.get(owner) or self.stamp_prefix(owner)
             # A new list: the old one may be a copy's.
             message.children = [*message.children, StanzaId(prefix + uid + "'/>")]
+
+    def address(self, text: str) -> tuple[str, str | None]:
+        """The bare JID and the resource of the address *text*; raises InvalidFormat. Remembered:
+        Twisted's JID makes its bare JID anew at each userhost()."""
+        known = self.addresses.get(text)
+        if known is None:
+            jid = parse_jid(text)
+            if len(self.addresses) >= ADDRESSES_KEPT:
+                self.addresses.clear()
+            known = self.addresses[text] = (jid.userhost(), jid.resource)
+        return known
 
     def stamp_prefix(self, owner: str) -> str:
         """The text of *owner*'s stanza-ids up to the id's value."""
