@@ -33,8 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-NODE_PORT_BASE = 20000  # node i listens at 20000 + 100 i + the service's offset
-OFFSETS = {"c2s": 22, "direct_tls": 23, "http": 80, "components": 47}
+SERVICES = ("c2s", "direct_tls", "http", "components")  # each node's own loopback ports, for the balancer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +115,9 @@ def public_ports(base: dict[str, Any]) -> dict[str, int]:
 def write_node_config(state: Path, base: dict[str, Any], config_path: Path, number: int,
                       status: dict[str, Any]) -> dict[str, Any]:
     node_id = f"node{number}"
-    ports = {name: NODE_PORT_BASE + 100 * number + offset for name, offset in OFFSETS.items()}
+    # Ports free now, not fixed ones: with SO_REUSEPORT a second cluster on fixed ports would bind
+    # the same ones without an error and take half of the first one's connections.
+    ports = {name: free_port() for name in SERVICES}
     config = json.loads(json.dumps(base))  # a deep copy
     server = config.setdefault("server", {})
     data_dir = Path(server.get("data_dir", "data"))
