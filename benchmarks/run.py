@@ -735,8 +735,15 @@ class Engines:
         return admin.rsplit("/", 1)[0] + f"/{name}"
 
     def readers(self) -> dict[str, Callable[[], float]]:
-        return {"postgres": lambda: process_tree_cpu_seconds(self.postmaster),
-                "redis": lambda: process_cpu_seconds(int(self.redis["pid"]))}
+        return {"postgres": lambda: self._cpu("PostgreSQL", process_tree_cpu_seconds, self.postmaster),
+                "redis": lambda: self._cpu("redis-server", process_cpu_seconds, int(self.redis["pid"]))}
+
+    @staticmethod
+    def _cpu(name: str, read: Callable[[int], float], pid: int) -> float:
+        try:
+            return read(pid)
+        except FileNotFoundError:
+            raise BenchError(f"{name} (pid {pid}) exited during the run") from None
 
     def subscribers(self, channel: str) -> int:
         """How many connections are subscribed to *channel* (each node subscribes once it runs)."""
