@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from tests.conftest import free_port
 from tests.xmppclient import Client, wait
@@ -75,6 +75,12 @@ def status(state: Path) -> dict[str, Any]:
 def add_user(state: Path, jid: str) -> None:
     subprocess.run([str(ROOT / ".venv" / "bin" / "sns-xmpp-admin"), "--config", str(state / "node0.toml"),
                     "user", "add", jid], input="secret\nsecret\n", text=True, check=True, capture_output=True)
+
+
+def binds(state: Path, full: str) -> dict[str, int]:
+    """How many times each node bound *full* so far (their logs say so)."""
+    return {node["id"]: Path(node["log"]).read_text().count(f"c2s.bound jid={full} ")
+            for node in status(state)["nodes"]}
 
 
 def node_of(state: Path, full: str) -> str:
@@ -247,3 +253,88 @@ async def test_fifty_pairs_chat_through_a_node_killed_and_every_acknowledged_mes
     assert total >= PAIRS * 2 * (BEFORE_KILL + 2)
     for name in names:
         clients[name].disconnect()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest_twisted.ensureDeferred
+async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_carbons_and_conflict(
+        cluster_of: Any, count: int) -> None:
+    """Two and three nodes behind HAProxy, clients on its one address: a social user (the demo
+    site's login pages, through the balancer's HTTP port, racing on two nodes for one new account)
+    and a local user on different nodes subscribe, see presence and chat; the social user's
+    second resource, on another node, gets carbons; binding a resource again on another node
+    replaces the old session."""
+    from types import SimpleNamespace
+
+    from tests.e2e.test_social_login import demo_credentials
+
+    state, ports = cluster_of(count)
+    await threads.deferToThread(add_user, state, "bob@localhost")
+    balancer = SimpleNamespace(http_url=f"http://127.0.0.1:{ports['http']}")
+    # The first login of a new social account, twice at once (leastconn sends the two to two nodes).
+    first, second = await defer.gatherResults([defer.ensureDeferred(demo_credentials(balancer, "rita")),
+                                               defer.ensureDeferred(demo_credentials(balancer, "rita"))])
+    assert first["jid"] == second["jid"]
+    rita_bare = first["jid"]
+    fillers: list[Client] = []
+    where: dict[Client, str] = {}  # the node each client landed on
+
+    async def on_a_node_other_than(jid: str, password: str, avoid: set[str], **options: Any) -> Client:
+        """Log in through the balancer until the client lands on a node not in *avoid* (the ones
+        that did not are kept connected, so leastconn moves on)."""
+        for _ in range(count + 1):
+            client = Client(jid, password, **options)
+            client.register_plugin("xep_0280")
+            before = binds(state, jid)
+            await wait(client.log_in(ports["c2s"]))
+            landed = [node for node, number in binds(state, jid).items() if number > before.get(node, 0)]
+            assert len(landed) == 1
+            where[client] = landed[0]
+            if landed[0] not in avoid:
+                return client
+            fillers.append(client)
+        raise AssertionError(f"the balancer never put {jid} outside {avoid}")
+
+    rita = await on_a_node_other_than(f"{rita_bare}/laptop", first["password"], set(), mechanism="PLAIN")
+    rita_node = where[rita]
+    bob = await on_a_node_other_than("bob@localhost/b", "secret", {rita_node})
+    phone = await on_a_node_other_than(f"{rita_bare}/phone", second["password"], {rita_node}, mechanism="PLAIN")
+    assert where[bob] != rita_node and where[phone] != rita_node
+
+    rita.send_presence(pto="bob@localhost", ptype="subscribe")
+    assert (await wait(bob.subscription_requests.get()))["from"].bare == rita_bare
+    bob.send_presence(pto=rita_bare, ptype="subscribed")
+    bob.send_presence(pto=rita_bare, ptype="subscribe")
+    await wait(rita.subscription_requests.get())
+    rita.send_presence(pto="bob@localhost", ptype="subscribed")
+
+    async def presence_of(client: Client, bare: str) -> None:
+        while True:
+            presence = await client.presences.get()
+            if presence["from"].bare == bare and presence["type"] != "unavailable":
+                return
+
+    await wait(presence_of(rita, "bob@localhost"))
+    await wait(presence_of(bob, rita_bare))
+    await wait(phone.plugin["xep_0280"].enable())
+    carbon: defer.Deferred[Any] = defer.Deferred()
+    phone.add_event_handler("carbon_sent", lambda m: None if carbon.called else carbon.callback(m))
+    for attempt in range(50):  # until the phone's carbons reach the laptop's node (its announcement)
+        rita.send_message(mto="bob@localhost", mbody=f"hello bob {attempt}", mtype="chat")
+        assert (await wait(bob.next_message()))["body"] == f"hello bob {attempt}"
+        if carbon.called:
+            break
+    assert (await carbon)["carbon_sent"]["body"].startswith("hello bob")
+    bob.send_message(mto=rita.boundjid.full, mbody="ありがとう", mtype="chat")
+    assert (await wait(rita.next_message()))["body"] == "ありがとう"
+
+    # The laptop's resource bound again on another node (straight to that node's own port: through
+    # the balancer a try that landed on the same node would already be the same-node conflict).
+    other = next(node for node in status(state)["nodes"] if node["id"] != rita_node)
+    again = Client(f"{rita_bare}/laptop", second["password"], mechanism="PLAIN")
+    await wait(again.log_in(other["ports"]["c2s"]))
+    assert (await wait(rita.stream_errors.get()))["condition"] == "conflict"
+    bob.send_message(mto=f"{rita_bare}/laptop", mbody="to the new laptop", mtype="chat")
+    assert (await wait(again.next_message()))["body"] == "to the new laptop"
+    for client in (again, bob, phone, *fillers):
+        client.disconnect()
