@@ -33,6 +33,8 @@ MAX_INBOX_ENTRIES = 1_000_000  # approximate cap (XADD MAXLEN ~): a node gone fo
 KIND_STANZA = "s"  # a stanza for one full JID
 KIND_REPLACE = "r"  # the resource was bound again on another node: end this one (conflict)
 KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 rules, hooks and all)
+KIND_ROUTE = "e"  # a stanza for an entity this node holds the lease of (a MUC room): to the router
+MAX_HOPS = 3  # a stanza for a leased entity passed on this often is dropped (leases in flux)
 
 
 class Inbox:
@@ -47,6 +49,7 @@ class Inbox:
         self.running = False
         self.delivered = 0  # stanzas taken from the stream (the console's and the tests' view)
         self.on_replace: Callable[[str, str], None] = lambda full, by: None
+        self.route: Callable[[domish.Element], object] | None = None  # the router's, for KIND_ROUTE
 
     # -- sending -------------------------------------------------------------
 
@@ -74,6 +77,12 @@ class Inbox:
     def hand_over(self, node: str, element: domish.Element) -> Deferred[None]:
         """Have *node* deliver *element* (to one of its accounts, whose state it holds)."""
         return self._add(node, KIND_DELIVER, element.getAttribute("to", ""), element.toXml())
+
+    def hand_over_route(self, node: str, element: domish.Element) -> Deferred[None]:
+        """Have *node*, which holds the lease of *element*'s entity, route it there."""
+        # (Not getattr: domish.Element answers any unknown attribute with a child's lookup.)
+        hops = int(vars(element).get("cluster_hops", 0)) + 1
+        return self._add(node, KIND_ROUTE, element.getAttribute("to", ""), element.toXml(), str(hops))
 
     def replace(self, node: str, full: str) -> None:
         self._add(node, KIND_REPLACE, full, "", self.node).addErrback(
@@ -146,6 +155,15 @@ class Inbox:
             self.on_replace(full, fields.get("o", ""))
             return
         text = fields.get("x", "")
+        if kind == KIND_ROUTE:
+            stanza = parse_stanza(text)
+            hops = int(fields.get("o") or 0)
+            if stanza is None or self.route is None or hops > MAX_HOPS:
+                log.warn("cluster.route_dropped to={to} hops={hops}", to=full, hops=hops)
+                return
+            stanza.cluster_hops = hops  # type: ignore[attr-defined]
+            self.route(stanza)
+            return
         if kind == KIND_DELIVER:
             stanza = parse_stanza(text)
             if stanza is not None:

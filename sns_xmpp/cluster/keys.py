@@ -34,6 +34,10 @@ class Keys:
         """Held by the one node that cleans up after a node that died."""
         return f"{self.prefix}reclaim:{node}"
 
+    def lease(self, entity: str) -> str:
+        """The node serving a stateful service's entity (a MUC room), while it lives."""
+        return f"{self.prefix}lease:{entity}"
+
     @property
     def channel(self) -> str:
         """Where nodes announce directory and roster changes."""

@@ -17,6 +17,7 @@ from sns_xmpp.cluster import redis_link
 from sns_xmpp.cluster.directory import Directory
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.cluster.leases import EntityLeases
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
@@ -45,6 +46,8 @@ class ClusterNode(service.Service):
         self.inbox: Inbox | None = None
         self.directory: Directory | None = None
         self.heartbeats: task.LoopingCall | None = None
+        self.leases: EntityLeases | None = None
+        self.leased: tuple[Any, list[str]] | None = None  # the router and the domains to lease entities of
         self.registered = False
         # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
         # taken for dead until they have all had node_timeout to beat again.
@@ -61,6 +64,11 @@ class ClusterNode(service.Service):
         self.inbox = inbox = Inbox(self.node, self.keys, self.commands, self.reader, self.sessions, self.clock)
         self.directory = directory = Directory(self.node, self.keys, self.commands, self.sessions, inbox)
         inbox.on_replace = directory.end_replaced
+        self.leases = EntityLeases(self.node, self.keys, self.commands, inbox, self.config.node_timeout)
+        if self.leased is not None:
+            router, domains = self.leased
+            inbox.route = router.route
+            self.leases.wrap(router, domains)
         self.sessions.clustered = True
         self.sessions.after_client_stanza.append(directory.publish)
         self.sessions.hooks.hook(SESSION_BOUND, directory.publish)
@@ -100,6 +108,11 @@ class ClusterNode(service.Service):
 
         return done.addBoth(disconnect)
 
+    def lease_entities(self, router: Any, domains: list[str]) -> None:
+        """Send each entity of these service domains (MUC rooms) to the one node holding its
+        lease (cluster/leases.py); called once the features have made their routes."""
+        self.leased = (router, list(domains))
+
     # -- heartbeats ------------------------------------------------------------
 
     def heartbeat(self) -> Deferred[None]:
@@ -111,6 +124,8 @@ class ClusterNode(service.Service):
         def beaten(previous: Any) -> Deferred[None] | None:
             if previous is None:
                 self._register()
+            if self.leases is not None:
+                self.leases.renew()
             return self._check_nodes()
 
         def failed(reason: Any) -> None:
@@ -184,6 +199,8 @@ class ClusterNode(service.Service):
         assert self.directory is not None and self.inbox is not None
         inbox = self.inbox
         self.directory.forget_node(node)
+        if self.leases is not None:
+            self.leases.forget_node(node)
         log.warn("cluster.node_gone node={node}", node=node)
         lease: Deferred[Any] = self.commands.execute_command(
             "SET", self.keys.reclaim(node), self.node, "NX", "EX", RECLAIM_LEASE)

@@ -257,3 +257,36 @@ async def test_the_service_recovers_from_a_redis_restart_that_lost_everything(st
     finally:
         redis.process.kill()
         redis.process.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_lives_on_one_node_and_occupants_on_every_node_meet_in_it(start_server, tmp_path, postgres_dsn,
+                                                                              cluster_keys) -> None:
+    """XEP-0045 across nodes: the room is made on the node that first got a stanza for it (its
+    lease); an occupant on the other node joins the same room, not a second one of the same name,
+    and each hears the other's groupchat messages."""
+    from tests.e2e.test_muc import configure, muc_client, next_groupchat
+
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    alice, bob = muc_client("alice@localhost/a", "secret"), muc_client("bob@localhost/b", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(bob.log_in(b.c2s_port))
+    await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+    room = "lounge@conference.localhost"
+    own, *_ = await wait(alice.plugin["xep_0045"].join_muc_wait(room, "Alice"))
+    assert own["muc"]["affiliation"] == "owner"
+    await wait(configure(alice, room))  # the instant room, unlocked (section 10.1.2)
+    own, _subject, others, _history = await wait(bob.plugin["xep_0045"].join_muc_wait(room, "Bob"))
+    assert own["muc"]["affiliation"] == "none", "bob joined alice's room, he did not make a second one"
+    assert "Alice" in [str(p["from"].resource) for p in others]
+    rooms = [len(node.server.features.services["muc"].rooms) for node in (a, b)]
+    bob.send_message(mto=room, mbody="hello from the other node", mtype="groupchat")
+    assert (await wait(next_groupchat(alice)))["body"] == "hello from the other node"
+    alice.send_message(mto=room, mbody="welcome", mtype="groupchat")
+    heard = [(await wait(next_groupchat(bob)))["body"] for _ in range(2)]
+    assert heard == ["hello from the other node", "welcome"]
+    assert rooms == [1, 0], "the room is in the memory of its lease holder only"
+    for client in (alice, bob):
+        await wait(client.log_out())

@@ -73,6 +73,9 @@ class FeatureRegistry:
     # service mounts them beside the login pages (XEP-0363's upload URLs).
     http_resources: dict[bytes, Any] = field(default_factory=dict)
     http_body_limits: dict[bytes, int] = field(default_factory=dict)  # their longest request bodies
+    # Service domains whose entities (MUC rooms) keep state in one node's memory: in a cluster,
+    # each entity's stanzas go to the one node that holds its lease (cluster/leases.py).
+    entity_services: list[str] = field(default_factory=list)
 
     @property
     def hooks(self) -> Hooks:
@@ -144,14 +147,19 @@ class FeatureRegistry:
                 for action in self.stopping]
         return DeferredList(done).addCallback(lambda _: None)
 
-    def service_domains(self, label: str, deliver: Callable[[domish.Element], Any]) -> list[str]:
+    def service_domains(self, label: str, deliver: Callable[[domish.Element], Any], *,
+                        one_node_per_entity: bool = False) -> list[str]:
         """Host an in-process service at ``<label>.<domain>`` for each hosted domain (MUC's
         conference.example.org): the router hands *deliver* every stanza addressed there, and the
         server's disco#items lists the domains (XEP-0030 section 4). The service answers through
         ``router.route``. Returns the service's domains. Two services, or a service and a hosted
         domain, claiming one domain is a start-up error. (Without a router, as in unit tests of
-        other features, nothing reaches the service.)"""
+        other features, nothing reaches the service.) *one_node_per_entity*: the service keeps each
+        entity's state (a room's occupants) in memory, so a cluster sends an entity's stanzas to
+        one node."""
         made = [f"{label}.{domain}" for domain in sorted(self.sessions.domains)]
+        if one_node_per_entity:
+            self.entity_services.extend(made)
         for service_domain in made:
             if service_domain in self.sessions.domains:
                 raise ValueError(f"{self.installing}: {service_domain} is a hosted domain")

@@ -68,7 +68,7 @@ class MUCService:
         self.config = config
         self.max_occupants = config.max_occupants
         self.outbox = Outbox(registry.sessions, registry.router)
-        self.domains = frozenset(registry.service_domains("conference", self.deliver))
+        self.domains = frozenset(registry.service_domains("conference", self.deliver, one_node_per_entity=True))
         self.rooms: dict[str, Room] = {}
         self.created: dict[str, int] = {}  # bare JID -> rooms it created that exist
         self.forwarded: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
