@@ -34,6 +34,10 @@ class Keys:
         """Held by the one node that cleans up after a node that died."""
         return f"{self.prefix}reclaim:{node}"
 
+    def component(self, domain: str) -> str:
+        """The node an external component (XEP-0114) is connected to, while it is."""
+        return f"{self.prefix}component:{domain}"
+
     def lease(self, entity: str) -> str:
         """The node serving a stateful service's entity (a MUC room), while it lives."""
         return f"{self.prefix}lease:{entity}"

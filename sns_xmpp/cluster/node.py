@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 
 from sns_xmpp.cluster import redis_link
+from sns_xmpp.cluster.components import ComponentsAcrossNodes
 from sns_xmpp.cluster.directory import Directory
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
@@ -47,7 +48,8 @@ class ClusterNode(service.Service):
         self.directory: Directory | None = None
         self.heartbeats: task.LoopingCall | None = None
         self.leases: EntityLeases | None = None
-        self.leased: tuple[Any, list[str]] | None = None  # the router and the domains to lease entities of
+        self.leased: tuple[Any, list[str]] | None = None
+        self.components: ComponentsAcrossNodes | None = None  # the router and the domains to lease entities of
         self.registered = False
         # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
         # taken for dead until they have all had node_timeout to beat again.
@@ -69,6 +71,8 @@ class ClusterNode(service.Service):
             router, domains = self.leased
             inbox.route = router.route
             self.leases.wrap(router, domains)
+            self.components = ComponentsAcrossNodes(self.node, self.keys, self.commands, inbox, router, self.clock,
+                                                    self.config.node_timeout)
         self.sessions.clustered = True
         self.sessions.after_client_stanza.append(directory.publish)
         self.sessions.hooks.hook(SESSION_BOUND, directory.publish)
@@ -126,6 +130,8 @@ class ClusterNode(service.Service):
                 self._register()
             if self.leases is not None:
                 self.leases.renew()
+            if self.components is not None:
+                self.components.announce()
             return self._check_nodes()
 
         def failed(reason: Any) -> None:

@@ -296,6 +296,8 @@ class ComponentServerFactory(XMPPComponentServerFactory):
         assert xs.thisEntity is not None, "set from the stream header before the handshake"
         domain: str = xs.thisEntity.host
         self.router.routes[domain] = ComponentRoute(xs)
+        for watch in self.router.component_watchers:
+            watch(domain, True)
         xs.addObserver("/*", lambda stanza: self._from_component(domain, xs, stanza))
         xs.addObserver(xmlstream.STREAM_END_EVENT, self.connectionLost, 0, domain, xs)
 
@@ -315,6 +317,8 @@ class ComponentServerFactory(XMPPComponentServerFactory):
         route = self.router.routes.get(destination)
         if isinstance(route, ComponentRoute) and route.xs is xs:
             del self.router.routes[destination]
+            for watch in self.router.component_watchers:
+                watch(destination, False)
 
     def onError(self, reason: object) -> None:
         log.info("component.stream_error_received reason={reason}", reason=str(reason))

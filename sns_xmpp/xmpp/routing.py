@@ -41,6 +41,11 @@ class StanzaRouter(Router):
         self.component_domains: set[str] = set()
         # The route for every other domain: the server-to-server links, when they are on.
         self.remote: RemoteRoute | None = None
+        # In a cluster: where a configured component not connected here may be connected (another
+        # node, cluster/components.py); it answers False when no node has it.
+        self.component_elsewhere: Callable[[domish.Element, str], bool] | None = None
+        # Told (domain, connected) as a component connects and goes (the cluster says so to the others).
+        self.component_watchers: list[Callable[[str, bool], None]] = []
 
     def route(self, stanza: domish.Element) -> Deferred[None] | None:
         """Send *stanza* towards its domain; a Deferred when a local delivery finishes later."""
@@ -53,6 +58,9 @@ class StanzaRouter(Router):
         if destination is None:
             destination = self.routes.get(None)
             if destination is None:
+                if host is not None and host in self.component_domains and self.component_elsewhere is not None:
+                    if self.component_elsewhere(stanza, host):
+                        return None
                 if self.remote is None or host is None or host in self.component_domains:
                     self._unroutable(stanza, host)
                     return None

@@ -290,3 +290,42 @@ async def test_a_room_lives_on_one_node_and_occupants_on_every_node_meet_in_it(s
     assert rooms == [1, 0], "the room is in the memory of its lease holder only"
     for client in (alice, bob):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_component_connected_to_one_node_is_reached_from_the_other(start_server, tmp_path, postgres_dsn,
+                                                                          cluster_keys) -> None:
+    """XEP-0114 across nodes: slixmpp's ComponentXMPP connects to the first node only; a user on
+    the second node talks to it and gets its answers; with the component gone, a stanza for it
+    bounces with service-unavailable, as on one server."""
+    from tests.conftest import free_port
+    from tests.e2e.test_components import COMPONENTS, Echo
+
+    store = f'\n[store]\nbackend = "postgresql"\ndsn = "{postgres_dsn}"\n'
+    ports = [free_port(), free_port()]
+    a, b = [await start_server(make_config(tmp_path, DEMO_SITE + COMPONENTS.format(port=port) + store + cluster_keys
+                                           + f'heartbeat_interval = 1\nnode_timeout = 3\nnode_id = "node{n}"\n'))
+            for n, port in enumerate(ports)]
+    await a.add_user("alice@localhost", "secret")
+    echo = Echo("echo-secret-0123456789", ports[0])
+    echo.connect()
+    await wait(echo.connected_event.wait())
+    alice = Client("alice@localhost", "secret")
+    await wait(alice.log_in(b.c2s_port))
+    await until(lambda: sees(a, alice.boundjid.full), "the component's node sees alice")
+    for attempt in range(20):  # until the component's node has announced it (its next heartbeat)
+        alice.send_message(mto="echo.localhost", mbody=f"hello {attempt}", mtype="chat")
+        answer = await wait(alice.next_message())
+        if answer["type"] != "error":
+            break
+    assert (answer["from"].bare, answer["body"]) == ("echo.localhost", f"echo: hello {attempt}")
+    echo.disconnect()
+    await wait(echo.wait_until("disconnected", 10))
+    await until(lambda: "echo.localhost" not in a.server.router.routes, "the component is gone")
+    for _attempt in range(20):  # until the second node's cached holder runs out (CACHE_SECONDS)
+        alice.send_message(mto="echo.localhost", mbody="anyone?", mtype="chat")
+        answer = await wait(alice.next_message())
+        if answer["type"] == "error":
+            break
+    assert answer["error"]["condition"] == "service-unavailable"
+    await wait(alice.log_out())
