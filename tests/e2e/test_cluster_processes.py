@@ -60,11 +60,6 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     return start
 
 
-@pytest.fixture
-def two_nodes(cluster_of: Any) -> tuple[Path, dict[str, int]]:
-    return cluster_of(2)  # type: ignore[no-any-return]
-
-
 def status(state: Path) -> dict[str, Any]:
     answer = cluster(state, "status", "--json")
     assert answer.returncode == 0, answer.stderr
@@ -81,57 +76,6 @@ def binds(state: Path, full: str) -> dict[str, int]:
     """How many times each node bound *full* so far (their logs say so)."""
     return {node["id"]: Path(node["log"]).read_text().count(f"c2s.bound jid={full} ")
             for node in status(state)["nodes"]}
-
-
-def node_of(state: Path, full: str) -> str:
-    """Which node bound *full* (its log says so)."""
-    for node in status(state)["nodes"]:
-        if f"c2s.bound jid={full} " in Path(node["log"]).read_text():
-            return str(node["id"])
-    raise AssertionError(f"no node bound {full}")
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_node_killed_while_its_users_chat_is_replaced_by_the_other_through_the_balancer(two_nodes) -> None:
-    """Through HAProxy on the configuration's ports: two users land on the two nodes and chat.
-    One node gets SIGKILL. Its user reconnects through the same address and lands on the
-    survivor; the survivor has dropped the dead node's sessions (within node_timeout), the
-    message sent meanwhile waited offline, and the two chat again."""
-    state, ports = two_nodes
-    report = status(state)
-    assert [node["alive"] for node in report["nodes"]] == [True, True]
-    assert report["balancer"]["ports"] == ports
-    for user in ("alice", "bob"):
-        await threads.deferToThread(add_user, state, f"{user}@localhost")
-    alice, bob = Client("alice@localhost/a", "secret"), Client("bob@localhost/b", "secret")
-    await wait(alice.log_in(ports["c2s"]))
-    await wait(bob.log_in(ports["c2s"]))
-    alice_node, bob_node = node_of(state, "alice@localhost/a"), node_of(state, "bob@localhost/b")
-    assert alice_node != bob_node, "leastconn put the two users on the two nodes"
-    for attempt in range(50):  # the directory's announcement reaches the other node
-        bob.send_message(mto="alice@localhost/a", mbody=f"ping {attempt}", mtype="chat")
-        received = await wait(alice.next_message())
-        if received["body"] == f"ping {attempt}":
-            break
-    alice.send_message(mto="bob@localhost", mbody="across the nodes ✓", mtype="chat")
-    assert (await wait(bob.next_message()))["body"] == "across the nodes ✓"
-
-    assert cluster(state, "kill", bob_node).returncode == 0
-    await wait(bob.wait_until("disconnected", 15), timeout=20)
-    alive = {node["id"]: node["alive"] for node in status(state)["nodes"]}
-    assert alive == {alice_node: True, bob_node: False}
-    # Sent while bob is nowhere: once the survivor has found his node dead (node_timeout), offline.
-    alice.send_message(mto="bob@localhost", mbody="while you were down", mtype="chat")
-    bob = Client("bob@localhost/b", "secret")
-    await wait(bob.log_in(ports["c2s"]), timeout=30)
-    assert node_of(state, "bob@localhost/b") == alice_node
-    bodies = [(await wait(bob.next_message(), timeout=20))["body"]]
-    alice.send_message(mto="bob@localhost", mbody="welcome back", mtype="chat")
-    while "welcome back" not in bodies:
-        bodies.append((await wait(bob.next_message(), timeout=20))["body"])
-    assert bodies == ["while you were down", "welcome back"]
-    for client in (alice, bob):
-        await wait(client.log_out())
 
 
 PAIRS = 50
