@@ -55,14 +55,25 @@ class Directory:
         self.sessions = sessions
         self.inbox = inbox
         self.published: dict[str, str] = {}  # full JID -> the entry last published, as text
+        self.published_keys: dict[str, tuple[object, ...]] = {}  # full JID -> what that entry was made of
         self.remote_nodes: dict[str, set[str]] = {}  # node -> the full JIDs replicated from it
 
     # -- this node's resources --------------------------------------------------
 
     def publish(self, session: ClientSession) -> None:
         """Publish the session's state if it changed (after each stanza from its client)."""
-        if session.remote or self.sessions.session(session.jid) is not session:
+        if session.remote:
             return
+        # What the entry is made of, compared before anything is serialised: a chat message
+        # changes none of it, and this runs after every stanza from a client.
+        # (The presence itself, held and compared by identity: a new presence is a new element.)
+        key = (session.available, session.priority, session.roster_requested, session.carbons, session.presence)
+        last = self.published_keys.get(session.full)
+        if last is not None and last[:4] == key[:4] and last[4] is key[4]:
+            return
+        if self.sessions.session(session.jid) is not session:
+            return
+        self.published_keys[session.full] = key
         text = dumps(entry_of(session))
         if self.published.get(session.full) == text:
             return
@@ -87,6 +98,7 @@ class Directory:
                                                                error=str(reason.value)))
 
     def withdraw(self, session: ClientSession) -> None:
+        self.published_keys.pop(session.full, None)
         if session.remote or self.published.pop(session.full, None) is None:
             return
         self.commands.execute_command("HDEL", self.keys.sessions(self.node), session.full)
@@ -96,6 +108,7 @@ class Directory:
     def republish(self) -> None:
         """Write every local resource again (Redis lost them: a restart without its data)."""
         self.published.clear()
+        self.published_keys.clear()
         for session in self.sessions.all_sessions():
             self.publish(session)
 
@@ -209,6 +222,7 @@ class Directory:
         if session is None or session.remote:
             return
         self.published.pop(full, None)  # the other node owns the entries now
+        self.published_keys.pop(full, None)
         self.commands.execute_command("HDEL", self.keys.sessions(self.node), full)
         self.sessions.unbind(session, replaced=True)
         session.stream.fail(StreamError("conflict", text="replaced by a new session"))

@@ -124,6 +124,8 @@ class Inbox:
             self._read(start if start == "0" and entries else ">")
 
         def failed(reason: Any) -> None:
+            if not self.running:
+                return  # stopping: the read was cut short on purpose
             if "NOGROUP" in str(reason.value):  # Redis lost the stream (a restart without its data)
                 self.start()
                 return
