@@ -112,6 +112,10 @@ class Directory:
         for session in self.sessions.all_sessions():
             self.publish(session)
 
+    def state_changed(self, name: str, owner: str) -> None:
+        """A feature's per-account state changed here (hooks.state_changed): the others forget it."""
+        self._announce({"n": self.node, "state": name, "owner": owner})
+
     def roster_written(self, owner: str) -> None:
         self._announce({"n": self.node, "roster": owner})
 
@@ -163,6 +167,11 @@ class Directory:
             if self.sessions.rosters.cached(owner) is not None:
                 self.sessions.rosters.reload(owner).addErrback(
                     lambda reason: log.failure("cluster.roster_reload_failed", reason))
+            return
+        if "state" in message:
+            changed_elsewhere = self.sessions.hooks.shared_state.get(message["state"])
+            if changed_elsewhere is not None:
+                changed_elsewhere(message["owner"])
             return
         if "gone" in message:
             self.forget_node(message["gone"])

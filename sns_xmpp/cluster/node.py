@@ -81,6 +81,7 @@ class ClusterNode(service.Service):
         self.sessions.hooks.hook(PRESENCE_TO_LOCAL, directory.to_home, priority=10)
         self.sessions.hooks.hook(PRESENCE_FROM_CLIENT, directory.from_client, priority=10)
         self.sessions.rosters.on_written = directory.roster_written
+        self.sessions.hooks.state_changed.append(directory.state_changed)
         self.heartbeats = task.LoopingCall(self.heartbeat)
         self.heartbeats.clock = self.clock
         self.heartbeats.start(self.config.heartbeat_interval, now=True).addErrback(

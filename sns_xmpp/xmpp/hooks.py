@@ -119,6 +119,11 @@ class Hooks:
         # (from, id): the core hands a result or error that matches to the callable, once.
         self.responses: dict[tuple[str, str], Callable[[domish.Element], None]] = {}
         self.storage: list[Storage] = []
+        # Per-account state a feature keeps in memory and other nodes of a cluster may change:
+        # its name -> what to call with the account when another node changed it; and who is
+        # told (name, account) when this node changes it (the cluster's directory).
+        self.shared_state: dict[str, Callable[[str], None]] = {}
+        self.state_changed: list[Callable[[str, str], None]] = []
         self.inline: dict[str, InlineAction] = {}
         # Each event's handlers, highest priority first, and the negated priorities alongside
         # (for bisect). The lists are never replaced: the core keeps references to them.

@@ -329,3 +329,39 @@ async def test_a_component_connected_to_one_node_is_reached_from_the_other(start
             break
     assert answer["error"]["condition"] == "service-unavailable"
     await wait(alice.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_set_through_one_node_is_applied_by_the_others(start_server, tmp_path, postgres_dsn,
+                                                                     cluster_keys) -> None:
+    """XEP-0191 across nodes: alice, on the first node, blocks carol; carol's and bob's messages
+    are routed by the second node, which must know the new list at once: alice gets bob's and
+    never carol's. After the unblock, carol's gets through again."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    for user in ("alice", "bob", "carol"):
+        await a.add_user(f"{user}@localhost", "secret")
+    alice = Client("alice@localhost/a", "secret")
+    alice.register_plugin("xep_0191")
+    await wait(alice.log_in(a.c2s_port))
+    bob, carol = Client("bob@localhost/b", "secret"), Client("carol@localhost/c", "secret")
+    await wait(bob.log_in(b.c2s_port))
+    await wait(carol.log_in(b.c2s_port))
+    await until(lambda: sees(b, "alice@localhost/a"), "the second node sees alice")
+    carol.send_message(mto="alice@localhost", mbody="before the block", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "before the block"  # b has read her list (empty)
+
+    await wait(alice.plugin["xep_0191"].block("carol@localhost"))
+    for attempt in range(3):
+        carol.send_message(mto="alice@localhost", mbody=f"blocked {attempt}", mtype="chat")
+        bob.send_message(mto="alice@localhost", mbody=f"from bob {attempt}", mtype="chat")
+        assert (await wait(alice.next_message()))["body"] == f"from bob {attempt}"
+    await wait(alice.plugin["xep_0191"].unblock("carol@localhost"))
+    for attempt in range(20):  # the unblock's announcement reaches the second node
+        carol.send_message(mto="alice@localhost", mbody=f"unblocked {attempt}", mtype="chat")
+        bob.send_message(mto="alice@localhost", mbody=f"marker {attempt}", mtype="chat")
+        first = (await wait(alice.next_message()))["body"]
+        if first.startswith("unblocked"):
+            break
+    assert first.startswith("unblocked")
+    for client in (alice, bob, carol):
+        await wait(client.log_out())

@@ -174,6 +174,19 @@ class FeatureRegistry:
         if max_body_bytes is not None:
             self.http_body_limits[segment] = max_body_bytes
 
+    def shared_account_state(self, name: str, changed_elsewhere: Callable[[str], None]) -> Callable[[str], None]:
+        """Per-account state this feature keeps in memory (blocklists) that another node of a
+        cluster may change: *changed_elsewhere(account)* is called when one did; call the returned
+        ``changed(account)`` once a change of this node's is in the store."""
+        _claim(self.hooks.shared_state, name, changed_elsewhere)
+        watchers = self.hooks.state_changed
+
+        def changed(account: str) -> None:
+            for watch in watchers:
+                watch(name, account)
+
+        return changed
+
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""
         self.hooks.storage.append(Storage(self.installing, table, per_account, what))

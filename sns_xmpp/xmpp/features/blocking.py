@@ -162,6 +162,7 @@ class Blocking:
         self.filters: list[tuple[str, Callable[..., object], int]] = []
         self._hooked = False
         self._pushes = 0
+        self.changed: Callable[[str], None] = lambda owner: None  # tells a cluster's other nodes
 
     # -- the lists in memory ---------------------------------------------------------------
 
@@ -456,7 +457,7 @@ class Blocking:
         self._put(owner, blocked | set(new))
         self._apply()
         written = self.sessions.store.run(partial(blocking_store.block, owner=owner, jids=new, limit=self.limit))
-        return written.addCallbacks(lambda _: self._push(owner, "block", new),
+        return written.addCallbacks(lambda _: self._written(owner, "block", new),
                                     lambda reason: self._undo(owner, reason, added=new))
 
     def _unblock(self, owner: str, blocked: set[str], jids: list[str]) -> Deferred[None] | None:
@@ -472,8 +473,23 @@ class Blocking:
         self._apply()
         self._presence_on_unblock(owner, gone)  # after the unblock, which would drop it
         written = self.sessions.store.run(work)
-        return written.addCallbacks(lambda _: self._push(owner, "unblock", gone if jids else []),
+        return written.addCallbacks(lambda _: self._written(owner, "unblock", gone if jids else []),
                                     lambda reason: self._undo(owner, reason, removed=gone))
+
+    def _written(self, owner: str, name: str, jids: list[str]) -> None:
+        self.changed(owner)
+        self._push(owner, name, jids)
+
+    def changed_elsewhere(self, owner: str) -> None:
+        """Another node of the cluster changed *owner*'s list: what is held here is stale. The
+        account counts as blocking something until its list is read again (at once if a resource
+        of it is bound here; else by the first stanza that needs it)."""
+        self.resting.pop(owner, None)
+        self.owners.add(owner)
+        if self.lists.pop(owner, None) is not None and owner not in self.loading:
+            self._load(owner).addErrback(lambda reason: None)  # logged; a stanza that needs it reads again
+        self._settle()
+        self._apply()
 
     def _undo(self, owner: str, reason: Failure, added: Collection[str] = (), removed: Collection[str] = ()) -> None:
         """The change could not be written: memory goes back to what the store holds."""
@@ -547,6 +563,7 @@ class Blocking:
 
 def install(registry: FeatureRegistry) -> None:
     blocking = Blocking(registry.sessions, MAX_ITEMS)
+    blocking.changed = registry.shared_account_state("blocking", blocking.changed_elsewhere)
     for name in ("blocklist", "block", "unblock"):
         registry.account_iq(NS_BLOCKING, name, blocking.answer)
     # Before every other handler (priority 100): nothing else sees what is blocked (carbons,
