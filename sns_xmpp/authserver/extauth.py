@@ -36,6 +36,7 @@ YES = b"\x00\x02\x00\x01"
 NO = b"\x00\x02\x00\x00"
 WITH_PASSWORD = frozenset({"auth", "setpass", "tryregister", "removeuser3"})
 WITHOUT_PASSWORD = frozenset({"isuser", "removeuser"})
+INPUT_CLOSED_GRACE = 10  # seconds unanswered requests get once ejabberd closed our input
 
 
 @dataclass
@@ -159,6 +160,13 @@ class ExtauthProtocol(Int16StringReceiver):
         log.info("extauth.input_closed waiting={waiting}", waiting=len(self._waiting))
         self._input_closed = True
         self._end_if_done()
+        if self._waiting:  # answers still being worked out get a while, not for ever
+            self.clock.callLater(INPUT_CLOSED_GRACE, self._give_up)
+
+    def _give_up(self) -> None:
+        if self.transport is not None and self.connected:
+            log.warn("extauth.unanswered waiting={waiting}", waiting=len(self._waiting))
+            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         if self.transport is not None:

@@ -77,6 +77,9 @@ def start_logging(config: Config) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
+STOP_TIMEOUT = 5  # seconds the services have to stop once ejabberd closed our input
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sns-xmpp-extauth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,11 +99,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(str(error)) from None
 
     def stop() -> None:
+        # ejabberd has closed our pipes: end even if a service's stop never finishes (orphaned
+        # extauth processes were found lingering after the tests' ejabberd had stopped).
+        def end(_: object = None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+        reactor.callLater(STOP_TIMEOUT, end)
         stopped = server.services.stopService()
         if stopped is not None:
-            stopped.addBoth(lambda _: reactor.stop())
+            stopped.addBoth(end)
         else:
-            reactor.stop()
+            end()
 
     def start() -> None:
         server.services.startService()

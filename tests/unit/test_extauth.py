@@ -191,6 +191,25 @@ def test_end_of_input_still_answers_what_was_asked_then_ends(setup: Setup) -> No
     assert transport.disconnecting and lost == [True]
 
 
+def test_end_of_input_with_an_answer_that_never_comes_still_ends_the_program() -> None:
+    """An orphaned extauth (its ejabberd gone, a check that hangs) must not live on for ever:
+    after INPUT_CLOSED_GRACE the stream ends, and with it the program."""
+    from sns_xmpp.authserver.extauth import INPUT_CLOSED_GRACE
+
+    accounts, clock = SlowAccounts(), Clock()
+    lost: list[bool] = []
+    protocol = ExtauthProtocol(accounts, clock, on_lost=lambda: lost.append(True))  # type: ignore[arg-type]
+    transport = HalfCloseableTransport()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.dataReceived(packet(f"isuser:stuck:{DOMAIN}"))
+    protocol.readConnectionLost()
+    clock.advance(INPUT_CLOSED_GRACE - 1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting and lost == [True]
+
+
 def test_a_failing_check_is_answered_no_and_logged_as_a_bug(setup: Setup) -> None:
     accounts = SlowAccounts()
     protocol = ExtauthProtocol(accounts, Clock())  # type: ignore[arg-type]
