@@ -11,7 +11,9 @@ protocol and nothing else: the log goes to standard error, which ejabberd passes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -106,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 reactor.stop()
 
         reactor.callLater(STOP_TIMEOUT, end)
+        # And if the shutdown itself hangs (a store thread that never returns: the orphans above
+        # did not end on SIGTERM either), the process still goes.
+        last_resort = threading.Timer(2 * STOP_TIMEOUT, os._exit, (1,))
+        last_resort.daemon = True
+        last_resort.start()
         stopped = server.services.stopService()
         if stopped is not None:
             stopped.addBoth(end)
