@@ -169,8 +169,12 @@ class ExtauthProtocol(Int16StringReceiver):
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
+        # Nobody reads our answers: ejabberd is gone. StandardIO's loseConnection then stops
+        # reading and never reports the end (orphaned extauth processes were found idle, their
+        # input no longer polled), so the program ends from here.
         if self.transport is not None:
             self.transport.loseConnection()
+        self._ended()
 
     def _end_if_done(self) -> None:
         if self._input_closed and not self._waiting and self.transport is not None:
@@ -183,6 +187,10 @@ class ExtauthProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        log.info("extauth.stopped answered={answered}", answered=self.handled)
-        if self.on_lost is not None:
-            self.on_lost()
+        self._ended()
+
+    def _ended(self) -> None:
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            log.info("extauth.stopped answered={answered}", answered=self.handled)
+            on_lost()

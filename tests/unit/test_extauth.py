@@ -210,6 +210,20 @@ def test_end_of_input_with_an_answer_that_never_comes_still_ends_the_program() -
     assert transport.disconnecting and lost == [True]
 
 
+def test_ejabberd_gone_ends_the_program_once() -> None:
+    """Nobody reading the answers (ejabberd stopped) ends the program: StandardIO would stop
+    reading and never report the end, which left orphaned extauth processes behind."""
+    lost: list[bool] = []
+    protocol = ExtauthProtocol(SlowAccounts(), Clock(), on_lost=lambda: lost.append(True))  # type: ignore[arg-type]
+    transport = HalfCloseableTransport()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.writeConnectionLost()
+    assert lost == [True]
+    protocol.connectionLost()
+    assert lost == [True]
+
+
 def test_a_failing_check_is_answered_no_and_logged_as_a_bug(setup: Setup) -> None:
     accounts = SlowAccounts()
     protocol = ExtauthProtocol(accounts, Clock())  # type: ignore[arg-type]
