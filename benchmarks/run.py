@@ -391,8 +391,11 @@ def free_port(address: str = HOST) -> int:
 
 def create_accounts(database_path: Path, count: int, domain: str = DOMAIN) -> None:
     """``bench0@localhost`` ... with one password, and one salt: each PBKDF2 costs milliseconds."""
+    _fill_accounts(SQLiteDatabase(database_path), count, domain)
+
+
+def _fill_accounts(database: Any, count: int, domain: str) -> None:
     credentials = derive_all(PASSWORD, iterations=DEFAULT_ITERATIONS)
-    database = SQLiteDatabase(database_path)
     try:
         now = time.time()
         for index in range(count):
@@ -761,14 +764,7 @@ def create_postgres_accounts(dsn: str, count: int, domain: str = DOMAIN) -> None
     """The bench accounts (`create_accounts`) in a PostgreSQL database, which this also migrates."""
     from sns_xmpp.store.postgres import PostgresDatabase
 
-    credentials = derive_all(PASSWORD, iterations=DEFAULT_ITERATIONS)
-    database = PostgresDatabase(dsn)
-    try:
-        now = time.time()
-        for index in range(count):
-            database.create_account(f"{ACCOUNT_PREFIX}{index}@{domain}", credentials, now)
-    finally:
-        database.close()
+    _fill_accounts(PostgresDatabase(dsn), count, domain)
 
 
 # -- the load generator --------------------------------------------------------------------
