@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 SERVICES = ("c2s", "direct_tls", "http", "components")  # each node's own loopback ports, for the balancer
+BEHIND_BALANCER = 1_000_000  # a node's per-address cap, its one peer being the balancer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +96,7 @@ def cluster_up(state: Path, count: int, config_path: Path) -> int:
             node["pid"] = spawn_node(state, node)
             status["nodes"].append(node)
             wait_healthy(node, state)  # the first makes the shared keys; the others read them
-        status["balancer"] = start_haproxy(state, ports, status["nodes"])
+        status["balancer"] = start_haproxy(state, ports, status["nodes"], status.get("per_address"))
     except Exception as error:
         write_status(state, status)
         print(f"scripts/cluster: {error}", file=sys.stderr)
@@ -126,9 +127,17 @@ def write_node_config(state: Path, base: dict[str, Any], config_path: Path, numb
     server["data_dir"] = str(data_dir.absolute())
     c2s = config.setdefault("xmpp", {}).setdefault("c2s", {})
     c2s["port"], c2s["direct_tls_port"] = ports["c2s"], ports["direct_tls"]
+    # Behind the balancer every connection comes from its address: the per-address caps move to
+    # HAProxy (a stick table per listener, start_haproxy), which sees the clients' own addresses.
+    status.setdefault("per_address", {
+        "c2s": int(c2s.get("max_connections_per_ip", 50)),
+        "http": int(config.get("http", {}).get("max_connections_per_ip", 512)),
+    })
+    c2s["max_connections_per_ip"] = BEHIND_BALANCER
     config["xmpp"].setdefault("components", {})["port"] = ports["components"]
     http = config.setdefault("http", {})
     http["port"] = ports["http"]
+    http["max_connections_per_ip"] = BEHIND_BALANCER
     config.setdefault("manhole", {})["enabled"] = False
     config["store"] = {"backend": "postgresql", "dsn": status["postgres"]["dsn"]}
     # The configuration's own [cluster] keys (heartbeat_interval, node_timeout) are kept.
@@ -234,13 +243,19 @@ def start_redis(state: Path) -> dict[str, Any]:
     return {"port": port, "url": f"redis://127.0.0.1:{port}/0", "pid": int((folder / "redis.pid").read_text())}
 
 
-def start_haproxy(state: Path, ports: dict[str, int], nodes: list[dict[str, Any]]) -> dict[str, Any]:
+def start_haproxy(state: Path, ports: dict[str, int], nodes: list[dict[str, Any]],
+                  per_address: dict[str, int] | None = None) -> dict[str, Any]:
     # Each proxied connection takes two descriptors; stay within what this process may open.
     maxconn = max(256, min(100_000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 1000) // 2))
     lines = ["global", f"    maxconn {maxconn}", "defaults", "    mode tcp", "    timeout connect 5s",
              "    timeout client 1h", "    timeout server 1h", "    option redispatch", "    retries 3"]
     for name in ("c2s", "direct_tls", "http"):
         lines += [f"listen {name}", f"    bind 127.0.0.1:{ports[name]}", "    balance leastconn"]
+        cap = (per_address or {}).get("http" if name == "http" else "c2s")
+        if cap is not None:  # the configuration's per-address cap, on the clients' own addresses
+            lines += ["    stick-table type ipv6 size 1m expire 1h store conn_cur",
+                      "    tcp-request connection track-sc0 src",
+                      f"    tcp-request connection reject if {{ sc0_conn_cur gt {cap} }}"]
         for node in nodes:
             lines.append(f"    server {node['id']} 127.0.0.1:{node['ports'][name]} check inter 1s fall 2 rise 1")
     config = state / "haproxy.cfg"

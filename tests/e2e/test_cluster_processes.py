@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import subprocess
 import textwrap
 from pathlib import Path
@@ -31,7 +33,7 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     """Start a cluster (scripts/cluster up) and take it down after the test, whatever happens to
     the test's reactor meanwhile (a synchronous finalizer)."""
 
-    def start(count: int, extra: str = "") -> tuple[Path, dict[str, int]]:
+    def start(count: int, extra: str = "", per_address: int = 1000) -> tuple[Path, dict[str, int]]:
         ports = {"c2s": free_port(), "direct_tls": free_port(), "http": free_port()}
         config = tmp_path / "sns.toml"
         config.write_text(textwrap.dedent(f"""
@@ -42,7 +44,7 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
             port = {ports['c2s']}
             direct_tls_port = {ports['direct_tls']}
             # Every client comes from the balancer's address: the per-address cap must take them all.
-            max_connections_per_ip = 1000
+            max_connections_per_ip = {per_address}
             [xmpp.s2s]
             port = -1
             [http]
@@ -58,6 +60,19 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
         return state, ports
 
     return start
+
+
+def count_refused(sockets: list[socket.socket]) -> int:
+    """How many of these connections the far end closed or reset (HAProxy's refusal) within 2 s;
+    an accepted one stays silent (a node speaks only after the client's stream header)."""
+    readable, _, _ = select.select(sockets, [], [], 2)
+    refused = 0
+    for sock in readable:
+        try:
+            refused += sock.recv(1) == b""
+        except ConnectionResetError:
+            refused += 1
+    return refused
 
 
 def status(state: Path) -> dict[str, Any]:
@@ -212,7 +227,16 @@ async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_
 
     from tests.e2e.test_social_login import demo_credentials
 
-    state, ports = cluster_of(count)
+    state, ports = cluster_of(count, per_address=20)
+    # The per-address cap, which the nodes cannot apply (all comes from the balancer's address),
+    # is the balancer's: the 21st connection from one address is refused.
+    held = [socket.create_connection(("127.0.0.1", ports["c2s"])) for _ in range(21)]
+    try:
+        refused = await threads.deferToThread(count_refused, held)
+    finally:
+        for sock in held:
+            sock.close()
+    assert refused == 1
     await threads.deferToThread(add_user, state, "bob@localhost")
     balancer = SimpleNamespace(http_url=f"http://127.0.0.1:{ports['http']}")
     # The first login of a new social account, twice at once (leastconn sends the two to two nodes).
