@@ -145,19 +145,23 @@ async def test_a_message_to_the_offline_social_user_is_kept_and_delivered_at_the
 
 
 LOGINS = 50
+REPEAT_ROUNDS = 4
 
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_extauth_cpu_per_login_with_50_concurrent_logins(sns: SnsForPeer, ejabberd: Ejabberd) -> None:
-    """50 demo users log in at once through ejabberd, twice (first logins make the links; the
-    second round is the usual repeat login); the extauth processes' CPU time (user + system, all
-    threads, /proc/<pid>/stat) grows by at most 1 ms per login in the repeat round."""
+    """50 demo users log in at once through ejabberd, five times (the first logins make the links;
+    the next four rounds are the usual repeat login); the extauth processes' CPU time (user +
+    system, all threads, /proc/<pid>/stat) grows by at most 1 ms per repeat login."""
     credentials = [sns.mint(f"bench{n}", lifetime=3600) for n in range(LOGINS)]
     pids = sns.extauth_pids()
     assert len(pids) == POOL_SIZE, pids
     figures = []
-    for _round in ("first", "repeat"):
+    # The first round makes the links; the repeat logins are measured over several rounds: CPU
+    # time comes in clock ticks (10 ms), 0.2 ms per login over one round of 50, too coarse for
+    # a bound of 1 ms (one clean-clone run read 1.00 ms).
+    for _round in range(1 + REPEAT_ROUNDS):
         before = sum(cpu_seconds(pid) for pid in pids)
         clients = [client(ejabberd, c["jid"], c["password"]) for c in credentials]
         await wait(asyncio.gather(*(c.log_in(ejabberd.c2s_port, presence=False) for c in clients)), 120)
@@ -165,8 +169,11 @@ async def test_extauth_cpu_per_login_with_50_concurrent_logins(sns: SnsForPeer, 
         figures.append((after - before) / LOGINS)
         await wait(asyncio.gather(*(c.log_out() for c in clients)), 60)
     assert sorted(sns.extauth_pids()) == sorted(pids)  # the same pool served every login
+    repeat = sum(figures[1:]) / REPEAT_ROUNDS
+    figures = [figures[0], repeat]
     report = (f"extauth CPU per login over {LOGINS} concurrent logins through ejabberd "
-              f"(pool of {POOL_SIZE}): first logins {figures[0] * 1000:.2f} ms, repeat {figures[1] * 1000:.2f} ms")
+              f"(pool of {POOL_SIZE}): first logins {figures[0] * 1000:.2f} ms, "
+              f"repeat {figures[1] * 1000:.2f} ms (mean of {REPEAT_ROUNDS} rounds)")
     print(report)
     Path(os.environ.get("SNS_XMPP_BENCH_REPORT", "/dev/null")).write_text(report + "\n")
     assert figures[1] <= 0.001, report
