@@ -116,6 +116,10 @@ class Directory:
         """A feature's per-account state changed here (hooks.state_changed): the others forget it."""
         self._announce({"n": self.node, "state": name, "owner": owner})
 
+    def leaving(self) -> None:
+        """This node stops: the others forget its resources now, not after node_timeout."""
+        self._announce({"n": self.node, "gone": self.node})
+
     def roster_written(self, owner: str) -> None:
         self._announce({"n": self.node, "roster": owner})
 

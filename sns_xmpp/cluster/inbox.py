@@ -47,7 +47,6 @@ class Inbox:
         self.sessions = sessions
         self.clock = clock
         self.running = False
-        self.delivered = 0  # stanzas taken from the stream (the console's and the tests' view)
         self.on_replace: Callable[[str, str], None] = lambda full, by: None
         self.route: Callable[[domish.Element], object] | None = None  # the router's, for KIND_ROUTE
 
@@ -151,7 +150,6 @@ class Inbox:
 
     def take(self, fields: dict[str, str]) -> None:
         """Hand one entry to its session, or deliver it as RFC 6121 says when the resource is gone."""
-        self.delivered += 1
         full, kind = fields.get("t", ""), fields.get("k")
         if kind == KIND_REPLACE:
             self.on_replace(full, fields.get("o", ""))

@@ -9,7 +9,6 @@ stanza for the room makes another node take it (a persistent room is read from t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -106,9 +105,3 @@ class EntityLeases:
         for entity in [e for e, owner in self.owners.items() if owner == node]:
             del self.owners[entity]
 
-    def moved(self, entity: str) -> None:
-        """A node sent us a stanza for an entity we do not hold: learn the holder again."""
-        self.owners.pop(entity, None)
-
-
-Route = Callable[[domish.Element], Any]

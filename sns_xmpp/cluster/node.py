@@ -100,7 +100,7 @@ class ClusterNode(service.Service):
         steps = [self.inbox.reclaim(self.node),
                  self.commands.execute_command("DEL", self.keys.node(self.node), self.keys.sessions(self.node)),
                  self.commands.execute_command("SREM", self.keys.nodes, self.node)]
-        self.directory._announce({"n": self.node, "gone": self.node})
+        self.directory.leaving()
         done = DeferredList(steps, consumeErrors=True)
         # Without Redis the commands would wait for it for ever: a node must stop all the same.
         done.addTimeout(STOP_TIMEOUT, self.clock)

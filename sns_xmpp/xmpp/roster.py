@@ -65,6 +65,12 @@ class Roster:
         return self.items.get(contact) or RosterItem(contact, None, (), "none", False, False)
 
 
+def _roster_from(owner: str, stored: tuple[list[RosterItem], list[str], int]) -> Roster:
+    """A Roster from the store's `load_roster` answer (items, requests, version)."""
+    items, requests, version = stored
+    return Roster(owner, {item.contact: item for item in items}, set(requests), version=version)
+
+
 class RosterBook:
     """The cache of loaded rosters, and the only writer of roster state."""
 
@@ -74,7 +80,7 @@ class RosterBook:
         self._loading: dict[str, list[Deferred]] = {}
         self._pushes = 0
         # Called with the owner once a change to a roster is on disk: the cluster tells the other
-        # nodes, whose copies of that roster are then stale (cluster/rosters.py).
+        # nodes, whose copies of that roster are then stale (cluster/directory.py).
         self.on_written: Callable[[str], None] | None = None
         self._unwritten: dict[str, list[Deferred]] = {}  # owner -> roster writes not yet on disk
 
@@ -103,8 +109,7 @@ class RosterBook:
         d = self.store.load_roster(owner)
 
         def loaded(results: tuple[list[RosterItem], list[str], int]) -> None:
-            items, requests, version = results
-            roster = Roster(owner, {item.contact: item for item in items}, set(requests), version=version)
+            roster = _roster_from(owner, results)
             self._rosters[owner] = roster
             for waiting in self._loading.pop(owner):
                 waiting.callback(roster)
@@ -127,13 +132,11 @@ class RosterBook:
             return defer.succeed(None)
 
         def loaded(results: tuple[list[RosterItem], list[str], int]) -> None:
-            items, requests, version = results
-            if self._rosters.get(owner) is not roster or version < roster.version:
+            fresh = _roster_from(owner, results)
+            if self._rosters.get(owner) is not roster or fresh.version < roster.version:
                 return  # forgotten meanwhile, or a newer change of this node's is not read back yet
-            roster.items = {item.contact: item for item in items}
-            roster.requests = set(requests)
-            roster.chars = sum(item_chars(item) for item in roster.items.values())
-            roster.version = version
+            roster.items, roster.requests, roster.chars, roster.version = (
+                fresh.items, fresh.requests, fresh.chars, fresh.version)
 
         return self.store.load_roster(owner).addCallback(loaded)
 

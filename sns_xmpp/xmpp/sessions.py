@@ -137,11 +137,11 @@ class SessionManager:
             if replaced is None and len(self.users.get(login.jid, {})) >= self.max_resources:
                 self.metrics.limit("resources-per-account")
                 raise BindRefused("resource-constraint")
-            if replaced is not None and replaced.remote:
-                del self.users[login.jid][resource]  # its node ends it (RFC 6120 7.7.2.2)
-                replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
-            elif replaced is not None:
-                self.unbind(replaced, replaced=True)
+            if replaced is not None:
+                if replaced.remote:
+                    del self.users[login.jid][resource]  # its node ends it (RFC 6120 7.7.2.2)
+                else:
+                    self.unbind(replaced, replaced=True)
                 replaced.stream.fail(StreamError("conflict", text="replaced by a new session"))
             resources = self.users.setdefault(login.jid, {})
             session = ClientSession(full, stream, login, self.clock.seconds())

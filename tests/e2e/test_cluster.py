@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.conftest import DEMO_SITE, make_config
+from tests.e2e.test_s2s import presence_from
 from tests.e2e.test_social_login import demo_credentials
 from tests.xmppclient import Client, wait
 
@@ -45,11 +46,15 @@ def sees(node: Any, full: str) -> bool:
     return session is not None and session.available
 
 
-async def presence_from(client: Client, bare: str) -> None:
-    while True:
-        presence = await client.presences.get()
-        if presence["from"].bare == bare and presence["type"] != "unavailable":
-            return
+async def alice_and_bob(a: Any, b: Any, make: Callable[[str, str], Client] = Client) -> tuple[Client, Client]:
+    """alice logged in on node *a*, bob on node *b*, each node knowing the other's user."""
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    alice, bob = make("alice@localhost/a", "secret"), make("bob@localhost/b", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(bob.log_in(b.c2s_port))
+    await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+    return alice, bob
 
 
 @pytest_twisted.ensureDeferred
@@ -223,12 +228,7 @@ async def test_the_service_recovers_from_a_redis_restart_that_lost_everything(st
     keys = f'\n[cluster]\nredis_url = "redis://127.0.0.1:{redis.port}/0"\nheartbeat_interval = 1\nnode_timeout = 3\n'
     try:
         a, b = await nodes(start_server, tmp_path, postgres_dsn, keys)
-        await a.add_user("alice@localhost", "secret")
-        await a.add_user("bob@localhost", "secret")
-        alice, bob = Client("alice@localhost/a", "secret"), Client("bob@localhost/b", "secret")
-        await wait(alice.log_in(a.c2s_port))
-        await wait(bob.log_in(b.c2s_port))
-        await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+        alice, bob = await alice_and_bob(a, b)
         alice.send_message(mto="bob@localhost/b", mbody="before", mtype="chat")
         assert (await wait(bob.next_message()))["body"] == "before"
 
@@ -268,12 +268,7 @@ async def test_a_room_lives_on_one_node_and_occupants_on_every_node_meet_in_it(s
     from tests.e2e.test_muc import configure, muc_client, next_groupchat
 
     a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
-    await a.add_user("alice@localhost", "secret")
-    await a.add_user("bob@localhost", "secret")
-    alice, bob = muc_client("alice@localhost/a", "secret"), muc_client("bob@localhost/b", "secret")
-    await wait(alice.log_in(a.c2s_port))
-    await wait(bob.log_in(b.c2s_port))
-    await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+    alice, bob = await alice_and_bob(a, b, muc_client)
     room = "lounge@conference.localhost"
     own, *_ = await wait(alice.plugin["xep_0045"].join_muc_wait(room, "Alice"))
     assert own["muc"]["affiliation"] == "owner"

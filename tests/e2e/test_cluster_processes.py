@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 
 from tests.conftest import free_port
+from tests.e2e.test_s2s import presence_from
 from tests.xmppclient import Client, wait
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,14 +277,8 @@ async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_
     await wait(rita.subscription_requests.get())
     rita.send_presence(pto="bob@localhost", ptype="subscribed")
 
-    async def presence_of(client: Client, bare: str) -> None:
-        while True:
-            presence = await client.presences.get()
-            if presence["from"].bare == bare and presence["type"] != "unavailable":
-                return
-
-    await wait(presence_of(rita, "bob@localhost"))
-    await wait(presence_of(bob, rita_bare))
+    await wait(presence_from(rita, "bob@localhost"))
+    await wait(presence_from(bob, rita_bare))
     await wait(phone.plugin["xep_0280"].enable())
     carbon: defer.Deferred[Any] = defer.Deferred()
     phone.add_event_handler("carbon_sent", lambda m: None if carbon.called else carbon.callback(m))
