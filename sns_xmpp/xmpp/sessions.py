@@ -298,8 +298,13 @@ class SessionManager:
             return None
         targets = self.message_targets(bare)
         if targets and kind != "groupchat":
-            queued = [sent for session in targets if (sent := session.send(stanza)) is not None]
-            if queued:  # for resources on other nodes: handled once queued for them all
+            queued: list[Deferred[None]] | None = None  # for resources on other nodes (a cluster's)
+            for session in targets:
+                sent = session.send(stanza)
+                if sent is not None:
+                    queued = queued or []
+                    queued.append(sent)
+            if queued is not None:  # handled once queued for them all
                 return defer.gatherResults(queued).addCallback(lambda _: None)
             return None
         if kind == "headline":
