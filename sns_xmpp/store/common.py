@@ -449,6 +449,15 @@ class Transaction(Protocol):
     def rowcount(self) -> int:
         """The rows the last statement changed."""
 
+    def insert_rows(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
+                    conflict: str = "", parent: tuple[int, str, str] | None = None) -> int:
+        """Insert *rows* into *table* in as few statements as the engine takes them best; how
+        many rows were inserted. *columns* are (name, PostgreSQL type) pairs in the rows' order;
+        *conflict* is an ``ON CONFLICT ...`` clause or ''; with *parent* (a column's index, a table,
+        its key column), a row whose value there names no row of that table is left out rather
+        than failing the statement (a foreign key to an account deleted since). The names are the
+        caller's own fixed text: every value travels as a parameter."""
+
 
 class Database(Protocol):
     """What :class:`SQLiteDatabase` and :class:`PostgresDatabase` both offer.

@@ -11,9 +11,11 @@ storing an offline message durably, claiming a token) stays in the engine's modu
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from itertools import chain
 from typing import Any
 
 from sns_xmpp.store.common import (
@@ -92,13 +94,54 @@ from sns_xmpp.store.records import (
     SocialLink,
 )
 
+VALUES_ROWS_PER_STATEMENT = 500  # rows per multi-row INSERT ... VALUES: fewer trips through the
+# engine, and SQLite journals the pages a statement changes once (the user archive's rows: 50 rows,
+# 23,200 instructions per row; 500, 19,500; measured)
+
+
+@functools.cache
+def _parents_sql(table: str, key: str, count: int) -> str:
+    return "".join(("SELECT ", key, " FROM ", table, " WHERE ", key, " IN (", ", ".join("?" * count), ")"))
+
+
+@functools.cache
+def _values_insert(table: str, names: str, marks: str, rows: int, conflict: str) -> str:
+    return "".join(("INSERT INTO ", table, " (", names, ") VALUES ", ", ".join([marks] * rows), conflict))
+
+
+def insert_by_values(cursor: Any, table: str, columns: Sequence[tuple[str, str]],
+                     rows: Sequence[Sequence[Any]], conflict: str, parent: tuple[int, str, str] | None) -> int:
+    """`Transaction.insert_rows` as multi-row ``INSERT ... VALUES`` statements on the engine's
+    own *cursor* (SQLite), the parents looked up first (one statement per 500 distinct values)."""
+    if parent is not None:
+        index, parent_table, key = parent
+        wanted = sorted({row[index] for row in rows})
+        known: set[Any] = set()
+        for start in range(0, len(wanted), VALUES_ROWS_PER_STATEMENT):
+            some = wanted[start:start + VALUES_ROWS_PER_STATEMENT]
+            known.update(found[0] for found in cursor.execute(_parents_sql(parent_table, key, len(some)), some))
+        if len(known) < len(wanted):
+            rows = [row for row in rows if row[index] in known]
+    names = ", ".join(name for name, _ in columns)
+    marks = "(" + ", ".join("?" * len(columns)) + ")"
+    tail = " " + conflict if conflict else ""
+    inserted = 0
+    for start in range(0, len(rows), VALUES_ROWS_PER_STATEMENT):
+        chunk = rows[start:start + VALUES_ROWS_PER_STATEMENT]
+        cursor.execute(_values_insert(table, names, marks, len(chunk), tail), list(chain.from_iterable(chunk)))
+        inserted += cursor.rowcount
+    return inserted
+
 
 class _SpeltCursor:
     """A write cursor that spells each statement for its engine (the `Transaction` protocol)."""
 
-    def __init__(self, cursor: Any, spell: Callable[[str], str]) -> None:
+    def __init__(self, cursor: Any, spell: Callable[[str], str],
+                 insert: Callable[[Any, str, Sequence[tuple[str, str]], Sequence[Sequence[Any]], str,
+                                   tuple[int, str, str] | None], int]) -> None:
         self._cursor = cursor
         self._spell = spell
+        self._insert = insert
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self._cursor.execute(self._spell(sql), params)
@@ -107,6 +150,10 @@ class _SpeltCursor:
     @property
     def rowcount(self) -> int:
         return int(self._cursor.rowcount)
+
+    def insert_rows(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
+                    conflict: str = "", parent: tuple[int, str, str] | None = None) -> int:
+        return self._insert(self._cursor, table, columns, rows, conflict, parent) if rows else 0
 
 
 class SQLDatabase(ABC):
@@ -118,6 +165,9 @@ class SQLDatabase(ABC):
     def _sql(self, statement: str) -> str:
         """*statement* (``?`` placeholders) as this engine runs it."""
         return statement
+
+    # How this engine takes many rows at once (`Transaction.insert_rows`).
+    _insert_rows = staticmethod(insert_by_values)
 
     @abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -135,7 +185,7 @@ class SQLDatabase(ABC):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._write() as cursor:
-            yield _SpeltCursor(cursor, self._sql)
+            yield _SpeltCursor(cursor, self._sql, self._insert_rows)
 
     # -- accounts ---------------------------------------------------------
 

@@ -422,6 +422,7 @@ def test_the_archives_sql_in_each_engine(backend: Backend) -> None:  # noqa: F81
             rows.append((seq, ALICE, f"{seq:x}-t", BOB if n % 3 else "carol@x", "r" if n % 2 else "", f"<m>{n}</m>"))
         rows.append((archive_sql.seq_at(2000), "nobody@localhost", "x-t", BOB, "", "<m/>"))
         assert archive_sql.write_rows(db, rows) == 10
+        assert archive_sql.write_rows(db, rows[:2]) == 0  # their seqs are taken: left out, no error
 
         def page(**asked: Any) -> archive_sql.Page:
             return archive_sql.query(db, ArchiveQuery(owner=ALICE, **{"max": 4, **asked}))
@@ -456,6 +457,11 @@ def test_the_archives_sql_in_each_engine(backend: Backend) -> None:  # noqa: F81
         assert archive_sql.all_prefs(db) == {}
         assert db.delete_account(ALICE)
         assert db.query("SELECT COUNT(*) FROM mam_messages") == [(0,)]
+        # More rows than one statement takes on SQLite, in one batch with an unknown account's
+        # (ALICE's, deleted just now).
+        many = [(archive_sql.seq_at(3000 + n), BOB, f"m{n}", ALICE, "", "<m/>") for n in range(1200)]
+        assert archive_sql.write_rows(db, [*many[:700], rows[0], *many[700:]]) == 1200
+        assert archive_sql.query(db, ArchiveQuery(owner=BOB, max=0)).count == 1200
     finally:
         db.close()
 
