@@ -88,30 +88,37 @@ def postgres_ddl(statement: str) -> str:
 
 
 @functools.cache
-def _unnest_insert(table: str, names: str, arrays: str, conflict: str, parent: tuple[str, str, str] | None) -> str:
-    source = "".join(("unnest(", arrays, ") AS given (", names, ")"))
-    if parent is not None:  # only the rows whose parent exists (not a foreign-key error for the lot)
-        column, parent_table, key = parent
-        source = "".join((source, " WHERE given.", column, " IN (SELECT ", key, " FROM ", parent_table, ")"))
-    return "".join(("INSERT INTO ", table, " (", names, ") SELECT * FROM ", source, conflict))
+def _unnest_insert(table: str, names: str, arrays: str, conflict: str) -> str:
+    return "".join(("INSERT INTO ", table, " (", names, ") SELECT * FROM unnest(", arrays, ")", conflict))
+
+
+@functools.cache
+def _parents_sql(table: str, key: str) -> str:
+    # = ANY of one array: an index lookup per value, whatever the table's size, and one parameter.
+    return "".join(("SELECT ", key, " FROM ", table, " WHERE ", key, " = ANY(%b)"))
 
 
 def insert_by_unnest(cursor: psycopg.Cursor[TupleRow], table: str, columns: Sequence[tuple[str, str]],
                      rows: Sequence[Sequence[Any]], conflict: str, parent: tuple[int, str, str] | None) -> int:
     """`Transaction.insert_rows` as one ``INSERT ... SELECT FROM unnest(...)`` with an array per
-    column, the parents checked in the same statement. A multi-row VALUES statement has a
-    parameter per column per row, and psycopg converts a statement afresh whenever it has more
-    than 50 parameters (or 4,096 characters): for the user archive's batches of 500 rows that
-    conversion was a quarter of a node's CPU under chat (docs/performance.md). This statement has
-    one parameter per column whatever the rows, so psycopg converts it once, and the server may
-    prepare it. The arrays travel in the binary format (%b): psycopg's text format quotes each
-    element through a regular expression, twice the CPU for a batch."""
+    column. A multi-row VALUES statement has a parameter per column per row, and psycopg converts
+    a statement afresh whenever it has more than 50 parameters (or 4,096 characters): for the
+    user archive's batches of 500 rows that conversion was a quarter of a node's CPU under chat
+    (docs/performance.md). This statement has one parameter per column whatever the rows, so
+    psycopg converts it once, and the server may prepare it. The arrays travel in the binary
+    format (%b): psycopg's text format quotes each element through a regular expression."""
+    if parent is not None:
+        index, parent_table, key = parent
+        wanted = list({row[index] for row in rows})
+        known = {found[0] for found in cursor.execute(_parents_sql(parent_table, key), [wanted]).fetchall()}
+        if len(known) < len(wanted):
+            rows = [row for row in rows if row[index] in known]
+            if not rows:
+                return 0
     names = ", ".join(name for name, _ in columns)
     arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
     tail = " " + conflict if conflict else ""
-    spelt_parent = None if parent is None else (columns[parent[0]][0], parent[1], parent[2])
-    cursor.execute(_unnest_insert(table, names, arrays, tail, spelt_parent),
-                   [list(values) for values in zip(*rows, strict=True)])
+    cursor.execute(_unnest_insert(table, names, arrays, tail), [list(values) for values in zip(*rows, strict=True)])
     return int(cursor.rowcount)
 
 
