@@ -360,3 +360,45 @@ async def test_a_block_set_through_one_node_is_applied_by_the_others(start_serve
     assert first.startswith("unblocked")
     for client in (alice, bob, carol):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_vcard_photo_set_through_one_node_is_in_the_presence_every_node_sends(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """XEP-0153 across nodes: alice sets a vCard photo from her desk on the first node; her phone
+    is on the second node, which read her (empty) photo hash when the phone bound. The presence
+    the phone sends afterwards carries the new hash, as the desk's does."""
+    import hashlib
+
+    from tests.e2e.test_vcard import PNG
+
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    desk, phone = Client("alice@localhost/desk", "secret"), Client("alice@localhost/phone", "secret")
+    desk.register_plugin("xep_0054")
+    await wait(desk.log_in(a.c2s_port))
+    await wait(phone.log_in(b.c2s_port))
+    await until(lambda: sees(a, "alice@localhost/phone") and sees(b, "alice@localhost/desk"), "both see both")
+
+    async def photo_in(status: str) -> str | None:
+        """The <photo/> of the phone's presence with *status*, as the desk gets it."""
+        while True:
+            presence = await desk.presences.get()
+            if presence["from"].full == "alice@localhost/phone" and presence["status"] == status:
+                photo = presence.xml.find("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+                return None if photo is None else photo.text or ""
+
+    phone.send_presence(pstatus="before")
+    assert await wait(photo_in("before")) == ""
+    card = (await wait(desk.plugin["xep_0054"].get_vcard("alice@localhost")))["vcard_temp"]
+    card["PHOTO"]["TYPE"] = "image/png"
+    card["PHOTO"]["BINVAL"] = PNG
+    await wait(desk.plugin["xep_0054"].publish_vcard(card))
+    for attempt in range(20):  # until the change's announcement has reached the second node
+        phone.send_presence(pstatus=f"after {attempt}")
+        photo = await wait(photo_in(f"after {attempt}"))
+        if photo != "":
+            break
+    assert photo == hashlib.sha1(PNG).hexdigest()
+    for client in (desk, phone):
+        await wait(client.log_out())

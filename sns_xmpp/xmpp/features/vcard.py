@@ -140,6 +140,9 @@ class VCards:
         self.photo_listeners: list[Callable[[str, bytes | None, str], object]] = []
         # Told when the site's name made an account's first vCard (XEP-0172's nickname): (owner, name).
         self.name_listeners: list[Callable[[str, str], object]] = []
+        # Tells a cluster's other nodes that an account's photo hash changed, once it is in the
+        # store (registry.shared_account_state): they hold the hash too, for their own sessions.
+        self.changed: Callable[[str], None] = lambda owner: None
 
     # -- the IQ (XEP-0054) ----------------------------------------------------------------------
 
@@ -193,16 +196,32 @@ class VCards:
     def _listener_failed(self, reason: Failure) -> None:
         log.failure("vcard.photo_listener_failed", reason)
 
-    def _photo_changed(self, owner: str, new_hash: str) -> bool:
-        """Keep *new_hash* as the owner's, and send its resources' presence again if it changed."""
+    def _photo_changed(self, owner: str, new_hash: str, here: bool = True) -> bool:
+        """Keep *new_hash* as the owner's, and send its resources' presence again if it changed
+        (*here*: the change was this node's, which tells the other nodes of a cluster)."""
         old_hash = self.hashes.get(owner)
         if owner in self.hashes or self.sessions.resources(owner):
             self.hashes[owner] = new_hash
         self._loaded(owner, new_hash)  # anything waiting for the old hash takes the new one
         if old_hash == new_hash:
             return False
+        if here:
+            self.changed(owner)
         self.resend_presence(owner)
         return True
+
+    def changed_elsewhere(self, owner: str) -> None:
+        """Another node of the cluster changed the owner's vCard photo: the hash this node puts in
+        its own sessions' presence is read again, and their presence goes out again with it."""
+        if owner not in self.hashes and owner not in self.loading:
+            return  # nothing held here: a session that binds here reads it then
+        read = self.store.run_read(partial(vcard_store.photo_hash, jid=owner))
+        read.addCallbacks(lambda found: self._changed_to(owner, found or ""),
+                          lambda reason: log.failure("vcard.hash_read_failed jid={jid}", reason, jid=owner))
+
+    def _changed_to(self, owner: str, new_hash: str) -> None:
+        if owner in self.hashes or self.sessions.local_resources(owner):  # (its sessions here may have ended)
+            self._photo_changed(owner, new_hash, here=False)
 
     def replace_photo(self, owner: str, image: bytes | None, kind: str) -> Deferred[bool]:
         """Make *image* (None: none) the photo of the owner's vCard, keeping the rest of it, as
@@ -324,9 +343,10 @@ class VCards:
         return held
 
     def resend_presence(self, owner: str) -> None:
-        """Each available resource's presence again, with the new hash (see the module's doc)."""
+        """Each available resource's presence again, with the new hash (see the module's doc).
+        Only this node's: in a cluster, each node sends its own resources' (`changed_elsewhere`)."""
         for session in self.sessions.available(owner):
-            if session.presence is None:
+            if session.presence is None or session.remote:
                 continue
             again = domish.Element((None, "presence"))
             again.attributes = {key: value for key, value in session.presence.attributes.items() if key != "to"}
@@ -342,6 +362,7 @@ class VCards:
 
 def install(registry: FeatureRegistry) -> None:
     vcards = VCards(registry.sessions, registry.clock.seconds, registry.config.vcard.max_bytes)
+    vcards.changed = registry.shared_account_state("vcard", vcards.changed_elsewhere)
     registry.account_iq(NS_VCARD, "vCard", vcards.answer)
     registry.hook(SESSION_BOUND, vcards.bound)
     registry.hook(SESSION_UNBOUND, vcards.unbound)
