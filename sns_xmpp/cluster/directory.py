@@ -57,6 +57,8 @@ class Directory:
         self.published: dict[str, str] = {}  # full JID -> the entry last published, as text
         self.published_keys: dict[str, tuple[object, ...]] = {}  # full JID -> what that entry was made of
         self.remote_nodes: dict[str, set[str]] = {}  # node -> the full JIDs replicated from it
+        # Told of a node that said it leaves (the leases it held are free).
+        self.on_node_gone: Callable[[str], None] = lambda node: None
 
     # -- this node's resources --------------------------------------------------
 
@@ -179,6 +181,7 @@ class Directory:
             return
         if "gone" in message:
             self.forget_node(message["gone"])
+            self.on_node_gone(message["gone"])
             return
         entry = message.get("e")
         self.apply(node, message["f"], json.loads(entry) if entry else None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from sns_xmpp.cluster import redis_link
@@ -21,6 +21,7 @@ from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.features import TakeOver
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 
@@ -48,7 +49,7 @@ class ClusterNode(service.Service):
         self.directory: Directory | None = None
         self.heartbeats: task.LoopingCall | None = None
         self.leases: EntityLeases | None = None
-        self.leased: tuple[Any, list[str]] | None = None
+        self.leased: tuple[Any, dict[str, TakeOver]] | None = None
         self.components: ComponentsAcrossNodes | None = None  # the router and the domains to lease entities of
         self.registered = False
         # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
@@ -68,9 +69,10 @@ class ClusterNode(service.Service):
         inbox.on_replace = directory.end_replaced
         self.leases = EntityLeases(self.node, self.keys, self.commands, inbox, self.config.node_timeout)
         if self.leased is not None:
-            router, domains = self.leased
+            router, services = self.leased
             inbox.route = router.route
-            self.leases.wrap(router, domains)
+            self.leases.wrap(router, services)
+            directory.on_node_gone = self.leases.forget_node
             self.components = ComponentsAcrossNodes(self.node, self.keys, self.commands, inbox, router, self.clock,
                                                     self.config.node_timeout)
         self.sessions.clustered = True
@@ -97,7 +99,10 @@ class ClusterNode(service.Service):
         assert self.inbox is not None and self.directory is not None
         self.inbox.stop()
         # Leave: what our stream still holds goes to the accounts' other resources, or offline.
+        # (Each step is a command on one connection, run in this order: the leases are given back
+        # before the others hear that this node is gone.)
         steps = [self.inbox.reclaim(self.node),
+                 self.leases.release() if self.leases is not None else succeed(None),
                  self.commands.execute_command("DEL", self.keys.node(self.node), self.keys.sessions(self.node)),
                  self.commands.execute_command("SREM", self.keys.nodes, self.node)]
         self.directory.leaving()
@@ -113,10 +118,11 @@ class ClusterNode(service.Service):
 
         return done.addBoth(disconnect)
 
-    def lease_entities(self, router: Any, domains: list[str]) -> None:
+    def lease_entities(self, router: Any, services: dict[str, TakeOver]) -> None:
         """Send each entity of these service domains (MUC rooms) to the one node holding its
-        lease (cluster/leases.py); called once the features have made their routes."""
-        self.leased = (router, list(domains))
+        lease (cluster/leases.py), which calls the domain's take-over first; called once the
+        features have made their routes."""
+        self.leased = (router, dict(services))
 
     # -- heartbeats ------------------------------------------------------------
 

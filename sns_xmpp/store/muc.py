@@ -16,6 +16,8 @@ from sns_xmpp.store.mam import ArchiveQuery, Page, archive_page
 
 SQL_ROOMS = "SELECT room, config, subject, subject_by, secret, creator, created_at FROM muc_rooms ORDER BY room"
 SQL_AFFILIATIONS = "SELECT room, jid, affiliation FROM muc_affiliations ORDER BY room, jid"
+SQL_ROOM = "SELECT room, config, subject, subject_by, secret, creator, created_at FROM muc_rooms WHERE room = ?"
+SQL_ROOM_AFFILIATIONS = "SELECT jid, affiliation FROM muc_affiliations WHERE room = ? ORDER BY jid"
 SQL_PUT_ROOM = (
     "INSERT INTO muc_rooms (room, config, subject, subject_by, secret, creator, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room) DO UPDATE SET config = excluded.config,"
@@ -51,6 +53,16 @@ def rooms(db: Database) -> list[StoredRoom]:
     return [StoredRoom(room, config, subject, subject_by, secret, creator, float(created_at),
                        affiliations.get(room, {}))
             for room, config, subject, subject_by, secret, creator, created_at in db.query(SQL_ROOMS)]
+
+
+def room(db: Database, room: str) -> StoredRoom | None:
+    """One persistent room with its affiliations, or None (a cluster's node taking a room over)."""
+    rows = db.query(SQL_ROOM, (room,))
+    if not rows:
+        return None
+    jid, config, subject, subject_by, secret, creator, created_at = rows[0]
+    affiliations = dict(db.query(SQL_ROOM_AFFILIATIONS, (room,)))
+    return StoredRoom(jid, config, subject, subject_by, secret, creator, float(created_at), affiliations)
 
 
 def put_room(db: Database, stored: StoredRoom) -> None:

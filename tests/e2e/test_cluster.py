@@ -402,3 +402,42 @@ async def test_a_vcard_photo_set_through_one_node_is_in_the_presence_every_node_
     assert photo == hashlib.sha1(PNG).hexdigest()
     for client in (desk, phone):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_persistent_room_made_after_a_node_started_is_served_by_it_once_the_rooms_node_stops(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """XEP-0045 across nodes: alice, on the first node, makes a persistent members-only room with
+    bob as a member and a subject, after the second node had read the rooms at its start. The
+    first node stops; bob, on the second, enters the room it now takes over: the room of the store
+    (he is a member, the subject is there), not a new one of his; carol is refused as a stranger."""
+    from slixmpp.exceptions import PresenceError
+
+    from tests.e2e.test_muc import configure, muc_client
+
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await alice_and_bob(a, b, muc_client)
+    await a.add_user("carol@localhost", "secret")
+    room = "kept@conference.localhost"
+    await wait(alice.plugin["xep_0045"].join_muc_wait(room, "Alice"))
+    await wait(configure(alice, room, persistentroom=True, membersonly=True))
+    await wait(alice.plugin["xep_0045"].set_affiliation(room, "member", jid="bob@localhost"))
+    subject_set = alice.wait_until("groupchat_subject", 10)
+    alice.plugin["xep_0045"].set_subject(room, "Kept across nodes")
+    assert (await wait(subject_set))["subject"] == "Kept across nodes"
+    assert room not in b.server.features.services["muc"].rooms
+    await start_server.stop(a)
+
+    own, subject, _others, _history = await wait(bob.plugin["xep_0045"].join_muc_wait(room, "Bob"))
+    assert own["muc"]["affiliation"] == "member", "bob entered the stored room, he did not make a new one"
+    assert subject["subject"] == "Kept across nodes"
+    carol = muc_client("carol@localhost/c", "secret")
+    await wait(carol.log_in(b.c2s_port))
+    try:
+        await wait(carol.plugin["xep_0045"].join_muc_wait(room, "Carol"))
+    except PresenceError as refused:
+        assert refused.presence["error"]["condition"] == "registration-required"
+    else:
+        raise AssertionError("carol entered a members-only room")
+    for client in (bob, carol):
+        await wait(client.log_out())

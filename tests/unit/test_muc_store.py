@@ -34,6 +34,8 @@ def test_rooms_are_written_whole_read_back_and_deleted_in_each_engine(backend: B
         assert rooms[0] == muc_store.StoredRoom("a@conference.x", first.config, "News", "Alice", "s1", "alice@x", 1.5,
                                                 {"alice@x": "owner", "carol@x": "outcast"})
         assert rooms[1] == second
+        assert muc_store.room(db, "a@conference.x") == rooms[0]  # one room, as a cluster's take-over reads it
+        assert muc_store.room(db, "c@conference.x") is None
         muc_store.delete_room(db, "a@conference.x")
         assert [room.room for room in muc_store.rooms(db)] == ["b@conference.x"]
         assert backend.rows("SELECT COUNT(*) FROM muc_affiliations WHERE room = ?", ("a@conference.x",)) == [(0,)]

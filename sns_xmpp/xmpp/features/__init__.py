@@ -54,6 +54,10 @@ class SiteListing(Protocol):
     def site_list(self) -> dict[str, Any]: ...
 
 
+TakeOver = Callable[[str], "Deferred[None] | None"]
+"""(entity's bare JID) -> a Deferred the entity's stanzas wait for, or None (see service_domains)."""
+
+
 @dataclass
 class FeatureRegistry:
     """What a feature's ``install`` receives: the server's parts, and the ways to register."""
@@ -74,8 +78,9 @@ class FeatureRegistry:
     http_resources: dict[bytes, Any] = field(default_factory=dict)
     http_body_limits: dict[bytes, int] = field(default_factory=dict)  # their longest request bodies
     # Service domains whose entities (MUC rooms) keep state in one node's memory: in a cluster,
-    # each entity's stanzas go to the one node that holds its lease (cluster/leases.py).
-    entity_services: list[str] = field(default_factory=list)
+    # each entity's stanzas go to the one node that holds its lease (cluster/leases.py). Each
+    # domain's take-over: what that node does before it serves an entity it has just taken.
+    entity_services: dict[str, TakeOver] = field(default_factory=dict)
 
     @property
     def hooks(self) -> Hooks:
@@ -148,7 +153,7 @@ class FeatureRegistry:
         return DeferredList(done).addCallback(lambda _: None)
 
     def service_domains(self, label: str, deliver: Callable[[domish.Element], Any], *,
-                        one_node_per_entity: bool = False) -> list[str]:
+                        one_node_per_entity: bool = False, take_over: TakeOver | None = None) -> list[str]:
         """Host an in-process service at ``<label>.<domain>`` for each hosted domain (MUC's
         conference.example.org): the router hands *deliver* every stanza addressed there, and the
         server's disco#items lists the domains (XEP-0030 section 4). The service answers through
@@ -156,10 +161,13 @@ class FeatureRegistry:
         domain, claiming one domain is a start-up error. (Without a router, as in unit tests of
         other features, nothing reaches the service.) *one_node_per_entity*: the service keeps each
         entity's state (a room's occupants) in memory, so a cluster sends an entity's stanzas to
-        one node."""
+        one node; *take_over(entity)* is called when a node takes an entity over (its node died,
+        or it is the first stanza for it), and the entity's stanzas wait for the Deferred it may
+        return (a persistent room read from the store)."""
         made = [f"{label}.{domain}" for domain in sorted(self.sessions.domains)]
         if one_node_per_entity:
-            self.entity_services.extend(made)
+            for service_domain in made:
+                self.entity_services[service_domain] = take_over or _nothing_to_take_over
         for service_domain in made:
             if service_domain in self.sessions.domains:
                 raise ValueError(f"{self.installing}: {service_domain} is a hosted domain")
@@ -194,6 +202,10 @@ class FeatureRegistry:
     def inline(self, var: str, act: Callable[[ClientSession, domish.Element], domish.Element | None]) -> None:
         """Offer ``act(session, element)`` inside a Bind2 request (XEP-0386), announced as *var*."""
         _claim(self.hooks.inline, var, InlineAction(self.installing, var, act))
+
+
+def _nothing_to_take_over(entity: str) -> None:
+    return None
 
 
 def _claim(table: dict[Any, Any], key: object, value: object) -> None:

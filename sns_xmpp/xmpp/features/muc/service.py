@@ -68,7 +68,8 @@ class MUCService:
         self.config = config
         self.max_occupants = config.max_occupants
         self.outbox = Outbox(registry.sessions, registry.router)
-        self.domains = frozenset(registry.service_domains("conference", self.deliver, one_node_per_entity=True))
+        self.domains = frozenset(registry.service_domains("conference", self.deliver, one_node_per_entity=True,
+                                                          take_over=self.take_over))
         self.rooms: dict[str, Room] = {}
         self.created: dict[str, int] = {}  # bare JID -> rooms it created that exist
         self.forwarded: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
@@ -97,22 +98,53 @@ class MUCService:
 
     def _loaded(self, stored: list[muc_store.StoredRoom]) -> None:
         for row in stored:
-            try:
-                config = RoomConfig.from_json(row.config)
-                # The limit may have been lowered since the owner chose a longer history.
-                config = dataclasses.replace(config, history_length=min(config.history_length, self.config.max_history))
-            except (ValueError, TypeError):
-                log.warn("muc.room_unreadable room={room}", room=row.room)
-                continue
-            self.rooms[row.room] = Room(self, row.room, config, creator=row.creator, secret=row.secret,
-                                        created_at=row.created_at, affiliations=row.affiliations,
-                                        subject=row.subject, subject_by=row.subject_by)
-            self.created[row.creator] = self.created.get(row.creator, 0) + 1
+            self._put_stored(row)
         log.info("muc.loaded rooms={rooms}", rooms=len(stored))
         self.loaded = True
         waiting, self.waiting = self.waiting, []
         for stanza in waiting:
             self.deliver(stanza)
+
+    def _put_stored(self, row: muc_store.StoredRoom) -> None:
+        try:
+            config = RoomConfig.from_json(row.config)
+            # The limit may have been lowered since the owner chose a longer history.
+            config = dataclasses.replace(config, history_length=min(config.history_length, self.config.max_history))
+        except (ValueError, TypeError):
+            log.warn("muc.room_unreadable room={room}", room=row.room)
+            return
+        self.rooms[row.room] = Room(self, row.room, config, creator=row.creator, secret=row.secret,
+                                    created_at=row.created_at, affiliations=row.affiliations,
+                                    subject=row.subject, subject_by=row.subject_by)
+        self.created[row.creator] = self.created.get(row.creator, 0) + 1
+
+    # -- a cluster's take-over ---------------------------------------------------------------------
+
+    def take_over(self, room_jid: str) -> Deferred[None] | None:
+        """In a cluster, this node has taken the room's lease (cluster/leases.py); the room's
+        stanzas wait for this. The node that served it before may have created the room, or
+        changed it, after this node read the rooms at start: what this node holds of an empty room
+        is read again from the store (an occupied one is being served here already)."""
+        room = self.rooms.get(room_jid)
+        if self.store is None or (room is not None and room.occupants):
+            return None
+        return self.store.run_read(partial(muc_store.room, room=room_jid)).addCallback(self._taken_over, room_jid)
+
+    def _taken_over(self, stored: muc_store.StoredRoom | None, room_jid: str) -> None:
+        held = self.rooms.get(room_jid)
+        if held is not None:
+            if held.occupants:
+                return
+            # Out of memory only: what the store holds (or no longer holds) is the room now.
+            del self.rooms[room_jid]
+            left = self.created.get(held.creator, 0) - 1
+            if left > 0:
+                self.created[held.creator] = left
+            else:
+                self.created.pop(held.creator, None)
+        if stored is not None:
+            self._put_stored(stored)
+        log.info("muc.room_taken_over room={room} stored={stored}", room=room_jid, stored=stored is not None)
 
     # -- persistence, as rooms ask ---------------------------------------------------------------
 
