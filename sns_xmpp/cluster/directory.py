@@ -59,6 +59,8 @@ class Directory:
         self.remote_nodes: dict[str, set[str]] = {}  # node -> the full JIDs replicated from it
         # Told of a node that said it leaves (the leases it held are free).
         self.on_node_gone: Callable[[str], None] = lambda node: None
+        # Told (node, account) of a resource there that became available with priority >= 0.
+        self.on_available: Callable[[str, str], None] = lambda node, owner: None
 
     # -- this node's resources --------------------------------------------------
 
@@ -205,12 +207,17 @@ class Directory:
             # Bound here too: the owner key decides which one stays (see _claim).
             return
         if isinstance(existing, RemoteSession) and existing.node == node:
+            was_target = existing.available and existing.priority >= 0
             existing.update(entry)
+            if not was_target and existing.available and existing.priority >= 0:
+                self.on_available(node, bare)
             return
         remote = RemoteSession(jid, node, self.inbox.forward, self.inbox.replace)
         remote.update(entry)
         self.sessions.users.setdefault(bare, {})[resource] = remote
         self.remote_nodes.setdefault(node, set()).add(full)
+        if remote.available and remote.priority >= 0:
+            self.on_available(node, bare)
 
     def _apply_text(self, text: Any, node: str, full: str) -> None:
         if text:

@@ -34,6 +34,7 @@ KIND_STANZA = "s"  # a stanza for one full JID
 KIND_REPLACE = "r"  # the resource was bound again on another node: end this one (conflict)
 KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 rules, hooks and all)
 KIND_ROUTE = "e"  # a stanza for an entity this node holds the lease of (a MUC room): to the router
+KIND_STORED = "m"  # another node stored messages for this account: deliver its stored ones again here
 MAX_HOPS = 3  # a stanza for a leased entity passed on this often is dropped (leases in flux)
 
 
@@ -49,6 +50,7 @@ class Inbox:
         self.running = False
         self.on_replace: Callable[[str, str], None] = lambda full, by: None
         self.route: Callable[[domish.Element], object] | None = None  # the router's, for KIND_ROUTE
+        self.on_stored: Callable[[str], None] = lambda owner: None  # KIND_STORED's account
 
     # -- sending -------------------------------------------------------------
 
@@ -82,6 +84,10 @@ class Inbox:
         # (Not getattr: domish.Element answers any unknown attribute with a child's lookup.)
         hops = int(vars(element).get("cluster_hops", 0)) + 1
         return self._add(node, KIND_ROUTE, element.getAttribute("to", ""), element.toXml(), str(hops))
+
+    def nudge(self, node: str, owner: str) -> Deferred[None]:
+        """Have *node* deliver the stored messages of *owner* to its resource there."""
+        return self._add(node, KIND_STORED, owner, "")
 
     def replace(self, node: str, full: str) -> None:
         self._add(node, KIND_REPLACE, full, "", self.node).addErrback(
@@ -153,6 +159,9 @@ class Inbox:
         full, kind = fields.get("t", ""), fields.get("k")
         if kind == KIND_REPLACE:
             self.on_replace(full, fields.get("o", ""))
+            return
+        if kind == KIND_STORED:
+            self.on_stored(full)
             return
         text = fields.get("x", "")
         if kind == KIND_ROUTE:

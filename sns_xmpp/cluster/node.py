@@ -19,6 +19,7 @@ from sns_xmpp.cluster.directory import Directory
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
+from sns_xmpp.cluster.stored_messages import StoredWhileBinding
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.features import TakeOver
@@ -67,6 +68,10 @@ class ClusterNode(service.Service):
         self.inbox = inbox = Inbox(self.node, self.keys, self.commands, self.reader, self.sessions, self.clock)
         self.directory = directory = Directory(self.node, self.keys, self.commands, self.sessions, inbox)
         inbox.on_replace = directory.end_replaced
+        stored = StoredWhileBinding(self.sessions, inbox, self.clock)
+        stored.install()
+        inbox.on_stored = stored.deliver_here
+        directory.on_available = stored.available
         self.leases = EntityLeases(self.node, self.keys, self.commands, inbox, self.config.node_timeout)
         if self.leased is not None:
             router, services = self.leased

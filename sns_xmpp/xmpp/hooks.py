@@ -44,6 +44,10 @@ normal or chat message bounces with service-unavailable."""
 STORED_MESSAGE_UNACKNOWLEDGED = "message/stored-unacknowledged"
 """(owner, text): a stored message, delivered to a session that ended before acknowledging it
 (XEP-0198); it is kept again."""
+STORED_MESSAGES_WAITING = "message/stored-waiting"
+"""(session): messages may have been stored for the available session's account after its
+SESSION_AVAILABLE delivered the stored ones (a cluster's node stored them before it heard of the
+session): deliver them, none twice."""
 PRESENCE_FROM_CLIENT = "presence/from-client"
 """(session, presence): a bound client's presence (RFC 6121 sections 3 and 4, outbound)."""
 PRESENCE_TO_LOCAL = "presence/to-local"
@@ -68,7 +72,7 @@ SESSION_UNBOUND = "session/unbound"
 resource takes its place at once)."""
 
 EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
-          PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, IQ_FROM_CLIENT, IQ_TO_LOCAL,
+          STORED_MESSAGES_WAITING, PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, IQ_FROM_CLIENT, IQ_TO_LOCAL,
           SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
 
 IQHandler = Callable[[domish.Element], Any]

@@ -441,3 +441,45 @@ async def test_a_persistent_room_made_after_a_node_started_is_served_by_it_once_
         raise AssertionError("carol entered a members-only room")
     for client in (bob, carol):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_stored_while_its_recipient_was_binding_on_another_node_reaches_her_at_once(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """RFC 6121 8.5.2 in the milliseconds between a bind on one node and its announcement on the
+    other (held open here): alice's phone, on the second node, is available and has been given
+    her stored messages (none), when bob's message, on the first node, which has not heard of her
+    yet, goes to offline storage. It reaches her once the first node hears of her, not at her
+    next login, and once."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    bob = Client("bob@localhost/b", "secret")
+    await wait(bob.log_in(a.c2s_port))
+    directory = a.server.cluster.directory
+    announced, held = directory.apply, []
+    directory.apply = lambda node, full, entry: (held.append((node, full, entry)) if full.startswith("alice@")
+                                                 else announced(node, full, entry))
+    store, reads = b.server.store, []
+    read_stored = store.offline_messages
+    store.offline_messages = lambda owner: reads.append(read_stored(owner)) or reads[-1]
+
+    alice = Client("alice@localhost/phone", "secret")
+    await wait(alice.log_in(b.c2s_port))
+    await until(lambda: any(entry and entry["a"] for _, _, entry in held), "her presence's announcement, held")
+    await until(lambda: reads and reads[0].called, "the second node has read her stored messages")
+    bob.send_message(mto="alice@localhost", mbody="just as you came", mtype="chat")
+    for _ in range(1000):  # until the first node's offline write is in the store
+        if await a.store.offline_messages("alice@localhost"):
+            break
+    else:
+        raise AssertionError("bob's message was not stored")
+    directory.apply = announced
+    for node, full, entry in held:
+        announced(node, full, entry)
+    assert (await wait(alice.next_message()))["body"] == "just as you came"
+    bob.send_message(mto="alice@localhost", mbody="and now", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "and now"  # (not the first again)
+    assert await a.store.offline_messages("alice@localhost") == []
+    for client in (alice, bob):
+        await wait(client.log_out())

@@ -242,6 +242,36 @@ def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None
     assert store.offline["bob@localhost"] == []
 
 
+def test_stored_messages_asked_for_again_while_some_wait_for_room_are_each_sent_once() -> None:
+    """A cluster's node asks for the account's stored messages again (STORED_MESSAGES_WAITING)
+    while the first delivery holds the rest back for room: what the first one has in hand is left
+    out, so every message arrives once."""
+    from sns_xmpp.xmpp.features import stream_management
+    from sns_xmpp.xmpp.hooks import STORED_MESSAGES_WAITING
+
+    store = MemoryStore()
+    total = stream_management.MAX_UNACKED + 200
+    store.offline["bob@localhost"] = [OfflineMessage(
+        n, f"<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>{n}</body></message>", 0.0)
+        for n in range(1, total + 1)]
+    store._ids = total
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<presence/>")
+    sessions.hooks.fire(STORED_MESSAGES_WAITING, session)
+    received: list[str] = []
+    written = output(transport)
+    for _ in range(10):
+        sent = stanzas(written)
+        received += [e.findtext(f"{{{NS_CLIENT}}}body") or "" for e in sent if e.tag.endswith("message")]
+        if not sent:
+            break
+        assert session.ledger is not None
+        written = ack(bob, transport, session.ledger.sent)
+    assert received == [str(n) for n in range(1, total + 1)]
+    assert store.offline["bob@localhost"] == []
+
+
 def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     """A client that sends thousands of messages to offline users (each acknowledged only once on
     disk) and then <r/> makes every completed write ask "what is handled now?": answered from a

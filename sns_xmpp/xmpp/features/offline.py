@@ -3,7 +3,9 @@
 A message no resource takes (the core's MESSAGE_OFFLINE event) is stored, and its handling ends
 when it is on disk: the Deferred returned goes up the stanza's path to XEP-0198, which counts the
 message handled only then. The stored messages go to the first session that becomes available
-with a non-negative priority (SESSION_AVAILABLE).
+with a non-negative priority (SESSION_AVAILABLE), and again when a cluster's node stored some
+for the account before it knew of that session (STORED_MESSAGES_WAITING). A stored message is
+in hand from its read until its deletion, and no other delivery of the account's sends it then.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.tally import Tally
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
-from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE, SESSION_AVAILABLE, STORED_MESSAGE_UNACKNOWLEDGED
+from sns_xmpp.xmpp.hooks import (
+    MESSAGE_OFFLINE,
+    SESSION_AVAILABLE,
+    SESSION_UNBOUND,
+    STORED_MESSAGE_UNACKNOWLEDGED,
+    STORED_MESSAGES_WAITING,
+)
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_DELAY, add_element, error_reply
 
@@ -47,12 +55,35 @@ class OfflineStorage:
         # within the outbound bound of the stream it goes to (c2s max_outbound_bytes).
         self.max_bytes = max_bytes
         self.writes = Tally()  # offline writes in flight, by sender
+        # owner -> the ids of stored messages read for delivery and not yet deleted, each with the
+        # session they are for: a second delivery meanwhile (another resource's, or a cluster's
+        # STORED_MESSAGES_WAITING) leaves them out, so that none is sent twice.
+        self.in_hand: dict[str, dict[int, ClientSession]] = {}
 
     def store_for_later(self, owner: str, message: domish.Element) -> Deferred[None] | bool:
         return store_for_later(self, owner, message)
 
     def deliver_stored(self, session: ClientSession) -> None:
-        deliver_stored(self.sessions, session)
+        deliver_stored(self, session)
+
+    def release(self, owner: str, messages: list[OfflineMessage]) -> None:
+        held = self.in_hand.get(owner)
+        if held is None:
+            return
+        for message in messages:
+            held.pop(message.id, None)
+        if not held:
+            del self.in_hand[owner]
+
+    def unbound(self, session: ClientSession, replaced: bool) -> None:
+        """What the session had in hand and never sent (it waited for XEP-0198 room) is free again."""
+        held = self.in_hand.get(session.bare) if self.in_hand else None
+        if held is None:
+            return
+        for message_id in [i for i, holder in held.items() if holder is session]:
+            del held[message_id]
+        if not held:
+            del self.in_hand[session.bare]
 
     def put_back(self, owner: str, stanza: str) -> None:
         put_back(self.sessions, owner, stanza)
@@ -118,34 +149,57 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
     return finished
 
 
-def deliver_stored(sessions: SessionManager, session: ClientSession) -> None:
+def deliver_stored(storage: OfflineStorage, session: ClientSession) -> None:
     """Send the stored messages, oldest first, through the session (so that stream management
     counts and keeps them), then forget them. With stream management on, no more than its `room`
     at once: the rest follows as the client acknowledges."""
-    d = sessions.store.offline_messages(session.bare)
-    d.addCallback(lambda messages: _send_stored(sessions, session, messages))
+    d = storage.sessions.store.offline_messages(session.bare)
+    d.addCallback(_take_in_hand, storage, session)
     d.addErrback(_delivery_failed)
 
 
-def _send_stored(sessions: SessionManager, session: ClientSession,
+def _take_in_hand(messages: list[OfflineMessage], storage: OfflineStorage,
+                  session: ClientSession) -> Deferred[None] | None:
+    if not messages:
+        return None
+    held = storage.in_hand.setdefault(session.bare, {})
+    free = [message for message in messages if message.id not in held]
+    for message in free:
+        held[message.id] = session
+    if not held:
+        del storage.in_hand[session.bare]
+    return _send_stored(storage, session, free)
+
+
+def _send_stored(storage: OfflineStorage, session: ClientSession,
                  messages: list[OfflineMessage]) -> Deferred[None] | None:
     # A module function, not a closure that calls itself: that would be a reference cycle
     # holding the session until the cycle collector came (tests/unit/test_no_cycles.py).
-    if not messages or session.stream.closed:
+    if not messages:
+        return None
+    if session.stream.closed:
+        storage.release(session.bare, messages)  # still stored: for the next delivery
         return None
     ledger = session.ledger
     batch = messages
     if ledger is not None and ledger.room() < len(messages):
         room = max(0, ledger.room())
         batch, rest = messages[:room], messages[room:]
-        ledger.when_room(lambda: _chained(_send_stored(sessions, session, rest)))
+        ledger.when_room(lambda: _chained(_send_stored(storage, session, rest)))
     if not batch:
         return None
     for message in batch:
         session.send(message.stanza)
+    sessions = storage.sessions
     log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(batch))
     sessions.metrics.offline_delivered.inc(len(batch))
-    return sessions.store.delete_offline(session.bare, [m.id for m in batch])
+    deleted = sessions.store.delete_offline(session.bare, [m.id for m in batch])
+    return deleted.addBoth(_released, storage, session.bare, batch)
+
+
+def _released(result: object, storage: OfflineStorage, owner: str, batch: list[OfflineMessage]) -> object:
+    storage.release(owner, batch)
+    return result
 
 
 def _chained(d: Deferred[None] | None) -> None:
@@ -175,6 +229,8 @@ def install(registry: FeatureRegistry) -> None:
     storage = OfflineStorage(registry.sessions, c2s.max_offline_messages, c2s.max_offline_bytes)
     registry.hook(MESSAGE_OFFLINE, storage.store_for_later)
     registry.hook(SESSION_AVAILABLE, storage.deliver_stored)
+    registry.hook(STORED_MESSAGES_WAITING, storage.deliver_stored)
+    registry.hook(SESSION_UNBOUND, storage.unbound)
     registry.hook(STORED_MESSAGE_UNACKNOWLEDGED, storage.put_back)
     registry.disco_feature("msgoffline")  # XEP-0160
     registry.stores("offline_messages", per_account=True, what="messages kept for an account with no session")
