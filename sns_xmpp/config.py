@@ -55,6 +55,27 @@ def _domains(value: Any) -> tuple[str, ...]:
     return tuple(domains)
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    """Addresses or networks (``10.0.0.0/8``, ``192.0.2.7``), kept as networks' text."""
+    networks: list[str] = []
+    for item in names("IP addresses or networks")(value):
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError:
+            try:  # a network written with its host bits: say which one was meant, take neither
+                meant = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network such as 10.0.0.0/8") from None
+            raise ValueError(f"{item!r} has host bits set (the network is {meant})") from None
+    return tuple(networks)
+
+
+_PROXY_PROTOCOL_FROM = (
+    "balancers (addresses or networks) that send the PROXY protocol, v1 or v2; when set, every connection must "
+    "come from one of them and start with its header; empty: off"
+)
+
+
 def _url(value: Any) -> str:
     text = settings.text(value)
     if not (text.startswith("http://") or text.startswith("https://")):
@@ -115,6 +136,7 @@ class C2SConfig:
         86400, integer(0, 366 * 86400),
         "seconds a FAST token serves before a login rotates it (at most half its lifetime; 0: every login)"
     )
+    proxy_protocol_from: tuple[str, ...] = _setting((), _networks, _PROXY_PROTOCOL_FROM + " (both client ports)")
 
 
 @dataclass(frozen=True)
@@ -394,6 +416,7 @@ class HTTPConfig:
         (), lambda value: _ip_addresses(value),
         "addresses of TLS-terminating reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
     )
+    proxy_protocol_from: tuple[str, ...] = _setting((), _networks, _PROXY_PROTOCOL_FROM)
     auth_secret: str = _setting(
         "", lambda value: _auth_secret(value),
         "the secret an existing Prosody sends (HTTP Basic) to /auth/check and /auth/exists; empty: those are off",

@@ -62,6 +62,7 @@ from sns_xmpp.xmpp.components import ComponentLimits, ComponentServerFactory
 from sns_xmpp.xmpp.features import FeatureRegistry
 from sns_xmpp.xmpp.features.built_in import UnknownFeature, install_features
 from sns_xmpp.xmpp.negotiation import C2SSettings, ClientNegotiator
+from sns_xmpp.xmpp.proxy_protocol import TrustedProxies
 from sns_xmpp.xmpp.revocation import RevocationWatcher, end_sessions
 from sns_xmpp.xmpp.routing import LocalRoute, StanzaRouter
 from sns_xmpp.xmpp.s2s.federation import Federation, make_federation
@@ -306,7 +307,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                                     lambda: store.account_exists("health-check@invalid"), reactor))
     # The ports the nodes of a cluster on one machine share (the kernel spreads the connections).
     shared = config.cluster.enabled and config.cluster.reuse_port
-    ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port, reuse_port=shared),
+    ListenerService("http", _tcp_endpoint(reactor, config.http.interface, config.http.port, reuse_port=shared,
+                                          proxies=TrustedProxies(config.http.proxy_protocol_from)),
                     web_site(root, reactor, HTTPLimits(
                         header_timeout=config.http.header_timeout, body_timeout=config.http.body_timeout,
                         max_connections_per_ip=config.http.max_connections_per_ip,
@@ -336,14 +338,16 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)
 
+    # Behind a balancer that sends the PROXY protocol: the clients' own addresses (empty: off).
+    balancers = TrustedProxies(c2s.proxy_protocol_from)
     if c2s.port >= 0:  # -1: the HTTP side alone, for an existing ejabberd or Prosody (docs/operations.md)
         ListenerService("c2s", FlushingTCPServerEndpoint(reactor, c2s.port, LISTEN_BACKLOG, c2s.interface,
-                                                         reuse_port=shared),
+                                                         reuse_port=shared, proxies=balancers),
                         factory(False)).setServiceParent(top)
     if c2s.direct_tls_port >= 0:
         ListenerService("c2s-direct-tls",
                         FlushingTCPServerEndpoint(reactor, c2s.direct_tls_port, LISTEN_BACKLOG, c2s.interface,
-                                                  tls=tls_context, reuse_port=shared),
+                                                  tls=tls_context, reuse_port=shared, proxies=balancers),
                         factory(True)).setServiceParent(top)
     if config.http.websocket:
         # The same streams over RFC 7395's framing on the HTTP listener: no STARTTLS there (the
@@ -404,11 +408,13 @@ def _listeners(top: service.MultiService) -> list[ListenerService]:
 LISTEN_BACKLOG = 1024
 
 
-def _tcp_endpoint(reactor: IServerReactor, interface: str, port: int, reuse_port: bool = False
-                  ) -> IStreamServerEndpoint:
+def _tcp_endpoint(reactor: IServerReactor, interface: str, port: int, reuse_port: bool = False,
+                  proxies: TrustedProxies | None = None) -> IStreamServerEndpoint:
     """A listener (IPv4 or IPv6 by the interface) whose connections have TCP_NODELAY, as the c2s
-    ones do (sns_xmpp.xmpp.transport): an answer is not held back waiting for an ACK."""
-    return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface, reuse_port=reuse_port)
+    ones do (sns_xmpp.xmpp.transport): an answer is not held back waiting for an ACK. With
+    *proxies*, behind the PROXY protocol (sns_xmpp.xmpp.proxy_protocol)."""
+    return NoDelayTCPServerEndpoint(reactor, port, LISTEN_BACKLOG, interface, reuse_port=reuse_port,
+                                    proxies=proxies)
 
 
 def makeService(options: Options, reactor: IServerReactor | None = None) -> service.IService:

@@ -43,9 +43,14 @@ def buffered_bytes(transport: object) -> int:
     ciphertext lands there too); under a `TLSMemoryBIOProtocol` (direct TLS) it is the wrapped
     transport's, the ciphertext being handed on as soon as it is made. Transports that keep no
     such buffer (test doubles) count 0; a WebSocket's framing (`websocket.FramedTransport`) names
-    the TCP transport under it. Twisted has no public accessor: these are the names
-    `FileDescriptor.write` and `doWrite` use, and a tripwire test watches them."""
-    transport = getattr(transport, "inner_transport", transport)
+    the transport under it as ``inner_transport``, and so does a PROXY protocol reader
+    (`proxy_protocol.ProxyHeaderReader`, which a direct TLS layer's attribute lookup reaches too).
+    Twisted has no public accessor: these are the names `FileDescriptor.write` and `doWrite` use,
+    and a tripwire test watches them."""
+    # Each layer that names one (a WebSocket's framing, a PROXY protocol reader under it) is passed.
+    inner = getattr(transport, "inner_transport", None)
+    while inner is not None and inner is not transport:
+        transport, inner = inner, getattr(inner, "inner_transport", None)
     while isinstance(transport, TLSMemoryBIOProtocol):
         transport = transport.transport
     if isinstance(transport, abstract.FileDescriptor):

@@ -20,7 +20,9 @@ last words the socket takes at once is closed at once, as Twisted's doWrite woul
 one round later.
 
 `FlushingTCPServerEndpoint` listens with it (IPv4 or IPv6, from the interface), and with TLS
-from the first byte when given a TLS context (as Twisted's ``SSL4ServerEndpoint`` does).
+from the first byte when given a TLS context (as Twisted's ``SSL4ServerEndpoint`` does). Given
+trusted balancers, both endpoints read a PROXY protocol header first, outside the TLS layer
+(`sns_xmpp.xmpp.proxy_protocol`).
 
 Every accepted socket has ``TCP_NODELAY`` (`NoDelayServer`, which `FlushingServer` extends;
 `NoDelayTCPServerEndpoint` listens with it for the HTTP, component and console listeners).
@@ -52,6 +54,7 @@ from zope.interface import implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.reactors import IServerReactor
+from sns_xmpp.xmpp.proxy_protocol import ProxyHeaderFactory, TrustedProxies
 
 log = GatedLogger()
 
@@ -186,22 +189,28 @@ class FlushingPort(NoDelayPort):
 class NoDelayTCPServerEndpoint:
     """A TCP server endpoint (IPv4 or IPv6 by the interface) whose connections are
     `NoDelayServer`s (Twisted's, with ``TCP_NODELAY``), with TLS from the first byte when given
-    a TLS context."""
+    a TLS context, and behind a PROXY protocol header when given trusted balancers (an empty
+    `TrustedProxies`, the default, is no wrapper at all)."""
 
     def __init__(self, reactor: IServerReactor, port: int, backlog: int = 50, interface: str = "",
-                 tls: IOpenSSLServerConnectionCreator | None = None, reuse_port: bool = False) -> None:
+                 tls: IOpenSSLServerConnectionCreator | None = None, reuse_port: bool = False,
+                 proxies: TrustedProxies | None = None) -> None:
         self._reactor = reactor
         self._port_number = port
         self._backlog = backlog
         self._interface = interface
         self._tls = tls
         self._reuse_port = reuse_port
+        self._proxies = proxies if proxies else None
 
     def _port(self, factory: IProtocolFactory) -> NoDelayPort:
         return NoDelayPort(self._port_number, factory, self._backlog, self._interface, self._reactor)
 
     def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:  # noqa: N803 - Twisted's name
         factory = protocolFactory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, protocolFactory)
+        if self._proxies is not None:
+            # Outermost: the balancer's header comes before the client's TLS handshake.
+            factory = ProxyHeaderFactory(factory, self._proxies, self._reactor)
 
         def start() -> IListeningPort:
             port = self._port(factory)

@@ -109,3 +109,28 @@ def test_pyopenssls_no_overlapping_protocols_marker() -> None:
     from OpenSSL.SSL import _NoOverlappingProtocols
 
     assert isinstance(SSL.NO_OVERLAPPING_PROTOCOLS, _NoOverlappingProtocols)
+
+
+def test_the_proxy_protocol_parsers_and_their_errors() -> None:
+    """xmpp/proxy_protocol.ProxyHeaderReader uses Twisted's PROXY protocol parsers from the private
+    modules of twisted.protocols.haproxy: their signatures (the v2 one, the v1 word), feed() that
+    answers (None, None) until a header is whole and (info, rest) once it is, the v2 parser's want
+    of 16 bytes at its first feed, and the error classes the reader names in its log."""
+    from twisted.protocols.haproxy._exceptions import InvalidNetworkProtocol, InvalidProxyHeader, MissingAddressData
+    from twisted.protocols.haproxy._v1parser import V1Parser
+    from twisted.protocols.haproxy._v2parser import V2Parser
+
+    assert V2Parser.PREFIX == b"\r\n\r\n\x00\r\nQUIT\n" and V1Parser.PROXYSTR == b"PROXY"
+    assert issubclass(InvalidNetworkProtocol, InvalidProxyHeader)
+    assert issubclass(MissingAddressData, InvalidProxyHeader)
+    v1 = V1Parser()
+    assert v1.feed(b"PROXY TCP4 192.0.2.7 ") == (None, None)
+    info, rest = v1.feed(b"192.0.2.1 50000 5222\r\nrest")
+    assert (info.source.host, info.source.port, rest) == ("192.0.2.7", 50000, b"rest")
+    v2 = V2Parser()
+    with pytest.raises(InvalidProxyHeader):
+        v2.feed(V2Parser.PREFIX)
+    header = V2Parser.PREFIX + b"\x21\x11\x00\x0c" + bytes([192, 0, 2, 7, 192, 0, 2, 1]) + b"\xc3\x50\x14\x66"
+    assert V2Parser().feed(header[:16]) == (None, None)
+    info, rest = V2Parser().feed(header + b"rest")
+    assert (info.source.host, info.source.port, info.destination.port, rest) == ("192.0.2.7", 50000, 5222, b"rest")
