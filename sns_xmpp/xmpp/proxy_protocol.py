@@ -20,9 +20,11 @@ connects the wrapped protocol before the header has arrived, so a factory's ``bu
 (the per-address caps) and a protocol's ``connectionMade`` see the balancer; it closes a
 connection whose first read is shorter than 16 bytes (a header split over two segments); it lets
 a v1 header's non-numeric port escape as a ``ValueError`` and takes any text as a v1 address; it
-trusts every peer; and it logs nothing. The parsers (``V1Parser``, ``V2Parser``) are in private
-modules of ``twisted.protocols.haproxy``: the tripwire test (tests/unit/test_twisted_tripwire.py)
-names them.
+trusts every peer; and it logs nothing. Its parsers read one whole header each (the reader frames
+it: the v2 length field, the v1 CRLF), but for the shortest v1 header, ``PROXY UNKNOWN`` with
+nothing after it, which ``V1Parser`` refuses and the reader takes itself. The parsers
+(``V1Parser.parse``, ``V2Parser.parse``) are in private modules of ``twisted.protocols.haproxy``:
+the tripwire test (tests/unit/test_twisted_tripwire.py) names them.
 
 The wrapping is outermost: for direct TLS the header comes before the TLS handshake, so the TLS
 layer is made inside it (`sns_xmpp.xmpp.transport.NoDelayTCPServerEndpoint`). With the option off
@@ -62,9 +64,11 @@ __all__ = ["HEADER_TIMEOUT", "ProxyHeaderFactory", "ProxyHeaderReader", "Trusted
 # silent for this long is no balancer doing its job (and holds a descriptor).
 HEADER_TIMEOUT = 10.0
 
-_V2_SIGNATURE = V2Parser.PREFIX  # 12 bytes, then the version and command byte
+_V2_SIGNATURE = V2Parser.PREFIX  # 12 bytes, then the version and command, the family, the length
+_V2_FIXED = 16  # the v2 header's fixed part, its last two bytes the length of the rest
 _V1_SIGNATURE = V1Parser.PROXYSTR + b" "
-_V2_FIXED = 16  # the v2 header's fixed part: V2Parser.feed wants at least this much at once
+_V1_UNKNOWN = V1Parser.PROXYSTR + b" " + V1Parser.UNKNOWN_PROTO  # with nothing after it: no address
+_V1_LONGEST = 107  # the v1 specification's longest header, CRLF included
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -122,8 +126,7 @@ class ProxyHeaderReader(policies.ProtocolWrapper):
     def __init__(self, factory: ProxyHeaderFactory) -> None:
         self.factory = factory
         self.wrappedProtocol = None
-        self._buffer = b""
-        self._parser: V1Parser | V2Parser | None = None
+        self._buffer = b""  # the header's bytes so far
         self._source: IAddress | None = None
         self._destination: IAddress | None = None
         self._deadline: IDelayedCall | None = None
@@ -164,25 +167,33 @@ class ProxyHeaderReader(policies.ProtocolWrapper):
             self._read_header(data)
 
     def _read_header(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            buffer = self._buffer = self._buffer + data
-            if buffer.startswith(_V2_SIGNATURE):
-                if len(buffer) < _V2_FIXED:
-                    return
-                parser = V2Parser()
-            elif buffer.startswith(_V1_SIGNATURE):
-                parser = V1Parser()
-            elif _V2_SIGNATURE.startswith(buffer) or _V1_SIGNATURE.startswith(buffer):
-                return  # the start of a signature, split across reads
-            else:
-                self._refuse("no-header")
+        # The framing is read here, each header whole before it is parsed: V2Parser.feed wants 16
+        # bytes at its first call, and V1Parser refuses the shortest v1 header, "PROXY UNKNOWN".
+        buffer = self._buffer = self._buffer + data
+        if buffer.startswith(_V2_SIGNATURE):
+            if len(buffer) < _V2_FIXED:
                 return
-            self._parser, data, self._buffer = parser, buffer, b""
+            size = _V2_FIXED + int.from_bytes(buffer[_V2_FIXED - 2:_V2_FIXED], "big")
+            if len(buffer) < size:
+                return
+            header, rest, parse = buffer[:size], buffer[size:], V2Parser.parse
+        elif buffer.startswith(_V1_SIGNATURE):
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) >= _V1_LONGEST:
+                    self._refuse("invalid-header")
+                return
+            header, rest, parse = buffer[:end], buffer[end + 2:], V1Parser.parse
+            if header == _V1_UNKNOWN:
+                self._header_read(None, None, rest)
+                return
+        elif _V2_SIGNATURE.startswith(buffer) or _V1_SIGNATURE.startswith(buffer):
+            return  # the start of a signature, split across reads
+        else:
+            self._refuse("no-header")
+            return
         try:
-            info, rest = parser.feed(data)
-            if info is None:
-                return
+            info = parse(header)
             source, destination = _ip_address(info.source), _ip_address(info.destination)
         except InvalidProxyHeader as error:
             self._refuse(_REASONS.get(type(error), "invalid-header"))
@@ -190,11 +201,11 @@ class ProxyHeaderReader(policies.ProtocolWrapper):
         except ValueError:  # V1Parser: a port that is no number, an address that is no ASCII
             self._refuse("invalid-header")
             return
-        self._header_read(source, destination, rest or b"")
+        self._header_read(source, destination, rest)
 
     def _header_read(self, source: IAddress | None, destination: IAddress | None, rest: bytes) -> None:
         self._cancel_deadline()
-        self._parser = None
+        self._buffer = b""
         self._source, self._destination = source, destination
         wrapped = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if wrapped is None:  # the factory refused it (a per-address cap): close, as a port would
@@ -210,7 +221,7 @@ class ProxyHeaderReader(policies.ProtocolWrapper):
     def _refuse(self, reason: str) -> None:
         self._cancel_deadline()  # (a fired one is no longer active)
         self._refused = True
-        self._parser, self._buffer = None, b""
+        self._buffer = b""
         assert self.transport is not None
         log.warn("proxy.bad_header peer={peer} reason={reason}", peer=_host_port(self.transport.getPeer()),
                  reason=reason)
@@ -231,6 +242,8 @@ class ProxyHeaderReader(policies.ProtocolWrapper):
 class ProxyHeaderFactory(protocol.ServerFactory):
     """Wraps a listener's factory: each connection from a trusted address starts with a PROXY
     header (`ProxyHeaderReader`), and every other one is refused as it is accepted."""
+
+    noisy = False  # the wrapped factory logs its own start and stop
 
     def __init__(self, wrappedFactory: IProtocolFactory, trusted: TrustedProxies,  # noqa: N803 - Twisted's name
                  clock: IReactorTime) -> None:

@@ -194,13 +194,13 @@ def test_a_trusted_connection_silent_past_the_deadline_is_closed(events: list[di
 def test_a_header_without_an_address_leaves_the_balancers_address() -> None:
     """v2 LOCAL and v1 UNKNOWN (the balancer's health checks) carry no client: the connection is
     the balancer's own, as the protocol's specification says."""
-    inner = Recording()
-    factory = ProxyHeaderFactory(inner, TRUSTED, MemoryReactorClock())
-    for header in (V2_LOCAL, b"PROXY UNKNOWN\r\n"):
-        reader, transport = connect(factory)
+    for header in (V2_LOCAL, b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN 1.2.3.4 5.6.7.8 1 2\r\n"):
+        inner = Recording()
+        reader, transport = connect(ProxyHeaderFactory(inner, TRUSTED, MemoryReactorClock()))
         reader.dataReceived(header + b"x")
-        assert inner.built[-1].built_for == BALANCER and inner.built[-1].received == b"x"
-        assert inner.built[-1].transport.getPeer() == BALANCER
+        [made] = inner.built
+        assert made.built_for == BALANCER and made.received == b"x" and not transport.disconnecting
+        assert made.transport.getPeer() == BALANCER
 
 
 @pytest.mark.parametrize("header", [v1("203.0.113.7", 50123), v2("2001:db8::7", 50123),
