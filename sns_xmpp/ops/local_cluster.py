@@ -11,6 +11,12 @@ configuration file plus a [cluster] table, and HAProxy in front of them on the c
 client, direct TLS and HTTP ports, so clients use the addresses they use for one node. The nodes
 listen on loopback ports of their own (for the balancer), share the s2s port (SO_REUSEPORT) and
 the data folder (the per-install keys must be the same on every node).
+
+HAProxy hands each connection to its node with a PROXY protocol v2 header (``send-proxy-v2``), and
+the nodes trust the balancer's address for it (``proxy_protocol_from``), so that their per-address
+caps, login throttle and logs see the clients' own addresses. A node's ports then take nothing but
+the balancer's connections: `status` names, per node, the balancer's ports that lead to that node
+alone (``via_balancer``), for reaching one node on purpose.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 SERVICES = ("c2s", "direct_tls", "http", "components")  # each node's own loopback ports, for the balancer
-BEHIND_BALANCER = 1_000_000  # a node's per-address cap, its one peer being the balancer
+PROXIED = ("c2s", "direct_tls", "http")  # the ports HAProxy forwards, with a PROXY protocol header
+# The address HAProxy connects to the nodes from (its `source`), the one the nodes trust for the header.
+BALANCER_ADDRESS = "127.0.0.1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         for node in report.get("nodes", []):
-            print(f"{node['id']}: pid {node['pid']} {'up' if node['alive'] else 'DOWN'} ports {node['ports']}")
+            print(f"{node['id']}: pid {node['pid']} {'up' if node['alive'] else 'DOWN'} ports {node['ports']}"
+                  f" via balancer {node.get('via_balancer', {})}")
         balancer = report.get("balancer")
         if balancer:
             print(f"balancer: pid {balancer['pid']} ports {balancer['ports']}")
@@ -127,17 +135,18 @@ def write_node_config(state: Path, base: dict[str, Any], config_path: Path, numb
     server["data_dir"] = str(data_dir.absolute())
     c2s = config.setdefault("xmpp", {}).setdefault("c2s", {})
     c2s["port"], c2s["direct_tls_port"] = ports["c2s"], ports["direct_tls"]
-    # Behind the balancer every connection comes from its address: the per-address caps move to
-    # HAProxy (a stick table per listener, start_haproxy), which sees the clients' own addresses.
+    # The per-address caps apply twice: across the cluster in HAProxy (a stick table per listener,
+    # start_haproxy), and on each node, which sees the clients' own addresses through the PROXY
+    # protocol (and the balancer's only for its health checks).
     status.setdefault("per_address", {
         "c2s": int(c2s.get("max_connections_per_ip", 50)),
         "http": int(config.get("http", {}).get("max_connections_per_ip", 512)),
     })
-    c2s["max_connections_per_ip"] = BEHIND_BALANCER
+    c2s["proxy_protocol_from"] = [BALANCER_ADDRESS]
     config["xmpp"].setdefault("components", {})["port"] = ports["components"]
     http = config.setdefault("http", {})
     http["port"] = ports["http"]
-    http["max_connections_per_ip"] = BEHIND_BALANCER
+    http["proxy_protocol_from"] = [BALANCER_ADDRESS]
     config.setdefault("manhole", {})["enabled"] = False
     config["store"] = {"backend": "postgresql", "dsn": status["postgres"]["dsn"]}
     # The configuration's own [cluster] keys (heartbeat_interval, node_timeout) are kept.
@@ -163,19 +172,33 @@ def spawn_node(state: Path, node: dict[str, Any]) -> int:
 
 
 def wait_healthy(node: dict[str, Any], state: Path, timeout: float = 60.0) -> None:
-    url = f"http://127.0.0.1:{node['ports']['http']}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(node["pid"]):
             raise RuntimeError(f"{node['id']} exited; see {node['log']}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - our own loopback URL
-                if answer.status == 200:
-                    return
+            if health(node["ports"]["http"]) == 200:
+                return
         except OSError:
             pass
         time.sleep(0.1)  # a process starting up: nothing to wait on but its port
     raise RuntimeError(f"{node['id']} not healthy within {timeout} s; see {node['log']}")
+
+
+def health(port: int) -> int:
+    """The status of a node's ``/health``, asked as the balancer asks it: the node's HTTP port
+    takes only connections that start with a PROXY protocol header (v1 ``UNKNOWN``: a check of
+    the balancer's own, no client behind it). The answer's status line is all that is read."""
+    with socket.create_connection((BALANCER_ADDRESS, port), timeout=2) as probe:
+        probe.sendall(b"PROXY UNKNOWN\r\nGET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = probe.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    parts = answer.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
 
 
 # -- the engines -------------------------------------------------------------------
@@ -247,17 +270,28 @@ def start_haproxy(state: Path, ports: dict[str, int], nodes: list[dict[str, Any]
                   per_address: dict[str, int] | None = None) -> dict[str, Any]:
     # Each proxied connection takes two descriptors; stay within what this process may open.
     maxconn = max(256, min(100_000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 1000) // 2))
+    # `source`: the nodes trust this address for the PROXY protocol header (write_node_config).
     lines = ["global", f"    maxconn {maxconn}", "defaults", "    mode tcp", "    timeout connect 5s",
-             "    timeout client 1h", "    timeout server 1h", "    option redispatch", "    retries 3"]
-    for name in ("c2s", "direct_tls", "http"):
-        lines += [f"listen {name}", f"    bind 127.0.0.1:{ports[name]}", "    balance leastconn"]
-        cap = (per_address or {}).get("http" if name == "http" else "c2s")
+             "    timeout client 1h", "    timeout server 1h", "    option redispatch", "    retries 3",
+             f"    source {BALANCER_ADDRESS}"]
+
+    def listener(name: str, port: int, service: str, to: list[dict[str, Any]]) -> list[str]:
+        lines = [f"listen {name}", f"    bind 127.0.0.1:{port}", "    balance leastconn"]
+        cap = (per_address or {}).get("http" if service == "http" else "c2s")
         if cap is not None:  # the configuration's per-address cap, on the clients' own addresses
             lines += ["    stick-table type ipv6 size 1m expire 1h store conn_cur",
                       "    tcp-request connection track-sc0 src",
                       f"    tcp-request connection reject if {{ sc0_conn_cur gt {cap} }}"]
-        for node in nodes:
-            lines.append(f"    server {node['id']} 127.0.0.1:{node['ports'][name]} check inter 1s fall 2 rise 1")
+        # send-proxy-v2: each connection (and health check) starts with the client's address.
+        return lines + [f"    server {node['id']} 127.0.0.1:{node['ports'][service]} send-proxy-v2 "
+                        "check inter 1s fall 2 rise 1" for node in to]
+
+    for name in PROXIED:
+        lines += listener(name, ports[name], name, nodes)
+    for node in nodes:  # one node's own way in, through the balancer (its ports take nothing else)
+        node["via_balancer"] = {name: free_port() for name in PROXIED}
+        for name in PROXIED:
+            lines += listener(f"{node['id']}_{name}", node["via_balancer"][name], name, [node])
     config = state / "haproxy.cfg"
     config.write_text("\n".join(lines) + "\n")
     pidfile = state / "haproxy.pid"

@@ -4,10 +4,14 @@ node killed with SIGKILL while its users chat (issue 20)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import select
 import socket
+import ssl
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 def cluster(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / "scripts" / "cluster"), "--state", str(state), *args],
+    """`scripts/cluster` *args*: its module, run by the tests' own interpreter (the script first
+    makes or updates .venv, which the tests already run in; a worktree has none of its own)."""
+    return subprocess.run([sys.executable, "-m", "sns_xmpp.ops.local_cluster", "--state", str(state), *args],
                           capture_output=True, text=True, timeout=180, cwd=ROOT)
 
 
@@ -34,7 +40,7 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     """Start a cluster (scripts/cluster up) and take it down after the test, whatever happens to
     the test's reactor meanwhile (a synchronous finalizer)."""
 
-    def start(count: int, extra: str = "", per_address: int = 1000) -> tuple[Path, dict[str, int]]:
+    def start(count: int, extra: str = "", per_address: int = 1000, c2s: str = "") -> tuple[Path, dict[str, int]]:
         ports = {"c2s": free_port(), "direct_tls": free_port(), "http": free_port()}
         config = tmp_path / "sns.toml"
         config.write_text(textwrap.dedent(f"""
@@ -46,6 +52,7 @@ def cluster_of(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
             direct_tls_port = {ports['direct_tls']}
             # Every client comes from the balancer's address: the per-address cap must take them all.
             max_connections_per_ip = {per_address}
+            {c2s}
             [xmpp.s2s]
             port = -1
             [http]
@@ -84,8 +91,38 @@ def status(state: Path) -> dict[str, Any]:
 
 
 def add_user(state: Path, jid: str) -> None:
-    subprocess.run([str(ROOT / ".venv" / "bin" / "sns-xmpp-admin"), "--config", str(state / "node0.toml"),
+    subprocess.run([str(Path(sys.executable).parent / "sns-xmpp-admin"), "--config", str(state / "node0.toml"),
                     "user", "add", jid], input="secret\nsecret\n", text=True, check=True, capture_output=True)
+
+
+def plain_login_from(source: str, port: int, user: str, password: str) -> str:
+    """One SASL PLAIN login over direct TLS (XEP-0368) from the loopback address *source* (all of
+    127.0.0.0/8 is this machine's): 'success', or the condition of the server's failure."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    credentials = base64.b64encode(f"\x00{user}\x00{password}".encode()).decode()
+
+    def read_until(tls: ssl.SSLSocket, *ends: bytes) -> bytes:
+        answer = b""
+        while not any(end in answer for end in ends):
+            chunk = tls.recv(4096)
+            if not chunk:
+                raise AssertionError(f"the server closed the stream after {answer!r}")
+            answer += chunk
+        return answer
+
+    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0)) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                    b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        read_until(tls, b"</stream:features>")
+        tls.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{credentials}</auth>".encode())
+        answer = read_until(tls, b"<success", b"</failure>")
+    if b"<success" in answer:
+        return "success"
+    condition = re.search(rb"<failure[^>]*><([a-z-]+)", answer)
+    return condition.group(1).decode() if condition else answer.decode()
 
 
 def binds(state: Path, full: str) -> dict[str, int]:
@@ -223,12 +260,14 @@ async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_
     site's login pages, through the balancer's HTTP port, racing on two nodes for one new account)
     and a local user on different nodes subscribe, see presence and chat; the social user's
     second resource, on another node, gets carbons; binding a resource again on another node
-    replaces the old session."""
+    replaces the old session. The nodes see each client's own address (the PROXY protocol): one
+    client's failed logins do not block another's behind the same balancer."""
     from types import SimpleNamespace
 
     from tests.e2e.test_social_login import demo_credentials
 
-    state, ports = cluster_of(count, per_address=20)
+    # A pair (address, account) is blocked after two failures, with no delays (free failures: 3).
+    state, ports = cluster_of(count, per_address=20, c2s="auth_block_after = 2")
     # The per-address cap, which the nodes cannot apply (all comes from the balancer's address),
     # is the balancer's: the 21st connection from one address is refused.
     held = [socket.create_connection(("127.0.0.1", ports["c2s"])) for _ in range(21)]
@@ -291,13 +330,28 @@ async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_
     bob.send_message(mto=rita.boundjid.full, mbody="ありがとう", mtype="chat")
     assert (await wait(rita.next_message()))["body"] == "ありがとう"
 
-    # The laptop's resource bound again on another node (straight to that node's own port: through
-    # the balancer a try that landed on the same node would already be the same-node conflict).
+    # The laptop's resource bound again on another node (through the balancer's port to that node
+    # alone: on the shared one a try that landed on the same node would be the same-node conflict).
     other = next(node for node in status(state)["nodes"] if node["id"] != rita_node)
     again = Client(f"{rita_bare}/laptop", second["password"], mechanism="PLAIN")
-    await wait(again.log_in(other["ports"]["c2s"]))
+    await wait(again.log_in(other["via_balancer"]["c2s"]))
     assert (await wait(rita.stream_errors.get()))["condition"] == "conflict"
     bob.send_message(mto=f"{rita_bare}/laptop", mbody="to the new laptop", mtype="chat")
     assert (await wait(again.next_message()))["body"] == "to the new laptop"
     for client in (again, bob, phone, *fillers):
         client.disconnect()
+
+    # The nodes see the clients' own addresses (HAProxy's PROXY protocol header), not the
+    # balancer's: two clients on two loopback addresses reach one node through the balancer
+    # (direct TLS, the header outside the handshake). The first blocks its (address, bob) pair
+    # with wrong passwords; the second, on the same node, still logs in as bob. Seen as the
+    # balancer's one address, as before, both would be one pair, and the second refused too.
+    node = status(state)["nodes"][0]
+    through = node["via_balancer"]["direct_tls"]
+    for password, answer in (("wrong", "not-authorized"), ("wrong", "not-authorized"),
+                             ("secret", "temporary-auth-failure")):
+        assert await threads.deferToThread(plain_login_from, "127.0.0.2", through, "bob", password) == answer
+    assert await threads.deferToThread(plain_login_from, "127.0.0.3", through, "bob", "secret") == "success"
+    log = Path(node["log"]).read_text()
+    assert re.search(r"c2s\.auth_failed .*peer=127\.0\.0\.2:\d+", log), "the node logs the client's address"
+    assert re.search(r"c2s\.authenticated jid=bob@localhost.* peer=127\.0\.0\.3:\d+", log)
