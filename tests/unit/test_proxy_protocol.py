@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet import abstract, protocol
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IAddress, IOpenSSLServerConnectionCreator, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
@@ -374,3 +374,40 @@ def test_the_setting_is_off_by_default_and_keeps_networks() -> None:
     assert parse_config("").xmpp.c2s.proxy_protocol_from == () == parse_config("").http.proxy_protocol_from
     config = parse_config("[xmpp.c2s]\nproxy_protocol_from = ['127.0.0.1', '10.0.0.0/8', '::1']")
     assert config.xmpp.c2s.proxy_protocol_from == ("127.0.0.1/32", "10.0.0.0/8", "::1/128")
+
+
+def test_starttls_goes_to_the_connection_under_the_reader() -> None:
+    """STARTTLS after the header: the stream asks its transport (the reader) for TLS, and the
+    connection under it starts TLS (Twisted puts the TLS layer below the reader: the header is
+    already off the bytes)."""
+    inner = Recording()
+    reader, transport = connect(ProxyHeaderFactory(inner, TRUSTED, MemoryReactorClock()))
+    reader.dataReceived(v1("203.0.113.7"))
+    context = object()
+    ITLSTransport(inner.built[0].transport).startTLS(context)
+    assert transport.tls_started is context
+
+
+def test_a_websocket_taken_over_from_the_http_channel_keeps_the_clients_address(tmp_path: Path) -> None:
+    """The WebSocket endpoint takes the connection over from the HTTP channel (autobahn swaps the
+    reader's wrapped protocol): the XMPP stream behind it is counted and logged under the client's
+    address, and the client's next frames reach it."""
+    from sns_xmpp.xmpp.websocket import XMPPWebSocketFactory, XMPPWebSocketResource
+
+    behind = FairServer(tmp_path)
+    root = resource.Resource()
+    root.putChild(b"xmpp-websocket", XMPPWebSocketResource(XMPPWebSocketFactory(behind.factory, 65536, ())))
+    site = web_site(root, behind.clock)
+    reader, transport = connect(ProxyHeaderFactory(site, TRUSTED, behind.clock), kind=StringTransport)
+    reader.dataReceived(v2("203.0.113.7", 50123) + b"GET /xmpp-websocket HTTP/1.1\r\nHost: x\r\n"
+                        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 101")
+    [stream] = behind.factory.streams
+    assert stream.peer == "203.0.113.7:50123" and behind.factory.per_address["203.0.113.7"] == 1
+    transport.clear()
+    opening = b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>"
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes([0x81, 0x80 | len(opening)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(opening))
+    reader.dataReceived(frame)
+    assert b"urn:ietf:params:xml:ns:xmpp-framing" in transport.value()  # the stream's <open/> answer
