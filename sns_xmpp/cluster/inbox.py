@@ -7,10 +7,17 @@ only once it is queued for the recipient's node. The node reads its stream in a 
 delivered it as RFC 6121 says when the resource is gone. What a dead node left unread is taken by
 one live node (node.py) and delivered the same way: to the account's other resources, or to
 offline storage.
+
+The stanzas a reactor round forwards to one node travel as one entry (KIND_BATCH, a JSON list),
+added once the round's events are dispatched: one XADD, one reply and one entry to read and
+acknowledge for the lot instead of one each. A stanza's sender is acknowledged when its entry's
+XADD returns, as before. Any other entry for that node first sends the node's waiting batch, so
+that the node takes them in the order they were made.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +42,20 @@ KIND_REPLACE = "r"  # the resource was bound again on another node: end this one
 KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 rules, hooks and all)
 KIND_ROUTE = "e"  # a stanza for an entity this node holds the lease of (a MUC room): to the router
 KIND_STORED = "m"  # another node stored messages for this account: deliver its stored ones again here
+KIND_BATCH = "b"  # stanzas for full JIDs, KIND_STANZA each: a JSON list of [full JID, stanza]
+BATCH_STANZAS = 256  # a batch this long is added at once rather than at the end of the round
+BATCH_CHARS = 256 * 1024  # nor is one holding this much stanza text
+
+
+class _Batch:
+    """The stanzas waiting for one node in this reactor round, and their senders' Deferreds."""
+
+    __slots__ = ("items", "waiters", "chars")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.waiters: list[Deferred[None]] = []
+        self.chars = 0
 MAX_HOPS = 3  # a stanza for a leased entity passed on this often is dropped (leases in flux)
 
 
@@ -51,6 +72,9 @@ class Inbox:
         self.on_replace: Callable[[str, str], None] = lambda full, by: None
         self.route: Callable[[domish.Element], object] | None = None  # the router's, for KIND_ROUTE
         self.on_stored: Callable[[str], None] = lambda owner: None  # KIND_STORED's account
+        self.batches: dict[str, _Batch] = {}  # node -> the stanzas for it this round
+        self._after_events = getattr(clock, "after_events", None)  # LeanEPollReactor's
+        self._flush_scheduled = False
 
     # -- sending -------------------------------------------------------------
 
@@ -64,13 +88,44 @@ class Inbox:
         return self._forward_text(node, full, text)
 
     def _forward_text(self, node: str, full: str, text: str) -> Deferred[None]:
-        added = self._add(node, KIND_STANZA, full, text)
+        batch = self.batches.get(node)
+        if batch is None:
+            batch = self.batches[node] = _Batch()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                if self._after_events is None or not self._after_events(self.flush_batches):
+                    self.clock.callLater(0, self.flush_batches)
+        batch.items.append((full, text))
+        batch.chars += len(text)
+        waiter: Deferred[None] = Deferred()
+        batch.waiters.append(waiter)
+        if len(batch.items) >= BATCH_STANZAS or batch.chars >= BATCH_CHARS:
+            self._send_batch(node)
+        return waiter
+
+    def flush_batches(self) -> None:
+        """Add every node's waiting batch (at the end of the reactor round)."""
+        self._flush_scheduled = False
+        for node in list(self.batches):
+            self._send_batch(node)
+
+    def _send_batch(self, node: str) -> None:
+        batch = self.batches.pop(node, None)
+        if batch is None:
+            return
+        if len(batch.items) == 1:
+            full, text = batch.items[0]
+            kind, args = KIND_STANZA, (full, text)
+        else:
+            kind, args = KIND_BATCH, ("", json.dumps(batch.items, separators=(",", ":")))
+        added = self._add(node, kind, *args)
         # A command in flight when the connection to Redis drops fails; one made while it is down
-        # waits for the reconnection. So try again, twice, before the stanza is given up (and
-        # counted as handled for XEP-0198: the sender's client has it to resend only till then).
+        # waits for the reconnection. So try again, twice, before the stanzas are given up (and
+        # counted as handled for XEP-0198: the sender's client has them to resend only till then).
         for _ in range(ADD_RETRIES):
-            added.addErrback(lambda reason: self._add(node, KIND_STANZA, full, text))
-        return added.addErrback(self._lost, node)
+            added.addErrback(lambda reason: self._add(node, kind, *args))
+        added.addErrback(self._lost, node)
+        added.addCallback(_fire, batch.waiters)
 
     def _lost(self, reason: Any, node: str) -> None:
         log.warn("cluster.stanza_lost node={node} error={error}", node=node, error=str(reason.value))
@@ -94,6 +149,8 @@ class Inbox:
             lambda reason: log.failure("cluster.replace_failed node={node}", reason, node=node))
 
     def _add(self, node: str, kind: str, full: str, text: str, by: str = "") -> Deferred[None]:
+        if kind != KIND_STANZA and kind != KIND_BATCH and node in self.batches:
+            self._send_batch(node)  # what was forwarded to the node before this goes first
         added: Deferred[Any] = self.commands.execute_command(
             "XADD", self.keys.inbox(node), "MAXLEN", "~", MAX_INBOX_ENTRIES, "*", "k", kind, "t", full, "x", text,
             "o", by)
@@ -113,6 +170,7 @@ class Inbox:
 
     def stop(self) -> None:
         self.running = False
+        self.flush_batches()  # what this round forwarded goes before the connection does
 
     def _read(self, start: str) -> None:
         if not self.running:
@@ -157,6 +215,13 @@ class Inbox:
     def take(self, fields: dict[str, str]) -> None:
         """Hand one entry to its session, or deliver it as RFC 6121 says when the resource is gone."""
         full, kind = fields.get("t", ""), fields.get("k")
+        if kind == KIND_BATCH:
+            for item_full, item_text in json.loads(fields.get("x") or "[]"):
+                try:
+                    self._take_stanza(item_full, item_text)
+                except Exception:
+                    log.failure("cluster.inbox_entry_failed")
+            return
         if kind == KIND_REPLACE:
             self.on_replace(full, fields.get("o", ""))
             return
@@ -178,6 +243,9 @@ class Inbox:
             if stanza is not None:
                 self.sessions.deliver(stanza)
             return
+        self._take_stanza(full, text)
+
+    def _take_stanza(self, full: str, text: str) -> None:
         try:
             session = self.sessions.session(parse_jid(full))
         except InvalidFormat:
@@ -202,7 +270,7 @@ class Inbox:
         def deliver(reply: Any) -> Deferred[int]:
             entries = _entry_list(reply)
             for _, fields in entries:
-                if fields.get("k") == KIND_STANZA:
+                if fields.get("k") in (KIND_STANZA, KIND_BATCH):
                     try:
                         self.take(fields)
                     except Exception:
@@ -211,6 +279,11 @@ class Inbox:
             return dropped.addCallback(lambda _: len(entries))
 
         return read.addCallback(deliver)
+
+
+def _fire(result: object, waiters: list[Deferred[None]]) -> None:
+    for waiter in waiters:
+        waiter.callback(None)
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
