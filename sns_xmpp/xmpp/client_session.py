@@ -32,6 +32,10 @@ class Holder(Protocol):
 class Ledger(Protocol):
     """What counts a session's stanzas both ways (stream management provides it)."""
 
+    # The id a client resumes the session with (XEP-0198), None if it may not; a cluster's
+    # directory publishes a digest of it, so that another node finds where the session is.
+    resume_id: str | None
+
     def process(self, handle: Callable[[], Deferred[None] | None]) -> None:
         """Count one inbound stanza and call *handle*; the stanza counts as handled when the
         Deferred *handle* returns fires (at once, for None)."""
@@ -67,6 +71,8 @@ class ClientSession:
     holder: Holder | None = None  # XEP-0352, while the client says it is inactive
     carbons: bool = False  # XEP-0280 enabled (the carbons feature's, read by the cluster's directory too)
     detached: bool = False  # the connection dropped; the ledger keeps the session for a resumption
+    # Handed to another node of a cluster, which resumes it (XEP-0198): unbound here, not ended.
+    moved: bool = False
     # The JID's forms, made once: every stanza the session sends or receives uses them.
     bare: str = field(init=False)
     resource: str = field(init=False)

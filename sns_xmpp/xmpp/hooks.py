@@ -70,10 +70,19 @@ that returns a value keeps the session (XEP-0198 resumption), else it is unbound
 SESSION_UNBOUND = "session/unbound"
 """(session, replaced: bool): the session is no longer bound (replaced: a new session of the same
 resource takes its place at once)."""
+SESSION_LEAVING = "session/leaving"
+"""(session, state: dict): the session moves to another node of a cluster, which resumes it
+(XEP-0198); a handler puts into *state*, under its feature's name, what the session must keep
+there (JSON values and stanzas). SESSION_UNBOUND follows with the session's `moved` set: it did
+not end. Only a cluster fires it."""
+SESSION_ARRIVED = "session/arrived"
+"""(session, state: dict): a session another node handed over is bound here, before SESSION_BOUND
+fires for it; a handler takes back what it put into *state* on SESSION_LEAVING."""
 
 EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
           STORED_MESSAGES_WAITING, PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, IQ_FROM_CLIENT, IQ_TO_LOCAL,
-          SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND)
+          SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND,
+          SESSION_LEAVING, SESSION_ARRIVED)
 
 IQHandler = Callable[[domish.Element], Any]
 """(iq) -> the result's child, None for an empty result, a Deferred of either; or raises StanzaError."""

@@ -10,8 +10,10 @@ only through its `hooks` (xmpp/hooks.py); the core knows none of them by name.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -35,8 +37,10 @@ from sns_xmpp.xmpp.hooks import (
     MESSAGE_TO_LOCAL,
     PRESENCE_FROM_CLIENT,
     PRESENCE_TO_LOCAL,
+    SESSION_ARRIVED,
     SESSION_BOUND,
     SESSION_CONNECTION_LOST,
+    SESSION_LEAVING,
     SESSION_UNBOUND,
     Hooks,
     run,
@@ -181,6 +185,51 @@ class SessionManager:
         if not replaced and not self.local_resources(session.bare):  # (other nodes' may remain)
             self.rosters.forget(session.bare)
 
+    # -- moving to another node (a cluster's XEP-0198 resumption there) -----
+
+    def move_out(self, session: ClientSession) -> dict[str, Any]:
+        """Unbind a local session for another node of the cluster to bind: what it must keep
+        there, the core's fields and each feature's (SESSION_LEAVING). It does not end, so no
+        feature acts as for an ended session (no unavailable presence, no redelivery)."""
+        state: dict[str, Any] = {
+            "jid": session.full, "login": dataclasses.asdict(session.login), "connected_at": session.connected_at,
+            "available": session.available, "priority": session.priority, "presence": session.presence,
+            "roster_requested": session.roster_requested, "carbons": session.carbons,
+            "directed": sorted(session.directed), "directed_chars": session.directed_chars,
+        }
+        self.hooks.fire(SESSION_LEAVING, session, state)
+        session.moved = True
+        self.unbind(session)
+        return state
+
+    def move_in(self, state: dict[str, Any], stream: ClientStream) -> Deferred[ClientSession | None]:
+        """Bind, detached, a session another node took out with `move_out` (*stream*: the one
+        that asked to resume it, which the resumption then attaches). None if a session of this
+        node holds the resource already (a newer one: the client gave up resuming)."""
+        full = parse_jid(state["jid"])
+        bare, resource = full.userhost(), full.resource or ""
+        login = LoginResult(**state["login"])
+
+        def loaded(roster: object) -> ClientSession | None:
+            held = self.users.get(bare, {}).get(resource)
+            if held is not None and not held.remote:
+                return None
+            # (A RemoteSession in its place is this node's replica of the session on its old node.)
+            session = ClientSession(full, stream, login, state["connected_at"])
+            session.available, session.priority = state["available"], state["priority"]
+            session.presence, session.roster_requested = state["presence"], state["roster_requested"]
+            session.carbons = state["carbons"]
+            session.directed, session.directed_chars = set(state["directed"]), state["directed_chars"]
+            session.detached = True
+            self.users.setdefault(bare, {})[resource] = session
+            log.info("c2s.moved_in jid={jid}", jid=session.full)
+            self.hooks.fire(SESSION_ARRIVED, session, state)
+            if self._session_bound:
+                run(self._session_bound, session)
+            return session
+
+        return self.rosters.get(bare).addCallback(loaded)
+
     # -- stanzas from a bound client ---------------------------------------
 
     def from_client(self, session: ClientSession, stanza: domish.Element) -> None:
@@ -188,6 +237,9 @@ class SessionManager:
             nonza = self.hooks.nonzas.get(stanza.uri or "")
             if nonza is not None:
                 nonza(session, stanza)
+                if self.after_client_stanza:  # (a cluster's: an <enable/> made the session resumable)
+                    for observe in self.after_client_stanza:
+                        observe(session)
             else:
                 session.stream.fail(StreamError("unsupported-stanza-type"))
             return

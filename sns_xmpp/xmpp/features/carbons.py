@@ -20,7 +20,7 @@ from twisted.words.xish import domish
 from sns_xmpp.jid import JID
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
-from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, SESSION_UNBOUND
+from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, SESSION_ARRIVED, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, append_child
 
@@ -107,6 +107,12 @@ class Carbons:
     def unbound(self, session: ClientSession, replaced: bool) -> None:
         self.enabled.discard(session)
 
+    def arrived(self, session: ClientSession, state: object) -> None:
+        """A session resumed from another node of a cluster keeps carbons on (session.carbons
+        came with it)."""
+        if session.carbons:
+            self.enabled.add(session)
+
 
 def install(registry: FeatureRegistry) -> None:
     carbons = Carbons(registry.sessions)
@@ -115,6 +121,7 @@ def install(registry: FeatureRegistry) -> None:
     registry.hook(MESSAGE_FROM_CLIENT, carbons.sent)
     registry.hook(MESSAGE_TO_LOCAL, carbons.received)
     registry.hook(SESSION_UNBOUND, carbons.unbound)
+    registry.hook(SESSION_ARRIVED, carbons.arrived)
     registry.inline(NS_CARBONS, carbons.enable_inline)
     registry.disco_feature(NS_CARBONS)
     registry.account_disco_feature(NS_CARBONS)

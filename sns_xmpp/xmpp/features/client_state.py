@@ -17,6 +17,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.hooks import SESSION_LEAVING
 
 NS_CSI = "urn:xmpp:csi:0"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
@@ -69,6 +70,12 @@ def active(session: ClientSession) -> None:
         holder.release(session)
 
 
+def leaving(session: ClientSession, state: object) -> None:
+    """The session moves to another node of a cluster: what was held goes now, into the stream
+    management ledger that moves with it (hooked before it), and the session arrives active."""
+    active(session)
+
+
 def element(session: ClientSession, nonza: domish.Element) -> None:
     """<inactive/> or <active/> on a bound stream (no answer: XEP-0352 section 5)."""
     if nonza.name == "inactive":
@@ -87,6 +94,7 @@ CSI_FEATURE = domish.Element((NS_CSI, "csi"))
 
 def install(registry: FeatureRegistry) -> None:
     registry.nonza(NS_CSI, element)
+    registry.hook(SESSION_LEAVING, leaving, priority=10)  # before stream management takes its ledger
     registry.inline(NS_CSI, inline)
     registry.stream_feature(lambda domain: CSI_FEATURE, after_auth=True)
     registry.disco_feature(NS_CSI)

@@ -280,8 +280,9 @@ class PresenceHandler:
     # -- the session's end ---------------------------------------------------
 
     def unbound(self, session: ClientSession, replaced: bool) -> None:
-        """RFC 6121 4.5.2: an available session that ends goes unavailable for everyone who saw it."""
-        if session.available:
+        """RFC 6121 4.5.2: an available session that ends goes unavailable for everyone who saw it
+        (not one that moved to another node of a cluster: it goes on there)."""
+        if session.available and not session.moved:
             unavailable = domish.Element((None, "presence"))
             unavailable["type"] = "unavailable"
             unavailable["from"] = session.full

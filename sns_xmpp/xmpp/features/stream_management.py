@@ -20,6 +20,12 @@ client's honest <a h/> look too high. If the connection drops, the session
 waits (detached) for a <resume/>, and when that does not come, the
 unacknowledged messages go to offline storage. Offline messages are kept as
 the text they were stored as.
+
+In a cluster, a <resume/> may reach another node than the one holding the
+session: `Resumption.elsewhere` (cluster/resumption.py) asks that node, whose
+`take_out` hands the session over (SESSION_LEAVING: the counters and the
+unacknowledged stanzas go with it), and `arrive` binds it here, after which
+the resumption goes on as on one node.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -39,7 +46,13 @@ from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
-from sns_xmpp.xmpp.hooks import SESSION_CONNECTION_LOST, SESSION_UNBOUND, STORED_MESSAGE_UNACKNOWLEDGED
+from sns_xmpp.xmpp.hooks import (
+    SESSION_ARRIVED,
+    SESSION_CONNECTION_LOST,
+    SESSION_LEAVING,
+    SESSION_UNBOUND,
+    STORED_MESSAGE_UNACKNOWLEDGED,
+)
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_STANZAS, add_element
 
@@ -171,6 +184,24 @@ class StreamManagement:
                 waiter()
         return True
 
+    def state(self) -> dict[str, Any]:
+        """What a resumption on another node needs (see `restore`): the counters, and the
+        unacknowledged stanzas in order (a stored offline message as its text)."""
+        return {"id": self.resume_id, "handled": self.handled, "sent": self.sent, "acked": self.acked,
+                "unacked": list(self.unacked)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over the ledger of a session another node handed over (`state`). What that node
+        had not finished handling counts as handled: the client resends what lies past it."""
+        self.resume_id = state["id"]
+        self.received = state["handled"]
+        self.sent, self.acked = state["sent"], state["acked"]
+        for stanza in state["unacked"]:
+            size = len(stanza) if isinstance(stanza, str) else len(self.stream.serialize(stanza))
+            self.unacked.append(stanza)
+            self._sizes.append(size)
+            self.unacked_bytes += size
+
     def room(self) -> int:
         """How many more stanzas a bulk sender (offline delivery) may send now: half the cap, less
         what waits for acknowledgement, so live traffic keeps the other half."""
@@ -194,6 +225,9 @@ class Resumption:
         self.sessions = sessions
         self.max_seconds = max_seconds
         self.resumable: dict[str, ClientSession] = {}
+        # A cluster's (cluster/resumption.py): asked with a <resume/> whose session is not here;
+        # True when another node holds it and was asked, whose answer resumes or fails the stream.
+        self.elsewhere: Callable[[ClientStream, LoginResult, domish.Element], bool] | None = None
 
     def enable(self, session: ClientSession, element: domish.Element) -> domish.Element:
         """The answer to an <enable/> (on the stream, or inline in a Bind2 request)."""
@@ -232,6 +266,8 @@ class Resumption:
             h = -1
         previd = element.getAttribute("previd", "")
         session = self.resumable.get(previd)
+        if session is None and self.elsewhere is not None and self.elsewhere(stream, login, element):
+            return
         sm = session.ledger if session is not None else None
         if session is None or session.login.jid != login.jid or not isinstance(sm, StreamManagement):
             stream.send(failed("item-not-found"))
@@ -245,7 +281,7 @@ class Resumption:
         session.detached = False
         sm.stream = stream
         self.sessions.attach(session, stream)
-        if not old.closed:
+        if old is not stream and not old.closed:  # (a session from another node came with this stream)
             old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
         resumed = domish.Element((NS_SM, "resumed"))
         resumed["previd"] = previd
@@ -254,6 +290,43 @@ class Resumption:
         for stanza in list(sm.unacked):
             stream.send(stanza)
         log.info("c2s.resumed jid={jid}", jid=session.full)
+
+    # -- another node of a cluster resumes the session -----------------------
+
+    def take_out(self, previd: str, owner: str) -> dict[str, Any] | None:
+        """Another node got a <resume/> for *previd* from *owner*: unbind the session here and
+        return what that node binds it with (`arrive`); None if there is no such session. A
+        session whose old stream is still attached loses it (conflict), as on one node."""
+        session = self.resumable.get(previd)
+        if session is None or session.login.jid != owner:
+            return None
+        old = session.stream
+        state = self.sessions.move_out(session)
+        if not old.closed:
+            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+        log.info("c2s.handed_over jid={jid}", jid=session.full)
+        return state
+
+    def leaving(self, session: ClientSession, state: dict[str, Any]) -> None:
+        sm = session.ledger
+        if isinstance(sm, StreamManagement) and sm.resume_id is not None:
+            state["stream-management"] = sm.state()
+
+    def arrive(self, state: dict[str, Any], stream: ClientStream) -> Deferred[ClientSession | None]:
+        """Bind a session another node took out (`take_out`), detached, waiting for its
+        resumption on *stream* (or for its time to run out, as a dropped one here)."""
+        return self.sessions.move_in(state, stream)
+
+    def arrived(self, session: ClientSession, state: dict[str, Any]) -> None:
+        kept = state.get("stream-management")
+        if kept is None:
+            return
+        sm = StreamManagement(session.stream, True, self.max_seconds)
+        sm.restore(kept)
+        session.ledger = sm
+        assert sm.resume_id is not None
+        self.resumable[sm.resume_id] = session
+        sm.detached_timer = self.sessions.clock.callLater(sm.max_seconds, self.sessions.unbind, session)
 
     def connection_lost(self, session: ClientSession, stream: ClientStream) -> bool | None:
         """Dropped, not closed: keep a resumable session for a <resume/>."""
@@ -273,10 +346,22 @@ class Resumption:
             sm.detached_timer.cancel()
         if sm.resume_id is not None:
             self.resumable.pop(sm.resume_id, None)
+        if session.moved:
+            return  # its stanzas went with it to the node that resumes it
+        self._redeliver(session.bare, sm.unacked)
+
+    def abandon(self, state: dict[str, Any]) -> None:
+        """A session another node handed over that cannot be bound here (a newer session holds
+        its resource): it ends, and what it had not had acknowledged is delivered again."""
+        kept = state.get("stream-management")
+        if kept is not None:
+            self._redeliver(state["jid"].split("/", 1)[0], kept["unacked"])
+
+    def _redeliver(self, owner: str, unacked: Iterable[domish.Element | str]) -> None:
         # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
-        for stanza in sm.unacked:
+        for stanza in unacked:
             if isinstance(stanza, str):  # a stored offline message, kept again
-                self.sessions.hooks.fire(STORED_MESSAGE_UNACKNOWLEDGED, session.bare, stanza)
+                self.sessions.hooks.fire(STORED_MESSAGE_UNACKNOWLEDGED, owner, stanza)
             elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
                 self.sessions.deliver(stanza)
 
@@ -290,6 +375,9 @@ def install(registry: FeatureRegistry) -> None:
     registry.before_bind(NS_SM, "resume", resumption.resume)
     registry.hook(SESSION_CONNECTION_LOST, resumption.connection_lost)
     registry.hook(SESSION_UNBOUND, resumption.unbound)
+    registry.hook(SESSION_LEAVING, resumption.leaving)
+    registry.hook(SESSION_ARRIVED, resumption.arrived)
+    registry.services["stream-management"] = resumption  # for a cluster (cluster/resumption.py)
     registry.stream_feature(lambda domain: SM_FEATURE, after_auth=True)
     registry.inline(NS_SM, resumption.enable)  # XEP-0386: <enable/> inside <bind/>
 

@@ -181,7 +181,10 @@ class MUCService:
 
     def unbound(self, session: ClientSession, replaced: bool) -> None:
         """A session that ended is out of its rooms (after the presence feature's unavailable
-        presence, which usually has done it: section 7.14's leaving)."""
+        presence, which usually has done it: section 7.14's leaving). One that moved to another
+        node of a cluster stays in them: its stanzas follow it there."""
+        if session.moved:
+            return
         for room_jid in sorted(self.occupancies.get(session.full, ())):
             room = self.rooms.get(room_jid)
             occupant = room.by_real.get(session.full) if room is not None else None
