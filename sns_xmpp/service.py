@@ -270,6 +270,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     FeatureStop(features).setServiceParent(top)  # after the store, so it stops before the store closes
     if cluster is not None:
         cluster.lease_entities(router, features.entity_services)
+        cluster.resume_across_nodes(features.services.get("stream-management"))
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))
     root.putChild(b"static", static_folder())  # the pages' one stylesheet (http/style.py)

@@ -22,7 +22,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
-from sns_xmpp.cluster.remote_session import RemoteSession, dumps
+from sns_xmpp.cluster.remote_session import RemoteSession, dumps, resume_digest
 from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.client_session import ClientSession
@@ -44,6 +44,9 @@ def entry_of(session: ClientSession) -> dict[str, Any]:
                              "t": session.connected_at}
     if session.presence is not None:
         entry["x"] = session.presence.toXml()
+    ledger = session.ledger
+    if ledger is not None and ledger.resume_id is not None:
+        entry["m"] = resume_digest(ledger.resume_id)
     return entry
 
 
@@ -70,10 +73,12 @@ class Directory:
             return
         # What the entry is made of, compared before anything is serialised: a chat message
         # changes none of it, and this runs after every stanza from a client.
-        # (The presence itself, held and compared by identity: a new presence is a new element.)
-        key = (session.available, session.priority, session.roster_requested, session.carbons, session.presence)
+        # (The presence itself, held and compared by identity: a new presence is a new element;
+        # and so is the ledger, which XEP-0198's <enable/> makes: its resumption id is published.)
+        key = (session.available, session.priority, session.roster_requested, session.carbons, session.presence,
+               session.ledger)
         last = self.published_keys.get(session.full)
-        if last is not None and last[:4] == key[:4] and last[4] is key[4]:
+        if last is not None and last[:4] == key[:4] and last[4] is key[4] and last[5] is key[5]:
             return
         if self.sessions.session(session.jid) is not session:
             return
@@ -107,7 +112,15 @@ class Directory:
             return
         self.commands.execute_command("HDEL", self.keys.sessions(self.node), session.full)
         self.commands.execute_command("EVAL", CLEAR_OWNER, 1, self.keys.owner(session.full), self.node)
-        self._announce({"n": self.node, "f": session.full, "e": None})
+        if not session.moved:  # (one that moved is announced where it went: moved_to)
+            self._announce({"n": self.node, "f": session.full, "e": None})
+
+    def moved_to(self, node: str, full: str, entry: dict[str, Any]) -> None:
+        """A session of this node moved to *node* (a XEP-0198 resumption there): every node, this
+        one too, sends the resource's stanzas there from now on, without waiting for that node
+        to publish it (which it does once it has bound it)."""
+        self._announce({"n": node, "f": full, "e": dumps(entry)})
+        self.apply(node, full, entry)
 
     def republish(self) -> None:
         """Write every local resource again (Redis lost them: a restart without its data)."""

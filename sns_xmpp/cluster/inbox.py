@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 
 from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
-from sns_xmpp.cluster.remote_session import parse_stanza
+from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -43,6 +43,8 @@ KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 ru
 KIND_ROUTE = "e"  # a stanza for an entity this node holds the lease of (a MUC room): to the router
 KIND_STORED = "m"  # another node stored messages for this account: deliver its stored ones again here
 KIND_BATCH = "b"  # stanzas for full JIDs, KIND_STANZA each: a JSON list of [full JID, stanza]
+KIND_RESUME = "q"  # a <resume/> for a session this node holds: hand it over (cluster/resumption.py)
+KIND_SESSION = "h"  # a session handed over for a <resume/> this node got (or none: empty)
 BATCH_STANZAS = 256  # a batch this long is added at once rather than at the end of the round
 BATCH_CHARS = 256 * 1024  # nor is one holding this much stanza text
 
@@ -75,6 +77,11 @@ class Inbox:
         self.batches: dict[str, _Batch] = {}  # node -> the stanzas for it this round
         self._after_events = getattr(clock, "after_events", None)  # LeanEPollReactor's
         self._flush_scheduled = False
+        # XEP-0198 resumption across nodes (cluster/resumption.py): the holder's side, the asker's side.
+        self.on_resume: Callable[[dict[str, str]], None] = lambda fields: None
+        self.on_session: Callable[[dict[str, str]], None] = lambda fields: None
+        # Full JIDs of sessions being bound here after a hand-over: their stanzas wait till then.
+        self.arriving: dict[str, list[dict[str, str]]] = {}
 
     # -- sending -------------------------------------------------------------
 
@@ -143,6 +150,15 @@ class Inbox:
     def nudge(self, node: str, owner: str) -> Deferred[None]:
         """Have *node* deliver the stored messages of *owner* to its resource there."""
         return self._add(node, KIND_STORED, owner, "")
+
+    def ask_resume(self, node: str, owner: str, previd: str, reply_to: str) -> Deferred[None]:
+        """Ask *node* for the session *owner* resumes with *previd* (answered with KIND_SESSION)."""
+        return self._add(node, KIND_RESUME, owner, previd, reply_to)
+
+    def send_session(self, node: str, full: str, state: str, token: str) -> Deferred[None]:
+        """The answer to *node*'s KIND_RESUME: the session's state, or "" when there is none.
+        Stanzas for the resource forwarded after it follow it in the stream, so they find it."""
+        return self._add(node, KIND_SESSION, full, state, token)
 
     def replace(self, node: str, full: str) -> None:
         self._add(node, KIND_REPLACE, full, "", self.node).addErrback(
@@ -238,20 +254,38 @@ class Inbox:
             stanza.cluster_hops = hops  # type: ignore[attr-defined]
             self.route(stanza)
             return
+        if kind == KIND_RESUME:
+            self.on_resume(fields)
+            return
+        if kind == KIND_SESSION:
+            self.on_session(fields)
+            return
         if kind == KIND_DELIVER:
             stanza = parse_stanza(text)
             if stanza is not None:
                 self.sessions.deliver(stanza)
             return
-        self._take_stanza(full, text)
+        self._take_stanza(full, text, int(fields.get("o") or 0))
 
-    def _take_stanza(self, full: str, text: str) -> None:
+    def _take_stanza(self, full: str, text: str, hops: int = 0) -> None:
+        held = self.arriving.get(full)
+        if held is not None:
+            held.append({"k": KIND_STANZA, "t": full, "x": text, "o": str(hops)})
+            return
         try:
             session = self.sessions.session(parse_jid(full))
         except InvalidFormat:
             return
         if session is not None and not session.remote:
             session.send(text)
+            return
+        if isinstance(session, RemoteSession) and hops < MAX_HOPS:
+            # The resource is on another node now (resumed there, or bound again): the stanza
+            # follows it as it was, its delivery's hooks (archive, carbons) done where it was sent,
+            # after what this round forwarded there already.
+            if session.node in self.batches:
+                self._send_batch(session.node)
+            self._add(session.node, KIND_STANZA, full, text, str(hops + 1)).addErrback(self._lost, session.node)
             return
         stanza = parse_stanza(text)
         if stanza is None:
@@ -270,7 +304,9 @@ class Inbox:
         def deliver(reply: Any) -> Deferred[int]:
             entries = _entry_list(reply)
             for _, fields in entries:
-                if fields.get("k") in (KIND_STANZA, KIND_BATCH):
+                # (A session handed over to the dead node is bound here and ended: its unacknowledged
+                # messages go to the account's other resources or offline, as after a timeout.)
+                if fields.get("k") in (KIND_STANZA, KIND_BATCH, KIND_SESSION):
                     try:
                         self.take(fields)
                     except Exception:

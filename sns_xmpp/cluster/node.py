@@ -19,10 +19,12 @@ from sns_xmpp.cluster.directory import Directory
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
+from sns_xmpp.cluster.resumption import CrossNodeResumption
 from sns_xmpp.cluster.stored_messages import StoredWhileBinding
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.features import TakeOver
+from sns_xmpp.xmpp.features.stream_management import Resumption
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 
@@ -52,6 +54,8 @@ class ClusterNode(service.Service):
         self.leases: EntityLeases | None = None
         self.leased: tuple[Any, dict[str, TakeOver]] | None = None
         self.components: ComponentsAcrossNodes | None = None  # the router and the domains to lease entities of
+        self.resumption: Resumption | None = None  # stream management's, when it is on
+        self.resumptions: CrossNodeResumption | None = None
         self.registered = False
         # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
         # taken for dead until they have all had node_timeout to beat again.
@@ -77,9 +81,12 @@ class ClusterNode(service.Service):
             router, services = self.leased
             inbox.route = router.route
             self.leases.wrap(router, services)
-            directory.on_node_gone = self.leases.forget_node
             self.components = ComponentsAcrossNodes(self.node, self.keys, self.commands, inbox, router, self.clock,
                                                     self.config.node_timeout)
+        if self.resumption is not None:
+            self.resumptions = CrossNodeResumption(self.node, inbox, directory, self.sessions, self.resumption,
+                                                   self.clock)
+        directory.on_node_gone = self.node_left
         self.sessions.clustered = True
         self.sessions.after_client_stanza.append(directory.publish)
         self.sessions.hooks.hook(SESSION_BOUND, directory.publish)
@@ -122,6 +129,19 @@ class ClusterNode(service.Service):
             self.subscriber.disconnect()
 
         return done.addBoth(disconnect)
+
+    def node_left(self, node: str) -> None:
+        """*node* said it leaves (it stops): the leases it held are free, and what was asked of it
+        (a session to resume) will not be answered."""
+        if self.leased is not None and self.leases is not None:
+            self.leases.forget_node(node)
+        if self.resumptions is not None:
+            self.resumptions.forget_node(node)
+
+    def resume_across_nodes(self, resumption: Resumption | None) -> None:
+        """Let a XEP-0198 <resume/> here take a session another node holds (cluster/resumption.py);
+        called once the features are installed (None: stream management is off)."""
+        self.resumption = resumption
 
     def lease_entities(self, router: Any, services: dict[str, TakeOver]) -> None:
         """Send each entity of these service domains (MUC rooms) to the one node holding its
@@ -219,6 +239,8 @@ class ClusterNode(service.Service):
         self.directory.forget_node(node)
         if self.leases is not None:
             self.leases.forget_node(node)
+        if self.resumptions is not None:
+            self.resumptions.forget_node(node)
         log.warn("cluster.node_gone node={node}", node=node)
         lease: Deferred[Any] = self.commands.execute_command(
             "SET", self.keys.reclaim(node), self.node, "NX", "EX", RECLAIM_LEASE)

@@ -9,6 +9,7 @@ things a feature may ask of another resource's stream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
@@ -54,6 +55,9 @@ class RemoteSession(ClientSession):
         self.carbons = False
         self._forward = forward
         self._presence_text: str | None = None
+        # The digest of its XEP-0198 resumption id (resume_digest), if it may be resumed: how a
+        # node that gets the <resume/> finds the node holding the session (cluster/resumption.py).
+        self.resume_digest: str | None = None
 
     def update(self, entry: dict[str, Any]) -> None:
         """Take the state its node published (see `directory.entry_of`)."""
@@ -62,6 +66,7 @@ class RemoteSession(ClientSession):
         self.roster_requested = bool(entry.get("r"))
         self.carbons = bool(entry.get("c"))
         self.connected_at = float(entry.get("t", 0.0))
+        self.resume_digest = entry.get("m")
         text = entry.get("x")
         if text != self._presence_text:
             self._presence_text = text
@@ -86,6 +91,12 @@ def parse_stanza(text: str) -> domish.Element | None:
     except Exception:
         return None
     return found[0] if found else None
+
+
+def resume_digest(resume_id: str) -> str:
+    """What the directory publishes of a session's resumption id: enough to find the session's
+    node by the id a client presents, nothing to resume it with (the id stays a secret)."""
+    return hashlib.sha256(resume_id.encode()).hexdigest()[:32]
 
 
 def dumps(entry: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ Redis, each node with its own client port, and real slixmpp clients on different
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -481,5 +482,144 @@ async def test_a_message_stored_while_its_recipient_was_binding_on_another_node_
     bob.send_message(mto="alice@localhost", mbody="and now", mtype="chat")
     assert (await wait(alice.next_message()))["body"] == "and now"  # (not the first again)
     assert await a.store.offline_messages("alice@localhost") == []
+
+
+def resuming_client(jid: str, password: str) -> Client:
+    """A client with XEP-0198 on, asking for resumption (slixmpp's default)."""
+    client = Client(jid, password)
+    client.register_plugin("xep_0198")
+    return client
+
+
+def unacknowledged(node: Any, full: str) -> list[str]:
+    """What *node*'s session of *full* keeps for the client's acknowledgement, as text."""
+    bare, _, resource = full.partition("/")
+    ledger = node.server.sessions.users[bare][resource].ledger
+    return [stanza if isinstance(stanza, str) else stanza.toXml() for stanza in ledger.unacked]
+
+
+async def dropped_on_first_node(a: Any, b: Any) -> tuple[Client, Client]:
+    """alice (stream management on, carbons on) on *a* and bob on *b* exchange a message each way;
+    then alice's connection drops without a close, and bob sends her a message while her
+    session on *a* waits, detached, for a resumption."""
+    alice, bob = await alice_and_bob(a, b, resuming_client)
+    alice.register_plugin("xep_0280")
+    await wait(alice.plugin["xep_0280"].enable())
+    digest = lambda: getattr(b.server.sessions.users["alice@localhost"].get("a"), "resume_digest", None)  # noqa: E731
+    await until(lambda: alice.plugin["xep_0198"].sm_id is not None and digest() is not None,
+                "the second node knows alice's session may be resumed")
+    bob.send_message(mto="alice@localhost/a", mbody="one", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "one"
+    alice.send_message(mto="bob@localhost/b", mbody="hi", mtype="chat")
+    assert (await wait(bob.next_message()))["body"] == "hi"
+    alice.plugin["xep_0198"].send_ack()  # "one" is hers: only what follows is delivered again
+    await until(lambda: not any(">one<" in text for text in unacknowledged(a, "alice@localhost/a")),
+                "the first node has her acknowledgement")
+
+    alice.transport.abort()  # the network goes away: no </stream:stream>
+    await until(lambda: a.server.sessions.users["alice@localhost"]["a"].detached, "the first node keeps it detached")
+    bob.send_message(mto="alice@localhost/a", mbody="two", mtype="chat")
+    await until(lambda: any(">two<" in text for text in unacknowledged(a, "alice@localhost/a")),
+                "the message waits in the detached session")
+    return alice, bob
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_dropped_on_one_node_resumes_on_another(start_server, tmp_path, postgres_dsn,
+                                                                cluster_keys) -> None:
+    """XEP-0198 across nodes (a phone behind the balancer reconnects to another node): alice's
+    session, detached on the first node with a message she never acknowledged, is resumed on
+    the second; she gets that message exactly once, keeps her presence, roster request and
+    carbons, and chats on with users of both nodes, which now route her resource to the second."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await dropped_on_first_node(a, b)
+    await a.add_user("carol@localhost", "secret")
+    carol = Client("carol@localhost/c", "secret")
+    await wait(carol.log_in(a.c2s_port))
+
+    resumed = asyncio.ensure_future(alice.wait_until("session_resumed", 15))
+    alice.connect(host="127.0.0.1", port=b.c2s_port)
+    await wait(resumed)
+    assert (await wait(alice.next_message()))["body"] == "two"
+    session = b.server.sessions.users["alice@localhost"]["a"]
+    assert not session.remote and not session.detached
+    assert session.available and session.roster_requested and session.carbons
+    assert "alice@localhost" not in a.server.sessions.users or \
+        a.server.sessions.users["alice@localhost"]["a"].remote, "the first node let the session go"
+    await until(lambda: getattr(a.server.sessions.users["alice@localhost"].get("a"), "node", None) == "node1",
+                "the first node routes the resource to the second")
+
+    bob.send_message(mto="alice@localhost/a", mbody="three", mtype="chat")  # on her new node
+    carol.send_message(mto="alice@localhost/a", mbody="four", mtype="chat")  # from her old one
+    bodies = {(await wait(alice.next_message()))["body"] for _ in range(2)}
+    assert bodies == {"three", "four"}
+    alice.send_message(mto="bob@localhost/b", mbody="back", mtype="chat")
+    assert (await wait(bob.next_message()))["body"] == "back"
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))  # all delivered by now, and once
+    assert alice.messages.empty() and alice.stream_errors.empty()
+    for client in (alice, bob, carol):
+        await wait(client.log_out())
+
+
+async def resumption_fails(alice: Client, port: int) -> None:
+    """alice reconnects to *port* and asks to resume: <failed/> with item-not-found, then a new
+    session is bound."""
+    failed: asyncio.Future[Any] = asyncio.ensure_future(alice.wait_until("sm_failed", 15))
+    started = asyncio.ensure_future(alice.wait_until("session_start", 15))
+    alice.connect(host="127.0.0.1", port=port)
+    assert "item-not-found" in str(await wait(failed))
+    await wait(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumption_of_a_session_whose_node_is_gone_fails(start_server, tmp_path, postgres_dsn,
+                                                                  cluster_keys) -> None:
+    """The node holding the detached session stops: the <resume/> on the other node fails at
+    once with item-not-found (XEP-0198 section 5), and the client binds a new session there."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await dropped_on_first_node(a, b)
+    await start_server.stop(a)
+    await until(lambda: "alice@localhost" not in b.server.sessions.users, "the second node forgot the first's")
+
+    await resumption_fails(alice, b.c2s_port)
+    assert not b.server.cluster.resumptions.asked, "nobody was asked"
+    alice.send_presence()
+    bob.send_message(mto="alice@localhost/a", mbody="to the new session", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "to the new session"
+    for client in (alice, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumption_the_holding_node_does_not_answer_fails_in_bounded_time(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """The node holding the session is alive but does not answer (here: it sets the request
+    aside): the other node gives up after its bound with item-not-found, the client binds a
+    new session, and the message it never acknowledged reaches it once. The request answered
+    late, the session is no longer there to hand over, and nothing arrives twice."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await dropped_on_first_node(a, b)
+    inbox = a.server.cluster.inbox
+    set_aside: list[dict[str, str]] = []
+    answer, inbox.on_resume = inbox.on_resume, set_aside.append
+    b.server.cluster.resumptions.wait = 0.5
+
+    await resumption_fails(alice, b.c2s_port)
+    assert set_aside, "the first node was asked"
+    # The new session replaced the old one (RFC 6120 7.7.2.2), whose node delivers what it held
+    # again: offline, as it does not know the new session yet; it comes with the initial presence.
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(int(DEADLINE / 0.01)):
+        if await a.store.count_offline("alice@localhost"):
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    alice.send_presence()
+    assert (await wait(alice.next_message()))["body"] == "two"
+    answer(set_aside[0])
+    await until(lambda: not b.server.cluster.resumptions.asked, "the late answer arrived")
+    bob.send_message(mto="alice@localhost/a", mbody="three", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "three", "nothing came twice"
     for client in (alice, bob):
         await wait(client.log_out())

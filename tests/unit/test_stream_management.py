@@ -451,3 +451,60 @@ def test_an_asynchronous_step_before_storage_still_holds_the_ack() -> None:
     assert "<a " not in output(transport), "not acknowledged while the write is pending"
     writes[0].callback(1)
     assert "<a xmlns='urn:xmpp:sm:3' h='1'/>" in output(transport)
+
+
+def test_a_session_taken_out_of_one_node_resumes_on_another_with_its_ledger() -> None:
+    """XEP-0198 across a cluster's nodes, without Redis: one node takes a detached session out
+    (its state through the cluster's codec, as it crosses Redis), the other binds it and resumes
+    it on a new connection: <resumed h/> with the count the first node had, the unacknowledged
+    stanzas again (a stored offline message as stored), then new ones; the first node sent no
+    unavailable presence and delivers nothing again; carbons and the roster request came along."""
+    from sns_xmpp.cluster.resumption import decode, encode
+
+    store = MemoryStore()
+    store.offline["bob@localhost"] = [OfflineMessage(
+        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+           "<body>kept</body></message>", 0.0)]
+    store._ids = 1
+    store.rosters["bob@localhost"] = {"alice@localhost": RosterItem("alice@localhost", subscription="both")}
+    store.rosters["alice@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="both")}
+    one, factory, clock = world(store)
+    two = featured(SessionManager(["localhost"], store, clock,  # type: ignore[arg-type]
+                                  lambda stanza: two.deliver(stanza)))
+    alice, alice_transport, _ = log_in(one, factory, "alice@localhost", "192.0.2.1", sm=False)
+    alice.dataReceived(b"<presence/>")
+    bob, transport, session = log_in(one, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>"
+                     b"<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq><presence/>"
+                     b"<message to='alice@localhost' type='chat'><body>sent before</body></message>")
+    assert "kept" in output(transport)
+    output(alice_transport)
+    assert session.ledger is not None and session.ledger.resume_id is not None
+    previd, handled = session.ledger.resume_id, session.ledger.handled
+    bob.connectionLost(None)  # type: ignore[arg-type]  # dropped: no </stream:stream>
+    alice.dataReceived(b"<message to='bob@localhost/r' type='chat'><body>while away</body></message>")
+
+    holder = one.hooks.before_bind[(NS_SM, "resume")].__self__  # type: ignore[attr-defined]
+    assert holder.take_out(previd, "alice@localhost") is None, "only its own account may take it"
+    state = decode(encode(holder.take_out(previd, "bob@localhost")))
+    assert one.resources("bob@localhost") == [] and not store.offline.get("bob@localhost")
+    assert "unavailable" not in output(alice_transport), "the session did not end"
+
+    again, again_transport = connect(factory, "192.0.2.3")
+    again.dataReceived(HEADER.format(to="localhost").encode())
+    output(again_transport)
+    asker = two.hooks.before_bind[(NS_SM, "resume")].__self__  # type: ignore[attr-defined]
+    arrived = asker.arrive(state, again)
+    [moved] = two.resources("bob@localhost")
+    assert arrived.result is moved and moved.detached
+    assert moved.available and moved.roster_requested and moved.carbons
+    asker.resume(again, LoginResult("bob@localhost", "PLAIN"),
+                 parseXml(f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>"))
+    answer = output(again_transport)
+    assert answer.startswith(f"<resumed xmlns='{NS_SM}' previd='{previd}' h='{handled}'/>")
+    bodies = [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(answer) if e.tag.endswith("message")]
+    assert bodies == ["kept", "while away"]
+    moved.send(parseXml("<message xmlns='jabber:client' to='bob@localhost/r'><body>after</body></message>"))
+    assert [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(output(again_transport))] == ["after"]
+    ack(again, again_transport, len(stanzas(answer)) + 1)
+    assert not moved.ledger.unacked and not moved.detached  # type: ignore[union-attr]
