@@ -561,6 +561,36 @@ async def test_a_session_dropped_on_one_node_resumes_on_another(start_server, tm
         await wait(client.log_out())
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_session_still_attached_on_its_node_is_resumed_on_another_and_its_old_stream_ends(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """The half-dead connection its node has not noticed yet: the phone resumes on the other node
+    while the old stream is still attached. The old stream ends with conflict (XEP-0198 section
+    5: the resumed session's old stream is closed), the new one has the session and its messages."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await alice_and_bob(a, b, resuming_client)
+    old = alice.plugin["xep_0198"]
+    await until(lambda: old.sm_id is not None and getattr(
+        b.server.sessions.users["alice@localhost"].get("a"), "resume_digest", None) is not None,
+        "the second node knows alice's session may be resumed")
+    bob.send_message(mto="alice@localhost/a", mbody="one", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "one"
+
+    phone = resuming_client("alice@localhost/a", "secret")  # the same client's new connection
+    new = phone.plugin["xep_0198"]
+    new.sm_id, new.handled, new.seq, new.last_ack = old.sm_id, old.handled, old.seq, old.last_ack
+    resumed = asyncio.ensure_future(phone.wait_until("session_resumed", 15))
+    phone.connect(host="127.0.0.1", port=b.c2s_port)
+    await wait(resumed)
+    assert (await wait(alice.stream_errors.get()))["condition"] == "conflict"
+    assert not b.server.sessions.users["alice@localhost"]["a"].remote
+    bob.send_message(mto="alice@localhost/a", mbody="two", mtype="chat")
+    assert (await wait(phone.next_message()))["body"] == "two"
+    assert alice.messages.empty()
+    for client in (phone, bob):
+        await wait(client.log_out())
+
+
 async def resumption_fails(alice: Client, port: int) -> None:
     """alice reconnects to *port* and asks to resume: <failed/> with item-not-found, then a new
     session is bound."""
