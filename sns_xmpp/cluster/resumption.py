@@ -68,7 +68,7 @@ class NoStream:
     closed = True
     bound = False
     peer = "none"
-    max_outbound_bytes = 2**62
+    max_outbound_bytes = 2**62  # its ledger holds what the other node held, whatever that came to
 
     def serialize(self, element: domish.Element) -> str:
         return str(element.toXml())
