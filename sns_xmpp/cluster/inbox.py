@@ -8,7 +8,7 @@ delivered it as RFC 6121 says when the resource is gone. What a dead node left u
 one live node (node.py) and delivered the same way: to the account's other resources, or to
 offline storage.
 
-The stanzas a reactor round forwards to one node travel as one entry (KIND_BATCH, a JSON list),
+The stanzas a reactor round forwards to one node travel as one entry (KIND_BATCH),
 added once the round's events are dispatched: one XADD, one reply and one entry to read and
 acknowledge for the lot instead of one each. A stanza's sender is acknowledged when its entry's
 XADD returns, as before. Any other entry for that node first sends the node's waiting batch, so
@@ -17,8 +17,8 @@ that the node takes them in the order they were made.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -29,6 +29,7 @@ from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
 from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.serialization import standalone_client_xml
 from sns_xmpp.xmpp.sessions import SessionManager
 
 log = GatedLogger()
@@ -42,7 +43,10 @@ KIND_REPLACE = "r"  # the resource was bound again on another node: end this one
 KIND_DELIVER = "d"  # a stanza to deliver as if it had arrived here (RFC 6121 rules, hooks and all)
 KIND_ROUTE = "e"  # a stanza for an entity this node holds the lease of (a MUC room): to the router
 KIND_STORED = "m"  # another node stored messages for this account: deliver its stored ones again here
-KIND_BATCH = "b"  # stanzas for full JIDs, KIND_STANZA each: a JSON list of [full JID, stanza]
+KIND_BATCH = "b"  # stanzas for full JIDs, KIND_STANZA each: full JID, NUL, stanza, NUL, full JID, ...
+# NUL separates: no JID and no XML text can hold one (XML 1.0 forbids U+0000 even as a reference),
+# and splitting on it is done in C without the escaping JSON needs.
+SEPARATOR = "\x00"
 KIND_RESUME = "q"  # a <resume/> for a session this node holds: hand it over (cluster/resumption.py)
 KIND_SESSION = "h"  # a session handed over for a <resume/> this node got (or none: empty)
 BATCH_STANZAS = 256  # a batch this long is added at once rather than at the end of the round
@@ -86,7 +90,7 @@ class Inbox:
     # -- sending -------------------------------------------------------------
 
     def forward(self, node: str, full: str, element: domish.Element | str) -> Deferred[None]:
-        text = element if isinstance(element, str) else element.toXml()
+        text = element if isinstance(element, str) else standalone_client_xml(element)
         # What this node just wrote to the account's roster is on disk before the other node
         # sees the stanza (a subscription request, a roster push): its answer reads it there.
         settled = self.sessions.rosters.settled(full.split("/", 1)[0])
@@ -124,7 +128,7 @@ class Inbox:
             full, text = batch.items[0]
             kind, args = KIND_STANZA, (full, text)
         else:
-            kind, args = KIND_BATCH, ("", json.dumps(batch.items, separators=(",", ":")))
+            kind, args = KIND_BATCH, ("", SEPARATOR.join(chain.from_iterable(batch.items)))
         added = self._add(node, kind, *args)
         # A command in flight when the connection to Redis drops fails; one made while it is down
         # waits for the reconnection. So try again, twice, before the stanzas are given up (and
@@ -232,7 +236,8 @@ class Inbox:
         """Hand one entry to its session, or deliver it as RFC 6121 says when the resource is gone."""
         full, kind = fields.get("t", ""), fields.get("k")
         if kind == KIND_BATCH:
-            for item_full, item_text in json.loads(fields.get("x") or "[]"):
+            parts = (fields.get("x") or "").split(SEPARATOR)
+            for item_full, item_text in zip(parts[::2], parts[1::2], strict=False):
                 try:
                     self._take_stanza(item_full, item_text)
                 except Exception:

@@ -197,6 +197,22 @@ def _reuse(known: _Remembered, element: domish.Element, default_uri: str, prefix
 
 _remembered: _Remembered | None = None
 
+NS_CLIENT = "jabber:client"
+CLIENT_STREAM_PREFIXES = {"http://etherx.jabber.org/streams": "stream"}  # what a client stream binds
+
+
+def standalone_client_xml(element: domish.Element) -> str:
+    """*element*, a jabber:client stanza, as a document of its own (its namespace declared), as a
+    cluster's node hands it to another: written as a client stream writes it, reusing what
+    `plain_xml` remembers (MAM serialised the message a moment before), the namespace then put in
+    by hand; the full serialiser where `plain_xml` cannot."""
+    if element.uri == NS_CLIENT and element.defaultUri == NS_CLIENT and not element.localPrefixes:
+        text = plain_xml(element, NS_CLIENT, CLIENT_STREAM_PREFIXES)
+        name = element.name
+        if text is not None and text.startswith(name, 1):
+            return f"<{name} xmlns='{NS_CLIENT}'{text[len(name) + 1:]}"
+    return element.toXml()
+
 
 def _write_plain(element: domish.Element, current_default: str, prefixed_uris: Any, parts: list[str]) -> None:
     if element.localPrefixes:
