@@ -22,6 +22,11 @@ Which refusals count at all is the checker's call
 credentials do not. Failures are forgotten after a quiet ``window``. State is
 in memory, bounded by pruning.
 
+In a cluster the records are shared (``ISharedThrottleRecords``, which the
+cluster layer provides on Redis and sets as ``AuthThrottle.shared``): its answers
+are the ones given, and this node's own records, counted as well, are the answer
+when the shared ones cannot be read (docs/scaling.md).
+
 An account's key is the checker's ``throttle_key``: the prepared bare JID of a
 local name, (site, account id) of a social one, so that failures under every
 spelling of one account (case, full-width forms, soft hyphens, the bare-JID
@@ -31,10 +36,17 @@ form, another session's identifier) count against one record.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import Interface
 
+from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.tally import Tally
+
+log = GatedLogger()
 
 
 @dataclass
@@ -59,6 +71,28 @@ class ThrottlePolicy:
 _Key = tuple[str, ...]
 
 
+class Verdict(NamedTuple):
+    """The throttle's answer to a failed login."""
+
+    blocked: bool  # the pair was blocked already: answered as a blocked pair, right or wrong
+    delay: float  # seconds to wait before answering
+
+
+class ISharedThrottleRecords(Interface):
+    """The throttle's records where every node of a cluster counts them (cluster/throttle.py):
+    the same policy over the same records, so a pair's failures on one node count on all."""
+
+    def has_pairs(address: str) -> bool:  # noqa: N805 - zope's interface methods have no self
+        """Whether a pair of *address* may have a record anywhere, known without a round trip:
+        False must mean that none has."""
+
+    def admit(address: str, account: str) -> Deferred[bool]:  # noqa: N805
+        """A right login of the pair: False if the pair is blocked; otherwise True, its failures cleared."""
+
+    def failed(address: str, account: str | None) -> Deferred[Verdict]:  # noqa: N805
+        """Count a failure (as `AuthThrottle.failed`), and say whether the pair was blocked already."""
+
+
 class AuthThrottle:
     def __init__(self, clock: IReactorTime, policy: ThrottlePolicy = ThrottlePolicy()) -> None:
         self.clock = clock
@@ -67,6 +101,8 @@ class AuthThrottle:
         # Pair records per address: a right login from an address with none has nothing to clear
         # or to be blocked by, and the caller need not work out its account's key (`has_pairs`).
         self._pairs = Tally()
+        # A cluster's shared records (None: one node, and nothing else is asked).
+        self.shared: ISharedThrottleRecords | None = None
 
     def _record(self, key: _Key) -> _Record | None:
         record = self._records.get(key)
@@ -83,8 +119,50 @@ class AuthThrottle:
 
     def has_pairs(self, address: str) -> bool:
         """Whether any (address, account) pair of *address* has a record: if not, no account is
-        blocked from it, and `succeeded` has nothing to clear."""
-        return self._pairs[address] > 0
+        blocked from it, and `succeeded` has nothing to clear. (In a cluster, here or on any node,
+        as far as this node has heard: no round trip on a right login from a clean address.)"""
+        return self._pairs[address] > 0 or (self.shared is not None and self.shared.has_pairs(address))
+
+    def admit(self, address: str, account: str) -> bool | Deferred[bool]:
+        """A right login of the pair (from an address that `has_pairs`): False if the pair is
+        blocked, to be refused as a wrong one would be; otherwise True, and the pair's failures
+        are cleared. A Deferred only in a cluster (the shared records are read)."""
+        shared = self.shared
+        if shared is None:
+            return self._admit(address, account)
+
+        def answered(admitted: bool) -> bool:
+            if admitted:
+                self.succeeded(address, account)  # this node's records follow the shared ones
+            return admitted
+
+        def unreachable(reason: Failure) -> bool:
+            log.warn("throttle.shared_unavailable step=admit error={error}", error=str(reason.value))
+            return self._admit(address, account)
+
+        return shared.admit(address, account).addCallbacks(answered, unreachable)
+
+    def _admit(self, address: str, account: str) -> bool:
+        if self.blocked(address, account):
+            return False
+        self.succeeded(address, account)
+        return True
+
+    def refused(self, address: str, account: str | None) -> Verdict | Deferred[Verdict]:
+        """A failed login that counts (see the module's text): whether its pair was blocked
+        already, and how long to wait before answering. A Deferred only in a cluster."""
+        here = Verdict(self.blocked(address, account), self.failed(address, account))
+        shared = self.shared
+        if shared is None:
+            return here
+
+        # Counted here as well (above): if the shared records cannot be reached, this node's own
+        # still slow and block what it saw, as one node would.
+        def unreachable(reason: Failure) -> Verdict:
+            log.warn("throttle.shared_unavailable step=failed error={error}", error=str(reason.value))
+            return here
+
+        return shared.failed(address, account).addErrback(unreachable)
 
     def _active(self, key: _Key) -> bool:
         record = self._record(key)

@@ -22,7 +22,7 @@ from twisted.words.xish import domish
 from sns_xmpp.auth.checker import AuthenticationFailed, ILoginChecker, LoginResult
 from sns_xmpp.auth.fast import MECHANISMS as FAST_MECHANISMS
 from sns_xmpp.auth.fast import FastTokens, IssuedToken
-from sns_xmpp.auth.throttle import AuthThrottle
+from sns_xmpp.auth.throttle import AuthThrottle, Verdict
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.observe.metrics import Metrics
@@ -363,12 +363,14 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             address = self._address() if throttle is not None else ""
             account = _account_key(attempt) if throttle is not None and throttle.has_pairs(address) else None
             if throttle is not None and account is not None:
-                if throttle.blocked(address, account):
-                    # Right or wrong, a blocked pair gets the same answer (see _refuse).
-                    self._count(step.result.site, "throttled")
-                    self._failure(*THROTTLED)
+                admitted = throttle.admit(address, account)
+                if isinstance(admitted, Deferred):  # a cluster's shared records are read
+                    self.answering = True  # no second attempt meanwhile, as while a failure waits
+                    admitted.addCallback(self._admitted, step).addErrback(
+                        lambda reason: log.failure("sasl.admit_failed", reason))
                     return
-                throttle.succeeded(address, account)
+                self._admitted(admitted, step)
+                return
             self._succeeded(step)
 
         def refused(reason: Failure) -> None:
@@ -387,6 +389,17 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 self._failure("temporary-auth-failure", "try again later")
 
         d.addCallbacks(answered, refused)
+
+    def _admitted(self, admitted: bool, step: Success) -> None:
+        self.answering = False
+        if self.xmlstream.closed:
+            return
+        if not admitted:
+            # Right or wrong, a blocked pair gets the same answer (see _refuse).
+            self._count(step.result.site, "throttled")
+            self._failure(*THROTTLED)
+            return
+        self._succeeded(step)
 
     def _succeeded(self, step: Success) -> None:
         if self.version2:
@@ -507,12 +520,21 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if throttle is None or not refusal.counts_toward_blocking:
             self._failure(condition, text)
             return
-        account = _account_key(attempt)
-        if throttle.blocked(self._address(), account):
+        verdict = throttle.refused(self._address(), _account_key(attempt))
+        if isinstance(verdict, Deferred):  # a cluster's shared records count it
+            self.answering = True
+            verdict.addCallback(self._answer_refusal, condition, text).addErrback(
+                lambda reason: log.failure("sasl.refusal_failed", reason))
+            return
+        self._answer_refusal(verdict, condition, text)
+
+    def _answer_refusal(self, verdict: Verdict, condition: str, text: str | None) -> None:
+        if verdict.blocked:
             condition, text = THROTTLED
-        delay = throttle.failed(self._address(), account)
-        if delay <= 0:
-            self._failure(condition, text)
+        if verdict.delay <= 0:
+            self.answering = False
+            if not self.xmlstream.closed:
+                self._failure(condition, text)
             return
         self.answering = True
 
@@ -521,7 +543,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             if not self.xmlstream.closed:
                 self._failure(condition, text)
 
-        self.xmlstream.clock.callLater(delay, answer)
+        self.xmlstream.clock.callLater(verdict.delay, answer)
 
     def _failure(self, condition: str, text: str | None) -> None:
         stream = self.xmlstream
