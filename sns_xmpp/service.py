@@ -333,6 +333,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
         fast=FastTokens(store, reactor, c2s.fast_token_lifetime, c2s.fast_token_rotation),
     )
 
+    if cluster is not None and settings.throttle is not None:
+        cluster.share_throttle(settings.throttle)  # failures on any node count on every node
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,
                           c2s.max_connections_per_ip, c2s.max_outbound_bytes)
 

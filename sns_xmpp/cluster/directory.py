@@ -64,6 +64,8 @@ class Directory:
         self.on_node_gone: Callable[[str], None] = lambda node: None
         # Told (node, account) of a resource there that became available with priority >= 0.
         self.on_available: Callable[[str, str], None] = lambda node, owner: None
+        # Told (address, seconds) of an address that may have login throttle records that long.
+        self.on_throttled: Callable[[str, float], None] = lambda address, seconds: None
 
     # -- this node's resources --------------------------------------------------
 
@@ -137,6 +139,12 @@ class Directory:
         """This node stops: the others forget its resources now, not after node_timeout."""
         self._announce({"n": self.node, "gone": self.node})
 
+    def throttled(self, address: str, seconds: float) -> None:
+        """The login throttle has records of *address* for *seconds* (cluster/throttle.py): the
+        others read Redis for a right login from it until then. (A duration, not a time: the
+        nodes' clocks need not agree.)"""
+        self._announce({"n": self.node, "throttle": address, "ttl": seconds})
+
     def roster_written(self, owner: str) -> None:
         self._announce({"n": self.node, "roster": owner})
 
@@ -188,6 +196,9 @@ class Directory:
             if self.sessions.rosters.cached(owner) is not None:
                 self.sessions.rosters.reload(owner).addErrback(
                     lambda reason: log.failure("cluster.roster_reload_failed", reason))
+            return
+        if "throttle" in message:
+            self.on_throttled(message["throttle"], float(message["ttl"]))
             return
         if "state" in message:
             changed_elsewhere = self.sessions.hooks.shared_state.get(message["state"])

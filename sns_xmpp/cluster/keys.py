@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -41,6 +42,18 @@ class Keys:
     def lease(self, entity: str) -> str:
         """The node serving a stateful service's entity (a MUC room), while it lives."""
         return f"{self.prefix}lease:{entity}"
+
+    def throttle(self, record: tuple[str, ...]) -> str:
+        """A record of the login throttle (auth/throttle.py's key: ("pair", address, account),
+        ("address", address) or ("account", account)): a hash of its failures (f) and the end of
+        its block (b, Redis's clock in ms), expiring when the throttle would forget it."""
+        return f"{self.prefix}throttle:{json.dumps(list(record), ensure_ascii=False, separators=(',', ':'))}"
+
+    @property
+    def throttled_addresses(self) -> str:
+        """A sorted set: the addresses with a pair record of the throttle, each scored with the
+        time (Redis's, ms) until which it may have one; what a node reads when it (re)subscribes."""
+        return f"{self.prefix}throttled-addresses"
 
     @property
     def channel(self) -> str:

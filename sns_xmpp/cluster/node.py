@@ -13,6 +13,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from sns_xmpp.auth.throttle import AuthThrottle
 from sns_xmpp.cluster import redis_link
 from sns_xmpp.cluster.components import ComponentsAcrossNodes
 from sns_xmpp.cluster.directory import Directory
@@ -21,6 +22,7 @@ from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
 from sns_xmpp.cluster.resumption import CrossNodeResumption
 from sns_xmpp.cluster.stored_messages import StoredWhileBinding
+from sns_xmpp.cluster.throttle import SharedThrottleRecords
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.features import TakeOver
@@ -56,6 +58,8 @@ class ClusterNode(service.Service):
         self.components: ComponentsAcrossNodes | None = None  # the router and the domains to lease entities of
         self.resumption: Resumption | None = None  # stream management's, when it is on
         self.resumptions: CrossNodeResumption | None = None
+        self.throttle: AuthThrottle | None = None  # the login throttle whose records the nodes share
+        self.throttle_records: SharedThrottleRecords | None = None
         self.registered = False
         # After Redis lost its state every heartbeat key is gone at once, live nodes' too: none is
         # taken for dead until they have all had node_timeout to beat again.
@@ -86,6 +90,11 @@ class ClusterNode(service.Service):
         if self.resumption is not None:
             self.resumptions = CrossNodeResumption(self.node, inbox, directory, self.sessions, self.resumption,
                                                    self.clock)
+        if self.throttle is not None:
+            self.throttle_records = SharedThrottleRecords(self.keys, self.commands, self.clock, self.throttle.policy,
+                                                          directory.throttled)
+            directory.on_throttled = self.throttle_records.heard
+            self.throttle.shared = self.throttle_records
         directory.on_node_gone = self.node_left
         self.sessions.clustered = True
         self.sessions.after_client_stanza.append(directory.publish)
@@ -106,6 +115,8 @@ class ClusterNode(service.Service):
 
     def stopService(self) -> Deferred[Any]:  # noqa: N802
         super().stopService()
+        if self.throttle is not None:
+            self.throttle.shared = None  # Redis's connections close: logins still under way ask this node
         if self.heartbeats is not None and self.heartbeats.running:
             self.heartbeats.stop()
         assert self.inbox is not None and self.directory is not None
@@ -142,6 +153,11 @@ class ClusterNode(service.Service):
         """Let a XEP-0198 <resume/> here take a session another node holds (cluster/resumption.py);
         called once the features are installed (None: stream management is off)."""
         self.resumption = resumption
+
+    def share_throttle(self, throttle: AuthThrottle) -> None:
+        """Count the login throttle's failures in Redis, where every node sees them
+        (cluster/throttle.py); called before the service starts."""
+        self.throttle = throttle
 
     def lease_entities(self, router: Any, services: dict[str, TakeOver]) -> None:
         """Send each entity of these service domains (MUC rooms) to the one node holding its
@@ -205,6 +221,8 @@ class ClusterNode(service.Service):
         if self.subscribed_before:  # a reconnection: Redis may have restarted, and lost the keys
             self.no_burials_until = self.clock.seconds() + self.config.node_timeout
         self.subscribed_before = True
+        if self.throttle_records is not None:  # the throttle's announcements may have been missed too
+            self.throttle_records.load()
         members: Deferred[Any] = self.commands.execute_command("SMEMBERS", self.keys.nodes)
 
         def each(nodes: Any) -> Deferred[Any]:
