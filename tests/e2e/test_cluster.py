@@ -653,3 +653,90 @@ async def test_a_resumption_the_holding_node_does_not_answer_fails_in_bounded_ti
     assert (await wait(alice.next_message()))["body"] == "three", "nothing came twice"
     for client in (alice, bob):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shared_throttle_records_answer_as_one_nodes_records(redis_server) -> None:
+    """The throttle's scripts in a real Redis against one node's records (auth/throttle.py), on
+    the same random run of failures (named account or none) and right logins over three
+    addresses and four accounts, with a small policy so that delays, blocks, strained addresses
+    and accounts all happen: every answer is the same. The records expire as one node forgets
+    them, and the address is announced once for its pairs."""
+    import random
+
+    import txredisapi
+    from twisted.internet import task
+
+    from sns_xmpp.auth.throttle import AuthThrottle, ThrottlePolicy
+    from sns_xmpp.cluster.keys import Keys
+    from sns_xmpp.cluster.throttle import SharedThrottleRecords
+
+    policy = ThrottlePolicy(free_failures=2, max_delay=4.0, block_after=6, block_seconds=600.0, window=300.0,
+                            address_block_after=25, account_block_after=12)
+    one_node = AuthThrottle(task.Clock(), policy)
+    commands = await txredisapi.Connection("127.0.0.1", redis_server.port, convertNumbers=False)
+    keys = Keys("throttle-equivalence:")
+    announced: list[tuple[str, float]] = []
+    shared = SharedThrottleRecords(keys, commands, task.Clock(), policy, lambda *said: announced.append(said))
+    try:
+        rng = random.Random(20)
+        addresses = ["address:10.0.0.1", "address:10.0.0.2", "address:2001:db8::7"]
+        accounts: list[str | None] = ["alice@localhost", "bob@localhost", "ß@localhost", "(demo, 42)", None]
+        outcomes = {"blocked": 0, "delayed": 0, "strained": 0, "refused right": 0}
+        for _ in range(300):
+            address, account = rng.choice(addresses), rng.choice(accounts)
+            if account is not None and rng.random() < 0.15:
+                assert await shared.admit(address, account) == one_node.admit(address, account)
+                outcomes["refused right"] += one_node.blocked(address, account)
+                continue
+            expected = one_node.refused(address, account)
+            assert await shared.failed(address, account) == expected, (address, account)
+            outcomes["blocked"] += expected.blocked
+            outcomes["delayed"] += 0 < expected.delay < policy.max_delay
+            outcomes["strained"] += one_node.strained(address, account)
+        assert all(outcomes.values()), outcomes  # every branch of the policy was taken
+        pair = await commands.execute_command("PTTL", keys.throttle(("pair", addresses[0], "alice@localhost")))
+        assert 0 < pair <= policy.block_seconds * 1000
+        assert sorted({address for address, _ in announced}) == sorted(addresses)
+        assert all(seconds == 2 * policy.block_seconds for _, seconds in announced)
+        assert len(announced) == len(addresses)  # once each: the word outlives the records
+    finally:
+        await commands.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_on_one_node_block_the_pair_on_another_but_not_the_address(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """Two wrong passwords for alice from 127.0.0.1 on the first node (a block after two, for a
+    short test) block that pair on the second node too: her right password is refused there with
+    temporary-auth-failure, as on one node. Bob, from the same address, still logs in there (a
+    correct password is never refused because another account on the address failed), and so,
+    on the first node, does carol, whose bind the second node hearing of says it has heard the
+    first node's earlier announcement of the address. Before, the block was the first node's only."""
+    import dataclasses
+
+    import pytest
+
+    from tests.e2e.test_social_login import failure_text
+
+    async def strict(config: Any) -> Any:
+        c2s = dataclasses.replace(config.xmpp.c2s, auth_block_after=2)
+        return await start_server(dataclasses.replace(config, xmpp=dataclasses.replace(config.xmpp, c2s=c2s)))
+
+    a, b = await nodes(strict, tmp_path, postgres_dsn, cluster_keys)
+    for user in ("alice", "bob", "carol"):
+        await a.add_user(f"{user}@localhost", "secret")
+    for _ in range(2):
+        assert await failure_text(a, "alice", "wrong") == "no such account or wrong password"
+    carol = Client("carol@localhost/c", "secret")
+    await wait(carol.log_in(a.c2s_port))
+    await until(lambda: sees(b, "carol@localhost/c"), "the second node heard the first node's announcements")
+
+    alice = Client("alice@localhost", "secret", mechanism="PLAIN")
+    with pytest.raises(AssertionError, match="temporary-auth-failure"):
+        await wait(alice.log_in(b.c2s_port))
+    alice.abort()
+    bob = Client("bob@localhost/b", "secret", mechanism="PLAIN")
+    await wait(bob.log_in(b.c2s_port))
+    for client in (carol, bob):
+        await wait(client.log_out())
