@@ -129,9 +129,10 @@ class FairServer(Server):
         store.get_account = lambda jid: defer.succeed(accounts.get(jid))  # type: ignore[method-assign]
         checker = SocialLoginChecker(store, self.sites, LocalAccountChecker(store), self.clock,  # type: ignore[arg-type]
                                      "http://h", b"salt-key")
+        self.throttle = AuthThrottle(self.clock, policy)
         settings = C2SSettings(domains=["localhost"], checker=checker, sessions=no_sessions(),
                                tls_context=None, require_tls=False, allow_plain_without_tls=True,
-                               throttle=AuthThrottle(self.clock, policy), max_auth_failures=100)
+                               throttle=self.throttle, max_auth_failures=100)
         self.factory = ClientStreamFactory(lambda: ClientNegotiator(settings), StreamLimits(65536), self.clock)
         self.factory.startFactory()
 
