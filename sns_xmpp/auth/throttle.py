@@ -137,7 +137,7 @@ class AuthThrottle:
             return admitted
 
         def unreachable(reason: Failure) -> bool:
-            log.warn("throttle.shared_unavailable step=admit error={error}", error=str(reason.value))
+            log.warn("throttle.shared_unavailable step={step} error={error}", step="admit", error=str(reason.value))
             return self._admit(address, account)
 
         return shared.admit(address, account).addCallbacks(answered, unreachable)
@@ -159,7 +159,7 @@ class AuthThrottle:
         # Counted here as well (above): if the shared records cannot be reached, this node's own
         # still slow and block what it saw, as one node would.
         def unreachable(reason: Failure) -> Verdict:
-            log.warn("throttle.shared_unavailable step=failed error={error}", error=str(reason.value))
+            log.warn("throttle.shared_unavailable step={step} error={error}", step="failed", error=str(reason.value))
             return here
 
         return shared.failed(address, account).addErrback(unreachable)
