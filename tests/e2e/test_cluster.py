@@ -710,9 +710,10 @@ async def test_failed_logins_on_one_node_block_the_pair_on_another_but_not_the_a
     """Two wrong passwords for alice from 127.0.0.1 on the first node (a block after two, for a
     short test) block that pair on the second node too: her right password is refused there with
     temporary-auth-failure, as on one node. Bob, from the same address, still logs in there (a
-    correct password is never refused because another account on the address failed), and so,
-    on the first node, does carol, whose bind the second node hearing of says it has heard the
-    first node's earlier announcement of the address. Before, the block was the first node's only."""
+    correct password is never refused because another account on the address failed). Carol's
+    login on the first node is the synchronisation: once the second node has heard of her bind, it
+    has heard the first node's earlier announcement of the address (one channel, in order).
+    Before, the block was the first node's only."""
     import dataclasses
 
     import pytest
