@@ -272,6 +272,36 @@ def test_stored_messages_asked_for_again_while_some_wait_for_room_are_each_sent_
     assert store.offline["bob@localhost"] == []
 
 
+def test_a_message_whose_offline_write_ends_after_the_recipients_login_read_reaches_her_then() -> None:
+    """Bob's initial presence reads his stored messages while a message for him is still on its
+    way to the disk: once it is written, it goes to his session then, once, not at his next login."""
+    store = MemoryStore()
+    writes: list[defer.Deferred] = []
+    real_store = store.store_offline_capped
+
+    def slow_store(*args: Any, **kwargs: Any) -> defer.Deferred:
+        written: defer.Deferred = defer.Deferred()
+        writes.append(written)
+        written.addCallback(lambda _: real_store(*args, **kwargs))
+        return written
+
+    store.store_offline_capped = slow_store  # type: ignore[method-assign]
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2", sm=False)
+    message = parseXml("<message xmlns='jabber:client' from='alice@localhost/pc' to='bob@localhost' type='chat'>"
+                       "<body>late</body></message>")
+    sessions.deliver(message)  # bob is bound but not available: stored
+    assert len(writes) == 1 and store.offline == {}
+    bob.dataReceived(b"<presence/>")  # reads the stored messages: none yet
+    assert [e for e in stanzas(output(transport)) if e.tag.endswith("message")] == []
+    writes[0].callback(None)
+    delivered = [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(output(transport)) if e.tag.endswith("message")]
+    assert delivered == ["late"]
+    assert store.offline["bob@localhost"] == []
+    sessions.hooks.fire(PRESENCE_FROM_CLIENT, session, parseXml("<presence xmlns='jabber:client'/>"))
+    assert [e for e in stanzas(output(transport)) if e.tag.endswith("message")] == []
+
+
 def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     """A client that sends thousands of messages to offline users (each acknowledged only once on
     disk) and then <r/> makes every completed write ask "what is handled now?": answered from a

@@ -132,6 +132,14 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
             return
         sessions.metrics.offline_stored.inc()
         done()
+        # The account became available while the write was on its way: its SESSION_AVAILABLE
+        # read of the stored messages may have come before the write, so this one goes to a
+        # session now rather than at the next login (what a delivery has in hand is not sent twice).
+        targets = sessions.message_targets(owner)
+        if targets:
+            here = [session for session in targets if not session.remote]
+            if here:
+                sessions.hooks.fire(STORED_MESSAGES_WAITING, max(here, key=_priority_then_newest))
 
     def no_such_user(reason: Failure) -> None:
         reason.trap(NoSuchAccountError)
@@ -147,6 +155,10 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
     d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(failed)
     return finished
+
+
+def _priority_then_newest(session: ClientSession) -> tuple[int, float]:
+    return (session.priority, session.connected_at)
 
 
 def deliver_stored(storage: OfflineStorage, session: ClientSession) -> None:
