@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import ILogObserver, LogLevel
 from twisted.python import usage
@@ -86,6 +86,28 @@ class ServerService(service.MultiService):
         if self.log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the children last added first, each once the one added after it has stopped.
+
+        Twisted's MultiService stops them all in one go, so a child's stop that writes later
+        (the sessions' unacknowledged messages, which a blocked sender's list read may delay; the
+        messages a cluster's inbox still holds, read from Redis first) found the store closed,
+        and the messages were lost. The store is added first: it closes last."""
+        service.Service.stopService(self)
+        stopped: Deferred[None] = succeed(None)
+        for child in reversed(list(self)):
+            stopped.addCallback(_stop_child, child)
+        return stopped
+
+
+def _stop_child(_: object, child: service.IService) -> Deferred[None]:
+    stopping: Deferred[Any] = maybeDeferred(child.stopService)
+
+    def failed(reason: Failure) -> None:  # the others stop all the same
+        log.failure("service.stop_failed name={name}", reason, name=child.name)
+
+    return stopping.addCallbacks(lambda _: None, failed)
 
 
 def freeze_startup_objects() -> None:
@@ -195,15 +217,19 @@ class Server:
 
 
 class FeatureStop(service.Service):
-    """The features' stop actions (`FeatureRegistry.on_stop`: MAM writes its last batch), run as
-    the server stops; a MultiService stops its children last added first, so these run before
-    the store, added earlier, closes."""
+    """As the server stops: every session ends, as a XEP-0198 timeout ends one (its
+    unacknowledged messages to the account's other resources, in a cluster those on other
+    nodes, or to offline storage), then the features' stop actions run (`FeatureRegistry.on_stop`:
+    stream management waits for those deliveries, MAM writes its last batch). Added after the
+    store and the cluster, so stopped (and waited for) before them: the listeners have ended the
+    streams already, and the store and the cluster's inbox still take what this writes."""
 
     def __init__(self, registry: FeatureRegistry) -> None:
         self.registry = registry
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.registry.sessions.end_all()
         return self.registry.stop()
 
 
@@ -267,7 +293,8 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
                                     disabled=config.xmpp.features.disabled)
     except UnknownFeature as error:
         raise ConfigError("xmpp.features.disabled", str(error)) from None
-    FeatureStop(features).setServiceParent(top)  # after the store, so it stops before the store closes
+    # After the store and the cluster: it ends the sessions, and stops (ServerService waits) before them.
+    FeatureStop(features).setServiceParent(top)
     if cluster is not None:
         cluster.lease_entities(router, features.entity_services)
         cluster.resume_across_nodes(features.services.get("stream-management"))

@@ -185,6 +185,29 @@ class SessionManager:
         if not replaced and not self.local_resources(session.bare):  # (other nodes' may remain)
             self.rosters.forget(session.bare)
 
+    def end_all(self) -> int:
+        """The server stops: end every session bound here, attached or detached, as a XEP-0198
+        timeout ends one (SESSION_UNBOUND: unavailable presence, the unacknowledged messages
+        delivered again). Returns how many ended.
+
+        All leave the registry before any is unbound, so that what one delivers again goes to
+        the account's resources on other nodes of a cluster or to offline storage, never to
+        another session of this node whose stream is over already and which ends next."""
+        ending = self.all_sessions()
+        for session in ending:
+            resources = self.users[session.bare]
+            del resources[session.resource]
+            if not resources:
+                del self.users[session.bare]
+        for session in ending:
+            self.hooks.fire(SESSION_UNBOUND, session, False)
+        for bare in {session.bare for session in ending}:
+            if not self.local_resources(bare):
+                self.rosters.forget(bare)
+        if ending:
+            log.info("c2s.sessions_ended count={count}", count=len(ending))
+        return len(ending)
+
     # -- moving to another node (a cluster's XEP-0198 resumption there) -----
 
     def move_out(self, session: ClientSession) -> dict[str, Any]:

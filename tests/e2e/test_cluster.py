@@ -605,18 +605,44 @@ async def resumption_fails(alice: Client, port: int) -> None:
 async def test_a_resumption_of_a_session_whose_node_is_gone_fails(start_server, tmp_path, postgres_dsn,
                                                                   cluster_keys) -> None:
     """The node holding the detached session stops: the <resume/> on the other node fails at
-    once with item-not-found (XEP-0198 section 5), and the client binds a new session there."""
+    once with item-not-found (XEP-0198 section 5), and the client binds a new session there.
+    The stopping node ended the session as a timeout would, so the message it never
+    acknowledged was stored before that node's store closed: the new session gets it, once."""
     a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
     alice, bob = await dropped_on_first_node(a, b)
     await start_server.stop(a)
+    assert [m.stanza.count(">two<") for m in await b.store.offline_messages("alice@localhost")] == [1]
     await until(lambda: "alice@localhost" not in b.server.sessions.users, "the second node forgot the first's")
 
     await resumption_fails(alice, b.c2s_port)
     assert not b.server.cluster.resumptions.asked, "nobody was asked"
     alice.send_presence()
+    assert (await wait(alice.next_message()))["body"] == "two"
     bob.send_message(mto="alice@localhost/a", mbody="to the new session", mtype="chat")
     assert (await wait(alice.next_message()))["body"] == "to the new session"
     for client in (alice, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_stops_hands_what_its_sessions_never_acknowledged_to_the_accounts_other_node(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """A graceful stop in a cluster: alice's session on the first node waits, detached, with a
+    message she never acknowledged; her laptop is on the second node. The first node stops,
+    ending the session as a timeout would: the message goes to the laptop, through the second
+    node's inbox before the first leaves, once, and nothing is stored offline."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    alice, bob = await dropped_on_first_node(a, b)
+    laptop = Client("alice@localhost/laptop", "secret")
+    await wait(laptop.log_in(b.c2s_port))
+    await until(lambda: sees(a, "alice@localhost/laptop"), "the first node sees the laptop")
+    await start_server.stop(a)
+
+    assert (await wait(laptop.next_message()))["body"] == "two"
+    await wait(laptop.plugin["xep_0199"].ping(jid="localhost"))
+    assert laptop.messages.empty()
+    assert await b.store.count_offline("alice@localhost") == 0
+    for client in (laptop, bob):
         await wait(client.log_out())
 
 

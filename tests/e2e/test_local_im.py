@@ -9,8 +9,11 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
+from sns_xmpp.jid import parse_jid
+from sns_xmpp.xmpp.features import stream_management
 from sns_xmpp.xmpp.features.stream_management import REQUEST_EVERY
 from tests.clients import require_client
 from tests.xmppclient import Client, wait
@@ -204,6 +207,45 @@ async def test_stream_management_resumes_a_dropped_session_without_losing_a_mess
     assert session.full == "alice@localhost/laptop" and not session.detached
     await wait(alice.log_out())
     await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_graceful_stop_keeps_what_sessions_never_acknowledged(start_server,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server stops as SIGTERM stops it (stopService) and ends its sessions as a XEP-0198
+    timeout ends one: the message a detached session holds for its resumption, and the one an
+    attached session received but never acknowledged, are in offline storage before the store
+    closes, each once (not the phone's handed to the laptop, whose stream is over too); after a
+    start on the same database the account's next login gets both."""
+    monkeypatch.setattr(stream_management, "REQUEST_EVERY", 10_000)  # no <r/>: nothing is acknowledged
+    server = await start_server()
+    await server.add_user("alice@localhost", "secret")
+    await server.add_user("bob@localhost", "secret")
+    devices = {}
+    for resource in ("phone", "laptop"):
+        client = devices[resource] = Client(f"alice@localhost/{resource}", "secret")
+        client.register_plugin("xep_0198")
+        enabled = asyncio.ensure_future(client.wait_until("sm_enabled", 15))
+        await wait(client.log_in(server.c2s_port))
+        await wait(enabled)
+    bob = await logged_in(server, "bob@localhost")
+    bob.send_message(mto="alice@localhost/laptop", mbody="to the laptop", mtype="chat")
+    assert (await wait(devices["laptop"].next_message()))["body"] == "to the laptop"
+    devices["phone"].transport.abort()  # the network goes away: the session waits, detached
+    bob.send_message(mto="alice@localhost/phone", mbody="to the phone", mtype="chat")
+    await wait(bob.plugin["xep_0199"].ping(jid="localhost"))
+    phone = server.sessions.session(parse_jid("alice@localhost/phone"))
+    assert phone is not None and phone.detached and phone.ledger is not None and len(phone.ledger.unacked) > 0
+    await start_server.stop(server)
+
+    server = await start_server()
+    assert await server.store.count_offline("alice@localhost") == 2
+    alice = await logged_in(server, "alice@localhost/desk")
+    bodies = sorted([(await wait(alice.next_message()))["body"] for _ in range(2)])
+    assert bodies == ["to the laptop", "to the phone"]
+    await wait(alice.plugin["xep_0199"].ping(jid="localhost"))
+    assert await server.store.count_offline("alice@localhost") == 0
+    await wait(alice.log_out())
 
 
 @pytest_twisted.ensureDeferred

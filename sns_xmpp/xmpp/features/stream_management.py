@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
@@ -60,6 +60,7 @@ log = GatedLogger()
 
 NS_SM = "urn:xmpp:sm:3"
 REQUEST_EVERY = 5  # outbound stanzas between our <r/> requests
+STOP_WAIT = 5  # seconds a stopping server waits for the redeliveries of its sessions' messages
 MAX_UNACKED = 1000  # a client that never acknowledges is cut off rather than grow memory
 # ... and so is one whose unacknowledged stanzas come to more bytes than its stream may hold
 # unread (ClientStream.max_outbound_bytes): it may read them and still never acknowledge.
@@ -228,6 +229,9 @@ class Resumption:
         # A cluster's (cluster/resumption.py): asked with a <resume/> whose session is not here;
         # True when another node holds it and was asked, whose answer resumes or fails the stream.
         self.elsewhere: Callable[[ClientStream, LoginResult, domish.Element], bool] | None = None
+        # Deliveries again of ended sessions' messages not finished yet (a write to offline
+        # storage, a cluster's XADD): the server's stop waits for them before the store closes.
+        self.redelivering: set[Deferred[None]] = set()
 
     def enable(self, session: ClientSession, element: domish.Element) -> domish.Element:
         """The answer to an <enable/> (on the stream, or inline in a Bind2 request)."""
@@ -363,7 +367,39 @@ class Resumption:
             if isinstance(stanza, str):  # a stored offline message, kept again
                 self.sessions.hooks.fire(STORED_MESSAGE_UNACKNOWLEDGED, owner, stanza)
             elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
-                self.sessions.deliver(stanza)
+                delivered = self.sessions.deliver(stanza)
+                if delivered is not None and not delivered.called:
+                    self.redelivering.add(delivered)
+                    delivered.addBoth(self._redelivered, delivered)
+
+    def _redelivered(self, result: object, delivered: Deferred[None]) -> None:
+        self.redelivering.discard(delivered)
+        return None  # a failure was the delivery's to report (offline storage logs its own)
+
+    def stop(self) -> Deferred[None]:
+        """The server stops (a stop action, run once `SessionManager.end_all` has ended every
+        session): wait for the deliveries again of their unacknowledged messages, so that they
+        are in offline storage, or queued for another node, before the store closes. Bounded: a
+        cluster whose Redis is gone would hold the stop for ever."""
+        waiting = list(self.redelivering)
+        if not waiting:
+            return succeed(None)
+        log.info("c2s.redeliveries_waited count={count}", count=len(waiting))
+        finished: Deferred[None] = Deferred()
+
+        def all_done(_: object) -> None:
+            if not finished.called:
+                timer.cancel()
+                finished.callback(None)
+
+        def given_up() -> None:
+            # (Not addTimeout: its cancelling would reach the deliveries themselves.)
+            log.warn("c2s.redeliveries_unfinished count={count}", count=len(self.redelivering))
+            finished.callback(None)
+
+        timer = self.sessions.clock.callLater(STOP_WAIT, given_up)
+        DeferredList(waiting, consumeErrors=True).addCallback(all_done)
+        return finished
 
 
 SM_FEATURE = domish.Element((NS_SM, "sm"))
@@ -378,6 +414,7 @@ def install(registry: FeatureRegistry) -> None:
     registry.hook(SESSION_LEAVING, resumption.leaving)
     registry.hook(SESSION_ARRIVED, resumption.arrived)
     registry.services["stream-management"] = resumption  # for a cluster (cluster/resumption.py)
+    registry.on_stop(resumption.stop)
     registry.stream_feature(lambda domain: SM_FEATURE, after_auth=True)
     registry.inline(NS_SM, resumption.enable)  # XEP-0386: <enable/> inside <bind/>
 
