@@ -234,6 +234,15 @@ def all_prefs(db: Database) -> dict[str, Prefs]:
                 "SELECT owner, default_mode, always_json, never_json FROM mam_prefs")}
 
 
+def prefs_of(db: Database, owner: str) -> Prefs | None:
+    """The account's stored preferences, None for the default (read again when another node of a
+    cluster changed them)."""
+    for mode, always, never in db.query(
+            "SELECT default_mode, always_json, never_json FROM mam_prefs WHERE owner = ?", (owner,)):
+        return Prefs(mode, frozenset(json.loads(always)), frozenset(json.loads(never)))
+    return None
+
+
 def put_prefs(db: Database, owner: str, prefs: Prefs) -> None:
     with db.transaction() as tx:
         tx.execute("INSERT INTO mam_prefs (owner, default_mode, always_json, never_json) VALUES (?, ?, ?, ?)"

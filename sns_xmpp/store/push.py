@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from sns_xmpp.store.common import Database
 
 SQL_ALL = "SELECT owner, service, node, resource, options FROM push_registrations ORDER BY owner, enabled_at"
+SQL_OWNERS = ("SELECT owner, service, node, resource, options FROM push_registrations WHERE owner = ?"
+              " ORDER BY enabled_at")
 SQL_PUT = (
     "INSERT INTO push_registrations (owner, service, node, resource, options, enabled_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (owner, service, node) DO UPDATE SET resource = excluded.resource, options = excluded.options,"
@@ -36,6 +38,13 @@ def all_registrations(db: Database) -> list[StoredRegistration]:
     return [StoredRegistration(str(owner), str(service), str(node), str(resource),
                                None if options is None else str(options))
             for owner, service, node, resource, options in db.query(SQL_ALL, ())]
+
+
+def registrations_of(db: Database, owner: str) -> list[StoredRegistration]:
+    """One account's registrations (read again when another node of a cluster changed them)."""
+    return [StoredRegistration(str(row_owner), str(service), str(node), str(resource),
+                               None if options is None else str(options))
+            for row_owner, service, node, resource, options in db.query(SQL_OWNERS, (owner,))]
 
 
 def put_registration(db: Database, registration: StoredRegistration, now: float, most: int) -> None:

@@ -4,11 +4,13 @@ Redis, each node with its own client port, and real slixmpp clients on different
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from slixmpp import JID
 from twisted.internet import defer
 
 from tests.conftest import DEMO_SITE, make_config
@@ -403,6 +405,89 @@ async def test_a_vcard_photo_set_through_one_node_is_in_the_presence_every_node_
     assert photo == hashlib.sha1(PNG).hexdigest()
     for client in (desk, phone):
         await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_archive_preferences_set_through_one_node_are_applied_by_the_others(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """XEP-0441 across nodes: alice, on the first node, asks never to archive bob. bob is on the
+    second node, which archives what he sends her (its delivery's hooks run there): it must know
+    her new preferences. Her phone, on that second node, reads them there; then bob's message
+    reaches her and is in neither archive of hers, while his earlier one is."""
+    from tests.e2e.test_mam import archive
+
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    clients = {}
+    for jid, node in (("alice@localhost/desk", a), ("alice@localhost/phone", b), ("bob@localhost/b", b)):
+        client = clients[jid] = Client(jid, "secret")
+        for plugin in ("xep_0059", "xep_0313", "xep_0441"):
+            client.register_plugin(plugin)
+        await wait(client.log_in(node.c2s_port))
+    desk, phone, bob = clients.values()
+    await until(lambda: sees(b, "alice@localhost/desk"), "the second node sees alice's desk")
+    bob.send_message(mto="alice@localhost/desk", mbody="archived", mtype="chat")
+    assert (await wait(desk.next_message()))["body"] == "archived"
+
+    await wait(desk.plugin["xep_0441"].set_preferences(default="always", never=["bob@localhost"]))
+    for _ in range(50):  # until the change's announcement has reached the second node (a read there)
+        _default, _always, never = await wait(phone.plugin["xep_0441"].get_preferences())
+        if [str(jid) for jid in never] == ["bob@localhost"]:
+            break
+    assert [str(jid) for jid in never] == ["bob@localhost"]
+    bob.send_message(mto="alice@localhost/desk", mbody="not archived", mtype="chat")
+    assert (await wait(desk.next_message()))["body"] == "not archived"
+    await wait(archive(bob))  # a query on bob's node writes the rows that node still holds
+    with_bob = [body for body, _, _ in await wait(archive(desk, with_jid=JID("bob@localhost")))]
+    assert with_bob == ["archived"]
+    for client in (desk, phone, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_registration_made_through_one_node_is_used_and_dropped_by_the_others(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """XEP-0357 across nodes: alice enables push on the first node and goes offline; bob, on the
+    second node, sends her a message, and that node (which judges it) publishes the notification
+    to the app server, a component of the second node. Her disabling it on the first node ends
+    it on the second too."""
+    from tests.conftest import free_port
+    from tests.e2e.test_push import CONFIG, PUSH, SECRET, AppServer, enable_push, summary
+
+    store = f'\n[store]\nbackend = "postgresql"\ndsn = "{postgres_dsn}"\n'
+    port = free_port()
+    a = await start_server(make_config(tmp_path, DEMO_SITE + store + cluster_keys + 'node_id = "node0"\n'))
+    b = await start_server(make_config(tmp_path, DEMO_SITE + CONFIG.format(port=port) + store + cluster_keys
+                                       + 'node_id = "node1"\n'))
+    app_server = AppServer(port)
+    app_server.connect()
+    await wait(app_server.connected_event.wait())
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    alice, bob = Client("alice@localhost/phone", "secret"), Client("bob@localhost/b", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    await wait(bob.log_in(b.c2s_port))
+    pushes = b.server.features.services["push"]
+
+    await wait(enable_push(alice, "alice-phone"))
+    await until(lambda: "alice@localhost" in pushes.by_owner, "the second node knows the registration")
+    await wait(alice.log_out())
+    await until(lambda: "alice@localhost" not in b.server.sessions.users, "the second node saw her go")
+    bob.send_message(mto="alice@localhost", mbody="wake up", mtype="chat")
+    published = await wait(app_server.published.get())
+    assert summary(published) == ("localhost", "set", "alice-phone", {
+        "FORM_TYPE": "urn:xmpp:push:summary", "message-count": "1"}, SECRET)
+
+    alice = Client("alice@localhost/phone", "secret")
+    await wait(alice.log_in(a.c2s_port))
+    iq = alice.Iq(stype="set")
+    iq.append(ET.fromstring(f"<disable xmlns='{PUSH}' jid='push.localhost' node='alice-phone'/>"))
+    await wait(iq.send())
+    await until(lambda: "alice@localhost" not in pushes.by_owner, "the second node dropped the registration")
+    for client in (alice, bob):
+        await wait(client.log_out())
+    app_server.disconnect()
 
 
 @pytest_twisted.ensureDeferred

@@ -49,7 +49,7 @@ truth test.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -69,6 +69,7 @@ from sns_xmpp.store.push import (
     all_registrations,
     delete_registrations,
     put_registration,
+    registrations_of,
 )
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
@@ -176,6 +177,10 @@ class Push:
         self.config = config
         self.interval = config.min_interval_ms / 1000
         self.by_owner: dict[str, dict[tuple[str, str], Registration]] = {}
+        # In a cluster, every node holds every account's registrations (a message is judged on the
+        # node that routes it): a change here is announced once it is in the store, and the other
+        # nodes read that account's again (shared_account_state).
+        self.changed: Callable[[str], None] = lambda owner: None
 
     # -- the registrations ------------------------------------------------------
 
@@ -192,6 +197,27 @@ class Push:
                 row.owner, row.service, row.node, row.resource, row.options))
             count += 1
         log.info("push.loaded registrations={count}", count=count)
+
+    def changed_elsewhere(self, owner: str) -> None:
+        """Another node of the cluster enabled or disabled a registration of *owner*: read the
+        account's again. (A change of this node's lands in memory once written, after any read
+        begun before it, so the read cannot undo it.)"""
+        read = self.sessions.store.run_read(partial(registrations_of, owner=owner))
+        read.addCallbacks(lambda rows: self._replace(owner, rows),
+                          lambda reason: log.failure("push.read_failed owner={owner}", reason, owner=owner))
+
+    def _replace(self, owner: str, rows: list[StoredRegistration]) -> None:
+        """The account's registrations are *rows*: those still there keep their notification
+        state (what waits, the publish in flight, the errors counted here), the others go."""
+        kept = {(row.service, row.node) for row in rows}
+        for registration in list(self.by_owner.get(owner, {}).values()):
+            if registration.key not in kept:
+                self._drop(owner, registration.service, registration.node)
+        held = self.by_owner.get(owner, {})
+        for row in rows:
+            old = held.get((row.service, row.node))
+            if old is None or (old.resource, old.options) != (row.resource, row.options):
+                self._keep(row)  # new, or enabled again (section 5: the last request's options)
 
     def _keep(self, row: StoredRegistration) -> None:
         registrations = self.by_owner.setdefault(row.owner, {})
@@ -238,7 +264,8 @@ class Push:
                  service=registration.service, why=why)
         d = self.sessions.store.run(partial(delete_registrations, owner=registration.owner,
                                             service=registration.service, node=registration.node))
-        d.addErrback(lambda reason: log.failure("push.delete_failed", reason))
+        d.addCallbacks(lambda _: self.changed(registration.owner),
+                       lambda reason: log.failure("push.delete_failed", reason))
 
     # -- sections 5 and 6: the client's IQs --------------------------------------
 
@@ -264,6 +291,7 @@ class Push:
 
         def kept(_: None) -> None:
             self._keep(row)
+            self.changed(owner)
             log.info("push.enabled owner={owner} service={service} resource={resource}", owner=owner,
                      service=service, resource=session.resource)
 
@@ -285,6 +313,7 @@ class Push:
 
         def forgotten(_: None) -> None:
             self._drop(owner, service, node)
+            self.changed(owner)
             log.info("push.disabled owner={owner} service={service} why=client", owner=owner, service=service)
 
         d = self.sessions.store.run(partial(delete_registrations, owner=owner, service=service, node=node))
@@ -447,6 +476,7 @@ def error_of(answer: domish.Element) -> tuple[str, str]:
 
 def install(registry: FeatureRegistry) -> None:
     push = Push(registry.sessions, registry.sessions.route, registry.config.push)  # the router's route
+    push.changed = registry.shared_account_state("push", push.changed_elsewhere)
     registry.account_iq(NS_PUSH, "enable", push.enable)
     registry.account_iq(NS_PUSH, "disable", push.disable)
     registry.account_disco_feature(NS_PUSH)

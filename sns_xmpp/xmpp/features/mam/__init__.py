@@ -24,6 +24,7 @@ first, so it sees every message archived before it. UIDs are made in process fro
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -125,6 +126,11 @@ class Archive:
         self.writer = ArchiveWriter(registry.sessions.store, registry.clock, config.flush_interval_ms / 1000,
                                     config.flush_rows, config.max_buffered_rows)
         self.prefs: dict[str, Prefs] = {}  # the accounts whose preferences are not the default
+        # In a cluster, a change is announced once it is in the store (shared_account_state), and
+        # the other nodes read that account's preferences again. The sets made here, counted: a
+        # read that a set here overtook is not applied (the set is newer), it is made again.
+        self.changed: Callable[[str], None] = lambda owner: None
+        self.prefs_sets = 0
         # seq (the archive's order, and the UID's start): schema/007_mam.sql.
         self.low_bits = secrets.randbelow(1024)
         self.last_seq = 0
@@ -360,13 +366,34 @@ class Archive:
         if iq.getAttribute("type") == "get":
             return prefs_element(self.prefs.get(owner, ALWAYS))
         prefs = parse_prefs(iq.firstChildElement())
+        self.prefs_sets += 1
         if prefs == ALWAYS:
             self.prefs.pop(owner, None)
             work = partial(archive_sql.delete_prefs, owner=owner)
         else:
             self.prefs[owner] = prefs
             work = partial(archive_sql.put_prefs, owner=owner, prefs=prefs)
-        return self.sessions.store.run(work).addCallback(lambda _: prefs_element(prefs))
+        return self.sessions.store.run(work).addCallback(self._prefs_written, owner, prefs)
+
+    def _prefs_written(self, _: object, owner: str, prefs: Prefs) -> domish.Element:
+        self.changed(owner)
+        return prefs_element(prefs)
+
+    def prefs_changed_elsewhere(self, owner: str) -> None:
+        """Another node of the cluster changed the account's preferences: read them again (every
+        node holds every account's, as each archives the messages its users send to the account)."""
+        sets = self.prefs_sets
+        read = self.sessions.store.run_read(partial(archive_sql.prefs_of, owner=owner))
+        read.addCallbacks(lambda found: self._prefs_read(owner, found, sets),
+                          lambda reason: log.failure("mam.prefs_read_failed owner={owner}", reason, owner=owner))
+
+    def _prefs_read(self, owner: str, found: Prefs | None, sets: int) -> None:
+        if sets != self.prefs_sets:  # a set here since the read began may be newer: read again
+            self.prefs_changed_elsewhere(owner)
+        elif found is None:
+            self.prefs.pop(owner, None)
+        else:
+            self.prefs[owner] = found
 
     # -- keeping ---------------------------------------------------------------------------------
 
@@ -437,6 +464,7 @@ def install(registry: FeatureRegistry) -> None:
     registry.hook(MESSAGE_OFFLINE, archive.offline, priority=10)  # before offline stores it
     registry.account_iq(NS_MAM, "query", archive.query)
     registry.account_iq(NS_MAM, "prefs", archive.preferences)
+    archive.changed = registry.shared_account_state("mam-prefs", archive.prefs_changed_elsewhere)
     registry.account_iq(NS_MAM, "metadata", archive.metadata)
     registry.account_disco_feature(NS_MAM)
     registry.account_disco_feature(NS_MAM_EXTENDED)
