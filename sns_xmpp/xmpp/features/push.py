@@ -43,7 +43,8 @@ a device one publish per interval, and the count tells how many messages wait.
 
 The registrations are all read once at start and kept in memory (a few per account that uses push),
 so that a message costs one dict lookup when its recipient has none: with nobody registered, one
-truth test.
+truth test. In a cluster, a node that changes an account's registrations says so once they are
+written, and the other nodes read that account's again (`FeatureRegistry.shared_account_state`).
 """
 
 from __future__ import annotations
