@@ -29,6 +29,8 @@ from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
 from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_NODE
 from sns_xmpp.xmpp.serialization import standalone_client_xml
 from sns_xmpp.xmpp.sessions import SessionManager
 
@@ -86,6 +88,7 @@ class Inbox:
         self.on_session: Callable[[dict[str, str]], None] = lambda fields: None
         # Full JIDs of sessions being bound here after a hand-over: their stanzas wait till then.
         self.arriving: dict[str, list[dict[str, str]]] = {}
+        self._presence_from_node = sessions.hooks.chain(PRESENCE_FROM_NODE)  # (filled in place)
 
     # -- sending -------------------------------------------------------------
 
@@ -282,6 +285,10 @@ class Inbox:
         except InvalidFormat:
             return
         if session is not None and not session.remote:
+            if text.startswith("<presence") and self._presence_from_node:
+                self._presence_seen(session, text)
+            elif text.startswith("<iq") and self.sessions.hooks.responses and self._awaited(text):
+                return
             session.send(text)
             return
         if isinstance(session, RemoteSession) and hops < MAX_HOPS:
@@ -300,6 +307,27 @@ class Inbox:
         elif stanza.name == "message" and stanza.getAttribute("type") != "groupchat":
             stanza["to"] = full.split("/", 1)[0]  # sent to the bare JID: deliver to the bare JID again
             self.sessions.deliver(stanza)
+
+    def _presence_seen(self, session: ClientSession, text: str) -> None:
+        """PRESENCE_FROM_NODE: the features that learn from the presences an account receives
+        (the caps feature: who sees what, for PEP) learn from those another node routed too."""
+        presence = parse_stanza(text)
+        if presence is not None:
+            for handler in self._presence_from_node:
+                handler(session, presence)
+
+    def _awaited(self, text: str) -> bool:
+        """Whether *text* is the answer to an IQ this node sent from a local full JID (the caps
+        feature's disco#info to another node's resource): handed to what awaits it, not to the
+        client."""
+        iq = parse_stanza(text)
+        if iq is None or iq.getAttribute("type") not in ("result", "error"):
+            return False
+        awaited = self.sessions.hooks.responses.pop((iq.getAttribute("from", ""), iq.getAttribute("id", "")), None)
+        if awaited is None:
+            return False
+        awaited(iq)
+        return True
 
     def reclaim(self, dead: str) -> Deferred[int]:
         """Deliver what a dead node's stream still holds (read or not), then drop the stream."""

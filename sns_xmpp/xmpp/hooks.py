@@ -52,6 +52,10 @@ PRESENCE_FROM_CLIENT = "presence/from-client"
 """(session, presence): a bound client's presence (RFC 6121 sections 3 and 4, outbound)."""
 PRESENCE_TO_LOCAL = "presence/to-local"
 """(presence, to: JID): presence for a local user (RFC 6121 sections 3 and 4, inbound)."""
+PRESENCE_FROM_NODE = "presence/from-node"
+"""(session, presence): a presence another node of a cluster delivered to this node's *session*
+through its inbox (PRESENCE_TO_LOCAL ran on that node, for the account's bare or full JID);
+handlers only look, and return None. Only a cluster fires it."""
 IQ_FROM_CLIENT = "iq/from-client"
 """(session, iq): a bound client's IQ, stamped, before it is routed to another entity (not one the
 server answers: the domain's, the account's own). A handler that returns a value has handled it
@@ -80,8 +84,8 @@ SESSION_ARRIVED = "session/arrived"
 fires for it; a handler takes back what it put into *state* on SESSION_LEAVING."""
 
 EVENTS = (MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, MESSAGE_OFFLINE, STORED_MESSAGE_UNACKNOWLEDGED,
-          STORED_MESSAGES_WAITING, PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, IQ_FROM_CLIENT, IQ_TO_LOCAL,
-          SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND,
+          STORED_MESSAGES_WAITING, PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, PRESENCE_FROM_NODE, IQ_FROM_CLIENT,
+          IQ_TO_LOCAL, SESSION_AVAILABLE, SESSION_BOUND, SESSION_CONNECTION_LOST, SESSION_UNBOUND,
           SESSION_LEAVING, SESSION_ARRIVED)
 
 IQHandler = Callable[[domish.Element], Any]

@@ -491,6 +491,31 @@ async def test_a_push_registration_made_through_one_node_is_used_and_dropped_by_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pep_publish_on_one_node_notifies_a_contact_on_another(start_server, tmp_path, postgres_dsn,
+                                                                       cluster_keys) -> None:
+    """XEP-0163 across nodes: alice on the first node and bob on the second are each other's
+    contacts, and bob's client shows nick+notify in its caps (XEP-0115). alice publishes her
+    nickname on her node, which must know that bob's resource wants it although bob's presence
+    reached her through the second node; and the other way round."""
+    from tests.e2e.test_pep import befriend, next_event, pep_client
+
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("alice@localhost", "secret")
+    await a.add_user("bob@localhost", "secret")
+    alice = await pep_client(a, "alice@localhost/a", "secret")
+    bob = await pep_client(b, "bob@localhost/b", "secret")
+    await until(lambda: sees(a, "bob@localhost/b") and sees(b, "alice@localhost/a"), "both see each other")
+    await befriend(alice, bob)
+
+    await wait(alice.plugin["xep_0172"].publish_nick("Alice of node 0"))
+    await next_event(bob, "user_nick_publish", "alice@localhost", nick="Alice of node 0")
+    await wait(bob.plugin["xep_0172"].publish_nick("Bob of node 1"))
+    await next_event(alice, "user_nick_publish", "bob@localhost", nick="Bob of node 1")
+    for client in (alice, bob):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_persistent_room_made_after_a_node_started_is_served_by_it_once_the_rooms_node_stops(
         start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
     """XEP-0045 across nodes: alice, on the first node, makes a persistent members-only room with

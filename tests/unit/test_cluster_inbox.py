@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from sns_xmpp.cluster.inbox import KIND_BATCH, KIND_REPLACE, KIND_STANZA, Inbox
 from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.xmpp.hooks import Hooks
 
 
 class Commands:
@@ -53,6 +54,7 @@ class Rosters:
 class Sessions:
     def __init__(self) -> None:
         self.rosters = Rosters()
+        self.hooks = Hooks()
         self.bound = {"bob@localhost/phone": Session(), "bob@localhost/laptop": Session()}
 
     def session(self, jid: Any) -> Session | None:

@@ -28,7 +28,7 @@ from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
-from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_UNBOUND
+from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_FROM_NODE, PRESENCE_TO_LOCAL, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, add_element
 
@@ -119,6 +119,12 @@ class EntityCaps:
         # it), else one resource's node#ver (what only that resource's answer may tell).
         self._waiting: dict[str, list[tuple[str, str]]] = {}
         self.listeners: list[Listener] = []
+        # In a cluster: (owner, full) learnt from a presence another node routed to the owner's
+        # session here (PRESENCE_FROM_NODE) -> that session's full JID, which asks the resource's
+        # features (the answer comes back to it through the inbox; one to the bare JID would stay
+        # on the other node). The node that routed the presence learnt it too, and told the
+        # listeners (PEP's last items): here it is learnt for PEP's publishes only, without them.
+        self._from_node: dict[tuple[str, str], str] = {}
 
     def on_available(self, listener: Listener) -> None:
         self.listeners.append(listener)
@@ -128,8 +134,9 @@ class EntityCaps:
 
     # -- presence ------------------------------------------------------------
 
-    def presence(self, owner: str, full: str, presence: domish.Element) -> None:
-        """An available or unavailable presence of *full* that *owner*'s account received or sent."""
+    def presence(self, owner: str, full: str, presence: domish.Element, via: str | None = None) -> None:
+        """An available or unavailable presence of *full* that *owner*'s account received or sent
+        (*via*: the owner's session here that another node of a cluster delivered it to)."""
         if presence.getAttribute("type") == "unavailable":
             self._forget(owner, full)
             return
@@ -142,11 +149,16 @@ class EntityCaps:
         ver, node = caps.getAttribute("ver"), caps.getAttribute("node")
         if not ver or not node:
             return
+        if via is not None:
+            self._from_node[(owner, full)] = via
+        elif self._from_node:  # (a truth test on one node)
+            self._from_node.pop((owner, full), None)
         if self._wanted.get((owner, full)) == ver:
             return  # a status change: the features are what they were
         seen = self._seen.get(owner, {})
         if full not in seen and len(seen) >= MAX_SEEN:
             self.sessions.metrics.limit("caps-seen")
+            self._from_node.pop((owner, full), None)
             return
         known = self.cache.get(ver) if caps.getAttribute("hash") == "sha-1" else None
         if known is not None:
@@ -172,7 +184,7 @@ class EntityCaps:
         self._waiting[wait_key] = [(owner, full)]
         query_id = "caps-" + secrets.token_hex(8)
         iq = domish.Element((NS_CLIENT, "iq"))
-        iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, owner, full
+        iq["type"], iq["id"], iq["from"], iq["to"] = "get", query_id, self._from_node.get((owner, full), owner), full
         add_element(iq, (NS_DISCO_INFO, "query"))["node"] = node
         key = (full, query_id)
         timeout = self.clock.callLater(QUERY_TIMEOUT, self._gave_up, key, node)
@@ -222,6 +234,8 @@ class EntityCaps:
         if seen.get(full) == features:
             return
         seen[full] = features
+        if self._from_node and (owner, full) in self._from_node:
+            return  # the node that routed the presence told its listeners
         for listener in self.listeners:
             try:
                 listener(owner, full, features)
@@ -230,6 +244,8 @@ class EntityCaps:
 
     def _forget(self, owner: str, full: str) -> None:
         self._wanted.pop((owner, full), None)
+        if self._from_node:
+            self._from_node.pop((owner, full), None)
         seen = self._seen.get(owner)
         if seen is not None and seen.pop(full, None) is not None and not seen:
             del self._seen[owner]
@@ -285,10 +301,20 @@ def install(registry: FeatureRegistry) -> None:
     def unbound(session: ClientSession, replaced: bool) -> None:
         caps._forget(session.bare, session.full)
 
+    def from_node(session: ClientSession, presence: domish.Element) -> None:
+        try:
+            sender = parse_jid(presence.getAttribute("from", ""))
+        except InvalidFormat:
+            return None
+        if sender.resource is not None:
+            caps.presence(session.bare, sender.full(), presence, via=session.full)
+        return None
+
     # Before presence's own handlers, which end the chains; these only look.
     registry.hook(PRESENCE_TO_LOCAL, received, priority=20)
     registry.hook(PRESENCE_FROM_CLIENT, sent, priority=20)
     registry.hook(SESSION_UNBOUND, unbound)
+    registry.hook(PRESENCE_FROM_NODE, from_node)  # a cluster's: what other nodes routed here
     registry.account_disco_feature(NS_CAPS)
 
 
