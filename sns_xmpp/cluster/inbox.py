@@ -312,9 +312,13 @@ class Inbox:
         """PRESENCE_FROM_NODE: the features that learn from the presences an account receives
         (the caps feature: who sees what, for PEP) learn from those another node routed too."""
         presence = parse_stanza(text)
-        if presence is not None:
-            for handler in self._presence_from_node:
+        if presence is None:
+            return
+        for handler in self._presence_from_node:
+            try:
                 handler(session, presence)
+            except Exception:  # (the presence still reaches the client)
+                log.failure("cluster.presence_handler_failed jid={jid}", jid=session.full)
 
     def _awaited(self, text: str) -> bool:
         """Whether *text* is the answer to an IQ this node sent from a local full JID (the caps
