@@ -367,7 +367,10 @@ class SessionManager:
                 return session.send(stanza)  # a Deferred for a resource on another node
             if kind == "groupchat":
                 self._bounce(stanza, "service-unavailable")
-            if kind in ("groupchat", "error"):
+            # RFC 6121 8.5.3.2.1: no resource matches. A headline is for that resource alone (a
+            # PEP notification to a session that ended): not given to its siblings but silently
+            # ignored (the RFC allows an error instead; ejabberd ignores it too, as a presence leak).
+            if kind in ("groupchat", "error", "headline"):
                 return None
         if kind == "error":
             return None

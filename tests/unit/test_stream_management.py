@@ -302,6 +302,21 @@ def test_a_message_whose_offline_write_ends_after_the_recipients_login_read_reac
     assert [e for e in stanzas(output(transport)) if e.tag.endswith("message")] == []
 
 
+def test_a_message_to_a_resource_that_is_gone_goes_as_rfc_6121_says_by_its_type() -> None:
+    """RFC 6121 8.5.3.2.1: a chat or normal message to a full JID no session holds goes to the
+    bare JID's resources; a headline (a PEP notification to a session that ended) is not given to
+    them but silently ignored."""
+    sessions, factory, clock = world()
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2", sm=False)
+    bob.dataReceived(b"<presence/>")
+    output(transport)
+    for kind in ("chat", "normal", "headline"):
+        sessions.deliver(parseXml(f"<message xmlns='jabber:client' from='alice@localhost/pc' "
+                                  f"to='bob@localhost/gone' type='{kind}'><body>{kind}</body></message>"))
+    delivered = [e.findtext(f"{{{NS_CLIENT}}}body") for e in stanzas(output(transport)) if e.tag.endswith("message")]
+    assert delivered == ["chat", "normal"]
+
+
 def test_acks_waiting_on_many_pending_writes_cost_linear_time() -> None:
     """A client that sends thousands of messages to offline users (each acknowledged only once on
     disk) and then <r/> makes every completed write ask "what is handled now?": answered from a
