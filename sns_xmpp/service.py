@@ -297,6 +297,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     FeatureStop(features).setServiceParent(top)
     if cluster is not None:
         cluster.lease_entities(router, features.entity_services)
+        cluster.list_entities(features.listings)
         cluster.resume_across_nodes(features.services.get("stream-management"))
     root = Root(web)
     root.putChild(b"metrics", metrics_resource(metrics))

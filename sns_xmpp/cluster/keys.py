@@ -43,6 +43,11 @@ class Keys:
         """The node serving a stateful service's entity (a MUC room), while it lives."""
         return f"{self.prefix}lease:{entity}"
 
+    def listed(self, listing: str, node: str) -> str:
+        """A hash: entity -> name, the entries a node lists in a shared listing (MUC's temporary
+        public rooms, cluster/listings.py), expiring with the node's heartbeat."""
+        return f"{self.prefix}listed:{listing}:{node}"
+
     def throttle(self, record: tuple[str, ...]) -> str:
         """A record of the login throttle (auth/throttle.py's key: ("pair", address, account),
         ("address", address) or ("account", account)): a hash of its failures (f) and the end of

@@ -20,12 +20,13 @@ from sns_xmpp.cluster.directory import Directory
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
+from sns_xmpp.cluster.listings import ListingsAcrossNodes
 from sns_xmpp.cluster.resumption import CrossNodeResumption
 from sns_xmpp.cluster.stored_messages import StoredWhileBinding
 from sns_xmpp.cluster.throttle import SharedThrottleRecords
 from sns_xmpp.config import ClusterConfig
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.xmpp.features import TakeOver
+from sns_xmpp.xmpp.features import SharedListing, TakeOver
 from sns_xmpp.xmpp.features.stream_management import Resumption
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_CLIENT, PRESENCE_TO_LOCAL, SESSION_BOUND, SESSION_UNBOUND
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -56,6 +57,8 @@ class ClusterNode(service.Service):
         self.leases: EntityLeases | None = None
         self.leased: tuple[Any, dict[str, TakeOver]] | None = None
         self.components: ComponentsAcrossNodes | None = None  # the router and the domains to lease entities of
+        self.listed: dict[str, SharedListing] = {}  # the features' lists every node answers whole
+        self.listings: ListingsAcrossNodes | None = None
         self.resumption: Resumption | None = None  # stream management's, when it is on
         self.resumptions: CrossNodeResumption | None = None
         self.throttle: AuthThrottle | None = None  # the login throttle whose records the nodes share
@@ -87,6 +90,9 @@ class ClusterNode(service.Service):
             self.leases.wrap(router, services)
             self.components = ComponentsAcrossNodes(self.node, self.keys, self.commands, inbox, router, self.clock,
                                                     self.config.node_timeout)
+        self.listings = ListingsAcrossNodes(self.node, self.keys, self.commands, self.clock,
+                                            self.config.node_timeout, self.listed)
+        self.listings.attach()
         if self.resumption is not None:
             self.resumptions = CrossNodeResumption(self.node, inbox, directory, self.sessions, self.resumption,
                                                    self.clock)
@@ -119,14 +125,16 @@ class ClusterNode(service.Service):
             self.throttle.shared = None  # Redis's connections close: logins still under way ask this node
         if self.heartbeats is not None and self.heartbeats.running:
             self.heartbeats.stop()
-        assert self.inbox is not None and self.directory is not None
+        assert self.inbox is not None and self.directory is not None and self.listings is not None
+        self.listings.detach()
         self.inbox.stop()
         # Leave: what our stream still holds goes to the accounts' other resources, or offline.
         # (Each step is a command on one connection, run in this order: the leases are given back
         # before the others hear that this node is gone.)
         steps = [self.inbox.reclaim(self.node),
                  self.leases.release() if self.leases is not None else succeed(None),
-                 self.commands.execute_command("DEL", self.keys.node(self.node), self.keys.sessions(self.node)),
+                 self.commands.execute_command("DEL", self.keys.node(self.node), self.keys.sessions(self.node),
+                                               *self.listings.keys_of(self.node)),
                  self.commands.execute_command("SREM", self.keys.nodes, self.node)]
         self.directory.leaving()
         done = DeferredList(steps, consumeErrors=True)
@@ -159,6 +167,11 @@ class ClusterNode(service.Service):
         (cluster/throttle.py); called before the service starts."""
         self.throttle = throttle
 
+    def list_entities(self, listings: dict[str, SharedListing]) -> None:
+        """Have every node answer these lists whole (MUC's public rooms): each node's part in
+        Redis (cluster/listings.py); called once the features are installed."""
+        self.listed = dict(listings)
+
     def lease_entities(self, router: Any, services: dict[str, TakeOver]) -> None:
         """Send each entity of these service domains (MUC rooms) to the one node holding its
         lease (cluster/leases.py), which calls the domain's take-over first; called once the
@@ -178,6 +191,8 @@ class ClusterNode(service.Service):
                 self._register()
             if self.leases is not None:
                 self.leases.renew()
+            if self.listings is not None:
+                self.listings.renew()
             if self.components is not None:
                 self.components.announce()
             return self._check_nodes()
@@ -194,6 +209,8 @@ class ClusterNode(service.Service):
             log.warn("cluster.redis_state_lost node={node}", node=self.node)
             self.no_burials_until = self.clock.seconds() + self.config.node_timeout
             self.directory.republish()
+        if self.listings is not None:
+            self.listings.republish()  # at the first beat too: what a previous run of this id left goes
         self.registered = True
         self.commands.execute_command("SADD", self.keys.nodes, self.node)
 
@@ -271,6 +288,7 @@ class ClusterNode(service.Service):
                                                          node=node, count=count))
             return DeferredList([delivered,
                                  self.commands.execute_command("DEL", self.keys.sessions(node)),
+                                 self.listings.forget(node) if self.listings is not None else succeed(None),
                                  self.commands.execute_command("SREM", self.keys.nodes, node)], consumeErrors=True)
 
         lease.addCallback(reclaim).addErrback(lambda reason: log.failure("cluster.bury_failed", reason))

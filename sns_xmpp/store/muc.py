@@ -1,7 +1,8 @@
 """The SQL of the Multi-User Chat service (XEP-0045): its persistent rooms (schema 013).
 
 Functions of a `Database`, run by the MUC feature through `IStore.run` (writes, in order with
-every other call) and `IStore.run_read` (every room, read once at start). The feature hands over
+every other call) and `IStore.run_read` (every room, read once at start; in a cluster, one room
+taken over, and the rooms' configurations for the list of public rooms). The feature hands over
 a room as a `StoredRoom`; the store never sees a stanza.
 """
 
@@ -15,6 +16,7 @@ from sns_xmpp.store.common import Database
 from sns_xmpp.store.mam import ArchiveQuery, Page, archive_page
 
 SQL_ROOMS = "SELECT room, config, subject, subject_by, secret, creator, created_at FROM muc_rooms ORDER BY room"
+SQL_CONFIGS = "SELECT room, config FROM muc_rooms ORDER BY room"
 SQL_AFFILIATIONS = "SELECT room, jid, affiliation FROM muc_affiliations ORDER BY room, jid"
 SQL_ROOM = "SELECT room, config, subject, subject_by, secret, creator, created_at FROM muc_rooms WHERE room = ?"
 SQL_ROOM_AFFILIATIONS = "SELECT jid, affiliation FROM muc_affiliations WHERE room = ? ORDER BY jid"
@@ -53,6 +55,12 @@ def rooms(db: Database) -> list[StoredRoom]:
     return [StoredRoom(room, config, subject, subject_by, secret, creator, float(created_at),
                        affiliations.get(room, {}))
             for room, config, subject, subject_by, secret, creator, created_at in db.query(SQL_ROOMS)]
+
+
+def configs(db: Database) -> list[tuple[str, str]]:
+    """Every persistent room's (JID, configuration as JSON): what a cluster's node reads to list
+    the public ones, which another node may have made or changed since this one started."""
+    return [(room, config) for room, config in db.query(SQL_CONFIGS)]
 
 
 def room(db: Database, room: str) -> StoredRoom | None:

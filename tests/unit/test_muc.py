@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sns_xmpp.auth.checker import LoginResult
@@ -383,6 +384,69 @@ def test_disco_finds_the_service_its_public_rooms_and_what_a_room_is() -> None:
     alice.send("<iq type='get' id='d5' to='nowhere@conference.localhost'>"
                "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
     assert condition(alice.read()[0]) == "cancel/item-not-found"
+
+
+@dataclass
+class OtherNodes:
+    """A cluster's side of the shared listing (cluster/listings.py), without Redis: what this
+    node told it, and what the other nodes list."""
+
+    theirs: dict[str, str]
+    told: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def put(self, listing: str, entity: str, name: str | None) -> None:
+        self.told.append((listing, entity, name))
+
+    def others(self, listing: str) -> Deferred[dict[str, str]]:
+        return succeed(dict(self.theirs))
+
+
+def listed(client: Client) -> list[tuple[str | None, str | None]]:
+    client.send("<iq type='get' id='items' to='conference.localhost'>"
+                "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    [answer] = client.read()
+    return [(found.get("jid"), found.get("name")) for found in answer.iter("{http://jabber.org/protocol/disco#items}item")]
+
+
+def test_in_a_cluster_the_rooms_listed_are_the_stores_persistent_ones_and_every_nodes_temporary_ones() -> None:
+    """6.3 in a cluster: the service tells the shared listing of each temporary public room of
+    its memory as it is unlocked, renamed, hidden or gone (not of locked, hidden or persistent
+    ones), and answers disco#items with the persistent public rooms of the store, the other
+    nodes' temporary ones and its own, in the order of their JIDs, one node's answer."""
+    w = world()
+    others = OtherNodes({"far@conference.localhost": "", "near@conference.localhost": "Near"})
+    listing = w.registry.listings["muc-rooms"]
+    listing.across = others
+    alice = w.log_in("alice@localhost")
+    join(alice, nick="Alice")
+    assert others.told == [], "a locked room is not listed"
+    instant(alice)
+    configure(alice, {"muc#roomconfig_roomname": "The Room"})
+    for room, values in (("kept@conference.localhost", {"muc#roomconfig_persistentroom": "1",
+                                                          "muc#roomconfig_roomname": "Kept"}),
+                         ("hidden@conference.localhost", {"muc#roomconfig_publicroom": "0"})):
+        join(alice, room, "Alice")
+        configure(alice, values, room)
+    assert others.told == [("muc-rooms", ROOM, ""), ("muc-rooms", ROOM, "The Room")]
+    assert listed(alice) == [("far@conference.localhost", "far"), ("kept@conference.localhost", "Kept"),
+                             ("near@conference.localhost", "Near"), (ROOM, "The Room")]
+    assert listing.listed_here() == {ROOM: "The Room"}
+
+    del others.told[:]
+    configure(alice, {"muc#roomconfig_persistentroom": "1"})  # the store's now, not this node's memory's
+    configure(alice, {"muc#roomconfig_persistentroom": "0"})
+    configure(alice, {"muc#roomconfig_publicroom": "0"})
+    alice.send("<presence type='unavailable' to='hidden@conference.localhost/Alice'/>")
+    alice.read()
+    assert others.told == [("muc-rooms", ROOM, None), ("muc-rooms", ROOM, "The Room"), ("muc-rooms", ROOM, None)]
+    configure(alice, {"muc#roomconfig_publicroom": "1"})
+    alice.send(f"<presence type='unavailable' to='{ROOM}/Alice'/>")  # a temporary room, empty: gone
+    alice.read()
+    assert others.told[-2:] == [("muc-rooms", ROOM, "The Room"), ("muc-rooms", ROOM, None)]
+    alice.send("<iq type='set' id='gone' to='kept@conference.localhost'>"
+               f"<query xmlns='{MUC}#owner'><destroy/></query></iq>")
+    alice.read()
+    assert listed(alice) == [("far@conference.localhost", "far"), ("near@conference.localhost", "Near")]
 
 
 def test_a_non_anonymous_room_shows_every_real_jid_and_says_so() -> None:

@@ -58,6 +58,37 @@ TakeOver = Callable[[str], "Deferred[None] | None"]
 """(entity's bare JID) -> a Deferred the entity's stanzas wait for, or None (see service_domains)."""
 
 
+class ListingAcrossNodes(Protocol):
+    """What a cluster offers a `SharedListing` (cluster/listings.py provides it): the xmpp side
+    takes it once the node starts, instead of importing the cluster."""
+
+    def put(self, listing: str, entity: str, name: str | None) -> None:
+        """This node lists *entity* under *name* now (None: it no longer lists it)."""
+
+    def others(self, listing: str) -> Deferred[dict[str, str]]:
+        """What the other live nodes list: entity -> name."""
+
+
+class SharedListing:
+    """A list of entities that live in the memory of one node each (MUC's temporary public rooms),
+    which every node of a cluster answers whole. On a server alone it costs one test per change,
+    and `elsewhere()` is None: the node's memory is the whole list."""
+
+    def __init__(self, name: str, listed_here: Callable[[], dict[str, str]]) -> None:
+        self.name = name
+        self.listed_here = listed_here  # entity -> name, what this node lists (read again after Redis lost it)
+        self.across: ListingAcrossNodes | None = None  # set by a cluster's node as it starts
+
+    def changed(self, entity: str, name: str | None) -> None:
+        """*entity*, of this node, is listed under *name* now (None: no longer listed)."""
+        if self.across is not None:
+            self.across.put(self.name, entity, name)
+
+    def elsewhere(self) -> Deferred[dict[str, str]] | None:
+        """What the other nodes list (entity -> name), or None on a server alone."""
+        return None if self.across is None else self.across.others(self.name)
+
+
 @dataclass
 class FeatureRegistry:
     """What a feature's ``install`` receives: the server's parts, and the ways to register."""
@@ -81,6 +112,9 @@ class FeatureRegistry:
     # each entity's stanzas go to the one node that holds its lease (cluster/leases.py). Each
     # domain's take-over: what that node does before it serves an entity it has just taken.
     entity_services: dict[str, TakeOver] = field(default_factory=dict)
+    # Lists of such entities that every node answers whole (MUC's public rooms), by name; a
+    # cluster's node fills in each one's `across` as it starts.
+    listings: dict[str, SharedListing] = field(default_factory=dict)
 
     @property
     def hooks(self) -> Hooks:
@@ -194,6 +228,15 @@ class FeatureRegistry:
                 watch(name, account)
 
         return changed
+
+    def shared_listing(self, name: str, listed_here: Callable[[], dict[str, str]]) -> SharedListing:
+        """A list of entities (MUC's temporary public rooms: entity -> name) of which each node of
+        a cluster holds its own in memory, *listed_here()*; call the returned listing's
+        ``changed(entity, name)`` when one of this node's enters, changes or leaves the list, and
+        merge its ``elsewhere()`` (None on a server alone) into what this node answers."""
+        listing = SharedListing(name, listed_here)
+        _claim(self.listings, name, listing)
+        return listing
 
     def stores(self, table: str, *, per_account: bool, what: str) -> None:
         """Declare a table of the store this feature keeps (per account: it goes with the account)."""

@@ -200,8 +200,9 @@ def owner_query(service: MUCService, room: Room, iq: domish.Element, query: domi
     if after.persistent and not before.persistent and service.persistent_rooms() >= limits.max_persistent_rooms:
         service.sessions.metrics.limit("muc-persistent-rooms")
         raise refusal("not-acceptable", f"the service keeps at most {limits.max_persistent_rooms} persistent rooms")
-    was_locked = room.locked
+    was_locked, was_listed = room.locked, room.listed_as
     room.config, room.locked = after, False
+    service.relist(room, was_listed)
     if after.history_length != before.history_length:
         room.history = deque(room.history, maxlen=after.history_length)
     if after.persistent:

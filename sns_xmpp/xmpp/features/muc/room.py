@@ -118,6 +118,13 @@ class Room:
         self.history: deque[HistoryEntry] = deque(maxlen=config.history_length)
         self.quoted_jid = escape_attribute(jid)
 
+    @property
+    def listed_as(self) -> str | None:
+        """The configured name of a temporary public room open to be found (section 6.3), which
+        lives in its node's memory only (a persistent one is the store's); None for any other."""
+        config = self.config
+        return config.name if config.public and not config.persistent and not self.locked else None
+
     # -- who is who ------------------------------------------------------------------------------
 
     def affiliation(self, bare: str) -> str:

@@ -9,6 +9,11 @@ and a ping to one's own occupant JID is answered here (XEP-0410 section 3.3).
 
 Persistent rooms are written through the store (store/muc.py) and read once at start; stanzas
 that arrive before that read wait for it, so that a join never creates a room that exists.
+
+In a cluster each room lives on one node (cluster/leases.py), so the service's list of public
+rooms (6.3) is put together by the node asked: the persistent ones from the store, the temporary
+ones from this node's memory and from what the other nodes list (`FeatureRegistry.shared_listing`,
+kept in Redis by cluster/listings.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
@@ -83,6 +88,8 @@ class MUCService:
         # sent the presence whose end tells the rooms (RFC 6121 4.6 covers available sessions only).
         self.occupancies: dict[str, set[str]] = {}
         self.stopped = False
+        # This node's temporary public rooms, which a cluster's other nodes list too (section 6.3).
+        self.listing = registry.shared_listing("muc-rooms", self.listed_here)
 
     # -- start: the persistent rooms ----------------------------------------------------------------
 
@@ -137,6 +144,8 @@ class MUCService:
                 return
             # Out of memory only: what the store holds (or no longer holds) is the room now.
             del self.rooms[room_jid]
+            if held.listed_as is not None:
+                self.listing.changed(room_jid, None)
             left = self.created.get(held.creator, 0) - 1
             if left > 0:
                 self.created[held.creator] = left
@@ -165,6 +174,18 @@ class MUCService:
     def _write(self, work: Callable[[Any], None], room: str) -> None:
         assert self.store is not None
         self.store.run(work).addErrback(lambda reason: log.failure("muc.store_failed room={room}", reason, room=room))
+
+    def relist(self, room: Room, was: str | None) -> None:
+        """The room's configuration or lock changed; it was listed under *was* (None: not listed)
+        among the temporary public rooms the other nodes of a cluster list."""
+        now = room.listed_as if self.rooms.get(room.jid) is room else None
+        if now != was:
+            self.listing.changed(room.jid, now)
+
+    def listed_here(self) -> dict[str, str]:
+        """This node's temporary public rooms, by JID, with their configured names."""
+        listed = {jid: room.listed_as for jid, room in self.rooms.items()}
+        return {jid: name for jid, name in listed.items() if name is not None}
 
     def occupancy(self, room: Room, real: str, present: bool) -> None:
         if present:
@@ -208,6 +229,8 @@ class MUCService:
             self.created.pop(room.creator, None)
         if room.config.persistent:
             self.unkeep(room)
+        if room.listed_as is not None:
+            self.listing.changed(room.jid, None)
         log.info("muc.room_gone room={room}", room=room.jid)
 
     # -- what arrives ----------------------------------------------------------------------------
@@ -415,20 +438,41 @@ class MUCService:
                 add_element(query, "feature")["var"] = var
             self._answer(stanza, query)
         elif key == (NS_DISCO_ITEMS, "query") and stanza["type"] == "get":
-            query = domish.Element((NS_DISCO_ITEMS, "query"))
-            host = to.host
-            listed = sorted((room for room in self.rooms.values()
-                             if room.config.public and not room.locked and room.jid.endswith("@" + host)),
-                            key=lambda room: room.jid)
-            for room in listed[:MAX_LISTED_ROOMS]:
-                element = add_element(query, "item")
-                element["jid"] = room.jid
-                element["name"] = room.config.name or room.jid.split("@", 1)[0]
-            self._answer(stanza, query)
+            elsewhere = self.listing.elsewhere()
+            if elsewhere is None:  # a server alone: its memory holds every room
+                self._answer(stanza, _room_items(to.host, {room.jid: room.config.name for room in self.rooms.values()
+                                                           if room.config.public and not room.locked}))
+            else:
+                self._answer(stanza, self._rooms_of_the_cluster(to.host, elsewhere))
         elif key == (NS_PING, "ping") and stanza["type"] == "get":
             self._answer(stanza, None)
         else:
             raise refusal("service-unavailable")
+
+    def _rooms_of_the_cluster(self, host: str, elsewhere: Deferred[dict[str, str]]) -> Deferred[domish.Element]:
+        """Section 6.3 in a cluster: the public persistent rooms as the store has them (another
+        node may have made, renamed or destroyed one since this node read them; this node's own
+        changes are written before this read, in the store's order), and the temporary ones of
+        every node, this one's from memory."""
+        stored: Deferred[list[tuple[str, str]]] = (
+            self.store.run_read(muc_store.configs) if self.store is not None else succeed([]))
+
+        def merged(found: list[Any]) -> domish.Element:
+            configs, others = found
+            listed: dict[str, str] = {}
+            for jid, text in configs:
+                try:
+                    config = RoomConfig.from_json(text)
+                except (ValueError, TypeError):
+                    continue  # logged as unreadable when the room is loaded
+                if config.public:
+                    listed[jid] = config.name
+            listed.update(others)
+            listed.update(self.listed_here())
+            return _room_items(host, listed)
+
+        both: Deferred[list[Any]] = gatherResults([stored, elsewhere], consumeErrors=True)
+        return both.addCallback(merged)
 
     def _room_info(self, room: Room, query: domish.Element, sender: JID) -> domish.Element | Deferred:
         """Section 6.4 (features and the muc#roominfo form), or section 7.12 for the node
@@ -475,6 +519,18 @@ class MUCService:
 
     def occupants(self) -> int:
         return sum(len(room.occupants) for room in list(self.rooms.values()))  # a scrape's thread too
+
+
+def _room_items(host: str, rooms: dict[str, str]) -> domish.Element:
+    """Section 6.3's answer: the public rooms of the service *host* (JID -> configured name), in
+    the order of their JIDs, at most MAX_LISTED_ROOMS, each named (the room's node if unnamed)."""
+    query = domish.Element((NS_DISCO_ITEMS, "query"))
+    suffix = "@" + host
+    for jid in sorted(jid for jid in rooms if jid.endswith(suffix))[:MAX_LISTED_ROOMS]:
+        element = add_element(query, "item")
+        element["jid"] = jid
+        element["name"] = rooms[jid] or jid.split("@", 1)[0]
+    return query
 
 
 def _full_name(stored: vcard_store.StoredVCard | None) -> str | None:
