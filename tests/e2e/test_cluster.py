@@ -4,8 +4,9 @@ Redis, each node with its own client port, and real slixmpp clients on different
 from __future__ import annotations
 
 import asyncio
+import inspect
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,18 @@ from tests.xmppclient import Client, wait
 DEADLINE = 10.0  # seconds a condition has to come true
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait, turn by turn of the reactor, for *condition* (a directory announcement to arrive)."""
+async def until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    """Wait, turn by turn of the reactor, for *condition* (a directory announcement to arrive);
+    a condition that asks a node returns an awaitable."""
     from twisted.internet import reactor
 
     deadline = reactor.seconds() + DEADLINE
-    while not condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         assert reactor.seconds() < deadline, f"not within {DEADLINE} s: {what}"
         done: defer.Deferred[None] = defer.Deferred()
         reactor.callLater(0.01, done.callback, None)
@@ -286,6 +293,61 @@ async def test_a_room_lives_on_one_node_and_occupants_on_every_node_meet_in_it(s
     heard = [(await wait(next_groupchat(bob)))["body"] for _ in range(2)]
     assert heard == ["hello from the other node", "welcome"]
     assert rooms == [1, 0], "the room is in the memory of its lease holder only"
+    for client in (alice, bob):
+        await wait(client.log_out())
+
+
+async def rooms_listed(client: Client) -> list[tuple[str, str]]:
+    """The service's public rooms (XEP-0045 section 6.3) as the client's node lists them."""
+    items = await wait(client.plugin["xep_0030"].get_items(jid=JID("conference.localhost")))
+    # In the answer's order (slixmpp's "items" is a set).
+    return [(item.get("jid", ""), item.get("name", ""))
+            for item in items.xml.iter("{http://jabber.org/protocol/disco#items}item")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_public_rooms_listed_are_the_whole_services_from_either_node(start_server, tmp_path, postgres_dsn,
+                                                                               cluster_keys) -> None:
+    """XEP-0045 section 6.3 across nodes: alice (first node) and bob (second) each make a
+    temporary public room, a persistent public one and a hidden one, each room living on its
+    maker's node. A user on either node is listed the same four public rooms with their names,
+    one node's answer; a room destroyed, persistent or temporary, goes from both lists. When the
+    first node dies (its heartbeats stop), its temporary room, which was in its memory only, goes
+    from the second node's list within node_timeout; its persistent room stays."""
+    from tests.e2e.test_muc import configure, muc_client
+
+    quick = cluster_keys + "heartbeat_interval = 1\nnode_timeout = 3\n"
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, quick)
+    alice, bob = await alice_and_bob(a, b, muc_client)
+    made = {alice: [("alpha", {"roomname": "Alpha"}), ("archive", {"persistentroom": True}),
+                    ("attic", {"publicroom": False, "roomname": "Attic"})],
+            bob: [("bravo", {}), ("bureau", {"persistentroom": True, "roomname": "Bureau"}),
+                  ("basement", {"publicroom": False})]}
+    for client, rooms in made.items():
+        for name, values in rooms:
+            room = f"{name}@conference.localhost"
+            await wait(client.plugin["xep_0045"].join_muc_wait(room, "Maker"))
+            await wait(configure(client, room, **values))
+    assert sorted(a.server.features.services["muc"].rooms) == ["alpha@conference.localhost",
+                                                              "archive@conference.localhost",
+                                                              "attic@conference.localhost"]
+
+    async def listed_by(clients: list[Client], expected: list[tuple[str, str]]) -> bool:
+        # The owner's configuration is answered before its room reaches Redis or PostgreSQL.
+        return [await rooms_listed(client) for client in clients] == [expected] * len(clients)
+
+    alpha, archive = ("alpha@conference.localhost", "Alpha"), ("archive@conference.localhost", "archive")
+    bravo, bureau = ("bravo@conference.localhost", "bravo"), ("bureau@conference.localhost", "Bureau")
+    await until(lambda: listed_by([alice, bob], [alpha, archive, bravo, bureau]),
+                "both nodes list the four public rooms")
+    await wait(alice.plugin["xep_0045"].destroy(archive[0], "done"))
+    await wait(bob.plugin["xep_0045"].destroy(bravo[0], "done"))
+    await until(lambda: listed_by([alice, bob], [alpha, bureau]), "the destroyed rooms go from both lists")
+
+    cluster = a.server.cluster  # its part of the list expires with its heartbeat, should nobody bury it
+    assert 0 < int(await cluster.commands.execute_command("PTTL", cluster.keys.listed("muc-rooms", "node0"))) <= 3000
+    cluster.heartbeats.stop()  # the first node, as the others see it, dies (the second buries it)
+    await until(lambda: listed_by([bob], [bureau]), "the dead node's temporary room goes")
     for client in (alice, bob):
         await wait(client.log_out())
 
