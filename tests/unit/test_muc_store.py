@@ -17,7 +17,8 @@ from tests.unit.test_store import Backend, backend  # noqa: F401 - the fixture
 
 def test_rooms_are_written_whole_read_back_and_deleted_in_each_engine(backend: Backend) -> None:  # noqa: F811
     """put_room replaces the room's row and its affiliations in one go; rooms() reads every
-    room with its affiliations; delete_room takes the affiliations with it (the cascade)."""
+    room with its affiliations, configs() every room's configuration; delete_room takes the
+    affiliations with it (the cascade)."""
     db = backend.open()
     try:
         first = muc_store.StoredRoom("a@conference.x", RoomConfig(persistent=True).to_json(), "", "", "s1",
@@ -36,8 +37,11 @@ def test_rooms_are_written_whole_read_back_and_deleted_in_each_engine(backend: B
         assert rooms[1] == second
         assert muc_store.room(db, "a@conference.x") == rooms[0]  # one room, as a cluster's take-over reads it
         assert muc_store.room(db, "c@conference.x") is None
+        # Each room's configuration alone, as a cluster's node lists the public ones.
+        assert muc_store.configs(db) == [("a@conference.x", first.config), ("b@conference.x", second.config)]
         muc_store.delete_room(db, "a@conference.x")
         assert [room.room for room in muc_store.rooms(db)] == ["b@conference.x"]
+        assert muc_store.configs(db) == [("b@conference.x", second.config)]
         assert backend.rows("SELECT COUNT(*) FROM muc_affiliations WHERE room = ?", ("a@conference.x",)) == [(0,)]
     finally:
         db.close()
