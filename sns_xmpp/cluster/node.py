@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from sns_xmpp.auth.throttle import AuthThrottle
@@ -68,6 +68,7 @@ class ClusterNode(service.Service):
         # taken for dead until they have all had node_timeout to beat again.
         self.no_burials_until = 0.0
         self.subscribed_before = False
+        self.resynced = 0  # the re-reads of shared state after the subscriber came back, done
 
     # -- start and stop ------------------------------------------------------
 
@@ -235,8 +236,10 @@ class ClusterNode(service.Service):
         announcements may have been missed); clean up after the dead ones."""
         assert self.directory is not None
         directory = self.directory
+        resynced: Deferred[None] = succeed(None)
         if self.subscribed_before:  # a reconnection: Redis may have restarted, and lost the keys
             self.no_burials_until = self.clock.seconds() + self.config.node_timeout
+            resynced = self.resync()
         self.subscribed_before = True
         if self.throttle_records is not None:  # the throttle's announcements may have been missed too
             self.throttle_records.load()
@@ -247,7 +250,29 @@ class ClusterNode(service.Service):
             names.discard(self.node)
             return DeferredList([self._read_node(name) for name in sorted(names)], consumeErrors=True)
 
-        return members.addCallback(each).addCallback(lambda _: None)
+        read = members.addCallback(each)
+        return DeferredList([read, resynced], consumeErrors=True).addCallback(lambda _: None)
+
+    def resync(self) -> Deferred[None]:
+        """The subscriber came back: announcements of changes to the features' shared account
+        state (blocklists...) and to rosters may have been missed while it was away, and nothing
+        sends them again. Each feature reads again what it holds (`shared_account_state`'s
+        resync), and every cached roster is read again. Not at the first subscription: the node
+        has just read what it holds then. (A change made elsewhere between a feature's read at
+        start and that subscription is missed still: a window of the start's few milliseconds.)"""
+        hooks = self.sessions.hooks
+        names = sorted(hooks.resyncs)
+        steps = [maybeDeferred(hooks.resyncs[name]) for name in names] + [self.sessions.rosters.reload_all()]
+        log.info("cluster.resyncing node={node} states={states}", node=self.node, states=",".join(names))
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            for name, (ok, reason) in zip([*names, "rosters"], results, strict=True):
+                if not ok:
+                    log.failure("cluster.resync_failed state={state}", reason, state=name)
+            self.resynced += 1
+            log.info("cluster.resynced node={node} count={count}", node=self.node, count=self.resynced)
+
+        return DeferredList(steps, consumeErrors=True).addCallback(done)
 
     def _read_node(self, node: str) -> Deferred[None]:
         assert self.directory is not None

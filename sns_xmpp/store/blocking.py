@@ -7,7 +7,7 @@ binds). JIDs arrive prepared (the feature normalises them); the store compares t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sns_xmpp.store.common import Database
 
@@ -32,6 +32,15 @@ def blocklist_and_owners(db: Database, owner: str, with_owners: bool) -> tuple[l
     """*owner*'s list and, *with_owners*, every account that blocks anything (else None): the
     feature reads the second once, with the first list it needs."""
     return ([row[0] for row in db.query(SQL_OWNERS)] if with_owners else None), blocklist(db, owner)
+
+
+def owners_and_lists(db: Database, held: Collection[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Every account that blocks anything, and the lists of those of *held* that do (a cluster's
+    node reads them again after it may have missed announcements of changes)."""
+    owners = [row[0] for row in db.query(SQL_OWNERS)]
+    # (One query per list, in this one call: the accounts held here that block anything are few.)
+    lists = {owner: blocklist(db, owner) for owner in sorted(set(owners) & set(held))}
+    return owners, lists
 
 
 def block(db: Database, owner: str, jids: Sequence[str], limit: int) -> None:

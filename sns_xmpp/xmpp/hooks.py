@@ -141,6 +141,9 @@ class Hooks:
         # told (name, account) when this node changes it (the cluster's directory).
         self.shared_state: dict[str, Callable[[str], None]] = {}
         self.state_changed: list[Callable[[str, str], None]] = []
+        # And, by the same name, what reads all of that state again (after announcements may
+        # have been missed: the cluster's subscriber reconnected), a Deferred or None.
+        self.resyncs: dict[str, Callable[[], Any]] = {}
         self.inline: dict[str, InlineAction] = {}
         # Each event's handlers, highest priority first, and the negated priorities alongside
         # (for bisect). The lists are never replaced: the core keeps references to them.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
@@ -131,14 +131,36 @@ class RosterBook:
         if roster is None:
             return defer.succeed(None)
 
-        def loaded(results: tuple[list[RosterItem], list[str], int]) -> None:
+        def loaded(results: tuple[list[RosterItem], list[str], int]) -> Deferred[None] | None:
             fresh = _roster_from(owner, results)
             if self._rosters.get(owner) is not roster or fresh.version < roster.version:
-                return  # forgotten meanwhile, or a newer change of this node's is not read back yet
+                return None  # forgotten meanwhile, or a newer change of this node's is not read back yet
+            settled = self.settled(owner)
+            if settled is not None:
+                # A write of this node's asked for after this read (the store runs calls in order,
+                # and hands their results back in order): its change is in memory, perhaps not in
+                # the answer (a subscription request counts no version). Read again once it is on disk.
+                return settled.addCallback(lambda _: self.reload(owner))
             roster.items, roster.requests, roster.chars, roster.version = (
                 fresh.items, fresh.requests, fresh.chars, fresh.version)
+            return None
 
         return self.store.load_roster(owner).addCallback(loaded)
+
+    def reload_all(self) -> Deferred[None]:
+        """Read every cached roster again, and every one being loaded once it is (a cluster's
+        node may have missed announcements of changes while its subscriber was away; a load
+        under way may have begun before such a change)."""
+        reloads = [self.reload(owner) for owner in list(self._rosters)]
+        for owner in list(self._loading):
+            waiter: Deferred = Deferred()
+            self._loading[owner].append(waiter)
+            # (A load that fails caches nothing, so nothing is stale.)
+            reloads.append(waiter.addCallbacks(lambda roster: self.reload(roster.owner), lambda reason: None))
+        log.info("roster.reloading rosters={count}", count=len(reloads))
+        for reload in reloads:
+            reload.addErrback(lambda reason: log.failure("roster.reload_failed", reason))
+        return DeferredList(reloads).addCallback(lambda _: None)
 
     def fits(self, roster: Roster, item: RosterItem) -> bool:
         """Whether *item* (new, or replacing the contact's) keeps the roster within its bounds."""

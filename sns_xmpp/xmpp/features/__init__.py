@@ -14,8 +14,9 @@ path stream management counts; never through the stream itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -56,6 +57,37 @@ class SiteListing(Protocol):
 
 TakeOver = Callable[[str], "Deferred[None] | None"]
 """(entity's bare JID) -> a Deferred the entity's stanzas wait for, or None (see service_domains)."""
+
+Resync = Callable[[], "Deferred[None] | None"]
+"""Read again, from the store, all the shared account state a feature holds (see
+shared_account_state); a Deferred that fires once it has, or None."""
+
+
+class ChangedMeanwhile:
+    """The accounts whose shared state changes while a re-read of all of it (a resync) is in
+    flight, here or announced from elsewhere. A feature that changes its memory before the store
+    write needs it: the store runs calls in order, so a read asked for before that write answers
+    without it, and applying the answer would undo the change here; and one whose own read of an
+    account changed elsewhere would be set aside by the resync's older answer. The resync leaves
+    those accounts as memory has them."""
+
+    def __init__(self) -> None:
+        self._watching: list[set[str]] = []  # one set per resync in flight (usually none)
+
+    def note(self, account: str) -> None:
+        """*account*'s state changed (here: in memory, its write asked for; or elsewhere: its
+        read asked for)."""
+        for watched in self._watching:
+            watched.add(account)
+
+    def watch(self) -> set[str]:
+        """Begin a resync: the set fills with the accounts changed here until `done`."""
+        watched: set[str] = set()
+        self._watching.append(watched)
+        return watched
+
+    def done(self, watched: set[str]) -> None:
+        self._watching.remove(watched)
 
 
 class ListingAcrossNodes(Protocol):
@@ -216,11 +248,26 @@ class FeatureRegistry:
         if max_body_bytes is not None:
             self.http_body_limits[segment] = max_body_bytes
 
-    def shared_account_state(self, name: str, changed_elsewhere: Callable[[str], None]) -> Callable[[str], None]:
+    def shared_account_state(self, name: str, changed_elsewhere: Callable[[str], None], *,
+                             resync: Resync | None = None,
+                             held: Callable[[], Iterable[str]] | None = None) -> Callable[[str], None]:
         """Per-account state this feature keeps in memory (blocklists) that another node of a
         cluster may change: *changed_elsewhere(account)* is called when one did; call the returned
-        ``changed(account)`` once a change of this node's is in the store."""
+        ``changed(account)`` once a change of this node's is in the store.
+
+        An announcement is missed while a node's subscriber is away (Redis restarted, the network
+        failed), so after it comes back the cluster calls the feature's *resync()*: read
+        everything the feature holds again, replacing it (what was removed elsewhere goes too),
+        without undoing a change this node makes meanwhile (`ChangedMeanwhile`). A feature that holds
+        a few accounts' state gives *held()* instead, the accounts it holds state for:
+        *changed_elsewhere* is then called for each of them. One of the two is required."""
+        if resync is None:
+            if held is None:
+                raise ValueError(f"{self.installing}: shared state {name!r} says neither how to "
+                                 "resync nor what it holds")
+            resync = partial(_each_changed, held, changed_elsewhere)
         _claim(self.hooks.shared_state, name, changed_elsewhere)
+        self.hooks.resyncs[name] = resync
         watchers = self.hooks.state_changed
 
         def changed(account: str) -> None:
@@ -249,6 +296,12 @@ class FeatureRegistry:
 
 def _nothing_to_take_over(entity: str) -> None:
     return None
+
+
+def _each_changed(held: Callable[[], Iterable[str]], changed_elsewhere: Callable[[str], None]) -> None:
+    """The default resync: every account the feature holds state for, as if changed elsewhere."""
+    for account in list(held()):  # (a copy: changed_elsewhere may change what is held)
+        changed_elsewhere(account)
 
 
 def _claim(table: dict[Any, Any], key: object, value: object) -> None:

@@ -46,7 +46,7 @@ from sns_xmpp.jid import JID, InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import blocking as blocking_store
 from sns_xmpp.xmpp.client_session import ClientSession
-from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features import ChangedMeanwhile, Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import (
     IQ_FROM_CLIENT,
     IQ_TO_LOCAL,
@@ -163,6 +163,7 @@ class Blocking:
         self._hooked = False
         self._pushes = 0
         self.changed: Callable[[str], None] = lambda owner: None  # tells a cluster's other nodes
+        self.meanwhile = ChangedMeanwhile()  # what a resync (a cluster's) must leave as it is
 
     # -- the lists in memory ---------------------------------------------------------------
 
@@ -454,6 +455,7 @@ class Blocking:
             self.sessions.metrics.limit("blocklist-items")
             raise StanzaError("policy-violation", "modify", text=f"a blocklist holds at most {self.limit} JIDs")
         self._presence_on_block(owner, new)  # before the block: it would drop the presence
+        self.meanwhile.note(owner)
         self._put(owner, blocked | set(new))
         self._apply()
         written = self.sessions.store.run(partial(blocking_store.block, owner=owner, jids=new, limit=self.limit))
@@ -469,6 +471,7 @@ class Blocking:
             work = partial(blocking_store.unblock_all, owner=owner)
         if not gone:
             return None
+        self.meanwhile.note(owner)
         self._put(owner, blocked - set(gone))
         self._apply()
         self._presence_on_unblock(owner, gone)  # after the unblock, which would drop it
@@ -484,12 +487,43 @@ class Blocking:
         """Another node of the cluster changed *owner*'s list: what is held here is stale. The
         account counts as blocking something until its list is read again (at once if a resource
         of it is bound here; else by the first stanza that needs it)."""
+        self.meanwhile.note(owner)  # its own read, asked for now, is newer than a resync's
         self.resting.pop(owner, None)
         self.owners.add(owner)
         if self.lists.pop(owner, None) is not None and owner not in self.loading:
             self._load(owner).addErrback(lambda reason: None)  # logged; a stanza that needs it reads again
         self._settle()
         self._apply()
+
+    def resync(self) -> Deferred[None]:
+        """A cluster's node may have missed announcements of changes (its subscriber was away):
+        read again which accounts block anything and the lists of the accounts bound here, and
+        replace what is held, so that what was unblocked elsewhere goes too. The lists kept for
+        accounts with no resource here are dropped (a stanza that needs one reads it). An account
+        whose list changed meanwhile, here or announced, stays as memory has it: the read's
+        answer may be older. Until the answer, stanzas pass the lists as they were."""
+        meanwhile = self.meanwhile.watch()
+        held = set(self.lists) | set(self.loading)  # (a read under way may have begun before the change)
+
+        def read(answer: tuple[list[str], dict[str, list[str]]]) -> None:
+            owners, lists = answer
+            self.owners = (set(owners) - meanwhile) | (self.owners & meanwhile)
+            self.owners_known = True
+            for owner in held - meanwhile:
+                if owner in self.lists:  # (else its last resource left meanwhile)
+                    self.lists[owner] = set(lists.get(owner, ()))
+            for owner in [owner for owner in self.resting if owner not in meanwhile]:
+                del self.resting[owner]
+            log.info("blocking.resynced lists={lists} owners={owners}", lists=len(held), owners=len(owners))
+            self._settle()
+            self._apply(under_a_filter=True)
+
+        def over(result: object) -> object:
+            self.meanwhile.done(meanwhile)
+            return result
+
+        work = partial(blocking_store.owners_and_lists, held=held)
+        return self.sessions.store.run_read(work).addCallback(read).addBoth(over)
 
     def _undo(self, owner: str, reason: Failure, added: Collection[str] = (), removed: Collection[str] = ()) -> None:
         """The change could not be written: memory goes back to what the store holds."""
@@ -563,7 +597,7 @@ class Blocking:
 
 def install(registry: FeatureRegistry) -> None:
     blocking = Blocking(registry.sessions, MAX_ITEMS)
-    blocking.changed = registry.shared_account_state("blocking", blocking.changed_elsewhere)
+    blocking.changed = registry.shared_account_state("blocking", blocking.changed_elsewhere, resync=blocking.resync)
     for name in ("blocklist", "block", "unblock"):
         registry.account_iq(NS_BLOCKING, name, blocking.answer)
     # Before every other handler (priority 100): nothing else sees what is blocked (carbons,

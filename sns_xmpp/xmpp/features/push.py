@@ -73,7 +73,7 @@ from sns_xmpp.store.push import (
     registrations_of,
 )
 from sns_xmpp.xmpp.client_session import ClientSession
-from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features import ChangedMeanwhile, Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import MESSAGE_TO_LOCAL, SESSION_BOUND
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_CLIENT, NS_STANZAS, add_element
@@ -182,6 +182,7 @@ class Push:
         # node that routes it): a change here is announced once it is in the store, and the other
         # nodes read that account's again (shared_account_state).
         self.changed: Callable[[str], None] = lambda owner: None
+        self.meanwhile = ChangedMeanwhile()  # what a resync must leave as it is
 
     # -- the registrations ------------------------------------------------------
 
@@ -206,6 +207,28 @@ class Push:
         read = self.sessions.store.run_read(partial(registrations_of, owner=owner))
         read.addCallbacks(lambda rows: self._replace(owner, rows),
                           lambda reason: log.failure("push.read_failed owner={owner}", reason, owner=owner))
+
+    def resync(self) -> Deferred[None]:
+        """A cluster's node may have missed announcements of changes (its subscriber was away):
+        read every registration again and make each account's what the store holds (one disabled
+        elsewhere goes too), those still there keeping their notification state. An account
+        whose registration this node forgot after an error meanwhile is left as it is (its
+        delete is written after this read)."""
+        meanwhile = self.meanwhile.watch()
+
+        def read(stored: Iterable[StoredRegistration]) -> None:
+            rows: dict[str, list[StoredRegistration]] = {}
+            for row in stored:
+                rows.setdefault(row.owner, []).append(row)
+            for owner in (set(self.by_owner) | set(rows)) - meanwhile:
+                self._replace(owner, rows.get(owner, []))
+            log.info("push.resynced accounts={count}", count=len(rows))
+
+        def over(result: object) -> object:
+            self.meanwhile.done(meanwhile)
+            return result
+
+        return self.sessions.store.run_read(all_registrations).addCallback(read).addBoth(over)
 
     def _replace(self, owner: str, rows: list[StoredRegistration]) -> None:
         """The account's registrations are *rows*: those still there keep their notification
@@ -260,6 +283,7 @@ class Push:
         """Forget a registration the app server refused (section 7.1) or gave up (section 8)."""
         if self.by_owner.get(registration.owner, {}).get(registration.key) is not registration:
             return
+        self.meanwhile.note(registration.owner)  # forgotten before the delete is written
         self._drop(registration.owner, registration.service, registration.node)
         log.info("push.disabled owner={owner} service={service} why={why}", owner=registration.owner,
                  service=registration.service, why=why)
@@ -477,7 +501,7 @@ def error_of(answer: domish.Element) -> tuple[str, str]:
 
 def install(registry: FeatureRegistry) -> None:
     push = Push(registry.sessions, registry.sessions.route, registry.config.push)  # the router's route
-    push.changed = registry.shared_account_state("push", push.changed_elsewhere)
+    push.changed = registry.shared_account_state("push", push.changed_elsewhere, resync=push.resync)
     registry.account_iq(NS_PUSH, "enable", push.enable)
     registry.account_iq(NS_PUSH, "disable", push.disable)
     registry.account_disco_feature(NS_PUSH)

@@ -362,7 +362,10 @@ class VCards:
 
 def install(registry: FeatureRegistry) -> None:
     vcards = VCards(registry.sessions, registry.clock.seconds, registry.config.vcard.max_bytes)
-    vcards.changed = registry.shared_account_state("vcard", vcards.changed_elsewhere)
+    # A resync reads each hash held here again (one per account with a session here, or being
+    # read): the hash changes in memory only once its write is done, so no read undoes it.
+    vcards.changed = registry.shared_account_state("vcard", vcards.changed_elsewhere,
+                                                   held=lambda: [*vcards.hashes, *vcards.loading])
     registry.account_iq(NS_VCARD, "vCard", vcards.answer)
     registry.hook(SESSION_BOUND, vcards.bound)
     registry.hook(SESSION_UNBOUND, vcards.unbound)

@@ -41,7 +41,7 @@ from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store import mam as archive_sql
 from sns_xmpp.store.mam import Page, Prefs, UnknownArchiveId
 from sns_xmpp.xmpp.client_session import ClientSession
-from sns_xmpp.xmpp.features import Feature, FeatureRegistry
+from sns_xmpp.xmpp.features import ChangedMeanwhile, Feature, FeatureRegistry
 from sns_xmpp.xmpp.features.mam.query import (
     NS_MAM,
     NS_MAM_EXTENDED,
@@ -131,6 +131,7 @@ class Archive:
         # read that a set here overtook is not applied (the set is newer), it is made again.
         self.changed: Callable[[str], None] = lambda owner: None
         self.prefs_sets = 0
+        self.meanwhile = ChangedMeanwhile()  # the same, for a read of them all (resync_prefs)
         # seq (the archive's order, and the UID's start): schema/007_mam.sql.
         self.low_bits = secrets.randbelow(1024)
         self.last_seq = 0
@@ -367,6 +368,7 @@ class Archive:
             return prefs_element(self.prefs.get(owner, ALWAYS))
         prefs = parse_prefs(iq.firstChildElement())
         self.prefs_sets += 1
+        self.meanwhile.note(owner)
         if prefs == ALWAYS:
             self.prefs.pop(owner, None)
             work = partial(archive_sql.delete_prefs, owner=owner)
@@ -382,10 +384,33 @@ class Archive:
     def prefs_changed_elsewhere(self, owner: str) -> None:
         """Another node of the cluster changed the account's preferences: read them again (every
         node holds every account's, as each archives the messages its users send to the account)."""
+        self.meanwhile.note(owner)  # this read is newer than a resync's under way
         sets = self.prefs_sets
         read = self.sessions.store.run_read(partial(archive_sql.prefs_of, owner=owner))
         read.addCallbacks(lambda found: self._prefs_read(owner, found, sets),
                           lambda reason: log.failure("mam.prefs_read_failed owner={owner}", reason, owner=owner))
+
+    def resync_prefs(self) -> Deferred[None]:
+        """A cluster's node may have missed announcements of changes (its subscriber was away):
+        read every account's preferences again and replace those held (one set back to the
+        default elsewhere goes too), but for the accounts whose preferences were set here, or
+        read again, meanwhile (newer than this read's answer)."""
+        meanwhile = self.meanwhile.watch()
+
+        def read(stored: dict[str, Prefs]) -> None:
+            for owner in meanwhile:
+                if owner in self.prefs:
+                    stored[owner] = self.prefs[owner]
+                else:
+                    stored.pop(owner, None)
+            self.prefs = stored
+            log.info("mam.prefs_resynced accounts={count}", count=len(stored))
+
+        def over(result: object) -> object:
+            self.meanwhile.done(meanwhile)
+            return result
+
+        return self.sessions.store.run_read(archive_sql.all_prefs).addCallback(read).addBoth(over)
 
     def _prefs_read(self, owner: str, found: Prefs | None, sets: int) -> None:
         if sets != self.prefs_sets:  # a set here since the read began may be newer: read again
@@ -464,7 +489,8 @@ def install(registry: FeatureRegistry) -> None:
     registry.hook(MESSAGE_OFFLINE, archive.offline, priority=10)  # before offline stores it
     registry.account_iq(NS_MAM, "query", archive.query)
     registry.account_iq(NS_MAM, "prefs", archive.preferences)
-    archive.changed = registry.shared_account_state("mam-prefs", archive.prefs_changed_elsewhere)
+    archive.changed = registry.shared_account_state("mam-prefs", archive.prefs_changed_elsewhere,
+                                                    resync=archive.resync_prefs)
     registry.account_iq(NS_MAM, "metadata", archive.metadata)
     registry.account_disco_feature(NS_MAM)
     registry.account_disco_feature(NS_MAM_EXTENDED)
