@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -424,6 +425,92 @@ async def test_a_block_set_through_one_node_is_applied_by_the_others(start_serve
             break
     assert first.startswith("unblocked")
     for client in (alice, bob, carol):
+        await wait(client.log_out())
+
+
+@asynccontextmanager
+async def subscriber_away(node: Any) -> AsyncIterator[None]:
+    """*node*'s subscriber to the directory's channel cut for the block's time, as a Redis restart
+    or a network failure cuts it (its other connections stay), then connected again as txredisapi
+    reconnects it: what was announced meanwhile never reaches the node. Returns once the node has
+    read again what it may have missed."""
+    cluster = node.server.cluster
+    [slot] = cluster.subscriber.slots
+    resynced = cluster.resynced
+    await slot.service.stopService()  # the connection closed, the slot's reconnection held
+    try:
+        yield
+    finally:
+        slot.service.startService()
+    await until(lambda: cluster.resynced > resynced, "the node read again what it may have missed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_and_an_unblock_announced_while_a_nodes_subscriber_was_away_are_applied_there_once_it_is_back(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """XEP-0191 across nodes when an announcement is missed: alice, on the first node, blocks
+    carol while the second node, which routes carol's messages, is not listening. Once it listens
+    again it reads the lists again: carol's message no longer gets through (a privacy bug if it
+    did). Likewise an unblock missed there is applied once it is back (the list is replaced, not
+    only added to)."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    for user in ("alice", "bob", "carol"):
+        await a.add_user(f"{user}@localhost", "secret")
+    alice = Client("alice@localhost/a", "secret")
+    alice.register_plugin("xep_0191")
+    await wait(alice.log_in(a.c2s_port))
+    bob, carol = Client("bob@localhost/b", "secret"), Client("carol@localhost/c", "secret")
+    await wait(bob.log_in(b.c2s_port))
+    await wait(carol.log_in(b.c2s_port))
+    await until(lambda: sees(b, "alice@localhost/a"), "the second node sees alice")
+    carol.send_message(mto="alice@localhost", mbody="before the block", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "before the block"  # b has read her list (empty)
+
+    async with subscriber_away(b):
+        await wait(alice.plugin["xep_0191"].block("carol@localhost"))
+        carol.send_message(mto="alice@localhost", mbody="while away", mtype="chat")
+        assert (await wait(alice.next_message()))["body"] == "while away"  # b did not hear of the block
+    carol.send_message(mto="alice@localhost", mbody="blocked", mtype="chat")
+    bob.send_message(mto="alice@localhost", mbody="from bob", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "from bob"  # (carol's was sent first, by the same node)
+
+    async with subscriber_away(b):
+        await wait(alice.plugin["xep_0191"].unblock("carol@localhost"))
+    carol.send_message(mto="alice@localhost", mbody="unblocked", mtype="chat")
+    assert (await wait(alice.next_message()))["body"] == "unblocked"
+    for client in (alice, bob, carol):
+        await wait(client.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_roster_changed_while_a_nodes_subscriber_was_away_is_read_again_there_once_it_is_back(
+        start_server, tmp_path, postgres_dsn, cluster_keys) -> None:
+    """bob has a resource on each node; the first changes his roster (an item removed, one added)
+    while the second node, which holds the roster in memory for its resource, is not listening.
+    Once it listens again it reads the roster again: its answer to a roster get has the change."""
+    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
+    await a.add_user("bob@localhost", "secret")
+    laptop, phone = Client("bob@localhost/laptop", "secret"), Client("bob@localhost/phone", "secret")
+    await wait(laptop.log_in(a.c2s_port))
+    await wait(phone.log_in(b.c2s_port))
+    await until(lambda: sees(a, "bob@localhost/phone") and sees(b, "bob@localhost/laptop"), "both see bob")
+    await wait(laptop.update_roster("dave@localhost", name="Dave"))
+
+    def held_on_b() -> set[str]:
+        return set(b.server.sessions.rosters.cached("bob@localhost").items)
+
+    await until(lambda: held_on_b() == {"dave@localhost"}, "the second node read the roster again")
+
+    async with subscriber_away(b):
+        await wait(laptop.del_roster_item("dave@localhost"))
+        await wait(laptop.update_roster("carol@localhost", name="Carol"))
+        assert held_on_b() == {"dave@localhost"}  # b did not hear of the change
+    get = phone.Iq()
+    get["type"] = "get"
+    get.enable("roster")
+    answer = await wait(get.send())
+    assert set(answer["roster"]["items"]) == {JID("carol@localhost")}
+    for client in (laptop, phone):
         await wait(client.log_out())
 
 
