@@ -15,7 +15,7 @@ from wokkel.generic import parseXml
 from zope.interface.verify import verifyObject
 
 from sns_xmpp.config import ConfigError
-from sns_xmpp.xmpp.features import Feature, FeatureRegistry, IFeature
+from sns_xmpp.xmpp.features import ChangedMeanwhile, Feature, FeatureRegistry, IFeature
 from sns_xmpp.xmpp.features.built_in import BUILT_IN, install_features
 from sns_xmpp.xmpp.hooks import MESSAGE_FROM_CLIENT, MESSAGE_TO_LOCAL, SESSION_AVAILABLE, Hooks
 from sns_xmpp.xmpp.sessions import SessionManager
@@ -317,3 +317,41 @@ def test_a_session_bound_by_its_sites_credentials_ends_when_they_expire() -> Non
     assert "the site's credentials have expired" in ended
     clock.advance(3600.0)
     assert "not-authorized" not in output(device_out) and sessions.resources("bob@localhost")
+
+
+def test_shared_account_state_needs_a_resync_or_what_it_holds_and_by_default_reads_each_held_account() -> None:
+    """A node whose subscriber reconnects must be able to read every feature's shared state again:
+    a state that says neither how (resync) nor what it holds (held) is refused at install; with
+    held only, the resync calls changed_elsewhere for each account held (a copy: the calls may
+    change what is held)."""
+    sessions = SessionManager(["localhost"], store=None, clock=MemoryReactorClock(), route=lambda e: None)  # type: ignore[arg-type]
+    registry = FeatureRegistry(sessions, sessions.clock)
+    with pytest.raises(ValueError):
+        registry.shared_account_state("nothing", lambda account: None)
+    held = {"alice@localhost": 1, "bob@localhost": 2}
+    read_again: list[str] = []
+
+    def changed_elsewhere(account: str) -> None:
+        read_again.append(account)
+        held.pop(account)
+
+    registry.shared_account_state("held", changed_elsewhere, held=lambda: held)
+    mine: list[str] = []
+    registry.shared_account_state("own", lambda account: None, resync=lambda: mine.append("all") and None)
+    for resync in sessions.hooks.resyncs.values():
+        resync()
+    assert sorted(read_again) == ["alice@localhost", "bob@localhost"] and mine == ["all"]
+    assert "nothing" not in sessions.hooks.shared_state
+
+
+def test_changes_made_meanwhile_are_those_noted_while_a_resync_watches() -> None:
+    meanwhile = ChangedMeanwhile()
+    meanwhile.note("before@localhost")
+    first = meanwhile.watch()
+    meanwhile.note("alice@localhost")
+    second = meanwhile.watch()
+    meanwhile.note("bob@localhost")
+    meanwhile.done(first)
+    meanwhile.note("carol@localhost")
+    assert first == {"alice@localhost", "bob@localhost"}
+    assert second == {"bob@localhost", "carol@localhost"}
