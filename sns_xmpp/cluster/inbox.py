@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 
 from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
+from sns_xmpp.cluster.redis_link import reply_text
 from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -370,13 +371,10 @@ def _entry_list(raw: Any) -> list[tuple[str, dict[str, str]]]:
     entries: list[tuple[str, dict[str, str]]] = []
     for entry_id, flat in raw or []:
         if flat is None:  # an entry deleted while pending
-            entries.append((_text(entry_id), {}))
+            entries.append((reply_text(entry_id), {}))
             continue
-        values = [_text(value) for value in flat]
-        entries.append((_text(entry_id), dict(zip(values[::2], values[1::2], strict=False))))
+        values = [reply_text(value) for value in flat]
+        entries.append((reply_text(entry_id), dict(zip(values[::2], values[1::2], strict=False))))
     return entries
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.cluster.redis_link import reply_pairs, reply_text
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.features import SharedListing
 
@@ -93,14 +94,14 @@ class ListingsAcrossNodes:
         members: Deferred[Any] = self.commands.execute_command("SMEMBERS", self.keys.nodes)
 
         def each(nodes: Any) -> Deferred[list[Any]]:
-            names = sorted({_text(node) for node in nodes or []} - {self.node})
+            names = sorted({reply_text(node) for node in nodes or []} - {self.node})
             return gatherResults([self.commands.execute_command("HGETALL", self.keys.listed(listing, name))
                                   for name in names], consumeErrors=True)
 
         def merged(hashes: list[Any]) -> dict[str, str]:
             entries: dict[str, str] = {}
             for flat in hashes:
-                entries.update(_pairs(flat))
+                entries.update(reply_pairs(flat))
             return entries
 
         def without(reason: Failure) -> dict[str, str]:
@@ -119,12 +120,3 @@ class ListingsAcrossNodes:
         return DeferredList([self.commands.execute_command("DEL", *keys)], consumeErrors=True)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Any) -> dict[str, str]:
-    if isinstance(flat, dict):
-        return {_text(k): _text(v) for k, v in flat.items()}
-    values = [_text(v) for v in flat or []]
-    return dict(zip(values[::2], values[1::2], strict=False))

@@ -21,6 +21,7 @@ from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.keys import Keys
 from sns_xmpp.cluster.leases import EntityLeases
 from sns_xmpp.cluster.listings import ListingsAcrossNodes
+from sns_xmpp.cluster.redis_link import reply_pairs, reply_text
 from sns_xmpp.cluster.resumption import CrossNodeResumption
 from sns_xmpp.cluster.stored_messages import StoredWhileBinding
 from sns_xmpp.cluster.throttle import SharedThrottleRecords
@@ -246,7 +247,7 @@ class ClusterNode(service.Service):
         members: Deferred[Any] = self.commands.execute_command("SMEMBERS", self.keys.nodes)
 
         def each(nodes: Any) -> Deferred[Any]:
-            names = {_text(n) for n in nodes or []} | set(directory.remote_nodes)
+            names = {reply_text(n) for n in nodes or []} | set(directory.remote_nodes)
             names.discard(self.node)
             return DeferredList([self._read_node(name) for name in sorted(names)], consumeErrors=True)
 
@@ -287,7 +288,7 @@ class ClusterNode(service.Service):
             entries: Deferred[Any] = self.commands.execute_command("HGETALL", self.keys.sessions(node))
             # Within the grace a node may not have written its resources again yet: add, drop nothing.
             whole = self.clock.seconds() >= self.no_burials_until
-            return entries.addCallback(lambda flat: directory.load(node, _pairs(flat), whole))
+            return entries.addCallback(lambda flat: directory.load(node, reply_pairs(flat), whole))
 
         return alive.addCallback(read)
 
@@ -319,12 +320,3 @@ class ClusterNode(service.Service):
         lease.addCallback(reclaim).addErrback(lambda reason: log.failure("cluster.bury_failed", reason))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Any) -> dict[str, str]:
-    if isinstance(flat, dict):
-        return {_text(k): _text(v) for k, v in flat.items()}
-    values = [_text(v) for v in flat or []]
-    return dict(zip(values[::2], values[1::2], strict=False))

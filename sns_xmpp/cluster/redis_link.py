@@ -59,15 +59,24 @@ def _subscriber_protocol(channels: list[str], on_message: Callable[[str, str], N
 
         def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
             try:
-                on_message(_text(channel), _text(message))
+                on_message(reply_text(channel), reply_text(message))
             except Exception:
                 log.failure("cluster.message_failed")
 
     return Subscriber
 
 
-def _text(value: Any) -> str:
+def reply_text(value: Any) -> str:
+    """A value of a Redis reply as text (hiredis and the pure-Python parser give bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def reply_pairs(flat: Any) -> dict[str, str]:
+    """A reply of field-value pairs (HGETALL, a script's flat list) as a dict of texts."""
+    if isinstance(flat, dict):
+        return {reply_text(k): reply_text(v) for k, v in flat.items()}
+    values = [reply_text(v) for v in flat or []]
+    return dict(zip(values[::2], values[1::2], strict=False))
 
 
 def connect(url: str) -> Any:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from sns_xmpp.auth.throttle import ISharedThrottleRecords, ThrottlePolicy, Verdict
 from sns_xmpp.cluster.keys import Keys
+from sns_xmpp.cluster.redis_link import reply_text
 from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
@@ -166,11 +167,11 @@ class SharedThrottleRecords:
             blocked, delay, announce = reply
             if account is not None:
                 self.heard(address, self.life)  # this node knows, whatever the others heard
-            seconds = int(_text(announce)) / 1000
+            seconds = int(reply_text(announce)) / 1000
             if seconds > 0:
                 self.heard(address, seconds)
                 self.announce(address, seconds)
-            return Verdict(bool(int(blocked)), float(_text(delay)))
+            return Verdict(bool(int(blocked)), float(reply_text(delay)))
 
         return self._run(FAILED, keys, args).addCallback(counted)
 
@@ -178,7 +179,7 @@ class SharedThrottleRecords:
         """Read which addresses have pair records (at start, and after the subscriber reconnected:
         announcements may have been missed)."""
         def take(flat: Any) -> None:
-            values = [_text(v) for v in flat or []]
+            values = [reply_text(v) for v in flat or []]
             for address, ms in zip(values[::2], values[1::2], strict=False):
                 self.heard(address, int(ms) / 1000)
 
@@ -191,6 +192,3 @@ class SharedThrottleRecords:
         answer: Deferred[Any] = self.commands.execute_command("EVAL", script, len(keys), *keys, *args)
         return answer.addTimeout(REDIS_WAIT, self.clock)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
