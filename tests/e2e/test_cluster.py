@@ -392,12 +392,10 @@ async def test_a_component_connected_to_one_node_is_reached_from_the_other(start
     await wait(alice.log_out())
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_block_set_through_one_node_is_applied_by_the_others(start_server, tmp_path, postgres_dsn,
-                                                                     cluster_keys) -> None:
-    """XEP-0191 across nodes: alice, on the first node, blocks carol; carol's and bob's messages
-    are routed by the second node, which must know the new list at once: alice gets bob's and
-    never carol's. After the unblock, carol's gets through again."""
+async def alice_on_one_node_bob_and_carol_on_the_other(start_server: Any, tmp_path: Path, postgres_dsn: str,
+                                                      cluster_keys: str) -> tuple[Any, Any, Client, Client, Client]:
+    """The blocking tests' set-up: alice (with XEP-0191) on the first node, bob and carol on the
+    second, which has read alice's (empty) blocklist: carol's first message reached her."""
     a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
     for user in ("alice", "bob", "carol"):
         await a.add_user(f"{user}@localhost", "secret")
@@ -409,7 +407,18 @@ async def test_a_block_set_through_one_node_is_applied_by_the_others(start_serve
     await wait(carol.log_in(b.c2s_port))
     await until(lambda: sees(b, "alice@localhost/a"), "the second node sees alice")
     carol.send_message(mto="alice@localhost", mbody="before the block", mtype="chat")
-    assert (await wait(alice.next_message()))["body"] == "before the block"  # b has read her list (empty)
+    assert (await wait(alice.next_message()))["body"] == "before the block"
+    return a, b, alice, bob, carol
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_set_through_one_node_is_applied_by_the_others(start_server, tmp_path, postgres_dsn,
+                                                                     cluster_keys) -> None:
+    """XEP-0191 across nodes: alice, on the first node, blocks carol; carol's and bob's messages
+    are routed by the second node, which must know the new list at once: alice gets bob's and
+    never carol's. After the unblock, carol's gets through again."""
+    a, b, alice, bob, carol = await alice_on_one_node_bob_and_carol_on_the_other(
+        start_server, tmp_path, postgres_dsn, cluster_keys)
 
     await wait(alice.plugin["xep_0191"].block("carol@localhost"))
     for attempt in range(3):
@@ -453,18 +462,8 @@ async def test_a_block_and_an_unblock_announced_while_a_nodes_subscriber_was_awa
     again it reads the lists again: carol's message no longer gets through (a privacy bug if it
     did). Likewise an unblock missed there is applied once it is back (the list is replaced, not
     only added to)."""
-    a, b = await nodes(start_server, tmp_path, postgres_dsn, cluster_keys)
-    for user in ("alice", "bob", "carol"):
-        await a.add_user(f"{user}@localhost", "secret")
-    alice = Client("alice@localhost/a", "secret")
-    alice.register_plugin("xep_0191")
-    await wait(alice.log_in(a.c2s_port))
-    bob, carol = Client("bob@localhost/b", "secret"), Client("carol@localhost/c", "secret")
-    await wait(bob.log_in(b.c2s_port))
-    await wait(carol.log_in(b.c2s_port))
-    await until(lambda: sees(b, "alice@localhost/a"), "the second node sees alice")
-    carol.send_message(mto="alice@localhost", mbody="before the block", mtype="chat")
-    assert (await wait(alice.next_message()))["body"] == "before the block"  # b has read her list (empty)
+    a, b, alice, bob, carol = await alice_on_one_node_bob_and_carol_on_the_other(
+        start_server, tmp_path, postgres_dsn, cluster_keys)
 
     async with subscriber_away(b):
         await wait(alice.plugin["xep_0191"].block("carol@localhost"))
