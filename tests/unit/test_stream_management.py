@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.words.protocols.jabber.xmlstream import NS_STREAMS
@@ -215,37 +216,12 @@ def test_offline_messages_unacknowledged_at_a_drop_go_back_to_storage() -> None:
     assert ["kept" in m.stanza for m in store.offline["bob@localhost"]] == [True]
 
 
-def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks() -> None:
+@pytest.mark.parametrize("asked_again", [False, True], ids=["once", "asked-again"])
+def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks(asked_again: bool) -> None:
     """More stored messages than the unacknowledged-stanza cap: sent as room frees, not all at once
-    (which would end the client's stream with policy-violation)."""
-    from sns_xmpp.xmpp.features import stream_management
-
-    store = MemoryStore()
-    total = stream_management.MAX_UNACKED + 200
-    store.offline["bob@localhost"] = [OfflineMessage(
-        n, f"<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>{n}</body></message>", 0.0)
-        for n in range(1, total + 1)]
-    store._ids = total
-    sessions, factory, clock = world(store)
-    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
-    bob.dataReceived(b"<presence/>")
-    received: list[str] = []
-    written = output(transport)
-    for _ in range(10):
-        sent = stanzas(written)
-        received += [e.findtext(f"{{{NS_CLIENT}}}body") or "" for e in sent if e.tag.endswith("message")]
-        assert session.ledger is not None and len(session.ledger.unacked) <= stream_management.MAX_UNACKED // 2
-        if not sent:
-            break
-        written = ack(bob, transport, session.ledger.sent)
-    assert received == [str(n) for n in range(1, total + 1)]
-    assert store.offline["bob@localhost"] == []
-
-
-def test_stored_messages_asked_for_again_while_some_wait_for_room_are_each_sent_once() -> None:
-    """A cluster's node asks for the account's stored messages again (STORED_MESSAGES_WAITING)
-    while the first delivery holds the rest back for room: what the first one has in hand is left
-    out, so every message arrives once."""
+    (which would end the client's stream with policy-violation). Asked for again meanwhile (a
+    cluster's node: STORED_MESSAGES_WAITING) while the first delivery holds the rest back for
+    room, what the first one has in hand is left out, so every message arrives once."""
     from sns_xmpp.xmpp.features import stream_management
     from sns_xmpp.xmpp.hooks import STORED_MESSAGES_WAITING
 
@@ -258,15 +234,16 @@ def test_stored_messages_asked_for_again_while_some_wait_for_room_are_each_sent_
     sessions, factory, clock = world(store)
     bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
     bob.dataReceived(b"<presence/>")
-    sessions.hooks.fire(STORED_MESSAGES_WAITING, session)
+    if asked_again:
+        sessions.hooks.fire(STORED_MESSAGES_WAITING, session)
     received: list[str] = []
     written = output(transport)
     for _ in range(10):
         sent = stanzas(written)
         received += [e.findtext(f"{{{NS_CLIENT}}}body") or "" for e in sent if e.tag.endswith("message")]
+        assert session.ledger is not None and len(session.ledger.unacked) <= stream_management.MAX_UNACKED // 2
         if not sent:
             break
-        assert session.ledger is not None
         written = ack(bob, transport, session.ledger.sent)
     assert received == [str(n) for n in range(1, total + 1)]
     assert store.offline["bob@localhost"] == []
