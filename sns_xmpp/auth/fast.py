@@ -26,7 +26,9 @@ for it against replays of TLS 0-RTT data, which this server never accepts; it is
 defence in depth: against the row (taken in the rotation's statement, where there is one) and
 against the highest count this node has seen for the token since, kept in memory. A replay would
 need a verbatim copy of a login sent on another node, or before a restart, within one rotation
-period, over a connection that TLS did not protect. ``invalidate='true'`` ends the token after the
+period, over a connection that TLS did not protect. A client may leave the count out (the XEP
+requires it only with 0-RTT; xmpp.js does): its login counts as one above the last, so the row's
+count still only grows. ``invalidate='true'`` ends the token after the
 login. A token asked for with
 a channel-bound mechanism is never taken without channel binding (no downgrade). A revocation deletes
 the account's tokens (`IStore.revoke`).
@@ -151,8 +153,10 @@ class FastTokens:
         jid = fast_jid(authcid, domain)
         if agent is None or not agent or len(agent) > MAX_AGENT_CHARS:
             return defer.fail(AuthenticationFailed("not-authorized", "FAST needs the client's <user-agent id>"))
-        if count is None or not 0 < count < MAX_COUNT:
-            return defer.fail(AuthenticationFailed("malformed-request", "FAST needs <fast count=...> above 0"))
+        # XEP-0484 asks for the count only with TLS 0-RTT, which this server does not take: a
+        # client may leave it out (xmpp.js does), and the login then counts as one above the last.
+        if count is not None and not 0 < count < MAX_COUNT:
+            return defer.fail(AuthenticationFailed("malformed-request", "the FAST count must be above 0"))
         if jid is None:
             return defer.fail(AuthenticationFailed("not-authorized", "wrong or expired token"))
         now = self.clock.seconds()
@@ -167,12 +171,14 @@ class FastTokens:
                 # No downgrade: a token asked for with channel binding is only taken with it.
                 raise AuthenticationFailed("not-authorized", f"this token needs {stored.mechanism}")
             key = (jid, agent)
-            if count <= self._count_floor(key, stored, used):
+            floor = self._count_floor(key, stored, used)
+            counted = floor + 1 if count is None else count
+            if counted <= floor:
                 raise AuthenticationFailed("not-authorized", "FAST count replayed", reason="replayed")
             result = LoginResult(jid, mechanism, confirmed_until=stored.confirmed_until)
             if not invalidate and used == stored.token_hash and now - stored.issued_at < self.rotation:
                 # Not due: nothing to write; the count is this node's to keep.
-                self._see(key, used, count)
+                self._see(key, used, counted)
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=False)
                 return FastLogin(result, responder(used, cb_data), None)
             replacement: FastTokenIssue | None = None
@@ -190,7 +196,7 @@ class FastTokens:
                 log.info("fast.login jid={jid} rotated={rotated}", jid=jid, rotated=fresh is not None)
                 return answer
 
-            return self.store.use_fast_token(jid, agent, used, count, now, replacement).addCallback(taken)
+            return self.store.use_fast_token(jid, agent, used, counted, now, replacement).addCallback(taken)
 
         # The row decides every login (another node may have rotated it, taken a count, or a
         # revocation deleted it); the read is a primary-key lookup, inline on the read connection.

@@ -304,6 +304,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         if request.mechanism in FAST_MECHANISMS and fast is not None:
             cb_data = channel_binding(self._tls(), request.mechanism)
         if fast is not None and cb_data is not None:
+            if not request.fast:  # XEP-0484 3.3: a token's login carries <fast/> (its count optional)
+                self._failure("malformed-request", "a FAST login carries <fast xmlns='urn:xmpp:fast:0'/>")
+                return
             attempt = HTAttempt(request.mechanism, fast, self.settings.checker, self.domain, request.agent,
                                 request.count, request.invalidate, cb_data)
         elif request.mechanism in self._mechanisms():
