@@ -355,3 +355,179 @@ async def test_through_the_balancer_users_on_different_nodes_subscribe_chat_get_
     log = Path(node["log"]).read_text()
     assert re.search(r"c2s\.auth_failed .*peer=127\.0\.0\.2:\d+", log), "the node logs the client's address"
     assert re.search(r"c2s\.authenticated jid=bob@localhost.* peer=127\.0\.0\.3:\d+", log)
+
+
+def logins(state: Path, bare: str) -> dict[str, int]:
+    """How many times each node authenticated *bare* so far (SASL or SASL2: a one-shot client's
+    login, a WebSocket's, and a resumption's, which starts with a login too)."""
+    return {node["id"]: Path(node["log"]).read_text().count(f"c2s.authenticated jid={bare} ")
+            for node in status(state)["nodes"]}
+
+
+def landed(state: Path, bare: str, before: dict[str, int]) -> str:
+    """The one node that authenticated *bare* since *before* (`logins`)."""
+    after = logins(state, bare)
+    new = [node for node, number in after.items() if number > before.get(node, 0)]
+    assert len(new) == 1, f"{bare} logged in on {new} since {before}"
+    return new[0]
+
+
+class XmppJs:
+    """tests/js/session.mjs: an xmpp.js client the test drives, a JSON line per command and per
+    event (what crossed the wire is in *trace*, for the failures)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, trace: Path) -> None:
+        self.process = process
+        self.trace = trace
+        self.messages: list[dict[str, str]] = []  # every message received, in order
+
+    @classmethod
+    async def start(cls, folder: Path, service: str, username: str, trace: Path) -> XmppJs:
+        with trace.open("wb") as errors:  # the child keeps its own descriptor
+            process = await asyncio.create_subprocess_exec(
+                "node", str(folder / "session.mjs"), service, "localhost", username, "secret",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors)
+        return cls(process, trace)
+
+    def command(self, **command: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command).encode() + b"\n")
+
+    async def expect(self, *kinds: str, timeout: float = 30) -> Any:
+        """The next event of one of *kinds*: its value, or (kind, value) for several kinds; messages
+        on the way are kept in `messages`, and an error or the client's exit fails the test."""
+        assert self.process.stdout is not None
+        while True:
+            try:
+                line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            except TimeoutError:
+                raise AssertionError(f"xmpp.js: no {kinds} within {timeout} s; see {self.trace}") from None
+            if not line:
+                raise AssertionError(f"xmpp.js exited waiting for {kinds}:\n{self.trace.read_text()[-4000:]}")
+            event = json.loads(line)
+            if "message" in event:
+                self.messages.append(event["message"])
+            if "error" in event:
+                raise AssertionError(f"xmpp.js: {event['error']}:\n{self.trace.read_text()[-4000:]}")
+            for kind in kinds:
+                if kind in event:
+                    return event[kind] if len(kinds) == 1 else (kind, event[kind])
+
+    async def message(self) -> dict[str, str]:
+        before = len(self.messages)
+        while len(self.messages) == before:
+            await self.expect("message")
+        return self.messages[before]
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_other_node(
+        cluster_of: Any, tmp_path: Path) -> None:
+    """Clients from other stacks than slixmpp use two nodes through HAProxy, each message crossing
+    from one node to the other (the recipient is always on the node the sender's connection did
+    not land on, which the nodes' logs tell): go-sendxmpp (Go's crypto/tls) over STARTTLS and over
+    direct TLS; xmpp.js over WebSocket through the balancer's HTTP port (the PROXY protocol on the
+    HTTP side), chatting both ways with a slixmpp user on the other node, then its connection cut
+    and its reconnection landing on the other node, where it chats both ways again. Every
+    message arrives once."""
+    import io
+
+    from sns_xmpp.ops import admin
+    from tests.clients import js_clients, require_client
+    from tests.e2e.test_go_clients import go_sendxmpp
+
+    require_client("go-sendxmpp")
+    folder = js_clients()
+    state, ports = cluster_of(2)
+
+    def add_users() -> None:
+        for name in ("alice", "bob", "carol", "dave", "frank", "erin"):
+            admin.run(["--config", str(state / "node0.toml"), "user", "add", f"{name}@localhost"],
+                      io.StringIO("secret\nsecret\n"), io.StringIO())
+
+    await threads.deferToThread(add_users)
+    nodes = {node["id"]: node for node in status(state)["nodes"]}
+    other = {"node0": "node1", "node1": "node0"}
+    # One slixmpp user on each node, through the balancer's ports to that node alone.
+    residents: dict[str, Client] = {}
+    for node_id, name in (("node0", "dave"), ("node1", "frank")):
+        residents[node_id] = Client(f"{name}@localhost/r", "secret")
+        await wait(residents[node_id].log_in(nodes[node_id]["via_balancer"]["c2s"]))
+        assert binds(state, f"{name}@localhost/r")[node_id] == 1
+
+    async def next_body(client: Client) -> tuple[str, str]:
+        message = await wait(client.next_message())
+        return message["body"], str(message["from"])
+
+    # go-sendxmpp, once through each of the balancer's XMPP ports. The recipient logs in first,
+    # through the same port: its connection is then the only one on that listener, so leastconn
+    # sends go-sendxmpp's to the other node.
+    clients: list[Client] = []
+    for port, direct_tls, recipient in ((ports["c2s"], False, "bob"), (ports["direct_tls"], True, "carol")):
+        client = Client(f"{recipient}@localhost/r", "secret")
+        clients.append(client)
+        await wait(client.log_in(port, direct_tls=direct_tls))
+        recipient_node = next(node for node, number in binds(state, f"{recipient}@localhost/r").items() if number)
+        before = logins(state, "alice@localhost")
+        text = f"to {recipient} from Go over {'direct TLS' if direct_tls else 'STARTTLS'}"
+        message = tmp_path / f"{recipient}.txt"
+        message.write_text(text + "\n")
+        arguments = ["--username", "alice@localhost", "--password", "secret", "--message", str(message)]
+        answer, output = await wait(go_sendxmpp(tmp_path, port, *arguments, *(["--tls"] if direct_tls else []),
+                                                f"{recipient}@localhost"), 30)
+        assert answer == 0, output
+        sender_node = landed(state, "alice@localhost", before)
+        assert sender_node == other[recipient_node], "the balancer put go-sendxmpp beside its recipient"
+        body, sender = await next_body(client)
+        assert (body, sender.split("/")[0]) == (text, "alice@localhost")
+        # Once: a second message from the sender's node, through the same way (that node's Redis
+        # inbox of the recipient's node), comes next, with nothing between.
+        residents[sender_node].send_message(mto=f"{recipient}@localhost/r", mbody="fence", mtype="chat")
+        assert (await next_body(client))[0] == "fence"
+
+    # xmpp.js over WebSocket through the balancer's HTTP port.
+    service = f"ws://127.0.0.1:{ports['http']}/xmpp-websocket"
+    before = logins(state, "erin@localhost")
+    erin = await wait(XmppJs.start(folder, service, "erin", tmp_path / "xmppjs.log"))
+    try:
+        full = await wait(erin.expect("online"), 40)
+        first = landed(state, "erin@localhost", before)
+        partner = residents[other[first]]
+        erin.command(send={"to": "dave@localhost" if other[first] == "node0" else "frank@localhost",
+                           "body": f"from xmpp.js on {first}"})
+        assert await next_body(partner) == (f"from xmpp.js on {first}", full)
+        partner.send_message(mto=full, mbody="to xmpp.js", mtype="chat")
+        assert await wait(erin.message(), 40) == {"from": str(partner.boundjid), "body": "to xmpp.js"}
+
+        # The connection cut under xmpp.js (a network drop), and its reconnection through the same
+        # address: leastconn takes turns among nodes as loaded as each other (neither holds a
+        # WebSocket now), so it lands on the other node.
+        before = logins(state, "erin@localhost")
+        erin.command(drop=True)
+        await wait(erin.expect("disconnected"), 40)
+        erin.command(reconnect=True)
+        # A new session (this server offers XEP-0198's resumption after SASL2 only without Bind2,
+        # which xmpp.js always asks for), or, should it offer <sm/> inline, the old one resumed.
+        _, full = await wait(erin.expect("online", "resumed"), 40)
+        second = landed(state, "erin@localhost", before)
+        assert second == other[first], f"the reconnection landed on {second} again"
+
+        # Both ways again, with the user now on the other node: the address it has now leads there.
+        partner = residents[first]
+        erin.command(send={"to": "dave@localhost" if first == "node0" else "frank@localhost",
+                           "body": f"from xmpp.js on {second}"})
+        assert await next_body(partner) == (f"from xmpp.js on {second}", full)
+        partner.send_message(mto=full, mbody="to xmpp.js again", mtype="chat")
+        assert await wait(erin.message(), 40) == {"from": str(partner.boundjid), "body": "to xmpp.js again"}
+        erin.command(stop=True)
+        await wait(erin.expect("stopped"), 40)
+    finally:
+        erin.kill()
+    assert [m["body"] for m in erin.messages] == ["to xmpp.js", "to xmpp.js again"]
+    for client in (*residents.values(), *clients):
+        assert client.messages.empty(), "a message arrived twice"
+        client.disconnect()
