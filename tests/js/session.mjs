@@ -1,15 +1,19 @@
 // xmpp.js (@xmpp/client) as a client that stays up while the test drives it, one JSON line at a
-// time (ws_chat.mjs does one login and one message; this one also drops and resumes its stream).
+// time (ws_chat.mjs does one login and one message; this one also loses its connection and
+// reconnects).
 // Usage: node session.mjs <service-url> <domain> <username> <password>
 // Commands on stdin:
 //   {"send": {"to": ..., "body": ...}}  a chat message
 //   {"drop": true}       the connection cut under the client, no stream close (a network drop):
-//                        the server keeps the session for resumption (XEP-0198)
+//                        the server keeps the session for resumption (XEP-0198). First the
+//                        client acknowledges what it received, and knows the server has read
+//                        that, so that nothing it has seen is due to come again.
 //   {"reconnect": true}  what xmpp.js does of itself a second after a drop: connect to the same
 //                        service again (and resume, where the server offers it inline in SASL2)
 //   {"stop": true}       close the stream, print {"stopped": true} and exit
 // Events on stdout: {"online": jid} (a new session, its presence sent), {"resumed": jid},
-// {"message": {"from": ..., "body": ...}}, {"disconnected": true}, {"error": ...}.
+// {"message": {"from": ..., "body": ..., "id": <stanza-id>, "delay": <stamp or null>}},
+// {"disconnected": true}, {"dropped": true}, {"error": ...}.
 // What crosses the wire goes to stderr (the test shows it when something fails).
 import readline from "node:readline";
 import { client, xml } from "@xmpp/client";
@@ -17,6 +21,7 @@ import WebSocket from "ws";
 
 // xmpp.js uses the platform's WebSocket, which Node.js has built in only from version 22.
 globalThis.WebSocket ??= WebSocket;
+const SM = "urn:xmpp:sm:3"; // XEP-0198
 
 const [service, domain, username, password] = process.argv.slice(2);
 const xmpp = client({ service, domain, username, password, resource: "xmppjs" });
@@ -40,7 +45,10 @@ xmpp.on("online", async (address) => {
 xmpp.streamManagement.on("resumed", () => emit({ resumed: xmpp.jid.toString() }));
 xmpp.on("stanza", (stanza) => {
   if (stanza.is("message") && stanza.attrs.type !== "error" && stanza.getChild("body")) {
-    emit({ message: { from: stanza.attrs.from, body: stanza.getChildText("body") } });
+    const delay = stanza.getChild("delay", "urn:xmpp:delay");
+    emit({ message: { from: stanza.attrs.from, body: stanza.getChildText("body"),
+                      id: stanza.getChild("stanza-id", "urn:xmpp:sid:0")?.attrs.id ?? null,
+                      delay: delay ? delay.attrs.stamp : null } });
   }
 });
 
@@ -54,9 +62,23 @@ commands.on("line", async (line) => {
       const { to, body } = command.send;
       await xmpp.send(xml("message", { to, type: "chat", id: `js${sent}` }, xml("body", {}, body)));
     } else if (command.drop) {
+      // The server's answer to <r/> comes once it has read what was sent before: the <a/>.
+      const answered = new Promise((resolve) => {
+        const answer = (element) => {
+          if (element.is("a", SM)) {
+            xmpp.removeListener("nonza", answer);
+            resolve();
+          }
+        };
+        xmpp.on("nonza", answer);
+      });
+      await xmpp.send(xml("a", { xmlns: SM, h: String(xmpp.streamManagement.inbound) }));
+      await xmpp.send(xml("r", { xmlns: SM }));
+      await answered;
       // Not xmpp.js's own reconnection a second later: the test says when (the "reconnect" command).
       xmpp.reconnect.stop();
       xmpp.socket.socket.terminate(); // the ws package's: the TCP connection destroyed, no close frame
+      emit({ dropped: true });
     } else if (command.reconnect) {
       xmpp.reconnect.start();
       await xmpp.reconnect.reconnect();
