@@ -372,6 +372,15 @@ def landed(state: Path, bare: str, before: dict[str, int]) -> str:
     return new[0]
 
 
+async def logged(path: str, text: str, timeout: float = 15) -> None:
+    """Until the node log *path* has *text* (what a node noticed, with no other sign of it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in Path(path).read_text():
+        assert loop.time() < deadline, f"no {text!r} in {path} within {timeout} s"
+        await asyncio.sleep(0.05)  # polling the condition, bounded above
+
+
 class XmppJs:
     """tests/js/session.mjs: an xmpp.js client the test drives, a JSON line per command and per
     event (what crossed the wire is in *trace*, for the failures)."""
@@ -379,7 +388,7 @@ class XmppJs:
     def __init__(self, process: asyncio.subprocess.Process, trace: Path) -> None:
         self.process = process
         self.trace = trace
-        self.messages: list[dict[str, str]] = []  # every message received, in order
+        self.messages: list[dict[str, Any]] = []  # every message received, in order
 
     @classmethod
     async def start(cls, folder: Path, service: str, username: str, trace: Path) -> XmppJs:
@@ -413,11 +422,12 @@ class XmppJs:
                 if kind in event:
                     return event[kind] if len(kinds) == 1 else (kind, event[kind])
 
-    async def message(self) -> dict[str, str]:
+    async def message(self) -> tuple[str, str]:
+        """The next message's sender and body."""
         before = len(self.messages)
         while len(self.messages) == before:
             await self.expect("message")
-        return self.messages[before]
+        return self.messages[before]["from"], self.messages[before]["body"]
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -432,8 +442,8 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
     not land on, which the nodes' logs tell): go-sendxmpp (Go's crypto/tls) over STARTTLS and over
     direct TLS; xmpp.js over WebSocket through the balancer's HTTP port (the PROXY protocol on the
     HTTP side), chatting both ways with a slixmpp user on the other node, then its connection cut
-    and its reconnection landing on the other node, where it chats both ways again. Every
-    message arrives once."""
+    and its reconnection landing on the other node, where it chats both ways again (the address
+    it has leads there now). Every message arrives once."""
     import io
 
     from sns_xmpp.ops import admin
@@ -501,18 +511,22 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
                            "body": f"from xmpp.js on {first}"})
         assert await next_body(partner) == (f"from xmpp.js on {first}", full)
         partner.send_message(mto=full, mbody="to xmpp.js", mtype="chat")
-        assert await wait(erin.message(), 40) == {"from": str(partner.boundjid), "body": "to xmpp.js"}
+        assert await wait(erin.message(), 40) == (str(partner.boundjid), "to xmpp.js")
 
-        # The connection cut under xmpp.js (a network drop), and its reconnection through the same
-        # address: leastconn takes turns among nodes as loaded as each other (neither holds a
-        # WebSocket now), so it lands on the other node.
-        before = logins(state, "erin@localhost")
+        # The connection cut under xmpp.js (a network drop, everything it received acknowledged,
+        # so that nothing is due to come again), and its reconnection through the same address:
+        # leastconn takes turns among nodes as loaded as each other (neither holds a WebSocket
+        # now), so it lands on the other node.
         erin.command(drop=True)
         await wait(erin.expect("disconnected"), 40)
+        await wait(logged(nodes[first]["log"], f"c2s.detached jid={full}"))  # the node kept the session
+        before = logins(state, "erin@localhost")
         erin.command(reconnect=True)
-        # A new session (this server offers XEP-0198's resumption after SASL2 only without Bind2,
-        # which xmpp.js always asks for), or, should it offer <sm/> inline, the old one resumed.
-        _, full = await wait(erin.expect("online", "resumed"), 40)
+        # A new session of the same resource, which ends the one kept on the first node (this
+        # server offers XEP-0198's resumption after SASL2 only without Bind2, which xmpp.js always
+        # asks for); or, should the server offer <sm/> inline in SASL2, that session resumed.
+        _, again = await wait(erin.expect("online", "resumed"), 40)
+        assert again == full  # Bind2: the same resource (from the client's tag and user agent)
         second = landed(state, "erin@localhost", before)
         assert second == other[first], f"the reconnection landed on {second} again"
 
@@ -522,12 +536,13 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
                            "body": f"from xmpp.js on {second}"})
         assert await next_body(partner) == (f"from xmpp.js on {second}", full)
         partner.send_message(mto=full, mbody="to xmpp.js again", mtype="chat")
-        assert await wait(erin.message(), 40) == {"from": str(partner.boundjid), "body": "to xmpp.js again"}
+        assert await wait(erin.message(), 40) == (str(partner.boundjid), "to xmpp.js again")
         erin.command(stop=True)
         await wait(erin.expect("stopped"), 40)
     finally:
         erin.kill()
     assert [m["body"] for m in erin.messages] == ["to xmpp.js", "to xmpp.js again"]
+    assert len({m["id"] for m in erin.messages}) == 2, erin.messages  # (XEP-0359: two messages, not one twice)
     for client in (*residents.values(), *clients):
         assert client.messages.empty(), "a message arrived twice"
         client.disconnect()
