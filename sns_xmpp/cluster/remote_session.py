@@ -22,6 +22,7 @@ from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.jid import JID
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.stanzas import parse_stanza
 
 # Forward a stanza to a resource on a node: (node, full JID, stanza) -> fired once Redis has it.
 Forward = Callable[[str, str, "domish.Element | str"], Deferred[None]]
@@ -77,20 +78,6 @@ class RemoteSession(ClientSession):
 
     def send_now(self, element: domish.Element | str) -> None:
         self._forward(self.node, self.full, element)
-
-
-def parse_stanza(text: str) -> domish.Element | None:
-    """One stanza written by a node of this cluster (the serialiser's text, in jabber:client)."""
-    found: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    try:
-        stream.parse(b"<s xmlns='jabber:client'>" + text.encode() + b"</s>")
-    except Exception:
-        return None
-    return found[0] if found else None
 
 
 def resume_digest(resume_id: str) -> str:

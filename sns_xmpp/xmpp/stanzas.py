@@ -12,6 +12,30 @@ NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 
 
+class StoredText(str):
+    """A stored offline message, as the text offline storage keeps and sends: one that a session
+    never acknowledged is kept in storage again as it is (STORED_MESSAGE_UNACKNOWLEDGED). Told
+    apart by type from other text a session is sent (a stanza another node of a cluster forwarded),
+    which is delivered again as any stanza would be."""
+
+    __slots__ = ()
+
+
+def parse_stanza(text: str) -> domish.Element | None:
+    """One stanza written as a jabber:client stream writes it (or declaring its namespace); None
+    if the text is not one well-formed element."""
+    found: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = found.append
+    stream.DocumentEndEvent = lambda: None
+    try:
+        stream.parse(b"<s xmlns='jabber:client'>" + text.encode() + b"</s>")
+    except Exception:
+        return None
+    return found[0] if found else None
+
+
 def error_reply(stanza: domish.Element, condition: str, text: str | None = None) -> domish.Element:
     """The RFC 6120 section 8.3 error answer to *stanza*, addressed back to its sender."""
     return StanzaError(condition, text=text).toResponse(stanza)

@@ -249,6 +249,28 @@ def test_a_full_offline_queue_is_delivered_in_steps_as_the_client_acks(asked_aga
     assert store.offline["bob@localhost"] == []
 
 
+def test_unacknowledged_text_another_node_forwarded_is_delivered_again_and_a_stored_message_kept_as_it_is() -> None:
+    """What a session never acknowledged goes on when it ends: a stored offline message back into
+    storage as it was, and text a cluster's node forwarded (a stanza, as its text) through delivery
+    as any stanza would, so offline storage stamps it with its <delay/>. Both were kept as they
+    were, the forwarded one unstamped, past the offline hooks (found by the cluster's xmpp.js test)."""
+    store = MemoryStore()
+    store.offline["bob@localhost"] = [OfflineMessage(
+        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+           "<body>stored</body></message>", 0.0)]
+    store._ids = 1
+    sessions, factory, clock = world(store)
+    bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
+    bob.dataReceived(b"<presence/>")
+    session.send("<message xmlns='jabber:client' to='bob@localhost/r' from='alice@localhost/pc' "
+                 "type='chat'><body>forwarded</body></message>")  # as cluster/inbox.py hands it over
+    assert "stored" in output(transport) and store.offline["bob@localhost"] == []
+    bob.dataReceived(b"</stream:stream>")  # closed, not resumable: what it never acknowledged goes on
+    bob.connectionLost(None)  # type: ignore[arg-type]
+    kept = {("stored" in m.stanza, "urn:xmpp:delay" in m.stanza) for m in store.offline["bob@localhost"]}
+    assert kept == {(True, False), (False, True)}
+
+
 def test_a_message_whose_offline_write_ends_after_the_recipients_login_read_reaches_her_then() -> None:
     """Bob's initial presence reads his stored messages while a message for him is still on its
     way to the disk: once it is written, it goes to his session then, once, not at his next login."""

@@ -30,7 +30,7 @@ from sns_xmpp.xmpp.hooks import (
     STORED_MESSAGES_WAITING,
 )
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_DELAY, add_element, error_reply
+from sns_xmpp.xmpp.stanzas import NS_DELAY, StoredText, add_element, error_reply
 
 log = GatedLogger()
 
@@ -201,7 +201,7 @@ def _send_stored(storage: OfflineStorage, session: ClientSession,
     if not batch:
         return None
     for message in batch:
-        session.send(message.stanza)
+        session.send(StoredText(message.stanza))  # (kept again as it is if never acknowledged)
     sessions = storage.sessions
     log.info("offline.delivered jid={jid} count={count}", jid=session.full, count=len(batch))
     sessions.metrics.offline_delivered.inc(len(batch))
@@ -229,7 +229,7 @@ def put_back(sessions: SessionManager, owner: str, stanza: str) -> None:
     was accepted once already)."""
     targets = sessions.message_targets(owner)
     for session in targets:
-        session.send(stanza)
+        session.send(StoredText(stanza))
     if targets:
         return
     d = sessions.store.store_offline(owner, stanza, sessions.clock.seconds())

@@ -54,7 +54,7 @@ from sns_xmpp.xmpp.hooks import (
     STORED_MESSAGE_UNACKNOWLEDGED,
 )
 from sns_xmpp.xmpp.sessions import SessionManager
-from sns_xmpp.xmpp.stanzas import NS_STANZAS, add_element
+from sns_xmpp.xmpp.stanzas import NS_STANZAS, StoredText, add_element, parse_stanza
 
 log = GatedLogger()
 
@@ -188,8 +188,9 @@ class StreamManagement:
     def state(self) -> dict[str, Any]:
         """What a resumption on another node needs (see `restore`): the counters, and the
         unacknowledged stanzas in order (a stored offline message as its text)."""
+        unacked = list(self.unacked)
         return {"id": self.resume_id, "handled": self.handled, "sent": self.sent, "acked": self.acked,
-                "unacked": list(self.unacked)}
+                "unacked": unacked, "stored": [i for i, stanza in enumerate(unacked) if type(stanza) is StoredText]}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take over the ledger of a session another node handed over (`state`). What that node
@@ -197,7 +198,10 @@ class StreamManagement:
         self.resume_id = state["id"]
         self.received = state["handled"]
         self.sent, self.acked = state["sent"], state["acked"]
-        for stanza in state["unacked"]:
+        stored = set(state.get("stored", ()))  # which texts are stored offline messages
+        for index, stanza in enumerate(state["unacked"]):
+            if index in stored:
+                stanza = StoredText(stanza)
             size = len(stanza) if isinstance(stanza, str) else len(self.stream.serialize(stanza))
             self.unacked.append(stanza)
             self._sizes.append(size)
@@ -364,9 +368,15 @@ class Resumption:
     def _redeliver(self, owner: str, unacked: Iterable[domish.Element | str]) -> None:
         # Never acknowledged, so maybe never seen: deliver again (other resources or offline).
         for stanza in unacked:
-            if isinstance(stanza, str):  # a stored offline message, kept again
+            if type(stanza) is StoredText:  # a stored offline message, kept again as it is
                 self.sessions.hooks.fire(STORED_MESSAGE_UNACKNOWLEDGED, owner, stanza)
-            elif stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
+                continue
+            if isinstance(stanza, str):  # text another node of a cluster forwarded: a stanza
+                parsed = parse_stanza(stanza)
+                if parsed is None:
+                    continue
+                stanza = parsed
+            if stanza.name == "message" and stanza.getAttribute("type", "normal") in ("normal", "chat"):
                 delivered = self.sessions.deliver(stanza)
                 if delivered is not None and not delivered.called:
                     self.redelivering.add(delivered)
