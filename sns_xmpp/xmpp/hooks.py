@@ -7,6 +7,8 @@ and the core reads it for every stanza. What a feature can register:
   behalf (`account_iqs`: roster, later vCard and PEP);
 - stream-level elements of a bound stream (`nonzas`, by namespace: XEP-0198's <r/> and <a/>) and
   of an authenticated stream before binding (`before_bind`: XEP-0198's <resume/>);
+- children of a SASL2 <authenticate/> (`sasl2_inline`, XEP-0388's inline features: XEP-0198's
+  <resume/>), each answered inside <success/>;
 - stream features before and after authentication, and disco#info features of the server and of
   an account's bare JID;
 - event hooks (below): inbound and outbound messages, presence and IQs, and a session's life;
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.words.xish import domish
 
 from sns_xmpp.auth.checker import LoginResult
@@ -94,6 +97,9 @@ AccountIQHandler = Callable[[domish.Element, str, "ClientSession | None"], Any]
 """(iq, owner's bare JID, the owner's asking session or None for anyone else) -> as IQHandler."""
 NonzaHandler = Callable[[ClientSession, domish.Element], None]
 BeforeBindHandler = Callable[[ClientStream, LoginResult, domish.Element], None]
+SASL2InlineHandler = Callable[[ClientStream, LoginResult, domish.Element], "SASL2Answer | Deferred[SASL2Answer]"]
+"""(stream, login, the <authenticate/>'s child) once the login succeeded, before <success/> is
+written: what goes into it."""
 StreamFeature = Callable[[str], "domish.Element | None"]
 """(domain) -> a child of <stream:features/>, or None; the same element while it does not change,
 so that the serialised features can be cached."""
@@ -121,6 +127,29 @@ class InlineAction:
     act: Callable[[ClientSession, domish.Element], domish.Element | None]
 
 
+@dataclass(frozen=True)
+class SASL2Answer:
+    """A SASL2 inline feature's answer (XEP-0388 2.6.1): *element* goes into <success/>. With
+    *resumed* (a full JID) the stream carries that existing session now: nothing is bound (Bind2's
+    request is ignored, as XEP-0198 asks) and it is the authorization identifier; *then* runs once
+    <success/> is written (XEP-0198: the unacknowledged stanzas again, after the answer)."""
+
+    element: domish.Element
+    resumed: str | None = None
+    then: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class SASL2Inline:
+    """A feature's child of SASL2's <authenticate/>: *offer* is listed in <authentication><inline/>,
+    and each child named (offer's namespace, *name*) goes to *handle*."""
+
+    feature: str
+    offer: domish.Element
+    name: str
+    handle: SASL2InlineHandler
+
+
 class Hooks:
     def __init__(self) -> None:
         self.server_iqs: dict[tuple[str, str], IQHandler] = {}
@@ -145,6 +174,8 @@ class Hooks:
         # have been missed: the cluster's subscriber reconnected), a Deferred or None.
         self.resyncs: dict[str, Callable[[], Any]] = {}
         self.inline: dict[str, InlineAction] = {}
+        # SASL2's inline features (XEP-0388), by the (namespace, name) of their <authenticate/> child.
+        self.sasl2_inline: dict[tuple[str, str], SASL2Inline] = {}
         # Each event's handlers, highest priority first, and the negated priorities alongside
         # (for bisect). The lists are never replaced: the core keeps references to them.
         self._chains: dict[str, list[Callable[..., Any]]] = {event: [] for event in EVENTS}

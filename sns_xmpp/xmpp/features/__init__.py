@@ -34,6 +34,8 @@ from sns_xmpp.xmpp.hooks import (
     InlineAction,
     IQHandler,
     NonzaHandler,
+    SASL2Inline,
+    SASL2InlineHandler,
     Storage,
     StreamFeature,
 )
@@ -292,6 +294,13 @@ class FeatureRegistry:
     def inline(self, var: str, act: Callable[[ClientSession, domish.Element], domish.Element | None]) -> None:
         """Offer ``act(session, element)`` inside a Bind2 request (XEP-0386), announced as *var*."""
         _claim(self.hooks.inline, var, InlineAction(self.installing, var, act))
+
+    def sasl2_inline(self, offer: domish.Element, name: str, handle: SASL2InlineHandler) -> None:
+        """List *offer* among SASL2's inline features (XEP-0388) and answer the <authenticate/>'s
+        child ``{offer's namespace}name`` with ``handle(stream, login, element)`` once the login
+        succeeded, inside <success/>."""
+        key = (offer.uri or "", name)
+        _claim(self.hooks.sasl2_inline, key, SASL2Inline(self.installing, offer, name, handle))
 
 
 def _nothing_to_take_over(entity: str) -> None:
