@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
@@ -28,6 +28,7 @@ from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.observe.metrics import Metrics
 from sns_xmpp.store.interface import StoreUnavailableError
 from sns_xmpp.xmpp.c2s import ClientStream
+from sns_xmpp.xmpp.hooks import SASL2Answer, SASL2Inline
 from sns_xmpp.xmpp.sasl import (
     NS_SASL,
     Attempt,
@@ -185,7 +186,9 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             for name in mechanisms:
                 add_element(element, "mechanism", content=name)
             if self._sasl2_offered():  # XEP-0388: the same mechanisms, after TLS only
-                append_child(features, authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline)))
+                offers = [inline.offer for inline in hooks.sasl2_inline.values()]
+                append_child(features, authentication_feature(mechanisms, self._fast_mechanisms(), list(hooks.inline),
+                                                              offers))
             cb_types = self._cb_types()
             if cb_types:
                 append_child(features, channel_binding_feature(cb_types))
@@ -446,6 +449,8 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 return None
 
             token.addErrback(no_token)
+        if request.extensions and self._inline_sasl2(step, token):
+            return
         if request.bind is None:
             if token is None:
                 self._send_success(result.jid, step.additional_data, None, step.token)
@@ -465,6 +470,73 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             bind_now(step.token)
         else:
             token.addCallback(bind_now)
+
+    def _inline_sasl2(self, step: Success, token: Deferred[IssuedToken | None] | None) -> bool:
+        """SASL2's inline features (XEP-0388), XEP-0198's <resume/> first among them as it asks:
+        each answers, at once or later (a cluster asks the node holding the session), and only
+        then is <success/> written, with the answers in it. A resumed session is the stream's
+        now and Bind2's request is ignored; otherwise Bind2 (or RFC 6120 binding) goes on as
+        without them. False when no child of the <authenticate/> is a registered feature's."""
+        request, stream = self.request, self.xmlstream
+        assert request is not None
+        table = self.settings.sessions.hooks.sasl2_inline
+        asked = [(inline, child) for child in request.extensions
+                 if (inline := table.get((child.uri or "", child.name))) is not None]
+        if not asked:
+            return False
+        self.binding = True  # nothing binds, and no <resume/> runs, before the answer
+        answers: list[SASL2Answer] = []
+
+        def answer(_: object, inline: SASL2Inline, child: domish.Element) -> Deferred[None] | None:
+            if stream.closed or any(given.resumed for given in answers):
+                return None  # one session per stream: the first resumption holds
+            try:
+                outcome = inline.handle(stream, step.result, child)
+            except Exception:
+                log.failure("c2s.sasl2_inline_failed feature={feature}", feature=inline.feature)
+                return None
+            if isinstance(outcome, Deferred):
+                return outcome.addCallback(answers.append)
+            answers.append(outcome)
+            return None
+
+        # The token first: a resumption attaches its session to the stream, and from then on
+        # nothing may wait before <success/> is written, or a stanza for the session would
+        # reach the client ahead of it.
+        issued: list[IssuedToken | None] = [step.token]
+
+        def token_issued(given: IssuedToken | None) -> None:
+            issued[0] = given
+
+        done: Deferred[None] = token.addCallback(token_issued) if token is not None else succeed(None)
+        for inline, child in asked:
+            done.addCallback(answer, inline, child)
+        done.addCallback(lambda _: self._answer_inline(step, answers, issued[0]))
+        done.addErrback(lambda reason: log.failure("c2s.sasl2_inline_failed", reason))
+        return True
+
+    def _answer_inline(self, step: Success, answers: list[SASL2Answer], issued: IssuedToken | None) -> None:
+        request, stream, result = self.request, self.xmlstream, step.result
+        assert request is not None
+        elements = [given.element for given in answers]
+        resumed = next((given for given in answers if given.resumed), None)
+        if stream.closed:
+            return  # (a resumption answered for a stream gone meanwhile left its session detached)
+        if resumed is not None:
+            assert resumed.resumed is not None
+            stream.send(success_element(resumed.resumed, step.additional_data, None, issued, elements))
+            if resumed.then is not None:
+                resumed.then()
+            return
+        if request.bind is None:
+            self.binding = False  # the client binds as RFC 6120 has it
+            self._send_success(result.jid, step.additional_data, None, issued, elements)
+            return
+        bind = request.bind
+        d = self.settings.sessions.bind(stream, result, resource_for(bind, result.jid, request.agent))
+        d.addCallbacks(lambda full: self._send_success(full, step.additional_data, self._inline(full, bind), issued,
+                                                       elements),
+                       self._bind2_refused)
 
     def _inline(self, full_jid: str, bind: domish.Element) -> list[domish.Element]:
         """Bind2's inline features (XEP-0386): each child of <bind/> in a namespace a feature
@@ -488,12 +560,12 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
         return answers
 
     def _send_success(self, identifier: str, additional_data: bytes | None, bound: list[domish.Element] | None,
-                      token: IssuedToken | None) -> None:
+                      token: IssuedToken | None, answers: Sequence[domish.Element] = ()) -> None:
         stream = self.xmlstream
         if stream.closed:
             return
-        text = success_xml(identifier, additional_data, bound, token)
-        stream.send(text if text is not None else success_element(identifier, additional_data, bound, token))
+        text = success_xml(identifier, additional_data, bound, token) if not answers else None
+        stream.send(text if text is not None else success_element(identifier, additional_data, bound, token, answers))
         if bound is None:
             stream.send(self._features_xml())  # the features after authentication, for RFC 6120 bind
 

@@ -44,6 +44,9 @@ class Authenticate:
     fast: bool  # <fast/>: this is a FAST login
     count: int | None  # <fast count=...>
     invalidate: bool  # <fast invalidate='true'>
+    # Children in other namespaces (XEP-0388's inline features: XEP-0198's <resume/>), for the
+    # features that registered them; () for the usual login, which carries none.
+    extensions: tuple[domish.Element, ...] = ()
 
 
 def parse_authenticate(element: domish.Element) -> Authenticate:
@@ -57,6 +60,7 @@ def parse_authenticate(element: domish.Element) -> Authenticate:
     request: domish.Element | None = None
     fast: domish.Element | None = None
     bind: domish.Element | None = None
+    extensions: list[domish.Element] | None = None
     for child in element.children:
         if not isinstance(child, domish.Element):
             continue
@@ -71,8 +75,13 @@ def parse_authenticate(element: domish.Element) -> Authenticate:
                 fast = fast or child
             elif name == "request-token":
                 request = request or child
-        elif uri == NS_BIND2 and name == "bind":
-            bind = bind or child
+        elif uri == NS_BIND2:
+            if name == "bind":
+                bind = bind or child
+        elif extensions is None:
+            extensions = [child]
+        else:
+            extensions.append(child)
     initial = decode_payload(str(initial_element) or "=") if initial_element is not None else None
     agent = agent_element.getAttribute("id") if agent_element is not None else None
     if agent is not None and (not agent or len(agent) > MAX_AGENT_ID_CHARS):
@@ -92,17 +101,21 @@ def parse_authenticate(element: domish.Element) -> Authenticate:
         fast=fast is not None,
         count=count,
         invalidate=fast is not None and fast.getAttribute("invalidate") in ("true", "1"),
+        extensions=tuple(extensions) if extensions is not None else (),
     )
 
 
 def authentication_feature(mechanisms: Sequence[str], fast_mechanisms: Sequence[str],
-                           inline_vars: Sequence[str]) -> domish.Element:
+                           inline_vars: Sequence[str], offers: Sequence[domish.Element] = ()) -> domish.Element:
     """<authentication xmlns='urn:xmpp:sasl:2'/> for the stream features: the mechanisms, and
-    inline, Bind2 with the features that can ride in it, and FAST's mechanisms."""
+    inline, the features' own *offers* (XEP-0198's <sm/>), Bind2 with the features that can ride
+    in it, and FAST's mechanisms."""
     feature = domish.Element((NS_SASL2, "authentication"))
     for name in mechanisms:
         add_element(feature, "mechanism", content=name)
     inline = add_element(feature, "inline")
+    for offer in offers:
+        append_child(inline, offer)
     bind = add_element(inline, (NS_BIND2, "bind"))
     if inline_vars:
         offered = add_element(bind, "inline")
@@ -129,13 +142,15 @@ def failure_element(condition: str, text: str | None) -> domish.Element:
 
 
 def success_element(identifier: str, additional_data: bytes | None, bound: Sequence[domish.Element] | None,
-                    token: IssuedToken | None) -> domish.Element:
-    """XEP-0388's <success/>, with Bind2's <bound/> (the inline features' answers) and FAST's
-    <token/> when there are."""
+                    token: IssuedToken | None, answers: Sequence[domish.Element] = ()) -> domish.Element:
+    """XEP-0388's <success/>, with SASL2's inline features' *answers* (XEP-0198's <resumed/> or
+    <failed/>), Bind2's <bound/> (its inline features' answers) and FAST's <token/> when there are."""
     success = domish.Element((NS_SASL2, "success"))
     if additional_data is not None:
         add_element(success, "additional-data", content=encode_payload(additional_data))
     add_element(success, "authorization-identifier", content=identifier)
+    for answer in answers:
+        append_child(success, answer)
     if bound is not None:
         element = add_element(success, (NS_BIND2, "bound"))
         for child in bound:
