@@ -14,7 +14,8 @@ request below. The two nodes talk through their inboxes (cluster/inbox.py):
    (`Directory.moved_to`), so stanzas for it go there at once, after the state; what the
    holder's inbox still gets for it, it forwards there too (Inbox.take);
 3. the asker binds the session (`SessionManager.move_in`) and resumes it as on one node:
-   <resumed h/>, the unacknowledged stanzas again; stanzas for the resource that arrived while
+   <resumed h/> (on its own before binding, or inside SASL2's <success/>: the outcome goes to
+   whoever asked), the unacknowledged stanzas again; stanzas for the resource that arrived while
    it was being bound follow.
 
 No answer in time (the holder died, or is stuck): <failed/> with item-not-found, and the client
@@ -30,6 +31,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
@@ -41,7 +43,7 @@ from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza, resume_
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.client_session import ClientSession
-from sns_xmpp.xmpp.features.stream_management import Resumption, failed
+from sns_xmpp.xmpp.features.stream_management import Resumed, Resumption, failed
 from sns_xmpp.xmpp.sessions import SessionManager
 
 log = GatedLogger()
@@ -59,6 +61,9 @@ class Asked:
     element: domish.Element
     node: str
     timer: IDelayedCall
+    # Fired with the outcome (stream management's `attempt`): <resumed/> before bind, or inside
+    # SASL2's <success/>, is written by whoever asked.
+    outcome: Deferred[Resumed | domish.Element]
 
 
 class NoStream:
@@ -97,20 +102,23 @@ class CrossNodeResumption:
 
     # -- the node that got the <resume/> --------------------------------------------
 
-    def ask(self, stream: ClientStream, login: LoginResult, element: domish.Element) -> bool:
-        """Ask the node holding the session *element* resumes, if the directory names one."""
+    def ask(self, stream: ClientStream, login: LoginResult,
+            element: domish.Element) -> Deferred[Resumed | domish.Element] | None:
+        """Ask the node holding the session *element* resumes, if the directory names one: the
+        outcome once it answered (or did not in time); None if no node holds it."""
         digest = resume_digest(element.getAttribute("previd", ""))
         holder = next((s.node for s in self.sessions.users.get(login.jid, {}).values()
                        if isinstance(s, RemoteSession) and s.resume_digest == digest), None)
         if holder is None:
-            return False
+            return None
         token = secrets.token_urlsafe(12)
         timer = self.clock.callLater(self.wait, self._unanswered, token)
-        self.asked[token] = Asked(stream, login, element, holder, timer)
+        outcome: Deferred[Resumed | domish.Element] = Deferred()
+        self.asked[token] = Asked(stream, login, element, holder, timer, outcome)
         log.info("cluster.resume_asked node={node} jid={jid}", node=holder, jid=login.jid)
         sent = self.inbox.ask_resume(holder, login.jid, element.getAttribute("previd", ""), f"{self.node} {token}")
         sent.addErrback(lambda reason: self._unanswered(token))
-        return True
+        return outcome
 
     def _unanswered(self, token: str) -> None:
         asked = self.asked.pop(token, None)
@@ -119,8 +127,7 @@ class CrossNodeResumption:
         if asked.timer.active():
             asked.timer.cancel()
         log.warn("cluster.resume_unanswered node={node} jid={jid}", node=asked.node, jid=asked.login.jid)
-        if not asked.stream.closed:
-            asked.stream.send(failed("item-not-found"))
+        asked.outcome.callback(failed("item-not-found"))
 
     def forget_node(self, node: str) -> None:
         """*node* is gone: what was asked of it will not be answered."""
@@ -133,8 +140,8 @@ class CrossNodeResumption:
         if asked is not None and asked.timer.active():
             asked.timer.cancel()
         if not fields.get("x"):  # the holder has no such session (it ended, or went elsewhere)
-            if asked is not None and not asked.stream.closed:
-                asked.stream.send(failed("item-not-found"))
+            if asked is not None:
+                asked.outcome.callback(failed("item-not-found"))
             return
         state = decode(fields["x"])
         full = state["jid"]
@@ -148,14 +155,19 @@ class CrossNodeResumption:
     def _arrived(self, session: ClientSession | None, state: dict[str, Any], asked: Asked | None) -> None:
         if session is None:  # a newer session of this node holds the resource: this one ended
             self.resumption.abandon(state)
-            if asked is not None and not asked.stream.closed:
-                asked.stream.send(failed("item-not-found"))
+            if asked is not None:
+                asked.outcome.callback(failed("item-not-found"))
             return
         if asked is None:  # nobody waits for it any more: it ends, as after its timeout
             self.sessions.unbind(session)
         elif not asked.stream.closed:
-            self.resumption.resume(asked.stream, asked.login, asked.element)
-        # (A stream that closed while it waited leaves the session detached here, to be resumed.)
+            # Here now: resumed as on one node (`attempt` finds it among the resumable ones).
+            outcome = self.resumption.attempt(asked.stream, asked.login, asked.element, here=True)
+            assert not isinstance(outcome, Deferred)  # (here: no other node is asked)
+            asked.outcome.callback(outcome)
+        else:
+            # A stream that closed while it waited leaves the session detached here, to be resumed.
+            asked.outcome.callback(failed("item-not-found"))
 
     def _release(self, full: str) -> None:
         for fields in self.inbox.arriving.pop(full, []):

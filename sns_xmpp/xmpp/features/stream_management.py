@@ -34,6 +34,7 @@ import heapq
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -52,6 +53,7 @@ from sns_xmpp.xmpp.hooks import (
     SESSION_LEAVING,
     SESSION_UNBOUND,
     STORED_MESSAGE_UNACKNOWLEDGED,
+    SASL2Answer,
 )
 from sns_xmpp.xmpp.sessions import SessionManager
 from sns_xmpp.xmpp.stanzas import NS_STANZAS, StoredText, add_element, parse_stanza
@@ -223,6 +225,28 @@ def failed(condition: str) -> domish.Element:
     return element
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """A session resumed on a new stream, its client not told yet: *element* (<resumed/>) first,
+    then `replay`."""
+
+    session: ClientSession
+    ledger: StreamManagement
+    element: domish.Element
+
+    def replay(self) -> None:
+        """The stanzas the client never acknowledged, again, in order (XEP-0198 5)."""
+        stream = self.session.stream
+        for stanza in list(self.ledger.unacked):
+            stream.send(stanza)
+
+
+def _sasl2_answer(outcome: Resumed | domish.Element) -> SASL2Answer:
+    if isinstance(outcome, Resumed):
+        return SASL2Answer(outcome.element, resumed=outcome.session.full, then=outcome.replay)
+    return SASL2Answer(outcome)
+
+
 class Resumption:
     """The feature's state: sessions waiting to be resumed, by resumption id."""
 
@@ -231,8 +255,9 @@ class Resumption:
         self.max_seconds = max_seconds
         self.resumable: dict[str, ClientSession] = {}
         # A cluster's (cluster/resumption.py): asked with a <resume/> whose session is not here;
-        # True when another node holds it and was asked, whose answer resumes or fails the stream.
-        self.elsewhere: Callable[[ClientStream, LoginResult, domish.Element], bool] | None = None
+        # when another node holds it and was asked, the outcome of `attempt` once it answered.
+        self.elsewhere: Callable[[ClientStream, LoginResult, domish.Element],
+                                 Deferred[Resumed | domish.Element] | None] | None = None
         # Deliveries again of ended sessions' messages not finished yet (a write to offline
         # storage, a cluster's XADD): the server's stop waits for them before the store closes.
         self.redelivering: set[Deferred[None]] = set()
@@ -268,21 +293,51 @@ class Resumption:
     def resume(self, stream: ClientStream, login: LoginResult, element: domish.Element) -> None:
         """Answer a <resume/> on *stream*: <resumed/> with the session back on it, or <failed/>
         (after which the client may bind a new session)."""
+        outcome = self.attempt(stream, login, element)
+        if isinstance(outcome, Deferred):
+            outcome.addCallback(self._answer, stream)
+        else:
+            self._answer(outcome, stream)
+
+    def _answer(self, outcome: Resumed | domish.Element, stream: ClientStream) -> None:
+        if stream.closed:
+            return
+        if isinstance(outcome, Resumed):
+            stream.send(outcome.element)
+            outcome.replay()
+        else:
+            stream.send(outcome)
+
+    def resume_in_sasl2(self, stream: ClientStream, login: LoginResult,
+                        element: domish.Element) -> SASL2Answer | Deferred[SASL2Answer]:
+        """XEP-0198's <resume/> inside SASL2's <authenticate/> (XEP-0388's inline features): the
+        same resumption as before binding, answered inside <success/>; the unacknowledged
+        stanzas follow it."""
+        outcome = self.attempt(stream, login, element)
+        if isinstance(outcome, Deferred):
+            return outcome.addCallback(_sasl2_answer)
+        return _sasl2_answer(outcome)
+
+    def attempt(self, stream: ClientStream, login: LoginResult, element: domish.Element,
+                here: bool = False) -> Resumed | domish.Element | Deferred[Resumed | domish.Element]:
+        """Resume the session *element* names on *stream*, for *login*'s account: `Resumed`, the
+        session attached to the stream, whose client is yet to be told; or <failed/>. A session
+        another node of a cluster holds comes later (a Deferred), unless *here* (it came)."""
         try:
             h = int(element.getAttribute("h", ""))
         except ValueError:
             h = -1
         previd = element.getAttribute("previd", "")
         session = self.resumable.get(previd)
-        if session is None and self.elsewhere is not None and self.elsewhere(stream, login, element):
-            return
+        if session is None and self.elsewhere is not None and not here:
+            asked = self.elsewhere(stream, login, element)
+            if asked is not None:
+                return asked
         sm = session.ledger if session is not None else None
         if session is None or session.login.jid != login.jid or not isinstance(sm, StreamManagement):
-            stream.send(failed("item-not-found"))
-            return
+            return failed("item-not-found")
         if not sm.acknowledged(h):
-            stream.send(failed("undefined-condition"))
-            return
+            return failed("undefined-condition")
         if sm.detached_timer is not None and sm.detached_timer.active():
             sm.detached_timer.cancel()
         old = session.stream
@@ -294,10 +349,8 @@ class Resumption:
         resumed = domish.Element((NS_SM, "resumed"))
         resumed["previd"] = previd
         resumed["h"] = str(sm.handled % 2**32)
-        stream.send(resumed)
-        for stanza in list(sm.unacked):
-            stream.send(stanza)
         log.info("c2s.resumed jid={jid}", jid=session.full)
+        return Resumed(session, sm, resumed)
 
     # -- another node of a cluster resumes the session -----------------------
 
@@ -427,6 +480,8 @@ def install(registry: FeatureRegistry) -> None:
     registry.on_stop(resumption.stop)
     registry.stream_feature(lambda domain: SM_FEATURE, after_auth=True)
     registry.inline(NS_SM, resumption.enable)  # XEP-0386: <enable/> inside <bind/>
+    # XEP-0388 with XEP-0198: <resume/> inside <authenticate/>, offered as <sm/> in its <inline/>
+    registry.sasl2_inline(SM_FEATURE, "resume", resumption.resume_in_sasl2)
 
 
 FEATURE = Feature("stream-management", install)
