@@ -97,12 +97,13 @@ def fast_login(world: World, token: str, count: int, extra: str = "") -> str:
 
 def test_sasl2_is_offered_after_tls_only_with_sasl1s_mechanisms_bind2_inline_features_and_fast(
         tmp_path: Path) -> None:
-    """XEP-0388 3.1 and XEP-0386 3.1: <authentication/> lists SASL1's mechanisms, Bind2 with the
-    features that can ride inline (stream management registers <enable/>), and FAST's HT mechanism;
-    never on a stream without TLS, where an <authenticate/> gets encryption-required."""
+    """XEP-0388 3.1 and XEP-0386 3.1: <authentication/> lists SASL1's mechanisms, XEP-0198's <sm/>
+    (a <resume/> may ride in the <authenticate/>), Bind2 with the features that can ride inline
+    (stream management registers <enable/>), and FAST's HT mechanism; never on a stream without
+    TLS, where an <authenticate/> gets encryption-required."""
     _stream, _transport, features = World(tmp_path).connect()
     assert (f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism>"
-            "<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/>"
+            "<inline><sm xmlns='urn:xmpp:sm:3'/><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/>"
             "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/></inline></bind>"
             "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline>"
             "</authentication>") in features
