@@ -381,59 +381,6 @@ async def logged(path: str, text: str, timeout: float = 15) -> None:
         await asyncio.sleep(0.05)  # polling the condition, bounded above
 
 
-class XmppJs:
-    """tests/js/session.mjs: an xmpp.js client the test drives, a JSON line per command and per
-    event (what crossed the wire is in *trace*, for the failures)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, trace: Path) -> None:
-        self.process = process
-        self.trace = trace
-        self.messages: list[dict[str, Any]] = []  # every message received, in order
-
-    @classmethod
-    async def start(cls, folder: Path, service: str, username: str, trace: Path) -> XmppJs:
-        with trace.open("wb") as errors:  # the child keeps its own descriptor
-            process = await asyncio.create_subprocess_exec(
-                "node", str(folder / "session.mjs"), service, "localhost", username, "secret",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors)
-        return cls(process, trace)
-
-    def command(self, **command: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(command).encode() + b"\n")
-
-    async def expect(self, *kinds: str, timeout: float = 30) -> Any:
-        """The next event of one of *kinds*: its value, or (kind, value) for several kinds; messages
-        on the way are kept in `messages`, and an error or the client's exit fails the test."""
-        assert self.process.stdout is not None
-        while True:
-            try:
-                line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-            except TimeoutError:
-                raise AssertionError(f"xmpp.js: no {kinds} within {timeout} s; see {self.trace}") from None
-            if not line:
-                raise AssertionError(f"xmpp.js exited waiting for {kinds}:\n{self.trace.read_text()[-4000:]}")
-            event = json.loads(line)
-            if "message" in event:
-                self.messages.append(event["message"])
-            if "error" in event:
-                raise AssertionError(f"xmpp.js: {event['error']}:\n{self.trace.read_text()[-4000:]}")
-            for kind in kinds:
-                if kind in event:
-                    return event[kind] if len(kinds) == 1 else (kind, event[kind])
-
-    async def message(self) -> tuple[str, str]:
-        """The next message's sender and body."""
-        before = len(self.messages)
-        while len(self.messages) == before:
-            await self.expect("message")
-        return self.messages[before]["from"], self.messages[before]["body"]
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-
-
 @pytest_twisted.ensureDeferred
 async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_other_node(
         cluster_of: Any, tmp_path: Path) -> None:
@@ -447,7 +394,7 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
     import io
 
     from sns_xmpp.ops import admin
-    from tests.clients import js_clients, require_client
+    from tests.clients import XmppJs, js_clients, require_client
     from tests.e2e.test_go_clients import go_sendxmpp
 
     require_client("go-sendxmpp")
