@@ -389,8 +389,8 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
     not land on, which the nodes' logs tell): go-sendxmpp (Go's crypto/tls) over STARTTLS and over
     direct TLS; xmpp.js over WebSocket through the balancer's HTTP port (the PROXY protocol on the
     HTTP side), chatting both ways with a slixmpp user on the other node, then its connection cut
-    and its reconnection landing on the other node, where it chats both ways again (the address
-    it has leads there now). Every message arrives once."""
+    and its reconnection landing on the other node, where it resumes its session (XEP-0198 inside
+    SASL2) and chats both ways again (the address it has leads there now). Every message arrives once."""
     import io
 
     from sns_xmpp.ops import admin
@@ -469,11 +469,11 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
         await wait(logged(nodes[first]["log"], f"c2s.detached jid={full}"))  # the node kept the session
         before = logins(state, "erin@localhost")
         erin.command(reconnect=True)
-        # A new session of the same resource, which ends the one kept on the first node (this
-        # server offers XEP-0198's resumption after SASL2 only without Bind2, which xmpp.js always
-        # asks for); or, should the server offer <sm/> inline in SASL2, that session resumed.
-        _, again = await wait(erin.expect("online", "resumed"), 40)
-        assert again == full  # Bind2: the same resource (from the client's tag and user agent)
+        # The session kept on the first node resumed on the second: xmpp.js sends <resume/> inside
+        # SASL2's <authenticate/> (the server lists <sm/> in its <inline/>), and the first node
+        # hands the session over (tests/e2e/test_sasl2_resume_js.py has the same on one server).
+        kind, again = await wait(erin.expect("online", "resumed"), 40)
+        assert (kind, again) == ("resumed", full), f"a new session, not the kept one resumed; see {erin.trace}"
         second = landed(state, "erin@localhost", before)
         assert second == other[first], f"the reconnection landed on {second} again"
 
