@@ -64,12 +64,16 @@ class XmppJs:
         self.process = process
         self.trace = trace
         self.messages: list[dict[str, Any]] = []  # every message received, in order
+        self.tokens: list[dict[str, Any]] = []  # every FAST token received (mechanism, expiry), in order
 
     @classmethod
-    async def start(cls, folder: Path, service: str, username: str, trace: Path) -> XmppJs:
+    async def start(cls, folder: Path, service: str, username: str, trace: Path, *, fast: bool = False) -> XmppJs:
+        """*fast*: the client asks for a FAST token and logs in with it once it has one (its
+        `token` event when it gets one); otherwise it keeps none and uses its password."""
         with trace.open("wb") as errors:  # the child keeps its own descriptor
             process = await asyncio.create_subprocess_exec(
                 "node", str(folder / "session.mjs"), service, "localhost", username, "secret",
+                *(["fast"] if fast else []),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors)
         return cls(process, trace)
 
@@ -79,7 +83,8 @@ class XmppJs:
 
     async def expect(self, *kinds: str, timeout: float = 30) -> Any:
         """The next event of one of *kinds*: its value, or (kind, value) for several kinds; messages
-        on the way are kept in `messages`, and an error or the client's exit fails the test."""
+        and tokens on the way are kept in `messages` and `tokens`, and an error or the client's
+        exit fails the test."""
         assert self.process.stdout is not None
         while True:
             try:
@@ -91,6 +96,8 @@ class XmppJs:
             event = json.loads(line)
             if "message" in event:
                 self.messages.append(event["message"])
+            if "token" in event:
+                self.tokens.append(event["token"])
             if "error" in event:
                 raise AssertionError(f"xmpp.js: {event['error']}:\n{self.trace.read_text()[-4000:]}")
             for kind in kinds:
