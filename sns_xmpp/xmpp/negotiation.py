@@ -458,18 +458,22 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
                 token.addCallback(lambda issued: self._send_success(result.jid, step.additional_data, None, issued))
             return
         self.binding = True
-        bind = request.bind
-
-        def bind_now(issued: IssuedToken | None) -> Deferred[None]:
-            d = self.settings.sessions.bind(stream, result, resource_for(bind, result.jid, request.agent))
-            return d.addCallbacks(lambda full: self._send_success(full, step.additional_data,
-                                                                  self._inline(full, bind), issued),
-                                  self._bind2_refused)
-
         if token is None:
-            bind_now(step.token)
+            self._bind2(step, step.token)
         else:
-            token.addCallback(bind_now)
+            token.addCallback(lambda issued: self._bind2(step, issued))
+
+    def _bind2(self, step: Success, issued: IssuedToken | None,
+               answers: Sequence[domish.Element] = ()) -> Deferred[None]:
+        """Bind2 (XEP-0386) as the request asks, then one <success/> with <bound/>, the token
+        and the SASL2 inline features' *answers*."""
+        request, result = self.request, step.result
+        assert request is not None and request.bind is not None
+        bind = request.bind
+        d = self.settings.sessions.bind(self.xmlstream, result, resource_for(bind, result.jid, request.agent))
+        return d.addCallbacks(lambda full: self._send_success(full, step.additional_data, self._inline(full, bind),
+                                                              issued, answers),
+                              self._bind2_refused)
 
     def _inline_sasl2(self, step: Success, token: Deferred[IssuedToken | None] | None) -> bool:
         """SASL2's inline features (XEP-0388), XEP-0198's <resume/> first among them as it asks:
@@ -532,11 +536,7 @@ class ClientNegotiator(xmlstream.ListenAuthenticator):
             self.binding = False  # the client binds as RFC 6120 has it
             self._send_success(result.jid, step.additional_data, None, issued, elements)
             return
-        bind = request.bind
-        d = self.settings.sessions.bind(stream, result, resource_for(bind, result.jid, request.agent))
-        d.addCallbacks(lambda full: self._send_success(full, step.additional_data, self._inline(full, bind), issued,
-                                                       elements),
-                       self._bind2_refused)
+        self._bind2(step, issued, elements)
 
     def _inline(self, full_jid: str, bind: domish.Element) -> list[domish.Element]:
         """Bind2's inline features (XEP-0386): each child of <bind/> in a namespace a feature
