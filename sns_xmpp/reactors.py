@@ -11,6 +11,8 @@ they use (`IReactorTime` for a clock). `ISiteReactor` is the part a social-site 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFDSet,
@@ -30,3 +32,12 @@ class ISiteReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
 
 class IServerReactor(ISiteReactor, IReactorCore, IReactorSSL, IReactorFDSet, IReactorThreads, IReactorFromThreads):
     """The reactor the server runs on (see the module's doc)."""
+
+
+def at_round_end(reactor: IReactorTime, call: Callable[[], None]) -> None:
+    """Run *call* once the events of the reactor's current round are dispatched, where the reactor
+    offers that (``LeanEPollReactor.after_events``: what a round wrote is sent, or handed on, once,
+    at its end), else from a zero-delay call, which runs before the reactor next waits."""
+    after_events = getattr(reactor, "after_events", None)
+    if after_events is None or not after_events(call):
+        reactor.callLater(0, call)

@@ -30,6 +30,7 @@ from sns_xmpp.cluster.redis_link import reply_text
 from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
+from sns_xmpp.reactors import at_round_end
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_NODE
 from sns_xmpp.xmpp.serialization import standalone_client_xml
@@ -54,6 +55,7 @@ KIND_RESUME = "q"  # a <resume/> for a session this node holds: hand it over (cl
 KIND_SESSION = "h"  # a session handed over for a <resume/> this node got (or none: empty)
 BATCH_STANZAS = 256  # a batch this long is added at once rather than at the end of the round
 BATCH_CHARS = 256 * 1024  # nor is one holding this much stanza text
+MAX_HOPS = 3  # a stanza for a leased entity passed on this often is dropped (leases in flux)
 
 
 class _Batch:
@@ -65,7 +67,6 @@ class _Batch:
         self.items: list[tuple[str, str]] = []
         self.waiters: list[Deferred[None]] = []
         self.chars = 0
-MAX_HOPS = 3  # a stanza for a leased entity passed on this often is dropped (leases in flux)
 
 
 class Inbox:
@@ -82,7 +83,6 @@ class Inbox:
         self.route: Callable[[domish.Element], object] | None = None  # the router's, for KIND_ROUTE
         self.on_stored: Callable[[str], None] = lambda owner: None  # KIND_STORED's account
         self.batches: dict[str, _Batch] = {}  # node -> the stanzas for it this round
-        self._after_events = getattr(clock, "after_events", None)  # LeanEPollReactor's
         self._flush_scheduled = False
         # XEP-0198 resumption across nodes (cluster/resumption.py): the holder's side, the asker's side.
         self.on_resume: Callable[[dict[str, str]], None] = lambda fields: None
@@ -108,8 +108,7 @@ class Inbox:
             batch = self.batches[node] = _Batch()
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                if self._after_events is None or not self._after_events(self.flush_batches):
-                    self.clock.callLater(0, self.flush_batches)
+                at_round_end(self.clock, self.flush_batches)
         batch.items.append((full, text))
         batch.chars += len(text)
         waiter: Deferred[None] = Deferred()

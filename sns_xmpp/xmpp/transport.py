@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.reactors import IServerReactor
+from sns_xmpp.reactors import IServerReactor, at_round_end
 from sns_xmpp.xmpp.proxy_protocol import ProxyHeaderFactory, TrustedProxies
 
 log = GatedLogger()
@@ -73,7 +73,6 @@ class Flusher:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
-        self._after_events = getattr(reactor, "after_events", None)
         self._waiting: list[FlushingServer] = []
         self._scheduled = False
 
@@ -81,8 +80,7 @@ class Flusher:
         self._waiting.append(connection)
         if not self._scheduled:
             self._scheduled = True
-            if self._after_events is None or not self._after_events(self.flush):
-                self._reactor.callLater(0, self.flush)
+            at_round_end(self._reactor, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
