@@ -1162,6 +1162,20 @@ def start_closed_loop(chatters: Sequence[Chatter], window: int) -> None:
             chatter.send()
 
 
+async def measure_closed_loop(job: Job, control: Control, traffic: Traffic, sessions: Sequence[Session],
+                              in_flight: int) -> None:
+    """After a warm-up, the timed window of a closed loop already started (what the daemons' CPU is
+    measured over, told to *control*); then the traffic stops, what is in flight drains and the
+    sessions close."""
+    await asyncio.sleep(warm_up_s(job.duration))
+    await control.ready()
+    closed = await traffic.window(job.duration)
+    await control.measured(False, clients=len(sessions), in_flight=in_flight, **closed)
+    traffic.running = False
+    await traffic.drain(job.timeout)
+    await close_sessions(sessions, job.timeout)
+
+
 def warm_up_s(duration: float) -> float:
     """Traffic before the timed window: queues and caches at their steady state."""
     return min(1.0, duration / 5)
@@ -1357,14 +1371,7 @@ async def room_phase(job: Job, control: Control) -> None:
     for talker in talkers:
         for _ in range(job.window):
             talker.send()
-    await asyncio.sleep(warm_up_s(job.duration))
-
-    await control.ready()
-    closed = await traffic.window(job.duration)
-    await control.measured(False, clients=len(sessions), in_flight=len(talkers) * job.window, **closed)
-    traffic.running = False
-    await traffic.drain(job.timeout)
-    await close_sessions(sessions, job.timeout)
+    await measure_closed_loop(job, control, traffic, sessions, len(talkers) * job.window)
 
 
 async def s2s_phase(job: Job, control: Control) -> None:
@@ -1379,13 +1386,7 @@ async def s2s_phase(job: Job, control: Control) -> None:
     for a, b in zip(here, there, strict=True):
         chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
     start_closed_loop(chatters, job.window)
-    await asyncio.sleep(warm_up_s(job.duration))
-    await control.ready()
-    closed = await traffic.window(job.duration)
-    await control.measured(False, clients=len(here) + len(there), in_flight=len(chatters) * job.window, **closed)
-    traffic.running = False
-    await traffic.drain(job.timeout)
-    await close_sessions(here + there, job.timeout)
+    await measure_closed_loop(job, control, traffic, here + there, len(chatters) * job.window)
 
 
 # How often the cluster phase's clients greet partners that have not heard from them yet.
@@ -1451,13 +1452,7 @@ async def cluster_phase(job: Job, control: Control) -> None:
     for a, b in pairs:
         chatters += [Chatter(a, b.bare, traffic), Chatter(b, a.bare, traffic)]
     start_closed_loop(chatters, job.window)
-    await asyncio.sleep(warm_up_s(job.duration))
-    await control.ready()
-    closed = await traffic.window(job.duration)
-    await control.measured(False, clients=len(sessions), in_flight=len(chatters) * job.window, **closed)
-    traffic.running = False
-    await traffic.drain(job.timeout)
-    await close_sessions(sessions, job.timeout)
+    await measure_closed_loop(job, control, traffic, sessions, len(chatters) * job.window)
 
 
 PHASES: dict[str, Callable[[Job, Control], Awaitable[None]]] = {
