@@ -26,7 +26,7 @@ from twisted.words.xish import domish
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.remote_session import RemoteSession
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_rank
 from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE, STORED_MESSAGES_WAITING, run
 from sns_xmpp.xmpp.sessions import SessionManager
 
@@ -74,9 +74,12 @@ class StoredWhileBinding:
         targets = self.sessions.message_targets(owner)
         if targets:
             # Available since this node chose offline storage: it may have read the stored
-            # messages before this one was there.
+            # messages before this one was there. (A resource of this node's is the offline
+            # feature's own to serve once the write is done: offline.store_for_later.)
             self.recent.pop(owner, None)
-            self._nudge(max(targets, key=_newest))
+            best = max(targets, key=stored_messages_rank)
+            if best.remote:
+                self._nudge(best)
         return result
 
     # -- another node's resource -----------------------------------------------------------------
@@ -88,16 +91,15 @@ class StoredWhileBinding:
             return
         targets = [s for s in self.sessions.message_targets(owner) if isinstance(s, RemoteSession) and s.node == node]
         if targets:
-            self._nudge(max(targets, key=_newest))
+            self._nudge(max(targets, key=stored_messages_rank))
 
     def _nudge(self, session: ClientSession) -> None:
-        if isinstance(session, RemoteSession):
-            log.info("cluster.stored_nudged jid={jid} node={node}", jid=session.bare, node=session.node)
-            self.inbox.nudge(session.node, session.bare).addErrback(
-                lambda reason: log.warn("cluster.nudge_failed node={node} error={error}", node=session.node,
-                                        error=str(reason.value)))
-        else:
-            self.sessions.hooks.fire(STORED_MESSAGES_WAITING, session)
+        """Ask *session*'s node (another one: it is a RemoteSession) to deliver the stored messages."""
+        assert isinstance(session, RemoteSession)
+        log.info("cluster.stored_nudged jid={jid} node={node}", jid=session.bare, node=session.node)
+        self.inbox.nudge(session.node, session.bare).addErrback(
+            lambda reason: log.warn("cluster.nudge_failed node={node} error={error}", node=session.node,
+                                    error=str(reason.value)))
 
     # -- a nudge from another node -----------------------------------------------------------------
 
@@ -106,9 +108,4 @@ class StoredWhileBinding:
         to one of its available resources here (RFC 6121 8.5.2.1.1: priority >= 0), again."""
         here = [s for s in self.sessions.message_targets(owner) if not s.remote]
         if here:
-            self.sessions.hooks.fire(STORED_MESSAGES_WAITING, max(here, key=_newest))
-
-
-def _newest(session: ClientSession) -> tuple[int, float]:
-    """The resource stored messages go to: the highest priority, then the latest to connect."""
-    return (session.priority, session.connected_at)
+            self.sessions.hooks.fire(STORED_MESSAGES_WAITING, max(here, key=stored_messages_rank))

@@ -100,3 +100,9 @@ class ClientSession:
             self.stream.send(element)
         else:
             ledger.send(self, element)
+
+
+def stored_messages_rank(session: ClientSession) -> tuple[int, float]:
+    """Which of an account's available resources its stored messages go to when they are asked
+    for again (STORED_MESSAGES_WAITING): the highest priority, then the latest to connect."""
+    return (session.priority, session.connected_at)

@@ -20,7 +20,7 @@ from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.tally import Tally
-from sns_xmpp.xmpp.client_session import ClientSession
+from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_rank
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import (
     MESSAGE_OFFLINE,
@@ -135,11 +135,12 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
         # The account became available while the write was on its way: its SESSION_AVAILABLE
         # read of the stored messages may have come before the write, so this one goes to a
         # session now rather than at the next login (what a delivery has in hand is not sent twice).
+        # A resource on another node of a cluster is that node's to serve (cluster/stored_messages.py).
         targets = sessions.message_targets(owner)
         if targets:
-            here = [session for session in targets if not session.remote]
-            if here:
-                sessions.hooks.fire(STORED_MESSAGES_WAITING, max(here, key=_priority_then_newest))
+            best = max(targets, key=stored_messages_rank)
+            if not best.remote:
+                sessions.hooks.fire(STORED_MESSAGES_WAITING, best)
 
     def no_such_user(reason: Failure) -> None:
         reason.trap(NoSuchAccountError)
@@ -155,10 +156,6 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
     d.addCallbacks(stored_durably, no_such_user)
     d.addErrback(failed)
     return finished
-
-
-def _priority_then_newest(session: ClientSession) -> tuple[int, float]:
-    return (session.priority, session.connected_at)
 
 
 def deliver_stored(storage: OfflineStorage, session: ClientSession) -> None:
