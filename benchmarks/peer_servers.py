@@ -23,6 +23,15 @@ scenario runs against it unchanged: the same load generator job, the same figure
     python -m benchmarks.peer_servers prosody --port 5322 --data /tmp/p   # serve until Ctrl-C
     python -m benchmarks.peer_servers compare --runs 3 --logins 200        # all three, alternated
 
+``messages`` measures what issue 16's goal counts, messages per server CPU-second, the same way
+against all three: each allows plain TCP, and all three keep every message in their user archive
+(sns-xmpp's MAM and carbons, its default; Prosody's ``mod_mam`` on its default internal storage;
+ejabberd's ``mod_mam`` with ``default: always`` on its default Mnesia), or none of them has one
+(``--archive off``: sns-xmpp with ``features_off`` mam and carbons). Each round runs the msgs
+phase's closed loop (`benchmarks.run.run_msgs`) against each server in turn:
+
+    python -m benchmarks.peer_servers messages --runs 3 --duration 10 --archive on
+
 ``compare`` starts sns-xmpp (`benchmarks.run.Daemon`), Prosody and ejabberd once each, then runs
 the serial ``scram-sha-256+tls`` scenario against each in turn, ``--runs`` times, with
 `benchmarks.run.run_serial` as the bench does: timed by the load generator, then by
@@ -72,6 +81,10 @@ class PeerServer:
     """A throwaway server process in *workdir*, listening for c2s on *port* (loopback)."""
 
     name = "peer"
+    # The messages comparison's settings, set before start: the user archive (XEP-0313) on, as
+    # sns-xmpp has it by default, and plain TCP allowed (its figures are without TLS).
+    archive = False
+    plaintext = False
 
     def __init__(self, workdir: Path, port: int | None = None, accounts: int = 1, nodelay: bool = False) -> None:
         self.workdir = workdir
@@ -187,7 +200,7 @@ class Prosody(PeerServer):
 
     def config(self, certificate: Path, key: Path) -> str:
         data = self.workdir / "data"
-        modules = "; ".join(_lua(module) for module in PROSODY_MODULES)
+        modules = "; ".join(_lua(module) for module in (*PROSODY_MODULES, *(("mam",) if self.archive else ())))
         network = "network_settings = { nagle = false }\n" if self.nodelay else ""
         return f"""-- written by benchmarks/peer_servers.py
 run_as_root = true
@@ -201,7 +214,7 @@ c2s_direct_tls_ports = {{ }}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-c2s_require_encryption = true
+c2s_require_encryption = {"false" if self.plaintext else "true"}
 authentication = "internal_hashed"
 password_hash = "SHA-256"
 default_iteration_count = {DEFAULT_ITERATIONS}
@@ -276,6 +289,8 @@ class Ejabberd(PeerServer):
 
     def config(self, certificate: Path, key: Path) -> str:
         modules = "\n".join(f"  {module}: {{}}" for module in EJABBERD_MODULES)
+        if self.archive:  # every message kept, as sns-xmpp and Prosody do by default (ejabberd's is never)
+            modules += "\n  mod_mam: {default: always}"
         return f"""# written by benchmarks/peer_servers.py
 hosts:
   - {_yaml(DOMAIN)}
@@ -294,7 +309,7 @@ listen:
     max_stanza_size: 262144
     shaper: c2s_shaper
     access: c2s
-    starttls_required: true
+    starttls_required: {"false" if self.plaintext else "true"}
 auth_method: internal
 auth_password_format: scram
 auth_scram_hash: sha256
@@ -391,17 +406,20 @@ def serial_rows(server: run.Daemon | PeerServer, logins: int) -> dict[str, dict[
 
 
 @contextmanager
-def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) -> Iterator[dict[str, Any]]:
+def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool, archive: bool | None = None
+            ) -> Iterator[dict[str, Any]]:
     """Each server named in *names* (``sns-xmpp``, ``prosody``, ``ejabberd``; ``prosody-nodelay`` is
     Prosody with Nagle's algorithm off, ``ejabberd-nospin`` ejabberd whose schedulers do not spin
-    before they sleep), started in a folder of its own."""
+    before they sleep), started in a folder of its own. With *archive* True or False (the
+    messages comparison), each allows plain TCP, and keeps every message in its user archive or
+    has none (sns-xmpp: MAM and carbons on, its default, or ``features_off``)."""
     started: dict[str, Any] = {}
     with ExitStack() as stack:
         for name in names:
             workdir = folder / name
             workdir.mkdir()
             if name == "sns-xmpp":
-                daemon = run.Daemon(workdir, accounts)
+                daemon = run.Daemon(workdir, accounts, features_off=("mam", "carbons") if archive is False else ())
                 stack.callback(daemon.stop)
                 daemon.start()
                 started[name] = daemon
@@ -412,6 +430,8 @@ def servers(folder: Path, names: Sequence[str], accounts: int, nodelay: bool) ->
                 peer = peer_server(kind, workdir, None, accounts, nodelay or variant == "nodelay")
                 if isinstance(peer, Ejabberd):
                     peer.busy_wait = variant != "nospin"
+                if archive is not None:
+                    peer.archive, peer.plaintext = archive, True
                 stack.enter_context(peer)
                 started[name] = peer
         waited = time.monotonic()
@@ -475,6 +495,47 @@ def compare(names: Sequence[str], runs: int, logins: int, accounts: int, nodelay
     return report
 
 
+def messages(names: Sequence[str], runs: int, duration: float, archive: bool, keep: bool) -> dict[str, Any]:
+    """The msgs phase's closed loop over plain TCP (`benchmarks.run.run_msgs`: 50 pairs, 4 messages
+    in flight each, SCRAM-SHA-256 logins), against each server in turn, *runs* times; each
+    server with its user archive on or without one (*archive*). Messages per server CPU-second
+    are what issue 16's goal and its figures for Prosody and ejabberd count."""
+    settings = run.parse_args(["--phases", "msgs", "--transports", "tcp", "--duration", str(duration),
+                               "--open-fraction", "0"])
+    accounts = 2 * settings.pairs
+    report: dict[str, Any] = {"versions": {}, "runs": [], "archive": archive, "load_before": run.load_average(),
+                              "machine": run.machine_description(), "revision": run.git_revision()}
+    folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
+    try:
+        with servers(folder, names, accounts, False, archive) as started:
+            for name, server in started.items():
+                report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
+            for number in range(1, runs + 1):
+                for name, server in started.items():
+                    row = run.run_msgs(server, settings, "tcp")
+                    cpu = row["cpu"]["server_cpu_s"]
+                    summary = {"run": number, "server": name, "delivered": row["delivered"],
+                               "messages_per_s": row["messages_per_s"],
+                               "per_server_cpu_s": round(row["delivered"] / cpu) if cpu else None,
+                               "server_pct": row["cpu"]["server_pct"], "generator_pct": row["cpu"]["generator_pct"],
+                               "other_pct": row["cpu"]["other_pct"], "p99_ms": row["latency_ms"]["p99"],
+                               "bounced": row["bounced"], "warnings": row.get("warnings"), "load": run.load_average()}
+                    print(f"run {number} {name:<9} archive {archive}: {summary['per_server_cpu_s']} messages per "
+                          f"server CPU-second ({summary['messages_per_s']}/s, server {summary['server_pct']}%, "
+                          f"generator {summary['generator_pct']}%, other {summary['other_pct']}%)",
+                          file=sys.stderr, flush=True)
+                    report["runs"].append(summary)
+            report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
+                              else run.read_log(server.log_path).excerpts for name, server in started.items()}
+    finally:
+        if keep:
+            print(f"peers: kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    report["load_after"] = run.load_average()
+    return report
+
+
 def _line(row: dict[str, Any]) -> str:
     return (f"run {row['run']} {row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
             f"  p50 {row['p50']} p90 {row['p90']} p99 {row['p99']} max {row['max']} ms"
@@ -513,8 +574,9 @@ def serve(kind: str, port: int, data: Path | None, accounts: int, nodelay: bool)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_servers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=(*SERVERS, "compare"),
-                        help="serve one peer server until interrupted, or compare all three")
+    parser.add_argument("what", choices=(*SERVERS, "compare", "messages"),
+                        help="serve one peer server until interrupted, or compare all three (lone logins, or "
+                             "messages per server CPU-second)")
     parser.add_argument("--port", type=int, default=0, help="c2s port (default: a free one)")
     parser.add_argument("--data", type=Path, help="the server's folder (default: a temporary one, removed)")
     parser.add_argument("--accounts", type=int, default=run.DEFAULTS["serial_logins"],
@@ -526,11 +588,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logins", type=int, default=run.DEFAULTS["serial_logins"],
                         help="compare: logins per measurement")
     parser.add_argument("--keep", action="store_true", help="compare: keep the servers' folders")
+    parser.add_argument("--duration", type=float, default=10.0, help="messages: seconds per measurement")
+    parser.add_argument("--archive", choices=("on", "off"), default="on",
+                        help="messages: every server with its user archive (MAM) on, or none")
     args = parser.parse_args(argv)
     try:
-        if args.what != "compare":
+        if args.what not in ("compare", "messages"):
             return serve(args.what, args.port, args.data, args.accounts, args.nodelay)
         names = [name for name in args.servers.split(",") if name]
+        if args.what == "messages":
+            print(json.dumps(messages(names, args.runs, args.duration, args.archive == "on", args.keep), indent=1))
+            return 0
         report = compare(names, args.runs, args.logins, args.accounts, args.nodelay, args.keep)
         print(json.dumps(report, indent=1))
         return 0
