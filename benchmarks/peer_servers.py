@@ -32,6 +32,12 @@ phase's closed loop (`benchmarks.run.run_msgs`) against each server in turn:
 
     python -m benchmarks.peer_servers messages --runs 3 --duration 10 --archive on
 
+``logins`` runs the login phase's ``scram-sha-256+tcp`` scenario (`benchmarks.run.run_login`)
+against each server in turn, with the same set-up as ``messages`` (archives on), for the server
+CPU per login beside which sns-xmpp's FAST logins read (issue 15):
+
+    python -m benchmarks.peer_servers logins --runs 3 --logins 3000
+
 ``compare`` starts sns-xmpp (`benchmarks.run.Daemon`), Prosody and ejabberd once each, then runs
 the serial ``scram-sha-256+tls`` scenario against each in turn, ``--runs`` times, with
 `benchmarks.run.run_serial` as the bench does: timed by the load generator, then by
@@ -536,6 +542,46 @@ def messages(names: Sequence[str], runs: int, duration: float, archive: bool, ke
     return report
 
 
+def logins(names: Sequence[str], runs: int, count: int, keep: bool) -> dict[str, Any]:
+    """The login phase's SCRAM-SHA-256 logins over plain TCP (`benchmarks.run.run_login`: 50 at
+    once, each a whole login with its initial presence, then the stream closed), against each
+    server in turn, *runs* times: server CPU per login, beside which issue 15's FAST figure reads."""
+    settings = run.parse_args(["--phases", "login", "--logins", str(count)])
+    accounts = 2 * settings.concurrency
+    [scenario] = run.login_scenarios(["scram-sha-256+tcp"], accounts, count, None)
+    report: dict[str, Any] = {"versions": {}, "runs": [], "load_before": run.load_average(),
+                              "machine": run.machine_description(), "revision": run.git_revision()}
+    folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
+    try:
+        with servers(folder, names, accounts, False, archive=True) as started:
+            for name, server in started.items():
+                report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
+            for number in range(1, runs + 1):
+                for name, server in started.items():
+                    row = run.run_login(server, settings, scenario)
+                    summary = {"run": number, "server": name, "logins": row["logins"], "failed": row["failed"],
+                               "logins_per_s": row["logins_per_s"], "server_cpu_ms": row["server_cpu_ms_per_login"],
+                               "generator_cpu_ms": round(1000 * row["cpu"]["generator_cpu_s"] / row["logins"], 3)
+                               if row["logins"] else None,
+                               "server_pct": row["cpu"]["server_pct"], "other_pct": row["cpu"]["other_pct"],
+                               "p99_ms": row["latency_ms"]["p99"], "errors": row["errors"],
+                               "warnings": row["warnings"], "load": run.load_average()}
+                    print(f"run {number} {name:<9} {summary['server_cpu_ms']} ms of server CPU per login "
+                          f"({summary['logins']} ok, {summary['failed']} failed, {summary['logins_per_s']}/s, "
+                          f"server {summary['server_pct']}%, other {summary['other_pct']}%)",
+                          file=sys.stderr, flush=True)
+                    report["runs"].append(summary)
+            report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
+                              else run.read_log(server.log_path).excerpts for name, server in started.items()}
+    finally:
+        if keep:
+            print(f"peers: kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    report["load_after"] = run.load_average()
+    return report
+
+
 def _line(row: dict[str, Any]) -> str:
     return (f"run {row['run']} {row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
             f"  p50 {row['p50']} p90 {row['p90']} p99 {row['p99']} max {row['max']} ms"
@@ -574,7 +620,7 @@ def serve(kind: str, port: int, data: Path | None, accounts: int, nodelay: bool)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_servers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=(*SERVERS, "compare", "messages"),
+    parser.add_argument("what", choices=(*SERVERS, "compare", "messages", "logins"),
                         help="serve one peer server until interrupted, or compare all three (lone logins, or "
                              "messages per server CPU-second)")
     parser.add_argument("--port", type=int, default=0, help="c2s port (default: a free one)")
@@ -593,9 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="messages: every server with its user archive (MAM) on, or none")
     args = parser.parse_args(argv)
     try:
-        if args.what not in ("compare", "messages"):
+        if args.what not in ("compare", "messages", "logins"):
             return serve(args.what, args.port, args.data, args.accounts, args.nodelay)
         names = [name for name in args.servers.split(",") if name]
+        if args.what == "logins":
+            print(json.dumps(logins(names, args.runs, args.logins, args.keep), indent=1))
+            return 0
         if args.what == "messages":
             print(json.dumps(messages(names, args.runs, args.duration, args.archive == "on", args.keep), indent=1))
             return 0
