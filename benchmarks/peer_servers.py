@@ -58,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -475,20 +475,23 @@ def _summary(client: str, row: dict[str, Any]) -> dict[str, Any]:
             "client_cpu_ms": row.get("client_cpu_ms_per_login"), "other_pct": None, "errors": row.get("errors", {})}
 
 
-def compare(names: Sequence[str], runs: int, logins: int, accounts: int, nodelay: bool,
-            keep: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"versions": {}, "runs": [], "load_before": run.load_average(),
+def rounds(names: Sequence[str], runs: int, accounts: int, nodelay: bool, archive: bool | None, keep: bool,
+           measure: Callable[[str, Any], list[dict[str, Any]]], **about: Any) -> dict[str, Any]:
+    """Start the servers named in *names* (see `servers`), then *runs* rounds over them in turn,
+    each row that *measure* (server name, server) returns tagged with its round and the load: the
+    report, with the servers' versions and the tails of their logs."""
+    report: dict[str, Any] = {"versions": {}, "runs": [], **about, "load_before": run.load_average(),
                               "machine": run.machine_description(), "revision": run.git_revision()}
     folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
     try:
-        with servers(folder, names, accounts, nodelay) as started:
+        with servers(folder, names, accounts, nodelay, archive) as started:
             for name, server in started.items():
                 report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
             for number in range(1, runs + 1):
                 for name, server in started.items():
-                    for client, row in serial_rows(server, logins).items():
-                        row.update(run=number, client=client, server=name, load=run.load_average())
-                        print(_line(row), file=sys.stderr, flush=True)
+                    for row in measure(name, server):
+                        row.update(run=number, load=run.load_average())
+                        print(f"run {number} {_line(row)}", file=sys.stderr, flush=True)
                         report["runs"].append(row)
             report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
                               else run.read_log(server.log_path).excerpts for name, server in started.items()}
@@ -501,6 +504,14 @@ def compare(names: Sequence[str], runs: int, logins: int, accounts: int, nodelay
     return report
 
 
+def compare(names: Sequence[str], runs: int, logins: int, accounts: int, nodelay: bool,
+            keep: bool) -> dict[str, Any]:
+    def measure(name: str, server: Any) -> list[dict[str, Any]]:
+        return [{**row, "client": client, "server": name} for client, row in serial_rows(server, logins).items()]
+
+    return rounds(names, runs, accounts, nodelay, None, keep, measure)
+
+
 def messages(names: Sequence[str], runs: int, duration: float, archive: bool, keep: bool) -> dict[str, Any]:
     """The msgs phase's closed loop over plain TCP (`benchmarks.run.run_msgs`: 50 pairs, 4 messages
     in flight each, SCRAM-SHA-256 logins), against each server in turn, *runs* times; each
@@ -508,38 +519,17 @@ def messages(names: Sequence[str], runs: int, duration: float, archive: bool, ke
     are what issue 16's goal and its figures for Prosody and ejabberd count."""
     settings = run.parse_args(["--phases", "msgs", "--transports", "tcp", "--duration", str(duration),
                                "--open-fraction", "0"])
-    accounts = 2 * settings.pairs
-    report: dict[str, Any] = {"versions": {}, "runs": [], "archive": archive, "load_before": run.load_average(),
-                              "machine": run.machine_description(), "revision": run.git_revision()}
-    folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
-    try:
-        with servers(folder, names, accounts, False, archive) as started:
-            for name, server in started.items():
-                report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
-            for number in range(1, runs + 1):
-                for name, server in started.items():
-                    row = run.run_msgs(server, settings, "tcp")
-                    cpu = row["cpu"]["server_cpu_s"]
-                    summary = {"run": number, "server": name, "delivered": row["delivered"],
-                               "messages_per_s": row["messages_per_s"],
-                               "per_server_cpu_s": round(row["delivered"] / cpu) if cpu else None,
-                               "server_pct": row["cpu"]["server_pct"], "generator_pct": row["cpu"]["generator_pct"],
-                               "other_pct": row["cpu"]["other_pct"], "p99_ms": row["latency_ms"]["p99"],
-                               "bounced": row["bounced"], "warnings": row.get("warnings"), "load": run.load_average()}
-                    print(f"run {number} {name:<9} archive {archive}: {summary['per_server_cpu_s']} messages per "
-                          f"server CPU-second ({summary['messages_per_s']}/s, server {summary['server_pct']}%, "
-                          f"generator {summary['generator_pct']}%, other {summary['other_pct']}%)",
-                          file=sys.stderr, flush=True)
-                    report["runs"].append(summary)
-            report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
-                              else run.read_log(server.log_path).excerpts for name, server in started.items()}
-    finally:
-        if keep:
-            print(f"peers: kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    report["load_after"] = run.load_average()
-    return report
+
+    def measure(name: str, server: Any) -> list[dict[str, Any]]:
+        row = run.run_msgs(server, settings, "tcp")
+        cpu = row["cpu"]
+        return [{"server": name, "archive": archive, "delivered": row["delivered"],
+                 "messages_per_s": row["messages_per_s"],
+                 "per_server_cpu_s": round(row["delivered"] / cpu["server_cpu_s"]) if cpu["server_cpu_s"] else None,
+                 "server_pct": cpu["server_pct"], "generator_pct": cpu["generator_pct"], "other_pct": cpu["other_pct"],
+                 "p99_ms": row["latency_ms"]["p99"], "bounced": row["bounced"], "warnings": row["warnings"]}]
+
+    return rounds(names, runs, 2 * settings.pairs, False, archive, keep, measure, with_archive=archive)
 
 
 def logins(names: Sequence[str], runs: int, count: int, keep: bool) -> dict[str, Any]:
@@ -549,41 +539,30 @@ def logins(names: Sequence[str], runs: int, count: int, keep: bool) -> dict[str,
     settings = run.parse_args(["--phases", "login", "--logins", str(count)])
     accounts = 2 * settings.concurrency
     [scenario] = run.login_scenarios(["scram-sha-256+tcp"], accounts, count, None)
-    report: dict[str, Any] = {"versions": {}, "runs": [], "load_before": run.load_average(),
-                              "machine": run.machine_description(), "revision": run.git_revision()}
-    folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
-    try:
-        with servers(folder, names, accounts, False, archive=True) as started:
-            for name, server in started.items():
-                report["versions"][name] = server.version() if isinstance(server, PeerServer) else run.git_revision()
-            for number in range(1, runs + 1):
-                for name, server in started.items():
-                    row = run.run_login(server, settings, scenario)
-                    summary = {"run": number, "server": name, "logins": row["logins"], "failed": row["failed"],
-                               "logins_per_s": row["logins_per_s"], "server_cpu_ms": row["server_cpu_ms_per_login"],
-                               "generator_cpu_ms": round(1000 * row["cpu"]["generator_cpu_s"] / row["logins"], 3)
-                               if row["logins"] else None,
-                               "server_pct": row["cpu"]["server_pct"], "other_pct": row["cpu"]["other_pct"],
-                               "p99_ms": row["latency_ms"]["p99"], "errors": row["errors"],
-                               "warnings": row["warnings"], "load": run.load_average()}
-                    print(f"run {number} {name:<9} {summary['server_cpu_ms']} ms of server CPU per login "
-                          f"({summary['logins']} ok, {summary['failed']} failed, {summary['logins_per_s']}/s, "
-                          f"server {summary['server_pct']}%, other {summary['other_pct']}%)",
-                          file=sys.stderr, flush=True)
-                    report["runs"].append(summary)
-            report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
-                              else run.read_log(server.log_path).excerpts for name, server in started.items()}
-    finally:
-        if keep:
-            print(f"peers: kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    report["load_after"] = run.load_average()
-    return report
+
+    def measure(name: str, server: Any) -> list[dict[str, Any]]:
+        row = run.run_login(server, settings, scenario)
+        ok = row["logins"]
+        return [{"server": name, "logins": ok, "failed": row["failed"], "logins_per_s": row["logins_per_s"],
+                 "server_cpu_ms": row["server_cpu_ms_per_login"],
+                 "generator_cpu_ms": round(1000 * row["cpu"]["generator_cpu_s"] / ok, 3) if ok else None,
+                 "server_pct": row["cpu"]["server_pct"], "other_pct": row["cpu"]["other_pct"],
+                 "p99_ms": row["latency_ms"]["p99"], "errors": row["errors"], "warnings": row["warnings"]}]
+
+    return rounds(names, runs, accounts, False, True, keep, measure)
 
 
 def _line(row: dict[str, Any]) -> str:
-    return (f"run {row['run']} {row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
+    """One row of a round, as the runs go: a lone login's, a messages round's or a logins round's."""
+    if "per_server_cpu_s" in row:
+        return (f"{row['server']:<9} archive {row['archive']}: {row['per_server_cpu_s']} messages per server "
+                f"CPU-second ({row['messages_per_s']}/s, server {row['server_pct']}%, generator "
+                f"{row['generator_pct']}%, other {row['other_pct']}%)")
+    if "client" not in row:
+        return (f"{row['server']:<9} {row['server_cpu_ms']} ms of server CPU per login ({row['logins']} ok, "
+                f"{row['failed']} failed, {row['logins_per_s']}/s, server {row['server_pct']}%, "
+                f"other {row['other_pct']}%)")
+    return (f"{row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
             f"  p50 {row['p50']} p90 {row['p90']} p99 {row['p99']} max {row['max']} ms"
             f"  server cpu {row['server_cpu_ms']} ms/login, client cpu {row['client_cpu_ms']} ms/login"
             f"  load {row['load']}")
