@@ -475,12 +475,27 @@ def _summary(client: str, row: dict[str, Any]) -> dict[str, Any]:
             "client_cpu_ms": row.get("client_cpu_ms_per_login"), "other_pct": None, "errors": row.get("errors", {})}
 
 
+def _line(row: dict[str, Any]) -> str:
+    """A login row (a lone login's client, or the login phase's load generator), as the runs go."""
+    return (f"{row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
+            f"  p50 {row['p50']} p90 {row['p90']} p99 {row['p99']} max {row['max']} ms"
+            f"  server cpu {row['server_cpu_ms']} ms/login, client cpu {row['client_cpu_ms']} ms/login"
+            f"  load {row['load']}")
+
+
+def _messages_line(row: dict[str, Any]) -> str:
+    return (f"{row['server']:<9} archive {row['archive']}: {row['per_server_cpu_s']} messages per server "
+            f"CPU-second ({row['messages_per_s']}/s, server {row['server_pct']}%, generator "
+            f"{row['generator_pct']}%, other {row['other_pct']}%)")
+
+
 def rounds(names: Sequence[str], runs: int, accounts: int, nodelay: bool, archive: bool | None, keep: bool,
-           measure: Callable[[str, Any], list[dict[str, Any]]], **about: Any) -> dict[str, Any]:
+           measure: Callable[[str, Any], list[dict[str, Any]]], line: Callable[[dict[str, Any]], str] = _line
+           ) -> dict[str, Any]:
     """Start the servers named in *names* (see `servers`), then *runs* rounds over them in turn,
-    each row that *measure* (server name, server) returns tagged with its round and the load: the
-    report, with the servers' versions and the tails of their logs."""
-    report: dict[str, Any] = {"versions": {}, "runs": [], **about, "load_before": run.load_average(),
+    each row that *measure* (server name, server) returns tagged with its round and the load, and
+    printed as *line* writes it: the report, with the servers' versions and the tails of their logs."""
+    report: dict[str, Any] = {"versions": {}, "runs": [], "load_before": run.load_average(),
                               "machine": run.machine_description(), "revision": run.git_revision()}
     folder = Path(tempfile.mkdtemp(prefix="sns-xmpp-peers-"))
     try:
@@ -491,7 +506,7 @@ def rounds(names: Sequence[str], runs: int, accounts: int, nodelay: bool, archiv
                 for name, server in started.items():
                     for row in measure(name, server):
                         row.update(run=number, load=run.load_average())
-                        print(f"run {number} {_line(row)}", file=sys.stderr, flush=True)
+                        print(f"run {number} {line(row)}", file=sys.stderr, flush=True)
                         report["runs"].append(row)
             report["logs"] = {name: server.log_tail(2000) if isinstance(server, PeerServer)
                               else run.read_log(server.log_path).excerpts for name, server in started.items()}
@@ -529,7 +544,7 @@ def messages(names: Sequence[str], runs: int, duration: float, archive: bool, ke
                  "server_pct": cpu["server_pct"], "generator_pct": cpu["generator_pct"], "other_pct": cpu["other_pct"],
                  "p99_ms": row["latency_ms"]["p99"], "bounced": row["bounced"], "warnings": row["warnings"]}]
 
-    return rounds(names, runs, 2 * settings.pairs, False, archive, keep, measure, with_archive=archive)
+    return rounds(names, runs, 2 * settings.pairs, False, archive, keep, measure, _messages_line)
 
 
 def logins(names: Sequence[str], runs: int, count: int, keep: bool) -> dict[str, Any]:
@@ -542,30 +557,10 @@ def logins(names: Sequence[str], runs: int, count: int, keep: bool) -> dict[str,
 
     def measure(name: str, server: Any) -> list[dict[str, Any]]:
         row = run.run_login(server, settings, scenario)
-        ok = row["logins"]
-        return [{"server": name, "logins": ok, "failed": row["failed"], "logins_per_s": row["logins_per_s"],
-                 "server_cpu_ms": row["server_cpu_ms_per_login"],
-                 "generator_cpu_ms": round(1000 * row["cpu"]["generator_cpu_s"] / ok, 3) if ok else None,
-                 "server_pct": row["cpu"]["server_pct"], "other_pct": row["cpu"]["other_pct"],
-                 "p99_ms": row["latency_ms"]["p99"], "errors": row["errors"], "warnings": row["warnings"]}]
+        return [{**_summary("loadgen", row), "client": "loadgen", "server": name, "logins_per_s": row["logins_per_s"],
+                 "warnings": row["warnings"]}]
 
     return rounds(names, runs, accounts, False, True, keep, measure)
-
-
-def _line(row: dict[str, Any]) -> str:
-    """One row of a round, as the runs go: a lone login's, a messages round's or a logins round's."""
-    if "per_server_cpu_s" in row:
-        return (f"{row['server']:<9} archive {row['archive']}: {row['per_server_cpu_s']} messages per server "
-                f"CPU-second ({row['messages_per_s']}/s, server {row['server_pct']}%, generator "
-                f"{row['generator_pct']}%, other {row['other_pct']}%)")
-    if "client" not in row:
-        return (f"{row['server']:<9} {row['server_cpu_ms']} ms of server CPU per login ({row['logins']} ok, "
-                f"{row['failed']} failed, {row['logins_per_s']}/s, server {row['server_pct']}%, "
-                f"other {row['other_pct']}%)")
-    return (f"{row['client']:<12} {row['server']:<9} logins {row['logins']} failed {row['failed']}"
-            f"  p50 {row['p50']} p90 {row['p90']} p99 {row['p99']} max {row['max']} ms"
-            f"  server cpu {row['server_cpu_ms']} ms/login, client cpu {row['client_cpu_ms']} ms/login"
-            f"  load {row['load']}")
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -622,12 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args.what, args.port, args.data, args.accounts, args.nodelay)
         names = [name for name in args.servers.split(",") if name]
         if args.what == "logins":
-            print(json.dumps(logins(names, args.runs, args.logins, args.keep), indent=1))
-            return 0
-        if args.what == "messages":
-            print(json.dumps(messages(names, args.runs, args.duration, args.archive == "on", args.keep), indent=1))
-            return 0
-        report = compare(names, args.runs, args.logins, args.accounts, args.nodelay, args.keep)
+            report = logins(names, args.runs, args.logins, args.keep)
+        elif args.what == "messages":
+            report = messages(names, args.runs, args.duration, args.archive == "on", args.keep)
+        else:
+            report = compare(names, args.runs, args.logins, args.accounts, args.nodelay, args.keep)
         print(json.dumps(report, indent=1))
         return 0
     except run.BenchError as error:
