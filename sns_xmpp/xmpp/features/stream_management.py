@@ -241,6 +241,12 @@ class Resumed:
             stream.send(stanza)
 
 
+def _superseded(old: ClientStream) -> None:
+    """End the stream a resumed session had, if it is still open: the session goes on elsewhere."""
+    if not old.closed:
+        old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+
+
 def _sasl2_answer(outcome: Resumed | domish.Element) -> SASL2Answer:
     if isinstance(outcome, Resumed):
         return SASL2Answer(outcome.element, resumed=outcome.session.full, then=outcome.replay)
@@ -344,8 +350,8 @@ class Resumption:
         session.detached = False
         sm.stream = stream
         self.sessions.attach(session, stream)
-        if old is not stream and not old.closed:  # (a session from another node came with this stream)
-            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+        if old is not stream:  # (a session from another node came with this stream)
+            _superseded(old)
         resumed = domish.Element((NS_SM, "resumed"))
         resumed["previd"] = previd
         resumed["h"] = str(sm.handled % 2**32)
@@ -363,8 +369,7 @@ class Resumption:
             return None
         old = session.stream
         state = self.sessions.move_out(session)
-        if not old.closed:
-            old.fail(StreamError("conflict", text="the session was resumed elsewhere"))
+        _superseded(old)
         log.info("c2s.handed_over jid={jid}", jid=session.full)
         return state
 
