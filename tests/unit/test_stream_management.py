@@ -122,6 +122,16 @@ def world(store: MemoryStore | None = None) -> tuple[SessionManager, ClientStrea
     return sessions, factory, clock
 
 
+def one_stored_for_bob(body: str) -> MemoryStore:
+    """A store holding one offline message for bob (from erin), whose body is *body*."""
+    store = MemoryStore()
+    store.offline["bob@localhost"] = [OfflineMessage(
+        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
+           f"<body>{body}</body></message>", 0.0)]
+    store._ids = 1
+    return store
+
+
 def log_in(sessions: SessionManager, factory: ClientStreamFactory, jid: str, host: str,
            sm: bool = True) -> tuple[ClientStream, StringTransport, ClientSession]:
     stream, transport = connect(factory, host)
@@ -202,11 +212,7 @@ def test_server_pings_and_error_answers_are_counted_too() -> None:
 
 def test_offline_messages_unacknowledged_at_a_drop_go_back_to_storage() -> None:
     """Offline messages delivered but never acknowledged are not lost when the session ends."""
-    store = MemoryStore()
-    store.offline["bob@localhost"] = [OfflineMessage(
-        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
-           "<body>kept</body></message>", 0.0)]
-    store._ids = 1
+    store = one_stored_for_bob("kept")
     sessions, factory, clock = world(store)
     bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
     bob.dataReceived(b"<presence/>")
@@ -254,11 +260,7 @@ def test_unacknowledged_text_another_node_forwarded_is_delivered_again_and_a_sto
     storage as it was, and text a cluster's node forwarded (a stanza, as its text) through delivery
     as any stanza would, so offline storage stamps it with its <delay/>. Both were kept as they
     were, the forwarded one unstamped, past the offline hooks (found by the cluster's xmpp.js test)."""
-    store = MemoryStore()
-    store.offline["bob@localhost"] = [OfflineMessage(
-        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
-           "<body>stored</body></message>", 0.0)]
-    store._ids = 1
+    store = one_stored_for_bob("stored")
     sessions, factory, clock = world(store)
     bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
     bob.dataReceived(b"<presence/>")
@@ -439,11 +441,7 @@ def test_a_stream_whose_client_does_not_read_ends_at_the_outbound_bound() -> Non
 def test_a_resumed_session_gets_its_unacknowledged_offline_messages_again() -> None:
     """The connection drops after offline messages went out unacknowledged; the <resume/> on a new
     connection (h=0) gets them again, as they were stored, before anything new."""
-    store = MemoryStore()
-    store.offline["bob@localhost"] = [OfflineMessage(
-        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
-           "<body>kept</body></message>", 0.0)]
-    store._ids = 1
+    store = one_stored_for_bob("kept")
     sessions, factory, clock = world(store)
     bob, transport, session = log_in(sessions, factory, "bob@localhost", "192.0.2.2")
     bob.dataReceived(b"<presence/>")
@@ -505,11 +503,7 @@ def test_a_session_taken_out_of_one_node_resumes_on_another_with_its_ledger() ->
     unavailable presence and delivers nothing again; carbons and the roster request came along."""
     from sns_xmpp.cluster.resumption import decode, encode
 
-    store = MemoryStore()
-    store.offline["bob@localhost"] = [OfflineMessage(
-        1, "<message xmlns='jabber:client' to='bob@localhost' from='erin@localhost/x' type='chat'>"
-           "<body>kept</body></message>", 0.0)]
-    store._ids = 1
+    store = one_stored_for_bob("kept")
     store.rosters["bob@localhost"] = {"alice@localhost": RosterItem("alice@localhost", subscription="both")}
     store.rosters["alice@localhost"] = {"bob@localhost": RosterItem("bob@localhost", subscription="both")}
     one, factory, clock = world(store)
