@@ -111,6 +111,16 @@ class XmppJs:
             await self.expect("message")
         return self.messages[before]["from"], self.messages[before]["body"]
 
+    async def chat_both_ways(self, full: str, partner: Any, outgoing: str, incoming: str) -> None:
+        """This client, bound as *full*, sends *outgoing* to *partner*'s bare JID (a slixmpp
+        `tests.xmppclient.Client`), who hears it from *full*; *partner* answers *incoming*, which
+        arrives here from *partner*."""
+        self.command(send={"to": partner.boundjid.bare, "body": outgoing})
+        heard = await partner.next_message()
+        assert (heard["body"], str(heard["from"])) == (outgoing, full)
+        partner.send_message(mto=full, mbody=incoming, mtype="chat")
+        assert await asyncio.wait_for(self.message(), 40) == (str(partner.boundjid), incoming)
+
     def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()

@@ -453,12 +453,7 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
     try:
         full = await wait(erin.expect("online"), 40)
         first = landed(state, "erin@localhost", before)
-        partner = residents[other[first]]
-        erin.command(send={"to": "dave@localhost" if other[first] == "node0" else "frank@localhost",
-                           "body": f"from xmpp.js on {first}"})
-        assert await next_body(partner) == (f"from xmpp.js on {first}", full)
-        partner.send_message(mto=full, mbody="to xmpp.js", mtype="chat")
-        assert await wait(erin.message(), 40) == (str(partner.boundjid), "to xmpp.js")
+        await wait(erin.chat_both_ways(full, residents[other[first]], f"from xmpp.js on {first}", "to xmpp.js"), 60)
 
         # The connection cut under xmpp.js (a network drop, everything it received acknowledged,
         # so that nothing is due to come again), and its reconnection through the same address:
@@ -478,12 +473,7 @@ async def test_go_sendxmpp_and_xmpp_js_through_the_balancer_reach_users_on_the_o
         assert second == other[first], f"the reconnection landed on {second} again"
 
         # Both ways again, with the user now on the other node: the address it has now leads there.
-        partner = residents[first]
-        erin.command(send={"to": "dave@localhost" if first == "node0" else "frank@localhost",
-                           "body": f"from xmpp.js on {second}"})
-        assert await next_body(partner) == (f"from xmpp.js on {second}", full)
-        partner.send_message(mto=full, mbody="to xmpp.js again", mtype="chat")
-        assert await wait(erin.message(), 40) == (str(partner.boundjid), "to xmpp.js again")
+        await wait(erin.chat_both_ways(full, residents[first], f"from xmpp.js on {second}", "to xmpp.js again"), 60)
         erin.command(stop=True)
         await wait(erin.expect("stopped"), 40)
     finally:

@@ -52,11 +52,7 @@ async def online_then_detached(server: Any, erin: XmppJs, bob: Any) -> tuple[str
     assert session is not None and isinstance(session.ledger, StreamManagement)
     assert session.ledger.resume_id is not None, "xmpp.js asked for a resumable session"
 
-    erin.command(send={"to": "bob@localhost", "body": "from xmpp.js"})
-    heard = await wait(bob.next_message())
-    assert (heard["body"], str(heard["from"])) == ("from xmpp.js", full)
-    bob.send_message(mto=full, mbody="to xmpp.js", mtype="chat")
-    assert await wait(erin.message(), 40) == (str(bob.boundjid), "to xmpp.js")
+    await wait(erin.chat_both_ways(full, bob, "from xmpp.js", "to xmpp.js"), 60)
 
     erin.command(drop=True)
     await wait(erin.expect("dropped"), 40)
@@ -84,11 +80,7 @@ async def resumed_and_chatting_on(server: Any, erin: XmppJs, bob: Any, full: str
     assert [s.full for s in server.sessions.resources("erin@localhost")] == [session.full]
 
     # Chatting on, both ways, on the resumed session.
-    erin.command(send={"to": "bob@localhost", "body": "back again"})
-    heard = await wait(bob.next_message())
-    assert (heard["body"], str(heard["from"])) == ("back again", full)
-    bob.send_message(mto=full, mbody="welcome back", mtype="chat")
-    assert await wait(erin.message(), 40) == (str(bob.boundjid), "welcome back")
+    await wait(erin.chat_both_ways(full, bob, "back again", "welcome back"), 60)
     erin.command(stop=True)
     await wait(erin.expect("stopped"), 40)
 
