@@ -67,23 +67,23 @@ class OfflineStorage:
         deliver_stored(self, session)
 
     def release(self, owner: str, messages: list[OfflineMessage]) -> None:
-        held = self.in_hand.get(owner)
-        if held is None:
-            return
-        for message in messages:
-            held.pop(message.id, None)
-        if not held:
-            del self.in_hand[owner]
+        self._let_go(owner, [message.id for message in messages])
 
     def unbound(self, session: ClientSession, replaced: bool) -> None:
         """What the session had in hand and never sent (it waited for XEP-0198 room) is free again."""
         held = self.in_hand.get(session.bare) if self.in_hand else None
+        if held is not None:
+            self._let_go(session.bare, [i for i, holder in held.items() if holder is session])
+
+    def _let_go(self, owner: str, message_ids: list[int]) -> None:
+        """No delivery has these of *owner*'s stored messages in hand any more."""
+        held = self.in_hand.get(owner)
         if held is None:
             return
-        for message_id in [i for i, holder in held.items() if holder is session]:
-            del held[message_id]
+        for message_id in message_ids:
+            held.pop(message_id, None)
         if not held:
-            del self.in_hand[session.bare]
+            del self.in_hand[owner]
 
     def put_back(self, owner: str, stanza: str) -> None:
         put_back(self.sessions, owner, stanza)
