@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from sns_xmpp.auth.throttle import ISharedThrottleRecords, ThrottlePolicy, Verdict
 from sns_xmpp.cluster.keys import Keys
-from sns_xmpp.cluster.redis_link import reply_text
+from sns_xmpp.cluster.redis_link import reply_pairs, reply_text
 from sns_xmpp.observe.log_gate import GatedLogger
 
 log = GatedLogger()
@@ -179,8 +179,7 @@ class SharedThrottleRecords:
         """Read which addresses have pair records (at start, and after the subscriber reconnected:
         announcements may have been missed)."""
         def take(flat: Any) -> None:
-            values = [reply_text(v) for v in flat or []]
-            for address, ms in zip(values[::2], values[1::2], strict=False):
+            for address, ms in reply_pairs(flat).items():  # (a sorted set's members: each once)
                 self.heard(address, int(ms) / 1000)
 
         def failed(reason: Any) -> None:
