@@ -26,7 +26,7 @@ from twisted.words.xish import domish
 from sns_xmpp.cluster.inbox import Inbox
 from sns_xmpp.cluster.remote_session import RemoteSession
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_rank
+from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_target
 from sns_xmpp.xmpp.hooks import MESSAGE_OFFLINE, STORED_MESSAGES_WAITING, run
 from sns_xmpp.xmpp.sessions import SessionManager
 
@@ -71,13 +71,12 @@ class StoredWhileBinding:
             recent.popitem(last=False)
 
     def _stored(self, result: object, owner: str) -> object:
-        targets = self.sessions.message_targets(owner)
-        if targets:
+        best = stored_messages_target(self.sessions.message_targets(owner))
+        if best is not None:
             # Available since this node chose offline storage: it may have read the stored
             # messages before this one was there. (A resource of this node's is the offline
             # feature's own to serve once the write is done: offline.store_for_later.)
             self.recent.pop(owner, None)
-            best = max(targets, key=stored_messages_rank)
             if best.remote:
                 self._nudge(best)
         return result
@@ -89,9 +88,10 @@ class StoredWhileBinding:
         when = self.recent.pop(owner, None) if self.recent else None
         if when is None or when < self.clock.seconds() - REMEMBER_SECONDS:
             return
-        targets = [s for s in self.sessions.message_targets(owner) if isinstance(s, RemoteSession) and s.node == node]
-        if targets:
-            self._nudge(max(targets, key=stored_messages_rank))
+        best = stored_messages_target(s for s in self.sessions.message_targets(owner)
+                                      if isinstance(s, RemoteSession) and s.node == node)
+        if best is not None:
+            self._nudge(best)
 
     def _nudge(self, session: ClientSession) -> None:
         """Ask *session*'s node (another one: it is a RemoteSession) to deliver the stored messages."""
@@ -106,6 +106,6 @@ class StoredWhileBinding:
     def deliver_here(self, owner: str) -> None:
         """Another node stored messages for *owner* after this node delivered the stored ones:
         to one of its available resources here (RFC 6121 8.5.2.1.1: priority >= 0), again."""
-        here = [s for s in self.sessions.message_targets(owner) if not s.remote]
-        if here:
-            self.sessions.hooks.fire(STORED_MESSAGES_WAITING, max(here, key=stored_messages_rank))
+        best = stored_messages_target(s for s in self.sessions.message_targets(owner) if not s.remote)
+        if best is not None:
+            self.sessions.hooks.fire(STORED_MESSAGES_WAITING, best)

@@ -9,7 +9,7 @@ that are not stanzas (the ledger's own <a/>, <enabled/>) are written to the stre
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -102,7 +102,8 @@ class ClientSession:
             ledger.send(self, element)
 
 
-def stored_messages_rank(session: ClientSession) -> tuple[int, float]:
-    """Which of an account's available resources its stored messages go to when they are asked
-    for again (STORED_MESSAGES_WAITING): the highest priority, then the latest to connect."""
-    return (session.priority, session.connected_at)
+def stored_messages_target(targets: Iterable[ClientSession]) -> ClientSession | None:
+    """Which of an account's available resources (*targets*) its stored messages go to when they
+    are asked for again (STORED_MESSAGES_WAITING): the highest priority, then the latest to
+    connect; None if there is none."""
+    return max(targets, key=lambda session: (session.priority, session.connected_at), default=None)

@@ -20,7 +20,7 @@ from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.store.interface import NoSuchAccountError
 from sns_xmpp.store.records import OfflineMessage
 from sns_xmpp.tally import Tally
-from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_rank
+from sns_xmpp.xmpp.client_session import ClientSession, stored_messages_target
 from sns_xmpp.xmpp.features import Feature, FeatureRegistry
 from sns_xmpp.xmpp.hooks import (
     MESSAGE_OFFLINE,
@@ -136,11 +136,9 @@ def store_for_later(storage: OfflineStorage, owner: str, message: domish.Element
         # read of the stored messages may have come before the write, so this one goes to a
         # session now rather than at the next login (what a delivery has in hand is not sent twice).
         # A resource on another node of a cluster is that node's to serve (cluster/stored_messages.py).
-        targets = sessions.message_targets(owner)
-        if targets:
-            best = max(targets, key=stored_messages_rank)
-            if not best.remote:
-                sessions.hooks.fire(STORED_MESSAGES_WAITING, best)
+        best = stored_messages_target(sessions.message_targets(owner))
+        if best is not None and not best.remote:
+            sessions.hooks.fire(STORED_MESSAGES_WAITING, best)
 
     def no_such_user(reason: Failure) -> None:
         reason.trap(NoSuchAccountError)
