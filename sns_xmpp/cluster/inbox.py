@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 
 from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
-from sns_xmpp.cluster.redis_link import reply_text
+from sns_xmpp.cluster.redis_link import reply_pairs, reply_text
 from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -367,13 +367,7 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
 
 
 def _entry_list(raw: Any) -> list[tuple[str, dict[str, str]]]:
-    entries: list[tuple[str, dict[str, str]]] = []
-    for entry_id, flat in raw or []:
-        if flat is None:  # an entry deleted while pending
-            entries.append((reply_text(entry_id), {}))
-            continue
-        values = [reply_text(value) for value in flat]
-        entries.append((reply_text(entry_id), dict(zip(values[::2], values[1::2], strict=False))))
-    return entries
+    # (An entry deleted while pending has no fields: None, read as {}.)
+    return [(reply_text(entry_id), reply_pairs(flat)) for entry_id, flat in raw or []]
 
 
