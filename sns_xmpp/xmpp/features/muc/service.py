@@ -142,15 +142,7 @@ class MUCService:
         if held is not None:
             if held.occupants:
                 return
-            # Out of memory only: what the store holds (or no longer holds) is the room now.
-            del self.rooms[room_jid]
-            if held.listed_as is not None:
-                self.listing.changed(room_jid, None)
-            left = self.created.get(held.creator, 0) - 1
-            if left > 0:
-                self.created[held.creator] = left
-            else:
-                self.created.pop(held.creator, None)
+            self._forget(held)  # out of memory only: what the store holds (or no longer holds) is the room now
         if stored is not None:
             self._put_stored(stored)
         log.info("muc.room_taken_over room={room} stored={stored}", room=room_jid, stored=stored is not None)
@@ -221,17 +213,21 @@ class MUCService:
     def vanish(self, room: Room) -> None:
         if self.rooms.get(room.jid) is not room:
             return
+        self._forget(room)
+        if room.config.persistent:
+            self.unkeep(room)
+        log.info("muc.room_gone room={room}", room=room.jid)
+
+    def _forget(self, room: Room) -> None:
+        """The room leaves this node's memory: its place, its creator's count, the shared listing."""
         del self.rooms[room.jid]
         left = self.created.get(room.creator, 0) - 1
         if left > 0:
             self.created[room.creator] = left
         else:
             self.created.pop(room.creator, None)
-        if room.config.persistent:
-            self.unkeep(room)
         if room.listed_as is not None:
             self.listing.changed(room.jid, None)
-        log.info("muc.room_gone room={room}", room=room.jid)
 
     # -- what arrives ----------------------------------------------------------------------------
 
