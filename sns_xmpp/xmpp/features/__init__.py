@@ -91,6 +91,18 @@ class ChangedMeanwhile:
     def done(self, watched: set[str]) -> None:
         self._watching.remove(watched)
 
+    def resync(self, read: Callable[[], Deferred[Any]], apply: Callable[[Any, set[str]], None]) -> Deferred[None]:
+        """A feature's resync: *read()* asked for now, and its answer handed to *apply(answer,
+        changed)* with the accounts changed meanwhile (`watch` to `done`), which *apply* leaves
+        as memory has them."""
+        watched = self.watch()
+
+        def over(result: object) -> object:
+            self.done(watched)
+            return result
+
+        return read().addCallback(apply, watched).addBoth(over)
+
 
 class ListingAcrossNodes(Protocol):
     """What a cluster offers a `SharedListing` (cluster/listings.py provides it): the xmpp side

@@ -502,10 +502,9 @@ class Blocking:
         accounts with no resource here are dropped (a stanza that needs one reads it). An account
         whose list changed meanwhile, here or announced, stays as memory has it: the read's
         answer may be older. Until the answer, stanzas pass the lists as they were."""
-        meanwhile = self.meanwhile.watch()
         held = set(self.lists) | set(self.loading)  # (a read under way may have begun before the change)
 
-        def read(answer: tuple[list[str], dict[str, list[str]]]) -> None:
+        def read(answer: tuple[list[str], dict[str, list[str]]], meanwhile: set[str]) -> None:
             owners, lists = answer
             self.owners = (set(owners) - meanwhile) | (self.owners & meanwhile)
             self.owners_known = True
@@ -518,12 +517,8 @@ class Blocking:
             self._settle()
             self._apply(under_a_filter=True)
 
-        def over(result: object) -> object:
-            self.meanwhile.done(meanwhile)
-            return result
-
         work = partial(blocking_store.owners_and_lists, held=held)
-        return self.sessions.store.run_read(work).addCallback(read).addBoth(over)
+        return self.meanwhile.resync(partial(self.sessions.store.run_read, work), read)
 
     def _undo(self, owner: str, reason: Failure, added: Collection[str] = (), removed: Collection[str] = ()) -> None:
         """The change could not be written: memory goes back to what the store holds."""

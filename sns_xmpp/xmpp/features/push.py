@@ -214,9 +214,7 @@ class Push:
         elsewhere goes too), those still there keeping their notification state. An account
         whose registration this node forgot after an error meanwhile is left as it is (its
         delete is written after this read)."""
-        meanwhile = self.meanwhile.watch()
-
-        def read(stored: Iterable[StoredRegistration]) -> None:
+        def read(stored: Iterable[StoredRegistration], meanwhile: set[str]) -> None:
             rows: dict[str, list[StoredRegistration]] = {}
             for row in stored:
                 rows.setdefault(row.owner, []).append(row)
@@ -224,11 +222,7 @@ class Push:
                 self._replace(owner, rows.get(owner, []))
             log.info("push.resynced accounts={count}", count=len(rows))
 
-        def over(result: object) -> object:
-            self.meanwhile.done(meanwhile)
-            return result
-
-        return self.sessions.store.run_read(all_registrations).addCallback(read).addBoth(over)
+        return self.meanwhile.resync(partial(self.sessions.store.run_read, all_registrations), read)
 
     def _replace(self, owner: str, rows: list[StoredRegistration]) -> None:
         """The account's registrations are *rows*: those still there keep their notification

@@ -393,9 +393,7 @@ class Archive:
         read every account's preferences again and replace those held (one set back to the
         default elsewhere goes too), but for the accounts whose preferences were set here, or
         read again, meanwhile (newer than this read's answer)."""
-        meanwhile = self.meanwhile.watch()
-
-        def read(stored: dict[str, Prefs]) -> None:
+        def read(stored: dict[str, Prefs], meanwhile: set[str]) -> None:
             for owner in meanwhile:
                 if owner in self.prefs:
                     stored[owner] = self.prefs[owner]
@@ -404,11 +402,7 @@ class Archive:
             self.prefs = stored
             log.info("mam.prefs_resynced accounts={count}", count=len(stored))
 
-        def over(result: object) -> object:
-            self.meanwhile.done(meanwhile)
-            return result
-
-        return self.sessions.store.run_read(archive_sql.all_prefs).addCallback(read).addBoth(over)
+        return self.meanwhile.resync(partial(self.sessions.store.run_read, archive_sql.all_prefs), read)
 
     def _prefs_read(self, owner: str, found: Prefs | None, sets: int) -> None:
         if sets != self.prefs_sets:  # a set here since the read began may be newer: read again
