@@ -27,7 +27,7 @@ from twisted.words.xish import domish
 
 from sns_xmpp.cluster.keys import INBOX_GROUP, Keys
 from sns_xmpp.cluster.redis_link import reply_pairs, reply_text
-from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza
+from sns_xmpp.cluster.remote_session import RemoteSession
 from sns_xmpp.jid import InvalidFormat, parse_jid
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.reactors import at_round_end
@@ -35,6 +35,7 @@ from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.hooks import PRESENCE_FROM_NODE
 from sns_xmpp.xmpp.serialization import standalone_client_xml
 from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import parse_stanza
 
 log = GatedLogger()
 

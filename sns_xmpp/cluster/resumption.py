@@ -39,12 +39,13 @@ from twisted.words.xish import domish
 from sns_xmpp.auth.checker import LoginResult
 from sns_xmpp.cluster.directory import Directory, entry_of
 from sns_xmpp.cluster.inbox import Inbox
-from sns_xmpp.cluster.remote_session import RemoteSession, parse_stanza, resume_digest
+from sns_xmpp.cluster.remote_session import RemoteSession, resume_digest
 from sns_xmpp.observe.log_gate import GatedLogger
 from sns_xmpp.xmpp.c2s import ClientStream
 from sns_xmpp.xmpp.client_session import ClientSession
 from sns_xmpp.xmpp.features.stream_management import Resumed, Resumption, failed
 from sns_xmpp.xmpp.sessions import SessionManager
+from sns_xmpp.xmpp.stanzas import parse_stanza
 
 log = GatedLogger()
 

@@ -115,8 +115,8 @@ def test_a_stanza_handed_to_another_node_reads_back_as_the_full_serialiser_write
     made); parsed again it is the same stanza as Twisted's own serialisation gives."""
     from twisted.words.xish import domish
 
-    from sns_xmpp.cluster.remote_session import parse_stanza
     from sns_xmpp.xmpp.serialization import plain_xml, standalone_client_xml
+    from sns_xmpp.xmpp.stanzas import parse_stanza
 
     message = domish.Element(("jabber:client", "message"))
     message["to"], message["from"], message["type"] = "bob@localhost/phone", "alice@localhost/pc", "chat"
