@@ -229,9 +229,8 @@ class Prefs:
 
 def all_prefs(db: Database) -> dict[str, Prefs]:
     """Every account's stored preferences (only those differing from the default are stored)."""
-    return {owner: Prefs(mode, frozenset(json.loads(always)), frozenset(json.loads(never)))
-            for owner, mode, always, never in db.query(
-                "SELECT owner, default_mode, always_json, never_json FROM mam_prefs")}
+    return {owner: _prefs(mode, always, never) for owner, mode, always, never in db.query(
+        "SELECT owner, default_mode, always_json, never_json FROM mam_prefs")}
 
 
 def prefs_of(db: Database, owner: str) -> Prefs | None:
@@ -239,8 +238,13 @@ def prefs_of(db: Database, owner: str) -> Prefs | None:
     cluster changed them)."""
     for mode, always, never in db.query(
             "SELECT default_mode, always_json, never_json FROM mam_prefs WHERE owner = ?", (owner,)):
-        return Prefs(mode, frozenset(json.loads(always)), frozenset(json.loads(never)))
+        return _prefs(mode, always, never)
     return None
+
+
+def _prefs(mode: str, always_json: str, never_json: str) -> Prefs:
+    """Preferences from their stored row (the JID lists as JSON arrays)."""
+    return Prefs(mode, frozenset(json.loads(always_json)), frozenset(json.loads(never_json)))
 
 
 def put_prefs(db: Database, owner: str, prefs: Prefs) -> None:
