@@ -52,9 +52,7 @@ def rooms(db: Database) -> list[StoredRoom]:
     affiliations: dict[str, dict[str, str]] = {}
     for room, jid, affiliation in db.query(SQL_AFFILIATIONS):
         affiliations.setdefault(room, {})[jid] = affiliation
-    return [StoredRoom(room, config, subject, subject_by, secret, creator, float(created_at),
-                       affiliations.get(room, {}))
-            for room, config, subject, subject_by, secret, creator, created_at in db.query(SQL_ROOMS)]
+    return [_stored_room(row, affiliations.get(row[0], {})) for row in db.query(SQL_ROOMS)]
 
 
 def configs(db: Database) -> list[tuple[str, str]]:
@@ -68,9 +66,13 @@ def room(db: Database, room: str) -> StoredRoom | None:
     rows = db.query(SQL_ROOM, (room,))
     if not rows:
         return None
-    jid, config, subject, subject_by, secret, creator, created_at = rows[0]
-    affiliations = dict(db.query(SQL_ROOM_AFFILIATIONS, (room,)))
-    return StoredRoom(jid, config, subject, subject_by, secret, creator, float(created_at), affiliations)
+    return _stored_room(rows[0], dict(db.query(SQL_ROOM_AFFILIATIONS, (room,))))
+
+
+def _stored_room(row: Sequence[Any], affiliations: dict[str, str]) -> StoredRoom:
+    """A room from its row of muc_rooms (SQL_ROOMS' and SQL_ROOM's columns) and its affiliations."""
+    room, config, subject, subject_by, secret, creator, created_at = row
+    return StoredRoom(room, config, subject, subject_by, secret, creator, float(created_at), affiliations)
 
 
 def put_room(db: Database, stored: StoredRoom) -> None:

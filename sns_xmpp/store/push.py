@@ -3,7 +3,9 @@ the feature (`xmpp/features/push.py`) through ``store.run`` and ``store.run_read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sns_xmpp.store.common import Database
 
@@ -35,16 +37,19 @@ class TooManyRegistrations(Exception):
 
 def all_registrations(db: Database) -> list[StoredRegistration]:
     """Every account's registrations (read once, at start)."""
-    return [StoredRegistration(str(owner), str(service), str(node), str(resource),
-                               None if options is None else str(options))
-            for owner, service, node, resource, options in db.query(SQL_ALL, ())]
+    return [_registration(row) for row in db.query(SQL_ALL, ())]
 
 
 def registrations_of(db: Database, owner: str) -> list[StoredRegistration]:
     """One account's registrations (read again when another node of a cluster changed them)."""
-    return [StoredRegistration(str(row_owner), str(service), str(node), str(resource),
-                               None if options is None else str(options))
-            for row_owner, service, node, resource, options in db.query(SQL_OWNERS, (owner,))]
+    return [_registration(row) for row in db.query(SQL_OWNERS, (owner,))]
+
+
+def _registration(row: Sequence[Any]) -> StoredRegistration:
+    """A registration from its row (owner, service, node, resource, options)."""
+    owner, service, node, resource, options = row
+    return StoredRegistration(str(owner), str(service), str(node), str(resource),
+                              None if options is None else str(options))
 
 
 def put_registration(db: Database, registration: StoredRegistration, now: float, most: int) -> None:
