@@ -231,7 +231,9 @@ class MAMConfig:
     )
     flush_rows: int = _setting(5000, integer(1, 100000), "archived messages written at once when that many wait")
     max_buffered_rows: int = _setting(
-        50000, integer(100, 10_000_000), "archived messages waiting or being written; past it, new ones go unarchived"
+        50000, integer(100, 10_000_000),
+        "archived messages waiting or being written; senders are not read past half of it, and past it new ones go "
+        "unarchived"
     )
 
 

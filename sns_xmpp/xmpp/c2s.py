@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet import abstract, protocol, task
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
@@ -36,6 +36,17 @@ BACKLOG_CHECK_EVERY = 65536  # bytes written between two looks at what the clien
 CLOSE_GRACE = 5.0  # seconds a stream ended with an error has to take it before the connection is cut
 
 
+def _connection(transport: object) -> object:
+    """The transport under *transport*'s layers: each layer that names one (a WebSocket's framing,
+    a PROXY protocol reader under it) is passed, then any direct TLS layer."""
+    inner = getattr(transport, "inner_transport", None)
+    while inner is not None and inner is not transport:
+        transport, inner = inner, getattr(inner, "inner_transport", None)
+    while isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    return transport
+
+
 def buffered_bytes(transport: object) -> int:
     """Bytes written to *transport* that the kernel has not taken yet, i.e. the server's memory held
     for a client that does not read. Twisted's `FileDescriptor` keeps them (`tcp.Server` and the
@@ -47,12 +58,7 @@ def buffered_bytes(transport: object) -> int:
     (`proxy_protocol.ProxyHeaderReader`, which a direct TLS layer's attribute lookup reaches too).
     Twisted has no public accessor: these are the names `FileDescriptor.write` and `doWrite` use,
     and a tripwire test watches them."""
-    # Each layer that names one (a WebSocket's framing, a PROXY protocol reader under it) is passed.
-    inner = getattr(transport, "inner_transport", None)
-    while inner is not None and inner is not transport:
-        transport, inner = inner, getattr(inner, "inner_transport", None)
-    while isinstance(transport, TLSMemoryBIOProtocol):
-        transport = transport.transport
+    transport = _connection(transport)
     if isinstance(transport, abstract.FileDescriptor):
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     return 0
@@ -138,6 +144,16 @@ class ClientStream(xmlstream.XmlStream):
         parser = getattr(self, "stream", None)
         if parser is not None:
             parser.max_stanza_bytes = limit
+
+    def reader(self) -> IPushProducer | None:
+        """What stops and restarts the reading of this client's bytes, for flow control
+        (`pauseProducing`, `resumeProducing`): the connection under any TLS layer, WebSocket framing
+        or PROXY protocol reader, whose socket then leaves the reactor's read set. None when the
+        connection is gone or cannot be paused."""
+        if self.lost or self.transport is None:
+            return None
+        connection = _connection(self.transport)
+        return connection if IPushProducer.providedBy(connection) else None
 
     def connectionMade(self) -> None:
         self._initializeStream()

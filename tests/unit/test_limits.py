@@ -300,6 +300,13 @@ def test_buffered_bytes_reads_twisteds_write_buffers_tripwire() -> None:
     tls.transport = connection
     assert buffered_bytes(tls) == 600
     assert buffered_bytes(object()) == 0, "a transport without such buffers counts nothing"
+    # The same layers lead the archive's flow control to the connection to pause (MAM's writer).
+    factory, _ = factory_and_clock()
+    stream, _ = connect(factory)
+    stream.transport = tls
+    assert stream.reader() is connection
+    stream.lost = True
+    assert stream.reader() is None, "a connection that is gone is not paused"
 
 
 def test_directed_presences_are_capped_per_session_in_count_and_length() -> None:

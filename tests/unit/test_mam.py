@@ -511,6 +511,63 @@ def test_a_batch_the_store_fails_is_written_with_the_next_in_its_place() -> None
     assert bodies(world.query(f"{BOB}/r")[0]) == ["first", "second", "third"]
 
 
+def test_a_store_that_falls_behind_slows_the_sender_and_loses_no_message() -> None:
+    """Flow control, not loss: once half of max_buffered_rows wait or are being written, the
+    client whose message adds one stops being read (its connection paused) until the store is
+    back under a quarter; what it already sent is delivered and archived. Before, a store that
+    fell behind made every message past the bound go unarchived (the benchmark's closed loop, on
+    a fast machine: most of them)."""
+    from twisted.internet import defer
+
+    world = World(flush_rows=10, max_buffered_rows=100)  # paused from 50 rows, read again at 25
+    writes: list[tuple[defer.Deferred[Any], Any]] = []
+    run = world.store.run
+
+    def slow(work: Any) -> Any:
+        if getattr(work, "func", None) is archive_sql.write_rows:
+            d: defer.Deferred[Any] = defer.Deferred()
+            writes.append((d, work))
+            return d
+        return run(work)
+
+    world.store.run = slow  # type: ignore[method-assign]
+    alice, alice_transport = world.clients[f"{ALICE}/r"]
+    bob_transport = world.clients[f"{BOB}/r"][1]
+
+    def write_one() -> None:
+        d, work = writes.pop(0)
+        d.callback(run(work).result)
+
+    for n in range(25):  # two rows each: 50 waiting or being written, the sender's checked at 49
+        world.chat(f"{ALICE}/r", BOB, f"m{n}")
+    assert alice_transport.producerState == "producing"
+    world.chat(f"{ALICE}/r", BOB, "m25")  # its row is the 51st
+    assert alice_transport.producerState == "paused" and bob_transport.producerState == "producing"
+    # A read already under way goes on: its messages are delivered and archived (the bound, 100,
+    # is far off), then the client waits in its socket.
+    world.chat(f"{ALICE}/r", BOB, "m26")
+    assert [b.findtext(f"{{{CLIENT}}}body") for b in world.read(f"{BOB}/r")][-2:] == ["m25", "m26"]
+    assert len(writes) == 5  # 50 rows being written, 4 waiting
+    for _ in range(2):
+        write_one()  # 34 rows left: still above 25
+    assert alice_transport.producerState == "paused"
+    write_one()  # 24
+    assert alice_transport.producerState == "producing"
+    while writes:
+        write_one()
+    world.clock.advance(1)  # the last rows' timer
+    while writes:
+        write_one()
+    assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(54,)]
+    assert "mam-backlog" not in _limits_hit(world)
+
+
+def _limits_hit(world: World) -> set[str]:
+    metric = world.sessions.metrics.limits_hit
+    return {sample.labels["limit"] for family in metric.collect() for sample in family.samples
+            if sample.name.endswith("_total") and sample.value}
+
+
 def test_query_results_a_session_never_acknowledged_are_not_kept_offline() -> None:
     """XEP-0198 delivers a session's unacknowledged messages again when it ends; MAM results are
     answers to that session's query, so they are dropped instead of landing in offline storage

@@ -2,9 +2,16 @@
 
 A message is archived with one append to a list; the list goes to the store in one transaction
 when it is `flush_rows` long or `flush_interval` old, whichever comes first. Rows keep their order
-(the store's one worker runs batches in the order given), which is the archive's order. A bound on
-the rows waiting or being written keeps a store that cannot keep up from growing the buffer
-without end: past it, `add` refuses, and the message goes unarchived (and unstamped).
+(the store's one worker runs batches in the order given), which is the archive's order.
+
+A store that cannot keep up slows the senders down rather than losing their history: past half
+of `max_buffered` rows waiting or being written, each client whose message adds one stops being
+read (`hold`) until the store is back under a quarter of it. The messages a client already sent
+are still delivered and archived; the next ones wait in its socket, and TCP tells it to wait. The
+bound itself stays for what no client's socket can hold back (messages from other servers, from
+other nodes): past it, the message goes unarchived (and unstamped) and the limit is counted.
+Before that flow control, a reactor thread that outran the store's thread (the benchmark's
+closed loop, on a fast machine) had most of its messages go unarchived.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from sns_xmpp.observe.log_gate import GatedLogger
@@ -35,6 +42,9 @@ class ArchiveWriter:
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.max_buffered = max_buffered
+        self.pause_at = max(1, max_buffered // 2)  # rows waiting or being written: senders held from here
+        self.resume_at = max_buffered // 4  # ... until the store is back down to this
+        self.held: dict[int, IPushProducer] = {}  # the clients' connections not read meanwhile, by id
         self.rows: list[Row] = []
         self.in_flight = 0  # rows handed to the store, not yet committed
         self.writes: set[Deferred[Any]] = set()  # the batches being written
@@ -46,6 +56,21 @@ class ArchiveWriter:
     def room(self) -> bool:
         """Whether one more row may be added (within the bound)."""
         return len(self.rows) + self.in_flight < self.max_buffered
+
+    def hold(self, reader: IPushProducer | None) -> None:
+        """Stop reading from *reader* (a client's connection, `ClientStream.reader`) until the
+        store has caught up: called once the rows waiting or being written reach `pause_at`."""
+        if reader is not None and id(reader) not in self.held:
+            self.held[id(reader)] = reader
+            reader.pauseProducing()
+
+    def _release(self) -> None:
+        """Read the held clients again once the store is back down to `resume_at` (a connection
+        lost meanwhile ignores it: Twisted's resumeProducing only reads a connected one)."""
+        if self.held and len(self.rows) + self.in_flight <= self.resume_at:
+            held, self.held = self.held, {}
+            for reader in held.values():
+                reader.resumeProducing()
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -89,12 +114,14 @@ class ArchiveWriter:
         self.in_flight -= len(rows)
         if not isinstance(result, Failure):
             self.failures = 0
+            self._release()
             return
         self.failures += 1
         if self.failures >= WRITE_ATTEMPTS:
             self.failures = 0
             self.lost += len(rows)
             log.failure("mam.write_failed rows={rows} (given up)", result, rows=len(rows))
+            self._release()
             return
         log.warn("mam.write_failed rows={rows} reason={reason} (tried again)", rows=len(rows),
                  reason=result.getErrorMessage())
