@@ -442,6 +442,9 @@ def read_log(path: Path, problem: re.Pattern[str] = _LOG_PROBLEM) -> LogReport:
     return report
 
 
+LIMIT_LINE = re.compile(r'^sns_xmpp_limits_hit_total\{limit="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
 class Daemon:
     """``twistd sns-xmpp`` on a fresh benchmark configuration in *workdir*.
 
@@ -491,14 +494,12 @@ class Daemon:
     def http_url(self) -> str:
         return f"http://{HOST}:{self.http_port}"
 
-    def limits_hit(self, limit: str) -> int:
-        """How often the daemon enforced *limit* so far: its ``sns_xmpp_limits_hit_total`` on
-        /metrics (0 before the first time, when the label has no line yet)."""
+    def limits_hit(self) -> dict[str, int]:
+        """How often the daemon enforced each limit so far, by name: its
+        ``sns_xmpp_limits_hit_total`` on /metrics (a limit never hit has no line yet)."""
         with urllib.request.urlopen(self.http_url + "/metrics", timeout=10) as answer:  # noqa: S310 - our loopback URL
             text = answer.read().decode()
-        line = f'sns_xmpp_limits_hit_total{{limit="{limit}"}} '
-        found = re.search("^" + re.escape(line) + r"(\S+)$", text, re.MULTILINE)
-        return int(float(found.group(1))) if found else 0
+        return {name: int(float(count)) for name, count in LIMIT_LINE.findall(text)}
 
     def write_config(self) -> None:
         """The configuration file (from bench.toml.in) and the data folder, with the accounts
@@ -1113,9 +1114,9 @@ def run_msgs(daemon: Daemon, settings: Settings, transport: str) -> dict[str, An
            "credentials": local_credentials("SCRAM-SHA-256", daemon.accounts), "pairs": settings.pairs,
            "window": settings.window, "duration": settings.duration, "concurrency": settings.concurrency,
            "open_fraction": settings.open_fraction, "open_duration": settings.open_duration}
-    unarchived = daemon.limits_hit(ARCHIVE_LIMIT)
+    unarchived = daemon.limits_hit().get(ARCHIVE_LIMIT, 0)
     closed, *opened = measure(daemon, job, limit=120 + settings.duration + settings.open_duration)
-    unarchived = daemon.limits_hit(ARCHIVE_LIMIT) - unarchived
+    unarchived = daemon.limits_hit().get(ARCHIVE_LIMIT, 0) - unarchived
     row = {"tls": tls, "pairs": settings.pairs, "window": settings.window,
            "in_flight": closed.figures["in_flight"], **traffic_figures(closed), "unarchived": unarchived}
     if opened:
@@ -1555,10 +1556,19 @@ def table(report: Mapping[str, Any]) -> str:
         status = daemon["exit_status"]
         shown = "SIGTERM" if status == -signal.SIGTERM else status
         lines.append(f"daemon {label}: exit status {shown}, open files limit {daemon.get('open_files_limit')}, "
-                     f"{log['lines']} log lines (warn and up), {log['problems']} problems"
+                     f"{log['lines']} log lines (warn and up), {log['problems']} problems, "
+                     f"limits hit: {_limits_text(daemon.get('limits_hit'))}"
                      + (f", log kept at {log['kept_at']}" if log["kept_at"] else ""))
         lines += ["  | " + excerpt.replace("\n", "\n  | ") for excerpt in log["excerpts"]]
     return "\n".join(lines)
+
+
+def _limits_text(limits: Mapping[str, int] | None) -> str:
+    """A daemon's limits hit over its life, for its line: None when they could not be read (it
+    failed before the end of its phase)."""
+    if limits is None:
+        return "not read"
+    return ", ".join(f"{name} {count}" for name, count in limits.items()) or "none"
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -1596,14 +1606,16 @@ class Bench:
             folder.mkdir()
         daemon = made or Daemon(folder, accounts, idp, self.settings.features_off)
         self._phase_daemons.append(daemon)
+        limits: dict[str, int] | None = None
         try:
             daemon.start()
             yield daemon
+            limits = daemon.limits_hit()
         finally:
             try:
                 daemon.stop()
             finally:
-                self.report["daemons"][label] = {"exit_status": daemon.exit_status,
+                self.report["daemons"][label] = {"exit_status": daemon.exit_status, "limits_hit": limits,
                                                  "open_files_limit": daemon.open_files_limit, "cpu_s": daemon.cpu_s,
                                                  "generator_cpu_s": round(daemon.generator_cpu_s, 3),
                                                  "log": asdict(self._checked_log(daemon))}
