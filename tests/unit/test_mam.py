@@ -562,6 +562,20 @@ def test_a_store_that_falls_behind_slows_the_sender_and_loses_no_message() -> No
     assert "mam-backlog" not in _limits_hit(world)
 
 
+def test_held_senders_do_not_wait_for_a_batch_that_would_never_fill() -> None:
+    """With flush_rows above the point where senders are held, the waiting rows go to the store
+    at once rather than when their batch is full or old: the held sender is read again as soon as
+    they are written, not after flush_interval_ms."""
+    world = World(flush_rows=1000, flush_interval_ms=60000, max_buffered_rows=100)
+    alice_transport = world.clients[f"{ALICE}/r"][1]
+    for n in range(26):
+        world.chat(f"{ALICE}/r", BOB, f"m{n}")
+    # The 26th message's row for its sender is the 51st: held, and the 51 rows written (the clock stands).
+    assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(51,)]
+    assert alice_transport.producerState == "producing"
+    assert "mam-backlog" not in _limits_hit(world)
+
+
 def _limits_hit(world: World) -> set[str]:
     metric = world.sessions.metrics.limits_hit
     return {sample.labels["limit"] for family in metric.collect() for sample in family.samples

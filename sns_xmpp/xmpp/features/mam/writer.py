@@ -63,14 +63,21 @@ class ArchiveWriter:
         if reader is not None and id(reader) not in self.held:
             self.held[id(reader)] = reader
             reader.pauseProducing()
+            self._release()
 
     def _release(self) -> None:
         """Read the held clients again once the store is back down to `resume_at` (a connection
-        lost meanwhile ignores it: Twisted's resumeProducing only reads a connected one)."""
-        if self.held and len(self.rows) + self.in_flight <= self.resume_at:
+        lost meanwhile ignores it: Twisted's resumeProducing only reads a connected one). While
+        they wait, rows that wait for their batch to fill or to age go now: with no batch being
+        written, nothing else would bring the backlog down (`flush_rows` above `pause_at`)."""
+        if not self.held:
+            return
+        if len(self.rows) + self.in_flight <= self.resume_at:
             held, self.held = self.held, {}
             for reader in held.values():
                 reader.resumeProducing()
+        elif self.rows and not self.writes:
+            self.flush()  # its batch, once written, calls this again
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
