@@ -576,6 +576,35 @@ def test_held_senders_do_not_wait_for_a_batch_that_would_never_fill() -> None:
     assert "mam-backlog" not in _limits_hit(world)
 
 
+def test_held_senders_do_not_hurry_a_failed_batch_into_its_next_tries() -> None:
+    """A batch the store failed is tried again on its timer, even while senders are held: a sender
+    held meanwhile does not send it to the store at once, which would use up its tries (and give
+    its rows up) within one moment of a database that is down."""
+    from twisted.internet import defer
+
+    world = World(flush_rows=1000, flush_interval_ms=500, max_buffered_rows=100)
+    attempts = [0]
+    run = world.store.run
+
+    def failing_once(work: Any) -> Any:
+        if getattr(work, "func", None) is archive_sql.write_rows:
+            attempts[0] += 1
+            if attempts[0] == 1:
+                return defer.fail(RuntimeError("the database went away"))
+        return run(work)
+
+    world.store.run = failing_once  # type: ignore[method-assign]
+    for n in range(26):  # the 26th holds Alice and sends the 51 rows waiting: that write fails
+        world.chat(f"{ALICE}/r", BOB, f"a{n}")
+    assert attempts == [1] and world.clients[f"{ALICE}/r"][1].producerState == "paused"
+    world.chat(f"{BOB}/r", ALICE, "b")  # Bob is held too; the failed rows wait for their timer
+    assert attempts == [1] and world.clients[f"{BOB}/r"][1].producerState == "paused"
+    world.clock.advance(0.5)
+    assert attempts == [2]
+    assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(54,)]
+    assert {world.clients[f"{jid}/r"][1].producerState for jid in (ALICE, BOB)} == {"producing"}
+
+
 def _limits_hit(world: World) -> set[str]:
     metric = world.sessions.metrics.limits_hit
     return {sample.labels["limit"] for family in metric.collect() for sample in family.samples

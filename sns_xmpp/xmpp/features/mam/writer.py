@@ -69,14 +69,15 @@ class ArchiveWriter:
         """Read the held clients again once the store is back down to `resume_at` (a connection
         lost meanwhile ignores it: Twisted's resumeProducing only reads a connected one). While
         they wait, rows that wait for their batch to fill or to age go now: with no batch being
-        written, nothing else would bring the backlog down (`flush_rows` above `pause_at`)."""
+        written, nothing else would bring the backlog down (`flush_rows` above `pause_at`). Not
+        rows a failed write put back: their timer paces the next try (`_written`)."""
         if not self.held:
             return
         if len(self.rows) + self.in_flight <= self.resume_at:
             held, self.held = self.held, {}
             for reader in held.values():
                 reader.resumeProducing()
-        elif self.rows and not self.writes:
+        elif self.rows and not self.writes and not self.failures:
             self.flush()  # its batch, once written, calls this again
 
     def add(self, row: Row) -> None:
