@@ -531,7 +531,7 @@ def test_a_store_that_falls_behind_slows_the_sender_and_loses_no_message() -> No
         return run(work)
 
     world.store.run = slow  # type: ignore[method-assign]
-    alice, alice_transport = world.clients[f"{ALICE}/r"]
+    alice_transport = world.clients[f"{ALICE}/r"][1]
     bob_transport = world.clients[f"{BOB}/r"][1]
 
     def write_one() -> None:

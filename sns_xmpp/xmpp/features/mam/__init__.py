@@ -163,7 +163,7 @@ class Archive:
         self.last = (message, text, owner, session.jid.resource)
         uid = self._archive(owner, peer_bare, peer_resource, text)
         writer = self.writer
-        if len(writer.rows) + writer.in_flight >= writer.pause_at:  # the store is behind: flow control
+        if writer.backlog() >= writer.pause_at:  # the store is behind: flow control
             writer.hold(session.stream.reader())
         if uid is None:
             return None

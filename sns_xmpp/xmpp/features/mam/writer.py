@@ -53,9 +53,9 @@ class ArchiveWriter:
         self.failures = 0  # failed transactions in a row
         self.lost = 0  # rows given up on
 
-    def room(self) -> bool:
-        """Whether one more row may be added (within the bound)."""
-        return len(self.rows) + self.in_flight < self.max_buffered
+    def backlog(self) -> int:
+        """Rows waiting or being written: what `max_buffered`, `pause_at` and `resume_at` bound."""
+        return len(self.rows) + self.in_flight
 
     def hold(self, reader: IPushProducer | None) -> None:
         """Stop reading from *reader* (a client's connection, `ClientStream.reader`) until the
@@ -73,7 +73,7 @@ class ArchiveWriter:
         rows a failed write put back: their timer paces the next try (`_written`)."""
         if not self.held:
             return
-        if len(self.rows) + self.in_flight <= self.resume_at:
+        if self.backlog() <= self.resume_at:
             held, self.held = self.held, {}
             for reader in held.values():
                 reader.resumeProducing()
