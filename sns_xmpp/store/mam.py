@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sns_xmpp.store.common import Database
@@ -32,9 +33,9 @@ __all__ = [
 # The archive's columns, in a Row's order, with their PostgreSQL types (`Transaction.insert_rows`).
 COLUMNS = (("seq", "BIGINT"), ("owner", "TEXT"), ("id", "TEXT"), ("with_bare", "TEXT"), ("with_resource", "TEXT"),
            ("stanza", "TEXT"))
-# A seq taken already (two server processes in the same microsecond with the same low bits) loses
-# that one row, not the batch.
-ON_SEQ_TAKEN = "ON CONFLICT (seq) DO NOTHING"
+# A seq taken already in the account's archive (two server processes in the same microsecond with
+# the same low bits) loses that one row, not the batch.
+ON_SEQ_TAKEN = "ON CONFLICT (owner, seq) DO NOTHING"
 OWNER_IS_AN_ACCOUNT = (1, "accounts", "jid")  # a row's owner (index 1) and the table it must be in
 
 
@@ -54,14 +55,20 @@ def _marks(count: int) -> str:
 
 
 Row = tuple[int, str, str, str, str, str]  # seq, owner, id, with_bare, with_resource, stanza
+_OWNER = itemgetter(1)  # a Row's owner (sorted() is stable: an account's rows keep their order)
 
 
 def write_rows(db: Database, rows: Sequence[Row]) -> int:
     """Write *rows* in one transaction; how many were written. A row for an account that does
     not exist (a message to an unknown user is stamped before the offline store finds that out;
-    an account deleted since) is left out, not an error that would lose the batch."""
+    an account deleted since) is left out, not an error that would lose the batch.
+
+    The rows go in sorted by owner, each account's in the order given (seq's, as the archive
+    makes them): the index (owner, seq) then takes each account's side by side rather than one
+    account after another (schema/017_mam_batch_order.sql)."""
     with db.transaction() as tx:
-        return tx.insert_rows("mam_messages", COLUMNS, rows, ON_SEQ_TAKEN, parent=OWNER_IS_AN_ACCOUNT)
+        return tx.insert_rows("mam_messages", COLUMNS, sorted(rows, key=_OWNER), ON_SEQ_TAKEN,
+                              parent=OWNER_IS_AN_ACCOUNT)
 
 
 def seq_at(seconds: float) -> int:
@@ -209,11 +216,15 @@ def metadata(db: Database, owner: str) -> tuple[tuple[str, float], tuple[str, fl
 
 def expire(db: Database, before: float, limit: int) -> int:
     """Delete up to *limit* of the oldest messages (in every archive) archived before *before*;
-    how many went. Oldest first, so an archive never gets a hole (XEP-0313 section 3.2); seq is
-    the table's key, so finding them is a range of it."""
+    how many went. Oldest first, so an archive never gets a hole (XEP-0313 section 3.2): the
+    table's key n follows the batches as they were written, so the oldest rows are at its
+    start. Only the first *limit* rows are looked at, those of them after *before* passed over
+    (a batch that straddles it; another node's, a moment apart): with nothing to remove, a
+    sweep reads *limit* rows, not the whole table."""
     with db.transaction() as tx:
-        tx.execute("DELETE FROM mam_messages WHERE seq IN"
-                   " (SELECT seq FROM mam_messages WHERE seq < ? ORDER BY seq LIMIT ?)", (seq_at(before), limit))
+        tx.execute("DELETE FROM mam_messages WHERE n IN (SELECT n FROM"
+                   " (SELECT n, seq FROM mam_messages ORDER BY n LIMIT ?) AS oldest WHERE seq < ?)",
+                   (limit, seq_at(before)))
         return tx.rowcount
 
 

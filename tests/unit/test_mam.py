@@ -645,25 +645,29 @@ def test_a_message_is_stored_as_the_full_serialiser_writes_it() -> None:
         assert ET.tostring(ET.fromstring(stored)) == ET.tostring(ET.fromstring(message.toXml())), stored
 
 
-def test_schema_16_keeps_the_archive_and_indexes_it_by_owner_and_seq(backend: Backend,  # noqa: F811
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schemas_16_and_17_keep_the_archive_and_index_it_by_owner_and_seq(backend: Backend,  # noqa: F811
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A database made before schema 16 keeps its archived messages when it is opened: the one
-    index becomes (owner, seq), without with_bare (each written row's entry is shorter), and
-    queries with a 'with' filter, pages and expiry read the same as before."""
+    index becomes (owner, seq), without with_bare (each written row's entry is shorter), then
+    (17) the rows get the key n in their seq order, the index becomes unique, and queries with a
+    'with' filter, pages and expiry read the same as before. New batches go in sorted by owner,
+    each account's rows in their order, and after the migrated ones."""
     from sns_xmpp.store import postgres, sqlite
     from sns_xmpp.store.common import load_schema_scripts
 
     scripts = load_schema_scripts()
-    assert scripts[15].name == "016_mam_index.sql"
+    assert [script.name for script in scripts[15:17]] == ["016_mam_index.sql", "017_mam_batch_order.sql"]
     for engine in (sqlite, postgres):
         monkeypatch.setattr(engine, "load_schema_scripts", lambda: scripts[:15])
     db = backend.open()
     try:
         assert db.schema_version == 15
         db.create_account(ALICE, [], 1.0, social=True)
+        db.create_account(BOB, [], 1.0, social=True)
         rows = [(archive_sql.seq_at(1000 + n), ALICE, f"{archive_sql.seq_at(1000 + n):x}-t",
-                 BOB if n % 2 else "carol@x", "", f"<m>{n}</m>") for n in range(6)]
-        assert archive_sql.write_rows(db, rows) == 6
+                 BOB if n % 2 else "carol@x", "", f"<m>{n}</m>") for n in reversed(range(6))]
+        with db.transaction() as tx:  # as schema 15's writer did, here in the reverse of seq's order
+            tx.insert_rows("mam_messages", archive_sql.COLUMNS, rows, "ON CONFLICT (seq) DO NOTHING")
     finally:
         db.close()
     monkeypatch.undo()
@@ -681,7 +685,16 @@ def test_schema_16_keeps_the_archive_and_indexes_it_by_owner_and_seq(backend: Ba
         page = archive_sql.query(db, ArchiveQuery(owner=ALICE, max=10, with_bare=BOB))
         assert [r[2] for r in page.rows] == ["<m>1</m>", "<m>3</m>", "<m>5</m>"] and page.count == 3
         assert archive_sql.query(db, ArchiveQuery(owner=ALICE, max=2)).count == 6
+        assert [row[0] for row in db.query("SELECT stanza FROM mam_messages ORDER BY n")] == [
+            f"<m>{n}</m>" for n in range(6)]
+        later = [(archive_sql.seq_at(2000 + n), owner, f"{archive_sql.seq_at(2000 + n):x}-t", "carol@x", "",
+                  f"<{owner[0]}>{n}</{owner[0]}>") for n, owner in enumerate([BOB, ALICE, BOB, ALICE, BOB])]
+        assert archive_sql.write_rows(db, later) == 5
+        assert archive_sql.write_rows(db, later[:1]) == 0  # Bob's seq is taken: left out, no error
+        assert [row[0] for row in db.query("SELECT stanza FROM mam_messages WHERE n > 6 ORDER BY n")] == [
+            "<a>1</a>", "<a>3</a>", "<b>0</b>", "<b>2</b>", "<b>4</b>"]
         assert archive_sql.expire(db, 1002, limit=10) == 2
+        assert archive_sql.expire(db, 1002, limit=10) == 0
     finally:
         db.close()
 
