@@ -136,9 +136,19 @@ class Directory:
         for session in self.sessions.all_sessions():
             self.publish(session)
 
-    def state_changed(self, name: str, owner: str) -> None:
-        """A feature's per-account state changed here (hooks.state_changed): the others forget it."""
-        self._announce({"n": self.node, "state": name, "owner": owner})
+    def state_changed(self, name: str, owner: str) -> Deferred[None] | None:
+        """A feature's per-account state changed here (hooks.state_changed): the others forget it.
+        Fires once Redis has taken the announcement, which it has then written to every other
+        node's subscriber: an answer the feature holds back until then (a block's) reaches its
+        client after the other nodes were told, so a stanza the client's contacts send through
+        them next finds the change (Linux's epoll reports sockets in the order they became
+        ready). A Redis that fails to take it is logged, not the feature's failure: the change
+        is in the store, and the nodes read it again when their subscriber comes back."""
+        published = self._announce({"n": self.node, "state": name, "owner": owner})
+        if not isinstance(published, Deferred):
+            return None
+        return published.addCallbacks(lambda _: None, lambda reason: log.failure(
+            "cluster.announce_failed state={state} owner={owner}", reason, state=name, owner=owner))
 
     def leaving(self) -> None:
         """This node stops: the others forget its resources now, not after node_timeout."""
@@ -159,8 +169,9 @@ class Directory:
             "EVAL", WRITE_AND_ANNOUNCE, 1, self.keys.sessions(self.node), full, text,
             "" if message is None else json.dumps(message, separators=(",", ":")), self.keys.channel)
 
-    def _announce(self, message: dict[str, Any]) -> None:
-        self.commands.execute_command("PUBLISH", self.keys.channel, json.dumps(message, separators=(",", ":")))
+    def _announce(self, message: dict[str, Any]) -> Any:
+        """PUBLISH *message* on the cluster's channel; Redis's answer (a Deferred, from txredisapi)."""
+        return self.commands.execute_command("PUBLISH", self.keys.channel, json.dumps(message, separators=(",", ":")))
 
     def to_home(self, presence: domish.Element, to: JID) -> Deferred[None] | None:
         """A subscription request or answer, or a probe, for an account with resources on other

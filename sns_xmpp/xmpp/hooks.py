@@ -169,7 +169,7 @@ class Hooks:
         # its name -> what to call with the account when another node changed it; and who is
         # told (name, account) when this node changes it (the cluster's directory).
         self.shared_state: dict[str, Callable[[str], None]] = {}
-        self.state_changed: list[Callable[[str, str], None]] = []
+        self.state_changed: list[Callable[[str, str], Deferred[None] | None]] = []
         # And, by the same name, what reads all of that state again (after announcements may
         # have been missed: the cluster's subscriber reconnected), a Deferred or None.
         self.resyncs: dict[str, Callable[[], Any]] = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 from zope.interface import Attribute, Interface, implementer
@@ -264,10 +264,14 @@ class FeatureRegistry:
 
     def shared_account_state(self, name: str, changed_elsewhere: Callable[[str], None], *,
                              resync: Resync | None = None,
-                             held: Callable[[], Iterable[str]] | None = None) -> Callable[[str], None]:
+                             held: Callable[[], Iterable[str]] | None = None
+                             ) -> Callable[[str], Deferred[None] | None]:
         """Per-account state this feature keeps in memory (blocklists) that another node of a
         cluster may change: *changed_elsewhere(account)* is called when one did; call the returned
-        ``changed(account)`` once a change of this node's is in the store.
+        ``changed(account)`` once a change of this node's is in the store. In a cluster it returns
+        a Deferred that fires (never fails) once the other nodes have been told: a feature that
+        answers its client only then makes the change hold on every node as soon as the client
+        knows of it (None on a server alone).
 
         An announcement is missed while a node's subscriber is away (Redis restarted, the network
         failed), so after it comes back the cluster calls the feature's *resync()*: read
@@ -284,9 +288,11 @@ class FeatureRegistry:
         self.hooks.resyncs[name] = resync
         watchers = self.hooks.state_changed
 
-        def changed(account: str) -> None:
-            for watch in watchers:
-                watch(name, account)
+        def changed(account: str) -> Deferred[None] | None:
+            told = [d for d in (watch(name, account) for watch in watchers) if d is not None]
+            if not told:
+                return None
+            return told[0] if len(told) == 1 else gatherResults(told).addCallback(lambda _: None)
 
         return changed
 

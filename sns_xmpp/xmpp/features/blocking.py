@@ -162,7 +162,7 @@ class Blocking:
         self.filters: list[tuple[str, Callable[..., object], int]] = []
         self._hooked = False
         self._pushes = 0
-        self.changed: Callable[[str], None] = lambda owner: None  # tells a cluster's other nodes
+        self.changed: Callable[[str], Deferred[None] | None] = lambda owner: None  # tells the other nodes
         self.meanwhile = ChangedMeanwhile()  # what a resync (a cluster's) must leave as it is
 
     # -- the lists in memory ---------------------------------------------------------------
@@ -479,9 +479,13 @@ class Blocking:
         return written.addCallbacks(lambda _: self._written(owner, "unblock", gone if jids else []),
                                     lambda reason: self._undo(owner, reason, removed=gone))
 
-    def _written(self, owner: str, name: str, jids: list[str]) -> None:
-        self.changed(owner)
+    def _written(self, owner: str, name: str, jids: list[str]) -> Deferred[None] | None:
+        """The change is in the store: tell the cluster's other nodes and push it to the
+        account's resources; the answer to the client waits until the nodes were told (in a
+        cluster), so that a contact's next stanza through another node finds it applied."""
+        told = self.changed(owner)
         self._push(owner, name, jids)
+        return told
 
     def changed_elsewhere(self, owner: str) -> None:
         """Another node of the cluster changed *owner*'s list: what is held here is stale. The

@@ -181,7 +181,7 @@ class Push:
         # In a cluster, every node holds every account's registrations (a message is judged on the
         # node that routes it): a change here is announced once it is in the store, and the other
         # nodes read that account's again (shared_account_state).
-        self.changed: Callable[[str], None] = lambda owner: None
+        self.changed: Callable[[str], Deferred[None] | None] = lambda owner: None
         self.meanwhile = ChangedMeanwhile()  # what a resync must leave as it is
 
     # -- the registrations ------------------------------------------------------

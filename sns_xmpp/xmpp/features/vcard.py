@@ -142,7 +142,7 @@ class VCards:
         self.name_listeners: list[Callable[[str, str], object]] = []
         # Tells a cluster's other nodes that an account's photo hash changed, once it is in the
         # store (registry.shared_account_state): they hold the hash too, for their own sessions.
-        self.changed: Callable[[str], None] = lambda owner: None
+        self.changed: Callable[[str], Deferred[None] | None] = lambda owner: None
 
     # -- the IQ (XEP-0054) ----------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ class Archive:
         # In a cluster, a change is announced once it is in the store (shared_account_state), and
         # the other nodes read that account's preferences again. The sets made here, counted: a
         # read that a set here overtook is not applied (the set is newer), it is made again.
-        self.changed: Callable[[str], None] = lambda owner: None
+        self.changed: Callable[[str], Deferred[None] | None] = lambda owner: None
         self.prefs_sets = 0
         self.meanwhile = ChangedMeanwhile()  # the same, for a read of them all (resync_prefs)
         # seq (the archive's order, and the UID's start): schema/007_mam.sql.
@@ -378,9 +378,12 @@ class Archive:
             work = partial(archive_sql.put_prefs, owner=owner, prefs=prefs)
         return self.sessions.store.run(work).addCallback(self._prefs_written, owner, prefs)
 
-    def _prefs_written(self, _: object, owner: str, prefs: Prefs) -> domish.Element:
-        self.changed(owner)
-        return prefs_element(prefs)
+    def _prefs_written(self, _: object, owner: str, prefs: Prefs) -> domish.Element | Deferred[domish.Element]:
+        """Answered once a cluster's other nodes were told (as blocking's): a message routed by
+        another node right after the answer is archived as the new preferences say."""
+        told = self.changed(owner)
+        answer = prefs_element(prefs)
+        return answer if told is None else told.addCallback(lambda _: answer)
 
     def prefs_changed_elsewhere(self, owner: str) -> None:
         """Another node of the cluster changed the account's preferences: read them again (every
