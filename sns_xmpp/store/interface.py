@@ -291,5 +291,11 @@ class IStore(Interface):
         """Like `run` for work that only reads: it may run at once on the reactor thread, on the
         read connection, when no call is queued (so it never overtakes a write)."""
 
+    def run_aside(work: Callable[[Database], _R]) -> Deferred[_R]:
+        """Like `run` for a write no read waits for: `run_read` may go ahead of it while it
+        waits or runs. The user archive's batches: the archive's own reads wait for them
+        explicitly (`ArchiveWriter.flush`), and nothing else reads what they write, so a login's
+        or a roster's read need not wait behind 20 ms of archive rows."""
+
     def close() -> Deferred[None]:
         """Finish pending calls and release the database."""

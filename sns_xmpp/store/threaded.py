@@ -180,6 +180,7 @@ class ThreadedStore(Service):
         self._closed = _Once()
         self._reader: Database | None = None
         self._queued = 0  # calls given to the worker whose results have not come back
+        self._aside = 0  # ... of them, those reads may overtake (run_aside)
         # The reads of one reactor round share a read transaction on the reader, ended once the
         # round's events are dispatched (`LeanEPollReactor.after_events`; see _read_inline).
         self._after_events: Callable[[Callable[[], None]], bool] | None = getattr(reactor, "after_events", None)
@@ -260,16 +261,18 @@ class ThreadedStore(Service):
         self._pool.stop()  # joins a worker that has just gone idle
         return result
 
-    def _call(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+    def _call(self, work: Callable[[Database], _R], aside: bool = False) -> Deferred[_R]:
         if self._closing:
             return fail(StoreClosedError("the store is closed"))
         self._queued += 1
+        self._aside += aside
         done = self._pool.submit(self._in_worker, work)
-        done.addBoth(self._came_back)  # before the caller's callbacks, which may read again
+        done.addBoth(self._came_back, aside)  # before the caller's callbacks, which may read again
         return done
 
-    def _came_back(self, result: _R) -> _R:
+    def _came_back(self, result: _R, aside: bool) -> _R:
         self._queued -= 1
+        self._aside -= aside
         return result
 
     def _read(self, work: Callable[[Database], _R]) -> Deferred[_R]:
@@ -278,15 +281,18 @@ class ThreadedStore(Service):
 
     def _read_inline(self, work: Callable[[Database], _R]) -> tuple[_R] | tuple[()]:
         """``(result,)`` of *work* on the reader, or ``()`` when it must go to the worker: no
-        reader, a call still queued (the read could overtake its write), or the read failed (the
-        worker's connection then gives the answer, or the error worth reporting)."""
+        reader, a call still queued (the read could overtake its write) other than a `run_aside`
+        one, or the read failed (the worker's connection then gives the answer, or the error
+        worth reporting)."""
         reader = self._reader
-        if reader is not None and self._queued == 0 and not self._closing:
+        if reader is not None and self._queued == self._aside and not self._closing:
             if not self._reads_begun and self._after_events is not None and self._after_events(self._end_reads):
                 # Inside a round's events: this read and the round's later ones share one read
                 # transaction, ended when the events are all dispatched. Nothing written by this
                 # process can land meanwhile unseen: a write makes later reads go to the worker
-                # (_queued), and its result comes back in a later round, outside the events.
+                # (_queued), and its result comes back in a later round, outside the events. (A
+                # run_aside write can land unseen: nothing reads what it writes without waiting
+                # for its result first.)
                 self._reads_begun = True
                 with suppress(Exception):
                     reader.begin_reads()
@@ -465,6 +471,9 @@ class ThreadedStore(Service):
 
     def run_read(self, work: Callable[[Database], _R]) -> Deferred[_R]:
         return self._read(work)
+
+    def run_aside(self, work: Callable[[Database], _R]) -> Deferred[_R]:
+        return self._call(work, aside=True)
 
     def use_fast_token(self, jid: str, agent: str, used_hash: bytes, count: int, now: float,
                        replacement: FastTokenIssue | None) -> Deferred[bool]:

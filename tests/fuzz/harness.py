@@ -351,7 +351,7 @@ class InlineStore:
         """A feature module's own SQL (IStore.run), at once."""
         return defer.maybeDeferred(work, self._database)
 
-    run_read = run
+    run_read = run_aside = run
 
     def __getattr__(self, name: str) -> Callable[..., defer.Deferred]:
         if hasattr(composite, name):  # the store's one-call combinations of database calls

@@ -24,6 +24,8 @@ class FeatureTables:
     def run_read(self, work: Callable[[Database], Any]) -> defer.Deferred:
         return defer.execute(work, self.database)
 
+    run_aside = run
+
     @functools.cached_property
     def database(self) -> SQLiteDatabase:
         return SQLiteDatabase(":memory:")

@@ -24,7 +24,7 @@ class SynchronousStore:
     def run(self, work: Callable[[Database], Any]) -> defer.Deferred:
         return defer.maybeDeferred(work, self.database)
 
-    run_read = run
+    run_read = run_aside = run
 
     def store_offline_capped(self, owner: str, stanza: str, now: float, cap: int,
                              max_size: int | None = None) -> defer.Deferred:

@@ -365,14 +365,14 @@ def test_each_batch_is_one_transaction_and_nothing_is_lost_at_stop() -> None:
     flushes first."""
     world = World(flush_rows=4, flush_interval_ms=500)
     transactions: list[int] = []
-    run = world.store.run
+    run = world.store.run_aside
 
     def counting(work: Any) -> Any:
         if getattr(work, "func", None) is archive_sql.write_rows:
             transactions.append(len(work.keywords["rows"]))
         return run(work)
 
-    world.store.run = counting  # type: ignore[method-assign]
+    world.store.run_aside = counting  # type: ignore[method-assign]
     world.chat(f"{ALICE}/r", BOB, "a")  # two rows: Alice's and Bob's
     assert transactions == []
     world.chat(f"{ALICE}/r", BOB, "b")
@@ -486,7 +486,7 @@ def test_a_batch_the_store_fails_is_written_with_the_next_in_its_place() -> None
 
     world = World(flush_rows=2)
     failing = [1]
-    run = world.store.run
+    run = world.store.run_aside
 
     def flaky(work: Any) -> Any:
         if getattr(work, "func", None) is archive_sql.write_rows and failing[0]:
@@ -494,7 +494,7 @@ def test_a_batch_the_store_fails_is_written_with_the_next_in_its_place() -> None
             return defer.fail(RuntimeError("the database went away"))
         return run(work)
 
-    world.store.run = flaky  # type: ignore[method-assign]
+    world.store.run_aside = flaky  # type: ignore[method-assign]
     world.chat(f"{ALICE}/r", BOB, "first")  # its batch fails
     assert world.store.database.query("SELECT COUNT(*) FROM mam_messages") == [(0,)]
     world.clock.advance(1)  # written again
@@ -521,7 +521,7 @@ def test_a_store_that_falls_behind_slows_the_sender_and_loses_no_message() -> No
 
     world = World(flush_rows=10, max_buffered_rows=100)  # paused from 50 rows, read again at 25
     writes: list[tuple[defer.Deferred[Any], Any]] = []
-    run = world.store.run
+    run = world.store.run_aside
 
     def slow(work: Any) -> Any:
         if getattr(work, "func", None) is archive_sql.write_rows:
@@ -530,7 +530,7 @@ def test_a_store_that_falls_behind_slows_the_sender_and_loses_no_message() -> No
             return d
         return run(work)
 
-    world.store.run = slow  # type: ignore[method-assign]
+    world.store.run_aside = slow  # type: ignore[method-assign]
     alice_transport = world.clients[f"{ALICE}/r"][1]
     bob_transport = world.clients[f"{BOB}/r"][1]
 
@@ -584,7 +584,7 @@ def test_held_senders_do_not_hurry_a_failed_batch_into_its_next_tries() -> None:
 
     world = World(flush_rows=1000, flush_interval_ms=500, max_buffered_rows=100)
     attempts = [0]
-    run = world.store.run
+    run = world.store.run_aside
 
     def failing_once(work: Any) -> Any:
         if getattr(work, "func", None) is archive_sql.write_rows:
@@ -593,7 +593,7 @@ def test_held_senders_do_not_hurry_a_failed_batch_into_its_next_tries() -> None:
                 return defer.fail(RuntimeError("the database went away"))
         return run(work)
 
-    world.store.run = failing_once  # type: ignore[method-assign]
+    world.store.run_aside = failing_once  # type: ignore[method-assign]
     for n in range(26):  # the 26th holds Alice and sends the 51 rows waiting: that write fails
         world.chat(f"{ALICE}/r", BOB, f"a{n}")
     assert attempts == [1] and world.clients[f"{ALICE}/r"][1].producerState == "paused"

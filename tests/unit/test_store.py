@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def test_contracts(database_class: type) -> None:
     # which take a database and then IStore's parameters.
     for name in IStore.names():
         info = IStore[name].getSignatureInfo()
-        if name in ("run", "run_read"):  # they hand the database itself to the work
+        if name in ("run", "run_read", "run_aside"):  # they hand the database itself to the work
             continue
         if hasattr(composite, name):
             params = list(inspect.signature(getattr(composite, name)).parameters.values())[1:]
@@ -587,6 +588,40 @@ def test_reads_see_every_write_made_before_them(backend: Backend):  # type: igno
             store._reader.close()
             store._reader = BrokenReader()  # type: ignore[assignment]
         assert len((yield store.get_roster("alice@example.org"))) == 50
+    finally:
+        yield store.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reads_go_ahead_of_a_write_made_aside_and_of_nothing_else(backend: Backend):  # type: ignore[no-untyped-def]
+    """A write made with run_aside (the archive's batches) does not send reads to the worker: with
+    one queued, a read still runs at once on the reactor thread (SQLite); with an ordinary write
+    queued as well, it waits for that write, as before. What the aside write wrote is there once
+    its own result has come back."""
+    from twisted.internet import reactor
+
+    from sns_xmpp.store import mam as archive_sql
+    from sns_xmpp.store.mam import ArchiveQuery
+
+    store = ThreadedStore(backend.open, reactor)
+    store.startService()
+    try:
+        yield store.when_open()
+        yield store.create_account("alice@example.org", CREDENTIALS, NOW)
+        rows = [(archive_sql.seq_at(NOW) + 1024 * n, "alice@example.org", f"{n}-t", "bob@example.net", "",
+                 "<message/>") for n in range(2000)]
+        batch = store.run_aside(partial(archive_sql.write_rows, rows=rows))
+        at_once = store.get_roster("alice@example.org")
+        assert at_once.called == (backend.name == "sqlite"), "ahead of the archive's batch"
+        written = store.put_roster_item("alice@example.org", RosterItem("c@example.net", None, (), "none",
+                                                                        False, False))
+        behind = store.get_roster("alice@example.org")
+        assert not behind.called, "never ahead of an ordinary write"
+        assert (yield at_once) == [] and len((yield behind)) == 1
+        yield written
+        assert (yield batch) == 2000
+        page = yield store.run_read(partial(archive_sql.query, asked=ArchiveQuery("alice@example.org", max=0)))
+        assert page.count == 2000
     finally:
         yield store.stopService()
 

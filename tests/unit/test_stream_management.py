@@ -80,7 +80,7 @@ class MemoryStore:
         the accounts there (``store.database.create_account``)."""
         return defer.execute(work, self.database)
 
-    run_read = run
+    run_read = run_aside = run
 
     @functools.cached_property
     def database(self) -> SQLiteDatabase:

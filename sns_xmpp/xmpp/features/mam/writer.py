@@ -107,7 +107,9 @@ class ArchiveWriter:
         if rows:
             self.in_flight += len(rows)
             self.batches += 1
-            d: Deferred[Any] = self.store.run(partial(archive_sql.write_rows, rows=rows))
+            # Aside: a login's or a roster's read need not wait for it (the archive's own reads
+            # wait for the batches themselves, through this method).
+            d: Deferred[Any] = self.store.run_aside(partial(archive_sql.write_rows, rows=rows))
             self.writes.add(d)
             d.addBoth(self._written, d, rows)
         if not self.writes:
