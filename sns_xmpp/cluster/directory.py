@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
@@ -57,9 +59,17 @@ def entry_of(session: ClientSession) -> dict[str, Any]:
     return entry
 
 
+# How long a feature's answer waits for Redis to take the announcement of its change
+# (state_changed): while Redis is unreachable, txredisapi holds commands until it is back, and a
+# client's block must not wait that long for its answer.
+ANNOUNCE_WAIT_SECONDS = 2.0
+
+
 class Directory:
-    def __init__(self, node: str, keys: Keys, commands: Any, sessions: SessionManager, inbox: Inbox) -> None:
+    def __init__(self, node: str, keys: Keys, commands: Any, sessions: SessionManager, inbox: Inbox,
+                 clock: IReactorTime | None = None) -> None:
         self.node = node
+        self.clock = clock  # bounds the wait for an announcement (None: unbounded, for tests)
         self.keys = keys
         self.commands = commands
         self.sessions = sessions
@@ -147,8 +157,26 @@ class Directory:
         published = self._announce({"n": self.node, "state": name, "owner": owner})
         if not isinstance(published, Deferred):
             return None
-        return published.addCallbacks(lambda _: None, lambda reason: log.failure(
-            "cluster.announce_failed state={state} owner={owner}", reason, state=name, owner=owner))
+        told: Deferred[None] = Deferred()
+        timer = None if self.clock is None else self.clock.callLater(ANNOUNCE_WAIT_SECONDS, self._not_taken,
+                                                                      told, name, owner)
+
+        def taken(result: object) -> None:
+            if isinstance(result, Failure):
+                log.failure("cluster.announce_failed state={state} owner={owner}", result, state=name, owner=owner)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not told.called:
+                told.callback(None)
+
+        published.addBoth(taken)
+        return told
+
+    @staticmethod
+    def _not_taken(told: Deferred[None], name: str, owner: str) -> None:
+        log.warn("cluster.announce_slow state={state} owner={owner} seconds={seconds} (answered meanwhile)",
+                 state=name, owner=owner, seconds=ANNOUNCE_WAIT_SECONDS)
+        told.callback(None)
 
     def leaving(self) -> None:
         """This node stops: the others forget its resources now, not after node_timeout."""

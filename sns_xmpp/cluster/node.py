@@ -79,7 +79,8 @@ class ClusterNode(service.Service):
         self.commands = redis_link.connect(url)
         self.reader = redis_link.connect(url)
         self.inbox = inbox = Inbox(self.node, self.keys, self.commands, self.reader, self.sessions, self.clock)
-        self.directory = directory = Directory(self.node, self.keys, self.commands, self.sessions, inbox)
+        self.directory = directory = Directory(self.node, self.keys, self.commands, self.sessions, inbox,
+                                               self.clock)
         inbox.on_replace = directory.end_replaced
         stored = StoredWhileBinding(self.sessions, inbox, self.clock)
         stored.install()
