@@ -676,9 +676,15 @@ def check_real(fuzz: RealFuzz, answer: bytes) -> None:
         problems.append("the server closed the connection without </stream:stream>")
     if fuzz.kind == "stanzas":
         answered = any(e.name == "iq" and e.getAttribute("id") == "fuzz-probe" for e in output.elements)
-        if not answered and not output.find(NS_STREAMS, "error"):
+        errored = bool(output.find(NS_STREAMS, "error"))
+        # A client that sends a stream error of its own ends the stream (RFC 6120 4.9.1.1): the
+        # server closes its side, with neither an answer nor an error (the closing tag is
+        # checked above). Any other element in the streams namespace gets the server's error.
+        ended_by_client = NS_STREAMS.encode() in b"".join(fuzz.reads)
+        if not answered and not errored and not ended_by_client:
             problems.append("no answer to the ping and no stream error")
-        note("real: probe answered" if answered else "real: stream error")
+        note("real: probe answered" if answered else "real: stream error" if errored
+             else "real: closed after the client's stream-level element")
     assert not problems, f"{fuzz}\n" + "\n".join(problems) + f"\n--- server output ---\n{answer[-3000:]!r}"
 
 
