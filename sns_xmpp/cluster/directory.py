@@ -153,7 +153,9 @@ class Directory:
         client after the other nodes were told, so a stanza the client's contacts send through
         them next finds the change (Linux's epoll reports sockets in the order they became
         ready). A Redis that fails to take it is logged, not the feature's failure: the change
-        is in the store, and the nodes read it again when their subscriber comes back."""
+        is in the store, and the nodes read it again when their subscriber comes back. One that
+        says nothing for ANNOUNCE_WAIT_SECONDS (unreachable) is logged too, and the Deferred fires
+        then all the same."""
         published = self._announce({"n": self.node, "state": name, "owner": owner})
         if not isinstance(published, Deferred):
             return None
