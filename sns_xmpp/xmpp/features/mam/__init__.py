@@ -299,8 +299,7 @@ class Archive:
         if prefs is not None and not self._wanted(owner, prefs, peer_bare, resource):
             return None
         writer = self.writer
-        rows = writer.rows
-        if len(rows) + writer.in_flight >= writer.max_buffered or self.stopped:
+        if writer.backlog() >= writer.max_buffered or self.stopped:
             self.sessions.metrics.limit("mam-backlog")
             return None
         seq = (int(self.seconds() * 1_000_000) << 10) | self.low_bits
@@ -308,6 +307,7 @@ class Archive:
             seq = self.last_seq + 1024  # the same microsecond, or the clock went back
         self.last_seq = seq
         uid = format(seq, "x") + self.tag
+        rows = writer.rows
         rows.append((seq, owner, uid, peer_bare, resource or "", text))
         if writer.timer is None or len(rows) >= writer.flush_rows:
             writer.added()

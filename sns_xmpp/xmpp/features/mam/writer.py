@@ -80,10 +80,6 @@ class ArchiveWriter:
         elif self.rows and not self.writes and not self.failures:
             self.flush()  # its batch, once written, calls this again
 
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        self.added()
-
     def added(self) -> None:
         """Rows were appended to `rows` (the archive does so itself, on the message's path, and
         calls this only when there is no timer yet or the batch is full)."""
