@@ -501,6 +501,13 @@ class WebSocketConnection(Connection):
                     self._received(element)
         self._flush()  # pongs and close frames the protocol answers itself
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Closed before the upgrade's answer (the daemon's per-address cap on HTTP connections
+        # closes them as they are accepted): open_stream must fail, not wait for ever.
+        if not self.opened.done():
+            self.opened.set_exception(XMPPError("the connection closed before the WebSocket opened"))
+        super().connection_lost(exc)
+
     def send(self, data: str) -> None:
         self.protocol.send_text(data.encode())
         self._flush()
