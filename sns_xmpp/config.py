@@ -109,7 +109,10 @@ class C2SConfig:
     auth_timeout: int = _setting(30, integer(1, 3600), "seconds a stream has to authenticate and bind")
     idle_timeout: int = _setting(300, integer(10, 86400), "seconds of silence before the server pings")
     ping_timeout: int = _setting(60, integer(1, 3600), "seconds to answer that ping before the stream ends")
-    max_connections_per_ip: int = _setting(50, integer(1, 1_000_000), "open streams one address may hold")
+    max_connections_per_ip: int = _setting(10_000, integer(1, 1_000_000), "open streams one address may hold")
+    max_unauthenticated_per_ip: int = _setting(
+        1_000, integer(1, 1_000_000), "streams one address may hold before they bind a resource (logins in progress)"
+    )
     max_resources: int = _setting(10, integer(1, 1000), "sessions one account may bind at once")
     max_offline_messages: int = _setting(1000, integer(1, 1_000_000), "messages kept for one offline user")
     max_offline_bytes: int = _setting(

@@ -364,7 +364,7 @@ def build_server(config: Config, reactor: IServerReactor, config_path: Path | No
     if cluster is not None and settings.throttle is not None:
         cluster.share_throttle(settings.throttle)  # failures on any node count on every node
     limits = StreamLimits(c2s.max_stanza_bytes, c2s.auth_timeout, c2s.idle_timeout, c2s.ping_timeout,
-                          c2s.max_connections_per_ip, c2s.max_outbound_bytes)
+                          c2s.max_connections_per_ip, c2s.max_outbound_bytes, c2s.max_unauthenticated_per_ip)
 
     def factory(secure: bool) -> ClientStreamFactory:
         return ClientStreamFactory(lambda: ClientNegotiator(settings), limits, reactor, secure, metrics.limit)

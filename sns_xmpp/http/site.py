@@ -17,7 +17,7 @@ descriptor (an answer would hold each one until it was written). The channel is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,14 +106,15 @@ class GuardedChannel(http.HTTPChannel):
         self._arm("body", self.site.limits.body_timeout)
         super().allHeadersReceived()
 
-    def hand_over(self) -> Callable[[], None]:
-        """The connection leaves HTTP (a WebSocket takes it over): the channel's deadlines and idle
-        timeout no longer apply. Call what this returns when the connection closes: it gives
-        back the connection's place in its address's count, which the channel, no longer the
-        connection's protocol, would never hear of."""
+    def hand_over(self) -> None:
+        """The connection leaves HTTP (a WebSocket takes it over, as a client stream): the
+        channel's deadlines and idle timeout no longer apply, and its place in its address's
+        count goes back at once. The stream is counted by the client streams' own caps per
+        address from then on (xmpp/c2s.py): logins in progress, then all streams, which
+        carrier-grade NAT needs to be far more than this listener's cap."""
         self._disarm("handed-over")
         self.setTimeout(None)
-        return lambda: self.site.connection_closed(self)
+        self.site.connection_closed(self)
 
     def body_within_limit(self, size: int) -> bool:
         """Count *size* more bytes of the request's body; past the limit, answer 413 and close."""

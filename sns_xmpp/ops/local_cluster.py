@@ -139,7 +139,7 @@ def write_node_config(state: Path, base: dict[str, Any], config_path: Path, numb
     # start_haproxy), and on each node, which sees the clients' own addresses through the PROXY
     # protocol (and the balancer's only for its health checks).
     status.setdefault("per_address", {
-        "c2s": int(c2s.get("max_connections_per_ip", 50)),
+        "c2s": int(c2s.get("max_connections_per_ip", 10_000)),
         "http": int(config.get("http", {}).get("max_connections_per_ip", 512)),
     })
     c2s["proxy_protocol_from"] = [BALANCER_ADDRESS]
@@ -277,8 +277,14 @@ def start_haproxy(state: Path, ports: dict[str, int], nodes: list[dict[str, Any]
 
     def listener(name: str, port: int, service: str, to: list[dict[str, Any]]) -> list[str]:
         lines = [f"listen {name}", f"    bind 127.0.0.1:{port}", "    balance leastconn"]
-        cap = (per_address or {}).get("http" if service == "http" else "c2s")
-        if cap is not None:  # the configuration's per-address cap, on the clients' own addresses
+        caps = per_address or {}
+        cap = caps.get("c2s")
+        if service == "http" and cap is not None:
+            # The HTTP port carries WebSockets too: a node counts each under the client streams'
+            # cap once it is upgraded, and under the HTTP one before. The balancer cannot tell
+            # them apart, so it allows a source both.
+            cap += caps.get("http", 0)
+        if cap is not None:  # the configuration's per-address caps, on the clients' own addresses
             lines += ["    stick-table type ipv6 size 1m expire 1h store conn_cur",
                       "    tcp-request connection track-sc0 src",
                       f"    tcp-request connection reject if {{ sc0_conn_cur gt {cap} }}"]

@@ -124,10 +124,30 @@ class ClientStream(xmlstream.XmlStream):
         self._release_after_read = False
         self.opened_at = self.last_active = clock.seconds()
         self.pinged_at: float | None = None
-        self.bound = False  # a resource is bound: the idle rules apply, not the authentication deadline
+        self._bound = False
+        # Called once, when the stream stops being a login in progress: at bind, or at its close
+        # if it never bound (the factory's count of logins in progress per address).
+        self.on_settled: list[Callable[[], None]] = []
         self.refusal: StreamError | None = None  # set by the factory when this stream may not start
         self.ended_by: str | None = None  # "client" or "server" once either closes the stream properly
         self._peer: str | None = None
+
+    @property
+    def bound(self) -> bool:
+        """A resource is bound: the idle rules apply, not the authentication deadline."""
+        return self._bound
+
+    @bound.setter
+    def bound(self, value: bool) -> None:
+        self._bound = value
+        if value:
+            self.settle()
+
+    def settle(self) -> None:
+        """The stream is no longer a login in progress: run `on_settled`, once."""
+        settled, self.on_settled = self.on_settled, []
+        for callback in settled:
+            callback()
 
     # Nothing observes a c2s stream's events (elements go to element_handler, stream errors are
     # handled in onElement), so the connection and the stream header skip Twisted's event
@@ -395,8 +415,9 @@ class StreamLimits:
     auth_timeout: float = 30
     idle_timeout: float = 300
     ping_timeout: float = 60
-    max_connections_per_ip: int = 50
+    max_connections_per_ip: int = 10_000
     max_outbound_bytes: int = 8 * 1024 * 1024
+    max_unauthenticated_per_ip: int = 1_000
 
 
 class ClientStreamFactory(protocol.Factory):
@@ -418,7 +439,13 @@ class ClientStreamFactory(protocol.Factory):
         self.secure = secure
         self.on_limit = on_limit or (lambda name: None)
         self.streams: set[ClientStream] = set()
+        # Two caps per address. Carrier-grade NAT puts thousands of people behind one address,
+        # each with a long-lived stream, so the cap on all streams is a backstop on one address's
+        # share of the descriptors; an account holds at most max_resources of them. Logins in
+        # progress (not yet bound: anonymous, each a TLS handshake, held up to auth_timeout) have
+        # a cap of their own.
         self.per_address = Tally()
+        self.unbound_per_address = Tally()
         self._sweeper: task.LoopingCall | None = None
         self._pings = 0
 
@@ -440,15 +467,24 @@ class ClientStreamFactory(protocol.Factory):
         self.streams.add(stream)
         host = str(getattr(addr, "host", "?"))
         count = self.per_address.add(host)
+        unbound = self.unbound_per_address.add(host)
+        stream.on_settled.append(lambda: self._settled(host))
         if count > self.limits.max_connections_per_ip:
             self.on_limit("connections-per-address")
             stream.refusal = StreamError("policy-violation", text="too many connections from your address")
+        elif unbound > self.limits.max_unauthenticated_per_ip:
+            self.on_limit("unauthenticated-per-address")
+            stream.refusal = StreamError("policy-violation", text="too many logins in progress from your address")
         stream.on_close.append(lambda: self._closed(stream, host))
         return stream
+
+    def _settled(self, host: str) -> None:
+        self.unbound_per_address.remove(host)
 
     def _closed(self, stream: ClientStream, host: str) -> None:
         self.streams.discard(stream)
         self.per_address.remove(host)
+        stream.settle()  # closed before it bound: no longer a login in progress
 
     def sweep(self) -> None:
         now = self.clock.seconds()

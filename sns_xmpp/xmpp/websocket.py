@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -277,7 +277,6 @@ class XMPPWebSocket(WebSocketServerProtocol):
         stream, self.stream = self.stream, None
         if stream is not None and not stream.lost:
             stream.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
-        self.factory.closed(self)
 
 
 class XMPPWebSocketFactory(WebSocketServerFactory):
@@ -289,8 +288,6 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
         self.streams = streams
         self.see_other = see_other  # [http] websocket_see_other: where to send clients instead
         self.trusted_proxies = frozenset(trusted_proxies)
-        self.on_closed: dict[XMPPWebSocket, Callable[[], None]] = {}
-        self.handing_over: Callable[[], None] | None = None  # set by the resource around buildProtocol
         # A message is one stanza: the stream's own limit applies inside, this one to the frame.
         self.setProtocolOptions(maxMessagePayloadSize=max_message_bytes, maxFramePayloadSize=max_message_bytes,
                                 autoPingInterval=0, openHandshakeTimeout=20, closeHandshakeTimeout=5)
@@ -310,18 +307,6 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
         except ValueError:
             return peer, False
 
-    def buildProtocol(self, addr: IAddress | None) -> Any:  # noqa: N802 - Twisted's name
-        socket = super().buildProtocol(addr)
-        if self.handing_over is not None and isinstance(socket, XMPPWebSocket):
-            self.on_closed[socket] = self.handing_over
-            self.handing_over = None
-        return socket
-
-    def closed(self, socket: XMPPWebSocket) -> None:
-        done = self.on_closed.pop(socket, None)
-        if done is not None:
-            done()
-
 
 def _address(text: str, fallback: IAddress) -> IAddress:
     try:
@@ -334,17 +319,11 @@ def _address(text: str, fallback: IAddress) -> IAddress:
 
 class XMPPWebSocketResource(WebSocketResource):
     """autobahn's resource, which takes the connection over from the HTTP channel: the channel's
-    deadlines are called off, and its place in the per-address count is given back when the
-    WebSocket closes (the channel never hears of it)."""
-
-    def __init__(self, factory: XMPPWebSocketFactory) -> None:
-        super().__init__(factory)
-        self.ws_factory = factory
+    deadlines are called off, and its place in the HTTP per-address count is given back at once
+    (the client stream's caps per address count it from then on)."""
 
     def render(self, request: Any) -> Any:
         hand_over = getattr(request.channel, "hand_over", None)
-        self.ws_factory.handing_over = hand_over() if hand_over is not None else None
-        try:
-            return super().render(request)
-        finally:
-            self.ws_factory.handing_over = None
+        if hand_over is not None:
+            hand_over()
+        return super().render(request)

@@ -16,7 +16,7 @@ from tests.rawxmpp import RawStream
 from tests.xmppclient import Client, wait
 
 FLOOD = 5000
-PER_ADDRESS = 50  # the default max_connections_per_ip: the flood comes from 100 loopback addresses
+PER_ADDRESS = 50  # never-authenticating streams per loopback address: the flood comes from 100 of them
 
 
 async def wrong_password(port: int, n: int) -> str:

@@ -3,6 +3,7 @@ XMPP library between the test and the framing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import xml.etree.ElementTree as ET
 
@@ -10,7 +11,8 @@ import pytest
 import pytest_twisted
 import websockets
 
-from tests.e2e.test_local_im import logged_in, until
+from tests.e2e.test_local_im import logged_in
+from tests.rawxmpp import RawStream
 from tests.xmppclient import wait
 
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -82,15 +84,43 @@ async def test_a_websocket_client_negotiates_logs_in_binds_and_chats_with_a_tcp_
     assert reply.findtext(f"{{{CLIENT}}}body") == "and back <over> TCP"
     assert reply.get("from") == "bob@localhost/" + str(bob.boundjid.resource)
 
+    # The upgrade gave the connection's place in the HTTP cap back (512 per address would refuse
+    # the 513th browser behind a carrier-grade NAT): the client streams' caps count it now.
     http = server.server.listener("http").factory
-    assert http.connections["127.0.0.1"] >= 1  # the WebSocket still counts against its address
+    assert http.connections["127.0.0.1"] == 0
     await wait(socket.send(f"<close xmlns='{FRAMING}'/>"))
     closing = await _until(socket, f"{{{FRAMING}}}close")
     assert closing.tag == f"{{{FRAMING}}}close"
     await wait(socket.wait_closed())
     assert socket.close_code == 1000
-    await until(lambda: http.connections["127.0.0.1"] == 0)  # its place given back, once the TCP close is in
     await wait(bob.log_out())
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_people_than_the_old_cap_log_in_from_one_address(server) -> None:
+    """Carrier-grade NAT puts thousands behind one address. With the shipped limits, 60 accounts
+    bind from 127.0.0.1 at once (the old cap of 50 streams per address refused the 51st with
+    policy-violation), over STARTTLS, and one more over a WebSocket."""
+    people = [f"user{n}@localhost" for n in range(60)]
+    for jid in people:
+        await server.add_user(jid, "secret")
+
+    async def bind(jid: str) -> tuple[RawStream, str]:
+        stream = await RawStream.open_tls(server.c2s_port)
+        return stream, await stream.log_in_plain(jid.split("@")[0], "secret")
+
+    streams = await wait(asyncio.gather(*(bind(jid) for jid in people)), timeout=60)
+    assert [bound for _, bound in streams] == [f"{jid}/raw" for jid in people]
+    await server.add_user("erin@localhost", "secret")
+    socket = await wait(websockets.connect(_url(server), subprotocols=["xmpp"]))
+    await wait(socket.send(OPEN))
+    await _until(socket, f"{{{STREAMS}}}features")
+    credentials = base64.b64encode(b"\0erin\0secret").decode()
+    await wait(socket.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{credentials}</auth>"))
+    assert (await _receive(socket)).tag == "{urn:ietf:params:xml:ns:xmpp-sasl}success"
+    for stream, _ in streams:
+        stream.close()
+    await wait(socket.close())
 
 
 @pytest_twisted.ensureDeferred

@@ -78,6 +78,49 @@ def test_connections_per_address_are_capped() -> None:
     assert not again.disconnecting
 
 
+def test_one_address_holds_many_bound_streams_but_few_logins_in_progress() -> None:
+    """Carrier-grade NAT: thousands of people behind one address, each with a bound stream, may
+    not be refused for each other's number; only the logins in progress (not yet bound) have a
+    small cap per address, and all streams a large one."""
+    clock = MemoryReactorClock()
+    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=no_sessions(),
+                           tls_context=None, require_tls=False, allow_plain_without_tls=True, throttle=None)
+    limits = StreamLimits(max_stanza_bytes=65536, max_connections_per_ip=5, max_unauthenticated_per_ip=2)
+    limited: list[str] = []
+    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), limits, clock, on_limit=limited.append)
+
+    bound = []
+    for _ in range(2):  # two logins at a time, each bound before the next two begin
+        pair = [connect(factory), connect(factory)]
+        refused, refused_transport = connect(factory)
+        answer = output(refused_transport)
+        assert stream_error(answer) == "policy-violation" and "too many logins in progress" in answer
+        refused.connectionLost(None)
+        for stream, transport in pair:
+            assert not transport.disconnecting
+            stream.bound = True
+            bound.append((stream, transport))
+    assert limited == ["unauthenticated-per-address"] * 2
+
+    fifth, fifth_transport = connect(factory)  # four bound and one in progress: five streams
+    assert not fifth_transport.disconnecting
+    sixth, sixth_transport = connect(factory)
+    answer = output(sixth_transport)
+    assert stream_error(answer) == "policy-violation" and "too many connections from your address" in answer
+    assert limited[-1] == "connections-per-address"
+    sixth.connectionLost(None)
+    _, elsewhere = connect(factory, "192.0.2.9")  # another address is not touched
+    assert not elsewhere.disconnecting
+
+    # A login in progress that ends gives its place back; a bound stream that ends gives back
+    # only its place among all streams.
+    fifth.connectionLost(None)
+    bound[0][0].connectionLost(None)
+    assert factory.unbound_per_address["192.0.2.1"] == 0 and factory.per_address["192.0.2.1"] == 3
+    again = [connect(factory), connect(factory)]
+    assert not any(transport.disconnecting for _, transport in again)
+
+
 def test_throttle_grows_the_delay_then_blocks_and_forgets() -> None:
     clock = Clock()
     throttle = AuthThrottle(clock, ThrottlePolicy(free_failures=3, max_delay=8, block_after=6, block_seconds=100,
