@@ -100,7 +100,7 @@ async def test_a_websocket_client_negotiates_logs_in_binds_and_chats_with_a_tcp_
 async def test_more_people_than_the_old_cap_log_in_from_one_address(server) -> None:
     """Carrier-grade NAT puts thousands behind one address. With the shipped limits, 60 accounts
     bind from 127.0.0.1 at once (the old cap of 50 streams per address refused the 51st with
-    policy-violation), over STARTTLS, and one more over a WebSocket."""
+    policy-violation), over STARTTLS, and one more then logs in over a WebSocket."""
     people = [f"user{n}@localhost" for n in range(60)]
     for jid in people:
         await server.add_user(jid, "secret")
