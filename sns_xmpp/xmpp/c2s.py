@@ -127,7 +127,7 @@ class ClientStream(xmlstream.XmlStream):
         self._bound = False
         # Called once, when the stream stops being a login in progress: at bind, or at its close
         # if it never bound (the factory's count of logins in progress per address).
-        self.on_settled: list[Callable[[], None]] = []
+        self.on_settled: list[Callable[[], object]] = []
         self.refusal: StreamError | None = None  # set by the factory when this stream may not start
         self.ended_by: str | None = None  # "client" or "server" once either closes the stream properly
         self._peer: str | None = None
@@ -389,6 +389,7 @@ class ClientStream(xmlstream.XmlStream):
         if self._cut_call is not None and self._cut_call.active():
             self._cut_call.cancel()
         self._cut_call = None
+        self.settle()  # closed before it bound: no longer a login in progress
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             try:
@@ -468,7 +469,7 @@ class ClientStreamFactory(protocol.Factory):
         host = str(getattr(addr, "host", "?"))
         count = self.per_address.add(host)
         unbound = self.unbound_per_address.add(host)
-        stream.on_settled.append(lambda: self._settled(host))
+        stream.on_settled.append(lambda: self.unbound_per_address.remove(host))
         if count > self.limits.max_connections_per_ip:
             self.on_limit("connections-per-address")
             stream.refusal = StreamError("policy-violation", text="too many connections from your address")
@@ -478,13 +479,9 @@ class ClientStreamFactory(protocol.Factory):
         stream.on_close.append(lambda: self._closed(stream, host))
         return stream
 
-    def _settled(self, host: str) -> None:
-        self.unbound_per_address.remove(host)
-
     def _closed(self, stream: ClientStream, host: str) -> None:
         self.streams.discard(stream)
         self.per_address.remove(host)
-        stream.settle()  # closed before it bound: no longer a login in progress
 
     def sweep(self) -> None:
         now = self.clock.seconds()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -26,12 +28,13 @@ def no_sessions() -> SessionManager:
     return SessionManager(["localhost"], None, MemoryReactorClock(), lambda stanza: None)  # type: ignore[arg-type]
 
 
-def factory_and_clock(throttle: AuthThrottle | None = None, clock: MemoryReactorClock | None = None):  # type: ignore[no-untyped-def]
+def factory_and_clock(throttle: AuthThrottle | None = None, clock: MemoryReactorClock | None = None,  # type: ignore[no-untyped-def]
+                      limits: StreamLimits = LIMITS, on_limit: Callable[[str], None] | None = None):
     clock = clock or MemoryReactorClock()
     settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=no_sessions(),
                            tls_context=None, require_tls=False, allow_plain_without_tls=True, throttle=throttle,
                            max_auth_failures=100)
-    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), LIMITS, clock)
+    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), limits, clock, on_limit=on_limit)
     factory.startFactory()
     return factory, clock
 
@@ -82,12 +85,9 @@ def test_one_address_holds_many_bound_streams_but_few_logins_in_progress() -> No
     """Carrier-grade NAT: thousands of people behind one address, each with a bound stream, may
     not be refused for each other's number; only the logins in progress (not yet bound) have a
     small cap per address, and all streams a large one."""
-    clock = MemoryReactorClock()
-    settings = C2SSettings(domains=["localhost"], checker=OnePasswordChecker(), sessions=no_sessions(),
-                           tls_context=None, require_tls=False, allow_plain_without_tls=True, throttle=None)
     limits = StreamLimits(max_stanza_bytes=65536, max_connections_per_ip=5, max_unauthenticated_per_ip=2)
     limited: list[str] = []
-    factory = ClientStreamFactory(lambda: ClientNegotiator(settings), limits, clock, on_limit=limited.append)
+    factory, _ = factory_and_clock(limits=limits, on_limit=limited.append)
 
     bound = []
     for _ in range(2):  # two logins at a time, each bound before the next two begin
