@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IReactorCore,
     IReactorFDSet,
     IReactorFromThreads,
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import (
     IReactorThreads,
     IReactorTime,
 )
+from zope.interface import implementer
 
 
 class ISiteReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
@@ -41,3 +43,70 @@ def at_round_end(reactor: IReactorTime, call: Callable[[], None]) -> None:
     after_events = getattr(reactor, "after_events", None)
     if after_events is None or not after_events(call):
         reactor.callLater(0, call)
+
+
+@implementer(IDelayedCall)
+class _RoundEndCall:
+    """A zero-delay call that `RoundEndClock` put at the end of the round: what a TLS layer's
+    write aggregator keeps to cancel it. It cannot be moved (``delay``, ``reset``): the round's
+    end is not a time."""
+
+    __slots__ = ("_call", "_args", "_kwargs", "_pending", "_time")
+
+    def __init__(self, call: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object],
+                 time: float) -> None:
+        self._call = call
+        self._args = args
+        self._kwargs = kwargs
+        self._pending = True
+        self._time = time
+
+    def getTime(self) -> float:  # noqa: N802 - Twisted's name
+        return self._time
+
+    def delay(self, secondsLater: float) -> None:  # noqa: N803 - Twisted's name
+        raise NotImplementedError("a call at the round's end cannot be moved")
+
+    def reset(self, secondsFromNow: float) -> None:  # noqa: N803 - Twisted's name
+        raise NotImplementedError("a call at the round's end cannot be moved")
+
+    def run(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._call(*self._args, **self._kwargs)
+
+    def cancel(self) -> None:
+        self._pending = False
+
+    def active(self) -> bool:
+        return self._pending
+
+
+@implementer(IReactorTime)
+class RoundEndClock:
+    """The reactor's clock, but for a zero-delay call, which runs at the end of the current round
+    (`at_round_end`) when the reactor offers that, instead of in its next round.
+
+    Twisted's TLS layer gathers a round's small writes and encrypts them from such a call
+    (``BufferingTLSTransport``). On the reactor's own clock, each round that wrote to a TLS
+    stream then cost the reactor another round: a timer to make and run, a poll more, and the
+    ciphertext sent a round later, from a timer again (`transport.Flusher`). At the round's end,
+    the ciphertext joins the round's other writes (docs/performance.md)."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._after_events: Callable[[Callable[[], None]], bool] | None = getattr(reactor, "after_events", None)
+
+    def seconds(self) -> float:
+        return self._reactor.seconds()
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object,  # noqa: N802 - Twisted's name
+                  **kwargs: object) -> IDelayedCall:
+        if delay == 0 and self._after_events is not None:
+            at_end = _RoundEndCall(callable, args, kwargs, self._reactor.seconds())
+            if self._after_events(at_end.run):
+                return at_end
+        return self._reactor.callLater(delay, callable, *args, **kwargs)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:  # noqa: N802 - Twisted's name
+        return list(self._reactor.getDelayedCalls())

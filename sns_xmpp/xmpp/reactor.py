@@ -60,13 +60,18 @@ class LeanEPollReactor(epollreactor.EPollReactor):
                     handle(selectable, fd, event)
                 except Exception:
                     log.err(None, "Unhandled error dispatching an event")
+            # A call made here may ask for one more at the round's end (a TLS layer's flush
+            # writes ciphertext, which the transport then sends): it runs in this pass too.
+            done = 0
+            while done < len(after):
+                call = after[done]
+                done += 1
+                try:
+                    call()
+                except Exception:
+                    log.err(None, "Unhandled error after dispatching events")
         finally:
             self._after_events = None
-        for call in after:
-            try:
-                call()
-            except Exception:
-                log.err(None, "Unhandled error after dispatching events")
 
     doIteration = doPoll
 

@@ -48,12 +48,12 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.main import CONNECTION_DONE
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, _AggregateSmallWrites
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sns_xmpp.observe.log_gate import GatedLogger
-from sns_xmpp.reactors import IServerReactor, at_round_end
+from sns_xmpp.reactors import IServerReactor, RoundEndClock, at_round_end
 from sns_xmpp.xmpp.proxy_protocol import ProxyHeaderFactory, TrustedProxies
 
 log = GatedLogger()
@@ -173,6 +173,17 @@ class FlushingServer(NoDelayServer):
         self._writer_registered = True
         super().startWriting()
 
+    def startTLS(self, ctx: Any, normal: bool = True) -> None:  # noqa: N802 - Twisted's name
+        """Twisted's STARTTLS layer, its gathered writes encrypted at the end of the round
+        (`RoundEndClock`). Twisted makes that layer's factory itself, on the global reactor's
+        clock, and offers no way to pass another: the aggregator's clock is replaced. Should
+        Twisted rename it, tests/unit/test_reactor.py's STARTTLS test fails (its reactor is not
+        the global one, which would then flush the layer)."""
+        super().startTLS(ctx, normal)
+        aggregator = getattr(self.protocol, "_aggregator", None)
+        if isinstance(aggregator, _AggregateSmallWrites):
+            aggregator._clock = self.server.round_end_clock
+
 
 class FlushingPort(NoDelayPort):
     transport = FlushingServer
@@ -181,6 +192,7 @@ class FlushingPort(NoDelayPort):
                  reactor: IServerReactor) -> None:
         super().__init__(port, factory, backlog, interface, reactor)
         self.flusher = Flusher(reactor)
+        self.round_end_clock = RoundEndClock(reactor)
 
 
 @implementer(IStreamServerEndpoint)
@@ -205,7 +217,8 @@ class NoDelayTCPServerEndpoint:
         return NoDelayPort(self._port_number, factory, self._backlog, self._interface, self._reactor)
 
     def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:  # noqa: N803 - Twisted's name
-        factory = protocolFactory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, protocolFactory)
+        factory = protocolFactory if self._tls is None else TLSMemoryBIOFactory(
+            self._tls, False, protocolFactory, clock=RoundEndClock(self._reactor))
         if self._proxies is not None:
             # Outermost: the balancer's header comes before the client's TLS handshake.
             factory = ProxyHeaderFactory(factory, self._proxies, self._reactor)

@@ -3,7 +3,9 @@ error that escapes Twisted's own handling of an event is logged without stopping
 
 from __future__ import annotations
 
+import datetime
 import socket
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol
@@ -147,3 +149,160 @@ def test_the_c2s_transport_accepts_with_tcp_nodelay_under_the_lean_reactor() -> 
     finally:
         port.stopListening()
         reactor.removeAll()
+
+
+class StartsTLS(Answer):
+    """Answers upper-cased, as `Answer`; b"starttls" starts TLS (no answer) with the given context."""
+
+    tls: Any = None
+    made: list[StartsTLS]
+
+    def connectionMade(self) -> None:
+        self.made.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"starttls":
+            self.transport.startTLS(self.tls)  # type: ignore[union-attr]
+        else:
+            super().dataReceived(data)
+
+
+class TLSClient:
+    """A non-blocking client socket with Python's TLS over memory BIOs, driven between the
+    reactor's rounds (the reactor is not the test process's global one)."""
+
+    def __init__(self, reactor: LeanEPollReactor, sock: socket.socket, trusted: Path) -> None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(trusted))
+        self.reactor = reactor
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+
+    def pump(self) -> None:
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+        try:
+            self.incoming.write(self.sock.recv(1 << 16))
+        except BlockingIOError:
+            pass
+
+    def handshake(self) -> None:
+        import ssl
+
+        def done() -> bool:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self.pump()
+                return False
+            self.pump()
+            return True
+
+        spin(self.reactor, done)
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.pump()
+
+    def receive(self, size: int) -> bytes:
+        import ssl
+
+        received = b""
+
+        def arrived() -> bool:
+            nonlocal received
+            self.pump()
+            try:
+                received += self.tls.read(1 << 16)
+            except ssl.SSLWantReadError:
+                pass
+            return len(received) >= size
+
+        spin(self.reactor, arrived)
+        return received
+
+
+def test_the_c2s_transport_sends_tls_answers_after_the_rounds_events_without_timers(tmp_path: Path) -> None:
+    """Over STARTTLS and direct TLS alike, the answers a round wrote are encrypted and sent at the
+    round's end: no zero-delay call (Twisted's TLS layer gathers small writes and encrypts them
+    from one, on the global reactor's clock), no writability watch."""
+    from sns_xmpp.xmpp.tls import ensure_self_signed, server_context
+    from sns_xmpp.xmpp.transport import FlushingPort, FlushingTCPServerEndpoint
+
+    certificate, key = ensure_self_signed(tmp_path, ["localhost"], datetime.datetime.now(datetime.UTC))
+    reactor = LeanEPollReactor()
+    made: list[StartsTLS] = []
+    StartsTLS.tls, StartsTLS.made = server_context(certificate, key), made
+    starttls_port = FlushingPort(0, protocol.Factory.forProtocol(StartsTLS), 50, "127.0.0.1", reactor)
+    starttls_port.startListening()
+    listening: list[Any] = []  # the endpoint's Deferred has fired: it listens at once
+    FlushingTCPServerEndpoint(reactor, 0, interface="127.0.0.1", tls=server_context(certificate, key)).listen(
+        protocol.Factory.forProtocol(StartsTLS)).addCallback(listening.append)
+    direct_tls_port = listening[0]
+    timers: list[Any] = []
+    writers: list[Any] = []
+    call_later, add_writer = reactor.callLater, reactor.addWriter
+    try:
+        for port, starttls in ((starttls_port, True), (direct_tls_port, False)):
+            sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+            sock.setblocking(False)
+            if starttls:
+                sock.send(b"starttls")
+                spin(reactor, lambda: bool(made) and made[-1].transport.TLS)  # type: ignore[union-attr]
+            client = TLSClient(reactor, sock, certificate)
+            client.handshake()
+            reactor.callLater = lambda *args, **kwargs: (timers.append(args), call_later(*args, **kwargs))[1]  # type: ignore[method-assign]
+            reactor.addWriter = lambda writer: (writers.append(writer), add_writer(writer))[1]  # type: ignore[method-assign]
+            for word in (b"one", b"two"):
+                client.send(word)
+                assert client.receive(len(word)) == word.upper()
+            assert (timers, writers) == ([], [])
+            reactor.callLater, reactor.addWriter = call_later, add_writer  # type: ignore[method-assign]
+            sock.close()
+    finally:
+        reactor.callLater, reactor.addWriter = call_later, add_writer  # type: ignore[method-assign]
+        starttls_port.stopListening()
+        direct_tls_port.stopListening()
+        reactor.removeAll()
+
+
+def test_the_round_end_clock_runs_a_zero_delay_call_at_the_rounds_end_and_times_the_rest() -> None:
+    """What the TLS layer is given as its clock: a zero-delay call joins the round's end (and can
+    be cancelled there); any other call, or one made outside a round's events, is the reactor's."""
+    from twisted.internet.interfaces import IDelayedCall
+    from twisted.internet.task import Clock
+
+    from sns_xmpp.reactors import RoundEndClock
+
+    class Reactor(Clock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.round: list[Any] | None = None
+
+        def after_events(self, call: Any) -> bool:
+            if self.round is None:
+                return False
+            self.round.append(call)
+            return True
+
+    reactor = Reactor()
+    clock = RoundEndClock(reactor)
+    verifyObject(IReactorTime, clock)
+    ran: list[str] = []
+    reactor.round = []
+    kept = clock.callLater(0, ran.append, "kept")
+    cancelled = clock.callLater(0, ran.append, "cancelled")
+    clock.callLater(1, ran.append, "timed")
+    verifyObject(IDelayedCall, kept)
+    cancelled.cancel()
+    assert (kept.active(), cancelled.active()) == (True, False)
+    assert (len(reactor.round), len(reactor.getDelayedCalls())) == (2, 1)
+    for call in reactor.round:
+        call()
+    assert ran == ["kept"] and not kept.active()
+    reactor.round = None  # no events being dispatched: a timer, as before
+    clock.callLater(0, ran.append, "outside")
+    reactor.advance(1)
+    assert ran == ["kept", "outside", "timed"]

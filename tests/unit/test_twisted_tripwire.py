@@ -104,6 +104,23 @@ def test_a_file_descriptors_write_buffers() -> None:
         right.close()
 
 
+def test_the_tls_layers_write_aggregator_and_its_clock() -> None:
+    """xmpp/transport.FlushingServer.startTLS gives the STARTTLS layer's write aggregator (which
+    Twisted makes itself, on the global reactor) the round-end clock: the layer keeps it as
+    `_aggregator`, which schedules its flush with `_clock.callLater(0, ...)` and keeps that call
+    as `_scheduled` (cancelled when it closes)."""
+    from twisted.internet.task import Clock
+    from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, _AggregateSmallWrites
+
+    assert TLSMemoryBIOFactory.protocol is BufferingTLSTransport
+    clock = Clock()
+    aggregator = _AggregateSmallWrites(lambda data: None, clock)
+    assert aggregator._clock is clock
+    aggregator.write(b"abc")
+    assert aggregator._scheduled is not None and [call.getTime() for call in clock.getDelayedCalls()] == [0]
+    assert "self._aggregator = _AggregateSmallWrites(" in inspect.getsource(BufferingTLSTransport.__init__)
+
+
 def test_pyopenssls_no_overlapping_protocols_marker() -> None:
     """xmpp/tls._select_alpn answers SSL.NO_OVERLAPPING_PROTOCOLS, typed by its private class."""
     from OpenSSL.SSL import _NoOverlappingProtocols
