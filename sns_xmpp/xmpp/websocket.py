@@ -168,7 +168,9 @@ def _declared(element: str) -> str:
     declarations = ""
     if "stream:" in element and "xmlns:stream=" not in start.group(0):
         declarations += f" xmlns:stream='{NS_STREAMS}'"  # maybe unused (text that says stream:): harmless
-    if not name.startswith("stream:") and "xmlns" not in _attributes(start.group(0)[insert_at:]):
+    # The attributes' names only: resolving their values (`_attributes`) was half of framing a stanza.
+    if not name.startswith("stream:") and all(attribute != "xmlns" for attribute, _, _ in
+                                               _ATTRIBUTE.findall(start.group(0), insert_at)):
         declarations += f" xmlns='{NS_CLIENT}'"
     return element[:insert_at] + declarations + element[insert_at:] if declarations else element
 
