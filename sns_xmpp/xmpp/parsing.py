@@ -35,6 +35,17 @@ MAX_DEPTH = 48  # stanzas nest a handful of levels; data forms and Jingle stay w
 MAX_ATTRIBUTES = 64
 
 
+def _not_utf8_start(buffer: bytes, offset: int) -> bool:
+    """Whether the document's first two bytes, *buffer* being the read that starts at *offset* in
+    it, make expat take it for UTF-16 or UTF-32: a NUL in either, or a byte-order mark's 0xFE or
+    0xFF first. Expat decides that from those bytes even when told the document is UTF-8, and then
+    reads whatever follows as such: ``\x00"`` opened a literal that no UTF-8 byte could close, and
+    the stream waited, unanswered, for its login timeout. RFC 6120 section 11.6: UTF-8 only, and
+    anything else is the stream error unsupported-encoding (section 4.9.3.22)."""
+    start = buffer[:2 - offset]
+    return b"\x00" in start or (offset == 0 and start[:1] in (b"\xfe", b"\xff"))
+
+
 class HostileXML(Exception):
     """Input RFC 6120 forbids or this server will not parse, with the stream error it earns."""
 
@@ -112,8 +123,11 @@ class GuardedElementStream(domish.ExpatElementStream):
             setattr(self.parser, handler, _restricted)
 
     def parse(self, buffer: bytes) -> None:
+        offset = self._offset
+        if offset < 2 and _not_utf8_start(buffer, offset):
+            raise HostileXML("unsupported-encoding", "XMPP streams are UTF-8 (RFC 6120 section 11.6)")
         self._parsing = True
-        offset, self._offset = self._offset, self._offset + len(buffer)
+        self._offset = offset + len(buffer)
         in_tag_before = self._in_tag
         last_open, last_close = buffer.rfind(b"<"), buffer.rfind(b">")  # as _ends_in_tag, inline: every read
         if last_open != last_close:

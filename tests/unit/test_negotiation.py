@@ -91,14 +91,14 @@ def stream_error(data: str) -> str:
         (HEADER.format(to="localhost").replace("http://etherx.jabber.org/streams", "urn:wrong"),
          "invalid-namespace"),
         (HEADER.format(to="localhost").replace("version='1.0'", "version='0.9'"), "unsupported-version"),
-        ("\x00\xff garbage <<", "not-well-formed"),
+        ("garbage \x00\xff <<", "not-well-formed"),  # a NUL first is another encoding's: unsupported-encoding
         (HEADER.format(to="localhost") + "<message><body>x</message>", "not-well-formed"),
         (HEADER.format(to="localhost") + "<message to='bob@localhost'><body>hi</body></message>", "not-authorized"),
     ],
 )
 def test_bad_streams_get_their_stream_error_and_are_closed(data: str, condition: str) -> None:
     stream, transport = connect()
-    stream.dataReceived(data.encode("utf-8", "surrogateescape") if "\xff" not in data else b"\x00\xff garbage <<")
+    stream.dataReceived(data.encode("utf-8", "surrogateescape") if "\xff" not in data else b"garbage \x00\xff <<")
     sent = output(transport)
     assert stream_error(sent) == condition
     assert sent.startswith("<stream:stream")  # the header comes first, even for a broken opening
@@ -191,6 +191,38 @@ def test_hostile_xml_is_refused_before_it_is_expanded(payload: str, condition: s
     stream.dataReceived(payload.encode())
     assert stream_error(output(transport)) == condition
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize("reads", [
+    [b"\x00", b'"', b"?>-->]]>'\">", b"</stream:stream>"],  # the fuzz find: a literal UTF-16 kept open
+    [b'\x00"'],
+    [b"\xfe\xff\x00<"],  # UTF-16BE's byte-order mark
+    [b"\xff\xfe<\x00"],  # UTF-16LE's
+    [b"<", b"\x00?\x00"],  # UTF-16LE without one, the NUL in a second read
+    [b"\x00\x00\x00<"],  # UTF-32BE
+])
+def test_a_stream_in_another_encoding_than_utf8_is_refused_at_once(reads: list[bytes]) -> None:
+    """RFC 6120 section 11.6: expat takes a document whose first bytes look like UTF-16 or UTF-32 for
+    one even when told it is UTF-8, and then waited for more; the stream ends at once with
+    unsupported-encoding (section 4.9.3.22) instead."""
+    stream, transport = connect(secure=True)
+    for read in reads:
+        stream.dataReceived(read)
+        if transport.disconnecting:
+            break
+    assert stream_error(output(transport)) == "unsupported-encoding"
+    assert transport.disconnecting
+
+
+def test_a_nul_inside_the_stream_stays_expats_not_well_formed() -> None:
+    """Only a document's first two bytes say its encoding: a NUL after them is a character XML
+    does not allow. (Each restart, after STARTTLS or SASL, starts a new document and parser, whose
+    first bytes are checked again.)"""
+    stream, transport = connect(secure=True)
+    stream.dataReceived(HEADER.format(to="localhost").encode())
+    output(transport)
+    stream.dataReceived(b"<message><body>a NUL later is expat's: \x00</body></message>")
+    assert stream_error(output(transport)) == "not-well-formed"
 
 
 def test_invalid_utf8_is_not_well_formed() -> None:
