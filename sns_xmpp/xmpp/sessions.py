@@ -133,6 +133,10 @@ class SessionManager:
         except InvalidFormat:
             return defer.fail(BindRefused("bad-request"))
         resource = full.resource or ""
+        if not resource:
+            # Resourceprep mapped every character to nothing (U+200B, say): RFC 7622 allows no empty
+            # resourcepart, and a session bound as the bare JID never got its answers (RFC 6120 7.7.2.1).
+            return defer.fail(BindRefused("bad-request"))
 
         def loaded(roster: object) -> str:
             if stream.closed:

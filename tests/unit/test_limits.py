@@ -186,6 +186,24 @@ def test_an_account_binds_at_most_max_resources(limit: int) -> None:
     assert sessions.bind(replacing, login, "r0").result == "alice@localhost/r0"  # a replacement is no extra
 
 
+def test_a_resource_that_resourceprep_maps_to_nothing_is_a_bad_request() -> None:
+    """The fuzzer's find: U+200B alone became an empty resourcepart, and the session was bound as
+    the bare JID, where nothing answered it; the client may bind again with another resource."""
+    class Store(FeatureTables):
+        def load_roster(self, owner: str) -> defer.Deferred:
+            return defer.succeed(([], [], 0))
+
+    factory, clock = factory_and_clock()
+    sessions = featured(SessionManager(["localhost"], Store(), clock, lambda stanza: None))  # type: ignore[arg-type]
+    login = LoginResult("alice@localhost", "PLAIN")
+    stream, _ = connect(factory, "192.0.2.10")
+    failures: list = []
+    sessions.bind(stream, login, "\u200b\u00ad").addErrback(failures.append)
+    assert failures[0].check(BindRefused) and failures[0].value.condition == "bad-request"
+    assert sessions.users.get("alice@localhost", {}) == {}
+    assert sessions.bind(stream, login, "phone\u200b").result == "alice@localhost/phone"
+
+
 class PendingWritesStore(FeatureTables):
     """A store whose offline writes finish when the test fires them (`writes`)."""
 
