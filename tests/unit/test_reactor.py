@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,21 @@ def receive(reactor: LeanEPollReactor, client: socket.socket, size: int) -> byte
 
     spin(reactor, arrived)
     return received
+
+
+@contextmanager
+def recording_timers_and_writers(reactor: LeanEPollReactor) -> Iterator[tuple[list[Any], list[Any]]]:
+    """The timers the reactor is asked for (callLater's arguments) and the writability watches
+    (addWriter's), meanwhile; its own methods come back after."""
+    timers: list[Any] = []
+    writers: list[Any] = []
+    call_later, add_writer = reactor.callLater, reactor.addWriter
+    reactor.callLater = lambda *args, **kwargs: (timers.append(args), call_later(*args, **kwargs))[1]  # type: ignore[method-assign]
+    reactor.addWriter = lambda writer: (writers.append(writer), add_writer(writer))[1]  # type: ignore[method-assign]
+    try:
+        yield timers, writers
+    finally:
+        reactor.callLater, reactor.addWriter = call_later, add_writer  # type: ignore[method-assign]
 
 
 def exchange(reactor: LeanEPollReactor, port: int, data: bytes) -> bytes:
@@ -105,21 +122,18 @@ def test_the_c2s_transport_sends_after_the_rounds_events_without_timers() -> Non
 
     port = FlushingPort(0, protocol.Factory.forProtocol(Remembered), 50, "127.0.0.1", reactor)
     port.startListening()
-    timers: list[Any] = []
-    writers: list[Any] = []
-    call_later, add_writer = reactor.callLater, reactor.addWriter
-    reactor.callLater = lambda *args, **kwargs: (timers.append(args), call_later(*args, **kwargs))[1]  # type: ignore[method-assign]
-    reactor.addWriter = lambda writer: (writers.append(writer), add_writer(writer))[1]  # type: ignore[method-assign]
     try:
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        client.setblocking(False)
-        for word in (b"one", b"two"):
-            client.send(word)
-            assert receive(reactor, client, len(word)) == word.upper()
-        assert (timers, writers) == ([], [])
-        call_later(0, servers[0].transport.write, b"from a timer")  # type: ignore[union-attr]
-        assert receive(reactor, client, 12) == b"from a timer"
-        assert len(timers) == 1 and writers == []  # the fallback: one zero-delay call
+        with recording_timers_and_writers(reactor) as (timers, writers):
+            client = socket.create_connection(("127.0.0.1", port.getHost().port))
+            client.setblocking(False)
+            for word in (b"one", b"two"):
+                client.send(word)
+                assert receive(reactor, client, len(word)) == word.upper()
+            assert (timers, writers) == ([], [])
+            # The reactor's own callLater, not recorded: the write runs from a timer.
+            LeanEPollReactor.callLater(reactor, 0, servers[0].transport.write, b"from a timer")  # type: ignore[union-attr]
+            assert receive(reactor, client, 12) == b"from a timer"
+            assert len(timers) == 1 and writers == []  # the fallback: one zero-delay call
         client.close()
     finally:
         port.stopListening()
@@ -241,9 +255,6 @@ def test_the_c2s_transport_sends_tls_answers_after_the_rounds_events_without_tim
     FlushingTCPServerEndpoint(reactor, 0, interface="127.0.0.1", tls=server_context(certificate, key)).listen(
         protocol.Factory.forProtocol(StartsTLS)).addCallback(listening.append)
     direct_tls_port = listening[0]
-    timers: list[Any] = []
-    writers: list[Any] = []
-    call_later, add_writer = reactor.callLater, reactor.addWriter
     try:
         for port, starttls in ((starttls_port, True), (direct_tls_port, False)):
             sock = socket.create_connection(("127.0.0.1", port.getHost().port))
@@ -253,16 +264,13 @@ def test_the_c2s_transport_sends_tls_answers_after_the_rounds_events_without_tim
                 spin(reactor, lambda: bool(made) and made[-1].transport.TLS)  # type: ignore[union-attr]
             client = TLSClient(reactor, sock, certificate)
             client.handshake()
-            reactor.callLater = lambda *args, **kwargs: (timers.append(args), call_later(*args, **kwargs))[1]  # type: ignore[method-assign]
-            reactor.addWriter = lambda writer: (writers.append(writer), add_writer(writer))[1]  # type: ignore[method-assign]
-            for word in (b"one", b"two"):
-                client.send(word)
-                assert client.receive(len(word)) == word.upper()
-            assert (timers, writers) == ([], [])
-            reactor.callLater, reactor.addWriter = call_later, add_writer  # type: ignore[method-assign]
+            with recording_timers_and_writers(reactor) as (timers, writers):
+                for word in (b"one", b"two"):
+                    client.send(word)
+                    assert client.receive(len(word)) == word.upper()
+                assert (timers, writers) == ([], [])
             sock.close()
     finally:
-        reactor.callLater, reactor.addWriter = call_later, add_writer  # type: ignore[method-assign]
         starttls_port.stopListening()
         direct_tls_port.stopListening()
         reactor.removeAll()
